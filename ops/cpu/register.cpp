@@ -1,0 +1,16 @@
+// Every CPU kernel of this build: one explicit list (each file under ops/cpu/ registers its ops).
+#include "runtime/kernel_registry.h"
+
+namespace xfr::cpu {
+void register_elementwise(KernelRegistry& r);
+void register_matmul(KernelRegistry& r);
+}  // namespace xfr::cpu
+
+namespace xfr {
+
+void register_cpu_kernels(KernelRegistry& r) {
+  cpu::register_elementwise(r);
+  cpu::register_matmul(r);
+}
+
+}  // namespace xfr

@@ -1,0 +1,44 @@
+// Matrix multiply: C = op(A) · op(B), op = identity or transpose of the last two axes.
+//   A: (*, M, K) (or (*, K, M) with trans_a)    B: (K, N) shared by every batch, or (*, K, N) with A's
+//   batch axes (or the transposes with trans_b)  ->  C: (*, M, N)
+// A 2-D B with a batched A is a linear layer: one GEMM over all rows. CPU: OpenBLAS sgemm/dgemm.
+#pragma once
+#include "runtime/graph.h"
+
+namespace xfr {
+
+class MatMulOp final : public Op {
+ public:
+  MatMulOp(bool trans_a, bool trans_b) : trans_a(trans_a), trans_b(trans_b) {}
+  std::string name() const override { return "matmul"; }
+  std::string attrs() const override;
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  std::vector<Value> backward(const BackwardContext& ctx) const override;
+  bool trans_a, trans_b;
+};
+
+// The sizes a matmul works on, from its validated inputs.
+struct MatMulDims {
+  int64_t batch = 1;   // product of A's leading axes
+  int64_t m = 0, n = 0, k = 0;
+  bool shared_b = false;  // B is 2-D and used by every batch
+};
+MatMulDims matmul_dims(const MatMulOp& op, const Shape& a, const Shape& b);
+
+Value matmul(Value a, Value b, bool trans_a = false, bool trans_b = false, const std::string& name = {});
+
+// Reshape of a (contiguous) value: no copy, the output is a view. One -1 may be inferred.
+class ReshapeOp final : public Op {
+ public:
+  explicit ReshapeOp(Shape shape) : shape(std::move(shape)) {}
+  std::string name() const override { return "reshape"; }
+  std::string attrs() const override;
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  std::vector<Value> backward(const BackwardContext& ctx) const override;
+  int view_of_input(int) const override { return 0; }
+  Shape shape;
+};
+
+Value reshape(Value x, const Shape& shape, const std::string& name = {});  // x itself when shapes match
+
+}  // namespace xfr

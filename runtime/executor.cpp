@@ -1,0 +1,193 @@
+#include "runtime/executor.h"
+
+#include <algorithm>
+#include <climits>
+
+#include "runtime/cpu/threadpool.h"
+#include "runtime/error.h"
+
+namespace xfr {
+
+Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads, std::shared_ptr<ParamStore> store,
+                   ExecutorOptions options)
+    : g_(g), opt_(options), store_(std::move(store)) {
+  XF_CHECK(store_ != nullptr, "executor", "no parameter store");
+  const int nv = g.num_values();
+  tensors_.resize(static_cast<size_t>(nv));
+  view_root_.resize(static_cast<size_t>(nv));
+  for (int i = 0; i < nv; ++i) view_root_[static_cast<size_t>(i)] = i;
+
+  // 1. Which nodes are needed: everything the outputs and the parameter gradients depend on.
+  std::unordered_map<int, int> grad_to_slot;  // gradient value id -> slot index
+  std::vector<int> roots;
+  for (const auto& o : outputs) {
+    XF_CHECK(o.defined() && o.graph == &g, "executor", "an output is not a value of this graph");
+    roots.push_back(o.id);
+    outputs_.push_back(o.id);
+  }
+  for (const auto& [leaf, gid] : grads.of) {
+    const auto& info = g.value(leaf);
+    if (info.kind != ValueKind::param) continue;
+    const auto& slot = store_->slot(info.name);
+    grad_to_slot[gid] = static_cast<int>(&slot - store_->slots().data());
+    roots.push_back(gid);
+  }
+  std::vector<bool> needed(static_cast<size_t>(g.num_nodes()), false);
+  std::vector<int> stack = roots;
+  while (!stack.empty()) {
+    const int v = stack.back();
+    stack.pop_back();
+    const int p = g.value(v).producer;
+    if (p < 0 || needed[static_cast<size_t>(p)]) continue;
+    needed[static_cast<size_t>(p)] = true;
+    for (int in : g.node(p).inputs) stack.push_back(in);
+  }
+
+  // 2. Schedule in node order (a topological order: nodes only consume earlier values).
+  const auto& registry = KernelRegistry::builtin();
+  std::vector<int> def_step(static_cast<size_t>(nv), -1), last_use(static_cast<size_t>(nv), -1);
+  for (int n = 0; n < g.num_nodes(); ++n) {
+    if (!needed[static_cast<size_t>(n)]) continue;
+    const Node& node = g.node(n);
+    Step s;
+    s.node = n;
+    s.in = node.inputs;
+    s.out = node.outputs;
+    bool all_views = true;
+    for (size_t k = 0; k < node.outputs.size(); ++k) {
+      const int src = node.op->view_of_input(static_cast<int>(k));
+      if (src >= 0) {
+        view_root_[static_cast<size_t>(node.outputs[k])] = view_root_[static_cast<size_t>(node.inputs.at(src))];
+      } else {
+        all_views = false;
+      }
+      auto it = grad_to_slot.find(node.outputs[k]);
+      s.grad_slot_out.push_back(it == grad_to_slot.end() ? -1 : it->second);
+    }
+    s.kernel = all_views ? nullptr : registry.get(node.op->name(), opt_.device);
+    const int step = static_cast<int>(schedule_.size());
+    for (int out : node.outputs) def_step[static_cast<size_t>(out)] = step;
+    for (int in : node.inputs) {
+      const int r = view_root_[static_cast<size_t>(in)];
+      last_use[static_cast<size_t>(r)] = std::max(last_use[static_cast<size_t>(r)], step);
+    }
+    for (int out : node.outputs) {  // a value is live at least where it is written
+      const int r = view_root_[static_cast<size_t>(out)];
+      last_use[static_cast<size_t>(r)] = std::max(last_use[static_cast<size_t>(r)], step);
+    }
+    schedule_.push_back(std::move(s));
+  }
+  for (int o : outputs_) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
+
+  // 3. Storage: params from the store, inputs bound per run, activations planned into one arena.
+  std::vector<BufferRequest> requests;
+  std::vector<int> request_value;
+  for (int v = 0; v < nv; ++v) {
+    const auto& info = g.value(v);
+    if (info.kind == ValueKind::param) {
+      XF_CHECK(store_->has(info.name) && store_->shape(info.name) == info.meta.shape, "executor", "parameter '",
+               info.name, "' ", info.meta.str(), " is not in the store with that shape");
+      tensors_[static_cast<size_t>(v)] = store_->param(info.name);
+    } else if (info.kind == ValueKind::input) {
+      input_ids_.push_back(v);
+    } else if (def_step[static_cast<size_t>(v)] >= 0 && view_root_[static_cast<size_t>(v)] == v) {
+      const int last = std::max(last_use[static_cast<size_t>(v)], def_step[static_cast<size_t>(v)]);
+      requests.push_back(BufferRequest{info.meta.bytes(), def_step[static_cast<size_t>(v)],
+                                       opt_.plan_memory ? last : INT_MAX});
+      request_value.push_back(v);
+    }
+  }
+  bound_.assign(input_ids_.size(), false);
+  plan_ = xfr::plan_memory(requests, 64);
+  arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8, opt_.device);
+  auto* base = static_cast<char*>(arena_.raw_data());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const int v = request_value[i];
+    const auto& m = g.value(v).meta;
+    tensors_[static_cast<size_t>(v)] = Tensor::wrap(base + plan_.offsets[i], m.shape, m.dtype, opt_.device, nullptr);
+  }
+  // Views of params and activations are fixed now; views of inputs are made when inputs are bound.
+  for (const auto& s : schedule_)
+    for (int out : s.out) {
+      const int r = view_root_[static_cast<size_t>(out)];
+      if (r != out && tensors_[static_cast<size_t>(r)].defined())
+        tensors_[static_cast<size_t>(out)] = tensors_[static_cast<size_t>(r)].view(g.value(out).meta.shape);
+    }
+}
+
+void Executor::bind(Value input, const Tensor& t) {
+  auto it = std::find(input_ids_.begin(), input_ids_.end(), input.id);
+  XF_CHECK(input.graph == &g_ && it != input_ids_.end(), "executor", "'", input.defined() ? input.name() : "?",
+           "' is not an input of this graph");
+  const auto& m = g_.value(input.id).meta;
+  XF_CHECK(t.shape() == m.shape && t.dtype() == m.dtype, "executor", "input '", g_.value(input.id).name, "' expects ",
+           m.str(), ", got ", t.desc());
+  XF_CHECK(t.device() == opt_.device, "executor", "input '", g_.value(input.id).name, "' is on ", t.device().str(),
+           ", the executor on ", opt_.device.str());
+  tensors_[static_cast<size_t>(input.id)] = t.contiguous();
+  bound_[static_cast<size_t>(it - input_ids_.begin())] = true;
+}
+
+void Executor::bind(const std::string& input_name, const Tensor& t) {
+  Value v = g_.find(input_name);
+  XF_CHECK(v.defined(), "executor", "no input named '", input_name, "'");
+  bind(v, t);
+}
+
+void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
+  float* dst = store_->grads() + slot.offset;
+  const float* src = gt.data<float>();
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dst[i] += src[i];
+  };
+  const int64_t n = static_cast<int64_t>(slot.numel);
+  if (opt_.pool) {
+    opt_.pool->parallel_for(n, 1 << 14, body);  // 16k floats per chunk: enough work to beat dispatch cost
+  } else {
+    body(0, n);
+  }
+}
+
+void Executor::run() {
+  for (size_t i = 0; i < input_ids_.size(); ++i)
+    XF_CHECK(bound_[i] || std::none_of(schedule_.begin(), schedule_.end(), [&](const Step& s) {
+               return std::count(s.in.begin(), s.in.end(), input_ids_[i]) > 0;
+             }),
+             "executor", "input '", g_.value(input_ids_[i]).name, "' was not bound");
+  KernelContext ctx;
+  ctx.pool = opt_.pool;
+  ctx.rng_seed = opt_.seed;
+  ctx.device = opt_.device;
+  const uint64_t rng_base = runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
+  std::vector<Tensor> in, out;
+  for (const auto& s : schedule_) {
+    in.clear();
+    out.clear();
+    for (int v : s.in) in.push_back(tensors_[static_cast<size_t>(v)]);
+    for (int v : s.out) {
+      const int r = view_root_[static_cast<size_t>(v)];
+      if (r != v) tensors_[static_cast<size_t>(v)] = tensors_[static_cast<size_t>(r)].view(g_.value(v).meta.shape);
+      out.push_back(tensors_[static_cast<size_t>(v)]);
+    }
+    if (s.kernel) {
+      const Node& node = g_.node(s.node);
+      ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
+      try {
+        s.kernel(*node.op, ctx, in, out);
+      } catch (const Error& e) {
+        throw Error(e.op(), e.message() + " (node '" + node.name + "')", e.config_path());
+      }
+    }
+    for (size_t k = 0; k < s.out.size(); ++k)
+      if (s.grad_slot_out[k] >= 0) accumulate_grad(out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
+  }
+  ++runs_;
+}
+
+Tensor Executor::get(Value v) const {
+  XF_CHECK(v.graph == &g_ && std::find(outputs_.begin(), outputs_.end(), v.id) != outputs_.end(), "executor", "'",
+           v.defined() ? v.name() : "?", "' is not an output of this executor");
+  return tensors_[static_cast<size_t>(v.id)];
+}
+
+}  // namespace xfr

@@ -1,0 +1,69 @@
+// Executor: compiles a graph once for its shapes (schedule, kernel lookup, liveness-based memory plan)
+// and then runs it step after step. Parameter gradients are summed into the store's flat gradient
+// buffer (+=), so several runs between zero_grads() accumulate micro-batches.
+#pragma once
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/autodiff.h"
+#include "runtime/graph.h"
+#include "runtime/kernel_registry.h"
+#include "runtime/memory_plan.h"
+#include "runtime/param_store.h"
+#include "runtime/tensor.h"
+
+namespace xfr {
+
+class ThreadPool;
+
+struct ExecutorOptions {
+  Device device = Device::cpu();
+  ThreadPool* pool = nullptr;  // CPU kernels parallelise over it (null: serial)
+  uint64_t seed = 0;           // Philox key for dropout and other random ops
+  bool plan_memory = true;     // false: one buffer per value (for tests comparing the plan)
+};
+
+class Executor {
+ public:
+  // outputs: values to keep after run(). grads: parameter gradients to accumulate into the store
+  // (from build_backward; may be empty for inference).
+  Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads, std::shared_ptr<ParamStore> store,
+           ExecutorOptions options = {});
+
+  void bind(Value input, const Tensor& t);  // checks shape and dtype; keeps a reference
+  void bind(const std::string& input_name, const Tensor& t);
+  void run();
+  Tensor get(Value v) const;  // an output (valid until the next run)
+
+  ParamStore& store() { return *store_; }
+  const MemoryPlan& memory_plan() const { return plan_; }
+  int num_steps() const { return static_cast<int>(schedule_.size()); }
+  uint64_t runs() const { return runs_; }
+  void set_runs(uint64_t r) { runs_ = r; }  // restores the random stream position (checkpoint resume)
+
+ private:
+  struct Step {
+    int node;
+    KernelFn kernel;                 // null for pure views
+    std::vector<int> in, out;        // value ids
+    std::vector<int> grad_slot_out;  // per output: index into store slots to accumulate into, or -1
+  };
+  Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
+  void accumulate_grad(const Tensor& g, const ParamSlot& slot);
+
+  Graph& g_;
+  ExecutorOptions opt_;
+  std::shared_ptr<ParamStore> store_;
+  std::vector<Step> schedule_;
+  std::vector<Tensor> tensors_;     // per value id (undefined for values not in the schedule)
+  std::vector<int> view_root_;      // per value id: the value whose bytes it shares (itself if none)
+  std::vector<int> input_ids_;
+  std::vector<bool> bound_;
+  std::vector<int> outputs_;
+  Tensor arena_;
+  MemoryPlan plan_;
+  uint64_t runs_ = 0;
+};
+
+}  // namespace xfr

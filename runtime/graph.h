@@ -1,0 +1,112 @@
+// The graph: named values and op nodes. Components build subgraphs under name scopes
+// ("encoder.3.mha.q_proj"), autodiff appends backward nodes, the executor compiles and runs it.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/op.h"
+#include "runtime/param.h"
+
+namespace xfr {
+
+enum class ValueKind : uint8_t { input, param, activation };
+
+struct ValueInfo {
+  TensorMeta meta;
+  std::string name;
+  ValueKind kind = ValueKind::activation;
+  int producer = -1;         // node id (activations)
+  int producer_output = 0;   // which output of the producer
+  ParamKind param_kind = ParamKind::weight;  // params only
+  bool requires_grad = false;  // params, and inputs a test differentiates against
+};
+
+struct Node {
+  std::shared_ptr<const Op> op;
+  std::vector<int> inputs, outputs;  // value ids
+  std::string name;
+  int64_t rng_offset = -1;  // this node's slice of the per-step random stream (-1: consumes none)
+};
+
+// A handle to a value of a graph. Cheap to copy; valid while its graph lives.
+struct Value {
+  Graph* graph = nullptr;
+  int id = -1;
+  bool defined() const { return graph != nullptr && id >= 0; }
+  const TensorMeta& meta() const;
+  const Shape& shape() const { return meta().shape; }
+  DType dtype() const { return meta().dtype; }
+  size_t rank() const { return shape().size(); }
+  int64_t dim(int64_t axis) const;
+  const std::string& name() const;
+};
+
+class Graph {
+ public:
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  // A value supplied at each run (token ids, targets, a test's input).
+  Value input(const std::string& name, TensorMeta meta, bool requires_grad = false);
+  // A trainable f32 parameter, named under the current scope ("<scope>.<name>").
+  Value param(const std::string& name, const Shape& shape, ParamKind kind = ParamKind::weight);
+
+  // Appends a node; validates through op->infer (errors also name the node). Returns its outputs.
+  std::vector<Value> add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,
+                         const std::string& name = {}, int64_t rng_offset = -1);
+  Value add1(std::shared_ptr<const Op> op, const std::vector<Value>& inputs, const std::string& name = {}) {
+    return add(std::move(op), inputs, name)[0];
+  }
+
+  // Name scopes: `auto s = g.scope("encoder.3");` qualifies names until `s` is destroyed.
+  class Scope {
+   public:
+    explicit Scope(Graph& g) : g_(&g) {}
+    Scope(Scope&& o) noexcept : g_(o.g_) { o.g_ = nullptr; }
+    Scope(const Scope&) = delete;
+    ~Scope() {
+      if (g_) g_->scopes_.pop_back();
+    }
+
+   private:
+    Graph* g_;
+  };
+  Scope scope(const std::string& name);
+  std::string qualified(const std::string& name) const;
+
+  const ValueInfo& value(int id) const { return values_.at(static_cast<size_t>(id)); }
+  ValueInfo& value_mut(int id) { return values_.at(static_cast<size_t>(id)); }
+  const Node& node(int id) const { return nodes_.at(static_cast<size_t>(id)); }
+  int num_values() const { return static_cast<int>(values_.size()); }
+  int num_nodes() const { return static_cast<int>(nodes_.size()); }
+  Value handle(int id) { return Value{this, id}; }
+  std::vector<Value> params();
+  std::vector<Value> inputs();
+  Value find(const std::string& name);  // undefined Value when absent
+  // Random numbers one run of the whole graph consumes (sum of nodes' slices).
+  int64_t random_numbers_per_run() const { return rng_cursor_; }
+
+ private:
+  int new_value(ValueInfo info);
+  std::vector<ValueInfo> values_;
+  std::vector<Node> nodes_;
+  std::vector<std::string> scopes_;
+  int64_t rng_cursor_ = 0;
+};
+
+// Given to an op's backward rule.
+struct BackwardContext {
+  Graph& graph;
+  const Node& node;
+  std::vector<Value> out_grads;  // per output; undefined where no gradient flows
+  Value input(int i) const { return Value{&graph, node.inputs.at(static_cast<size_t>(i))}; }
+  Value output(int i) const { return Value{&graph, node.outputs.at(static_cast<size_t>(i))}; }
+  Value grad(int i) const { return out_grads.at(static_cast<size_t>(i)); }
+  bool needs_grad(int input_index) const;  // whether input i is on a path to something differentiated
+  std::string name(const std::string& suffix) const { return node.name + ".grad." + suffix; }
+};
+
+}  // namespace xfr

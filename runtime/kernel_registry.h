@@ -1,0 +1,54 @@
+// Kernels by (op name, device). The set is one explicit list per backend (ops/cpu/register.cpp,
+// ops/cuda/register.cu), so a build without CUDA simply has no CUDA entries, and a graph that needs a
+// missing kernel is refused by name when it is compiled, never in the middle of training.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/device.h"
+#include "runtime/op.h"
+#include "runtime/tensor.h"
+
+namespace xfr {
+
+class ThreadPool;
+
+struct KernelContext {
+  ThreadPool* pool = nullptr;   // CPU: the pool to parallelise over (null: run serially)
+  uint64_t rng_seed = 0;        // Philox key for ops that draw random numbers
+  uint64_t rng_offset = 0;      // where this node's random numbers start in the stream
+  Device device;
+};
+
+// in: the node's inputs; out: its outputs, already allocated (contiguous) and to be written entirely.
+using KernelFn = void (*)(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in,
+                          const std::vector<Tensor>& out);
+
+class KernelRegistry {
+ public:
+  void add(const std::string& op, Device::Kind device, KernelFn fn);
+  KernelFn find(const std::string& op, Device::Kind device) const;  // null when absent
+  KernelFn get(const std::string& op, Device device) const;         // throws naming op and device
+  std::vector<std::string> ops(Device::Kind device) const;
+
+  // Every kernel this build has (immutable once built).
+  static const KernelRegistry& builtin();
+
+ private:
+  std::map<std::pair<std::string, Device::Kind>, KernelFn> kernels_;
+};
+
+// Runs one op eagerly: validates, allocates contiguous outputs, runs the kernel. Inputs may be strided
+// views; they are made contiguous first. Tests and benchmarks use this; models use graphs.
+std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, ThreadPool* pool = nullptr,
+                           uint64_t rng_seed = 0, uint64_t rng_offset = 0);
+
+// Backend registration functions (one per backend, each an explicit list).
+void register_cpu_kernels(KernelRegistry& registry);
+#ifdef XF_WITH_CUDA
+void register_cuda_kernels(KernelRegistry& registry);
+#endif
+
+}  // namespace xfr

@@ -1,0 +1,48 @@
+// Op: the one declaration of an operation. Each op (ops/<op>.h) subclasses Op with its typed
+// parameters, validates inputs and infers outputs in `infer` (throwing xfr::Error("[op] ...") that names
+// the shapes), and gives its backward rule as more graph nodes. Backends only supply kernels
+// (ops/cpu/*.cpp, ops/cuda/*.cu), registered by op name in runtime/kernel_registry.h.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/dtype.h"
+#include "runtime/shape.h"
+
+namespace xfr {
+
+struct TensorMeta {
+  Shape shape;
+  DType dtype = DType::f32;
+  bool operator==(const TensorMeta& o) const { return shape == o.shape && dtype == o.dtype; }
+  bool operator!=(const TensorMeta& o) const { return !(*this == o); }
+  std::string str() const { return std::string(dtype_name(dtype)) + shape_str(shape); }
+  size_t bytes() const { return static_cast<size_t>(numel_of(shape)) * dtype_size(dtype); }
+};
+
+class Graph;
+struct Node;
+struct Value;
+struct BackwardContext;
+
+class Op {
+ public:
+  virtual ~Op() = default;
+  // The op's name, also the key its kernels are registered under ("softmax").
+  virtual std::string name() const = 0;
+  // Validates the inputs and returns the outputs' metadata. Throws xfr::Error naming the op and shapes.
+  virtual std::vector<TensorMeta> infer(const std::vector<TensorMeta>& inputs) const = 0;
+  // Backward rule: one Value per input, the gradient of the loss with respect to it, built from more
+  // graph nodes; an undefined Value where no gradient flows. The default says the op has no backward.
+  virtual std::vector<Value> backward(const BackwardContext& ctx) const;
+  // When output `output` is a view of input k (same bytes, another shape), returns k; no kernel runs.
+  virtual int view_of_input(int output) const { return -1; }
+  // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
+  // node its own slice of the per-step stream.
+  virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }
+  // Typed parameters as text, for describe/debug output ("axis=-1, causal=true").
+  virtual std::string attrs() const { return {}; }
+};
+
+}  // namespace xfr

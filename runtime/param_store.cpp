@@ -1,0 +1,55 @@
+#include "runtime/param_store.h"
+
+#include <cstring>
+
+namespace xfr {
+
+// 16 f32 = 64 bytes: every parameter starts on a cache line, which vector loads and CUDA's 16-byte
+// accesses both want.
+constexpr size_t kParamAlignElems = 16;
+
+ParamStore::ParamStore(const Graph& g, Device device) {
+  for (int i = 0; i < g.num_values(); ++i) {
+    const auto& v = g.value(i);
+    if (v.kind != ValueKind::param) continue;
+    ParamSlot s;
+    s.name = v.name;
+    s.kind = v.param_kind;
+    s.offset = flat_size_;
+    s.numel = static_cast<size_t>(numel_of(v.meta.shape));
+    flat_size_ += (s.numel + kParamAlignElems - 1) / kParamAlignElems * kParamAlignElems;
+    index_[s.name] = slots_.size();
+    slots_.push_back(s);
+    shapes_.push_back(v.meta.shape);
+  }
+  params_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, device);
+  grads_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, device);
+}
+
+const ParamSlot& ParamStore::slot(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) throw Error("param_store", "no parameter named '" + name + "'");
+  return slots_[it->second];
+}
+
+Tensor ParamStore::param(const std::string& name) const {
+  const auto& s = slot(name);
+  return params_.slice(0, static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset + s.numel))
+      .view(shapes_[index_.at(name)]);
+}
+
+Tensor ParamStore::grad(const std::string& name) const {
+  const auto& s = slot(name);
+  return grads_.slice(0, static_cast<int64_t>(s.offset), static_cast<int64_t>(s.offset + s.numel))
+      .view(shapes_[index_.at(name)]);
+}
+
+void ParamStore::zero_grads() { std::memset(grads_.raw_data(), 0, grads_.nbytes()); }
+
+size_t ParamStore::num_params() const {
+  size_t n = 0;
+  for (const auto& s : slots_) n += s.numel;
+  return n;
+}
+
+}  // namespace xfr

@@ -1,0 +1,225 @@
+#include "runtime/tensor.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "runtime/allocator.h"
+#include "runtime/dispatch.h"
+
+namespace xfr {
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  for (auto d : shape) XF_CHECK(d >= 0, "tensor", "negative dimension in shape ", shape_str(shape));
+  XF_CHECK(device.is_cpu(), "tensor", "no allocator for ", device.str(), " in this build");
+  const size_t bytes = static_cast<size_t>(numel_of(shape)) * dtype_size(dtype);
+  void* p = cpu_allocate(bytes);
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(Storage{p, bytes, device, std::shared_ptr<void>(p, cpu_free)});
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  t.fill(value);
+  return t;
+}
+
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive) {
+  Tensor t;
+  const size_t bytes = static_cast<size_t>(numel_of(shape)) * dtype_size(dtype);
+  t.storage_ = std::make_shared<Storage>(Storage{data, bytes, device, std::move(keep_alive)});
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  return t;
+}
+
+int64_t Tensor::dim(int64_t axis) const { return shape_[normalize_axis(axis, rank(), "tensor")]; }
+
+bool Tensor::is_contiguous() const {
+  int64_t expected = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != expected) return false;
+    expected *= shape_[i];
+  }
+  return true;
+}
+
+std::string Tensor::desc() const {
+  return str_cat(dtype_name(dtype_), shape_str(shape_), " ", device().str());
+}
+
+void* Tensor::raw_data() const {
+  XF_CHECK(storage_ != nullptr, "tensor", "access to an undefined tensor");
+  return static_cast<char*>(storage_->data) + offset_ * static_cast<int64_t>(dtype_size(dtype_));
+}
+
+Tensor Tensor::view(Shape shape) const {
+  XF_CHECK(is_contiguous(), "view", "view of a non-contiguous tensor ", desc(), "; call contiguous() first");
+  int infer = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == -1) {
+      XF_CHECK(infer < 0, "view", "more than one -1 in ", shape_str(shape));
+      infer = static_cast<int>(i);
+    } else {
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0) {
+    XF_CHECK(known > 0 && numel() % known == 0, "view", "cannot infer -1 in ", shape_str(shape), " for ", desc());
+    shape[infer] = numel() / known;
+  }
+  XF_CHECK(numel_of(shape) == numel(), "view", "shape ", shape_str(shape), " does not match ", desc());
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  return t;
+}
+
+Tensor Tensor::transpose(int64_t a, int64_t b) const {
+  const int ia = normalize_axis(a, rank(), "transpose"), ib = normalize_axis(b, rank(), "transpose");
+  Tensor t = *this;
+  std::swap(t.shape_[ia], t.shape_[ib]);
+  std::swap(t.strides_[ia], t.strides_[ib]);
+  return t;
+}
+
+Tensor Tensor::permute(const std::vector<int64_t>& order) const {
+  XF_CHECK(order.size() == rank(), "permute", "order has ", order.size(), " axes for a rank-", rank(), " tensor");
+  std::vector<bool> seen(rank(), false);
+  Tensor t = *this;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int ax = normalize_axis(order[i], rank(), "permute");
+    XF_CHECK(!seen[ax], "permute", "axis ", ax, " repeated");
+    seen[ax] = true;
+    t.shape_[i] = shape_[ax];
+    t.strides_[i] = strides_[ax];
+  }
+  return t;
+}
+
+Tensor Tensor::slice(int64_t axis, int64_t start, int64_t end) const {
+  const int ax = normalize_axis(axis, rank(), "slice");
+  XF_CHECK(0 <= start && start <= end && end <= shape_[ax], "slice", "range [", start, ", ", end,
+           ") out of bounds for axis ", ax, " of ", desc());
+  Tensor t = *this;
+  t.offset_ += start * strides_[ax];
+  t.shape_[ax] = end - start;
+  return t;
+}
+
+namespace {
+
+// Calls f(dst_index, src_element_offset) for each element of `src` in row-major order.
+template <class F>
+void for_each_strided(const Tensor& src, F&& f) {
+  const int64_t n = src.numel();
+  if (n == 0) return;
+  const size_t r = src.rank();
+  if (src.is_contiguous()) {
+    for (int64_t i = 0; i < n; ++i) f(i, src.offset() + i);
+    return;
+  }
+  std::vector<int64_t> idx(r, 0);
+  int64_t off = src.offset();
+  for (int64_t i = 0; i < n; ++i) {
+    f(i, off);
+    for (size_t d = r; d-- > 0;) {
+      if (++idx[d] < src.shape()[d]) {
+        off += src.strides()[d];
+        break;
+      }
+      off -= (src.shape()[d] - 1) * src.strides()[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+template <class S, class D>
+D convert(S v) {
+  if constexpr (std::is_same_v<S, D>) {
+    return v;
+  } else {
+    return from_double<D>(to_double<S>(v));
+  }
+}
+
+}  // namespace
+
+void Tensor::copy_from(const Tensor& src) {
+  XF_CHECK(src.shape() == shape_, "copy", "shape ", shape_str(src.shape()), " into ", desc());
+  XF_CHECK(device().is_cpu() && src.device().is_cpu(), "copy", "host copy between ", src.device().str(), " and ",
+           device().str());
+  if (src.dtype() == dtype_ && src.is_contiguous() && is_contiguous()) {
+    std::memmove(raw_data(), src.raw_data(), nbytes());
+    return;
+  }
+  Tensor dst_c = is_contiguous() ? *this : Tensor::empty(shape_, dtype_);
+  XF_DISPATCH_ALL(src.dtype(), "copy", S, {
+    const S* s = static_cast<const S*>(src.storage()->data);
+    XF_DISPATCH_ALL(dtype_, "copy", D, {
+      D* d = dst_c.data<D>();
+      for_each_strided(src, [&](int64_t i, int64_t o) { d[i] = convert<S, D>(s[o]); });
+    });
+  });
+  if (!is_contiguous()) {
+    // scatter the contiguous result back into this strided view
+    XF_DISPATCH_ALL(dtype_, "copy", D, {
+      const D* c = dst_c.data<D>();
+      D* base = static_cast<D*>(storage_->data);
+      for_each_strided(*this, [&](int64_t i, int64_t o) { base[o] = c[i]; });
+    });
+  }
+}
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_, device());
+  t.copy_from(*this);
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  Tensor t = empty(shape_, dtype, device());
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::fill(double value) {
+  XF_DISPATCH_ALL(dtype_, "fill", T, {
+    const T v = from_double<T>(value);
+    T* base = static_cast<T*>(storage_->data);
+    for_each_strided(*this, [&](int64_t, int64_t o) { base[o] = v; });
+  });
+}
+
+std::vector<double> Tensor::to_doubles() const {
+  std::vector<double> out(static_cast<size_t>(numel()));
+  XF_DISPATCH_ALL(dtype_, "to_doubles", T, {
+    const T* base = static_cast<const T*>(storage_->data);
+    for_each_strided(*this, [&](int64_t i, int64_t o) { out[i] = to_double<T>(base[o]); });
+  });
+  return out;
+}
+
+double Tensor::item() const {
+  XF_CHECK(numel() == 1, "item", "item() of ", desc(), " which has ", numel(), " elements");
+  return to_doubles()[0];
+}
+
+}  // namespace xfr
