@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the build dependencies, builds xfrun (CPU; CUDA too when nvcc is present) and runs the test
+# binary. XF_TEST_DEVICE=cpu (default) or cuda selects the backend under test; without a GPU, CUDA
+# tests report as skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh
+BUILD_DIR=${BUILD_DIR:-build}
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release ${XF_CMAKE_ARGS:-}
+cmake --build "$BUILD_DIR" -j"$(nproc)"
+"$BUILD_DIR"/xfrun_tests "$@"
