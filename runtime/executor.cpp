@@ -106,6 +106,9 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     const auto& m = g.value(v).meta;
     tensors_[static_cast<size_t>(v)] = Tensor::wrap(base + plan_.offsets[i], m.shape, m.dtype, opt_.device, nullptr);
   }
+  if (opt_.logger)
+    opt_.logger->debug("executor: {} steps, activation arena {} bytes (one buffer each would take {})",
+                       schedule_.size(), plan_.arena_bytes, plan_.unplanned_bytes);
   // Views of params and activations are fixed now; views of inputs are made when inputs are bound.
   for (const auto& s : schedule_)
     for (int out : s.out) {

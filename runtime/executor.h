@@ -9,6 +9,7 @@
 #include "runtime/autodiff.h"
 #include "runtime/graph.h"
 #include "runtime/kernel_registry.h"
+#include "runtime/logging.h"
 #include "runtime/memory_plan.h"
 #include "runtime/param_store.h"
 #include "runtime/tensor.h"
@@ -22,6 +23,7 @@ struct ExecutorOptions {
   ThreadPool* pool = nullptr;  // CPU kernels parallelise over it (null: serial)
   uint64_t seed = 0;           // Philox key for dropout and other random ops
   bool plan_memory = true;     // false: one buffer per value (for tests comparing the plan)
+  Logger logger;               // compile summary at debug level; null: silent
 };
 
 class Executor {
