@@ -4,6 +4,7 @@
 namespace xfr::cpu {
 void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
+void register_norm(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -11,6 +12,7 @@ namespace xfr {
 void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_elementwise(r);
   cpu::register_matmul(r);
+  cpu::register_norm(r);
 }
 
 }  // namespace xfr

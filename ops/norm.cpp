@@ -1,0 +1,168 @@
+#include "ops/norm.h"
+
+#include <cmath>
+
+#include "runtime/error.h"
+
+namespace xfr {
+
+namespace {
+
+// Validates x (..., C) and the optional per-channel vectors that follow it; returns C.
+int64_t check_norm_inputs(const char* op, const std::vector<TensorMeta>& in, size_t expected,
+                          const std::vector<const char*>& names) {
+  std::string list = "x";
+  for (const char* n : names) list += std::string(", ") + n;
+  XF_CHECK(in.size() == expected, op, "takes ", expected, " inputs (", list, "), got ", in.size());
+  const TensorMeta& x = in[0];
+  XF_CHECK(is_floating(x.dtype), op, "x must be floating point, got ", x.str());
+  XF_CHECK(!x.shape.empty(), op, "x needs at least one axis (the normalised one), got ", x.str());
+  const int64_t c = x.shape.back();
+  XF_CHECK(c > 0, op, "normalised axis of x ", shape_str(x.shape), " is empty");
+  for (size_t i = 0; i < names.size(); ++i) {
+    const TensorMeta& p = in[i + 1];
+    XF_CHECK(p.shape == Shape{c} && p.dtype == x.dtype, op, names[i], " ", p.str(), " must be ",
+             dtype_name(x.dtype), "(", c, ",) to match x ", x.str());
+  }
+  return c;
+}
+
+void check_eps(const char* op, double eps) {
+  XF_CHECK(std::isfinite(eps) && eps >= 0, op, "eps must be finite and >= 0, got ", eps);
+}
+
+Shape rows_shape(const Shape& x) { return Shape{numel_of(x) / x.back()}; }
+
+void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_stat, const char* stats) {
+  for (int k = first_stat; k < static_cast<int>(ctx.out_grads.size()); ++k)
+    XF_CHECK(!ctx.grad(k).defined(), op, "no gradient flows through the saved statistics (", stats,
+             "); output ", k, " of node '", ctx.node.name, "' is used in a differentiated path");
+}
+
+}  // namespace
+
+// ---- layernorm ------------------------------------------------------------------------------------------
+
+std::string LayerNormOp::attrs() const {
+  return str_cat("eps=", eps, ", gamma=", has_gamma, ", beta=", has_beta);
+}
+
+std::vector<TensorMeta> LayerNormOp::infer(const std::vector<TensorMeta>& in) const {
+  check_eps("layernorm", eps);
+  std::vector<const char*> names;
+  if (has_gamma) names.push_back("gamma");
+  if (has_beta) names.push_back("beta");
+  check_norm_inputs("layernorm", in, 1 + names.size(), names);
+  const TensorMeta stat{rows_shape(in[0].shape), in[0].dtype};
+  return {in[0], stat, stat};
+}
+
+std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
+  refuse_stat_grads("layernorm", ctx, 1, "mean, rstd");
+  std::vector<Value> grads(ctx.node.inputs.size());
+  const Value dy = ctx.grad(0);
+  if (!dy.defined()) return grads;
+  const int gi = has_gamma ? 1 : -1, bi = has_beta ? 1 + static_cast<int>(has_gamma) : -1;
+  const bool want_dgamma = gi >= 0 && ctx.needs_grad(gi), want_dbeta = bi >= 0 && ctx.needs_grad(bi);
+  std::vector<Value> in{ctx.input(0), ctx.output(1), ctx.output(2)};
+  if (has_gamma) in.push_back(ctx.input(gi));
+  in.push_back(dy);
+  const auto outs = ctx.graph.add(std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta), in,
+                                  ctx.name("layernorm"));
+  if (ctx.needs_grad(0)) grads[0] = outs[0];
+  size_t k = 1;
+  if (want_dgamma) grads[static_cast<size_t>(gi)] = outs[k++];
+  if (want_dbeta) grads[static_cast<size_t>(bi)] = outs[k++];
+  return grads;
+}
+
+std::string LayerNormBackwardOp::attrs() const {
+  return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma, ", dbeta=", want_dbeta);
+}
+
+std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>& in) const {
+  const char* op = "layernorm_backward";
+  XF_CHECK(!want_dgamma || has_gamma, op, "dgamma requested without gamma");
+  XF_CHECK(in.size() == 4u + has_gamma, op, "takes ", 4 + has_gamma, " inputs (x, mean, rstd, ",
+           has_gamma ? "gamma, " : "", "dy), got ", in.size());
+  const TensorMeta& x = in[0];
+  XF_CHECK(is_floating(x.dtype) && !x.shape.empty() && x.shape.back() > 0, op, "bad x ", x.str());
+  const int64_t c = x.shape.back();
+  const TensorMeta stat{rows_shape(x.shape), x.dtype};
+  XF_CHECK(in[1] == stat && in[2] == stat, op, "mean ", in[1].str(), " and rstd ", in[2].str(), " must be ",
+           stat.str(), " for x ", x.str());
+  if (has_gamma)
+    XF_CHECK(in[3] == (TensorMeta{{c}, x.dtype}), op, "gamma ", in[3].str(), " does not match x ", x.str());
+  XF_CHECK(in.back() == x, op, "dy ", in.back().str(), " must match x ", x.str());
+  std::vector<TensorMeta> out{x};
+  if (want_dgamma) out.push_back(TensorMeta{{c}, x.dtype});
+  if (want_dbeta) out.push_back(TensorMeta{{c}, x.dtype});
+  return out;
+}
+
+// ---- rmsnorm --------------------------------------------------------------------------------------------
+
+std::string RMSNormOp::attrs() const { return str_cat("eps=", eps, ", gamma=", has_gamma); }
+
+std::vector<TensorMeta> RMSNormOp::infer(const std::vector<TensorMeta>& in) const {
+  check_eps("rmsnorm", eps);
+  std::vector<const char*> names;
+  if (has_gamma) names.push_back("gamma");
+  check_norm_inputs("rmsnorm", in, 1 + names.size(), names);
+  return {in[0], TensorMeta{rows_shape(in[0].shape), in[0].dtype}};
+}
+
+std::vector<Value> RMSNormOp::backward(const BackwardContext& ctx) const {
+  refuse_stat_grads("rmsnorm", ctx, 1, "rstd");
+  std::vector<Value> grads(ctx.node.inputs.size());
+  const Value dy = ctx.grad(0);
+  if (!dy.defined()) return grads;
+  const bool want_dgamma = has_gamma && ctx.needs_grad(1);
+  std::vector<Value> in{ctx.input(0), ctx.output(1)};
+  if (has_gamma) in.push_back(ctx.input(1));
+  in.push_back(dy);
+  const auto outs =
+      ctx.graph.add(std::make_shared<RMSNormBackwardOp>(has_gamma, want_dgamma), in, ctx.name("rmsnorm"));
+  if (ctx.needs_grad(0)) grads[0] = outs[0];
+  if (want_dgamma) grads[1] = outs[1];
+  return grads;
+}
+
+std::string RMSNormBackwardOp::attrs() const { return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma); }
+
+std::vector<TensorMeta> RMSNormBackwardOp::infer(const std::vector<TensorMeta>& in) const {
+  const char* op = "rmsnorm_backward";
+  XF_CHECK(!want_dgamma || has_gamma, op, "dgamma requested without gamma");
+  XF_CHECK(in.size() == 3u + has_gamma, op, "takes ", 3 + has_gamma, " inputs (x, rstd, ", has_gamma ? "gamma, " : "",
+           "dy), got ", in.size());
+  const TensorMeta& x = in[0];
+  XF_CHECK(is_floating(x.dtype) && !x.shape.empty() && x.shape.back() > 0, op, "bad x ", x.str());
+  const int64_t c = x.shape.back();
+  const TensorMeta stat{rows_shape(x.shape), x.dtype};
+  XF_CHECK(in[1] == stat, op, "rstd ", in[1].str(), " must be ", stat.str(), " for x ", x.str());
+  if (has_gamma)
+    XF_CHECK(in[2] == (TensorMeta{{c}, x.dtype}), op, "gamma ", in[2].str(), " does not match x ", x.str());
+  XF_CHECK(in.back() == x, op, "dy ", in.back().str(), " must match x ", x.str());
+  std::vector<TensorMeta> out{x};
+  if (want_dgamma) out.push_back(TensorMeta{{c}, x.dtype});
+  return out;
+}
+
+// ---- front end ----------------------------------------------------------------------------------------
+
+Value layernorm(Value x, Value gamma, Value beta, double eps, const std::string& name) {
+  XF_CHECK(x.defined(), "layernorm", "undefined x");
+  std::vector<Value> in{x};
+  if (gamma.defined()) in.push_back(gamma);
+  if (beta.defined()) in.push_back(beta);
+  return x.graph->add(std::make_shared<LayerNormOp>(eps, gamma.defined(), beta.defined()), in, name)[0];
+}
+
+Value rmsnorm(Value x, Value gamma, double eps, const std::string& name) {
+  XF_CHECK(x.defined(), "rmsnorm", "undefined x");
+  std::vector<Value> in{x};
+  if (gamma.defined()) in.push_back(gamma);
+  return x.graph->add(std::make_shared<RMSNormOp>(eps, gamma.defined()), in, name)[0];
+}
+
+}  // namespace xfr

@@ -1,0 +1,211 @@
+// layernorm and rmsnorm (and their backward ops) against float64 references, with and without the
+// affine parameters, serial and on a thread pool; gradients by finite differences; errors.
+#include <cmath>
+
+#include "ops/norm.h"
+#include "runtime/cpu/threadpool.h"
+#include "testing.h"
+
+using namespace xfr;
+using namespace xfr::testing;
+
+namespace {
+
+struct NormRef {
+  std::vector<double> y, mean, rstd;  // y (rows, C); mean, rstd (rows)
+};
+
+// Naive float64 layernorm (rms = false) or rmsnorm (rms = true); empty gamma/beta mean absent.
+NormRef ref_norm(const std::vector<double>& x, int64_t C, const std::vector<double>& gamma,
+                 const std::vector<double>& beta, double eps, bool rms) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / C;
+  NormRef r;
+  for (int64_t i = 0; i < rows; ++i) {
+    double m = 0, v = 0;
+    if (!rms) {
+      for (int64_t c = 0; c < C; ++c) m += x[i * C + c];
+      m /= C;
+    }
+    for (int64_t c = 0; c < C; ++c) v += (x[i * C + c] - m) * (x[i * C + c] - m);
+    v /= C;
+    const double rs = 1.0 / std::sqrt(v + eps);
+    r.mean.push_back(m);
+    r.rstd.push_back(rs);
+    for (int64_t c = 0; c < C; ++c) {
+      double y = (x[i * C + c] - m) * rs;
+      if (!gamma.empty()) y *= gamma[c];
+      if (!beta.empty()) y += beta[c];
+      r.y.push_back(y);
+    }
+  }
+  return r;
+}
+
+struct NormGradRef {
+  std::vector<double> dx, dgamma, dbeta;
+};
+
+// Float64 backward from the definition: dx_j = sum_i dy_i dy_i/dx_j with the Jacobian written out.
+NormGradRef ref_norm_backward(const std::vector<double>& x, int64_t C, const std::vector<double>& gamma,
+                              const std::vector<double>& dy, double eps, bool rms) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / C;
+  const NormRef f = ref_norm(x, C, {}, {}, eps, rms);  // f.y = xhat
+  NormGradRef g;
+  g.dx.assign(x.size(), 0.0);
+  g.dgamma.assign(static_cast<size_t>(C), 0.0);
+  g.dbeta.assign(static_cast<size_t>(C), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const double rs = f.rstd[r];
+    for (int64_t j = 0; j < C; ++j) {
+      double s = 0;
+      for (int64_t i = 0; i < C; ++i) {
+        // d xhat_i / d x_j
+        const double xhi = f.y[r * C + i], xhj = f.y[r * C + j];
+        const double d = rms ? rs * ((i == j ? 1.0 : 0.0) - xhi * xhj / C)
+                             : rs * ((i == j ? 1.0 : 0.0) - 1.0 / C - xhi * xhj / C);
+        s += dy[r * C + i] * (gamma.empty() ? 1.0 : gamma[i]) * d;
+      }
+      g.dx[r * C + j] = s;
+      g.dgamma[j] += dy[r * C + j] * f.y[r * C + j];
+      g.dbeta[j] += dy[r * C + j];
+    }
+  }
+  return g;
+}
+
+ThreadPool& test_pool() {
+  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
+  return pool;
+}
+
+}  // namespace
+
+TEST_CASE("layernorm: forward and backward kernels against float64, all affine combinations") {
+  const double eps = 1e-5;
+  for (int64_t C : {1, 31, 33, 257})
+    for (const Shape& lead : {Shape{1}, Shape{3, 5}, Shape{70}})
+      for (DType dt : {DType::f32, DType::f64})
+        for (int affine = 0; affine < 4; ++affine) {
+          const bool hg = affine & 1, hb = affine & 2;
+          Shape xs = lead;
+          xs.push_back(C);
+          const Tensor x = random_tensor(xs, 1 + C, -2, 3, dt);
+          const Tensor gamma = random_tensor({C}, 2, 0.5, 1.5, dt), beta = random_tensor({C}, 3, -1, 1, dt);
+          std::vector<Tensor> in{x};
+          if (hg) in.push_back(gamma);
+          if (hb) in.push_back(beta);
+          const auto gv = hg ? gamma.to_doubles() : std::vector<double>{};
+          const auto bv = hb ? beta.to_doubles() : std::vector<double>{};
+          const NormRef ref = ref_norm(x.to_doubles(), C, gv, bv, eps, false);
+          const std::string what = "layernorm " + x.desc() + " gamma=" + std::to_string(hg) + " beta=" +
+                                   std::to_string(hb);
+          for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &test_pool()}) {
+            const auto out = run_op(LayerNormOp(eps, hg, hb), in, pool);
+            REQUIRE(out.size() == 3);
+            CHECK(out[0].shape() == xs);
+            CHECK(out[1].shape() == Shape{numel_of(lead)});
+            check_close(out[0], ref.y, what + " y");
+            check_close(out[1], ref.mean, what + " mean");
+            // rstd is up to 1/sqrt(eps) ~ 316 for C = 1 (zero variance): relative tolerance covers it.
+            check_close(out[2], ref.rstd, what + " rstd");
+
+            const Tensor dy = random_tensor(xs, 4, -1, 1, dt);
+            std::vector<Tensor> bin{x, out[1], out[2]};
+            if (hg) bin.push_back(gamma);
+            bin.push_back(dy);
+            const auto gr = run_op(LayerNormBackwardOp(hg, hg, hb), bin, pool);
+            const NormGradRef rg = ref_norm_backward(x.to_doubles(), C, gv, dy.to_doubles(), eps, false);
+            // dx involves rstd (up to 316 for C = 1) times a difference of sums: scale the tolerance.
+            check_close(gr[0], rg.dx, what + " dx", C == 1 ? 100.0 : 4.0);
+            size_t k = 1;
+            if (hg) check_close(gr[k++], rg.dgamma, what + " dgamma", 4.0);
+            if (hb) check_close(gr[k++], rg.dbeta, what + " dbeta", 4.0);
+          }
+        }
+}
+
+TEST_CASE("rmsnorm: forward and backward kernels against float64, with and without gamma") {
+  const double eps = 1e-6;
+  for (int64_t C : {1, 31, 33, 257})
+    for (const Shape& lead : {Shape{1}, Shape{3, 5}, Shape{70}})
+      for (DType dt : {DType::f32, DType::f64})
+        for (bool hg : {false, true}) {
+          Shape xs = lead;
+          xs.push_back(C);
+          const Tensor x = random_tensor(xs, 5 + C, -2, 3, dt);
+          const Tensor gamma = random_tensor({C}, 6, 0.5, 1.5, dt);
+          std::vector<Tensor> in{x};
+          if (hg) in.push_back(gamma);
+          const auto gv = hg ? gamma.to_doubles() : std::vector<double>{};
+          const NormRef ref = ref_norm(x.to_doubles(), C, gv, {}, eps, true);
+          const std::string what = "rmsnorm " + x.desc() + " gamma=" + std::to_string(hg);
+          for (ThreadPool* pool : {static_cast<ThreadPool*>(nullptr), &test_pool()}) {
+            const auto out = run_op(RMSNormOp(eps, hg), in, pool);
+            REQUIRE(out.size() == 2);
+            check_close(out[0], ref.y, what + " y");
+            check_close(out[1], ref.rstd, what + " rstd");
+            const Tensor dy = random_tensor(xs, 7, -1, 1, dt);
+            std::vector<Tensor> bin{x, out[1]};
+            if (hg) bin.push_back(gamma);
+            bin.push_back(dy);
+            const auto gr = run_op(RMSNormBackwardOp(hg, hg), bin, pool);
+            const NormGradRef rg = ref_norm_backward(x.to_doubles(), C, gv, dy.to_doubles(), eps, true);
+            check_close(gr[0], rg.dx, what + " dx", 4.0);
+            if (hg) check_close(gr[1], rg.dgamma, what + " dgamma", 4.0);
+          }
+        }
+}
+
+TEST_CASE("layernorm: gradients by finite differences (float64), every input") {
+  for (int affine = 0; affine < 4; ++affine) {
+    const bool hg = affine & 1, hb = affine & 2;
+    std::vector<Tensor> in{random_tensor({2, 3, 7}, 11, -2, 2, DType::f64)};
+    if (hg) in.push_back(random_tensor({7}, 12, 0.5, 1.5, DType::f64));
+    if (hb) in.push_back(random_tensor({7}, 13, -1, 1, DType::f64));
+    check_gradients([hg, hb](Graph&, const std::vector<Value>& v) {
+      return layernorm(v[0], hg ? v[1] : Value{}, hb ? v[1 + hg] : Value{}, 1e-5);
+    }, in, "layernorm gamma=" + std::to_string(hg) + " beta=" + std::to_string(hb));
+  }
+  check_gradients([](Graph&, const std::vector<Value>& v) { return layernorm(v[0], v[1], v[2]); },
+                  {random_tensor({4, 1}, 14, -1, 1, DType::f64), random_tensor({1}, 15, 0.5, 1.5, DType::f64),
+                   random_tensor({1}, 16, -1, 1, DType::f64)},
+                  "layernorm C=1");
+}
+
+TEST_CASE("rmsnorm: gradients by finite differences (float64), every input") {
+  for (bool hg : {false, true}) {
+    std::vector<Tensor> in{random_tensor({3, 9}, 21, -2, 2, DType::f64)};
+    if (hg) in.push_back(random_tensor({9}, 22, 0.5, 1.5, DType::f64));
+    check_gradients([hg](Graph&, const std::vector<Value>& v) { return rmsnorm(v[0], hg ? v[1] : Value{}, 1e-6); },
+                    in, "rmsnorm gamma=" + std::to_string(hg));
+  }
+}
+
+TEST_CASE("layernorm/rmsnorm: bad shapes and parameters throw an xfr::Error naming the op and shapes") {
+  const Tensor x = Tensor::zeros({4, 8});
+  try {
+    run_op(LayerNormOp(1e-5, true, false), {x, Tensor::zeros({7})});
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.op() == "layernorm");
+    CHECK(std::string(e.what()).find("(7,)") != std::string::npos);
+    CHECK(std::string(e.what()).find("(4, 8)") != std::string::npos);
+  }
+  try {
+    run_op(RMSNormOp(1e-6, true), {x, Tensor::zeros({8}, DType::f64)});
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.op() == "rmsnorm");
+    CHECK(std::string(e.what()).find("(4, 8)") != std::string::npos);
+  }
+  CHECK_THROWS_AS(run_op(LayerNormOp(1e-5, true, true), {x, Tensor::zeros({8})}), Error);  // beta missing
+  CHECK_THROWS_AS(run_op(LayerNormOp(-1.0, false, false), {x}), Error);                     // negative eps
+  CHECK_THROWS_AS(run_op(LayerNormOp(1e-5, false, false), {Tensor::zeros({4, 0})}), Error);  // empty axis
+  CHECK_THROWS_AS(run_op(RMSNormOp(1e-6, false), {Tensor::zeros({}, DType::f32)}), Error);  // no axis
+  CHECK_THROWS_AS(run_op(LayerNormOp(1e-5, false, false), {Tensor::zeros({3}, DType::i32)}), Error);
+  // Through the graph, the error also names the node.
+  Graph g;
+  Value gx = g.input("x", TensorMeta{{4, 8}, DType::f32});
+  Value gb = g.input("gamma", TensorMeta{{9}, DType::f32});
+  CHECK_THROWS_AS(layernorm(gx, gb, Value{}), Error);
+}
