@@ -5,6 +5,7 @@ namespace xfr::cpu {
 void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
+void register_softmax(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -13,6 +14,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_elementwise(r);
   cpu::register_matmul(r);
   cpu::register_norm(r);
+  cpu::register_softmax(r);
 }
 
 }  // namespace xfr
