@@ -6,6 +6,7 @@ void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
 void register_softmax(KernelRegistry& r);
+void register_dropout(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -15,6 +16,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_matmul(r);
   cpu::register_norm(r);
   cpu::register_softmax(r);
+  cpu::register_dropout(r);
 }
 
 }  // namespace xfr
