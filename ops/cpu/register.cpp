@@ -7,6 +7,7 @@ void register_matmul(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
 void register_softmax(KernelRegistry& r);
 void register_dropout(KernelRegistry& r);
+void register_cross_entropy(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -17,6 +18,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_norm(r);
   cpu::register_softmax(r);
   cpu::register_dropout(r);
+  cpu::register_cross_entropy(r);
 }
 
 }  // namespace xfr

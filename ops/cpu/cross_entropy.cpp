@@ -1,0 +1,208 @@
+// CPU kernels of ops/cross_entropy.h, parallel over rows. Forward: per row one pass for the max, one for
+// sum(exp(x - max)) (and sum(x) with label smoothing); the row losses are kept in double and averaged in row
+// order, so the loss does not depend on the number of threads. Backward: one pass per row writes
+// dlogits = (a + b) p - a ls / V, then fixes the target entry. f32 uses exp_f32 (below), a branch-free exp
+// the compiler vectorises; libm's expf is a call per element.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "ops/cpu/parallel.h"
+#include "ops/cross_entropy.h"
+#include "runtime/dispatch.h"
+
+namespace xfr::cpu {
+
+namespace {
+
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// exp(x) in float, about 1.5 ulp; the same function as in ops/cpu/softmax.cpp, where its derivation is
+// documented (Cephes expf with bit-mask range handling: x < -86 -> 0, x > 88 -> exp(88), NaN -> NaN).
+inline float exp_f32(float x) {
+  const float kLo = -86.0f, kHi = 88.0f;
+  const uint32_t xb = f32_bits(x);
+  const uint32_t under = 0u - static_cast<uint32_t>(x < kLo);
+  const uint32_t over = 0u - static_cast<uint32_t>(x > kHi);
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  const float xc = bits_f32((xb & ~(under | over | nan)) | (f32_bits(kLo) & under) | (f32_bits(kHi) & over));
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float t = xc * 1.44269504088896341f + kRound;  // log2(e)
+  const float n = t - kRound;
+  float r = xc - n * 0.693359375f;  // Cody-Waite split of ln 2
+  r = r - n * -2.12194440e-4f;
+  // Cephes expf minimax coefficients on |r| <= ln(2)/2.
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t e = (f32_bits(t) - f32_bits(kRound)) << 23;
+  const uint32_t rb = f32_bits(p) + e;
+  return bits_f32((rb & ~(under | nan)) | (xb & nan));
+}
+
+template <class T>
+inline T exp_t(T x);
+template <>
+inline float exp_t<float>(float x) {
+  return exp_f32(x);
+}
+template <>
+inline double exp_t<double>(double x) {
+  return std::exp(x);
+}
+
+// Rows per task: a task should cover at least this many logits (about 20 flops each).
+constexpr int64_t kRowGrainElems = 1 << 13;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kRowGrainElems / std::max<int64_t>(cols, 1)); }
+
+template <class T>
+inline T row_max(const T* x, int64_t n) {
+  T mx[8];
+  for (T& m : mx) m = -std::numeric_limits<T>::infinity();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) mx[k] = x[j + k] > mx[k] ? x[j + k] : mx[k];
+  T m = mx[0];
+  for (int k = 1; k < 8; ++k) m = mx[k] > m ? mx[k] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+template <class T>
+inline T row_sum_exp(const T* x, int64_t n, T shift) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += exp_t<T>(x[j + k] - shift);
+  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; j < n; ++j) s += exp_t<T>(x[j] - shift);
+  return s;
+}
+
+template <class T>
+inline T row_sum(const T* x, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += x[j + k];
+  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; j < n; ++j) s += x[j];
+  return s;
+}
+
+// Throws naming the first row whose target is neither in [0, V) nor ignore_index; returns the number of
+// rows that count (targets != ignore_index).
+template <class I>
+int64_t check_targets(const char* op, const I* tg, int64_t N, int64_t V, int64_t ignore_index) {
+  int64_t valid = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t t = static_cast<int64_t>(tg[n]);
+    if (t == ignore_index) continue;
+    XF_CHECK(t >= 0 && t < V, op, "target ", t, " of row ", n, " is outside [0, ", V, ") and is not ignore_index (",
+             ignore_index, ")");
+    ++valid;
+  }
+  return valid;
+}
+
+// in: logits (N, V), targets (N);  out: loss (1,), lse (N)
+template <class T, class I>
+void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
+                const std::vector<Tensor>& out) {
+  const int64_t N = in[0].shape()[0], V = in[0].shape()[1];
+  const T* x = in[0].data<T>();
+  const I* tg = in[1].data<I>();
+  T* lse = out[1].data<T>();
+  const int64_t valid = check_targets("cross_entropy", tg, N, V, op.ignore_index);
+  const double ls = op.label_smoothing;
+  std::vector<double> row_loss(static_cast<size_t>(N), 0.0);
+  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xr = x + n * V;
+      const T m = row_max(xr, V);
+      const double l = static_cast<double>(m) + std::log(static_cast<double>(row_sum_exp(xr, V, m)));
+      lse[n] = static_cast<T>(l);
+      const int64_t t = static_cast<int64_t>(tg[n]);
+      if (t == op.ignore_index) continue;
+      double loss = -(1.0 - ls) * (static_cast<double>(xr[t]) - l);
+      if (ls > 0.0) {
+        const double sum_logp = static_cast<double>(row_sum(xr, V)) - static_cast<double>(V) * l;
+        loss -= ls / static_cast<double>(V) * sum_logp;
+      }
+      row_loss[static_cast<size_t>(n)] = loss;
+    }
+  });
+  double total = 0;
+  for (double v : row_loss) total += v;  // ignored rows hold 0
+  out[0].data<T>()[0] = static_cast<T>(valid > 0 ? total / static_cast<double>(valid) : 0.0);
+}
+
+// in: logits (N, V), lse (N), targets (N), dloss (1,), [dlse (N)];  out: dlogits (N, V)
+template <class T, class I>
+void ce_backward(const CrossEntropyBackwardOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
+                 const std::vector<Tensor>& out) {
+  const int64_t N = in[0].shape()[0], V = in[0].shape()[1];
+  const T* x = in[0].data<T>();
+  const T* lse = in[1].data<T>();
+  const I* tg = in[2].data<I>();
+  const double dloss = static_cast<double>(in[3].data<T>()[0]);
+  const T* dlse = op.has_dlse ? in[4].data<T>() : nullptr;
+  T* dx = out[0].data<T>();
+  const int64_t valid = check_targets("cross_entropy_backward", tg, N, V, op.ignore_index);
+  const double coef = valid > 0 ? dloss / static_cast<double>(valid) : 0.0;  // d loss / d row loss
+  const double ls = op.label_smoothing;
+  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xr = x + n * V;
+      T* dr = dx + n * V;
+      const int64_t t = static_cast<int64_t>(tg[n]);
+      const bool counted = t != op.ignore_index;
+      const T a = counted ? static_cast<T>(coef) : T(0);  // weight of this row's loss
+      const T ab = a + (dlse ? dlse[n] : T(0));           // weight of p = softmax(row)
+      const T smooth = static_cast<T>(static_cast<double>(a) * ls / static_cast<double>(V));
+      const T l = lse[n];
+      for (int64_t v = 0; v < V; ++v) dr[v] = ab * exp_t<T>(xr[v] - l) - smooth;
+      if (counted) dr[t] -= static_cast<T>(static_cast<double>(a) * (1.0 - ls));
+    }
+  });
+}
+
+void ce_kernel(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {
+  XF_DISPATCH_FLOAT(in[0].dtype(), "cross_entropy", T, {
+    XF_DISPATCH_INDEX(in[1].dtype(), "cross_entropy", I,
+                      ce_forward<T, I>(static_cast<const CrossEntropyOp&>(op), ctx, in, out));
+  });
+}
+void ce_backward_kernel(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in,
+                        const std::vector<Tensor>& out) {
+  XF_DISPATCH_FLOAT(in[0].dtype(), "cross_entropy_backward", T, {
+    XF_DISPATCH_INDEX(in[2].dtype(), "cross_entropy_backward", I,
+                      ce_backward<T, I>(static_cast<const CrossEntropyBackwardOp&>(op), ctx, in, out));
+  });
+}
+
+}  // namespace
+
+void register_cross_entropy(KernelRegistry& r) {
+  r.add("cross_entropy", Device::Kind::cpu, ce_kernel);
+  r.add("cross_entropy_backward", Device::Kind::cpu, ce_backward_kernel);
+}
+
+}  // namespace xfr::cpu

@@ -1,0 +1,57 @@
+// Fused softmax cross-entropy over class logits, as torch.nn.functional.cross_entropy(logits, targets,
+// ignore_index=..., label_smoothing=..., reduction="mean") with class-index targets.
+//
+//   cross_entropy  inputs  (logits (N, V), targets (N) i32 or i64)
+//                  outputs (loss (1,), lse (N))
+//     lse[n]  = log sum_v exp(logits[n, v])
+//     logp    = logits - lse
+//     loss    = mean over rows n with targets[n] != ignore_index of
+//               -( (1 - ls) * logp[n, targets[n]] + ls / V * sum_v logp[n, v] )       ls = label_smoothing
+//
+// When every row is ignored, loss is 0 (and so is its gradient); torch returns NaN (0 / 0) there, which
+// would poison a whole training run because of one fully padded batch.
+// A target outside [0, V) that is not ignore_index is an xfr::Error naming the row, raised when the kernel
+// runs (targets are data). lse is saved for the backward; a gradient reaching it (e.g. a z-loss on lse) is
+// supported: d lse[n] / d logits[n, v] = softmax(logits[n])[v].
+#pragma once
+#include <memory>
+
+#include "runtime/graph.h"
+
+namespace xfr {
+
+class CrossEntropyOp final : public Op {
+ public:
+  CrossEntropyOp(int64_t ignore_index, double label_smoothing)
+      : ignore_index(ignore_index), label_smoothing(label_smoothing) {}
+  std::string name() const override { return "cross_entropy"; }
+  std::string attrs() const override;
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  std::vector<Value> backward(const BackwardContext& ctx) const override;
+  int64_t ignore_index;
+  double label_smoothing;
+};
+
+// inputs  (logits (N, V), lse (N), targets (N), dloss (1,), [dlse (N) when has_dlse])
+// outputs (dlogits (N, V))
+//   dlogits[n, v] = dloss / n_valid * (p[n, v] - (1 - ls) [v == targets[n]] - ls / V)   for non-ignored rows
+//                 + dlse[n] * p[n, v],            p = exp(logits - lse),  n_valid = number of non-ignored rows
+class CrossEntropyBackwardOp final : public Op {
+ public:
+  CrossEntropyBackwardOp(int64_t ignore_index, double label_smoothing, bool has_dlse)
+      : ignore_index(ignore_index), label_smoothing(label_smoothing), has_dlse(has_dlse) {}
+  std::string name() const override { return "cross_entropy_backward"; }
+  std::string attrs() const override;
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  int64_t ignore_index;
+  double label_smoothing;
+  bool has_dlse;
+};
+
+// ---- front end ----------------------------------------------------------------------------------------
+// logits: (N, V) f32/f64; targets: (N) i32/i64. Returns the mean loss, shape (1,).
+// ignore_index -100 and label_smoothing 0: torch's defaults.
+Value cross_entropy(Value logits, Value targets, int64_t ignore_index = -100, double label_smoothing = 0.0,
+                    const std::string& name = {});
+
+}  // namespace xfr
