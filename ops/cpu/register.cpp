@@ -8,6 +8,7 @@ void register_norm(KernelRegistry& r);
 void register_softmax(KernelRegistry& r);
 void register_dropout(KernelRegistry& r);
 void register_cross_entropy(KernelRegistry& r);
+void register_activation(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -19,6 +20,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_softmax(r);
   cpu::register_dropout(r);
   cpu::register_cross_entropy(r);
+  cpu::register_activation(r);
 }
 
 }  // namespace xfr
