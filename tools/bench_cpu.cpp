@@ -1,0 +1,127 @@
+// CPU benchmark (not a test): sgemm through our matmul op vs OpenBLAS called directly, and the
+// forward+backward time of a 4-layer, 256-wide, 8-head transformer stack at batch 16 x seq 128.
+// Prints one JSON object per line; tools/bench_cpu.sh runs it beside tools/bench_cpu_torch.py (the same
+// shapes in PyTorch) and prints the ratios. XF_BENCH_THREADS and XF_BENCH_ITERS as in the Python side.
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "components/transformer_block.h"
+#include "ops/grad.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "runtime/cpu/threadpool.h"
+#include "runtime/executor.h"
+#include "runtime/rng.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+using namespace xfr;
+
+namespace {
+
+double median_ms(const std::function<void()>& fn, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+Tensor uniform(const Shape& s, uint64_t seed, float lo, float hi) {
+  Tensor t = Tensor::empty(s, DType::f32);
+  philox_fill_uniform(seed, 0, t.data<float>(), static_cast<size_t>(t.numel()), lo, hi);
+  return t;
+}
+
+void bench_sgemm(int64_t m, int64_t n, int64_t k, int iters, ThreadPool& pool) {
+  const Tensor a = uniform({m, k}, 1, -1, 1), b = uniform({k, n}, 2, -1, 1);
+  Tensor c = Tensor::empty({m, n}, DType::f32);
+  const double direct = median_ms([&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.0f, a.data<float>(), static_cast<int>(k), b.data<float>(), static_cast<int>(n),
+                0.0f, c.data<float>(), static_cast<int>(n));
+  }, 2, iters);
+  Graph g;
+  const Value va = g.input("a", TensorMeta{{m, k}, DType::f32}), vb = g.input("b", TensorMeta{{k, n}, DType::f32});
+  const Value vc = matmul(va, vb);
+  ExecutorOptions opt;
+  opt.pool = &pool;
+  Executor ex(g, {vc}, Gradients{}, std::make_shared<ParamStore>(g), opt);
+  ex.bind(va, a);
+  ex.bind(vb, b);
+  const double ours = median_ms([&] { ex.run(); }, 2, iters);
+  const double flop = 2.0 * static_cast<double>(m) * n * k;
+  std::printf("{\"bench\": \"sgemm\", \"impl\": \"openblas\", \"m\": %ld, \"n\": %ld, \"k\": %ld, \"ms\": %.4f, "
+              "\"gflops\": %.2f}\n", static_cast<long>(m), static_cast<long>(n), static_cast<long>(k), direct,
+              flop / (direct * 1e-3) / 1e9);
+  std::printf("{\"bench\": \"sgemm\", \"impl\": \"xfrun\", \"m\": %ld, \"n\": %ld, \"k\": %ld, \"ms\": %.4f, "
+              "\"gflops\": %.2f}\n", static_cast<long>(m), static_cast<long>(n), static_cast<long>(k), ours,
+              flop / (ours * 1e-3) / 1e9);
+  std::fflush(stdout);
+}
+
+void bench_stack(int layers, int64_t C, int heads, int64_t B, int64_t T, int iters, ThreadPool& pool) {
+  Graph g;
+  const Value x = g.input("x", TensorMeta{{B, T, C}, DType::f32});
+  const Value w = g.input("w", TensorMeta{{B, T, C}, DType::f32});
+  BlockSpec spec;
+  spec.attention.dim_model = C;
+  spec.attention.num_heads = heads;
+  spec.attention.causal = true;
+  spec.mlp.dim_model = C;
+  spec.mlp.activation = "gelu";
+  Value h = x;
+  for (int l = 0; l < layers; ++l) h = transformer_block(h, spec, "blocks." + std::to_string(l));
+  h = layer_norm(h, spec.layer_norm_eps, "final_norm");
+  const Gradients grads = gradients(h, w);  // d/dparams of sum(h * w)
+  auto store = std::make_shared<ParamStore>(g);
+  philox_fill_normal(3, 0, store->params(), store->flat_size(), 0.0f, 0.02f);
+  ExecutorOptions opt;
+  opt.pool = &pool;
+  Executor ex(g, {h}, grads, store, opt);
+  ex.bind(x, uniform({B, T, C}, 4, -1, 1));
+  ex.bind(w, uniform({B, T, C}, 5, -1, 1));
+  const double ms = median_ms([&] {
+    store->zero_grads();
+    ex.run();
+  }, 2, iters);
+  std::printf("{\"bench\": \"stack_fwd_bwd\", \"impl\": \"xfrun\", \"layers\": %d, \"dim\": %ld, \"heads\": %d, "
+              "\"batch\": %ld, \"seq\": %ld, \"ms\": %.3f, \"tokens_per_s\": %.1f, \"arena_mb\": %.2f, "
+              "\"unplanned_mb\": %.2f}\n", layers, static_cast<long>(C), heads, static_cast<long>(B),
+              static_cast<long>(T), ms, static_cast<double>(B * T) / (ms * 1e-3),
+              ex.memory_plan().arena_bytes / 1048576.0, ex.memory_plan().unplanned_bytes / 1048576.0);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main() {
+  const char* t = std::getenv("XF_BENCH_THREADS");
+  const int threads = t ? std::atoi(t) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const char* it = std::getenv("XF_BENCH_ITERS");
+  const int iters = it ? std::atoi(it) : 10;
+  openblas_set_num_threads(threads);
+  ThreadPool pool(threads);
+  std::printf("{\"bench\": \"info\", \"impl\": \"xfrun\", \"threads\": %d}\n", threads);
+  try {
+    for (auto [m, n, k] : std::vector<std::array<int64_t, 3>>{{1024, 1024, 1024}, {2048, 2048, 2048},
+                                                               {2048, 768, 256}, {2048, 256, 1024}})
+      bench_sgemm(m, n, k, iters, pool);
+    bench_stack(4, 256, 8, 16, 128, iters, pool);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cpu: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
