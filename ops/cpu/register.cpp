@@ -5,6 +5,10 @@ namespace xfr::cpu {
 void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
+void register_reduce(KernelRegistry& r);
+void register_shape_ops(KernelRegistry& r);
+void register_embedding(KernelRegistry& r);
+void register_bias_add(KernelRegistry& r);
 void register_softmax(KernelRegistry& r);
 void register_dropout(KernelRegistry& r);
 void register_cross_entropy(KernelRegistry& r);
@@ -17,6 +21,10 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_elementwise(r);
   cpu::register_matmul(r);
   cpu::register_norm(r);
+  cpu::register_reduce(r);
+  cpu::register_shape_ops(r);
+  cpu::register_embedding(r);
+  cpu::register_bias_add(r);
   cpu::register_softmax(r);
   cpu::register_dropout(r);
   cpu::register_cross_entropy(r);
