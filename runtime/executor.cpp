@@ -1,6 +1,7 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 
 #include "runtime/cpu/threadpool.h"
@@ -176,7 +177,15 @@ void Executor::run() {
       const Node& node = g_.node(s.node);
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       try {
-        s.kernel(*node.op, ctx, in, out);
+        if (opt_.profile) {
+          const auto t0 = std::chrono::steady_clock::now();
+          s.kernel(*node.op, ctx, in, out);
+          auto& p = profile_[node.op->name()];
+          p.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+          ++p.calls;
+        } else {
+          s.kernel(*node.op, ctx, in, out);
+        }
       } catch (const Error& e) {
         throw Error(e.op(), e.message() + " (node '" + node.name + "')", e.config_path());
       }

@@ -2,7 +2,9 @@
 // and then runs it step after step. Parameter gradients are summed into the store's flat gradient
 // buffer (+=), so several runs between zero_grads() accumulate micro-batches.
 #pragma once
+#include <map>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +26,7 @@ struct ExecutorOptions {
   uint64_t seed = 0;           // Philox key for dropout and other random ops
   bool plan_memory = true;     // false: one buffer per value (for tests comparing the plan)
   Logger logger;               // compile summary at debug level; null: silent
+  bool profile = false;        // time every kernel by op name (adds a clock read per step)
 };
 
 class Executor {
@@ -42,6 +45,12 @@ class Executor {
   const MemoryPlan& memory_plan() const { return plan_; }
   int num_steps() const { return static_cast<int>(schedule_.size()); }
   uint64_t runs() const { return runs_; }
+  // With options.profile: total milliseconds and calls per op name (backward ops have their own names).
+  struct OpTime {
+    double ms = 0;
+    int64_t calls = 0;
+  };
+  const std::map<std::string, OpTime>& profile() const { return profile_; }
   void set_runs(uint64_t r) { runs_ = r; }  // restores the random stream position (checkpoint resume)
 
  private:
@@ -66,6 +75,7 @@ class Executor {
   Tensor arena_;
   MemoryPlan plan_;
   uint64_t runs_ = 0;
+  std::map<std::string, OpTime> profile_;
 };
 
 }  // namespace xfr
