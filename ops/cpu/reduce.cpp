@@ -4,6 +4,8 @@
 //   inner == 1 (reducing the last axes): one contiguous row per output, summed with 8 double accumulators.
 //   inner > 1 (reducing leading or middle axes): rows of `inner` contiguous columns are accumulated into a
 //     block of per-column accumulators, so the inner loop runs over contiguous memory.
+//   generic (kept and reduced axes interleaved): the same two schemes, with the reduced positions'
+//     offsets enumerated once (innermost axis kept) or as contiguous runs (innermost axis reduced).
 // Work is split over outputs (rows, column blocks); when there are too few of those to feed the pool, the
 // reduced axis is also split into fixed chunks whose partial results are combined in chunk order. Every
 // split is decided from the sizes alone, so results do not depend on the number of threads.
