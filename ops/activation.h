@@ -23,7 +23,9 @@
 
 namespace xfr {
 
-enum class ActivationKind : uint8_t { relu, gelu, gelu_tanh, leaky_relu, squared_relu, smelu, silu, sigmoid, star_relu };
+enum class ActivationKind : uint8_t {
+  relu, gelu, gelu_tanh, leaky_relu, squared_relu, smelu, silu, sigmoid, star_relu
+};
 
 struct ActivationParams {
   double negative_slope = 0.01;  // leaky_relu: torch.nn.LeakyReLU's default

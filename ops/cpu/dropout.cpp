@@ -43,7 +43,8 @@ void dropout_impl(const DropoutOp& op, const KernelContext& ctx, const Tensor& X
 
 void dropout_kernel(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in,
                     const std::vector<Tensor>& out) {
-  XF_DISPATCH_FLOAT(in[0].dtype(), "dropout", T, dropout_impl<T>(static_cast<const DropoutOp&>(op), ctx, in[0], out[0]));
+  XF_DISPATCH_FLOAT(in[0].dtype(), "dropout", T,
+                    dropout_impl<T>(static_cast<const DropoutOp&>(op), ctx, in[0], out[0]));
 }
 
 }  // namespace
