@@ -95,6 +95,19 @@ TEST_CASE("cross_entropy: loss, lse and dlogits against float64 (ignore_index, l
             }
 }
 
+TEST_CASE("cross_entropy: a GPT-2-sized vocabulary (50257) in f32 keeps float64 accuracy") {
+  const int64_t N = 5, V = 50257;
+  const Tensor x = random_tensor({N, V}, 45, -8, 8, DType::f32);
+  const std::vector<int64_t> tg{0, 50256, 12345, -100, 777};
+  const Tensor t = targets_tensor(tg, DType::i64);
+  const CERef ref = ref_ce(x.to_doubles(), N, V, tg, -100, 0.1);
+  const auto out = run_op(CrossEntropyOp(-100, 0.1), {x, t}, &test_pool());
+  check_close(out[0], {ref.loss}, "loss V=50257");
+  check_close(out[1], ref.lse, "lse V=50257");
+  const Tensor dx = run_op(CrossEntropyBackwardOp(-100, 0.1, false), {x, out[1], t, Tensor::full({1}, 1.0)})[0];
+  check_close(dx, ref.dlogits, "dlogits V=50257");
+}
+
 TEST_CASE("cross_entropy: every row ignored gives loss 0 and a zero gradient (torch would give NaN)") {
   const Tensor x = random_tensor({4, 9}, 50, -2, 2, DType::f64);
   const Tensor t = targets_tensor({-100, -100, -100, -100}, DType::i64);

@@ -128,26 +128,35 @@ XF_INLINE T row_max(const T* x, int64_t n) {
   return m;
 }
 
-template <class T>
-XF_INLINE T row_sum_exp(const T* x, int64_t n, T shift) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += exp_t<T>(x[j + k] - shift);
-  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; j < n; ++j) s += exp_t<T>(x[j] - shift);
-  return s;
+// Vocabulary rows are long (50k for GPT-2): sums run in chunks of kSumChunk elements over eight f32
+// accumulators each, and the chunk sums are added in double, so no accumulator takes more than 64 terms.
+constexpr int64_t kSumChunk = 512;
+
+// sum over j of f(x[j]) for a row of n values, chunked as described above.
+template <class T, class F>
+XF_INLINE double chunked_sum(const T* x, int64_t n, F f) {
+  double total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kSumChunk) {
+    const int64_t c1 = std::min(n, c0 + kSumChunk);
+    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = c0;
+    for (; j + 8 <= c1; j += 8)
+      for (int k = 0; k < 8; ++k) acc[k] += f(x[j + k]);
+    T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; j < c1; ++j) s += f(x[j]);
+    total += static_cast<double>(s);
+  }
+  return total;
 }
 
 template <class T>
-XF_INLINE T row_sum(const T* x, int64_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += x[j + k];
-  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; j < n; ++j) s += x[j];
-  return s;
+XF_INLINE double row_sum_exp(const T* x, int64_t n, T shift) {
+  return chunked_sum(x, n, [shift](T v) XF_INLINE_LAMBDA { return exp_t<T>(v - shift); });
+}
+
+template <class T>
+XF_INLINE double row_sum(const T* x, int64_t n) {
+  return chunked_sum(x, n, [](T v) XF_INLINE_LAMBDA { return v; });
 }
 
 // Throws naming the first row whose target is neither in [0, V) nor ignore_index; returns the number of
@@ -180,13 +189,13 @@ void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::v
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * V;
       const T m = row_max(xr, V);
-      const double l = static_cast<double>(m) + std::log(static_cast<double>(row_sum_exp(xr, V, m)));
+      const double l = static_cast<double>(m) + std::log(row_sum_exp(xr, V, m));
       lse[n] = static_cast<T>(l);
       const int64_t t = static_cast<int64_t>(tg[n]);
       if (t == op.ignore_index) continue;
       double loss = -(1.0 - ls) * (static_cast<double>(xr[t]) - l);
       if (ls > 0.0) {
-        const double sum_logp = static_cast<double>(row_sum(xr, V)) - static_cast<double>(V) * l;
+        const double sum_logp = row_sum(xr, V) - static_cast<double>(V) * l;
         loss -= ls / static_cast<double>(V) * sum_logp;
       }
       row_loss[static_cast<size_t>(n)] = loss;
