@@ -6,14 +6,25 @@
 
 namespace xfr {
 
-Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name) {
+Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
+             const std::string& init_module) {
   XF_CHECK(x.dim(-1) == in_features, "linear", "input ", shape_str(x.shape()), " has ", x.dim(-1),
            " features, the layer '", x.graph->qualified(name), "' expects ", in_features);
   Graph& g = *x.graph;
   auto s = g.scope(name);
-  const Value w = g.param("weight", {out_features, in_features}, ParamKind::weight);
+  InitInfo info;
+  info.module = init_module.empty() ? g.qualified("") : init_module;
+  if (init_module.empty() && !info.module.empty() && info.module.back() == '.') info.module.pop_back();
+  info.kind = ModuleKind::linear;
+  info.fan_in = in_features;   // torch: fan_in = weight.size(1), fan_out = weight.size(0)
+  info.fan_out = out_features;
+  info.attr = "weight";
+  const Value w = g.param("weight", {out_features, in_features}, ParamKind::weight, info);
   Value y = matmul(x, w, false, true, "matmul");
-  if (bias) y = bias_add(y, g.param("bias", {out_features}, ParamKind::bias), "bias_add");
+  if (bias) {
+    info.attr = "bias";
+    y = bias_add(y, g.param("bias", {out_features}, ParamKind::bias, info), "bias_add");
+  }
   return y;
 }
 

@@ -5,6 +5,9 @@
 namespace xfr {
 
 // x: (..., in) -> (..., out). Parameters "<name>.weight" (out, in) and, with bias, "<name>.bias" (out).
-Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name);
+// `init_module`: the xFormers-equivalent module path that init schemes match on (factory/weight_init.h);
+// empty: the graph name.
+Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
+             const std::string& init_module = {});
 
 }  // namespace xfr

@@ -26,7 +26,7 @@ Value Graph::input(const std::string& name, TensorMeta meta, bool requires_grad)
   return Value{this, new_value(std::move(v))};
 }
 
-Value Graph::param(const std::string& name, const Shape& shape, ParamKind kind) {
+Value Graph::param(const std::string& name, const Shape& shape, ParamKind kind, InitInfo init) {
   ValueInfo v;
   v.meta = TensorMeta{shape, DType::f32};
   v.name = qualified(name);
@@ -35,6 +35,7 @@ Value Graph::param(const std::string& name, const Shape& shape, ParamKind kind) 
              "' declared twice");
   v.kind = ValueKind::param;
   v.param_kind = kind;
+  v.init = std::move(init);
   v.requires_grad = true;
   return Value{this, new_value(std::move(v))};
 }

@@ -20,6 +20,7 @@ struct ValueInfo {
   int producer = -1;         // node id (activations)
   int producer_output = 0;   // which output of the producer
   ParamKind param_kind = ParamKind::weight;  // params only
+  InitInfo init;                             // params only: how init schemes see it
   bool requires_grad = false;  // params, and inputs a test differentiates against
 };
 
@@ -52,7 +53,7 @@ class Graph {
   // A value supplied at each run (token ids, targets, a test's input).
   Value input(const std::string& name, TensorMeta meta, bool requires_grad = false);
   // A trainable f32 parameter, named under the current scope ("<scope>.<name>").
-  Value param(const std::string& name, const Shape& shape, ParamKind kind = ParamKind::weight);
+  Value param(const std::string& name, const Shape& shape, ParamKind kind = ParamKind::weight, InitInfo init = {});
 
   // Appends a node; validates through op->infer (errors also name the node). Returns its outputs.
   std::vector<Value> add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,

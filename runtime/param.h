@@ -2,6 +2,7 @@
 // (e.g. AdamW does not decay biases, norm gains and embeddings unless configured).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace xfr {
@@ -18,6 +19,21 @@ inline const char* param_kind_name(ParamKind k) {
   }
   return "?";
 }
+
+// How an init scheme sees a parameter: the module that owns it, named and typed as in xFormers' model
+// factory (whose weight-init rules match on module names and types), so the schemes can be applied
+// exactly (factory/weight_init.h).
+enum class ModuleKind : uint8_t { unknown, linear, layernorm, embedding, conv2d, component };
+
+struct InitInfo {
+  std::string module;   // xFormers-equivalent dotted module path, e.g. "0.wrap_ff.layer.sublayer.mlp.0"
+  ModuleKind kind = ModuleKind::unknown;
+  std::string attr;     // "weight", "bias", or a component's own attribute name
+  // For parameters a component initialises itself (its init_weights): the rule, e.g. "normal(std=0.02)",
+  // "constant(0.8944)", "ones", "zeros". Empty when the component has none.
+  std::string component_rule;
+  int64_t fan_in = 0, fan_out = 0;  // torch's _calculate_fan_in_and_fan_out of the parameter
+};
 
 // A parameter's place in the flat parameter / gradient / optimizer-state buffers (same layout in all).
 struct ParamSlot {

@@ -4,6 +4,7 @@
 namespace xfr::cpu {
 void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
+void register_positional(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
 void register_reduce(KernelRegistry& r);
 void register_shape_ops(KernelRegistry& r);
@@ -20,6 +21,7 @@ namespace xfr {
 void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_elementwise(r);
   cpu::register_matmul(r);
+  cpu::register_positional(r);
   cpu::register_norm(r);
   cpu::register_reduce(r);
   cpu::register_shape_ops(r);

@@ -1,0 +1,67 @@
+#include "components/multi_head_dispatch.h"
+
+#include "components/linear.h"
+#include "ops/bias_add.h"
+#include "ops/dropout.h"
+#include "ops/matmul.h"
+#include "ops/shape_ops.h"
+#include "runtime/error.h"
+
+namespace xfr {
+
+Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention, const std::string& name) {
+  const char* op = "multi_head_dispatch";
+  XF_CHECK(x.rank() == 3, op, "expects (B, T, C), got ", shape_str(x.shape()));
+  const int64_t B = x.dim(0), T = x.dim(1), C = spec.dim_model, H = spec.num_heads;
+  const int64_t dk = spec.dim_key > 0 ? spec.dim_key : C, dv = spec.dim_value > 0 ? spec.dim_value : C;
+  XF_CHECK(x.dim(2) == C, op, "input ", shape_str(x.shape()), " does not have dim_model ", C);
+  XF_CHECK(H > 0 && dk % H == 0 && dv % H == 0, op, "dim_key ", dk, " and dim_value ", dv,
+           " must be divisible by num_heads ", H);
+  XF_CHECK(spec.use_separate_proj_weight || dk == dv, op,
+           "a shared in-projection (use_separate_proj_weight: false) needs dim_key == dim_value, got ", dk, " and ", dv);
+  Graph& g = *x.graph;
+  auto s = g.scope(name);
+  const std::string in_proj = spec.init_prefix + ".in_proj_container";
+  Value q, k, v;
+  if (spec.use_separate_proj_weight) {
+    q = linear(x, C, dk, spec.bias, "q_proj", in_proj + ".q_proj");
+    k = linear(x, C, dk, spec.bias, "k_proj", in_proj + ".k_proj");
+    v = linear(x, C, dv, spec.bias, "v_proj", in_proj + ".v_proj");
+  } else {
+    // xFormers' shared in-projection: k_proj.weight and v_proj.weight are q_proj.weight, the biases stay
+    // separate. With query = key = value, x W^T is computed once and each projection adds its bias.
+    InitInfo info;
+    info.module = in_proj + ".v_proj";  // xFormers' init visits q, k, v in turn: v_proj's write is the last
+    info.kind = ModuleKind::linear;
+    info.attr = "weight";
+    info.fan_in = C;
+    info.fan_out = dk;
+    auto ps = g.scope("in_proj");
+    const Value w = g.param("weight", {dk, C}, ParamKind::weight, info);
+    const Value xw = matmul(x, w, false, true, "matmul");  // (B, T, dk)
+    auto with_bias = [&](const char* proj) {
+      if (!spec.bias) return xw;
+      auto bs = g.scope(proj);
+      InitInfo bi = info;
+      bi.module = in_proj + "." + proj;
+      bi.attr = "bias";
+      return bias_add(xw, g.param("bias", {dk}, ParamKind::bias, bi), "bias_add");
+    };
+    q = with_bias("q_proj");
+    k = with_bias("k_proj");
+    v = with_bias("v_proj");
+  }
+  // (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
+  auto heads = [&](Value t, int64_t width, const char* n) {
+    return permute(reshape(t, {B, T, H, width / H}), {0, 2, 1, 3}, n);
+  };
+  const Value att = attention(heads(q, dk, "q_heads"), heads(k, dk, "k_heads"), heads(v, dv, "v_heads"));
+  XF_CHECK(att.rank() == 4 && att.dim(0) == B && att.dim(1) == H && att.dim(2) == T && att.dim(3) == dv / H, op,
+           "attention returned ", shape_str(att.shape()), ", expected (", B, ", ", H, ", ", T, ", ", dv / H, ")");
+  const Value merged = reshape(permute(att, {0, 2, 1, 3}, "merge_heads"), {B, T, dv});  // (B, T, dv)
+  Value y = linear(merged, dv, C, spec.bias, "proj", spec.init_prefix + ".proj");
+  if (spec.residual_dropout > 0) y = dropout(y, spec.residual_dropout, "residual_dropout");
+  return y;
+}
+
+}  // namespace xfr

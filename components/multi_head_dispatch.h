@@ -1,0 +1,31 @@
+// Multi-head attention around any attention mechanism, as xFormers' MultiHeadDispatch: input projections
+// (q_proj, k_proj, v_proj), head split, the attention, head merge, output projection, residual dropout.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "runtime/graph.h"
+
+namespace xfr {
+
+struct MultiHeadSpec {
+  int64_t dim_model = 0;
+  int64_t num_heads = 1;
+  int64_t dim_key = 0;     // total q/k projection width (0: dim_model); per head dim_key / num_heads
+  int64_t dim_value = 0;   // total v projection width (0: dim_model)
+  bool bias = true;
+  double residual_dropout = 0.0;
+  // true: q, k and v have their own projection weights; false: xFormers' shared in-projection (one
+  // weight applied to q, k and v; for self-attention this is a single matmul).
+  bool use_separate_proj_weight = true;
+  std::string init_prefix;  // xFormers module path of the MultiHeadDispatch, for init rules
+};
+
+// q, k, v heads: (B, H, S, Dh) -> (B, H, Sq, Dv_h)
+using AttentionFn = std::function<Value(Value q, Value k, Value v)>;
+
+// x: (B, T, C) -> (B, T, C). Self-attention (query = key = value = x). Parameters under "<name>.*".
+Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention,
+                          const std::string& name = "mha");
+
+}  // namespace xfr

@@ -1,0 +1,217 @@
+#include "factory/model_builder.h"
+
+#include <cmath>
+
+#include "components/linear.h"
+#include "components/multi_head_dispatch.h"
+#include "factory/registry.h"
+#include "ops/cross_entropy.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "ops/reduce.h"
+#include "ops/shape_ops.h"
+#include "runtime/error.h"
+
+namespace xfr {
+
+DeepNormCoefficients deepnorm_encoder_coefficients(int64_t n, int64_t m) {
+  const double N = static_cast<double>(n), M = static_cast<double>(m);
+  if (m == 0) return {std::pow(2 * N, 0.25), std::pow(8 * N, -0.25)};
+  return {0.81 * std::pow(std::pow(N, 4) * M, 1.0 / 16), 0.87 * std::pow(std::pow(N, 4) * M, -1.0 / 16)};
+}
+
+namespace {
+
+// LayerNorm eps 1e-5 (torch's default; xFormers' PyTorch path), RMSNorm eps 1e-6 (LLaMA, T5).
+constexpr double kLayerNormEps = 1e-5;
+constexpr double kRmsNormEps = 1e-6;
+
+// A normalization layer; parameters "<name>.weight" (and ".bias"), init module `init_path`.
+Value normalize(Value x, const std::string& kind, const std::string& name, const std::string& init_path) {
+  if (kind == "skip") return x;
+  Graph& g = *x.graph;
+  auto s = g.scope(name);
+  const int64_t C = x.dim(-1);
+  InitInfo info;
+  info.module = init_path;
+  info.kind = ModuleKind::layernorm;
+  info.attr = "weight";
+  const Value w = g.param("weight", {C}, ParamKind::norm, info);
+  if (kind == "rmsnorm") return rmsnorm(x, w, kRmsNormEps, "rmsnorm");
+  info.attr = "bias";
+  const Value b = g.param("bias", {C}, ParamKind::norm, info);
+  return layernorm(x, w, b, kLayerNormEps, "layernorm");
+}
+
+struct BlockPlan {
+  const ConfigNode* stack;
+  int64_t global_index;  // index among all encoder blocks: the xFormers module name
+  bool first, last;      // first block of the model (positional embedding), last block of the last stack
+};
+
+}  // namespace
+
+BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool training) {
+  const Registry& reg = Registry::builtin();
+  BuiltModel m;
+  m.graph = std::make_unique<Graph>();
+  Graph& g = *m.graph;
+  const std::string task = get_string(model, "task");
+  XF_CHECK(has_value(model, "vocab_size"), "model", "vocab_size is not known (set model.vocab_size)");
+  const int64_t V = get_int(model, "vocab_size");
+  m.vocab_size = V;
+  m.tokens = g.input("tokens", TensorMeta{{B, T}, DType::i32});
+  const ConfigNode& stacks = model.at("stack_configs");
+  XF_CHECK(stacks.size() > 0, "model", "stack_configs is empty");
+
+  std::vector<BlockPlan> plan;
+  int64_t total = 0;
+  for (size_t s = 0; s < stacks.size(); ++s) total += get_int(stacks.at(s), "num_layers");
+  for (size_t s = 0, idx = 0; s < stacks.size(); ++s)
+    for (int64_t i = 0; i < get_int(stacks.at(s), "num_layers"); ++i, ++idx)
+      plan.push_back(BlockPlan{&stacks.at(s), static_cast<int64_t>(idx), idx == 0, static_cast<int64_t>(idx) == total - 1});
+  const bool deepnorm = get_string(stacks.at(0), "residual_norm_style") == "deepnorm";
+  if (deepnorm) m.init_gain = deepnorm_encoder_coefficients(total, 0).beta;
+
+  // ---- embeddings: the first block's positional encoding, or a token embedding in front of it ----
+  const ConfigNode& first = *plan[0].stack;
+  const int64_t D0 = get_int(first, "dim_model");
+  Value x;
+  Value word_embeddings;
+  const ConfigNode* pos = first.find("position_encoding_config");
+  const ComponentEntry* pos_entry = nullptr;
+  if (pos && !pos->is_null()) pos_entry = reg.find("position_encoding", get_string(*pos, "name"));
+  BuildContext ctx{g, "0.pose_encoding", D0, T, V, training};
+  if (!pos_entry || !pos_entry->consumes_token_ids) {
+    // Not in xFormers (its encoder takes embeddings): tokens need an embedding first; N(0, 0.02) as GPT-2.
+    auto s = g.scope("token_embedding");
+    InitInfo info;
+    info.module = "token_embedding";
+    info.kind = ModuleKind::component;
+    info.attr = "weight";
+    info.component_rule = "normal(std=0.02)";
+    word_embeddings = g.param("weight", {V, D0}, ParamKind::embedding, info);
+    x = embedding(word_embeddings, m.tokens, "lookup");
+  }
+  if (pos_entry) {
+    auto s = g.scope("pose_encoding");
+    x = pos_entry->position(*pos, m.tokens, x, ctx);
+    if (pos_entry->consumes_token_ids) word_embeddings = g.find("pose_encoding.word_embeddings.weight");
+  }
+
+  // ---- blocks ----
+  for (const auto& b : plan) {
+    const ConfigNode& st = *b.stack;
+    const int64_t D = get_int(st, "dim_model");
+    XF_CHECK(x.dim(-1) == D, "model", "block ", b.global_index, " has dim_model ", D, " but its input has width ",
+             x.dim(-1), " (stacks must share dim_model)");
+    const std::string style = get_string(st, "residual_norm_style");
+    const std::string norm = get_string(st, "normalization");
+    const std::string idx = std::to_string(b.global_index);
+    auto scope = g.scope("blocks." + idx);
+    const ConfigNode& mh = st.at("multi_head_config");
+    const ConfigNode& att = mh.at("attention");
+    const ComponentEntry* att_entry = reg.find("attention", get_string(att, "name"));
+    const ConfigNode& ff = st.at("feedforward_config");
+    const ComponentEntry* ff_entry = reg.find("feedforward", get_string(ff, "name"));
+    XF_CHECK(att_entry && ff_entry, "model", "unknown component in block ", idx);
+    const double alpha = style == "deepnorm" ? deepnorm_encoder_coefficients(get_int(st, "num_layers"), 0).alpha : 1.0;
+
+    // xFormers' wrapper paths: pre = Residual(PreNorm(norm, sublayer)); post/deepnorm = PostNorm(norm, Residual(sublayer)).
+    const bool pre = style == "pre";
+    const bool final_norm = pre && b.last;  // the fixed quirk: a pre-norm model always ends normalised
+    const std::string att_path = idx + (pre ? ".wrap_att.layer" : ".wrap_att.sublayer.layer");
+    const std::string ff_wrap = idx + (final_norm ? ".wrap_ff.sublayer" : ".wrap_ff");
+    const std::string ff_path = ff_wrap + (pre ? ".layer.sublayer" : ".sublayer.layer");
+
+    MultiHeadSpec spec;
+    spec.dim_model = D;
+    spec.num_heads = get_int(mh, "num_heads");
+    spec.dim_key = has_value(mh, "dim_key") ? get_int(mh, "dim_key") : D;
+    spec.dim_value = has_value(mh, "dim_value") ? get_int(mh, "dim_value") : D;
+    spec.bias = get_bool(mh, "bias");
+    spec.residual_dropout = training ? get_number(mh, "residual_dropout") : 0.0;
+    spec.use_separate_proj_weight = get_bool(mh, "use_separate_proj_weight");
+    spec.init_prefix = pre ? att_path + ".sublayer" : att_path;
+    BuildContext actx{g, spec.init_prefix + ".attention", D, T, V, training};
+    auto attention_sublayer = [&](Value in) {
+      return multi_head_dispatch(in, spec, [&](Value q, Value k, Value v) {
+        return att_entry->attention(att, q, k, v, actx);
+      }, "mha");
+    };
+    BuildContext fctx{g, ff_path, D, T, V, training};
+    auto ff_sublayer = [&](Value in) {
+      auto s = g.scope("feedforward");
+      return ff_entry->feedforward(ff, in, fctx);
+    };
+    if (pre) {
+      x = add(x, attention_sublayer(normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm")), "residual1");
+      x = add(x, ff_sublayer(normalize(x, norm, "norm2", ff_wrap + ".layer.norm")), "residual2");
+      if (final_norm) x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm");
+    } else {
+      const Value r1 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale1");
+      x = normalize(add(r1, attention_sublayer(x), "residual1"), norm, "norm1", idx + ".wrap_att.norm");
+      const Value r2 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale2");
+      x = normalize(add(r2, ff_sublayer(x), "residual2"), norm, "norm2", idx + ".wrap_ff.norm");
+    }
+  }
+  m.hidden = x;
+  const int64_t C = x.dim(-1);
+
+  // ---- heads ----
+  auto head_info = [](const std::string& module, const std::string& rule, int64_t fan_in, int64_t fan_out) {
+    InitInfo info;
+    info.module = module;
+    info.kind = ModuleKind::component;
+    info.component_rule = rule;
+    info.fan_in = fan_in;
+    info.fan_out = fan_out;
+    return info;
+  };
+  if (task == "causal_lm" || task == "embedding") {
+    Value w;
+    if (get_bool(model, "tie_embedding_weights")) {
+      XF_CHECK(word_embeddings.defined() && word_embeddings.dim(1) == C, "model",
+               "tie_embedding_weights needs a token embedding of width ", C);
+      w = word_embeddings;
+    } else {
+      // Outside xFormers' factory: microGPT's wrapper (and GPT-2) initialise the head N(0, 0.02).
+      auto s = g.scope("lm_head");
+      InitInfo info = head_info("lm_head", "normal(std=0.02)", C, V);
+      info.attr = "weight";
+      w = g.param("weight", {V, C}, ParamKind::weight, info);
+    }
+    m.logits = matmul(x, w, false, true, "logits");  // (B, T, V)
+    m.targets = g.input("targets", TensorMeta{{B, T}, DType::i32});
+    m.loss = cross_entropy(reshape(m.logits, {B * T, V}, "logits_2d"), reshape(m.targets, {B * T}, "targets_1d"),
+                           -100, 0.0, "loss");
+  }
+  if (task == "classification" || task == "embedding") {
+    m.pooled = get_string(model, "pooling") == "mean" ? reduce_mean(x, {1}, false, "pool")
+                                                      : reshape(slice(x, 1, 0, 1, "cls"), {B, C}, "pool");
+  }
+  if (task == "classification") {
+    XF_CHECK(has_value(model, "num_classes"), "model", "classification needs model.num_classes");
+    const int64_t K = get_int(model, "num_classes");
+    auto s = g.scope("classifier");
+    // torch's nn.Linear default (kaiming-uniform(a=sqrt 5)): U(+-1/sqrt(fan_in)) for weight and bias; LRA's
+    // wrapper keeps it.
+    InitInfo info = head_info("classifier", "uniform(1/sqrt(fan_in))", C, K);
+    info.attr = "weight";
+    const Value w = g.param("weight", {K, C}, ParamKind::weight, info);
+    info.attr = "bias";
+    const Value bias = g.param("bias", {K}, ParamKind::bias, info);
+    m.logits = add(matmul(m.pooled, w, false, true, "matmul"), bias, "logits");  // (B, K)
+    m.targets = g.input("targets", TensorMeta{{B}, DType::i32});
+    m.loss = cross_entropy(m.logits, m.targets, -100, 0.0, "loss");
+  }
+  if (task == "embedding") {
+    // x / ||x||: rmsnorm divides by sqrt(mean(x^2)), i.e. ||x|| / sqrt(C).
+    m.embedding = scale(rmsnorm(m.pooled, Value{}, 1e-12, "l2"), 1.0 / std::sqrt(static_cast<double>(C)), "embedding");
+  }
+  return m;
+}
+
+}  // namespace xfr

@@ -1,0 +1,327 @@
+#include "factory/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "factory/schema.h"
+#include "ops/grad.h"
+#include "runtime/checkpoint.h"
+#include "runtime/cpu/threadpool.h"
+#include "runtime/error.h"
+#include "runtime/executor.h"
+#include "runtime/file_io.h"
+#include "runtime/lr_schedule.h"
+#include "runtime/optimizer.h"
+#include "runtime/rng.h"
+
+namespace xfr {
+
+namespace fs = std::filesystem;
+
+LoadedData load_data(const Config& config) {
+  const ConfigNode& data = config.root.at("data");
+  const ConfigNode& model = config.root.at("model");
+  const std::string kind = get_string(data, "kind");
+  const int64_t seq_len = get_int(data, "seq_len");
+  const uint64_t seed = static_cast<uint64_t>(get_int(config.root.at("runtime"), "seed"));
+  LoadedData d;
+  if (kind == "text") {
+    const std::string path = config_path_value(data, "path");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("data", "cannot read text file '" + path + "'", "data.path");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    d.tokenizer = std::make_shared<Tokenizer>(Tokenizer::from_name(get_string(data, "tokenizer"), text));
+    d.vocab_size = d.tokenizer->vocab_size();
+    d.source = std::make_shared<VectorTokenSource>(d.tokenizer->encode(text), d.vocab_size, path);
+  } else if (kind == "tokens") {
+    const std::string path = config_path_value(data, "path");
+    d.vocab_size = get_int(model, "vocab_size");
+    d.source = std::make_shared<TokenFileSource>(path, token_file_dtype_from_name(get_string(data, "token_dtype")),
+                                                 d.vocab_size);
+  } else {
+    SyntheticTask task;
+    task.kind = synthetic_kind_from_name(kind);
+    task.num_symbols = get_int(data, "num_symbols");
+    task.num_tokens = get_int(data, "num_examples") * task.example_len();
+    task.seed = seed;
+    d.source = std::make_shared<SyntheticTokenSource>(task);
+    d.vocab_size = task.vocab_size();
+  }
+  if (has_value(model, "vocab_size")) {
+    const int64_t mv = get_int(model, "vocab_size");
+    XF_CHECK(mv >= d.vocab_size, "config", "model.vocab_size ", mv, " does not cover the data's ", d.vocab_size,
+             " token ids");
+    d.vocab_size = mv;
+  }
+  d.split = split_train_val(d.source, get_number(data, "val_fraction"), seq_len);
+  return d;
+}
+
+Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger) {
+  Model m;
+  m.model_config = config.root.at("model");
+  m.model_config.set("vocab_size", ConfigNode::make_scalar(std::to_string(vocab_size)));
+  const int64_t T = get_int(config.root.at("data"), "seq_len");
+  m.train_graph = build_model(m.model_config, batch, T, /*training=*/true);
+  m.eval_graph = build_model(m.model_config, batch, T, /*training=*/false);
+  m.store = std::make_shared<ParamStore>(*m.train_graph.graph);
+  const uint64_t seed = static_cast<uint64_t>(get_int(config.root.at("runtime"), "seed"));
+  m.init = initialize_weights(*m.train_graph.graph, *m.store, get_string(m.model_config, "weight_init"),
+                              m.train_graph.init_gain, seed);
+  check_initialised(m.init, get_string(m.model_config, "check_init"), logger);
+  return m;
+}
+
+namespace {
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  return s >= 3600 ? str_cat(s / 3600, "h", (s % 3600) / 60, "m") : str_cat(s / 60, "m", s % 60, "s");
+}
+
+// Samples an index from logits (V) with temperature, top-k and top-p; u in [0, 1).
+int32_t sample_token(const float* logits, int64_t V, double temperature, int64_t top_k, double top_p, double u) {
+  if (temperature <= 0.0) return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+  std::vector<int32_t> idx(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  const int64_t k = top_k > 0 ? std::min(top_k, V) : V;
+  std::vector<double> p(static_cast<size_t>(k));
+  const double mx = logits[idx[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < k; ++i) sum += (p[i] = std::exp((logits[idx[i]] - mx) / temperature));
+  // nucleus: the smallest prefix whose mass reaches top_p
+  int64_t keep = k;
+  double acc = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    acc += p[i] / sum;
+    if (acc >= top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double total = 0;
+  for (int64_t i = 0; i < keep; ++i) total += p[i];
+  double r = u * total;
+  for (int64_t i = 0; i < keep; ++i) {
+    r -= p[i];
+    if (r < 0) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace
+
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt_ids, int64_t max_new_tokens,
+                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool) {
+  XF_CHECK(get_string(model.model_config, "task") == "causal_lm", "generate", "only causal_lm models generate");
+  const int64_t T = model.train_graph.tokens.dim(1);
+  BuiltModel g1 = build_model(model.model_config, 1, T, /*training=*/false);
+  ExecutorOptions opt;
+  opt.pool = pool;
+  Executor ex(*g1.graph, {g1.logits}, Gradients{}, model.store, opt);
+  std::vector<int32_t> ids = prompt_ids;
+  if (ids.empty()) ids.push_back(0);
+  const int64_t V = g1.vocab_size;
+  Tensor window = Tensor::zeros({1, T}, DType::i32);
+  for (int64_t n = 0; n < max_new_tokens; ++n) {
+    // The last T tokens, left-aligned; causal attention makes the padding after them irrelevant.
+    const int64_t len = std::min<int64_t>(static_cast<int64_t>(ids.size()), T);
+    std::fill(window.data<int32_t>(), window.data<int32_t>() + T, 0);
+    std::copy(ids.end() - len, ids.end(), window.data<int32_t>());
+    ex.bind(g1.tokens, window);
+    ex.run();
+    const float* logits = ex.get(g1.logits).data<float>() + (len - 1) * V;
+    ids.push_back(sample_token(logits, V, temperature, top_k, top_p, philox_uniform(seed, static_cast<uint64_t>(n))));
+  }
+  return std::vector<int32_t>(ids.begin() + static_cast<int64_t>(prompt_ids.size()), ids.end());
+}
+
+TrainResult train(const Config& config, const TrainOptions& o) {
+  const ConfigNode& root = config.root;
+  const ConfigNode& train = root.at("train");
+  const ConfigNode& rt = root.at("runtime");
+  const ConfigNode& data_cfg = root.at("data");
+  const std::string device = get_string(rt, "device");
+  XF_CHECK(device == "auto" || device == "cpu", "runtime", "device '", device,
+           "' is not available: this build has no CUDA backend (use cpu or auto)");
+  XF_CHECK(get_string(train, "precision") == "fp32", "train", "precision '", get_string(train, "precision"),
+           "' needs a CUDA device; the CPU computes in fp32");
+  auto log = [&](auto&&... args) {
+    if (o.logger) o.logger->info(std::forward<decltype(args)>(args)...);
+  };
+  const int threads = static_cast<int>(get_int(rt, "threads"));
+  ThreadPool pool(threads);
+  const uint64_t seed = static_cast<uint64_t>(get_int(rt, "seed"));
+  const int64_t B = get_int(train, "batch_size"), T = get_int(data_cfg, "seq_len");
+  const int64_t steps = get_int(train, "steps"), accum = get_int(train, "grad_accum");
+
+  LoadedData data = load_data(config);
+  Model model = make_model(config, data.vocab_size, B, o.logger);
+  const std::string task = get_string(model.model_config, "task");
+  XF_CHECK(task != "classification", "train", "classification needs a labelled data kind (data.kind ", get_string(data_cfg, "kind"),
+           " gives token streams)");
+  const std::string out_dir = config_path_value(rt, "out_dir");
+  fs::create_directories(out_dir);
+
+  // Graph executors: training (forward + backward) and evaluation (forward) over one store.
+  const Gradients grads = gradients(model.train_graph.loss);
+  ExecutorOptions eopt;
+  eopt.pool = &pool;
+  eopt.seed = seed;
+  Executor train_ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store, eopt);
+  Executor eval_ex(*model.eval_graph.graph, {model.eval_graph.loss}, Gradients{}, model.store, eopt);
+
+  const ConfigNode& oc = train.at("optimizer");
+  OptimizerConfig ocfg;
+  ocfg.name = get_string(oc, "name");
+  ocfg.lr = static_cast<float>(get_number(oc, "lr"));
+  ocfg.beta1 = static_cast<float>(*oc.at("betas").at(0).as_double());
+  ocfg.beta2 = static_cast<float>(*oc.at("betas").at(1).as_double());
+  ocfg.eps = static_cast<float>(get_number(oc, "eps"));
+  ocfg.weight_decay = static_cast<float>(get_number(oc, "weight_decay"));
+  ocfg.momentum = static_cast<float>(get_number(oc, "momentum"));
+  ocfg.nesterov = get_bool(oc, "nesterov");
+  ocfg.decay_biases = get_bool(oc, "decay_biases");
+  ocfg.decay_norms = get_bool(oc, "decay_norms");
+  ocfg.decay_embeddings = get_bool(oc, "decay_embeddings");
+  auto optimizer = make_optimizer(ocfg, model.store->slots(), model.store->flat_size());
+  const ConfigNode& sc = train.at("schedule");
+  ScheduleConfig scfg;
+  scfg.name = get_string(sc, "name");
+  scfg.warmup_steps = get_int(sc, "warmup_steps");
+  scfg.min_lr = static_cast<float>(get_number(sc, "min_lr"));
+  scfg.total_steps = steps;
+  validate_schedule(scfg);
+
+  BatchSampler sampler(data.split.train, B, T, seed, "train");
+  std::unique_ptr<EvalBatches> val;
+  if (data.split.val) val = std::make_unique<EvalBatches>(data.split.val, B, T, get_int(train, "eval_steps"));
+
+  int64_t start = 0;
+  if (!o.resume.empty()) {
+    std::optional<std::string> dir;
+    if (o.resume == "auto") dir = find_latest_checkpoint(out_dir);
+    else dir = o.resume;
+    if (dir) {
+      const LoadedCheckpoint ck = load_checkpoint(*dir, *model.store, optimizer.get());
+      start = ck.step;
+      sampler.set_state(ck.state.at("sampler"));
+      train_ex.set_runs(ck.state.at("executor_runs").get<uint64_t>());
+      log("resumed from {} (step {})", *dir, start);
+    } else {
+      log("no complete checkpoint under {}: starting fresh", out_dir);
+    }
+  }
+
+  const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
+  std::ofstream metrics(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
+  auto evaluate = [&]() -> double {
+    if (!val) return -1;
+    val->reset();
+    Batch b;
+    double sum = 0;
+    int64_t n = 0;
+    while (val->next(&b)) {
+      eval_ex.bind(model.eval_graph.tokens, b.inputs);
+      eval_ex.bind(model.eval_graph.targets, b.targets);
+      eval_ex.run();
+      sum += eval_ex.get(model.eval_graph.loss).item();
+      ++n;
+    }
+    return n ? sum / static_cast<double>(n) : -1;
+  };
+
+  TrainResult result;
+  result.out_dir = out_dir;
+  const int64_t params = static_cast<int64_t>(model.store->num_params());
+  log("model: {} parameters, {} train tokens, {} val tokens, vocab {}; {} steps of {} x {} tokens (x{} accumulation)",
+      params, data.split.train->size(), data.split.val ? data.split.val->size() : 0, data.vocab_size, steps, B, T, accum);
+  if (start == 0) {
+    result.initial_val_loss = evaluate();
+    if (result.initial_val_loss >= 0) log("step 0: val_loss {:.4f}", result.initial_val_loss);
+  }
+  const int64_t log_every = get_int(train, "log_every"), eval_every = get_int(train, "eval_every");
+  const int64_t ckpt_every = get_int(train, "checkpoint_every"), keep = get_int(train, "keep_checkpoints");
+  const double clip = get_number(train, "grad_clip");
+  const auto t_start = std::chrono::steady_clock::now();
+  auto t_window = t_start;
+  int64_t window_tokens = 0;
+  for (int64_t step = start; step < steps; ++step) {
+    model.store->zero_grads();
+    double loss = 0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      const Batch b = sampler.next();
+      train_ex.bind(model.train_graph.tokens, b.inputs);
+      train_ex.bind(model.train_graph.targets, b.targets);
+      train_ex.run();
+      loss += train_ex.get(model.train_graph.loss).item() / static_cast<double>(accum);
+    }
+    if (accum > 1) {  // each micro-batch's loss is a mean: the step's gradient is their mean
+      float* g = model.store->grads();
+      const float s = 1.0f / static_cast<float>(accum);
+      for (size_t i = 0; i < model.store->flat_size(); ++i) g[i] *= s;
+    }
+    const float norm = clip > 0 ? clip_grad_norm(model.store->grads(), model.store->slots(), static_cast<float>(clip), &pool)
+                                : global_grad_norm(model.store->grads(), model.store->slots(), &pool);
+    const float lr = learning_rate(scfg, ocfg.lr, step);
+    optimizer->step(model.store->params(), model.store->grads(), lr, &pool);
+    window_tokens += B * T * accum;
+    result.losses.push_back(loss);
+    if (step == start) result.first_loss = loss;
+    result.final_loss = loss;
+    if (o.on_step) o.on_step(step + 1, loss);
+    const bool last = step + 1 == steps;
+    const bool do_eval = val && ((eval_every > 0 && (step + 1) % eval_every == 0) || last);
+    double val_loss = -1;
+    if (do_eval) val_loss = evaluate();
+    if ((step + 1) % log_every == 0 || last || do_eval) {
+      const auto now = std::chrono::steady_clock::now();
+      const double dt = std::chrono::duration<double>(now - t_window).count();
+      const double tps = dt > 0 ? static_cast<double>(window_tokens) / dt : 0;
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(steps - step - 1);
+      nlohmann::json rec = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tps},
+                            {"elapsed_s", elapsed}};
+      if (val_loss >= 0) rec["val_loss"] = val_loss;
+      metrics << rec.dump() << "\n" << std::flush;
+      const std::string line = str_cat("step ", step + 1, "/", steps, "  loss ", std::to_string(loss).substr(0, 6),
+                                        val_loss >= 0 ? "  val_loss " + std::to_string(val_loss).substr(0, 6) : "",
+                                        "  lr ", lr, "  ", static_cast<int64_t>(tps), " tok/s  ETA ", format_duration(eta));
+      if (o.progress_line && !do_eval && !last) {
+        std::fprintf(stderr, "\r%s\033[K", line.c_str());
+      } else {
+        if (o.progress_line) std::fprintf(stderr, "\r\033[K");
+        log("{}", line);
+      }
+      t_window = now;
+      window_tokens = 0;
+    }
+    if (val_loss >= 0) result.final_val_loss = val_loss;
+    if (last || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
+      nlohmann::json state = {{"sampler", sampler.state()}, {"executor_runs", train_ex.runs()}, {"loss", loss}};
+      if (data.tokenizer) state["tokenizer"] = data.tokenizer->to_json();
+      save_checkpoint(out_dir, step + 1, *model.store, optimizer.get(), state);
+      prune_checkpoints(out_dir, static_cast<int>(keep));
+    }
+  }
+  result.steps = steps;
+  if (task == "causal_lm" && data.tokenizer) {
+    const ConfigNode& inf = root.at("infer");
+    const std::string prompt = get_string(inf, "prompt");
+    std::vector<int32_t> ids = data.tokenizer->encode(prompt.empty() ? "\n" : prompt);
+    const auto out = generate(model, ids, get_int(inf, "max_new_tokens"), get_number(inf, "temperature"),
+                              get_int(inf, "top_k"), get_number(inf, "top_p"), seed, &pool);
+    result.sample = prompt + data.tokenizer->decode(out);
+    write_file_atomic((fs::path(out_dir) / "sample.txt").string(), result.sample.data(), result.sample.size());
+  }
+  return result;
+}
+
+}  // namespace xfr

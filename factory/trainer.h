@@ -1,0 +1,64 @@
+// Training and inference from a config: data, model graphs (train and eval share one parameter
+// store), weight init and its check, optimizer and schedule, metrics, checkpoints and resume, samples.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "factory/config.h"
+#include "factory/model_builder.h"
+#include "factory/weight_init.h"
+#include "runtime/data.h"
+#include "runtime/logging.h"
+#include "runtime/param_store.h"
+
+namespace xfr {
+
+class ThreadPool;
+
+struct TrainOptions {
+  Logger logger;               // progress and summaries (null: silent)
+  std::string resume;          // "" (fresh), "auto" (newest complete checkpoint, if any), or a step folder
+  bool progress_line = false;  // redraw one status line (a TTY) instead of a line every log_every steps
+  // Called after each optimizer step with (step, loss); for tests and embedding applications.
+  std::function<void(int64_t, double)> on_step;
+};
+
+struct TrainResult {
+  int64_t steps = 0;          // optimizer steps done in total (including resumed ones)
+  double first_loss = 0;      // training loss of the first step run by this call
+  double final_loss = 0;      // training loss of the last step
+  double initial_val_loss = -1, final_val_loss = -1;  // -1: no validation split
+  std::vector<double> losses; // per step run by this call
+  std::string sample;         // causal_lm on text: a generated sample after training
+  std::string out_dir;
+};
+
+TrainResult train(const Config& config, const TrainOptions& options);
+
+// The data a config names: tokenizer (text), token source, split.
+struct LoadedData {
+  std::shared_ptr<Tokenizer> tokenizer;  // text data only
+  TokenSourcePtr source;
+  TrainValSplit split;
+  int64_t vocab_size = 0;
+};
+LoadedData load_data(const Config& config);
+
+// A model ready to run: graphs for training (batch, seq_len) and for evaluation share the store.
+struct Model {
+  BuiltModel train_graph, eval_graph;
+  std::shared_ptr<ParamStore> store;
+  InitReport init;
+  ConfigNode model_config;  // the `model` section with vocab_size resolved
+};
+// Builds (and initialises) the model of `config` for data with `vocab_size` tokens.
+Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger);
+
+// Text generation for causal_lm: continues `prompt_ids` by `max_new_tokens` tokens sampled with
+// temperature / top-k / top-p (seeded Philox), running the eval graph over the last seq_len tokens.
+std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt_ids, int64_t max_new_tokens,
+                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool);
+
+}  // namespace xfr

@@ -1,0 +1,225 @@
+// xfrun: the command line, a thin client of the library.
+// Exit codes: 0 success, 1 runtime failure, 2 usage or config error (before anything is written).
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <cblas.h>
+
+#include "factory/config.h"
+#include "factory/registry.h"
+#include "factory/schema.h"
+#include "factory/trainer.h"
+#include "runtime/checkpoint.h"
+#include "runtime/cpu/threadpool.h"
+#include "runtime/error.h"
+#include "runtime/kernel_registry.h"
+#include "runtime/logging.h"
+
+using namespace xfr;
+
+namespace {
+
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+
+struct ConfigArgs {
+  std::string config;  // empty: the embedded default
+  std::vector<std::string> sets;
+};
+
+void add_config_args(CLI::App* cmd, ConfigArgs& a, bool required = false) {
+  auto* opt = cmd->add_option("--config,-c", a.config, "YAML or JSON config (default: the embedded default)");
+  if (required) opt->required();
+  cmd->add_option("--set", a.sets, "override a config key: a.b.c=value (repeatable)");
+}
+
+Config load(const ConfigArgs& a) {
+  if (a.config.empty()) return load_default_config(a.sets);
+  return load_config(a.config, a.sets);
+}
+
+void print_components(bool as_json) {
+  const Registry& reg = Registry::builtin();
+  if (as_json) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& family : reg.families()) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const auto& name : reg.names(family)) {
+        const ComponentEntry* e = reg.find(family, name);
+        nlohmann::json params = nlohmann::json::array();
+        for (const auto& f : e->params.fields)
+          params.push_back({{"name", f.name}, {"type", field_type_name(f)},
+                            {"default", f.default_value ? nlohmann::json(*f.default_value) : nlohmann::json()},
+                            {"doc", f.doc}});
+        list.push_back({{"name", name}, {"doc", e->doc}, {"parameters", params}});
+      }
+      j[family] = list;
+    }
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  for (const auto& family : reg.families()) {
+    std::cout << family << ":\n";
+    for (const auto& name : reg.names(family)) {
+      const ComponentEntry* e = reg.find(family, name);
+      std::cout << "  " << name << "  " << e->doc << "\n";
+      for (const auto& f : e->params.fields)
+        std::cout << "      " << f.name << " (" << field_type_name(f) << (f.default_value ? ", default " + *f.default_value : "")
+                  << "): " << f.doc << "\n";
+    }
+  }
+}
+
+void print_info() {
+  std::cout << "xfrun " << xfrun_version() << "\n";
+  std::cout << "build: C++17, " <<
+#ifdef XF_WITH_CUDA
+      "CUDA backend built"
+#else
+      "CPU only (no CUDA backend in this build)"
+#endif
+            << "\n";
+  std::cout << "devices: cpu (" << ThreadPool(0).size() << " threads)\n";
+  std::cout << "BLAS: " << openblas_get_config() << "\n";
+  std::cout << "kernels (cpu):";
+  for (const auto& op : KernelRegistry::builtin().ops(Device::Kind::cpu)) std::cout << " " << op;
+  std::cout << "\nattention backends:\n  cpu composite (matmul + softmax + matmul): available\n"
+               "  fused CUDA attention: unavailable (no CUDA backend in this build)\n";
+}
+
+int describe(const Config& cfg, bool as_json) {
+  LoadedData data = load_data(cfg);
+  const int64_t B = get_int(cfg.root.at("train"), "batch_size");
+  Model model = make_model(cfg, data.vocab_size, B, make_null_logger());
+  const auto& slots = model.store->slots();
+  nlohmann::json params = nlohmann::json::array();
+  for (size_t i = 0; i < slots.size(); ++i)
+    params.push_back({{"name", slots[i].name}, {"shape", model.store->shape(slots[i].name)}, {"numel", slots[i].numel},
+                      {"init", model.init.rules[i]}});
+  const size_t total = model.store->num_params();
+  // Training-step memory on the CPU: weights, gradients, AdamW's two moments, planned activations.
+  const size_t weights = model.store->flat_size() * 4;
+  if (as_json) {
+    nlohmann::json j = {{"total_params", total}, {"parameters", params}, {"vocab_size", data.vocab_size},
+                        {"memory_bytes", {{"weights", weights}, {"gradients", weights}, {"optimizer", 2 * weights}}}};
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  for (const auto& p : params)
+    std::cout << p["name"].get<std::string>() << "  " << p["shape"].dump() << "  " << p["numel"].get<size_t>() << "  "
+              << p["init"].get<std::string>() << "\n";
+  std::cout << "total parameters: " << total << "\n";
+  std::cout << "memory: weights " << weights << " B, gradients " << weights << " B, optimizer " << 2 * weights << " B\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"xfrun: train and run transformer models described by a config"};
+  app.require_subcommand(1);
+  ConfigArgs train_args, validate_args, print_args, describe_args, infer_args;
+  std::string device, out, resume, checkpoint, prompt;
+  int64_t seed = -1;
+  bool json = false;
+
+  auto* train_cmd = app.add_subcommand("train", "train the model of a config");
+  add_config_args(train_cmd, train_args);
+  train_cmd->add_option("--device", device, "auto | cpu | cuda | cuda:N (overrides runtime.device)");
+  train_cmd->add_option("--out", out, "output folder (overrides runtime.out_dir)");
+  train_cmd->add_option("--resume", resume, "auto (newest complete checkpoint) or a checkpoint folder");
+  train_cmd->add_option("--seed", seed, "overrides runtime.seed");
+
+  auto* validate_cmd = app.add_subcommand("validate", "check a config; prints ok or every error");
+  add_config_args(validate_cmd, validate_args);
+  auto* print_cmd = app.add_subcommand("print-config", "the resolved config, defaults filled in, as YAML");
+  add_config_args(print_cmd, print_args);
+  auto* describe_cmd = app.add_subcommand("describe", "parameters, their init rules and memory of a config's model");
+  add_config_args(describe_cmd, describe_args);
+  describe_cmd->add_flag("--json", json, "machine-readable output");
+  auto* components_cmd = app.add_subcommand("components", "every registered component and its parameters");
+  components_cmd->add_flag("--json", json, "machine-readable output");
+  app.add_subcommand("info", "version, build options, devices, BLAS, kernels");
+  auto* infer_cmd = app.add_subcommand("infer", "generate from a trained causal LM");
+  add_config_args(infer_cmd, infer_args);
+  infer_cmd->add_option("--checkpoint", checkpoint, "a checkpoint folder (step_N)")->required();
+  infer_cmd->add_option("--prompt", prompt, "text to continue (default: infer.prompt)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+
+  Logger logger = make_stderr_logger();
+  try {
+    if (app.got_subcommand("components")) {
+      print_components(json);
+      return 0;
+    }
+    if (app.got_subcommand("info")) {
+      print_info();
+      return 0;
+    }
+    if (app.got_subcommand("validate")) {
+      load(validate_args);
+      std::cout << "ok\n";
+      return 0;
+    }
+    if (app.got_subcommand("print-config")) {
+      std::cout << to_yaml(load(print_args).root);
+      return 0;
+    }
+    if (app.got_subcommand("describe")) return describe(load(describe_args), json);
+    if (app.got_subcommand("train")) {
+      ConfigArgs a = train_args;
+      if (!device.empty()) a.sets.push_back("runtime.device=" + device);
+      if (!out.empty()) a.sets.push_back("runtime.out_dir=" + out);
+      if (seed >= 0) a.sets.push_back("runtime.seed=" + std::to_string(seed));
+      const Config cfg = load(a);
+      TrainOptions opt;
+      opt.logger = logger;
+      opt.resume = resume;
+      opt.progress_line = isatty(fileno(stderr));
+      const TrainResult r = train(cfg, opt);
+      if (r.initial_val_loss >= 0)
+        logger->info("validation loss {:.4f} -> {:.4f}", r.initial_val_loss, r.final_val_loss);
+      if (!r.sample.empty()) std::cout << "---- sample ----\n" << r.sample << "\n----------------\n";
+      logger->info("metrics: {}/metrics.jsonl, checkpoints: {}/checkpoints", r.out_dir, r.out_dir);
+      return 0;
+    }
+    if (app.got_subcommand("infer")) {
+      const Config cfg = load(infer_args);
+      const LoadedCheckpoint peek = [&] {
+        verify_checkpoint(checkpoint);
+        return LoadedCheckpoint{};
+      }();
+      (void)peek;
+      LoadedData data = load_data(cfg);
+      Model model = make_model(cfg, data.vocab_size, 1, make_null_logger());
+      const LoadedCheckpoint ck = load_checkpoint(checkpoint, *model.store, nullptr);
+      XF_CHECK(data.tokenizer != nullptr, "infer", "generation needs text data (a tokenizer)");
+      Tokenizer tok = ck.state.contains("tokenizer") ? Tokenizer::from_json(ck.state["tokenizer"]) : *data.tokenizer;
+      const ConfigNode& inf = cfg.root.at("infer");
+      const std::string p = prompt.empty() ? get_string(inf, "prompt") : prompt;
+      ThreadPool pool(static_cast<int>(get_int(cfg.root.at("runtime"), "threads")));
+      const auto ids = generate(model, tok.encode(p.empty() ? "\n" : p), get_int(inf, "max_new_tokens"),
+                                get_number(inf, "temperature"), get_int(inf, "top_k"), get_number(inf, "top_p"),
+                                static_cast<uint64_t>(get_int(cfg.root.at("runtime"), "seed")), &pool);
+      std::cout << p << tok.decode(ids) << "\n";
+      return 0;
+    }
+  } catch (const Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return e.op() == "config" ? kExitUsage : kExitRuntime;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return kExitRuntime;
+  }
+  return 0;
+}
