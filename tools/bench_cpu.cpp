@@ -12,7 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "components/transformer_block.h"
+#include "factory/config.h"
+#include "factory/model_builder.h"
 #include "ops/grad.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -88,26 +89,42 @@ void bench_sgemm(int64_t m, int64_t n, int64_t k, int iters, ThreadPool& pool) {
   std::fflush(stdout);
 }
 
+// The stack is built by the config factory (xFormers' vocabulary), as a user would write it.
+std::string stack_config(int layers, int64_t C, int heads, int64_t T) {
+  return str_cat(R"(
+model:
+  task: causal_lm
+  vocab_size: 256
+  stack_configs:
+    - block_type: encoder
+      num_layers: )", layers, R"(
+      dim_model: )", C, R"(
+      residual_norm_style: pre
+      position_encoding_config: {name: vocab, seq_len: )", T, R"(}
+      multi_head_config:
+        num_heads: )", heads, R"(
+        attention: {name: scaled_dot_product, causal: true}
+      feedforward_config: {name: MLP, activation: gelu, hidden_layer_multiplier: 4}
+data: {kind: copy, seq_len: )", T, R"(}
+)");
+}
+
 void bench_stack(int layers, int64_t C, int heads, int64_t B, int64_t T, int iters, ThreadPool& pool) {
-  Graph g;
-  const Value x = g.input("x", TensorMeta{{B, T, C}, DType::f32});
-  const Value w = g.input("w", TensorMeta{{B, T, C}, DType::f32});
-  BlockSpec spec;
-  spec.attention.dim_model = C;
-  spec.attention.num_heads = heads;
-  spec.attention.causal = true;
-  spec.mlp.dim_model = C;
-  spec.mlp.activation = "gelu";
-  Value h = x;
-  for (int l = 0; l < layers; ++l) h = transformer_block(h, spec, "blocks." + std::to_string(l));
-  h = layer_norm(h, spec.layer_norm_eps, "final_norm");
+  const Config cfg = parse_config(stack_config(layers, C, heads, T), "yaml", "<bench stack>");
+  BuiltModel m = build_model(cfg.root.at("model"), B, T, /*training=*/true);
+  Graph& g = *m.graph;
+  const Value x = m.tokens;
+  const Value h = m.hidden;  // (B, T, C), after the final LayerNorm
+  const Value w = g.input("w", h.meta());
   const Gradients grads = gradients(h, w);  // d/dparams of sum(h * w)
   auto store = std::make_shared<ParamStore>(g);
   philox_fill_normal(3, 0, store->params(), store->flat_size(), 0.0f, 0.02f);
   ExecutorOptions opt;
   opt.pool = &pool;
   Executor ex(g, {h}, grads, store, opt);
-  ex.bind(x, uniform({B, T, C}, 4, -1, 1));
+  Tensor tokens = Tensor::empty({B, T}, DType::i32);
+  for (int64_t i = 0; i < B * T; ++i) tokens.data<int32_t>()[i] = static_cast<int32_t>(philox_u32(6, i) % 256);
+  ex.bind(x, tokens);
   ex.bind(w, uniform({B, T, C}, 5, -1, 1));
   const double ms = median_ms([&] {
     store->zero_grads();
@@ -123,7 +140,7 @@ void bench_stack(int layers, int64_t C, int heads, int64_t B, int64_t T, int ite
     ExecutorOptions popt = opt;
     popt.profile = true;
     Executor pex(g, {h}, grads, store, popt);
-    pex.bind(x, uniform({B, T, C}, 4, -1, 1));
+    pex.bind(x, tokens);
     pex.bind(w, uniform({B, T, C}, 5, -1, 1));
     for (int i = 0; i < iters; ++i) pex.run();
     for (const auto& [op, t] : pex.profile())

@@ -36,13 +36,16 @@ def bench_sgemm(sizes, iters):
 
 
 class Block(torch.nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)); x + mlp(ln2(x)); causal attention."""
+    """Pre-norm transformer block as xFormers' factory builds it: x + mha(ln1(x)); x + mlp(ln2(x));
+    separate q/k/v projections (use_separate_proj_weight: true), causal attention."""
 
     def __init__(self, c, heads, hidden):
         super().__init__()
         self.heads = heads
         self.ln1 = torch.nn.LayerNorm(c)
-        self.qkv = torch.nn.Linear(c, 3 * c)
+        self.q_proj = torch.nn.Linear(c, c)
+        self.k_proj = torch.nn.Linear(c, c)
+        self.v_proj = torch.nn.Linear(c, c)
         self.proj = torch.nn.Linear(c, c)
         self.ln2 = torch.nn.LayerNorm(c)
         self.fc1 = torch.nn.Linear(c, hidden)
@@ -51,7 +54,8 @@ class Block(torch.nn.Module):
     def forward(self, x):
         b, t, c = x.shape
         h, d = self.heads, c // self.heads
-        q, k, v = self.qkv(self.ln1(x)).split(c, dim=-1)
+        n = self.ln1(x)
+        q, k, v = self.q_proj(n), self.k_proj(n), self.v_proj(n)
         q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))
         # torch 1.13 (Debian's) has no F.scaled_dot_product_attention: the explicit formulation.
         s = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))
@@ -62,16 +66,31 @@ class Block(torch.nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
+class Stack(torch.nn.Module):
+    """Token + learned position embeddings (xFormers' VocabEmbedding), blocks, final LayerNorm."""
+
+    def __init__(self, layers, c, heads, vocab, seq):
+        super().__init__()
+        self.word = torch.nn.Embedding(vocab, c)
+        self.pos = torch.nn.Embedding(seq, c)
+        self.blocks = torch.nn.Sequential(*[Block(c, heads, 4 * c) for _ in range(layers)])
+        self.norm = torch.nn.LayerNorm(c)
+
+    def forward(self, tokens):
+        x = self.word(tokens) + self.pos(torch.arange(tokens.shape[1]))
+        return self.norm(self.blocks(x))
+
+
 def bench_stack(layers, c, heads, batch, seq, iters):
     torch.manual_seed(0)
-    blocks = torch.nn.Sequential(*[Block(c, heads, 4 * c) for _ in range(layers)], torch.nn.LayerNorm(c))
-    x = torch.randn(batch, seq, c)
+    model = Stack(layers, c, heads, 256, seq)
+    tokens = torch.randint(0, 256, (batch, seq))
     w = torch.randn(batch, seq, c)
 
     def step():
-        for p in blocks.parameters():
+        for p in model.parameters():
             p.grad = None
-        (blocks(x) * w).sum().backward()
+        (model(tokens) * w).sum().backward()
 
     ms = median_ms(step, 2, iters)
     print(json.dumps({"bench": "stack_fwd_bwd", "impl": "torch", "layers": layers, "dim": c, "heads": heads,
