@@ -13,11 +13,6 @@ using namespace xfr::testing;
 
 namespace {
 
-ThreadPool& test_pool() {
-  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
-  return pool;
-}
-
 const double kPi = 3.14159265358979323846;
 
 // f(x) and f'(x) in float64, written from the definitions.

@@ -14,11 +14,6 @@ using namespace xfr::testing;
 
 namespace {
 
-ThreadPool& test_pool() {
-  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
-  return pool;
-}
-
 struct CERef {
   double loss;
   std::vector<double> lse, dlogits;  // dlogits for dloss = 1

@@ -15,11 +15,6 @@ using namespace xfr::testing;
 
 namespace {
 
-ThreadPool& test_pool() {
-  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
-  return pool;
-}
-
 // The kept pattern of y (nonzero where x is nonzero everywhere).
 std::vector<bool> kept(const Tensor& y) {
   std::vector<bool> k;

@@ -73,11 +73,6 @@ NormGradRef ref_norm_backward(const std::vector<double>& x, int64_t C, const std
   return g;
 }
 
-ThreadPool& test_pool() {
-  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
-  return pool;
-}
-
 }  // namespace
 
 TEST_CASE("layernorm: forward and backward kernels against float64, all affine combinations") {

@@ -55,11 +55,6 @@ std::vector<double> ref_softmax(const std::vector<double>& x, const Shape& xs, c
   return y;
 }
 
-ThreadPool& test_pool() {
-  static ThreadPool pool(3);  // 3: more tasks than the 2 cores of CI, so chunks interleave
-  return pool;
-}
-
 }  // namespace
 
 TEST_CASE("softmax: against float64 with scale, broadcast masks and causal, at awkward sizes") {

@@ -1,5 +1,5 @@
-// Shared test helpers: the device under test, random inputs, comparisons with per-dtype tolerances,
-// and a float64 finite-difference gradient check that runs ops through a real graph and executor.
+// Shared test helpers: the device under test, a shared thread pool, random inputs, comparisons with per-dtype
+// tolerances, and a float64 finite-difference gradient check that runs ops through a real graph and executor.
 #pragma once
 #include <doctest/doctest.h>
 
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ops/grad.h"
+#include "runtime/cpu/threadpool.h"
 #include "runtime/executor.h"
 #include "runtime/graph.h"
 #include "runtime/kernel_registry.h"
@@ -23,6 +24,12 @@ inline Device test_device() {
   const char* d = std::getenv("XF_TEST_DEVICE");
   if (d && std::string(d).rfind("cuda", 0) == 0) return Device::cuda(0);
   return Device::cpu();
+}
+
+// A pool for kernels run on several threads: 3, more tasks than the 2 cores of CI, so chunks interleave.
+inline ThreadPool& test_pool() {
+  static ThreadPool pool(3);
+  return pool;
 }
 
 // Tolerances as data: what an op's result may differ from a float64 reference, per dtype.

@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "ops/cpu/odometer.h"
 #include "ops/cpu/parallel.h"
 #include "ops/reduce.h"
 #include "runtime/dispatch.h"
@@ -219,30 +220,6 @@ inline int64_t unravel_offset(int64_t i, const Shape& sizes, const Shape& stride
   }
   return off;
 }
-
-// Walks flat indices over `sizes` (row-major) from `start`, tracking the offset under `strides`.
-struct Odometer {
-  const Shape& sizes;
-  const Shape& strides;
-  std::vector<int64_t> idx;
-  int64_t off = 0;
-  Odometer(const Shape& sizes, const Shape& strides, int64_t start) : sizes(sizes), strides(strides), idx(sizes.size()) {
-    for (size_t d = sizes.size(); d-- > 0;) {
-      idx[d] = start % sizes[d];
-      start /= sizes[d];
-      off += idx[d] * strides[d];
-    }
-  }
-  void next() {
-    for (size_t d = sizes.size(); d-- > 0;) {
-      ++idx[d];
-      off += strides[d];
-      if (idx[d] < sizes[d]) return;
-      off -= idx[d] * strides[d];
-      idx[d] = 0;
-    }
-  }
-};
 
 // Any other pattern (kept and reduced groups interleaved).
 //   x: (*)  ->  y: (kept groups), idx (max only): the same

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/cpu/odometer.h"
 #include "ops/cpu/parallel.h"
 #include "ops/shape_ops.h"
 
@@ -22,30 +23,6 @@ namespace {
 constexpr int64_t kCopyGrainBytes = int64_t{1} << 17;
 // Tile edge of the transposing copy: a 32x32 buffer of up to 8-byte elements is 8 KB, within L1.
 constexpr int64_t kTile = 32;
-
-// Walks flat indices over `sizes` (row-major) while tracking the offset under `strides`.
-struct Odometer {
-  const Shape& sizes;
-  const Shape& strides;
-  std::vector<int64_t> idx;
-  int64_t off = 0;
-  Odometer(const Shape& sizes, const Shape& strides, int64_t start) : sizes(sizes), strides(strides), idx(sizes.size()) {
-    for (size_t d = sizes.size(); d-- > 0;) {
-      idx[d] = start % sizes[d];
-      start /= sizes[d];
-      off += idx[d] * strides[d];
-    }
-  }
-  void next() {
-    for (size_t d = sizes.size(); d-- > 0;) {
-      ++idx[d];
-      off += strides[d];
-      if (idx[d] < sizes[d]) return;
-      off -= idx[d] * strides[d];
-      idx[d] = 0;
-    }
-  }
-};
 
 // Runs fn(row, begin, end) over every row in [0, rows) and byte range [begin, end) of [0, width), in tasks
 // of about kCopyGrainBytes.
