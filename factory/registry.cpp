@@ -63,4 +63,27 @@ std::vector<std::string> Registry::section_names() const {
   return r;
 }
 
+std::string config_reference_markdown(const Registry& r) {
+  std::string md =
+      "# Config reference\n\nGenerated from the component registry (`xfrun config-reference`); "
+      "tests/test_docs.cpp fails when this file and the registry disagree.\n\n"
+      "A config has the sections `model`, `data`, `train`, `infer` and `runtime`. Keys are validated: "
+      "unknown keys are errors with a \"did you mean\", each error names its config path and, for YAML, "
+      "file:line:col. `--set a.b.c=value` overrides any key (`model.stack_configs.0.num_layers=2`).\n";
+  for (const char* name : {"model", "block", "multi_head_config", "data", "train", "optimizer", "schedule", "infer", "runtime"}) {
+    const Section& s = r.section(name);
+    md += std::string("\n## `") + name + "`\n\n" + s.doc + "\n\n" + section_markdown(s);
+  }
+  md += "\n# Components\n";
+  for (const auto& family : r.families()) {
+    md += "\n## " + family + "\n";
+    for (const auto& n : r.names(family)) {
+      const ComponentEntry* e = r.find(family, n);
+      md += "\n### `" + n + "`\n\n" + e->doc + "\n";
+      if (!e->params.fields.empty()) md += "\n" + section_markdown(e->params);
+    }
+  }
+  return md;
+}
+
 }  // namespace xfr

@@ -66,4 +66,8 @@ class Registry {
 
 void register_builtin(Registry& registry);
 
+// The config reference (docs/config.md): every section's keys, then every component family with each
+// component's parameters; generated from the registry so the docs cannot drift.
+std::string config_reference_markdown(const Registry& registry);
+
 }  // namespace xfr

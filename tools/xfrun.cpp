@@ -144,6 +144,7 @@ int main(int argc, char** argv) {
   auto* components_cmd = app.add_subcommand("components", "every registered component and its parameters");
   components_cmd->add_flag("--json", json, "machine-readable output");
   app.add_subcommand("info", "version, build options, devices, BLAS, kernels");
+  app.add_subcommand("config-reference", "the config reference in markdown (docs/config.md)");
   auto* infer_cmd = app.add_subcommand("infer", "generate from a trained causal LM");
   add_config_args(infer_cmd, infer_args);
   infer_cmd->add_option("--checkpoint", checkpoint, "a checkpoint folder (step_N)")->required();
@@ -160,6 +161,10 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("components")) {
       print_components(json);
+      return 0;
+    }
+    if (app.got_subcommand("config-reference")) {
+      std::cout << config_reference_markdown(Registry::builtin());
       return 0;
     }
     if (app.got_subcommand("info")) {
