@@ -96,6 +96,13 @@ void cross_check(ConfigNode& root, std::vector<ConfigIssue>& issues) {
   if (task != "causal_lm" && get_bool(model, "tie_embedding_weights"))
     issue("model.tie_embedding_weights", model.find("tie_embedding_weights"), "tied embeddings apply to causal_lm");
   const std::string kind = get_string(data, "kind");
+  if ((task == "classification") != (kind == "majority"))
+    issue("data.kind", data.find("kind"),
+          task == "classification" ? "classification needs labelled data (kind: majority)"
+                                   : "kind majority is labelled data for task: classification");
+  if (kind == "majority" && has_value(model, "num_classes") && get_int(model, "num_classes") != get_int(data, "num_symbols"))
+    issue("model.num_classes", model.find("num_classes"),
+          str_cat("majority has ", get_int(data, "num_symbols"), " classes (data.num_symbols)"));
   if ((kind == "text" || kind == "tokens") && !has_value(data, "path"))
     issue("data.path", nullptr, "data.kind " + kind + " needs a path");
   if (kind == "tokens" && !has_value(model, "vocab_size"))

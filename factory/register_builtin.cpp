@@ -339,14 +339,15 @@ void register_sections(Registry& r) {
   Section& data = r.new_section("data");
   data.doc = "training data";
   data.fields = {
-      f_choice("kind", "text", {"text", "tokens", "copy", "reverse"},
-               "text: a UTF-8 file; tokens: flat little-endian token ids; copy/reverse: synthetic sequence tasks"),
+      f_choice("kind", "text", {"text", "tokens", "copy", "reverse", "majority"},
+               "text: a UTF-8 file; tokens: flat little-endian token ids; copy/reverse: synthetic sequence tasks; "
+               "majority: labelled sequences (classification: the most frequent symbol)"),
       f_str("path", std::nullopt, "the text or token file; relative paths resolve against the config file's folder", FieldType::path),
       f_int("seq_len", 128, 1, kInf, "tokens per training example"),
       f_num("val_fraction", 0.1, 0.0, 1.0, "the last fraction of the data held out for validation", true),
       f_choice("tokenizer", "char", {"char", "byte"}, "text: char (the text's distinct bytes) or byte (256 ids)"),
       f_choice("token_dtype", "uint16", {"uint16", "uint32"}, "tokens: width of each id"),
-      f_int("num_symbols", 16, 2, 65536, "copy/reverse: alphabet size"),
+      f_int("num_symbols", 16, 2, 65536, "copy/reverse/majority: alphabet size (majority: also the number of classes)"),
       f_int("num_examples", 20000, 1, kInf, "copy/reverse: examples generated"),
   };
 

@@ -44,6 +44,13 @@ LoadedData load_data(const Config& config) {
     d.vocab_size = get_int(model, "vocab_size");
     d.source = std::make_shared<TokenFileSource>(path, token_file_dtype_from_name(get_string(data, "token_dtype")),
                                                  d.vocab_size);
+  } else if (kind == "majority") {
+    MajorityTask task;
+    task.num_symbols = get_int(data, "num_symbols");
+    task.seq_len = seq_len;
+    task.seed = seed;
+    d.labelled = task;
+    d.vocab_size = task.num_symbols;
   } else {
     SyntheticTask task;
     task.kind = synthetic_kind_from_name(kind);
@@ -59,7 +66,7 @@ LoadedData load_data(const Config& config) {
              " token ids");
     d.vocab_size = mv;
   }
-  d.split = split_train_val(d.source, get_number(data, "val_fraction"), seq_len);
+  if (d.source) d.split = split_train_val(d.source, get_number(data, "val_fraction"), seq_len);
   return d;
 }
 
@@ -165,8 +172,10 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   LoadedData data = load_data(config);
   Model model = make_model(config, data.vocab_size, B, o.logger);
   const std::string task = get_string(model.model_config, "task");
-  XF_CHECK(task != "classification", "train", "classification needs a labelled data kind (data.kind ", get_string(data_cfg, "kind"),
-           " gives token streams)");
+  const bool classify = task == "classification";
+  XF_CHECK(classify == data.labelled.has_value(), "config",
+           classify ? "model.task classification needs labelled data (data.kind: majority)"
+                    : "data.kind majority gives labelled sequences: it needs model.task classification");
   const std::string out_dir = config_path_value(rt, "out_dir");
   fs::create_directories(out_dir);
 
@@ -200,9 +209,27 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   scfg.total_steps = steps;
   validate_schedule(scfg);
 
-  BatchSampler sampler(data.split.train, B, T, seed, "train");
+  // Batches: token windows (language modelling) or labelled sequences (classification).
+  std::unique_ptr<BatchSampler> sampler;
   std::unique_ptr<EvalBatches> val;
-  if (data.split.val) val = std::make_unique<EvalBatches>(data.split.val, B, T, get_int(train, "eval_steps"));
+  uint64_t labelled_step = 0;
+  Tensor label_inputs = Tensor::empty({B, T}, DType::i32), labels = Tensor::empty({B}, DType::i32);
+  if (data.source) {
+    sampler = std::make_unique<BatchSampler>(data.split.train, B, T, seed, "train");
+    if (data.split.val) val = std::make_unique<EvalBatches>(data.split.val, B, T, get_int(train, "eval_steps"));
+  }
+  const bool has_val = val != nullptr || data.labelled.has_value();
+  auto bind_train_batch = [&]() {
+    if (sampler) {
+      const Batch b = sampler->next();
+      train_ex.bind(model.train_graph.tokens, b.inputs);
+      train_ex.bind(model.train_graph.targets, b.targets);
+    } else {
+      majority_batch(*data.labelled, 0, labelled_step++, label_inputs, labels);
+      train_ex.bind(model.train_graph.tokens, label_inputs);
+      train_ex.bind(model.train_graph.targets, labels);
+    }
+  };
 
   int64_t start = 0;
   if (!o.resume.empty()) {
@@ -212,7 +239,8 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     if (dir) {
       const LoadedCheckpoint ck = load_checkpoint(*dir, *model.store, optimizer.get());
       start = ck.step;
-      sampler.set_state(ck.state.at("sampler"));
+      if (sampler) sampler->set_state(ck.state.at("sampler"));
+      else labelled_step = ck.state.at("labelled_step").get<uint64_t>();
       train_ex.set_runs(ck.state.at("executor_runs").get<uint64_t>());
       log("resumed from {} (step {})", *dir, start);
     } else {
@@ -223,17 +251,28 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   const std::string metrics_path = (fs::path(out_dir) / "metrics.jsonl").string();
   std::ofstream metrics(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
   auto evaluate = [&]() -> double {
-    if (!val) return -1;
-    val->reset();
-    Batch b;
     double sum = 0;
     int64_t n = 0;
-    while (val->next(&b)) {
-      eval_ex.bind(model.eval_graph.tokens, b.inputs);
-      eval_ex.bind(model.eval_graph.targets, b.targets);
-      eval_ex.run();
-      sum += eval_ex.get(model.eval_graph.loss).item();
-      ++n;
+    if (val) {
+      val->reset();
+      Batch b;
+      while (val->next(&b)) {
+        eval_ex.bind(model.eval_graph.tokens, b.inputs);
+        eval_ex.bind(model.eval_graph.targets, b.targets);
+        eval_ex.run();
+        sum += eval_ex.get(model.eval_graph.loss).item();
+        ++n;
+      }
+    } else if (data.labelled) {
+      for (int64_t i = 0; i < get_int(train, "eval_steps"); ++i) {  // fixed validation batches
+        Tensor vin = Tensor::empty({B, T}, DType::i32), vlab = Tensor::empty({B}, DType::i32);
+        majority_batch(*data.labelled, 1, static_cast<uint64_t>(i), vin, vlab);
+        eval_ex.bind(model.eval_graph.tokens, vin);
+        eval_ex.bind(model.eval_graph.targets, vlab);
+        eval_ex.run();
+        sum += eval_ex.get(model.eval_graph.loss).item();
+        ++n;
+      }
     }
     return n ? sum / static_cast<double>(n) : -1;
   };
@@ -242,7 +281,8 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   result.out_dir = out_dir;
   const int64_t params = static_cast<int64_t>(model.store->num_params());
   log("model: {} parameters, {} train tokens, {} val tokens, vocab {}; {} steps of {} x {} tokens (x{} accumulation)",
-      params, data.split.train->size(), data.split.val ? data.split.val->size() : 0, data.vocab_size, steps, B, T, accum);
+      params, data.split.train ? data.split.train->size() : 0, data.split.val ? data.split.val->size() : 0,
+      data.vocab_size, steps, B, T, accum);
   if (start == 0) {
     result.initial_val_loss = evaluate();
     if (result.initial_val_loss >= 0) log("step 0: val_loss {:.4f}", result.initial_val_loss);
@@ -257,9 +297,7 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     model.store->zero_grads();
     double loss = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
-      const Batch b = sampler.next();
-      train_ex.bind(model.train_graph.tokens, b.inputs);
-      train_ex.bind(model.train_graph.targets, b.targets);
+      bind_train_batch();
       train_ex.run();
       loss += train_ex.get(model.train_graph.loss).item() / static_cast<double>(accum);
     }
@@ -278,7 +316,7 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     result.final_loss = loss;
     if (o.on_step) o.on_step(step + 1, loss);
     const bool last = step + 1 == steps;
-    const bool do_eval = val && ((eval_every > 0 && (step + 1) % eval_every == 0) || last);
+    const bool do_eval = has_val && ((eval_every > 0 && (step + 1) % eval_every == 0) || last);
     double val_loss = -1;
     if (do_eval) val_loss = evaluate();
     if ((step + 1) % log_every == 0 || last || do_eval) {
@@ -305,7 +343,9 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     }
     if (val_loss >= 0) result.final_val_loss = val_loss;
     if (last || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
-      nlohmann::json state = {{"sampler", sampler.state()}, {"executor_runs", train_ex.runs()}, {"loss", loss}};
+      nlohmann::json state = {{"executor_runs", train_ex.runs()}, {"loss", loss}};
+      if (sampler) state["sampler"] = sampler->state();
+      else state["labelled_step"] = labelled_step;
       if (data.tokenizer) state["tokenizer"] = data.tokenizer->to_json();
       save_checkpoint(out_dir, step + 1, *model.store, optimizer.get(), state);
       prune_checkpoints(out_dir, static_cast<int>(keep));

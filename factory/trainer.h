@@ -2,6 +2,7 @@
 // store), weight init and its check, optimizer and schedule, metrics, checkpoints and resume, samples.
 #pragma once
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "factory/model_builder.h"
 #include "factory/weight_init.h"
 #include "runtime/data.h"
+#include "runtime/labelled_data.h"
 #include "runtime/logging.h"
 #include "runtime/param_store.h"
 
@@ -40,8 +42,9 @@ TrainResult train(const Config& config, const TrainOptions& options);
 // The data a config names: tokenizer (text), token source, split.
 struct LoadedData {
   std::shared_ptr<Tokenizer> tokenizer;  // text data only
-  TokenSourcePtr source;
+  TokenSourcePtr source;                 // token streams (text, tokens, copy, reverse)
   TrainValSplit split;
+  std::optional<MajorityTask> labelled;  // labelled sequences (majority), for classification
   int64_t vocab_size = 0;
 };
 LoadedData load_data(const Config& config);
