@@ -5,7 +5,9 @@
 #include "components/linear.h"
 #include "components/multi_head_dispatch.h"
 #include "factory/registry.h"
+#include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/kv_cache.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/matmul.h"
@@ -53,7 +55,19 @@ struct BlockPlan {
 
 }  // namespace
 
-BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool training) {
+bool supports_kv_cache(const ConfigNode& model) {
+  if (get_string(model, "task") != "causal_lm") return false;
+  const ConfigNode& stacks = model.at("stack_configs");
+  for (size_t s = 0; s < stacks.size(); ++s) {
+    const ConfigNode& mh = stacks.at(s).at("multi_head_config");
+    const ConfigNode& att = mh.at("attention");
+    if (get_string(att, "name") != "scaled_dot_product" || !get_bool(att, "causal")) return false;
+    if (const ConfigNode* r = mh.find("use_rotary_embeddings"); r && r->as_bool().value_or(false)) return false;
+  }
+  return true;
+}
+
+BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool training, DecodeGraph* decode) {
   const Registry& reg = Registry::builtin();
   BuiltModel m;
   m.graph = std::make_unique<Graph>();
@@ -62,6 +76,16 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
   XF_CHECK(has_value(model, "vocab_size"), "model", "vocab_size is not known (set model.vocab_size)");
   const int64_t V = get_int(model, "vocab_size");
   m.vocab_size = V;
+  const int64_t S = T;  // positions the model is built for (the cache length when decoding)
+  if (decode) {
+    XF_CHECK(supports_kv_cache(model) && !training && B == 1, "model",
+             "KV-cache decoding needs a causal_lm with causal scaled_dot_product attention and no rotary embeddings");
+    T = 1;
+    decode->cache_len = S;
+    decode->position = g.input("position", TensorMeta{{1, 1}, DType::i32});
+    decode->cache_position = g.input("cache_position", TensorMeta{{1}, DType::i32});
+    decode->mask = g.input("mask", TensorMeta{{1, S}, DType::f32});
+  }
   m.tokens = g.input("tokens", TensorMeta{{B, T}, DType::i32});
   const ConfigNode& stacks = model.at("stack_configs");
   XF_CHECK(stacks.size() > 0, "model", "stack_configs is empty");
@@ -83,7 +107,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
   const ConfigNode* pos = first.find("position_encoding_config");
   const ComponentEntry* pos_entry = nullptr;
   if (pos && !pos->is_null()) pos_entry = reg.find("position_encoding", get_string(*pos, "name"));
-  BuildContext ctx{g, "0.pose_encoding", D0, T, V, training};
+  BuildContext ctx{g, "0.pose_encoding", D0, S, V, training, decode ? decode->position : Value{}};
   if (!pos_entry || !pos_entry->consumes_token_ids) {
     // Not in xFormers (its encoder takes embeddings): tokens need an embedding first; N(0, 0.02) as GPT-2.
     auto s = g.scope("token_embedding");
@@ -134,14 +158,26 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     spec.bias = get_bool(mh, "bias");
     spec.residual_dropout = training ? get_number(mh, "residual_dropout") : 0.0;
     spec.use_separate_proj_weight = get_bool(mh, "use_separate_proj_weight");
+    spec.use_rotary_embeddings = get_bool(mh, "use_rotary_embeddings");
     spec.init_prefix = pre ? att_path + ".sublayer" : att_path;
     BuildContext actx{g, spec.init_prefix + ".attention", D, T, V, training};
     auto attention_sublayer = [&](Value in) {
       return multi_head_dispatch(in, spec, [&](Value q, Value k, Value v) {
-        return att_entry->attention(att, q, k, v, actx);
+        if (!decode) return att_entry->attention(att, q, k, v, actx);
+        // One new token: write its key and value into the caches, attend over the cached positions.
+        auto cs = g.scope("cache");
+        const Value kc = g.input("k", TensorMeta{{1, k.dim(1), S, k.dim(3)}, k.dtype()});
+        const Value vc = g.input("v", TensorMeta{{1, v.dim(1), S, v.dim(3)}, v.dtype()});
+        const Value k_all = kv_cache_write(kc, k, decode->cache_position, "k_write");
+        const Value v_all = kv_cache_write(vc, v, decode->cache_position, "v_write");
+        decode->k_in.push_back(kc);
+        decode->v_in.push_back(vc);
+        decode->k_out.push_back(k_all);
+        decode->v_out.push_back(v_all);
+        return scaled_dot_product_attention(q, k_all, v_all, decode->mask, AttentionOptions{}, "attention");
       }, "mha");
     };
-    BuildContext fctx{g, ff_path, D, T, V, training};
+    BuildContext fctx{g, ff_path, D, S, V, training};
     auto ff_sublayer = [&](Value in) {
       auto s = g.scope("feedforward");
       return ff_entry->feedforward(ff, in, fctx);

@@ -21,8 +21,25 @@ struct BuiltModel {
   int64_t vocab_size = 0;
 };
 
-// model: the validated `model` section (defaults filled in, vocab_size resolved).
-BuiltModel build_model(const ConfigNode& model, int64_t batch, int64_t seq_len, bool training);
+// Incremental decoding with a KV cache (causal_lm): the graph takes one token (1, 1) at `position` and
+// each block's cached keys and values (1, H, S, Dh) as inputs, and returns the updated caches.
+struct DecodeGraph {
+  Value position;                   // (1, 1) i32: where the token sits
+  Value cache_position;             // (1) i32: the same, for the cache writes
+  Value mask;                       // (1, S) f32: 0 for cached positions <= position, -inf after
+  std::vector<Value> k_in, v_in;    // per block: (1, H, S, Dh)
+  std::vector<Value> k_out, v_out;  // per block: the caches with row `position` written
+  int64_t cache_len = 0;            // S
+};
+
+// model: the validated `model` section (defaults filled in, vocab_size resolved). With `decode`, builds
+// the one-token decoding graph (batch 1; seq_len is the cache length) and fills in its inputs/outputs.
+BuiltModel build_model(const ConfigNode& model, int64_t batch, int64_t seq_len, bool training,
+                       DecodeGraph* decode = nullptr);
+
+// Whether a model config supports KV-cache decoding (causal_lm, causal scaled_dot_product attention
+// everywhere, no rotary embeddings yet).
+bool supports_kv_cache(const ConfigNode& model);
 
 // xFormers' DeepNet coefficients (components/residual.py) for N encoder and M decoder layers.
 struct DeepNormCoefficients {

@@ -6,6 +6,7 @@
 #include "factory/registry.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
+#include "ops/bias_add.h"
 #include "ops/dropout.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -142,49 +143,94 @@ void register_attention(Registry& r) {
   r.add(std::move(e));
 }
 
-// MLP: Linear(D, F) -> activation -> Dropout -> Linear(F, D) -> Dropout, F = hidden_layer_multiplier * D.
-Value build_mlp(const ConfigNode& p, Value x, const BuildContext& ctx) {
+// MLP and FusedMLP: Linear(D, F) -> +bias -> activation -> Dropout -> Linear(F, D) -> +bias -> Dropout,
+// F = hidden_layer_multiplier * D. One builder for both; only the module layout (parameter names and the
+// xFormers module paths the init rules match on) differs:
+//   MLP       mlp = Sequential(0: Linear(D, F, bias), 1: act, 2: Dropout, 3: Linear(F, D, bias), 4: Dropout)
+//   FusedMLP  mlp = Sequential(0: Linear(D, F, bias=False), 1: FusedDropoutBias(p, bias F, act),
+//                              2: Linear(F, D, bias=False), 3: FusedDropoutBias(p, bias D))
+// FusedDropoutBias's bias starts at zero and no init scheme touches it (it is not a Linear); here it is a
+// trained parameter (upstream it is not an nn.Parameter, so upstream's optimizer never updates it).
+Value build_mlp(const ConfigNode& p, Value x, const BuildContext& ctx, bool fused) {
+  const char* who = fused ? "FusedMLP" : "MLP";
   Graph& g = *x.graph;
   auto s = g.scope("mlp");
   const int64_t D = ctx.dim_model;
   const double mult = get_number(p, "hidden_layer_multiplier");
   const auto F = static_cast<int64_t>(std::llround(mult * static_cast<double>(D)));
-  XF_CHECK(F >= 1, "MLP", "hidden_layer_multiplier ", mult, " gives no hidden units for dim_model ", D);
-  const bool bias = get_bool(p, "bias");
+  XF_CHECK(F >= 1, who, "hidden_layer_multiplier ", mult, " gives no hidden units for dim_model ", D);
+  const bool bias = fused || get_bool(p, "bias");  // FusedMLP has no bias field: always on
   const double p_drop = ctx.training ? get_number(p, "dropout") : 0.0;
   const std::string act = get_string(p, "activation");
-  Value h = linear(x, D, F, bias, "0", ctx.init_prefix + ".mlp.0");
+  const std::string mlp = ctx.init_prefix + ".mlp.";
+  // FusedDropoutBias's bias: parameter "<k>.bias", zeros, init module mlp.<k>.
+  auto fused_bias = [&](Value t, int64_t width, const std::string& k) {
+    auto bs = g.scope(k);
+    InitInfo info;
+    info.module = mlp + k;
+    info.kind = ModuleKind::component;
+    info.attr = "bias";
+    info.component_rule = "zeros";
+    return bias_add(t, g.param("bias", {width}, ParamKind::bias, info), "bias_add");
+  };
+  Value h;
+  if (fused) {
+    h = fused_bias(linear(x, D, F, false, "0", mlp + "0"), F, "1");
+  } else {
+    h = linear(x, D, F, bias, "0", mlp + "0");
+  }
+  const std::string act_name = fused ? "1.activation" : "1";
   if (act == "star_relu") {
     // xFormers' StarReLU: 0.8944 relu(x)^2 - 0.4472, fixed constants (MetaFormer's derivation: unit
     // variance and zero mean of relu(x)^2 for x ~ N(0, 1)).
     const TensorMeta one{{1}, x.dtype()};
-    h = star_relu(h, fill(g, one, 0.8944, "star_scale"), fill(g, one, -0.4472, "star_bias"), "1");
+    h = star_relu(h, fill(g, one, 0.8944, "star_scale"), fill(g, one, -0.4472, "star_bias"), act_name);
   } else if (act != "none") {
-    h = activation(h, activation_by_name(act), "1");
+    h = activation(h, activation_by_name(act), act_name);
   }
-  if (p_drop > 0) h = dropout(h, p_drop, "2");
-  Value y = linear(h, F, D, bias, "3", ctx.init_prefix + ".mlp.3");
-  if (p_drop > 0) y = dropout(y, p_drop, "4");
+  if (p_drop > 0) h = dropout(h, p_drop, fused ? "1.dropout" : "2");
+  Value y;
+  if (fused) {
+    y = fused_bias(linear(h, F, D, false, "2", mlp + "2"), D, "3");
+  } else {
+    y = linear(h, F, D, bias, "3", mlp + "3");
+  }
+  if (p_drop > 0) y = dropout(y, p_drop, fused ? "3.dropout" : "4");
   return y;
 }
 
 void register_feedforward(Registry& r) {
-  ComponentEntry e;
-  e.family = "feedforward";
-  e.name = "MLP";
-  e.doc = "Linear -> activation -> Dropout -> Linear -> Dropout (xFormers' MLP)";
-  e.params.name = "feedforward.MLP";
   std::vector<std::string> acts = {"relu", "gelu", "gelu_tanh", "leaky_relu", "squared_relu", "smelu", "star_relu",
                                    "silu", "sigmoid", "none"};
-  e.params.fields = {
+  const std::vector<Field> common = {
       f_dim_model(),
       f_dropout("dropout", "dropout after the activation and after the second linear (training only)"),
       f_choice("activation", "gelu", acts, "activation between the two linears"),
       f_num("hidden_layer_multiplier", 4.0, 0.0, kInf, "hidden width = hidden_layer_multiplier * dim_model", false, true),
-      f_bool("bias", true, "biases in both linears"),
   };
-  e.feedforward = build_mlp;
-  r.add(e);
+  {
+    ComponentEntry e;
+    e.family = "feedforward";
+    e.name = "MLP";
+    e.doc = "Linear -> activation -> Dropout -> Linear -> Dropout (xFormers' MLP)";
+    e.params.name = "feedforward.MLP";
+    e.params.fields = common;
+    e.params.fields.push_back(f_bool("bias", true, "biases in both linears"));
+    e.feedforward = [](const ConfigNode& p, Value x, const BuildContext& ctx) { return build_mlp(p, x, ctx, false); };
+    r.add(e);
+  }
+  {
+    ComponentEntry e;
+    e.family = "feedforward";
+    e.name = "FusedMLP";
+    e.doc = "the same math as MLP, biases always on, xFormers' FusedMLP layout (mlp.0 Linear, mlp.1 bias, mlp.2 "
+            "Linear, mlp.3 bias; biases start at zero); here the biases are trained (upstream's FusedDropoutBias "
+            "bias is not an nn.Parameter, so it stays zero)";
+    e.params.name = "feedforward.FusedMLP";
+    e.params.fields = common;
+    e.feedforward = [](const ConfigNode& p, Value x, const BuildContext& ctx) { return build_mlp(p, x, ctx, true); };
+    r.add(e);
+  }
 }
 
 // Parameters a positional-embedding component initialises itself (its own init_weights).
@@ -195,6 +241,13 @@ InitInfo component_param(const BuildContext& ctx, const std::string& attr, const
   info.attr = attr;
   info.component_rule = rule;
   return info;
+}
+
+// Rows of a (S, D) position table for the tokens being built: the first T rows, or, when decoding, the
+// rows of ctx.positions (B, T) -> (B, T, D).
+Value position_rows(Value table, const BuildContext& ctx, const std::string& name) {
+  if (ctx.positions.defined()) return embedding(table, ctx.positions, name);
+  return slice(table, 0, 0, ctx.seq_len, name);
 }
 
 void check_seq_len(const ConfigNode& p, const BuildContext& ctx, const char* who) {
@@ -231,7 +284,7 @@ void register_positions(Registry& r) {
         word = g.param("weight", {V, D}, ParamKind::embedding, component_param(ctx, "word_embeddings.weight", "normal(std=0.02)"));
       }
       Value x = embedding(word, ids, "embed");  // (B, T, D)
-      x = add(x, slice(pos, 0, 0, ctx.seq_len, "positions"), "add_positions");
+      x = add(x, position_rows(pos, ctx, "positions"), "add_positions");
       const double p_drop = ctx.training ? get_number(p, "dropout") : 0.0;
       if (p_drop > 0) x = dropout(x, p_drop, "dropout");
       return x;
@@ -247,7 +300,10 @@ void register_positions(Registry& r) {
     e.params.fields = {f_dim_model(), f_opt_int("seq_len", 1, kSeqLenDoc + " (unused by the formula)")};
     e.position = [](const ConfigNode& p, Value, Value x, const BuildContext& ctx) {
       XF_CHECK(x.defined(), "sine", "needs token embeddings");
-      return add(x, sine_positions(*x.graph, ctx.seq_len, ctx.dim_model, x.dtype(), "table"), "add_positions");
+      const int64_t rows = ctx.positions.defined() ? (has_value(p, "seq_len") ? get_int(p, "seq_len") : ctx.seq_len)
+                                                   : ctx.seq_len;
+      const Value table = sine_positions(*x.graph, rows, ctx.dim_model, x.dtype(), "table");
+      return add(x, position_rows(table, ctx, "positions"), "add_positions");
     };
     r.add(e);
   }
@@ -257,16 +313,17 @@ void register_positions(Registry& r) {
     e.name = "learnable";
     e.doc = "x + a learned (1, seq_len, D) table, initialised N(0, 0.02) (xFormers' LearnablePositionalEmbedding)";
     e.params.name = "position_encoding.learnable";
-    e.params.fields = {f_dim_model(), f_int("seq_len", std::nullopt, 1, kInf, kSeqLenDoc),
+    e.params.fields = {f_dim_model(), f_opt_int("seq_len", 1, kSeqLenDoc + " (default: data.seq_len)"),
                        f_bool("add_class_token", false, "prepend a learned class token (comes with ViT-style tasks)")};
     e.params.fields.back().refused_unless_default = "class tokens come with the ViT/patch-embedding work";
     e.position = [](const ConfigNode& p, Value, Value x, const BuildContext& ctx) {
       XF_CHECK(x.defined(), "learnable", "needs token embeddings");
       check_seq_len(p, ctx, "learnable");
       Graph& g = *x.graph;
-      const Value table = g.param("pos_emb", {1, get_int(p, "seq_len"), ctx.dim_model}, ParamKind::embedding,
+      const int64_t S = has_value(p, "seq_len") ? get_int(p, "seq_len") : ctx.seq_len;
+      const Value table = g.param("pos_emb", {1, S, ctx.dim_model}, ParamKind::embedding,
                                   component_param(ctx, "pos_emb", "normal(std=0.02)"));
-      return add(x, slice(table, 1, 0, ctx.seq_len, "positions"), "add_positions");
+      return add(x, position_rows(reshape(table, {table.dim(1), ctx.dim_model}), ctx, "positions"), "add_positions");
     };
     r.add(e);
   }
@@ -297,9 +354,9 @@ void register_sections(Registry& r) {
       f_opt_int("dim_key", 1, "width of the q and k projections (default dim_model)"),
       f_opt_int("dim_value", 1, "width of the v projection (default dim_model)"),
       f_bool("use_separate_proj_weight", true, "q, k, v projections have their own weights; false shares one weight (biases stay separate)"),
-      f_bool("use_rotary_embeddings", false, "rotary position embeddings on q and k"),
+      f_bool("use_rotary_embeddings", false,
+             "rotary position embeddings (GPT-NeoX half-split) on the q and k heads; needs dim_key / num_heads even"),
   };
-  mha.fields.back().refused_unless_default = "rotary embeddings come with the positional-embedding components";
 
   Section& block = r.new_section("block");
   block.doc = "one stack of identical blocks (xFormers' xFormerEncoderConfig)";

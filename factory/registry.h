@@ -20,6 +20,8 @@ struct BuildContext {
   int64_t seq_len = 0;      // the current sequence length (tokens per example)
   int64_t vocab_size = 0;
   bool training = true;     // dropout is only built into training graphs
+  // Incremental decoding: (B, T) i32 absolute positions of the tokens being built (undefined: 0..T-1).
+  Value positions;
 };
 
 // q, k, v: (B, H, S, D) -> (B, H, Sq, Dv).

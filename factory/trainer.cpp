@@ -126,26 +126,84 @@ int32_t sample_token(const float* logits, int64_t V, double temperature, int64_t
 }  // namespace
 
 std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt_ids, int64_t max_new_tokens,
-                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool) {
+                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool,
+                              bool kv_cache) {
   XF_CHECK(get_string(model.model_config, "task") == "causal_lm", "generate", "only causal_lm models generate");
   const int64_t T = model.train_graph.tokens.dim(1);
-  BuiltModel g1 = build_model(model.model_config, 1, T, /*training=*/false);
   ExecutorOptions opt;
   opt.pool = pool;
-  Executor ex(*g1.graph, {g1.logits}, Gradients{}, model.store, opt);
   std::vector<int32_t> ids = prompt_ids;
   if (ids.empty()) ids.push_back(0);
-  const int64_t V = g1.vocab_size;
-  Tensor window = Tensor::zeros({1, T}, DType::i32);
-  for (int64_t n = 0; n < max_new_tokens; ++n) {
-    // The last T tokens, left-aligned; causal attention makes the padding after them irrelevant.
-    const int64_t len = std::min<int64_t>(static_cast<int64_t>(ids.size()), T);
-    std::fill(window.data<int32_t>(), window.data<int32_t>() + T, 0);
-    std::copy(ids.end() - len, ids.end(), window.data<int32_t>());
-    ex.bind(g1.tokens, window);
+  const int64_t V = model.train_graph.vocab_size;
+  auto sample = [&](const float* logits, int64_t n) {
+    return sample_token(logits, V, temperature, top_k, top_p, philox_uniform(seed, static_cast<uint64_t>(n)));
+  };
+
+  if (!kv_cache || !supports_kv_cache(model.model_config)) {
+    // Full-window recompute: the last T tokens, left-aligned; causal attention makes the padding after
+    // them irrelevant.
+    BuiltModel g1 = build_model(model.model_config, 1, T, /*training=*/false);
+    Executor ex(*g1.graph, {g1.logits}, Gradients{}, model.store, opt);
+    Tensor window = Tensor::zeros({1, T}, DType::i32);
+    for (int64_t n = 0; n < max_new_tokens; ++n) {
+      const int64_t len = std::min<int64_t>(static_cast<int64_t>(ids.size()), T);
+      std::fill(window.data<int32_t>(), window.data<int32_t>() + T, 0);
+      std::copy(ids.end() - len, ids.end(), window.data<int32_t>());
+      ex.bind(g1.tokens, window);
+      ex.run();
+      ids.push_back(sample(ex.get(g1.logits).data<float>() + (len - 1) * V, n));
+    }
+    return std::vector<int32_t>(ids.begin() + static_cast<int64_t>(prompt_ids.size()), ids.end());
+  }
+
+  // KV cache: one token per run; each block's keys and values stay in caches of T positions.
+  DecodeGraph dg;
+  BuiltModel g1 = build_model(model.model_config, 1, T, /*training=*/false, &dg);
+  std::vector<Value> outputs{g1.logits};
+  outputs.insert(outputs.end(), dg.k_out.begin(), dg.k_out.end());
+  outputs.insert(outputs.end(), dg.v_out.begin(), dg.v_out.end());
+  Executor ex(*g1.graph, outputs, Gradients{}, model.store, opt);
+  std::vector<Tensor> kc, vc;  // our caches: outputs live in the executor's arena, so they are copied back
+  for (size_t l = 0; l < dg.k_in.size(); ++l) {
+    kc.push_back(Tensor::zeros(dg.k_in[l].shape(), dg.k_in[l].dtype()));
+    vc.push_back(Tensor::zeros(dg.v_in[l].shape(), dg.v_in[l].dtype()));
+    ex.bind(dg.k_in[l], kc.back());
+    ex.bind(dg.v_in[l], vc.back());
+  }
+  Tensor token = Tensor::zeros({1, 1}, DType::i32), pos = Tensor::zeros({1, 1}, DType::i32);
+  Tensor cache_pos = Tensor::zeros({1}, DType::i32), mask = Tensor::full({1, T}, -INFINITY, DType::f32);
+  ex.bind(g1.tokens, token);
+  ex.bind(dg.position, pos);
+  ex.bind(dg.cache_position, cache_pos);
+  ex.bind(dg.mask, mask);
+  int64_t p = 0;  // next cache position
+  auto feed = [&](int32_t id) -> const float* {
+    token.data<int32_t>()[0] = id;
+    pos.data<int32_t>()[0] = static_cast<int32_t>(p);
+    cache_pos.data<int32_t>()[0] = static_cast<int32_t>(p);
+    mask.data<float>()[p] = 0.0f;
     ex.run();
-    const float* logits = ex.get(g1.logits).data<float>() + (len - 1) * V;
-    ids.push_back(sample_token(logits, V, temperature, top_k, top_p, philox_uniform(seed, static_cast<uint64_t>(n))));
+    for (size_t l = 0; l < kc.size(); ++l) {
+      kc[l].copy_from(ex.get(dg.k_out[l]));
+      vc[l].copy_from(ex.get(dg.v_out[l]));
+    }
+    ++p;
+    return ex.get(g1.logits).data<float>();
+  };
+  auto refill = [&](int64_t keep) {  // restart the cache from the last `keep` tokens
+    p = 0;
+    std::fill(mask.data<float>(), mask.data<float>() + T, -INFINITY);
+    const float* logits = nullptr;
+    for (size_t i = ids.size() - static_cast<size_t>(keep); i < ids.size(); ++i) logits = feed(ids[i]);
+    return logits;
+  };
+  const float* logits = refill(std::min<int64_t>(static_cast<int64_t>(ids.size()), T));
+  for (int64_t n = 0; n < max_new_tokens; ++n) {
+    const int32_t next = sample(logits, n);
+    ids.push_back(next);
+    if (n + 1 == max_new_tokens) break;
+    // A full cache has no room for learned positions beyond T: restart from the last half window.
+    logits = p < T ? feed(next) : refill(T / 2);
   }
   return std::vector<int32_t>(ids.begin() + static_cast<int64_t>(prompt_ids.size()), ids.end());
 }

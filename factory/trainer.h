@@ -60,8 +60,12 @@ struct Model {
 Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger);
 
 // Text generation for causal_lm: continues `prompt_ids` by `max_new_tokens` tokens sampled with
-// temperature / top-k / top-p (seeded Philox), running the eval graph over the last seq_len tokens.
+// temperature (0: greedy) / top-k / top-p (seeded Philox). With a KV cache (when the model supports it,
+// see supports_kv_cache) each new token costs one single-token pass; otherwise (or kv_cache false) the
+// last seq_len tokens are recomputed per token. Once the cache is full, it restarts from the last half
+// window (learned positions end at seq_len).
 std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt_ids, int64_t max_new_tokens,
-                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool);
+                              double temperature, int64_t top_k, double top_p, uint64_t seed, ThreadPool* pool,
+                              bool kv_cache = true);
 
 }  // namespace xfr

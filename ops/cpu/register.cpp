@@ -5,6 +5,7 @@ namespace xfr::cpu {
 void register_elementwise(KernelRegistry& r);
 void register_matmul(KernelRegistry& r);
 void register_positional(KernelRegistry& r);
+void register_kv_cache(KernelRegistry& r);
 void register_norm(KernelRegistry& r);
 void register_reduce(KernelRegistry& r);
 void register_shape_ops(KernelRegistry& r);
@@ -14,6 +15,7 @@ void register_softmax(KernelRegistry& r);
 void register_dropout(KernelRegistry& r);
 void register_cross_entropy(KernelRegistry& r);
 void register_activation(KernelRegistry& r);
+void register_rotary(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -22,6 +24,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_elementwise(r);
   cpu::register_matmul(r);
   cpu::register_positional(r);
+  cpu::register_kv_cache(r);
   cpu::register_norm(r);
   cpu::register_reduce(r);
   cpu::register_shape_ops(r);
@@ -31,6 +34,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_dropout(r);
   cpu::register_cross_entropy(r);
   cpu::register_activation(r);
+  cpu::register_rotary(r);
 }
 
 }  // namespace xfr
