@@ -75,6 +75,11 @@ Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const 
   m.model_config = config.root.at("model");
   m.model_config.set("vocab_size", ConfigNode::make_scalar(std::to_string(vocab_size)));
   const int64_t T = get_int(config.root.at("data"), "seq_len");
+  // Positional tables default to data.seq_len: fix that length in the model config, so graphs built for
+  // shorter sequences (inference) keep the trained table shapes.
+  ConfigNode& first = m.model_config.at("stack_configs").at(0);
+  if (ConfigNode* pos = first.find("position_encoding_config"); pos && pos->is_map() && !has_value(*pos, "seq_len"))
+    pos->set("seq_len", ConfigNode::make_scalar(std::to_string(T)));
   m.train_graph = build_model(m.model_config, batch, T, /*training=*/true);
   m.eval_graph = build_model(m.model_config, batch, T, /*training=*/false);
   m.store = std::make_shared<ParamStore>(*m.train_graph.graph);

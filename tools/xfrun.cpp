@@ -9,7 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <cblas.h>
 
+#include <fstream>
+
 #include "factory/config.h"
+#include "factory/predictor.h"
 #include "factory/registry.h"
 #include "factory/schema.h"
 #include "factory/trainer.h"
@@ -149,6 +152,9 @@ int main(int argc, char** argv) {
   add_config_args(infer_cmd, infer_args);
   infer_cmd->add_option("--checkpoint", checkpoint, "a checkpoint folder (step_N)")->required();
   infer_cmd->add_option("--prompt", prompt, "text to continue (default: infer.prompt)");
+  std::string input_path, output_path;
+  infer_cmd->add_option("--input", input_path, "JSONL records {\"tokens\": [...]} or {\"text\": ...}, one per line");
+  infer_cmd->add_option("--output", output_path, "JSONL results (default: stdout)");
 
   try {
     app.parse(argc, argv);
@@ -200,23 +206,45 @@ int main(int argc, char** argv) {
     }
     if (app.got_subcommand("infer")) {
       const Config cfg = load(infer_args);
-      const LoadedCheckpoint peek = [&] {
-        verify_checkpoint(checkpoint);
-        return LoadedCheckpoint{};
-      }();
-      (void)peek;
+      verify_checkpoint(checkpoint);
       LoadedData data = load_data(cfg);
       Model model = make_model(cfg, data.vocab_size, 1, make_null_logger());
       const LoadedCheckpoint ck = load_checkpoint(checkpoint, *model.store, nullptr);
-      XF_CHECK(data.tokenizer != nullptr, "infer", "generation needs text data (a tokenizer)");
-      Tokenizer tok = ck.state.contains("tokenizer") ? Tokenizer::from_json(ck.state["tokenizer"]) : *data.tokenizer;
+      std::unique_ptr<Tokenizer> tok;
+      if (ck.state.contains("tokenizer")) tok = std::make_unique<Tokenizer>(Tokenizer::from_json(ck.state["tokenizer"]));
+      else if (data.tokenizer) tok = std::make_unique<Tokenizer>(*data.tokenizer);
+      ThreadPool pool(static_cast<int>(get_int(cfg.root.at("runtime"), "threads")));
+      if (!input_path.empty()) {
+        std::ifstream in(input_path);
+        if (!in) throw Error("infer", "cannot read --input '" + input_path + "'");
+        std::ofstream file;
+        if (!output_path.empty()) file.open(output_path);
+        std::ostream& out = output_path.empty() ? std::cout : file;
+        Predictor predictor(model, &pool);
+        std::string line;
+        for (int64_t n = 1; std::getline(in, line); ++n) {
+          if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+          nlohmann::json rec;
+          try {
+            rec = nlohmann::json::parse(line);
+          } catch (const nlohmann::json::exception& e) {
+            throw Error("infer", str_cat(input_path, ":", n, ": not JSON (", e.what(), ")"));
+          }
+          try {
+            out << predictor.run_record(rec, tok.get()).dump() << "\n";
+          } catch (const Error& e) {
+            throw Error("infer", str_cat(input_path, ":", n, ": ", e.message()));
+          }
+        }
+        return 0;
+      }
+      XF_CHECK(tok != nullptr, "infer", "generation needs a text model (a tokenizer); use --input for token ids");
       const ConfigNode& inf = cfg.root.at("infer");
       const std::string p = prompt.empty() ? get_string(inf, "prompt") : prompt;
-      ThreadPool pool(static_cast<int>(get_int(cfg.root.at("runtime"), "threads")));
-      const auto ids = generate(model, tok.encode(p.empty() ? "\n" : p), get_int(inf, "max_new_tokens"),
+      const auto ids = generate(model, tok->encode(p.empty() ? "\n" : p), get_int(inf, "max_new_tokens"),
                                 get_number(inf, "temperature"), get_int(inf, "top_k"), get_number(inf, "top_p"),
                                 static_cast<uint64_t>(get_int(cfg.root.at("runtime"), "seed")), &pool);
-      std::cout << p << tok.decode(ids) << "\n";
+      std::cout << p << tok->decode(ids) << "\n";
       return 0;
     }
   } catch (const Error& e) {

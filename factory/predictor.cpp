@@ -1,0 +1,81 @@
+#include "factory/predictor.h"
+
+#include <cmath>
+
+#include "factory/schema.h"
+#include "ops/softmax.h"
+#include "runtime/error.h"
+
+namespace xfr {
+
+Predictor::Predictor(Model& model, ThreadPool* pool)
+    : model_(model), pool_(pool), task_(get_string(model.model_config, "task")),
+      max_len_(model.train_graph.tokens.dim(1)) {}
+
+Predictor::Compiled& Predictor::compiled(int64_t length) {
+  auto it = by_length_.find(length);
+  if (it != by_length_.end()) return it->second;
+  Compiled c;
+  // Positional tables keep the trained length; the graph covers `length` tokens.
+  ConfigNode cfg = model_.model_config;
+  c.graph = build_model(cfg, 1, length, /*training=*/false);
+  if (task_ == "classification") {
+    c.output = softmax(c.graph.logits, Value{}, 1.0, false, "probs");  // (1, K)
+  } else if (task_ == "embedding") {
+    c.output = c.graph.embedding;  // (1, C)
+  } else {
+    c.output = c.graph.logits;  // (1, L, V)
+  }
+  ExecutorOptions opt;
+  opt.pool = pool_;
+  c.executor = std::make_unique<Executor>(*c.graph.graph, std::vector<Value>{c.output}, Gradients{}, model_.store, opt);
+  return by_length_.emplace(length, std::move(c)).first->second;
+}
+
+std::vector<float> Predictor::run(const std::vector<int32_t>& tokens) {
+  const auto L = static_cast<int64_t>(tokens.size());
+  XF_CHECK(L >= 1 && L <= max_len_, "infer", "a sequence of ", L, " tokens; this model takes 1 to ", max_len_);
+  const int64_t V = model_.train_graph.vocab_size;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    XF_CHECK(tokens[i] >= 0 && tokens[i] < V, "infer", "token ", tokens[i], " at position ", i, " is outside the vocabulary of ", V);
+  Compiled& c = compiled(L);
+  c.executor->bind(c.graph.tokens, Tensor::from_vector(tokens, {1, L}));
+  c.executor->run();
+  const Tensor out = c.executor->get(c.output);
+  const float* p = out.data<float>();
+  if (task_ == "causal_lm") return std::vector<float>(p + (L - 1) * V, p + L * V);
+  return std::vector<float>(p, p + out.numel());
+}
+
+nlohmann::json Predictor::run_record(const nlohmann::json& record, const Tokenizer* tokenizer) {
+  XF_CHECK(record.is_object(), "infer", "each input line must be a JSON object with \"tokens\" or \"text\"");
+  std::vector<int32_t> tokens;
+  if (record.contains("tokens")) {
+    XF_CHECK(record["tokens"].is_array(), "infer", "\"tokens\" must be an array of integers");
+    for (const auto& t : record["tokens"]) {
+      XF_CHECK(t.is_number_integer(), "infer", "\"tokens\" must be an array of integers");
+      tokens.push_back(t.get<int32_t>());
+    }
+  } else if (record.contains("text")) {
+    XF_CHECK(record["text"].is_string(), "infer", "\"text\" must be a string");
+    XF_CHECK(tokenizer != nullptr, "infer", "\"text\" needs a text model (a tokenizer); give \"tokens\"");
+    tokens = tokenizer->encode(record["text"].get<std::string>());
+  } else {
+    throw Error("infer", "each input line needs \"tokens\" or \"text\"");
+  }
+  const std::vector<float> r = run(tokens);
+  nlohmann::json out;
+  if (record.contains("id")) out["id"] = record["id"];
+  if (task_ == "classification") {
+    out["label"] = static_cast<int64_t>(std::max_element(r.begin(), r.end()) - r.begin());
+    out["probs"] = r;
+  } else if (task_ == "embedding") {
+    out["embedding"] = r;
+  } else {
+    out["next_token"] = static_cast<int64_t>(std::max_element(r.begin(), r.end()) - r.begin());
+    out["logits"] = r;
+  }
+  return out;
+}
+
+}  // namespace xfr
