@@ -10,3 +10,6 @@ GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release ${XF_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$(nproc)"
 "$BUILD_DIR"/xfrun_tests "$@"
+# Bounded fuzzing of config loading, validation and model building (XF_FUZZ_SECONDS, default 20).
+shopt -s nullglob
+"$BUILD_DIR"/xfrun_fuzz_config "${XF_FUZZ_SECONDS:-20}" configs/*.yaml configs/examples/*.yaml
