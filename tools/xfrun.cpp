@@ -13,6 +13,8 @@
 
 #include "factory/config.h"
 #include "factory/predictor.h"
+#include "ops/grad.h"
+#include "runtime/executor.h"
 #include "factory/registry.h"
 #include "factory/schema.h"
 #include "factory/trainer.h"
@@ -96,19 +98,40 @@ void print_info() {
 
 int describe(const Config& cfg, bool as_json) {
   LoadedData data = load_data(cfg);
-  const int64_t B = get_int(cfg.root.at("train"), "batch_size");
+  const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   Model model = make_model(cfg, data.vocab_size, B, make_null_logger());
   const auto& slots = model.store->slots();
   nlohmann::json params = nlohmann::json::array();
-  for (size_t i = 0; i < slots.size(); ++i)
+  size_t embedding_params = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
     params.push_back({{"name", slots[i].name}, {"shape", model.store->shape(slots[i].name)}, {"numel", slots[i].numel},
                       {"init", model.init.rules[i]}});
+    if (slots[i].kind == ParamKind::embedding) embedding_params += slots[i].numel;
+  }
   const size_t total = model.store->num_params();
-  // Training-step memory on the CPU: weights, gradients, AdamW's two moments, planned activations.
-  const size_t weights = model.store->flat_size() * 4;
+  // FLOPs per token (forward): 2 per weight of every matmul, plus attention's q k^T and p v (4 T C per
+  // layer, the non-causal count; causal attention does half). Training: 3x (forward + backward).
+  int64_t layers = 0, width = 0;
+  const ConfigNode& stacks = model.model_config.at("stack_configs");
+  for (size_t i = 0; i < stacks.size(); ++i) {
+    layers += get_int(stacks.at(i), "num_layers");
+    width = get_int(stacks.at(i), "dim_model");
+  }
+  const double fwd_flops = 2.0 * static_cast<double>(total - embedding_params) +
+                           4.0 * static_cast<double>(layers) * static_cast<double>(T) * static_cast<double>(width);
+  // Memory of a training step on the CPU: weights, gradients, AdamW's two moments (f32), and the
+  // activation arena of the compiled training graph (its liveness plan).
+  const Gradients grads = gradients(model.train_graph.loss);
+  Executor ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store);
+  const size_t weights = model.store->flat_size() * 4, activations = ex.memory_plan().arena_bytes;
+  const auto out_shape = model.train_graph.logits.shape();
   if (as_json) {
     nlohmann::json j = {{"total_params", total}, {"parameters", params}, {"vocab_size", data.vocab_size},
-                        {"memory_bytes", {{"weights", weights}, {"gradients", weights}, {"optimizer", 2 * weights}}}};
+                        {"output_shape", out_shape}, {"forward_flops_per_token", fwd_flops},
+                        {"train_flops_per_token", 3 * fwd_flops},
+                        {"memory_bytes", {{"weights", weights}, {"gradients", weights}, {"optimizer", 2 * weights},
+                                          {"activations", activations},
+                                          {"total", 4 * weights + activations}}}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -116,7 +139,10 @@ int describe(const Config& cfg, bool as_json) {
     std::cout << p["name"].get<std::string>() << "  " << p["shape"].dump() << "  " << p["numel"].get<size_t>() << "  "
               << p["init"].get<std::string>() << "\n";
   std::cout << "total parameters: " << total << "\n";
-  std::cout << "memory: weights " << weights << " B, gradients " << weights << " B, optimizer " << 2 * weights << " B\n";
+  std::cout << "output: " << nlohmann::json(out_shape).dump() << " (batch " << B << ", seq_len " << T << ")\n";
+  std::cout << "FLOPs per token: forward " << fwd_flops << ", training " << 3 * fwd_flops << "\n";
+  std::cout << "training-step memory: weights " << weights << " B, gradients " << weights << " B, optimizer "
+            << 2 * weights << " B, activations " << activations << " B, total " << 4 * weights + activations << " B\n";
   return 0;
 }
 
