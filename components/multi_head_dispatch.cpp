@@ -4,6 +4,7 @@
 #include "ops/bias_add.h"
 #include "ops/dropout.h"
 #include "ops/matmul.h"
+#include "ops/rotary.h"
 #include "ops/shape_ops.h"
 #include "runtime/error.h"
 
@@ -19,6 +20,9 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
            " must be divisible by num_heads ", H);
   XF_CHECK(spec.use_separate_proj_weight || dk == dv, op,
            "a shared in-projection (use_separate_proj_weight: false) needs dim_key == dim_value, got ", dk, " and ", dv);
+  XF_CHECK(!spec.use_rotary_embeddings || (dk / H) % 2 == 0, op,
+           "multi_head_config.use_rotary_embeddings needs an even head dimension dim_key / num_heads (rotary "
+           "rotates pairs of features), got ", dk, " / ", H, " = ", dk / H);
   Graph& g = *x.graph;
   auto s = g.scope(name);
   const std::string in_proj = spec.init_prefix + ".in_proj_container";
@@ -55,7 +59,13 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
   auto heads = [&](Value t, int64_t width, const char* n) {
     return permute(reshape(t, {B, T, H, width / H}), {0, 2, 1, 3}, n);
   };
-  const Value att = attention(heads(q, dk, "q_heads"), heads(k, dk, "k_heads"), heads(v, dv, "v_heads"));
+  Value qh = heads(q, dk, "q_heads"), kh = heads(k, dk, "k_heads");  // (B, H, T, dk/H)
+  if (spec.use_rotary_embeddings) {
+    // xFormers: RotaryEmbedding on (B, H, S, hd) q and k, positions 0..S-1 (self-attention: S_q = S_k).
+    qh = rotary(qh, 0, "q_rotary");
+    kh = rotary(kh, 0, "k_rotary");
+  }
+  const Value att = attention(qh, kh, heads(v, dv, "v_heads"));
   XF_CHECK(att.rank() == 4 && att.dim(0) == B && att.dim(1) == H && att.dim(2) == T && att.dim(3) == dv / H, op,
            "attention returned ", shape_str(att.shape()), ", expected (", B, ", ", H, ", ", T, ", ", dv / H, ")");
   const Value merged = reshape(permute(att, {0, 2, 1, 3}, "merge_heads"), {B, T, dv});  // (B, T, dv)

@@ -1,5 +1,6 @@
 // Multi-head attention around any attention mechanism, as xFormers' MultiHeadDispatch: input projections
-// (q_proj, k_proj, v_proj), head split, the attention, head merge, output projection, residual dropout.
+// (q_proj, k_proj, v_proj), head split, rotary position embeddings on the q and k heads (optional), the
+// attention, head merge, output projection, residual dropout.
 #pragma once
 #include <functional>
 #include <string>
@@ -18,6 +19,9 @@ struct MultiHeadSpec {
   // true: q, k and v have their own projection weights; false: xFormers' shared in-projection (one
   // weight applied to q, k and v; for self-attention this is a single matmul).
   bool use_separate_proj_weight = true;
+  // Rotary position embeddings (ops/rotary.h) on the q and k heads after the head split, before the
+  // attention, as xFormers' RotaryEmbedding(dim_key / num_heads): needs an even head dimension. No parameters.
+  bool use_rotary_embeddings = false;
   std::string init_prefix;  // xFormers module path of the MultiHeadDispatch, for init rules
 };
 
