@@ -161,7 +161,8 @@ std::string to_yaml(const ConfigNode& node);
 // quoted scalars always strings. (nlohmann::json objects sort their keys.)
 nlohmann::json to_json(const ConfigNode& node);
 
-// "did you mean 'x'?" for the candidate closest to key by Levenshtein distance (a case-only difference
+// "did you mean 'x'?" for the candidate closest to key by edit distance (Levenshtein, with a swap of two
+// adjacent letters counting as one edit; a case-only difference
 // counts as closest), when that distance is <= max(1, key.size() / 3); otherwise "".
 std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates);
 

@@ -196,8 +196,12 @@ struct Validator {
       if (!v || v->is_null_like()) {
         if (f.default_value) {
           ConfigNode d = default_node(f);
-          if (f.type == FieldType::section || f.type == FieldType::section_list || f.type == FieldType::component)
+          if (f.type == FieldType::section || f.type == FieldType::section_list || f.type == FieldType::component) {
+            // An absent (or null) section takes the place of the map that lacks it, so that a problem
+            // found inside it (a required key) points into the user's file, not at "<default>".
+            d.set_loc(v ? v->loc() : node.loc());
             d = value(f, d, p);  // fill nested defaults
+          }
           out.set(f.name, d, key_loc);
         } else if (!f.optional) {
           issue(p, v ? v->loc() : node.loc(), "required");

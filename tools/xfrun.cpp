@@ -96,6 +96,26 @@ void print_info() {
                "  fused CUDA attention: unavailable (no CUDA backend in this build)\n";
 }
 
+// Writes every path field of `node` (validated against `s`) as an absolute path: a relative path means
+// "relative to the config file" (or to the working directory for --set), so a printed config saved
+// elsewhere would otherwise point at other files.
+void absolute_paths(ConfigNode& node, const Section& s) {
+  for (const auto& f : s.fields) {
+    ConfigNode* v = node.find(f.name);
+    if (!v || v->is_null_like()) continue;
+    if (f.type == FieldType::path && v->is_scalar()) {
+      *v = ConfigNode::make_scalar(resolve_path(*v, v->text(), ""), v->quoted(), v->loc());
+    } else if (f.type == FieldType::section && v->is_map()) {
+      absolute_paths(*v, *f.section);
+    } else if (f.type == FieldType::section_list && v->is_list()) {
+      for (size_t i = 0; i < v->size(); ++i)
+        if (v->at(i).is_map()) absolute_paths(v->at(i), *f.section);
+    } else if (f.type == FieldType::component && v->is_map() && v->find("name")) {
+      if (const ComponentEntry* e = Registry::builtin().find(f.family, v->at("name").text())) absolute_paths(*v, e->params);
+    }
+  }
+}
+
 int describe(const Config& cfg, bool as_json) {
   LoadedData data = load_data(cfg);
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
@@ -165,7 +185,8 @@ int main(int argc, char** argv) {
 
   auto* validate_cmd = app.add_subcommand("validate", "check a config; prints ok or every error");
   add_config_args(validate_cmd, validate_args);
-  auto* print_cmd = app.add_subcommand("print-config", "the resolved config, defaults filled in, as YAML");
+  auto* print_cmd = app.add_subcommand(
+      "print-config", "the resolved config, defaults filled in, paths made absolute, as YAML");
   add_config_args(print_cmd, print_args);
   auto* describe_cmd = app.add_subcommand("describe", "parameters, their init rules and memory of a config's model");
   add_config_args(describe_cmd, describe_args);
@@ -209,7 +230,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (app.got_subcommand("print-config")) {
-      std::cout << to_yaml(load(print_args).root);
+      Config cfg = load(print_args);
+      absolute_paths(cfg.root, Registry::builtin().root());
+      std::cout << to_yaml(cfg.root);
       return 0;
     }
     if (app.got_subcommand("describe")) return describe(load(describe_args), json);

@@ -1,0 +1,347 @@
+// The xfrun command line, run as a separate process (the binary CMake builds next to the tests):
+// exit codes (0 ok, 1 runtime failure, 2 usage or config error), errors on stderr with nothing written,
+// and the machine-readable outputs (print-config, components --json, describe --json).
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "factory/config.h"
+#include "factory/registry.h"
+#include "factory/trainer.h"
+#include "runtime/logging.h"
+
+#ifdef XF_CLI_PATH
+
+using namespace xfr;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = fs::temp_directory_path() / ("xfr_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) const {
+    const fs::path p = path / name;
+    std::ofstream(p, std::ios::binary) << text;
+    return p.string();
+  }
+  std::string sub(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string read_file(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// Single-quoted for sh.
+std::string sh_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+struct CliRun {
+  int rc = -1;
+  std::string out, err;
+};
+
+// Runs `xfrun args...` in `cwd` (a fresh temp folder when empty).
+CliRun xfrun(const std::vector<std::string>& args, const std::string& cwd = "") {
+  TempDir io;
+  std::string cmd = "cd " + sh_quote(cwd.empty() ? io.path.string() : cwd) + " && " + sh_quote(XF_CLI_PATH);
+  for (const auto& a : args) cmd += " " + sh_quote(a);
+  cmd += " > " + sh_quote(io.sub("stdout")) + " 2> " + sh_quote(io.sub("stderr")) + " < /dev/null";
+  const int status = std::system(cmd.c_str());
+  CliRun r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(io.sub("stdout"));
+  r.err = read_file(io.sub("stderr"));
+  return r;
+}
+
+// A tiny character-level LM on a text file next to the config (data.path is relative to the config).
+const std::string kTinyText = R"(model:
+  task: causal_lm
+  weight_init: small
+  stack_configs:
+    - block_type: encoder
+      num_layers: 1
+      dim_model: 16
+      residual_norm_style: pre
+      position_encoding_config: {name: vocab, seq_len: 16}
+      multi_head_config:
+        num_heads: 2
+        attention: {name: scaled_dot_product, causal: true}
+      feedforward_config: {name: MLP, activation: relu, hidden_layer_multiplier: 2}
+data: {kind: text, path: text.txt, seq_len: 16, val_fraction: 0.1}
+train:
+  steps: 4
+  batch_size: 4
+  schedule: {name: constant}
+  eval_every: 2
+  eval_steps: 2
+  log_every: 1
+infer: {max_new_tokens: 8, prompt: "to be", temperature: 0.8}
+runtime: {device: cpu, seed: 3, threads: 1, out_dir: run}
+)";
+
+// Writes the config and its text into `dir`; returns the config's path.
+std::string write_tiny(const TempDir& dir, const std::string& text = kTinyText) {
+  std::string corpus;
+  for (int i = 0; i < 40; ++i) corpus += "to be, or not to be, that is the question.\n";
+  dir.write("text.txt", corpus);
+  return dir.write("tiny.yaml", text);
+}
+
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const auto at = text.find(from);
+  REQUIRE(at != std::string::npos);
+  return text.replace(at, from.size(), to);
+}
+
+}  // namespace
+
+TEST_CASE("cli validate: ok for the embedded default and a good file (exit 0)") {
+  const CliRun a = xfrun({"validate"});
+  CHECK(a.rc == 0);
+  CHECK(a.out == "ok\n");
+  TempDir dir;
+  const std::string cfg = write_tiny(dir);
+  const CliRun b = xfrun({"validate", "--config", cfg, "--set", "train.steps=10"});
+  CHECK(b.rc == 0);
+  CHECK(b.out == "ok\n");
+}
+
+TEST_CASE("cli validate: a bad config exits 2 with every error on stderr") {
+  TempDir dir;
+  std::string text = replaced(kTinyText, "      num_layers: 1\n", "      num_layer: 1\n");
+  text = replaced(text, "num_heads: 2", "num_heads: two");
+  const std::string cfg = write_tiny(dir, text);
+  const CliRun r = xfrun({"validate", "--config", cfg});
+  INFO(r.err);
+  CHECK(r.rc == 2);
+  CHECK(r.out.empty());
+  CHECK(contains(r.err, "2 errors"));
+  CHECK(contains(r.err, cfg + ":6:7: model.stack_configs[0].num_layer: unknown key 'num_layer'; did you mean 'num_layers'?"));
+  CHECK(contains(r.err, cfg + ":11:20: model.stack_configs[0].multi_head_config.num_heads: expected an integer, got 'two'"));
+  // A missing file, a syntax error: config errors too.
+  CHECK(xfrun({"validate", "--config", dir.sub("nope.yaml")}).rc == 2);
+  const CliRun s = xfrun({"validate", "--config", dir.write("syntax.yaml", "model: [1, 2\n")});
+  CHECK(s.rc == 2);
+  CHECK(contains(s.err, "syntax.yaml:"));
+}
+
+TEST_CASE("cli train: a config error exits 2 before anything is written") {
+  TempDir dir;
+  const std::string cfg = write_tiny(dir, replaced(kTinyText, "causal: true}", "causal: true, dropout: 2}"));
+  const CliRun r = xfrun({"train", "--config", cfg, "--out", dir.sub("out")});
+  INFO(r.err);
+  CHECK(r.rc == 2);
+  CHECK(contains(r.err, "model.stack_configs[0].multi_head_config.attention.dropout: 2 is outside [0, 1)"));
+  CHECK_FALSE(fs::exists(dir.sub("out")));
+  // Cross-field errors too (the data vocab is only known once the data loads).
+  const std::string cfg2 = write_tiny(dir, replaced(kTinyText, "  task: causal_lm\n", "  task: causal_lm\n  vocab_size: 5\n"));
+  const CliRun r2 = xfrun({"train", "--config", cfg2, "--out", dir.sub("out2")});
+  INFO(r2.err);
+  CHECK(r2.rc == 2);
+  CHECK(contains(r2.err, "does not cover"));
+  CHECK_FALSE(fs::exists(dir.sub("out2")));
+  // Nor the config's own out_dir (relative to the config file).
+  CHECK_FALSE(fs::exists(dir.sub("run")));
+}
+
+TEST_CASE("cli --set: a typo exits 2 with a did-you-mean") {
+  TempDir dir;
+  const std::string cfg = write_tiny(dir);
+  const CliRun r = xfrun({"validate", "--config", cfg, "--set", "model.stack_configs.0.num_layer=2"});
+  INFO(r.err);
+  CHECK(r.rc == 2);
+  CHECK(contains(r.err, "--set: model.stack_configs[0].num_layer: unknown key 'num_layer'; did you mean 'num_layers'?"));
+  const CliRun t = xfrun({"train", "--config", cfg, "--set", "train.step=2", "--out", dir.sub("out")});
+  CHECK(t.rc == 2);
+  CHECK(contains(t.err, "did you mean 'steps'?"));
+  CHECK_FALSE(fs::exists(dir.sub("out")));
+  // An index past the list's end, a malformed assignment.
+  CHECK(xfrun({"validate", "--config", cfg, "--set", "model.stack_configs.3.num_layers=2"}).rc == 2);
+  CHECK(xfrun({"validate", "--config", cfg, "--set", "train.steps"}).rc == 2);
+  CHECK(xfrun({"validate", "--set", "train.steps=0"}).rc == 2);
+}
+
+namespace {
+
+// `a` equals `b` once a's path fields are replaced by b's (which print-config writes absolute), and those
+// name the same files.
+void check_same_config(Config a, const Config& b) {
+  for (const auto& [section, key] : {std::pair<const char*, const char*>{"data", "path"}, {"runtime", "out_dir"}}) {
+    INFO(section << "." << key);
+    CHECK(config_path_value(b.root.at(section), key) == config_path_value(a.root.at(section), key));
+    CHECK(fs::path(b.root.at(section).at(key).text()).is_absolute());
+    a.root.at(section).set(key, b.root.at(section).at(key));
+  }
+  CHECK(a.root == b.root);
+}
+
+}  // namespace
+
+TEST_CASE("cli print-config: the output reloads to an equal config, from any folder") {
+  TempDir dir, elsewhere;
+  const std::string cfg = write_tiny(dir);
+  const CliRun r = xfrun({"print-config", "--config", cfg, "--set", "train.steps=9"});
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  const Config b = load_config(elsewhere.write("printed.yaml", r.out));
+  check_same_config(load_config(cfg, {"train.steps=9"}), b);
+  CHECK(get_int(b.root.at("train"), "steps") == 9);
+  CHECK(config_path_value(b.root.at("data"), "path") == dir.sub("text.txt"));
+  // Defaults are filled in.
+  CHECK(contains(r.out, "check_init: error"));
+  CHECK(contains(r.out, "grad_accum: 1"));
+  // A --set path is relative to the working directory.
+  const CliRun s = xfrun({"print-config", "--config", cfg, "--set", "data.path=other.txt"}, elsewhere.path.string());
+  REQUIRE(s.rc == 0);
+  const Config c = load_config(dir.write("printed2.yaml", s.out));
+  CHECK(config_path_value(c.root.at("data"), "path") == elsewhere.sub("other.txt"));
+  // The embedded default too: its data is the text the repository ships.
+  const CliRun d = xfrun({"print-config"});
+  REQUIRE(d.rc == 0);
+  const Config e = load_config(elsewhere.write("default_printed.yaml", d.out));
+  check_same_config(load_default_config(), e);
+  CHECK(fs::equivalent(config_path_value(e.root.at("data"), "path"), default_data_path()));
+}
+
+TEST_CASE("cli components --json: every family and name with its parameters") {
+  const CliRun r = xfrun({"components", "--json"});
+  REQUIRE(r.rc == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const Registry& reg = Registry::builtin();
+  for (const char* family : {"attention", "feedforward", "position_encoding", "residual_norm_style", "normalization",
+                             "activation", "weight_init"}) {
+    INFO(family);
+    REQUIRE(j.contains(family));
+    std::set<std::string> listed;
+    for (const auto& e : j.at(family)) {
+      listed.insert(e.at("name").get<std::string>());
+      CHECK(e.at("doc").is_string());
+      CHECK(e.at("parameters").is_array());
+    }
+    const auto names = reg.names(family);
+    CHECK(listed == std::set<std::string>(names.begin(), names.end()));
+  }
+  CHECK(j.size() == reg.families().size());
+  // The parameters of scaled_dot_product, with their defaults.
+  bool found = false;
+  for (const auto& e : j.at("attention"))
+    if (e.at("name") == "scaled_dot_product")
+      for (const auto& p : e.at("parameters"))
+        if (p.at("name") == "causal") {
+          found = true;
+          CHECK(p.at("type") == "bool");
+          CHECK(p.at("default") == "false");
+        }
+  CHECK(found);
+  // The text form lists them too.
+  const CliRun t = xfrun({"components"});
+  CHECK(t.rc == 0);
+  CHECK(contains(t.out, "scaled_dot_product"));
+  CHECK(contains(t.out, "weight_init:"));
+}
+
+TEST_CASE("cli describe --json: total_params is the sum of the parameters' numels") {
+  TempDir dir;
+  const std::string cfg = write_tiny(dir);
+  const CliRun r = xfrun({"describe", "--config", cfg, "--json"});
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  size_t sum = 0;
+  for (const auto& p : j.at("parameters")) {
+    size_t numel = 1;
+    for (const auto& d : p.at("shape")) numel *= d.get<size_t>();
+    CHECK(numel == p.at("numel").get<size_t>());
+    sum += p.at("numel").get<size_t>();
+    CHECK_FALSE(p.at("init").get<std::string>().empty());
+  }
+  CHECK(j.at("total_params").get<size_t>() == sum);
+  // The library agrees.
+  const Config c = load_config(cfg);
+  const LoadedData data = load_data(c);
+  const Model m = make_model(c, data.vocab_size, 1, make_null_logger());
+  CHECK(sum == m.store->num_params());
+  CHECK(j.at("vocab_size").get<int64_t>() == data.vocab_size);
+  // Text form.
+  const CliRun t = xfrun({"describe", "--config", cfg});
+  CHECK(t.rc == 0);
+  CHECK(contains(t.out, "total parameters: " + std::to_string(sum)));
+  // A bad config: exit 2.
+  CHECK(xfrun({"describe", "--config", cfg, "--set", "model.weight_init=jax"}).rc == 2);
+}
+
+TEST_CASE("cli info, usage errors and help") {
+  const CliRun i = xfrun({"info"});
+  CHECK(i.rc == 0);
+  CHECK(contains(i.out, std::string("xfrun ") + xfrun_version()));
+  CHECK(contains(i.out, "BLAS"));
+  CHECK(xfrun({"frobnicate"}).rc == 2);
+  CHECK(xfrun({}).rc == 2);
+  CHECK(xfrun({"validate", "--config"}).rc == 2);
+  CHECK(xfrun({"validate", "--no-such-flag"}).rc == 2);
+  CHECK(xfrun({"infer"}).rc == 2);  // --checkpoint is required
+  const CliRun h = xfrun({"--help"});
+  CHECK(h.rc == 0);
+  CHECK(contains(h.out, "train"));
+}
+
+TEST_CASE("cli train and infer: exit 0, relative paths, metrics, checkpoints, deterministic samples") {
+  TempDir dir;
+  const std::string cfg = write_tiny(dir);
+  TempDir cwd;  // the data path resolves against the config's folder, not the working directory
+  const CliRun r = xfrun({"train", "--config", cfg, "--out", "out"}, cwd.path.string());
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  CHECK(contains(r.out, "---- sample ----\nto be"));
+  // --out is a command-line path: relative to the working directory.
+  CHECK(fs::exists(cwd.sub("out/metrics.jsonl")));
+  CHECK(fs::exists(cwd.sub("out/checkpoints/step_4/manifest.json")));
+  CHECK_FALSE(fs::exists(dir.sub("run")));
+  const CliRun a = xfrun({"infer", "--config", cfg, "--checkpoint", cwd.sub("out/checkpoints/step_4"), "--prompt", "not "});
+  INFO(a.err);
+  REQUIRE(a.rc == 0);
+  CHECK(a.out.rfind("not ", 0) == 0);
+  CHECK(a.out.size() >= 4 + 8);
+  const CliRun b = xfrun({"infer", "--config", cfg, "--checkpoint", cwd.sub("out/checkpoints/step_4"), "--prompt", "not "});
+  CHECK(b.out == a.out);
+  // A missing checkpoint is a runtime failure: exit 1.
+  const CliRun m = xfrun({"infer", "--config", cfg, "--checkpoint", dir.sub("nowhere/step_1")});
+  CHECK(m.rc == 1);
+  CHECK(contains(m.err, "error:"));
+  // Resume from the finished run: nothing left to do, still exit 0.
+  const CliRun again = xfrun({"train", "--config", cfg, "--out", "out", "--resume", "auto"}, cwd.path.string());
+  CHECK(again.rc == 0);
+}
+
+#else
+
+TEST_CASE("cli: skipped (xfrun_cli was not built; XF_CLI_PATH undefined)" * doctest::skip()) {}
+
+#endif
