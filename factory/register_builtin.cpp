@@ -149,8 +149,9 @@ void register_attention(Registry& r) {
 //   MLP       mlp = Sequential(0: Linear(D, F, bias), 1: act, 2: Dropout, 3: Linear(F, D, bias), 4: Dropout)
 //   FusedMLP  mlp = Sequential(0: Linear(D, F, bias=False), 1: FusedDropoutBias(p, bias F, act),
 //                              2: Linear(F, D, bias=False), 3: FusedDropoutBias(p, bias D))
-// FusedDropoutBias's bias starts at zero and no init scheme touches it (it is not a Linear); here it is a
-// trained parameter (upstream it is not an nn.Parameter, so upstream's optimizer never updates it).
+// FusedDropoutBias's bias starts at zero (its init_weights; timm and moco call it), but vit and small reach
+// it through their is_ffn branch first, which draws it N(0, 1e-6); here it is a trained parameter
+// (upstream it is not an nn.Parameter, so upstream's optimizer never updates it).
 Value build_mlp(const ConfigNode& p, Value x, const BuildContext& ctx, bool fused) {
   const char* who = fused ? "FusedMLP" : "MLP";
   Graph& g = *x.graph;

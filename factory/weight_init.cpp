@@ -61,6 +61,13 @@ std::string apply_component_rule(const std::string& rule, const InitInfo& info, 
 
 std::string apply(const std::string& scheme, const InitInfo& info, double gain, const Filler& f) {
   const bool is_bias = info.attr == "bias";
+  // vit and small test is_ffn on the dotted name before anything else, and their ffn branch writes any
+  // tensor named `bias` (_maybe_init_tensor), so a component inside the feed-forward (FusedMLP's
+  // FusedDropoutBias, mlp.1 and mlp.3) gets N(0, 1e-6) there, not its own init_weights' zeros.
+  if (info.kind == ModuleKind::component && is_bias && (scheme == "vit" || scheme == "small") && is_ffn(info.module)) {
+    f.normal(1e-6);
+    return scheme + ": normal(0, 1e-6) [" + info.module + ", ffn branch before init_weights]";
+  }
   if (info.kind == ModuleKind::component) {
     // Recursion stops at modules with their own init_weights; vit and small call it without the gain.
     const double g = inside_xformer(info.module) && (scheme == "timm" || scheme == "moco") ? gain : 1.0;

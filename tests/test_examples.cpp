@@ -139,7 +139,10 @@ TEST_CASE("examples: FusedMLP has xFormers' layout (mlp.0/mlp.2 weights, mlp.1/m
       ++fused_biases;
       const ParamSlot& slot = model.store->slot(info.name);
       const float* v = model.store->params() + slot.offset;
-      CHECK(std::all_of(v, v + slot.numel, [](float x) { return x == 0.0f; }));
+      // microgpt uses weight_init small: its is_ffn branch draws FusedDropoutBias's bias N(0, 1e-6) before
+      // the component's own init_weights (zeros) could run.
+      CHECK(std::all_of(v, v + slot.numel, [](float x) { return std::abs(x) < 1e-5f; }));
+      CHECK(std::any_of(v, v + slot.numel, [](float x) { return x != 0.0f; }));
     }
   }
   CHECK(fused_biases == 2 * 2);  // two per block, two blocks
