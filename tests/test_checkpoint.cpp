@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "temp_dir.h"
 #include "runtime/checkpoint.h"
 #include "runtime/error.h"
 #include "runtime/file_io.h"
@@ -31,21 +32,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("xfr_checkpoint_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
+using xfr::testing::TempDir;
 
 struct ParamSpec {
   std::string name;

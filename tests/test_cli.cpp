@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "temp_dir.h"
 #include "factory/config.h"
 #include "factory/registry.h"
 #include "factory/trainer.h"
@@ -28,24 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() / ("xfr_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    const fs::path p = path / name;
-    std::ofstream(p, std::ios::binary) << text;
-    return p.string();
-  }
-  std::string sub(const std::string& name) const { return (path / name).string(); }
-};
+using xfr::testing::TempDir;
 
 std::string read_file(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
