@@ -234,5 +234,5 @@ TEST_CASE("threadpool overhead of a parallel_for over 1e5 trivial items (informa
                                                      << " us adding 1 to each item");
   CHECK(v[0] == 1.f + 2100);
   CHECK(v[v.size() - 1] == 1.f + 2100);
-  CHECK(empty_us < 1000);  // generous: catches a pathological (e.g. sleeping) handoff, not noise
+  // No timing assertion: speed belongs to benchmarks; this case only reports it.
 }
