@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <cblas.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "factory/config.h"
@@ -17,6 +18,9 @@
 #include "runtime/executor.h"
 #include "factory/registry.h"
 #include "factory/schema.h"
+#include "factory/sweep.h"
+#include "factory/sweep_report.h"
+#include "factory/sweep_runner.h"
 #include "factory/trainer.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cpu/threadpool.h"
@@ -166,6 +170,43 @@ int describe(const Config& cfg, bool as_json) {
   return 0;
 }
 
+struct SweepArgs {
+  std::string templ, out, devices = "cpu", launcher = "local", report_dir;
+  int parallel = 1;
+  bool resume = false, dry_run = false;
+};
+
+// xfrun sweep: plan (every trial validated first: exit 2 before anything is written), run, report.
+int sweep_command(const SweepArgs& a, const Logger& logger) {
+  const SweepPlan plan = load_sweep(a.templ);
+  SweepOptions o;
+  o.out_dir = a.out.empty() ? "out/sweeps/" + std::filesystem::path(a.templ).stem().string() : a.out;
+  o.parallel = a.parallel;
+  o.devices.clear();
+  for (size_t start = 0; start <= a.devices.size();) {
+    const size_t end = a.devices.find(',', start);
+    const std::string d = a.devices.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (!d.empty()) o.devices.push_back(d);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  o.resume = a.resume;
+  o.dry_run = a.dry_run;
+  o.launcher = a.launcher;
+  std::error_code ec;
+  o.exe = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  XF_CHECK(!ec, "sweep", "cannot find this executable (/proc/self/exe)");
+  o.logger = logger;
+  const SweepOutcome r = run_sweep(plan, o);
+  if (a.launcher != "local" || a.dry_run) return 0;
+  const SweepReport rep = gather_sweep_report(o.out_dir);
+  write_sweep_report(rep);
+  std::cout << sweep_report_table(rep);
+  logger->info("{} trials ({} run, {} already done) in {:.1f} s; results: {}/results.csv, {}/report.html", r.trials,
+               r.launched, r.skipped, r.wall_s, rep.dir, rep.dir);
+  return r.failed > 0 ? kExitRuntime : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -203,6 +244,21 @@ int main(int argc, char** argv) {
   infer_cmd->add_option("--input", input_path, "JSONL records {\"tokens\": [...]} or {\"text\": ...}, one per line");
   infer_cmd->add_option("--output", output_path, "JSONL results (default: stdout)");
 
+  SweepArgs sweep_args;
+  auto* sweep_cmd = app.add_subcommand("sweep", "grid or random search from a config template with a sweep: section");
+  sweep_cmd->add_option("--template,-t", sweep_args.templ, "the template: a config plus a sweep: section")->required();
+  sweep_cmd->add_option("--out", sweep_args.out, "sweep folder (default: out/sweeps/<template name>)");
+  sweep_cmd->add_option("--parallel,-j", sweep_args.parallel, "trials at a time (slurm: the array's %P)")
+      ->check(CLI::PositiveNumber);
+  sweep_cmd->add_option("--devices", sweep_args.devices, "cpu or cuda:0,cuda:1,...: given to trials round-robin");
+  sweep_cmd->add_flag("--resume", sweep_args.resume, "run only the trials that are not done");
+  sweep_cmd->add_flag("--dry-run", sweep_args.dry_run, "validate and list the trials (slurm: write the script, no sbatch)");
+  sweep_cmd->add_option("--launcher", sweep_args.launcher, "local (processes here) or slurm (an sbatch array)")
+      ->check(CLI::IsMember({"local", "slurm"}));
+  auto* report_cmd = app.add_subcommand("sweep-report", "the results table of a sweep folder; writes results.csv, "
+                                                        "results.jsonl and report.html there");
+  report_cmd->add_option("dir", sweep_args.report_dir, "the sweep folder")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -233,6 +289,13 @@ int main(int argc, char** argv) {
       Config cfg = load(print_args);
       absolute_paths(cfg.root, Registry::builtin().root());
       std::cout << to_yaml(cfg.root);
+      return 0;
+    }
+    if (app.got_subcommand("sweep")) return sweep_command(sweep_args, logger);
+    if (app.got_subcommand("sweep-report")) {
+      const SweepReport rep = gather_sweep_report(sweep_args.report_dir);
+      write_sweep_report(rep);
+      std::cout << sweep_report_table(rep);
       return 0;
     }
     if (app.got_subcommand("describe")) return describe(load(describe_args), json);
