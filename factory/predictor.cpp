@@ -8,7 +8,7 @@
 
 namespace xfr {
 
-Predictor::Predictor(Model& model, ThreadPool* pool)
+Predictor::Predictor(const Model& model, ThreadPool* pool)
     : model_(model), pool_(pool), task_(get_string(model.model_config, "task")),
       max_len_(model.train_graph.tokens.dim(1)) {}
 
@@ -28,20 +28,41 @@ Predictor::Compiled& Predictor::compiled(int64_t length) {
   }
   ExecutorOptions opt;
   opt.pool = pool_;
-  c.executor = std::make_unique<Executor>(*c.graph.graph, std::vector<Value>{c.output}, Gradients{}, model_.store, opt);
+  std::vector<Value> outputs{c.output, c.graph.hidden};
+  if (c.graph.logits.id != c.output.id) outputs.push_back(c.graph.logits);
+  if (task_ == "classification") outputs.push_back(c.graph.pooled);
+  c.executor = std::make_unique<Executor>(*c.graph.graph, outputs, Gradients{}, model_.store, opt);
+  c.input = Tensor::zeros({1, length}, DType::i32);
+  c.executor->bind(c.graph.tokens, c.input);
   return by_length_.emplace(length, std::move(c)).first->second;
+}
+
+void Predictor::prepare(int64_t length) {
+  XF_CHECK(length >= 1 && length <= max_len_, "infer", "a sequence of ", length, " tokens; this model takes 1 to ", max_len_);
+  compiled(length);
+}
+
+Predictor::Outputs Predictor::forward(const int32_t* tokens, int64_t L) {
+  XF_CHECK(L >= 1 && L <= max_len_, "infer", "a sequence of ", L, " tokens; this model takes 1 to ", max_len_);
+  const int64_t V = model_.train_graph.vocab_size;
+  for (int64_t i = 0; i < L; ++i)
+    XF_CHECK(tokens[i] >= 0 && tokens[i] < V, "infer", "token ", tokens[i], " at position ", i, " is outside the vocabulary of ", V);
+  Compiled& c = compiled(L);
+  std::copy(tokens, tokens + L, c.input.data<int32_t>());
+  c.executor->run();
+  Outputs o;
+  o.result = c.executor->get(c.output);
+  o.hidden = c.executor->get(c.graph.hidden);
+  o.logits = c.executor->get(c.graph.logits);
+  if (task_ == "classification") o.pooled = c.executor->get(c.graph.pooled);
+  else if (task_ == "embedding") o.pooled = o.result;
+  return o;
 }
 
 std::vector<float> Predictor::run(const std::vector<int32_t>& tokens) {
   const auto L = static_cast<int64_t>(tokens.size());
-  XF_CHECK(L >= 1 && L <= max_len_, "infer", "a sequence of ", L, " tokens; this model takes 1 to ", max_len_);
+  const Tensor out = forward(tokens.data(), L).result;
   const int64_t V = model_.train_graph.vocab_size;
-  for (size_t i = 0; i < tokens.size(); ++i)
-    XF_CHECK(tokens[i] >= 0 && tokens[i] < V, "infer", "token ", tokens[i], " at position ", i, " is outside the vocabulary of ", V);
-  Compiled& c = compiled(L);
-  c.executor->bind(c.graph.tokens, Tensor::from_vector(tokens, {1, L}));
-  c.executor->run();
-  const Tensor out = c.executor->get(c.output);
   const float* p = out.data<float>();
   if (task_ == "causal_lm") return std::vector<float>(p + (L - 1) * V, p + L * V);
   return std::vector<float>(p, p + out.numel());

@@ -216,9 +216,31 @@ SweepReport gather_sweep_report(const std::string& dir_in) {
 
 namespace {
 
-std::vector<std::string> header(const SweepReport& rep) {
+// The shortest dotted suffixes that still tell the parameters apart (num_heads for
+// model.stack_configs.0.multi_head_config.num_heads), for the printed table.
+std::vector<std::string> short_names(const std::vector<std::string>& keys) {
+  auto suffix = [](const std::string& k, int parts) {
+    size_t at = k.size();
+    for (int i = 0; i < parts; ++i) {
+      const size_t dot = at == 0 ? std::string::npos : k.rfind('.', at - 1);
+      if (dot == std::string::npos) return k;
+      at = dot;
+    }
+    return k.substr(at + 1);
+  };
+  for (int parts = 1; parts < 64; ++parts) {
+    std::vector<std::string> names;
+    for (const auto& k : keys) names.push_back(suffix(k, parts));
+    std::vector<std::string> sorted = names;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end()) return names;
+  }
+  return keys;
+}
+
+std::vector<std::string> header(const SweepReport& rep, bool short_params = false) {
   std::vector<std::string> h = {"best", "trial", "status"};
-  for (const auto& p : rep.parameters) h.push_back(p);
+  for (const auto& p : short_params ? short_names(rep.parameters) : rep.parameters) h.push_back(p);
   for (const char* c : {"steps", "final_loss"}) h.push_back(c);
   h.push_back((rep.goal == "maximize" ? "max_" : "min_") + rep.metric);
   for (const char* c : {"tokens_per_s", "wall_s", "dir"}) h.push_back(c);
@@ -241,7 +263,7 @@ std::vector<std::string> row(const SweepReport& rep, const SweepTrialResult& t) 
 }  // namespace
 
 std::string sweep_report_table(const SweepReport& rep) {
-  std::vector<std::vector<std::string>> rows = {header(rep)};
+  std::vector<std::vector<std::string>> rows = {header(rep, true)};
   for (const auto& t : rep.trials) rows.push_back(row(rep, t));
   rows[0][0] = "";
   std::vector<size_t> w(rows[0].size(), 0);
@@ -249,6 +271,9 @@ std::string sweep_report_table(const SweepReport& rep) {
     for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
   std::string s = str_cat("sweep ", rep.dir, " (", rep.method, ", ", rep.trials.size(), " trials, metric ", rep.metric,
                           ", ", rep.goal, ")\n");
+  const auto shorts = short_names(rep.parameters);
+  for (size_t i = 0; i < shorts.size(); ++i)
+    if (shorts[i] != rep.parameters[i]) s += "  " + shorts[i] + " = " + rep.parameters[i] + "\n";
   for (const auto& r : rows) {
     std::string line;
     for (size_t i = 0; i < r.size(); ++i) {

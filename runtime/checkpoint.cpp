@@ -235,6 +235,20 @@ std::string save_checkpoint(const std::string& out_dir, int64_t step, const Para
   return dir;
 }
 
+void load_model_weights(const std::string& path, ParamStore& store) {
+  XF_CHECK(store.params_flat().device().is_cpu(), "checkpoint", "the parameter store is on ",
+           store.params_flat().device().str(), "; loading needs it on the CPU");
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) fail(path, "no such file");
+  const std::vector<uint8_t> bytes = read_file(path);
+  const SafetensorsHeader h = parse_safetensors_header(bytes.data(), bytes.size(), bytes.size(), path);
+  std::map<std::string, Shape> expected;
+  for (const ParamSlot& s : store.slots()) expected[s.name] = store.shape(s.name);
+  check_tensors(h, expected, path);
+  const SafetensorsFile f = parse_safetensors(bytes, path);
+  for (const auto& [name, t] : f.tensors) store.param(name).copy_from(t);
+}
+
 int64_t verify_checkpoint(const std::string& step_dir) { return read_verified(step_dir).step; }
 
 LoadedCheckpoint load_checkpoint(const std::string& step_dir, ParamStore& store, Optimizer* optimizer) {

@@ -43,6 +43,12 @@ struct LoadedCheckpoint {
 // Nothing is modified when it throws. A checkpoint saved with an optimizer may be loaded without one.
 LoadedCheckpoint load_checkpoint(const std::string& step_dir, ParamStore& store, Optimizer* optimizer);
 
+// Loads the parameters of `store` from one safetensors file (a step folder's model.safetensors, or a bare
+// one written by save_safetensors / Python's safetensors.torch.save_file): the file must hold exactly the
+// store's parameters, F32, in their shapes; a missing, extra or mis-shaped tensor is refused by name
+// before anything is overwritten.
+void load_model_weights(const std::string& safetensors_path, ParamStore& store);
+
 // Checks the manifest of a step folder and the size and CRC-32 of every file it lists; returns the step.
 // Throws xfr::Error("checkpoint", ...) saying what is missing or does not match.
 int64_t verify_checkpoint(const std::string& step_dir);

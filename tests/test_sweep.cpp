@@ -368,7 +368,7 @@ TEST_CASE("sweep cli: 4 trials, 2 at a time; status, trial folders, report; resu
   CHECK(get_number(c3.root.at("train").at("optimizer"), "lr") == doctest::Approx(0.01));
 
   // Report: printed, and results.csv / results.jsonl / report.html written.
-  CHECK(contains(r.out, "train.optimizer.lr"));
+  CHECK(contains(r.out, "  lr = train.optimizer.lr\n"));  // the table shortens keys
   CHECK(contains(r.out, "4 done, 0 failed"));
   const auto csv = lines_of(slurp(out + "/results.csv"));
   REQUIRE(csv.size() == 5);
@@ -445,6 +445,25 @@ TEST_CASE("sweep cli: 4 trials, 2 at a time; status, trial folders, report; resu
   for (const auto& t : report.trials) CHECK(t.steps == 4);
 }
 
+TEST_CASE("sweep cli: a failing trial is marked failed with its exit code; the others finish; exit 1") {
+  TempDir dir;
+  const std::string tpl = write_template(dir, "sweep:\n  parameters:\n    data.path: {values: [text.txt, missing.txt, text.txt]}\n");
+  const CliRun r = xfrun({"sweep", "--template", tpl, "--out", "sw", "--parallel", "2"}, dir.str());
+  INFO(r.err);
+  CHECK(r.rc == 1);
+  const json st = read_sweep_status(dir.sub("sw"));
+  CHECK(st["trials"][0].at("status") == "done");
+  CHECK(st["trials"][1].at("status") == "failed");
+  CHECK(st["trials"][1].at("exit_code") == 1);
+  CHECK(st["trials"][2].at("status") == "done");
+  CHECK(contains(slurp(dir.sub("sw/trial_1/train.log")), "missing.txt"));
+  CHECK(contains(r.out, "failed (1)"));
+  CHECK(contains(r.out, "2 done, 1 failed"));
+  const SweepReport rep = gather_sweep_report(dir.sub("sw"));
+  CHECK(rep.trials.back().index == 1);  // no metric: last
+  CHECK_FALSE(rep.trials.back().best);
+}
+
 TEST_CASE("sweep slurm --dry-run: an array script whose task runs its trial") {
   TempDir dir, cwd;
   const std::string tpl = write_template(dir, kGrid2x2);
@@ -519,9 +538,10 @@ TEST_CASE("sweep slurm cluster: a 4-trial array through slurmctld + slurmd") {
     MESSAGE("SKIPPED: munged cannot start here: " << slurp(root + "/munge/start.log") << slurp(root + "/munge/munged.log"));
     return;
   }
+  const int port = 20000 + static_cast<int>(::getpid() % 10000) * 2;  // concurrent test runs apart
   const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string conf = "ClusterName=xfrtest\nSlurmctldHost=" + short_host + "\nSlurmUser=" + user +
-                     "\nSlurmctldPort=26817\nSlurmdPort=26818\nAuthType=auth/munge\nCredType=cred/munge\n"
+                     "\nSlurmctldPort=" + std::to_string(port) + "\nSlurmdPort=" + std::to_string(port + 1) + "\nAuthType=auth/munge\nCredType=cred/munge\n"
                      "AuthInfo=socket=" + munge_sock + "\nStateSaveLocation=" + root + "/state\nSlurmdSpoolDir=" + root +
                      "/spool\nSlurmctldPidFile=" + root + "/slurmctld.pid\nSlurmdPidFile=" + root +
                      "/slurmd.pid\nSlurmctldLogFile=" + root + "/slurmctld.log\nSlurmdLogFile=" + root +
@@ -530,7 +550,7 @@ TEST_CASE("sweep slurm cluster: a 4-trial array through slurmctld + slurmd") {
                      "JobAcctGatherType=jobacct_gather/none\nNodeName=" + short_host + " CPUs=" + std::to_string(cpus) +
                      " State=UNKNOWN\nPartitionName=debug Nodes=" + short_host + " Default=YES MaxTime=INFINITE State=UP\n";
   dir.write("slurm.conf", conf);
-  dir.write("cgroup.conf", "CgroupPlugin=disabled\n");
+  dir.write("cgroup.conf", "CgroupPlugin=autodetect\n");
   const std::string env = "SLURM_CONF=" + sh_quote(root + "/slurm.conf") + " ";
   auto stop = [&]() {
     std::system(("[ -f " + sh_quote(root + "/slurmd.pid") + " ] && kill $(cat " + sh_quote(root + "/slurmd.pid") + ") 2>/dev/null; "
@@ -559,6 +579,7 @@ TEST_CASE("sweep slurm cluster: a 4-trial array through slurmctld + slurmd") {
   const int rc = std::system(run.c_str());
   INFO(slurp(root + "/submit.log"));
   CHECK(rc == 0);
+  const auto t0 = std::chrono::steady_clock::now();
   size_t done = 0;
   for (int i = 0; i < 240 && done < 4; ++i) {  // up to 60 s
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
@@ -566,6 +587,8 @@ TEST_CASE("sweep slurm cluster: a 4-trial array through slurmctld + slurmd") {
     for (int t = 0; t < 4; ++t) done += fs::exists(out + "/trial_" + std::to_string(t) + "/result.json");
   }
   CHECK(done == 4);
+  MESSAGE("4-trial SLURM array (--parallel 2) finished in "
+          << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s after submission");
   const SweepReport rep = gather_sweep_report(out);
   for (const auto& t : rep.trials) {
     CHECK(t.status == "done");
