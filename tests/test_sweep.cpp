@@ -553,6 +553,13 @@ TEST_CASE("sweep slurm cluster: a 4-trial array through slurmctld + slurmd") {
   dir.write("cgroup.conf", "CgroupPlugin=autodetect\n");
   const std::string env = "SLURM_CONF=" + sh_quote(root + "/slurm.conf") + " ";
   auto stop = [&]() {
+    // Let the array's job steps end first (a result.json is written just before its task exits), so that
+    // no slurmstepd outlives the daemons.
+    for (int i = 0; i < 40; ++i) {
+      if (std::system((env + "squeue -h 2>/dev/null | grep -q .").c_str()) != 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
     std::system(("[ -f " + sh_quote(root + "/slurmd.pid") + " ] && kill $(cat " + sh_quote(root + "/slurmd.pid") + ") 2>/dev/null; "
                  "[ -f " + sh_quote(root + "/slurmctld.pid") + " ] && kill $(cat " + sh_quote(root + "/slurmctld.pid") + ") 2>/dev/null; "
                  "[ -f " + sh_quote(root + "/munge/munged.pid") + " ] && kill $(cat " + sh_quote(root + "/munge/munged.pid") + ") 2>/dev/null; true")
