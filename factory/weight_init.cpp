@@ -18,10 +18,6 @@ bool is_ffn(const std::string& n) { return contains(n, "feedforward") || (contai
 bool is_mha_input_projection(const std::string& n) {
   return contains(n, "q_proj") || contains(n, "k_proj") || contains(n, "v_proj");
 }
-std::string child_name(const std::string& path) {
-  const auto dot = path.rfind('.');
-  return dot == std::string::npos ? path : path.substr(dot + 1);
-}
 // Modules inside the xFormer itself are named from the block index ("0.wrap_att..."); the rest (token
 // embedding, LM head, classifier) lie outside it and keep their own rules whatever the scheme.
 bool inside_xformer(const std::string& path) { return !path.empty() && std::isdigit(static_cast<unsigned char>(path[0])); }
@@ -112,7 +108,6 @@ std::string apply(const std::string& scheme, const InitInfo& info, double gain, 
   if (scheme == "moco") {
     // Child names only: is_ffn matches just "wrap_ff", which owns no tensors, so every linear takes the
     // Linear branch: U(+-gain sqrt(6 / (out + in))), bias 0.
-    (void)child_name(info.module);
     if (is_bias) return zeros();
     const double a = gain * std::sqrt(6.0 / (fan_out + fan_in));
     f.uniform(a);

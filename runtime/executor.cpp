@@ -99,6 +99,11 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     }
   }
   bound_.assign(input_ids_.size(), false);
+  // Which inputs the schedule reads (decided once here, not on every run).
+  input_used_.assign(input_ids_.size(), false);
+  for (size_t i = 0; i < input_ids_.size(); ++i)
+    for (const auto& st : schedule_)
+      if (std::count(st.in.begin(), st.in.end(), input_ids_[i]) > 0) input_used_[i] = true;
   plan_ = xfr::plan_memory(requests, 64);
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8, opt_.device);
   auto* base = static_cast<char*>(arena_.raw_data());
@@ -154,10 +159,7 @@ void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
 
 void Executor::run() {
   for (size_t i = 0; i < input_ids_.size(); ++i)
-    XF_CHECK(bound_[i] || std::none_of(schedule_.begin(), schedule_.end(), [&](const Step& s) {
-               return std::count(s.in.begin(), s.in.end(), input_ids_[i]) > 0;
-             }),
-             "executor", "input '", g_.value(input_ids_[i]).name, "' was not bound");
+    XF_CHECK(bound_[i] || !input_used_[i], "executor", "input '", g_.value(input_ids_[i]).name, "' was not bound");
   KernelContext ctx;
   ctx.pool = opt_.pool;
   ctx.rng_seed = opt_.seed;

@@ -71,6 +71,7 @@ class Executor {
   std::vector<int> view_root_;      // per value id: the value whose bytes it shares (itself if none)
   std::vector<int> input_ids_;
   std::vector<bool> bound_;
+  std::vector<bool> input_used_;    // per input: read by some step (unbound unused inputs are fine)
   std::vector<int> outputs_;
   Tensor arena_;
   MemoryPlan plan_;

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "temp_dir.h"
+#include "cli_runner.h"
 #include "factory/config.h"
 #include "factory/registry.h"
 #include "factory/trainer.h"
@@ -31,64 +32,12 @@ namespace {
 
 using xfr::testing::TempDir;
 
-std::string read_file(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-// Single-quoted for sh.
-std::string sh_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-struct CliRun {
-  int rc = -1;
-  std::string out, err;
-};
-
-// Runs `xfrun args...` in `cwd` (a fresh temp folder when empty).
-CliRun xfrun(const std::vector<std::string>& args, const std::string& cwd = "") {
-  TempDir io;
-  std::string cmd = "cd " + sh_quote(cwd.empty() ? io.path.string() : cwd) + " && " + sh_quote(XF_CLI_PATH);
-  for (const auto& a : args) cmd += " " + sh_quote(a);
-  cmd += " > " + sh_quote(io.sub("stdout")) + " 2> " + sh_quote(io.sub("stderr")) + " < /dev/null";
-  const int status = std::system(cmd.c_str());
-  CliRun r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(io.sub("stdout"));
-  r.err = read_file(io.sub("stderr"));
-  return r;
-}
-
-// A tiny character-level LM on a text file next to the config (data.path is relative to the config).
-const std::string kTinyText = R"(model:
-  task: causal_lm
-  weight_init: small
-  stack_configs:
-    - block_type: encoder
-      num_layers: 1
-      dim_model: 16
-      residual_norm_style: pre
-      position_encoding_config: {name: vocab, seq_len: 16}
-      multi_head_config:
-        num_heads: 2
-        attention: {name: scaled_dot_product, causal: true}
-      feedforward_config: {name: MLP, activation: relu, hidden_layer_multiplier: 2}
-data: {kind: text, path: text.txt, seq_len: 16, val_fraction: 0.1}
-train:
-  steps: 4
-  batch_size: 4
-  schedule: {name: constant}
-  eval_every: 2
-  eval_steps: 2
-  log_every: 1
-infer: {max_new_tokens: 8, prompt: "to be", temperature: 0.8}
-runtime: {device: cpu, seed: 3, threads: 1, out_dir: run}
-)";
+using xfr::testing::contains;
+using xfr::testing::CliRun;
+using xfr::testing::sh_quote;
+using xfr::testing::xfrun;
+const std::string& kTinyText = xfr::testing::kTinyTextLm;
+std::string read_file(const std::string& p) { return xfr::testing::read_text(p); }
 
 // Writes the config and its text into `dir`; returns the config's path.
 std::string write_tiny(const TempDir& dir, const std::string& text = kTinyText) {
