@@ -5,6 +5,7 @@
 #include <climits>
 
 #include "runtime/cpu/threadpool.h"
+#include "runtime/device_context.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -13,6 +14,11 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
                    ExecutorOptions options)
     : g_(g), opt_(options), store_(std::move(store)) {
   XF_CHECK(store_ != nullptr, "executor", "no parameter store");
+  if (opt_.device_ctx) opt_.device = opt_.device_ctx->device();
+  XF_CHECK(opt_.device.is_cpu() || opt_.device_ctx, "executor", "a ", opt_.device.str(),
+           " executor needs a device context (ExecutorOptions::device_ctx)");
+  XF_CHECK(store_->device() == opt_.device, "executor", "the parameter store is on ", store_->device().str(),
+           ", the executor on ", opt_.device.str());
   const int nv = g.num_values();
   tensors_.resize(static_cast<size_t>(nv));
   view_root_.resize(static_cast<size_t>(nv));
@@ -105,12 +111,21 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (const auto& st : schedule_)
       if (std::count(st.in.begin(), st.in.end(), input_ids_[i]) > 0) input_used_[i] = true;
   plan_ = xfr::plan_memory(requests, 64);
-  arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8, opt_.device);
-  auto* base = static_cast<char*>(arena_.raw_data());
+  arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,
+                         opt_.device_ctx.get());
   for (size_t i = 0; i < requests.size(); ++i) {
     const int v = request_value[i];
     const auto& m = g.value(v).meta;
-    tensors_[static_cast<size_t>(v)] = Tensor::wrap(base + plan_.offsets[i], m.shape, m.dtype, opt_.device, nullptr);
+    tensors_[static_cast<size_t>(v)] = arena_.carve(plan_.offsets[i], m.shape, m.dtype);
+  }
+  if (opt_.device_ctx) {  // fixed device buffers for the inputs (stable addresses for graph replay)
+    input_buffers_.resize(input_ids_.size());
+    for (size_t i = 0; i < input_ids_.size(); ++i) {
+      if (!input_used_[i]) continue;
+      const auto& m = g.value(input_ids_[i]).meta;
+      input_buffers_[i] = Tensor::empty(m.shape, m.dtype, opt_.device_ctx.get());
+      tensors_[static_cast<size_t>(input_ids_[i])] = input_buffers_[i];
+    }
   }
   if (opt_.logger)
     opt_.logger->debug("executor: {} steps, activation arena {} bytes (one buffer each would take {})",
@@ -131,10 +146,15 @@ void Executor::bind(Value input, const Tensor& t) {
   const auto& m = g_.value(input.id).meta;
   XF_CHECK(t.shape() == m.shape && t.dtype() == m.dtype, "executor", "input '", g_.value(input.id).name, "' expects ",
            m.str(), ", got ", t.desc());
-  XF_CHECK(t.device() == opt_.device, "executor", "input '", g_.value(input.id).name, "' is on ", t.device().str(),
-           ", the executor on ", opt_.device.str());
-  tensors_[static_cast<size_t>(input.id)] = t.contiguous();
-  bound_[static_cast<size_t>(it - input_ids_.begin())] = true;
+  const size_t k = static_cast<size_t>(it - input_ids_.begin());
+  if (opt_.device_ctx) {
+    if (input_buffers_[k].defined()) input_buffers_[k].copy_from(t);
+  } else {
+    XF_CHECK(t.device() == opt_.device, "executor", "input '", g_.value(input.id).name, "' is on ",
+             t.device().str(), ", the executor on ", opt_.device.str());
+    tensors_[static_cast<size_t>(input.id)] = t.contiguous();
+  }
+  bound_[k] = true;
 }
 
 void Executor::bind(const std::string& input_name, const Tensor& t) {
@@ -145,6 +165,10 @@ void Executor::bind(const std::string& input_name, const Tensor& t) {
 
 void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
   float* dst = store_->grads() + slot.offset;
+  if (opt_.device_ctx) {
+    opt_.device_ctx->add_inplace_f32(dst, gt.data<float>(), slot.numel);
+    return;
+  }
   const float* src = gt.data<float>();
   auto body = [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dst[i] += src[i];
@@ -164,6 +188,7 @@ void Executor::run() {
   ctx.pool = opt_.pool;
   ctx.rng_seed = opt_.seed;
   ctx.device = opt_.device;
+  ctx.device_ctx = opt_.device_ctx.get();
   const uint64_t rng_base = runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
@@ -180,8 +205,10 @@ void Executor::run() {
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       try {
         if (opt_.profile) {
+          if (ctx.device_ctx) ctx.device_ctx->synchronize();  // time this kernel alone
           const auto t0 = std::chrono::steady_clock::now();
           s.kernel(*node.op, ctx, in, out);
+          if (ctx.device_ctx) ctx.device_ctx->synchronize();
           auto& p = profile_[node.op->name()];
           p.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
           ++p.calls;

@@ -21,7 +21,8 @@ namespace xfr {
 class ThreadPool;
 
 struct ExecutorOptions {
-  Device device = Device::cpu();
+  Device device = Device::cpu();  // a CUDA device also needs device_ctx (the store's, or one on its device)
+  std::shared_ptr<DeviceContext> device_ctx;  // stream, allocator and handles for a non-CPU device
   ThreadPool* pool = nullptr;  // CPU kernels parallelise over it (null: serial)
   uint64_t seed = 0;           // Philox key for dropout and other random ops
   bool plan_memory = true;     // false: one buffer per value (for tests comparing the plan)
@@ -36,10 +37,14 @@ class Executor {
   Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads, std::shared_ptr<ParamStore> store,
            ExecutorOptions options = {});
 
-  void bind(Value input, const Tensor& t);  // checks shape and dtype; keeps a reference
+  // Checks shape and dtype; on the host keeps a reference, on a device copies into the executor's own
+  // buffer for that input (from host or device memory), so its address never changes between runs.
+  void bind(Value input, const Tensor& t);
   void bind(const std::string& input_name, const Tensor& t);
   void run();
-  Tensor get(Value v) const;  // an output (valid until the next run)
+  Tensor get(Value v) const;  // an output on the executor's device (valid until the next run)
+  Device device() const { return opt_.device; }
+  DeviceContext* device_ctx() const { return opt_.device_ctx.get(); }
 
   ParamStore& store() { return *store_; }
   const MemoryPlan& memory_plan() const { return plan_; }
@@ -72,6 +77,7 @@ class Executor {
   std::vector<int> input_ids_;
   std::vector<bool> bound_;
   std::vector<bool> input_used_;    // per input: read by some step (unbound unused inputs are fine)
+  std::vector<Tensor> input_buffers_;  // device executors: one owned buffer per input
   std::vector<int> outputs_;
   Tensor arena_;
   MemoryPlan plan_;

@@ -1,5 +1,6 @@
 #include "runtime/kernel_registry.h"
 
+#include "runtime/device_context.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -42,10 +43,11 @@ const KernelRegistry& KernelRegistry::builtin() {
 }
 
 std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, ThreadPool* pool, uint64_t rng_seed,
-                           uint64_t rng_offset) {
+                           uint64_t rng_offset, DeviceContext* device_ctx) {
   std::vector<TensorMeta> meta;
   std::vector<Tensor> in;
-  Device device = inputs.empty() ? Device::cpu() : inputs[0].device();
+  if (!device_ctx && !inputs.empty()) device_ctx = inputs[0].context();
+  Device device = device_ctx ? device_ctx->device() : inputs.empty() ? Device::cpu() : inputs[0].device();
   for (const auto& t : inputs) {
     XF_CHECK(t.defined(), op.name(), "undefined input tensor");
     XF_CHECK(t.device() == device, op.name(), "inputs on different devices: ", device.str(), " and ",
@@ -62,7 +64,7 @@ std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, Thre
       out.push_back(in.at(static_cast<size_t>(src)).view(out_meta[k].shape));
     } else {
       all_views = false;
-      out.push_back(Tensor::empty(out_meta[k].shape, out_meta[k].dtype, device));
+      out.push_back(Tensor::empty(out_meta[k].shape, out_meta[k].dtype, device_ctx));
     }
   }
   if (!all_views) {
@@ -71,6 +73,7 @@ std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, Thre
     ctx.rng_seed = rng_seed;
     ctx.rng_offset = rng_offset;
     ctx.device = device;
+    ctx.device_ctx = device_ctx;
     KernelRegistry::builtin().get(op.name(), device)(op, ctx, in, out);
   }
   return out;

@@ -14,12 +14,18 @@
 namespace xfr {
 
 class ThreadPool;
+class DeviceContext;
 
 struct KernelContext {
   ThreadPool* pool = nullptr;   // CPU: the pool to parallelise over (null: run serially)
   uint64_t rng_seed = 0;        // Philox key for ops that draw random numbers
   uint64_t rng_offset = 0;      // where this node's random numbers start in the stream
+  // CUDA graphs replay launches with their arguments frozen, so a replayed step reads the per-run part
+  // of its offset from device memory: when set, the random numbers start at *rng_offset_device +
+  // rng_offset (CUDA kernels only).
+  const uint64_t* rng_offset_device = nullptr;
   Device device;
+  DeviceContext* device_ctx = nullptr;  // non-CPU devices: stream, allocator, library handles
 };
 
 // in: the node's inputs; out: its outputs, already allocated (contiguous) and to be written entirely.
@@ -42,8 +48,9 @@ class KernelRegistry {
 
 // Runs one op eagerly: validates, allocates contiguous outputs, runs the kernel. Inputs may be strided
 // views; they are made contiguous first. Tests and benchmarks use this; models use graphs.
+// The device is the inputs' (they must agree), or `device_ctx`'s when given (ops without inputs).
 std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, ThreadPool* pool = nullptr,
-                           uint64_t rng_seed = 0, uint64_t rng_offset = 0);
+                           uint64_t rng_seed = 0, uint64_t rng_offset = 0, DeviceContext* device_ctx = nullptr);
 
 // Backend registration functions (one per backend, each an explicit list).
 void register_cpu_kernels(KernelRegistry& registry);

@@ -8,7 +8,7 @@ namespace xfr {
 // accesses both want.
 constexpr size_t kParamAlignElems = 16;
 
-ParamStore::ParamStore(const Graph& g, Device device) {
+ParamStore::ParamStore(const Graph& g, DeviceContext* ctx) {
   for (int i = 0; i < g.num_values(); ++i) {
     const auto& v = g.value(i);
     if (v.kind != ValueKind::param) continue;
@@ -22,8 +22,21 @@ ParamStore::ParamStore(const Graph& g, Device device) {
     slots_.push_back(s);
     shapes_.push_back(v.meta.shape);
   }
-  params_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, device);
-  grads_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, device);
+  params_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);
+  grads_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);
+}
+
+ParamStore::ParamStore(const ParamStore& other, DeviceContext* ctx)
+    : slots_(other.slots_), shapes_(other.shapes_), index_(other.index_), flat_size_(other.flat_size_) {
+  params_ = Tensor::empty({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);
+  grads_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);
+  params_.copy_from(other.params_);
+}
+
+void ParamStore::copy_params_from(const ParamStore& other) {
+  XF_CHECK(other.flat_size_ == flat_size_ && other.slots_.size() == slots_.size(), "param_store",
+           "copy between stores of different layouts");
+  params_.copy_from(other.params_);
 }
 
 const ParamSlot& ParamStore::slot(const std::string& name) const {
@@ -44,7 +57,10 @@ Tensor ParamStore::grad(const std::string& name) const {
       .view(shapes_[index_.at(name)]);
 }
 
-void ParamStore::zero_grads() { std::memset(grads_.raw_data(), 0, grads_.nbytes()); }
+void ParamStore::zero_grads() {
+  if (grads_.context()) grads_.fill(0.0);  // a stream-ordered memset on the device
+  else std::memset(grads_.raw_data(), 0, grads_.nbytes());
+}
 
 size_t ParamStore::num_params() const {
   size_t n = 0;

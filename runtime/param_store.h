@@ -14,12 +14,19 @@ namespace xfr {
 
 class ParamStore {
  public:
-  // Lays out every parameter of `g`, in declaration order, 64-byte aligned. Both buffers start zeroed.
-  explicit ParamStore(const Graph& g, Device device = Device::cpu());
+  // Lays out every parameter of `g`, in declaration order, 64-byte aligned. Both buffers start zeroed,
+  // on the host (ctx null) or on ctx's device.
+  explicit ParamStore(const Graph& g, DeviceContext* ctx = nullptr);
+  // The same layout on another device (or the host), with the parameters copied; gradients zeroed.
+  ParamStore(const ParamStore& other, DeviceContext* ctx);
 
   const std::vector<ParamSlot>& slots() const { return slots_; }
   size_t flat_size() const { return flat_size_; }  // elements, padding included
-  float* params() const { return params_.data<float>(); }
+  Device device() const { return params_.device(); }
+  DeviceContext* context() const { return params_.context(); }
+  // Copies every parameter from `other` (same layout, any device).
+  void copy_params_from(const ParamStore& other);
+  float* params() const { return params_.data<float>(); }  // host or device pointer, as device() says
   float* grads() const { return grads_.data<float>(); }
   const Tensor& params_flat() const { return params_; }
   const Tensor& grads_flat() const { return grads_; }

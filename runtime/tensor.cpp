@@ -5,13 +5,15 @@
 #include <numeric>
 
 #include "runtime/allocator.h"
+#include "runtime/device_context.h"
 #include "runtime/dispatch.h"
 
 namespace xfr {
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (auto d : shape) XF_CHECK(d >= 0, "tensor", "negative dimension in shape ", shape_str(shape));
-  XF_CHECK(device.is_cpu(), "tensor", "no allocator for ", device.str(), " in this build");
+  XF_CHECK(device.is_cpu(), "tensor", "a ", device.str(),
+           " tensor is allocated from a DeviceContext (Tensor::empty(shape, dtype, ctx))");
   const size_t bytes = static_cast<size_t>(numel_of(shape)) * dtype_size(dtype);
   void* p = cpu_allocate(bytes);
   Tensor t;
@@ -19,6 +21,26 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, DeviceContext* ctx) {
+  if (!ctx) return empty(shape, dtype, Device::cpu());
+  for (auto d : shape) XF_CHECK(d >= 0, "tensor", "negative dimension in shape ", shape_str(shape));
+  const size_t bytes = static_cast<size_t>(numel_of(shape)) * dtype_size(dtype);
+  std::shared_ptr<void> block = ctx->allocate(bytes);
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(Storage{block.get(), bytes, ctx->device(), block, ctx});
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, DeviceContext* ctx) {
+  if (!ctx) return zeros(shape, dtype, Device::cpu());
+  Tensor t = empty(shape, dtype, ctx);
+  ctx->memset_zero(t.raw_data(), t.nbytes());
   return t;
 }
 
@@ -119,6 +141,22 @@ Tensor Tensor::slice(int64_t axis, int64_t start, int64_t end) const {
   return t;
 }
 
+Tensor Tensor::carve(size_t byte_offset, const Shape& shape, DType dtype) const {
+  XF_CHECK(storage_ != nullptr, "tensor", "carve from an undefined tensor");
+  const size_t esize = dtype_size(dtype);
+  const size_t base = static_cast<size_t>(offset_) * dtype_size(dtype_) + byte_offset;
+  XF_CHECK(base % esize == 0, "tensor", "carve at byte ", base, " is not aligned for ", dtype_name(dtype));
+  XF_CHECK(base + static_cast<size_t>(numel_of(shape)) * esize <= storage_->bytes, "tensor", "carve of ",
+           shape_str(shape), " at byte ", base, " leaves the ", storage_->bytes, "-byte storage");
+  Tensor t;
+  t.storage_ = storage_;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.offset_ = static_cast<int64_t>(base / esize);
+  return t;
+}
+
 namespace {
 
 // Calls f(dst_index, src_element_offset) for each element of `src` in row-major order.
@@ -159,8 +197,11 @@ D convert(S v) {
 
 void Tensor::copy_from(const Tensor& src) {
   XF_CHECK(src.shape() == shape_, "copy", "shape ", shape_str(src.shape()), " into ", desc());
-  XF_CHECK(device().is_cpu() && src.device().is_cpu(), "copy", "host copy between ", src.device().str(), " and ",
-           device().str());
+  if (numel() == 0) return;
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+    copy_device(src);
+    return;
+  }
   if (src.dtype() == dtype_ && src.is_contiguous() && is_contiguous()) {
     std::memmove(raw_data(), src.raw_data(), nbytes());
     return;
@@ -183,24 +224,111 @@ void Tensor::copy_from(const Tensor& src) {
   }
 }
 
+// A copy with a device on one side or both. Contiguous same-dtype copies and device-side float
+// conversions go straight through the context; anything else (strides, integer conversions) is staged
+// through a contiguous host tensor: correct for every case, fast for the ones the runtime uses.
+void Tensor::copy_device(const Tensor& src) {
+  DeviceContext* dctx = context();
+  DeviceContext* sctx = src.context();
+  const bool both_contig = is_contiguous() && src.is_contiguous();
+  auto is_dev_float = [](DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; };
+  if (both_contig && dctx && sctx && dctx->device() == sctx->device()) {
+    if (src.dtype() == dtype_) {
+      dctx->copy(raw_data(), src.raw_data(), nbytes(), CopyKind::device_to_device);
+      return;
+    }
+    if (is_dev_float(src.dtype()) && is_dev_float(dtype_)) {
+      dctx->convert(raw_data(), dtype_, src.raw_data(), src.dtype(), static_cast<size_t>(numel()));
+      return;
+    }
+  }
+  if (both_contig && src.dtype() == dtype_ && dctx && !sctx) {  // host -> device
+    dctx->copy(raw_data(), src.raw_data(), nbytes(), CopyKind::host_to_device);
+    dctx->synchronize();  // the host tensor may be freed as soon as we return
+    return;
+  }
+  if (both_contig && src.dtype() == dtype_ && !dctx && sctx) {  // device -> host
+    sctx->copy(raw_data(), src.raw_data(), nbytes(), CopyKind::device_to_host);
+    sctx->synchronize();
+    return;
+  }
+  // Staged: bring src to the host as a contiguous tensor of our dtype, then place it.
+  Tensor host_src = src;
+  if (sctx) {
+    host_src = Tensor::empty(src.shape(), src.dtype());
+    Tensor src_c = src.is_contiguous() ? src : src.contiguous();
+    host_src.copy_from(src_c);
+  }
+  if (!dctx) {
+    copy_from(host_src);
+    return;
+  }
+  Tensor host_dst = Tensor::empty(shape_, dtype_);
+  host_dst.copy_from(host_src);
+  if (is_contiguous()) {
+    copy_from(host_dst);
+  } else {
+    XF_CHECK(false, "copy", "writing into a strided view of device memory (", desc(), ") is not supported");
+  }
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
+  if (context()) {  // a device tensor: gather on the host, then upload (slow path; ops are contiguous)
+    Tensor t = empty(shape_, dtype_, context());
+    Tensor h = Tensor::empty(shape_, dtype_);
+    // Download the whole storage, then gather on the host.
+    std::vector<unsigned char> all(storage_->bytes);
+    context()->copy(all.data(), storage_->data, storage_->bytes, CopyKind::device_to_host);
+    context()->synchronize();
+    XF_DISPATCH_ALL(dtype_, "contiguous", T, {
+      const T* base = reinterpret_cast<const T*>(all.data());
+      T* d = h.data<T>();
+      for_each_strided(*this, [&](int64_t i, int64_t o) { d[i] = base[o]; });
+    });
+    t.copy_from(h);
+    return t;
+  }
   return clone();
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, device());
-  t.copy_from(*this);
+  Tensor t = empty(shape_, dtype_, context());
+  t.copy_from(is_contiguous() || !context() ? *this : contiguous());
   return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
-  Tensor t = empty(shape_, dtype, device());
-  t.copy_from(*this);
+  Tensor t = empty(shape_, dtype, context());
+  t.copy_from(is_contiguous() || !context() ? *this : contiguous());
+  return t;
+}
+
+Tensor Tensor::to_host() const {
+  if (!context()) return *this;
+  Tensor t = empty(shape_, dtype_, Device::cpu());
+  t.copy_from(is_contiguous() ? *this : contiguous());
+  return t;
+}
+
+Tensor Tensor::to_device(DeviceContext* ctx) const {
+  if (!ctx) return to_host();
+  Tensor t = empty(shape_, dtype_, ctx);
+  t.copy_from(is_contiguous() || !context() ? *this : contiguous());
   return t;
 }
 
 void Tensor::fill(double value) {
+  if (context()) {
+    XF_CHECK(is_contiguous(), "fill", "fill of a strided view of device memory (", desc(), ")");
+    if (value == 0.0) {
+      context()->memset_zero(raw_data(), nbytes());
+      return;
+    }
+    Tensor h = Tensor::full(shape_, value, dtype_);
+    copy_from(h);
+    return;
+  }
   XF_DISPATCH_ALL(dtype_, "fill", T, {
     const T v = from_double<T>(value);
     T* base = static_cast<T*>(storage_->data);
@@ -209,6 +337,7 @@ void Tensor::fill(double value) {
 }
 
 std::vector<double> Tensor::to_doubles() const {
+  if (context()) return to_host().to_doubles();
   std::vector<double> out(static_cast<size_t>(numel()));
   XF_DISPATCH_ALL(dtype_, "to_doubles", T, {
     const T* base = static_cast<const T*>(storage_->data);

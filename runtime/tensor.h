@@ -15,11 +15,14 @@ namespace xfr {
 
 // Owned or borrowed bytes on a device. Borrowed storage (a view into a flat parameter buffer or a
 // memory-plan arena) keeps its owner alive through `owner`.
+class DeviceContext;
+
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device;
   std::shared_ptr<void> owner;  // what frees `data` (null for borrowed storage that the caller keeps alive)
+  DeviceContext* context = nullptr;  // device storage: the context that allocated it (kept alive by owner)
 };
 
 class Tensor {
@@ -27,8 +30,12 @@ class Tensor {
   Tensor() = default;
 
   // ---- construction -------------------------------------------------------------------------------
+  // Host tensors; a CUDA device needs a context to allocate from (the overloads below).
   static Tensor empty(const Shape& shape, DType dtype, Device device = Device::cpu());
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
+  // Device tensors from `ctx`'s allocator; a null ctx means the host.
+  static Tensor empty(const Shape& shape, DType dtype, DeviceContext* ctx);
+  static Tensor zeros(const Shape& shape, DType dtype, DeviceContext* ctx);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = Device::cpu());
   // A tensor over memory owned elsewhere; `keep_alive` (may be null) is held as long as the tensor.
   static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive);
@@ -54,6 +61,7 @@ class Tensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
   bool is_contiguous() const;
   const std::shared_ptr<Storage>& storage() const { return storage_; }
+  DeviceContext* context() const { return storage_ ? storage_->context : nullptr; }  // null on the host
   std::string desc() const;  // "f32(2, 3) cpu"
 
   // ---- data ----------------------------------------------------------------------------------------
@@ -70,12 +78,19 @@ class Tensor {
   Tensor transpose(int64_t a, int64_t b) const;
   Tensor permute(const std::vector<int64_t>& order) const;
   Tensor slice(int64_t axis, int64_t start, int64_t end) const;
+  // A contiguous tensor over this one's storage starting `byte_offset` bytes into it (for arenas and
+  // flat buffers); byte_offset must be a multiple of dtype's size and the extent must fit.
+  Tensor carve(size_t byte_offset, const Shape& shape, DType dtype) const;
 
   // ---- copies ---------------------------------------------------------------------------------------
   Tensor contiguous() const;  // itself when already contiguous
   Tensor clone() const;
   Tensor to(DType dtype) const;  // converting copy (round to nearest even for 16-bit floats)
-  void copy_from(const Tensor& src);  // same shape; any strides; converts dtype
+  Tensor to_host() const;        // itself when already on the host
+  Tensor to_device(DeviceContext* ctx) const;  // a copy on ctx's device (the host when ctx is null)
+  // Same shape; any strides; converts dtype; any pair of devices (a copy that involves the host waits
+  // for the device).
+  void copy_from(const Tensor& src);
   void fill(double value);
 
   // Element values as double, in row-major order (for tests and printing).
@@ -83,6 +98,7 @@ class Tensor {
   double item() const;  // the one element of a 1-element tensor
 
  private:
+  void copy_device(const Tensor& src);
   std::shared_ptr<Storage> storage_;
   Shape shape_, strides_;
   int64_t offset_ = 0;

@@ -16,6 +16,7 @@ void register_dropout(KernelRegistry& r);
 void register_cross_entropy(KernelRegistry& r);
 void register_activation(KernelRegistry& r);
 void register_rotary(KernelRegistry& r);
+void register_cast(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -35,6 +36,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_cross_entropy(r);
   cpu::register_activation(r);
   cpu::register_rotary(r);
+  cpu::register_cast(r);
 }
 
 }  // namespace xfr

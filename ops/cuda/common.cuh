@@ -1,0 +1,46 @@
+// Host-side helpers shared by the CUDA op kernels: the stream and handles of the kernel's context,
+// dtype dispatch to device storage types, launch geometry. Every CUDA kernel file includes this.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops/cuda/device/types.cuh"
+#include "runtime/cuda/check.h"
+#include "runtime/cuda/context.h"
+#include "runtime/kernel_registry.h"
+
+namespace xfr::cuda {
+
+inline CudaContext& context_of(const KernelContext& ctx) {
+  XF_CHECK(ctx.device_ctx != nullptr && ctx.device.is_cuda(), "cuda", "a CUDA kernel ran without a CUDA context");
+  return *static_cast<CudaContext*>(ctx.device_ctx);
+}
+inline cudaStream_t stream_of(const KernelContext& ctx) { return context_of(ctx).stream(); }
+
+// Threads per block for elementwise kernels: 256 = 8 warps, the usual sweet spot for memory-bound
+// grid-stride loops (enough warps to hide latency, small enough for many resident blocks per SM).
+constexpr int kBlock = 256;
+
+// Blocks for n items at `per_thread` items per thread, capped so that grid-stride loops take over for
+// huge n (132 SMs x 16 resident 256-thread blocks... 65535 keeps gridDim.x portable).
+inline unsigned grid_1d(int64_t n, int per_thread = 1) {
+  const int64_t per_block = static_cast<int64_t>(kBlock) * per_thread;
+  return static_cast<unsigned>(std::clamp<int64_t>((n + per_block - 1) / per_block, 1, 65535));
+}
+
+}  // namespace xfr::cuda
+
+// Dispatch over the CUDA compute dtypes: f32 -> float, f16 -> __half, bf16 -> __nv_bfloat16.
+#define XF_CUDA_DISPATCH_FLOAT(dtype, op, T, ...)                                                   \
+  switch (dtype) {                                                                                \
+    case ::xfr::DType::f32: { using T = float; __VA_ARGS__; break; }                              \
+    case ::xfr::DType::f16: { using T = __half; __VA_ARGS__; break; }                             \
+    case ::xfr::DType::bf16: { using T = __nv_bfloat16; __VA_ARGS__; break; }                     \
+    default:                                                                                      \
+      throw ::xfr::Error(op, ::xfr::str_cat("the CUDA backend computes in f32, f16 or bf16, not ", \
+                                            ::xfr::dtype_name(dtype)));                          \
+  }

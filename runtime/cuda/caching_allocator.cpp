@@ -1,0 +1,126 @@
+#include "runtime/cuda/caching_allocator.h"
+
+#include "runtime/cuda/check.h"
+
+namespace xfr::cuda {
+
+namespace {
+constexpr size_t kSmallLimit = size_t(1) << 20;  // below this, 512-byte classes
+constexpr size_t kSmallStep = 512;               // cudaMalloc aligns to 256; 512 keeps classes few
+constexpr size_t kLargeStep = size_t(2) << 20;   // 2 MiB: the driver's large page
+}  // namespace
+
+size_t CachingAllocator::round_size(size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  const size_t step = bytes < kSmallLimit ? kSmallStep : kLargeStep;
+  return (bytes + step - 1) / step * step;
+}
+
+CachingAllocator::CachingAllocator(int device, bool caching) : device_(device), caching_(caching) {}
+
+CachingAllocator::~CachingAllocator() {
+  // Blocks still in use belong to tensors that outlive the allocator only through a bug elsewhere;
+  // every tensor holds the context (and so this allocator) alive. Free what is cached.
+  std::lock_guard<std::mutex> lock(mu_);
+  cudaSetDevice(device_);
+  cudaDeviceSynchronize();
+  for (auto& [size, p] : free_) cudaFree(p);
+  free_.clear();
+}
+
+void* CachingAllocator::driver_alloc(size_t bytes) {
+  void* p = nullptr;
+  cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation && !free_.empty()) {
+    cudaGetLastError();  // clear the sticky-free error state of the failed call
+    release_cached_locked();
+    err = cudaMalloc(&p, bytes);
+  }
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    throw Error("cuda", str_cat("out of memory on cuda:", device_, ": asked for ", bytes, " bytes (",
+                                static_cast<double>(bytes) / gib, " GiB) with ", static_cast<double>(free_b) / gib,
+                                " GiB free of ", static_cast<double>(total_b) / gib, " GiB (this context holds ",
+                                static_cast<double>(stats_.reserved_bytes) / gib,
+                                " GiB). Memory grows with train.batch_size, data.seq_len, dim_model, num_layers "
+                                "and vocab_size; lower one, or raise train.grad_accum with a smaller batch"));
+  }
+  XF_CUDA_CHECK(err);
+  ++stats_.driver_allocs;
+  stats_.reserved_bytes += bytes;
+  return p;
+}
+
+void* CachingAllocator::allocate(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  XF_CUDA_CHECK(cudaSetDevice(device_));
+  const size_t size = caching_ ? round_size(bytes) : (bytes == 0 ? 1 : bytes);
+  void* p = nullptr;
+  if (caching_) {
+    auto it = free_.lower_bound(size);
+    // Take a cached block if it wastes at most a quarter of itself plus one class step.
+    const size_t step = size < kSmallLimit ? kSmallStep : kLargeStep;
+    if (it != free_.end() && it->first <= size + size / 4 + step) {
+      p = it->second;
+      const size_t got = it->first;
+      free_.erase(it);
+      in_use_[p] = got;
+      stats_.current_bytes += got;
+    }
+  }
+  if (!p) {
+    p = driver_alloc(size);
+    in_use_[p] = size;
+    stats_.current_bytes += size;
+  }
+  ++stats_.allocs;
+  if (stats_.current_bytes > stats_.peak_bytes) stats_.peak_bytes = stats_.current_bytes;
+  return p;
+}
+
+void CachingAllocator::free(void* p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = in_use_.find(p);
+  if (it == in_use_.end()) return;  // not ours: nothing to do (never happens for tensors of this context)
+  const size_t size = it->second;
+  in_use_.erase(it);
+  stats_.current_bytes -= size;
+  if (caching_) {
+    free_.emplace(size, p);
+  } else {
+    cudaSetDevice(device_);
+    cudaFree(p);  // synchronises the device: work still reading p finishes first
+    stats_.reserved_bytes -= size;
+  }
+}
+
+void CachingAllocator::release_cached_locked() {
+  cudaSetDevice(device_);
+  cudaDeviceSynchronize();
+  for (auto& [size, p] : free_) {
+    cudaFree(p);
+    stats_.reserved_bytes -= size;
+  }
+  free_.clear();
+}
+
+void CachingAllocator::release_cached() {
+  std::lock_guard<std::mutex> lock(mu_);
+  release_cached_locked();
+}
+
+MemoryStats CachingAllocator::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void CachingAllocator::reset_peak() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.peak_bytes = stats_.current_bytes;
+}
+
+}  // namespace xfr::cuda

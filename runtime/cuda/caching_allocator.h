@@ -1,0 +1,49 @@
+// A caching device allocator for one stream. Freed blocks go back to a pool and are handed out again
+// without a driver call; because every tensor of a context is used only on that context's stream,
+// a block freed on the host can be reused at once (the stream orders the old reader before the new
+// writer). Sizes are rounded to size classes so that blocks are reusable across nearby sizes:
+//   small (< 1 MiB): multiples of 512 bytes; large: multiples of 2 MiB (the driver's large page).
+// A request takes the smallest cached block that fits and wastes at most a quarter of it plus one
+// class step; blocks are never split (a graph's activations are one arena, its parameters one flat
+// buffer, so the blocks a model asks for are few and large).
+// XF_CUDA_CACHING=0 turns caching off: each allocation is one cudaMalloc and each free one cudaFree, so
+// compute-sanitizer sees every access against the exact extent of its allocation.
+#pragma once
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "runtime/device_context.h"
+
+namespace xfr::cuda {
+
+class CachingAllocator {
+ public:
+  CachingAllocator(int device, bool caching);
+  ~CachingAllocator();
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  void* allocate(size_t bytes);  // throws xfr::Error("cuda", "out of memory ...")
+  void free(void* p);
+  MemoryStats stats() const;
+  void reset_peak();
+  void release_cached();  // gives unused driver allocations back (synchronises the device)
+  bool caching() const { return caching_; }
+
+  static size_t round_size(size_t bytes);  // the size class a request is served from
+
+ private:
+  void* driver_alloc(size_t bytes);  // with one retry after releasing the cache
+  void release_cached_locked();
+
+  int device_;
+  bool caching_;
+  mutable std::mutex mu_;
+  std::multimap<size_t, void*> free_;           // cached blocks by size
+  std::unordered_map<void*, size_t> in_use_;    // handed-out block -> its size (rounded)
+  MemoryStats stats_;
+};
+
+}  // namespace xfr::cuda

@@ -1,0 +1,132 @@
+#include "runtime/cuda/context.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/cuda/caching_allocator.h"
+#include "runtime/cuda/check.h"
+#include "runtime/cuda/runtime_kernels.h"
+
+namespace xfr::cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* stmt, const char* file, int line) {
+  cudaGetLastError();  // clear a non-sticky error so the context stays usable for the caller
+  throw Error("cuda", str_cat(stmt, " failed: ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ") at ", file,
+                              ":", line));
+}
+
+[[noreturn]] void throw_cublas_error(cublasStatus_t st, const char* stmt, const char* file, int line) {
+  throw Error("cuda", str_cat(stmt, " failed: cuBLAS status ", static_cast<int>(st), " (", cublasLtGetStatusName(st),
+                              ": ", cublasLtGetStatusString(st), ") at ", file, ":", line));
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return str_cat("no CUDA device (", cudaGetErrorName(err), ": ", cudaGetErrorString(err), ")");
+  }
+  return n == 0 ? "no CUDA device" : "";
+}
+
+namespace {
+// 32 MiB: what cuBLASLt's heuristics ask for at most on Hopper for the GEMM shapes of transformer
+// training (its docs recommend 32 MiB on sm_90 for best kernel choice).
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+bool caching_enabled() {
+  const char* v = std::getenv("XF_CUDA_CACHING");
+  return !(v && std::strcmp(v, "0") == 0);
+}
+}  // namespace
+
+std::shared_ptr<CudaContext> CudaContext::create(int device) {
+  const int n = device_count();
+  XF_CHECK(device >= 0 && device < n, "cuda", "cuda:", device, " is not available: ",
+           n == 0 ? unavailable_reason() : str_cat("this machine has ", n, " device(s)"));
+  return std::shared_ptr<CudaContext>(new CudaContext(device));
+}
+
+CudaContext::CudaContext(int device) : device_(device) {
+  XF_CUDA_CHECK(cudaSetDevice(device));
+  cudaDeviceProp p{};
+  XF_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  props_.name = p.name;
+  props_.major = p.major;
+  props_.minor = p.minor;
+  props_.sm_count = p.multiProcessorCount;
+  props_.total_memory = p.totalGlobalMem;
+  props_.l2_bytes = static_cast<size_t>(p.l2CacheSize);
+  props_.max_smem_per_block_optin = p.sharedMemPerBlockOptin;
+  allocator_ = std::make_shared<CachingAllocator>(device, caching_enabled());
+  // A blocking stream: legacy-stream host copies (cudaMemcpy) are ordered after its work.
+  XF_CUDA_CHECK(cudaStreamCreate(&stream_));
+  XF_CUBLAS_CHECK(cublasLtCreate(&lt_));
+  workspace_bytes_ = kWorkspaceBytes;
+  XF_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+CudaContext::~CudaContext() {
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (workspace_) cudaFree(workspace_);
+  if (lt_) cublasLtDestroy(lt_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::shared_ptr<void> CudaContext::allocate(size_t bytes) {
+  void* p = allocator_->allocate(bytes);
+  // The deleter holds the whole context: a tensor may outlive every executor, and its stream, pool and
+  // handles stay until its last block is back.
+  std::shared_ptr<DeviceContext> self = shared_from_this();
+  CachingAllocator* alloc = allocator_.get();
+  return std::shared_ptr<void>(p, [self, alloc](void* q) { alloc->free(q); });
+}
+
+void CudaContext::copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
+  if (bytes == 0) return;
+  const cudaMemcpyKind k = kind == CopyKind::host_to_device   ? cudaMemcpyHostToDevice
+                           : kind == CopyKind::device_to_host ? cudaMemcpyDeviceToHost
+                                                              : cudaMemcpyDeviceToDevice;
+  XF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, k, stream_));
+}
+
+void CudaContext::memset_zero(void* dst, size_t bytes) {
+  if (bytes) XF_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+}
+
+void CudaContext::add_inplace_f32(float* dst, const float* src, size_t n) {
+  launch_add_inplace_f32(dst, src, n, stream_);
+}
+
+void CudaContext::convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) {
+  launch_convert(dst, dst_dtype, src, src_dtype, n, stream_);
+}
+
+void CudaContext::synchronize() {
+  XF_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  XF_CUDA_CHECK(cudaGetLastError());
+}
+
+MemoryStats CudaContext::memory_stats() const { return allocator_->stats(); }
+void CudaContext::reset_peak() { allocator_->reset_peak(); }
+
+std::string CudaContext::describe() const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs, %.1f GiB)", props_.name.c_str(), props_.major, props_.minor,
+                props_.sm_count, static_cast<double>(props_.total_memory) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+}  // namespace xfr::cuda

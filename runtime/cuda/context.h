@@ -1,0 +1,63 @@
+// CudaContext: one device's stream, caching allocator, cuBLASLt handle and workspace (RAII: all are
+// released when the last tensor or executor holding the context goes). Kernels reach it through
+// KernelContext::device (see ops/cuda/common.cuh).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "runtime/device_context.h"
+
+struct CUstream_st;
+struct cublasLtContext;
+
+namespace xfr::cuda {
+
+class CachingAllocator;
+
+int device_count();              // 0 when there is no driver or no device (never throws)
+std::string unavailable_reason();  // empty when a device is there
+
+struct DeviceProps {
+  std::string name;
+  int major = 0, minor = 0;
+  int sm_count = 0;
+  size_t total_memory = 0;
+  size_t l2_bytes = 0;
+  size_t max_smem_per_block_optin = 0;
+};
+
+class CudaContext final : public DeviceContext {
+ public:
+  static std::shared_ptr<CudaContext> create(int device);
+  ~CudaContext() override;
+
+  Device device() const override { return Device::cuda(device_); }
+  std::shared_ptr<void> allocate(size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes, CopyKind kind) override;
+  void memset_zero(void* dst, size_t bytes) override;
+  void add_inplace_f32(float* dst, const float* src, size_t n) override;
+  void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) override;
+  void synchronize() override;
+  MemoryStats memory_stats() const override;
+  void reset_peak() override;
+  std::string describe() const override;
+
+  CUstream_st* stream() const { return stream_; }
+  cublasLtContext* lt() const { return lt_; }
+  void* workspace() const { return workspace_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+  const DeviceProps& props() const { return props_; }
+  CachingAllocator& allocator() { return *allocator_; }
+
+ private:
+  explicit CudaContext(int device);
+  int device_;
+  DeviceProps props_;
+  CUstream_st* stream_ = nullptr;
+  cublasLtContext* lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::shared_ptr<CachingAllocator> allocator_;  // shared with the deleters of the blocks it hands out
+};
+
+}  // namespace xfr::cuda

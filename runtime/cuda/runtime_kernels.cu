@@ -1,0 +1,74 @@
+#include "ops/cuda/device/types.cuh"
+#include "ops/cuda/device/vec.cuh"
+#include "runtime/cuda/check.h"
+#include "runtime/cuda/runtime_kernels.h"
+
+namespace xfr::cuda {
+
+namespace {
+
+// 256 threads, a grid of at most 4 blocks per SM-ish (grid-stride loops): enough to fill an H200
+// (132 SMs x 2048 threads) without a launch per 1k elements.
+constexpr int kThreads = 256;
+inline int grid_for(size_t n, int per_thread) {
+  const size_t blocks = (n + static_cast<size_t>(kThreads * per_thread) - 1) / static_cast<size_t>(kThreads * per_thread);
+  return static_cast<int>(blocks < 65535 * 8 ? (blocks == 0 ? 1 : blocks) : 65535 * 8);
+}
+
+__global__ void add_inplace_f32_kernel(float* __restrict__ dst, const float* __restrict__ src, size_t n) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (dev::aligned16(dst) && dev::aligned16(src)) {
+    const size_t nv = n / 4;
+    for (size_t j = i; j < nv; j += stride) {
+      float4 a = reinterpret_cast<float4*>(dst)[j];
+      const float4 b = reinterpret_cast<const float4*>(src)[j];
+      a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+      reinterpret_cast<float4*>(dst)[j] = a;
+    }
+    for (size_t j = nv * 4 + i; j < n; j += stride) dst[j] += src[j];
+  } else {
+    for (size_t j = i; j < n; j += stride) dst[j] += src[j];
+  }
+}
+
+template <class S, class D>
+__global__ void convert_kernel(D* __restrict__ dst, const S* __restrict__ src, size_t n) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    dst[i] = dev::from_float<D>(dev::to_float<S>(src[i]));
+}
+
+template <class S>
+void convert_from(void* dst, DType dst_dtype, const S* src, size_t n, cudaStream_t stream) {
+  const int grid = grid_for(n, 4);
+  switch (dst_dtype) {
+    case DType::f32: convert_kernel<S, float><<<grid, kThreads, 0, stream>>>(static_cast<float*>(dst), src, n); break;
+    case DType::f16: convert_kernel<S, __half><<<grid, kThreads, 0, stream>>>(static_cast<__half*>(dst), src, n); break;
+    case DType::bf16:
+      convert_kernel<S, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), src, n);
+      break;
+    default: throw Error("cuda", str_cat("convert: no device conversion to ", dtype_name(dst_dtype)));
+  }
+}
+
+}  // namespace
+
+void launch_add_inplace_f32(float* dst, const float* src, size_t n, CUstream_st* stream) {
+  if (n == 0) return;
+  add_inplace_f32_kernel<<<grid_for(n, 16), kThreads, 0, stream>>>(dst, src, n);
+  XF_CUDA_CHECK_LAUNCH("add_inplace_f32");
+}
+
+void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream) {
+  if (n == 0) return;
+  switch (src_dtype) {
+    case DType::f32: convert_from(dst, dst_dtype, static_cast<const float*>(src), n, stream); break;
+    case DType::f16: convert_from(dst, dst_dtype, static_cast<const __half*>(src), n, stream); break;
+    case DType::bf16: convert_from(dst, dst_dtype, static_cast<const __nv_bfloat16*>(src), n, stream); break;
+    default: throw Error("cuda", str_cat("convert: no device conversion from ", dtype_name(src_dtype)));
+  }
+  XF_CUDA_CHECK_LAUNCH("convert");
+}
+
+}  // namespace xfr::cuda

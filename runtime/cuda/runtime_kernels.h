@@ -1,0 +1,17 @@
+// The few kernels the runtime itself needs (gradient accumulation, dtype conversion); op kernels live
+// in ops/cuda/.
+#pragma once
+#include <cstddef>
+
+#include "runtime/dtype.h"
+
+struct CUstream_st;
+
+namespace xfr::cuda {
+
+// dst[i] += src[i], i < n.
+void launch_add_inplace_f32(float* dst, const float* src, size_t n, CUstream_st* stream);
+// dst[i] = (dst_dtype) src[i] for floating dtypes f32/f16/bf16 (round to nearest even), i < n.
+void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream);
+
+}  // namespace xfr::cuda

@@ -1,0 +1,62 @@
+// DeviceContext: what a non-CPU backend gives the device-independent runtime. A context owns one
+// device's allocator, one stream (all work it issues is ordered on that stream) and the library handles
+// its kernels need. There is no process-wide default: whoever runs work on a GPU (a trainer, a test
+// fixture, a public-API session) creates a context and passes it down, and every tensor allocated from
+// it keeps it alive. Several contexts may share one device (each with its own stream and pool).
+//
+// The runtime core calls only this interface, so a CPU-only build needs no CUDA header; runtime/cuda/
+// implements it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "runtime/device.h"
+#include "runtime/dtype.h"
+
+namespace xfr {
+
+struct MemoryStats {
+  size_t current_bytes = 0;    // handed out to tensors now
+  size_t peak_bytes = 0;       // the most handed out at once since the context was made (or reset)
+  size_t reserved_bytes = 0;   // taken from the driver, cached blocks included
+  int64_t driver_allocs = 0;   // calls to the driver's allocator (cudaMalloc)
+  int64_t allocs = 0;          // allocations served (cached or not)
+};
+
+enum class CopyKind { host_to_device, device_to_host, device_to_device };
+
+class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
+ public:
+  virtual ~DeviceContext() = default;
+  virtual Device device() const = 0;
+  // `bytes` of device memory, 256-byte aligned; freed (returned to the pool, stream-ordered) when the
+  // last owner of the returned pointer goes. Throws xfr::Error("cuda", "out of memory ...") naming the
+  // bytes asked for and free.
+  virtual std::shared_ptr<void> allocate(size_t bytes) = 0;
+  // Ordered on the context's stream. Host memory taking part must stay valid until synchronize().
+  virtual void copy(void* dst, const void* src, size_t bytes, CopyKind kind) = 0;
+  virtual void memset_zero(void* dst, size_t bytes) = 0;
+  // dst[i] += src[i] for n floats (gradient accumulation).
+  virtual void add_inplace_f32(float* dst, const float* src, size_t n) = 0;
+  // Converting copy of n contiguous elements between floating dtypes (f32/f16/bf16) on the device.
+  virtual void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) = 0;
+  // Waits for everything issued on the stream; rethrows an asynchronous kernel error with its name.
+  virtual void synchronize() = 0;
+  virtual MemoryStats memory_stats() const = 0;
+  virtual void reset_peak() = 0;
+  virtual std::string describe() const = 0;  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
+};
+
+// ---- device discovery (never throws: a machine without a driver or a GPU simply has none) ----------
+int cuda_device_count();
+// Why no CUDA device can be used ("this build has no CUDA backend", "no CUDA driver: ..."), or empty.
+std::string cuda_unavailable_reason();
+// "cpu", "cuda", "cuda:N" or "auto" (the first GPU when there is one, else the CPU). Throws
+// xfr::Error(what, ...) for an unknown name or a GPU that is not there.
+Device resolve_device(const std::string& name, const std::string& what = "runtime.device");
+// A new context (stream, pool, handles) on `device`; null for the CPU. Throws when the device is absent.
+std::shared_ptr<DeviceContext> make_device_context(Device device);
+
+}  // namespace xfr
