@@ -2,7 +2,10 @@
 // released when the last tensor or executor holding the context goes). Kernels reach it through
 // KernelContext::device (see ops/cuda/common.cuh).
 #pragma once
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "runtime/device_context.h"
@@ -49,6 +52,18 @@ class CudaContext final : public DeviceContext {
   const DeviceProps& props() const { return props_; }
   CachingAllocator& allocator() { return *allocator_; }
 
+  // Expensive per-shape plans (cuBLASLt layouts and heuristics, cuDNN graphs) cached under a key that
+  // names the op and every shape, dtype and flag the plan depends on ("matmul/bf16/...").
+  template <class Plan>
+  std::shared_ptr<Plan> plan(const std::string& key, const std::function<std::shared_ptr<Plan>()>& make) {
+    std::lock_guard<std::mutex> lock(plans_mu_);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return std::static_pointer_cast<Plan>(it->second);
+    std::shared_ptr<Plan> p = make();
+    plans_[key] = p;
+    return p;
+  }
+
  private:
   explicit CudaContext(int device);
   int device_;
@@ -57,7 +72,9 @@ class CudaContext final : public DeviceContext {
   cublasLtContext* lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
-  std::shared_ptr<CachingAllocator> allocator_;  // shared with the deleters of the blocks it hands out
+  std::shared_ptr<CachingAllocator> allocator_;
+  std::mutex plans_mu_;
+  std::map<std::string, std::shared_ptr<void>> plans_;
 };
 
 }  // namespace xfr::cuda

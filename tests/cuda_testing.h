@@ -1,0 +1,102 @@
+// CUDA test helpers: the test device context, and the backend-against-oracle check every CUDA kernel
+// test uses (the op run by the CPU backend in f32 on the same inputs vs the op run on the GPU in the
+// dtype under test, outputs poisoned with NaN before the GPU writes them).
+//
+// CUDA tests are declared with XF_CUDA_TEST_CASE: they run when XF_TEST_DEVICE=cuda and a device is
+// there, and are reported as skipped otherwise (never as passed).
+#pragma once
+#include <cstring>
+#include <memory>
+
+#include "runtime/device_context.h"
+#include "tests/testing.h"
+
+namespace xfr::testing {
+
+inline bool cuda_tests_enabled() {
+  static const bool enabled = test_device().is_cuda() && cuda_device_count() > 0;
+  return enabled;
+}
+
+// One context for the whole test binary (created on first use).
+inline DeviceContext* cuda_test_ctx() {
+  static std::shared_ptr<DeviceContext> ctx = cuda_tests_enabled() ? make_device_context(Device::cuda(0)) : nullptr;
+  REQUIRE_MESSAGE(ctx != nullptr, "no CUDA device: " << cuda_unavailable_reason());
+  return ctx.get();
+}
+
+// Tolerance of a GPU result in `dtype` against the CPU's f32 result on the same (rounded) inputs: the
+// dtype's own tolerance (testing.h), which already covers one rounding of the output plus fp32
+// accumulation in another order.
+inline Tolerance cuda_tolerance(DType t) { return tolerance(t); }
+
+// Floating tensors to `dtype` (integers unchanged): the inputs both backends see.
+inline Tensor as_dtype(const Tensor& t, DType dtype) {
+  return is_floating(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
+}
+
+// Runs op on the GPU over device copies of `inputs`, every output poisoned with NaN bytes (0xFF) first.
+inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& inputs, uint64_t rng_seed = 0,
+                                       uint64_t rng_offset = 0) {
+  DeviceContext* ctx = cuda_test_ctx();
+  std::vector<Tensor> din;
+  std::vector<TensorMeta> meta;
+  for (const auto& t : inputs) {
+    din.push_back(t.to_device(ctx));
+    meta.push_back(TensorMeta{t.shape(), t.dtype()});
+  }
+  const auto out_meta = op.infer(meta);
+  std::vector<Tensor> out;
+  for (size_t k = 0; k < out_meta.size(); ++k) {
+    const int src = op.view_of_input(static_cast<int>(k));
+    if (src >= 0) {
+      out.push_back(din.at(static_cast<size_t>(src)).view(out_meta[k].shape));
+      continue;
+    }
+    Tensor o = Tensor::empty(out_meta[k].shape, out_meta[k].dtype, ctx);
+    std::vector<unsigned char> poison(o.nbytes(), 0xFF);
+    ctx->copy(o.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
+    ctx->synchronize();
+    out.push_back(o);
+  }
+  KernelContext kc;
+  kc.rng_seed = rng_seed;
+  kc.rng_offset = rng_offset;
+  kc.device = ctx->device();
+  kc.device_ctx = ctx;
+  KernelRegistry::builtin().get(op.name(), ctx->device())(op, kc, din, out);
+  ctx->synchronize();
+  return out;
+}
+
+// The CUDA kernel of `op` in `dtype` against the CPU kernel in f32 on the same inputs (floating inputs
+// rounded to `dtype` first, so only the computation differs). Compares every output; integer outputs
+// exactly. `tol_scale` widens the tolerance for ops that round intermediates (say why at the call).
+inline void check_cuda_op(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
+                          double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0) {
+  std::vector<Tensor> gpu_in, cpu_in;
+  for (const auto& t : inputs_f32) {
+    gpu_in.push_back(as_dtype(t, dtype));
+    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
+  }
+  const auto ref = run_op(op, cpu_in, &test_pool(), rng_seed, rng_offset);
+  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset);
+  REQUIRE(ref.size() == got.size());
+  for (size_t k = 0; k < ref.size(); ++k) {
+    const std::string name = what + " [" + dtype_name(dtype) + "] output " + std::to_string(k);
+    CHECK_MESSAGE(got[k].shape() == ref[k].shape(), name << ": shape");
+    const DType od = got[k].dtype();
+    const Tolerance tol = is_floating(od) ? cuda_tolerance(od) : tolerance(od);
+    check_close(got[k].to_doubles(), ref[k].to_doubles(), tol.atol * tol_scale, tol.rtol * tol_scale, name);
+  }
+}
+
+// The dtypes a CUDA kernel is tested in.
+inline const std::vector<DType>& cuda_float_dtypes() {
+  static const std::vector<DType> d{DType::f32, DType::bf16, DType::f16};
+  return d;
+}
+
+}  // namespace xfr::testing
+
+#define XF_CUDA_TEST_CASE(name) TEST_CASE(name * doctest::skip(!::xfr::testing::cuda_tests_enabled()))
