@@ -6,6 +6,7 @@
 #include "components/multi_head_dispatch.h"
 #include "factory/registry.h"
 #include "ops/attention.h"
+#include "ops/cast.h"
 #include "ops/cross_entropy.h"
 #include "ops/kv_cache.h"
 #include "ops/elementwise.h"
@@ -67,11 +68,23 @@ bool supports_kv_cache(const ConfigNode& model) {
   return true;
 }
 
-BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool training, DecodeGraph* decode) {
+DType compute_dtype_of(const std::string& precision) {
+  if (precision == "fp32") return DType::f32;
+  if (precision == "bf16-mixed") return DType::bf16;
+  if (precision == "fp16-mixed") return DType::f16;
+  throw Error("config", "unknown precision '" + precision + "' (known: fp32, bf16-mixed, fp16-mixed)", "train.precision");
+}
+
+BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool training, DecodeGraph* decode,
+                       DType compute_dtype) {
   const Registry& reg = Registry::builtin();
   BuiltModel m;
   m.graph = std::make_unique<Graph>();
   Graph& g = *m.graph;
+  if (compute_dtype != DType::f32) {  // mixed precision: every parameter is used through a cast
+    g.set_compute_dtype(compute_dtype);
+    g.set_param_transform([compute_dtype](const Value& p) { return cast(p, compute_dtype, "cast"); });
+  }
   const std::string task = get_string(model, "task");
   XF_CHECK(has_value(model, "vocab_size"), "model", "vocab_size is not known (set model.vocab_size)");
   const int64_t V = get_int(model, "vocab_size");
@@ -85,6 +98,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     decode->position = g.input("position", TensorMeta{{1, 1}, DType::i32});
     decode->cache_position = g.input("cache_position", TensorMeta{{1}, DType::i32});
     decode->mask = g.input("mask", TensorMeta{{1, S}, DType::f32});
+
   }
   m.tokens = g.input("tokens", TensorMeta{{B, T}, DType::i32});
   const ConfigNode& stacks = model.at("stack_configs");
@@ -122,7 +136,8 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
   if (pos_entry) {
     auto s = g.scope("pose_encoding");
     x = pos_entry->position(*pos, m.tokens, x, ctx);
-    if (pos_entry->consumes_token_ids) word_embeddings = g.find("pose_encoding.word_embeddings.weight");
+    if (pos_entry->consumes_token_ids)  // the f32 parameter: cast like every parameter use
+      word_embeddings = cast(g.find("pose_encoding.word_embeddings.weight"), compute_dtype, "word_embeddings_cast");
   }
 
   // ---- blocks ----
@@ -174,7 +189,8 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
         decode->v_in.push_back(vc);
         decode->k_out.push_back(k_all);
         decode->v_out.push_back(v_all);
-        return scaled_dot_product_attention(q, k_all, v_all, decode->mask, AttentionOptions{}, "attention");
+        return scaled_dot_product_attention(q, k_all, v_all, cast(decode->mask, q.dtype(), "mask_cast"),
+                                            AttentionOptions{}, "attention");
       }, "mha");
     };
     BuildContext fctx{g, ff_path, D, S, V, training};

@@ -34,8 +34,13 @@ struct DecodeGraph {
 
 // model: the validated `model` section (defaults filled in, vocab_size resolved). With `decode`, builds
 // the one-token decoding graph (batch 1; seq_len is the cache length) and fills in its inputs/outputs.
+// compute_dtype: f32, or bf16/f16 for mixed precision (parameters stay f32 in the store and are cast
+// where used; activations are in compute_dtype; the loss is f32).
 BuiltModel build_model(const ConfigNode& model, int64_t batch, int64_t seq_len, bool training,
-                       DecodeGraph* decode = nullptr);
+                       DecodeGraph* decode = nullptr, DType compute_dtype = DType::f32);
+
+// train.precision -> the compute dtype: fp32 -> f32, bf16-mixed -> bf16, fp16-mixed -> f16.
+DType compute_dtype_of(const std::string& precision);
 
 // Whether a model config supports KV-cache decoding (causal_lm, causal scaled_dot_product attention
 // everywhere, no rotary embeddings yet).

@@ -466,6 +466,7 @@ void register_sections(Registry& r) {
       f_int("seed", 1337, 0, kInf, "seed of initial weights, data order and dropout"),
       f_str("out_dir", std::string("out"), "metrics, checkpoints and samples go here", FieldType::path),
       f_int("threads", 0, 0, kInf, "CPU threads (0: every core)"),
+      f_bool("cuda_graph", true, "CUDA: capture the training step (and evaluation) as a CUDA graph and replay it"),
   };
 
   Section& root = r.new_section("root");

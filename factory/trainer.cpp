@@ -18,6 +18,8 @@
 #include "runtime/file_io.h"
 #include "runtime/lr_schedule.h"
 #include "runtime/optimizer.h"
+#include "runtime/device_context.h"
+#include "factory/train_step.h"
 #include "runtime/rng.h"
 
 namespace xfr {
@@ -67,7 +69,7 @@ LoadedData load_data(const Config& config) {
   return d;
 }
 
-Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger) {
+Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger, DType compute_dtype) {
   Model m;
   m.model_config = config.root.at("model");
   m.model_config.set("vocab_size", ConfigNode::make_scalar(std::to_string(vocab_size)));
@@ -77,8 +79,8 @@ Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const 
   ConfigNode& first = m.model_config.at("stack_configs").at(0);
   if (ConfigNode* pos = first.find("position_encoding_config"); pos && pos->is_map() && !has_value(*pos, "seq_len"))
     pos->set("seq_len", ConfigNode::make_scalar(std::to_string(T)));
-  m.train_graph = build_model(m.model_config, batch, T, /*training=*/true);
-  m.eval_graph = build_model(m.model_config, batch, T, /*training=*/false);
+  m.train_graph = build_model(m.model_config, batch, T, /*training=*/true, nullptr, compute_dtype);
+  m.eval_graph = build_model(m.model_config, batch, T, /*training=*/false, nullptr, compute_dtype);
   m.store = std::make_shared<ParamStore>(*m.train_graph.graph);
   const uint64_t seed = static_cast<uint64_t>(get_int(config.root.at("runtime"), "seed"));
   m.init = initialize_weights(*m.train_graph.graph, *m.store, get_string(m.model_config, "weight_init"),
@@ -103,11 +105,11 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   const ConfigNode& train = root.at("train");
   const ConfigNode& rt = root.at("runtime");
   const ConfigNode& data_cfg = root.at("data");
-  const std::string device = get_string(rt, "device");
-  XF_CHECK(device == "auto" || device == "cpu", "runtime", "device '", device,
-           "' is not available: this build has no CUDA backend (use cpu or auto)");
-  XF_CHECK(get_string(train, "precision") == "fp32", "train", "precision '", get_string(train, "precision"),
-           "' needs a CUDA device; the CPU computes in fp32");
+  const Device device = resolve_device(get_string(rt, "device"), "runtime.device");
+  const std::string precision = get_string(train, "precision");
+  if (device.is_cpu() && precision != "fp32")
+    throw Error("config", "precision '" + precision + "' needs a CUDA device; the CPU computes in fp32",
+                "train.precision");
   auto log = [&](auto&&... args) {
     if (o.logger) o.logger->info(std::forward<decltype(args)>(args)...);
   };
@@ -118,7 +120,8 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   const int64_t steps = get_int(train, "steps"), accum = get_int(train, "grad_accum");
 
   LoadedData data = load_data(config);
-  Model model = make_model(config, data.vocab_size, B, o.logger);
+  std::shared_ptr<DeviceContext> device_ctx = make_device_context(device);
+  Model model = make_model(config, data.vocab_size, B, o.logger, compute_dtype_of(precision));
   const std::string task = get_string(model.model_config, "task");
   const bool classify = task == "classification";
   XF_CHECK(classify == data.labelled.has_value(), "config",
@@ -126,14 +129,6 @@ TrainResult train(const Config& config, const TrainOptions& o) {
                     : "data.kind majority gives labelled sequences: it needs model.task classification");
   const std::string out_dir = config_path_value(rt, "out_dir");
   fs::create_directories(out_dir);
-
-  // Graph executors: training (forward + backward) and evaluation (forward) over one store.
-  const Gradients grads = gradients(model.train_graph.loss);
-  ExecutorOptions eopt;
-  eopt.pool = &pool;
-  eopt.seed = seed;
-  Executor train_ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store, eopt);
-  Executor eval_ex(*model.eval_graph.graph, {model.eval_graph.loss}, Gradients{}, model.store, eopt);
 
   const ConfigNode& oc = train.at("optimizer");
   OptimizerConfig ocfg;
@@ -148,7 +143,30 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   ocfg.decay_biases = get_bool(oc, "decay_biases");
   ocfg.decay_norms = get_bool(oc, "decay_norms");
   ocfg.decay_embeddings = get_bool(oc, "decay_embeddings");
-  auto optimizer = make_optimizer(ocfg, model.store->slots(), model.store->flat_size());
+
+  // The training step (executor, optimizer, clipping, loss scaling; on a GPU a captured CUDA graph) and
+  // the evaluation executor, over one parameter store.
+  TrainStepOptions tso;
+  tso.device_ctx = device_ctx;
+  tso.pool = &pool;
+  tso.seed = seed;
+  tso.optimizer = ocfg;
+  tso.grad_accum = accum;
+  tso.grad_clip = get_number(train, "grad_clip");
+  tso.compute_dtype = compute_dtype_of(precision);
+  tso.cuda_graph = get_bool(rt, "cuda_graph");
+  tso.logger = o.logger;
+  TrainStep ts(model.train_graph, model.store, tso);
+  ExecutorOptions eopt;
+  eopt.pool = &pool;
+  eopt.seed = seed;
+  eopt.device_ctx = device_ctx;
+  eopt.cuda_graph = get_bool(rt, "cuda_graph");
+  Executor eval_ex(*model.eval_graph.graph, {model.eval_graph.loss}, Gradients{}, ts.store_ptr(), eopt);
+  Optimizer* optimizer = &ts.host_optimizer();
+  if (device_ctx)
+    log("device: {} {}, precision {}{}", device.str(), device_ctx->describe(), precision,
+        tso.cuda_graph && accum == 1 ? ", training step as a CUDA graph" : "");
   const ConfigNode& sc = train.at("schedule");
   ScheduleConfig scfg;
   scfg.name = get_string(sc, "name");
@@ -167,7 +185,7 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     if (data.split.val) val = std::make_unique<EvalBatches>(data.split.val, B, T, get_int(train, "eval_steps"));
   }
   const bool has_val = val != nullptr || data.labelled.has_value();
-  auto bind_train_batch = [&]() {
+  auto bind_train_batch = [&](Executor& train_ex, int64_t) {
     if (sampler) {
       const Batch b = sampler->next();
       train_ex.bind(model.train_graph.tokens, b.inputs);
@@ -185,11 +203,12 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     if (o.resume == "auto") dir = find_latest_checkpoint(out_dir);
     else dir = o.resume;
     if (dir) {
-      const LoadedCheckpoint ck = load_checkpoint(*dir, *model.store, optimizer.get());
+      const LoadedCheckpoint ck = load_checkpoint(*dir, *model.store, optimizer);
+      ts.sync_from_host();
       start = ck.step;
       if (sampler) sampler->set_state(ck.state.at("sampler"));
       else labelled_step = ck.state.at("labelled_step").get<uint64_t>();
-      train_ex.set_runs(ck.state.at("executor_runs").get<uint64_t>());
+      ts.executor().set_runs(ck.state.at("executor_runs").get<uint64_t>());
       log("resumed from {} (step {})", *dir, start);
     } else {
       log("no complete checkpoint under {}: starting fresh", out_dir);
@@ -237,27 +256,14 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   }
   const int64_t log_every = get_int(train, "log_every"), eval_every = get_int(train, "eval_every");
   const int64_t ckpt_every = get_int(train, "checkpoint_every"), keep = get_int(train, "keep_checkpoints");
-  const double clip = get_number(train, "grad_clip");
   const auto t_start = std::chrono::steady_clock::now();
   auto t_window = t_start;
   int64_t window_tokens = 0;
   for (int64_t step = start; step < steps; ++step) {
-    model.store->zero_grads();
-    double loss = 0;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      bind_train_batch();
-      train_ex.run();
-      loss += train_ex.get(model.train_graph.loss).item() / static_cast<double>(accum);
-    }
-    if (accum > 1) {  // each micro-batch's loss is a mean: the step's gradient is their mean
-      float* g = model.store->grads();
-      const float s = 1.0f / static_cast<float>(accum);
-      for (size_t i = 0; i < model.store->flat_size(); ++i) g[i] *= s;
-    }
-    const float norm = clip > 0 ? clip_grad_norm(model.store->grads(), model.store->slots(), static_cast<float>(clip), &pool)
-                                : global_grad_norm(model.store->grads(), model.store->slots(), &pool);
     const float lr = learning_rate(scfg, ocfg.lr, step);
-    optimizer->step(model.store->params(), model.store->grads(), lr, &pool);
+    const StepResult sr = ts.step(bind_train_batch, lr);
+    const double loss = sr.loss;
+    const float norm = sr.grad_norm;
     window_tokens += B * T * accum;
     result.losses.push_back(loss);
     if (step == start) result.first_loss = loss;
@@ -276,6 +282,7 @@ TrainResult train(const Config& config, const TrainOptions& o) {
       nlohmann::json rec = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tps},
                             {"elapsed_s", elapsed}};
       if (val_loss >= 0) rec["val_loss"] = val_loss;
+      if (tso.compute_dtype == DType::f16 && device_ctx) rec["loss_scale"] = sr.loss_scale;
       metrics << rec.dump() << "\n" << std::flush;
       const std::string line = str_cat("step ", step + 1, "/", steps, "  loss ", std::to_string(loss).substr(0, 6),
                                         val_loss >= 0 ? "  val_loss " + std::to_string(val_loss).substr(0, 6) : "",
@@ -291,15 +298,22 @@ TrainResult train(const Config& config, const TrainOptions& o) {
     }
     if (val_loss >= 0) result.final_val_loss = val_loss;
     if (last || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
-      nlohmann::json state = {{"executor_runs", train_ex.runs()}, {"loss", loss}};
+      ts.sync_to_host();  // device parameters and optimizer state into the host store and optimizer
+      nlohmann::json state = {{"executor_runs", ts.executor().runs()}, {"loss", loss}};
       if (sampler) state["sampler"] = sampler->state();
       else state["labelled_step"] = labelled_step;
       if (data.tokenizer) state["tokenizer"] = data.tokenizer->to_json();
-      save_checkpoint(out_dir, step + 1, *model.store, optimizer.get(), state);
+      save_checkpoint(out_dir, step + 1, *model.store, optimizer, state);
       prune_checkpoints(out_dir, static_cast<int>(keep));
     }
   }
   result.steps = steps;
+  ts.sync_to_host();
+  if (device_ctx) {
+    const MemoryStats ms = device_ctx->memory_stats();
+    log("GPU memory: peak {:.2f} GiB in tensors, {:.2f} GiB reserved", ms.peak_bytes / 1073741824.0,
+        ms.reserved_bytes / 1073741824.0);
+  }
   if (task == "causal_lm" && data.tokenizer) {
     const ConfigNode& inf = root.at("infer");
     const std::string prompt = get_string(inf, "prompt");

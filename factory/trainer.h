@@ -56,8 +56,10 @@ struct Model {
   InitReport init;
   ConfigNode model_config;  // the `model` section with vocab_size resolved
 };
-// Builds (and initialises) the model of `config` for data with `vocab_size` tokens.
-Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger);
+// Builds (and initialises) the model of `config` for data with `vocab_size` tokens; its graphs compute in
+// `compute_dtype` (mixed precision on a GPU; the store's master weights are f32 either way).
+Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger,
+                 DType compute_dtype = DType::f32);
 
 // Text generation for causal_lm: continues `prompt_ids` by `max_new_tokens` tokens sampled with
 // temperature (0: greedy) / top-k / top-p (seeded Philox). With a KV cache (when the model supports it,

@@ -45,6 +45,14 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   // Waits for everything issued on the stream; rethrows an asynchronous kernel error with its name.
   virtual void synchronize() = 0;
   virtual MemoryStats memory_stats() const = 0;
+  // CUDA graphs: work issued on the stream between begin_capture() and end_capture() is recorded, not
+  // run; end_capture() returns the instantiated graph, which replay() launches on the stream. Memory
+  // freed while capturing stays reserved for the graph (it may be written at every replay) and goes back
+  // to the pool when the returned handle is destroyed. Throws xfr::Error naming the call that broke the
+  // capture.
+  virtual void begin_capture() = 0;
+  virtual std::shared_ptr<void> end_capture() = 0;
+  virtual void replay(const std::shared_ptr<void>& graph) = 0;
   virtual void reset_peak() = 0;
   virtual std::string describe() const = 0;  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
 };

@@ -111,6 +111,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (const auto& st : schedule_)
       if (std::count(st.in.begin(), st.in.end(), input_ids_[i]) > 0) input_used_[i] = true;
   plan_ = xfr::plan_memory(requests, 64);
+  if (!opt_.allocate) return;
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,
                          opt_.device_ctx.get());
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -181,15 +182,59 @@ void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
   }
 }
 
-void Executor::run() {
+void Executor::begin_run() {
+  XF_CHECK(opt_.allocate, "executor", "this executor was compiled to plan memory only (allocate = false)");
   for (size_t i = 0; i < input_ids_.size(); ++i)
     XF_CHECK(bound_[i] || !input_used_[i], "executor", "input '", g_.value(input_ids_[i]).name, "' was not bound");
+  if (opt_.device_ctx) {
+    // Kernels read the run's stream position from device memory, so a replayed graph advances it.
+    const uint64_t base = runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
+    if (!rng_base_dev_.defined()) rng_base_dev_ = Tensor::empty({1}, DType::i64, opt_.device_ctx.get());
+    rng_base_host_ = base;
+    opt_.device_ctx->copy(rng_base_dev_.raw_data(), &rng_base_host_, sizeof base, CopyKind::host_to_device);
+  }
+}
+
+void Executor::run() {
+  begin_run();
+  const bool graphs = opt_.device_ctx && opt_.cuda_graph && !opt_.profile && !graph_broken_;
+  if (graphs && !graph_ && warm_) {
+    try {
+      opt_.device_ctx->begin_capture();
+      try {
+        enqueue();
+      } catch (...) {
+        try {
+          opt_.device_ctx->end_capture();  // leave the stream out of capture mode
+        } catch (...) {
+        }
+        throw;
+      }
+      graph_ = opt_.device_ctx->end_capture();
+    } catch (const Error& e) {
+      graph_broken_ = true;
+      if (opt_.logger) opt_.logger->warn("executor: CUDA graph capture failed, running eagerly: {}", e.what());
+    }
+  }
+  if (graph_) {
+    opt_.device_ctx->replay(graph_);
+  } else {
+    enqueue();
+  }
+  warm_ = true;
+  end_run();
+}
+
+void Executor::enqueue() {
   KernelContext ctx;
   ctx.pool = opt_.pool;
   ctx.rng_seed = opt_.seed;
   ctx.device = opt_.device;
   ctx.device_ctx = opt_.device_ctx.get();
-  const uint64_t rng_base = runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
+  // Host: the stream position is passed by value; device: kernels add *rng_offset_device themselves.
+  const uint64_t rng_base =
+      opt_.device_ctx ? 0 : runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
+  if (opt_.device_ctx) ctx.rng_offset_device = static_cast<const uint64_t*>(rng_base_dev_.raw_data());
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
     in.clear();
@@ -222,7 +267,6 @@ void Executor::run() {
     for (size_t k = 0; k < s.out.size(); ++k)
       if (s.grad_slot_out[k] >= 0) accumulate_grad(out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
   }
-  ++runs_;
 }
 
 Tensor Executor::get(Value v) const {

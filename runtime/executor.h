@@ -28,6 +28,10 @@ struct ExecutorOptions {
   bool plan_memory = true;     // false: one buffer per value (for tests comparing the plan)
   Logger logger;               // compile summary at debug level; null: silent
   bool profile = false;        // time every kernel by op name (adds a clock read per step)
+  bool allocate = true;        // false: schedule and plan only (memory estimates); run() is refused
+  // CUDA: the first run() runs eagerly (plans, caches), the second captures the kernels as a CUDA graph,
+  // and every later run() replays it. Ignored on the CPU and with `profile`.
+  bool cuda_graph = false;
 };
 
 class Executor {
@@ -42,6 +46,13 @@ class Executor {
   void bind(Value input, const Tensor& t);
   void bind(const std::string& input_name, const Tensor& t);
   void run();
+  // run() in three parts, for a caller that captures more than this executor's kernels in one CUDA graph
+  // (a whole training step): begin_run() checks inputs and sets this run's random-stream position (on
+  // the device, outside any capture); enqueue() issues every kernel (capturable: no host sync, no
+  // host-side read of device data); end_run() counts the run.
+  void begin_run();
+  void enqueue();
+  void end_run() { ++runs_; }
   Tensor get(Value v) const;  // an output on the executor's device (valid until the next run)
   Device device() const { return opt_.device; }
   DeviceContext* device_ctx() const { return opt_.device_ctx.get(); }
@@ -78,6 +89,11 @@ class Executor {
   std::vector<bool> bound_;
   std::vector<bool> input_used_;    // per input: read by some step (unbound unused inputs are fine)
   std::vector<Tensor> input_buffers_;  // device executors: one owned buffer per input
+  Tensor rng_base_dev_;                // device executors: this run's random-stream start (1 x u64)
+  std::shared_ptr<void> graph_;        // cuda_graph: the captured run
+  bool graph_broken_ = false;          // capture failed once: stay eager
+  bool warm_ = false;                  // one run done (plans built, caches filled): capture may start
+  uint64_t rng_base_host_ = 0;         // source of the stream-position copy (alive until it is done)
   std::vector<int> outputs_;
   Tensor arena_;
   MemoryPlan plan_;

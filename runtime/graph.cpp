@@ -37,7 +37,10 @@ Value Graph::param(const std::string& name, const Shape& shape, ParamKind kind, 
   v.param_kind = kind;
   v.init = std::move(init);
   v.requires_grad = true;
-  return Value{this, new_value(std::move(v))};
+  const Value p{this, new_value(std::move(v))};
+  if (!param_transform_) return p;
+  auto scope = this->scope(name);  // the transform's nodes are named under the parameter ("<p>.cast")
+  return param_transform_(p);
 }
 
 std::vector<Value> Graph::add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,

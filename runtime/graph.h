@@ -52,8 +52,17 @@ class Graph {
 
   // A value supplied at each run (token ids, targets, a test's input).
   Value input(const std::string& name, TensorMeta meta, bool requires_grad = false);
-  // A trainable f32 parameter, named under the current scope ("<scope>.<name>").
+  // A trainable f32 parameter, named under the current scope ("<scope>.<name>"). With a parameter
+  // transform set, returns the transform of it (mixed precision: the parameter cast to the compute dtype).
   Value param(const std::string& name, const Shape& shape, ParamKind kind = ParamKind::weight, InitInfo init = {});
+
+  // Mixed precision. compute_dtype: the dtype the model computes activations in (f32 unless the
+  // builder says otherwise); param_transform: applied to each parameter param() returns, so builders
+  // never see the fp32 master value (the factory sets "cast to the compute dtype"; the runtime knows no
+  // op, so it is a function).
+  void set_compute_dtype(DType d) { compute_dtype_ = d; }
+  DType compute_dtype() const { return compute_dtype_; }
+  void set_param_transform(std::function<Value(const Value&)> f) { param_transform_ = std::move(f); }
 
   // Appends a node; validates through op->infer (errors also name the node). Returns its outputs.
   std::vector<Value> add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,
@@ -96,6 +105,8 @@ class Graph {
   std::vector<Node> nodes_;
   std::vector<std::string> scopes_;
   int64_t rng_cursor_ = 0;
+  DType compute_dtype_ = DType::f32;
+  std::function<Value(const Value&)> param_transform_;
 };
 
 // Given to an op's backward rule.

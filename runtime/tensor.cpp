@@ -56,10 +56,12 @@ Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device
   return t;
 }
 
-Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive) {
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive,
+                    DeviceContext* ctx) {
+  XF_CHECK(device.is_cpu() || ctx != nullptr, "tensor", "wrapping ", device.str(), " memory needs its context");
   Tensor t;
   const size_t bytes = static_cast<size_t>(numel_of(shape)) * dtype_size(dtype);
-  t.storage_ = std::make_shared<Storage>(Storage{data, bytes, device, std::move(keep_alive)});
+  t.storage_ = std::make_shared<Storage>(Storage{data, bytes, device, std::move(keep_alive), ctx});
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;

@@ -38,7 +38,9 @@ class Tensor {
   static Tensor zeros(const Shape& shape, DType dtype, DeviceContext* ctx);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = Device::cpu());
   // A tensor over memory owned elsewhere; `keep_alive` (may be null) is held as long as the tensor.
-  static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive);
+  // Device memory also needs the context it belongs to (its stream orders copies).
+  static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device, std::shared_ptr<void> keep_alive,
+                     DeviceContext* ctx = nullptr);
   template <class T>
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
     XF_CHECK(static_cast<int64_t>(values.size()) == numel_of(shape), "tensor", "from_vector: ", values.size(),

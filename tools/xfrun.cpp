@@ -123,7 +123,9 @@ void absolute_paths(ConfigNode& node, const Section& s) {
 int describe(const Config& cfg, bool as_json) {
   LoadedData data = load_data(cfg);
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
-  Model model = make_model(cfg, data.vocab_size, B, make_null_logger());
+  const std::string precision = get_string(cfg.root.at("train"), "precision");
+  // The graphs a GPU would run: activations in the compute dtype of train.precision.
+  Model model = make_model(cfg, data.vocab_size, B, make_null_logger(), compute_dtype_of(precision));
   const auto& slots = model.store->slots();
   nlohmann::json params = nlohmann::json::array();
   size_t embedding_params = 0;
@@ -143,11 +145,17 @@ int describe(const Config& cfg, bool as_json) {
   }
   const double fwd_flops = 2.0 * static_cast<double>(total - embedding_params) +
                            4.0 * static_cast<double>(layers) * static_cast<double>(T) * static_cast<double>(width);
-  // Memory of a training step on the CPU: weights, gradients, AdamW's two moments (f32), and the
-  // activation arena of the compiled training graph (its liveness plan).
+  // Memory of a training step, estimated before anything runs: weights, gradients and AdamW's two moments
+  // (f32 flat buffers), the activation arena of the compiled training graph (its liveness plan, in the
+  // compute dtype of train.precision), and on a GPU cuBLASLt's workspace and the token buffers.
   const Gradients grads = gradients(model.train_graph.loss);
-  Executor ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store);
+  ExecutorOptions plan_only;
+  plan_only.allocate = false;
+  Executor ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store, plan_only);
   const size_t weights = model.store->flat_size() * 4, activations = ex.memory_plan().arena_bytes;
+  const size_t workspace = size_t(32) << 20;  // runtime/cuda/context.cpp: kWorkspaceBytes
+  const size_t inputs = static_cast<size_t>(2 * B * T) * 4;  // tokens and targets (i32)
+  const size_t gpu_total = 4 * weights + activations + workspace + inputs;
   const auto out_shape = model.train_graph.logits.shape();
   if (as_json) {
     nlohmann::json j = {{"total_params", total}, {"parameters", params}, {"vocab_size", data.vocab_size},
@@ -155,7 +163,10 @@ int describe(const Config& cfg, bool as_json) {
                         {"train_flops_per_token", 3 * fwd_flops},
                         {"memory_bytes", {{"weights", weights}, {"gradients", weights}, {"optimizer", 2 * weights},
                                           {"activations", activations},
-                                          {"total", 4 * weights + activations}}}};
+                                          {"total", 4 * weights + activations}}},
+                        {"gpu_memory_bytes", {{"precision", precision}, {"weights", weights}, {"gradients", weights},
+                                              {"optimizer", 2 * weights}, {"activations", activations},
+                                              {"workspace", workspace + inputs}, {"total", gpu_total}}}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -167,6 +178,10 @@ int describe(const Config& cfg, bool as_json) {
   std::cout << "FLOPs per token: forward " << fwd_flops << ", training " << 3 * fwd_flops << "\n";
   std::cout << "training-step memory: weights " << weights << " B, gradients " << weights << " B, optimizer "
             << 2 * weights << " B, activations " << activations << " B, total " << 4 * weights + activations << " B\n";
+  const double gib = 1024.0 * 1024.0 * 1024.0;
+  std::cout << "GPU training-step memory (" << precision << "): weights " << weights / gib << " GiB, gradients "
+            << weights / gib << " GiB, optimizer " << 2 * weights / gib << " GiB, activations " << activations / gib
+            << " GiB, workspace " << (workspace + inputs) / gib << " GiB, total " << gpu_total / gib << " GiB\n";
   return 0;
 }
 

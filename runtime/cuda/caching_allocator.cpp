@@ -88,6 +88,11 @@ void CachingAllocator::free(void* p) {
   if (it == in_use_.end()) return;  // not ours: nothing to do (never happens for tensors of this context)
   const size_t size = it->second;
   in_use_.erase(it);
+  if (capturing_) {  // still counted as in use: a live graph may write it
+    captured_.push_back(p);
+    graph_owned_[p] = size;
+    return;
+  }
   stats_.current_bytes -= size;
   if (caching_) {
     free_.emplace(size, p);
@@ -96,6 +101,33 @@ void CachingAllocator::free(void* p) {
     cudaFree(p);  // synchronises the device: work still reading p finishes first
     stats_.reserved_bytes -= size;
   }
+}
+
+void CachingAllocator::begin_capture_pool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  capturing_ = true;
+  captured_.clear();
+}
+
+std::vector<void*> CachingAllocator::end_capture_pool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  capturing_ = false;
+  std::vector<void*> r;
+  r.swap(captured_);
+  return r;
+}
+
+void CachingAllocator::give_back(const std::vector<void*>& blocks) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (void* p : blocks) {
+      auto it = graph_owned_.find(p);
+      if (it == graph_owned_.end()) continue;
+      in_use_[p] = it->second;  // back in the books as an ordinary block, then freed
+      graph_owned_.erase(it);
+    }
+  }
+  for (void* p : blocks) free(p);
 }
 
 void CachingAllocator::release_cached_locked() {

@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "runtime/device_context.h"
 
@@ -34,6 +35,13 @@ class CachingAllocator {
 
   static size_t round_size(size_t bytes);  // the size class a request is served from
 
+  // While a CUDA graph is captured, freed blocks are set aside instead of cached: the graph writes them
+  // at every replay, so nothing else may get them. end_capture_pool() hands them over; give_back()
+  // returns them to the pool when the graph is destroyed.
+  void begin_capture_pool();
+  std::vector<void*> end_capture_pool();
+  void give_back(const std::vector<void*>& blocks);
+
  private:
   void* driver_alloc(size_t bytes);  // with one retry after releasing the cache
   void release_cached_locked();
@@ -43,6 +51,9 @@ class CachingAllocator {
   mutable std::mutex mu_;
   std::multimap<size_t, void*> free_;           // cached blocks by size
   std::unordered_map<void*, size_t> in_use_;    // handed-out block -> its size (rounded)
+  bool capturing_ = false;
+  std::vector<void*> captured_;                 // freed during the capture in progress
+  std::unordered_map<void*, size_t> graph_owned_;  // set aside for live graphs -> size
   MemoryStats stats_;
 };
 

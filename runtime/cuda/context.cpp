@@ -119,6 +119,46 @@ void CudaContext::synchronize() {
   XF_CUDA_CHECK(cudaGetLastError());
 }
 
+namespace {
+// An instantiated CUDA graph and the memory its kernels write (RAII: destroyed together).
+struct CapturedGraph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  std::vector<void*> blocks;
+  std::shared_ptr<CachingAllocator> allocator;
+  ~CapturedGraph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    if (allocator) allocator->give_back(blocks);
+  }
+};
+}  // namespace
+
+void CudaContext::begin_capture() {
+  allocator_->begin_capture_pool();
+  // Relaxed: kernels may still allocate from the pool (a cudaMalloc for a new block) while capturing.
+  const cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed);
+  if (err != cudaSuccess) {
+    allocator_->end_capture_pool();
+    XF_CUDA_CHECK(err);
+  }
+}
+
+std::shared_ptr<void> CudaContext::end_capture() {
+  auto g = std::make_shared<CapturedGraph>();
+  g->allocator = allocator_;
+  const cudaError_t err = cudaStreamEndCapture(stream_, &g->graph);
+  g->blocks = allocator_->end_capture_pool();
+  XF_CUDA_CHECK(err);
+  XF_CUDA_CHECK(cudaGraphInstantiate(&g->exec, g->graph, 0));
+  return g;
+}
+
+void CudaContext::replay(const std::shared_ptr<void>& graph) {
+  XF_CHECK(graph != nullptr, "cuda", "replay of an empty graph");
+  XF_CUDA_CHECK(cudaGraphLaunch(static_cast<CapturedGraph*>(graph.get())->exec, stream_));
+}
+
 MemoryStats CudaContext::memory_stats() const { return allocator_->stats(); }
 void CudaContext::reset_peak() { allocator_->reset_peak(); }
 

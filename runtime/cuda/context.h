@@ -44,6 +44,9 @@ class CudaContext final : public DeviceContext {
   MemoryStats memory_stats() const override;
   void reset_peak() override;
   std::string describe() const override;
+  void begin_capture() override;
+  std::shared_ptr<void> end_capture() override;
+  void replay(const std::shared_ptr<void>& graph) override;
 
   CUstream_st* stream() const { return stream_; }
   cublasLtContext* lt() const { return lt_; }

@@ -1,0 +1,85 @@
+// One optimizer step of a model, on the CPU or a GPU: the training executor (forward + backward) over
+// grad_accum micro-batches, gradient clipping, the optimizer, and with fp16-mixed dynamic loss scaling.
+// The trainer and the GPU benchmark both drive training through this one piece.
+//
+// CPU: the host Optimizer over the store's flat buffers (bit-identical to what it always was).
+// GPU: parameters, gradients and optimizer state on the device (a copy of the host store), the fused
+// device optimizer, and (with cuda_graph, one micro-batch per step) the whole step - zeroing, forward,
+// backward, clipping, update, loss-scale update - captured once as a CUDA graph and replayed; if capture
+// fails it runs eagerly and says why in the log.
+#pragma once
+#include <functional>
+#include <memory>
+
+#include "factory/model_builder.h"
+#include "runtime/device_context.h"
+#include "runtime/device_optimizer.h"
+#include "runtime/executor.h"
+#include "runtime/logging.h"
+#include "runtime/optimizer.h"
+#include "runtime/param_store.h"
+
+namespace xfr {
+
+class ThreadPool;
+
+struct TrainStepOptions {
+  std::shared_ptr<DeviceContext> device_ctx;  // null: the CPU
+  ThreadPool* pool = nullptr;                 // CPU kernels and the host optimizer
+  uint64_t seed = 0;                          // dropout's Philox key
+  OptimizerConfig optimizer;
+  int64_t grad_accum = 1;
+  double grad_clip = 0;                       // 0: no clipping (the norm is still computed for the log)
+  DType compute_dtype = DType::f32;           // f16: dynamic loss scaling
+  bool cuda_graph = true;                     // GPU, grad_accum == 1: capture the whole step
+  Logger logger;
+};
+
+struct StepResult {
+  double loss = 0;         // mean over the micro-batches (NaN when not read)
+  float grad_norm = 0;     // before clipping (0 when not read)
+  bool skipped = false;    // fp16: the step overflowed and was skipped
+  float loss_scale = 1;    // fp16: the scale after this step
+};
+
+class TrainStep {
+ public:
+  // train: the model's training graph (its loss and inputs); host_store: the master parameters (f32,
+  // initialised or loaded); on a GPU they are copied to the device now.
+  TrainStep(BuiltModel& train, std::shared_ptr<ParamStore> host_store, const TrainStepOptions& options);
+  ~TrainStep();
+
+  // bind(executor, micro) binds micro-batch `micro`'s inputs (tokens, targets) from the host. With
+  // read_results false a GPU step does not wait for the device (the loss and norm are not read).
+  StepResult step(const std::function<void(Executor&, int64_t micro)>& bind, float lr, bool read_results = true);
+
+  Executor& executor() { return *executor_; }
+  ParamStore& store() { return *store_; }          // where training happens (the device copy on a GPU)
+  const std::shared_ptr<ParamStore>& store_ptr() const { return store_; }
+  Optimizer& host_optimizer() { return *host_opt_; }
+  // Device -> host: parameters into the host store and optimizer state into host_optimizer()
+  // (checkpoints, generation). Host -> device after the host store/optimizer were loaded (resume).
+  void sync_to_host();
+  void sync_from_host();
+  bool captured() const { return graph_ != nullptr; }
+
+ private:
+  StepResult step_host(const std::function<void(Executor&, int64_t)>& bind, float lr);
+  StepResult step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results);
+  void enqueue_device_step();
+
+  BuiltModel& train_;
+  TrainStepOptions opt_;
+  std::shared_ptr<ParamStore> host_store_, store_;
+  std::unique_ptr<Optimizer> host_opt_;
+  std::unique_ptr<DeviceOptimizer> dev_opt_;
+  std::unique_ptr<LossScaler> scaler_;
+  Value seed_;              // fp16: the backward's seed input (the loss scale)
+  Tensor scale_view_;       // fp16: the scaler's device scale as a (1,) tensor
+  std::unique_ptr<Executor> executor_;
+  std::shared_ptr<void> graph_;
+  bool graph_broken_ = false;
+  int64_t device_steps_ = 0;
+};
+
+}  // namespace xfr

@@ -1,0 +1,174 @@
+// GPU benchmarks of whole models, run beside tools/bench_gpu_torch.py in one job (tools/gpu_check.sh):
+//   gpt2:    configs/gpt2-124m.yaml training (bf16-mixed, AdamW, the step as a CUDA graph) on random
+//            tokens: tokens/s, MFU against the H200's 990 TFLOP/s dense bf16, peak GPU memory.
+//   encoder: configs/minilm-encoder.yaml inference (bf16, logits of every position, B=256, T=128):
+//            sequences/s.
+// FLOPs per token for MFU follow the anchors' convention (6N + 12 L C T) so ratios compare like with like.
+//   xfrun_bench_gpu [--out FILE.json] [--configs DIR] [--steps N] [--sections gpt2,encoder]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "factory/config.h"
+#include "factory/train_step.h"
+#include "factory/trainer.h"
+#include "runtime/cpu/threadpool.h"
+#include "runtime/device_context.h"
+#include "runtime/lr_schedule.h"
+
+using namespace xfr;
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> v(static_cast<size_t>(B * T));
+  for (auto& x : v) x = d(rng);
+  return Tensor::from_vector(v, {B, T});
+}
+
+OptimizerConfig optimizer_of(const Config& cfg) {
+  const ConfigNode& oc = cfg.root.at("train").at("optimizer");
+  OptimizerConfig o;
+  o.name = get_string(oc, "name");
+  o.lr = static_cast<float>(get_number(oc, "lr"));
+  o.beta1 = static_cast<float>(*oc.at("betas").at(0).as_double());
+  o.beta2 = static_cast<float>(*oc.at("betas").at(1).as_double());
+  o.eps = static_cast<float>(get_number(oc, "eps"));
+  o.weight_decay = static_cast<float>(get_number(oc, "weight_decay"));
+  return o;
+}
+
+nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
+  const Config cfg = load_config(dir + "/gpt2-124m.yaml");
+  const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
+  const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
+  auto ctx = make_device_context(Device::cuda(0));
+  Model model = make_model(cfg, V, B, make_null_logger(), DType::bf16);
+  TrainStepOptions o;
+  o.device_ctx = ctx;
+  o.pool = &pool;
+  o.optimizer = optimizer_of(cfg);
+  o.grad_clip = get_number(cfg.root.at("train"), "grad_clip");
+  o.compute_dtype = DType::bf16;
+  o.cuda_graph = true;
+  o.logger = make_stderr_logger("bench");
+  TrainStep ts(model.train_graph, model.store, o);
+  // Four fixed batches, rotated (the same token ids every step would be a cache-friendly lie).
+  std::vector<Tensor> inputs, targets;
+  for (int i = 0; i < 4; ++i) {
+    inputs.push_back(random_tokens(B, T, V, 100 + i));
+    targets.push_back(random_tokens(B, T, V, 200 + i));
+  }
+  int64_t k = 0;
+  auto bind = [&](Executor& ex, int64_t) {
+    ex.bind(model.train_graph.tokens, inputs[static_cast<size_t>(k % 4)]);
+    ex.bind(model.train_graph.targets, targets[static_cast<size_t>(k % 4)]);
+  };
+  double first_loss = 0, last_loss = 0;
+  for (int i = 0; i < 3; ++i, ++k) {  // warm-up: the eager step, the capture, one replay
+    const StepResult r = ts.step(bind, o.optimizer.lr);
+    if (i == 0) first_loss = r.loss;
+  }
+  ctx->synchronize();
+  ctx->reset_peak();
+  const double t0 = now_s();
+  for (int i = 0; i < steps; ++i, ++k) ts.step(bind, o.optimizer.lr, /*read_results=*/false);
+  ctx->synchronize();
+  const double dt = (now_s() - t0) / steps;
+  last_loss = ts.step(bind, o.optimizer.lr).loss;
+  const MemoryStats ms = ctx->memory_stats();
+  const double nparam = static_cast<double>(model.store->num_params());
+  int64_t L = 0, C = 0;
+  const ConfigNode& stacks = model.model_config.at("stack_configs");
+  for (size_t i = 0; i < stacks.size(); ++i) {
+    L += get_int(stacks.at(i), "num_layers");
+    C = get_int(stacks.at(i), "dim_model");
+  }
+  const double flops_per_tok = 6 * nparam + 12.0 * static_cast<double>(L * C * T);
+  const double tps = static_cast<double>(B * T) / dt;
+  std::printf("xfrun gpt2-124M train B=%lld T=%lld: %.0f tok/s, %.1f ms/step, MFU(990) %.2f%%, peak %.2f GiB, "
+              "graph %s, loss %.3f -> %.3f\n",
+              static_cast<long long>(B), static_cast<long long>(T), tps, dt * 1e3, 100 * tps * flops_per_tok / 990e12,
+              ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no", first_loss, last_loss);
+  std::fflush(stdout);
+  return {{"tok_per_s", tps}, {"step_ms", dt * 1e3}, {"mfu_vs_990", tps * flops_per_tok / 990e12},
+          {"peak_bytes", ms.peak_bytes}, {"reserved_bytes", ms.reserved_bytes}, {"params", nparam},
+          {"cuda_graph", ts.captured()}, {"first_loss", first_loss}, {"last_loss", last_loss}};
+}
+
+nlohmann::json bench_encoder(const std::string& dir, ThreadPool& pool) {
+  const Config cfg = load_config(dir + "/minilm-encoder.yaml");
+  const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
+  const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
+  auto ctx = make_device_context(Device::cuda(0));
+  Model model = make_model(cfg, V, B, make_null_logger(), DType::bf16);
+  auto store = std::make_shared<ParamStore>(*model.store, ctx.get());
+  ExecutorOptions eo;
+  eo.device_ctx = ctx;
+  eo.pool = &pool;
+  eo.cuda_graph = true;
+  Executor ex(*model.eval_graph.graph, {model.eval_graph.logits}, Gradients{}, store, eo);
+  ex.bind(model.eval_graph.tokens, random_tokens(B, T, V, 7));
+  for (int i = 0; i < 5; ++i) ex.run();
+  ctx->synchronize();
+  // Median over 7 repeats of 20 forwards each (one synchronisation per repeat).
+  std::vector<double> ms;
+  for (int r = 0; r < 7; ++r) {
+    const double t0 = now_s();
+    for (int i = 0; i < 20; ++i) ex.run();
+    ctx->synchronize();
+    ms.push_back((now_s() - t0) / 20 * 1e3);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2];
+  std::printf("xfrun minilm-shaped encoder fwd B=%lld T=%lld: %.0f seq/s (%.2f ms)\n", static_cast<long long>(B),
+              static_cast<long long>(T), B / med * 1e3, med);
+  std::fflush(stdout);
+  return {{"seq_per_s", B / med * 1e3}, {"ms", med}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out, dir = "configs", sections = "gpt2,encoder";
+  int steps = 20;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--out") out = v;
+    else if (a == "--configs") dir = v;
+    else if (a == "--steps") steps = std::stoi(v);
+    else if (a == "--sections") sections = v;
+    else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "xfrun_bench_gpu: %s\n", cuda_unavailable_reason().c_str());
+    return 1;
+  }
+  ThreadPool pool(0);
+  nlohmann::json res;
+  try {
+    if (sections.find("gpt2") != std::string::npos) res["gpt2_124M_train"] = bench_gpt2(dir, steps, pool);
+    if (sections.find("encoder") != std::string::npos) res["encoder_infer"] = bench_encoder(dir, pool);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "xfrun_bench_gpu: %s\n", e.what());
+    if (!out.empty()) std::ofstream(out) << res.dump(1);
+    return 1;
+  }
+  if (!out.empty()) std::ofstream(out) << res.dump(1);
+  return 0;
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
+# the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
+# in the same run, and write every log plus a summary table under $OUT.
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch (default: all but sanitize)
+# Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench torch)
+BUILD=${XF_GPU_BUILD_DIR:-build-gpu}
+SUMMARY="$OUT/summary.md"
+: >"$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+has() { local s; for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+T0=$(date +%s)
+note "# gpu_check $(date -u +%Y-%m-%dT%H:%MZ)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
+
+if has build; then
+  t=$(date +%s)
+  GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+  if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+       -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
+     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu >"$OUT/build.log" 2>&1; then
+    note "build: ok ($(( $(date +%s) - t )) s)"
+  else
+    note "build: FAILED ($(( $(date +%s) - t )) s); last lines:"
+    tail -40 "$OUT/build.log" "$OUT/configure.log" | tee -a "$SUMMARY"
+    exit 1
+  fi
+fi
+
+if has test; then
+  t=$(date +%s)
+  # Every CUDA test case, then the end-to-end GPU training tests; doctest prints failures with values.
+  XF_TEST_DEVICE=cuda "$BUILD/xfrun_tests" -tc='*cuda*,*gpu*' --duration=true >"$OUT/test.log" 2>&1
+  rc=$?
+  note "test (XF_TEST_DEVICE=cuda, *cuda*/*gpu* cases): rc=$rc ($(( $(date +%s) - t )) s): $(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/test.log" | tr '\n' ' ')"
+  grep -E "ERROR|FATAL|failed|error:" "$OUT/test.log" | head -40 | tee -a "$SUMMARY"
+fi
+
+if has sanitize; then
+  t=$(date +%s)
+  XF_CUDA_CACHING=0 XF_TEST_DEVICE=cuda compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$BUILD/xfrun_tests" -tc='*cuda*' >"$OUT/sanitize.log" 2>&1
+  note "compute-sanitizer memcheck (caching off): rc=$? ($(( $(date +%s) - t )) s)"
+  grep -E "ERROR SUMMARY|Invalid" "$OUT/sanitize.log" | head -10 | tee -a "$SUMMARY"
+fi
+
+if has bench; then
+  t=$(date +%s)
+  "$BUILD/xfrun_bench_gpu" --out "$OUT/bench_xfrun.json" >"$OUT/bench.log" 2>&1
+  note "bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
+  tail -20 "$OUT/bench.log" | tee -a "$SUMMARY"
+fi
+
+if has torch; then
+  t=$(date +%s)
+  PYTHONUNBUFFERED=1 python3 tools/bench_gpu_torch.py --out "$OUT/bench_torch.json" >"$OUT/torch.log" 2>&1
+  note "bench (PyTorch, same run): rc=$? ($(( $(date +%s) - t )) s)"
+  tail -8 "$OUT/torch.log" | tee -a "$SUMMARY"
+fi
+
+if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then
+  python3 tools/bench_gpu_report.py "$OUT/bench_xfrun.json" "$OUT/bench_torch.json" | tee -a "$SUMMARY"
+fi
+note "total: $(( $(date +%s) - T0 )) s"
