@@ -26,6 +26,7 @@
 #include "runtime/cpu/threadpool.h"
 #include "runtime/error.h"
 #include "runtime/kernel_registry.h"
+#include "runtime/device_context.h"
 #include "runtime/logging.h"
 
 using namespace xfr;
@@ -85,19 +86,41 @@ void print_components(bool as_json) {
 
 void print_info() {
   std::cout << "xfrun " << xfrun_version() << "\n";
-  std::cout << "build: C++17, " <<
+  const bool cuda_built =
 #ifdef XF_WITH_CUDA
-      "CUDA backend built"
+      true;
 #else
-      "CPU only (no CUDA backend in this build)"
+      false;
 #endif
+  std::cout << "build: C++17, " << (cuda_built ? "CUDA backend built" : "CPU only (no CUDA backend in this build)")
             << "\n";
-  std::cout << "devices: cpu (" << ThreadPool(0).size() << " threads)\n";
+  std::cout << "devices:\n  cpu (" << ThreadPool(0).size() << " threads)\n";
+  const int gpus = cuda_device_count();
+  for (int i = 0; i < gpus; ++i) {
+    try {
+      std::cout << "  cuda:" << i << " " << make_device_context(Device::cuda(i))->describe() << "\n";
+    } catch (const std::exception& e) {
+      std::cout << "  cuda:" << i << " unusable: " << e.what() << "\n";
+    }
+  }
+  if (gpus == 0) std::cout << "  cuda: none (" << cuda_unavailable_reason() << ")\n";
   std::cout << "BLAS: " << openblas_get_config() << "\n";
-  std::cout << "kernels (cpu):";
-  for (const auto& op : KernelRegistry::builtin().ops(Device::Kind::cpu)) std::cout << " " << op;
-  std::cout << "\nattention backends:\n  cpu composite (matmul + softmax + matmul): available\n"
-               "  fused CUDA attention: unavailable (no CUDA backend in this build)\n";
+  for (auto kind : {Device::Kind::cpu, Device::Kind::cuda}) {
+    const auto ops = KernelRegistry::builtin().ops(kind);
+    if (ops.empty()) continue;
+    std::cout << "kernels (" << (kind == Device::Kind::cpu ? "cpu" : "cuda") << ", " << ops.size() << "):";
+    for (const auto& op : ops) std::cout << " " << op;
+    std::cout << "\n";
+  }
+  const bool cuda_attention = cuda_built && KernelRegistry::builtin().find("matmul", Device::Kind::cuda) &&
+                              KernelRegistry::builtin().find("softmax", Device::Kind::cuda);
+  std::cout << "attention backends:\n  cpu composite (matmul + softmax + matmul): available\n"
+            << "  cuda composite (cuBLASLt + softmax kernels): "
+            << (!cuda_built ? "unavailable (no CUDA backend in this build)"
+                            : !cuda_attention ? "unavailable (kernels missing)"
+                            : gpus == 0       ? "unavailable (no CUDA device)"
+                                              : "available")
+            << "\n";
 }
 
 // Writes every path field of `node` (validated against `s`) as an absolute path: a relative path means
