@@ -1,8 +1,210 @@
-// CUDA kernels of ops/embedding.h (embedding, embedding_backward): being written (this session); registers nothing yet.
+// CUDA kernels of ops/embedding.h.
+//
+// Forward: a gather, one thread per 16 bytes of output (one element when rows are not 16-byte multiples).
+// Backward, deterministic without float atomics: the token ids are stably radix-sorted (CUB; tokens with the
+// same id keep their order), then each (vocabulary row, column tile) block finds its row's run of tokens by
+// binary search and sums their dy rows in token order in fp32, writing the row once (zeros for unused
+// rows). Every element's sum therefore runs over the same tokens in the same order on every run, as on the CPU.
+//
+// Ids outside [0, V): the CPU kernel throws; a GPU kernel cannot without stopping the stream, so the
+// forward writes NaN rows for them (visible in the loss at once, never a read out of bounds) and the
+// backward ignores them.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <cmath>
+
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/device/vec.cuh"
+#include "ops/embedding.h"
+#include "runtime/dispatch.h"
 
 namespace xfr::cuda {
 
-void register_embedding(KernelRegistry& r) {}
+namespace {
+
+using dev::Vec;
+
+// table: (V, C), ids: (n) -> y: (n, C). W elements per thread: Vec<T>::kWidth on the aligned path, else 1.
+template <class T, class I, int W>
+__global__ void embedding_forward(const T* __restrict__ table, const I* __restrict__ ids, T* __restrict__ y, int64_t n,
+                                  int64_t V, int64_t C) {
+  const int64_t per_row = C / W, total = n * per_row;
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < total;
+       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = u / per_row, c = (u - t * per_row) * W;
+    const int64_t id = static_cast<int64_t>(ids[t]);
+    T* dst = y + t * C + c;
+    const bool valid = id >= 0 && id < V;
+    if constexpr (W > 1) {
+      Vec<T> v;
+      if (valid) {
+        v = dev::load_vec(table + id * C + c);
+      } else {
+#pragma unroll
+        for (int i = 0; i < W; ++i) v.v[i] = dev::from_float<T>(NAN);
+      }
+      dev::store_vec(dst, v);
+    } else {
+      *dst = valid ? table[id * C + c] : dev::from_float<T>(NAN);
+    }
+  }
+}
+
+// keys[t] = ids[t] in [0, V), else V (sorted after every valid id and then skipped); vals[t] = t.
+//   ids: (n) -> keys: (n) u32, vals: (n) i32
+template <class I>
+__global__ void embedding_sort_keys(const I* __restrict__ ids, uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
+                                    int64_t n, int64_t V) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t id = static_cast<int64_t>(ids[t]);
+    keys[t] = static_cast<uint32_t>(id >= 0 && id < V ? id : V);
+    vals[t] = static_cast<int32_t>(t);
+  }
+}
+
+// First index in sorted keys[0, n) whose key is >= v.
+__device__ __forceinline__ int64_t lower_bound(const uint32_t* keys, int64_t n, uint32_t v) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (keys[mid] < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Block (v, tile): dtable[v, tile's columns] = sum of dy[order[j], ...] over the run of id v in token order.
+//   dy: (n, C), sorted_keys: (n), order: (n) token indices sorted by id (stable) -> dtable: (V, C)
+template <class T, int W>
+__global__ void embedding_backward_rows(const T* __restrict__ dy, const uint32_t* __restrict__ sorted_keys,
+                                        const int32_t* __restrict__ order, T* __restrict__ dtable, int64_t n, int64_t C) {
+  const uint32_t v = blockIdx.x;
+  const int64_t begin = lower_bound(sorted_keys, n, v), end = lower_bound(sorted_keys, n, v + 1);
+  for (int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * W; c < C;
+       c += static_cast<int64_t>(gridDim.y) * blockDim.x * W) {
+    float acc[W];
+#pragma unroll
+    for (int i = 0; i < W; ++i) acc[i] = 0.0f;
+    for (int64_t j = begin; j < end; ++j) {
+      const T* src = dy + static_cast<int64_t>(order[j]) * C + c;
+      if constexpr (W > 1) {
+        const Vec<T> g = dev::load_vec(src);
+#pragma unroll
+        for (int i = 0; i < W; ++i) acc[i] += dev::to_float(g.v[i]);
+      } else {
+        acc[0] += dev::to_float(*src);
+      }
+    }
+    T* dst = dtable + static_cast<int64_t>(v) * C + c;
+    if constexpr (W > 1) {
+      Vec<T> o;
+#pragma unroll
+      for (int i = 0; i < W; ++i) o.v[i] = dev::from_float<T>(acc[i]);
+      dev::store_vec(dst, o);
+    } else {
+      *dst = dev::from_float<T>(acc[0]);
+    }
+  }
+}
+
+template <class T, class I>
+void launch_forward(const Tensor& table, const Tensor& ids, const Tensor& y, cudaStream_t s) {
+  const int64_t V = table.dim(0), C = table.dim(1), n = ids.numel();
+  if (n == 0 || C == 0) return;
+  const T* tp = static_cast<const T*>(table.raw_data());
+  T* yp = static_cast<T*>(y.raw_data());
+  const I* ip = static_cast<const I*>(ids.raw_data());
+  constexpr int W = Vec<T>::kWidth;
+  if (C % W == 0 && dev::aligned16(tp) && dev::aligned16(yp)) {
+    embedding_forward<T, I, W><<<grid_1d(n * C / W), kBlock, 0, s>>>(tp, ip, yp, n, V, C);
+  } else {
+    embedding_forward<T, I, 1><<<grid_1d(n * C), kBlock, 0, s>>>(tp, ip, yp, n, V, C);
+  }
+  XF_CUDA_CHECK_LAUNCH("embedding_forward");
+}
+
+// table: (V, C), ids: (*) i32/i64 -> y: (*, C)
+void embedding_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {
+  const cudaStream_t s = stream_of(ctx);
+  XF_CUDA_DISPATCH_FLOAT(in[0].dtype(), "embedding", T, {
+    XF_DISPATCH_INDEX(in[1].dtype(), "embedding", I, launch_forward<T, I>(in[0], in[1], out[0], s));
+  });
+}
+
+// Columns per backward block: 128 threads (4 warps) x W; few enough threads that a block per vocabulary row
+// stays cheap for the (many) rows no token uses, enough to keep a row's loads coalesced.
+constexpr int kBackwardThreads = 128;
+
+template <class T>
+void launch_backward_rows(const Tensor& dy, const uint32_t* sorted_keys, const int32_t* order, const Tensor& dtable,
+                          int64_t n, cudaStream_t s) {
+  const int64_t V = dtable.dim(0), C = dtable.dim(1);
+  const T* gp = static_cast<const T*>(dy.raw_data());
+  T* tp = static_cast<T*>(dtable.raw_data());
+  constexpr int VW = Vec<T>::kWidth;
+  const bool vec = C % VW == 0 && dev::aligned16(gp) && dev::aligned16(tp);
+  const int W = vec ? VW : 1;
+  const int64_t tiles = std::min<int64_t>((C + int64_t{kBackwardThreads} * W - 1) / (int64_t{kBackwardThreads} * W), 65535);
+  const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
+  if (vec) embedding_backward_rows<T, VW><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
+  else embedding_backward_rows<T, 1><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
+  XF_CUDA_CHECK_LAUNCH("embedding_backward_rows");
+}
+
+// Bits that hold every key in [0, V] (V itself marks an invalid id): fewer radix passes than 32 bits.
+int key_bits(int64_t V) {
+  int bits = 1;
+  while (bits < 32 && (int64_t{1} << bits) <= V) ++bits;
+  return bits;
+}
+
+size_t round_up_256(size_t b) { return (b + 255) / 256 * 256; }  // keeps each carved buffer 256-byte aligned
+
+// dy: (*, C), ids: (*) -> dtable: (vocab, C)
+void embedding_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                               const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const EmbeddingBackwardOp&>(op_);
+  CudaContext& cc = context_of(ctx);
+  const cudaStream_t s = cc.stream();
+  const Tensor &dy = in[0], &ids = in[1], &dt = out[0];
+  const int64_t V = op.vocab, C = dt.dim(1), n = ids.numel();
+  if (V * C == 0) return;
+  XF_CHECK(V < INT32_MAX && n <= INT32_MAX, "embedding_backward", "vocabulary ", V, " and ", n,
+           " tokens must each fit 31 bits (the sort's keys and token indices)");
+  if (n == 0) {
+    XF_CUDA_CHECK(cudaMemsetAsync(dt.raw_data(), 0, dt.nbytes(), s));
+    return;
+  }
+  const int nn = static_cast<int>(n), end_bit = key_bits(V);
+  size_t sort_bytes = 0;
+  XF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
+                                                static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                                static_cast<int32_t*>(nullptr), nn, 0, end_bit, s));
+  const size_t n4 = round_up_256(static_cast<size_t>(n) * 4);
+  // One scratch allocation: keys, sorted keys, token indices, sorted token indices, CUB's temporary storage.
+  const std::shared_ptr<void> scratch = cc.allocate(4 * n4 + round_up_256(sort_bytes));
+  char* base = static_cast<char*>(scratch.get());
+  auto* keys = reinterpret_cast<uint32_t*>(base);
+  auto* sorted_keys = reinterpret_cast<uint32_t*>(base + n4);
+  auto* vals = reinterpret_cast<int32_t*>(base + 2 * n4);
+  auto* order = reinterpret_cast<int32_t*>(base + 3 * n4);
+  void* temp = base + 4 * n4;
+  XF_DISPATCH_INDEX(ids.dtype(), "embedding_backward", I, {
+    embedding_sort_keys<I><<<grid_1d(n), kBlock, 0, s>>>(static_cast<const I*>(ids.raw_data()), keys, vals, n, V);
+    XF_CUDA_CHECK_LAUNCH("embedding_sort_keys");
+  });
+  XF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys, sorted_keys, vals, order, nn, 0, end_bit, s));
+  XF_CUDA_DISPATCH_FLOAT(dt.dtype(), "embedding_backward", T,
+                         launch_backward_rows<T>(dy, sorted_keys, order, dt, n, s));
+  // `scratch` is returned to the pool when it goes out of scope; the pool's reuse is ordered on this stream.
+}
+
+}  // namespace
+
+void register_embedding(KernelRegistry& r) {
+  r.add("embedding", Device::Kind::cuda, embedding_kernel);
+  r.add("embedding_backward", Device::Kind::cuda, embedding_backward_kernel);
+}
 
 }  // namespace xfr::cuda

@@ -1,8 +1,305 @@
-// CUDA kernels of ops/matmul.h (matmul (cuBLASLt)): being written (this session); registers nothing yet.
+// CUDA kernel of ops/matmul.h and the GEMM launcher of ops/cuda/gemm.h, through cuBLASLt.
+//
+// Row-major to column-major: cuBLASLt is column-major, and a row-major (r, c) matrix with leading dimension
+// ld is, byte for byte, a column-major (c, r) matrix with the same ld. So row-major C = op(A) op(B) is
+// computed as column-major C^T = op(B)^T op(A)^T: cuBLASLt's A is our B (transa = trans_b), its B is our A
+// (transb = trans_a), its m is our n and its n our m. A bias over C's columns (one per output feature) is
+// then a bias over cuBLASLt's rows, which is what its BIAS epilogues take.
+//
+// The matmul op: a 2-D B shared by a batched A (a linear layer) is one GEMM over batch * M rows; otherwise
+// a strided-batched GEMM with A's and B's batch axes flattened (the op refuses trans_a with a shared B, the
+// one case that cannot fold). The launcher itself folds a shared B (stride 0) whenever A's and C's batches
+// are consecutive rows, and otherwise runs it as a strided batch with B's stride 0.
+#include <cublasLt.h>
+
+#include <mutex>
+#include <string>
+
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm.h"
+#include "ops/matmul.h"
 
 namespace xfr::cuda {
 
-void register_matmul(KernelRegistry& r) {}
+const char* gemm_epilogue_name(GemmEpilogue e) {
+  switch (e) {
+    case GemmEpilogue::none: return "none";
+    case GemmEpilogue::bias: return "bias";
+    case GemmEpilogue::gelu_tanh: return "gelu_tanh";
+    case GemmEpilogue::bias_gelu_tanh: return "bias_gelu_tanh";
+    case GemmEpilogue::dgelu: return "dgelu";
+    case GemmEpilogue::dgelu_bgrad: return "dgelu_bgrad";
+    case GemmEpilogue::bgrad_a: return "bgrad_a";
+    case GemmEpilogue::bgrad_b: return "bgrad_b";
+  }
+  return "?";
+}
+
+namespace {
+
+cudaDataType_t cuda_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::f16: return CUDA_R_16F;
+    case DType::bf16: return CUDA_R_16BF;
+    default: throw Error("gemm", str_cat("the CUDA GEMM takes f32, f16 or bf16, not ", dtype_name(t)));
+  }
+}
+
+// The cuBLASLt epilogue of ours, and whether it reads or writes `bias` and `aux`. Our operands are swapped
+// (see the top of the file), so our bias gradient of B (per column of C) is cuBLASLt's BGRADA and ours
+// of A its BGRADB.
+cublasLtEpilogue_t lt_epilogue(GemmEpilogue e, bool with_aux) {
+  switch (e) {
+    case GemmEpilogue::none: return CUBLASLT_EPILOGUE_DEFAULT;
+    case GemmEpilogue::bias: return CUBLASLT_EPILOGUE_BIAS;
+    case GemmEpilogue::gelu_tanh: return with_aux ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU;
+    case GemmEpilogue::bias_gelu_tanh: return with_aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_BIAS;
+    case GemmEpilogue::dgelu: return CUBLASLT_EPILOGUE_DGELU;
+    case GemmEpilogue::dgelu_bgrad: return CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    case GemmEpilogue::bgrad_a: return CUBLASLT_EPILOGUE_BGRADB;
+    case GemmEpilogue::bgrad_b: return CUBLASLT_EPILOGUE_BGRADA;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+bool uses_bias(GemmEpilogue e) {
+  return e == GemmEpilogue::bias || e == GemmEpilogue::bias_gelu_tanh || e == GemmEpilogue::dgelu_bgrad ||
+         e == GemmEpilogue::bgrad_a || e == GemmEpilogue::bgrad_b;
+}
+bool is_bgrad(GemmEpilogue e) {
+  return e == GemmEpilogue::dgelu_bgrad || e == GemmEpilogue::bgrad_a || e == GemmEpilogue::bgrad_b;
+}
+bool needs_aux(GemmEpilogue e) { return e == GemmEpilogue::dgelu || e == GemmEpilogue::dgelu_bgrad; }
+bool takes_aux(GemmEpilogue e) {
+  return needs_aux(e) || e == GemmEpilogue::gelu_tanh || e == GemmEpilogue::bias_gelu_tanh;
+}
+
+// The alignment cuBLASLt may assume of a pointer: its largest power-of-two divisor, capped at 256 (the
+// alignment cuBLASLt assumes by default, so nothing is gained above it). Part of the plan key: a plan is
+// chosen for pointers at least this aligned.
+int align_class(const void* p) {
+  const auto v = reinterpret_cast<uintptr_t>(p);
+  for (int a = 256; a > 1; a >>= 1)
+    if (v % static_cast<uintptr_t>(a) == 0) return a;
+  return 1;
+}
+
+// One cached GEMM: descriptor, layouts and the heuristic's algorithm for one key.
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;  // cuBLASLt's A (our B), B (our A), C = D
+  cublasLtMatmulAlgo_t algo{};
+  // The bias and aux pointers are attributes of the descriptor, set per call; a context may be driven by
+  // several threads, so setting them and enqueueing the GEMM is one critical section.
+  std::mutex mu;
+  GemmPlan() = default;
+  GemmPlan(const GemmPlan&) = delete;
+  GemmPlan& operator=(const GemmPlan&) = delete;
+  ~GemmPlan() {  // no throwing from a destructor: statuses are ignored
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+struct PreferenceGuard {
+  cublasLtMatmulPreference_t p = nullptr;
+  ~PreferenceGuard() {
+    if (p) cublasLtMatmulPreferenceDestroy(p);
+  }
+};
+
+template <class V>
+void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const V& v) {
+  XF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)));
+}
+template <class V>
+void set_layout(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr, const V& v) {
+  XF_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, attr, &v, sizeof(v)));
+}
+
+// Fills in defaults, validates, and folds a shared B over consecutive rows into one GEMM.
+GemmArgs normalise(GemmArgs g) {
+  const char* op = "gemm";
+  (void)cuda_dtype(g.dtype);
+  (void)cuda_dtype(g.out_dtype);
+  XF_CHECK(g.out_dtype == g.dtype || (g.out_dtype == DType::f32 && g.dtype != DType::f32), op, "A/B in ",
+           dtype_name(g.dtype), " cannot write C in ", dtype_name(g.out_dtype), " (C is A's dtype, or f32 for 16-bit A/B)");
+  XF_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0 && g.batch >= 0, op, "negative size: m=", g.m, " n=", g.n, " k=", g.k,
+           " batch=", g.batch);
+  const int64_t a_row = g.trans_a ? g.m : g.k, b_row = g.trans_b ? g.k : g.n;
+  if (g.lda == 0) g.lda = std::max<int64_t>(1, a_row);
+  if (g.ldb == 0) g.ldb = std::max<int64_t>(1, b_row);
+  if (g.ldc == 0) g.ldc = std::max<int64_t>(1, g.n);
+  XF_CHECK(g.lda >= a_row && g.ldb >= b_row && g.ldc >= g.n, op, "leading dimensions lda=", g.lda, " ldb=", g.ldb,
+           " ldc=", g.ldc, " are shorter than the rows (", a_row, ", ", b_row, ", ", g.n, ")");
+  XF_CHECK(g.batch <= INT32_MAX, op, "batch ", g.batch, " exceeds cuBLASLt's int32 batch count");
+  if (g.batch > 1) {
+    XF_CHECK(g.stride_a >= 0 && g.stride_b >= 0, op, "negative batch stride");
+    XF_CHECK(g.stride_c >= (g.m - 1) * g.ldc + g.n, op, "C's batch stride ", g.stride_c,
+             " makes batches overlap (m=", g.m, ", ldc=", g.ldc, ", n=", g.n, ")");
+  } else {
+    g.stride_a = g.stride_b = g.stride_c = 0;
+  }
+  const bool bias = uses_bias(g.epilogue);
+  XF_CHECK(!bias || g.bias != nullptr, op, "epilogue ", gemm_epilogue_name(g.epilogue), " needs a bias pointer");
+  XF_CHECK(!needs_aux(g.epilogue) || g.aux != nullptr, op, "epilogue ", gemm_epilogue_name(g.epilogue),
+           " needs the GELU pre-activation (aux)");
+  if (!bias) g.bias = nullptr;
+  if (!takes_aux(g.epilogue)) g.aux = nullptr;
+  if (g.aux) {
+    if (g.aux_ld == 0) g.aux_ld = g.ldc;
+    if (g.aux_stride == 0) g.aux_stride = g.stride_c;
+    // cuBLASLt: the GELU input matrix's leading dimension and batch stride must be multiples of 8.
+    XF_CHECK(g.aux_ld >= g.n && g.aux_ld % 8 == 0, op, "aux leading dimension ", g.aux_ld,
+             " must be >= n (", g.n, ") and a multiple of 8 (cuBLASLt)");
+    XF_CHECK(g.batch <= 1 || g.aux_stride % 8 == 0, op, "aux batch stride ", g.aux_stride, " must be a multiple of 8 (cuBLASLt)");
+    if (g.batch <= 1) g.aux_stride = 0;
+  } else {
+    g.aux_ld = g.aux_stride = 0;
+  }
+  if (is_bgrad(g.epilogue))
+    XF_CHECK(g.batch == 1 && g.m > 0 && g.n > 0 && g.k > 0, op, "bias-gradient epilogue ",
+             gemm_epilogue_name(g.epilogue), " needs batch 1 and m, n, k > 0, got batch=", g.batch, " m=", g.m, " n=", g.n,
+             " k=", g.k);
+  // A shared B over batches whose rows follow each other in A, C (and aux): one GEMM of batch * m rows.
+  if (g.batch > 1 && g.stride_b == 0 && !g.trans_a && g.stride_a == g.m * g.lda && g.stride_c == g.m * g.ldc &&
+      (g.aux == nullptr || g.aux_stride == g.m * g.aux_ld)) {
+    g.m *= g.batch;
+    g.batch = 1;
+    g.stride_a = g.stride_b = g.stride_c = g.aux_stride = 0;
+  }
+  return g;
+}
+
+std::string plan_key(const GemmArgs& g) {
+  return str_cat("matmul/", dtype_name(g.dtype), "->", dtype_name(g.out_dtype), "/t", int(g.trans_a), int(g.trans_b),
+                 "/m", g.m, "/n", g.n, "/k", g.k, "/ld", g.lda, ",", g.ldb, ",", g.ldc, "/batch", g.batch, "/stride",
+                 g.stride_a, ",", g.stride_b, ",", g.stride_c, "/ep-", gemm_epilogue_name(g.epilogue), g.aux ? "+aux" : "",
+                 "/auxld", g.aux_ld, ",", g.aux_stride, "/align", align_class(g.a), ",", align_class(g.b), ",",
+                 align_class(g.c), ",", align_class(g.bias), ",", align_class(g.aux));
+}
+
+std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const std::string& key) {
+  auto p = std::make_shared<GemmPlan>();
+  const cudaDataType_t ab = cuda_dtype(g.dtype), cd = cuda_dtype(g.out_dtype);
+  // fp32 accumulation and fp32 alpha/beta for every dtype; CUBLAS_COMPUTE_32F (not _FAST_TF32) keeps f32
+  // GEMMs in full fp32.
+  XF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const int32_t ta = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A is our B
+  const int32_t tb = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, ta);
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, tb);
+  const uint32_t epi = lt_epilogue(g.epilogue, g.aux != nullptr);
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, epi);
+  // The heuristic reads the bias and aux pointers' values for their alignment (never dereferences them):
+  // set the first call's, whose alignment class is in the key.
+  if (g.bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
+  if (g.aux) {
+    set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<const void*>(g.aux));
+    set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, g.aux_ld);
+    if (g.batch > 1) set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, g.aux_stride);
+  }
+  // Layouts as cuBLASLt sees them (column-major, operands swapped): its A = our B as stored, its B = our A.
+  const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
+  XF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ab, u(g.trans_b ? g.k : g.n), u(g.trans_b ? g.n : g.k), g.ldb));
+  XF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ab, u(g.trans_a ? g.m : g.k), u(g.trans_a ? g.k : g.m), g.lda));
+  XF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, cd, u(g.n), u(g.m), g.ldc));
+  if (g.batch > 1) {
+    const int32_t count = static_cast<int32_t>(g.batch);
+    set_layout(p->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, count);
+    set_layout(p->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, count);
+    set_layout(p->lc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, count);
+    set_layout(p->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, g.stride_b);
+    set_layout(p->lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, g.stride_a);
+    set_layout(p->lc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, g.stride_c);
+  }
+  PreferenceGuard pref;
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
+  const uint64_t ws = ctx.workspace_bytes();
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  // cuBLASLt assumes 256-byte-aligned A, B, C unless told otherwise; tell it what these pointers guarantee.
+  const uint32_t al_a = static_cast<uint32_t>(align_class(g.b)), al_b = static_cast<uint32_t>(align_class(g.a));
+  const uint32_t al_c = static_cast<uint32_t>(align_class(g.c));
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt(), p->desc, p->la, p->lb, p->lc, p->lc, pref.p, 1, &result, &found);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+    throw Error("gemm", str_cat("cuBLASLt has no algorithm for ", key, " (", cublasLtGetStatusName(st), ", ", found,
+                                " found)"));
+  p->algo = result.algo;
+  return p;
+}
+
+// k == 0: C = beta * C, with no epilogue: zeros (beta 0) or C unchanged (beta 1).
+//   c: (batch, m, ldc) rows of n elements
+void gemm_empty_k(CudaContext& ctx, const GemmArgs& g) {
+  XF_CHECK(g.epilogue == GemmEpilogue::none && (g.beta == 0.0f || g.beta == 1.0f), "gemm",
+           "k = 0 is supported without an epilogue and with beta 0 or 1, got epilogue ", gemm_epilogue_name(g.epilogue),
+           ", beta ", g.beta);
+  if (g.beta == 1.0f) return;
+  const size_t es = dtype_size(g.out_dtype);
+  for (int64_t b = 0; b < g.batch; ++b)
+    XF_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(g.c) + static_cast<size_t>(b * g.stride_c) * es,
+                                    static_cast<size_t>(g.ldc) * es, 0, static_cast<size_t>(g.n) * es,
+                                    static_cast<size_t>(g.m), ctx.stream()));
+}
+
+}  // namespace
+
+void gemm(CudaContext& ctx, const GemmArgs& args) {
+  const GemmArgs g = normalise(args);
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  XF_CHECK(g.a && g.b && g.c, "gemm", "null operand pointer (a=", g.a, ", b=", g.b, ", c=", g.c, ")");
+  if (g.k == 0) {
+    gemm_empty_k(ctx, g);
+    return;
+  }
+  const std::string key = plan_key(g);
+  const auto plan = ctx.plan<GemmPlan>(key, [&] { return make_plan(ctx, g, key); });
+  std::lock_guard<std::mutex> lock(plan->mu);
+  if (g.bias) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
+  if (g.aux) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<const void*>(g.aux));
+  // cuBLASLt's A is our B and its B our A (see the top of the file); C and D are the same matrix.
+  XF_CUBLAS_CHECK(cublasLtMatmul(ctx.lt(), plan->desc, &g.alpha, g.b, plan->la, g.a, plan->lb, &g.beta, g.c, plan->lc,
+                                 g.c, plan->lc, &plan->algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()));
+}
+
+namespace {
+
+// a: (*, M, K) or (*, K, M) with trans_a; b: (K, N) / (N, K) shared, or (*, K, N) / (*, N, K) -> c: (*, M, N)
+void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                   const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const MatMulOp&>(op_);
+  const Tensor &A = in[0], &B = in[1], &C = out[0];
+  const MatMulDims d = matmul_dims(op, A.shape(), B.shape());
+  GemmArgs g;
+  g.dtype = A.dtype();
+  g.out_dtype = C.dtype();
+  g.trans_a = op.trans_a;
+  g.trans_b = op.trans_b;
+  g.m = d.m;
+  g.n = d.n;
+  g.k = d.k;
+  g.a = A.raw_data();
+  g.b = B.raw_data();
+  g.c = C.raw_data();
+  g.batch = d.batch;
+  // Packed operands: the leading dimensions are the row lengths (the launcher's defaults).
+  g.stride_a = d.m * d.k;
+  g.stride_b = d.shared_b ? 0 : d.k * d.n;  // a shared B folds into one GEMM of batch * M rows (see gemm())
+  g.stride_c = d.m * d.n;
+  gemm(context_of(ctx), g);
+}
+
+}  // namespace
+
+void register_matmul(KernelRegistry& r) { r.add("matmul", Device::Kind::cuda, matmul_kernel); }
 
 }  // namespace xfr::cuda
