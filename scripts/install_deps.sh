@@ -3,7 +3,7 @@
 # Usage: scripts/install_deps.sh [--bench]   (--bench adds python3-torch for the CPU baseline)
 set -euo pipefail
 pkgs=(cmake g++ make libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev doctest-dev
-      libopenblas-dev ninja-build)
+      libopenblas-dev ninja-build libcpp-httplib-dev pkg-config)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch); fi
 missing=()
 for p in "${pkgs[@]}"; do

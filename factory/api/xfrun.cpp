@@ -49,6 +49,9 @@ struct ModelImpl {
   xfr::Model model;
   std::string task, device;
   int64_t vocab = 0, max_len = 0, hidden = 0, classes = 0;
+  std::shared_ptr<const xfr::Tokenizer> tokenizer;  // null: none
+  std::string tokenizer_kind;                       // "byte", "char" or ""
+  std::string no_tokenizer;                         // why there is none
 };
 
 struct SessionImpl {
@@ -68,19 +71,60 @@ const char* version() { return xfr::xfrun_version(); }
 
 namespace {
 
-int64_t resolve_vocab(const xfr::Config& cfg, const std::string& checkpoint) {
+// The vocabulary size and the text tokenizer: model.vocab_size or the checkpoint's state.json tokenizer or
+// the config's data; the tokenizer from state.json, else from text data (a char vocabulary needs the text).
+struct Vocabulary {
+  int64_t size = 0;
+  std::shared_ptr<const xfr::Tokenizer> tokenizer;
+  std::string no_tokenizer;
+};
+
+Vocabulary resolve_vocab(const xfr::Config& cfg, const std::string& checkpoint) {
+  Vocabulary v;
   const xfr::ConfigNode& model = cfg.root.at("model");
-  if (xfr::has_value(model, "vocab_size")) return xfr::get_int(model, "vocab_size");
+  if (xfr::has_value(model, "vocab_size")) v.size = xfr::get_int(model, "vocab_size");
   std::error_code ec;
   const fs::path state = fs::path(checkpoint) / "state.json";
   if (fs::is_directory(checkpoint, ec) && fs::is_regular_file(state, ec)) {
     const std::vector<uint8_t> bytes = xfr::read_file(state.string());
     const nlohmann::json j = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("tokenizer") && j["tokenizer"].is_object() &&
-        j["tokenizer"].contains("vocab_size") && j["tokenizer"]["vocab_size"].is_number_integer())
-      return j["tokenizer"]["vocab_size"].get<int64_t>();
+    if (j.is_object() && j.contains("tokenizer") && j["tokenizer"].is_object()) {
+      const nlohmann::json& t = j["tokenizer"];
+      if (v.size == 0 && t.contains("vocab_size") && t["vocab_size"].is_number_integer())
+        v.size = t["vocab_size"].get<int64_t>();
+      try {
+        v.tokenizer = std::make_shared<const xfr::Tokenizer>(xfr::Tokenizer::from_json(t));
+      } catch (const std::exception& e) {
+        v.no_tokenizer = state.string() + ": " + e.what();
+      }
+      if (v.tokenizer) return v;
+    }
   }
-  return xfr::load_data(cfg).vocab_size;
+  const xfr::ConfigNode& data = cfg.root.at("data");
+  const bool text = xfr::get_string(data, "kind") == "text";
+  if (text && xfr::get_string(data, "tokenizer") == "byte") {
+    v.tokenizer = std::make_shared<const xfr::Tokenizer>(xfr::Tokenizer::byte_level());
+    if (v.size == 0) v.size = v.tokenizer->vocab_size();
+    return v;
+  }
+  if (v.size != 0 && !text) {
+    if (v.no_tokenizer.empty()) v.no_tokenizer = "the checkpoint carries none and the config's data is not text";
+    return v;
+  }
+  if (v.size != 0) {  // a char tokenizer from the training text, if it can be read
+    try {
+      const xfr::LoadedData d = xfr::load_data(cfg);
+      v.tokenizer = d.tokenizer;
+    } catch (const std::exception& e) {
+      v.no_tokenizer = std::string("the checkpoint carries none and the config's text data cannot be read: ") + e.what();
+    }
+    return v;
+  }
+  const xfr::LoadedData d = xfr::load_data(cfg);
+  v.size = d.vocab_size;
+  v.tokenizer = d.tokenizer;
+  if (!v.tokenizer) v.no_tokenizer = "the checkpoint carries none and the config's data is not text";
+  return v;
 }
 
 void load_weights(const std::string& checkpoint, xfr::ParamStore& store) {
@@ -106,7 +150,11 @@ std::shared_ptr<const detail::ModelImpl> load(const xfr::Config& cfg, const std:
   if (options.device != "cpu")
     throw Error("[device] '" + options.device + "' is not supported by the xfrun API yet; use \"cpu\"");
   auto impl = std::make_shared<detail::ModelImpl>();
-  impl->model = xfr::make_model(cfg, resolve_vocab(cfg, checkpoint), 1, xfr::make_null_logger());
+  Vocabulary vocab = resolve_vocab(cfg, checkpoint);
+  impl->model = xfr::make_model(cfg, vocab.size, 1, xfr::make_null_logger());
+  impl->tokenizer = std::move(vocab.tokenizer);
+  impl->tokenizer_kind = impl->tokenizer ? impl->tokenizer->kind_name() : "";
+  impl->no_tokenizer = std::move(vocab.no_tokenizer);
   load_weights(checkpoint, *impl->model.store);
   impl->task = xfr::get_string(impl->model.model_config, "task");
   impl->device = options.device;
@@ -140,6 +188,21 @@ int64_t Model::vocab_size() const { return impl_->vocab; }
 int64_t Model::max_length() const { return impl_->max_len; }
 int64_t Model::hidden_size() const { return impl_->hidden; }
 const std::string& Model::device() const { return impl_->device; }
+const std::string& Model::tokenizer() const { return impl_->tokenizer_kind; }
+
+std::vector<int32_t> Model::encode(const std::string& text) const {
+  return guarded([&] {
+    if (!impl_->tokenizer) throw Error("[tokenizer] this model has no tokenizer: " + impl_->no_tokenizer);
+    return impl_->tokenizer->encode(text);
+  });
+}
+
+std::string Model::decode(const std::vector<int32_t>& tokens) const {
+  return guarded([&] {
+    if (!impl_->tokenizer) throw Error("[tokenizer] this model has no tokenizer: " + impl_->no_tokenizer);
+    return impl_->tokenizer->decode(tokens);
+  });
+}
 int64_t Model::output_size(Output what) const {
   if (what == Output::logits) return impl_->task == "classification" ? impl_->classes : impl_->vocab;
   return impl_->hidden;

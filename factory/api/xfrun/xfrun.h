@@ -82,6 +82,17 @@ class Model {
   int64_t output_size(Output what) const;  // the last dimension of that output (V, K or C)
   const std::string& device() const;
 
+  // The text tokenizer the model was trained with: "byte" or "char" (xfrun's lossless byte-level
+  // tokenizers), taken from the checkpoint step folder's state.json, else from the config's text data
+  // (data.tokenizer; char reads the training text for its vocabulary). "" when the model has none (token
+  // or synthetic data, or the text cannot be read): then only token ids go in and out.
+  const std::string& tokenizer() const;
+  // Text -> token ids and back with that tokenizer. Both throw Error when the model has none (saying
+  // why); encode also for a byte of `text` outside a char vocabulary. decode maps ids outside the
+  // vocabulary to '?'; what it returns is bytes, not necessarily valid UTF-8.
+  std::vector<int32_t> encode(const std::string& text) const;
+  std::string decode(const std::vector<int32_t>& tokens) const;
+
   // Convenience: runs `batch` on a temporary Session (compiling what it needs; thread-safe).
   std::vector<Array> forward(const std::vector<std::vector<int32_t>>& batch, Output what) const;
 
