@@ -1,13 +1,12 @@
 #include "components/linear.h"
 
-#include "ops/bias_add.h"
-#include "ops/matmul.h"
+#include "ops/linear.h"
 #include "runtime/error.h"
 
 namespace xfr {
 
 Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
-             const std::string& init_module) {
+             const std::string& init_module, bool gelu_tanh) {
   XF_CHECK(x.dim(-1) == in_features, "linear", "input ", shape_str(x.shape()), " has ", x.dim(-1),
            " features, the layer '", x.graph->qualified(name), "' expects ", in_features);
   Graph& g = *x.graph;
@@ -20,12 +19,12 @@ Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, cons
   info.fan_out = out_features;
   info.attr = "weight";
   const Value w = g.param("weight", {out_features, in_features}, ParamKind::weight, info);
-  Value y = matmul(x, w, false, true, "matmul");
+  Value b;
   if (bias) {
     info.attr = "bias";
-    y = bias_add(y, g.param("bias", {out_features}, ParamKind::bias, info), "bias_add");
+    b = g.param("bias", {out_features}, ParamKind::bias, info);
   }
-  return y;
+  return linear_op(x, w, b, gelu_tanh, "linear");  // one fused op: GEMM, bias and activation
 }
 
 }  // namespace xfr

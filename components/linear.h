@@ -7,7 +7,8 @@ namespace xfr {
 // x: (..., in) -> (..., out). Parameters "<name>.weight" (out, in) and, with bias, "<name>.bias" (out).
 // `init_module`: the xFormers-equivalent module path that init schemes match on (factory/weight_init.h);
 // empty: the graph name.
+// gelu_tanh: apply GELU (tanh form) in the same fused op (a GPU does it in the GEMM's epilogue).
 Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
-             const std::string& init_module = {});
+             const std::string& init_module = {}, bool gelu_tanh = false);
 
 }  // namespace xfr

@@ -175,13 +175,17 @@ Value build_mlp(const ConfigNode& p, Value x, const BuildContext& ctx, bool fuse
     return bias_add(t, g.param("bias", {width}, ParamKind::bias, info), "bias_add");
   };
   Value h;
+  // GELU (tanh) folds into the first linear (the GEMM's epilogue on a GPU); FusedMLP keeps its bias op.
+  const bool gelu_in_linear = !fused && act == "gelu_tanh";
   if (fused) {
     h = fused_bias(linear(x, D, F, false, "0", mlp + "0"), F, "1");
   } else {
-    h = linear(x, D, F, bias, "0", mlp + "0");
+    h = linear(x, D, F, bias, "0", mlp + "0", gelu_in_linear);
   }
   const std::string act_name = fused ? "1.activation" : "1";
-  if (act == "star_relu") {
+  if (gelu_in_linear) {
+    // applied above
+  } else if (act == "star_relu") {
     // xFormers' StarReLU: 0.8944 relu(x)^2 - 0.4472, fixed constants (MetaFormer's derivation: unit
     // variance and zero mean of relu(x)^2 for x ~ N(0, 1)).
     const TensorMeta one{{1}, x.dtype()};

@@ -17,6 +17,7 @@ void register_cross_entropy(KernelRegistry& r);
 void register_activation(KernelRegistry& r);
 void register_rotary(KernelRegistry& r);
 void register_cast(KernelRegistry& r);
+void register_linear(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -37,6 +38,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_activation(r);
   cpu::register_rotary(r);
   cpu::register_cast(r);
+  cpu::register_linear(r);
 }
 
 }  // namespace xfr

@@ -3,6 +3,7 @@
 
 namespace xfr::cuda {
 void register_cast(KernelRegistry& r);
+void register_linear(KernelRegistry& r);
 void register_elementwise(KernelRegistry& r);
 void register_bias_add(KernelRegistry& r);
 void register_activation(KernelRegistry& r);
@@ -23,6 +24,7 @@ namespace xfr {
 
 void register_cuda_kernels(KernelRegistry& r) {
   cuda::register_cast(r);
+  cuda::register_linear(r);
   cuda::register_elementwise(r);
   cuda::register_bias_add(r);
   cuda::register_activation(r);

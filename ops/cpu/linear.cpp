@@ -1,0 +1,28 @@
+// CPU kernel of ops/linear.h: the unfused steps in order (the matmul kernel's sgemm, the bias added in
+// place, the activation kernel), so results equal the composite ops'.
+#include "ops/activation.h"
+#include "ops/bias_add.h"
+#include "ops/linear.h"
+#include "ops/matmul.h"
+#include "runtime/kernel_registry.h"
+
+namespace xfr::cpu {
+
+namespace {
+
+// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N)]
+void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
+                   const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const LinearOp&>(op_base);
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  const Tensor& pre = op.gelu_tanh ? out[1] : out[0];
+  reg.get("matmul", ctx.device)(MatMulOp(false, true), ctx, {in[0], in[1]}, {pre});
+  if (op.has_bias) reg.get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});  // in place: row-wise
+  if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
+}
+
+}  // namespace
+
+void register_linear(KernelRegistry& r) { r.add("linear", Device::Kind::cpu, linear_kernel); }
+
+}  // namespace xfr::cpu

@@ -1,0 +1,56 @@
+// CUDA kernel of ops/linear.h: one cuBLASLt GEMM whose epilogue adds the bias and applies GELU (tanh),
+// also storing the pre-activation for the backward (ops/cuda/gemm.h). cuBLASLt wants the auxiliary
+// output's leading dimension a multiple of 8; other widths take the GEMM with a bias epilogue and then
+// the activation kernel.
+#include "ops/activation.h"
+#include "ops/bias_add.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemm.h"
+#include "ops/linear.h"
+
+namespace xfr::cuda {
+
+namespace {
+
+// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N)]
+void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
+                   const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const LinearOp&>(op_base);
+  const int64_t K = in[1].dim(1), N = in[1].dim(0);
+  const int64_t M = K == 0 ? 0 : in[0].numel() / K;
+  if (M == 0 || N == 0) return;
+  GemmArgs a;
+  a.dtype = a.out_dtype = in[0].dtype();
+  a.trans_b = true;  // y = x wᵀ with w stored (N, K)
+  a.m = M;
+  a.n = N;
+  a.k = K;
+  a.a = in[0].raw_data();
+  a.b = in[1].raw_data();
+  const bool fused_gelu = op.gelu_tanh && N % 8 == 0;
+  const Tensor& pre = op.gelu_tanh ? out[1] : out[0];
+  if (fused_gelu) {
+    a.c = out[0].raw_data();
+    a.aux = out[1].raw_data();
+    a.epilogue = op.has_bias ? GemmEpilogue::bias_gelu_tanh : GemmEpilogue::gelu_tanh;
+  } else {
+    a.c = pre.raw_data();
+    a.epilogue = op.has_bias ? GemmEpilogue::bias : GemmEpilogue::none;
+  }
+  if (op.has_bias) a.bias = in[2].raw_data();
+  if (K == 0) {  // an empty sum: y = act(b), which no GEMM computes
+    Tensor p = pre;
+    p.fill(0.0);
+    if (op.has_bias) KernelRegistry::builtin().get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});
+  } else {
+    gemm(context_of(ctx), a);
+  }
+  if (op.gelu_tanh && (!fused_gelu || K == 0))
+    KernelRegistry::builtin().get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
+}
+
+}  // namespace
+
+void register_linear(KernelRegistry& r) { r.add("linear", Device::Kind::cuda, linear_kernel); }
+
+}  // namespace xfr::cuda

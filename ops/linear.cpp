@@ -1,0 +1,65 @@
+#include "ops/linear.h"
+
+#include "ops/matmul.h"
+#include "ops/reduce.h"
+#include "runtime/error.h"
+
+namespace xfr {
+
+std::string LinearOp::attrs() const {
+  return str_cat("bias=", has_bias ? "true" : "false", ", activation=", gelu_tanh ? "gelu_tanh" : "none");
+}
+
+std::vector<TensorMeta> LinearOp::infer(const std::vector<TensorMeta>& in) const {
+  XF_CHECK(in.size() == (has_bias ? 3u : 2u), "linear", "takes ", has_bias ? 3 : 2, " inputs (x, w", has_bias ? ", b" : "",
+           "), got ", in.size());
+  const TensorMeta &x = in[0], &w = in[1];
+  XF_CHECK(is_floating(x.dtype) && w.dtype == x.dtype, "linear", "x and w must share a floating dtype, got ", x.str(),
+           " and ", w.str());
+  XF_CHECK(!x.shape.empty() && w.shape.size() == 2 && w.shape[1] == x.shape.back(), "linear", "w ", shape_str(w.shape),
+           " must be (N, K) for x ", shape_str(x.shape), " of shape (..., K)");
+  if (has_bias)
+    XF_CHECK(in[2].dtype == x.dtype && in[2].shape == Shape{w.shape[0]}, "linear", "b ", in[2].str(), " must be (",
+             w.shape[0], ") of x's dtype");
+  Shape y = x.shape;
+  y.back() = w.shape[0];
+  std::vector<TensorMeta> out{TensorMeta{y, x.dtype}};
+  if (gelu_tanh) out.push_back(TensorMeta{y, x.dtype});
+  return out;
+}
+
+std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
+  const Value x = ctx.input(0), w = ctx.input(1);
+  Value g = ctx.grad(0);
+  if (!g.defined()) return {Value{}, Value{}, Value{}};
+  if (gelu_tanh) g = ctx.graph.add1(std::make_shared<ActivationBackwardOp>(ActivationKind::gelu_tanh),
+                                    {ctx.output(1), g}, ctx.name("dpre"));
+  Value dx, dw, db;
+  // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
+  if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));
+  if (ctx.needs_grad(1)) {
+    if (x.rank() > 2) {
+      const Value x2 = reshape(x, {-1, x.dim(-1)}, ctx.name("a2d"));
+      const Value g2 = reshape(g, {-1, g.dim(-1)}, ctx.name("g2d"));
+      dw = matmul(g2, x2, true, false, ctx.name("db"));
+    } else {
+      dw = matmul(g, x, true, false, ctx.name("db"));
+    }
+  }
+  if (has_bias && ctx.needs_grad(2)) {
+    std::vector<int64_t> leading;
+    for (int64_t a = 0; a + 1 < static_cast<int64_t>(g.rank()); ++a) leading.push_back(a);
+    db = leading.empty() ? g : reduce_sum(g, leading, false, ctx.name("dbias"));
+  }
+  if (has_bias) return {dx, dw, db};
+  return {dx, dw};
+}
+
+Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& name) {
+  XF_CHECK(x.defined() && w.defined(), "linear", "undefined input");
+  std::vector<Value> in{x, w};
+  if (b.defined()) in.push_back(b);
+  return x.graph->add(std::make_shared<LinearOp>(b.defined(), gelu_tanh), in, name)[0];
+}
+
+}  // namespace xfr

@@ -1,0 +1,59 @@
+// The fused linear op (ops/linear.h): the CPU kernel equals the composite ops bit for bit, gradients by
+// finite differences in float64, and the CUDA kernel (cuBLASLt epilogues) against the CPU in every dtype.
+#include "ops/activation.h"
+#include "ops/bias_add.h"
+#include "ops/linear.h"
+#include "ops/matmul.h"
+#include "tests/cuda_testing.h"
+
+using namespace xfr;
+using namespace xfr::testing;
+
+TEST_CASE("linear: the CPU kernel equals matmul + bias_add + gelu_tanh exactly") {
+  for (const Shape& xs : std::vector<Shape>{{31, 33}, {2, 17, 40}, {1, 8}})
+    for (bool bias : {false, true})
+      for (bool gelu : {false, true}) {
+        const int64_t K = xs.back(), N = 24;
+        const Tensor x = random_tensor(xs, 1), w = random_tensor({N, K}, 2), b = random_tensor({N}, 3);
+        std::vector<Tensor> in{x, w};
+        if (bias) in.push_back(b);
+        const auto got = run_op(LinearOp(bias, gelu), in, &test_pool());
+        Tensor ref = run_op(MatMulOp(false, true), {x, w}, &test_pool())[0];
+        if (bias) ref = run_op(BiasAddOp(), {ref, b}, &test_pool())[0];
+        if (gelu) {
+          CHECK(got[1].to_doubles() == ref.to_doubles());
+          ref = run_op(ActivationOp(ActivationKind::gelu_tanh), {ref}, &test_pool())[0];
+        }
+        CHECK(got[0].to_doubles() == ref.to_doubles());
+      }
+}
+
+TEST_CASE("linear: gradients by finite differences (float64)") {
+  for (bool bias : {false, true})
+    for (bool gelu : {false, true}) {
+      std::vector<Tensor> in{random_tensor({2, 3, 5}, 4, -1, 1, DType::f64), random_tensor({7, 5}, 5, -1, 1, DType::f64)};
+      if (bias) in.push_back(random_tensor({7}, 6, -1, 1, DType::f64));
+      check_gradients(
+          [bias, gelu](Graph&, const std::vector<Value>& v) { return linear_op(v[0], v[1], bias ? v[2] : Value{}, gelu); },
+          in, std::string("linear bias=") + (bias ? "1" : "0") + " gelu=" + (gelu ? "1" : "0"));
+    }
+}
+
+TEST_CASE("linear: shapes are checked at the front door") {
+  CHECK_THROWS_AS(LinearOp(false, false).infer({{{4, 5}, DType::f32}, {{3, 4}, DType::f32}}), Error);
+  CHECK_THROWS_AS(LinearOp(true, false).infer({{{4, 5}, DType::f32}, {{3, 5}, DType::f32}, {{4}, DType::f32}}), Error);
+}
+
+XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU") {
+  // N = 24 and 3072 take the fused GELU epilogue (N % 8 == 0); N = 33 the bias GEMM + activation kernel.
+  for (DType dt : cuda_float_dtypes())
+    for (int64_t N : {24, 33, 3072})
+      for (bool bias : {false, true})
+        for (bool gelu : {false, true}) {
+          const Shape xs{3, 41, 257};
+          std::vector<Tensor> in{random_tensor(xs, 7), random_tensor({N, 257}, 8, -0.1, 0.1)};
+          if (bias) in.push_back(random_tensor({N}, 9));
+          // K = 257 products: the bf16 output rounding dominates; one extra ulp for the epilogue's tanh.
+          check_cuda_op(LinearOp(bias, gelu), in, dt, "linear N=" + std::to_string(N), 1.5);
+        }
+}
