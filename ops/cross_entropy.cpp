@@ -31,7 +31,8 @@ std::vector<TensorMeta> CrossEntropyOp::infer(const std::vector<TensorMeta>& in)
   XF_CHECK(in.size() == 2, "cross_entropy", "takes 2 inputs (logits, targets), got ", in.size());
   check_logits_targets("cross_entropy", in[0], in[1]);
   check_smoothing("cross_entropy", label_smoothing);
-  return {TensorMeta{{1}, in[0].dtype}, TensorMeta{{in[0].shape[0]}, in[0].dtype}};
+  const DType st = cross_entropy_loss_dtype(in[0].dtype);
+  return {TensorMeta{{1}, st}, TensorMeta{{in[0].shape[0]}, st}};
 }
 
 std::vector<Value> CrossEntropyOp::backward(const BackwardContext& ctx) const {
@@ -57,10 +58,11 @@ std::vector<TensorMeta> CrossEntropyBackwardOp::infer(const std::vector<TensorMe
            has_dlse ? ", dlse" : "", "), got ", in.size());
   check_logits_targets(op, in[0], in[2]);
   check_smoothing(op, label_smoothing);
-  const TensorMeta rows{{in[0].shape[0]}, in[0].dtype};
+  const DType st = cross_entropy_loss_dtype(in[0].dtype);
+  const TensorMeta rows{{in[0].shape[0]}, st};
   XF_CHECK(in[1] == rows, op, "lse ", in[1].str(), " must be ", rows.str(), " for logits ", in[0].str());
-  XF_CHECK(in[3] == (TensorMeta{{1}, in[0].dtype}), op, "dloss ", in[3].str(), " must be ", dtype_name(in[0].dtype),
-           "(1,)");
+  XF_CHECK(in[3] == (TensorMeta{{1}, st}), op, "dloss ", in[3].str(), " must be ", dtype_name(st), "(1,) for logits ",
+           in[0].str());
   if (has_dlse) XF_CHECK(in[4] == rows, op, "dlse ", in[4].str(), " must be ", rows.str());
   return {in[0]};
 }

@@ -2,7 +2,7 @@
 // ignore_index=..., label_smoothing=..., reduction="mean") with class-index targets.
 //
 //   cross_entropy  inputs  (logits (N, V), targets (N) i32 or i64)
-//                  outputs (loss (1,), lse (N))
+//                  outputs (loss (1,), lse (N))   in cross_entropy_loss_dtype(logits): f32 for 16-bit logits
 //     lse[n]  = log sum_v exp(logits[n, v])
 //     logp    = logits - lse
 //     loss    = mean over rows n with targets[n] != ignore_index of
@@ -13,12 +13,21 @@
 // A target outside [0, V) that is not ignore_index is an xfr::Error naming the row, raised when the kernel
 // runs (targets are data). lse is saved for the backward; a gradient reaching it (e.g. a z-loss on lse) is
 // supported: d lse[n] / d logits[n, v] = softmax(logits[n])[v].
+// Mixed precision (GPU): with bf16/f16 logits the loss and lse are f32 (computed in fp32; an lse rounded to
+// 16 bits would put a relative error of ~|lse| * 2^-8 on every probability of the backward), dloss and dlse
+// are f32 too, and dlogits has the logits' dtype. The CUDA kernels cannot throw on a bad target while running;
+// there a target outside [0, V) that is not ignore_index makes the loss (and the gradient) NaN.
 #pragma once
 #include <memory>
 
 #include "runtime/graph.h"
 
 namespace xfr {
+
+// The dtype of loss and lse (and of their gradients) for logits of dtype `logits`: f32 for f16/bf16, else logits.
+inline DType cross_entropy_loss_dtype(DType logits) {
+  return logits == DType::f16 || logits == DType::bf16 ? DType::f32 : logits;
+}
 
 class CrossEntropyOp final : public Op {
  public:
@@ -33,7 +42,8 @@ class CrossEntropyOp final : public Op {
 };
 
 // inputs  (logits (N, V), lse (N), targets (N), dloss (1,), [dlse (N) when has_dlse])
-// outputs (dlogits (N, V))
+//         lse, dloss, dlse in cross_entropy_loss_dtype(logits)
+// outputs (dlogits (N, V)) in the logits' dtype
 //   dlogits[n, v] = dloss / n_valid * (p[n, v] - (1 - ls) [v == targets[n]] - ls / V)   for non-ignored rows
 //                 + dlse[n] * p[n, v],            p = exp(logits - lse),  n_valid = number of non-ignored rows
 class CrossEntropyBackwardOp final : public Op {
@@ -49,7 +59,7 @@ class CrossEntropyBackwardOp final : public Op {
 };
 
 // ---- front end ----------------------------------------------------------------------------------------
-// logits: (N, V) f32/f64; targets: (N) i32/i64. Returns the mean loss, shape (1,).
+// logits: (N, V) f32/f64 (bf16/f16 on the GPU); targets: (N) i32/i64. Returns the mean loss, shape (1,).
 // ignore_index -100 and label_smoothing 0: torch's defaults.
 Value cross_entropy(Value logits, Value targets, int64_t ignore_index = -100, double label_smoothing = 0.0,
                     const std::string& name = {});

@@ -33,6 +33,9 @@ void check_eps(const char* op, double eps) {
 
 Shape rows_shape(const Shape& x) { return Shape{numel_of(x) / x.back()}; }
 
+// The saved statistics (mean, rstd) of x: f32 for 16-bit x (GPU mixed precision), else x's dtype.
+TensorMeta stat_meta(const TensorMeta& x) { return TensorMeta{rows_shape(x.shape), norm_stat_dtype(x.dtype)}; }
+
 void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_stat, const char* stats) {
   for (int k = first_stat; k < static_cast<int>(ctx.out_grads.size()); ++k)
     XF_CHECK(!ctx.grad(k).defined(), op, "no gradient flows through the saved statistics (", stats,
@@ -53,7 +56,7 @@ std::vector<TensorMeta> LayerNormOp::infer(const std::vector<TensorMeta>& in) co
   if (has_gamma) names.push_back("gamma");
   if (has_beta) names.push_back("beta");
   check_norm_inputs("layernorm", in, 1 + names.size(), names);
-  const TensorMeta stat{rows_shape(in[0].shape), in[0].dtype};
+  const TensorMeta stat = stat_meta(in[0]);
   return {in[0], stat, stat};
 }
 
@@ -88,7 +91,7 @@ std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>
   const TensorMeta& x = in[0];
   XF_CHECK(is_floating(x.dtype) && !x.shape.empty() && x.shape.back() > 0, op, "bad x ", x.str());
   const int64_t c = x.shape.back();
-  const TensorMeta stat{rows_shape(x.shape), x.dtype};
+  const TensorMeta stat = stat_meta(x);
   XF_CHECK(in[1] == stat && in[2] == stat, op, "mean ", in[1].str(), " and rstd ", in[2].str(), " must be ",
            stat.str(), " for x ", x.str());
   if (has_gamma)
@@ -109,7 +112,7 @@ std::vector<TensorMeta> RMSNormOp::infer(const std::vector<TensorMeta>& in) cons
   std::vector<const char*> names;
   if (has_gamma) names.push_back("gamma");
   check_norm_inputs("rmsnorm", in, 1 + names.size(), names);
-  return {in[0], TensorMeta{rows_shape(in[0].shape), in[0].dtype}};
+  return {in[0], stat_meta(in[0])};
 }
 
 std::vector<Value> RMSNormOp::backward(const BackwardContext& ctx) const {
@@ -138,7 +141,7 @@ std::vector<TensorMeta> RMSNormBackwardOp::infer(const std::vector<TensorMeta>& 
   const TensorMeta& x = in[0];
   XF_CHECK(is_floating(x.dtype) && !x.shape.empty() && x.shape.back() > 0, op, "bad x ", x.str());
   const int64_t c = x.shape.back();
-  const TensorMeta stat{rows_shape(x.shape), x.dtype};
+  const TensorMeta stat = stat_meta(x);
   XF_CHECK(in[1] == stat, op, "rstd ", in[1].str(), " must be ", stat.str(), " for x ", x.str());
   if (has_gamma)
     XF_CHECK(in[2] == (TensorMeta{{c}, x.dtype}), op, "gamma ", in[2].str(), " does not match x ", x.str());

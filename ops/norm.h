@@ -11,7 +11,10 @@
 // Optional inputs: the op's has_gamma / has_beta fields say which are present; present ones follow x in
 // the order above (so a layernorm with beta and no gamma takes (x, beta)). The front-end functions take an
 // undefined Value for "absent". gamma and beta have x's dtype. mean and rstd are saved for the backward;
-// no gradient flows through them (a gradient reaching them is refused when the backward is built).
+// no gradient flows through them (a gradient reaching them is refused when the backward is built). They are
+// f32 when x is 16-bit (bf16/f16, GPU mixed precision: statistics are computed in fp32 and kept so), else
+// x's dtype (norm_stat_dtype).
+// The CUDA kernels compute in fp32 for every dtype and round y (dx, dgamma, dbeta) once.
 // The CPU computes each row in two passes in the input's precision (f32 or f64), in parallel over rows.
 #pragma once
 #include <memory>
@@ -19,6 +22,9 @@
 #include "runtime/graph.h"
 
 namespace xfr {
+
+// The dtype of the saved statistics (mean, rstd) for x of dtype `x`: f32 for f16/bf16, else x.
+inline DType norm_stat_dtype(DType x) { return x == DType::f16 || x == DType::bf16 ? DType::f32 : x; }
 
 class LayerNormOp final : public Op {
  public:
@@ -31,7 +37,7 @@ class LayerNormOp final : public Op {
   bool has_gamma, has_beta;
 };
 
-// inputs  (x (..., C), mean (rows), rstd (rows), [gamma (C) when has_gamma], dy (..., C))
+// inputs  (x (..., C), mean (rows), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C))
 // outputs (dx (..., C), [dgamma (C) when want_dgamma], [dbeta (C) when want_dbeta])
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma,  xhat = (x - mean) * rstd
 // dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
@@ -56,7 +62,7 @@ class RMSNormOp final : public Op {
   bool has_gamma;
 };
 
-// inputs  (x (..., C), rstd (rows), [gamma (C) when has_gamma], dy (..., C))
+// inputs  (x (..., C), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C))
 // outputs (dx (..., C), [dgamma (C) when want_dgamma])
 // dx = rstd * (g - xhat * mean(g * xhat)),  g = dy * gamma,  xhat = x * rstd;  dgamma = sum over rows of dy * xhat.
 class RMSNormBackwardOp final : public Op {

@@ -1,8 +1,281 @@
-// CUDA kernels of ops/cross_entropy.h (cross_entropy, cross_entropy_backward): being written (this session); registers nothing yet.
-#include "ops/cuda/common.cuh"
+// CUDA kernels of ops/cross_entropy.h (cross_entropy, cross_entropy_backward).
+//
+// Forward: one row of logits per warp (V up to 32 lanes x 8 packs) or per block (up to 512 threads; a
+// 50304-entry vocabulary takes 512 threads with ~12 packs each), in one pass: each thread keeps a running
+// max m and sum of exp(x - m) (rescaled when m grows, once per 4 packs), plus sum(x) for label smoothing;
+// the row group then combines them into lse = M + log(sum). The row's loss (0 when ignored, NaN when its
+// target is invalid) goes to scratch memory, and one block sums the row losses in a fixed order (in
+// double) and divides by the number of counted rows: deterministic, no atomics. Statistics in fp32; loss
+// and lse are f32 whatever the logits' dtype.
+// Backward: one small block counts the counted rows and forms dloss / n_valid on the device (so a captured
+// CUDA graph reads each step's dloss); then each row group writes
+//   dlogits = (a + dlse) * exp(x - lse) - a * ls / V - [v == target] a (1 - ls),  a = dloss / n_valid
+// in one pass over the row, rounded once to the logits' dtype.
+#include "ops/cross_entropy.h"
+#include "ops/cuda/norm_launch.h"
+#include "ops/cuda/rowwise.cuh"
+#include "runtime/dispatch.h"
 
 namespace xfr::cuda {
 
-void register_cross_entropy(KernelRegistry& r) {}
+namespace {
+
+// Packs a thread loads before folding them into its running max and sum: 4 independent 16-byte loads in
+// flight per thread, and one rescaling exp per 4 packs instead of one per element.
+constexpr int kUnroll = 4;
+// Packs per thread the row plan aims at: 8 (two unrolled steps) keeps a 512-thread block on a 50k
+// vocabulary and a warp on rows up to 256 packs.
+constexpr int kPacksPerThread = 8;
+// The single block that sums the row losses (and counts the counted rows): 512 threads read N values in
+// N / 512 steps, a few microseconds for the N of a training batch.
+constexpr int kFinalThreads = 512;
+
+RowPlan plan_ce(int64_t V, int width) {
+  const int64_t packs = ceil_div(V, width);
+  RowPlan p;
+  p.threads = static_cast<int>(std::clamp<int64_t>(pow2_ceil(ceil_div(packs, kPacksPerThread)), 32, kMaxRowThreads));
+  p.rows_per_block = p.threads == 32 ? kWarpRowsPerBlock : 1;
+  p.iters = 1;  // unused: the kernels loop over the row
+  return p;
+}
+
+template <class I>
+__device__ __forceinline__ bool target_valid(I t, int64_t V) {
+  return static_cast<int64_t>(t) >= 0 && static_cast<int64_t>(t) < V;
+}
+
+template <class T, class I, int W>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
+                      const I* __restrict__ targets,  // (N)
+                      float* __restrict__ lse,        // (N)
+                      float* __restrict__ row_loss,   // (N)
+                      int64_t N, int64_t V, int64_t ignore_index, float ls) {
+  const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const int64_t packs = V / W;  // W > 1 only when V % W == 0
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
+    const T* xr = logits + row * V;
+    float m = -INFINITY, s = 0.f, sx = 0.f;
+    for (int64_t base = 0; base < packs; base += kUnroll * tpr) {
+      dev::Pack<T, W> v[kUnroll];
+      float pm = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + tid + u * tpr;
+        if (p < packs) {
+          v[u] = dev::load_pack<T, W>(xr + p * W);
+#pragma unroll
+          for (int e = 0; e < W; ++e) pm = fmaxf(pm, dev::to_float(v[u].v[e]));
+        }
+      }
+      if (pm > m) {
+        s *= __expf(m - pm);  // m == -inf: s is 0 and stays 0
+        m = pm;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t p = base + tid + u * tpr;
+        if (p < packs)
+#pragma unroll
+          for (int e = 0; e < W; ++e) {
+            const float f = dev::to_float(v[u].v[e]);
+            if (m != -INFINITY) s += __expf(f - m);
+            sx += f;
+          }
+      }
+    }
+    const float M = dev::row_max(m);
+    const float2 sums = dev::row_sum2(m == -INFINITY ? 0.f : s * __expf(m - M), sx);
+    if (tid == 0) {
+      const float l = M + logf(sums.x);
+      lse[row] = l;
+      const I t = targets[row];
+      float loss = 0.f;
+      if (static_cast<int64_t>(t) != ignore_index) {
+        if (!target_valid(t, V)) {
+          loss = NAN;
+        } else {
+          loss = -(1.f - ls) * (dev::to_float(xr[static_cast<int64_t>(t)]) - l);
+          if (ls > 0.f) loss -= ls * (sums.y / static_cast<float>(V) - l);  // ls / V * sum_v logp[v]
+        }
+      }
+      row_loss[row] = loss;
+    }
+  }
+}
+
+// loss = (sum of counted rows' losses) / (number of counted rows), 0 when none; NaN when a target is
+// invalid. One block, each thread summing a fixed stride of rows in double, then a fixed tree.
+template <class I>
+__global__ void __launch_bounds__(kFinalThreads)
+    ce_finalize_kernel(const I* __restrict__ targets,     // (N)
+                       const float* __restrict__ row_loss,  // (N)
+                       float* __restrict__ loss,            // (1,)
+                       int64_t N, int64_t V, int64_t ignore_index) {
+  double sum = 0, valid = 0, bad = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
+    const I t = targets[n];
+    if (static_cast<int64_t>(t) == ignore_index) continue;
+    valid += 1;
+    if (!target_valid(t, V)) bad += 1;
+    sum += row_loss[n];
+  }
+  sum = dev::block_sum<double>(sum);
+  valid = dev::block_sum<double>(valid);
+  bad = dev::block_sum<double>(bad);
+  if (threadIdx.x == 0) loss[0] = bad > 0 ? NAN : valid > 0 ? static_cast<float>(sum / valid) : 0.f;
+}
+
+// coef = dloss / n_valid (0 when no row counts, NaN when a target is invalid).
+template <class I>
+__global__ void __launch_bounds__(kFinalThreads)
+    ce_coef_kernel(const I* __restrict__ targets,  // (N)
+                   const float* __restrict__ dloss,  // (1,)
+                   float* __restrict__ coef,         // (1,)
+                   int64_t N, int64_t V, int64_t ignore_index) {
+  double valid = 0, bad = 0;
+  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
+    const I t = targets[n];
+    if (static_cast<int64_t>(t) == ignore_index) continue;
+    valid += 1;
+    if (!target_valid(t, V)) bad += 1;
+  }
+  valid = dev::block_sum<double>(valid);
+  bad = dev::block_sum<double>(bad);
+  if (threadIdx.x == 0)
+    coef[0] = bad > 0 ? NAN : valid > 0 ? static_cast<float>(static_cast<double>(dloss[0]) / valid) : 0.f;
+}
+
+template <class T, class I, int W>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    ce_backward_kernel(const T* __restrict__ logits,    // (N, V)
+                       const float* __restrict__ lse,   // (N)
+                       const I* __restrict__ targets,   // (N)
+                       const float* __restrict__ coef,  // (1,): dloss / n_valid
+                       const float* __restrict__ dlse,  // (N) or null
+                       T* __restrict__ dlogits,         // (N, V)
+                       int64_t N, int64_t V, int64_t ignore_index, float ls) {
+  const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const int64_t packs = V / W;
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t t = static_cast<int64_t>(targets[row]);
+    const bool counted = t != ignore_index;
+    const float a = counted ? coef[0] : 0.f;           // weight of this row's loss
+    const float ab = a + (dlse ? dlse[row] : 0.f);     // weight of p = softmax(row)
+    const float smooth = a * ls / static_cast<float>(V), hit = a * (1.f - ls);
+    const float l = lse[row];
+    const T* xr = logits + row * V;
+    T* dr = dlogits + row * V;
+    for (int64_t p = tid; p < packs; p += tpr) {
+      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + p * W);
+      dev::Pack<T, W> out;
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        float g = ab * __expf(dev::to_float(v.v[e]) - l) - smooth;
+        if (counted && p * W + e == t) g -= hit;
+        out.v[e] = dev::from_float<T>(g);
+      }
+      dev::store_pack<T, W>(dr + p * W, out);
+    }
+  }
+}
+
+template <class T, class I>
+void ce_forward(const T* logits, const I* targets, float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
+                double ls, Scratch scratch, cudaStream_t stream) {
+  if (N > 0) {
+    float* row_loss = scratch.take<float>(N, "cross_entropy");
+    auto run = [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      const RowPlan plan = plan_ce(V, W);
+      ce_forward_kernel<T, I, W><<<plan.grid(N), plan.block(), 0, stream>>>(logits, targets, lse, row_loss, N, V,
+                                                                           ignore_index, static_cast<float>(ls));
+      XF_CUDA_CHECK_LAUNCH("cross_entropy_forward");
+    };
+    constexpr int Vw = vec_width<T>();
+    if (V % Vw == 0 && dev::aligned16(logits))
+      run(std::integral_constant<int, Vw>{});
+    else
+      run(std::integral_constant<int, 1>{});
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, row_loss, loss, N, V, ignore_index);
+  } else {
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, loss, 0, V, ignore_index);  // loss 0
+  }
+  XF_CUDA_CHECK_LAUNCH("cross_entropy_finalize");
+}
+
+template <class T, class I>
+void ce_backward(const T* logits, const float* lse, const I* targets, const float* dloss, const float* dlse,
+                 T* dlogits, int64_t N, int64_t V, int64_t ignore_index, double ls, Scratch scratch,
+                 cudaStream_t stream) {
+  if (N == 0) return;
+  float* coef = scratch.take<float>(1, "cross_entropy_backward");
+  ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, dloss, coef, N, V, ignore_index);
+  XF_CUDA_CHECK_LAUNCH("cross_entropy_coef");
+  auto run = [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    const RowPlan plan = plan_ce(V, W);
+    ce_backward_kernel<T, I, W><<<plan.grid(N), plan.block(), 0, stream>>>(logits, lse, targets, coef, dlse, dlogits,
+                                                                          N, V, ignore_index, static_cast<float>(ls));
+    XF_CUDA_CHECK_LAUNCH("cross_entropy_backward");
+  };
+  constexpr int Vw = vec_width<T>();
+  if (V % Vw == 0 && all_aligned16({logits, dlogits}))
+    run(std::integral_constant<int, Vw>{});
+  else
+    run(std::integral_constant<int, 1>{});
+}
+
+// in: logits (N, V), targets (N) i32/i64;  out: loss (1,) f32, lse (N) f32
+void ce_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const CrossEntropyOp&>(op_);
+  CudaContext& cc = context_of(ctx);
+  launch_cross_entropy_forward(in[0].dtype(), in[0].raw_data(), in[1].dtype(), in[1].raw_data(), out[0].data<float>(),
+                               out[1].data<float>(), in[0].shape()[0], in[0].shape()[1], op.ignore_index,
+                               op.label_smoothing, cc.workspace(), cc.workspace_bytes(), cc.stream());
+}
+
+// in: logits (N, V), lse (N) f32, targets (N), dloss (1,) f32, [dlse (N) f32];  out: dlogits (N, V)
+void ce_backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                           const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const CrossEntropyBackwardOp&>(op_);
+  CudaContext& cc = context_of(ctx);
+  launch_cross_entropy_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(), in[2].dtype(), in[2].raw_data(),
+                                in[3].data<float>(), op.has_dlse ? in[4].data<float>() : nullptr, out[0].raw_data(),
+                                in[0].shape()[0], in[0].shape()[1], op.ignore_index, op.label_smoothing,
+                                cc.workspace(), cc.workspace_bytes(), cc.stream());
+}
+
+}  // namespace
+
+// ---- plain launchers (ops/cuda/norm_launch.h) --------------------------------------------------------------------
+
+void launch_cross_entropy_forward(DType dtype, const void* logits, DType targets_dtype, const void* targets,
+                                  float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
+                                  double label_smoothing, void* workspace, size_t workspace_bytes,
+                                  CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(dtype, "cross_entropy", T, {
+    XF_DISPATCH_INDEX(targets_dtype, "cross_entropy", I,
+                      ce_forward<T, I>(static_cast<const T*>(logits), static_cast<const I*>(targets), loss, lse, N, V,
+                                       ignore_index, label_smoothing, Scratch{workspace, workspace_bytes}, stream));
+  });
+}
+
+void launch_cross_entropy_backward(DType dtype, const void* logits, const float* lse, DType targets_dtype,
+                                   const void* targets, const float* dloss, const float* dlse, void* dlogits,
+                                   int64_t N, int64_t V, int64_t ignore_index, double label_smoothing,
+                                   void* workspace, size_t workspace_bytes, CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(dtype, "cross_entropy_backward", T, {
+    XF_DISPATCH_INDEX(targets_dtype, "cross_entropy_backward", I,
+                      ce_backward<T, I>(static_cast<const T*>(logits), lse, static_cast<const I*>(targets), dloss,
+                                        dlse, static_cast<T*>(dlogits), N, V, ignore_index, label_smoothing,
+                                        Scratch{workspace, workspace_bytes}, stream));
+  });
+}
+
+void register_cross_entropy(KernelRegistry& r) {
+  r.add("cross_entropy", Device::Kind::cuda, ce_kernel);
+  r.add("cross_entropy_backward", Device::Kind::cuda, ce_backward_kernel_fn);
+}
 
 }  // namespace xfr::cuda

@@ -1,8 +1,465 @@
-// CUDA kernels of ops/norm.h (layernorm, layernorm_backward, rmsnorm, rmsnorm_backward): being written (this session); registers nothing yet.
-#include "ops/cuda/common.cuh"
+// CUDA kernels of ops/norm.h (layernorm, layernorm_backward, rmsnorm, rmsnorm_backward).
+//
+// Forward: one row per warp (C up to 32 lanes x 8 packs: 1024 f32 or 2048 16-bit elements) or per block
+// (up to 512 threads x 8 packs), the row's slice held in registers as packs of 16 bytes, so x is read from
+// memory once: mean, then the variance from the registers (two passes, no E[x^2] - E[x]^2 cancellation),
+// then y. Statistics in fp32, y rounded once. Rows longer than the registers hold (or C not a multiple of
+// the vector width beyond 4096) take the streaming kernel: a block per row that re-reads x (from L2) for
+// each pass.
+// Backward: the same row groups compute dx per row from two row sums, sum(g) and sum(g * xhat), and
+// accumulate dy * xhat and dy for their columns in registers over all the rows they visit (row group g
+// takes rows g, g + G, g + 2G, ...). Each row group writes its partial dgamma/dbeta row (fp32) into the
+// scratch memory, and a column reduction (ops/cuda/rowwise.cuh, fixed order) sums the G partial rows: no
+// atomics, the same bits every run. G depends only on the sizes.
+#include "ops/cuda/norm_launch.h"
+#include "ops/cuda/rowwise.cuh"
+#include "ops/norm.h"
 
 namespace xfr::cuda {
 
-void register_norm(KernelRegistry& r) {}
+namespace {
+
+// Packs (16 bytes each) of x a forward thread holds: 8 = 32 registers, with y's computation well within
+// the 128 registers that __launch_bounds__(512) allows.
+constexpr int kFwdMaxIters = 8;
+// Packs a backward thread holds: x and dy plus two fp32 accumulators per element (dgamma, dbeta), at most 16
+// elements per thread: 32 accumulator registers and 8 (16-bit) or 16 (f32) for the packs. 32 elements of
+// 16-bit data (4 packs) spill at the 128 registers of __launch_bounds__(512).
+template <int W>
+constexpr int bwd_max_iters() {
+  return W == 1 ? 8 : 16 / W;
+}
+// Threads the backward's row groups should total: ~ 132 SMs x 1024, what a kernel of this register use
+// keeps resident on an H100/H200; more groups would only add partial rows to reduce.
+constexpr int64_t kBwdTargetThreads = int64_t(1) << 17;
+// Least rows a backward row group visits, so its partial row (C fp32 per parameter) adds at most 1/8 of
+// the data it summarises to the memory traffic.
+constexpr int64_t kBwdMinRowsPerGroup = 8;
+
+// ---- forward ------------------------------------------------------------------------------------------------
+
+template <class T, int W, int kIters, bool kRms>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    norm_forward_kernel(const T* __restrict__ x,      // (rows, C)
+                        const T* __restrict__ gamma,  // (C) or null
+                        const T* __restrict__ beta,   // (C) or null; null for rmsnorm
+                        T* __restrict__ y,            // (rows, C)
+                        float* __restrict__ mean,     // (rows); null for rmsnorm
+                        float* __restrict__ rstd,     // (rows)
+                        int64_t rows, int64_t C, float eps) {
+  const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const float inv_c = 1.f / static_cast<float>(C);
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
+       row += int64_t(gridDim.x) * blockDim.y) {
+    const T* xr = x + row * C;
+    dev::Pack<T, W> xv[kIters];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (c < C) {
+        xv[k] = dev::load_pack<T, W>(xr + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) s += kRms ? 0.f : dev::to_float(xv[k].v[e]);
+      }
+    }
+    const float m = kRms ? 0.f : dev::row_sum(s) * inv_c;
+    float q = 0.f;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (c < C) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float d = dev::to_float(xv[k].v[e]) - m;
+          q += d * d;
+        }
+      }
+    }
+    const float rs = 1.f / sqrtf(dev::row_sum(q) * inv_c + eps);
+    if (tid == 0) {
+      if (mean) mean[row] = m;
+      rstd[row] = rs;
+    }
+    T* yr = y + row * C;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (c < C) {
+        dev::Pack<T, W> g, b, out;
+        if (gamma) g = dev::load_pack<T, W>(gamma + c);
+        if (beta) b = dev::load_pack<T, W>(beta + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          float v = (dev::to_float(xv[k].v[e]) - m) * rs;
+          if (gamma) v *= dev::to_float(g.v[e]);
+          if (beta) v += dev::to_float(b.v[e]);
+          out.v[e] = dev::from_float<T>(v);
+        }
+        dev::store_pack<T, W>(yr + c, out);
+      }
+    }
+  }
+}
+
+// Rows too long for registers: a block per row, three passes over x (mean, variance, y).
+template <class T, int W, bool kRms>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    norm_forward_streaming_kernel(const T* __restrict__ x,      // (rows, C)
+                                  const T* __restrict__ gamma,  // (C) or null
+                                  const T* __restrict__ beta,   // (C) or null
+                                  T* __restrict__ y,            // (rows, C)
+                                  float* __restrict__ mean,     // (rows) or null
+                                  float* __restrict__ rstd,     // (rows)
+                                  int64_t rows, int64_t C, float eps) {
+  const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
+  const float inv_c = 1.f / static_cast<float>(C);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * C;
+    float s = 0.f;
+    if (!kRms)
+      for (int64_t c = tid * W; c < C; c += step) {
+        const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) s += dev::to_float(v.v[e]);
+      }
+    const float m = kRms ? 0.f : dev::block_sum(s) * inv_c;
+    float q = 0.f;
+    for (int64_t c = tid * W; c < C; c += step) {
+      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const float d = dev::to_float(v.v[e]) - m;
+        q += d * d;
+      }
+    }
+    const float rs = 1.f / sqrtf(dev::block_sum(q) * inv_c + eps);
+    if (tid == 0) {
+      if (mean) mean[row] = m;
+      rstd[row] = rs;
+    }
+    T* yr = y + row * C;
+    for (int64_t c = tid * W; c < C; c += step) {
+      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+      dev::Pack<T, W> g, b, out;
+      if (gamma) g = dev::load_pack<T, W>(gamma + c);
+      if (beta) b = dev::load_pack<T, W>(beta + c);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        float o = (dev::to_float(v.v[e]) - m) * rs;
+        if (gamma) o *= dev::to_float(g.v[e]);
+        if (beta) o += dev::to_float(b.v[e]);
+        out.v[e] = dev::from_float<T>(o);
+      }
+      dev::store_pack<T, W>(yr + c, out);
+    }
+  }
+}
+
+template <class T, bool kRms>
+void norm_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd, int64_t rows, int64_t C,
+                  double eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  constexpr int V = vec_width<T>();
+  const float feps = static_cast<float>(eps);
+  auto run = [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    const RowPlan plan = plan_rows(C, W, kFwdMaxIters);
+    if (plan.iters == 0) {
+      const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
+      norm_forward_streaming_kernel<T, W, kRms>
+          <<<grid, kMaxRowThreads, 0, stream>>>(x, gamma, beta, y, mean, rstd, rows, C, feps);
+      XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
+      return;
+    }
+    with_iters<kFwdMaxIters>(plan.iters, [&](auto iters) {
+      norm_forward_kernel<T, W, decltype(iters)::value, kRms>
+          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, gamma, beta, y, mean, rstd, rows, C, feps);
+      XF_CUDA_CHECK_LAUNCH("norm_forward");
+    });
+  };
+  if (C % V == 0 && all_aligned16({x, gamma, beta, y}))
+    run(std::integral_constant<int, V>{});
+  else
+    run(std::integral_constant<int, 1>{});
+}
+
+// ---- backward -------------------------------------------------------------------------------------------------
+
+// dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
+// pgamma[group] += dy * xhat and pbeta[group] += dy over the group's rows.
+template <class T, int W, int kIters, bool kRms>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    norm_backward_kernel(const T* __restrict__ x,         // (rows, C)
+                         const float* __restrict__ mean,  // (rows); null for rmsnorm
+                         const float* __restrict__ rstd,  // (rows)
+                         const T* __restrict__ gamma,     // (C) or null
+                         const T* __restrict__ dy,        // (rows, C)
+                         T* __restrict__ dx,              // (rows, C)
+                         float* __restrict__ pgamma,      // (groups, C) or null
+                         float* __restrict__ pbeta,       // (groups, C) or null
+                         int64_t rows, int64_t C) {
+  const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const int64_t group = int64_t(blockIdx.x) * blockDim.y + threadIdx.y, groups = int64_t(gridDim.x) * blockDim.y;
+  const float inv_c = 1.f / static_cast<float>(C);
+  float ag[kIters][W], ab[kIters][W];
+#pragma unroll
+  for (int k = 0; k < kIters; ++k)
+#pragma unroll
+    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
+  for (int64_t row = group; row < rows; row += groups) {
+    const float m = kRms ? 0.f : mean[row], rs = rstd[row];
+    dev::Pack<T, W> xv[kIters], dv[kIters];
+    float sg = 0.f, sgx = 0.f;  // sum(g), sum(g * xhat)
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (c < C) {
+        xv[k] = dev::load_pack<T, W>(x + row * C + c);
+        dv[k] = dev::load_pack<T, W>(dy + row * C + c);
+        dev::Pack<T, W> gp;
+        if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
+          const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
+          sg += g;
+          sgx += g * xh;
+          ag[k][e] += d * xh;
+          ab[k][e] += d;
+        }
+      }
+    }
+    const float2 sums = dev::row_sum2(sg, sgx);
+    const float a = kRms ? 0.f : sums.x * inv_c, b = sums.y * inv_c;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (c < C) {
+        dev::Pack<T, W> gp, out;
+        if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
+          const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
+          out.v[e] = dev::from_float<T>(rs * (g - a - xh * b));
+        }
+        dev::store_pack<T, W>(dx + row * C + c, out);
+      }
+    }
+  }
+  if (!pgamma && !pbeta) return;
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int64_t c = (tid + k * tpr) * W;
+    if (c < C)
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        if (pgamma) pgamma[group * C + c + e] = ag[k][e];
+        if (pbeta) pbeta[group * C + c + e] = ab[k][e];
+      }
+  }
+}
+
+// Rows too long for registers: a block per row group, two passes over the row (the sums, then dx), the
+// group's partial rows accumulated in place in the scratch memory (each column owned by one thread).
+template <class T, int W, bool kRms>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    norm_backward_streaming_kernel(const T* __restrict__ x,         // (rows, C)
+                                   const float* __restrict__ mean,  // (rows) or null
+                                   const float* __restrict__ rstd,  // (rows)
+                                   const T* __restrict__ gamma,     // (C) or null
+                                   const T* __restrict__ dy,        // (rows, C)
+                                   T* __restrict__ dx,              // (rows, C)
+                                   float* __restrict__ pgamma,      // (gridDim.x, C) or null
+                                   float* __restrict__ pbeta,       // (gridDim.x, C) or null
+                                   int64_t rows, int64_t C) {
+  const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
+  const float inv_c = 1.f / static_cast<float>(C);
+  float* pg = pgamma ? pgamma + int64_t(blockIdx.x) * C : nullptr;
+  float* pb = pbeta ? pbeta + int64_t(blockIdx.x) * C : nullptr;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const bool first = row == blockIdx.x;
+    const float m = kRms ? 0.f : mean[row], rs = rstd[row];
+    const T* xr = x + row * C;
+    const T* dr = dy + row * C;
+    float sg = 0.f, sgx = 0.f;
+    for (int64_t c = tid * W; c < C; c += step) {
+      const dev::Pack<T, W> xv = dev::load_pack<T, W>(xr + c), dv = dev::load_pack<T, W>(dr + c);
+      dev::Pack<T, W> gp;
+      if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
+        const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
+        sg += g;
+        sgx += g * xh;
+      }
+    }
+    const float2 sums = dev::block_sum2(sg, sgx);
+    const float a = kRms ? 0.f : sums.x * inv_c, b = sums.y * inv_c;
+    for (int64_t c = tid * W; c < C; c += step) {
+      const dev::Pack<T, W> xv = dev::load_pack<T, W>(xr + c), dv = dev::load_pack<T, W>(dr + c);
+      dev::Pack<T, W> gp, out;
+      if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
+        const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
+        out.v[e] = dev::from_float<T>(rs * (g - a - xh * b));
+        if (pg) pg[c + e] = (first ? 0.f : pg[c + e]) + d * xh;
+        if (pb) pb[c + e] = (first ? 0.f : pb[c + e]) + d;
+      }
+      dev::store_pack<T, W>(dx + row * C + c, out);
+    }
+  }
+}
+
+template <class T, bool kRms>
+void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, T* dx, T* dgamma,
+                   T* dbeta, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
+  const char* op = kRms ? "rmsnorm_backward" : "layernorm_backward";
+  if (rows == 0) {  // sums over no rows
+    if (dgamma) XF_CUDA_CHECK(cudaMemsetAsync(dgamma, 0, static_cast<size_t>(C) * sizeof(T), stream));
+    if (dbeta) XF_CUDA_CHECK(cudaMemsetAsync(dbeta, 0, static_cast<size_t>(C) * sizeof(T), stream));
+    return;
+  }
+  constexpr int V = vec_width<T>();
+  const int nparts = (dgamma != nullptr) + (dbeta != nullptr);
+  auto run = [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    constexpr int kMaxIters = bwd_max_iters<W>();
+    const RowPlan plan = plan_rows(C, W, kMaxIters);
+    const int rpb = plan.iters == 0 ? 1 : plan.rows_per_block;
+    const int threads = plan.iters == 0 ? kMaxRowThreads : plan.threads;
+    int64_t blocks = ceil_div(rows, rpb);
+    float *pg = nullptr, *pb = nullptr;
+    if (nparts > 0) {
+      blocks = std::min(blocks, ceil_div(ceil_div(rows, kBwdMinRowsPerGroup), rpb));
+      blocks = std::min(blocks, ceil_div(kBwdTargetThreads / threads, rpb));
+      // Room for the partial rows, with 256 bytes per array for alignment.
+      const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * rpb);
+      blocks = std::max<int64_t>(1, std::min(blocks, fit));
+      const int64_t groups = blocks * rpb;
+      if (dgamma) pg = scratch.take<float>(groups * C, op);
+      if (dbeta) pb = scratch.take<float>(groups * C, op);
+    }
+    blocks = std::min(blocks, kMaxGrid);
+    if (plan.iters == 0) {
+      norm_backward_streaming_kernel<T, W, kRms><<<static_cast<unsigned>(blocks), kMaxRowThreads, 0, stream>>>(
+          x, mean, rstd, gamma, dy, dx, pg, pb, rows, C);
+      XF_CUDA_CHECK_LAUNCH("norm_backward_streaming");
+    } else {
+      with_iters<kMaxIters>(plan.iters, [&](auto iters) {
+        norm_backward_kernel<T, W, decltype(iters)::value, kRms>
+            <<<static_cast<unsigned>(blocks), plan.block(), 0, stream>>>(x, mean, rstd, gamma, dy, dx, pg, pb,
+                                                                          rows, C);
+        XF_CUDA_CHECK_LAUNCH("norm_backward");
+      });
+    }
+    const int64_t groups = blocks * rpb;
+    if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, groups, C, 1.f, scratch, stream);
+    if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, groups, C, 1.f, scratch, stream);
+  };
+  if (C % V == 0 && all_aligned16({x, gamma, dy, dx}))
+    run(std::integral_constant<int, V>{});
+  else
+    run(std::integral_constant<int, 1>{});
+}
+
+// ---- graph kernels ---------------------------------------------------------------------------------------------
+
+// in: x (..., C), [gamma (C)], [beta (C)];  out: y (..., C), mean (rows) f32, rstd (rows) f32
+void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                      const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const LayerNormOp&>(op_);
+  const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
+  const void* gamma = op.has_gamma ? in[1].raw_data() : nullptr;
+  const void* beta = op.has_beta ? in[1 + static_cast<size_t>(op.has_gamma)].raw_data() : nullptr;
+  launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), gamma, beta, out[0].raw_data(), out[1].data<float>(),
+                           out[2].data<float>(), rows, C, op.eps, stream_of(ctx));
+}
+
+// in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C);
+// out: dx (..., C), [dgamma (C)], [dbeta (C)]
+void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                               const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const LayerNormBackwardOp&>(op_);
+  const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
+  size_t k = 1;
+  void* dgamma = op.want_dgamma ? out[k++].raw_data() : nullptr;
+  void* dbeta = op.want_dbeta ? out[k++].raw_data() : nullptr;
+  CudaContext& cc = context_of(ctx);
+  launch_layernorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(), in[2].data<float>(),
+                            op.has_gamma ? in[3].raw_data() : nullptr, in.back().raw_data(), out[0].raw_data(),
+                            dgamma, dbeta, rows, C, cc.workspace(), cc.workspace_bytes(), cc.stream());
+}
+
+// in: x (..., C), [gamma (C)];  out: y (..., C), rstd (rows) f32
+void rmsnorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                    const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const RMSNormOp&>(op_);
+  const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
+  launch_rmsnorm_forward(in[0].dtype(), in[0].raw_data(), op.has_gamma ? in[1].raw_data() : nullptr,
+                         out[0].raw_data(), out[1].data<float>(), rows, C, op.eps, stream_of(ctx));
+}
+
+// in: x (..., C), rstd (rows) f32, [gamma (C)], dy (..., C);  out: dx (..., C), [dgamma (C)]
+void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                             const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const RMSNormBackwardOp&>(op_);
+  const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
+  CudaContext& cc = context_of(ctx);
+  launch_rmsnorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(),
+                          op.has_gamma ? in[2].raw_data() : nullptr, in.back().raw_data(), out[0].raw_data(),
+                          op.want_dgamma ? out[1].raw_data() : nullptr, rows, C, cc.workspace(),
+                          cc.workspace_bytes(), cc.stream());
+}
+
+}  // namespace
+
+// ---- plain launchers (ops/cuda/norm_launch.h) --------------------------------------------------------------------
+
+void launch_layernorm_forward(DType dtype, const void* x, const void* gamma, const void* beta, void* y, float* mean,
+                              float* rstd, int64_t rows, int64_t C, double eps, CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(dtype, "layernorm", T,
+                         norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(gamma),
+                                                static_cast<const T*>(beta), static_cast<T*>(y), mean, rstd, rows,
+                                                C, eps, stream));
+}
+
+void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
+                               const void* dy, void* dx, void* dgamma, void* dbeta, int64_t rows, int64_t C,
+                               void* workspace, size_t workspace_bytes, CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(
+      dtype, "layernorm_backward", T,
+      norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
+                              static_cast<const T*>(dy), static_cast<T*>(dx), static_cast<T*>(dgamma),
+                              static_cast<T*>(dbeta), rows, C, Scratch{workspace, workspace_bytes}, stream));
+}
+
+void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
+                            int64_t C, double eps, CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm", T,
+                         norm_forward<T, true>(static_cast<const T*>(x), static_cast<const T*>(gamma), nullptr,
+                                               static_cast<T*>(y), nullptr, rstd, rows, C, eps, stream));
+}
+
+void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,
+                             void* dx, void* dgamma, int64_t rows, int64_t C, void* workspace,
+                             size_t workspace_bytes, CUstream_st* stream) {
+  XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm_backward", T,
+                         norm_backward<T, true>(static_cast<const T*>(x), nullptr, rstd, static_cast<const T*>(gamma),
+                                                static_cast<const T*>(dy), static_cast<T*>(dx),
+                                                static_cast<T*>(dgamma), nullptr, rows, C,
+                                                Scratch{workspace, workspace_bytes}, stream));
+}
+
+void register_norm(KernelRegistry& r) {
+  r.add("layernorm", Device::Kind::cuda, layernorm_kernel);
+  r.add("layernorm_backward", Device::Kind::cuda, layernorm_backward_kernel);
+  r.add("rmsnorm", Device::Kind::cuda, rmsnorm_kernel);
+  r.add("rmsnorm_backward", Device::Kind::cuda, rmsnorm_backward_kernel);
+}
 
 }  // namespace xfr::cuda

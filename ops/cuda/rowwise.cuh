@@ -1,0 +1,314 @@
+// Host-side pieces shared by the row-wise CUDA kernels (ops/cuda/norm.cu, softmax.cu, cross_entropy.cu,
+// reduce.cu): how many threads work on one row, and the deterministic two-stage row and column reductions
+// (per-chunk partial results in fp32 in the caller's scratch memory, then a final pass in a fixed order; no
+// float atomics, so every run gives the same bits).
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/device/rows.cuh"
+
+namespace xfr::cuda {
+
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int pow2_ceil(int64_t v) {
+  int p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// Row kernels run at __launch_bounds__(kMaxRowThreads): 512 threads per block lets the compiler give each
+// thread up to 128 registers (64K per SM), room for a row slice held in registers; 1024 would cap it at 64.
+constexpr int kMaxRowThreads = 512;
+// A warp per row: 4 warps per block (128 threads), small enough that 16 blocks are resident per SM and a
+// ragged last block wastes little.
+constexpr int kWarpRowsPerBlock = 4;
+// Largest grid a row kernel is launched with; kernels loop over rows beyond it (grid-stride).
+constexpr int64_t kMaxGrid = int64_t(1) << 30;
+
+// How one row of `cols` elements, moved `width` at a time (packs), is spread over threads.
+struct RowPlan {
+  int threads = 32;        // threads per row: 32 (a warp) or a multiple of 32 up to kMaxRowThreads (a block)
+  int rows_per_block = 1;  // kWarpRowsPerBlock with a warp per row, else 1
+  int iters = 0;           // packs per thread: a power of two up to max_iters; 0 = the row does not fit in
+                           // registers (the caller's streaming path)
+  dim3 block() const { return dim3(static_cast<unsigned>(threads), static_cast<unsigned>(rows_per_block)); }
+  unsigned grid(int64_t rows) const {
+    return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(rows, rows_per_block), 1, kMaxGrid));
+  }
+};
+
+// A warp when a row fits in max_iters packs per lane; otherwise the fewest threads (a multiple of 32) that
+// hold it with a power-of-two number of packs each.
+inline RowPlan plan_rows(int64_t cols, int width, int max_iters) {
+  const int64_t packs = ceil_div(cols, width);
+  RowPlan p;
+  if (packs <= 32 * int64_t(max_iters)) {
+    p.threads = 32;
+    p.rows_per_block = kWarpRowsPerBlock;
+    p.iters = pow2_ceil(ceil_div(packs, 32));
+    return p;
+  }
+  const int64_t min_threads = round_up(ceil_div(packs, max_iters), 32);
+  if (min_threads > kMaxRowThreads) return RowPlan{kMaxRowThreads, 1, 0};
+  p.iters = pow2_ceil(ceil_div(packs, min_threads));  // <= max_iters, a power of two
+  p.threads = static_cast<int>(round_up(ceil_div(packs, p.iters), 32));
+  p.rows_per_block = 1;
+  return p;
+}
+
+// Calls f(std::integral_constant<int, N>{}) for N = iters, a power of two up to kMax (only those N are
+// instantiated).
+template <int kMax, class F>
+void with_iters(int iters, F&& f) {
+  static_assert(kMax == 1 || kMax == 2 || kMax == 4 || kMax == 8, "packs per thread: 1, 2, 4 or 8");
+  if (iters == 1) return f(std::integral_constant<int, 1>{});
+  if constexpr (kMax >= 2)
+    if (iters == 2) return f(std::integral_constant<int, 2>{});
+  if constexpr (kMax >= 4)
+    if (iters == 4) return f(std::integral_constant<int, 4>{});
+  if constexpr (kMax >= 8)
+    if (iters == 8) return f(std::integral_constant<int, 8>{});
+  throw Error("cuda", str_cat("internal: no row kernel for ", iters, " packs per thread"));
+}
+
+// Elements per 16-byte vector of T.
+template <class T>
+constexpr int vec_width() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+// Whether every pointer is 16-byte aligned (null pointers are absent inputs and do not count).
+inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (p && !dev::aligned16(p)) return false;
+  return true;
+}
+
+// Scratch memory handed down to a launcher: `bytes` at `ptr` (the context's workspace, or a benchmark's
+// buffer). Each launcher takes what it needs from the front and passes on the rest.
+struct Scratch {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  // The first n elements of type U, 256-byte aligned; throws when they do not fit.
+  template <class U>
+  U* take(int64_t n, const char* op) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(ptr);
+    const uintptr_t start = (base + 255) & ~uintptr_t(255);
+    const size_t need = static_cast<size_t>(n) * sizeof(U) + (start - base);
+    XF_CHECK(need <= bytes, op, "needs ", need, " bytes of CUDA scratch memory, has ", bytes);
+    ptr = reinterpret_cast<void*>(start + static_cast<size_t>(n) * sizeof(U));
+    bytes -= need;
+    return reinterpret_cast<U*>(start);
+  }
+  // How many elements of U (after alignment) still fit.
+  template <class U>
+  int64_t room() const {
+    return bytes > 256 ? static_cast<int64_t>((bytes - 256) / sizeof(U)) : 0;
+  }
+};
+
+// ---- deterministic reductions over an axis ---------------------------------------------------------------
+// Both reduce x (O, R, K) over R, for sum (y = scale * sum) or max (y = max, y_idx = the index of the
+// winner: in_idx[element] when in_idx is given, else its r). A stage reduces chunk s of S chunks of R for
+// every (o, k) into y[(o * S + s) * K + k]: with S == 1 that is the result (rounded to TOut once); with
+// S > 1 fp32 partial results, reduced again with S == 1.
+enum class ReduceMode { sum, max };
+
+// Column reduction (K > 1): a 256-thread block = 32 column packs x 8 row lanes. Each thread accumulates its
+// W columns over rows r0 + lane, r0 + lane + 8, ..., then lanes are combined in lane order through shared
+// memory. W == vec_width<TIn>() needs K % W == 0 and a 16-byte aligned x.
+constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row of a pack read per lane per step
+
+template <class TIn, class TOut, int W, ReduceMode kMode>
+__global__ void __launch_bounds__(32 * kColLanes)
+    column_reduce_kernel(const TIn* __restrict__ x,          // (O, R, K)
+                         const int64_t* __restrict__ in_idx,  // (O, R, K) or null
+                         TOut* __restrict__ y,                // (O, S, K)
+                         int64_t* __restrict__ y_idx,         // (O, S, K) (max only)
+                         int64_t O, int64_t R, int64_t K, int64_t S, float scale) {
+  constexpr bool kMax = kMode == ReduceMode::max;
+  __shared__ float sv[kColLanes][32 * W];
+  __shared__ int64_t si[kMax ? kColLanes : 1][32 * W];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t col_blocks = ceil_div(K, 32 * W), units = col_blocks * S * O;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int64_t cb = u % col_blocks, s = (u / col_blocks) % S, o = u / (col_blocks * S);
+    const int64_t r0 = R * s / S, r1 = R * (s + 1) / S;
+    const int64_t c0 = (cb * 32 + tx) * W;
+    float acc[W];
+    int64_t at[W];
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      acc[e] = kMax ? -INFINITY : 0.f;
+      at[e] = dev::kNoIndex;
+    }
+    if (c0 < K) {
+      for (int64_t r = r0 + ty; r < r1; r += kColLanes) {
+        const int64_t off = (o * R + r) * K + c0;
+        const dev::Pack<TIn, W> p = dev::load_pack<TIn, W>(x + off);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float v = dev::to_float(p.v[e]);
+          if constexpr (kMax) {
+            const int64_t i = in_idx ? in_idx[off + e] : r;
+            if (dev::beats(v, i, acc[e], at[e])) {
+              acc[e] = v;
+              at[e] = i;
+            }
+          } else {
+            acc[e] += v;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      sv[ty][tx * W + e] = acc[e];
+      if constexpr (kMax) si[ty][tx * W + e] = at[e];
+    }
+    __syncthreads();
+    if (ty == 0 && c0 < K) {
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        float a = sv[0][tx * W + e];
+        int64_t ai = kMax ? si[0][tx * W + e] : 0;
+        for (int l = 1; l < kColLanes; ++l) {
+          if constexpr (kMax) {
+            if (dev::beats(sv[l][tx * W + e], si[l][tx * W + e], a, ai)) {
+              a = sv[l][tx * W + e];
+              ai = si[l][tx * W + e];
+            }
+          } else {
+            a += sv[l][tx * W + e];
+          }
+        }
+        const int64_t dst = (o * S + s) * K + c0 + e;
+        y[dst] = dev::from_float<TOut>(kMax ? a : a * scale);
+        if constexpr (kMax) y_idx[dst] = ai;
+      }
+    }
+    __syncthreads();  // sv is rewritten by the next unit
+  }
+}
+
+// Row reduction (K == 1): one warp per (o, s), 8 warps per 256-thread block. Lanes take packs
+// lane, lane + 32, ... of the chunk, then combine through the warp's shuffle tree. W ==
+// vec_width<TIn>() needs R % W == 0 and a 16-byte aligned x (chunk bounds are then whole packs).
+constexpr int kRowWarpsPerBlock = 8;  // 256 threads: the usual block size for memory-bound kernels
+
+template <class TIn, class TOut, int W, ReduceMode kMode>
+__global__ void __launch_bounds__(32 * kRowWarpsPerBlock)
+    row_reduce_kernel(const TIn* __restrict__ x,          // (O, R)
+                      const int64_t* __restrict__ in_idx,  // (O, R) or null
+                      TOut* __restrict__ y,                // (O, S)
+                      int64_t* __restrict__ y_idx,         // (O, S) (max only)
+                      int64_t O, int64_t R, int64_t S, float scale) {
+  constexpr bool kMax = kMode == ReduceMode::max;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kRowWarpsPerBlock, units = O * S;
+  const int64_t packs = R / W;  // W > 1 only when R % W == 0
+  for (int64_t u = int64_t(blockIdx.x) * kRowWarpsPerBlock + (threadIdx.x >> 5); u < units; u += warps) {
+    const int64_t o = u / S, s = u % S;
+    const int64_t p0 = packs * s / S, p1 = packs * (s + 1) / S;
+    float acc = kMax ? -INFINITY : 0.f;
+    int64_t at = dev::kNoIndex;
+    for (int64_t p = p0 + lane; p < p1; p += 32) {
+      const int64_t off = o * R + p * W;
+      const dev::Pack<TIn, W> v = dev::load_pack<TIn, W>(x + off);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const float f = dev::to_float(v.v[e]);
+        if constexpr (kMax) {
+          const int64_t i = in_idx ? in_idx[off + e] : p * W + e;
+          if (dev::beats(f, i, acc, at)) {
+            acc = f;
+            at = i;
+          }
+        } else {
+          acc += f;
+        }
+      }
+    }
+    if constexpr (kMax) {
+      dev::warp_argmax(acc, at);
+    } else {
+      acc = dev::warp_sum(acc);
+    }
+    if (lane == 0) {
+      y[o * S + s] = dev::from_float<TOut>(kMax ? acc : acc * scale);
+      if constexpr (kMax) y_idx[o * S + s] = at;
+    }
+  }
+}
+
+// Blocks that keep an H100/H200 busy with 256-thread blocks: 132 SMs x 8 resident blocks ~ 1024.
+constexpr int64_t kTargetBlocks = 1024;
+// A column chunk has at least 64 rows (8 per lane), so its partial row (K floats) is at most 1/64 of the
+// rows it reduces.
+constexpr int64_t kMinColumnChunk = 64;
+// A row chunk has at least 2048 elements (64 per lane), so a partial result is 1/2048 of its input.
+constexpr int64_t kMinRowChunk = 2048;
+
+template <class TIn, class TOut, int W, ReduceMode kMode>
+void launch_reduce_stage(const TIn* x, const int64_t* in_idx, TOut* y, int64_t* y_idx, int64_t O, int64_t R,
+                         int64_t K, int64_t S, float scale, cudaStream_t stream) {
+  if (K == 1) {
+    const int64_t blocks = std::clamp<int64_t>(ceil_div(O * S, kRowWarpsPerBlock), 1, kMaxGrid);
+    row_reduce_kernel<TIn, TOut, W, kMode>
+        <<<static_cast<unsigned>(blocks), 32 * kRowWarpsPerBlock, 0, stream>>>(x, in_idx, y, y_idx, O, R, S, scale);
+    XF_CUDA_CHECK_LAUNCH("row_reduce");
+  } else {
+    const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
+    column_reduce_kernel<TIn, TOut, W, kMode><<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(
+        x, in_idx, y, y_idx, O, R, K, S, scale);
+    XF_CUDA_CHECK_LAUNCH("column_reduce");
+  }
+}
+
+// Picks the pack width for x (O, R, K): 16-byte vectors when every row of a pack stays aligned.
+template <class TIn, class TOut, ReduceMode kMode>
+void launch_reduce_stage_any_width(const TIn* x, const int64_t* in_idx, TOut* y, int64_t* y_idx, int64_t O,
+                                   int64_t R, int64_t K, int64_t S, float scale, cudaStream_t stream) {
+  constexpr int V = vec_width<TIn>();
+  const int64_t inner = K == 1 ? R : K;  // the contiguous extent a pack must divide
+  if (inner % V == 0 && dev::aligned16(x))
+    launch_reduce_stage<TIn, TOut, V, kMode>(x, in_idx, y, y_idx, O, R, K, S, scale, stream);
+  else
+    launch_reduce_stage<TIn, TOut, 1, kMode>(x, in_idx, y, y_idx, O, R, K, S, scale, stream);
+}
+
+// y (O, K) = scale * sum over R of x (O, R, K), or (max) y = max, y_idx = arg-max (r, or in_idx's entry).
+// Splits R into chunks when (O, K) alone would leave the GPU idle; the chunk results (fp32) live in
+// `scratch` (fewer chunks when it is small). Deterministic: the split depends only on the sizes.
+template <class TIn, class TOut, ReduceMode kMode>
+void reduce_axis(const TIn* x,          // (O, R, K)
+                 const int64_t* in_idx,  // (O, R, K) or null
+                 TOut* y,                // (O, K)
+                 int64_t* y_idx,         // (O, K), max only
+                 int64_t O, int64_t R, int64_t K, float scale, Scratch scratch, cudaStream_t stream) {
+  if (O * K == 0) return;
+  int64_t S = 1;
+  if (K == 1) {
+    S = std::min(ceil_div(kTargetBlocks * kRowWarpsPerBlock, O), R / kMinRowChunk);
+  } else {
+    S = std::min(ceil_div(kTargetBlocks, ceil_div(K, 32 * vec_width<TIn>()) * O), R / kMinColumnChunk);
+  }
+  const int64_t per_partial = sizeof(float) + (kMode == ReduceMode::max ? sizeof(int64_t) : 0);
+  // Fewer chunks when the scratch memory is small (512 bytes: the alignment of the two partial arrays).
+  const int64_t usable = scratch.bytes > 512 ? static_cast<int64_t>(scratch.bytes - 512) : 0;
+  S = std::min(S, usable / (O * K * per_partial));
+  if (S <= 1) {
+    launch_reduce_stage_any_width<TIn, TOut, kMode>(x, in_idx, y, y_idx, O, R, K, 1, scale, stream);
+    return;
+  }
+  float* part = scratch.take<float>(O * S * K, "reduce");
+  int64_t* part_idx = kMode == ReduceMode::max ? scratch.take<int64_t>(O * S * K, "reduce") : nullptr;
+  launch_reduce_stage_any_width<TIn, float, kMode>(x, in_idx, part, part_idx, O, R, K, S, 1.f, stream);
+  launch_reduce_stage_any_width<float, TOut, kMode>(part, part_idx, y, y_idx, O, S, K, 1, scale, stream);
+}
+
+}  // namespace xfr::cuda
