@@ -18,6 +18,7 @@ void register_activation(KernelRegistry& r);
 void register_rotary(KernelRegistry& r);
 void register_cast(KernelRegistry& r);
 void register_linear(KernelRegistry& r);
+void register_flash_attention(KernelRegistry& r);
 }  // namespace xfr::cpu
 
 namespace xfr {
@@ -39,6 +40,7 @@ void register_cpu_kernels(KernelRegistry& r) {
   cpu::register_rotary(r);
   cpu::register_cast(r);
   cpu::register_linear(r);
+  cpu::register_flash_attention(r);
 }
 
 }  // namespace xfr

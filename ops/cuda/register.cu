@@ -18,6 +18,7 @@ void register_shape_ops(KernelRegistry& r);
 void register_positional(KernelRegistry& r);
 void register_rotary(KernelRegistry& r);
 void register_kv_cache(KernelRegistry& r);
+void register_flash_attention(KernelRegistry& r);
 }  // namespace xfr::cuda
 
 namespace xfr {
@@ -39,6 +40,7 @@ void register_cuda_kernels(KernelRegistry& r) {
   cuda::register_positional(r);
   cuda::register_rotary(r);
   cuda::register_kv_cache(r);
+  cuda::register_flash_attention(r);
 }
 
 }  // namespace xfr

@@ -1,0 +1,248 @@
+// CPU kernels of ops/flash_attention.h: the oracle of the fused attention. Readable first; tiled so that the
+// extra memory is O(block) per task, never Sq x Sk.
+//
+// Forward, one task per (b, h): queries in blocks of kQueryBlock; for each block the running max m, running
+// sum l (both per query) and the output rows (used as the accumulator) are updated key block by key block with
+// the online softmax
+//     m' = max(m, max_j s_j),  l' = l e^(m - m') + sum_j e^(s_j - m'),  o' = o e^(m - m') + sum_j e^(s_j - m') z_j v_j
+// and finally out = o / l, lse = m + log l. z_j is the dropout factor (1 / (1 - p) or 0; 1 without dropout).
+// Causal: query i sees keys [0, min(Sk, i + 1)), so key blocks past the block's last query are skipped.
+//
+// Backward, one task per (b, kv head) so that dk and dv, summed over the G query heads of the kv head, have a
+// single writer: for each of those heads and each query i, Delta_i = dout_i . out_i - dlse_i, and for each key
+// j the query sees, P = e^(s - lse_i) (recomputed), dv_j += P z_j dout_i, dS = P (z_j dout_i . v_j - Delta_i),
+// dq_i += scale dS k_j, dk_j += scale dS q_i. The dropout factors of a row are drawn a key block at a time.
+// Parallelism is B * Hk tasks (so MQA with B = 1 runs on one thread: acceptable for the oracle).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "ops/cpu/parallel.h"
+#include "ops/dropout.h"
+#include "ops/flash_attention.h"
+#include "runtime/dispatch.h"
+#include "runtime/rng.h"
+
+namespace xfr::cpu {
+
+namespace {
+
+// 32 queries x (running max, sum) and their output rows, with one key block of 64 keys x D, stay in L1/L2 for
+// the head dims of interest (64 keys x 128 dims x 4 B = 32 KB).
+constexpr int64_t kQueryBlock = 32;
+constexpr int64_t kKeyBlock = 64;
+
+// Everything the kernels need besides the data pointers.
+template <class T>
+struct Params {
+  FlashAttentionShape s;
+  int64_t G = 1;  // query heads per kv head
+  T scale = 1;
+  bool causal = false;
+  bool dropout = false;
+  uint32_t threshold = 0;  // keep when (bits >> 8) >= threshold (ops/dropout.h)
+  T keep_scale = 1;        // 1 / (1 - p), rounded to T as the dropout op does
+  uint64_t seed = 0, offset = 0;
+
+  // Keys query i sees: [0, key_end(i)).
+  int64_t key_end(int64_t i) const { return causal ? std::min(s.Sk, i + 1) : s.Sk; }
+  // Stream element of (b, h, i, j = 0) of the implicit (B, H, Sq, Sk) probability tensor.
+  uint64_t row_stream(int64_t b, int64_t h, int64_t i) const {
+    return offset + static_cast<uint64_t>(((b * s.H + h) * s.Sq + i) * s.Sk);
+  }
+};
+
+template <class T>
+Params<T> make_params(const FlashAttentionShape& s, double scale, bool causal, double p, const KernelContext& ctx) {
+  Params<T> r;
+  r.s = s;
+  r.G = s.H / s.Hk;
+  r.scale = static_cast<T>(scale);
+  r.causal = causal;
+  r.dropout = p > 0.0;
+  if (r.dropout) {
+    r.threshold = dropout_keep_threshold(p);
+    r.keep_scale = static_cast<T>(1.0 / (1.0 - p));
+  }
+  r.seed = ctx.rng_seed;
+  r.offset = ctx.rng_offset;
+  return r;
+}
+
+// z[j] = the dropout factor of stream element start + j (keep_scale or 0), j < n; all 1 without dropout.
+template <class T>
+void dropout_factors(const Params<T>& p, uint64_t start, int64_t n, T* z) {
+  if (!p.dropout) {
+    std::fill(z, z + n, T(1));
+    return;
+  }
+  int64_t j = 0;
+  while (j < n) {  // one Philox block gives the four elements of its lanes
+    const uint64_t c = start + static_cast<uint64_t>(j);
+    const Philox4x32 r = philox_block(p.seed, c >> 2);
+    for (unsigned lane = static_cast<unsigned>(c & 3u); lane < 4u && j < n; ++lane, ++j)
+      z[j] = (r.x[lane] >> 8) >= p.threshold ? p.keep_scale : T(0);
+  }
+}
+
+template <class T>
+T dot(const T* a, const T* b, int64_t n) {
+  T acc = 0;
+  for (int64_t d = 0; d < n; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+// y += a x
+template <class T>
+void axpy(T a, const T* x, T* y, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+}
+
+// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> out: (B, H, Sq, D), lse: (B, H, Sq); one (b, h) pair.
+template <class T>
+void forward_head(const Params<T>& p, int64_t b, int64_t h, const T* q, const T* k, const T* v, T* out, T* lse) {
+  const FlashAttentionShape& s = p.s;
+  const int64_t D = s.D, hk = h / p.G;
+  const T* qh = q + (b * s.H + h) * s.Sq * D;
+  const T* kh = k + (b * s.Hk + hk) * s.Sk * D;
+  const T* vh = v + (b * s.Hk + hk) * s.Sk * D;
+  T* oh = out + (b * s.H + h) * s.Sq * D;
+  T* lh = lse + (b * s.H + h) * s.Sq;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  T m[kQueryBlock], l[kQueryBlock], sc[kKeyBlock], z[kKeyBlock];
+  for (int64_t i0 = 0; i0 < s.Sq; i0 += kQueryBlock) {
+    const int64_t i1 = std::min(s.Sq, i0 + kQueryBlock);
+    std::fill(m, m + kQueryBlock, neg_inf);
+    std::fill(l, l + kQueryBlock, T(0));
+    std::fill(oh + i0 * D, oh + i1 * D, T(0));
+    const int64_t block_end = p.key_end(i1 - 1);  // the last query of the block sees the most keys
+    for (int64_t j0 = 0; j0 < block_end; j0 += kKeyBlock) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t n = std::min(j0 + kKeyBlock, p.key_end(i)) - j0;  // keys of this block query i sees
+        if (n <= 0) continue;
+        const T* qi = qh + i * D;
+        T* oi = oh + i * D;
+        T mb = neg_inf;
+        for (int64_t jj = 0; jj < n; ++jj) {
+          sc[jj] = p.scale * dot(qi, kh + (j0 + jj) * D, D);
+          mb = std::max(mb, sc[jj]);
+        }
+        const int64_t r = i - i0;
+        const T m_new = std::max(m[r], mb);  // finite: the block has at least one visible key
+        const T alpha = std::exp(m[r] - m_new);  // 0 when m was -inf (first block)
+        l[r] *= alpha;
+        for (int64_t d = 0; d < D; ++d) oi[d] *= alpha;
+        dropout_factors(p, p.row_stream(b, h, i) + static_cast<uint64_t>(j0), n, z);
+        for (int64_t jj = 0; jj < n; ++jj) {
+          const T e = std::exp(sc[jj] - m_new);
+          l[r] += e;  // the softmax's sum is over undropped probabilities
+          if (z[jj] != T(0)) axpy(e * z[jj], vh + (j0 + jj) * D, oi, D);
+        }
+        m[r] = m_new;
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = i - i0;
+      T* oi = oh + i * D;
+      if (l[r] > T(0)) {
+        const T inv = T(1) / l[r];
+        for (int64_t d = 0; d < D; ++d) oi[d] *= inv;
+        lh[i] = m[r] + std::log(l[r]);
+      } else {  // no key visible (Sk = 0): out 0, lse -inf
+        std::fill(oi, oi + D, T(0));
+        lh[i] = neg_inf;
+      }
+    }
+  }
+}
+
+// in: q, k, v, out, dout, lse, [dlse]; out: dq (B, H, Sq, D), dk, dv (B, Hk, Sk, D). One (b, kv head) pair:
+// writes dk, dv of the kv head and dq of its G query heads.
+template <class T>
+void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const T* q, const T* k, const T* v, const T* out,
+                      const T* dout, const T* lse, const T* dlse, T* dq, T* dk, T* dv) {
+  const FlashAttentionShape& s = p.s;
+  const int64_t D = s.D;
+  const T* kh = k + (b * s.Hk + hk) * s.Sk * D;
+  const T* vh = v + (b * s.Hk + hk) * s.Sk * D;
+  T* dkh = dk + (b * s.Hk + hk) * s.Sk * D;
+  T* dvh = dv + (b * s.Hk + hk) * s.Sk * D;
+  std::fill(dkh, dkh + s.Sk * D, T(0));
+  std::fill(dvh, dvh + s.Sk * D, T(0));
+  T z[kKeyBlock];
+  for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
+    const int64_t row0 = (b * s.H + h) * s.Sq;  // row of (b, h, i = 0) in the (B, H, Sq) tensors
+    for (int64_t i = 0; i < s.Sq; ++i) {
+      const T* qi = q + (row0 + i) * D;
+      const T* oi = out + (row0 + i) * D;
+      const T* doi = dout + (row0 + i) * D;
+      T* dqi = dq + (row0 + i) * D;
+      std::fill(dqi, dqi + D, T(0));
+      const T li = lse[row0 + i];
+      if (li == -std::numeric_limits<T>::infinity()) continue;  // no key visible: P = 0, every gradient 0
+      const T delta = dot(doi, oi, D) - (dlse ? dlse[row0 + i] : T(0));
+      const int64_t end = p.key_end(i);
+      for (int64_t j0 = 0; j0 < end; j0 += kKeyBlock) {
+        const int64_t n = std::min(end - j0, kKeyBlock);
+        dropout_factors(p, p.row_stream(b, h, i) + static_cast<uint64_t>(j0), n, z);
+        for (int64_t jj = 0; jj < n; ++jj) {
+          const int64_t j = j0 + jj;
+          const T* kj = kh + j * D;
+          const T* vj = vh + j * D;
+          const T P = std::exp(p.scale * dot(qi, kj, D) - li);
+          if (z[jj] != T(0)) axpy(P * z[jj], doi, dvh + j * D, D);
+          const T ds = p.scale * P * (z[jj] * dot(doi, vj, D) - delta);  // scale * dS
+          axpy(ds, kj, dqi, D);
+          axpy(ds, qi, dkh + j * D, D);
+        }
+      }
+    }
+  }
+}
+
+void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                    const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const FlashAttentionOp&>(op_);
+  const FlashAttentionShape s = flash_attention_shape(
+      "flash_attention", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
+      TensorMeta{in[2].shape(), in[2].dtype()});
+  XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention", T, {
+    const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
+    const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
+    T* o = out[0].data<T>();
+    T* lse = out[1].data<T>();
+    parallel_for(ctx, s.B * s.H, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) forward_head(p, t / s.H, t % s.H, q, k, v, o, lse);
+    });
+  });
+}
+
+void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                     const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
+  const FlashAttentionShape s = flash_attention_shape(
+      "flash_attention_backward", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
+      TensorMeta{in[2].shape(), in[2].dtype()});
+  XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention_backward", T, {
+    const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
+    const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
+    const T *o = in[3].data<T>(), *dout = in[4].data<T>(), *lse = in[5].data<T>();
+    const T* dlse = op.has_dlse ? in[6].data<T>() : nullptr;
+    T *dq = out[0].data<T>(), *dk = out[1].data<T>(), *dv = out[2].data<T>();
+    parallel_for(ctx, s.B * s.Hk, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        backward_kv_head(p, t / s.Hk, t % s.Hk, q, k, v, o, dout, lse, dlse, dq, dk, dv);
+    });
+  });
+}
+
+}  // namespace
+
+void register_flash_attention(KernelRegistry& r) {
+  r.add("flash_attention", Device::Kind::cpu, forward_kernel);
+  r.add("flash_attention_backward", Device::Kind::cpu, backward_kernel);
+}
+
+}  // namespace xfr::cpu
