@@ -351,6 +351,16 @@ XF_CUDA_TEST_CASE("cuda launchers: fused bias + activation + dropout equals bias
             CHECK_MESSAGE(mask_bad == 0, what << ": " << mask_bad << " zero-pattern mismatches");
             const Tolerance tol = cuda_tolerance(dt);
             check_close(got, ref, tol.atol, tol.rtol, what);
+            if (offset == 5 && p > 0) {  // the same start split as 2 on the device + 3 on the host
+              const Tensor dev_off = Tensor::from_vector<int64_t>({2}, {1}).to_device(ctx);
+              Tensor y2 = Tensor::empty(s, dt, ctx);
+              cuda::launch_bias_act_dropout(kind, params, dt, dx.raw_data(), db.raw_data(), y2.raw_data(), nullptr,
+                                            rows, C, p,
+                                            cuda::PhiloxOffset{seed, 3, static_cast<const uint64_t*>(dev_off.raw_data())},
+                                            test_stream());
+              ctx->synchronize();
+              check_equal(y2, y, what + " with a device offset");
+            }
           }
 }
 #endif

@@ -264,7 +264,8 @@ ReduceGeom make_reduce_geom(const Shape& xs, const Shape& ys) {
 constexpr int kRedBlockX = 32, kRedBlockY = 8;
 // Blocks a reduction aims for: 8 per SM of a 132-SM H200 (memory-bound; enough to saturate HBM).
 constexpr int64_t kRedTargetBlocks = 1024;
-// Fewest elements a reduction lane sums before the reduction is split over more blocks.
+// Fewest elements a reduction lane sums before the reduction is split over more blocks: below that the
+// extra partial pass (a launch and a write and read of the partials) costs more than the parallelism gains.
 constexpr int64_t kRedMinPerLane = 16;
 
 struct ReducePlan {
