@@ -145,6 +145,7 @@ void launch_backward_rows(const Tensor& dy, const uint32_t* sorted_keys, const i
   constexpr int VW = Vec<T>::kWidth;
   const bool vec = C % VW == 0 && dev::aligned16(gp) && dev::aligned16(tp);
   const int W = vec ? VW : 1;
+  // gridDim.y is at most 65535; a block loops over further column tiles.
   const int64_t tiles = std::min<int64_t>((C + int64_t{kBackwardThreads} * W - 1) / (int64_t{kBackwardThreads} * W), 65535);
   const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
   if (vec) embedding_backward_rows<T, VW><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);

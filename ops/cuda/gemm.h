@@ -27,6 +27,8 @@
 // aux is (m, n) per batch with leading dimension aux_ld (a multiple of 8: cuBLASLt's rule) and batch stride
 // aux_stride (a multiple of 8), both defaulting (0) to ldc and stride_c. Bias and bias gradients are shared by
 // every batch (bias gradients: batch 1 only).
+// The bias-gradient epilogues are tested in the weight-gradient layout (trans_a, no trans_b); cuBLASLt may
+// have no algorithm for other layouts, which gemm() reports by name.
 //
 // Plans (descriptors, layouts and the heuristic's algorithm) are cached in the context under a key naming
 // every dtype, flag, size, leading dimension, stride and pointer-alignment class. The context's stream
