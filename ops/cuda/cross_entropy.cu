@@ -180,6 +180,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// logits: (N, V); targets: (N); loss: (1,); lse: (N)
 template <class T, class I>
 void ce_forward(const T* logits, const I* targets, float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
                 double ls, Scratch scratch, cudaStream_t stream) {
@@ -204,6 +205,7 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, int6
   XF_CUDA_CHECK_LAUNCH("cross_entropy_finalize");
 }
 
+// logits, dlogits: (N, V); lse: (N); targets: (N); dloss: (1,); dlse: (N) or null
 template <class T, class I>
 void ce_backward(const T* logits, const float* lse, const I* targets, const float* dloss, const float* dlse,
                  T* dlogits, int64_t N, int64_t V, int64_t ignore_index, double ls, Scratch scratch,

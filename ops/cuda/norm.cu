@@ -156,6 +156,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// x, y: (rows, C); gamma, beta: (C) or null; mean: (rows) or null (rmsnorm); rstd: (rows)
 template <class T, bool kRms>
 void norm_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd, int64_t rows, int64_t C,
                   double eps, cudaStream_t stream) {
@@ -315,6 +316,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// x, dy, dx: (rows, C); mean: (rows) or null (rmsnorm); rstd: (rows); gamma: (C) or null;
+// dgamma, dbeta: (C) or null (not wanted)
 template <class T, bool kRms>
 void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, T* dx, T* dgamma,
                    T* dbeta, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {

@@ -164,6 +164,7 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
+// x: the input (L's shape); y: (n_out); idx: (n_out), max only
 template <class T, ReduceMode kMode>
 void reduce_typed(const ReduceLayout& L, const T* x, T* y, int64_t* idx, int64_t n_out, float scale, Scratch scratch,
                   cudaStream_t stream) {

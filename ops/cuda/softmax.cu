@@ -159,6 +159,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// x, y: L.shape; mask: broadcast through L.mask_strides, or null
 template <class T>
 void softmax_forward(const T* x, const T* mask, T* y, const SoftmaxLayout& L, double scale, bool causal,
                      cudaStream_t stream) {
@@ -289,6 +290,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// y, dy, dx: (rows, Sk); dz: (rows, Sk) or null
 template <class T>
 void softmax_backward(const T* y, const T* dy, T* dx, T* dz, int64_t rows, int64_t Sk, double scale,
                       cudaStream_t stream) {
