@@ -1,5 +1,6 @@
 // Linear layer y = x W^T + b with torch's weight layout (out_features, in_features).
 #pragma once
+#include <cstdint>
 #include "runtime/graph.h"
 
 namespace xfr {

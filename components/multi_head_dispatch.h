@@ -2,6 +2,7 @@
 // (q_proj, k_proj, v_proj), head split, rotary position embeddings on the q and k heads (optional), the
 // attention, head merge, output projection, residual dropout.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <string>
 

@@ -1,6 +1,7 @@
 // Turns a validated `model` config into a graph: positional/token embedding, the stacks of blocks
 // (xFormers' encoder blocks with pre/post/deepnorm residuals), and the task head with its loss.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "factory/config_tree.h"

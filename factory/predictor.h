@@ -3,6 +3,7 @@
 // are compiled once per length (on first use, then cached; prepare() compiles ahead) and the parameters
 // come from the model's store, which is only read: several Predictors (one per thread) may share a Model.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <vector>

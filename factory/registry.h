@@ -2,6 +2,7 @@
 // feed-forward, positional embedding, residual style, normalization, activation and init scheme, each
 // with its typed parameters (factory/schema.h) and, for graph components, a builder.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>

@@ -2,6 +2,7 @@
 // default, range, one-line doc). The same declarations validate configs, fill in defaults, drive
 // `xfrun components` and generate the config reference in the docs, so they cannot drift apart.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <optional>

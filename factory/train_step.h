@@ -8,6 +8,7 @@
 // backward, clipping, update, loss-scale update - captured once as a CUDA graph and replayed; if capture
 // fails it runs eagerly and says why in the log.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <memory>
 

@@ -1,6 +1,7 @@
 // Training and inference from a config: data, model graphs (train and eval share one parameter
 // store), weight init and its check, optimizer and schedule, metrics, checkpoints and resume, samples.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <memory>

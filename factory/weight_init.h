@@ -4,6 +4,7 @@
 // (1, 0). Every parameter records the rule that wrote it; parameters no rule wrote are reported by the
 // uninitialised-weight check.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 

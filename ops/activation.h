@@ -16,6 +16,7 @@
 // On the CPU, f64 uses libm (erf, exp, tanh); f32 uses branch-free polynomial forms that vectorise, within
 // a few float ulps of the f64 result (see ops/cpu/activation.cpp).
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 

@@ -18,6 +18,7 @@
 // are f32 too, and dlogits has the logits' dtype. The CUDA kernels cannot throw on a bad target while running;
 // there a target outside [0, V) that is not ignore_index makes the loss (and the gradient) NaN.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "runtime/graph.h"

@@ -10,6 +10,7 @@
 // forward node's rng_offset, so it replays the forward's mask (and forward + backward is exactly linear).
 // p must be in [0, 1); p = 0 is the identity (the front end then adds no node).
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "runtime/graph.h"

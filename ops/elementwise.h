@@ -1,6 +1,7 @@
 // Elementwise arithmetic with NumPy broadcasting (add, sub, mul, div), scaling by a constant, the
 // reduction of a broadcast gradient back to its input's shape (sum_to), and constants (fill).
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "runtime/graph.h"

@@ -5,6 +5,7 @@
 // unused ids are zero) deterministically: each task owns a block of the gradient table and visits the
 // tokens in order, so the result does not depend on the thread count. Ids get no gradient.
 #pragma once
+#include <cstdint>
 #include "runtime/graph.h"
 
 namespace xfr {

@@ -33,6 +33,7 @@
 // check recomputes P from lse: an f32 lse would put a 1e-7 relative error on every probability).
 // Head dim: any D >= 1 on the CPU; 1..256 on CUDA.
 #pragma once
+#include <cstdint>
 #include <memory>
 
 #include "runtime/graph.h"

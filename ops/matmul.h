@@ -3,6 +3,7 @@
 //   batch axes (or the transposes with trans_b)  ->  C: (*, M, N)
 // A 2-D B with a batched A is a linear layer: one GEMM over all rows. CPU: OpenBLAS sgemm/dgemm.
 #pragma once
+#include <cstdint>
 #include "runtime/graph.h"
 
 namespace xfr {

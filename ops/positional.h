@@ -3,6 +3,7 @@
 //             w_c = exp(-ln(10000) * 2 floor(c / 2) / C).
 //   no inputs -> (T, C) in `dtype`.
 #pragma once
+#include <cstdint>
 #include "runtime/graph.h"
 
 namespace xfr {

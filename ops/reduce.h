@@ -5,6 +5,7 @@
 // ties, the first NaN if any), which its backward uses to route the gradient to that element only.
 // Sums of f32 accumulate in double, so sums over millions of elements keep f32 accuracy.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "runtime/graph.h"

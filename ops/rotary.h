@@ -18,6 +18,7 @@
 // xFormers takes the table length from k and crops it for q; for self-attention (S_q = S_k) and with the same
 // offset for both, that is exactly positions offset..offset+S-1 for each, which is what this op uses.
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "runtime/graph.h"

@@ -6,6 +6,7 @@
 //                                                          `size` on `axis` with g at [start, start + g's length)
 //   concat(xs, axis)                                       split(x, axis, sizes) -> one value per size
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "runtime/graph.h"

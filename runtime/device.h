@@ -1,5 +1,6 @@
 // Where a tensor lives.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace xfr {

@@ -1,5 +1,6 @@
 // Type dispatch: runs a body with `T` bound to the C++ type of a runtime DType.
 #pragma once
+#include <cstdint>
 #include "runtime/dtype.h"
 #include "runtime/error.h"
 

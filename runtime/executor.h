@@ -2,6 +2,7 @@
 // and then runs it step after step. Parameter gradients are summed into the store's flat gradient
 // buffer (+=), so several runs between zero_grads() accumulate micro-batches.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>

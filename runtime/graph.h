@@ -1,6 +1,7 @@
 // The graph: named values and op nodes. Components build subgraphs under name scopes
 // ("encoder.3.mha.q_proj"), autodiff appends backward nodes, the executor compiles and runs it.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>

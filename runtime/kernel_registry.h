@@ -2,6 +2,7 @@
 // ops/cuda/register.cu), so a build without CUDA simply has no CUDA entries, and a graph that needs a
 // missing kernel is refused by name when it is compiled, never in the middle of training.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <string>
 #include <utility>

@@ -3,6 +3,7 @@
 // the shapes), and gives its backward rule as more graph nodes. Backends only supply kernels
 // (ops/cpu/*.cpp, ops/cuda/*.cu), registered by op name in runtime/kernel_registry.h.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>

@@ -5,6 +5,7 @@
 // CUDA tests are declared with XF_CUDA_TEST_CASE: they run when XF_TEST_DEVICE=cuda and a device is
 // there, and are reported as skipped otherwise (never as passed).
 #pragma once
+#include <cstdint>
 #include <cstring>
 #include <memory>
 

@@ -1,6 +1,7 @@
 // Shared test helpers: the device under test, a shared thread pool, random inputs, comparisons with per-dtype
 // tolerances, and a float64 finite-difference gradient check that runs ops through a real graph and executor.
 #pragma once
+#include <cstdint>
 #include <doctest/doctest.h>
 
 #include <cmath>

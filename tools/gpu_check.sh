@@ -24,11 +24,12 @@ if has build; then
   GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
-     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu >"$OUT/build.log" 2>&1; then
+     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
   else
     note "build: FAILED ($(( $(date +%s) - t )) s); last lines:"
-    tail -40 "$OUT/build.log" "$OUT/configure.log" | tee -a "$SUMMARY"
+    grep -E "error|FAILED" "$OUT/build.log" | head -60 | tee -a "$SUMMARY"
+    tail -n 5 "$OUT/configure.log" | tee -a "$SUMMARY"
     exit 1
   fi
 fi

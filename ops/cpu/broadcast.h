@@ -1,6 +1,7 @@
 // Broadcast indexing for CPU kernels: maps the row-major index space of an output shape onto inputs
 // whose shapes broadcast to it (NumPy rules: shapes aligned at the end, size-1 axes repeat).
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "runtime/shape.h"

@@ -1,5 +1,6 @@
 // Small helpers CPU kernels share: run over [0, n) on the context's pool, or serially without one.
 #pragma once
+#include <cstdint>
 #include <functional>
 
 #include "runtime/cpu/threadpool.h"
