@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "factory/config.h"
+#include "factory/schema.h"
 #include "factory/train_step.h"
 #include "factory/trainer.h"
 #include "runtime/cpu/threadpool.h"
