@@ -137,7 +137,7 @@ XF_CUDA_TEST_CASE("cuda: slice at odd offsets on every axis, every element size"
   for (DType dt : copy_dtypes()) {
     const Tensor x = input_for({5, 33, 31}, 8, dt);
     for (int64_t axis = 0; axis < 3; ++axis)
-      for (auto [s, e] : {std::pair<int64_t, int64_t>{1, 4}, {3, -1}, {0, 5}, {2, 2}, {-3, 5}}) {
+      for (auto [s, e] : {std::pair<int64_t, int64_t>{1, 4}, {3, -1}, {0, 5}, {2, 2}, {-3, -1}}) {
         const std::string what = str_cat("slice axis ", axis, " [", s, ", ", e, ")");
         check_both(SliceOp(axis, s, e), {x}, dt, what);
       }

@@ -42,10 +42,10 @@ runtime: {device: cpu, seed: 11, threads: 2}
 )";
 
 std::vector<double> losses_of(const std::vector<std::string>& overrides, const std::string& out_dir,
-                              const std::string& resume = "") {
+                              const std::string& resume = "", const std::string& text = kGpuTiny) {
   std::vector<std::string> o = overrides;
   o.push_back("runtime.out_dir=" + out_dir);
-  const Config c = parse_config(kGpuTiny, "yaml", "gpu_tiny.yaml", o);
+  const Config c = parse_config(text, "yaml", "gpu_tiny.yaml", o);
   std::vector<double> losses;
   TrainOptions to;
   to.resume = resume;
@@ -91,15 +91,29 @@ XF_CUDA_TEST_CASE("gpu training: dropout through a replayed graph draws new mask
   for (size_t i = 0; i < eager.size(); ++i) CHECK_MESSAGE(eager[i] == graph[i], "step " << i + 1);
 }
 
-XF_CUDA_TEST_CASE("gpu training: bf16-mixed and fp16-mixed lower the loss") {
+XF_CUDA_TEST_CASE("gpu training: bf16-mixed and fp16-mixed learn as fp32 does") {
+  // Character-level text learns fast (the copy task needs many more steps before attention finds the
+  // copy): 60 steps take the loss from ~4.3 to ~3.0 in fp32.
   TempDir dir;
+  std::string text = kGpuTiny;
+  const std::string copy_data = "data: {kind: copy, seq_len: 24, num_examples: 64, num_symbols: 13, val_fraction: 0.0}";
+  REQUIRE(text.find(copy_data) != std::string::npos);
+  text.replace(text.find(copy_data), copy_data.size(),
+               std::string("data: {kind: text, path: ") + XF_SOURCE_DIR_FOR_TESTS +
+                   "/configs/data/shakespeare.txt, tokenizer: char, seq_len: 24, val_fraction: 0.0}");
+  auto tail_mean = [](const std::vector<double>& l) { return (l[55] + l[56] + l[57] + l[58] + l[59]) / 5; };
+  const auto fp32 = losses_of({"runtime.device=cuda", "train.steps=60"}, dir.path.string() + "/fp32", "", text);
+  REQUIRE(fp32.size() == 60);
   for (const char* p : {"bf16-mixed", "fp16-mixed"}) {
     const auto l = losses_of({"runtime.device=cuda", std::string("train.precision=") + p, "train.steps=60"},
-                             dir.path.string() + "/" + p);
+                             dir.path.string() + "/" + p, "", text);
     REQUIRE(l.size() == 60);
     for (double x : l) REQUIRE(std::isfinite(x));
-    const double first = (l[0] + l[1] + l[2]) / 3, last = (l[57] + l[58] + l[59]) / 3;
-    CHECK_MESSAGE(last < 0.8 * first, p << ": loss " << first << " -> " << last);
+    const double first = (l[0] + l[1] + l[2]) / 3;
+    CHECK_MESSAGE(tail_mean(l) < 0.85 * first, p << ": loss " << first << " -> " << tail_mean(l));
+    // Low precision changes the trajectory, not where it goes: within 5% of fp32's after 60 steps.
+    CHECK_MESSAGE(std::abs(tail_mean(l) - tail_mean(fp32)) < 0.05 * tail_mean(fp32),
+                  p << ": " << tail_mean(l) << " vs fp32 " << tail_mean(fp32));
   }
 }
 
