@@ -126,7 +126,7 @@ struct Tiles {
   static constexpr int kBk = kMaxD <= 128 ? 64 : 32;
   // dK/dV kernel: 64 keys per CTA, 8 warps (4 x 16 key rows, x 2 halves of the query tile in phase A and of the
   // head dim in phase B, which keeps dK + dV at kMaxD / 2 floats per thread). Query tile: 64, or 32 at kMaxD 256
-  // where shared memory is the limit (K, V: 2 x 64 x 264 x 2 B = 66 KB; Q, dO double-buffered: 4 x kBqB x 528 B).
+  // where shared memory is the limit (K, V: 2 x 64 x 264 x 2 B = 66 KB; Q, dO double-buffered: 4 x kBqKV x 528 B).
   static constexpr int kBkKV = 64;
   static constexpr int kWarpsKV = 8;
   static constexpr int kBqKV = kMaxD <= 128 ? 64 : 32;
@@ -134,10 +134,10 @@ struct Tiles {
 
   // Forward: Q (kBq rows) + K, V double-buffered (4 x kBk rows). 46 KB / 85 KB / 99 KB for kMaxD 64 / 128 / 256.
   static constexpr size_t kFwdSmem = static_cast<size_t>(kBq + 4 * kBk) * kStride * 2;
-  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 55 KB / 102 KB / 132 KB.
+  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 54 KB / 102 KB / 132 KB.
   static constexpr size_t kDqSmem = static_cast<size_t>(2 * kBq + 4 * kBk) * kStride * 2;
   // dK/dV: K, V (2 x 64 rows) + Q, dO double-buffered (4 x kBqKV rows) + P^T, dS^T (2 x 64 x kPStride) + lse,
-  // Delta double-buffered (4 x kBqKV floats). 74 KB / 124 KB / 146 KB (the H200 allows 227 KB per block).
+  // Delta double-buffered (4 x kBqKV floats). 73 KB / 121 KB / 143 KB (the H200 allows 227 KB per block).
   static constexpr size_t kKVSmem = static_cast<size_t>(2 * kBkKV + 4 * kBqKV) * kStride * 2 +
                                     static_cast<size_t>(2 * kBkKV) * kPStride * 2 + 4 * kBqKV * sizeof(float);
 };
@@ -223,11 +223,12 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&s)[kNTi
   a[3] = dev::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-// Stores rows of a 16 x (kNTiles * 8) fp32 accumulator tile, times `mul[row half]`, to g (rows x D, row-major)
-// at rows row0 + g and row0 + g + 8, columns col0 + nt * 8 + 2t (+1); rows >= rows and columns >= D skipped.
+// Stores rows of a 16 x (kNTiles * 8) fp32 accumulator tile to g (rows x D, row-major), times mul0 at row
+// row0 + gr and mul1 at row0 + gr + 8 (gr = lane / 4), columns col0 + nt * 8 + 2t (+1); rows >= rows and
+// columns >= D skipped.
 template <class T, int kNTiles>
 __device__ __forceinline__ void store_acc(T* g, const float (&acc)[kNTiles][4], int64_t row0, int64_t rows, int D,
-                                          int col0, const float (&mul)[2], bool vec, int lane) {
+                                          int col0, float mul0, float mul1, bool vec, int lane) {
   const int gr = lane / 4, t = lane % 4;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
@@ -238,7 +239,8 @@ __device__ __forceinline__ void store_acc(T* g, const float (&acc)[kNTiles][4], 
     for (int nt = 0; nt < kNTiles; ++nt) {
       const int col = col0 + nt * 8 + 2 * t;
       if (col >= D) break;  // columns grow with nt
-      const float x0 = acc[nt][2 * hr] * mul[hr], x1 = acc[nt][2 * hr + 1] * mul[hr];
+      const float mul = hr == 0 ? mul0 : mul1;
+      const float x0 = acc[nt][2 * hr] * mul, x1 = acc[nt][2 * hr + 1] * mul;
       if (vec) {  // D even and the row 4-byte aligned: one 32-bit store of the pair (col + 1 < D as D % 8 == 0)
         *reinterpret_cast<uint32_t*>(grow + col) = dev::pack2<T>(x0, x1);
       } else {
@@ -377,8 +379,8 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     if (t == 0 && i < p.Sq)
       p.lse_out[static_cast<int64_t>(bh) * p.Sq + i] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
   }
-  store_acc<T, kDT>(static_cast<T*>(p.o) + static_cast<int64_t>(bh) * p.Sq * p.D, o, row_base, p.Sq, p.D, 0, inv,
-                    p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.o) + static_cast<int64_t>(bh) * p.Sq * p.D, o, row_base, p.Sq, p.D, 0, inv[0],
+                    inv[1], p.vec, lane);
 }
 
 // ---- backward: Delta ----------------------------------------------------------------------------------
@@ -501,8 +503,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     }
   }
   dev::cp_async_wait<0>();
-  const float mul[2] = {p.scale, p.scale};
-  store_acc<T, kDT>(static_cast<T*>(p.dq) + qoff, dq, row_base, p.Sq, p.D, 0, mul, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dq) + qoff, dq, row_base, p.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------------------------
@@ -633,9 +634,9 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   }
   dev::cp_async_wait<0>();
 
-  const float one[2] = {1.f, 1.f}, sc[2] = {p.scale, p.scale};
-  store_acc<T, kDT>(static_cast<T*>(p.dv) + kvoff, dv, k0 + kw * 16, p.Sk, p.D, pair0 * 16, one, p.vec, lane);
-  store_acc<T, kDT>(static_cast<T*>(p.dk) + kvoff, dk, k0 + kw * 16, p.Sk, p.D, pair0 * 16, sc, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dv) + kvoff, dv, k0 + kw * 16, p.Sk, p.D, pair0 * 16, 1.f, 1.f, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dk) + kvoff, dk, k0 + kw * 16, p.Sk, p.D, pair0 * 16, p.scale, p.scale, p.vec,
+                    lane);
 }
 
 // =====================================================================================================
@@ -888,12 +889,12 @@ struct ForwardLaunch {
   cudaStream_t stream;
   template <int kMaxD, bool kExact>
   void operator()() const {
+    using Tl = Tiles<kMaxD>;
     static std::atomic<uint64_t> done{0};
-    const size_t smem = Tiles<kMaxD>::kFwdSmem;
     auto kernel = fwd_tc_kernel<T, kMaxD, kExact>;
-    allow_smem(kernel, smem, done);
-    const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.Sq + Tiles<kMaxD>::kBq - 1) / Tiles<kMaxD>::kBq));
-    kernel<<<grid, 128, smem, stream>>>(p);
+    allow_smem(kernel, Tl::kFwdSmem, done);
+    const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.Sq + Tl::kBq - 1) / Tl::kBq));
+    kernel<<<grid, 32 * Tl::kWarpsQ, Tl::kFwdSmem, stream>>>(p);
   }
 };
 
@@ -911,12 +912,12 @@ struct BackwardLaunch {
     allow_smem(kv, Tl::kKVSmem, done_kv);
     if (p.B * p.H > 0 && p.Sq > 0) {
       const dim3 grid(static_cast<unsigned>(p.B * p.H), static_cast<unsigned>((p.Sq + Tl::kBq - 1) / Tl::kBq));
-      dq<<<grid, 128, Tl::kDqSmem, stream>>>(p);
+      dq<<<grid, 32 * Tl::kWarpsQ, Tl::kDqSmem, stream>>>(p);
       XF_CUDA_CHECK_LAUNCH("flash_attention_backward dq");
     }
     if (p.B * p.Hk > 0 && p.Sk > 0) {
       const dim3 grid(static_cast<unsigned>(p.B * p.Hk), static_cast<unsigned>((p.Sk + Tl::kBkKV - 1) / Tl::kBkKV));
-      kv<<<grid, 256, Tl::kKVSmem, stream>>>(p);
+      kv<<<grid, 32 * Tl::kWarpsKV, Tl::kKVSmem, stream>>>(p);
       XF_CUDA_CHECK_LAUNCH("flash_attention_backward dkdv");
     }
   }
