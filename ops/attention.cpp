@@ -1,8 +1,11 @@
 #include "ops/attention.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "ops/dropout.h"
+#include "ops/flash_attention.h"
 #include "ops/matmul.h"
 #include "ops/softmax.h"
 #include "runtime/error.h"
@@ -25,6 +28,13 @@ Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const 
   XF_CHECK(o.dropout >= 0.0 && o.dropout < 1.0, op, "dropout ", o.dropout, " is outside [0, 1)");
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim(-1)));
   Graph& g = *q.graph;
+  // Fused, memory-efficient attention (ops/flash_attention.h) for (B, H, S, D) heads without an additive
+  // mask: O(S) memory instead of the (B, H, Sq, Sk) scores and probabilities, the same dropout stream.
+  // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging).
+  const char* backend = std::getenv("XF_ATTENTION_BACKEND");
+  const bool composite_only = backend && std::string(backend) == "composite";
+  if (!composite_only && !mask.defined() && q.rank() == 4 && v.dim(-1) == q.dim(-1) && q.dim(-1) <= 256)
+    return flash_attention(q, k, v, scale, o.causal, o.dropout, name.empty() ? "attention" : name).out;
   auto s = g.scope(name.empty() ? "attention" : name);
   const Value scores = matmul(q, k, false, true, "scores");  // (B, H, Sq, Sk)
   Value probs = softmax(scores, mask, scale, o.causal, "probs");

@@ -1,4 +1,6 @@
-// Scaled-dot-product attention as a composite of ops (the fused kernels come with the attention work):
+// Scaled-dot-product attention. (B, H, S, D) heads without an additive mask (and Dv = D <= 256) run the fused
+// flash_attention op (ops/flash_attention.h: O(S) memory, the same results and dropout stream); the rest,
+// a composite of ops:
 //   q: (B, H, Sq, D), k: (B, H, Sk, D), v: (B, H, Sk, Dv), mask: additive, broadcast to (B, H, Sq, Sk),
 //   or undefined  ->  (B, H, Sq, Dv)
 //   out = dropout(softmax(scale * q k^T + mask, causal)) v,   scale defaults to 1/sqrt(D)

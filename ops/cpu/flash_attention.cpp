@@ -19,6 +19,8 @@
 #include <limits>
 #include <vector>
 
+#include <cblas.h>
+
 #include "ops/cpu/parallel.h"
 #include "ops/dropout.h"
 #include "ops/flash_attention.h"
@@ -202,12 +204,138 @@ void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const T* q, con
   }
 }
 
+
+// ---- the f32 path: the same blocks through sgemm ---------------------------------------------------------
+// The scalar loops above are the oracle (and the f64 path the finite-difference checks use); f32 models take
+// this path: per block of kBlasQueries queries the block's scores against every visible key (one sgemm,
+// (kBlasQueries x Sk) floats: O(S) memory per task, never Sq x Sk), the softmax in place, and out = P V
+// (one more sgemm). The backward recomputes P the same way and gets dV, dP, dQ and dK as four sgemms per
+// block. Tasks run one after another (OpenBLAS threads each GEMM, as the matmul kernel does).
+constexpr int64_t kBlasQueries = 64;  // 64 x Sk floats = 256 KB at Sk = 1024: an L2-sized score block
+
+void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+
+// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> out: (B, H, Sq, D), lse: (B, H, Sq); one (b, h) pair.
+void forward_head_blas(const Params<float>& p, int64_t b, int64_t h, const float* q, const float* k, const float* v,
+                       float* out, float* lse, std::vector<float>& sc, std::vector<float>& z) {
+  const FlashAttentionShape& s = p.s;
+  const int64_t D = s.D, hk = h / p.G;
+  const float* qh = q + (b * s.H + h) * s.Sq * D;
+  const float* kh = k + (b * s.Hk + hk) * s.Sk * D;
+  const float* vh = v + (b * s.Hk + hk) * s.Sk * D;
+  float* oh = out + (b * s.H + h) * s.Sq * D;
+  float* lh = lse + (b * s.H + h) * s.Sq;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t i0 = 0; i0 < s.Sq; i0 += kBlasQueries) {
+    const int64_t i1 = std::min(s.Sq, i0 + kBlasQueries), rows = i1 - i0;
+    const int64_t n = p.key_end(i1 - 1);  // keys the block's last query sees (the most of any)
+    if (n == 0) {
+      std::fill(oh + i0 * D, oh + i1 * D, 0.0f);
+      std::fill(lh + i0, lh + i1, neg_inf);
+      continue;
+    }
+    sgemm(false, true, rows, n, D, p.scale, qh + i0 * D, D, kh, D, 0.0f, sc.data(), n);  // (rows, n)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r, end = p.key_end(i);
+      float* row = sc.data() + r * n;
+      float m = neg_inf;
+      for (int64_t j = 0; j < end; ++j) m = std::max(m, row[j]);
+      float l = 0;
+      for (int64_t j = 0; j < end; ++j) {
+        row[j] = std::exp(row[j] - m);
+        l += row[j];
+      }
+      std::fill(row + end, row + n, 0.0f);  // hidden keys
+      if (end == 0 || !(l > 0)) {
+        std::fill(row, row + n, 0.0f);
+        lh[i] = neg_inf;
+        continue;
+      }
+      lh[i] = m + std::log(l);
+      const float inv = 1.0f / l;
+      if (p.dropout) {
+        dropout_factors(p, p.row_stream(b, h, i), end, z.data());
+        for (int64_t j = 0; j < end; ++j) row[j] *= inv * z[static_cast<size_t>(j)];
+      } else {
+        for (int64_t j = 0; j < end; ++j) row[j] *= inv;
+      }
+    }
+    sgemm(false, false, rows, D, n, 1.0f, sc.data(), n, vh, D, 0.0f, oh + i0 * D, D);  // (rows, D)
+  }
+}
+
+// One (b, kv head) pair: dk, dv of the kv head and dq of its G query heads.
+void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const float* q, const float* k,
+                           const float* v, const float* out, const float* dout, const float* lse, const float* dlse,
+                           float* dq, float* dk, float* dv, std::vector<float>& P, std::vector<float>& dP,
+                           std::vector<float>& z) {
+  const FlashAttentionShape& s = p.s;
+  const int64_t D = s.D;
+  const float* kh = k + (b * s.Hk + hk) * s.Sk * D;
+  const float* vh = v + (b * s.Hk + hk) * s.Sk * D;
+  float* dkh = dk + (b * s.Hk + hk) * s.Sk * D;
+  float* dvh = dv + (b * s.Hk + hk) * s.Sk * D;
+  std::fill(dkh, dkh + s.Sk * D, 0.0f);
+  std::fill(dvh, dvh + s.Sk * D, 0.0f);
+  for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
+    const int64_t row0 = (b * s.H + h) * s.Sq;
+    for (int64_t i0 = 0; i0 < s.Sq; i0 += kBlasQueries) {
+      const int64_t i1 = std::min(s.Sq, i0 + kBlasQueries), rows = i1 - i0;
+      const int64_t n = p.key_end(i1 - 1);
+      float* dqb = dq + (row0 + i0) * D;
+      if (n == 0) {
+        std::fill(dqb, dqb + rows * D, 0.0f);
+        continue;
+      }
+      const float* qb = q + (row0 + i0) * D;
+      const float* dob = dout + (row0 + i0) * D;
+      sgemm(false, true, rows, n, D, p.scale, qb, D, kh, D, 0.0f, P.data(), n);      // scale q k^T
+      sgemm(false, true, rows, n, D, 1.0f, dob, D, vh, D, 0.0f, dP.data(), n);       // dout v^T
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = i0 + r, end = p.key_end(i);
+        float* pr = P.data() + r * n;
+        float* dr = dP.data() + r * n;
+        const float li = lse[row0 + i];
+        const float delta = dot(dout + (row0 + i) * D, out + (row0 + i) * D, D) - (dlse ? dlse[row0 + i] : 0.0f);
+        if (p.dropout) dropout_factors(p, p.row_stream(b, h, i), end, z.data());
+        for (int64_t j = 0; j < n; ++j) {
+          if (j >= end || li == -std::numeric_limits<float>::infinity()) {
+            pr[j] = 0.0f;
+            dr[j] = 0.0f;
+            continue;
+          }
+          const float P_ij = std::exp(pr[j] - li);
+          const float zj = p.dropout ? z[static_cast<size_t>(j)] : 1.0f;
+          dr[j] = p.scale * P_ij * (zj * dr[j] - delta);  // scale * dS
+          pr[j] = P_ij * zj;                               // dropout(P), what dV sums
+        }
+      }
+      sgemm(true, false, n, D, rows, 1.0f, P.data(), n, dob, D, 1.0f, dvh, D);   // dv += dropout(P)^T dout
+      sgemm(false, false, rows, D, n, 1.0f, dP.data(), n, kh, D, 0.0f, dqb, D);  // dq = scale dS k
+      sgemm(true, false, n, D, rows, 1.0f, dP.data(), n, qb, D, 1.0f, dkh, D);   // dk += scale dS^T q
+    }
+  }
+}
+
 void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                     const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
   const FlashAttentionShape s = flash_attention_shape(
       "flash_attention", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
       TensorMeta{in[2].shape(), in[2].dtype()});
+  if (in[0].dtype() == DType::f32) {  // the sgemm path
+    const Params<float> p = make_params<float>(s, op.scale, op.causal, op.dropout, ctx);
+    std::vector<float> sc(static_cast<size_t>(kBlasQueries * std::max<int64_t>(s.Sk, 1))), z(static_cast<size_t>(s.Sk + 1));
+    for (int64_t t = 0; t < s.B * s.H; ++t)
+      forward_head_blas(p, t / s.H, t % s.H, in[0].data<float>(), in[1].data<float>(), in[2].data<float>(),
+                        out[0].data<float>(), out[1].data<float>(), sc, z);
+    return;
+  }
   XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention", T, {
     const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
     const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
@@ -225,6 +353,17 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
   const FlashAttentionShape s = flash_attention_shape(
       "flash_attention_backward", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
       TensorMeta{in[2].shape(), in[2].dtype()});
+  if (in[0].dtype() == DType::f32) {  // the sgemm path
+    const Params<float> p = make_params<float>(s, op.scale, op.causal, op.dropout, ctx);
+    const size_t blk = static_cast<size_t>(kBlasQueries * std::max<int64_t>(s.Sk, 1));
+    std::vector<float> P(blk), dP(blk), z(static_cast<size_t>(s.Sk + 1));
+    for (int64_t t = 0; t < s.B * s.Hk; ++t)
+      backward_kv_head_blas(p, t / s.Hk, t % s.Hk, in[0].data<float>(), in[1].data<float>(), in[2].data<float>(),
+                            in[3].data<float>(), in[4].data<float>(), in[5].data<float>(),
+                            op.has_dlse ? in[6].data<float>() : nullptr, out[0].data<float>(), out[1].data<float>(),
+                            out[2].data<float>(), P, dP, z);
+    return;
+  }
   XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention_backward", T, {
     const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
     const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
