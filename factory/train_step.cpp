@@ -26,6 +26,8 @@ TrainStep::TrainStep(BuiltModel& train, std::shared_ptr<ParamStore> host_store, 
   eo.pool = opt_.pool;
   eo.seed = opt_.seed;
   eo.logger = opt_.logger;
+  eo.profile = opt_.profile;
+  if (opt_.profile) opt_.cuda_graph = false;
   if (device) {
     store_ = std::make_shared<ParamStore>(*host_store_, opt_.device_ctx.get());
     eo.device_ctx = opt_.device_ctx;

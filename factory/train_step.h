@@ -33,6 +33,7 @@ struct TrainStepOptions {
   double grad_clip = 0;                       // 0: no clipping (the norm is still computed for the log)
   DType compute_dtype = DType::f32;           // f16: dynamic loss scaling
   bool cuda_graph = true;                     // GPU, grad_accum == 1: capture the whole step
+  bool profile = false;                       // time every kernel (Executor::profile; no graph capture)
   Logger logger;
 };
 

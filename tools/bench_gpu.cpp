@@ -4,13 +4,14 @@
 //   encoder: configs/minilm-encoder.yaml inference (bf16, logits of every position, B=256, T=128):
 //            sequences/s.
 // FLOPs per token for MFU follow the anchors' convention (6N + 12 L C T) so ratios compare like with like.
-//   xfrun_bench_gpu [--out FILE.json] [--configs DIR] [--steps N] [--sections gpt2,encoder]
+//   xfrun_bench_gpu [--out FILE.json] [--configs DIR] [--steps N] [--sections gpt2,encoder] [--profile 1]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -51,6 +52,21 @@ OptimizerConfig optimizer_of(const Config& cfg) {
   return o;
 }
 
+// Per-op GPU time of `ex`'s last runs (Executor::profile), the largest first.
+void print_profile(const Executor& ex, const char* what, int runs) {
+  std::vector<std::pair<double, std::string>> rows;
+  double total = 0;
+  for (const auto& [name, t] : ex.profile()) {
+    rows.emplace_back(t.ms / runs, name);
+    total += t.ms / runs;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::printf("profile of %s (ms per run, kernels timed one by one): total %.2f\n", what, total);
+  for (const auto& [ms, name] : rows) std::printf("  %-28s %8.3f  %5.1f%%\n", name.c_str(), ms, 100 * ms / total);
+}
+
+bool g_profile = false;
+
 nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
   const Config cfg = load_config(dir + "/gpt2-124m.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
@@ -65,6 +81,19 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
   o.compute_dtype = DType::bf16;
   o.cuda_graph = true;
   o.logger = make_stderr_logger("bench");
+  if (g_profile) {  // a separate, profiled pass: per-op times, then the timed run below without profiling
+    TrainStepOptions po = o;
+    po.profile = true;
+    Model pm = make_model(cfg, V, B, make_null_logger(), DType::bf16);
+    TrainStep pts(pm.train_graph, pm.store, po);
+    const Tensor ti = random_tokens(B, T, V, 1), tt = random_tokens(B, T, V, 2);
+    auto pbind = [&](Executor& ex, int64_t) {
+      ex.bind(pm.train_graph.tokens, ti);
+      ex.bind(pm.train_graph.targets, tt);
+    };
+    for (int i = 0; i < 3; ++i) pts.step(pbind, o.optimizer.lr);
+    print_profile(pts.executor(), "gpt2 train step", 3);
+  }
   TrainStep ts(model.train_graph, model.store, o);
   // Four fixed batches, rotated (the same token ids every step would be a cache-friendly lie).
   std::vector<Tensor> inputs, targets;
@@ -134,6 +163,15 @@ nlohmann::json bench_encoder(const std::string& dir, ThreadPool& pool) {
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2];
+  if (g_profile) {
+    ExecutorOptions po = eo;
+    po.profile = true;
+    po.cuda_graph = false;
+    Executor pex(*model.eval_graph.graph, {model.eval_graph.logits}, Gradients{}, store, po);
+    pex.bind(model.eval_graph.tokens, random_tokens(B, T, V, 7));
+    for (int i = 0; i < 3; ++i) pex.run();
+    print_profile(pex, "encoder forward", 3);
+  }
   std::printf("xfrun minilm-shaped encoder fwd B=%lld T=%lld: %.0f seq/s (%.2f ms)\n", static_cast<long long>(B),
               static_cast<long long>(T), B / med * 1e3, med);
   std::fflush(stdout);
@@ -151,6 +189,7 @@ int main(int argc, char** argv) {
     else if (a == "--configs") dir = v;
     else if (a == "--steps") steps = std::stoi(v);
     else if (a == "--sections") sections = v;
+    else if (a == "--profile") g_profile = v == "1";
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;

@@ -54,9 +54,9 @@ fi
 
 if has bench; then
   t=$(date +%s)
-  "$BUILD/xfrun_bench_gpu" --out "$OUT/bench_xfrun.json" >"$OUT/bench.log" 2>&1
+  "$BUILD/xfrun_bench_gpu" --out "$OUT/bench_xfrun.json" --profile "${XF_BENCH_PROFILE:-0}" >"$OUT/bench.log" 2>&1
   note "bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
-  tail -20 "$OUT/bench.log" | tee -a "$SUMMARY"
+  grep -E "^xfrun" "$OUT/bench.log" | tee -a "$SUMMARY"
 fi
 
 if has torch; then
