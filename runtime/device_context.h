@@ -50,6 +50,10 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   // freed while capturing stays reserved for the graph (it may be written at every replay) and goes back
   // to the pool when the returned handle is destroyed. Throws xfr::Error naming the call that broke the
   // capture.
+  // Profiling: an event recorded on the stream now (no synchronisation), and the milliseconds between two
+  // recorded events (synchronises with the later one).
+  virtual std::shared_ptr<void> record_event() = 0;
+  virtual double elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) = 0;
   virtual void begin_capture() = 0;
   virtual std::shared_ptr<void> end_capture() = 0;
   virtual void replay(const std::shared_ptr<void>& graph) = 0;

@@ -100,6 +100,11 @@ class Executor {
   MemoryPlan plan_;
   uint64_t runs_ = 0;
   std::map<std::string, OpTime> profile_;
+  struct PendingEvent {
+    std::string op;
+    std::shared_ptr<void> start, stop;
+  };
+  std::vector<PendingEvent> pending_events_;  // device profiling: kernel events read after the run
 };
 
 }  // namespace xfr

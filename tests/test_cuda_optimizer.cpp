@@ -561,6 +561,10 @@ class ForeignContext final : public DeviceContext {
   void convert(void*, DType, const void*, DType, size_t) override { throw Error("foreign", "convert called"); }
   void synchronize() override {}
   MemoryStats memory_stats() const override { return {}; }
+  std::shared_ptr<void> record_event() override { throw Error("foreign", "record_event called"); }
+  double elapsed_ms(const std::shared_ptr<void>&, const std::shared_ptr<void>&) override {
+    throw Error("foreign", "elapsed_ms called");
+  }
   void begin_capture() override { throw Error("foreign", "begin_capture called"); }
   std::shared_ptr<void> end_capture() override { throw Error("foreign", "end_capture called"); }
   void replay(const std::shared_ptr<void>&) override { throw Error("foreign", "replay called"); }

@@ -134,6 +134,21 @@ struct CapturedGraph {
 };
 }  // namespace
 
+std::shared_ptr<void> CudaContext::record_event() {
+  cudaEvent_t e = nullptr;
+  XF_CUDA_CHECK(cudaEventCreate(&e));
+  std::shared_ptr<void> owned(e, [](void* p) { cudaEventDestroy(static_cast<cudaEvent_t>(p)); });
+  XF_CUDA_CHECK(cudaEventRecord(e, stream_));
+  return owned;
+}
+
+double CudaContext::elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) {
+  XF_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(to.get())));
+  float ms = 0;
+  XF_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(from.get()), static_cast<cudaEvent_t>(to.get())));
+  return ms;
+}
+
 void CudaContext::begin_capture() {
   allocator_->begin_capture_pool();
   // Relaxed: kernels may still allocate from the pool (a cudaMalloc for a new block) while capturing.

@@ -44,6 +44,8 @@ class CudaContext final : public DeviceContext {
   MemoryStats memory_stats() const override;
   void reset_peak() override;
   std::string describe() const override;
+  std::shared_ptr<void> record_event() override;
+  double elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) override;
   void begin_capture() override;
   std::shared_ptr<void> end_capture() override;
   void replay(const std::shared_ptr<void>& graph) override;
