@@ -69,6 +69,23 @@ LoadedData load_data(const Config& config) {
   return d;
 }
 
+OptimizerConfig optimizer_config(const Config& config) {
+  const ConfigNode& oc = config.root.at("train").at("optimizer");
+  OptimizerConfig o;
+  o.name = get_string(oc, "name");
+  o.lr = static_cast<float>(get_number(oc, "lr"));
+  o.beta1 = static_cast<float>(*oc.at("betas").at(0).as_double());
+  o.beta2 = static_cast<float>(*oc.at("betas").at(1).as_double());
+  o.eps = static_cast<float>(get_number(oc, "eps"));
+  o.weight_decay = static_cast<float>(get_number(oc, "weight_decay"));
+  o.momentum = static_cast<float>(get_number(oc, "momentum"));
+  o.nesterov = get_bool(oc, "nesterov");
+  o.decay_biases = get_bool(oc, "decay_biases");
+  o.decay_norms = get_bool(oc, "decay_norms");
+  o.decay_embeddings = get_bool(oc, "decay_embeddings");
+  return o;
+}
+
 Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger, DType compute_dtype) {
   Model m;
   m.model_config = config.root.at("model");
@@ -130,19 +147,7 @@ TrainResult train(const Config& config, const TrainOptions& o) {
   const std::string out_dir = config_path_value(rt, "out_dir");
   fs::create_directories(out_dir);
 
-  const ConfigNode& oc = train.at("optimizer");
-  OptimizerConfig ocfg;
-  ocfg.name = get_string(oc, "name");
-  ocfg.lr = static_cast<float>(get_number(oc, "lr"));
-  ocfg.beta1 = static_cast<float>(*oc.at("betas").at(0).as_double());
-  ocfg.beta2 = static_cast<float>(*oc.at("betas").at(1).as_double());
-  ocfg.eps = static_cast<float>(get_number(oc, "eps"));
-  ocfg.weight_decay = static_cast<float>(get_number(oc, "weight_decay"));
-  ocfg.momentum = static_cast<float>(get_number(oc, "momentum"));
-  ocfg.nesterov = get_bool(oc, "nesterov");
-  ocfg.decay_biases = get_bool(oc, "decay_biases");
-  ocfg.decay_norms = get_bool(oc, "decay_norms");
-  ocfg.decay_embeddings = get_bool(oc, "decay_embeddings");
+  const OptimizerConfig ocfg = optimizer_config(config);
 
   // The training step (executor, optimizer, clipping, loss scaling; on a GPU a captured CUDA graph) and
   // the evaluation executor, over one parameter store.

@@ -14,6 +14,7 @@
 #include "runtime/data.h"
 #include "runtime/labelled_data.h"
 #include "runtime/logging.h"
+#include "runtime/optimizer.h"
 #include "runtime/param_store.h"
 
 namespace xfr {
@@ -57,6 +58,9 @@ struct Model {
   InitReport init;
   ConfigNode model_config;  // the `model` section with vocab_size resolved
 };
+// train.optimizer of a validated config.
+OptimizerConfig optimizer_config(const Config& config);
+
 // Builds (and initialises) the model of `config` for data with `vocab_size` tokens; its graphs compute in
 // `compute_dtype` (mixed precision on a GPU; the store's master weights are f32 either way).
 Model make_model(const Config& config, int64_t vocab_size, int64_t batch, const Logger& logger,

@@ -40,17 +40,6 @@ Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
   return Tensor::from_vector(v, {B, T});
 }
 
-OptimizerConfig optimizer_of(const Config& cfg) {
-  const ConfigNode& oc = cfg.root.at("train").at("optimizer");
-  OptimizerConfig o;
-  o.name = get_string(oc, "name");
-  o.lr = static_cast<float>(get_number(oc, "lr"));
-  o.beta1 = static_cast<float>(*oc.at("betas").at(0).as_double());
-  o.beta2 = static_cast<float>(*oc.at("betas").at(1).as_double());
-  o.eps = static_cast<float>(get_number(oc, "eps"));
-  o.weight_decay = static_cast<float>(get_number(oc, "weight_decay"));
-  return o;
-}
 
 // Per-op GPU time of `ex`'s last runs (Executor::profile), the largest first.
 void print_profile(const Executor& ex, const char* what, int runs) {
@@ -76,7 +65,7 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
   TrainStepOptions o;
   o.device_ctx = ctx;
   o.pool = &pool;
-  o.optimizer = optimizer_of(cfg);
+  o.optimizer = optimizer_config(cfg);
   o.grad_clip = get_number(cfg.root.at("train"), "grad_clip");
   o.compute_dtype = DType::bf16;
   o.cuda_graph = true;
