@@ -48,11 +48,13 @@ Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache) : mode
   kv_ = kv_cache && supports_kv_cache(model.model_config);
   ExecutorOptions opt;
   opt.pool = pool;
+  opt.device_ctx = model.device_ctx;
+  DeviceContext* dctx = model.device_ctx.get();
   if (!kv_) {
     // Full-window recompute: the last T tokens, left-aligned; causal attention makes the padding after
     // them irrelevant.
     g_ = build_model(model.model_config, 1, T_, /*training=*/false);
-    ex_ = std::make_unique<Executor>(*g_.graph, std::vector<Value>{g_.logits}, Gradients{}, model.store, opt);
+    ex_ = std::make_unique<Executor>(*g_.graph, std::vector<Value>{g_.logits}, Gradients{}, model.run_store(), opt);
     window_ = Tensor::zeros({1, T_}, DType::i32);
     ex_->bind(g_.tokens, window_);
     return;
@@ -62,10 +64,11 @@ Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache) : mode
   std::vector<Value> outputs{g_.logits};
   outputs.insert(outputs.end(), dg_.k_out.begin(), dg_.k_out.end());
   outputs.insert(outputs.end(), dg_.v_out.begin(), dg_.v_out.end());
-  ex_ = std::make_unique<Executor>(*g_.graph, outputs, Gradients{}, model.store, opt);
-  for (size_t l = 0; l < dg_.k_in.size(); ++l) {  // our caches: outputs live in the arena, so they are copied back
-    kc_.push_back(Tensor::zeros(dg_.k_in[l].shape(), dg_.k_in[l].dtype()));
-    vc_.push_back(Tensor::zeros(dg_.v_in[l].shape(), dg_.v_in[l].dtype()));
+  ex_ = std::make_unique<Executor>(*g_.graph, outputs, Gradients{}, model.run_store(), opt);
+  for (size_t l = 0; l < dg_.k_in.size(); ++l) {  // our caches (on the executor's device): outputs live in the
+                                                  // arena, so they are copied back
+    kc_.push_back(Tensor::zeros(dg_.k_in[l].shape(), dg_.k_in[l].dtype(), dctx));
+    vc_.push_back(Tensor::zeros(dg_.v_in[l].shape(), dg_.v_in[l].dtype(), dctx));
     ex_->bind(dg_.k_in[l], kc_.back());
     ex_->bind(dg_.v_in[l], vc_.back());
   }
@@ -81,18 +84,35 @@ Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache) : mode
 
 Generator::~Generator() = default;
 
+// The logits on the host: a view of the executor's memory there, a copy from a device.
+const float* Generator::logits_of(const Tensor& logits) {
+  if (!model_.device_ctx) return logits.data<float>();
+  logits_host_ = logits.to_host();
+  return logits_host_.data<float>();
+}
+
 const float* Generator::feed(int32_t id) {
   token_.data<int32_t>()[0] = id;
   pos_.data<int32_t>()[0] = static_cast<int32_t>(p_);
   cache_pos_.data<int32_t>()[0] = static_cast<int32_t>(p_);
   mask_.data<float>()[p_] = 0.0f;
+  if (model_.device_ctx) {  // a device executor copies inputs when they are bound
+    ex_->bind(g_.tokens, token_);
+    ex_->bind(dg_.position, pos_);
+    ex_->bind(dg_.cache_position, cache_pos_);
+    ex_->bind(dg_.mask, mask_);
+    for (size_t l = 0; l < kc_.size(); ++l) {
+      ex_->bind(dg_.k_in[l], kc_[l]);
+      ex_->bind(dg_.v_in[l], vc_[l]);
+    }
+  }
   ex_->run();
   for (size_t l = 0; l < kc_.size(); ++l) {
     kc_[l].copy_from(ex_->get(dg_.k_out[l]));
     vc_[l].copy_from(ex_->get(dg_.v_out[l]));
   }
   ++p_;
-  return ex_->get(g_.logits).data<float>();
+  return logits_of(ex_->get(g_.logits));
 }
 
 const float* Generator::refill(const std::vector<int32_t>& ids, int64_t keep) {  // restart from the last `keep`
@@ -127,8 +147,9 @@ int64_t Generator::run(const std::vector<int32_t>& prompt, int64_t max_new_token
       const int64_t len = std::min<int64_t>(static_cast<int64_t>(ids.size()), T_);
       std::fill(window_.data<int32_t>(), window_.data<int32_t>() + T_, 0);
       std::copy(ids.end() - len, ids.end(), window_.data<int32_t>());
+      if (model_.device_ctx) ex_->bind(g_.tokens, window_);
       ex_->run();
-      if (!emit(sample(ex_->get(g_.logits).data<float>() + (len - 1) * V_, n))) break;
+      if (!emit(sample(logits_of(ex_->get(g_.logits)) + (len - 1) * V_, n))) break;
     }
     return static_cast<int64_t>(out.size());
   }

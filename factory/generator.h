@@ -55,6 +55,8 @@ class Generator {
   std::unique_ptr<Executor> ex_;
   std::vector<Tensor> kc_, vc_;
   Tensor token_, pos_, cache_pos_, mask_, window_;
+  Tensor logits_host_;  // a device model's last logits, copied to the host
+  const float* logits_of(const Tensor& logits);
   int64_t p_ = 0;  // next cache position
   std::vector<int32_t> ids_, idx_scratch_;
   std::vector<double> p_scratch_;

@@ -28,10 +28,11 @@ Predictor::Compiled& Predictor::compiled(int64_t length) {
   }
   ExecutorOptions opt;
   opt.pool = pool_;
+  opt.device_ctx = model_.device_ctx;
   std::vector<Value> outputs{c.output, c.graph.hidden};
   if (c.graph.logits.id != c.output.id) outputs.push_back(c.graph.logits);
   if (task_ == "classification") outputs.push_back(c.graph.pooled);
-  c.executor = std::make_unique<Executor>(*c.graph.graph, outputs, Gradients{}, model_.store, opt);
+  c.executor = std::make_unique<Executor>(*c.graph.graph, outputs, Gradients{}, model_.run_store(), opt);
   c.input = Tensor::zeros({1, length}, DType::i32);
   c.executor->bind(c.graph.tokens, c.input);
   return by_length_.emplace(length, std::move(c)).first->second;
@@ -49,12 +50,16 @@ Predictor::Outputs Predictor::forward(const int32_t* tokens, int64_t L) {
     XF_CHECK(tokens[i] >= 0 && tokens[i] < V, "infer", "token ", tokens[i], " at position ", i, " is outside the vocabulary of ", V);
   Compiled& c = compiled(L);
   std::copy(tokens, tokens + L, c.input.data<int32_t>());
+  const bool device = model_.device_ctx != nullptr;
+  if (device) c.executor->bind(c.graph.tokens, c.input);  // a device executor copies its inputs when bound
   c.executor->run();
+  // Device outputs come back to the host (one copy each; the host path returns views).
+  auto out = [&](Value v) { return device ? c.executor->get(v).to_host() : c.executor->get(v); };
   Outputs o;
-  o.result = c.executor->get(c.output);
-  o.hidden = c.executor->get(c.graph.hidden);
-  o.logits = c.executor->get(c.graph.logits);
-  if (task_ == "classification") o.pooled = c.executor->get(c.graph.pooled);
+  o.result = out(c.output);
+  o.hidden = out(c.graph.hidden);
+  o.logits = c.graph.logits.id == c.output.id ? o.result : out(c.graph.logits);
+  if (task_ == "classification") o.pooled = out(c.graph.pooled);
   else if (task_ == "embedding") o.pooled = o.result;
   return o;
 }

@@ -69,6 +69,16 @@ LoadedData load_data(const Config& config) {
   return d;
 }
 
+void place_on_device(Model& model, Device device) {
+  if (device.is_cpu()) {
+    model.device_ctx.reset();
+    model.device_store.reset();
+    return;
+  }
+  if (!model.device_ctx || model.device_ctx->device() != device) model.device_ctx = make_device_context(device);
+  model.device_store = std::make_shared<ParamStore>(*model.store, model.device_ctx.get());
+}
+
 OptimizerConfig optimizer_config(const Config& config) {
   const ConfigNode& oc = config.root.at("train").at("optimizer");
   OptimizerConfig o;

@@ -12,6 +12,7 @@
 #include "factory/model_builder.h"
 #include "factory/weight_init.h"
 #include "runtime/data.h"
+#include "runtime/device_context.h"
 #include "runtime/labelled_data.h"
 #include "runtime/logging.h"
 #include "runtime/optimizer.h"
@@ -54,10 +55,18 @@ LoadedData load_data(const Config& config);
 // A model ready to run: graphs for training (batch, seq_len) and for evaluation share the store.
 struct Model {
   BuiltModel train_graph, eval_graph;
-  std::shared_ptr<ParamStore> store;
+  std::shared_ptr<ParamStore> store;  // the master parameters, on the host
   InitReport init;
   ConfigNode model_config;  // the `model` section with vocab_size resolved
+  // Inference on a GPU (Predictor, Generator): a device context and a device copy of `store` (see
+  // place_on_device); null: the host.
+  std::shared_ptr<DeviceContext> device_ctx;
+  std::shared_ptr<ParamStore> device_store;
+  const std::shared_ptr<ParamStore>& run_store() const { return device_store ? device_store : store; }
 };
+// Copies the model's parameters to `device` for inference (a no-op for the CPU); after a change to
+// model.store, call it again to refresh the copy.
+void place_on_device(Model& model, Device device);
 // train.optimizer of a validated config.
 OptimizerConfig optimizer_config(const Config& config);
 

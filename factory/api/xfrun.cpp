@@ -147,8 +147,8 @@ void load_weights(const std::string& checkpoint, xfr::ParamStore& store) {
 
 std::shared_ptr<const detail::ModelImpl> load(const xfr::Config& cfg, const std::string& checkpoint,
                                               const LoadOptions& options) {
-  if (options.device != "cpu")
-    throw Error("[device] '" + options.device + "' is not supported by the xfrun API yet; use \"cpu\"");
+  // "cpu", "cuda", "cuda:N" or "auto"; a device that is not there is an error naming why.
+  const xfr::Device device = xfr::resolve_device(options.device, "LoadOptions.device");
   auto impl = std::make_shared<detail::ModelImpl>();
   Vocabulary vocab = resolve_vocab(cfg, checkpoint);
   impl->model = xfr::make_model(cfg, vocab.size, 1, xfr::make_null_logger());
@@ -156,8 +156,9 @@ std::shared_ptr<const detail::ModelImpl> load(const xfr::Config& cfg, const std:
   impl->tokenizer_kind = impl->tokenizer ? impl->tokenizer->kind_name() : "";
   impl->no_tokenizer = std::move(vocab.no_tokenizer);
   load_weights(checkpoint, *impl->model.store);
+  xfr::place_on_device(impl->model, device);  // a GPU: the weights copied once, shared by every session
   impl->task = xfr::get_string(impl->model.model_config, "task");
-  impl->device = options.device;
+  impl->device = device.str();
   impl->vocab = impl->model.train_graph.vocab_size;
   impl->max_len = impl->model.train_graph.tokens.dim(1);
   impl->hidden = impl->model.train_graph.hidden.dim(2);

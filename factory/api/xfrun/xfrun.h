@@ -54,7 +54,9 @@ struct Array {
 };
 
 struct LoadOptions {
-  std::string device = "cpu";  // only "cpu" for now; anything else is refused
+  // "cpu", "cuda", "cuda:N" or "auto" (the first GPU when there is one). A GPU model keeps one copy of the
+  // weights on the device; each Session runs its graphs there (fp32) and returns results on the host.
+  std::string device = "cpu";
 };
 
 namespace detail {

@@ -45,7 +45,7 @@ const char* xfrun_version(void);
 /* The message of the calling thread's last failure ("" if none); valid until its next failing call. */
 const char* xfrun_last_error(void);
 
-/* device: "cpu" (NULL means "cpu"). checkpoint: a step folder, a folder with model.safetensors, or a
+/* device: "cpu", "cuda", "cuda:N" or "auto" (NULL means "cpu"). checkpoint: a step folder, a folder with model.safetensors, or a
  * .safetensors file. format: "yaml" or "json". */
 xfrun_status xfrun_model_load_file(const char* config_path, const char* checkpoint, const char* device,
                                    xfrun_model** out);
