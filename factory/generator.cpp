@@ -41,15 +41,16 @@ int32_t sample_token(const float* logits, int64_t V, double temperature, int64_t
   return idx[keep - 1];
 }
 
-Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache) : model_(model) {
+Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache, std::shared_ptr<DeviceContext> device_ctx)
+    : model_(model), device_ctx_(model.device_ctx ? (device_ctx ? device_ctx : model.device_ctx) : nullptr) {
   XF_CHECK(get_string(model.model_config, "task") == "causal_lm", "generate", "only causal_lm models generate");
   T_ = model.train_graph.tokens.dim(1);
   V_ = model.train_graph.vocab_size;
   kv_ = kv_cache && supports_kv_cache(model.model_config);
   ExecutorOptions opt;
   opt.pool = pool;
-  opt.device_ctx = model.device_ctx;
-  DeviceContext* dctx = model.device_ctx.get();
+  opt.device_ctx = device_ctx_;
+  DeviceContext* dctx = device_ctx_.get();
   if (!kv_) {
     // Full-window recompute: the last T tokens, left-aligned; causal attention makes the padding after
     // them irrelevant.
@@ -86,7 +87,7 @@ Generator::~Generator() = default;
 
 // The logits on the host: a view of the executor's memory there, a copy from a device.
 const float* Generator::logits_of(const Tensor& logits) {
-  if (!model_.device_ctx) return logits.data<float>();
+  if (!device_ctx_) return logits.data<float>();
   logits_host_ = logits.to_host();
   return logits_host_.data<float>();
 }
@@ -96,7 +97,7 @@ const float* Generator::feed(int32_t id) {
   pos_.data<int32_t>()[0] = static_cast<int32_t>(p_);
   cache_pos_.data<int32_t>()[0] = static_cast<int32_t>(p_);
   mask_.data<float>()[p_] = 0.0f;
-  if (model_.device_ctx) {  // a device executor copies inputs when they are bound
+  if (device_ctx_) {  // a device executor copies inputs when they are bound
     ex_->bind(g_.tokens, token_);
     ex_->bind(dg_.position, pos_);
     ex_->bind(dg_.cache_position, cache_pos_);
@@ -147,7 +148,7 @@ int64_t Generator::run(const std::vector<int32_t>& prompt, int64_t max_new_token
       const int64_t len = std::min<int64_t>(static_cast<int64_t>(ids.size()), T_);
       std::fill(window_.data<int32_t>(), window_.data<int32_t>() + T_, 0);
       std::copy(ids.end() - len, ids.end(), window_.data<int32_t>());
-      if (model_.device_ctx) ex_->bind(g_.tokens, window_);
+      if (device_ctx_) ex_->bind(g_.tokens, window_);
       ex_->run();
       if (!emit(sample(logits_of(ex_->get(g_.logits)) + (len - 1) * V_, n))) break;
     }

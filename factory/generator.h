@@ -32,7 +32,8 @@ class Generator {
  public:
   // With kv_cache (and a model that supports it, see supports_kv_cache) each new token costs a one-token
   // pass; otherwise the last seq_len tokens are recomputed per token. Compiles the graph now.
-  Generator(const Model& model, ThreadPool* pool, bool kv_cache = true);
+  // device_ctx: as Predictor's (a GPU model's graphs run on it; null: the model's own context).
+  Generator(const Model& model, ThreadPool* pool, bool kv_cache = true, std::shared_ptr<DeviceContext> device_ctx = nullptr);
   ~Generator();
 
   bool uses_kv_cache() const { return kv_; }
@@ -56,6 +57,7 @@ class Generator {
   std::vector<Tensor> kc_, vc_;
   Tensor token_, pos_, cache_pos_, mask_, window_;
   Tensor logits_host_;  // a device model's last logits, copied to the host
+  std::shared_ptr<DeviceContext> device_ctx_;  // null on the host
   const float* logits_of(const Tensor& logits);
   int64_t p_ = 0;  // next cache position
   std::vector<int32_t> ids_, idx_scratch_;

@@ -8,9 +8,9 @@
 
 namespace xfr {
 
-Predictor::Predictor(const Model& model, ThreadPool* pool)
-    : model_(model), pool_(pool), task_(get_string(model.model_config, "task")),
-      max_len_(model.train_graph.tokens.dim(1)) {}
+Predictor::Predictor(const Model& model, ThreadPool* pool, std::shared_ptr<DeviceContext> device_ctx)
+    : model_(model), pool_(pool), device_ctx_(model.device_ctx ? (device_ctx ? device_ctx : model.device_ctx) : nullptr),
+      task_(get_string(model.model_config, "task")), max_len_(model.train_graph.tokens.dim(1)) {}
 
 Predictor::Compiled& Predictor::compiled(int64_t length) {
   auto it = by_length_.find(length);
@@ -28,7 +28,7 @@ Predictor::Compiled& Predictor::compiled(int64_t length) {
   }
   ExecutorOptions opt;
   opt.pool = pool_;
-  opt.device_ctx = model_.device_ctx;
+  opt.device_ctx = device_ctx_;
   std::vector<Value> outputs{c.output, c.graph.hidden};
   if (c.graph.logits.id != c.output.id) outputs.push_back(c.graph.logits);
   if (task_ == "classification") outputs.push_back(c.graph.pooled);
@@ -50,7 +50,7 @@ Predictor::Outputs Predictor::forward(const int32_t* tokens, int64_t L) {
     XF_CHECK(tokens[i] >= 0 && tokens[i] < V, "infer", "token ", tokens[i], " at position ", i, " is outside the vocabulary of ", V);
   Compiled& c = compiled(L);
   std::copy(tokens, tokens + L, c.input.data<int32_t>());
-  const bool device = model_.device_ctx != nullptr;
+  const bool device = device_ctx_ != nullptr;
   if (device) c.executor->bind(c.graph.tokens, c.input);  // a device executor copies its inputs when bound
   c.executor->run();
   // Device outputs come back to the host (one copy each; the host path returns views).

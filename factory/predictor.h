@@ -17,7 +17,10 @@ namespace xfr {
 
 class Predictor {
  public:
-  Predictor(const Model& model, ThreadPool* pool);
+  // device_ctx: where a GPU model's graphs run (its stream, pool and scratch); null: the model's own
+  // context. Threads sharing a GPU model each pass their own: kernels that use a context's scratch space
+  // in several launches must not interleave with another thread's.
+  Predictor(const Model& model, ThreadPool* pool, std::shared_ptr<DeviceContext> device_ctx = nullptr);
 
   // Every output of one pass, as views into the executor's memory, valid until the next call:
   //   logits (1, L, V) for causal_lm and embedding, (1, K) for classification; hidden (1, L, C);
@@ -51,6 +54,7 @@ class Predictor {
   Compiled& compiled(int64_t length);
   const Model& model_;
   ThreadPool* pool_;
+  std::shared_ptr<DeviceContext> device_ctx_;  // null on the host
   std::string task_;
   int64_t max_len_;
   std::map<int64_t, Compiled> by_length_;

@@ -58,6 +58,7 @@ struct SessionImpl {
   Model model;
   SessionOptions options;
   std::unique_ptr<xfr::ThreadPool> pool;
+  std::shared_ptr<xfr::DeviceContext> device_ctx;  // a GPU model: this session's own stream and pool
   std::unique_ptr<xfr::Predictor> predictor;
   std::unique_ptr<xfr::Generator> generator;
   bool generator_kv = true;
@@ -226,11 +227,13 @@ Session::Session(const Model& model, const SessionOptions& options) {
     XF_CHECK(o.threads >= 1, "session", "threads must be at least 1, not ", o.threads);
     auto impl = std::make_unique<detail::SessionImpl>(model, o);
     if (o.threads > 1) impl->pool = std::make_unique<xfr::ThreadPool>(o.threads);
-    impl->predictor = std::make_unique<xfr::Predictor>(model.impl_->model, impl->pool.get());
+    // A GPU model: this session's own context (stream, pool, scratch), reading the model's device weights.
+    if (model.impl_->model.device_ctx) impl->device_ctx = xfr::make_device_context(model.impl_->model.device_ctx->device());
+    impl->predictor = std::make_unique<xfr::Predictor>(model.impl_->model, impl->pool.get(), impl->device_ctx);
     if (o.precompile) {
       for (int64_t L = 1; L <= o.max_length; ++L) impl->predictor->prepare(L);
       if (model.task() == "causal_lm")
-        impl->generator = std::make_unique<xfr::Generator>(model.impl_->model, impl->pool.get(), true);
+        impl->generator = std::make_unique<xfr::Generator>(model.impl_->model, impl->pool.get(), true, impl->device_ctx);
     }
     impl_ = std::move(impl);
   });
@@ -305,7 +308,7 @@ void Session::generate(const std::vector<int32_t>& prompt, const GenerateOptions
     XF_CHECK(options.max_new_tokens >= 0, "generate", "max_new_tokens must be >= 0, not ", options.max_new_tokens);
     if (!impl_->generator || impl_->generator_kv != options.kv_cache) {
       impl_->generator.reset();
-      impl_->generator = std::make_unique<xfr::Generator>(m.model, impl_->pool.get(), options.kv_cache);
+      impl_->generator = std::make_unique<xfr::Generator>(m.model, impl_->pool.get(), options.kv_cache, impl_->device_ctx);
       impl_->generator_kv = options.kv_cache;
     }
     xfr::SamplingOptions s;
