@@ -112,15 +112,22 @@ void print_info() {
     for (const auto& op : ops) std::cout << " " << op;
     std::cout << "\n";
   }
-  const bool cuda_attention = cuda_built && KernelRegistry::builtin().find("matmul", Device::Kind::cuda) &&
-                              KernelRegistry::builtin().find("softmax", Device::Kind::cuda);
-  std::cout << "attention backends:\n  cpu composite (matmul + softmax + matmul): available\n"
-            << "  cuda composite (cuBLASLt + softmax kernels): "
-            << (!cuda_built ? "unavailable (no CUDA backend in this build)"
-                            : !cuda_attention ? "unavailable (kernels missing)"
-                            : gpus == 0       ? "unavailable (no CUDA device)"
-                                              : "available")
-            << "\n";
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  auto cuda_status = [&](bool kernels) {
+    return !cuda_built ? std::string("unavailable (no CUDA backend in this build)")
+           : !kernels  ? std::string("unavailable (kernels missing)")
+           : gpus == 0 ? "unavailable (" + cuda_unavailable_reason() + ")"
+                       : std::string("available");
+  };
+  std::cout << "attention backends (scaled_dot_product picks the fused op for unmasked (B, H, S, D) heads; "
+               "XF_ATTENTION_BACKEND=composite keeps the composite):\n"
+            << "  cpu flash_attention (query blocks through sgemm, f64 oracle): available\n"
+            << "  cpu composite (matmul + softmax + matmul; additive masks): available\n"
+            << "  cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256): "
+            << cuda_status(reg.find("flash_attention", Device::Kind::cuda) != nullptr) << "\n"
+            << "  cuda composite (cuBLASLt + softmax kernels; additive masks): "
+            << cuda_status(reg.find("matmul", Device::Kind::cuda) && reg.find("softmax", Device::Kind::cuda)) << "\n"
+            << "  cudnn fused attention: unavailable (not built: the dispatcher to cuDNN is not written yet)\n";
 }
 
 // Writes every path field of `node` (validated against `s`) as an absolute path: a relative path means
