@@ -222,6 +222,14 @@ TEST_CASE("cli describe --json: total_params is the sum of the parameters' numel
   const Model m = make_model(c, data.vocab_size, 1, make_null_logger());
   CHECK(sum == m.store->num_params());
   CHECK(j.at("vocab_size").get<int64_t>() == data.vocab_size);
+  // The GPU memory estimate, before anything runs: the flat buffers (weights, gradients, AdamW's two
+  // moments: 4 x 4 bytes a padded parameter) plus a positive activation arena and the workspace.
+  const auto& gm = j.at("gpu_memory_bytes");
+  const size_t w = gm.at("weights").get<size_t>();
+  CHECK(w >= 4 * sum);
+  CHECK(gm.at("optimizer").get<size_t>() == 2 * w);
+  CHECK(gm.at("activations").get<size_t>() > 0);
+  CHECK(gm.at("total").get<size_t>() == 4 * w + gm.at("activations").get<size_t>() + gm.at("workspace").get<size_t>());
   // Text form.
   const CliRun t = xfrun({"describe", "--config", cfg});
   CHECK(t.rc == 0);
@@ -235,6 +243,9 @@ TEST_CASE("cli info, usage errors and help") {
   CHECK(i.rc == 0);
   CHECK(contains(i.out, std::string("xfrun ") + xfrun_version()));
   CHECK(contains(i.out, "BLAS"));
+  CHECK(contains(i.out, "cpu flash_attention (query blocks through sgemm, f64 oracle): available"));
+  CHECK(contains(i.out, "cuda flash_attention"));  // available, or unavailable with the reason
+  CHECK(contains(i.out, "cudnn fused attention: unavailable"));
   CHECK(xfrun({"frobnicate"}).rc == 2);
   CHECK(xfrun({}).rc == 2);
   CHECK(xfrun({"validate", "--config"}).rc == 2);
