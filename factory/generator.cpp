@@ -50,6 +50,7 @@ Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache, std::s
   ExecutorOptions opt;
   opt.pool = pool;
   opt.device_ctx = device_ctx_;
+  opt.constant_params = true;  // the model's parameters are only read
   DeviceContext* dctx = device_ctx_.get();
   if (!kv_) {
     // Full-window recompute: the last T tokens, left-aligned; causal attention makes the padding after

@@ -29,6 +29,7 @@ Predictor::Compiled& Predictor::compiled(int64_t length) {
   ExecutorOptions opt;
   opt.pool = pool_;
   opt.device_ctx = device_ctx_;
+  opt.constant_params = true;  // the model's parameters are only read
   std::vector<Value> outputs{c.output, c.graph.hidden};
   if (c.graph.logits.id != c.output.id) outputs.push_back(c.graph.logits);
   if (task_ == "classification") outputs.push_back(c.graph.pooled);

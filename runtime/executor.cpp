@@ -74,6 +74,18 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     s.kernel = all_views ? nullptr : registry.get(node.op->name(), opt_.device);
     const int step = static_cast<int>(schedule_.size());
     for (int out : node.outputs) def_step[static_cast<size_t>(out)] = step;
+    if (opt_.constant_params && s.kernel && node.rng_offset < 0 && !node.inputs.empty()) {
+      s.params_only = true;
+      for (int in : node.inputs) {
+        const auto& vi = g.value(in);
+        const int prod = vi.producer;
+        const bool from_const = vi.kind == ValueKind::param ||
+                                (prod >= 0 && std::any_of(schedule_.begin(), schedule_.end(), [&](const Step& t) {
+                                   return t.node == prod && t.params_only;
+                                 }));
+        if (!from_const) s.params_only = false;
+      }
+    }
     for (int in : node.inputs) {
       const int r = view_root_[static_cast<size_t>(in)];
       last_use[static_cast<size_t>(r)] = std::max(last_use[static_cast<size_t>(r)], step);
@@ -85,6 +97,9 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     schedule_.push_back(std::move(s));
   }
   for (int o : outputs_) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
+  for (const auto& st : schedule_)  // constants keep their memory from the first run on
+    if (st.params_only)
+      for (int o : st.out) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
 
   // 3. Storage: params from the store, inputs bound per run, activations planned into one arena.
   std::vector<BufferRequest> requests;
@@ -222,6 +237,7 @@ void Executor::run() {
     enqueue();
   }
   warm_ = true;
+  constants_ready_ = opt_.constant_params;
   end_run();
 }
 
@@ -245,7 +261,7 @@ void Executor::enqueue() {
       if (r != v) tensors_[static_cast<size_t>(v)] = tensors_[static_cast<size_t>(r)].view(g_.value(v).meta.shape);
       out.push_back(tensors_[static_cast<size_t>(v)]);
     }
-    if (s.kernel) {
+    if (s.kernel && !(s.params_only && constants_ready_)) {
       const Node& node = g_.node(s.node);
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       try {

@@ -33,6 +33,9 @@ struct ExecutorOptions {
   // CUDA: the first run() runs eagerly (plans, caches), the second captures the kernels as a CUDA graph,
   // and every later run() replays it. Ignored on the CPU and with `profile`.
   bool cuda_graph = false;
+  // Inference over parameters that do not change between runs: nodes computed from parameters alone (the
+  // casts of mixed precision) run in the first run only and keep their outputs. Never for training.
+  bool constant_params = false;
 };
 
 class Executor {
@@ -76,6 +79,7 @@ class Executor {
     KernelFn kernel;                 // null for pure views
     std::vector<int> in, out;        // value ids
     std::vector<int> grad_slot_out;  // per output: index into store slots to accumulate into, or -1
+    bool params_only = false;        // every input is a parameter or another params_only output
   };
   Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
   void accumulate_grad(const Tensor& g, const ParamSlot& slot);
@@ -94,6 +98,7 @@ class Executor {
   std::shared_ptr<void> graph_;        // cuda_graph: the captured run
   bool graph_broken_ = false;          // capture failed once: stay eager
   bool warm_ = false;                  // one run done (plans built, caches filled): capture may start
+  bool constants_ready_ = false;       // constant_params: the params_only steps have run
   uint64_t rng_base_host_ = 0;         // source of the stream-position copy (alive until it is done)
   std::vector<int> outputs_;
   Tensor arena_;

@@ -192,3 +192,25 @@ TEST_CASE("autodiff: the graph's gradients of a two-layer MLP equal the hand-der
   check_close(store->grad("fc1.bias"), db1, "db1");
   check_close(ex.get(grads.get(x)), dx, "dx");
 }
+
+TEST_CASE("executor: constant_params runs parameter-only nodes once and keeps their outputs") {
+  // y = x * (2 w): the scale of the parameter is a constant; after the first run, changing the stored
+  // parameter no longer changes y (the documented contract: parameters must not change), while a new x does.
+  Graph g;
+  Value x = g.input("x", TensorMeta{{3}, DType::f32});
+  Value w = g.param("w", {3});
+  Value w2 = scale(w, 2.0, "w2");
+  Value y = mul(x, w2, "y");
+  auto store = std::make_shared<ParamStore>(g);
+  for (int i = 0; i < 3; ++i) store->params()[i] = static_cast<float>(i + 1);
+  ExecutorOptions o;
+  o.constant_params = true;
+  Executor ex(g, {y}, Gradients{}, store, o);
+  ex.bind(x, Tensor::from_vector(std::vector<float>{1, 1, 1}, {3}));
+  ex.run();
+  CHECK(ex.get(y).to_doubles() == std::vector<double>{2, 4, 6});
+  store->params()[0] = 100;  // not seen: the constant was computed in the first run
+  ex.bind(x, Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}));
+  ex.run();
+  CHECK(ex.get(y).to_doubles() == std::vector<double>{2, 8, 18});
+}
