@@ -295,24 +295,6 @@ void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
   g.stride_a = d.m * d.k;
   g.stride_b = d.shared_b ? 0 : d.k * d.n;  // a shared B folds into one GEMM of batch * M rows (see gemm())
   g.stride_c = d.m * d.n;
-  // Output rows whose byte length is not a multiple of 16 (a 30522-word vocabulary in bf16) keep cuBLASLt
-  // off its fastest (16-byte-aligned, TMA) kernels: a large such GEMM writes into rows padded to 16 bytes
-  // and one strided copy packs them. 1M outputs: below that the GEMM is short and the copy not worth it.
-  const int64_t esize = static_cast<int64_t>(dtype_size(C.dtype()));
-  const int64_t per16 = 16 / esize;
-  if ((d.n * esize) % 16 != 0 && d.m * d.n >= (int64_t(1) << 20) && (d.shared_b || d.batch == 1)) {
-    CudaContext& cc = context_of(ctx);
-    const int64_t rows = d.batch * d.m, ldp = (d.n + per16 - 1) / per16 * per16;
-    Tensor padded = Tensor::empty({rows, ldp}, C.dtype(), &cc);
-    g.c = padded.raw_data();
-    g.ldc = ldp;
-    g.stride_c = d.m * ldp;
-    gemm(cc, g);
-    XF_CUDA_CHECK(cudaMemcpy2DAsync(C.raw_data(), static_cast<size_t>(d.n * esize), padded.raw_data(),
-                                    static_cast<size_t>(ldp * esize), static_cast<size_t>(d.n * esize),
-                                    static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, cc.stream()));
-    return;
-  }
   gemm(context_of(ctx), g);
 }
 
