@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "factory/config.h"
@@ -90,6 +91,26 @@ std::vector<std::vector<int32_t>> random_batch(int n, int64_t max_len, int32_t v
   return b;
 }
 
+// Runs body(t) on n threads at once; body returns how many results differed from the expected ones. Checks
+// that no thread saw a difference or an exception.
+void check_threads_agree(int n, const std::function<int(int)>& body) {
+  std::vector<int> mismatches(static_cast<size_t>(n), 0), errors(static_cast<size_t>(n), 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < n; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        mismatches[static_cast<size_t>(t)] = body(t);
+      } catch (...) {
+        ++errors[static_cast<size_t>(t)];
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < n; ++t) {
+    CHECK_MESSAGE(mismatches[static_cast<size_t>(t)] == 0, "thread " << t);
+    CHECK_MESSAGE(errors[static_cast<size_t>(t)] == 0, "thread " << t);
+  }
+}
+
 bool same_bits(const std::vector<xfrun::Array>& a, const std::vector<xfrun::Array>& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -165,30 +186,20 @@ TEST_CASE("api: forward from 4 threads, one session each on one shared model, eq
     for (const auto& b : batches)
       for (auto k : kinds) serial.push_back(s.forward(b, k));
   }
-  std::vector<int> mismatches(4, 0), errors(4, 0);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t)
-    threads.emplace_back([&, t] {
-      try {
-        xfrun::Session s(model, {4, 24, 1, false});
-        std::vector<xfrun::Array> out;
-        for (int rep = 0; rep < 3; ++rep)
-          for (size_t i = 0; i < batches.size(); ++i) {
-            const size_t b = (i + static_cast<size_t>(t)) % batches.size();  // a different order per thread
-            for (size_t k = 0; k < 3; ++k) {
-              s.forward(batches[b], kinds[k], out);
-              if (!same_bits(out, serial[b * 3 + k])) ++mismatches[static_cast<size_t>(t)];
-            }
-          }
-      } catch (...) {
-        ++errors[static_cast<size_t>(t)];
+  check_threads_agree(4, [&](int t) {
+    int mismatches = 0;
+    xfrun::Session s(model, {4, 24, 1, false});
+    std::vector<xfrun::Array> out;
+    for (int rep = 0; rep < 3; ++rep)
+      for (size_t i = 0; i < batches.size(); ++i) {
+        const size_t b = (i + static_cast<size_t>(t)) % batches.size();  // a different order per thread
+        for (size_t k = 0; k < 3; ++k) {
+          s.forward(batches[b], kinds[k], out);
+          if (!same_bits(out, serial[b * 3 + k])) ++mismatches;
+        }
       }
-    });
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < 4; ++t) {
-    CHECK_MESSAGE(mismatches[static_cast<size_t>(t)] == 0, "thread " << t);
-    CHECK_MESSAGE(errors[static_cast<size_t>(t)] == 0, "thread " << t);
-  }
+    return mismatches;
+  });
 }
 
 TEST_CASE("api: a checkpoint that does not match the config is refused, naming the tensor") {
@@ -430,24 +441,14 @@ XF_CUDA_TEST_CASE("api: a model on the GPU gives the CPU's outputs, shared by 4 
     want.push_back(b);
   }
   // Four threads, a session each, on the one GPU model: every result equals the serial GPU result.
-  std::vector<int> mismatches(4, 0), errors(4, 0);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t)
-    threads.emplace_back([&, t] {
-      try {
-        xfrun::Session s(gpu, {3, 24, 1, false});
-        for (int rep = 0; rep < 3; ++rep)
-          for (size_t k = 0; k < 3; ++k)
-            if (!same_bits(s.forward(batch, kinds[k]), want[k])) ++mismatches[static_cast<size_t>(t)];
-      } catch (...) {
-        ++errors[static_cast<size_t>(t)];
-      }
-    });
-  for (auto& th : threads) th.join();
-  for (int t = 0; t < 4; ++t) {
-    CHECK_MESSAGE(mismatches[static_cast<size_t>(t)] == 0, "thread " << t);
-    CHECK_MESSAGE(errors[static_cast<size_t>(t)] == 0, "thread " << t);
-  }
+  check_threads_agree(4, [&](int) {
+    int mismatches = 0;
+    xfrun::Session s(gpu, {3, 24, 1, false});
+    for (int rep = 0; rep < 3; ++rep)
+      for (size_t k = 0; k < 3; ++k)
+        if (!same_bits(s.forward(batch, kinds[k]), want[k])) ++mismatches;
+    return mismatches;
+  });
   // Generation on the GPU, with and without the KV cache: the same number of tokens, valid ids.
   for (bool kv : {true, false}) {
     xfrun::GenerateOptions o;
