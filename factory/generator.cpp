@@ -42,7 +42,7 @@ int32_t sample_token(const float* logits, int64_t V, double temperature, int64_t
 }
 
 Generator::Generator(const Model& model, ThreadPool* pool, bool kv_cache, std::shared_ptr<DeviceContext> device_ctx)
-    : model_(model), device_ctx_(model.device_ctx ? (device_ctx ? device_ctx : model.device_ctx) : nullptr) {
+    : model_(model), device_ctx_(model.run_context(device_ctx)) {
   XF_CHECK(get_string(model.model_config, "task") == "causal_lm", "generate", "only causal_lm models generate");
   T_ = model.train_graph.tokens.dim(1);
   V_ = model.train_graph.vocab_size;

@@ -9,7 +9,7 @@
 namespace xfr {
 
 Predictor::Predictor(const Model& model, ThreadPool* pool, std::shared_ptr<DeviceContext> device_ctx)
-    : model_(model), pool_(pool), device_ctx_(model.device_ctx ? (device_ctx ? device_ctx : model.device_ctx) : nullptr),
+    : model_(model), pool_(pool), device_ctx_(model.run_context(device_ctx)),
       task_(get_string(model.model_config, "task")), max_len_(model.train_graph.tokens.dim(1)) {}
 
 Predictor::Compiled& Predictor::compiled(int64_t length) {

@@ -79,6 +79,11 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
 void TrainStep::enqueue_device_step() {
   store_->zero_grads();
   executor_->enqueue();
+  enqueue_device_update();
+}
+
+// The gradients are complete: norm (and clip), the update, the loss-scale update (capturable).
+void TrainStep::enqueue_device_update() {
   if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
   else dev_opt_->grad_norm(store_->grads(), scaler_.get());
   dev_opt_->step(store_->params(), store_->grads());
@@ -96,17 +101,7 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
     executor_->begin_run();
     if (graphs && !graph_ && device_steps_ >= 1) {  // the first step ran eagerly: plans and caches exist
       try {
-        ctx.begin_capture();
-        try {
-          enqueue_device_step();
-        } catch (...) {
-          try {
-            ctx.end_capture();
-          } catch (...) {
-          }
-          throw;
-        }
-        graph_ = ctx.end_capture();
+        graph_ = capture_graph(ctx, [&] { enqueue_device_step(); });
         if (opt_.logger) opt_.logger->debug("train step captured as a CUDA graph");
       } catch (const Error& e) {
         graph_broken_ = true;
@@ -125,10 +120,7 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
       executor_->run();
       if (read_results) r.loss += executor_->get(train_.loss).item() / static_cast<double>(opt_.grad_accum);
     }
-    if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
-    else dev_opt_->grad_norm(store_->grads(), scaler_.get());
-    dev_opt_->step(store_->params(), store_->grads());
-    if (scaler_) scaler_->update(*dev_opt_);
+    enqueue_device_update();
   }
   ++device_steps_;
   if (!read_results) {

@@ -69,6 +69,7 @@ class TrainStep {
   StepResult step_host(const std::function<void(Executor&, int64_t)>& bind, float lr);
   StepResult step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results);
   void enqueue_device_step();
+  void enqueue_device_update();
 
   BuiltModel& train_;
   TrainStepOptions opt_;

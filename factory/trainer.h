@@ -63,6 +63,11 @@ struct Model {
   std::shared_ptr<DeviceContext> device_ctx;
   std::shared_ptr<ParamStore> device_store;
   const std::shared_ptr<ParamStore>& run_store() const { return device_store ? device_store : store; }
+  // Where graphs over run_store() run: null on the host; on a device `preferred` (a caller's own
+  // context, e.g. one per thread), else the model's.
+  std::shared_ptr<DeviceContext> run_context(const std::shared_ptr<DeviceContext>& preferred) const {
+    return device_ctx ? (preferred ? preferred : device_ctx) : nullptr;
+  }
 };
 // Copies the model's parameters to `device` for inference (a no-op for the CPU); after a change to
 // model.store, call it again to refresh the copy.

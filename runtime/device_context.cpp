@@ -47,6 +47,20 @@ Device resolve_device(const std::string& name, const std::string& what) {
   return Device::cuda(index);
 }
 
+std::shared_ptr<void> capture_graph(DeviceContext& ctx, const std::function<void()>& work) {
+  ctx.begin_capture();
+  try {
+    work();
+  } catch (...) {
+    try {
+      ctx.end_capture();  // leave the stream out of capture mode; the first error is the one to report
+    } catch (...) {
+    }
+    throw;
+  }
+  return ctx.end_capture();
+}
+
 std::shared_ptr<DeviceContext> make_device_context(Device device) {
   if (device.is_cpu()) return nullptr;
 #ifdef XF_WITH_CUDA

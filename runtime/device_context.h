@@ -9,6 +9,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,6 +17,10 @@
 #include "runtime/dtype.h"
 
 namespace xfr {
+
+// The GEMM library's workspace a CUDA context reserves: 32 MiB, what cuBLASLt's heuristics ask for at most on
+// Hopper for transformer GEMM shapes (its docs recommend 32 MiB on sm_90). Memory estimates count it too.
+constexpr size_t kCudaWorkspaceBytes = size_t(32) << 20;
 
 struct MemoryStats {
   size_t current_bytes = 0;    // handed out to tensors now
@@ -60,6 +65,10 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   virtual void reset_peak() = 0;
   virtual std::string describe() const = 0;  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
 };
+
+// Records `work` (device work only) as a CUDA graph and returns it instantiated. If `work` throws, the
+// capture is ended (the stream leaves capture mode) and the exception passes on.
+std::shared_ptr<void> capture_graph(DeviceContext& ctx, const std::function<void()>& work);
 
 // ---- device discovery (never throws: a machine without a driver or a GPU simply has none) ----------
 int cuda_device_count();

@@ -53,6 +53,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // 2. Schedule in node order (a topological order: nodes only consume earlier values).
   const auto& registry = KernelRegistry::builtin();
   std::vector<int> def_step(static_cast<size_t>(nv), -1), last_use(static_cast<size_t>(nv), -1);
+  std::vector<bool> constant(static_cast<size_t>(nv), false);  // constant_params: computed from parameters alone
   for (int n = 0; n < g.num_nodes(); ++n) {
     if (!needed[static_cast<size_t>(n)]) continue;
     const Node& node = g.node(n);
@@ -75,16 +76,11 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     const int step = static_cast<int>(schedule_.size());
     for (int out : node.outputs) def_step[static_cast<size_t>(out)] = step;
     if (opt_.constant_params && s.kernel && node.rng_offset < 0 && !node.inputs.empty()) {
-      s.params_only = true;
-      for (int in : node.inputs) {
-        const auto& vi = g.value(in);
-        const int prod = vi.producer;
-        const bool from_const = vi.kind == ValueKind::param ||
-                                (prod >= 0 && std::any_of(schedule_.begin(), schedule_.end(), [&](const Step& t) {
-                                   return t.node == prod && t.params_only;
-                                 }));
-        if (!from_const) s.params_only = false;
-      }
+      s.params_only = std::all_of(node.inputs.begin(), node.inputs.end(), [&](int in) {
+        return g.value(in).kind == ValueKind::param || constant[static_cast<size_t>(in)];
+      });
+      if (s.params_only)
+        for (int out : node.outputs) constant[static_cast<size_t>(out)] = true;
     }
     for (int in : node.inputs) {
       const int r = view_root_[static_cast<size_t>(in)];
@@ -215,17 +211,7 @@ void Executor::run() {
   const bool graphs = opt_.device_ctx && opt_.cuda_graph && !opt_.profile && !graph_broken_;
   if (graphs && !graph_ && warm_) {
     try {
-      opt_.device_ctx->begin_capture();
-      try {
-        enqueue();
-      } catch (...) {
-        try {
-          opt_.device_ctx->end_capture();  // leave the stream out of capture mode
-        } catch (...) {
-        }
-        throw;
-      }
-      graph_ = opt_.device_ctx->end_capture();
+      graph_ = capture_graph(*opt_.device_ctx, [&] { enqueue(); });
     } catch (const Error& e) {
       graph_broken_ = true;
       if (opt_.logger) opt_.logger->warn("executor: CUDA graph capture failed, running eagerly: {}", e.what());

@@ -11,6 +11,7 @@
 #include <functional>
 #include <thread>
 
+#include "tests/fixtures.h"
 #include "factory/config.h"
 #include "factory/predictor.h"
 #include "factory/trainer.h"
@@ -25,20 +26,7 @@ using namespace xfr::testing;
 
 namespace {
 
-const char* kLm = R"(
-model:
-  task: causal_lm
-  stack_configs:
-    - num_layers: 2
-      dim_model: 32
-      residual_norm_style: pre
-      position_encoding_config: {name: vocab}
-      multi_head_config:
-        num_heads: 4
-        attention: {name: scaled_dot_product, causal: true}
-      feedforward_config: {name: MLP, activation: gelu, hidden_layer_multiplier: 2}
-data: {kind: copy, seq_len: 24, num_symbols: 16}
-)";
+const char* const kLm = xfr::testing::kTinyLmConfig;
 
 const char* kClassifier = R"(
 model:

@@ -1,5 +1,6 @@
 // Generation: the KV-cache path gives the same tokens as recomputing the window; seeded sampling is
 // deterministic; the cache restarts cleanly when full.
+#include "tests/fixtures.h"
 #include "factory/config.h"
 #include "factory/trainer.h"
 #include "ops/kv_cache.h"
@@ -11,20 +12,7 @@ using namespace xfr::testing;
 
 namespace {
 
-const char* kTinyLm = R"(
-model:
-  task: causal_lm
-  stack_configs:
-    - num_layers: 2
-      dim_model: 32
-      residual_norm_style: pre
-      position_encoding_config: {name: vocab}
-      multi_head_config:
-        num_heads: 4
-        attention: {name: scaled_dot_product, causal: true}
-      feedforward_config: {name: MLP, activation: gelu, hidden_layer_multiplier: 2}
-data: {kind: copy, seq_len: 24, num_symbols: 16}
-)";
+const char* const kTinyLm = xfr::testing::kTinyLmConfig;
 
 Model tiny_model(const std::vector<std::string>& sets = {}) {
   const Config cfg = parse_config(kTinyLm, "yaml", "<tiny lm>", sets);

@@ -54,9 +54,7 @@ void print_profile(const Executor& ex, const char* what, int runs) {
   for (const auto& [ms, name] : rows) std::printf("  %-28s %8.3f  %5.1f%%\n", name.c_str(), ms, 100 * ms / total);
 }
 
-bool g_profile = false;
-
-nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
+nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, ThreadPool& pool) {
   const Config cfg = load_config(dir + "/gpt2-124m.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
@@ -95,7 +93,7 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
   const double dt = (now_s() - t0) / steps;
   last_loss = ts.step(bind, o.optimizer.lr).loss;
   const MemoryStats ms = ctx->memory_stats();  // before the profiled model below allocates
-  if (g_profile) {  // after the timed run (plans and caches warm): a separate, profiled model
+  if (profile) {  // after the timed run (plans and caches warm): a separate, profiled model
     TrainStepOptions po = o;
     po.profile = true;
     Model pm = make_model(cfg, V, B, make_null_logger(), DType::bf16);
@@ -127,7 +125,7 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, ThreadPool& pool) {
           {"cuda_graph", ts.captured()}, {"first_loss", first_loss}, {"last_loss", last_loss}};
 }
 
-nlohmann::json bench_encoder(const std::string& dir, ThreadPool& pool) {
+nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& pool) {
   const Config cfg = load_config(dir + "/minilm-encoder.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
@@ -153,7 +151,7 @@ nlohmann::json bench_encoder(const std::string& dir, ThreadPool& pool) {
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2];
-  if (g_profile) {
+  if (profile) {
     ExecutorOptions po = eo;
     po.profile = true;
     po.cuda_graph = false;
@@ -173,13 +171,14 @@ nlohmann::json bench_encoder(const std::string& dir, ThreadPool& pool) {
 int main(int argc, char** argv) {
   std::string out, dir = "configs", sections = "gpt2,encoder";
   int steps = 20;
+  bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--out") out = v;
     else if (a == "--configs") dir = v;
     else if (a == "--steps") steps = std::stoi(v);
     else if (a == "--sections") sections = v;
-    else if (a == "--profile") g_profile = v == "1";
+    else if (a == "--profile") profile = v == "1";
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -192,8 +191,8 @@ int main(int argc, char** argv) {
   ThreadPool pool(0);
   nlohmann::json res;
   try {
-    if (sections.find("gpt2") != std::string::npos) res["gpt2_124M_train"] = bench_gpt2(dir, steps, pool);
-    if (sections.find("encoder") != std::string::npos) res["encoder_infer"] = bench_encoder(dir, pool);
+    if (sections.find("gpt2") != std::string::npos) res["gpt2_124M_train"] = bench_gpt2(dir, steps, profile, pool);
+    if (sections.find("encoder") != std::string::npos) res["encoder_infer"] = bench_encoder(dir, profile, pool);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xfrun_bench_gpu: %s\n", e.what());
     if (!out.empty()) std::ofstream(out) << res.dump(1);

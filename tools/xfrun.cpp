@@ -183,7 +183,7 @@ int describe(const Config& cfg, bool as_json) {
   plan_only.allocate = false;
   Executor ex(*model.train_graph.graph, {model.train_graph.loss}, grads, model.store, plan_only);
   const size_t weights = model.store->flat_size() * 4, activations = ex.memory_plan().arena_bytes;
-  const size_t workspace = size_t(32) << 20;  // runtime/cuda/context.cpp: kWorkspaceBytes
+  const size_t workspace = kCudaWorkspaceBytes;
   const size_t inputs = static_cast<size_t>(2 * B * T) * 4;  // tokens and targets (i32)
   const size_t gpu_total = 4 * weights + activations + workspace + inputs;
   const auto out_shape = model.train_graph.logits.shape();

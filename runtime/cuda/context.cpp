@@ -41,10 +41,6 @@ std::string unavailable_reason() {
 }
 
 namespace {
-// 32 MiB: what cuBLASLt's heuristics ask for at most on Hopper for the GEMM shapes of transformer
-// training (its docs recommend 32 MiB on sm_90 for best kernel choice).
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
-
 bool caching_enabled() {
   const char* v = std::getenv("XF_CUDA_CACHING");
   return !(v && std::strcmp(v, "0") == 0);
@@ -73,7 +69,7 @@ CudaContext::CudaContext(int device) : device_(device) {
   // A blocking stream: legacy-stream host copies (cudaMemcpy) are ordered after its work.
   XF_CUDA_CHECK(cudaStreamCreate(&stream_));
   XF_CUBLAS_CHECK(cublasLtCreate(&lt_));
-  workspace_bytes_ = kWorkspaceBytes;
+  workspace_bytes_ = kCudaWorkspaceBytes;
   XF_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
 }
 
