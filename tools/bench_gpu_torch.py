@@ -8,6 +8,7 @@ Same model and FLOP conventions as ../shared/anchors/torch_baseline.py (the anch
 Usage: python3 tools/bench_gpu_torch.py --out bench_torch.json [--sections gpt2 encoder]"""
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -61,6 +62,18 @@ class LM(nn.Module):
         if tgt is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), tgt.view(-1))
+
+
+def print_kernel_profile(fn, what, top=14):
+    """XF_TORCH_PROFILE=1: the GPU kernels of a few calls of fn, by total time (what our per-kernel profile
+    (xfrun_bench_gpu --profile 1) is compared with)."""
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    print(f"torch kernel profile, {what} (3 calls):")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=90))
 
 
 def gpt2(res, steps):
@@ -118,8 +131,19 @@ def encoder(res):
         key = "compile" if comp else "eager"
         out[key] = dict(seq_per_s=B / ms * 1e3, ms=ms)
         print(f"torch minilm-shaped encoder fwd B={B} T={T} {key}: {B/ms*1e3:,.0f} seq/s ({ms:.2f} ms)", flush=True)
+        if os.environ.get("XF_TORCH_PROFILE") == "1":
+            print_kernel_profile(lambda: f(idx), f"encoder {key}")
         del m, f
         torch.cuda.empty_cache()
+    # The logits GEMM alone (32768 x 30522 x 384, bf16, rows 4 bytes off 16-byte alignment): the largest
+    # single kernel of the encoder, timed as eager F.linear picks it.
+    x = torch.randn(B * T, 384, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(vocab, 384, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ms = tt.do_bench(lambda: F.linear(x, w), warmup=25, rep=100, return_mode="median")
+    out["head_gemm_ms"] = ms
+    print(f"torch encoder logits GEMM {B*T}x{vocab}x384 bf16: {ms:.3f} ms "
+          f"({2 * B * T * vocab * 384 / ms / 1e9:.0f} TFLOP/s)", flush=True)
     res["encoder_infer"] = out
 
 

@@ -3,6 +3,8 @@
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
 #   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch (default: all but sanitize)
+# Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
+# times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time).
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,16 +56,18 @@ fi
 
 if has bench; then
   t=$(date +%s)
-  "$BUILD/xfrun_bench_gpu" --out "$OUT/bench_xfrun.json" --profile "${XF_BENCH_PROFILE:-0}" >"$OUT/bench.log" 2>&1
+  "$BUILD/xfrun_bench_gpu" --out "$OUT/bench_xfrun.json" --profile "${XF_BENCH_PROFILE:-0}" \
+    --sections "${XF_BENCH_SECTIONS:-gpt2,encoder}" >"$OUT/bench.log" 2>&1
   note "bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
   grep -E "^xfrun" "$OUT/bench.log" | tee -a "$SUMMARY"
 fi
 
 if has torch; then
   t=$(date +%s)
-  PYTHONUNBUFFERED=1 python3 tools/bench_gpu_torch.py --out "$OUT/bench_torch.json" >"$OUT/torch.log" 2>&1
+  PYTHONUNBUFFERED=1 python3 tools/bench_gpu_torch.py --out "$OUT/bench_torch.json" \
+    --sections $(echo "${XF_BENCH_SECTIONS:-gpt2,encoder}" | tr ',' ' ') >"$OUT/torch.log" 2>&1
   note "bench (PyTorch, same run): rc=$? ($(( $(date +%s) - t )) s)"
-  tail -8 "$OUT/torch.log" | tee -a "$SUMMARY"
+  grep -E "^torch" "$OUT/torch.log" | tee -a "$SUMMARY"
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then

@@ -12,6 +12,9 @@
 // are consecutive rows, and otherwise runs it as a strided batch with B's stride 0.
 #include <cublasLt.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -181,6 +184,100 @@ std::string plan_key(const GemmArgs& g) {
                  align_class(g.c), ",", align_class(g.bias), ",", align_class(g.aux));
 }
 
+// ---- autotuning ---------------------------------------------------------------------------------------
+// cuBLASLt's heuristic ranks algorithms by a model, and its first pick is not always the fastest: measured on
+// the H200, the MiniLM encoder's 32768 x 30522 x 384 logits GEMM (rows 4 bytes off 16-byte alignment) ran at
+// about 200 TFLOP/s with the first pick. So a new plan times the heuristic's top candidates on its own
+// operands and keeps the fastest, as torch.compile's max-autotune and cuDNN's benchmark mode do.
+// XF_GEMM_AUTOTUNE=0 keeps the heuristic's first pick (the choice then never depends on timing noise);
+// XF_GEMM_AUTOTUNE_LOG=1 prints every candidate's time to stderr.
+//
+// When tuning is skipped: during CUDA-graph capture (nothing can be timed; executors and the training step
+// run their first step eagerly, so plans normally exist before capture), and when beta != 0 (each timing run
+// would add into C again).
+//
+// The choice is kept per process and device under the plan key, so every context of a process (a resumed
+// run, API sessions) computes a shape with the same algorithm: results agree bit for bit within a process.
+constexpr int kTuneCandidates = 8;  // cuBLASLt rarely ranks the winner below 8th; each costs a few runs once
+constexpr int kTuneRuns = 3;         // timed runs per candidate (the minimum is kept), after one warm-up
+
+bool autotune_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("XF_GEMM_AUTOTUNE");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+bool autotune_log() {
+  static const bool on = [] {
+    const char* v = std::getenv("XF_GEMM_AUTOTUNE_LOG");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+
+struct TunedChoices {
+  std::mutex mu;
+  std::map<std::string, cublasLtMatmulAlgo_t> algo;  // "cuda:<device>/<plan key>" -> the fastest candidate
+};
+TunedChoices& tuned_choices() {
+  static TunedChoices t;
+  return t;
+}
+
+// The fastest of `found` heuristic candidates for plan p on g's operands (g.beta == 0: reruns are idempotent).
+cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g, const std::string& key,
+                                const cublasLtMatmulHeuristicResult_t* results, int found) {
+  const std::string choice_key = str_cat(ctx.device().str(), "/", key);
+  TunedChoices& tc = tuned_choices();
+  {
+    std::lock_guard<std::mutex> lock(tc.mu);
+    auto it = tc.algo.find(choice_key);
+    if (it != tc.algo.end()) return it->second;
+  }
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  XF_CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capturing));
+  if (capturing != cudaStreamCaptureStatusNone || g.beta != 0.0f) return results[0].algo;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  XF_CUDA_CHECK(cudaEventCreate(&start));
+  XF_CUDA_CHECK(cudaEventCreate(&stop));
+  struct EventGuard {
+    cudaEvent_t a, b;
+    ~EventGuard() {
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    }
+  } guard{start, stop};
+  int best = 0;
+  float best_ms = 0.0f;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    float ms = 0.0f;
+    bool ok = true;
+    for (int r = 0; r <= kTuneRuns && ok; ++r) {
+      XF_CUDA_CHECK(cudaEventRecord(start, ctx.stream()));
+      ok = cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, g.c, p.lc, g.c, p.lc,
+                          &results[i].algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) == CUBLAS_STATUS_SUCCESS;
+      XF_CUDA_CHECK(cudaEventRecord(stop, ctx.stream()));
+      XF_CUDA_CHECK(cudaEventSynchronize(stop));
+      float t = 0.0f;
+      XF_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+      if (r == 1 || (r > 1 && t < ms)) ms = t;  // run 0 is the warm-up
+    }
+    if (autotune_log())
+      std::fprintf(stderr, "[gemm autotune] %s candidate %d: %s\n", key.c_str(), i,
+                   ok ? str_cat(ms * 1e3f, " us").c_str() : "failed");
+    if (ok && (best_ms == 0.0f || ms < best_ms)) {
+      best = i;
+      best_ms = ms;
+    }
+  }
+  if (autotune_log())
+    std::fprintf(stderr, "[gemm autotune] %s: candidate %d of %d (%.1f us)\n", key.c_str(), best, found, best_ms * 1e3f);
+  std::lock_guard<std::mutex> lock(tc.mu);
+  return tc.algo.emplace(choice_key, results[best].algo).first->second;
+}
+
 std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const std::string& key) {
   auto p = std::make_shared<GemmPlan>();
   const cudaDataType_t ab = cuda_dtype(g.dtype), cd = cuda_dtype(g.out_dtype);
@@ -226,14 +323,16 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
+  const int asked = autotune_enabled() ? kTuneCandidates : 1;
   const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(ctx.lt(), p->desc, p->la, p->lb, p->lc, p->lc, pref.p, 1, &result, &found);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt(), p->desc, p->la, p->lb, p->lc, p->lc, pref.p, asked, results, &found);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0 || results[0].state != CUBLAS_STATUS_SUCCESS)
     throw Error("gemm", str_cat("cuBLASLt has no algorithm for ", key, " (", cublasLtGetStatusName(st), ", ", found,
                                 " found)"));
-  p->algo = result.algo;
+  p->algo = results[0].algo;
+  if (found > 1) p->algo = tuned_algo(ctx, *p, g, key, results, found);
   return p;
 }
 
