@@ -31,10 +31,19 @@ namespace {
 constexpr double kLayerNormEps = 1e-5;
 constexpr double kRmsNormEps = 1e-6;
 
-// A normalization layer; parameters "<name>.weight" (and ".bias"), init module `init_path`.
-Value normalize(Value x, const std::string& kind, const std::string& name, const std::string& init_path) {
-  if (kind == "skip") return x;
+// A normalization layer of x, or of x + residual (a block's residual add) when residual is defined: one fused
+// layernorm (ops/norm.h) for layernorm, an add then the norm otherwise. *sum, when given, receives x + residual
+// (the residual stream of a pre-norm model goes on from it). Parameters "<name>.weight" (and ".bias"), init
+// module `init_path`.
+Value normalize(Value x, const std::string& kind, const std::string& name, const std::string& init_path,
+                Value residual = {}, Value* sum = nullptr) {
   Graph& g = *x.graph;
+  if (residual.defined() && kind != "layernorm") {
+    x = add(x, residual, name + "_residual");
+    residual = Value{};
+    if (sum) *sum = x;
+  }
+  if (kind == "skip") return x;
   auto s = g.scope(name);
   const int64_t C = x.dim(-1);
   InitInfo info;
@@ -45,7 +54,10 @@ Value normalize(Value x, const std::string& kind, const std::string& name, const
   if (kind == "rmsnorm") return rmsnorm(x, w, kRmsNormEps, "rmsnorm");
   info.attr = "bias";
   const Value b = g.param("bias", {C}, ParamKind::norm, info);
-  return layernorm(x, w, b, kLayerNormEps, "layernorm");
+  if (!residual.defined()) return layernorm(x, w, b, kLayerNormEps, "layernorm");
+  const ResidualLayerNorm r = add_layernorm(x, residual, w, b, sum != nullptr, kLayerNormEps, "layernorm");
+  if (sum) *sum = r.sum;
+  return r.y;
 }
 
 struct BlockPlan {
@@ -141,6 +153,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
   }
 
   // ---- blocks ----
+  Value pending;  // pre-norm: the last sublayer's output, not yet added to the residual stream x
   for (const auto& b : plan) {
     const ConfigNode& st = *b.stack;
     const int64_t D = get_int(st, "dim_model");
@@ -199,16 +212,26 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
       return ff_entry->feedforward(ff, in, fctx);
     };
     if (pre) {
-      x = add(x, attention_sublayer(normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm")), "residual1");
-      x = add(x, ff_sublayer(normalize(x, norm, "norm2", ff_wrap + ".layer.norm")), "residual2");
-      if (final_norm) x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm");
+      // x + sublayer(norm(x)) twice. Each residual add is left pending and fused into the norm that reads its
+      // sum next (norm2, or the next block's norm1 / the final norm), which also writes the sum out.
+      const Value h1 = normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm", pending, &x);
+      pending = attention_sublayer(h1);
+      const Value h2 = normalize(x, norm, "norm2", ff_wrap + ".layer.norm", pending, &x);
+      pending = ff_sublayer(h2);
+      if (final_norm) {
+        x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm", pending);
+        pending = Value{};
+      }
     } else {
+      if (pending.defined()) x = add(x, pending, "residual");  // a pre-norm stack before this one
+      pending = Value{};
       const Value r1 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale1");
-      x = normalize(add(r1, attention_sublayer(x), "residual1"), norm, "norm1", idx + ".wrap_att.norm");
+      x = normalize(r1, norm, "norm1", idx + ".wrap_att.norm", attention_sublayer(x));
       const Value r2 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale2");
-      x = normalize(add(r2, ff_sublayer(x), "residual2"), norm, "norm2", idx + ".wrap_ff.norm");
+      x = normalize(r2, norm, "norm2", idx + ".wrap_ff.norm", ff_sublayer(x));
     }
   }
+  if (pending.defined()) x = add(x, pending, "residual");
   m.hidden = x;
   const int64_t C = x.dim(-1);
 

@@ -15,6 +15,7 @@ class MatMulOp final : public Op {
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
+  bool writes_padded_rows(int) const override { return true; }  // the CUDA kernel's ldc is C's row stride
   bool trans_a, trans_b;
 };
 

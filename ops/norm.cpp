@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "ops/elementwise.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -36,8 +37,11 @@ Shape rows_shape(const Shape& x) { return Shape{numel_of(x) / x.back()}; }
 // The saved statistics (mean, rstd) of x: f32 for 16-bit x (GPU mixed precision), else x's dtype.
 TensorMeta stat_meta(const TensorMeta& x) { return TensorMeta{rows_shape(x.shape), norm_stat_dtype(x.dtype)}; }
 
-void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_stat, const char* stats) {
-  for (int k = first_stat; k < static_cast<int>(ctx.out_grads.size()); ++k)
+// Outputs [first_stat, end_stat) are saved statistics (end_stat -1: to the last output).
+void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_stat, const char* stats,
+                       int end_stat = -1) {
+  const int end = end_stat < 0 ? static_cast<int>(ctx.out_grads.size()) : end_stat;
+  for (int k = first_stat; k < end; ++k)
     XF_CHECK(!ctx.grad(k).defined(), op, "no gradient flows through the saved statistics (", stats,
              "); output ", k, " of node '", ctx.node.name, "' is used in a differentiated path");
 }
@@ -47,35 +51,62 @@ void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_sta
 // ---- layernorm ------------------------------------------------------------------------------------------
 
 std::string LayerNormOp::attrs() const {
-  return str_cat("eps=", eps, ", gamma=", has_gamma, ", beta=", has_beta);
+  return str_cat("eps=", eps, ", gamma=", has_gamma, ", beta=", has_beta,
+                 has_residual ? str_cat(", residual=1, write_sum=", write_sum) : std::string());
 }
 
 std::vector<TensorMeta> LayerNormOp::infer(const std::vector<TensorMeta>& in) const {
-  check_eps("layernorm", eps);
+  const char* op = "layernorm";
+  check_eps(op, eps);
+  XF_CHECK(has_residual || !write_sum, op, "write_sum needs a residual input");
+  XF_CHECK(in.size() == 1u + has_residual + has_gamma + has_beta, op, "takes ", 1 + has_residual + has_gamma + has_beta,
+           " inputs (x", has_residual ? ", residual" : "", has_gamma ? ", gamma" : "", has_beta ? ", beta" : "",
+           "), got ", in.size());
+  if (has_residual)
+    XF_CHECK(in[1] == in[0], op, "residual ", in[1].str(), " must match x ", in[0].str());
+  std::vector<TensorMeta> norm_in{in[0]};
   std::vector<const char*> names;
-  if (has_gamma) names.push_back("gamma");
-  if (has_beta) names.push_back("beta");
-  check_norm_inputs("layernorm", in, 1 + names.size(), names);
+  if (has_gamma) {
+    names.push_back("gamma");
+    norm_in.push_back(in[static_cast<size_t>(gamma_index())]);
+  }
+  if (has_beta) {
+    names.push_back("beta");
+    norm_in.push_back(in[static_cast<size_t>(beta_index())]);
+  }
+  check_norm_inputs(op, norm_in, 1 + names.size(), names);
   const TensorMeta stat = stat_meta(in[0]);
-  return {in[0], stat, stat};
+  std::vector<TensorMeta> out{in[0], stat, stat};
+  if (write_sum) out.push_back(in[0]);
+  return out;
 }
 
 std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
-  refuse_stat_grads("layernorm", ctx, 1, "mean, rstd");
+  refuse_stat_grads("layernorm", ctx, 1, "mean, rstd", 3);
   std::vector<Value> grads(ctx.node.inputs.size());
   const Value dy = ctx.grad(0);
-  if (!dy.defined()) return grads;
-  const int gi = has_gamma ? 1 : -1, bi = has_beta ? 1 + static_cast<int>(has_gamma) : -1;
+  const Value dsum = write_sum ? ctx.grad(3) : Value{};
+  if (!dy.defined() && !dsum.defined()) return grads;
+  const int gi = gamma_index(), bi = beta_index();
   const bool want_dgamma = gi >= 0 && ctx.needs_grad(gi), want_dbeta = bi >= 0 && ctx.needs_grad(bi);
-  std::vector<Value> in{ctx.input(0), ctx.output(1), ctx.output(2)};
-  if (has_gamma) in.push_back(ctx.input(gi));
-  in.push_back(dy);
-  const auto outs = ctx.graph.add(std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta), in,
-                                  ctx.name("layernorm"));
-  if (ctx.needs_grad(0)) grads[0] = outs[0];
-  size_t k = 1;
-  if (want_dgamma) grads[static_cast<size_t>(gi)] = outs[k++];
-  if (want_dbeta) grads[static_cast<size_t>(bi)] = outs[k++];
+  Value ds;  // the gradient reaching s
+  if (dy.defined()) {
+    // The norm's input s: x itself, the saved sum, or x + residual recomputed (post-norm saves only y).
+    Value s = ctx.input(0);
+    if (has_residual) s = write_sum ? ctx.output(3) : add(ctx.input(0), ctx.input(1), ctx.name("layernorm_sum"));
+    std::vector<Value> in{s, ctx.output(1), ctx.output(2)};
+    if (has_gamma) in.push_back(ctx.input(gi));
+    in.push_back(dy);
+    const auto outs = ctx.graph.add(std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta), in,
+                                    ctx.name("layernorm"));
+    ds = outs[0];
+    size_t k = 1;
+    if (want_dgamma) grads[static_cast<size_t>(gi)] = outs[k++];
+    if (want_dbeta) grads[static_cast<size_t>(bi)] = outs[k++];
+  }
+  if (dsum.defined()) ds = ds.defined() ? add(ds, dsum, ctx.name("layernorm_dsum")) : dsum;
+  if (ctx.needs_grad(0)) grads[0] = ds;
+  if (has_residual && ctx.needs_grad(1)) grads[1] = ds;  // d(x + residual) / d residual = 1
   return grads;
 }
 
@@ -159,6 +190,17 @@ Value layernorm(Value x, Value gamma, Value beta, double eps, const std::string&
   if (gamma.defined()) in.push_back(gamma);
   if (beta.defined()) in.push_back(beta);
   return x.graph->add(std::make_shared<LayerNormOp>(eps, gamma.defined(), beta.defined()), in, name)[0];
+}
+
+ResidualLayerNorm add_layernorm(Value x, Value residual, Value gamma, Value beta, bool want_sum, double eps,
+                                const std::string& name) {
+  XF_CHECK(x.defined() && residual.defined(), "layernorm", "add_layernorm needs x and residual");
+  std::vector<Value> in{x, residual};
+  if (gamma.defined()) in.push_back(gamma);
+  if (beta.defined()) in.push_back(beta);
+  const auto outs = x.graph->add(
+      std::make_shared<LayerNormOp>(eps, gamma.defined(), beta.defined(), true, want_sum), in, name);
+  return {outs[0], want_sum ? outs[3] : Value{}};
 }
 
 Value rmsnorm(Value x, Value gamma, double eps, const std::string& name) {

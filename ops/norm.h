@@ -1,9 +1,14 @@
 // Normalisation over the last axis: LayerNorm (mean and biased variance, as torch.nn.LayerNorm) and
 // RMSNorm (root mean square, as torch.nn.RMSNorm / LLaMA), each with an optional elementwise affine.
 //
-//   layernorm  inputs  (x (..., C), [gamma (C)], [beta (C)])
-//              outputs (y (..., C), mean (rows), rstd (rows))        rows = numel(x) / C
-//              y = (x - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps),  var = mean((x - mean)^2)
+//   layernorm  inputs  (x (..., C), [residual (..., C)], [gamma (C)], [beta (C)])
+//              outputs (y (..., C), mean (rows), rstd (rows), [sum (..., C)])      rows = numel(x) / C
+//              y = (s - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps),  var = mean((s - mean)^2)
+//              s = x, or x + residual (rounded to x's dtype, as the add op would) when has_residual: the
+//              residual add of a transformer block fused into its norm (torch.compile fuses the same pair),
+//              one pass instead of the add's three and the norm's two. sum = s is written when write_sum
+//              (pre-norm: s is the residual stream that goes on); post-norm needs only y, and its backward
+//              recomputes s with an add node.
 //   rmsnorm    inputs  (x (..., C), [gamma (C)])
 //              outputs (y (..., C), rstd (rows))
 //              y = x * rstd * gamma,  rstd = 1 / sqrt(mean(x^2) + eps)
@@ -28,13 +33,20 @@ inline DType norm_stat_dtype(DType x) { return x == DType::f16 || x == DType::bf
 
 class LayerNormOp final : public Op {
  public:
-  LayerNormOp(double eps, bool has_gamma, bool has_beta) : eps(eps), has_gamma(has_gamma), has_beta(has_beta) {}
+  LayerNormOp(double eps, bool has_gamma, bool has_beta, bool has_residual = false, bool write_sum = false)
+      : eps(eps), has_gamma(has_gamma), has_beta(has_beta), has_residual(has_residual), write_sum(write_sum) {}
   std::string name() const override { return "layernorm"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
+  // Input positions of the optional inputs (-1 when absent).
+  int residual_index() const { return has_residual ? 1 : -1; }
+  int gamma_index() const { return has_gamma ? 1 + int(has_residual) : -1; }
+  int beta_index() const { return has_beta ? 1 + int(has_residual) + int(has_gamma) : -1; }
   double eps;
   bool has_gamma, has_beta;
+  bool has_residual = false;  // s = x + residual
+  bool write_sum = false;     // output 3 is s (needs has_residual)
 };
 
 // inputs  (x (..., C), mean (rows), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C))
@@ -78,6 +90,13 @@ class RMSNormBackwardOp final : public Op {
 // x: (..., C); gamma, beta: (C) or undefined (absent). Returns y (..., C).
 // eps 1e-5: torch.nn.LayerNorm's default.
 Value layernorm(Value x, Value gamma, Value beta, double eps = 1e-5, const std::string& name = {});
+// The residual add fused into the norm: y = layernorm(x + residual); sum = x + residual when want_sum (else
+// undefined). x, residual: (..., C) of one dtype.
+struct ResidualLayerNorm {
+  Value y, sum;
+};
+ResidualLayerNorm add_layernorm(Value x, Value residual, Value gamma, Value beta, bool want_sum, double eps = 1e-5,
+                                const std::string& name = {});
 // x: (..., C); gamma: (C) or undefined. Returns y (..., C).
 // eps 1e-6: the value LLaMA and T5 use (torch.nn.RMSNorm defaults to the dtype's epsilon instead).
 Value rmsnorm(Value x, Value gamma, double eps = 1e-6, const std::string& name = {});

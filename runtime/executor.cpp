@@ -97,6 +97,72 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     if (st.params_only)
       for (int o : st.out) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
 
+  // Mixed precision on a device: the per-parameter casts of the forward (f32 -> the compute dtype) become
+  // views of one 16-bit mirror of the flat parameter buffer, filled by a single conversion at the start of
+  // each run (one launch instead of one per parameter; once in all with constant_params), and each
+  // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
+  // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
+  std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
+  if (opt_.device_ctx && opt_.fuse_param_casts) {
+    std::vector<int> readers(static_cast<size_t>(nv), 0);
+    for (const auto& st : schedule_)
+      for (int in : st.in) ++readers[static_cast<size_t>(in)];
+    for (int o : outputs_) ++readers[static_cast<size_t>(o)];
+    DType mirror_dtype = DType::f32;
+    for (auto& st : schedule_) {
+      const Node& node = g.node(st.node);
+      if (!st.kernel || node.op->name() != "cast" || st.in.size() != 1 || st.out.size() != 1) continue;
+      const auto& src = g.value(st.in[0]);
+      const DType to = g.value(st.out[0]).meta.dtype;
+      const bool to16 = to == DType::bf16 || to == DType::f16;
+      if (src.kind == ValueKind::param && src.meta.dtype == DType::f32 && to16 &&
+          (mirror_dtype == DType::f32 || mirror_dtype == to)) {
+        mirror_dtype = to;
+        st.mirror_cast = true;
+      } else if ((src.meta.dtype == DType::bf16 || src.meta.dtype == DType::f16) && to == DType::f32 &&
+                 st.grad_slot_out[0] >= 0 && readers[static_cast<size_t>(st.out[0])] == 0) {
+        st.grad_cast_accumulate = true;
+      } else {
+        continue;
+      }
+      st.kernel = nullptr;
+      unmaterialized[static_cast<size_t>(st.out[0])] = true;
+    }
+    if (mirror_dtype != DType::f32 && opt_.allocate)
+      param_mirror_ = Tensor::empty({static_cast<int64_t>(store_->flat_size())}, mirror_dtype, opt_.device_ctx.get());
+  }
+
+  // Row-padded outputs (Op::writes_padded_rows): on a device, a graph output that no node reads, in a float
+  // dtype, whose rows are not a multiple of 16 bytes, is written with rows rounded up to 16 bytes and handed
+  // out as a strided view (as torch.compile pads the MiniLM encoder's 30522-wide logits): no consumer
+  // needs it packed, and the GEMM's fast kernels need aligned rows.
+  std::vector<int64_t> padded_ld(static_cast<size_t>(nv), 0);  // per value: padded row length, 0 if packed
+  if (opt_.device_ctx) {
+    std::vector<bool> read(static_cast<size_t>(nv), false);
+    for (const auto& st : schedule_)
+      for (int in : st.in) read[static_cast<size_t>(in)] = true;
+    for (const auto& st : schedule_) {
+      const Node& node = g.node(st.node);
+      for (size_t k = 0; k < st.out.size(); ++k) {
+        const int v = st.out[k];
+        const TensorMeta& m = g.value(v).meta;
+        const bool output = std::find(outputs_.begin(), outputs_.end(), v) != outputs_.end();
+        if (!output || read[static_cast<size_t>(v)] || !st.kernel || view_root_[static_cast<size_t>(v)] != v ||
+            !node.op->writes_padded_rows(static_cast<int>(k)) || m.shape.size() < 2 || !is_floating(m.dtype))
+          continue;
+        const int64_t es = static_cast<int64_t>(dtype_size(m.dtype)), n = m.shape.back();
+        const int64_t per_row = 16 / es;  // elements in 16 bytes
+        if (n % per_row != 0) padded_ld[static_cast<size_t>(v)] = (n + per_row - 1) / per_row * per_row;
+      }
+    }
+  }
+  // The shape of a value's bytes: its own, or with the last axis padded.
+  auto stored_shape = [&](int v) {
+    Shape s = g.value(v).meta.shape;
+    if (padded_ld[static_cast<size_t>(v)] > 0) s.back() = padded_ld[static_cast<size_t>(v)];
+    return s;
+  };
+
   // 3. Storage: params from the store, inputs bound per run, activations planned into one arena.
   std::vector<BufferRequest> requests;
   std::vector<int> request_value;
@@ -108,9 +174,10 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       tensors_[static_cast<size_t>(v)] = store_->param(info.name);
     } else if (info.kind == ValueKind::input) {
       input_ids_.push_back(v);
-    } else if (def_step[static_cast<size_t>(v)] >= 0 && view_root_[static_cast<size_t>(v)] == v) {
+    } else if (def_step[static_cast<size_t>(v)] >= 0 && view_root_[static_cast<size_t>(v)] == v &&
+               !unmaterialized[static_cast<size_t>(v)]) {
       const int last = std::max(last_use[static_cast<size_t>(v)], def_step[static_cast<size_t>(v)]);
-      requests.push_back(BufferRequest{info.meta.bytes(), def_step[static_cast<size_t>(v)],
+      requests.push_back(BufferRequest{TensorMeta{stored_shape(v), info.meta.dtype}.bytes(), def_step[static_cast<size_t>(v)],
                                        opt_.plan_memory ? last : INT_MAX});
       request_value.push_back(v);
     }
@@ -128,8 +195,17 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   for (size_t i = 0; i < requests.size(); ++i) {
     const int v = request_value[i];
     const auto& m = g.value(v).meta;
-    tensors_[static_cast<size_t>(v)] = arena_.carve(plan_.offsets[i], m.shape, m.dtype);
+    tensors_[static_cast<size_t>(v)] = arena_.carve(plan_.offsets[i], stored_shape(v), m.dtype);
+    if (padded_ld[static_cast<size_t>(v)] > 0)  // the strided view of the first m.shape.back() columns
+      tensors_[static_cast<size_t>(v)] =
+          tensors_[static_cast<size_t>(v)].slice(static_cast<int64_t>(m.shape.size()) - 1, 0, m.shape.back());
   }
+  for (const auto& st : schedule_)  // the parameter casts' outputs: views of the mirror
+    if (st.mirror_cast) {
+      const auto& m = g.value(st.out[0]).meta;
+      const ParamSlot& slot = store_->slot(g.value(st.in[0]).name);
+      tensors_[static_cast<size_t>(st.out[0])] = param_mirror_.carve(slot.offset * dtype_size(m.dtype), m.shape, m.dtype);
+    }
   if (opt_.device_ctx) {  // fixed device buffers for the inputs (stable addresses for graph replay)
     input_buffers_.resize(input_ids_.size());
     for (size_t i = 0; i < input_ids_.size(); ++i) {
@@ -178,7 +254,7 @@ void Executor::bind(const std::string& input_name, const Tensor& t) {
 void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
   float* dst = store_->grads() + slot.offset;
   if (opt_.device_ctx) {
-    opt_.device_ctx->add_inplace_f32(dst, gt.data<float>(), slot.numel);
+    opt_.device_ctx->accumulate_f32(dst, gt.raw_data(), gt.dtype(), slot.numel);
     return;
   }
   const float* src = gt.data<float>();
@@ -237,6 +313,12 @@ void Executor::enqueue() {
   const uint64_t rng_base =
       opt_.device_ctx ? 0 : runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
   if (opt_.device_ctx) ctx.rng_offset_device = static_cast<const uint64_t*>(rng_base_dev_.raw_data());
+  if (param_mirror_.defined() && !constants_ready_) {  // every parameter in the compute dtype, one pass
+    std::shared_ptr<void> e0 = opt_.profile ? opt_.device_ctx->record_event() : nullptr;
+    opt_.device_ctx->convert(param_mirror_.raw_data(), param_mirror_.dtype(), store_->params(), DType::f32,
+                             store_->flat_size());
+    if (e0) pending_events_.push_back({"cast (parameter mirror)", std::move(e0), opt_.device_ctx->record_event()});
+  }
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
     in.clear();
@@ -269,7 +351,8 @@ void Executor::enqueue() {
       }
     }
     for (size_t k = 0; k < s.out.size(); ++k)
-      if (s.grad_slot_out[k] >= 0) accumulate_grad(out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
+      if (s.grad_slot_out[k] >= 0)
+        accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
   }
   for (auto& e : pending_events_) {
     auto& p = profile_[e.op];

@@ -36,6 +36,10 @@ struct ExecutorOptions {
   // Inference over parameters that do not change between runs: nodes computed from parameters alone (the
   // casts of mixed precision) run in the first run only and keep their outputs. Never for training.
   bool constant_params = false;
+  // Mixed precision on a device: parameter casts as views of one flat 16-bit mirror, and 16-bit parameter
+  // gradients accumulated without an f32 copy (see Executor). false keeps one cast kernel per use (tests
+  // compare the two).
+  bool fuse_param_casts = true;
 };
 
 class Executor {
@@ -57,7 +61,9 @@ class Executor {
   void begin_run();
   void enqueue();
   void end_run() { ++runs_; }
-  Tensor get(Value v) const;  // an output on the executor's device (valid until the next run)
+  // An output on the executor's device (valid until the next run). On a GPU, an output that no node reads
+  // may be a row-padded strided view (Op::writes_padded_rows): to_host() and contiguous() pack it.
+  Tensor get(Value v) const;
   Device device() const { return opt_.device; }
   DeviceContext* device_ctx() const { return opt_.device_ctx.get(); }
 
@@ -80,6 +86,11 @@ class Executor {
     std::vector<int> in, out;        // value ids
     std::vector<int> grad_slot_out;  // per output: index into store slots to accumulate into, or -1
     bool params_only = false;        // every input is a parameter or another params_only output
+    // Mixed precision on a device (see Executor's constructor): a cast of an f32 parameter whose output is a
+    // view of the 16-bit parameter mirror (no kernel), or a cast of a 16-bit gradient to f32 whose only use
+    // is its parameter's gradient slot, accumulated straight from the 16-bit input (no kernel, no buffer).
+    bool mirror_cast = false;
+    bool grad_cast_accumulate = false;
   };
   Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
   void accumulate_grad(const Tensor& g, const ParamSlot& slot);
@@ -102,6 +113,7 @@ class Executor {
   uint64_t rng_base_host_ = 0;         // source of the stream-position copy (alive until it is done)
   std::vector<int> outputs_;
   Tensor arena_;
+  Tensor param_mirror_;  // device mixed precision: every parameter in the compute dtype (one flat cast a run)
   MemoryPlan plan_;
   uint64_t runs_ = 0;
   std::map<std::string, OpTime> profile_;

@@ -39,6 +39,12 @@ class Op {
   virtual std::vector<Value> backward(const BackwardContext& ctx) const;
   // When output `output` is a view of input k (same bytes, another shape), returns k; no kernel runs.
   virtual int view_of_input(int output) const { return -1; }
+  // Whether this op's device kernels can write output `output` as a row-padded strided view: the last axis
+  // contiguous, consecutive rows `ld` elements apart with ld >= the last dim (a 2-D-foldable layout, as
+  // torch.compile's padded outputs). Device executors use it for a graph output that no node reads when its
+  // rows are not a multiple of 16 bytes (see Executor): cuBLASLt's fast GEMM kernels store 16-byte-aligned
+  // rows only, and a padded row costs a few bytes where a packing copy would cost a pass over the output.
+  virtual bool writes_padded_rows(int output) const { return false; }
   // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
   // node its own slice of the per-step stream.
   virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }

@@ -274,21 +274,32 @@ void Tensor::copy_device(const Tensor& src) {
   }
 }
 
+// A strided device tensor gathered into a contiguous host tensor: downloads only the bytes the view spans
+// (from its first to its last element; strides are non-negative), then gathers on the host.
+Tensor Tensor::gather_to_host() const {
+  Tensor h = Tensor::empty(shape_, dtype_);
+  if (numel() == 0) return h;
+  int64_t last = 0;  // element offset of the view's last element, relative to its first
+  for (size_t d = 0; d < rank(); ++d) last += (shape_[d] - 1) * strides_[d];
+  const size_t es = dtype_size(dtype_);
+  std::vector<unsigned char> span(static_cast<size_t>(last + 1) * es);
+  context()->copy(span.data(), raw_data(), span.size(), CopyKind::device_to_host);
+  context()->synchronize();
+  Tensor rel = *this;  // the same view, its offsets relative to the downloaded span
+  rel.offset_ = 0;
+  XF_DISPATCH_ALL(dtype_, "contiguous", T, {
+    const T* base = reinterpret_cast<const T*>(span.data());
+    T* d = h.data<T>();
+    for_each_strided(rel, [&](int64_t i, int64_t o) { d[i] = base[o]; });
+  });
+  return h;
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   if (context()) {  // a device tensor: gather on the host, then upload (slow path; ops are contiguous)
     Tensor t = empty(shape_, dtype_, context());
-    Tensor h = Tensor::empty(shape_, dtype_);
-    // Download the whole storage, then gather on the host.
-    std::vector<unsigned char> all(storage_->bytes);
-    context()->copy(all.data(), storage_->data, storage_->bytes, CopyKind::device_to_host);
-    context()->synchronize();
-    XF_DISPATCH_ALL(dtype_, "contiguous", T, {
-      const T* base = reinterpret_cast<const T*>(all.data());
-      T* d = h.data<T>();
-      for_each_strided(*this, [&](int64_t i, int64_t o) { d[i] = base[o]; });
-    });
-    t.copy_from(h);
+    t.copy_from(gather_to_host());
     return t;
   }
   return clone();
@@ -308,8 +319,9 @@ Tensor Tensor::to(DType dtype) const {
 
 Tensor Tensor::to_host() const {
   if (!context()) return *this;
+  if (!is_contiguous()) return gather_to_host();
   Tensor t = empty(shape_, dtype_, Device::cpu());
-  t.copy_from(is_contiguous() ? *this : contiguous());
+  t.copy_from(*this);
   return t;
 }
 

@@ -101,6 +101,7 @@ class Tensor {
 
  private:
   void copy_device(const Tensor& src);
+  Tensor gather_to_host() const;  // a strided device tensor, contiguous on the host
   std::shared_ptr<Storage> storage_;
   Shape shape_, strides_;
   int64_t offset_ = 0;

@@ -340,3 +340,37 @@ XF_CUDA_TEST_CASE("cuda: gemm is deterministic: a repeated call (a cached plan) 
 
 #endif  // XF_WITH_CUDA
 
+
+// A device executor writes a graph output that no node reads, whose rows are not a multiple of 16 bytes,
+// with padded rows (MatMulOp::writes_padded_rows), as torch.compile pads the encoder's logits: the output is
+// a strided view with 16-byte rows, its values the CPU's, and to_host() packs it. A value another node reads
+// stays packed.
+XF_CUDA_TEST_CASE("cuda executor: an unread matmul output with unaligned rows is a row-padded view") {
+  for (DType dt : {DType::bf16, DType::f32}) {
+    CAPTURE(dtype_name(dt));
+    const int64_t B = 3, T = 5, K = 33, N = 37;  // 37 columns: 74 (bf16) or 148 (f32) bytes a row
+    Graph g;
+    Value x = g.input("x", TensorMeta{{B, T, K}, dt});
+    Value w = g.input("w", TensorMeta{{N, K}, dt});
+    Value y = matmul(x, w, false, true, "logits");   // (B, T, N): an output nobody reads
+    Value y2 = matmul(x, w, false, true, "hidden");  // read by the sum below: stays packed
+    Value s = reduce_sum(y2, {-1}, false, "sum");
+    const Tensor xs = random_tensor({B, T, K}, 41, -1, 1).to(dt), ws = random_tensor({N, K}, 42, -1, 1).to(dt);
+    ExecutorOptions opt;
+    opt.device = Device::cuda(0);
+    opt.device_ctx = make_device_context(opt.device);
+    Executor ex(g, {y, y2, s}, Gradients{}, std::make_shared<ParamStore>(g, opt.device_ctx.get()), opt);
+    ex.bind(x, xs);
+    ex.bind(w, ws);
+    ex.run();
+    const Tensor got = ex.get(y);
+    const int64_t padded = 40;  // 37 rounded up to a multiple of 8 bf16 or 4 f32 elements (16 bytes)
+    REQUIRE(got.shape() == Shape{B, T, N});
+    CHECK_FALSE(got.is_contiguous());
+    CHECK(got.strides()[1] == padded);
+    CHECK(ex.get(y2).is_contiguous());
+    const Tensor ref = run_op(MatMulOp(false, true), {xs.to(DType::f32), ws.to(DType::f32)})[0];
+    check_close(got.to_host(), ref.to_doubles(), "padded logits vs the CPU");
+    check_close(ex.get(y2).to_host(), ref.to_doubles(), "packed twin vs the CPU");
+  }
+}

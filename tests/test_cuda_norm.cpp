@@ -94,6 +94,22 @@ XF_CUDA_TEST_CASE("cuda: layernorm forward matches the CPU (every path, affine c
       }
 }
 
+// The fused residual add (ops/norm.h has_residual / write_sum) on every row path: register rows, block rows
+// and the streaming kernel (norm_sizes), with and without the sum written out. The GPU rounds x + residual to
+// the dtype before the statistics (as the unfused add would); the CPU reference in f32 does not, a difference
+// of one rounding of the norm's input that the dtype's tolerance covers.
+XF_CUDA_TEST_CASE("cuda: layernorm with a fused residual add matches the CPU (sum written or not)") {
+  uint64_t seed = 100;
+  for (DType dt : cuda_float_dtypes())
+    for (auto [rows, C] : norm_sizes())
+      for (bool write_sum : {false, true}) {
+        std::vector<Tensor> in{random_tensor({rows, C}, ++seed, -2.0, 3.0), random_tensor({rows, C}, ++seed, -1.0, 1.0),
+                               random_tensor({C}, ++seed, 0.5, 1.5), random_tensor({C}, ++seed, -1.0, 1.0)};
+        check_cuda_op(LayerNormOp(1e-5, true, true, true, write_sum), in, dt,
+                      "residual layernorm " + size_name(rows, C) + " write_sum=" + std::to_string(write_sum));
+      }
+}
+
 XF_CUDA_TEST_CASE("cuda: layernorm and rmsnorm save f32 statistics for 16-bit x") {
   for (DType dt : {DType::bf16, DType::f16}) {
     const auto ln = run_op_cuda(LayerNormOp(1e-5, true, true),
@@ -489,7 +505,7 @@ XF_CUDA_TEST_CASE("cuda: launchers take misaligned pointers (scalar fallback of 
     auto [dxb, dxd] = shifted(Tensor::zeros({rows, C}, dt));
     auto [dgb, dgd] = shifted(Tensor::zeros({C}, dt));
     Tensor mean = Tensor::empty({rows}, DType::f32, ctx), rstd = Tensor::empty({rows}, DType::f32, ctx);
-    cuda::launch_layernorm_forward(dt, xd.raw_data(), gd.raw_data(), nullptr, yd.raw_data(), mean.data<float>(),
+    cuda::launch_layernorm_forward(dt, xd.raw_data(), nullptr, nullptr, gd.raw_data(), nullptr, yd.raw_data(), mean.data<float>(),
                                    rstd.data<float>(), rows, C, 1e-5, stream);
     const auto ref = run_op(LayerNormOp(1e-5, true, false), {x.to(DType::f32), gamma.to(DType::f32)});
     const Tolerance tol = cuda_tolerance(dt);

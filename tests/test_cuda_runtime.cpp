@@ -1,6 +1,10 @@
 // The CUDA runtime pieces: device discovery, the caching allocator and its statistics, copies between
-// host and device, the cast op. Without XF_TEST_DEVICE=cuda and a GPU these report as skipped.
+// host and device, the cast op, the executor's fused parameter casts. Without XF_TEST_DEVICE=cuda and a GPU these report as skipped.
 #include "ops/cast.h"
+#include "ops/elementwise.h"
+#include "ops/grad.h"
+#include "ops/matmul.h"
+#include "ops/reduce.h"
 #include "tests/cuda_testing.h"
 
 using namespace xfr;
@@ -89,4 +93,42 @@ XF_CUDA_TEST_CASE("cuda: cast kernel matches the host conversion") {
       const auto got = run_op_cuda(op, {x});
       CHECK(got[0].to_doubles() == x.to(to).to_doubles());
     }
+}
+
+// Mixed precision on the GPU: the executor's fused parameter casts (one flat 16-bit mirror of the
+// parameters, gradients accumulated straight from 16 bits) give the per-cast kernels' outputs and
+// gradients bit for bit, over two runs (the mirror is refreshed every run) with a parameter update between.
+XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel per parameter, bit for bit") {
+  for (DType dt : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(dt));
+    Graph g;
+    Value x = g.input("x", TensorMeta{{33, 31}, dt});
+    Value w1 = g.param("w1", {31, 17}), w2 = g.param("w2", {17});  // 17: a slot that is not a multiple of 16
+    Value h = matmul(x, cast(w1, dt, "w1_cast"), false, false, "h");            // (33, 17)
+    Value y = cast(add(h, cast(w2, dt, "w2_cast"), "y"), DType::f32, "y_f32");  // (33, 17)
+    Value loss = reduce_sum(y, {}, false, "loss");
+    Gradients grads = gradients(loss, Value{});
+    std::vector<std::vector<double>> results[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      ExecutorOptions opt;
+      opt.device = Device::cuda(0);
+      opt.device_ctx = make_device_context(opt.device);
+      opt.fuse_param_casts = fused == 1;
+      auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
+      store->param("w1").copy_from(random_tensor({31, 17}, 5, -1, 1));
+      store->param("w2").copy_from(random_tensor({17}, 6, -1, 1));
+      Executor ex(g, {y}, grads, store, opt);
+      ex.bind(x, random_tensor({33, 31}, 7, -1, 1).to(dt));
+      for (int run = 0; run < 2; ++run) {
+        opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        ex.run();
+        results[fused].push_back(ex.get(y).to_doubles());
+        results[fused].push_back(store->grad("w1").to_doubles());
+        results[fused].push_back(store->grad("w2").to_doubles());
+        store->param("w1").copy_from(random_tensor({31, 17}, 8 + run, -1, 1));  // an "update"
+      }
+    }
+    REQUIRE(results[0].size() == results[1].size());
+    for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[1][k]);
+  }
 }

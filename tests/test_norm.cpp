@@ -2,6 +2,7 @@
 // affine parameters, serial and on a thread pool; gradients by finite differences; errors.
 #include <cmath>
 
+#include "ops/elementwise.h"
 #include "ops/norm.h"
 #include "runtime/cpu/threadpool.h"
 #include "testing.h"
@@ -173,6 +174,50 @@ TEST_CASE("rmsnorm: gradients by finite differences (float64), every input") {
     if (hg) in.push_back(random_tensor({9}, 22, 0.5, 1.5, DType::f64));
     check_gradients([hg](Graph&, const std::vector<Value>& v) { return rmsnorm(v[0], hg ? v[1] : Value{}, 1e-6); },
                     in, "rmsnorm gamma=" + std::to_string(hg));
+  }
+}
+
+// The residual add fused into the layernorm (add_layernorm) computes layernorm(x + residual) and, with
+// want_sum, x + residual itself: the same values as the add followed by the norm, and gradients by finite
+// differences for every input, with the gradient reaching y only, the sum only (a pre-norm stream that goes
+// on), and both.
+TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradients by finite differences") {
+  const Tensor x = random_tensor({3, 5, 33}, 31, -2, 2), r = random_tensor({3, 5, 33}, 32, -2, 2);
+  const Tensor gm = random_tensor({33}, 33, 0.5, 1.5), bt = random_tensor({33}, 34, -1, 1);
+  for (bool want_sum : {false, true}) {
+    const Tensor fused = run_graph([&](Graph&, const std::vector<Value>& v) {
+      const ResidualLayerNorm o = add_layernorm(v[0], v[1], v[2], v[3], want_sum);
+      return want_sum ? add(o.y, scale(o.sum, 3.0)) : o.y;
+    }, {x, r, gm, bt});
+    const Tensor plain = run_graph([&](Graph&, const std::vector<Value>& v) {
+      const Value s = add(v[0], v[1]);
+      const Value y = layernorm(s, v[2], v[3]);
+      return want_sum ? add(y, scale(s, 3.0)) : y;
+    }, {x, r, gm, bt});
+    CHECK(fused.to_doubles() == plain.to_doubles());  // the same f32 operations in the same order
+  }
+  auto in64 = [](uint64_t seed) {
+    return std::vector<Tensor>{random_tensor({2, 3, 7}, seed, -2, 2, DType::f64),
+                               random_tensor({2, 3, 7}, seed + 1, -2, 2, DType::f64),
+                               random_tensor({7}, seed + 2, 0.5, 1.5, DType::f64),
+                               random_tensor({7}, seed + 3, -1, 1, DType::f64)};
+  };
+  check_gradients([](Graph&, const std::vector<Value>& v) { return add_layernorm(v[0], v[1], v[2], v[3], false).y; },
+                  in64(41), "fused residual layernorm, y");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return add_layernorm(v[0], v[1], v[2], v[3], true).sum; },
+                  in64(45), "fused residual layernorm, sum only");
+  check_gradients([](Graph&, const std::vector<Value>& v) {
+    const ResidualLayerNorm o = add_layernorm(v[0], v[1], v[2], v[3], true);
+    return add(o.y, scale(o.sum, 0.7));
+  }, in64(49), "fused residual layernorm, y and sum");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return add_layernorm(v[0], v[1], Value{}, Value{}, true).y; },
+                  {random_tensor({4, 9}, 53, -2, 2, DType::f64), random_tensor({4, 9}, 54, -2, 2, DType::f64)},
+                  "fused residual layernorm without affine");
+  try {  // a residual of another shape is refused at the front door
+    run_op(LayerNormOp(1e-5, false, false, true, false), {Tensor::zeros({4, 8}), Tensor::zeros({4, 7})});
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("[layernorm] residual") != std::string::npos);
   }
 }
 

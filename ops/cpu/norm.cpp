@@ -49,21 +49,31 @@ void reduce_bands(const std::vector<T>& partial, int64_t nbands, int64_t C, T* o
 
 // ---- layernorm --------------------------------------------------------------------------------------------
 
-// in: x (rows, C), [gamma (C)], [beta (C)];  out: y (rows, C), mean (rows), rstd (rows)
+// in: x (rows, C), [residual (rows, C)], [gamma (C)], [beta (C)];
+// out: y (rows, C), mean (rows), rstd (rows), [sum (rows, C)]
 template <class T>
 void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
                        const std::vector<Tensor>& out) {
   const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
   const T* x = in[0].data<T>();
-  const T* gamma = op.has_gamma ? in[1].data<T>() : nullptr;
-  const T* beta = op.has_beta ? in[1 + static_cast<size_t>(op.has_gamma)].data<T>() : nullptr;
+  const T* residual = op.has_residual ? in[1].data<T>() : nullptr;
+  const T* gamma = op.has_gamma ? in[static_cast<size_t>(op.gamma_index())].data<T>() : nullptr;
+  const T* beta = op.has_beta ? in[static_cast<size_t>(op.beta_index())].data<T>() : nullptr;
   T* y = out[0].data<T>();
   T* mean = out[1].data<T>();
   T* rstd = out[2].data<T>();
+  T* sum = op.write_sum ? out[3].data<T>() : nullptr;
   const T eps = static_cast<T>(op.eps), inv_c = T(1) / static_cast<T>(C);
   parallel_for(ctx, rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+    std::vector<T> srow(residual && !sum ? static_cast<size_t>(C) : 0);  // x + residual when not written out
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * C;
+      if (residual) {  // the norm's input s = x + residual, in the sum output or a row buffer
+        T* s = sum ? sum + r * C : srow.data();
+        const T* rr = residual + r * C;
+        for (int64_t i = 0; i < C; ++i) s[i] = xr[i] + rr[i];
+        xr = s;
+      }
       T* yr = y + r * C;
       const T m = sum8<T>(C, [xr](int64_t i) { return xr[i]; }) * inv_c;
       // Two-pass variance: no cancellation, unlike E[x^2] - E[x]^2.

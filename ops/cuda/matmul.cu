@@ -390,10 +390,12 @@ void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
   g.b = B.raw_data();
   g.c = C.raw_data();
   g.batch = d.batch;
-  // Packed operands: the leading dimensions are the row lengths (the launcher's defaults).
+  // Packed A and B: the leading dimensions are the row lengths (the launcher's defaults). C is packed, or
+  // row-padded by the executor (MatMulOp::writes_padded_rows: consecutive rows ldc apart).
+  g.ldc = C.is_contiguous() ? d.n : C.strides()[C.rank() - 2];
   g.stride_a = d.m * d.k;
   g.stride_b = d.shared_b ? 0 : d.k * d.n;  // a shared B folds into one GEMM of batch * M rows (see gemm())
-  g.stride_c = d.m * d.n;
+  g.stride_c = d.m * g.ldc;
   gemm(context_of(ctx), g);
 }
 

@@ -38,10 +38,22 @@ constexpr int64_t kBwdMinRowsPerGroup = 8;
 
 // ---- forward ------------------------------------------------------------------------------------------------
 
+// a + b per element in fp32, rounded to T once: the add op's result, so a fused residual norm sees the same
+// input as an add followed by the norm.
+template <class T, int W>
+__device__ __forceinline__ dev::Pack<T, W> add_rounded(const dev::Pack<T, W>& a, const dev::Pack<T, W>& b) {
+  dev::Pack<T, W> r;
+#pragma unroll
+  for (int e = 0; e < W; ++e) r.v[e] = dev::from_float<T>(dev::to_float(a.v[e]) + dev::to_float(b.v[e]));
+  return r;
+}
+
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    norm_forward_kernel(const T* __restrict__ x,      // (rows, C)
-                        const T* __restrict__ gamma,  // (C) or null
+    norm_forward_kernel(const T* __restrict__ x,         // (rows, C)
+                        const T* __restrict__ residual,  // (rows, C) or null: the norm's input is x + residual
+                        T* __restrict__ sum,             // (rows, C) or null: x + residual written out
+                        const T* __restrict__ gamma,     // (C) or null
                         const T* __restrict__ beta,   // (C) or null; null for rmsnorm
                         T* __restrict__ y,            // (rows, C)
                         float* __restrict__ mean,     // (rows); null for rmsnorm
@@ -59,6 +71,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       const int64_t c = (tid + k * tpr) * W;
       if (c < C) {
         xv[k] = dev::load_pack<T, W>(xr + c);
+        if (residual) {
+          xv[k] = add_rounded(xv[k], dev::load_pack<T, W>(residual + row * C + c));
+          if (sum) dev::store_pack<T, W>(sum + row * C + c, xv[k]);
+        }
 #pragma unroll
         for (int e = 0; e < W; ++e) s += kRms ? 0.f : dev::to_float(xv[k].v[e]);
       }
@@ -105,8 +121,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // Rows too long for registers: a block per row, three passes over x (mean, variance, y).
 template <class T, int W, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    norm_forward_streaming_kernel(const T* __restrict__ x,      // (rows, C)
-                                  const T* __restrict__ gamma,  // (C) or null
+    norm_forward_streaming_kernel(const T* __restrict__ x,         // (rows, C)
+                                  const T* __restrict__ residual,  // (rows, C) or null
+                                  T* __restrict__ sum,             // (rows, C) or null
+                                  const T* __restrict__ gamma,     // (C) or null
                                   const T* __restrict__ beta,   // (C) or null
                                   T* __restrict__ y,            // (rows, C)
                                   float* __restrict__ mean,     // (rows) or null
@@ -116,17 +134,23 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * C;
+    const T* rr = residual ? residual + row * C : nullptr;
+    // The norm's input at column c: x, or x + residual rounded to T (what the add op would have stored).
+    auto input = [&](int64_t c) {
+      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+      return rr ? add_rounded(v, dev::load_pack<T, W>(rr + c)) : v;
+    };
     float s = 0.f;
     if (!kRms)
       for (int64_t c = tid * W; c < C; c += step) {
-        const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+        const dev::Pack<T, W> v = input(c);
 #pragma unroll
         for (int e = 0; e < W; ++e) s += dev::to_float(v.v[e]);
       }
     const float m = kRms ? 0.f : dev::block_sum(s) * inv_c;
     float q = 0.f;
     for (int64_t c = tid * W; c < C; c += step) {
-      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+      const dev::Pack<T, W> v = input(c);
 #pragma unroll
       for (int e = 0; e < W; ++e) {
         const float d = dev::to_float(v.v[e]) - m;
@@ -140,7 +164,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     T* yr = y + row * C;
     for (int64_t c = tid * W; c < C; c += step) {
-      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
+      const dev::Pack<T, W> v = input(c);
+      if (sum) dev::store_pack<T, W>(sum + row * C + c, v);
       dev::Pack<T, W> g, b, out;
       if (gamma) g = dev::load_pack<T, W>(gamma + c);
       if (beta) b = dev::load_pack<T, W>(beta + c);
@@ -156,10 +181,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
-// x, y: (rows, C); gamma, beta: (C) or null; mean: (rows) or null (rmsnorm); rstd: (rows)
+// x, y: (rows, C); residual, sum: (rows, C) or null; gamma, beta: (C) or null; mean: (rows) or null (rmsnorm);
+// rstd: (rows)
 template <class T, bool kRms>
-void norm_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd, int64_t rows, int64_t C,
-                  double eps, cudaStream_t stream) {
+void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T* beta, T* y, float* mean,
+                  float* rstd, int64_t rows, int64_t C, double eps, cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int V = vec_width<T>();
   const float feps = static_cast<float>(eps);
@@ -169,17 +195,17 @@ void norm_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, 
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
       norm_forward_streaming_kernel<T, W, kRms>
-          <<<grid, kMaxRowThreads, 0, stream>>>(x, gamma, beta, y, mean, rstd, rows, C, feps);
+          <<<grid, kMaxRowThreads, 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
     with_iters<kFwdMaxIters>(plan.iters, [&](auto iters) {
       norm_forward_kernel<T, W, decltype(iters)::value, kRms>
-          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, gamma, beta, y, mean, rstd, rows, C, feps);
+          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");
     });
   };
-  if (C % V == 0 && all_aligned16({x, gamma, beta, y}))
+  if (C % V == 0 && all_aligned16({x, residual, sum, gamma, beta, y}))
     run(std::integral_constant<int, V>{});
   else
     run(std::integral_constant<int, 1>{});
@@ -372,15 +398,18 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
 
 // ---- graph kernels ---------------------------------------------------------------------------------------------
 
-// in: x (..., C), [gamma (C)], [beta (C)];  out: y (..., C), mean (rows) f32, rstd (rows) f32
+// in: x (..., C), [residual (..., C)], [gamma (C)], [beta (C)];
+// out: y (..., C), mean (rows) f32, rstd (rows) f32, [sum (..., C)]
 void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                       const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LayerNormOp&>(op_);
   const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
-  const void* gamma = op.has_gamma ? in[1].raw_data() : nullptr;
-  const void* beta = op.has_beta ? in[1 + static_cast<size_t>(op.has_gamma)].raw_data() : nullptr;
-  launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), gamma, beta, out[0].raw_data(), out[1].data<float>(),
-                           out[2].data<float>(), rows, C, op.eps, stream_of(ctx));
+  const void* residual = op.has_residual ? in[1].raw_data() : nullptr;
+  const void* gamma = op.has_gamma ? in[static_cast<size_t>(op.gamma_index())].raw_data() : nullptr;
+  const void* beta = op.has_beta ? in[static_cast<size_t>(op.beta_index())].raw_data() : nullptr;
+  launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), residual, op.write_sum ? out[3].raw_data() : nullptr,
+                           gamma, beta, out[0].raw_data(), out[1].data<float>(), out[2].data<float>(), rows, C,
+                           op.eps, stream_of(ctx));
 }
 
 // in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C);
@@ -423,10 +452,12 @@ void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std:
 
 // ---- plain launchers (ops/cuda/norm_launch.h) --------------------------------------------------------------------
 
-void launch_layernorm_forward(DType dtype, const void* x, const void* gamma, const void* beta, void* y, float* mean,
-                              float* rstd, int64_t rows, int64_t C, double eps, CUstream_st* stream) {
+void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,
+                              const void* beta, void* y, float* mean, float* rstd, int64_t rows, int64_t C, double eps,
+                              CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "layernorm", T,
-                         norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(gamma),
+                         norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(residual),
+                                                static_cast<T*>(sum), static_cast<const T*>(gamma),
                                                 static_cast<const T*>(beta), static_cast<T*>(y), mean, rstd, rows,
                                                 C, eps, stream));
 }
@@ -444,8 +475,8 @@ void launch_layernorm_backward(DType dtype, const void* x, const float* mean, co
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
                             int64_t C, double eps, CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm", T,
-                         norm_forward<T, true>(static_cast<const T*>(x), static_cast<const T*>(gamma), nullptr,
-                                               static_cast<T*>(y), nullptr, rstd, rows, C, eps, stream));
+                         norm_forward<T, true>(static_cast<const T*>(x), nullptr, nullptr, static_cast<const T*>(gamma),
+                                               nullptr, static_cast<T*>(y), nullptr, rstd, rows, C, eps, stream));
 }
 
 void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,

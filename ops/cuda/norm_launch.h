@@ -21,9 +21,11 @@ struct CUstream_st;
 
 namespace xfr::cuda {
 
-// x, y: (rows, C) dtype; gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
-void launch_layernorm_forward(DType dtype, const void* x, const void* gamma, const void* beta, void* y, float* mean,
-                              float* rstd, int64_t rows, int64_t C, double eps, CUstream_st* stream);
+// x, y: (rows, C) dtype; residual, sum: (rows, C) dtype or null (the norm's input is x + residual, rounded to
+// dtype, and sum receives it when not null); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
+void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,
+                              const void* beta, void* y, float* mean, float* rstd, int64_t rows, int64_t C, double eps,
+                              CUstream_st* stream);
 
 // x, dy, dx: (rows, C) dtype; mean, rstd: (rows) f32; gamma: (C) dtype or null; dgamma, dbeta: (C) dtype or
 // null (not wanted).

@@ -32,6 +32,29 @@ __global__ void add_inplace_f32_kernel(float* __restrict__ dst, const float* __r
   }
 }
 
+// dst[i] += float(src[i]) for 16-bit src: 8 elements (16 bytes of src, 32 of dst) per access when aligned.
+template <class S>
+__global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__ src, size_t n) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  size_t done = 0;
+  if (dev::aligned16(dst) && dev::aligned16(src)) {
+    const size_t nv = n / 8;
+    for (size_t j = i; j < nv; j += stride) {
+      const uint4 packed = reinterpret_cast<const uint4*>(src)[j];
+      const S* h = reinterpret_cast<const S*>(&packed);
+      float4* d = reinterpret_cast<float4*>(dst) + 2 * j;
+      float4 a = d[0], b = d[1];
+      a.x += dev::to_float<S>(h[0]); a.y += dev::to_float<S>(h[1]); a.z += dev::to_float<S>(h[2]); a.w += dev::to_float<S>(h[3]);
+      b.x += dev::to_float<S>(h[4]); b.y += dev::to_float<S>(h[5]); b.z += dev::to_float<S>(h[6]); b.w += dev::to_float<S>(h[7]);
+      d[0] = a;
+      d[1] = b;
+    }
+    done = nv * 8;
+  }
+  for (size_t j = done + i; j < n; j += stride) dst[j] += dev::to_float<S>(src[j]);
+}
+
 template <class S, class D>
 __global__ void convert_kernel(D* __restrict__ dst, const S* __restrict__ src, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -54,10 +77,21 @@ void convert_from(void* dst, DType dst_dtype, const S* src, size_t n, cudaStream
 
 }  // namespace
 
-void launch_add_inplace_f32(float* dst, const float* src, size_t n, CUstream_st* stream) {
+void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, CUstream_st* stream) {
   if (n == 0) return;
-  add_inplace_f32_kernel<<<grid_for(n, 16), kThreads, 0, stream>>>(dst, src, n);
-  XF_CUDA_CHECK_LAUNCH("add_inplace_f32");
+  switch (src_dtype) {
+    case DType::f32:
+      add_inplace_f32_kernel<<<grid_for(n, 16), kThreads, 0, stream>>>(dst, static_cast<const float*>(src), n);
+      break;
+    case DType::f16:
+      accumulate_kernel<<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __half*>(src), n);
+      break;
+    case DType::bf16:
+      accumulate_kernel<<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
+      break;
+    default: throw Error("cuda", str_cat("accumulate_f32: no device accumulation from ", dtype_name(src_dtype)));
+  }
+  XF_CUDA_CHECK_LAUNCH("accumulate_f32");
 }
 
 void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream) {

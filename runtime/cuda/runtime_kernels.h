@@ -9,8 +9,8 @@ struct CUstream_st;
 
 namespace xfr::cuda {
 
-// dst[i] += src[i], i < n.
-void launch_add_inplace_f32(float* dst, const float* src, size_t n, CUstream_st* stream);
+// dst[i] += float(src[i]), i < n; src is f32, f16 or bf16.
+void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, CUstream_st* stream);
 // dst[i] = (dst_dtype) src[i] for floating dtypes f32/f16/bf16 (round to nearest even), i < n.
 void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream);
 
