@@ -477,14 +477,16 @@ void cuda_backward_case(const Case& c, DType dt, double p, bool with_dlse, uint6
 }
 
 // Awkward shapes: S = 1, 17, 127, 1000; D = 40, 64, 80, 128 (and 8, 136, 256, an odd 3 for the generic and the
-// non-vectorised paths); Sq != Sk both ways; GQA and MQA; causal and not.
+// non-vectorised paths); D = 32 (MiniLM's heads: the exact 32-wide tile) and 16, 24 (its generic instantiation);
+// Sq != Sk both ways; GQA and MQA; causal and not.
 const std::vector<Case>& cuda_cases() {
   static const std::vector<Case> cases = {
       {1, 2, 2, 1, 1, 64, false},       {2, 2, 1, 17, 17, 40, true},      {1, 4, 2, 127, 127, 80, false},
       {1, 2, 2, 1000, 1000, 128, true}, {1, 2, 1, 127, 1000, 64, false},  {1, 2, 2, 1000, 127, 64, true},
       {1, 4, 1, 1000, 1000, 64, false}, {2, 2, 2, 17, 127, 128, true},    {1, 2, 2, 65, 130, 256, true},
       {1, 2, 1, 63, 77, 136, false},    {1, 2, 2, 33, 33, 8, true},       {1, 1, 1, 40, 50, 3, true},
-      {1, 2, 2, 127, 1, 80, true},      {1, 2, 2, 1, 127, 128, false}};
+      {1, 2, 2, 127, 1, 80, true},      {1, 2, 2, 1, 127, 128, false},    {2, 12, 12, 128, 128, 32, false},
+      {1, 2, 1, 77, 1000, 32, true},    {1, 2, 2, 17, 50, 24, true},      {1, 3, 1, 127, 127, 16, false}};
   return cases;
 }
 

@@ -3,9 +3,9 @@
 //
 // bf16 / f16: tensor cores (mma.sync m16n8k16, fp32 accumulators; ops/cuda/device/mma.cuh), tiles staged in
 // shared memory by cp.async (double-buffered), fragments loaded by ldmatrix. Each kernel is instantiated for
-// kMaxD = 64, 128 or 256 (the head dim padded to a multiple of 16, zero columns, must fit); D == 64 and
-// D == 128 are compile-time specialisations (kExact: no run-time bounds on the head-dim loops), every other D
-// takes the generic instantiation of the next kMaxD with run-time bounds. Shared-memory rows are kMaxD + 8
+// kMaxD = 32, 64, 128 or 256 (the head dim padded to a multiple of 16, zero columns, must fit); D == 32, 64, 128
+// and 256 are compile-time specialisations (kExact: no run-time bounds on the head-dim loops), every other D
+// takes the generic instantiation of the next kMaxD with run-time bounds (D = 40 runs the 64-wide tile). Shared-memory rows are kMaxD + 8
 // elements long: the 16 extra bytes put the 8 rows that one ldmatrix reads in 8 different bank groups (a
 // row length that is a multiple of 128 bytes would make that an 8-way conflict).
 //
@@ -128,6 +128,17 @@ struct Tiles {
   // Keys per tile of the forward / dQ loop. Registers per thread: O (or dQ) is 16 x kMaxD fp32 per warp =
   // kMaxD / 2 floats, S (and dP) 16 x kBk = kBk / 2 floats each. kMaxD 256 with 64-key tiles would need
   // 128 + 32 (+ 32 for dQ) floats plus addresses: over the 255-register limit; 32-key tiles keep it under.
+  // Which limit each exact instantiation meets on the H200 (255 registers per thread, 64 K registers and 227 KB
+  // of shared memory per SM). Registers per thread as ptxas reports them (CUDA 13.0, sm_90a), forward / dQ /
+  // dK-dV:
+  //   kMaxD  32: 116 / 128 / 148: registers bound occupancy (4 forward CTAs of 128 threads per SM; 4 x 25 KB of
+  //              shared memory is far from the limit). The 64-wide tile this replaces for MiniLM's D = 32 did
+  //              twice the MMAs on zero columns and staged twice the shared memory.
+  //   kMaxD  64: 162 / 168 / 172: registers (3 forward CTAs per SM), 45 KB of shared memory each.
+  //   kMaxD 128: 170 / 244 / 240: registers (O 64 + S 32 (+ dP 32 in dQ) floats per thread); shared memory
+  //              85-121 KB, so one or two CTAs per SM either way.
+  //   kMaxD 256: 243 / 248 / 255 (dK/dV spills 8 bytes): registers force kBk = 32 (see above); shared memory
+  //              forces kBqKV = 32 for dK/dV (below).
   static constexpr int kBk = kMaxD <= 128 ? 64 : 32;
   // dK/dV kernel: 64 keys per CTA, 8 warps (4 x 16 key rows, x 2 halves of the query tile in phase A and of the
   // head dim in phase B, which keeps dK + dV at kMaxD / 2 floats per thread). Query tile: 64, or 32 at kMaxD 256
@@ -137,12 +148,13 @@ struct Tiles {
   static constexpr int kBqKV = kMaxD <= 128 ? 64 : 32;
   static constexpr int kPStride = kBqKV + 8;  // P^T / dS^T rows in shared memory, padded as above
 
-  // Forward: Q (kBq rows) + K, V double-buffered (4 x kBk rows). 46 KB / 85 KB / 99 KB for kMaxD 64 / 128 / 256.
+  // Forward: Q (kBq rows) + K, V double-buffered (4 x kBk rows). 25 KB / 45 KB / 85 KB / 99 KB for kMaxD 32 / 64 /
+  // 128 / 256.
   static constexpr size_t kFwdSmem = static_cast<size_t>(kBq + 4 * kBk) * kStride * 2;
-  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 54 KB / 102 KB / 132 KB.
+  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 30 KB / 54 KB / 102 KB / 132 KB.
   static constexpr size_t kDqSmem = static_cast<size_t>(2 * kBq + 4 * kBk) * kStride * 2;
   // dK/dV: K, V (2 x 64 rows) + Q, dO double-buffered (4 x kBqKV rows) + P^T, dS^T (2 x 64 x kPStride) + lse,
-  // Delta double-buffered (4 x kBqKV floats). 73 KB / 121 KB / 143 KB (the H200 allows 227 KB per block).
+  // Delta double-buffered (4 x kBqKV floats). 49 KB / 73 KB / 121 KB / 143 KB (the H200 allows 227 KB per block).
   static constexpr size_t kKVSmem = static_cast<size_t>(2 * kBkKV + 4 * kBqKV) * kStride * 2 +
                                     static_cast<size_t>(2 * kBkKV) * kPStride * 2 + 4 * kBqKV * sizeof(float);
 };
@@ -898,13 +910,20 @@ Params make_params(const FlashAttentionArgs& a) {
   return p;
 }
 
-// Runs f.template operator()<kMaxD, kExact>() for the instantiation that covers head dim D.
+// Runs f.template operator()<kMaxD, kExact>() for the instantiation that covers head dim D: the exact tile for
+// D = 32, 64, 128 and 256, else the generic one of the next kMaxD.
 template <class F>
 void with_head_dim(int D, F&& f) {
-  if (D == 64) {
+  if (D == 32) {
+    f.template operator()<32, true>();
+  } else if (D == 64) {
     f.template operator()<64, true>();
   } else if (D == 128) {
     f.template operator()<128, true>();
+  } else if (D == 256) {
+    f.template operator()<256, true>();
+  } else if (D < 32) {
+    f.template operator()<32, false>();
   } else if (D < 64) {
     f.template operator()<64, false>();
   } else if (D < 128) {
