@@ -10,7 +10,8 @@
 
 namespace xfr {
 
-Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention, const std::string& name) {
+Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention, const std::string& name,
+                          const AttentionFn& attention_bshd) {
   const char* op = "multi_head_dispatch";
   XF_CHECK(x.rank() == 3, op, "expects (B, T, C), got ", shape_str(x.shape()));
   const int64_t B = x.dim(0), T = x.dim(1), C = spec.dim_model, H = spec.num_heads;
@@ -55,20 +56,28 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
     k = with_bias("k_proj");
     v = with_bias("v_proj");
   }
-  // (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
+  const bool bshd = static_cast<bool>(attention_bshd);
+  // (B, T, H*D) -> (B, T, H, D), then -> (B, H, T, D) unless the attention takes bshd heads.
   auto heads = [&](Value t, int64_t width, const char* n) {
+    if (bshd) return reshape(t, {B, T, H, width / H}, n);
     return permute(reshape(t, {B, T, H, width / H}), {0, 2, 1, 3}, n);
   };
-  Value qh = heads(q, dk, "q_heads"), kh = heads(k, dk, "k_heads");  // (B, H, T, dk/H)
+  Value qh = heads(q, dk, "q_heads"), kh = heads(k, dk, "k_heads");  // (B, H, T, dk/H) or (B, T, H, dk/H)
   if (spec.use_rotary_embeddings) {
-    // xFormers: RotaryEmbedding on (B, H, S, hd) q and k, positions 0..S-1 (self-attention: S_q = S_k).
-    qh = rotary(qh, 0, "q_rotary");
-    kh = rotary(kh, 0, "k_rotary");
+    // xFormers: RotaryEmbedding on (B, H, S, hd) q and k, positions 0..S-1 (self-attention: S_q = S_k); on bshd
+    // heads the same rotation of every head of a position.
+    qh = bshd ? rotary_bshd(qh, 0, "q_rotary") : rotary(qh, 0, "q_rotary");
+    kh = bshd ? rotary_bshd(kh, 0, "k_rotary") : rotary(kh, 0, "k_rotary");
   }
-  const Value att = attention(qh, kh, heads(v, dv, "v_heads"));
-  XF_CHECK(att.rank() == 4 && att.dim(0) == B && att.dim(1) == H && att.dim(2) == T && att.dim(3) == dv / H, op,
-           "attention returned ", shape_str(att.shape()), ", expected (", B, ", ", H, ", ", T, ", ", dv / H, ")");
-  const Value merged = reshape(permute(att, {0, 2, 1, 3}, "merge_heads"), {B, T, dv});  // (B, T, dv)
+  const Value vh = heads(v, dv, "v_heads");
+  const Value att = bshd ? attention_bshd(qh, kh, vh) : attention(qh, kh, vh);
+  const int64_t head_axis = bshd ? 2 : 1, seq_axis = bshd ? 1 : 2;
+  XF_CHECK(att.rank() == 4 && att.dim(0) == B && att.dim(head_axis) == H && att.dim(seq_axis) == T &&
+               att.dim(3) == dv / H,
+           op, "attention returned ", shape_str(att.shape()), ", expected ",
+           bshd ? shape_str({B, T, H, dv / H}) : shape_str({B, H, T, dv / H}));
+  const Value merged = bshd ? reshape(att, {B, T, dv}, "merge_heads")
+                            : reshape(permute(att, {0, 2, 1, 3}, "merge_heads"), {B, T, dv});  // (B, T, dv)
   Value y = linear(merged, dv, C, spec.bias, "proj", spec.init_prefix + ".proj");
   if (spec.residual_dropout > 0) y = dropout(y, spec.residual_dropout, "residual_dropout");
   return y;

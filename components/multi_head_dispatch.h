@@ -26,11 +26,14 @@ struct MultiHeadSpec {
   std::string init_prefix;  // xFormers module path of the MultiHeadDispatch, for init rules
 };
 
-// q, k, v heads: (B, H, S, Dh) -> (B, H, Sq, Dv_h)
+// q, k, v heads: (B, H, S, Dh) -> (B, H, Sq, Dv_h); a bshd AttentionFn: (B, S, H, Dh) -> (B, Sq, H, Dv_h).
 using AttentionFn = std::function<Value(Value q, Value k, Value v)>;
 
 // x: (B, T, C) -> (B, T, C). Self-attention (query = key = value = x). Parameters under "<name>.*".
+// `attention_bshd`, when set, is the same attention on (B, T, H, Dh) heads (ComponentEntry::attention_bshd): the
+// projections are only reshaped to heads (rotary then rotates (B, T, H, Dh) directly) and the result only
+// reshaped back, no permute on either side; `attention` is then unused.
 Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention,
-                          const std::string& name = "mha");
+                          const std::string& name = "mha", const AttentionFn& attention_bshd = {});
 
 }  // namespace xfr

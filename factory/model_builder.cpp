@@ -189,6 +189,11 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     spec.use_rotary_embeddings = get_bool(mh, "use_rotary_embeddings");
     spec.init_prefix = pre ? att_path + ".sublayer" : att_path;
     BuildContext actx{g, spec.init_prefix + ".attention", D, T, V, training};
+    // Training and whole-sequence inference hand multi_head_dispatch the bshd builder when the attention has one
+    // (no head permutes); decoding keeps (B, H, S, D) heads, the KV caches' layout.
+    AttentionFn bshd;
+    if (!decode && att_entry->attention_bshd)
+      bshd = [&](Value q, Value k, Value v) { return att_entry->attention_bshd(att, q, k, v, actx); };
     auto attention_sublayer = [&](Value in) {
       return multi_head_dispatch(in, spec, [&](Value q, Value k, Value v) {
         if (!decode) return att_entry->attention(att, q, k, v, actx);
@@ -204,7 +209,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
         decode->v_out.push_back(v_all);
         return scaled_dot_product_attention(q, k_all, v_all, cast(decode->mask, q.dtype(), "mask_cast"),
                                             AttentionOptions{}, "attention");
-      }, "mha");
+      }, "mha", bshd);
     };
     BuildContext fctx{g, ff_path, D, S, V, training};
     auto ff_sublayer = [&](Value in) {

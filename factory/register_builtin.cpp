@@ -134,12 +134,18 @@ void register_attention(Registry& r) {
       f_opt_int("dim_features", 1, "filled in from multi_head_config (xFormers passes it down)"),
       f_dim_model(),
   };
-  e.attention = [](const ConfigNode& p, Value q, Value k, Value v, const BuildContext& ctx) {
-    AttentionOptions o;
-    o.causal = get_bool(p, "causal");
-    o.dropout = ctx.training ? get_number(p, "dropout") : 0.0;
-    return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
+  // The fused op takes either head layout (ops/flash_attention.h), so both builders are the same call.
+  auto build = [](AttentionLayout layout) {
+    return [layout](const ConfigNode& p, Value q, Value k, Value v, const BuildContext& ctx) {
+      AttentionOptions o;
+      o.causal = get_bool(p, "causal");
+      o.dropout = ctx.training ? get_number(p, "dropout") : 0.0;
+      o.layout = layout;
+      return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
+    };
   };
+  e.attention = build(AttentionLayout::bhsd);
+  e.attention_bshd = build(AttentionLayout::bshd);
   r.add(std::move(e));
 }
 

@@ -25,7 +25,7 @@ struct BuildContext {
   Value positions;
 };
 
-// q, k, v: (B, H, S, D) -> (B, H, Sq, Dv).
+// q, k, v: (B, H, S, D) -> (B, H, Sq, Dv); or, for an entry's attention_bshd, (B, S, H, D) -> (B, Sq, H, Dv).
 using AttentionBuilder = std::function<Value(const ConfigNode& params, Value q, Value k, Value v, const BuildContext&)>;
 // x: (B, T, C) -> (B, T, C).
 using FeedforwardBuilder = std::function<Value(const ConfigNode& params, Value x, const BuildContext&)>;
@@ -38,6 +38,9 @@ struct ComponentEntry {
   std::string doc;
   Section params;      // the component's own parameters (its config keys besides `name`)
   AttentionBuilder attention;
+  // Optional: the same attention on (B, S, H, D) heads, returning (B, Sq, H, Dv). multi_head_dispatch uses it when
+  // present, so the (B, T, H*D) projections reach the attention without a head permute (and leave it without one).
+  AttentionBuilder attention_bshd;
   FeedforwardBuilder feedforward;
   PositionBuilder position;
   bool consumes_token_ids = false;  // position encodings that embed tokens themselves (vocab)

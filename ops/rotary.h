@@ -15,6 +15,9 @@
 // The cos/sin table is computed in double and rounded once to x's dtype (f32 or f64); upstream builds it in
 // float32 (inv_freq and t * inv_freq rounded to float), which differs by about t * 6e-8 in the angle.
 // `offset` shifts the positions (decoding with a KV cache: the new tokens sit at positions offset...).
+// `seq_axis` (-2 or -3) says where S sits: -2 for heads split and permuted, x (..., S, hd); -3 for x (..., S, H, hd),
+// the (B, S, H, hd) heads of the bshd attention layout (ops/flash_attention.h), where every head of a position
+// gets the same rotation.
 // xFormers takes the table length from k and crops it for q; for self-attention (S_q = S_k) and with the same
 // offset for both, that is exactly positions offset..offset+S-1 for each, which is what this op uses.
 #pragma once
@@ -25,17 +28,25 @@
 
 namespace xfr {
 
-// inputs (x (..., S, hd)) -> outputs (y (..., S, hd)); rank >= 2, hd even, floating point.
+// inputs (x (..., S, hd) or (..., S, H, hd)) -> outputs (y, x's shape); rank >= -seq_axis, hd even, floating point.
 class RotaryOp final : public Op {
  public:
-  explicit RotaryOp(int64_t offset = 0, bool inverse = false) : offset(offset), inverse(inverse) {}
+  explicit RotaryOp(int64_t offset = 0, bool inverse = false, int seq_axis = -2)
+      : offset(offset), inverse(inverse), seq_axis(seq_axis) {}
   std::string name() const override { return "rotary"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
   int64_t offset;  // position of the first row along S (>= 0)
   bool inverse;    // rotate by -angle (the backward of the forward rotation)
+  int seq_axis;    // -2: x (..., S, hd); -3: x (..., S, H, hd)
 };
+
+// The sizes a rotary kernel walks: x is (Z, S, inner, hd) with inner = 1 for seq_axis -2 and H for -3.
+struct RotaryDims {
+  int64_t Z = 0, S = 0, inner = 1, hd = 0;
+};
+RotaryDims rotary_dims(const Shape& x, int seq_axis);
 
 // The base of the frequencies: RoFormer's and xFormers' 10000 (as in the sinusoidal table).
 constexpr double kRotaryBase = 10000.0;
@@ -43,6 +54,8 @@ constexpr double kRotaryBase = 10000.0;
 // ---- front end ----------------------------------------------------------------------------------------
 // x: (..., S, hd), hd even. Returns y (x's shape): x rotated by the positions offset..offset+S-1.
 Value rotary(Value x, int64_t offset = 0, const std::string& name = {});
+// x: (..., S, H, hd), hd even: every head of position s rotated as rotary() rotates row s.
+Value rotary_bshd(Value x, int64_t offset = 0, const std::string& name = {});
 // x: (..., S, hd). The inverse rotation (by -angle); the backward of rotary().
 Value rotary_inverse(Value x, int64_t offset = 0, const std::string& name = {});
 

@@ -14,6 +14,7 @@
 #include "ops/matmul.h"
 #include "runtime/rng.h"
 #include "tests/cuda_testing.h"
+#include "tests/flash_attention_testing.h"
 #include "testing.h"
 
 using namespace xfr;
@@ -418,17 +419,25 @@ TEST_CASE("flash_attention: shapes, options and random numbers") {
 
 namespace {
 
+// The inputs in `layout` (make_inputs draws them bhsd).
+Inputs in_layout(const Inputs& in, AttentionLayout layout) {
+  if (layout == AttentionLayout::bhsd) return in;
+  return {swap12(in.q), swap12(in.k), swap12(in.v)};
+}
+
 // Runs the forward on the GPU in `dt` and on the CPU in f32 on the same rounded inputs; compares out and lse.
-void cuda_forward_case(const Case& c, DType dt, double p, uint64_t seed, uint64_t offset) {
-  const Inputs in32 = make_inputs(c, 101 + static_cast<uint64_t>(c.Sq * 7 + c.D));
+void cuda_forward_case(const Case& c, DType dt, double p, uint64_t seed, uint64_t offset,
+                       AttentionLayout layout = AttentionLayout::bhsd) {
+  const Inputs in32 = in_layout(make_inputs(c, 101 + static_cast<uint64_t>(c.Sq * 7 + c.D)), layout);
   const Inputs gin{as_dtype(in32.q, dt), as_dtype(in32.k, dt), as_dtype(in32.v, dt)};
   const Inputs cin{as_dtype(gin.q, DType::f32), as_dtype(gin.k, DType::f32), as_dtype(gin.v, DType::f32)};
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-  const FlashAttentionOp op(scale, c.causal, p);
+  const FlashAttentionOp op(scale, c.causal, p, layout);
   const auto ref = run_op(op, {cin.q, cin.k, cin.v}, &test_pool(), seed, offset);
   const auto got = run_op_cuda(op, {gin.q, gin.k, gin.v}, seed, offset);
   const FaTol tol = fa_tolerance(dt);
-  const std::string w = case_name(c) + " p=" + std::to_string(p) + " [" + dtype_name(dt) + "]";
+  const std::string w = case_name(c) + " p=" + std::to_string(p) + " " + attention_layout_name(layout) + " [" +
+                        dtype_name(dt) + "]";
   CHECK(got[0].dtype() == dt);
   CHECK(got[1].dtype() == DType::f32);
   check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, w + " out");
@@ -437,26 +446,28 @@ void cuda_forward_case(const Case& c, DType dt, double p, uint64_t seed, uint64_
 
 // Backward on the GPU in `dt` against the CPU in f32; both get the same q, k, v, out, dout, lse (out and lse
 // from the CPU forward, out rounded to dt), so only the backward kernels differ.
-void cuda_backward_case(const Case& c, DType dt, double p, bool with_dlse, uint64_t seed, uint64_t offset) {
-  const Inputs in32 = make_inputs(c, 201 + static_cast<uint64_t>(c.Sk * 5 + c.D));
+void cuda_backward_case(const Case& c, DType dt, double p, bool with_dlse, uint64_t seed, uint64_t offset,
+                        AttentionLayout layout = AttentionLayout::bhsd) {
+  const Inputs in32 = in_layout(make_inputs(c, 201 + static_cast<uint64_t>(c.Sk * 5 + c.D)), layout);
   const Inputs gin{as_dtype(in32.q, dt), as_dtype(in32.k, dt), as_dtype(in32.v, dt)};
   const Inputs cin{as_dtype(gin.q, DType::f32), as_dtype(gin.k, DType::f32), as_dtype(gin.v, DType::f32)};
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-  const auto fwd = run_op(FlashAttentionOp(scale, c.causal, p), {cin.q, cin.k, cin.v}, &test_pool(), seed, offset);
+  const auto fwd =
+      run_op(FlashAttentionOp(scale, c.causal, p, layout), {cin.q, cin.k, cin.v}, &test_pool(), seed, offset);
   const Tensor out_g = as_dtype(fwd[0], dt), out_c = as_dtype(out_g, DType::f32);
-  const Tensor dout_g = random_tensor({c.B, c.H, c.Sq, c.D}, 301, -1, 1, dt), dout_c = as_dtype(dout_g, DType::f32);
+  const Tensor dout_g = random_tensor(fwd[0].shape(), 301, -1, 1, dt), dout_c = as_dtype(dout_g, DType::f32);
   const Tensor dlse = random_tensor({c.B, c.H, c.Sq}, 302, -1, 1);
   std::vector<Tensor> gi{gin.q, gin.k, gin.v, out_g, dout_g, fwd[1]}, ci{cin.q, cin.k, cin.v, out_c, dout_c, fwd[1]};
   if (with_dlse) {
     gi.push_back(dlse);
     ci.push_back(dlse);
   }
-  const FlashAttentionBackwardOp op(scale, c.causal, p, with_dlse);
+  const FlashAttentionBackwardOp op(scale, c.causal, p, with_dlse, layout);
   const auto ref = run_op(op, ci, &test_pool(), seed, offset);
   const auto got = run_op_cuda(op, gi, seed, offset);
   const FaTol tol = fa_tolerance(dt);
-  const std::string w = case_name(c) + " p=" + std::to_string(p) + (with_dlse ? " dlse" : "") + " [" +
-                        dtype_name(dt) + "]";
+  const std::string w = case_name(c) + " p=" + std::to_string(p) + (with_dlse ? " dlse" : "") + " " +
+                        attention_layout_name(layout) + " [" + dtype_name(dt) + "]";
   const char* names[3] = {" dq", " dk", " dv"};
   for (int i = 0; i < 3; ++i) {
     CHECK(got[static_cast<size_t>(i)].dtype() == dt);
@@ -466,14 +477,16 @@ void cuda_backward_case(const Case& c, DType dt, double p, bool with_dlse, uint6
 }
 
 // Awkward shapes: S = 1, 17, 127, 1000; D = 40, 64, 80, 128 (and 8, 136, 256, an odd 3 for the generic and the
-// non-vectorised paths); Sq != Sk both ways; GQA and MQA; causal and not.
+// non-vectorised paths); D = 32 (MiniLM's heads: the exact 32-wide tile) and 16, 24 (its generic instantiation);
+// Sq != Sk both ways; GQA and MQA; causal and not.
 const std::vector<Case>& cuda_cases() {
   static const std::vector<Case> cases = {
       {1, 2, 2, 1, 1, 64, false},       {2, 2, 1, 17, 17, 40, true},      {1, 4, 2, 127, 127, 80, false},
       {1, 2, 2, 1000, 1000, 128, true}, {1, 2, 1, 127, 1000, 64, false},  {1, 2, 2, 1000, 127, 64, true},
       {1, 4, 1, 1000, 1000, 64, false}, {2, 2, 2, 17, 127, 128, true},    {1, 2, 2, 65, 130, 256, true},
       {1, 2, 1, 63, 77, 136, false},    {1, 2, 2, 33, 33, 8, true},       {1, 1, 1, 40, 50, 3, true},
-      {1, 2, 2, 127, 1, 80, true},      {1, 2, 2, 1, 127, 128, false}};
+      {1, 2, 2, 127, 1, 80, true},      {1, 2, 2, 1, 127, 128, false},    {2, 12, 12, 128, 128, 32, false},
+      {1, 2, 1, 77, 1000, 32, true},    {1, 2, 2, 17, 50, 24, true},      {1, 3, 1, 127, 127, 16, false}};
   return cases;
 }
 
@@ -501,4 +514,18 @@ XF_CUDA_TEST_CASE("flash_attention CUDA: dropout masks equal the CPU's (f32 exac
         cuda_forward_case(c, dt, 0.2, 4321, offset);
         cuda_backward_case(c, dt, 0.2, false, 4321, offset);
       }
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA: bshd layout, forward and backward against the CPU (bf16, f16, f32)") {
+  // Row strides H D and Hk D (not D): the cp.async path with strided rows, and the scalar path for D = 3 / 40
+  // with H D not a multiple of 8. Dropout too: the element index is logical, the same in both layouts.
+  for (const Case c : {Case{2, 4, 2, 127, 127, 64, true}, Case{1, 3, 1, 17, 1000, 128, false},
+                       Case{1, 2, 2, 65, 130, 256, true}, Case{1, 3, 3, 40, 50, 3, true},
+                       Case{2, 2, 1, 77, 33, 40, false}, Case{1, 2, 2, 1, 1, 80, false}})
+    for (DType dt : cuda_float_dtypes()) {
+      cuda_forward_case(c, dt, 0.0, 0, 0, AttentionLayout::bshd);
+      cuda_backward_case(c, dt, 0.0, false, 0, 0, AttentionLayout::bshd);
+      cuda_forward_case(c, dt, 0.2, 4321, 7, AttentionLayout::bshd);
+      cuda_backward_case(c, dt, 0.2, true, 4321, 7, AttentionLayout::bshd);
+    }
 }

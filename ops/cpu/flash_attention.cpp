@@ -57,7 +57,9 @@ struct Params {
 };
 
 template <class T>
-Params<T> make_params(const FlashAttentionShape& s, double scale, bool causal, double p, const KernelContext& ctx) {
+Params<T> make_params(const FlashAttentionShape& s, const FlashAttentionAttrs& a, const KernelContext& ctx) {
+  const double scale = a.scale, p = a.dropout;
+  const bool causal = a.causal;
   Params<T> r;
   r.s = s;
   r.G = s.H / s.Hk;
@@ -102,15 +104,16 @@ void axpy(T a, const T* x, T* y, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
 }
 
-// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> out: (B, H, Sq, D), lse: (B, H, Sq); one (b, h) pair.
+// q: (B, H, Sq, D) or (B, Sq, H, D), k, v: (B, Hk, Sk, D) or (B, Sk, Hk, D) -> out: q's shape, lse: (B, H, Sq);
+// one (b, h) pair. Row i of a head is at qh + i * qs (qs, ks: the seq strides of q and k).
 template <class T>
 void forward_head(const Params<T>& p, int64_t b, int64_t h, const T* q, const T* k, const T* v, T* out, T* lse) {
   const FlashAttentionShape& s = p.s;
-  const int64_t D = s.D, hk = h / p.G;
-  const T* qh = q + (b * s.H + h) * s.Sq * D;
-  const T* kh = k + (b * s.Hk + hk) * s.Sk * D;
-  const T* vh = v + (b * s.Hk + hk) * s.Sk * D;
-  T* oh = out + (b * s.H + h) * s.Sq * D;
+  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq;
+  const T* qh = q + b * s.q.batch + h * s.q.head;
+  const T* kh = k + b * s.k.batch + hk * s.k.head;
+  const T* vh = v + b * s.k.batch + hk * s.k.head;
+  T* oh = out + b * s.q.batch + h * s.q.head;
   T* lh = lse + (b * s.H + h) * s.Sq;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   T m[kQueryBlock], l[kQueryBlock], sc[kKeyBlock], z[kKeyBlock];
@@ -118,17 +121,17 @@ void forward_head(const Params<T>& p, int64_t b, int64_t h, const T* q, const T*
     const int64_t i1 = std::min(s.Sq, i0 + kQueryBlock);
     std::fill(m, m + kQueryBlock, neg_inf);
     std::fill(l, l + kQueryBlock, T(0));
-    std::fill(oh + i0 * D, oh + i1 * D, T(0));
+    for (int64_t i = i0; i < i1; ++i) std::fill(oh + i * qs, oh + i * qs + D, T(0));
     const int64_t block_end = p.key_end(i1 - 1);  // the last query of the block sees the most keys
     for (int64_t j0 = 0; j0 < block_end; j0 += kKeyBlock) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t n = std::min(j0 + kKeyBlock, p.key_end(i)) - j0;  // keys of this block query i sees
         if (n <= 0) continue;
-        const T* qi = qh + i * D;
-        T* oi = oh + i * D;
+        const T* qi = qh + i * qs;
+        T* oi = oh + i * qs;
         T mb = neg_inf;
         for (int64_t jj = 0; jj < n; ++jj) {
-          sc[jj] = p.scale * dot(qi, kh + (j0 + jj) * D, D);
+          sc[jj] = p.scale * dot(qi, kh + (j0 + jj) * ks, D);
           mb = std::max(mb, sc[jj]);
         }
         const int64_t r = i - i0;
@@ -140,14 +143,14 @@ void forward_head(const Params<T>& p, int64_t b, int64_t h, const T* q, const T*
         for (int64_t jj = 0; jj < n; ++jj) {
           const T e = std::exp(sc[jj] - m_new);
           l[r] += e;  // the softmax's sum is over undropped probabilities
-          if (z[jj] != T(0)) axpy(e * z[jj], vh + (j0 + jj) * D, oi, D);
+          if (z[jj] != T(0)) axpy(e * z[jj], vh + (j0 + jj) * ks, oi, D);
         }
         m[r] = m_new;
       }
     }
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = i - i0;
-      T* oi = oh + i * D;
+      T* oi = oh + i * qs;
       if (l[r] > T(0)) {
         const T inv = T(1) / l[r];
         for (int64_t d = 0; d < D; ++d) oi[d] *= inv;
@@ -160,27 +163,31 @@ void forward_head(const Params<T>& p, int64_t b, int64_t h, const T* q, const T*
   }
 }
 
-// in: q, k, v, out, dout, lse, [dlse]; out: dq (B, H, Sq, D), dk, dv (B, Hk, Sk, D). One (b, kv head) pair:
-// writes dk, dv of the kv head and dq of its G query heads.
+// in: q, k, v, out, dout, lse, [dlse]; out: dq (q's shape), dk, dv (k's shape). One (b, kv head) pair: writes
+// dk, dv of the kv head and dq of its G query heads.
 template <class T>
 void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const T* q, const T* k, const T* v, const T* out,
                       const T* dout, const T* lse, const T* dlse, T* dq, T* dk, T* dv) {
   const FlashAttentionShape& s = p.s;
-  const int64_t D = s.D;
-  const T* kh = k + (b * s.Hk + hk) * s.Sk * D;
-  const T* vh = v + (b * s.Hk + hk) * s.Sk * D;
-  T* dkh = dk + (b * s.Hk + hk) * s.Sk * D;
-  T* dvh = dv + (b * s.Hk + hk) * s.Sk * D;
-  std::fill(dkh, dkh + s.Sk * D, T(0));
-  std::fill(dvh, dvh + s.Sk * D, T(0));
+  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq;
+  const int64_t kvoff = b * s.k.batch + hk * s.k.head;
+  const T* kh = k + kvoff;
+  const T* vh = v + kvoff;
+  T* dkh = dk + kvoff;
+  T* dvh = dv + kvoff;
+  for (int64_t j = 0; j < s.Sk; ++j) {
+    std::fill(dkh + j * ks, dkh + j * ks + D, T(0));
+    std::fill(dvh + j * ks, dvh + j * ks + D, T(0));
+  }
   T z[kKeyBlock];
   for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
     const int64_t row0 = (b * s.H + h) * s.Sq;  // row of (b, h, i = 0) in the (B, H, Sq) tensors
+    const int64_t qoff = b * s.q.batch + h * s.q.head;
     for (int64_t i = 0; i < s.Sq; ++i) {
-      const T* qi = q + (row0 + i) * D;
-      const T* oi = out + (row0 + i) * D;
-      const T* doi = dout + (row0 + i) * D;
-      T* dqi = dq + (row0 + i) * D;
+      const T* qi = q + qoff + i * qs;
+      const T* oi = out + qoff + i * qs;
+      const T* doi = dout + qoff + i * qs;
+      T* dqi = dq + qoff + i * qs;
       std::fill(dqi, dqi + D, T(0));
       const T li = lse[row0 + i];
       if (li == -std::numeric_limits<T>::infinity()) continue;  // no key visible: P = 0, every gradient 0
@@ -191,13 +198,13 @@ void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const T* q, con
         dropout_factors(p, p.row_stream(b, h, i) + static_cast<uint64_t>(j0), n, z);
         for (int64_t jj = 0; jj < n; ++jj) {
           const int64_t j = j0 + jj;
-          const T* kj = kh + j * D;
-          const T* vj = vh + j * D;
+          const T* kj = kh + j * ks;
+          const T* vj = vh + j * ks;
           const T P = std::exp(p.scale * dot(qi, kj, D) - li);
-          if (z[jj] != T(0)) axpy(P * z[jj], doi, dvh + j * D, D);
+          if (z[jj] != T(0)) axpy(P * z[jj], doi, dvh + j * ks, D);
           const T ds = p.scale * P * (z[jj] * dot(doi, vj, D) - delta);  // scale * dS
           axpy(ds, kj, dqi, D);
-          axpy(ds, qi, dkh + j * D, D);
+          axpy(ds, qi, dkh + j * ks, D);
         }
       }
     }
@@ -220,26 +227,27 @@ void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const
               c, static_cast<int>(ldc));
 }
 
-// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> out: (B, H, Sq, D), lse: (B, H, Sq); one (b, h) pair.
+// q, k, v, out as forward_head (either layout: the GEMMs take the seq strides as leading dimensions) -> out,
+// lse: (B, H, Sq); one (b, h) pair.
 void forward_head_blas(const Params<float>& p, int64_t b, int64_t h, const float* q, const float* k, const float* v,
                        float* out, float* lse, std::vector<float>& sc, std::vector<float>& z) {
   const FlashAttentionShape& s = p.s;
-  const int64_t D = s.D, hk = h / p.G;
-  const float* qh = q + (b * s.H + h) * s.Sq * D;
-  const float* kh = k + (b * s.Hk + hk) * s.Sk * D;
-  const float* vh = v + (b * s.Hk + hk) * s.Sk * D;
-  float* oh = out + (b * s.H + h) * s.Sq * D;
+  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq;
+  const float* qh = q + b * s.q.batch + h * s.q.head;
+  const float* kh = k + b * s.k.batch + hk * s.k.head;
+  const float* vh = v + b * s.k.batch + hk * s.k.head;
+  float* oh = out + b * s.q.batch + h * s.q.head;
   float* lh = lse + (b * s.H + h) * s.Sq;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t i0 = 0; i0 < s.Sq; i0 += kBlasQueries) {
     const int64_t i1 = std::min(s.Sq, i0 + kBlasQueries), rows = i1 - i0;
     const int64_t n = p.key_end(i1 - 1);  // keys the block's last query sees (the most of any)
     if (n == 0) {
-      std::fill(oh + i0 * D, oh + i1 * D, 0.0f);
+      for (int64_t i = i0; i < i1; ++i) std::fill(oh + i * qs, oh + i * qs + D, 0.0f);
       std::fill(lh + i0, lh + i1, neg_inf);
       continue;
     }
-    sgemm(false, true, rows, n, D, p.scale, qh + i0 * D, D, kh, D, 0.0f, sc.data(), n);  // (rows, n)
+    sgemm(false, true, rows, n, D, p.scale, qh + i0 * qs, qs, kh, ks, 0.0f, sc.data(), n);  // (rows, n)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = i0 + r, end = p.key_end(i);
       float* row = sc.data() + r * n;
@@ -265,7 +273,7 @@ void forward_head_blas(const Params<float>& p, int64_t b, int64_t h, const float
         for (int64_t j = 0; j < end; ++j) row[j] *= inv;
       }
     }
-    sgemm(false, false, rows, D, n, 1.0f, sc.data(), n, vh, D, 0.0f, oh + i0 * D, D);  // (rows, D)
+    sgemm(false, false, rows, D, n, 1.0f, sc.data(), n, vh, ks, 0.0f, oh + i0 * qs, qs);  // (rows, D)
   }
 }
 
@@ -275,33 +283,37 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
                            float* dq, float* dk, float* dv, std::vector<float>& P, std::vector<float>& dP,
                            std::vector<float>& z) {
   const FlashAttentionShape& s = p.s;
-  const int64_t D = s.D;
-  const float* kh = k + (b * s.Hk + hk) * s.Sk * D;
-  const float* vh = v + (b * s.Hk + hk) * s.Sk * D;
-  float* dkh = dk + (b * s.Hk + hk) * s.Sk * D;
-  float* dvh = dv + (b * s.Hk + hk) * s.Sk * D;
-  std::fill(dkh, dkh + s.Sk * D, 0.0f);
-  std::fill(dvh, dvh + s.Sk * D, 0.0f);
+  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq;
+  const int64_t kvoff = b * s.k.batch + hk * s.k.head;
+  const float* kh = k + kvoff;
+  const float* vh = v + kvoff;
+  float* dkh = dk + kvoff;
+  float* dvh = dv + kvoff;
+  for (int64_t j = 0; j < s.Sk; ++j) {
+    std::fill(dkh + j * ks, dkh + j * ks + D, 0.0f);
+    std::fill(dvh + j * ks, dvh + j * ks + D, 0.0f);
+  }
   for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
-    const int64_t row0 = (b * s.H + h) * s.Sq;
+    const int64_t row0 = (b * s.H + h) * s.Sq;     // lse row of (b, h, i = 0)
+    const int64_t qoff = b * s.q.batch + h * s.q.head;
     for (int64_t i0 = 0; i0 < s.Sq; i0 += kBlasQueries) {
       const int64_t i1 = std::min(s.Sq, i0 + kBlasQueries), rows = i1 - i0;
       const int64_t n = p.key_end(i1 - 1);
-      float* dqb = dq + (row0 + i0) * D;
+      float* dqb = dq + qoff + i0 * qs;
       if (n == 0) {
-        std::fill(dqb, dqb + rows * D, 0.0f);
+        for (int64_t r = 0; r < rows; ++r) std::fill(dqb + r * qs, dqb + r * qs + D, 0.0f);
         continue;
       }
-      const float* qb = q + (row0 + i0) * D;
-      const float* dob = dout + (row0 + i0) * D;
-      sgemm(false, true, rows, n, D, p.scale, qb, D, kh, D, 0.0f, P.data(), n);      // scale q k^T
-      sgemm(false, true, rows, n, D, 1.0f, dob, D, vh, D, 0.0f, dP.data(), n);       // dout v^T
+      const float* qb = q + qoff + i0 * qs;
+      const float* dob = dout + qoff + i0 * qs;
+      sgemm(false, true, rows, n, D, p.scale, qb, qs, kh, ks, 0.0f, P.data(), n);      // scale q k^T
+      sgemm(false, true, rows, n, D, 1.0f, dob, qs, vh, ks, 0.0f, dP.data(), n);       // dout v^T
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r, end = p.key_end(i);
         float* pr = P.data() + r * n;
         float* dr = dP.data() + r * n;
         const float li = lse[row0 + i];
-        const float delta = dot(dout + (row0 + i) * D, out + (row0 + i) * D, D) - (dlse ? dlse[row0 + i] : 0.0f);
+        const float delta = dot(dout + qoff + i * qs, out + qoff + i * qs, D) - (dlse ? dlse[row0 + i] : 0.0f);
         if (p.dropout) dropout_factors(p, p.row_stream(b, h, i), end, z.data());
         for (int64_t j = 0; j < n; ++j) {
           if (j >= end || li == -std::numeric_limits<float>::infinity()) {
@@ -315,9 +327,9 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
           pr[j] = P_ij * zj;                               // dropout(P), what dV sums
         }
       }
-      sgemm(true, false, n, D, rows, 1.0f, P.data(), n, dob, D, 1.0f, dvh, D);   // dv += dropout(P)^T dout
-      sgemm(false, false, rows, D, n, 1.0f, dP.data(), n, kh, D, 0.0f, dqb, D);  // dq = scale dS k
-      sgemm(true, false, n, D, rows, 1.0f, dP.data(), n, qb, D, 1.0f, dkh, D);   // dk += scale dS^T q
+      sgemm(true, false, n, D, rows, 1.0f, P.data(), n, dob, qs, 1.0f, dvh, ks);   // dv += dropout(P)^T dout
+      sgemm(false, false, rows, D, n, 1.0f, dP.data(), n, kh, ks, 0.0f, dqb, qs);  // dq = scale dS k
+      sgemm(true, false, n, D, rows, 1.0f, dP.data(), n, qb, qs, 1.0f, dkh, ks);   // dk += scale dS^T q
     }
   }
 }
@@ -326,10 +338,10 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
                     const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
   const FlashAttentionShape s = flash_attention_shape(
-      "flash_attention", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
+      "flash_attention", op.a.layout, TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
       TensorMeta{in[2].shape(), in[2].dtype()});
   if (in[0].dtype() == DType::f32) {  // the sgemm path
-    const Params<float> p = make_params<float>(s, op.scale, op.causal, op.dropout, ctx);
+    const Params<float> p = make_params<float>(s, op.a, ctx);
     std::vector<float> sc(static_cast<size_t>(kBlasQueries * std::max<int64_t>(s.Sk, 1))), z(static_cast<size_t>(s.Sk + 1));
     for (int64_t t = 0; t < s.B * s.H; ++t)
       forward_head_blas(p, t / s.H, t % s.H, in[0].data<float>(), in[1].data<float>(), in[2].data<float>(),
@@ -337,7 +349,7 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
     return;
   }
   XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention", T, {
-    const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
+    const Params<T> p = make_params<T>(s, op.a, ctx);
     const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
     T* o = out[0].data<T>();
     T* lse = out[1].data<T>();
@@ -351,10 +363,10 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
                      const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
   const FlashAttentionShape s = flash_attention_shape(
-      "flash_attention_backward", TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
+      "flash_attention_backward", op.a.layout, TensorMeta{in[0].shape(), in[0].dtype()}, TensorMeta{in[1].shape(), in[1].dtype()},
       TensorMeta{in[2].shape(), in[2].dtype()});
   if (in[0].dtype() == DType::f32) {  // the sgemm path
-    const Params<float> p = make_params<float>(s, op.scale, op.causal, op.dropout, ctx);
+    const Params<float> p = make_params<float>(s, op.a, ctx);
     const size_t blk = static_cast<size_t>(kBlasQueries * std::max<int64_t>(s.Sk, 1));
     std::vector<float> P(blk), dP(blk), z(static_cast<size_t>(s.Sk + 1));
     for (int64_t t = 0; t < s.B * s.Hk; ++t)
@@ -365,7 +377,7 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
     return;
   }
   XF_DISPATCH_FLOAT(in[0].dtype(), "flash_attention_backward", T, {
-    const Params<T> p = make_params<T>(s, op.scale, op.causal, op.dropout, ctx);
+    const Params<T> p = make_params<T>(s, op.a, ctx);
     const T *q = in[0].data<T>(), *k = in[1].data<T>(), *v = in[2].data<T>();
     const T *o = in[3].data<T>(), *dout = in[4].data<T>(), *lse = in[5].data<T>();
     const T* dlse = op.has_dlse ? in[6].data<T>() : nullptr;

@@ -16,9 +16,9 @@ namespace {
 
 template <class T>
 void rotary_rows(const T* __restrict x, T* __restrict y, const T* __restrict cos_t, const T* __restrict sin_t,
-                 int64_t r0, int64_t r1, int64_t S, int64_t h) {
+                 int64_t r0, int64_t r1, int64_t S, int64_t inner, int64_t h) {
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t s = r % S;  // row r of the flattened (..., S) sits at sequence position s
+    const int64_t s = (r / inner) % S;  // row r of the flattened (Z, S, inner) sits at sequence position s
     const T* c = cos_t + s * h;
     const T* sn = sin_t + s * h;
     const T* a = x + r * 2 * h;  // x[:h]
@@ -36,10 +36,10 @@ void rotary_rows(const T* __restrict x, T* __restrict y, const T* __restrict cos
 void rotary_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const RotaryOp&>(op_);
-  const Tensor& xt = in[0];  // x: (..., S, hd)
-  const int64_t hd = xt.shape().back(), h = hd / 2;
-  const int64_t S = xt.shape()[xt.shape().size() - 2];
-  const int64_t rows = xt.numel() / hd;  // (..., S) flattened
+  const Tensor& xt = in[0];  // x: (..., S, hd) or (..., S, H, hd)
+  const RotaryDims dims = rotary_dims(xt.shape(), op.seq_axis);
+  const int64_t hd = dims.hd, h = hd / 2, S = dims.S, inner = dims.inner;
+  const int64_t rows = xt.numel() / hd;  // (Z, S, inner) flattened
   XF_DISPATCH_FLOAT(xt.dtype(), "rotary", T, {
     std::vector<T> cos_t(static_cast<size_t>(S * h)), sin_t(static_cast<size_t>(S * h));  // (S, h) each
     std::vector<double> inv_freq(static_cast<size_t>(h));
@@ -60,7 +60,7 @@ void rotary_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
     const T* x = xt.data<T>();
     T* y = out[0].data<T>();  // (..., S, hd)
     parallel_for(ctx, rows, std::max<int64_t>(1, kElementwiseGrain / hd), [&](int64_t r0, int64_t r1) {
-      rotary_rows<T>(x, y, cos_t.data(), sin_t.data(), r0, r1, S, h);
+      rotary_rows<T>(x, y, cos_t.data(), sin_t.data(), r0, r1, S, inner, h);
     });
   });
 }

@@ -3,9 +3,9 @@
 //
 // bf16 / f16: tensor cores (mma.sync m16n8k16, fp32 accumulators; ops/cuda/device/mma.cuh), tiles staged in
 // shared memory by cp.async (double-buffered), fragments loaded by ldmatrix. Each kernel is instantiated for
-// kMaxD = 64, 128 or 256 (the head dim padded to a multiple of 16, zero columns, must fit); D == 64 and
-// D == 128 are compile-time specialisations (kExact: no run-time bounds on the head-dim loops), every other D
-// takes the generic instantiation of the next kMaxD with run-time bounds. Shared-memory rows are kMaxD + 8
+// kMaxD = 32, 64, 128 or 256 (the head dim padded to a multiple of 16, zero columns, must fit); D == 32, 64, 128
+// and 256 are compile-time specialisations (kExact: no run-time bounds on the head-dim loops), every other D
+// takes the generic instantiation of the next kMaxD with run-time bounds (D = 40 runs the 64-wide tile). Shared-memory rows are kMaxD + 8
 // elements long: the 16 extra bytes put the 8 rows that one ldmatrix reads in 8 different bank groups (a
 // row length that is a multiple of 128 bytes would make that an 8-way conflict).
 //
@@ -62,8 +62,8 @@ struct Dropout {
 };
 
 struct Params {
-  // Tensors (see each kernel for which it reads and writes). q, out, dout, dq: (B, H, Sq, D); k, v, dk, dv:
-  // (B, Hk, Sk, D); lse, dlse, delta: (B, H, Sq) f32.
+  // Tensors (see each kernel for which it reads and writes). q, out, dout, dq: (B, H, Sq, D) logical, addressed
+  // through qs; k, v, dk, dv: (B, Hk, Sk, D) logical, through ks; lse, dlse, delta: (B, H, Sq) f32 contiguous.
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -78,10 +78,15 @@ struct Params {
   void* dk = nullptr;
   void* dv = nullptr;
   int B = 0, H = 0, Hk = 0, G = 1, Sq = 0, Sk = 0, D = 0;
+  HeadStrides qs, ks;  // element strides (batch, head, seq); the head dim is contiguous
   float scale = 1.f;       // softmax scale
   float scale_log2 = 1.f;  // scale * log2(e): scores go to exp2
   bool causal = false;
-  bool vec = false;  // D % 8 == 0 and every pointer 16-byte aligned: cp.async and 32-bit stores
+  bool vec = false;  // D and every stride % 8 == 0, every pointer 16-byte aligned: cp.async and 32-bit stores
+
+  // Offsets of head (b, h) of q and of kv head (b, hk) of k.
+  __device__ __forceinline__ int64_t q_head(int64_t b, int64_t h) const { return b * qs.batch + h * qs.head; }
+  __device__ __forceinline__ int64_t k_head(int64_t b, int64_t hk) const { return b * ks.batch + hk * ks.head; }
   Dropout drop;
 };
 
@@ -123,6 +128,17 @@ struct Tiles {
   // Keys per tile of the forward / dQ loop. Registers per thread: O (or dQ) is 16 x kMaxD fp32 per warp =
   // kMaxD / 2 floats, S (and dP) 16 x kBk = kBk / 2 floats each. kMaxD 256 with 64-key tiles would need
   // 128 + 32 (+ 32 for dQ) floats plus addresses: over the 255-register limit; 32-key tiles keep it under.
+  // Which limit each exact instantiation meets on the H200 (255 registers per thread, 64 K registers and 227 KB
+  // of shared memory per SM). Registers per thread as ptxas reports them (CUDA 13.0, sm_90a), forward / dQ /
+  // dK-dV:
+  //   kMaxD  32: 116 / 128 / 148: registers bound occupancy (4 forward CTAs of 128 threads per SM; 4 x 25 KB of
+  //              shared memory is far from the limit). The 64-wide tile this replaces for MiniLM's D = 32 did
+  //              twice the MMAs on zero columns and staged twice the shared memory.
+  //   kMaxD  64: 162 / 168 / 172: registers (3 forward CTAs per SM), 45 KB of shared memory each.
+  //   kMaxD 128: 170 / 244 / 240: registers (O 64 + S 32 (+ dP 32 in dQ) floats per thread); shared memory
+  //              85-121 KB, so one or two CTAs per SM either way.
+  //   kMaxD 256: 243 / 248 / 255 (dK/dV spills 8 bytes): registers force kBk = 32 (see above); shared memory
+  //              forces kBqKV = 32 for dK/dV (below).
   static constexpr int kBk = kMaxD <= 128 ? 64 : 32;
   // dK/dV kernel: 64 keys per CTA, 8 warps (4 x 16 key rows, x 2 halves of the query tile in phase A and of the
   // head dim in phase B, which keeps dK + dV at kMaxD / 2 floats per thread). Query tile: 64, or 32 at kMaxD 256
@@ -132,36 +148,37 @@ struct Tiles {
   static constexpr int kBqKV = kMaxD <= 128 ? 64 : 32;
   static constexpr int kPStride = kBqKV + 8;  // P^T / dS^T rows in shared memory, padded as above
 
-  // Forward: Q (kBq rows) + K, V double-buffered (4 x kBk rows). 46 KB / 85 KB / 99 KB for kMaxD 64 / 128 / 256.
+  // Forward: Q (kBq rows) + K, V double-buffered (4 x kBk rows). 25 KB / 45 KB / 85 KB / 99 KB for kMaxD 32 / 64 /
+  // 128 / 256.
   static constexpr size_t kFwdSmem = static_cast<size_t>(kBq + 4 * kBk) * kStride * 2;
-  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 54 KB / 102 KB / 132 KB.
+  // dQ: Q, dO (2 x kBq rows) + K, V double-buffered. 30 KB / 54 KB / 102 KB / 132 KB.
   static constexpr size_t kDqSmem = static_cast<size_t>(2 * kBq + 4 * kBk) * kStride * 2;
   // dK/dV: K, V (2 x 64 rows) + Q, dO double-buffered (4 x kBqKV rows) + P^T, dS^T (2 x 64 x kPStride) + lse,
-  // Delta double-buffered (4 x kBqKV floats). 73 KB / 121 KB / 143 KB (the H200 allows 227 KB per block).
+  // Delta double-buffered (4 x kBqKV floats). 49 KB / 73 KB / 121 KB / 143 KB (the H200 allows 227 KB per block).
   static constexpr size_t kKVSmem = static_cast<size_t>(2 * kBkKV + 4 * kBqKV) * kStride * 2 +
                                     static_cast<size_t>(2 * kBkKV) * kPStride * 2 + 4 * kBqKV * sizeof(float);
 };
 
-// Copies rows [row0, row0 + kRows) of a (rows, D) row-major matrix `g` into the shared tile `s` (kRows x
-// stride), columns [0, dp) (dp: D rounded up to 16); rows >= rows and columns >= D become zeros, so that padded
-// products add nothing and no NaN from uninitialised memory can reach a P = 0 entry. vec: cp.async in 16-byte
-// chunks (the caller commits and waits); else plain loads and stores.
+// Copies rows [row0, row0 + kRows) of a (rows, D) matrix `g` (row r at g + r * ld) into the shared tile `s`
+// (kRows x stride), columns [0, dp) (dp: D rounded up to 16); rows >= rows and columns >= D become zeros, so that
+// padded products add nothing and no NaN from uninitialised memory can reach a P = 0 entry. vec: cp.async in
+// 16-byte chunks (the caller commits and waits); else plain loads and stores.
 template <class T, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile(T* s, int stride, const T* g, int64_t row0, int64_t rows, int D, int dp,
-                                          bool vec) {
+__device__ __forceinline__ void load_tile(T* s, int stride, const T* g, int64_t ld, int64_t row0, int64_t rows, int D,
+                                          int dp, bool vec) {
   if (vec) {
     const int chunks = dp / 8;  // 16-byte chunks per row; D % 8 == 0, so a chunk is all in or all out
     for (int c = threadIdx.x; c < kRows * chunks; c += kThreads) {
       const int r = c / chunks, col = (c % chunks) * 8;
       const int64_t row = row0 + r;
       const bool in = row < rows && col < D;
-      dev::cp_async_16(s + r * stride + col, in ? g + row * D + col : g, in ? 16 : 0);
+      dev::cp_async_16(s + r * stride + col, in ? g + row * ld + col : g, in ? 16 : 0);
     }
   } else {
     for (int e = threadIdx.x; e < kRows * dp; e += kThreads) {
       const int r = e / dp, col = e % dp;
       const int64_t row = row0 + r;
-      s[r * stride + col] = row < rows && col < D ? g[row * D + col] : dev::from_float<T>(0.f);
+      s[r * stride + col] = row < rows && col < D ? g[row * ld + col] : dev::from_float<T>(0.f);
     }
   }
 }
@@ -223,18 +240,18 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&s)[kNTi
   a[3] = dev::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-// Stores rows of a 16 x (kNTiles * 8) fp32 accumulator tile to g (rows x D, row-major), times mul0 at row
-// row0 + gr and mul1 at row0 + gr + 8 (gr = lane / 4), columns col0 + nt * 8 + 2t (+1); rows >= rows and
+// Stores rows of a 16 x (kNTiles * 8) fp32 accumulator tile to g (rows x D, row r at g + r * ld), times mul0 at
+// row row0 + gr and mul1 at row0 + gr + 8 (gr = lane / 4), columns col0 + nt * 8 + 2t (+1); rows >= rows and
 // columns >= D skipped.
 template <class T, int kNTiles>
-__device__ __forceinline__ void store_acc(T* g, const float (&acc)[kNTiles][4], int64_t row0, int64_t rows, int D,
-                                          int col0, float mul0, float mul1, bool vec, int lane) {
+__device__ __forceinline__ void store_acc(T* g, int64_t ld, const float (&acc)[kNTiles][4], int64_t row0,
+                                          int64_t rows, int D, int col0, float mul0, float mul1, bool vec, int lane) {
   const int gr = lane / 4, t = lane % 4;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int64_t row = row0 + gr + hr * 8;
     if (row >= rows) continue;
-    T* grow = g + row * D;
+    T* grow = g + row * ld;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
       const int col = col0 + nt * 8 + 2 * t;
@@ -258,7 +275,7 @@ __device__ __forceinline__ int key_tiles(const Params& p, int q0, int rows, int 
 }
 
 // ---- forward ----------------------------------------------------------------------------------------
-// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> o: (B, H, Sq, D), lse_out: (B, H, Sq) f32.
+// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks) -> o: q's strides, lse_out: (B, H, Sq) f32.
 // grid (B H, ceil(Sq / 64)), 128 threads, Tiles<kMaxD>::kFwdSmem bytes of dynamic shared memory.
 template <class T, int kMaxD, bool kExact>
 __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
@@ -273,15 +290,16 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, hk = h / p.G;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kBq;  // last query block first (longest under causal)
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const T* qh = static_cast<const T*>(p.q) + static_cast<int64_t>(bh) * p.Sq * p.D;
-  const T* kh = static_cast<const T*>(p.k) + static_cast<int64_t>(b * p.Hk + hk) * p.Sk * p.D;
-  const T* vh = static_cast<const T*>(p.v) + static_cast<int64_t>(b * p.Hk + hk) * p.Sk * p.D;
+  const int64_t qld = p.qs.seq, kld = p.ks.seq;
+  const T* qh = static_cast<const T*>(p.q) + p.q_head(b, h);
+  const T* kh = static_cast<const T*>(p.k) + p.k_head(b, hk);
+  const T* vh = static_cast<const T*>(p.v) + p.k_head(b, hk);
   const int ntiles = key_tiles(p, q0, kBq, kBk);
 
-  load_tile<T, kBq, kThreads>(sQ, kStride, qh, q0, p.Sq, p.D, dp, p.vec);
+  load_tile<T, kBq, kThreads>(sQ, kStride, qh, qld, q0, p.Sq, p.D, dp, p.vec);
   if (ntiles > 0) {
-    load_tile<T, kBk, kThreads>(sK, kStride, kh, 0, p.Sk, p.D, dp, p.vec);
-    load_tile<T, kBk, kThreads>(sV, kStride, vh, 0, p.Sk, p.D, dp, p.vec);
+    load_tile<T, kBk, kThreads>(sK, kStride, kh, kld, 0, p.Sk, p.D, dp, p.vec);
+    load_tile<T, kBk, kThreads>(sV, kStride, vh, kld, 0, p.Sk, p.D, dp, p.vec);
   }
   dev::cp_async_commit();
 
@@ -298,8 +316,10 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     __syncthreads();  // tile kt (and Q) landed; every warp is done with tile kt - 1, whose buffer is refilled now
     const int buf = kt & 1;
     if (kt + 1 < ntiles) {
-      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, (kt + 1) * kBk, p.Sk, p.D, dp, p.vec);
-      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, (kt + 1) * kBk, p.Sk, p.D, dp, p.vec);
+      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, kld, (kt + 1) * kBk, p.Sk, p.D, dp,
+                                  p.vec);
+      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, kld, (kt + 1) * kBk, p.Sk, p.D, dp,
+                                  p.vec);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -379,19 +399,21 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     if (t == 0 && i < p.Sq)
       p.lse_out[static_cast<int64_t>(bh) * p.Sq + i] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
   }
-  store_acc<T, kDT>(static_cast<T*>(p.o) + static_cast<int64_t>(bh) * p.Sq * p.D, o, row_base, p.Sq, p.D, 0, inv[0],
-                    inv[1], p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.o) + p.q_head(b, h), qld, o, row_base, p.Sq, p.D, 0, inv[0], inv[1], p.vec,
+                    lane);
 }
 
 // ---- backward: Delta ----------------------------------------------------------------------------------
-// out, dout: (B, H, Sq, D) T; dlse: (B, H, Sq) f32 or null -> delta: (B, H, Sq) f32. A warp per row; 256 threads.
+// out, dout: (B, H, Sq, D) T (strides p.qs); dlse: (B, H, Sq) f32 or null -> delta: (B, H, Sq) f32. A warp per
+// row; 256 threads.
 template <class T>
 __global__ void __launch_bounds__(256) delta_kernel(Params p, int64_t rows) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;  // (b H + h) Sq + i
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const T* o = static_cast<const T*>(p.out) + row * p.D;
-  const T* d = static_cast<const T*>(p.dout) + row * p.D;
+  const int64_t bh = row / p.Sq, off = p.q_head(bh / p.H, bh % p.H) + (row % p.Sq) * p.qs.seq;
+  const T* o = static_cast<const T*>(p.out) + off;
+  const T* d = static_cast<const T*>(p.dout) + off;
   float acc = 0.f;
   for (int c = lane; c < p.D; c += 32) acc += dev::to_float(o[c]) * dev::to_float(d[c]);
   acc = dev::warp_sum(acc);
@@ -407,8 +429,8 @@ __device__ __forceinline__ float lse2_of(const Params& p, int64_t bh, int i) {
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------------------
-// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D), lse, delta: (B, H, Sq) f32 -> dq: (B, H, Sq, D).
-// grid (B H, ceil(Sq / 64)), 128 threads, Tiles<kMaxD>::kDqSmem bytes of dynamic shared memory.
+// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), lse, delta: (B, H, Sq) f32 -> dq
+// (q's strides). grid (B H, ceil(Sq / 64)), 128 threads, Tiles<kMaxD>::kDqSmem bytes of dynamic shared memory.
 template <class T, int kMaxD, bool kExact>
 __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
@@ -423,16 +445,16 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
   const int bh = blockIdx.x, b = bh / p.H, h = bh % p.H, hk = h / p.G;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kBq;
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qoff = static_cast<int64_t>(bh) * p.Sq * p.D;
-  const T* kh = static_cast<const T*>(p.k) + static_cast<int64_t>(b * p.Hk + hk) * p.Sk * p.D;
-  const T* vh = static_cast<const T*>(p.v) + static_cast<int64_t>(b * p.Hk + hk) * p.Sk * p.D;
+  const int64_t qoff = p.q_head(b, h), qld = p.qs.seq, kld = p.ks.seq;
+  const T* kh = static_cast<const T*>(p.k) + p.k_head(b, hk);
+  const T* vh = static_cast<const T*>(p.v) + p.k_head(b, hk);
   const int ntiles = key_tiles(p, q0, kBq, kBk);
 
-  load_tile<T, kBq, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + qoff, q0, p.Sq, p.D, dp, p.vec);
-  load_tile<T, kBq, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + qoff, q0, p.Sq, p.D, dp, p.vec);
+  load_tile<T, kBq, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + qoff, qld, q0, p.Sq, p.D, dp, p.vec);
+  load_tile<T, kBq, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + qoff, qld, q0, p.Sq, p.D, dp, p.vec);
   if (ntiles > 0) {
-    load_tile<T, kBk, kThreads>(sK, kStride, kh, 0, p.Sk, p.D, dp, p.vec);
-    load_tile<T, kBk, kThreads>(sV, kStride, vh, 0, p.Sk, p.D, dp, p.vec);
+    load_tile<T, kBk, kThreads>(sK, kStride, kh, kld, 0, p.Sk, p.D, dp, p.vec);
+    load_tile<T, kBk, kThreads>(sV, kStride, vh, kld, 0, p.Sk, p.D, dp, p.vec);
   }
   dev::cp_async_commit();
 
@@ -455,8 +477,10 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     __syncthreads();
     const int buf = kt & 1;
     if (kt + 1 < ntiles) {
-      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, (kt + 1) * kBk, p.Sk, p.D, dp, p.vec);
-      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, (kt + 1) * kBk, p.Sk, p.D, dp, p.vec);
+      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, kld, (kt + 1) * kBk, p.Sk, p.D, dp,
+                                  p.vec);
+      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, kld, (kt + 1) * kBk, p.Sk, p.D, dp,
+                                  p.vec);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -503,12 +527,13 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     }
   }
   dev::cp_async_wait<0>();
-  store_acc<T, kDT>(static_cast<T*>(p.dq) + qoff, dq, row_base, p.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dq) + qoff, qld, dq, row_base, p.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------------------------
-// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D), lse, delta: (B, H, Sq) f32 -> dk, dv: (B, Hk, Sk, D), summed
-// over the G query heads of the kv head. grid (B Hk, ceil(Sk / 64)), 256 threads, Tiles<kMaxD>::kKVSmem bytes.
+// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), lse, delta: (B, H, Sq) f32 -> dk,
+// dv (k's strides), summed over the G query heads of the kv head. grid (B Hk, ceil(Sk / 64)), 256 threads,
+// Tiles<kMaxD>::kKVSmem bytes.
 template <class T, int kMaxD, bool kExact>
 __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
@@ -530,7 +555,7 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   const int bhk = blockIdx.x, b = bhk / p.Hk, hk = bhk % p.Hk;
   const int k0 = blockIdx.y * kBk;
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t kvoff = static_cast<int64_t>(bhk) * p.Sk * p.D;
+  const int64_t kvoff = p.k_head(b, hk), qld = p.qs.seq, kld = p.ks.seq;
   // Query tiles: causal queries i < k0 see none of these keys.
   const int nq = (p.Sq + kBq - 1) / kBq;
   const int qt0 = p.causal ? min(nq, k0 / kBq) : 0;
@@ -545,11 +570,11 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   auto load_iter = [&](int it, int buf) {
     const int h = hk * p.G + it / per_head, i0 = (qt0 + it % per_head) * kBq;
     const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-    const int64_t qoff = bh * p.Sq * p.D;
-    load_tile<T, kBq, kThreads>(sQ + buf * kBq * kStride, kStride, static_cast<const T*>(p.q) + qoff, i0, p.Sq, p.D,
-                                dp, p.vec);
-    load_tile<T, kBq, kThreads>(sdO + buf * kBq * kStride, kStride, static_cast<const T*>(p.dout) + qoff, i0, p.Sq,
+    const int64_t qoff = p.q_head(b, h);
+    load_tile<T, kBq, kThreads>(sQ + buf * kBq * kStride, kStride, static_cast<const T*>(p.q) + qoff, qld, i0, p.Sq,
                                 p.D, dp, p.vec);
+    load_tile<T, kBq, kThreads>(sdO + buf * kBq * kStride, kStride, static_cast<const T*>(p.dout) + qoff, qld, i0,
+                                p.Sq, p.D, dp, p.vec);
     for (int r = threadIdx.x; r < kBq; r += kThreads) {
       const int i = i0 + r;
       sLse[buf * kBq + r] = lse2_of(p, bh, i);
@@ -557,8 +582,8 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
     }
   };
 
-  load_tile<T, kBk, kThreads>(sK, kStride, static_cast<const T*>(p.k) + kvoff, k0, p.Sk, p.D, dp, p.vec);
-  load_tile<T, kBk, kThreads>(sV, kStride, static_cast<const T*>(p.v) + kvoff, k0, p.Sk, p.D, dp, p.vec);
+  load_tile<T, kBk, kThreads>(sK, kStride, static_cast<const T*>(p.k) + kvoff, kld, k0, p.Sk, p.D, dp, p.vec);
+  load_tile<T, kBk, kThreads>(sV, kStride, static_cast<const T*>(p.v) + kvoff, kld, k0, p.Sk, p.D, dp, p.vec);
   if (iters > 0) load_iter(0, 0);
   dev::cp_async_commit();
 
@@ -634,9 +659,10 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   }
   dev::cp_async_wait<0>();
 
-  store_acc<T, kDT>(static_cast<T*>(p.dv) + kvoff, dv, k0 + kw * 16, p.Sk, p.D, pair0 * 16, 1.f, 1.f, p.vec, lane);
-  store_acc<T, kDT>(static_cast<T*>(p.dk) + kvoff, dk, k0 + kw * 16, p.Sk, p.D, pair0 * 16, p.scale, p.scale, p.vec,
+  store_acc<T, kDT>(static_cast<T*>(p.dv) + kvoff, kld, dv, k0 + kw * 16, p.Sk, p.D, pair0 * 16, 1.f, 1.f, p.vec,
                     lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dk) + kvoff, kld, dk, k0 + kw * 16, p.Sk, p.D, pair0 * 16, p.scale, p.scale,
+                    p.vec, lane);
 }
 
 // =====================================================================================================
@@ -645,8 +671,9 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
 constexpr int kF32Warps = 8;
 constexpr int kF32Chunks = 8;  // 256 / 32
 
-// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) -> o, lse_out. A warp per query row: lanes take 32 keys at a time for
-// the scores, then the head dims for O += p v. Dynamic shared memory: kF32Warps x D floats (the query rows).
+// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks) -> o, lse_out. A warp per query row: lanes
+// take 32 keys at a time for the scores, then the head dims for O += p v. Dynamic shared memory: kF32Warps x D
+// floats (the query rows).
 __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
   extern __shared__ float sq_all[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -655,10 +682,11 @@ __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
   const int64_t bh = row / p.Sq;
   const int i = static_cast<int>(row % p.Sq), b = static_cast<int>(bh / p.H), h = static_cast<int>(bh % p.H);
   const int D = p.D;
-  const float* kh = static_cast<const float*>(p.k) + static_cast<int64_t>(b * p.Hk + h / p.G) * p.Sk * D;
-  const float* vh = static_cast<const float*>(p.v) + static_cast<int64_t>(b * p.Hk + h / p.G) * p.Sk * D;
+  const int64_t kld = p.ks.seq, qrow = p.q_head(b, h) + i * p.qs.seq;
+  const float* kh = static_cast<const float*>(p.k) + p.k_head(b, h / p.G);
+  const float* vh = static_cast<const float*>(p.v) + p.k_head(b, h / p.G);
   float* sq = sq_all + warp * D;
-  for (int d = lane; d < D; d += 32) sq[d] = static_cast<const float*>(p.q)[row * D + d];
+  for (int d = lane; d < D; d += 32) sq[d] = static_cast<const float*>(p.q)[qrow + d];
   __syncwarp();
   const int kend = p.causal ? min(p.Sk, i + 1) : p.Sk;
   const uint64_t drow = p.drop.on ? drop_row(p, p.drop.start(), bh, i) : 0;
@@ -669,7 +697,7 @@ __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
     const int j = j0 + lane;
     float s = -INFINITY;
     if (j < kend) {
-      const float* kj = kh + static_cast<int64_t>(j) * D;
+      const float* kj = kh + j * kld;
       float dot = 0.f;
       for (int d = 0; d < D; ++d) dot = fmaf(sq[d], kj[d], dot);
       s = p.scale * dot;
@@ -685,21 +713,22 @@ __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
     const int n = min(32, kend - j0);
     for (int jj = 0; jj < n; ++jj) {
       const float pj = __shfl_sync(0xffffffffu, pz, jj);
-      const float* vj = vh + static_cast<int64_t>(j0 + jj) * D;
+      const float* vj = vh + (j0 + jj) * kld;
 #pragma unroll
       for (int c = 0; c < kF32Chunks; ++c)
         if (lane + 32 * c < D) acc[c] = fmaf(pj, vj[lane + 32 * c], acc[c]);
     }
   }
   const float inv = l > 0.f ? 1.f / l : 0.f;
-  float* orow = static_cast<float*>(p.o) + row * D;
+  float* orow = static_cast<float*>(p.o) + qrow;
 #pragma unroll
   for (int c = 0; c < kF32Chunks; ++c)
     if (lane + 32 * c < D) orow[lane + 32 * c] = acc[c] * inv;
   if (lane == 0) p.lse_out[row] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D), lse, delta -> dq. A warp per query row. Shared: 2 x 8 x D floats.
+// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), lse, delta -> dq. A warp per query
+// row. Shared: 2 x 8 x D floats.
 __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
   extern __shared__ float s_all[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -708,13 +737,14 @@ __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
   const int64_t bh = row / p.Sq;
   const int i = static_cast<int>(row % p.Sq), b = static_cast<int>(bh / p.H), h = static_cast<int>(bh % p.H);
   const int D = p.D;
-  const float* kh = static_cast<const float*>(p.k) + static_cast<int64_t>(b * p.Hk + h / p.G) * p.Sk * D;
-  const float* vh = static_cast<const float*>(p.v) + static_cast<int64_t>(b * p.Hk + h / p.G) * p.Sk * D;
+  const int64_t kld = p.ks.seq, qrow = p.q_head(b, h) + i * p.qs.seq;
+  const float* kh = static_cast<const float*>(p.k) + p.k_head(b, h / p.G);
+  const float* vh = static_cast<const float*>(p.v) + p.k_head(b, h / p.G);
   float* sq = s_all + warp * 2 * D;
   float* sdo = sq + D;
   for (int d = lane; d < D; d += 32) {
-    sq[d] = static_cast<const float*>(p.q)[row * D + d];
-    sdo[d] = static_cast<const float*>(p.dout)[row * D + d];
+    sq[d] = static_cast<const float*>(p.q)[qrow + d];
+    sdo[d] = static_cast<const float*>(p.dout)[qrow + d];
   }
   __syncwarp();
   const float lse = p.lse[row], delta = p.delta[row];
@@ -727,8 +757,8 @@ __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
     const int j = j0 + lane;
     float ds = 0.f;
     if (j < kend) {
-      const float* kj = kh + static_cast<int64_t>(j) * D;
-      const float* vj = vh + static_cast<int64_t>(j) * D;
+      const float* kj = kh + j * kld;
+      const float* vj = vh + j * kld;
       float s = 0.f, dpv = 0.f;
       for (int d = 0; d < D; ++d) {
         s = fmaf(sq[d], kj[d], s);
@@ -741,20 +771,21 @@ __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
     const int n = min(32, kend - j0);
     for (int jj = 0; jj < n; ++jj) {
       const float dsj = __shfl_sync(0xffffffffu, ds, jj);
-      const float* kj = kh + static_cast<int64_t>(j0 + jj) * D;
+      const float* kj = kh + (j0 + jj) * kld;
 #pragma unroll
       for (int c = 0; c < kF32Chunks; ++c)
         if (lane + 32 * c < D) acc[c] = fmaf(dsj, kj[lane + 32 * c], acc[c]);
     }
   }
-  float* dqrow = static_cast<float*>(p.dq) + row * D;
+  float* dqrow = static_cast<float*>(p.dq) + qrow;
 #pragma unroll
   for (int c = 0; c < kF32Chunks; ++c)
     if (lane + 32 * c < D) dqrow[lane + 32 * c] = p.scale * acc[c];
 }
 
-// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D), lse, delta -> dk, dv. A warp per key row of a kv head, lanes
-// over 32 queries at a time of each of the G query heads. Shared: 2 x 8 x D floats (the key and value rows).
+// q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), lse, delta -> dk, dv. A warp per
+// key row of a kv head, lanes over 32 queries at a time of each of the G query heads. Shared: 2 x 8 x D floats
+// (the key and value rows).
 __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
   extern __shared__ float s_all[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -763,11 +794,12 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
   const int64_t bhk = row / p.Sk;
   const int j = static_cast<int>(row % p.Sk), b = static_cast<int>(bhk / p.Hk), hk = static_cast<int>(bhk % p.Hk);
   const int D = p.D;
+  const int64_t qld = p.qs.seq, krow = p.k_head(b, hk) + j * p.ks.seq;
   float* sk = s_all + warp * 2 * D;
   float* sv = sk + D;
   for (int d = lane; d < D; d += 32) {
-    sk[d] = static_cast<const float*>(p.k)[row * D + d];
-    sv[d] = static_cast<const float*>(p.v)[row * D + d];
+    sk[d] = static_cast<const float*>(p.k)[krow + d];
+    sv[d] = static_cast<const float*>(p.v)[krow + d];
   }
   __syncwarp();
   const uint64_t dstart = p.drop.on ? p.drop.start() : 0;
@@ -777,16 +809,16 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
   const int istart = p.causal ? j : 0;  // queries i >= j see key j
   for (int g = 0; g < p.G; ++g) {
     const int64_t bh = static_cast<int64_t>(b) * p.H + hk * p.G + g;
-    const float* qh = static_cast<const float*>(p.q) + bh * p.Sq * D;
-    const float* doh = static_cast<const float*>(p.dout) + bh * p.Sq * D;
+    const float* qh = static_cast<const float*>(p.q) + p.q_head(b, hk * p.G + g);
+    const float* doh = static_cast<const float*>(p.dout) + p.q_head(b, hk * p.G + g);
     for (int i0 = istart; i0 < p.Sq; i0 += 32) {
       const int i = i0 + lane;
       float pz = 0.f, ds = 0.f;
       if (i < p.Sq) {
         const float lse = p.lse[bh * p.Sq + i];
         if (lse != -INFINITY) {
-          const float* qi = qh + static_cast<int64_t>(i) * D;
-          const float* doi = doh + static_cast<int64_t>(i) * D;
+          const float* qi = qh + i * qld;
+          const float* doi = doh + i * qld;
           float s = 0.f, dpv = 0.f;
           for (int d = 0; d < D; ++d) {
             s = fmaf(qi[d], sk[d], s);
@@ -801,8 +833,8 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
       const int n = min(32, p.Sq - i0);
       for (int ii = 0; ii < n; ++ii) {
         const float pzi = __shfl_sync(0xffffffffu, pz, ii), dsi = __shfl_sync(0xffffffffu, ds, ii);
-        const float* qi = qh + static_cast<int64_t>(i0 + ii) * D;
-        const float* doi = doh + static_cast<int64_t>(i0 + ii) * D;
+        const float* qi = qh + (i0 + ii) * qld;
+        const float* doi = doh + (i0 + ii) * qld;
 #pragma unroll
         for (int c = 0; c < kF32Chunks; ++c)
           if (lane + 32 * c < D) {
@@ -812,8 +844,8 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
       }
     }
   }
-  float* dkrow = static_cast<float*>(p.dk) + row * D;
-  float* dvrow = static_cast<float*>(p.dv) + row * D;
+  float* dkrow = static_cast<float*>(p.dk) + krow;
+  float* dvrow = static_cast<float*>(p.dv) + krow;
 #pragma unroll
   for (int c = 0; c < kF32Chunks; ++c)
     if (lane + 32 * c < D) {
@@ -839,12 +871,21 @@ void allow_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done) {
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
+// Whether every row of every tensor starts 16 bytes after an aligned base: D and all strides multiples of 8
+// elements (16 bytes of bf16/f16; the f32 kernels do not use vec).
+bool strides_vec(const Params& p) {
+  const int64_t all = p.D | p.qs.batch | p.qs.head | p.qs.seq | p.ks.batch | p.ks.head | p.ks.seq;
+  return all % 8 == 0;
+}
+
 Params make_params(const FlashAttentionArgs& a) {
   XF_CHECK(a.D >= 1 && a.D <= 256, "flash_attention", "the CUDA kernels support head dims 1 to 256, got ", a.D);
   XF_CHECK(a.Hk > 0 && a.H % a.Hk == 0, "flash_attention", "H ", a.H, " is not a multiple of Hk ", a.Hk);
   XF_CHECK(a.B * a.H <= INT32_MAX && a.Sq <= INT32_MAX && a.Sk <= INT32_MAX, "flash_attention", "sizes too large");
   XF_CHECK((a.Sq + 63) / 64 <= 65535 && (a.Sk + 63) / 64 <= 65535, "flash_attention", "Sq ", a.Sq, " or Sk ", a.Sk,
            " has more than 65535 blocks of 64");
+  XF_CHECK(a.q_strides.seq > 0 && a.k_strides.seq > 0, "flash_attention",
+           "FlashAttentionArgs needs the element strides of q and k (head_strides() for contiguous tensors)");
   Params p;
   p.B = static_cast<int>(a.B);
   p.H = static_cast<int>(a.H);
@@ -853,6 +894,8 @@ Params make_params(const FlashAttentionArgs& a) {
   p.Sq = static_cast<int>(a.Sq);
   p.Sk = static_cast<int>(a.Sk);
   p.D = static_cast<int>(a.D);
+  p.qs = a.q_strides;
+  p.ks = a.k_strides;
   p.scale = static_cast<float>(a.scale);
   p.scale_log2 = static_cast<float>(a.scale * 1.4426950408889634);
   p.causal = a.causal;
@@ -867,13 +910,20 @@ Params make_params(const FlashAttentionArgs& a) {
   return p;
 }
 
-// Runs f.template operator()<kMaxD, kExact>() for the instantiation that covers head dim D.
+// Runs f.template operator()<kMaxD, kExact>() for the instantiation that covers head dim D: the exact tile for
+// D = 32, 64, 128 and 256, else the generic one of the next kMaxD.
 template <class F>
 void with_head_dim(int D, F&& f) {
-  if (D == 64) {
+  if (D == 32) {
+    f.template operator()<32, true>();
+  } else if (D == 64) {
     f.template operator()<64, true>();
   } else if (D == 128) {
     f.template operator()<128, true>();
+  } else if (D == 256) {
+    f.template operator()<256, true>();
+  } else if (D < 32) {
+    f.template operator()<32, false>();
   } else if (D < 64) {
     f.template operator()<64, false>();
   } else if (D < 128) {
@@ -925,39 +975,44 @@ struct BackwardLaunch {
 
 unsigned f32_blocks(int64_t rows) { return static_cast<unsigned>((rows + kF32Warps - 1) / kF32Warps); }
 
-FlashAttentionArgs args_of(double scale, bool causal, double dropout, const Tensor& q, const Tensor& k,
+FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const Tensor& q, const Tensor& k,
                            const KernelContext& ctx) {
+  const FlashAttentionShape s = flash_attention_shape("flash_attention", attrs.layout, TensorMeta{q.shape(), q.dtype()},
+                                                      TensorMeta{k.shape(), k.dtype()}, TensorMeta{k.shape(), k.dtype()});
   FlashAttentionArgs a;
   a.dtype = q.dtype();
-  a.B = q.shape()[0];
-  a.H = q.shape()[1];
-  a.Sq = q.shape()[2];
-  a.D = q.shape()[3];
-  a.Hk = k.shape()[1];
-  a.Sk = k.shape()[2];
-  a.scale = scale;
-  a.causal = causal;
-  a.dropout = dropout;
+  a.B = s.B;
+  a.H = s.H;
+  a.Sq = s.Sq;
+  a.D = s.D;
+  a.Hk = s.Hk;
+  a.Sk = s.Sk;
+  a.q_strides = s.q;
+  a.k_strides = s.k;
+  a.scale = attrs.scale;
+  a.causal = attrs.causal;
+  a.dropout = attrs.dropout;
   a.seed = ctx.rng_seed;
   a.offset = ctx.rng_offset;
   a.offset_device = ctx.rng_offset_device;
   return a;
 }
 
-// in: q (B, H, Sq, D), k, v (B, Hk, Sk, D); out: out (B, H, Sq, D), lse (B, H, Sq) f32
+// in: q (B, H, Sq, D) or (B, Sq, H, D), k, v (B, Hk, Sk, D) or (B, Sk, Hk, D); out: out (q's shape), lse (B, H, Sq)
+// f32
 void forward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                        const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
-  launch_flash_attention_forward(args_of(op.scale, op.causal, op.dropout, in[0], in[1], ctx), in[0].raw_data(),
+  launch_flash_attention_forward(args_of(op.a, in[0], in[1], ctx), in[0].raw_data(),
                                  in[1].raw_data(), in[2].raw_data(), out[0].raw_data(),
                                  static_cast<float*>(out[1].raw_data()), stream_of(ctx));
 }
 
-// in: q, k, v, out, dout, lse, [dlse]; out: dq (B, H, Sq, D), dk, dv (B, Hk, Sk, D)
+// in: q, k, v, out, dout, lse, [dlse]; out: dq (q's shape), dk, dv (k's shape)
 void backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                         const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
-  const FlashAttentionArgs a = args_of(op.scale, op.causal, op.dropout, in[0], in[1], ctx);
+  const FlashAttentionArgs a = args_of(op.a, in[0], in[1], ctx);
   CudaContext& cc = context_of(ctx);
   const size_t ws_bytes = flash_attention_backward_workspace_bytes(a);
   // Stream-ordered: freed back to the pool after the kernels queued before the free (runtime/device_context.h).
@@ -979,7 +1034,7 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
   p.v = v;
   p.o = out;
   p.lse_out = lse;
-  p.vec = p.D % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
   if (a.dtype == DType::f32) {
     fwd_f32_kernel<<<f32_blocks(int64_t{p.B} * p.H * p.Sq), 32 * kF32Warps, kF32Warps * p.D * sizeof(float),
                      stream>>>(p);
@@ -1012,7 +1067,7 @@ void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q,
   p.dq = dq;
   p.dk = dk;
   p.dv = dv;
-  p.vec = p.D % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
           aligned16(dk) && aligned16(dv);
   const int64_t rows = int64_t{p.B} * p.H * p.Sq, kv_rows = int64_t{p.B} * p.Hk * p.Sk;
   if (rows > 0) {

@@ -1,17 +1,21 @@
 // Plain launchers of the CUDA fused attention (ops/cuda/flash_attention.cu), for benchmarks and callers that
 // hold device pointers and a stream but no graph. No CUDA header is needed to call them.
 //
-// Conventions: every tensor is a contiguous row-major device array; q, k, v, out, dout, dq, dk, dv are of
-// `dtype` (bf16, f16 or f32), lse, dlse and the workspace are f32. Shapes (ops/flash_attention.h):
-//   q, out, dout, dq: (B, H, Sq, D)   k, v, dk, dv: (B, Hk, Sk, D)   lse, dlse: (B, H, Sq)
-// with H % Hk == 0 and 1 <= D <= 256. Pointers need no particular alignment (16-byte aligned ones with D % 8 == 0
-// take the asynchronous-copy path). Work is issued on `stream` and nothing waits for it. Only what the kernels
+// Conventions: q, k, v, out, dout, dq, dk, dv are device arrays of `dtype` (bf16, f16 or f32) addressed by element
+// strides (batch, head, seq) with a contiguous head dim: element (b, h, i, d) of q is at
+// q[b q_strides.batch + h q_strides.head + i q_strides.seq + d]; out, dout and dq use q_strides, v, dk and dv
+// use k_strides (head_strides() in ops/flash_attention.h gives those of a contiguous bhsd or bshd tensor).
+// lse, dlse and the workspace are contiguous f32 (B, H, Sq). Shapes (ops/flash_attention.h):
+//   q, out, dout, dq: (B, H, Sq, D) logical   k, v, dk, dv: (B, Hk, Sk, D) logical   lse, dlse: (B, H, Sq)
+// with H % Hk == 0 and 1 <= D <= 256. Pointers need no particular alignment (16-byte aligned ones with D and every
+// stride a multiple of 8 take the asynchronous-copy path). Work is issued on `stream` and nothing waits for it. Only what the kernels
 // cannot do is checked here (D > 256, a dtype other than bf16/f16/f32: xfr::Error naming "flash_attention");
 // the op's infer() validates the rest.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/flash_attention.h"
 #include "runtime/dtype.h"
 
 struct CUstream_st;
@@ -21,6 +25,7 @@ namespace xfr::cuda {
 struct FlashAttentionArgs {
   DType dtype = DType::bf16;
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
+  HeadStrides q_strides, k_strides;  // element strides of q (out, dout, dq) and of k (v, dk, dv)
   double scale = 1.0;
   bool causal = false;   // key j hidden from query i when j > i (top-left aligned)
   double dropout = 0.0;  // p in [0, 1)

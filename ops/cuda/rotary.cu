@@ -19,11 +19,12 @@ using dev::Vec;
 constexpr int64_t kRowsPerBlock = 16;
 constexpr int kRotaryThreads = 128;  // 4 warps: enough for h <= 128 pairs in one pass for the table
 
-// x: (Z, S, 2h) -> y: (Z, S, 2h); block (s, .) handles groups of kRowsPerBlock rows z at position s.
+// x: (Zo, S, inner, 2h) -> y (the same), inner = 1 for (..., S, hd) and H for (..., S, H, hd). Z = Zo inner rows
+// sit at each position, row z being (z / inner, s, z % inner); block (s, .) handles groups of kRowsPerBlock of them.
 // W pairs per thread (W consecutive i), W = Vec<T>::kWidth on the aligned path.
 template <class T, int W>
-__global__ void rotary_rows(const T* __restrict__ x, T* __restrict__ y, int64_t Z, int64_t S, int64_t h,
-                            int64_t offset, float sign) {
+__global__ void rotary_rows(const T* __restrict__ x, T* __restrict__ y, int64_t Z, int64_t S, int64_t inner,
+                            int64_t h, int64_t offset, float sign) {
   extern __shared__ float2 cs[];  // (h): (cos, sign * sin) of position s
   const int64_t s = blockIdx.x;
   const double t = static_cast<double>(s + offset);
@@ -40,7 +41,7 @@ __global__ void rotary_rows(const T* __restrict__ x, T* __restrict__ y, int64_t 
     const int64_t z0 = zb * kRowsPerBlock, work = (min(Z, z0 + kRowsPerBlock) - z0) * groups;
     for (int64_t u = threadIdx.x; u < work; u += blockDim.x) {
       const int64_t z = z0 + u / groups, i0 = (u % groups) * W;
-      const int64_t row = (z * S + s) * 2 * h;
+      const int64_t row = (((z / inner) * S + s) * inner + z % inner) * 2 * h;
       if constexpr (W > 1) {
         const Vec<T> a = dev::load_vec(x + row + i0), b = dev::load_vec(x + row + h + i0);
         Vec<T> ya, yb;
@@ -65,8 +66,9 @@ __global__ void rotary_rows(const T* __restrict__ x, T* __restrict__ y, int64_t 
 
 template <class T>
 void launch_rotary(const RotaryOp& op, const Tensor& xt, const Tensor& yt, cudaStream_t stream) {
-  const int64_t hd = xt.shape().back(), h = hd / 2, S = xt.shape()[xt.rank() - 2];
-  const int64_t Z = xt.numel() / std::max<int64_t>(1, S * hd);
+  const RotaryDims dims = rotary_dims(xt.shape(), op.seq_axis);
+  const int64_t hd = dims.hd, h = hd / 2, S = dims.S, inner = dims.inner;
+  const int64_t Z = dims.Z * inner;  // rows per position
   if (xt.numel() == 0) return;
   XF_CHECK(S <= INT32_MAX, "rotary", "x ", shape_str(xt.shape()), " has more positions than a grid's x extent");
   const T* x = static_cast<const T*>(xt.raw_data());
@@ -78,9 +80,9 @@ void launch_rotary(const RotaryOp& op, const Tensor& xt, const Tensor& yt, cudaS
   const float sign = op.inverse ? -1.0f : 1.0f;
   constexpr int VW = Vec<T>::kWidth;
   if (h % VW == 0 && dev::aligned16(x) && dev::aligned16(y))
-    rotary_rows<T, VW><<<grid, kRotaryThreads, smem, stream>>>(x, y, Z, S, h, op.offset, sign);
+    rotary_rows<T, VW><<<grid, kRotaryThreads, smem, stream>>>(x, y, Z, S, inner, h, op.offset, sign);
   else
-    rotary_rows<T, 1><<<grid, kRotaryThreads, smem, stream>>>(x, y, Z, S, h, op.offset, sign);
+    rotary_rows<T, 1><<<grid, kRotaryThreads, smem, stream>>>(x, y, Z, S, inner, h, op.offset, sign);
   XF_CUDA_CHECK_LAUNCH("rotary_rows");
 }
 
