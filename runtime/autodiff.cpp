@@ -6,7 +6,7 @@ namespace xfr {
 
 Gradients build_backward(Graph& g, Value loss, const GradAlgebra& algebra, Value seed) {
   XF_CHECK(loss.defined() && loss.graph == &g, "autodiff", "loss is not a value of this graph");
-  const TensorMeta& lm = g.value(loss.id).meta;
+  const TensorMeta lm = g.value(loss.id).meta;  // a copy: adding the seed node may move the graph's values
   XF_CHECK(is_floating(lm.dtype), "autodiff", "loss must be floating point, got ", lm.str());
   if (!seed.defined()) {
     XF_CHECK(numel_of(lm.shape) == 1, "autodiff", "loss must have one element, got ", lm.str(),

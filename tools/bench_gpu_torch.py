@@ -144,6 +144,14 @@ def encoder(res):
     out["head_gemm_ms"] = ms
     print(f"torch encoder logits GEMM {B*T}x{vocab}x384 bf16: {ms:.3f} ms "
           f"({2 * B * T * vocab * 384 / ms / 1e9:.0f} TFLOP/s)", flush=True)
+    # torch.compile's layout: W^T copied once into a (K, N) buffer with rows padded to 16 bytes.
+    wt = torch.zeros(384, (vocab + 7) // 8 * 8, device=dev, dtype=torch.bfloat16)
+    wt[:, :vocab] = w.t()
+    with torch.no_grad():
+        ms = tt.do_bench(lambda: torch.mm(x, wt[:, :vocab]), warmup=25, rep=100, return_mode="median")
+    out["head_gemm_wt_padded_ms"] = ms
+    print(f"torch encoder logits GEMM x @ Wt(padded) bf16: {ms:.3f} ms "
+          f"({2 * B * T * vocab * 384 / ms / 1e9:.0f} TFLOP/s)", flush=True)
     res["encoder_infer"] = out
 
 

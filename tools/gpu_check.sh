@@ -2,7 +2,7 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch (default: all but sanitize)
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch lab (default: build test bench torch)
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time).
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
@@ -26,7 +26,7 @@ if has build; then
   GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
-     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_lab_head_gemm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
   else
     note "build: FAILED ($(( $(date +%s) - t )) s); last lines:"
@@ -60,6 +60,13 @@ if has bench; then
     --sections "${XF_BENCH_SECTIONS:-gpt2,encoder}" >"$OUT/bench.log" 2>&1
   note "bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
   grep -E "^xfrun" "$OUT/bench.log" | tee -a "$SUMMARY"
+fi
+
+if has lab; then
+  t=$(date +%s)
+  XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
+  note "lab (head GEMM layouts): rc=$? ($(( $(date +%s) - t )) s)"
+  grep -E "^lab" "$OUT/lab.log" | tee -a "$SUMMARY"
 fi
 
 if has torch; then

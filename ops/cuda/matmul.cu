@@ -12,6 +12,7 @@
 // are consecutive rows, and otherwise runs it as a strided batch with B's stride 0.
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -190,7 +191,7 @@ std::string plan_key(const GemmArgs& g) {
 // about 200 TFLOP/s with the first pick. So a new plan times the heuristic's top candidates on its own
 // operands and keeps the fastest, as torch.compile's max-autotune and cuDNN's benchmark mode do.
 // XF_GEMM_AUTOTUNE=0 keeps the heuristic's first pick (the choice then never depends on timing noise);
-// XF_GEMM_AUTOTUNE_LOG=1 prints every candidate's time to stderr.
+// XF_GEMM_AUTOTUNE_LOG=1 prints every candidate's time to stderr; XF_GEMM_AUTOTUNE_CANDIDATES=n times the top n.
 //
 // When tuning is skipped: during CUDA-graph capture (nothing can be timed; executors and the training step
 // run their first step eagerly, so plans normally exist before capture), and when beta != 0 (each timing run
@@ -198,7 +199,8 @@ std::string plan_key(const GemmArgs& g) {
 //
 // The choice is kept per process and device under the plan key, so every context of a process (a resumed
 // run, API sessions) computes a shape with the same algorithm: results agree bit for bit within a process.
-constexpr int kTuneCandidates = 8;  // cuBLASLt rarely ranks the winner below 8th; each costs a few runs once
+constexpr int kTuneCandidates = 8;      // cuBLASLt rarely ranks the winner below 8th; each costs a few runs once
+constexpr int kMaxTuneCandidates = 64;  // XF_GEMM_AUTOTUNE_CANDIDATES=n (the lab) asks for up to this many
 constexpr int kTuneRuns = 3;         // timed runs per candidate (the minimum is kept), after one warm-up
 
 bool autotune_enabled() {
@@ -207,6 +209,14 @@ bool autotune_enabled() {
     return !(v && std::string(v) == "0");
   }();
   return on;
+}
+int tune_candidates() {
+  static const int n = [] {
+    const char* v = std::getenv("XF_GEMM_AUTOTUNE_CANDIDATES");
+    const int asked = v ? std::atoi(v) : kTuneCandidates;
+    return std::max(1, std::min(asked, kMaxTuneCandidates));
+  }();
+  return n;
 }
 bool autotune_log() {
   static const bool on = [] {
@@ -323,9 +333,9 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
-  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
+  cublasLtMatmulHeuristicResult_t results[kMaxTuneCandidates] = {};
   int found = 0;
-  const int asked = autotune_enabled() ? kTuneCandidates : 1;
+  const int asked = autotune_enabled() ? tune_candidates() : 1;
   const cublasStatus_t st =
       cublasLtMatmulAlgoGetHeuristic(ctx.lt(), p->desc, p->la, p->lb, p->lc, p->lc, pref.p, asked, results, &found);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0 || results[0].state != CUBLAS_STATUS_SUCCESS)
