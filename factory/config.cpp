@@ -70,6 +70,12 @@ void cross_check(ConfigNode& root, std::vector<ConfigIssue>& issues) {
           issue(path_join(path_join(path_join(p, "multi_head_config"), "attention"), k), att->find(k),
                 str_cat(k, " ", get_int(*att, k), " is shorter than data.seq_len ", seq_len));
       same_dim(*att, path_join(path_join(p, "multi_head_config"), "attention"));
+      // causal already hides every key after the aligned one (ops/flash_attention.h).
+      if (has_value(*att, "causal") && has_value(*att, "window_right") && get_bool(*att, "causal") &&
+          get_int(*att, "window_right") > 0)
+        issue(path_join(path_join(path_join(p, "multi_head_config"), "attention"), "window_right"),
+              att->find("window_right"),
+              str_cat("window_right ", get_int(*att, "window_right"), " must be -1 or 0 with causal"));
     }
     if (const ConfigNode* pos = st.find("position_encoding_config"); pos && pos->is_map()) {
       const std::string pp = path_join(p, "position_encoding_config");

@@ -75,6 +75,8 @@ bool supports_kv_cache(const ConfigNode& model) {
     const ConfigNode& mh = stacks.at(s).at("multi_head_config");
     const ConfigNode& att = mh.at("attention");
     if (get_string(att, "name") != "scaled_dot_product" || !get_bool(att, "causal")) return false;
+    // The decode step's mask covers every cached position: a sliding window recomputes instead.
+    if (const ConfigNode* w = att.find("window_left"); w && w->as_int().value_or(-1) >= 0) return false;
     if (const ConfigNode* r = mh.find("use_rotary_embeddings"); r && r->as_bool().value_or(false)) return false;
   }
   return true;
@@ -104,7 +106,8 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
   const int64_t S = T;  // positions the model is built for (the cache length when decoding)
   if (decode) {
     XF_CHECK(supports_kv_cache(model) && !training && B == 1, "model",
-             "KV-cache decoding needs a causal_lm with causal scaled_dot_product attention and no rotary embeddings");
+             "KV-cache decoding needs a causal_lm with causal scaled_dot_product attention, no window_left and no "
+             "rotary embeddings");
     T = 1;
     decode->cache_len = S;
     decode->position = g.input("position", TensorMeta{{1, 1}, DType::i32});

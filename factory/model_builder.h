@@ -44,7 +44,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t batch, int64_t seq_len, 
 DType compute_dtype_of(const std::string& precision);
 
 // Whether a model config supports KV-cache decoding (causal_lm, causal scaled_dot_product attention
-// everywhere, no rotary embeddings yet).
+// everywhere without a window_left, no rotary embeddings yet).
 bool supports_kv_cache(const ConfigNode& model);
 
 // xFormers' DeepNet coefficients (components/residual.py) for N encoder and M decoder layers.

@@ -123,11 +123,20 @@ void register_attention(Registry& r) {
   ComponentEntry e;
   e.family = "attention";
   e.name = "scaled_dot_product";
-  e.doc = "softmax(q k^T / sqrt(d) + mask) v, exact; causal is top-left aligned (query i sees keys j <= i)";
+  e.doc = "softmax(q k^T / sqrt(d) + mask) v, exact, fused (flash_attention: O(S) memory); causal and sliding-window "
+          "masks around the key each query is aligned with (causal_alignment)";
   e.params.name = "attention.scaled_dot_product";
   e.params.fields = {
       f_dropout("dropout", "dropout on the attention probabilities (training only)"),
       f_bool("causal", false, "mask keys after the query (autoregressive)"),
+      f_choice("causal_alignment", "top_left", {"top_left", "bottom_right"},
+               "the key query i is aligned with for causal and the window: top_left key i (torch's is_causal), "
+               "bottom_right key i + Sk - Sq (FlashAttention's); the same when Sq = Sk (self-attention)"),
+      f_int("window_left", -1, -1, kInf,
+            "sliding window: keys before the aligned key each query sees (-1: unbounded); local attention costs "
+            "O(S W)"),
+      f_int("window_right", -1, -1, kInf,
+            "sliding window: keys after the aligned key each query sees (-1: unbounded; with causal only -1 or 0)"),
       f_opt_int("seq_len", 1, "maximum query length (checked against the data's seq_len)"),
       f_opt_int("to_seq_len", 1, "maximum key length (checked against the data's seq_len)"),
       f_opt_int("num_heads", 1, "filled in from multi_head_config (xFormers passes it down)"),
@@ -141,6 +150,13 @@ void register_attention(Registry& r) {
       o.causal = get_bool(p, "causal");
       o.dropout = ctx.training ? get_number(p, "dropout") : 0.0;
       o.layout = layout;
+      o.alignment = get_string(p, "causal_alignment") == "bottom_right" ? CausalAlignment::bottom_right
+                                                                        : CausalAlignment::top_left;
+      o.window_left = get_int(p, "window_left");
+      o.window_right = get_int(p, "window_right");
+      XF_CHECK(!o.causal || o.window_right <= 0, "scaled_dot_product",
+               "causal hides every key after the aligned one, so window_right must be -1 or 0 with causal, got ",
+               o.window_right);
       return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
     };
   };

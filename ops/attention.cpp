@@ -48,13 +48,35 @@ Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const 
   XF_CHECK(o.dropout >= 0.0 && o.dropout < 1.0, op, "dropout ", o.dropout, " is outside [0, 1)");
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(q.dim(-1)));
   const std::string n = name.empty() ? "attention" : name;
-  // Fused, memory-efficient attention (ops/flash_attention.h) for rank-4 heads without an additive mask: O(S)
-  // memory instead of the (B, H, Sq, Sk) scores and probabilities, the same dropout stream.
+  const bool windowed = o.window_left >= 0 || o.window_right >= 0;
+  // Fused, memory-efficient attention (ops/flash_attention.h) for rank-4 heads: O(S) memory instead of the
+  // (B, H, Sq, Sk) scores and probabilities, the same dropout stream; a mask of a bias's shape is its bias.
   // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging).
   const char* backend = std::getenv("XF_ATTENTION_BACKEND");
   const bool composite_only = backend && std::string(backend) == "composite";
-  if (!composite_only && !mask.defined() && q.rank() == 4 && v.dim(-1) == q.dim(-1) && q.dim(-1) <= 256)
-    return flash_attention(q, k, v, FlashAttentionAttrs{scale, o.causal, o.dropout, o.layout}, n).out;
+  const int64_t H = q.dim(bshd ? 2 : 1), B = q.dim(0);
+  const bool bias_mask = mask.defined() && q.rank() == 4 && mask.rank() == 4 && mask.dtype() == q.dtype() &&
+                         (mask.dim(0) == 1 || mask.dim(0) == B) && (mask.dim(1) == 1 || mask.dim(1) == H) &&
+                         mask.dim(2) == q.dim(bshd ? 1 : 2) && mask.dim(3) == k.dim(seq_axis);
+  if (!composite_only && (!mask.defined() || bias_mask) && q.rank() == 4 && v.dim(-1) == q.dim(-1) &&
+      q.dim(-1) <= 256) {
+    FlashAttentionAttrs a;
+    a.scale = scale;
+    a.causal = o.causal;
+    a.dropout = o.dropout;
+    a.layout = o.layout;
+    a.alignment = o.alignment;
+    a.window_left = o.window_left;
+    a.window_right = o.window_right;
+    return flash_attention(q, k, v, a, n, mask).out;
+  }
+  const int64_t Sq = q.dim(bshd ? 1 : -2), Sk = k.dim(seq_axis);
+  const bool misaligned = o.causal && o.alignment == CausalAlignment::bottom_right && Sq != Sk;
+  XF_CHECK(!windowed && !misaligned, op, "the composite attention (", composite_only ? "XF_ATTENTION_BACKEND=composite"
+           : "heads the fused op does not take: rank 4, Dv = D <= 256 and a (1 or B, 1 or H, Sq, Sk) mask", ") has "
+           "no ", windowed ? str_cat("sliding window (", o.window_left, ", ", o.window_right, ")")
+           : str_cat("bottom_right causal alignment for Sq ", Sq, " != Sk ", Sk), "; q ", shape_str(q.shape()), ", k ",
+           shape_str(k.shape()));
   if (!bshd) return composite_attention(q, k, v, mask, o, scale, n);
   // (B, S, H, D) -> (B, H, S, D), the composite, and back.
   const std::vector<int64_t> swap{0, 2, 1, 3};

@@ -12,17 +12,21 @@ namespace {
 void check_options(const char* op, const FlashAttentionAttrs& a) {
   XF_CHECK(std::isfinite(a.scale), op, "scale must be finite, got ", a.scale);
   XF_CHECK(a.dropout >= 0.0 && a.dropout < 1.0, op, "dropout must be in [0, 1), got ", a.dropout);  // refuses NaN
+  XF_CHECK(a.window_left >= -1 && a.window_right >= -1, op, "window_left and window_right must be >= 0, or -1 for "
+           "unbounded, got (", a.window_left, ", ", a.window_right, ")");
+  XF_CHECK(!a.causal || a.window_right <= 0, op, "causal hides every key after the diagonal, so window_right must be "
+           "-1 or 0 with causal, got ", a.window_right);
+  XF_CHECK(!(a.varlen && a.has_bias), op, "a bias (Bb, Hb, Sq, Sk) has no meaning for packed sequences (varlen): "
+           "use one or the other");
 }
 
-// The axes of (batch, heads, positions) in a rank-4 tensor of `layout`.
+// The axes of heads and positions in q, k, v of `layout` (rank 4; one less, no batch axis, for varlen).
 struct Axes {
-  int heads, seq;
+  size_t heads, seq;
 };
-Axes axes_of(AttentionLayout layout) { return layout == AttentionLayout::bhsd ? Axes{1, 2} : Axes{2, 1}; }
-
-std::string attrs_str(const FlashAttentionAttrs& a) {
-  return str_cat("scale=", a.scale, ", causal=", a.causal, ", dropout=", a.dropout,
-                 ", layout=", attention_layout_name(a.layout));
+Axes axes_of(AttentionLayout layout, bool varlen) {
+  const size_t o = varlen ? 0 : 1;
+  return layout == AttentionLayout::bhsd ? Axes{o, o + 1} : Axes{o + 1, o};
 }
 
 }  // namespace
@@ -31,102 +35,186 @@ const char* attention_layout_name(AttentionLayout layout) {
   return layout == AttentionLayout::bhsd ? "bhsd" : "bshd";
 }
 
-HeadStrides head_strides(AttentionLayout layout, int64_t heads, int64_t S, int64_t D) {
-  if (layout == AttentionLayout::bhsd) return {heads * S * D, S * D, D};
-  return {S * heads * D, D, heads * D};
+const char* causal_alignment_name(CausalAlignment a) {
+  return a == CausalAlignment::top_left ? "top_left" : "bottom_right";
 }
 
-FlashAttentionShape flash_attention_shape(const char* op, AttentionLayout layout, const TensorMeta& q,
-                                          const TensorMeta& k, const TensorMeta& v) {
-  const bool bhsd = layout == AttentionLayout::bhsd;
-  const char* qs = bhsd ? "q (B, H, Sq, D)" : "q (B, Sq, H, D)";
-  const char* ks = bhsd ? "k and v (B, Hk, Sk, D)" : "k and v (B, Sk, Hk, D)";
+AttentionBand FlashAttentionAttrs::band() const {
+  AttentionBand b;
+  b.left = window_left;
+  b.right = causal ? 0 : window_right;  // check_options: window_right is -1 or 0 with causal
+  b.bottom_right = alignment == CausalAlignment::bottom_right;
+  return b;
+}
+
+std::string FlashAttentionAttrs::str() const {
+  std::string s = str_cat("scale=", scale, ", causal=", causal, ", dropout=", dropout,
+                          ", layout=", attention_layout_name(layout));
+  if (causal || window_left >= 0 || window_right >= 0) s += str_cat(", alignment=", causal_alignment_name(alignment));
+  if (window_left >= 0 || window_right >= 0) s += str_cat(", window=(", window_left, ", ", window_right, ")");
+  if (has_bias) s += ", bias";
+  if (varlen) s += ", varlen";
+  return s;
+}
+
+HeadStrides head_strides(AttentionLayout layout, int64_t heads, int64_t S, int64_t D, bool varlen) {
+  HeadStrides s = layout == AttentionLayout::bhsd ? HeadStrides{heads * S * D, S * D, D}
+                                                  : HeadStrides{S * heads * D, D, heads * D};
+  if (varlen) s.batch = 0;
+  return s;
+}
+
+FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q,
+                                          const TensorMeta& k, const TensorMeta& v, const TensorMeta* bias,
+                                          const TensorMeta* cu_q, const TensorMeta* cu_k) {
+  const bool bhsd = a.layout == AttentionLayout::bhsd;
+  const char* qs = a.varlen ? (bhsd ? "q (H, Tq, D)" : "q (Tq, H, D)") : (bhsd ? "q (B, H, Sq, D)" : "q (B, Sq, H, D)");
+  const char* ks = a.varlen ? (bhsd ? "k and v (Hk, Tk, D)" : "k and v (Tk, Hk, D)")
+                            : (bhsd ? "k and v (B, Hk, Sk, D)" : "k and v (B, Sk, Hk, D)");
+  const size_t rank = a.varlen ? 3 : 4;
   XF_CHECK(is_floating(q.dtype), op, "q must be floating point, got ", q.str());
   XF_CHECK(k.dtype == q.dtype && v.dtype == q.dtype, op, "q ", q.str(), ", k ", k.str(), " and v ", v.str(),
            " must share a dtype");
-  XF_CHECK(q.shape.size() == 4 && k.shape.size() == 4 && v.shape.size() == 4, op, qs, ", ", ks,
-           " must have rank 4 (layout ", attention_layout_name(layout), "), got q ", shape_str(q.shape), ", k ",
-           shape_str(k.shape), ", v ", shape_str(v.shape));
-  const Axes ax = axes_of(layout);
+  XF_CHECK(q.shape.size() == rank && k.shape.size() == rank && v.shape.size() == rank, op, qs, ", ", ks,
+           " must have rank ", rank, " (layout ", attention_layout_name(a.layout), a.varlen ? ", varlen" : "",
+           "), got q ", shape_str(q.shape), ", k ", shape_str(k.shape), ", v ", shape_str(v.shape));
+  const Axes ax = axes_of(a.layout, a.varlen);
   FlashAttentionShape s;
-  s.B = q.shape[0];
-  s.H = q.shape[static_cast<size_t>(ax.heads)];
-  s.Sq = q.shape[static_cast<size_t>(ax.seq)];
-  s.D = q.shape[3];
-  s.Hk = k.shape[static_cast<size_t>(ax.heads)];
-  s.Sk = k.shape[static_cast<size_t>(ax.seq)];
+  s.varlen = a.varlen;
+  s.H = q.shape[ax.heads];
+  s.Sq = q.shape[ax.seq];
+  s.D = q.shape[rank - 1];
+  s.Hk = k.shape[ax.heads];
+  s.Sk = k.shape[ax.seq];
   XF_CHECK(k.shape == v.shape, op, "k ", shape_str(k.shape), " and v ", shape_str(v.shape), " must have the same shape: ",
            ks);
-  XF_CHECK(k.shape[0] == s.B, op, "q ", shape_str(q.shape), " and k ", shape_str(k.shape), " differ in batch");
-  XF_CHECK(k.shape[3] == s.D, op, "q ", shape_str(q.shape), " and k ", shape_str(k.shape), " differ in head dim");
+  if (!a.varlen) {
+    s.B = q.shape[0];
+    XF_CHECK(k.shape[0] == s.B, op, "q ", shape_str(q.shape), " and k ", shape_str(k.shape), " differ in batch");
+  }
+  XF_CHECK(k.shape[rank - 1] == s.D, op, "q ", shape_str(q.shape), " and k ", shape_str(k.shape), " differ in head dim");
   XF_CHECK(s.D > 0, op, "head dim must be positive, got q ", shape_str(q.shape));
   XF_CHECK(s.Hk > 0 && s.H % s.Hk == 0, op, "the query heads of ", qs, " = ", shape_str(q.shape),
            " must be a multiple of the key/value heads of k ", shape_str(k.shape), " (grouped-query attention)");
-  s.q = head_strides(layout, s.H, s.Sq, s.D);
-  s.k = head_strides(layout, s.Hk, s.Sk, s.D);
+  s.q = head_strides(a.layout, s.H, s.Sq, s.D, a.varlen);
+  s.k = head_strides(a.layout, s.Hk, s.Sk, s.D, a.varlen);
+  s.lse_batch = a.varlen ? 0 : s.H * s.Sq;
+  s.lse_head = s.Sq;
+  if (a.has_bias) {
+    XF_CHECK(bias != nullptr, op, "has_bias is set but no bias input was given");
+    const Shape& bs = bias->shape;
+    XF_CHECK(bias->dtype == q.dtype, op, "bias ", bias->str(), " must have q's dtype ", dtype_name(q.dtype));
+    XF_CHECK(bs.size() == 4 && (bs[0] == 1 || bs[0] == s.B) && (bs[1] == 1 || bs[1] == s.H) && bs[2] == s.Sq &&
+                 bs[3] == s.Sk,
+             op, "bias ", shape_str(bs), " must be (Bb, Hb, Sq, Sk) = (1 or ", s.B, ", 1 or ", s.H, ", ", s.Sq, ", ",
+             s.Sk, ") for ", qs, " = ", shape_str(q.shape), " and k ", shape_str(k.shape));
+    s.bias_head = bs[1] == 1 ? 0 : s.Sq * s.Sk;
+    s.bias_batch = bs[0] == 1 ? 0 : bs[1] * s.Sq * s.Sk;
+  }
+  if (a.varlen) {
+    XF_CHECK(cu_q != nullptr && cu_k != nullptr, op, "varlen is set but cu_seqlens_q and cu_seqlens_k were not given");
+    XF_CHECK((cu_q->dtype == DType::i32 || cu_q->dtype == DType::i64) && cu_k->dtype == cu_q->dtype, op,
+             "cu_seqlens_q ", cu_q->str(), " and cu_seqlens_k ", cu_k->str(), " must both be i32 or both i64");
+    XF_CHECK(cu_q->shape.size() == 1 && cu_q->shape == cu_k->shape && cu_q->shape[0] >= 1, op, "cu_seqlens_q ",
+             cu_q->str(), " and cu_seqlens_k ", cu_k->str(), " must both be (nseq + 1) offsets");
+    s.B = cu_q->shape[0] - 1;
+  }
   return s;
 }
 
 // ---- flash_attention ------------------------------------------------------------------------------------
 
-std::string FlashAttentionOp::attrs() const { return attrs_str(a); }
+std::string FlashAttentionOp::attrs() const { return a.str(); }
 
 std::vector<TensorMeta> FlashAttentionOp::infer(const std::vector<TensorMeta>& in) const {
   const char* op = "flash_attention";
-  XF_CHECK(in.size() == 3, op, "takes 3 inputs (q, k, v), got ", in.size());
+  XF_CHECK(static_cast<int64_t>(in.size()) == a.num_inputs(), op, "takes ", a.num_inputs(), " inputs (q, k, v",
+           a.has_bias ? ", bias" : "", a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "", "), got ", in.size());
   check_options(op, a);
-  const FlashAttentionShape s = flash_attention_shape(op, a.layout, in[0], in[1], in[2]);
-  return {in[0], TensorMeta{{s.B, s.H, s.Sq}, flash_attention_lse_dtype(in[0].dtype)}};
+  const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
+  const FlashAttentionShape s =
+      flash_attention_shape(op, a, in[0], in[1], in[2], a.has_bias ? at(a.bias_input()) : nullptr,
+                            a.varlen ? at(a.cu_input()) : nullptr, a.varlen ? at(a.cu_input() + 1) : nullptr);
+  const Shape lse = a.varlen ? Shape{s.H, s.Sq} : Shape{s.B, s.H, s.Sq};
+  return {in[0], TensorMeta{lse, flash_attention_lse_dtype(in[0].dtype)}};
 }
 
 int64_t FlashAttentionOp::random_numbers(const std::vector<TensorMeta>& in) const {
-  if (a.dropout == 0.0 || in.size() < 2 || in[0].shape.size() != 4 || in[1].shape.size() != 4) return 0;
-  const Axes ax = axes_of(a.layout);
-  return in[0].shape[0] * in[0].shape[static_cast<size_t>(ax.heads)] * in[0].shape[static_cast<size_t>(ax.seq)] *
-         in[1].shape[static_cast<size_t>(ax.seq)];  // B H Sq Sk
+  if (a.dropout == 0.0 || in.size() < 2) return 0;
+  const size_t rank = a.varlen ? 3 : 4;
+  if (in[0].shape.size() != rank || in[1].shape.size() != rank) return 0;
+  const Axes ax = axes_of(a.layout, a.varlen);
+  const int64_t rows = (a.varlen ? 1 : in[0].shape[0]) * in[0].shape[ax.heads] * in[0].shape[ax.seq];
+  return rows * in[1].shape[ax.seq];  // B H Sq Sk, or H Tq Tk
 }
 
 std::vector<Value> FlashAttentionOp::backward(const BackwardContext& ctx) const {
-  std::vector<Value> grads(3);
-  if (!ctx.needs_grad(0) && !ctx.needs_grad(1) && !ctx.needs_grad(2)) return grads;
+  std::vector<Value> grads(static_cast<size_t>(a.num_inputs()));
+  const bool bias_grad = a.has_bias && ctx.needs_grad(static_cast<int>(a.bias_input()));
+  if (!ctx.needs_grad(0) && !ctx.needs_grad(1) && !ctx.needs_grad(2) && !bias_grad) return grads;
   Value dout = ctx.grad(0);
   const Value dlse = ctx.grad(1);
   if (!dout.defined() && !dlse.defined()) return grads;
   if (!dout.defined()) dout = fill(ctx.graph, ctx.output(0).meta(), 0.0, ctx.name("dout_zero"));
   std::vector<Value> in{ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0), dout, ctx.output(1)};
   if (dlse.defined()) in.push_back(dlse);
+  for (int64_t i = 3; i < a.num_inputs(); ++i) in.push_back(ctx.input(static_cast<int>(i)));  // bias, offsets
   // The forward node's rng_offset: the backward regenerates the same dropout mask.
-  const auto outs = ctx.graph.add(std::make_shared<FlashAttentionBackwardOp>(a, dlse.defined()), in,
+  const auto outs = ctx.graph.add(std::make_shared<FlashAttentionBackwardOp>(a, dlse.defined(), bias_grad), in,
                                   ctx.name("flash_attention"), ctx.node.rng_offset);
   for (int i = 0; i < 3; ++i)
     if (ctx.needs_grad(i)) grads[static_cast<size_t>(i)] = outs[static_cast<size_t>(i)];
+  if (bias_grad) grads[static_cast<size_t>(a.bias_input())] = outs[3];
   return grads;
 }
 
 // ---- flash_attention_backward ---------------------------------------------------------------------------
 
-std::string FlashAttentionBackwardOp::attrs() const { return attrs_str(a) + str_cat(", dlse=", has_dlse); }
+std::string FlashAttentionBackwardOp::attrs() const {
+  return a.str() + str_cat(", dlse=", has_dlse, ", bias_grad=", bias_grad);
+}
 
 std::vector<TensorMeta> FlashAttentionBackwardOp::infer(const std::vector<TensorMeta>& in) const {
   const char* op = "flash_attention_backward";
-  XF_CHECK(in.size() == 6u + has_dlse, op, "takes ", 6 + has_dlse, " inputs (q, k, v, out, dout, lse",
-           has_dlse ? ", dlse" : "", "), got ", in.size());
+  const int64_t n = 6 + has_dlse + a.has_bias + 2 * a.varlen;
+  XF_CHECK(static_cast<int64_t>(in.size()) == n, op, "takes ", n, " inputs (q, k, v, out, dout, lse",
+           has_dlse ? ", dlse" : "", a.has_bias ? ", bias" : "", a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "",
+           "), got ", in.size());
+  XF_CHECK(!bias_grad || a.has_bias, op, "bias_grad needs a bias input");
   check_options(op, a);
-  const FlashAttentionShape s = flash_attention_shape(op, a.layout, in[0], in[1], in[2]);
+  const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
+  const FlashAttentionShape s =
+      flash_attention_shape(op, a, in[0], in[1], in[2], a.has_bias ? at(bias_input()) : nullptr,
+                            a.varlen ? at(cu_input()) : nullptr, a.varlen ? at(cu_input() + 1) : nullptr);
   XF_CHECK(in[3] == in[0], op, "out ", in[3].str(), " must match q ", in[0].str());
   XF_CHECK(in[4] == in[0], op, "dout ", in[4].str(), " must match q ", in[0].str());
-  const TensorMeta rows{{s.B, s.H, s.Sq}, flash_attention_lse_dtype(in[0].dtype)};
+  const TensorMeta rows{a.varlen ? Shape{s.H, s.Sq} : Shape{s.B, s.H, s.Sq}, flash_attention_lse_dtype(in[0].dtype)};
   XF_CHECK(in[5] == rows, op, "lse ", in[5].str(), " must be ", rows.str(), " for q ", in[0].str());
-  if (has_dlse) XF_CHECK(in[6] == rows, op, "dlse ", in[6].str(), " must be ", rows.str(), " for q ", in[0].str());
-  return {in[0], in[1], in[2]};
+  if (has_dlse)
+    XF_CHECK(in[6] == rows, op, "dlse ", in[6].str(), " must be ", rows.str(), " for q ", in[0].str());
+  std::vector<TensorMeta> out{in[0], in[1], in[2]};
+  if (bias_grad) out.push_back(in[static_cast<size_t>(bias_input())]);
+  return out;
 }
 
 // ---- front end ------------------------------------------------------------------------------------------
 
 FlashAttentionOutputs flash_attention(Value q, Value k, Value v, const FlashAttentionAttrs& attrs,
-                                      const std::string& name) {
-  XF_CHECK(q.defined() && k.defined() && v.defined(), "flash_attention", "q, k and v are required");
-  const auto outs = q.graph->add(std::make_shared<FlashAttentionOp>(attrs), {q, k, v}, name);
+                                      const std::string& name, Value bias, Value cu_seqlens_q, Value cu_seqlens_k) {
+  const char* op = "flash_attention";
+  XF_CHECK(q.defined() && k.defined() && v.defined(), op, "q, k and v are required");
+  XF_CHECK(cu_seqlens_q.defined() == cu_seqlens_k.defined(), op,
+           "packed sequences need both cu_seqlens_q and cu_seqlens_k");
+  FlashAttentionAttrs a = attrs;
+  a.has_bias = bias.defined();
+  a.varlen = cu_seqlens_q.defined();
+  std::vector<Value> in{q, k, v};
+  if (a.has_bias) in.push_back(bias);
+  if (a.varlen) {
+    in.push_back(cu_seqlens_q);
+    in.push_back(cu_seqlens_k);
+  }
+  const auto outs = q.graph->add(std::make_shared<FlashAttentionOp>(a), in, name);
   return {outs[0], outs[1]};
 }
 

@@ -1,5 +1,5 @@
-// Fused, memory-efficient exact attention (FlashAttention): softmax(scale q k^T) v computed over key blocks
-// with an online softmax, never materialising the Sq x Sk score matrix; the backward recomputes the
+// Fused, memory-efficient exact attention (FlashAttention): softmax(scale q k^T + bias) v computed over key
+// blocks with an online softmax, never materialising the Sq x Sk score matrix; the backward recomputes the
 // probabilities from the saved log-sum-exp.
 //
 // Layouts (`layout`; the head dim D is always the contiguous last axis):
@@ -8,33 +8,50 @@
 //                                                                             reshaped: no permute needed)
 //   lse, dlse are (B, H, Sq) in both. The formulas below index q[b,h,i,:] etc. by (batch, head, position)
 //   whatever the layout; the kernels address every tensor through element strides (batch, head, seq).
+// Packed variable-length sequences (`varlen`): the batch axis is dropped and the sequences are concatenated,
+//   bhsd: q (H, Tq, D), k, v (Hk, Tk, D);   bshd: q (Tq, H, D), k, v (Tk, Hk, D);   lse, dlse (H, Tq)
+//   with two more inputs cu_seqlens_q, cu_seqlens_k (nseq + 1), both i32 or both i64: sequence b has the
+//   queries [cu_seqlens_q[b], cu_seqlens_q[b + 1]) and the keys [cu_seqlens_k[b], cu_seqlens_k[b + 1]), and
+//   sees only its own keys (block-diagonal attention). Below, B = nseq and, for sequence b, Sq and Sk are its
+//   lengths and i, j positions within it. The offsets must start at 0, never decrease and end at Tq (Tk): the
+//   CPU checks this and throws; the CUDA kernels clamp them into range (no out-of-bounds access) but do not
+//   check. A sequence with Sk = 0 gives out 0, lse -inf.
 //
-//   flash_attention   inputs  (q, k, v)                                                  H % Hk == 0
-//                     outputs (out in q's dtype and layout, lse (B, H, Sq) in flash_attention_lse_dtype)
-//     s[b,h,i,j]  = scale * q[b,h,i,:] . k[b,h/G,j,:]                     G = H / Hk (GQA; Hk = 1 is MQA)
-//                   j hidden (s = -inf) when causal and j > i (top-left aligned, as ops/softmax.h and torch's
-//                   is_causal: with Sq > Sk queries i >= Sk see every key, with Sq < Sk the last keys are seen
-//                   by no query)
+//   flash_attention   inputs  (q, k, v, [bias (Bb, Hb, Sq, Sk)], [cu_seqlens_q, cu_seqlens_k])   H % Hk == 0
+//                     outputs (out in q's dtype and shape, lse (B, H, Sq) or (H, Tq) in flash_attention_lse_dtype)
+//     s[b,h,i,j]  = scale * q[b,h,i,:] . k[b,h/G,j,:] + bias[b?,h?,i,j]   G = H / Hk (GQA; Hk = 1 is MQA)
+//                   bias (q's dtype; not with varlen) is broadcast over batch (Bb = 1) and heads (Hb = 1)
+//                   j hidden (s = -inf) outside [key_lo(i), key_hi(i)), AttentionBand below:
+//                     diag(i) = i (top_left) or i + Sk - Sq (bottom_right): the key a query is aligned with
+//                     causal: j <= diag(i);  window_left >= 0: j >= diag(i) - window_left;
+//                     window_right >= 0: j <= diag(i) + window_right;  -1: unbounded
+//                   top_left causal is torch's is_causal (with Sq > Sk queries i >= Sk see every key, with
+//                   Sq < Sk the last keys are seen by no query); bottom_right is FlashAttention's (the last query
+//                   sees every key; with Sq > Sk the first Sq - Sk queries see none).
 //     lse[b,h,i]  = log sum_j exp(s[b,h,i,j])                            -inf for a row whose keys are all hidden
 //     P[b,h,i,j]  = exp(s[b,h,i,j] - lse[b,h,i])                         0 in a fully hidden row
 //     out[b,h,i]  = sum_j dropout(P)[b,h,i,j] v[b,h/G,j,:]               0 for a fully hidden row
-//   dropout(P) is P * Z / (1 - p) with Z[b,h,i,j] = [philox_uniform(seed, offset + ((b H + h) Sq + i) Sk + j)
-//   >= p], exactly the mask ops/dropout.h would draw for the materialised (B, H, Sq, Sk) probability tensor at
-//   the same offset (so the composite ops/attention.h's mask, whose dropout node is the only random node of
-//   its graph, is this op's mask when this op is the only random node of its graph). The element index is
-//   logical (b, h, i, j), the same in both layouts. random_numbers() is B H Sq Sk, so the graph reserves that
-//   slice of the Philox stream; lse is the log-sum-exp before dropout.
+//   A bias of -inf hides a key like the mask does (a row hidden entirely by it gives out 0, lse -inf).
+//   dropout(P) is P * Z / (1 - p) with Z[b,h,i,j] = [philox_uniform(seed, offset + e) >= p], e the element of the
+//   materialised probability tensor the composite would hold:
+//     e = ((b H + h) Sq + i) Sk + j                                       (B, H, Sq, Sk)
+//     e = (h Tq + cu_seqlens_q[b] + i) Tk + cu_seqlens_k[b] + j           varlen: (1, H, Tq, Tk), block diagonal
+//   exactly the mask ops/dropout.h would draw for that tensor at the same offset (so the composite
+//   ops/attention.h's mask, whose dropout node is the only random node of its graph, is this op's mask when this
+//   op is the only random node of its graph). The index is logical, the same in both layouts. random_numbers()
+//   is B H Sq Sk (H Tq Tk for varlen), the slice the graph reserves; lse is the log-sum-exp before dropout.
 //
 //   flash_attention_backward
-//                     inputs  (q, k, v, out, dout, lse, [dlse (B, H, Sq) when has_dlse])
-//                     outputs (dq, dk, dv) in q's dtype, each in its primal's shape (the op's layout)
+//                     inputs  (q, k, v, out, dout, lse, [dlse when has_dlse], [bias], [cu_seqlens_q, cu_seqlens_k])
+//                     outputs (dq, dk, dv, [dbias when bias_grad]) in q's dtype, each in its primal's shape
 //     Delta[i] = sum_d dout[i,d] out[i,d] - dlse[i]
 //     dv[j]    = sum over the G query heads of kv head j's group, and over i, of dropout(P)[i,j] dout[i]
 //     dS[i,j]  = P[i,j] (Z[i,j] / (1 - p) dout[i] . v[j] - Delta[i])
 //     dq[i]    = scale sum_j dS[i,j] k[j],      dk[j] = scale sum over the group's heads and i of dS[i,j] q[i]
+//     dbias    = dS summed over the axes the bias broadcasts (batch when Bb = 1, heads when Hb = 1); 0 where hidden
 //   P is recomputed from lse block by block (no Sq x Sk buffer) and Z from the same Philox elements: the
 //   backward node is added with the forward node's rng_offset. A gradient reaching lse is supported (it only
-//   shifts Delta: d lse[i] / d s[i,j] = P[i,j]).
+//   shifts Delta: d lse[i] / d s[i,j] = P[i,j]). The sequence offsets get no gradient.
 //
 // Dtypes: the CPU computes in f32 or f64 (f64 for references and finite-difference checks); the CUDA backend in
 // bf16 and f16 on tensor cores with fp32 accumulation, or f32. lse is f32, except f64 when q is f64 (a gradient
@@ -46,6 +63,7 @@
 #include <string>
 
 #include "runtime/graph.h"
+#include "runtime/rng.h"  // XF_HOST_DEVICE
 
 namespace xfr {
 
@@ -56,19 +74,45 @@ inline DType flash_attention_lse_dtype(DType q) { return q == DType::f64 ? DType
 enum class AttentionLayout : uint8_t { bhsd, bshd };
 const char* attention_layout_name(AttentionLayout layout);
 
+// Which key a query is aligned with: query i with key i (top_left, torch's is_causal) or with key i + Sk - Sq
+// (bottom_right, FlashAttention's: the last query with the last key).
+enum class CausalAlignment : uint8_t { top_left, bottom_right };
+const char* causal_alignment_name(CausalAlignment a);
+
+// The keys each query of one sequence (Sq queries, Sk keys) sees: one contiguous range [key_lo(i), key_hi(i)),
+// both ends non-decreasing in i. Shared by every backend (host and device code).
+struct AttentionBand {
+  int64_t left = -1, right = -1;  // keys before / after the diagonal a query sees; -1 unbounded
+  bool bottom_right = false;
+  XF_HOST_DEVICE int64_t shift(int64_t Sq, int64_t Sk) const { return bottom_right ? Sk - Sq : 0; }
+  // Both in [0, Sk]; the range is empty when key_hi <= key_lo.
+  XF_HOST_DEVICE int64_t key_lo(int64_t i, int64_t Sq, int64_t Sk) const {
+    const int64_t lo = i + shift(Sq, Sk) - left;
+    return left < 0 || lo < 0 ? 0 : (lo > Sk ? Sk : lo);
+  }
+  XF_HOST_DEVICE int64_t key_hi(int64_t i, int64_t Sq, int64_t Sk) const {
+    const int64_t hi = i + shift(Sq, Sk) + right + 1;
+    return right < 0 || hi > Sk ? Sk : (hi < 0 ? 0 : hi);
+  }
+  // The queries that see at least one key of [j0, j1) (0 <= j0 < j1 <= Sk): [query_lo(j0), query_hi(j1)).
+  XF_HOST_DEVICE int64_t query_lo(int64_t j0, int64_t Sq, int64_t Sk) const {
+    const int64_t lo = j0 - right - shift(Sq, Sk);
+    return right < 0 || lo < 0 ? 0 : (lo > Sq ? Sq : lo);
+  }
+  XF_HOST_DEVICE int64_t query_hi(int64_t j1, int64_t Sq, int64_t Sk) const {
+    const int64_t hi = j1 + left - shift(Sq, Sk);
+    return left < 0 || hi > Sq ? Sq : (hi < 0 ? 0 : hi);
+  }
+  XF_HOST_DEVICE bool full() const { return left < 0 && right < 0; }  // every key visible
+};
+
 // Element strides of one (batch, head, position) addressed tensor; the head dim is contiguous (stride 1).
 struct HeadStrides {
   int64_t batch = 0, head = 0, seq = 0;
 };
-// The strides of a contiguous tensor of `heads` heads, S positions and head dim D in `layout`.
-HeadStrides head_strides(AttentionLayout layout, int64_t heads, int64_t S, int64_t D);
-
-// The attention's sizes, as infer() reads them from q and k, and the element strides of q (also out, dout,
-// dq) and of k (also v, dk, dv).
-struct FlashAttentionShape {
-  int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
-  HeadStrides q, k;
-};
+// The strides of a contiguous tensor of `heads` heads, S positions and head dim D in `layout` (batch stride 0
+// when varlen: the tensor has no batch axis).
+HeadStrides head_strides(AttentionLayout layout, int64_t heads, int64_t S, int64_t D, bool varlen = false);
 
 // The attributes both ops carry.
 struct FlashAttentionAttrs {
@@ -76,13 +120,33 @@ struct FlashAttentionAttrs {
   bool causal = false;
   double dropout = 0.0;  // p in [0, 1)
   AttentionLayout layout = AttentionLayout::bhsd;
+  CausalAlignment alignment = CausalAlignment::top_left;
+  int64_t window_left = -1, window_right = -1;  // sliding window around the diagonal; -1 unbounded
+  bool has_bias = false;                        // an additive bias input (Bb, Hb, Sq, Sk)
+  bool varlen = false;                          // packed sequences with cu_seqlens_q, cu_seqlens_k inputs
+
+  AttentionBand band() const;  // the key ranges causal and the window give
+  int64_t bias_input() const { return 3; }               // index of bias among the forward inputs
+  int64_t cu_input() const { return 3 + has_bias; }      // index of cu_seqlens_q (cu_seqlens_k follows)
+  int64_t num_inputs() const { return 3 + has_bias + 2 * varlen; }
+  std::string str() const;
+};
+
+// The attention's sizes, as infer() reads them from q and k (B = nseq, Sq = Tq, Sk = Tk for varlen), and element
+// strides: of q (also out, dout, dq), of k (also v, dk, dv), of the bias (0 on a broadcast axis; its rows are
+// Sk apart) and of the lse rows (row (b, h, i) of lse at b lse_batch + h lse_head + q_start(b) + i).
+struct FlashAttentionShape {
+  int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
+  bool varlen = false;
+  HeadStrides q, k;
+  int64_t bias_batch = 0, bias_head = 0;
+  int64_t lse_batch = 0, lse_head = 0;
 };
 
 class FlashAttentionOp final : public Op {
  public:
   explicit FlashAttentionOp(const FlashAttentionAttrs& a) : a(a) {}
-  FlashAttentionOp(double scale, bool causal, double dropout,
-                   AttentionLayout layout = AttentionLayout::bhsd)
+  FlashAttentionOp(double scale, bool causal, double dropout, AttentionLayout layout = AttentionLayout::bhsd)
       : a{scale, causal, dropout, layout} {}
   std::string name() const override { return "flash_attention"; }
   std::string attrs() const override;
@@ -94,29 +158,39 @@ class FlashAttentionOp final : public Op {
 
 class FlashAttentionBackwardOp final : public Op {
  public:
-  FlashAttentionBackwardOp(const FlashAttentionAttrs& a, bool has_dlse) : a(a), has_dlse(has_dlse) {}
+  FlashAttentionBackwardOp(const FlashAttentionAttrs& a, bool has_dlse, bool bias_grad = false)
+      : a(a), has_dlse(has_dlse), bias_grad(bias_grad) {}
   FlashAttentionBackwardOp(double scale, bool causal, double dropout, bool has_dlse,
                            AttentionLayout layout = AttentionLayout::bhsd)
       : a{scale, causal, dropout, layout}, has_dlse(has_dlse) {}
   std::string name() const override { return "flash_attention_backward"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  // Input indices: q 0, k 1, v 2, out 3, dout 4, lse 5, then dlse, bias, cu_seqlens_q, cu_seqlens_k when present.
+  int64_t dlse_input() const { return 6; }
+  int64_t bias_input() const { return 6 + has_dlse; }
+  int64_t cu_input() const { return 6 + has_dlse + a.has_bias; }
   FlashAttentionAttrs a;
   bool has_dlse;
+  bool bias_grad = false;  // a fourth output: dbias (the bias's shape)
 };
 
-// Validates q, k and v in `layout` and returns the sizes and strides; errors name `op` and the shapes.
-FlashAttentionShape flash_attention_shape(const char* op, AttentionLayout layout, const TensorMeta& q,
-                                          const TensorMeta& k, const TensorMeta& v);
+// Validates the forward inputs `in` (q, k, v, [bias], [cu_seqlens_q, cu_seqlens_k]; the backward passes its q, k,
+// v and those) against `a` and returns the sizes and strides; errors name `op`, the offending shapes and values.
+FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q,
+                                          const TensorMeta& k, const TensorMeta& v, const TensorMeta* bias = nullptr,
+                                          const TensorMeta* cu_q = nullptr, const TensorMeta* cu_k = nullptr);
 
 // ---- front end ----------------------------------------------------------------------------------------
 struct FlashAttentionOutputs {
-  Value out;  // q's shape: (B, H, Sq, D) or (B, Sq, H, D)
-  Value lse;  // (B, H, Sq)
+  Value out;  // q's shape
+  Value lse;  // (B, H, Sq), or (H, Tq) for varlen
 };
-// scale must be finite (1 / sqrt(D) is the usual one); dropout p in [0, 1) (0: none).
+// scale must be finite (1 / sqrt(D) is the usual one); dropout p in [0, 1) (0: none). `bias` (undefined: none)
+// sets attrs.has_bias; cu_seqlens_q / cu_seqlens_k (both or neither) set attrs.varlen.
 FlashAttentionOutputs flash_attention(Value q, Value k, Value v, const FlashAttentionAttrs& attrs,
-                                      const std::string& name = {});
+                                      const std::string& name = {}, Value bias = {}, Value cu_seqlens_q = {},
+                                      Value cu_seqlens_k = {});
 FlashAttentionOutputs flash_attention(Value q, Value k, Value v, double scale, bool causal = false,
                                       double dropout = 0.0, const std::string& name = {});
 

@@ -243,8 +243,11 @@ TEST_CASE("cli info, usage errors and help") {
   CHECK(i.rc == 0);
   CHECK(contains(i.out, std::string("xfrun ") + xfrun_version()));
   CHECK(contains(i.out, "BLAS"));
-  CHECK(contains(i.out, "cpu flash_attention (query blocks through sgemm, f64 oracle): available"));
-  CHECK(contains(i.out, "cuda flash_attention"));  // available, or unavailable with the reason
+  CHECK(contains(i.out, "cpu flash_attention (query blocks through sgemm, f64 oracle; bhsd/bshd; causal "
+                        "top_left/bottom_right, sliding window, bias (+ grad), packed varlen): available"));
+  CHECK(contains(i.out, "cpu composite (matmul + softmax + matmul; causal top_left, additive masks, no window)"));
+  CHECK(contains(i.out, "cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, exact "
+                        "32/64/128/256; bhsd/bshd"));  // available, or unavailable with the reason
   CHECK(contains(i.out, "cudnn fused attention: unavailable"));
   CHECK(xfrun({"frobnicate"}).rc == 2);
   CHECK(xfrun({}).rc == 2);

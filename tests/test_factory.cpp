@@ -786,6 +786,37 @@ TEST_CASE("factory causal: changing token t leaves the logits before t unchanged
   }
 }
 
+TEST_CASE("factory attention: window_left reaches the fused op; causal with window_right > 0 is a config error") {
+  // Two causal layers with window_left 2: token t reaches positions t .. t + 4 and no further.
+  const Config c = tiny({"model.stack_configs.0.multi_head_config.attention={name: scaled_dot_product, causal: true, "
+                         "window_left: 2, causal_alignment: bottom_right}"});
+  CHECK_FALSE(supports_kv_cache(c.root.at("model")));  // a windowed model decodes by recomputing
+  Model m = make_model(c, 18, 1, make_null_logger());
+  const BuiltModel& e = m.eval_graph;
+  Executor ex(*e.graph, {e.logits}, Gradients{}, m.store, ExecutorOptions{});
+  Tensor tokens = Tensor::zeros({1, 16}, DType::i32), targets = Tensor::zeros({1, 16}, DType::i32);
+  for (int i = 0; i < 16; ++i) tokens.data<int32_t>()[i] = (i * 7 + 3) % 18;
+  ex.bind(e.tokens, tokens);
+  ex.bind(e.targets, targets);
+  ex.run();
+  const std::vector<double> before = ex.get(e.logits).to_doubles();
+  const int t = 3;
+  tokens.data<int32_t>()[t] = (tokens.data<int32_t>()[t] + 5) % 18;
+  ex.bind(e.tokens, tokens);
+  ex.run();
+  const std::vector<double> after = ex.get(e.logits).to_doubles();
+  for (int pos = 0; pos < 16; ++pos) {
+    bool same = true;
+    for (int v = 0; v < 18; ++v) same &= after[static_cast<size_t>(pos * 18 + v)] == before[static_cast<size_t>(pos * 18 + v)];
+    CHECK_MESSAGE(same == (pos < t || pos > t + 4), "position " << pos);
+  }
+  CHECK(contains(config_error(kTiny, {"model.stack_configs.0.multi_head_config.attention.window_right=2"}),
+                 "model.stack_configs[0].multi_head_config.attention.window_right: window_right 2 must be -1 or 0 "
+                 "with causal"));
+  CHECK(contains(config_error(kTiny, {"model.stack_configs.0.multi_head_config.attention.causal_alignment=diagonal"}),
+                 "causal_alignment"));
+}
+
 // ======================================================================================================
 // 4. Training end to end
 // ======================================================================================================

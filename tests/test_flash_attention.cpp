@@ -155,55 +155,6 @@ RefBackward ref_backward(const Case& c, const Inputs& in, const std::vector<doub
   return r;
 }
 
-// -inf (an lse with nothing visible) compared as a finite sentinel, so that equal infinities pass.
-std::vector<double> finite_lse(std::vector<double> v) {
-  for (double& x : v)
-    if (x == -std::numeric_limits<double>::infinity()) x = -1e300;
-  return v;
-}
-
-// |got - ref| <= atol_rel * max|ref| + rtol * |ref|: for sums with cancellation (gradients), an element's
-// error is a fraction of the tensor's scale, not of the (possibly tiny) element.
-// The scale floor: inputs are O(1), so every term of a gradient sum is O(1) even where the sum cancels to 0
-// (Sk = 1: softmax over one key has dq = dk = 0 exactly, and a GPU's dS = P (dP - D) leaves ~1e-7 of
-// rounding, seen on the H200 2026-11-29). `floor` is that natural scale; the CPU-vs-f64 checks pass a tiny one.
-void check_scaled(const std::vector<double>& got, const std::vector<double>& ref, double atol_rel, double rtol,
-                  const std::string& what, double floor = 1e-6) {
-  double mx = 0;
-  for (double x : ref) mx = std::max(mx, std::abs(x));
-  check_close(got, ref, atol_rel * std::max(mx, floor), rtol, what);
-}
-
-// ---- tolerances ------------------------------------------------------------------------------------------
-// Per dtype, each with its reason. `out` is an average of values in [-1.5, 1.5], so its errors are absolute;
-// lse is compared absolutely (it is ~log Sk + the row max); gradients relative to their largest element.
-struct FaTol {
-  double out_atol, out_rtol;      // out
-  double lse_atol;                // lse (always f32 or f64)
-  double grad_rel, grad_rtol;     // dq, dk, dv: atol = grad_rel * max|ref|
-  const char* why;
-};
-
-FaTol fa_tolerance(DType t) {
-  switch (t) {
-    case DType::f64:
-      return {1e-12, 1e-10, 1e-12, 1e-10, 1e-9, "the same sums in double in another order"};
-    case DType::f32:
-      return {2e-5, 1e-4, 2e-5, 1e-4, 1e-4,
-              "f32 sums of up to ~1000 terms in another order (tiles, warps), expf/exp2f vs libm: ~1e-6 relative, "
-              "x10 margin; gradient sums cancel, so their error is relative to the tensor's scale"};
-    case DType::bf16:
-      return {2e-2, 2e-2, 2e-4, 2e-2, 2e-2,
-              "P (and dS) rounded to bf16 before the second matmul (2^-9 relative per term) and the result rounded "
-              "to bf16 (2^-9): ~4e-3 of the value scale, x5 margin; lse is fp32 from exact 16-bit products"};
-    case DType::f16:
-      return {3e-3, 3e-3, 2e-4, 4e-3, 4e-3,
-              "as bf16 with f16's 2^-11 rounding: ~1e-3 of the value scale, x3 margin"};
-    default:
-      return {0, 0, 0, 0, 0, "integers are exact"};
-  }
-}
-
 std::vector<Tensor> run_fa(const Case& c, const Inputs& in, double scale, double p = 0.0, uint64_t seed = 0,
                            uint64_t offset = 0) {
   const FlashAttentionOp op(scale, c.causal, p);

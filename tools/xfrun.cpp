@@ -119,13 +119,15 @@ void print_info() {
            : gpus == 0 ? "unavailable (" + cuda_unavailable_reason() + ")"
                        : std::string("available");
   };
-  std::cout << "attention backends (scaled_dot_product picks the fused op for unmasked (B, H, S, D) heads; "
-               "XF_ATTENTION_BACKEND=composite keeps the composite):\n"
-            << "  cpu flash_attention (query blocks through sgemm, f64 oracle): available\n"
-            << "  cpu composite (matmul + softmax + matmul; additive masks): available\n"
-            << "  cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256): "
-            << cuda_status(reg.find("flash_attention", Device::Kind::cuda) != nullptr) << "\n"
-            << "  cuda composite (cuBLASLt + softmax kernels; additive masks): "
+  // The masks both flash_attention backends take (ops/flash_attention.h, docs/attention.md).
+  const char* fa_masks = "bhsd/bshd; causal top_left/bottom_right, sliding window, bias (+ grad), packed varlen";
+  std::cout << "attention backends (scaled_dot_product picks the fused op for rank-4 heads with no mask or a "
+               "(1|B, 1|H, Sq, Sk) bias; XF_ATTENTION_BACKEND=composite keeps the composite):\n"
+            << "  cpu flash_attention (query blocks through sgemm, f64 oracle; " << fa_masks << "): available\n"
+            << "  cpu composite (matmul + softmax + matmul; causal top_left, additive masks, no window): available\n"
+            << "  cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, exact 32/64/128/256; "
+            << fa_masks << "): " << cuda_status(reg.find("flash_attention", Device::Kind::cuda) != nullptr) << "\n"
+            << "  cuda composite (cuBLASLt + softmax kernels; causal top_left, additive masks, no window): "
             << cuda_status(reg.find("matmul", Device::Kind::cuda) && reg.find("softmax", Device::Kind::cuda)) << "\n"
             << "  cudnn fused attention: unavailable (not built: the dispatcher to cuDNN is not written yet)\n";
 }

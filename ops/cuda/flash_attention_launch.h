@@ -5,12 +5,14 @@
 // strides (batch, head, seq) with a contiguous head dim: element (b, h, i, d) of q is at
 // q[b q_strides.batch + h q_strides.head + i q_strides.seq + d]; out, dout and dq use q_strides, v, dk and dv
 // use k_strides (head_strides() in ops/flash_attention.h gives those of a contiguous bhsd or bshd tensor).
-// lse, dlse and the workspace are contiguous f32 (B, H, Sq). Shapes (ops/flash_attention.h):
-//   q, out, dout, dq: (B, H, Sq, D) logical   k, v, dk, dv: (B, Hk, Sk, D) logical   lse, dlse: (B, H, Sq)
-// with H % Hk == 0 and 1 <= D <= 256. Pointers need no particular alignment (16-byte aligned ones with D and every
-// stride a multiple of 8 take the asynchronous-copy path). Work is issued on `stream` and nothing waits for it. Only what the kernels
-// cannot do is checked here (D > 256, a dtype other than bf16/f16/f32: xfr::Error naming "flash_attention");
-// the op's infer() validates the rest.
+// lse, dlse and the workspace are contiguous f32 (B, H, Sq), or (H, Tq) for packed sequences. Shapes and masks:
+// ops/flash_attention.h; logically
+//   q, out, dout, dq: (B, H, Sq, D)   k, v, dk, dv: (B, Hk, Sk, D)   lse, dlse: (B, H, Sq)   bias, dbias: (Bb, Hb, Sq, Sk)
+// with H % Hk == 0 and 1 <= D <= 256; packed sequences (cu_seqlens_q set): B is the number of sequences, Sq and Sk
+// the packed totals Tq and Tk, batch strides 0. Pointers need no particular alignment (16-byte aligned ones with
+// D and every stride a multiple of 8 take the asynchronous-copy path). Work is issued on `stream` and nothing
+// waits for it. Only what the kernels cannot do is checked here (D > 256, a dtype other than bf16/f16/f32,
+// inconsistent options: xfr::Error naming "flash_attention"); the op's infer() validates the rest.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,29 +29,40 @@ struct FlashAttentionArgs {
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
   HeadStrides q_strides, k_strides;  // element strides of q (out, dout, dq) and of k (v, dk, dv)
   double scale = 1.0;
-  bool causal = false;   // key j hidden from query i when j > i (top-left aligned)
+  // The mask (ops/flash_attention.h, AttentionBand): causal, its alignment, a sliding window (-1: unbounded).
+  bool causal = false;
+  CausalAlignment alignment = CausalAlignment::top_left;
+  int64_t window_left = -1, window_right = -1;
   double dropout = 0.0;  // p in [0, 1)
-  // Dropout's Philox stream (runtime/rng.h): element (b, h, i, j) of the implicit (B, H, Sq, Sk) probability
-  // tensor uses stream element start + ((b H + h) Sq + i) Sk + j of `seed`, start = offset (+ *offset_device
-  // when set, read on the device when the kernel runs: CUDA-graph replay).
+  // Dropout's Philox stream (runtime/rng.h): element e of ops/flash_attention.h uses stream element start + e of
+  // `seed`, start = offset (+ *offset_device when set, read on the device when the kernel runs: CUDA-graph replay).
   uint64_t seed = 0;
   uint64_t offset = 0;
   const uint64_t* offset_device = nullptr;
+  // An additive bias (bias_batch, bias_heads, Sq, Sk) of `dtype`, contiguous, extents 1 or (B, H); null: none.
+  const void* bias = nullptr;
+  int64_t bias_batch = 1, bias_heads = 1;
+  // Packed sequences: B + 1 device offsets each, i32 (or i64 with offsets_i64); null: none. Not with a bias.
+  const void* cu_seqlens_q = nullptr;
+  const void* cu_seqlens_k = nullptr;
+  bool offsets_i64 = false;
 };
 
-// out = softmax(scale q k^T) v (with dropout), lse = the rows' log-sum-exp (-inf for a fully hidden row).
+// out = softmax(scale q k^T + bias, masked) v (with dropout), lse = the rows' log-sum-exp (-inf for a fully hidden
+// row).
 void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                     void* out, float* lse, CUstream_st* stream);
 
-// Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, (B, H, Sq) f32.
+// Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32.
 size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a);
 
-// dq, dk, dv of ops/flash_attention.h (dk, dv summed over the query heads of each kv head). dlse may be null
-// (no gradient reaches lse). `workspace` holds flash_attention_backward_workspace_bytes(a) bytes, 16-byte
-// aligned, and is used until the kernels have run on `stream`. No atomics: dk/dv and dq are written by one CTA
-// each, so the results are deterministic.
+// dq, dk, dv of ops/flash_attention.h (dk, dv summed over the query heads of each kv head) and, when dbias is not
+// null (a bias is needed), dbias (the bias's shape and dtype: dS summed over the axes it broadcasts). dlse may be
+// null (no gradient reaches lse). `workspace` holds flash_attention_backward_workspace_bytes(a) bytes, 16-byte
+// aligned, and is used until the kernels have run on `stream`. No atomics: every output element is written by one
+// thread, so the results are deterministic.
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                      const void* out, const void* dout, const float* lse, const float* dlse,
-                                     void* dq, void* dk, void* dv, void* workspace, CUstream_st* stream);
+                                     void* dq, void* dk, void* dv, void* dbias, void* workspace, CUstream_st* stream);
 
 }  // namespace xfr::cuda

@@ -1,0 +1,305 @@
+// The CUDA kernels of flash_attention with masks (ops/cuda/flash_attention*.cu): every mask kind x layout x dtype
+// against the CPU kernel in f32 on the same rounded inputs (forward out, lse; backward dq, dk, dv, dbias), awkward
+// shapes, dropout masks equal to the CPU's; FlashAttention-3's acceptance rule against a float64 reference (the
+// kernel's error at most twice that of a naive attention computed in the same low precision on the same GPU);
+// and an S = 32768 run whose caching-allocator peak stays linear in S. Skipped without a GPU (XF_TEST_DEVICE=cuda
+// runs them); filter: -tc='flash_attention CUDA masks*'.
+#include <cmath>
+#include <limits>
+
+#include "ops/flash_attention.h"
+#include "ops/matmul.h"
+#include "ops/softmax.h"
+#include "tests/cuda_testing.h"
+#include "tests/flash_attention_testing.h"
+#include "testing.h"
+
+using namespace xfr;
+using namespace xfr::testing;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+const auto TL = CausalAlignment::top_left;
+const auto BR = CausalAlignment::bottom_right;
+
+FaProblem problem(int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk, int64_t D) {
+  FaProblem p;
+  p.B = B;
+  p.H = H;
+  p.Hk = Hk;
+  p.Sq = Sq;
+  p.Sk = Sk;
+  p.D = D;
+  return p;
+}
+FaProblem causal(FaProblem p, CausalAlignment al) {
+  p.a.causal = true;
+  p.a.alignment = al;
+  return p;
+}
+FaProblem window(FaProblem p, int64_t left, int64_t right, CausalAlignment al = TL) {
+  p.a.window_left = left;
+  p.a.window_right = right;
+  p.a.alignment = al;
+  return p;
+}
+FaProblem with_bias(FaProblem p, int64_t Bb, int64_t Hb) {
+  p.Bb = Bb;
+  p.Hb = Hb;
+  p.a.has_bias = true;
+  return p;
+}
+FaProblem with_scale(FaProblem p) {
+  p.a.scale = 1.0 / std::sqrt(static_cast<double>(p.D));
+  return p;
+}
+
+// One of each mask kind on awkward shapes: S = 1, 17, 127, 1000 (and 300, 65, 130), D = 8, 32, 40, 64, 80, 128,
+// 256; Sq != Sk both ways (rows that see nothing under bottom_right); GQA; windows that skip most key tiles; every
+// bias broadcast; packed sequences with an empty one, one without keys, and a long one.
+std::vector<FaProblem> mask_problems() {
+  std::vector<FaProblem> r = {
+      causal(problem(2, 4, 2, 17, 127, 40), BR),
+      causal(problem(1, 2, 1, 1000, 127, 64), BR),
+      causal(problem(1, 2, 2, 1, 1000, 128), BR),
+      causal(problem(1, 3, 3, 127, 1000, 80), TL),
+      window(problem(1, 2, 2, 1000, 1000, 64), 100, 100),
+      window(causal(problem(1, 2, 1, 127, 1000, 128), BR), 50, -1, BR),
+      window(problem(2, 2, 2, 17, 17, 32), 0, 0),
+      window(problem(1, 2, 2, 127, 127, 256), 30, 5, BR),
+      window(problem(1, 2, 2, 65, 130, 8), -1, 3),
+      with_bias(problem(2, 2, 2, 17, 33, 40), 1, 1),
+      with_bias(causal(problem(2, 4, 2, 127, 127, 64), BR), 2, 1),
+      with_bias(window(problem(1, 3, 1, 100, 70, 128), 10, 3), 1, 3),
+      with_bias(problem(2, 2, 2, 33, 65, 256), 2, 2),
+      with_bias(problem(1, 12, 12, 128, 128, 32), 1, 1),
+      causal(packed({5, 0, 17, 1, 300}, {7, 3, 17, 9, 300}, 4, 2, 64), BR),
+      window(packed({127, 1, 64}, {127, 1, 64}, 2, 2, 128), 16, 0),
+      packed({3, 4, 1000}, {0, 5, 999}, 2, 1, 40),
+  };
+  for (auto& p : r) p = with_scale(p);
+  return r;
+}
+
+// GPU (in `dt`) against the CPU (f32) on the same rounded inputs, forward and backward.
+void cuda_mask_case(FaProblem p, DType dt, double drop, uint64_t seed, uint64_t offset, bool with_dlse,
+                    bool i64_offsets) {
+  p.a.dropout = drop;
+  const FaInputs in32 = make_fa_inputs(p, 11 + static_cast<uint64_t>(p.Sq + p.Sk + p.D), DType::f32, 1.5, i64_offsets);
+  std::vector<Tensor> gin, cin;
+  for (const Tensor& t : in32.all) {
+    gin.push_back(as_dtype(t, dt));
+    cin.push_back(as_dtype(gin.back(), DType::f32));
+  }
+  const std::string w = p.name() + " p=" + std::to_string(drop) + " [" + dtype_name(dt) + "]";
+  CAPTURE(w);
+  const FaTol tol = fa_tolerance(dt);
+  const FlashAttentionOp op(p.a);
+  const auto ref = run_op(op, cin, &test_pool(), seed, offset);
+  const auto got = run_op_cuda(op, gin, seed, offset);
+  check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, w + " out");
+  check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, w + " lse");
+
+  // Backward: both sides get the CPU forward's out (rounded to dt) and lse, so only the backward kernels differ.
+  const Tensor out_g = as_dtype(ref[0], dt), out_c = as_dtype(out_g, DType::f32);
+  const Tensor dout_g = random_tensor(ref[0].shape(), 301, -1, 1, dt), dout_c = as_dtype(dout_g, DType::f32);
+  const Tensor dlse = random_tensor(ref[1].shape(), 302, -1, 1);
+  std::vector<Tensor> gb{gin[0], gin[1], gin[2], out_g, dout_g, ref[1]}, cb{cin[0], cin[1], cin[2], out_c, dout_c, ref[1]};
+  if (with_dlse) {
+    gb.push_back(dlse);
+    cb.push_back(dlse);
+  }
+  for (size_t i = 3; i < gin.size(); ++i) {
+    gb.push_back(gin[i]);
+    cb.push_back(cin[i]);
+  }
+  const FlashAttentionBackwardOp bop(p.a, with_dlse, p.Bb > 0);
+  const auto rb = run_op(bop, cb, &test_pool(), seed, offset);
+  const auto gg = run_op_cuda(bop, gb, seed, offset);
+  const char* names[4] = {" dq", " dk", " dv", " dbias"};
+  for (size_t i = 0; i < rb.size(); ++i)
+    check_scaled(gg[i].to_doubles(), rb[i].to_doubles(), tol.grad_rel, tol.grad_rtol, w + names[i], /*floor=*/1.0);
+}
+
+}  // namespace
+
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: every mask x layout x dtype against the CPU (forward, backward)") {
+  for (const FaProblem& p0 : mask_problems())
+    for (AttentionLayout l : {AttentionLayout::bhsd, AttentionLayout::bshd})
+      for (DType dt : cuda_float_dtypes()) {
+        FaProblem p = p0;
+        p.a.layout = l;
+        cuda_mask_case(p, dt, 0.0, 0, 0, /*with_dlse=*/p.Sq == 127, /*i64_offsets=*/l == AttentionLayout::bshd);
+      }
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: dropout masks equal the CPU's under every mask kind") {
+  // f32: a different keep/drop decision would move out by O(0.1), far beyond the f32 tolerance. Offset 4k + 3
+  // puts key pairs across Philox blocks; varlen checks the packed element index.
+  for (const FaProblem& p :
+       {with_scale(window(causal(problem(1, 2, 1, 127, 129, 64), BR), 40, -1, BR)),
+        with_scale(with_bias(problem(2, 2, 2, 33, 17, 40), 1, 2)),
+        with_scale(causal(packed({30, 0, 70}, {40, 5, 70}, 2, 2, 128), BR)),
+        with_scale(window(problem(1, 2, 2, 70, 70, 256), 8, 8))})
+    for (DType dt : cuda_float_dtypes())
+      for (uint64_t offset : {uint64_t{0}, uint64_t{4 * 1001 + 3}}) cuda_mask_case(p, dt, 0.2, 4321, offset, false, false);
+}
+
+namespace {
+
+// max |x - ref|
+double max_err(const std::vector<double>& x, const std::vector<double>& ref) {
+  REQUIRE(x.size() == ref.size());
+  double e = 0;
+  for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::abs(x[i] - ref[i]));
+  return e;
+}
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double v : x) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// The naive attention on the GPU in `dt`: matmul, softmax with the mask as an additive tensor (-inf hidden, the
+// bias added), matmul, and its autodiff backward; q, k, v in the reference order (bhsd; varlen as (1, H, T, D)),
+// H == Hk. Returns out, dq, dk, dv and dmask (the bias's gradient before the broadcast sum: the sum is taken here).
+struct NaiveOut {
+  std::vector<double> out, dq, dk, dv, dbias;
+};
+NaiveOut naive_gpu(const FaProblem& p, const FaInputs& in, const Tensor& dout, DType dt) {
+  const int64_t B = p.varlen() ? 1 : p.B;
+  std::vector<double> mask(static_cast<size_t>(B * p.H * p.Sq * p.Sk), -kInf);
+  const auto bias = p.Bb > 0 ? in.bias.to_doubles() : std::vector<double>{};
+  int64_t q0 = 0, k0 = 0;
+  for (int64_t s = 0; s < (p.varlen() ? p.B : 1); ++s) {
+    const int64_t Sq = p.varlen() ? p.lens_q[static_cast<size_t>(s)] : p.Sq;
+    const int64_t Sk = p.varlen() ? p.lens_k[static_cast<size_t>(s)] : p.Sk;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t i = 0; i < Sq; ++i)
+          for (int64_t j = 0; j < Sk; ++j)
+            if (fa_visible(p.a, i, j, Sq, Sk)) {
+              const size_t bi = p.Bb > 0 ? static_cast<size_t>(
+                                               (((p.Bb == 1 ? 0 : b) * p.Hb + (p.Hb == 1 ? 0 : h)) * p.Sq + i) * p.Sk + j)
+                                         : 0;
+              mask[static_cast<size_t>(((b * p.H + h) * p.Sq + q0 + i) * p.Sk + k0 + j)] = p.Bb > 0 ? bias[bi] : 0.0;
+            }
+    q0 += Sq;
+    k0 += Sk;
+  }
+  const Shape q4{B, p.H, p.Sq, p.D}, k4{B, p.Hk, p.Sk, p.D}, m4{B, p.H, p.Sq, p.Sk};
+  Graph g;
+  const Value q = g.input("q", TensorMeta{q4, dt}, true), k = g.input("k", TensorMeta{k4, dt}, true),
+              v = g.input("v", TensorMeta{k4, dt}, true), m = g.input("m", TensorMeta{m4, dt}, true);
+  const Value out = matmul(softmax(matmul(q, k, false, true), m, p.a.scale, false), v, false, false);
+  const Value w = g.input("dout", out.meta());
+  const Gradients grads = gradients(out, w);
+  ExecutorOptions opt;
+  opt.device = Device::cuda(0);
+  opt.device_ctx = cuda_test_ctx()->shared_from_this();
+  auto store = std::make_shared<ParamStore>(g, cuda_test_ctx());
+  Executor ex(g, {out, grads.get(q), grads.get(k), grads.get(v), grads.get(m)}, grads, store, opt);
+  ex.bind(q, in.q.to(dt).view(q4));
+  ex.bind(k, in.k.to(dt).view(k4));
+  ex.bind(v, in.v.to(dt).view(k4));
+  ex.bind(m, Tensor::from_vector(mask, m4).to(dt));
+  ex.bind(w, dout.to(dt).view(q4));
+  ex.run();
+  auto host = [&](Value x) { return ex.get(x).to_host().to_doubles(); };
+  NaiveOut r{host(out), host(grads.get(q)), host(grads.get(k)), host(grads.get(v)), {}};
+  if (p.Bb > 0) {  // sum the (B, H, Sq, Sk) mask gradient over the bias's broadcast axes
+    const auto dm = host(grads.get(m));
+    r.dbias.assign(static_cast<size_t>(p.Bb * p.Hb * p.Sq * p.Sk), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t e = 0; e < p.Sq * p.Sk; ++e)
+          r.dbias[static_cast<size_t>(((p.Bb == 1 ? 0 : b) * p.Hb + (p.Hb == 1 ? 0 : h)) * p.Sq * p.Sk + e)] +=
+              dm[static_cast<size_t>((b * p.H + h) * p.Sq * p.Sk + e)];
+  }
+  return r;
+}
+
+}  // namespace
+
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: FlashAttention-3 rule, error <= 2x a naive same-precision attention's") {
+  // FlashAttention-3's acceptance test: against a float64 reference on the same (rounded) inputs, the fused
+  // kernel's largest error in out, dQ, dK, dV (and dbias) is at most twice that of the textbook attention run in
+  // the same low precision (here the composite matmul / softmax / matmul graph and its autodiff, on the same GPU),
+  // plus a rounding slack of half a unit of the dtype at the tensor's scale (2^-9 bf16, 2^-12 f16 relative: an
+  // error the output's own final rounding can give, which the naive path may happen to avoid on a lucky tensor).
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const double slack_rel = dt == DType::bf16 ? std::ldexp(1.0, -9) : std::ldexp(1.0, -12);
+    for (const FaProblem& p :
+         {with_scale(causal(problem(2, 4, 4, 127, 300, 64), BR)), with_scale(window(problem(1, 2, 2, 1000, 1000, 128), 64, 64)),
+          with_scale(with_bias(causal(problem(2, 2, 2, 100, 100, 40), TL), 1, 2)),
+          with_scale(causal(packed({100, 27, 200}, {100, 60, 200}, 2, 2, 32), BR)),
+          with_scale(problem(1, 3, 3, 17, 1000, 256))}) {
+      CAPTURE(p.name());
+      CAPTURE(dtype_name(dt));
+      const FaInputs in = make_fa_inputs(p, 77, dt);  // in.q/k/v/bias: the rounded values, as f64
+      const Tensor dout = random_tensor(in.q.shape(), 78, -1, 1, dt);  // reference order
+      const FaRef ref = fa_reference(p, in, dout.to_doubles());
+      // The kernel: forward, then the backward from its own out and lse.
+      const auto f = run_op_cuda(FlashAttentionOp(p.a), in.all);
+      std::vector<Tensor> bin{in.all[0], in.all[1], in.all[2], f[0].to_host(), dout, f[1].to_host()};
+      for (size_t i = 3; i < in.all.size(); ++i) bin.push_back(in.all[i]);
+      const auto g = run_op_cuda(FlashAttentionBackwardOp(p.a, false, p.Bb > 0), bin);
+      const NaiveOut nv = naive_gpu(p, in, dout, dt);
+      auto rule = [&](const std::vector<double>& kernel, const std::vector<double>& naive, const std::vector<double>& r,
+                      const char* what) {
+        const double ek = max_err(kernel, r), en = max_err(naive, r), slack = slack_rel * max_abs(r);
+        CHECK_MESSAGE(ek <= 2 * en + slack, what << ": kernel error " << ek << ", naive " << en << ", slack " << slack);
+      };
+      rule(f[0].to_host().to_doubles(), nv.out, ref.out, "out");
+      rule(g[0].to_host().to_doubles(), nv.dq, ref.dq, "dq");
+      rule(g[1].to_host().to_doubles(), nv.dk, ref.dk, "dk");
+      rule(g[2].to_host().to_doubles(), nv.dv, ref.dv, "dv");
+      if (p.Bb > 0) rule(g[3].to_host().to_doubles(), nv.dbias, ref.dbias, "dbias");
+    }
+  }
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: S = 32768 in bf16 keeps the allocator's peak linear in S") {
+  // B = 1, H = 2, D = 64: q, k, v, out are 8 MiB each and lse 256 KiB, while the scores of a materialised
+  // attention would be 2 x 32768^2 x 2 B = 4 GiB. The peak over the forward and the backward must stay within
+  // twice every tensor's bytes together (inputs, outputs, the Delta workspace): O(S).
+  const FaProblem p = with_scale(causal(problem(1, 2, 2, 32768, 32768, 64), TL));
+  const FaInputs in = make_fa_inputs(p, 5, DType::bf16);
+  DeviceContext* ctx = cuda_test_ctx();
+  ctx->synchronize();
+  const size_t base = ctx->memory_stats().current_bytes;
+  ctx->reset_peak();
+  const auto f = run_op_cuda(FlashAttentionOp(p.a), in.all);
+  const Tensor dout = random_tensor(in.q.shape(), 6, -1, 1, DType::bf16);
+  const auto g = run_op_cuda(FlashAttentionBackwardOp(p.a, false), {in.all[0], in.all[1], in.all[2], f[0], dout, f[1]});
+  const size_t peak = ctx->memory_stats().peak_bytes - base;
+  const size_t qkv = static_cast<size_t>(in.q.numel()) * 2;  // one (1, 2, S, 64) bf16 tensor
+  const size_t all = 3 * qkv + qkv + 2 * static_cast<size_t>(p.H * p.Sq) * 4 + qkv + 3 * qkv + qkv;  // in, out, lse, Delta, dout, grads, out again
+  CHECK_MESSAGE(peak <= 2 * all, "peak " << peak << " bytes for tensors of " << all << " bytes");
+  CHECK(peak < static_cast<size_t>(p.Sq) * static_cast<size_t>(p.Sk) / 4);  // far below S^2 bytes
+  // A few rows against float64 (the whole reference would be 2 x 32768^2 x 64 multiply-adds on the CPU).
+  const auto out = f[0].to_host().to_doubles();
+  const auto Q = in.q.to_doubles(), K = in.k.to_doubles(), V = in.v.to_doubles();
+  for (int64_t h : {int64_t{0}, int64_t{1}})
+    for (int64_t i : {int64_t{0}, int64_t{12345}, int64_t{32767}}) {
+      std::vector<double> s(static_cast<size_t>(i + 1));
+      double mx = -kInf, sum = 0;
+      for (int64_t j = 0; j <= i; ++j) {
+        double d = 0;
+        for (int64_t c = 0; c < 64; ++c)
+          d += Q[static_cast<size_t>((h * p.Sq + i) * 64 + c)] * K[static_cast<size_t>((h * p.Sk + j) * 64 + c)];
+        s[static_cast<size_t>(j)] = d * p.a.scale;
+        mx = std::max(mx, s[static_cast<size_t>(j)]);
+      }
+      for (double& x : s) sum += (x = std::exp(x - mx));
+      for (int64_t c = 0; c < 64; ++c) {
+        double o = 0;
+        for (int64_t j = 0; j <= i; ++j) o += s[static_cast<size_t>(j)] / sum * V[static_cast<size_t>((h * p.Sk + j) * 64 + c)];
+        const FaTol tol = fa_tolerance(DType::bf16);
+        const double got = out[static_cast<size_t>((h * p.Sq + i) * 64 + c)];
+        CHECK_MESSAGE(std::abs(got - o) <= tol.out_atol + tol.out_rtol * std::abs(o), "row " << i << " head " << h);
+      }
+    }
+  for (double x : g[0].to_host().to_doubles()) REQUIRE(std::isfinite(x));
+}
