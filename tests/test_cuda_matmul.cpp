@@ -326,6 +326,47 @@ XF_CUDA_TEST_CASE("cuda: gemm on operands one element off alignment with padded 
   }
 }
 
+// n off 16 bytes with 16-byte rows (ldc padded): gemm() runs the aligned columns and the tail as two GEMMs
+// (ops/cuda/matmul.cu, kSplitMinColumns). Every layout of B, with a bias and with bias + GELU saving its
+// pre-activation, against the CPU; C's padding columns are left unwritten.
+XF_CUDA_TEST_CASE("cuda: gemm with unaligned n and padded rows (aligned head + tail GEMMs) matches the CPU") {
+  const int64_t m = 65, k = 40;  // k = 40: B^T's rows (k elements) are 16-byte multiples, as the split needs
+  for (DType dt : cuda_float_dtypes()) {
+    const int64_t per16 = 16 / static_cast<int64_t>(dtype_size(dt));
+    const int64_t n = 300 + 1, ldc = (n + per16 - 1) / per16 * per16;  // 301 columns: a tail of 5 (bf16/f16) or 1 (f32)
+    for (bool tb : {false, true}) {
+      const std::string where = str_cat(" tb=", tb);
+      // B (k, n) needs a 16-byte row too (ldb = ldc), B^T (n, k) has rows of k.
+      const int64_t ldb = tb ? k : ldc;
+      const Tensor B = random_tensor(tb ? Shape{n, k} : Shape{k, ldb}, 12, -1, 1);
+      const Tensor Bv = tb ? B : B.slice(1, 0, n).contiguous();
+      const Tensor A = random_tensor({m, k}, 11, -1, 1), bias = random_tensor({n}, 13, -1, 1);
+      const Tensor dA = on_device(A, dt), dB = on_device(B, dt), dbias = on_device(bias, dt);
+      const Tensor acc = cpu(MatMulOp(false, tb), {rounded(A, dt), rounded(Bv, dt)});
+      const Tensor pre = cpu(BiasAddOp(), {acc, rounded(bias, dt)});
+      for (auto ep : {cuda::GemmEpilogue::none, cuda::GemmEpilogue::bias, cuda::GemmEpilogue::bias_gelu_tanh}) {
+        Tensor C = poisoned({m, ldc}, dt), aux = poisoned({m, ldc}, dt);
+        cuda::GemmArgs g = args_for(dt, false, tb, m, n, k, dA, dB, C);
+        g.ldb = ldb;
+        g.ldc = ldc;
+        g.epilogue = ep;
+        if (ep != cuda::GemmEpilogue::none) g.bias = dbias.raw_data();
+        if (ep == cuda::GemmEpilogue::bias_gelu_tanh) g.aux = aux.raw_data();
+        cuda::gemm(cuda_ctx(), g);
+        const std::string what = std::string("split gemm ") + cuda::gemm_epilogue_name(ep) + where;
+        const Tensor expect = ep == cuda::GemmEpilogue::none ? acc
+                              : ep == cuda::GemmEpilogue::bias ? pre
+                                                               : cpu(ActivationOp(ActivationKind::gelu_tanh), {pre});
+        check_dev(C.slice(1, 0, n), expect, dt, what);
+        if (ep == cuda::GemmEpilogue::bias_gelu_tanh) check_dev(aux.slice(1, 0, n), pre, dt, what + " aux");
+        cuda_test_ctx()->synchronize();
+        if (ldc > n)
+          for (double v : C.slice(1, n, ldc).contiguous().to_doubles()) CHECK(std::isnan(v));
+      }
+    }
+  }
+}
+
 XF_CUDA_TEST_CASE("cuda: gemm is deterministic: a repeated call (a cached plan) gives identical bits") {
   const int64_t m = 257, n = 257, k = 1000;
   for (DType dt : cuda_float_dtypes()) {

@@ -346,6 +346,9 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
   return p;
 }
 
+// Least n for the aligned-head / tail split in gemm(): below it the tail GEMM's launch is not worth it.
+constexpr int64_t kSplitMinColumns = 256;
+
 // k == 0: C = beta * C, with no epilogue: zeros (beta 0) or C unchanged (beta 1).
 //   c: (batch, m, ldc) rows of n elements
 void gemm_empty_k(CudaContext& ctx, const GemmArgs& g) {
@@ -368,6 +371,29 @@ void gemm(CudaContext& ctx, const GemmArgs& args) {
   XF_CHECK(g.a && g.b && g.c, "gemm", "null operand pointer (a=", g.a, ", b=", g.b, ", c=", g.c, ")");
   if (g.k == 0) {
     gemm_empty_k(ctx, g);
+    return;
+  }
+  // Columns that end off 16 bytes in rows that start on them (C's rows padded, as the executor writes an
+  // unread graph output: Op::writes_padded_rows): cuBLASLt's fast kernels need n itself to be a multiple of
+  // 16 bytes. Measured on the H200 (2026-11-29, tools/lab/head_gemm): the encoder's 32768 x 30522 x 384
+  // logits GEMM ran at ~210 TFLOP/s with n = 30522 whatever the padding, and at ~700 with n = 30528. So the
+  // aligned columns run as one GEMM and the few (< 8) tail columns as another. Not for bgrad_a, whose bias
+  // gradient sums whole rows of C.
+  const int64_t per16 = 16 / static_cast<int64_t>(dtype_size(g.out_dtype));  // elements of C in 16 bytes
+  const int64_t in16 = 16 / static_cast<int64_t>(dtype_size(g.dtype));
+  if (g.n % per16 != 0 && g.n >= kSplitMinColumns && g.ldc % per16 == 0 && g.ldb % in16 == 0 &&
+      g.epilogue != GemmEpilogue::bgrad_a) {
+    const int64_t n0 = g.n / per16 * per16;
+    GemmArgs head = g, tail = g;
+    head.n = n0;
+    tail.n = g.n - n0;
+    const size_t es = dtype_size(g.out_dtype), ein = dtype_size(g.dtype);
+    tail.c = static_cast<char*>(g.c) + static_cast<size_t>(n0) * es;
+    tail.b = static_cast<const char*>(g.b) + static_cast<size_t>(g.trans_b ? n0 * g.ldb : n0) * ein;
+    if (g.bias) tail.bias = static_cast<char*>(g.bias) + static_cast<size_t>(n0) * es;
+    if (g.aux) tail.aux = static_cast<char*>(g.aux) + static_cast<size_t>(n0) * es;
+    gemm(ctx, head);
+    gemm(ctx, tail);
     return;
   }
   const std::string key = plan_key(g);
