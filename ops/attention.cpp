@@ -1,9 +1,9 @@
 #include "ops/attention.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
+#include "ops/attention_backend.h"
 #include "ops/dropout.h"
 #include "ops/flash_attention.h"
 #include "ops/matmul.h"
@@ -30,9 +30,9 @@ Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const 
   Graph& g = *q.graph;
   // Fused, memory-efficient attention (ops/flash_attention.h) for (B, H, S, D) heads without an additive
   // mask: O(S) memory instead of the (B, H, Sq, Sk) scores and probabilities, the same dropout stream.
-  // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging).
-  const char* backend = std::getenv("XF_ATTENTION_BACKEND");
-  const bool composite_only = backend && std::string(backend) == "composite";
+  // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging); its other values pick the
+  // fused op's kernels (ops/attention_backend.h) and are checked here, before anything runs.
+  const bool composite_only = attention_backend_from_env() == AttentionBackendRequest::composite;
   if (!composite_only && !mask.defined() && q.rank() == 4 && v.dim(-1) == q.dim(-1) && q.dim(-1) <= 256)
     return flash_attention(q, k, v, scale, o.causal, o.dropout, name.empty() ? "attention" : name).out;
   auto s = g.scope(name.empty() ? "attention" : name);
