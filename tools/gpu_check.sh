@@ -2,14 +2,16 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch (default: all but sanitize)
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn (default: all but sanitize)
+# attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
+# FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench torch)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench torch attn)
 BUILD=${XF_GPU_BUILD_DIR:-build-gpu}
 SUMMARY="$OUT/summary.md"
 : >"$SUMMARY"
@@ -24,8 +26,11 @@ if has build; then
   GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
-     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
+       -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
+    # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
+    grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
   else
     note "build: FAILED ($(( $(date +%s) - t )) s); last lines:"
     grep -E "error|FAILED" "$OUT/build.log" | head -60 | tee -a "$SUMMARY"
@@ -64,6 +69,20 @@ if has torch; then
   PYTHONUNBUFFERED=1 python3 tools/bench_gpu_torch.py --out "$OUT/bench_torch.json" >"$OUT/torch.log" 2>&1
   note "bench (PyTorch, same run): rc=$? ($(( $(date +%s) - t )) s)"
   tail -8 "$OUT/torch.log" | tee -a "$SUMMARY"
+fi
+
+if has attn; then
+  t=$(date +%s)
+  "$BUILD/xfrun_bench_attention" --out "$OUT/attn_xfrun.json" >"$OUT/attn.log" 2>&1
+  note "attention bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
+  t=$(date +%s)
+  PYTHONUNBUFFERED=1 python3 tools/bench_attention_torch.py --out "$OUT/attn_torch.json" >"$OUT/attn_torch.log" 2>&1
+  note "attention bench (PyTorch SDPA, same run): rc=$? ($(( $(date +%s) - t )) s)"
+  if [ -f "$OUT/attn_xfrun.json" ] && [ -f "$OUT/attn_torch.json" ]; then
+    python3 tools/bench_attention_report.py "$OUT/attn_xfrun.json" "$OUT/attn_torch.json" | tee -a "$SUMMARY"
+  else
+    tail -n 5 "$OUT/attn.log" "$OUT/attn_torch.log" | tee -a "$SUMMARY"
+  fi
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then
