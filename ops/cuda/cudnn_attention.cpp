@@ -86,6 +86,7 @@ class DeviceGuard {
 // executing take `mu`.
 struct CudnnState {
   cudnnHandle_t handle = nullptr;
+  std::string failure;  // why no handle could be made (cached: cuDNN is then unsupported in this context)
   std::mutex mu;
   std::atomic<int64_t> graphs_built{0}, graphs_unsupported{0};
   CudnnState() = default;
@@ -96,6 +97,8 @@ struct CudnnState {
   }
 };
 
+// The context's state. A handle cuDNN cannot make (a missing sub-library, no usable device) is not an error here:
+// the state records why, and every call then runs natively (or fails naming it when cuDNN was forced).
 std::shared_ptr<CudnnState> state_of(CudaContext& ctx) {
   return ctx.plan<CudnnState>("cudnn/state", [&] {
     auto s = std::make_shared<CudnnState>();
@@ -103,11 +106,15 @@ std::shared_ptr<CudnnState> state_of(CudaContext& ctx) {
     const cudnnStatus_t st = cudnnCreate(&s->handle);
     if (st != CUDNN_STATUS_SUCCESS) {
       s->handle = nullptr;
-      throw Error("flash_attention", str_cat("cudnnCreate failed: ", cudnnGetErrorString(st)));
+      s->failure = str_cat("cudnnCreate failed: ", cudnnGetErrorString(st));
+      return s;
     }
     const cudnnStatus_t ss = cudnnSetStream(s->handle, ctx.stream());
-    if (ss != CUDNN_STATUS_SUCCESS)
-      throw Error("flash_attention", str_cat("cudnnSetStream failed: ", cudnnGetErrorString(ss)));
+    if (ss != CUDNN_STATUS_SUCCESS) {
+      cudnnDestroy(s->handle);
+      s->handle = nullptr;
+      s->failure = str_cat("cudnnSetStream failed: ", cudnnGetErrorString(ss));
+    }
     return s;
   });
 }
@@ -244,6 +251,10 @@ std::shared_ptr<SdpaPlan> make_plan(CudaContext& ctx, const std::shared_ptr<Cudn
                                     bool backward) {
   auto p = std::make_shared<SdpaPlan>();
   p->state = st;
+  if (!st->failure.empty()) {
+    p->unsupported = st->failure;
+    return p;
+  }
   DeviceGuard guard(ctx.device().index);
   std::lock_guard<std::mutex> lock(st->mu);
   st->graphs_built.fetch_add(1);
