@@ -208,12 +208,23 @@ TEST_CASE("attention backend: the info list names every backend, with a reason f
 
 #ifdef XF_WITH_CUDA
 
-TEST_CASE("attention backend: the native kernels' limits and the cuDNN form of a call (no GPU needed)") {
+namespace {
+
+// The launchers' arguments of a packed (B, H, S, D) call: the one place the tests build them.
+cuda::FlashAttentionArgs fa_args(DType dt, int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk, int64_t D,
+                                 double scale, bool causal) {
   cuda::FlashAttentionArgs a;
-  a.dtype = DType::bf16;
-  a.B = 2, a.H = 8, a.Hk = 2, a.Sq = 100, a.Sk = 300, a.D = 64;
-  a.scale = 0.125;
-  a.causal = true;
+  a.dtype = dt;
+  a.B = B, a.H = H, a.Hk = Hk, a.Sq = Sq, a.Sk = Sk, a.D = D;
+  a.scale = scale;
+  a.causal = causal;
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("attention backend: the native kernels' limits and the cuDNN form of a call (no GPU needed)") {
+  const cuda::FlashAttentionArgs a = fa_args(DType::bf16, 2, 8, 2, 100, 300, 64, 0.125, true);
   CHECK(cuda::native_attention_support(a).ok);
   auto bad = a;
   bad.D = 300;
@@ -343,7 +354,9 @@ std::vector<double> last_rows(const Tensor& x, int64_t rows) {  // (B, H, S, ...
   return x.slice(2, x.shape()[2] - rows, x.shape()[2]).contiguous().to_doubles();
 }
 
-Oracle oracle(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, double scale) {
+// The backward runs from out rounded to `dt` (the out the GPU backward reads), so only the kernels differ.
+Oracle oracle(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, double scale,
+              DType dt) {
   const bool br = c.causal == cuda::CausalAlign::bottom_right && c.Sq < c.Sk;
   const int64_t pad = br ? c.Sk - c.Sq : 0;
   const bool causal = c.causal != cuda::CausalAlign::none;
@@ -354,7 +367,8 @@ Oracle oracle(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, 
     doutf.slice(2, pad, c.Sk).copy_from(dout);
   }
   const auto f = run_op(FlashAttentionOp(scale, causal, 0.0), {qf, k, v}, &test_pool());
-  const auto g = run_op(FlashAttentionBackwardOp(scale, causal, 0.0, false), {qf, k, v, f[0], doutf, f[1]},
+  const Tensor out_rounded = as_dtype(as_dtype(f[0], dt), DType::f32);
+  const auto g = run_op(FlashAttentionBackwardOp(scale, causal, 0.0, false), {qf, k, v, out_rounded, doutf, f[1]},
                         &test_pool());
   Oracle o;
   o.out = br ? last_rows(f[0], c.Sq) : f[0].to_doubles();
@@ -393,27 +407,27 @@ void cudnn_case(const Case& c, DType dt, bool bshd, bool required) {
   };
   const Tensor q = rounded({c.B, c.H, c.Sq, c.D}, seed, 1.5), k = rounded({c.B, c.Hk, c.Sk, c.D}, seed + 1, 1.5);
   const Tensor v = rounded({c.B, c.Hk, c.Sk, c.D}, seed + 2, 1.5), dout = rounded({c.B, c.H, c.Sq, c.D}, seed + 3, 1);
-  const Oracle ref = oracle(c, q, k, v, dout, scale);
+  const Oracle ref = oracle(c, q, k, v, dout, scale, dt);
   const CudnnTol tol = cudnn_tol(dt);
 
-  const Tensor dq_ = to_layout_device(q, bshd, dt), dk_ = to_layout_device(k, bshd, dt);
-  const Tensor dv_ = to_layout_device(v, bshd, dt), ddout = to_layout_device(dout, bshd, dt);
+  const Tensor in_q = to_layout_device(q, bshd, dt), in_k = to_layout_device(k, bshd, dt);
+  const Tensor in_v = to_layout_device(v, bshd, dt), in_dout = to_layout_device(dout, bshd, dt);
   Tensor out = poisoned(c.B, c.H, c.Sq, c.D, bshd, dt), lse = poisoned_lse(c.B, c.H, c.Sq);
-  cuda::cudnn_sdpa_forward(cctx(), a, dq_.raw_data(), dk_.raw_data(), dv_.raw_data(), out.raw_data(),
+  cuda::cudnn_sdpa_forward(cctx(), a, in_q.raw_data(), in_k.raw_data(), in_v.raw_data(), out.raw_data(),
                            lse.data<float>());
   cuda_test_ctx()->synchronize();
   check_close(from_layout(out, bshd), ref.out, tol.out_atol, tol.out_rtol, w + " out");
   check_close(lse.to_host().to_doubles(), ref.lse, tol.lse_atol, 0.0, w + " lse");
 
-  // The backward from the oracle's out (rounded to dt) and lse: cuDNN takes our lse.
-  Tensor ref_out = Tensor::from_vector(std::vector<float>(ref.out.begin(), ref.out.end()), {c.B, c.H, c.Sq, c.D});
-  const Tensor dout_ = to_layout_device(ref_out, bshd, dt);
-  const Tensor lse_in =
+  // The backward from the oracle's out (rounded to dt, as the oracle's backward had it) and lse: cuDNN takes our lse.
+  const Tensor ref_out = Tensor::from_vector(std::vector<float>(ref.out.begin(), ref.out.end()), {c.B, c.H, c.Sq, c.D});
+  const Tensor in_out = to_layout_device(ref_out, bshd, dt);
+  const Tensor in_lse =
       Tensor::from_vector(std::vector<float>(ref.lse.begin(), ref.lse.end()), {c.B, c.H, c.Sq}).to_device(cuda_test_ctx());
   Tensor gq = poisoned(c.B, c.H, c.Sq, c.D, bshd, dt), gk = poisoned(c.B, c.Hk, c.Sk, c.D, bshd, dt);
   Tensor gv = poisoned(c.B, c.Hk, c.Sk, c.D, bshd, dt);
-  cuda::cudnn_sdpa_backward(cctx(), a, dq_.raw_data(), dk_.raw_data(), dv_.raw_data(), dout_.raw_data(),
-                            ddout.raw_data(), lse_in.data<float>(), gq.raw_data(), gk.raw_data(), gv.raw_data());
+  cuda::cudnn_sdpa_backward(cctx(), a, in_q.raw_data(), in_k.raw_data(), in_v.raw_data(), in_out.raw_data(),
+                            in_dout.raw_data(), in_lse.data<float>(), gq.raw_data(), gk.raw_data(), gv.raw_data());
   cuda_test_ctx()->synchronize();
   check_scaled(from_layout(gq, bshd), ref.dq, tol.grad_rel, tol.grad_rtol, w + " dq");
   check_scaled(from_layout(gk, bshd), ref.dk, tol.grad_rel, tol.grad_rtol, w + " dk");
@@ -428,21 +442,24 @@ XF_CUDA_TEST_CASE("cudnn attention: forward and backward against the CPU (bf16, 
   // S = 1, 17, 127, 257, 1000; Sq != Sk both ways; GQA (H/Hk = 2, 4) and MQA; causal top-left (with Sq > Sk every
   // row still sees key 0) and bottom-right.
   const std::vector<Case> cases = {
-      {2, 4, 4, 17, 17, 64, CA::top_left},      {1, 4, 2, 127, 127, 128, CA::none},
-      {1, 8, 1, 257, 257, 64, CA::top_left},    {1, 2, 2, 1000, 1000, 128, CA::top_left},
-      {2, 4, 1, 127, 257, 64, CA::none},        {1, 4, 2, 257, 127, 128, CA::top_left},
-      {1, 2, 2, 1, 127, 64, CA::none},          {1, 2, 2, 1000, 17, 64, CA::none},
-      {1, 4, 2, 127, 1000, 128, CA::bottom_right}, {1, 2, 1, 257, 257, 64, CA::bottom_right}};
+      {2, 4, 4, 17, 17, 64, CA::top_left},   {1, 4, 2, 127, 127, 128, CA::none},
+      {1, 8, 1, 257, 257, 64, CA::top_left}, {1, 2, 2, 1000, 1000, 128, CA::top_left},
+      {2, 4, 1, 127, 257, 64, CA::none},     {1, 4, 2, 257, 127, 128, CA::top_left},
+      {1, 2, 2, 1000, 17, 64, CA::none},     {1, 2, 2, 17, 1000, 128, CA::top_left}};
   for (const Case& c : cases)
     for (DType dt : {DType::bf16, DType::f16})
       for (bool bshd : {false, true}) cudnn_case(c, dt, bshd, /*required=*/true);
 }
 
-XF_CUDA_TEST_CASE("cudnn attention: other head dims run correctly or are refused with a reason") {
-  // D = 8, 40, 80, 256: cuDNN's support depends on its version and the GPU; what it accepts must be right.
+XF_CUDA_TEST_CASE("cudnn attention: other head dims, one query, bottom-right masks: right, or refused with a reason") {
+  // cuDNN's support for these depends on its version and the GPU (the dispatcher sends a refused shape to the
+  // native kernel); what it accepts must be right.
   for (const Case& c : {Case{1, 2, 2, 127, 127, 8, CA::top_left}, Case{1, 2, 1, 65, 129, 40, CA::none},
-                        Case{2, 2, 2, 33, 33, 80, CA::top_left}, Case{1, 2, 2, 129, 129, 256, CA::none}})
-    for (DType dt : {DType::bf16, DType::f16}) cudnn_case(c, dt, false, /*required=*/false);
+                        Case{2, 2, 2, 33, 33, 80, CA::top_left}, Case{1, 2, 2, 129, 129, 256, CA::none},
+                        Case{1, 2, 2, 1, 127, 64, CA::none}, Case{2, 4, 2, 1, 1000, 128, CA::bottom_right},
+                        Case{1, 4, 2, 127, 1000, 128, CA::bottom_right}, Case{1, 2, 1, 257, 257, 64, CA::bottom_right}})
+    for (DType dt : {DType::bf16, DType::f16})
+      for (bool bshd : {false, true}) cudnn_case(c, dt, bshd, /*required=*/false);
 }
 
 XF_CUDA_TEST_CASE("cudnn attention: its lse equals the native kernel's, and a native backward of its forward is right") {
@@ -450,11 +467,7 @@ XF_CUDA_TEST_CASE("cudnn attention: its lse equals the native kernel's, and a na
     for (DType dt : {DType::bf16, DType::f16}) {
       const std::string w = case_name(c, false, dt);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-      cuda::FlashAttentionArgs fa;
-      fa.dtype = dt;
-      fa.B = c.B, fa.H = c.H, fa.Hk = c.Hk, fa.Sq = c.Sq, fa.Sk = c.Sk, fa.D = c.D;
-      fa.scale = scale;
-      fa.causal = c.causal == CA::top_left;
+      const cuda::FlashAttentionArgs fa = fa_args(dt, c.B, c.H, c.Hk, c.Sq, c.Sk, c.D, scale, c.causal == CA::top_left);
       const Tensor q = random_tensor({c.B, c.H, c.Sq, c.D}, 5, -1.5, 1.5, dt).to_device(cuda_test_ctx());
       const Tensor k = random_tensor({c.B, c.Hk, c.Sk, c.D}, 6, -1.5, 1.5, dt).to_device(cuda_test_ctx());
       const Tensor v = random_tensor({c.B, c.Hk, c.Sk, c.D}, 7, -1.5, 1.5, dt).to_device(cuda_test_ctx());
@@ -496,11 +509,7 @@ XF_CUDA_TEST_CASE("cudnn attention: its lse equals the native kernel's, and a na
 
 XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that cannot run a call") {
   using R = AttentionBackendRequest;
-  cuda::FlashAttentionArgs a;
-  a.dtype = DType::bf16;
-  a.B = 2, a.H = 4, a.Hk = 2, a.Sq = 128, a.Sk = 128, a.D = 64;
-  a.scale = 0.125;
-  a.causal = true;
+  const cuda::FlashAttentionArgs a = fa_args(DType::bf16, 2, 4, 2, 128, 128, 64, 0.125, true);
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, false) == AttentionBackend::cudnn);
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, true) == AttentionBackend::cudnn);
   CHECK(cuda::attention_backend_for(cctx(), R::native, a, false) == AttentionBackend::native);
@@ -552,15 +561,11 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
 
 XF_CUDA_TEST_CASE("attention dispatch: the entry points under auto give the CPU's results (forward and backward)") {
   const int64_t B = 1, H = 4, Hk = 2, S = 200, D = 64;
-  cuda::FlashAttentionArgs a;
-  a.dtype = DType::bf16;
-  a.B = B, a.H = H, a.Hk = Hk, a.Sq = S, a.Sk = S, a.D = D;
-  a.scale = 0.125;
-  a.causal = true;
+  const cuda::FlashAttentionArgs a = fa_args(DType::bf16, B, H, Hk, S, S, D, 0.125, true);
   ScopedEnv env("XF_ATTENTION_BACKEND", "auto");
   const auto r = [&](Shape s, uint64_t seed) { return as_dtype(as_dtype(random_tensor(s, seed, -1.5, 1.5), a.dtype), DType::f32); };
   const Tensor q = r({B, H, S, D}, 1), k = r({B, Hk, S, D}, 2), v = r({B, Hk, S, D}, 3), dout = r({B, H, S, D}, 4);
-  const Oracle ref = oracle({B, H, Hk, S, S, D, CA::top_left}, q, k, v, dout, a.scale);
+  const Oracle ref = oracle({B, H, Hk, S, S, D, CA::top_left}, q, k, v, dout, a.scale, a.dtype);
   const Tensor gq = to_layout_device(q, false, a.dtype), gk = to_layout_device(k, false, a.dtype);
   const Tensor gv = to_layout_device(v, false, a.dtype), gd = to_layout_device(dout, false, a.dtype);
   Tensor out = poisoned(B, H, S, D, false, a.dtype), lse = poisoned_lse(B, H, S);
@@ -673,7 +678,7 @@ XF_CUDA_TEST_CASE("cudnn attention: the non-deterministic backward (atomic dq) i
   const Tensor k = as_dtype(as_dtype(random_tensor({2, 2, 257, 64}, 22, -1.5, 1.5), DType::bf16), DType::f32);
   const Tensor v = as_dtype(as_dtype(random_tensor({2, 2, 257, 64}, 23, -1.5, 1.5), DType::bf16), DType::f32);
   const Tensor dout = as_dtype(as_dtype(random_tensor({2, 4, 257, 64}, 24, -1, 1), DType::bf16), DType::f32);
-  const Oracle ref = oracle(c, q, k, v, dout, 0.1);
+  const Oracle ref = oracle(c, q, k, v, dout, 0.1, DType::bf16);
   const Tensor ref_out = Tensor::from_vector(std::vector<float>(ref.out.begin(), ref.out.end()), {2, 4, 257, 64});
   const Tensor lse = Tensor::from_vector(std::vector<float>(ref.lse.begin(), ref.lse.end()), {2, 4, 257}).to_device(cuda_test_ctx());
   const Tensor gq = to_layout_device(q, true, DType::bf16), gk = to_layout_device(k, true, DType::bf16);
