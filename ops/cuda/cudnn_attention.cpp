@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -258,21 +259,28 @@ std::shared_ptr<SdpaPlan> make_plan(CudaContext& ctx, const std::shared_ptr<Cudn
   DeviceGuard guard(ctx.device().index);
   std::lock_guard<std::mutex> lock(st->mu);
   st->graphs_built.fetch_add(1);
+  // One attempt: the graph made and finalized, or the reason it could not be.
+  const auto attempt = [&](const std::function<std::shared_ptr<fe::graph::Graph>()>& make) {
+    p->workspace = 0;
+    try {
+      p->graph = make();
+    } catch (const std::exception& e) {
+      p->graph.reset();
+      return std::string("building the graph: ") + e.what();
+    }
+    return finalize(*p->graph, st->handle, p->workspace);
+  };
   if (backward) {
-    p->graph = backward_graph(a);
-    p->unsupported = finalize(*p->graph, st->handle, p->workspace);
+    p->unsupported = attempt([&] { return backward_graph(a); });
     p->engine = str_cat("sdpa_backward, ", a.deterministic ? "deterministic" : "atomic dq", ", heuristic mode A");
   } else {
     // AUTO lets the frontend pick its unified or composite SDPA node; a cuDNN older than the unified node's
     // needs may still accept the composite one, so that is tried when AUTO is refused.
-    p->graph = forward_graph(a, fe::AttentionImplementation_t::AUTO);
-    p->unsupported = finalize(*p->graph, st->handle, p->workspace);
+    p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::AUTO); });
     p->engine = "sdpa, implementation auto, heuristic mode A";
     if (!p->unsupported.empty()) {
       const std::string auto_reason = p->unsupported;
-      p->workspace = 0;
-      p->graph = forward_graph(a, fe::AttentionImplementation_t::COMPOSITE);
-      p->unsupported = finalize(*p->graph, st->handle, p->workspace);
+      p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::COMPOSITE); });
       p->engine = "sdpa, implementation composite (auto refused), heuristic mode A";
       if (!p->unsupported.empty())
         p->unsupported = str_cat("implementation auto: ", auto_reason, "; composite: ", p->unsupported);
