@@ -1,9 +1,9 @@
 #include "ops/attention.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
+#include "ops/attention_backend.h"
 #include "ops/dropout.h"
 #include "ops/flash_attention.h"
 #include "ops/matmul.h"
@@ -51,9 +51,9 @@ Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const 
   const bool windowed = o.window_left >= 0 || o.window_right >= 0;
   // Fused, memory-efficient attention (ops/flash_attention.h) for rank-4 heads: O(S) memory instead of the
   // (B, H, Sq, Sk) scores and probabilities, the same dropout stream; a mask of a bias's shape is its bias.
-  // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging).
-  const char* backend = std::getenv("XF_ATTENTION_BACKEND");
-  const bool composite_only = backend && std::string(backend) == "composite";
+  // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging); its other values pick the
+  // fused op's kernels (ops/attention_backend.h) and are checked here, before anything runs.
+  const bool composite_only = attention_backend_from_env() == AttentionBackendRequest::composite;
   const int64_t H = q.dim(bshd ? 2 : 1), B = q.dim(0);
   const bool bias_mask = mask.defined() && q.rank() == 4 && mask.rank() == 4 && mask.dtype() == q.dtype() &&
                          (mask.dim(0) == 1 || mask.dim(0) == B) && (mask.dim(1) == 1 || mask.dim(1) == H) &&

@@ -21,6 +21,7 @@
 #include "factory/config.h"
 #include "factory/registry.h"
 #include "factory/trainer.h"
+#include "runtime/device_context.h"
 #include "runtime/logging.h"
 
 #ifdef XF_CLI_PATH
@@ -246,9 +247,21 @@ TEST_CASE("cli info, usage errors and help") {
   CHECK(contains(i.out, "cpu flash_attention (query blocks through sgemm, f64 oracle; bhsd/bshd; causal "
                         "top_left/bottom_right, sliding window, bias (+ grad), packed varlen): available"));
   CHECK(contains(i.out, "cpu composite (matmul + softmax + matmul; causal top_left, additive masks, no window)"));
-  CHECK(contains(i.out, "cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, exact "
-                        "32/64/128/256; bhsd/bshd"));  // available, or unavailable with the reason
-  CHECK(contains(i.out, "cudnn fused attention: unavailable"));
+  CHECK(contains(i.out, "cuda flash_attention, native (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, "
+                        "exact 32/64/128/256; bhsd/bshd"));  // available, or unavailable with the reason
+  CHECK(contains(i.out, "XF_ATTENTION_BACKEND="));
+  // The cuDNN line: how this build configured it, and the cuDNN loaded now (or why it is unavailable).
+  const size_t at = i.out.find("  cudnn fused attention");
+  REQUIRE(at != std::string::npos);
+  const std::string cudnn_line = i.out.substr(at, i.out.find('\n', at) - at);
+  CHECK_MESSAGE((contains(cudnn_line, ": available (") || contains(cudnn_line, ": unavailable (")), cudnn_line);
+#ifdef XF_HAVE_CUDNN_ATTENTION
+  CHECK_MESSAGE(contains(cudnn_line, "built against cuDNN frontend "), cudnn_line);
+  CHECK_MESSAGE(contains(cudnn_line, ", runtime cuDNN "), cudnn_line);
+  CHECK_MESSAGE(contains(cudnn_line, cuda_device_count() > 0 ? ": available (" : ": unavailable ("), cudnn_line);
+#else
+  CHECK_MESSAGE(contains(cudnn_line, ": unavailable (not built: "), cudnn_line);
+#endif
   CHECK(xfrun({"frobnicate"}).rc == 2);
   CHECK(xfrun({}).rc == 2);
   CHECK(xfrun({"validate", "--config"}).rc == 2);

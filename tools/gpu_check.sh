@@ -2,7 +2,11 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch lab (default: build test bench torch)
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab
+#   (default: build test bench torch attn)
+# attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
+# FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time).
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
@@ -11,7 +15,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench torch)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build test bench torch attn)
 BUILD=${XF_GPU_BUILD_DIR:-build-gpu}
 SUMMARY="$OUT/summary.md"
 : >"$SUMMARY"
@@ -26,8 +30,11 @@ if has build; then
   GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
-     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_lab_head_gemm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+     cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
+       xfrun_lab_head_gemm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
+    # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
+    grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
   else
     note "build: FAILED ($(( $(date +%s) - t )) s); last lines:"
     grep -E "error|FAILED" "$OUT/build.log" | head -60 | tee -a "$SUMMARY"
@@ -75,6 +82,20 @@ if has torch; then
     --sections $(echo "${XF_BENCH_SECTIONS:-gpt2,encoder}" | tr ',' ' ') >"$OUT/torch.log" 2>&1
   note "bench (PyTorch, same run): rc=$? ($(( $(date +%s) - t )) s)"
   grep -E "^torch" "$OUT/torch.log" | tee -a "$SUMMARY"
+fi
+
+if has attn; then
+  t=$(date +%s)
+  "$BUILD/xfrun_bench_attention" --out "$OUT/attn_xfrun.json" >"$OUT/attn.log" 2>&1
+  note "attention bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
+  t=$(date +%s)
+  PYTHONUNBUFFERED=1 python3 tools/bench_attention_torch.py --out "$OUT/attn_torch.json" >"$OUT/attn_torch.log" 2>&1
+  note "attention bench (PyTorch SDPA, same run): rc=$? ($(( $(date +%s) - t )) s)"
+  if [ -f "$OUT/attn_xfrun.json" ] && [ -f "$OUT/attn_torch.json" ]; then
+    python3 tools/bench_attention_report.py "$OUT/attn_xfrun.json" "$OUT/attn_torch.json" | tee -a "$SUMMARY"
+  else
+    tail -n 5 "$OUT/attn.log" "$OUT/attn_torch.log" | tee -a "$SUMMARY"
+  fi
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then

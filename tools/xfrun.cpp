@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +15,7 @@
 
 #include "factory/config.h"
 #include "factory/predictor.h"
+#include "ops/attention_backend.h"
 #include "ops/grad.h"
 #include "runtime/executor.h"
 #include "factory/registry.h"
@@ -112,24 +114,21 @@ void print_info() {
     for (const auto& op : ops) std::cout << " " << op;
     std::cout << "\n";
   }
-  const KernelRegistry& reg = KernelRegistry::builtin();
-  auto cuda_status = [&](bool kernels) {
-    return !cuda_built ? std::string("unavailable (no CUDA backend in this build)")
-           : !kernels  ? std::string("unavailable (kernels missing)")
-           : gpus == 0 ? "unavailable (" + cuda_unavailable_reason() + ")"
-                       : std::string("available");
-  };
-  // The masks both flash_attention backends take (ops/flash_attention.h, docs/attention.md).
-  const char* fa_masks = "bhsd/bshd; causal top_left/bottom_right, sliding window, bias (+ grad), packed varlen";
-  std::cout << "attention backends (scaled_dot_product picks the fused op for rank-4 heads with no mask or a "
-               "(1|B, 1|H, Sq, Sk) bias; XF_ATTENTION_BACKEND=composite keeps the composite):\n"
-            << "  cpu flash_attention (query blocks through sgemm, f64 oracle; " << fa_masks << "): available\n"
-            << "  cpu composite (matmul + softmax + matmul; causal top_left, additive masks, no window): available\n"
-            << "  cuda flash_attention (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, exact 32/64/128/256; "
-            << fa_masks << "): " << cuda_status(reg.find("flash_attention", Device::Kind::cuda) != nullptr) << "\n"
-            << "  cuda composite (cuBLASLt + softmax kernels; causal top_left, additive masks, no window): "
-            << cuda_status(reg.find("matmul", Device::Kind::cuda) && reg.find("softmax", Device::Kind::cuda)) << "\n"
-            << "  cudnn fused attention: unavailable (not built: the dispatcher to cuDNN is not written yet)\n";
+  // As xFormers' `python -m xformers.info`: every attention backend, available or not and why.
+  std::string request;
+  try {
+    request = attention_backend_request_name(attention_backend_from_env());
+  } catch (const Error&) {
+    request = str_cat("'", std::getenv("XF_ATTENTION_BACKEND"), "', invalid: known are auto, native, cudnn, composite");
+  }
+  std::cout << "attention backends (XF_ATTENTION_BACKEND=" << request
+            << "; scaled_dot_product picks the fused flash_attention op for unmasked (B, H, S, D) heads, and on a GPU "
+               "auto runs it on cuDNN where cuDNN can, else natively; composite keeps the composite):\n";
+  for (const AttentionBackendInfo& b : attention_backends_info()) {
+    std::cout << "  " << b.name << ": " << (b.available ? "available" : "unavailable");
+    if (!b.detail.empty()) std::cout << " (" << b.detail << ")";
+    std::cout << "\n";
+  }
 }
 
 // Writes every path field of `node` (validated against `s`) as an absolute path: a relative path means

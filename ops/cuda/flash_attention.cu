@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/cuda/attention_dispatch.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/reduce.cuh"
 #include "ops/cuda/flash_attention_launch.h"
@@ -154,9 +155,9 @@ FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<T
 void forward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                        const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
-  launch_flash_attention_forward(args_of(op.a, in, op.a.bias_input(), op.a.cu_input(), ctx), in[0].raw_data(),
-                                 in[1].raw_data(), in[2].raw_data(), out[0].raw_data(),
-                                 static_cast<float*>(out[1].raw_data()), stream_of(ctx));
+  // The dispatcher (ops/cuda/attention_dispatch.h) runs it on cuDNN or on the native kernels.
+  attention_forward(context_of(ctx), args_of(op.a, in, op.a.bias_input(), op.a.cu_input(), ctx), in[0].raw_data(),
+                    in[1].raw_data(), in[2].raw_data(), out[0].raw_data(), static_cast<float*>(out[1].raw_data()));
 }
 
 // in: q, k, v, out, dout, lse, [dlse], [bias], [offsets]; out: dq (q's shape), dk, dv (k's shape), [dbias]
@@ -164,15 +165,10 @@ void backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vect
                         const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
   const FlashAttentionArgs a = args_of(op.a, in, op.bias_input(), op.cu_input(), ctx);
-  CudaContext& cc = context_of(ctx);
-  const size_t ws_bytes = flash_attention_backward_workspace_bytes(a);
-  // Stream-ordered: freed back to the pool after the kernels queued before the free (runtime/device_context.h).
-  const std::shared_ptr<void> ws = ws_bytes > 0 ? cc.allocate(ws_bytes) : nullptr;
-  launch_flash_attention_backward(a, in[0].raw_data(), in[1].raw_data(), in[2].raw_data(), in[3].raw_data(),
-                                  in[4].raw_data(), static_cast<const float*>(in[5].raw_data()),
-                                  op.has_dlse ? static_cast<const float*>(in[6].raw_data()) : nullptr,
-                                  out[0].raw_data(), out[1].raw_data(), out[2].raw_data(),
-                                  op.bias_grad ? out[3].raw_data() : nullptr, ws.get(), cc.stream());
+  attention_backward(context_of(ctx), a, in[0].raw_data(), in[1].raw_data(), in[2].raw_data(), in[3].raw_data(),
+                     in[4].raw_data(), static_cast<const float*>(in[5].raw_data()),
+                     op.has_dlse ? static_cast<const float*>(in[6].raw_data()) : nullptr, out[0].raw_data(),
+                     out[1].raw_data(), out[2].raw_data(), op.bias_grad ? out[3].raw_data() : nullptr);
 }
 
 }  // namespace

@@ -76,6 +76,8 @@ CudaContext::CudaContext(int device) : device_(device) {
 CudaContext::~CudaContext() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  // Plans may hold library handles bound to the stream (cuDNN's): released while the stream still exists.
+  plans_.clear();
   if (workspace_) cudaFree(workspace_);
   if (lt_) cublasLtDestroy(lt_);
   if (stream_) cudaStreamDestroy(stream_);

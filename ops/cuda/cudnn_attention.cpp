@@ -1,0 +1,399 @@
+// cuDNN fused attention (ops/cuda/cudnn_attention.h) through the cuDNN frontend's graph API. The frontend is
+// header-only and heavy to compile: it is included by this file alone, with its JSON serialisation compiled
+// out (CUDNN_FRONTEND_SKIP_JSON_LIB, set by CMake for this source).
+#include "ops/cuda/cudnn_attention.h"
+
+#include <cudnn.h>
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <cudnn_frontend.h>
+#include <cudnn_frontend_version.h>
+
+#include "runtime/cuda/context.h"
+#include "runtime/error.h"
+
+namespace fe = cudnn_frontend;
+
+namespace xfr::cuda {
+
+AttentionStrides bhsd_strides(int64_t H, int64_t S, int64_t D) { return {H * S * D, S * D, D}; }
+AttentionStrides bshd_strides(int64_t H, int64_t S, int64_t D) { return {S * H * D, D, H * D}; }
+
+int cudnn_runtime_version() { return static_cast<int>(cudnnGetVersion()); }
+int cudnn_compiled_version() { return CUDNN_VERSION; }
+
+std::string cudnn_version_string(int v) {
+  // cuDNN 9 numbers its versions major * 10000 + minor * 100 + patch (91400 is 9.14.0).
+  return str_cat(v / 10000, ".", (v % 10000) / 100, ".", v % 100);
+}
+
+std::string cudnn_frontend_version() {
+  return str_cat(CUDNN_FRONTEND_MAJOR_VERSION, ".", CUDNN_FRONTEND_MINOR_VERSION, ".", CUDNN_FRONTEND_PATCH_VERSION);
+}
+
+std::string cudnn_runtime_problem() {
+  const int rt = cudnn_runtime_version(), ct = cudnn_compiled_version();
+  // The backend API is stable within a major version (cuDNN's compatibility rule); the frontend gates newer
+  // features on the loaded version itself.
+  if (rt / 10000 != ct / 10000)
+    return str_cat("the loaded cuDNN ", cudnn_version_string(rt), " is not of major version ", ct / 10000,
+                   " (compiled against ", cudnn_version_string(ct), ")");
+  if (rt < 90000) return str_cat("cuDNN ", cudnn_version_string(rt), " is older than 9.0");
+  return {};
+}
+
+namespace {
+
+// UIDs of the graphs' user tensors: the variant pack names tensors by these.
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
+
+// Sets the current device for a scope and restores the caller's (the frontend queries the current device
+// for the architecture; cuDNN works on it).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&prev_) != cudaSuccess) {
+      cudaGetLastError();
+      prev_ = -1;
+    }
+    if (prev_ != device) set_ = cudaSetDevice(device) == cudaSuccess;
+  }
+  ~DeviceGuard() {
+    if (set_ && prev_ >= 0) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+  bool set_ = false;
+};
+
+// One per CudaContext (in its plan cache): the cuDNN handle, bound to the context's stream, and the plan
+// statistics. A cuDNN handle may be used by one thread at a time (cuDNN's thread-safety rule): building and
+// executing take `mu`.
+struct CudnnState {
+  cudnnHandle_t handle = nullptr;
+  std::string failure;  // why no handle could be made (cached: cuDNN is then unsupported in this context)
+  std::mutex mu;
+  std::atomic<int64_t> graphs_built{0}, graphs_unsupported{0};
+  CudnnState() = default;
+  CudnnState(const CudnnState&) = delete;
+  CudnnState& operator=(const CudnnState&) = delete;
+  ~CudnnState() {
+    if (handle) cudnnDestroy(handle);  // no throwing from a destructor: the status is ignored
+  }
+};
+
+// The context's state. A handle cuDNN cannot make (a missing sub-library, no usable device) is not an error here:
+// the state records why, and every call then runs natively (or fails naming it when cuDNN was forced).
+std::shared_ptr<CudnnState> state_of(CudaContext& ctx) {
+  return ctx.plan<CudnnState>("cudnn/state", [&] {
+    auto s = std::make_shared<CudnnState>();
+    DeviceGuard guard(ctx.device().index);
+    const cudnnStatus_t st = cudnnCreate(&s->handle);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      s->handle = nullptr;
+      s->failure = str_cat("cudnnCreate failed: ", cudnnGetErrorString(st));
+      return s;
+    }
+    const cudnnStatus_t ss = cudnnSetStream(s->handle, ctx.stream());
+    if (ss != CUDNN_STATUS_SUCCESS) {
+      cudnnDestroy(s->handle);
+      s->handle = nullptr;
+      s->failure = str_cat("cudnnSetStream failed: ", cudnnGetErrorString(ss));
+    }
+    return s;
+  });
+}
+
+// One cached graph: built and ready to execute, or the reason cuDNN cannot run its key.
+struct SdpaPlan {
+  std::shared_ptr<CudnnState> state;  // keeps the handle alive as long as the plan
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
+  std::string unsupported;
+  std::string engine;
+};
+
+fe::DataType_t fe_dtype(DType t) { return t == DType::f16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16; }
+
+std::shared_ptr<fe::graph::Tensor_attributes> io_tensor(fe::graph::Graph& g, const char* name, int64_t uid,
+                                                         int64_t B, int64_t H, int64_t S, int64_t D,
+                                                         const AttentionStrides& st) {
+  return g.tensor(fe::graph::Tensor_attributes()
+                      .set_name(name)
+                      .set_uid(uid)
+                      .set_dim({B, H, S, D})
+                      .set_stride({st.b, st.h, st.s, 1}));
+}
+
+// lse: packed (B, H, Sq) f32, cuDNN's (B, H, Sq, 1) Stats.
+void as_stats(fe::graph::Tensor_attributes& t, const CudnnSdpaArgs& a) {
+  t.set_uid(kStats).set_dim({a.B, a.H, a.Sq, 1}).set_stride({a.H * a.Sq, a.Sq, 1, 1}).set_data_type(
+      fe::DataType_t::FLOAT);
+}
+
+template <class Attrs>
+void set_mask(Attrs& attrs, CausalAlign c) {
+  if (c == CausalAlign::none) return;
+  // Key j is visible to query i when j - i <= right bound (0) relative to the chosen diagonal.
+  attrs.set_diagonal_alignment(c == CausalAlign::top_left ? fe::DiagonalAlignment_t::TOP_LEFT
+                                                          : fe::DiagonalAlignment_t::BOTTOM_RIGHT);
+  attrs.set_diagonal_band_right_bound(0);
+}
+
+std::shared_ptr<fe::graph::Graph> new_graph(const CudnnSdpaArgs& a) {
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_name("flash_attention")
+      .set_io_data_type(fe_dtype(a.dtype))
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  return g;
+}
+
+std::shared_ptr<fe::graph::Graph> forward_graph(const CudnnSdpaArgs& a, fe::AttentionImplementation_t impl) {
+  auto g = new_graph(a);
+  auto q = io_tensor(*g, "q", kQ, a.B, a.H, a.Sq, a.D, a.q);
+  auto k = io_tensor(*g, "k", kK, a.B, a.Hk, a.Sk, a.D, a.k);
+  auto v = io_tensor(*g, "v", kV, a.B, a.Hk, a.Sk, a.D, a.v);
+  auto attrs = fe::graph::SDPA_attributes()
+                   .set_name("sdpa")
+                   .set_generate_stats(true)
+                   .set_attn_scale(static_cast<float>(a.scale))
+                   .set_implementation(impl);
+  set_mask(attrs, a.causal);
+  auto [o, stats] = g->sdpa(q, k, v, attrs);
+  o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.b, a.o.h, a.o.s, 1});
+  stats->set_output(true);
+  as_stats(*stats, a);
+  return g;
+}
+
+std::shared_ptr<fe::graph::Graph> backward_graph(const CudnnSdpaArgs& a) {
+  auto g = new_graph(a);
+  auto q = io_tensor(*g, "q", kQ, a.B, a.H, a.Sq, a.D, a.q);
+  auto k = io_tensor(*g, "k", kK, a.B, a.Hk, a.Sk, a.D, a.k);
+  auto v = io_tensor(*g, "v", kV, a.B, a.Hk, a.Sk, a.D, a.v);
+  auto o = io_tensor(*g, "o", kO, a.B, a.H, a.Sq, a.D, a.o);
+  auto dout = io_tensor(*g, "dO", kDO, a.B, a.H, a.Sq, a.D, a.o);
+  auto stats = g->tensor(fe::graph::Tensor_attributes().set_name("stats"));
+  as_stats(*stats, a);
+  auto attrs = fe::graph::SDPA_backward_attributes()
+                   .set_name("sdpa_backward")
+                   .set_attn_scale(static_cast<float>(a.scale))
+                   .set_deterministic_algorithm(a.deterministic);
+  set_mask(attrs, a.causal);
+  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, attrs);
+  dq->set_output(true).set_uid(kDQ).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.q.b, a.q.h, a.q.s, 1});
+  dk->set_output(true).set_uid(kDK).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.k.b, a.k.h, a.k.s, 1});
+  dv->set_output(true).set_uid(kDV).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.v.b, a.v.h, a.v.s, 1});
+  return g;
+}
+
+// validate, build the operation graph, heuristic mode A's plans, check support, build: "" or cuDNN's reason.
+std::string finalize(fe::graph::Graph& g, cudnnHandle_t handle, int64_t& workspace) {
+  try {
+    const char* step = "validate";
+    auto err = g.validate();
+    if (err.is_good()) {
+      step = "build_operation_graph";
+      err = g.build_operation_graph(handle);
+    }
+    if (err.is_good()) {
+      step = "create_execution_plans";
+      err = g.create_execution_plans({fe::HeurMode_t::A});
+    }
+    if (err.is_good()) {
+      step = "check_support";
+      err = g.check_support();
+    }
+    if (err.is_good()) {
+      step = "build_plans";
+      err = g.build_plans();
+    }
+    if (err.is_good()) {
+      step = "get_workspace_size";
+      err = g.get_workspace_size(workspace);
+    }
+    if (err.is_bad()) return str_cat(step, ": ", err.get_message());
+    return {};
+  } catch (const std::exception& e) {  // the frontend's legacy parts throw cudnn_frontend::cudnnException
+    return e.what();
+  }
+}
+
+std::string plan_key(const CudnnSdpaArgs& a, bool backward) {
+  // The scale as cuDNN receives it: the bits of the float.
+  const float scale = static_cast<float>(a.scale);
+  uint32_t bits = 0;
+  std::memcpy(&bits, &scale, sizeof bits);
+  const auto st = [](const AttentionStrides& s) { return str_cat(s.b, ",", s.h, ",", s.s); };
+  return str_cat("cudnn_sdpa/", backward ? "bwd" : "fwd", "/", dtype_name(a.dtype), "/B", a.B, "/H", a.H, "/Hk", a.Hk,
+                 "/Sq", a.Sq, "/Sk", a.Sk, "/D", a.D, "/q", st(a.q), "/k", st(a.k), "/v", st(a.v), "/o", st(a.o),
+                 "/scale", bits, "/causal", static_cast<int>(a.causal),
+                 backward ? (a.deterministic ? "/deterministic" : "/atomic") : "");
+}
+
+std::shared_ptr<SdpaPlan> make_plan(CudaContext& ctx, const std::shared_ptr<CudnnState>& st, const CudnnSdpaArgs& a,
+                                    bool backward) {
+  auto p = std::make_shared<SdpaPlan>();
+  p->state = st;
+  if (!st->failure.empty()) {
+    p->unsupported = st->failure;
+    return p;
+  }
+  DeviceGuard guard(ctx.device().index);
+  std::lock_guard<std::mutex> lock(st->mu);
+  st->graphs_built.fetch_add(1);
+  // One attempt: the graph made and finalized, or the reason it could not be.
+  const auto attempt = [&](const std::function<std::shared_ptr<fe::graph::Graph>()>& make) {
+    p->workspace = 0;
+    try {
+      p->graph = make();
+    } catch (const std::exception& e) {
+      p->graph.reset();
+      return std::string("building the graph: ") + e.what();
+    }
+    return finalize(*p->graph, st->handle, p->workspace);
+  };
+  if (backward) {
+    p->unsupported = attempt([&] { return backward_graph(a); });
+    p->engine = str_cat("sdpa_backward, ", a.deterministic ? "deterministic" : "atomic dq", ", heuristic mode A");
+  } else {
+    // AUTO lets the frontend pick its unified or composite SDPA node; a cuDNN older than the unified node's
+    // needs may still accept the composite one, so that is tried when AUTO is refused.
+    p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::AUTO); });
+    p->engine = "sdpa, implementation auto, heuristic mode A";
+    if (!p->unsupported.empty()) {
+      const std::string auto_reason = p->unsupported;
+      p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::COMPOSITE); });
+      p->engine = "sdpa, implementation composite (auto refused), heuristic mode A";
+      if (!p->unsupported.empty())
+        p->unsupported = str_cat("implementation auto: ", auto_reason, "; composite: ", p->unsupported);
+    }
+  }
+  if (!p->unsupported.empty()) {
+    st->graphs_unsupported.fetch_add(1);
+    p->unsupported = "cuDNN refused the graph (" + p->unsupported + ")";
+    p->graph.reset();
+    p->workspace = 0;
+  }
+  return p;
+}
+
+// Why cuDNN cannot run `a` without asking it, or "".
+std::string static_problem(const CudnnSdpaArgs& a) {
+  const std::string rt = cudnn_runtime_problem();
+  if (!rt.empty()) return rt;
+  if (a.dtype != DType::bf16 && a.dtype != DType::f16)
+    return str_cat("cuDNN attention runs bf16 and f16, not ", dtype_name(a.dtype),
+                   " (f32 runs natively, in full fp32)");
+  if (a.B <= 0 || a.H <= 0 || a.Hk <= 0 || a.Sq <= 0 || a.Sk <= 0 || a.D <= 0)
+    return str_cat("an empty attention (B=", a.B, " H=", a.H, " Hk=", a.Hk, " Sq=", a.Sq, " Sk=", a.Sk, " D=", a.D,
+                   ")");
+  if (a.H % a.Hk != 0) return str_cat("H ", a.H, " is not a multiple of Hk ", a.Hk);
+  // cuDNN SDPA (fp16/bf16): head dims that are multiples of 8, up to 256 on sm_80/sm_90.
+  if (a.D % 8 != 0 || a.D > 256) return str_cat("head dim ", a.D, " is not a multiple of 8 up to 256");
+  if (!std::isfinite(a.scale)) return str_cat("scale ", a.scale, " is not finite");
+  if (a.causal == CausalAlign::bottom_right && a.Sq > a.Sk)
+    return str_cat("a bottom-right causal mask with Sq ", a.Sq, " > Sk ", a.Sk, " hides every key from some rows");
+  return {};
+}
+
+std::shared_ptr<SdpaPlan> plan_of(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward) {
+  // The state first, outside the plan cache's lock that make_plan runs under.
+  const auto st = state_of(ctx);
+  return ctx.plan<SdpaPlan>(plan_key(a, backward), [&] { return make_plan(ctx, st, a, backward); });
+}
+
+bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kCudnnSdpaAlignment == 0; }
+
+void check_pointers(const char* what, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    XF_CHECK(p != nullptr, "flash_attention", "cuDNN SDPA ", what, ": null pointer");
+    XF_CHECK(aligned(p), "flash_attention", "cuDNN SDPA ", what, ": pointer ", p, " is not ", kCudnnSdpaAlignment,
+             "-byte aligned");
+  }
+}
+
+// The plan for a call that must run, or an error naming why it cannot.
+std::shared_ptr<SdpaPlan> runnable_plan(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward) {
+  const std::string why = static_problem(a);
+  XF_CHECK(why.empty(), "flash_attention", "cuDNN SDPA cannot run this call: ", why);
+  auto p = plan_of(ctx, a, backward);
+  XF_CHECK(p->unsupported.empty(), "flash_attention", "cuDNN SDPA cannot run this call: ", p->unsupported);
+  return p;
+}
+
+void execute(CudaContext& ctx, const SdpaPlan& p, std::unordered_map<int64_t, void*>& pack, const char* what) {
+  // Scratch: the context's workspace (the GEMMs', free between kernels of the one stream) when it is large
+  // enough, else a block of the caching allocator freed (stream-ordered) after the launch.
+  void* ws = nullptr;
+  std::shared_ptr<void> owned;
+  if (p.workspace > 0) {
+    if (static_cast<size_t>(p.workspace) <= ctx.workspace_bytes()) {
+      ws = ctx.workspace();
+    } else {
+      owned = ctx.allocate(static_cast<size_t>(p.workspace));
+      ws = owned.get();
+    }
+  }
+  DeviceGuard guard(ctx.device().index);
+  std::lock_guard<std::mutex> lock(p.state->mu);
+  auto err = p.graph->execute(p.state->handle, pack, ws);
+  if (err.is_bad()) throw Error("flash_attention", str_cat("cuDNN SDPA ", what, " failed: ", err.get_message()));
+}
+
+}  // namespace
+
+CudnnSdpaSupport cudnn_sdpa_support(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward) {
+  CudnnSdpaSupport s;
+  s.unsupported = static_problem(a);
+  if (!s.unsupported.empty()) return s;
+  const auto p = plan_of(ctx, a, backward);
+  s.unsupported = p->unsupported;
+  s.workspace_bytes = static_cast<size_t>(p->workspace);
+  s.engine = p->engine;
+  return s;
+}
+
+void cudnn_sdpa_forward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
+                        void* out, float* lse) {
+  check_pointers("forward", {q, k, v, out, lse});
+  const auto p = runnable_plan(ctx, a, false);
+  std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)},
+                                          {kV, const_cast<void*>(v)}, {kO, out}, {kStats, lse}};
+  execute(ctx, *p, pack, "forward");
+}
+
+void cudnn_sdpa_backward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
+                         const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv) {
+  check_pointers("backward", {q, k, v, out, dout, lse, dq, dk, dv});
+  const auto p = runnable_plan(ctx, a, true);
+  std::unordered_map<int64_t, void*> pack{
+      {kQ, const_cast<void*>(q)},      {kK, const_cast<void*>(k)},     {kV, const_cast<void*>(v)},
+      {kO, const_cast<void*>(out)},    {kDO, const_cast<void*>(dout)}, {kStats, const_cast<float*>(lse)},
+      {kDQ, dq},                       {kDK, dk},                      {kDV, dv}};
+  execute(ctx, *p, pack, "backward");
+}
+
+CudnnSdpaStats cudnn_sdpa_stats(CudaContext& ctx) {
+  const auto st = state_of(ctx);
+  return {st->graphs_built.load(), st->graphs_unsupported.load()};
+}
+
+}  // namespace xfr::cuda
