@@ -257,6 +257,14 @@ XF_CUDA_TEST_CASE("cuda: rotary forward and inverse (its backward), offsets, vec
                      str_cat("rotary ", shape_str(shape), " offset=", offset, " inverse=", inverse));
 }
 
+XF_CUDA_TEST_CASE("cuda: rotary on (B, S, H, hd) heads (seq_axis -3, the bshd attention layout)") {
+  for (DType dt : cuda_float_dtypes())
+    for (const Shape& shape : {Shape{2, 33, 3, 64}, Shape{1, 17, 5, 6}, Shape{1, 1000, 2, 16}})
+      for (bool inverse : {false, true})
+        check_both(RotaryOp(7, inverse, -3), {random_tensor(shape, 27, -1, 1)}, dt,
+                   str_cat("rotary bshd ", shape_str(shape), " inverse=", inverse));
+}
+
 XF_CUDA_TEST_CASE("cuda: kv_cache_write replaces one row per (batch, head) at a device-side position") {
   for (DType dt : copy_dtypes())
     for (int64_t D : {31, 64})

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/attention.h"
 #include "ops/dropout.h"
 #include "ops/elementwise.h"
 #include "ops/flash_attention.h"
@@ -138,7 +139,8 @@ TEST_CASE("flash_attention masks: CPU additive bias and its gradient against flo
   for (const FaProblem& p :
        {with_bias(problem(2, 2, 2, 17, 33, 40), 1, 1), with_bias(causal(problem(2, 4, 2, 33, 17, 64), BR), 2, 1),
         layout(with_bias(window(problem(2, 3, 1, 40, 70, 40), 10, 3), 1, 3), BSHD),
-        with_bias(problem(1, 2, 2, 17, 17, 256), 1, 2), with_bias(problem(2, 2, 1, 1, 1, 8), 2, 2)})
+        with_bias(problem(1, 2, 2, 17, 17, 256), 1, 2), with_bias(problem(2, 2, 1, 1, 1, 8), 2, 2),
+        with_bias(window(problem(4, 12, 4, 17, 17, 40), 3, 3), 4, 1)})  // many B H
     for (DType dt : {DType::f64, DType::f32}) check_cpu_case(p, dt, true, p.D == 64);
 }
 
@@ -361,4 +363,39 @@ TEST_CASE("flash_attention masks: the front door names the op and the offending 
   FlashAttentionAttrs d = vl;
   d.dropout = 0.1;
   CHECK(FlashAttentionOp(d).random_numbers({qv.meta(), kv.meta(), kv.meta(), c32.meta(), c32.meta()}) == 4 * 9 * 11);
+}
+
+TEST_CASE("scaled_dot_product_attention: masks reach the fused op; the composite refuses a window clearly") {
+  const Tensor q = random_tensor({2, 9, 3, 8}, 1), k = random_tensor({2, 12, 3, 8}, 2), v = random_tensor({2, 12, 3, 8}, 3);
+  const Tensor bias = random_tensor({1, 3, 9, 12}, 4, -1, 1);
+  AttentionOptions o;
+  o.layout = AttentionLayout::bshd;
+  o.causal = true;
+  o.alignment = BR;
+  o.window_left = 4;
+  const Tensor sdpa = run_graph([&](Graph&, const std::vector<Value>& in) {
+    return scaled_dot_product_attention(in[0], in[1], in[2], in[3], o);
+  }, {q, k, v, bias});
+  FlashAttentionAttrs a{1.0 / std::sqrt(8.0), true, 0.0, AttentionLayout::bshd, BR, 4, -1};
+  a.has_bias = true;
+  const auto fa = run_op(FlashAttentionOp(a), {q, k, v, bias}, &test_pool());
+  check_close(sdpa.to_doubles(), fa[0].to_doubles(), 0.0, 0.0, "sdpa = flash_attention with the mask as bias");
+  // Rank-3 heads take the composite, which has no window.
+  Graph g;
+  const Value q3 = g.input("q", TensorMeta{{3, 9, 8}, DType::f32}), k3 = g.input("k", TensorMeta{{3, 12, 8}, DType::f32});
+  AttentionOptions w;
+  w.window_left = 2;
+  try {
+    scaled_dot_product_attention(q3, k3, k3, Value{}, w);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK(e.op() == "scaled_dot_product_attention");
+    CHECK_MESSAGE(std::string(e.what()).find("has no sliding window (2, -1)") != std::string::npos,
+                  std::string(e.what()));
+  }
+  AttentionOptions br;
+  br.causal = true;
+  br.alignment = BR;
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q3, k3, k3, Value{}, br),
+                       doctest::Contains("bottom_right causal alignment for Sq 9 != Sk 12"), Error);
 }
