@@ -47,6 +47,39 @@ struct FaProblem {
   }
 };
 
+// Builders of problems (each returns a changed copy), shared by the CPU and CUDA mask tests.
+inline FaProblem fa_problem(int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk, int64_t D) {
+  FaProblem p;
+  p.B = B;
+  p.H = H;
+  p.Hk = Hk;
+  p.Sq = Sq;
+  p.Sk = Sk;
+  p.D = D;
+  return p;
+}
+inline FaProblem causal(FaProblem p, CausalAlignment al) {
+  p.a.causal = true;
+  p.a.alignment = al;
+  return p;
+}
+inline FaProblem window(FaProblem p, int64_t left, int64_t right, CausalAlignment al = CausalAlignment::top_left) {
+  p.a.window_left = left;
+  p.a.window_right = right;
+  p.a.alignment = al;
+  return p;
+}
+inline FaProblem with_bias(FaProblem p, int64_t Bb, int64_t Hb) {
+  p.Bb = Bb;
+  p.Hb = Hb;
+  p.a.has_bias = true;
+  return p;
+}
+inline FaProblem with_scale(FaProblem p) {  // the usual 1 / sqrt(D)
+  p.a.scale = 1.0 / std::sqrt(static_cast<double>(p.D));
+  return p;
+}
+
 // A packed problem from per-sequence lengths.
 inline FaProblem packed(std::vector<int64_t> lq, std::vector<int64_t> lk, int64_t H, int64_t Hk, int64_t D) {
   FaProblem p;

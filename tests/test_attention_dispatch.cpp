@@ -241,16 +241,16 @@ TEST_CASE("attention backend: the native kernels' limits and the cuDNN form of a
   const cuda::CudnnSdpaArgs c = cuda::cudnn_args_of(a);
   CHECK(c.causal == cuda::CausalAlign::top_left);
   CHECK(c.deterministic);
-  CHECK(c.q.b == 8 * 100 * 64);
-  CHECK(c.q.h == 100 * 64);
-  CHECK(c.q.s == 64);
-  CHECK(c.k.b == 2 * 300 * 64);
-  CHECK(c.v.h == 300 * 64);
-  CHECK(c.o.s == 64);
-  const cuda::AttentionStrides s = cuda::bshd_strides(8, 100, 64);
-  CHECK(s.b == 100 * 8 * 64);
-  CHECK(s.h == 64);
-  CHECK(s.s == 8 * 64);
+  CHECK(c.q.batch == 8 * 100 * 64);
+  CHECK(c.q.head == 100 * 64);
+  CHECK(c.q.seq == 64);
+  CHECK(c.k.batch == 2 * 300 * 64);
+  CHECK(c.v.head == 300 * 64);
+  CHECK(c.o.seq == 64);
+  const HeadStrides s = head_strides(AttentionLayout::bshd, 8, 100, 64);
+  CHECK(s.batch == 100 * 8 * 64);
+  CHECK(s.head == 64);
+  CHECK(s.seq == 8 * 64);
 }
 
 #endif  // XF_WITH_CUDA
@@ -328,9 +328,9 @@ cuda::CudnnSdpaArgs args_of(const Case& c, DType dt, bool bshd, double scale) {
   cuda::CudnnSdpaArgs a;
   a.dtype = dt;
   a.B = c.B, a.H = c.H, a.Hk = c.Hk, a.Sq = c.Sq, a.Sk = c.Sk, a.D = c.D;
-  const auto st = bshd ? cuda::bshd_strides : cuda::bhsd_strides;
-  a.q = a.o = st(c.H, c.Sq, c.D);
-  a.k = a.v = st(c.Hk, c.Sk, c.D);
+  const AttentionLayout layout = bshd ? AttentionLayout::bshd : AttentionLayout::bhsd;
+  a.q = a.o = head_strides(layout, c.H, c.Sq, c.D);
+  a.k = a.v = head_strides(layout, c.Hk, c.Sk, c.D);
   a.scale = scale;
   a.causal = c.causal;
   return a;

@@ -11,7 +11,10 @@
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/flash_attention.h"
+#include "ops/grad.h"
 #include "ops/matmul.h"
+#include "ops/reduce.h"
+#include "ops/softmax.h"
 #include "runtime/rng.h"
 #include "tests/cuda_testing.h"
 #include "tests/flash_attention_testing.h"
@@ -479,4 +482,41 @@ XF_CUDA_TEST_CASE("flash_attention CUDA: bshd layout, forward and backward again
       cuda_forward_case(c, dt, 0.2, 4321, 7, AttentionLayout::bshd);
       cuda_backward_case(c, dt, 0.2, true, 4321, 7, AttentionLayout::bshd);
     }
+}
+
+// Issue 5's memory test, planned on any machine: the training graph (forward and backward) of one S = 32768
+// attention plans activation memory linear in S with the fused op, where the composite's scores and
+// probabilities alone take S^2 per head. The CUDA twin (test_flash_attention_masks_cuda.cpp) runs such a
+// forward and backward and checks the caching allocator's peak; the CPU kernels' scratch is per query block
+// (ops/cpu/flash_attention*.cpp), outside the plan.
+TEST_CASE("flash_attention: an S = 32768 training graph plans O(S) memory (the composite plans O(S^2))") {
+  const int64_t B = 1, H = 2, S = 32768, D = 64;
+  const double qkv_bytes = 3.0 * B * H * S * D * 4;  // q, k, v in f32
+  auto planned_bytes = [&](bool fused) {
+    Graph g;
+    Value q = g.input("q", TensorMeta{{B, H, S, D}, DType::f32}, true);
+    Value k = g.input("k", TensorMeta{{B, H, S, D}, DType::f32}, true);
+    Value v = g.input("v", TensorMeta{{B, H, S, D}, DType::f32}, true);
+    AttentionOptions o;
+    o.causal = true;
+    Value out;
+    if (fused) {
+      out = scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
+    } else {  // the composite, built directly: scores, probabilities, their product with v
+      const Value scores = matmul(q, k, false, true, "scores");
+      out = matmul(softmax(scores, Value{}, 1.0 / std::sqrt(double(D)), true, "probs"), v, false, false, "out");
+    }
+    const Value loss = reduce_sum(out, {}, false, "loss");
+    const Gradients grads = gradients(loss);
+    ExecutorOptions opt;
+    opt.allocate = false;  // schedule and plan only: nothing is computed
+    std::vector<Value> outs{loss, grads.get(q), grads.get(k), grads.get(v)};
+    Executor ex(g, outs, grads, std::make_shared<ParamStore>(g), opt);
+    return static_cast<double>(ex.memory_plan().arena_bytes);
+  };
+  const double fused = planned_bytes(true), composite = planned_bytes(false);
+  MESSAGE("S = 32768 training graph: fused attention plans " << fused / (1 << 20) << " MiB, the composite "
+                                                               << composite / (1 << 20) << " MiB");
+  CHECK(fused < 8 * qkv_bytes);                       // a few (B, H, S, D) tensors: out, grads, lse
+  CHECK(composite > 2.0 * double(B * H) * S * S * 4);  // at least the scores and the probabilities
 }

@@ -23,36 +23,9 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+// A problem with the usual scale 1 / sqrt(D).
 FaProblem problem(int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk, int64_t D) {
-  FaProblem p;
-  p.B = B;
-  p.H = H;
-  p.Hk = Hk;
-  p.Sq = Sq;
-  p.Sk = Sk;
-  p.D = D;
-  p.a.scale = 1.0 / std::sqrt(static_cast<double>(D));
-  return p;
-}
-
-FaProblem causal(FaProblem p, CausalAlignment al) {
-  p.a.causal = true;
-  p.a.alignment = al;
-  return p;
-}
-
-FaProblem window(FaProblem p, int64_t left, int64_t right, CausalAlignment al = CausalAlignment::top_left) {
-  p.a.window_left = left;
-  p.a.window_right = right;
-  p.a.alignment = al;
-  return p;
-}
-
-FaProblem with_bias(FaProblem p, int64_t Bb, int64_t Hb) {
-  p.Bb = Bb;
-  p.Hb = Hb;
-  p.a.has_bias = true;
-  return p;
+  return with_scale(fa_problem(B, H, Hk, Sq, Sk, D));
 }
 
 FaProblem layout(FaProblem p, AttentionLayout l) {

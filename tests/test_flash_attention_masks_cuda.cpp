@@ -23,57 +23,25 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 const auto TL = CausalAlignment::top_left;
 const auto BR = CausalAlignment::bottom_right;
 
-FaProblem problem(int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk, int64_t D) {
-  FaProblem p;
-  p.B = B;
-  p.H = H;
-  p.Hk = Hk;
-  p.Sq = Sq;
-  p.Sk = Sk;
-  p.D = D;
-  return p;
-}
-FaProblem causal(FaProblem p, CausalAlignment al) {
-  p.a.causal = true;
-  p.a.alignment = al;
-  return p;
-}
-FaProblem window(FaProblem p, int64_t left, int64_t right, CausalAlignment al = TL) {
-  p.a.window_left = left;
-  p.a.window_right = right;
-  p.a.alignment = al;
-  return p;
-}
-FaProblem with_bias(FaProblem p, int64_t Bb, int64_t Hb) {
-  p.Bb = Bb;
-  p.Hb = Hb;
-  p.a.has_bias = true;
-  return p;
-}
-FaProblem with_scale(FaProblem p) {
-  p.a.scale = 1.0 / std::sqrt(static_cast<double>(p.D));
-  return p;
-}
-
 // One of each mask kind on awkward shapes: S = 1, 17, 127, 1000 (and 300, 65, 130), D = 8, 32, 40, 64, 80, 128,
 // 256; Sq != Sk both ways (rows that see nothing under bottom_right); GQA; windows that skip most key tiles; every
 // bias broadcast; packed sequences with an empty one, one without keys, and a long one.
 std::vector<FaProblem> mask_problems() {
   std::vector<FaProblem> r = {
-      causal(problem(2, 4, 2, 17, 127, 40), BR),
-      causal(problem(1, 2, 1, 1000, 127, 64), BR),
-      causal(problem(1, 2, 2, 1, 1000, 128), BR),
-      causal(problem(1, 3, 3, 127, 1000, 80), TL),
-      window(problem(1, 2, 2, 1000, 1000, 64), 100, 100),
-      window(causal(problem(1, 2, 1, 127, 1000, 128), BR), 50, -1, BR),
-      window(problem(2, 2, 2, 17, 17, 32), 0, 0),
-      window(problem(1, 2, 2, 127, 127, 256), 30, 5, BR),
-      window(problem(1, 2, 2, 65, 130, 8), -1, 3),
-      with_bias(problem(2, 2, 2, 17, 33, 40), 1, 1),
-      with_bias(causal(problem(2, 4, 2, 127, 127, 64), BR), 2, 1),
-      with_bias(window(problem(1, 3, 1, 100, 70, 128), 10, 3), 1, 3),
-      with_bias(problem(2, 2, 2, 33, 65, 256), 2, 2),
-      with_bias(problem(1, 12, 12, 128, 128, 32), 1, 1),
+      causal(fa_problem(2, 4, 2, 17, 127, 40), BR),
+      causal(fa_problem(1, 2, 1, 1000, 127, 64), BR),
+      causal(fa_problem(1, 2, 2, 1, 1000, 128), BR),
+      causal(fa_problem(1, 3, 3, 127, 1000, 80), TL),
+      window(fa_problem(1, 2, 2, 1000, 1000, 64), 100, 100),
+      window(causal(fa_problem(1, 2, 1, 127, 1000, 128), BR), 50, -1, BR),
+      window(fa_problem(2, 2, 2, 17, 17, 32), 0, 0),
+      window(fa_problem(1, 2, 2, 127, 127, 256), 30, 5, BR),
+      window(fa_problem(1, 2, 2, 65, 130, 8), -1, 3),
+      with_bias(fa_problem(2, 2, 2, 17, 33, 40), 1, 1),
+      with_bias(causal(fa_problem(2, 4, 2, 127, 127, 64), BR), 2, 1),
+      with_bias(window(fa_problem(1, 3, 1, 100, 70, 128), 10, 3), 1, 3),
+      with_bias(fa_problem(2, 2, 2, 33, 65, 256), 2, 2),
+      with_bias(fa_problem(1, 12, 12, 128, 128, 32), 1, 1),
       causal(packed({5, 0, 17, 1, 300}, {7, 3, 17, 9, 300}, 4, 2, 64), BR),
       window(packed({127, 1, 64}, {127, 1, 64}, 2, 2, 128), 16, 0),
       packed({3, 4, 1000}, {0, 5, 999}, 2, 1, 40),
@@ -138,10 +106,10 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: dropout masks equal the CPU's und
   // f32: a different keep/drop decision would move out by O(0.1), far beyond the f32 tolerance. Offset 4k + 3
   // puts key pairs across Philox blocks; varlen checks the packed element index.
   for (const FaProblem& p :
-       {with_scale(window(causal(problem(1, 2, 1, 127, 129, 64), BR), 40, -1, BR)),
-        with_scale(with_bias(problem(2, 2, 2, 33, 17, 40), 1, 2)),
+       {with_scale(window(causal(fa_problem(1, 2, 1, 127, 129, 64), BR), 40, -1, BR)),
+        with_scale(with_bias(fa_problem(2, 2, 2, 33, 17, 40), 1, 2)),
         with_scale(causal(packed({30, 0, 70}, {40, 5, 70}, 2, 2, 128), BR)),
-        with_scale(window(problem(1, 2, 2, 70, 70, 256), 8, 8))})
+        with_scale(window(fa_problem(1, 2, 2, 70, 70, 256), 8, 8))})
     for (DType dt : cuda_float_dtypes())
       for (uint64_t offset : {uint64_t{0}, uint64_t{4 * 1001 + 3}}) cuda_mask_case(p, dt, 0.2, 4321, offset, false, false);
 }
@@ -231,10 +199,10 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: FlashAttention-3 rule, error <= 2
   for (DType dt : {DType::bf16, DType::f16}) {
     const double slack_rel = dt == DType::bf16 ? std::ldexp(1.0, -9) : std::ldexp(1.0, -12);
     for (const FaProblem& p :
-         {with_scale(causal(problem(2, 4, 4, 127, 300, 64), BR)), with_scale(window(problem(1, 2, 2, 1000, 1000, 128), 64, 64)),
-          with_scale(with_bias(causal(problem(2, 2, 2, 100, 100, 40), TL), 1, 2)),
+         {with_scale(causal(fa_problem(2, 4, 4, 127, 300, 64), BR)), with_scale(window(fa_problem(1, 2, 2, 1000, 1000, 128), 64, 64)),
+          with_scale(with_bias(causal(fa_problem(2, 2, 2, 100, 100, 40), TL), 1, 2)),
           with_scale(causal(packed({100, 27, 200}, {100, 60, 200}, 2, 2, 32), BR)),
-          with_scale(problem(1, 3, 3, 17, 1000, 256))}) {
+          with_scale(fa_problem(1, 3, 3, 17, 1000, 256))}) {
       CAPTURE(p.name());
       CAPTURE(dtype_name(dt));
       const FaInputs in = make_fa_inputs(p, 77, dt);  // in.q/k/v/bias: the rounded values, as f64
@@ -264,7 +232,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: S = 32768 in bf16 keeps the alloc
   // B = 1, H = 2, D = 64: q, k, v, out are 8 MiB each and lse 256 KiB, while the scores of a materialised
   // attention would be 2 x 32768^2 x 2 B = 4 GiB. The peak over the forward and the backward must stay within
   // twice every tensor's bytes together (inputs, outputs, the Delta workspace): O(S).
-  const FaProblem p = with_scale(causal(problem(1, 2, 2, 32768, 32768, 64), TL));
+  const FaProblem p = with_scale(causal(fa_problem(1, 2, 2, 32768, 32768, 64), TL));
   const FaInputs in = make_fa_inputs(p, 5, DType::bf16);
   DeviceContext* ctx = cuda_test_ctx();
   ctx->synchronize();

@@ -36,8 +36,8 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.Sk = a.Sk;
   c.D = a.D;
   // q, out, dout and dq share q's strides; k, v, dk and dv k's (flash_attention_launch.h): either layout.
-  c.q = c.o = AttentionStrides{a.q_strides.batch, a.q_strides.head, a.q_strides.seq};
-  c.k = c.v = AttentionStrides{a.k_strides.batch, a.k_strides.head, a.k_strides.seq};
+  c.q = c.o = a.q_strides;
+  c.k = c.v = a.k_strides;
   c.scale = a.scale;
   c.causal = !a.causal ? CausalAlign::none
              : a.alignment == CausalAlignment::bottom_right ? CausalAlign::bottom_right

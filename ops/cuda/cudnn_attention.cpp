@@ -29,8 +29,6 @@ namespace fe = cudnn_frontend;
 
 namespace xfr::cuda {
 
-AttentionStrides bhsd_strides(int64_t H, int64_t S, int64_t D) { return {H * S * D, S * D, D}; }
-AttentionStrides bshd_strides(int64_t H, int64_t S, int64_t D) { return {S * H * D, D, H * D}; }
 
 int cudnn_runtime_version() { return static_cast<int>(cudnnGetVersion()); }
 int cudnn_compiled_version() { return CUDNN_VERSION; }
@@ -133,12 +131,12 @@ fe::DataType_t fe_dtype(DType t) { return t == DType::f16 ? fe::DataType_t::HALF
 
 std::shared_ptr<fe::graph::Tensor_attributes> io_tensor(fe::graph::Graph& g, const char* name, int64_t uid,
                                                          int64_t B, int64_t H, int64_t S, int64_t D,
-                                                         const AttentionStrides& st) {
+                                                         const HeadStrides& st) {
   return g.tensor(fe::graph::Tensor_attributes()
                       .set_name(name)
                       .set_uid(uid)
                       .set_dim({B, H, S, D})
-                      .set_stride({st.b, st.h, st.s, 1}));
+                      .set_stride({st.batch, st.head, st.seq, 1}));
 }
 
 // lse: packed (B, H, Sq) f32, cuDNN's (B, H, Sq, 1) Stats.
@@ -177,7 +175,7 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const CudnnSdpaArgs& a, fe::Atte
                    .set_implementation(impl);
   set_mask(attrs, a.causal);
   auto [o, stats] = g->sdpa(q, k, v, attrs);
-  o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.b, a.o.h, a.o.s, 1});
+  o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.batch, a.o.head, a.o.seq, 1});
   stats->set_output(true);
   as_stats(*stats, a);
   return g;
@@ -198,9 +196,9 @@ std::shared_ptr<fe::graph::Graph> backward_graph(const CudnnSdpaArgs& a) {
                    .set_deterministic_algorithm(a.deterministic);
   set_mask(attrs, a.causal);
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, attrs);
-  dq->set_output(true).set_uid(kDQ).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.q.b, a.q.h, a.q.s, 1});
-  dk->set_output(true).set_uid(kDK).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.k.b, a.k.h, a.k.s, 1});
-  dv->set_output(true).set_uid(kDV).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.v.b, a.v.h, a.v.s, 1});
+  dq->set_output(true).set_uid(kDQ).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.q.batch, a.q.head, a.q.seq, 1});
+  dk->set_output(true).set_uid(kDK).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.k.batch, a.k.head, a.k.seq, 1});
+  dv->set_output(true).set_uid(kDV).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.v.batch, a.v.head, a.v.seq, 1});
   return g;
 }
 
@@ -241,7 +239,7 @@ std::string plan_key(const CudnnSdpaArgs& a, bool backward) {
   const float scale = static_cast<float>(a.scale);
   uint32_t bits = 0;
   std::memcpy(&bits, &scale, sizeof bits);
-  const auto st = [](const AttentionStrides& s) { return str_cat(s.b, ",", s.h, ",", s.s); };
+  const auto st = [](const HeadStrides& s) { return str_cat(s.batch, ",", s.head, ",", s.seq); };
   return str_cat("cudnn_sdpa/", backward ? "bwd" : "fwd", "/", dtype_name(a.dtype), "/B", a.B, "/H", a.H, "/Hk", a.Hk,
                  "/Sq", a.Sq, "/Sk", a.Sk, "/D", a.D, "/q", st(a.q), "/k", st(a.k), "/v", st(a.v), "/o", st(a.o),
                  "/scale", bits, "/causal", static_cast<int>(a.causal),

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ops/flash_attention.h"  // HeadStrides
 #include "runtime/dtype.h"
 
 namespace xfr::cuda {
@@ -32,12 +33,6 @@ class CudaContext;
 // operand alignment), so every pointer must be 16-byte aligned; callers route others to the native kernel.
 constexpr size_t kCudnnSdpaAlignment = 16;
 
-// Element strides of a (B, H, S, D) tensor over b, h and s; the head dim's stride is 1.
-struct AttentionStrides {
-  int64_t b = 0, h = 0, s = 0;
-};
-AttentionStrides bhsd_strides(int64_t H, int64_t S, int64_t D);  // packed (B, H, S, D)
-AttentionStrides bshd_strides(int64_t H, int64_t S, int64_t D);  // packed (B, S, H, D)
 
 enum class CausalAlign { none, top_left, bottom_right };
 
@@ -45,7 +40,7 @@ struct CudnnSdpaArgs {
   DType dtype = DType::bf16;  // bf16 or f16
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
   // q (and dq), k (dk), v (dv), o (out and dout)
-  AttentionStrides q, k, v, o;
+  HeadStrides q, k, v, o;  // element strides over (batch, head, seq); ops/flash_attention.h's head_strides()
   double scale = 1.0;  // applied in fp32, as the native kernel does
   CausalAlign causal = CausalAlign::none;
   // Backward: cuDNN's deterministic algorithm (bitwise reproducible dq, like the native kernel's; on sm_90 it
