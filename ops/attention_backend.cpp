@@ -26,6 +26,17 @@ AttentionBackendRequest attention_backend_from_env() {
   return parse_attention_backend(v ? std::string(v) : std::string());
 }
 
+bool parse_attention_deterministic(const std::string& value) {
+  if (value.empty() || value == "1") return true;
+  if (value == "0") return false;
+  throw Error("flash_attention", str_cat("XF_ATTENTION_DETERMINISTIC='", value, "' is not 1 (the default) or 0"));
+}
+
+bool attention_deterministic_from_env() {
+  const char* v = std::getenv("XF_ATTENTION_DETERMINISTIC");
+  return parse_attention_deterministic(v ? std::string(v) : std::string());
+}
+
 const char* attention_backend_request_name(AttentionBackendRequest r) {
   switch (r) {
     case AttentionBackendRequest::automatic: return "auto";

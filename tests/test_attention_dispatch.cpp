@@ -135,6 +135,35 @@ TEST_CASE("attention backend: XF_ATTENTION_BACKEND values, the default, and erro
   }
 }
 
+TEST_CASE("attention backend: XF_ATTENTION_DETERMINISTIC values, the default, and errors") {
+  CHECK(parse_attention_deterministic(""));
+  CHECK(parse_attention_deterministic("1"));
+  CHECK_FALSE(parse_attention_deterministic("0"));
+  for (const char* bad : {"true", "no", " 0"}) {
+    const Error e = error_of([&] { parse_attention_deterministic(bad); });
+    CHECK(e.op() == "flash_attention");
+    CHECK_MESSAGE(has(e.message(), std::string("XF_ATTENTION_DETERMINISTIC='") + bad + "'"), e.what());
+  }
+  {
+    ScopedEnv env("XF_ATTENTION_DETERMINISTIC", nullptr);
+    CHECK(attention_deterministic_from_env());
+  }
+  {
+    ScopedEnv env("XF_ATTENTION_DETERMINISTIC", "0");
+    CHECK_FALSE(attention_deterministic_from_env());
+#ifdef XF_WITH_CUDA
+    // The cuDNN form of a call follows it (the backward then accumulates dq with atomics).
+    cuda::FlashAttentionArgs a;
+    a.dtype = DType::bf16;
+    a.B = a.H = a.Hk = 1;
+    a.Sq = a.Sk = 16;
+    a.D = 64;
+    a.q_strides = a.k_strides = head_strides(AttentionLayout::bhsd, 1, 16, 64);
+    CHECK_FALSE(cuda::cudnn_args_of(a).deterministic);
+#endif
+  }
+}
+
 TEST_CASE("attention backend: the choice for each request and support (a pure function)") {
   using R = AttentionBackendRequest;
   using B = AttentionBackend;

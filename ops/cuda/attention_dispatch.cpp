@@ -42,7 +42,7 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.causal = !a.causal ? CausalAlign::none
              : a.alignment == CausalAlignment::bottom_right ? CausalAlign::bottom_right
                                                             : CausalAlign::top_left;
-  c.deterministic = true;
+  c.deterministic = attention_deterministic_from_env();  // XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h)
   return c;
 }
 

@@ -47,7 +47,8 @@ AttentionBackend attention_backend_for(CudaContext& ctx, AttentionBackendRequest
 // Whether the native kernels can run the call (their launchers' limits).
 BackendSupport native_attention_support(const FlashAttentionArgs& a);
 
-// The cuDNN form of a flash_attention call: its strides (either layout), causal alignment, deterministic backward.
+// The cuDNN form of a flash_attention call: its strides (either layout), causal alignment, and the deterministic
+// backward unless XF_ATTENTION_DETERMINISTIC=0.
 CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a);
 
 }  // namespace xfr::cuda
