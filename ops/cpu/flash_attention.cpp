@@ -225,6 +225,17 @@ struct Inputs {
   const Tensor *bias = nullptr, *cu_q = nullptr, *cu_k = nullptr;
 };
 
+// The optional inputs of a forward or backward node, at the positions the op names.
+Inputs inputs_of(const FlashAttentionAttrs& a, const std::vector<Tensor>& in, int64_t bias_index, int64_t cu_index) {
+  Inputs x;
+  if (a.has_bias) x.bias = &in[static_cast<size_t>(bias_index)];
+  if (a.varlen) {
+    x.cu_q = &in[static_cast<size_t>(cu_index)];
+    x.cu_k = &in[static_cast<size_t>(cu_index + 1)];
+  }
+  return x;
+}
+
 FlashAttentionShape shape_of(const char* op, const FlashAttentionAttrs& a, const std::vector<Tensor>& in,
                              const Inputs& x) {
   auto meta = [](const Tensor* t) { return TensorMeta{t->shape(), t->dtype()}; };
@@ -239,12 +250,7 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
   const char* name = "flash_attention";
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
   const FlashAttentionAttrs& a = op.a;
-  Inputs x;
-  if (a.has_bias) x.bias = &in[static_cast<size_t>(a.bias_input())];
-  if (a.varlen) {
-    x.cu_q = &in[static_cast<size_t>(a.cu_input())];
-    x.cu_k = &in[static_cast<size_t>(a.cu_input() + 1)];
-  }
+  const Inputs x = inputs_of(a, in, a.bias_input(), a.cu_input());
   const FlashAttentionShape s = shape_of(name, a, in, x);
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
@@ -263,12 +269,7 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
   const char* name = "flash_attention_backward";
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
   const FlashAttentionAttrs& a = op.a;
-  Inputs x;
-  if (a.has_bias) x.bias = &in[static_cast<size_t>(op.bias_input())];
-  if (a.varlen) {
-    x.cu_q = &in[static_cast<size_t>(op.cu_input())];
-    x.cu_k = &in[static_cast<size_t>(op.cu_input() + 1)];
-  }
+  const Inputs x = inputs_of(a, in, op.bias_input(), op.cu_input());
   const FlashAttentionShape s = shape_of(name, a, in, x);
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
