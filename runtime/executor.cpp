@@ -102,12 +102,13 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // each run (one launch instead of one per parameter; once in all with constant_params), and each
   // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
   // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
+  // Which values a scheduled node reads, and which the executor hands out (the layouts below, the inputs' use).
+  std::vector<bool> read_by_node(static_cast<size_t>(nv), false), is_output(static_cast<size_t>(nv), false);
+  for (const auto& st : schedule_)
+    for (int in : st.in) read_by_node[static_cast<size_t>(in)] = true;
+  for (int o : outputs_) is_output[static_cast<size_t>(o)] = true;
   std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
   if (opt_.device_ctx && opt_.fuse_param_casts) {
-    std::vector<int> readers(static_cast<size_t>(nv), 0);
-    for (const auto& st : schedule_)
-      for (int in : st.in) ++readers[static_cast<size_t>(in)];
-    for (int o : outputs_) ++readers[static_cast<size_t>(o)];
     DType mirror_dtype = DType::f32;
     for (auto& st : schedule_) {
       const Node& node = g.node(st.node);
@@ -120,7 +121,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
         mirror_dtype = to;
         st.mirror_cast = true;
       } else if ((src.meta.dtype == DType::bf16 || src.meta.dtype == DType::f16) && to == DType::f32 &&
-                 st.grad_slot_out[0] >= 0 && readers[static_cast<size_t>(st.out[0])] == 0) {
+                 st.grad_slot_out[0] >= 0 && !read_by_node[static_cast<size_t>(st.out[0])] &&
+                 !is_output[static_cast<size_t>(st.out[0])]) {
         st.grad_cast_accumulate = true;
       } else {
         continue;
@@ -138,16 +140,12 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // needs it packed, and the GEMM's fast kernels need aligned rows.
   std::vector<int64_t> padded_ld(static_cast<size_t>(nv), 0);  // per value: padded row length, 0 if packed
   if (opt_.device_ctx) {
-    std::vector<bool> read(static_cast<size_t>(nv), false);
-    for (const auto& st : schedule_)
-      for (int in : st.in) read[static_cast<size_t>(in)] = true;
     for (const auto& st : schedule_) {
       const Node& node = g.node(st.node);
       for (size_t k = 0; k < st.out.size(); ++k) {
         const int v = st.out[k];
         const TensorMeta& m = g.value(v).meta;
-        const bool output = std::find(outputs_.begin(), outputs_.end(), v) != outputs_.end();
-        if (!output || read[static_cast<size_t>(v)] || !st.kernel || view_root_[static_cast<size_t>(v)] != v ||
+        if (!is_output[static_cast<size_t>(v)] || read_by_node[static_cast<size_t>(v)] || !st.kernel || view_root_[static_cast<size_t>(v)] != v ||
             !node.op->writes_padded_rows(static_cast<int>(k)) || m.shape.size() < 2 || !is_floating(m.dtype))
           continue;
         const int64_t es = static_cast<int64_t>(dtype_size(m.dtype)), n = m.shape.back();
@@ -185,9 +183,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   bound_.assign(input_ids_.size(), false);
   // Which inputs the schedule reads (decided once here, not on every run).
   input_used_.assign(input_ids_.size(), false);
-  for (size_t i = 0; i < input_ids_.size(); ++i)
-    for (const auto& st : schedule_)
-      if (std::count(st.in.begin(), st.in.end(), input_ids_[i]) > 0) input_used_[i] = true;
+  for (size_t i = 0; i < input_ids_.size(); ++i) input_used_[i] = read_by_node[static_cast<size_t>(input_ids_[i])];
   plan_ = xfr::plan_memory(requests, 64);
   if (!opt_.allocate) return;
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,

@@ -36,29 +36,41 @@ inline Tensor as_dtype(const Tensor& t, DType dtype) {
   return is_floating(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
 }
 
-// Runs op on the GPU over device copies of `inputs`, every output poisoned with NaN bytes (0xFF) first.
+// A device tensor whose every byte is 0xFF (NaN in every float dtype), to show what a kernel did not write.
+// shifted: its data starts one element past its allocation's (256-byte aligned) start, so that no 16-byte
+// vector path can take it.
+inline Tensor poisoned_device(const Shape& shape, DType dtype, bool shifted = false) {
+  DeviceContext* ctx = cuda_test_ctx();
+  Tensor t = shifted ? Tensor::empty({numel_of(shape) + 1}, dtype, ctx).carve(dtype_size(dtype), shape, dtype)
+                     : Tensor::empty(shape, dtype, ctx);
+  std::vector<unsigned char> poison(t.nbytes(), 0xFF);
+  ctx->copy(t.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
+  ctx->synchronize();
+  return t;
+}
+
+// Runs op on the GPU over device copies of `inputs`, every output poisoned with NaN bytes (0xFF) first; with
+// `shifted`, every input and output starts one element off alignment (poisoned_device).
 inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& inputs, uint64_t rng_seed = 0,
-                                       uint64_t rng_offset = 0) {
+                                       uint64_t rng_offset = 0, bool shifted = false) {
   DeviceContext* ctx = cuda_test_ctx();
   std::vector<Tensor> din;
   std::vector<TensorMeta> meta;
   for (const auto& t : inputs) {
-    din.push_back(t.to_device(ctx));
+    if (shifted) {
+      din.push_back(poisoned_device(t.shape(), t.dtype(), true));
+      din.back().copy_from(t);
+    } else {
+      din.push_back(t.to_device(ctx));
+    }
     meta.push_back(TensorMeta{t.shape(), t.dtype()});
   }
   const auto out_meta = op.infer(meta);
   std::vector<Tensor> out;
   for (size_t k = 0; k < out_meta.size(); ++k) {
     const int src = op.view_of_input(static_cast<int>(k));
-    if (src >= 0) {
-      out.push_back(din.at(static_cast<size_t>(src)).view(out_meta[k].shape));
-      continue;
-    }
-    Tensor o = Tensor::empty(out_meta[k].shape, out_meta[k].dtype, ctx);
-    std::vector<unsigned char> poison(o.nbytes(), 0xFF);
-    ctx->copy(o.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
-    ctx->synchronize();
-    out.push_back(o);
+    out.push_back(src >= 0 ? din.at(static_cast<size_t>(src)).view(out_meta[k].shape)
+                           : poisoned_device(out_meta[k].shape, out_meta[k].dtype, shifted));
   }
   KernelContext kc;
   kc.rng_seed = rng_seed;
@@ -73,23 +85,34 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
 // The CUDA kernel of `op` in `dtype` against the CPU kernel in f32 on the same inputs (floating inputs
 // rounded to `dtype` first, so only the computation differs). Compares every output; integer outputs
 // exactly. `tol_scale` widens the tolerance for ops that round intermediates (say why at the call).
+// `shifted`: every GPU input and output one element off alignment (the kernels' scalar paths).
 inline void check_cuda_op(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
-                          double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0) {
+                          double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0,
+                          bool shifted = false) {
   std::vector<Tensor> gpu_in, cpu_in;
   for (const auto& t : inputs_f32) {
     gpu_in.push_back(as_dtype(t, dtype));
     cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
   }
   const auto ref = run_op(op, cpu_in, &test_pool(), rng_seed, rng_offset);
-  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset);
+  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
-    const std::string name = what + " [" + dtype_name(dtype) + "] output " + std::to_string(k);
+    const std::string name =
+        what + " [" + dtype_name(dtype) + (shifted ? ", misaligned" : "") + "] output " + std::to_string(k);
     CHECK_MESSAGE(got[k].shape() == ref[k].shape(), name << ": shape");
     const DType od = got[k].dtype();
     const Tolerance tol = is_floating(od) ? cuda_tolerance(od) : tolerance(od);
     check_close(got[k].to_doubles(), ref[k].to_doubles(), tol.atol * tol_scale, tol.rtol * tol_scale, name);
   }
+}
+
+// check_cuda_op, and again with every GPU input and output one element off alignment, so that a kernel's
+// 16-byte vector path and its scalar fallback are both held against the CPU.
+inline void check_cuda_op_both(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
+                               double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0) {
+  check_cuda_op(op, inputs_f32, dtype, what, tol_scale, rng_seed, rng_offset);
+  check_cuda_op(op, inputs_f32, dtype, what, tol_scale, rng_seed, rng_offset, true);
 }
 
 // The dtypes a CUDA kernel is tested in.

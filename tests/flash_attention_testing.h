@@ -252,6 +252,33 @@ inline FaRef fa_reference(const FaProblem& p, const FaInputs& in, const std::vec
   return r;
 }
 
+// The problem's masks (causal, window, bias, packed sequences) as one dense additive mask for the composite
+// attention, (B, H, Sq, Sk) with B = 1 for packed sequences (block-diagonal over the concatenated positions):
+// -inf where a key is hidden, the bias (or 0) where it is visible.
+inline std::vector<double> fa_dense_mask(const FaProblem& p, const FaInputs& in) {
+  const int64_t B = p.varlen() ? 1 : p.B;
+  std::vector<double> mask(static_cast<size_t>(B * p.H * p.Sq * p.Sk), -std::numeric_limits<double>::infinity());
+  const auto bias = p.Bb > 0 ? in.bias.to_doubles() : std::vector<double>{};
+  int64_t q0 = 0, k0 = 0;
+  for (int64_t s = 0; s < (p.varlen() ? p.B : 1); ++s) {
+    const int64_t Sq = p.varlen() ? p.lens_q[static_cast<size_t>(s)] : p.Sq;
+    const int64_t Sk = p.varlen() ? p.lens_k[static_cast<size_t>(s)] : p.Sk;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t i = 0; i < Sq; ++i)
+          for (int64_t j = 0; j < Sk; ++j) {
+            if (!fa_visible(p.a, i, j, Sq, Sk)) continue;
+            const size_t bi =
+                p.Bb > 0 ? static_cast<size_t>((((p.Bb == 1 ? 0 : b) * p.Hb + (p.Hb == 1 ? 0 : h)) * p.Sq + i) * p.Sk + j)
+                         : 0;
+            mask[static_cast<size_t>(((b * p.H + h) * p.Sq + q0 + i) * p.Sk + k0 + j)] = p.Bb > 0 ? bias[bi] : 0.0;
+          }
+    q0 += Sq;
+    k0 += Sk;
+  }
+  return mask;
+}
+
 // A tensor of the op (in p's layout) as float64 values in the reference's order (bhsd / (H, T, D)).
 inline std::vector<double> fa_ref_order(const FaProblem& p, const Tensor& t) {
   return (p.a.layout == AttentionLayout::bshd ? swap12(t) : t).to_doubles();

@@ -335,17 +335,9 @@ Tensor to_layout_device(const Tensor& bhsd, bool bshd, DType dt) {
 
 // A device tensor of NaN bytes (0xFF) in the layout of a (B, H, S, D) tensor.
 Tensor poisoned(int64_t B, int64_t H, int64_t S, int64_t D, bool bshd, DType dt) {
-  Tensor t = Tensor::empty(bshd ? Shape{B, S, H, D} : Shape{B, H, S, D}, dt, cuda_test_ctx());
-  std::vector<unsigned char> nan(t.nbytes(), 0xFF);
-  cuda_test_ctx()->copy(t.raw_data(), nan.data(), nan.size(), CopyKind::host_to_device);
-  return t;
+  return poisoned_device(bshd ? Shape{B, S, H, D} : Shape{B, H, S, D}, dt);
 }
-Tensor poisoned_lse(int64_t B, int64_t H, int64_t Sq) {
-  Tensor t = Tensor::empty({B, H, Sq}, DType::f32, cuda_test_ctx());
-  std::vector<unsigned char> nan(t.nbytes(), 0xFF);
-  cuda_test_ctx()->copy(t.raw_data(), nan.data(), nan.size(), CopyKind::host_to_device);
-  return t;
-}
+Tensor poisoned_lse(int64_t B, int64_t H, int64_t Sq) { return poisoned_device({B, H, Sq}, DType::f32); }
 
 // The values of a device tensor of the layout, as (B, H, S, D) row-major doubles.
 std::vector<double> from_layout(const Tensor& t, bool bshd) {

@@ -23,62 +23,6 @@ using namespace xfr::testing;
 
 namespace {
 
-// A device tensor of `shape` whose data starts one element past the allocation's start (allocations are
-// 256-byte aligned), so that no 16-byte vector path can take it.
-Tensor shifted_empty(const Shape& shape, DType dtype) {
-  Tensor buf = Tensor::empty({numel_of(shape) + 1}, dtype, cuda_test_ctx());
-  return buf.carve(dtype_size(dtype), shape, dtype);
-}
-
-// run_op_cuda with every input and output shifted by one element (outputs poisoned with NaN first).
-std::vector<Tensor> run_op_cuda_shifted(const Op& op, const std::vector<Tensor>& inputs, uint64_t rng_seed = 0,
-                                        uint64_t rng_offset = 0) {
-  DeviceContext* ctx = cuda_test_ctx();
-  std::vector<Tensor> din;
-  std::vector<TensorMeta> meta;
-  for (const auto& t : inputs) {
-    Tensor d = shifted_empty(t.shape(), t.dtype());
-    d.copy_from(t);
-    din.push_back(d);
-    meta.push_back(TensorMeta{t.shape(), t.dtype()});
-  }
-  std::vector<Tensor> out;
-  for (const auto& m : op.infer(meta)) {
-    Tensor o = shifted_empty(m.shape, m.dtype);
-    std::vector<unsigned char> poison(o.nbytes(), 0xFF);
-    ctx->copy(o.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
-    out.push_back(o);
-  }
-  ctx->synchronize();
-  KernelContext kc;
-  kc.rng_seed = rng_seed;
-  kc.rng_offset = rng_offset;
-  kc.device = ctx->device();
-  kc.device_ctx = ctx;
-  KernelRegistry::builtin().get(op.name(), ctx->device())(op, kc, din, out);
-  ctx->synchronize();
-  return out;
-}
-
-// check_cuda_op, and the same with every pointer misaligned.
-void check_both(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
-                double tol_scale = 1.0, uint64_t seed = 0, uint64_t offset = 0) {
-  check_cuda_op(op, inputs_f32, dtype, what, tol_scale, seed, offset);
-  std::vector<Tensor> gpu_in, cpu_in;
-  for (const auto& t : inputs_f32) {
-    gpu_in.push_back(as_dtype(t, dtype));
-    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
-  }
-  const auto ref = run_op(op, cpu_in, &test_pool(), seed, offset);
-  const auto got = run_op_cuda_shifted(op, gpu_in, seed, offset);
-  REQUIRE(ref.size() == got.size());
-  for (size_t k = 0; k < ref.size(); ++k) {
-    const Tolerance tol = is_floating(got[k].dtype()) ? cuda_tolerance(got[k].dtype()) : tolerance(got[k].dtype());
-    check_close(got[k].to_doubles(), ref[k].to_doubles(), tol.atol * tol_scale, tol.rtol * tol_scale,
-                what + " [" + dtype_name(dtype) + ", misaligned] output " + std::to_string(k));
-  }
-}
-
 std::string shape_pair(const Shape& a, const Shape& b) { return shape_str(a) + " and " + shape_str(b); }
 
 const std::vector<int64_t> kSizes{1, 31, 33, 257, 1000, 100003};
@@ -111,7 +55,7 @@ XF_CUDA_TEST_CASE("cuda binary: add/sub/mul/div on equal shapes of awkward sizes
       for (DType dt : cuda_float_dtypes()) {
         const Tensor a = random_tensor({n}, 1, -2, 2);
         const Tensor b = random_tensor({n}, 2, 0.5, 1.5);  // away from 0 for div
-        check_both(BinaryOp(kind), {a, b}, dt, "binary " + BinaryOp(kind).attrs() + " n " + std::to_string(n));
+        check_cuda_op_both(BinaryOp(kind), {a, b}, dt, "binary " + BinaryOp(kind).attrs() + " n " + std::to_string(n));
       }
 }
 
@@ -135,8 +79,8 @@ XF_CUDA_TEST_CASE("cuda binary: NumPy broadcasting (row, column, scalar, leading
         const Tensor a = random_tensor(sa, 3, -2, 2);
         const Tensor b = random_tensor(sb, 4, 0.5, 1.5);
         const std::string what = "binary " + BinaryOp(kind).attrs() + " " + shape_pair(sa, sb);
-        check_both(BinaryOp(kind), {a, b}, dt, what);
-        check_both(BinaryOp(kind), {b, a}, dt, what + " (swapped)");
+        check_cuda_op_both(BinaryOp(kind), {a, b}, dt, what);
+        check_cuda_op_both(BinaryOp(kind), {b, a}, dt, what + " (swapped)");
       }
 }
 
@@ -146,7 +90,7 @@ XF_CUDA_TEST_CASE("cuda scale: y = alpha x") {
   for (double alpha : {0.37, -2.0, 0.0})
     for (int64_t n : kSizes)
       for (DType dt : cuda_float_dtypes())
-        check_both(ScaleOp(alpha), {random_tensor({n}, 5, -3, 3)}, dt, "scale n " + std::to_string(n));
+        check_cuda_op_both(ScaleOp(alpha), {random_tensor({n}, 5, -3, 3)}, dt, "scale n " + std::to_string(n));
 }
 
 XF_CUDA_TEST_CASE("cuda broadcast_to: floating and integer dtypes, every broadcast pattern") {
@@ -155,9 +99,9 @@ XF_CUDA_TEST_CASE("cuda broadcast_to: floating and integer dtypes, every broadca
       {{1}, {1000}},     {{1, 5, 1}, {3, 5, 7}}, {{5, 1}, {2, 5, 16}}, {{1, 1}, {1, 1}}, {{7, 3}, {2, 7, 3}}};
   for (const auto& [sx, sy] : cases) {
     for (DType dt : cuda_float_dtypes())
-      check_both(BroadcastToOp(sy), {random_tensor(sx, 6, -3, 3)}, dt, "broadcast_to " + shape_pair(sx, sy));
+      check_cuda_op_both(BroadcastToOp(sy), {random_tensor(sx, 6, -3, 3)}, dt, "broadcast_to " + shape_pair(sx, sy));
     for (DType it : {DType::i32, DType::i64, DType::u8})  // integers are copied exactly
-      check_both(BroadcastToOp(sy), {random_tensor(sx, 7, 0, 100).to(it)}, DType::f32,
+      check_cuda_op_both(BroadcastToOp(sy), {random_tensor(sx, 7, 0, 100).to(it)}, DType::f32,
                  "broadcast_to " + std::string(dtype_name(it)) + " " + shape_pair(sx, sy));
   }
 }
@@ -198,7 +142,7 @@ XF_CUDA_TEST_CASE("cuda sum_to: columns, rows, scalars, middle axes, and long re
   };
   for (const auto& [sx, sy] : cases)
     for (DType dt : cuda_float_dtypes())
-      check_both(SumToOp(sy), {random_tensor(sx, 8, -1, 1)}, dt, "sum_to " + shape_pair(sx, sy));
+      check_cuda_op_both(SumToOp(sy), {random_tensor(sx, 8, -1, 1)}, dt, "sum_to " + shape_pair(sx, sy));
 }
 
 // ---- bias_add -------------------------------------------------------------------------------------------
@@ -208,7 +152,7 @@ XF_CUDA_TEST_CASE("cuda bias_add: (..., C) + (C) for odd and vector-width C") {
   for (const auto& s : shapes)
     for (DType dt : cuda_float_dtypes()) {
       const Tensor x = random_tensor(s, 9, -2, 2), b = random_tensor({s.back()}, 10, -1, 1);
-      check_both(BiasAddOp(), {x, b}, dt, "bias_add " + shape_str(s));
+      check_cuda_op_both(BiasAddOp(), {x, b}, dt, "bias_add " + shape_str(s));
     }
 }
 
@@ -226,8 +170,8 @@ XF_CUDA_TEST_CASE("cuda activation and activation_backward: every kind, paramete
           const Tensor x = random_tensor({n}, 11, -6, 6), dy = random_tensor({n}, 12, -1, 1);
           const std::string what = std::string(activation_name(kind)) + " " + ActivationOp(kind, p).attrs() + " n " +
                                    std::to_string(n);
-          check_both(ActivationOp(kind, p), {x}, dt, what);
-          check_both(ActivationBackwardOp(kind, p), {x, dy}, dt, what + " backward");
+          check_cuda_op_both(ActivationOp(kind, p), {x}, dt, what);
+          check_cuda_op_both(ActivationBackwardOp(kind, p), {x, dy}, dt, what + " backward");
         }
   }
 }
@@ -237,8 +181,8 @@ XF_CUDA_TEST_CASE("cuda star_relu and star_relu_backward: values, parameter grad
     for (DType dt : cuda_float_dtypes()) {
       const Tensor x = random_tensor({n}, 13, -2, 2), dy = random_tensor({n}, 14, -1, 1);
       const Tensor scale = Tensor::full({1}, 0.8944), bias = Tensor::full({}, -0.4472);
-      check_both(StarReluOp(), {x, scale, bias}, dt, "star_relu n " + std::to_string(n));
-      check_both(StarReluBackwardOp(), {x, scale, dy}, dt, "star_relu_backward n " + std::to_string(n));
+      check_cuda_op_both(StarReluOp(), {x, scale, bias}, dt, "star_relu n " + std::to_string(n));
+      check_cuda_op_both(StarReluBackwardOp(), {x, scale, dy}, dt, "star_relu_backward n " + std::to_string(n));
     }
 }
 
@@ -256,8 +200,8 @@ XF_CUDA_TEST_CASE("cuda dropout: the mask and f32 values equal the CPU's exactly
         const std::string what = "dropout n " + std::to_string(n) + " offset " + std::to_string(offset) + " p " +
                                  std::to_string(p);
         check_equal(run_op_cuda(op, {x}, seed, offset)[0], want, what);
-        check_equal(run_op_cuda_shifted(op, {x}, seed, offset)[0], want, what + " misaligned");
-        for (DType dt : {DType::bf16, DType::f16}) check_both(op, {x}, dt, what, 1.0, seed, offset);
+        check_equal(run_op_cuda(op, {x}, seed, offset, true)[0], want, what + " misaligned");
+        for (DType dt : {DType::bf16, DType::f16}) check_cuda_op_both(op, {x}, dt, what, 1.0, seed, offset);
       }
 }
 

@@ -105,13 +105,7 @@ cuda::CudaContext& cuda_ctx() { return *static_cast<cuda::CudaContext*>(cuda_tes
 Tensor rounded(const Tensor& host_f32, DType dt) { return host_f32.to(dt).to(DType::f32); }
 Tensor on_device(const Tensor& host_f32, DType dt) { return host_f32.to(dt).to_device(cuda_test_ctx()); }
 
-// A device tensor whose every element is NaN (0xFF bytes), to show what a kernel did not write.
-Tensor poisoned(const Shape& shape, DType dt) {
-  Tensor t = Tensor::empty(shape, dt, cuda_test_ctx());
-  std::vector<unsigned char> poison(t.nbytes(), 0xFF);
-  cuda_test_ctx()->copy(t.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
-  return t;
-}
+Tensor poisoned(const Shape& shape, DType dt) { return poisoned_device(shape, dt); }
 
 Tensor cpu(const Op& op, const std::vector<Tensor>& in) { return run_op(op, in, &test_pool())[0]; }
 

@@ -20,6 +20,7 @@
 #include "runtime/optimizer.h"
 #include "runtime/tensor.h"
 #include "tests/cuda_testing.h"
+#include "tests/optimizer_testing.h"
 
 using namespace xfr;
 using namespace xfr::testing;
@@ -31,11 +32,6 @@ namespace {
 constexpr float kParamPad = 777.0f;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 const float kInf = std::numeric_limits<float>::infinity();
-
-struct Layout {
-  std::vector<ParamSlot> slots;
-  size_t flat_size = 0;
-};
 
 // Slots of 1, 31, 257, 1000 elements (odd; around the 32-lane warp, the 256-thread block and the float4
 // width), 40000 (more than one 16Ki-element chunk, with a ragged tail), an empty one, and a 33-element slot
@@ -64,24 +60,6 @@ Layout make_layout() {
   }
   l.flat_size = offset + 7;  // trailing padding, not a multiple of 4
   return l;
-}
-
-std::vector<bool> in_slot_mask(const Layout& l) {
-  std::vector<bool> m(l.flat_size, false);
-  for (const ParamSlot& s : l.slots)
-    for (size_t i = 0; i < s.numel; ++i) m[s.offset + i] = true;
-  return m;
-}
-
-// A flat buffer with `pad` in the padding and uniform values in [-scale, scale] inside the slots.
-std::vector<float> random_buffer(const Layout& l, uint32_t seed, float scale, float pad) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  const std::vector<bool> inside = in_slot_mask(l);
-  std::vector<float> b(l.flat_size, pad);
-  for (size_t i = 0; i < b.size(); ++i)
-    if (inside[i]) b[i] = dist(rng);
-  return b;
 }
 
 Tensor to_device(const std::vector<float>& v) {

@@ -33,59 +33,6 @@ Tensor input_for(const Shape& shape, uint64_t seed, DType dt) {
   return random_tensor(shape, seed, -1, 1);
 }
 
-// A device tensor of `shape` starting one element past its allocation's (256-byte aligned) start, so no
-// vector path can take it.
-Tensor shifted_empty(const Shape& shape, DType dtype) {
-  Tensor buf = Tensor::empty({numel_of(shape) + 1}, dtype, cuda_test_ctx());
-  return buf.carve(dtype_size(dtype), shape, dtype);
-}
-
-// The op on the GPU with every input and output shifted by one element (outputs poisoned with NaN bytes).
-std::vector<Tensor> run_op_cuda_shifted(const Op& op, const std::vector<Tensor>& inputs) {
-  DeviceContext* ctx = cuda_test_ctx();
-  std::vector<Tensor> din;
-  std::vector<TensorMeta> meta;
-  for (const auto& t : inputs) {
-    Tensor d = shifted_empty(t.shape(), t.dtype());
-    d.copy_from(t);
-    din.push_back(d);
-    meta.push_back(TensorMeta{t.shape(), t.dtype()});
-  }
-  std::vector<Tensor> out;
-  for (const auto& m : op.infer(meta)) {
-    Tensor o = shifted_empty(m.shape, m.dtype);
-    std::vector<unsigned char> poison(o.nbytes(), 0xFF);
-    ctx->copy(o.raw_data(), poison.data(), poison.size(), CopyKind::host_to_device);
-    out.push_back(o);
-  }
-  ctx->synchronize();
-  KernelContext kc;
-  kc.device = ctx->device();
-  kc.device_ctx = ctx;
-  KernelRegistry::builtin().get(op.name(), ctx->device())(op, kc, din, out);
-  ctx->synchronize();
-  return out;
-}
-
-// check_cuda_op, and again with inputs and outputs shifted off alignment.
-void check_both(const Op& op, const std::vector<Tensor>& inputs_f32, DType dt, const std::string& what) {
-  check_cuda_op(op, inputs_f32, dt, what);
-  std::vector<Tensor> gpu_in, cpu_in;
-  for (const auto& t : inputs_f32) {
-    gpu_in.push_back(as_dtype(t, dt));
-    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
-  }
-  const auto ref = run_op(op, cpu_in, &test_pool());
-  const auto got = run_op_cuda_shifted(op, gpu_in);
-  REQUIRE(ref.size() == got.size());
-  for (size_t k = 0; k < ref.size(); ++k) {
-    const DType od = got[k].dtype();
-    const Tolerance tol = is_floating(od) ? cuda_tolerance(od) : tolerance(od);
-    check_close(got[k].to_doubles(), ref[k].to_doubles(), tol.atol, tol.rtol,
-                what + " shifted [" + dtype_name(dt) + "] output " + std::to_string(k));
-  }
-}
-
 Tensor ids_tensor(const std::vector<int64_t>& v, const Shape& shape, DType dt) {
   if (dt == DType::i64) return Tensor::from_vector(v, shape);
   std::vector<int32_t> w(v.begin(), v.end());
@@ -125,9 +72,9 @@ XF_CUDA_TEST_CASE("cuda: permute by every permutation of a rank-4 tensor, every 
 
 XF_CUDA_TEST_CASE("cuda: permute off alignment and with many partial tiles") {
   for (DType dt : {DType::f32, DType::bf16, DType::u8, DType::i64}) {
-    check_both(PermuteOp({0, 2, 1}), {input_for({2, 257, 1000}, 5, dt)}, dt, "(B, S, C) -> (B, C, S)");
-    check_both(PermuteOp({0, 2, 1, 3}), {input_for({2, 33, 7, 64}, 6, dt)}, dt, "(B, T, H, D) -> (B, H, T, D)");
-    check_both(PermuteOp({3, 1, 2, 0}), {input_for({31, 3, 5, 33}, 7, dt)}, dt, "permute 3,1,2,0");
+    check_cuda_op_both(PermuteOp({0, 2, 1}), {input_for({2, 257, 1000}, 5, dt)}, dt, "(B, S, C) -> (B, C, S)");
+    check_cuda_op_both(PermuteOp({0, 2, 1, 3}), {input_for({2, 33, 7, 64}, 6, dt)}, dt, "(B, T, H, D) -> (B, H, T, D)");
+    check_cuda_op_both(PermuteOp({3, 1, 2, 0}), {input_for({31, 3, 5, 33}, 7, dt)}, dt, "permute 3,1,2,0");
   }
 }
 
@@ -139,7 +86,7 @@ XF_CUDA_TEST_CASE("cuda: slice at odd offsets on every axis, every element size"
     for (int64_t axis = 0; axis < 3; ++axis)
       for (auto [s, e] : {std::pair<int64_t, int64_t>{1, 4}, {3, -1}, {0, 5}, {2, 2}, {-3, -1}}) {
         const std::string what = str_cat("slice axis ", axis, " [", s, ", ", e, ")");
-        check_both(SliceOp(axis, s, e), {x}, dt, what);
+        check_cuda_op_both(SliceOp(axis, s, e), {x}, dt, what);
       }
     // Rows that are multiples of 16 bytes: the 16-byte unit.
     check_cuda_op(SliceOp(1, 1, 4), {input_for({4, 33, 32}, 9, dt)}, dt, "slice of 16-byte rows");
@@ -149,10 +96,10 @@ XF_CUDA_TEST_CASE("cuda: slice at odd offsets on every axis, every element size"
 XF_CUDA_TEST_CASE("cuda: pad_slice (slice's adjoint) at odd offsets, every element size") {
   for (DType dt : copy_dtypes()) {
     const Tensor g = input_for({5, 3, 31}, 10, dt);
-    check_both(PadSliceOp(1, 2, 9), {g}, dt, "pad_slice axis 1");
-    check_both(PadSliceOp(2, 1, 40), {g}, dt, "pad_slice axis 2");
-    check_both(PadSliceOp(0, 0, 5), {g}, dt, "pad_slice without padding");
-    check_both(PadSliceOp(-1, 9, 40), {g}, dt, "pad_slice at the end");
+    check_cuda_op_both(PadSliceOp(1, 2, 9), {g}, dt, "pad_slice axis 1");
+    check_cuda_op_both(PadSliceOp(2, 1, 40), {g}, dt, "pad_slice axis 2");
+    check_cuda_op_both(PadSliceOp(0, 0, 5), {g}, dt, "pad_slice without padding");
+    check_cuda_op_both(PadSliceOp(-1, 9, 40), {g}, dt, "pad_slice at the end");
   }
 }
 
@@ -163,16 +110,16 @@ XF_CUDA_TEST_CASE("cuda: concat and split on every axis, and more pieces than on
       s1[static_cast<size_t>(axis)] = 1;
       s2[static_cast<size_t>(axis)] = 4;
       s3[static_cast<size_t>(axis)] = 7;
-      check_both(ConcatOp(axis), {input_for(s1, 11, dt), input_for(s2, 12, dt), input_for(s3, 13, dt)}, dt,
+      check_cuda_op_both(ConcatOp(axis), {input_for(s1, 11, dt), input_for(s2, 12, dt), input_for(s3, 13, dt)}, dt,
                  str_cat("concat axis ", axis));
       Shape sx{5, 12, 31};
       sx[static_cast<size_t>(axis)] = 12;
-      check_both(SplitOp(axis, {1, 5, 0, 6}), {input_for(sx, 14, dt)}, dt, str_cat("split axis ", axis));
+      check_cuda_op_both(SplitOp(axis, {1, 5, 0, 6}), {input_for(sx, 14, dt)}, dt, str_cat("split axis ", axis));
     }
     std::vector<Tensor> many;
     for (int i = 0; i < 20; ++i) many.push_back(input_for({3, 1 + i % 3, 5}, 100 + static_cast<uint64_t>(i), dt));
-    check_both(ConcatOp(1), many, dt, "concat of 20 inputs");
-    check_both(SplitOp(-1, std::vector<int64_t>(19, 1)), {input_for({3, 2, 19}, 15, dt)}, dt, "split into 19");
+    check_cuda_op_both(ConcatOp(1), many, dt, "concat of 20 inputs");
+    check_cuda_op_both(SplitOp(-1, std::vector<int64_t>(19, 1)), {input_for({3, 2, 19}, 15, dt)}, dt, "split into 19");
   }
 }
 
@@ -185,7 +132,7 @@ XF_CUDA_TEST_CASE("cuda: embedding gathers rows (vector and scalar paths, i32 an
       for (int64_t C : {1, 31, 64, 257}) {
         const Tensor table = random_tensor({V, C}, 16, -1, 1);
         const Tensor ids = ids_tensor(random_ids(33, V, 17), {3, 11}, it);
-        check_both(EmbeddingOp(), {table, ids}, dt, str_cat("embedding C=", C, " ids ", dtype_name(it)));
+        check_cuda_op_both(EmbeddingOp(), {table, ids}, dt, str_cat("embedding C=", C, " ids ", dtype_name(it)));
       }
 }
 
@@ -201,7 +148,7 @@ XF_CUDA_TEST_CASE("cuda: embedding backward sums repeated ids deterministically"
           const Tensor dy = random_tensor({n, C}, 19, -1, 1);
           const EmbeddingBackwardOp op(V);
           const std::string what = str_cat("embedding_backward V=", V, " n=", n, " C=", C, " ids ", dtype_name(it));
-          check_both(op, {dy, ids}, dt, what);
+          check_cuda_op_both(op, {dy, ids}, dt, what);
           const auto a = run_op_cuda(op, {dy.to(dt), ids}), b = run_op_cuda(op, {dy.to(dt), ids});
           CHECK_MESSAGE(a[0].to_doubles() == b[0].to_doubles(), what << ": two runs differ");
         }
@@ -253,7 +200,7 @@ XF_CUDA_TEST_CASE("cuda: rotary forward and inverse (its backward), offsets, vec
     for (const Shape& shape : {Shape{2, 3, 33, 64}, Shape{5, 31, 6}, Shape{7, 2}, Shape{1, 1, 1000, 16}})
       for (int64_t offset : {0, 100})
         for (bool inverse : {false, true})
-          check_both(RotaryOp(offset, inverse), {random_tensor(shape, 22, -1, 1)}, dt,
+          check_cuda_op_both(RotaryOp(offset, inverse), {random_tensor(shape, 22, -1, 1)}, dt,
                      str_cat("rotary ", shape_str(shape), " offset=", offset, " inverse=", inverse));
 }
 
@@ -261,7 +208,7 @@ XF_CUDA_TEST_CASE("cuda: rotary on (B, S, H, hd) heads (seq_axis -3, the bshd at
   for (DType dt : cuda_float_dtypes())
     for (const Shape& shape : {Shape{2, 33, 3, 64}, Shape{1, 17, 5, 6}, Shape{1, 1000, 2, 16}})
       for (bool inverse : {false, true})
-        check_both(RotaryOp(7, inverse, -3), {random_tensor(shape, 27, -1, 1)}, dt,
+        check_cuda_op_both(RotaryOp(7, inverse, -3), {random_tensor(shape, 27, -1, 1)}, dt,
                    str_cat("rotary bshd ", shape_str(shape), " inverse=", inverse));
 }
 

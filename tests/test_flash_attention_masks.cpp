@@ -228,25 +228,7 @@ TEST_CASE("flash_attention masks: equal the composite with the mask as an additi
       CAPTURE(p.name());
       const FaInputs in = make_fa_inputs(p, 9, DType::f64);
       const int64_t B = p.varlen() ? 1 : p.B;
-      std::vector<double> mask(static_cast<size_t>(B * p.H * p.Sq * p.Sk), -kInf);
-      const auto bias = p.Bb > 0 ? in.bias.to_doubles() : std::vector<double>{};
-      int64_t q0 = 0, k0 = 0;
-      for (int64_t s = 0; s < (p.varlen() ? p.B : 1); ++s) {
-        const int64_t Sq = p.varlen() ? p.lens_q[static_cast<size_t>(s)] : p.Sq;
-        const int64_t Sk = p.varlen() ? p.lens_k[static_cast<size_t>(s)] : p.Sk;
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t h = 0; h < p.H; ++h)
-            for (int64_t i = 0; i < Sq; ++i)
-              for (int64_t j = 0; j < Sk; ++j) {
-                if (!fa_visible(p.a, i, j, Sq, Sk)) continue;
-                const size_t bi = p.Bb > 0 ? static_cast<size_t>((((p.Bb == 1 ? 0 : b) * p.Hb + (p.Hb == 1 ? 0 : h)) *
-                                                                      p.Sq + i) * p.Sk + j)
-                                           : 0;
-                mask[static_cast<size_t>(((b * p.H + h) * p.Sq + q0 + i) * p.Sk + k0 + j)] = p.Bb > 0 ? bias[bi] : 0.0;
-              }
-        q0 += Sq;
-        k0 += Sk;
-      }
+      const std::vector<double> mask = fa_dense_mask(p, in);
       const Tensor m = Tensor::from_vector(mask, {B, p.H, p.Sq, p.Sk});
       const Shape q4{B, p.H, p.Sq, p.D}, k4{B, p.Hk, p.Sk, p.D};
       const uint64_t seed = 123;

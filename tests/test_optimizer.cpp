@@ -13,8 +13,10 @@
 #include "runtime/error.h"
 #include "runtime/lr_schedule.h"
 #include "runtime/optimizer.h"
+#include "tests/optimizer_testing.h"
 
 using namespace xfr;
+using namespace xfr::testing;
 
 namespace {
 
@@ -25,11 +27,6 @@ const float kGradPad = std::numeric_limits<float>::quiet_NaN();
 
 // Slots at awkward sizes (1, 31, 33, 257: odd, around the 32-lane and 256-block edges of the kernels) plus
 // one larger than the optimizer's 16Ki-element work chunk, with 16..31 elements of padding between slots.
-struct Layout {
-  std::vector<ParamSlot> slots;
-  size_t flat_size = 0;
-};
-
 Layout make_layout() {
   const size_t sizes[] = {1, 31, 33, 257, 40000};
   const ParamKind kinds[] = {ParamKind::bias, ParamKind::weight, ParamKind::norm, ParamKind::embedding,
@@ -53,24 +50,6 @@ Layout make_layout() {
   l.slots.push_back(gain);
   l.flat_size = offset + 16 + 7;  // trailing padding, not a multiple of 16
   return l;
-}
-
-std::vector<bool> in_slot_mask(const Layout& l) {
-  std::vector<bool> m(l.flat_size, false);
-  for (const ParamSlot& s : l.slots)
-    for (size_t i = 0; i < s.numel; ++i) m[s.offset + i] = true;
-  return m;
-}
-
-// Buffer of the flat size with `pad` in the padding and values in [-scale, scale] inside slots.
-std::vector<float> random_buffer(const Layout& l, uint32_t seed, float scale, float pad) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  const std::vector<bool> inside = in_slot_mask(l);
-  std::vector<float> b(l.flat_size, pad);
-  for (size_t i = 0; i < b.size(); ++i)
-    if (inside[i]) b[i] = dist(rng);
-  return b;
 }
 
 bool ref_decays(const OptimizerConfig& c, ParamKind k) {
