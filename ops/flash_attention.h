@@ -19,6 +19,8 @@
 //
 //   flash_attention   inputs  (q, k, v, [bias (Bb, Hb, Sq, Sk)], [cu_seqlens_q, cu_seqlens_k])   H % Hk == 0
 //                     outputs (out in q's dtype and shape, lse (B, H, Sq) or (H, Tq) in flash_attention_lse_dtype)
+//                     lse is optional (Op::output_optional): an executor that nothing reads it from passes an
+//                     undefined tensor and the kernels skip it (cuDNN: a forward without statistics).
 //     s[b,h,i,j]  = scale * q[b,h,i,:] . k[b,h/G,j,:] + bias[b?,h?,i,j]   G = H / Hk (GQA; Hk = 1 is MQA)
 //                   bias (q's dtype; not with varlen) is broadcast over batch (Bb = 1) and heads (Hb = 1)
 //                   j hidden (s = -inf) outside [key_lo(i), key_hi(i)), AttentionBand below:
@@ -153,6 +155,7 @@ class FlashAttentionOp final : public Op {
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
   int64_t random_numbers(const std::vector<TensorMeta>& in) const override;
+  bool output_optional(int output) const override { return output == 1; }  // lse, when nothing reads it
   FlashAttentionAttrs a;
 };
 

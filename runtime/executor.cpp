@@ -133,6 +133,18 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     if (mirror_dtype != DType::f32 && opt_.allocate)
       param_mirror_ = Tensor::empty({static_cast<int64_t>(store_->flat_size())}, mirror_dtype, opt_.device_ctx.get());
   }
+  // Optional outputs (Op::output_optional) that no node reads and the executor does not hand out: no buffer, and
+  // the kernel gets an undefined tensor (flash_attention's lse in inference).
+  for (const auto& st : schedule_) {
+    if (!st.kernel) continue;
+    const Node& node = g.node(st.node);
+    for (size_t k = 0; k < st.out.size(); ++k) {
+      const int v = st.out[k];
+      if (node.op->output_optional(static_cast<int>(k)) && !read_by_node[static_cast<size_t>(v)] &&
+          !is_output[static_cast<size_t>(v)] && view_root_[static_cast<size_t>(v)] == v && st.grad_slot_out[k] < 0)
+        unmaterialized[static_cast<size_t>(v)] = true;
+    }
+  }
 
   // Row-padded outputs (Op::writes_padded_rows): on a device, a graph output that no node reads, in a float
   // dtype, whose rows are not a multiple of 16 bytes, is written with rows rounded up to 16 bytes and handed

@@ -45,6 +45,10 @@ class Op {
   // rows are not a multiple of 16 bytes (see Executor): cuBLASLt's fast GEMM kernels store 16-byte-aligned
   // rows only, and a padded row costs a few bytes where a packing copy would cost a pass over the output.
   virtual bool writes_padded_rows(int output) const { return false; }
+  // Whether every backend's kernel can skip output `output`: an executor whose graph neither reads it nor hands
+  // it out allocates nothing for it and passes an undefined Tensor in its place (flash_attention's lse in an
+  // inference graph: cuDNN then runs its forward without the statistics, as torch's inference SDPA does).
+  virtual bool output_optional(int output) const { return false; }
   // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
   // node its own slice of the per-step stream.
   virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }

@@ -32,30 +32,6 @@ using namespace xfr::testing;
 
 namespace {
 
-// Sets an environment variable for a scope and restores it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_)
-      setenv(name_, old_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
-
 bool has(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
 
 // The error `f` throws (FAIL when none).
@@ -441,6 +417,27 @@ void cudnn_case(const Case& c, DType dt, bool bshd, bool required) {
   cuda_test_ctx()->synchronize();
   check_close(from_layout(out, bshd), ref.out, tol.out_atol, tol.out_rtol, w + " out");
   check_close(lse.to_host().to_doubles(), ref.lse, tol.lse_atol, 0.0, w + " lse");
+  {  // The inference forward: no statistics (stats = false, no lse pointer), its own plan.
+    cuda::CudnnSdpaArgs inference = a;
+    inference.stats = false;
+    const cuda::CudnnSdpaSupport si = cuda::cudnn_sdpa_support(cctx(), inference, false);
+    if (si.unsupported.empty()) {
+      Tensor out2 = poisoned(c.B, c.H, c.Sq, c.D, bshd, dt);
+      cuda::cudnn_sdpa_forward(cctx(), inference, in_q.raw_data(), in_k.raw_data(), in_v.raw_data(), out2.raw_data(),
+                               nullptr);
+      cuda_test_ctx()->synchronize();
+      check_close(from_layout(out2, bshd), ref.out, tol.out_atol, tol.out_rtol, w + " out (no stats)");
+      // The arguments and the lse pointer must agree, both ways.
+      CHECK_THROWS_AS(cuda::cudnn_sdpa_forward(cctx(), inference, in_q.raw_data(), in_k.raw_data(), in_v.raw_data(),
+                                               out2.raw_data(), lse.data<float>()),
+                      Error);
+      CHECK_THROWS_AS(cuda::cudnn_sdpa_forward(cctx(), a, in_q.raw_data(), in_k.raw_data(), in_v.raw_data(),
+                                               out2.raw_data(), nullptr),
+                      Error);
+    } else if (required) {
+      FAIL_CHECK(w << " forward without stats: cuDNN refused: " << si.unsupported);
+    }
+  }
 
   // The backward from the oracle's out (rounded to dt, as the oracle's backward had it) and lse: cuDNN takes our lse.
   const Tensor ref_out = Tensor::from_vector(std::vector<float>(ref.out.begin(), ref.out.end()), {c.B, c.H, c.Sq, c.D});

@@ -15,6 +15,7 @@
 #include "ops/matmul.h"
 #include "ops/reduce.h"
 #include "ops/softmax.h"
+#include "runtime/device_context.h"
 #include "runtime/rng.h"
 #include "tests/cuda_testing.h"
 #include "tests/flash_attention_testing.h"
@@ -519,4 +520,70 @@ TEST_CASE("flash_attention: an S = 32768 training graph plans O(S) memory (the c
                                                                << composite / (1 << 20) << " MiB");
   CHECK(fused < 8 * qkv_bytes);                       // a few (B, H, S, D) tensors: out, grads, lse
   CHECK(composite > 2.0 * double(B * H) * S * S * 4);  // at least the scores and the probabilities
+}
+
+// lse is an optional output (FlashAttentionOp::output_optional): an executor whose graph neither reads nor hands
+// out lse plans no buffer for it and the kernel skips it (on the CPU into scratch, on CUDA a cuDNN forward without
+// statistics or the native kernel into scratch); out is the same as when lse is kept. Awkward sizes, causal, GQA,
+// both layouts; on the device (XF_TEST_DEVICE=cuda) in bf16 D = 64, where cuDNN runs.
+namespace {
+
+void lse_optional_case(const std::shared_ptr<DeviceContext>& dev, DType dt, int64_t D, AttentionLayout layout) {
+  const int64_t B = 2, H = 4, Hk = 2, S = 33;
+  const bool bshd = layout == AttentionLayout::bshd;
+  const Shape qs = bshd ? Shape{B, S, H, D} : Shape{B, H, S, D}, ks = bshd ? Shape{B, S, Hk, D} : Shape{B, Hk, S, D};
+  const Tensor q = random_tensor(qs, 71, -1.5, 1.5).to(dt), k = random_tensor(ks, 72, -1.5, 1.5).to(dt);
+  const Tensor v = random_tensor(ks, 73, -1.5, 1.5).to(dt);
+  FlashAttentionAttrs a;
+  a.scale = 1.0 / std::sqrt(static_cast<double>(D));
+  a.causal = true;
+  a.layout = layout;
+  const auto run = [&](bool keep_lse, int64_t& arena) {
+    Graph g;
+    Value vq = g.input("q", TensorMeta{qs, dt}), vk = g.input("k", TensorMeta{ks, dt}), vv = g.input("v", TensorMeta{ks, dt});
+    const FlashAttentionOutputs o = flash_attention(vq, vk, vv, a, "attention");
+    ExecutorOptions opt;
+    if (dev) {
+      opt.device = dev->device();
+      opt.device_ctx = dev;
+    }
+    std::vector<Value> outs{o.out};
+    if (keep_lse) outs.push_back(o.lse);
+    Executor ex(g, outs, Gradients{}, std::make_shared<ParamStore>(g, dev.get()), opt);
+    arena = static_cast<int64_t>(ex.memory_plan().arena_bytes);
+    ex.bind(vq, q);
+    ex.bind(vk, k);
+    ex.bind(vv, v);
+    ex.run();
+    return ex.get(o.out).to_host();
+  };
+  int64_t arena_with = 0, arena_without = 0;
+  const Tensor with_lse = run(true, arena_with), without_lse = run(false, arena_without);
+  const std::string w = str_cat(dtype_name(dt), " D=", D, bshd ? " bshd" : " bhsd", dev ? " device" : " cpu");
+  const int64_t lse_bytes = B * H * S * 4;
+  CHECK_MESSAGE(arena_with - arena_without >= lse_bytes, w << ": arena " << arena_with << " vs " << arena_without);
+  if (dev) {  // two cuDNN plans (with and without statistics) may round differently: the bf16 tolerance
+    check_close(without_lse.to_doubles(), with_lse.to_doubles(), 2e-2, 2e-2, w + " out without lse");
+  } else {  // the same CPU kernel: bit for bit
+    CHECK(without_lse.to_doubles() == with_lse.to_doubles());
+  }
+  const auto ref = run_op(FlashAttentionOp(a), {q.to(DType::f32), k.to(DType::f32), v.to(DType::f32)});
+  check_close(without_lse.to_doubles(), ref[0].to_doubles(), dt == DType::f32 ? 1e-6 : 2e-2,
+              dt == DType::f32 ? 1e-6 : 2e-2, w + " out vs the f32 oracle");
+}
+
+}  // namespace
+
+TEST_CASE("flash_attention: an unread lse is not allocated and not written (CPU)") {
+  for (AttentionLayout layout : {AttentionLayout::bhsd, AttentionLayout::bshd}) lse_optional_case(nullptr, DType::f32, 24, layout);
+}
+
+XF_CUDA_TEST_CASE("cuda flash_attention: an unread lse is not allocated and not written (cuDNN without statistics)") {
+  const std::shared_ptr<DeviceContext> dev = make_device_context(Device::cuda(0));
+  for (AttentionLayout layout : {AttentionLayout::bhsd, AttentionLayout::bshd}) {
+    lse_optional_case(dev, DType::bf16, 64, layout);
+    ScopedEnv env("XF_ATTENTION_BACKEND", "native");  // the native kernel into scratch
+    lse_optional_case(dev, DType::bf16, 64, layout);
+    lse_optional_case(dev, DType::f32, 40, layout);
+  }
 }

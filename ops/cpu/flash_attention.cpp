@@ -259,7 +259,14 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
     t.k = in[1].data<T>();
     t.v = in[2].data<T>();
     t.o = out[0].data<T>();
-    t.lse_out = out[1].data<T>();
+    // lse is optional (FlashAttentionOp::output_optional): without it, the rows' statistics go to scratch.
+    std::vector<T> lse_scratch;
+    if (out[1].defined()) {
+      t.lse_out = out[1].data<T>();
+    } else {
+      lse_scratch.resize(static_cast<size_t>((s.varlen ? 1 : s.B) * s.H * s.Sq));  // lse's (B, H, Sq) or (H, Tq)
+      t.lse_out = lse_scratch.data();
+    }
     forward_all(p, t, ctx);
   });
 }

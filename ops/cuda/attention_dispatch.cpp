@@ -43,6 +43,7 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
              : a.alignment == CausalAlignment::bottom_right ? CausalAlign::bottom_right
                                                             : CausalAlign::top_left;
   c.deterministic = attention_deterministic_from_env();  // XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h)
+  c.stats = a.write_lse;
   return c;
 }
 
@@ -115,8 +116,10 @@ AttentionBackend attention_backend_for(CudaContext& ctx, AttentionBackendRequest
                                   attention_call_support(ctx, request, a, backward, has_dlse, pointers_aligned));
 }
 
-void attention_forward(CudaContext& ctx, const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
+void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,
                        void* out, float* lse) {
+  FlashAttentionArgs a = args;
+  a.write_lse = lse != nullptr;
   const AttentionBackend b =
       attention_backend_for(ctx, attention_backend_from_env(), a, false, false, all_aligned({q, k, v, out, lse}));
   if (b == AttentionBackend::cudnn) {
@@ -126,6 +129,12 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& a, const void
 #else
     throw Error("flash_attention", "cuDNN attention is not in this build");  // choose() never picks it then
 #endif
+  }
+  // The native kernels always write the rows' statistics: scratch when the caller wants none (stream-ordered).
+  std::shared_ptr<void> lse_scratch;
+  if (!lse) {
+    lse_scratch = ctx.allocate(flash_attention_lse_bytes(a));
+    lse = static_cast<float*>(lse_scratch.get());
   }
   launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
 }

@@ -25,7 +25,8 @@ class CudaContext;
 // worth more than cuDNN's speed and the native kernel (O(B·H·Sq) scratch) runs. A forced cudnn ignores it.
 constexpr size_t kAutoCudnnMaxWorkspaceBytes = size_t(1) << 30;
 
-// out (B, H, Sq, D) and lse (B, H, Sq) f32, as launch_flash_attention_forward.
+// out (B, H, Sq, D) and lse (B, H, Sq) f32, as launch_flash_attention_forward; lse may be null (not wanted: cuDNN
+// runs its forward without statistics, the native kernels write them to scratch).
 void attention_forward(CudaContext& ctx, const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                        void* out, float* lse);
 

@@ -22,6 +22,7 @@
 #include <cudnn_frontend.h>
 #include <cudnn_frontend_version.h>
 
+#include "runtime/cuda/autotune.h"
 #include "runtime/cuda/context.h"
 #include "runtime/error.h"
 
@@ -118,14 +119,49 @@ std::shared_ptr<CudnnState> state_of(CudaContext& ctx) {
   });
 }
 
-// One cached graph: built and ready to execute, or the reason cuDNN cannot run its key.
+// One way to run a key: a built execution plan of one of its graphs.
+struct SdpaCandidate {
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t plan_index = 0;  // in the graph's execution plans (heuristic order)
+  int64_t workspace = 0;   // this plan's scratch bytes
+  std::string name;        // "implementation unified, plan 0"
+};
+
+// One cached key: its candidates, built and ready to execute, or the reason cuDNN cannot run it.
 struct SdpaPlan {
   std::shared_ptr<CudnnState> state;  // keeps the handle alive as long as the plan
-  std::shared_ptr<fe::graph::Graph> graph;
-  int64_t workspace = 0;
+  std::string key;                    // plan_key(): also the key of the process-wide tuned choice
+  std::vector<SdpaCandidate> candidates;
+  // The candidate that runs: -1 until the first call times them (or takes the first when tuning is off or the
+  // stream is capturing); written under state->mu, which every execution holds.
+  int chosen = -1;
   std::string unsupported;
   std::string engine;
+  int64_t max_workspace() const {
+    int64_t w = 0;
+    for (const auto& c : candidates) w = std::max(w, c.workspace);
+    return w;
+  }
 };
+
+// Plan tuning (runtime/cuda/autotune.h): every plan heuristic mode A returns, of the unified and the composite SDPA
+// implementation, is built and the first call times them all on its own operands. Measured on the H200 (cuDNN
+// 9.14), implementation auto's first pick ran the MiniLM encoder's attention (B 256, H 12, S 128, D 32) at twice
+// the time torch's cuDNN kernel takes. XF_CUDNN_AUTOTUNE=0 builds implementation auto's first plan only (the
+// choice then never depends on timing noise); XF_CUDNN_AUTOTUNE_LOG=1 prints each candidate's time to stderr.
+constexpr int kTuneRuns = 3;  // timed runs per candidate (the minimum is kept), after one warm-up
+bool cudnn_autotune_enabled() {
+  static const bool on = env_flag_default_on("XF_CUDNN_AUTOTUNE");
+  return on;
+}
+bool cudnn_autotune_log() {
+  static const bool on = env_flag("XF_CUDNN_AUTOTUNE_LOG");
+  return on;
+}
+AutotuneChoices<int>& sdpa_choices() {
+  static AutotuneChoices<int> c;
+  return c;
+}
 
 fe::DataType_t fe_dtype(DType t) { return t == DType::f16 ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16; }
 
@@ -170,14 +206,16 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const CudnnSdpaArgs& a, fe::Atte
   auto v = io_tensor(*g, "v", kV, a.B, a.Hk, a.Sk, a.D, a.v);
   auto attrs = fe::graph::SDPA_attributes()
                    .set_name("sdpa")
-                   .set_generate_stats(true)
+                   .set_generate_stats(a.stats)
                    .set_attn_scale(static_cast<float>(a.scale))
                    .set_implementation(impl);
   set_mask(attrs, a.causal);
   auto [o, stats] = g->sdpa(q, k, v, attrs);
   o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.batch, a.o.head, a.o.seq, 1});
-  stats->set_output(true);
-  as_stats(*stats, a);
+  if (a.stats) {
+    stats->set_output(true);
+    as_stats(*stats, a);
+  }
   return g;
 }
 
@@ -202,8 +240,9 @@ std::shared_ptr<fe::graph::Graph> backward_graph(const CudnnSdpaArgs& a) {
   return g;
 }
 
-// validate, build the operation graph, heuristic mode A's plans, check support, build: "" or cuDNN's reason.
-std::string finalize(fe::graph::Graph& g, cudnnHandle_t handle, int64_t& workspace) {
+// validate, build the operation graph, heuristic mode A's plans, check support, build (the first plan that
+// builds, or every one with `all`): "" or cuDNN's reason.
+std::string finalize(fe::graph::Graph& g, cudnnHandle_t handle, bool all) {
   try {
     const char* step = "validate";
     auto err = g.validate();
@@ -221,11 +260,7 @@ std::string finalize(fe::graph::Graph& g, cudnnHandle_t handle, int64_t& workspa
     }
     if (err.is_good()) {
       step = "build_plans";
-      err = g.build_plans();
-    }
-    if (err.is_good()) {
-      step = "get_workspace_size";
-      err = g.get_workspace_size(workspace);
+      err = g.build_plans(all ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
     }
     if (err.is_bad()) return str_cat(step, ": ", err.get_message());
     return {};
@@ -243,13 +278,23 @@ std::string plan_key(const CudnnSdpaArgs& a, bool backward) {
   return str_cat("cudnn_sdpa/", backward ? "bwd" : "fwd", "/", dtype_name(a.dtype), "/B", a.B, "/H", a.H, "/Hk", a.Hk,
                  "/Sq", a.Sq, "/Sk", a.Sk, "/D", a.D, "/q", st(a.q), "/k", st(a.k), "/v", st(a.v), "/o", st(a.o),
                  "/scale", bits, "/causal", static_cast<int>(a.causal),
-                 backward ? (a.deterministic ? "/deterministic" : "/atomic") : "");
+                 backward ? (a.deterministic ? "/deterministic" : "/atomic") : (a.stats ? "/stats" : "/nostats"));
+}
+
+const char* implementation_name(fe::AttentionImplementation_t impl) {
+  switch (impl) {
+    case fe::AttentionImplementation_t::AUTO: return "auto";
+    case fe::AttentionImplementation_t::COMPOSITE: return "composite";
+    case fe::AttentionImplementation_t::UNIFIED: return "unified";
+  }
+  return "?";
 }
 
 std::shared_ptr<SdpaPlan> make_plan(CudaContext& ctx, const std::shared_ptr<CudnnState>& st, const CudnnSdpaArgs& a,
-                                    bool backward) {
+                                    bool backward, const std::string& key) {
   auto p = std::make_shared<SdpaPlan>();
   p->state = st;
+  p->key = key;
   if (!st->failure.empty()) {
     p->unsupported = st->failure;
     return p;
@@ -257,39 +302,52 @@ std::shared_ptr<SdpaPlan> make_plan(CudaContext& ctx, const std::shared_ptr<Cudn
   DeviceGuard guard(ctx.device().index);
   std::lock_guard<std::mutex> lock(st->mu);
   st->graphs_built.fetch_add(1);
-  // One attempt: the graph made and finalized, or the reason it could not be.
-  const auto attempt = [&](const std::function<std::shared_ptr<fe::graph::Graph>()>& make) {
-    p->workspace = 0;
+  const bool tune = cudnn_autotune_enabled();
+  std::string reasons;
+  // One graph: made and finalized, its built plans added as candidates; or the reason it could not be.
+  const auto add_graph = [&](const std::string& label, const std::function<std::shared_ptr<fe::graph::Graph>()>& make) {
+    std::shared_ptr<fe::graph::Graph> g;
+    std::string why;
     try {
-      p->graph = make();
+      g = make();
     } catch (const std::exception& e) {
-      p->graph.reset();
-      return std::string("building the graph: ") + e.what();
+      why = std::string("building the graph: ") + e.what();
     }
-    return finalize(*p->graph, st->handle, p->workspace);
+    if (why.empty()) why = finalize(*g, st->handle, tune);
+    if (why.empty()) {
+      const int64_t n = g->get_execution_plan_count();
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t ws = 0;
+        if (g->get_workspace_size_plan_at_index(i, ws).is_bad()) continue;  // a plan that did not build
+        p->candidates.push_back({g, i, ws, str_cat(label, ", plan ", i)});
+        if (!tune) break;  // the heuristic's first plan that builds (HEURISTICS_CHOICE built only that one)
+      }
+    }
+    if (!why.empty()) reasons += str_cat(reasons.empty() ? "" : "; ", label, ": ", why);
   };
   if (backward) {
-    p->unsupported = attempt([&] { return backward_graph(a); });
+    add_graph("sdpa_backward", [&] { return backward_graph(a); });
     p->engine = str_cat("sdpa_backward, ", a.deterministic ? "deterministic" : "atomic dq", ", heuristic mode A");
+  } else if (tune) {
+    // Both implementations' plans compete (auto would pick unified whenever it supports the graph).
+    for (auto impl : {fe::AttentionImplementation_t::UNIFIED, fe::AttentionImplementation_t::COMPOSITE})
+      add_graph(str_cat("implementation ", implementation_name(impl)), [&] { return forward_graph(a, impl); });
+    p->engine = str_cat("sdpa", a.stats ? "" : " (no stats)", ", heuristic mode A");
   } else {
     // AUTO lets the frontend pick its unified or composite SDPA node; a cuDNN older than the unified node's
     // needs may still accept the composite one, so that is tried when AUTO is refused.
-    p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::AUTO); });
-    p->engine = "sdpa, implementation auto, heuristic mode A";
-    if (!p->unsupported.empty()) {
-      const std::string auto_reason = p->unsupported;
-      p->unsupported = attempt([&] { return forward_graph(a, fe::AttentionImplementation_t::COMPOSITE); });
-      p->engine = "sdpa, implementation composite (auto refused), heuristic mode A";
-      if (!p->unsupported.empty())
-        p->unsupported = str_cat("implementation auto: ", auto_reason, "; composite: ", p->unsupported);
-    }
+    add_graph("implementation auto", [&] { return forward_graph(a, fe::AttentionImplementation_t::AUTO); });
+    if (p->candidates.empty())
+      add_graph("implementation composite", [&] { return forward_graph(a, fe::AttentionImplementation_t::COMPOSITE); });
+    p->engine = str_cat("sdpa", a.stats ? "" : " (no stats)", ", heuristic mode A");
   }
-  if (!p->unsupported.empty()) {
+  if (p->candidates.empty()) {
     st->graphs_unsupported.fetch_add(1);
-    p->unsupported = "cuDNN refused the graph (" + p->unsupported + ")";
-    p->graph.reset();
-    p->workspace = 0;
+    p->unsupported = "cuDNN refused the graph (" + reasons + ")";
+    return p;
   }
+  p->engine += tune ? str_cat(", ", p->candidates.size(), " plans timed on the first call") : ", first plan";
+  if (!tune) p->chosen = 0;
   return p;
 }
 
@@ -315,7 +373,8 @@ std::string static_problem(const CudnnSdpaArgs& a) {
 std::shared_ptr<SdpaPlan> plan_of(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward) {
   // The state first, outside the plan cache's lock that make_plan runs under.
   const auto st = state_of(ctx);
-  return ctx.plan<SdpaPlan>(plan_key(a, backward), [&] { return make_plan(ctx, st, a, backward); });
+  const std::string key = plan_key(a, backward);
+  return ctx.plan<SdpaPlan>(key, [&] { return make_plan(ctx, st, a, backward, key); });
 }
 
 bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kCudnnSdpaAlignment == 0; }
@@ -337,22 +396,59 @@ std::shared_ptr<SdpaPlan> runnable_plan(CudaContext& ctx, const CudnnSdpaArgs& a
   return p;
 }
 
-void execute(CudaContext& ctx, const SdpaPlan& p, std::unordered_map<int64_t, void*>& pack, const char* what) {
-  // Scratch: the context's workspace (the GEMMs', free between kernels of the one stream) when it is large
-  // enough, else a block of the caching allocator freed (stream-ordered) after the launch.
-  void* ws = nullptr;
+// Scratch for `bytes`: the context's workspace (the GEMMs', free between kernels of the one stream) when it is
+// large enough, else a block of the caching allocator freed (stream-ordered) after the launch (held by `owned`).
+void* scratch(CudaContext& ctx, int64_t bytes, std::shared_ptr<void>& owned) {
+  if (bytes <= 0) return nullptr;
+  if (static_cast<size_t>(bytes) <= ctx.workspace_bytes()) return ctx.workspace();
+  owned = ctx.allocate(static_cast<size_t>(bytes));
+  return owned.get();
+}
+
+// Times every candidate on this call's operands (the outputs are overwritten on each run; nothing accumulates
+// into them) and returns the fastest; the first when the stream is being captured (not stored: a later eager
+// call tunes). Called with state->mu held.
+int choose(CudaContext& ctx, SdpaPlan& p, std::unordered_map<int64_t, void*>& pack) {
+  if (p.candidates.size() == 1) return 0;
+  const std::string& key = p.key;
+  const std::string choice_key = str_cat(ctx.device().str(), "/", key);
+  int chosen = -1;
+  if (sdpa_choices().find(choice_key, chosen) && chosen < static_cast<int>(p.candidates.size())) return chosen;
+  if (stream_capturing(ctx.stream())) return -1;
   std::shared_ptr<void> owned;
-  if (p.workspace > 0) {
-    if (static_cast<size_t>(p.workspace) <= ctx.workspace_bytes()) {
-      ws = ctx.workspace();
-    } else {
-      owned = ctx.allocate(static_cast<size_t>(p.workspace));
-      ws = owned.get();
+  void* ws = scratch(ctx, p.max_workspace(), owned);
+  int best = 0;
+  float best_ms = -1.0f;
+  for (size_t i = 0; i < p.candidates.size(); ++i) {
+    const SdpaCandidate& c = p.candidates[i];
+    const float ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
+      return c.graph->execute_plan_at_index(p.state->handle, pack, ws, c.plan_index).is_good();
+    });
+    if (cudnn_autotune_log())
+      std::fprintf(stderr, "[cudnn autotune] %s %s: %s\n", key.c_str(), c.name.c_str(),
+                   ms >= 0.0f ? str_cat(ms * 1e3f, " us").c_str() : "failed");
+    if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
+      best = static_cast<int>(i);
+      best_ms = ms;
     }
   }
+  if (cudnn_autotune_log())
+    std::fprintf(stderr, "[cudnn autotune] %s: %s (%.1f us)\n", key.c_str(), p.candidates[static_cast<size_t>(best)].name.c_str(),
+                 best_ms * 1e3f);
+  return sdpa_choices().store(choice_key, best);
+}
+
+void execute(CudaContext& ctx, SdpaPlan& p, std::unordered_map<int64_t, void*>& pack, const char* what) {
   DeviceGuard guard(ctx.device().index);
   std::lock_guard<std::mutex> lock(p.state->mu);
-  auto err = p.graph->execute(p.state->handle, pack, ws);
+  if (p.chosen < 0) {
+    const int c = choose(ctx, p, pack);
+    if (c >= 0) p.chosen = c;
+  }
+  const SdpaCandidate& c = p.candidates[static_cast<size_t>(std::max(p.chosen, 0))];
+  std::shared_ptr<void> owned;
+  void* ws = scratch(ctx, c.workspace, owned);
+  auto err = c.graph->execute_plan_at_index(p.state->handle, pack, ws, c.plan_index);
   if (err.is_bad()) throw Error("flash_attention", str_cat("cuDNN SDPA ", what, " failed: ", err.get_message()));
 }
 
@@ -364,17 +460,22 @@ CudnnSdpaSupport cudnn_sdpa_support(CudaContext& ctx, const CudnnSdpaArgs& a, bo
   if (!s.unsupported.empty()) return s;
   const auto p = plan_of(ctx, a, backward);
   s.unsupported = p->unsupported;
-  s.workspace_bytes = static_cast<size_t>(p->workspace);
+  s.workspace_bytes = static_cast<size_t>(p->max_workspace());
   s.engine = p->engine;
   return s;
 }
 
 void cudnn_sdpa_forward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
                         void* out, float* lse) {
-  check_pointers("forward", {q, k, v, out, lse});
+  XF_CHECK(a.stats == (lse != nullptr), "flash_attention", "cuDNN SDPA forward: ",
+           a.stats ? "the arguments ask for lse (stats) but no lse pointer was given"
+                   : "an lse pointer was given but the arguments ask for no lse (stats = false)");
+  check_pointers("forward", {q, k, v, out});
+  if (lse) check_pointers("forward", {lse});
   const auto p = runnable_plan(ctx, a, false);
   std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)},
-                                          {kV, const_cast<void*>(v)}, {kO, out}, {kStats, lse}};
+                                          {kV, const_cast<void*>(v)}, {kO, out}};
+  if (lse) pack.emplace(kStats, lse);
   execute(ctx, *p, pack, "forward");
 }
 

@@ -11,8 +11,9 @@
 // packed (B, H, S, D) and (B, S, H, D) both work; lse is a packed (B, H, Sq) f32 array. Every pointer must be
 // 16-byte aligned (kCudnnSdpaAlignment).
 //
-// Plans: for each key (direction, dtype, sizes, strides, scale, mask, determinism) the graph is validated, built,
-// given heuristic mode A's execution plans, checked for support and built once, then cached in the
+// Plans: for each key (direction, dtype, sizes, strides, scale, mask, determinism, stats) the graph is validated,
+// built, given heuristic mode A's execution plans, checked for support and built once (every plan of the unified
+// and the composite implementation, timed on the first call, unless XF_CUDNN_AUTOTUNE=0), then cached in the
 // CudaContext's plan cache, a failing key too (with cuDNN's reason), so a shape cuDNN cannot run is probed
 // once. One cuDNN handle per context, on the context's stream, used by one thread at a time. Scratch comes
 // from the context's workspace when it fits, else from its caching allocator (stream-ordered).
@@ -43,6 +44,9 @@ struct CudnnSdpaArgs {
   HeadStrides q, k, v, o;  // element strides over (batch, head, seq); ops/flash_attention.h's head_strides()
   double scale = 1.0;  // applied in fp32, as the native kernel does
   CausalAlign causal = CausalAlign::none;
+  // Forward: whether lse (cuDNN's Stats) is written. false for an inference forward whose lse nothing reads
+  // (Op::output_optional): the graph then has no Stats output, as torch's inference SDPA asks cuDNN.
+  bool stats = true;
   // Backward: cuDNN's deterministic algorithm (bitwise reproducible dq, like the native kernel's; on sm_90 it
   // keeps dP in a B·H·Sq·Sk scratch). false: dq accumulated with atomics (faster, O(B·H·Sq·D) scratch).
   bool deterministic = true;
@@ -58,7 +62,8 @@ struct CudnnSdpaSupport {
 // use: this may take a while). Pointers are not looked at (see kCudnnSdpaAlignment).
 CudnnSdpaSupport cudnn_sdpa_support(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward);
 
-// Run the cached plan (built on first use). Throws xfr::Error("flash_attention", ...) when cuDNN cannot run the
+// Run the cached plan (built on first use; its candidate plans timed on the first call, see the .cpp). lse may be
+// null exactly when a.stats is false. Throws xfr::Error("flash_attention", ...) when cuDNN cannot run the
 // call (with cudnn_sdpa_support's reason) or a pointer is not 16-byte aligned. Work is issued on ctx's stream.
 void cudnn_sdpa_forward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
                         void* out, float* lse);

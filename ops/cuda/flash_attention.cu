@@ -156,8 +156,10 @@ void forward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vecto
                        const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
   // The dispatcher (ops/cuda/attention_dispatch.h) runs it on cuDNN or on the native kernels.
+  // lse is optional (FlashAttentionOp::output_optional): an undefined tensor when nothing reads it.
   attention_forward(context_of(ctx), args_of(op.a, in, op.a.bias_input(), op.a.cu_input(), ctx), in[0].raw_data(),
-                    in[1].raw_data(), in[2].raw_data(), out[0].raw_data(), static_cast<float*>(out[1].raw_data()));
+                    in[1].raw_data(), in[2].raw_data(), out[0].raw_data(),
+                    out[1].defined() ? static_cast<float*>(out[1].raw_data()) : nullptr);
 }
 
 // in: q, k, v, out, dout, lse, [dlse], [bias], [offsets]; out: dq (q's shape), dk, dv (k's shape), [dbias]
@@ -192,10 +194,12 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
   }
 }
 
-size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) {
+size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
   const int64_t rows = (a.cu_seqlens_q ? 1 : a.B) * a.H * a.Sq;  // lse's rows
   return static_cast<size_t>(rows) * sizeof(float);
 }
+
+size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) { return flash_attention_lse_bytes(a); }
 
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                      const void* out, const void* dout, const float* lse, const float* dlse,

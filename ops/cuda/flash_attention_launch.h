@@ -46,12 +46,18 @@ struct FlashAttentionArgs {
   const void* cu_seqlens_q = nullptr;
   const void* cu_seqlens_k = nullptr;
   bool offsets_i64 = false;
+  // Forward: whether lse is wanted (attention_forward sets it from its lse pointer; cuDNN then builds a forward
+  // without statistics). The native kernels always write lse.
+  bool write_lse = true;
 };
 
 // out = softmax(scale q k^T + bias, masked) v (with dropout), lse = the rows' log-sum-exp (-inf for a fully hidden
 // row).
 void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                     void* out, float* lse, CUstream_st* stream);
+
+// lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
+size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);
 
 // Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32.
 size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a);

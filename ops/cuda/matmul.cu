@@ -15,13 +15,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <mutex>
 #include <string>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/matmul.h"
+#include "runtime/cuda/autotune.h"
 
 namespace xfr::cuda {
 
@@ -204,10 +204,7 @@ constexpr int kMaxTuneCandidates = 64;  // XF_GEMM_AUTOTUNE_CANDIDATES=n (the la
 constexpr int kTuneRuns = 3;         // timed runs per candidate (the minimum is kept), after one warm-up
 
 bool autotune_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("XF_GEMM_AUTOTUNE");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_flag_default_on("XF_GEMM_AUTOTUNE");
   return on;
 }
 int tune_candidates() {
@@ -219,19 +216,12 @@ int tune_candidates() {
   return n;
 }
 bool autotune_log() {
-  static const bool on = [] {
-    const char* v = std::getenv("XF_GEMM_AUTOTUNE_LOG");
-    return v && std::string(v) == "1";
-  }();
+  static const bool on = env_flag("XF_GEMM_AUTOTUNE_LOG");
   return on;
 }
 
-struct TunedChoices {
-  std::mutex mu;
-  std::map<std::string, cublasLtMatmulAlgo_t> algo;  // "cuda:<device>/<plan key>" -> the fastest candidate
-};
-TunedChoices& tuned_choices() {
-  static TunedChoices t;
+AutotuneChoices<cublasLtMatmulAlgo_t>& tuned_choices() {
+  static AutotuneChoices<cublasLtMatmulAlgo_t> t;
   return t;
 }
 
@@ -239,53 +229,29 @@ TunedChoices& tuned_choices() {
 cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g, const std::string& key,
                                 const cublasLtMatmulHeuristicResult_t* results, int found) {
   const std::string choice_key = str_cat(ctx.device().str(), "/", key);
-  TunedChoices& tc = tuned_choices();
-  {
-    std::lock_guard<std::mutex> lock(tc.mu);
-    auto it = tc.algo.find(choice_key);
-    if (it != tc.algo.end()) return it->second;
-  }
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  XF_CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capturing));
-  if (capturing != cudaStreamCaptureStatusNone || g.beta != 0.0f) return results[0].algo;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  XF_CUDA_CHECK(cudaEventCreate(&start));
-  XF_CUDA_CHECK(cudaEventCreate(&stop));
-  struct EventGuard {
-    cudaEvent_t a, b;
-    ~EventGuard() {
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
-    }
-  } guard{start, stop};
+  cublasLtMatmulAlgo_t chosen;
+  if (tuned_choices().find(choice_key, chosen)) return chosen;
+  if (stream_capturing(ctx.stream()) || g.beta != 0.0f) return results[0].algo;
   int best = 0;
-  float best_ms = 0.0f;
+  float best_ms = -1.0f;
   for (int i = 0; i < found; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    float ms = 0.0f;
-    bool ok = true;
-    for (int r = 0; r <= kTuneRuns && ok; ++r) {
-      XF_CUDA_CHECK(cudaEventRecord(start, ctx.stream()));
-      ok = cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, g.c, p.lc, g.c, p.lc,
-                          &results[i].algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) == CUBLAS_STATUS_SUCCESS;
-      XF_CUDA_CHECK(cudaEventRecord(stop, ctx.stream()));
-      XF_CUDA_CHECK(cudaEventSynchronize(stop));
-      float t = 0.0f;
-      XF_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-      if (r == 1 || (r > 1 && t < ms)) ms = t;  // run 0 is the warm-up
-    }
+    const float ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
+      return cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, g.c, p.lc, g.c, p.lc,
+                            &results[i].algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) ==
+             CUBLAS_STATUS_SUCCESS;
+    });
     if (autotune_log())
       std::fprintf(stderr, "[gemm autotune] %s candidate %d: %s\n", key.c_str(), i,
-                   ok ? str_cat(ms * 1e3f, " us").c_str() : "failed");
-    if (ok && (best_ms == 0.0f || ms < best_ms)) {
+                   ms >= 0.0f ? str_cat(ms * 1e3f, " us").c_str() : "failed");
+    if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
       best = i;
       best_ms = ms;
     }
   }
   if (autotune_log())
     std::fprintf(stderr, "[gemm autotune] %s: candidate %d of %d (%.1f us)\n", key.c_str(), best, found, best_ms * 1e3f);
-  std::lock_guard<std::mutex> lock(tc.mu);
-  return tc.algo.emplace(choice_key, results[best].algo).first->second;
+  return tuned_choices().store(choice_key, results[best].algo);
 }
 
 std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const std::string& key) {

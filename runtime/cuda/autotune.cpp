@@ -1,0 +1,54 @@
+#include "runtime/cuda/autotune.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/cuda/check.h"
+
+namespace xfr::cuda {
+
+bool stream_capturing(CUstream_st* stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  XF_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  XF_CUDA_CHECK(cudaEventCreate(&start));
+  struct Events {  // destroys whichever events exist, on every path out
+    cudaEvent_t* a;
+    cudaEvent_t* b;
+    ~Events() {
+      if (*a) cudaEventDestroy(*a);
+      if (*b) cudaEventDestroy(*b);
+    }
+  } events{&start, &stop};
+  XF_CUDA_CHECK(cudaEventCreate(&stop));
+  float best = -1.0f;
+  for (int r = 0; r <= runs; ++r) {  // run 0 is the warm-up
+    XF_CUDA_CHECK(cudaEventRecord(start, stream));
+    const bool ok = launch();
+    XF_CUDA_CHECK(cudaEventRecord(stop, stream));
+    XF_CUDA_CHECK(cudaEventSynchronize(stop));
+    if (!ok) return -1.0f;
+    float t = 0.0f;
+    XF_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    if (r > 0 && (best < 0.0f || t < best)) best = t;
+  }
+  return best;
+}
+
+bool env_flag_default_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "1") == 0;
+}
+
+}  // namespace xfr::cuda

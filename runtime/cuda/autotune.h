@@ -1,0 +1,54 @@
+// Timing candidates on the GPU, for the plan caches that pick among several ways to run one call (cuBLASLt's
+// algorithms in ops/cuda/matmul.cu, cuDNN's attention plans in ops/cuda/cudnn_attention.cpp): each new plan times
+// its candidates on its own operands once and keeps the fastest, as cuDNN's benchmark mode and torch.compile's
+// max-autotune do. The choice is then kept per process and device (AutotuneChoices), so every context of a
+// process computes a shape the same way and results agree bit for bit within a process.
+//
+// Tuning is skipped while the stream is being captured into a CUDA graph (nothing can be timed then; executors
+// run their first step eagerly, so the plans exist before capture).
+#pragma once
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+
+struct CUstream_st;
+
+namespace xfr::cuda {
+
+// Whether work issued on `stream` is being captured into a CUDA graph.
+bool stream_capturing(CUstream_st* stream);
+
+// The fastest of `runs` timed launches of `launch` on `stream` after one warm-up launch, in ms (CUDA events);
+// a negative value when `launch` returned false (the candidate failed).
+float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch);
+
+// An environment switch read once: false only when the variable is "0" (unset: true).
+bool env_flag_default_on(const char* name);
+// An environment switch read once: true only when the variable is "1".
+bool env_flag(const char* name);
+
+// Per process: "<device>/<plan key>" -> the winning candidate (a cuBLASLt algorithm, a cuDNN plan's index).
+template <class Choice>
+class AutotuneChoices {
+ public:
+  // The stored choice of `key`, if any.
+  bool find(const std::string& key, Choice& out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = choice_.find(key);
+    if (it == choice_.end()) return false;
+    out = it->second;
+    return true;
+  }
+  // Stores `c` for `key` unless another thread stored one first; returns the stored choice.
+  Choice store(const std::string& key, const Choice& c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return choice_.emplace(key, c).first->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, Choice> choice_;
+};
+
+}  // namespace xfr::cuda
