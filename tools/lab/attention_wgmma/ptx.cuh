@@ -5,7 +5,6 @@
 #include <cuda.h>  // CUtensorMap (a type only; nothing from libcuda is linked)
 #include <cuda_bf16.h>
 #include <cstdint>
-#include <cstdio>
 
 namespace lab {
 
@@ -103,21 +102,29 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
 }
 // Waits until the phase with this parity has completed. A pipeline bug would otherwise hang the lab with no
 // output on a machine the author cannot see, so after ~2^34 cycles (about 10 s at 1.7 GHz, thousands of times
-// the longest kernel here) it prints which barrier stalled and traps: the case then reports FAIL with the
-// sticky error and the program exits.
-__device__ __noinline__ void mbar_wait_slow(uint32_t bar, uint32_t parity) {
+// the longest kernel here) it records which barrier stalled in g_hang (host-mapped memory, readable after the
+// context is lost) and traps: the case then reports the sticky error and the program prints g_hang and exits.
+// No printf here: a function call inside the wgmma pipeline makes ptxas serialise every wgmma (C7510).
+struct HangInfo {
+  unsigned int set, block_x, block_y, block_z, thread, barrier, parity;
+};
+__device__ HangInfo* g_hang;  // set by the host to a cudaHostAllocMapped buffer; null: just trap
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (mbar_try_wait(bar, parity)) return;
   const long long t0 = clock64();
   while (!mbar_try_wait(bar, parity)) {
     if (clock64() - t0 > (1ll << 34)) {
-      if ((threadIdx.x & 31) == 0)
-        printf("lab attention_wgmma: mbarrier wait timed out: block (%d,%d,%d) thread %d barrier smem+0x%x parity %u\n",
-               blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, bar, parity);
+      volatile HangInfo* h = g_hang;
+      if (h != nullptr) {  // plain stores (no host-memory atomics over PCIe); racing writers all tell the truth
+        h->block_x = blockIdx.x, h->block_y = blockIdx.y, h->block_z = blockIdx.z;
+        h->thread = threadIdx.x, h->barrier = bar, h->parity = parity;
+        __threadfence_system();
+        h->set = 1u;
+        __threadfence_system();
+      }
       __trap();
     }
   }
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  if (!mbar_try_wait(bar, parity)) mbar_wait_slow(bar, parity);
 }
 
 // ---- TMA (PTX ISA 9.7.9.27 cp.async.bulk.tensor) --------------------------------------------------------------
