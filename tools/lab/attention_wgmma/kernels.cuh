@@ -190,8 +190,11 @@ __device__ __forceinline__ void store_out(float (&o)[D / 2], const float (&m)[2]
   }
 }
 
+// The dynamic shared-memory base rounded up to a 1024-byte boundary of the shared address (what the swizzle
+// sees); the kernels request 1024 bytes of slack for it.
 __device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+  const uint32_t a = smem_u32(p);
+  return p + (((a + 1023u) & ~1023u) - a);
 }
 
 // =====================================================================================================================
@@ -307,6 +310,11 @@ constexpr int v1_smem_bytes() {
 //     O += P(j-1) V(j-1) back to back; wait<1> (S(j) done, PV still running); mask, softmax of S(j) (O is not
 //     touched: alpha kept); wait<0>; release stage j-1; O *= alpha; P(j) -> bf16. Tail: O += P V of the last
 //     tile. Registers: S 64 + O D/2 + P 32 live together (~160 at D = 128) within the 240 budget.
+//     KNOWN ISSUE (nvcc 13.0, seen in ptxas -v / SASS, not yet on the GPU): at D = 128 ptxas spills v3
+//     (120-144 B stack, STL/LDL of the P fragments, highest register R178) and serialises every wgmma (C7512
+//     "insufficient register resources"), although the consumers' setmaxnreg 240 is honoured (USETMAXREG in
+//     SASS); compiled with a flat -maxrregcount=240 instead, the same code takes 240 registers and no spill.
+//     D = 64 is clean (4 wgmma groups, no spill). Expect v3 D = 128 to time below v2 until that is solved.
 // =====================================================================================================================
 // Register split (setmaxnreg): the CTA's allocation at entry is 384 x 168; what the producer warpgroup gives
 // back is what the consumers take: 128 x kProducerRegs + 256 x kConsumerRegs == 384 x 168.
