@@ -6,9 +6,10 @@
 #   (default: build test bench torch attn)
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
-# times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time).
+# times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
+# XF_LAB_ATTENTION_ARGS (xfrun_lab_attention_wgmma's arguments, e.g. "--variant v1,v2 --quick").
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ if has build; then
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_attention_wgmma -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
     grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
@@ -74,6 +75,12 @@ if has lab; then
   XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
   note "lab (head GEMM layouts): rc=$? ($(( $(date +%s) - t )) s)"
   grep -E "^lab" "$OUT/lab.log" | tee -a "$SUMMARY"
+  # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
+  # e.g. "--variant v1 --quick"); rc 1 = some case failed, 3 = a CUDA fault that stopped it.
+  t=$(date +%s)
+  "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
+  note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
+  grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
 fi
 
 if has torch; then

@@ -1,0 +1,487 @@
+// Device code of the Hopper attention lab (tools/lab/attention_wgmma.cu, which documents the lab): the fp32
+// reference, the pieces the fast variants share (wgmma GEMMs on the sw128 tiles, mask, online softmax, P
+// fragments, epilogue) and the variant kernels v1 (cp.async) and v2/v3 (TMA, warp-specialised). sm_90a only.
+#pragma once
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "ptx.cuh"
+#include "wgmma.cuh"
+
+using bf16 = __nv_bfloat16;
+
+namespace lab {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// =====================================================================================================================
+// Reference: one warp per query row, two passes over the keys in fp32 (row max, then sum and weighted V),
+// expf/logf: slow and obviously right. Lane l holds dims l, l+32, ... (coalesced loads of one k/v row).
+// grid: B*H*S/8 blocks of 256 threads (8 warps = 8 consecutive rows of one (b, h), since S % 8 == 0).
+// =====================================================================================================================
+template <int D>
+__global__ void __launch_bounds__(256) reference_attention(const bf16* __restrict__ q,  // (B, H, S, D)
+                                                           const bf16* __restrict__ k,  // (B, H, S, D)
+                                                           const bf16* __restrict__ v,  // (B, H, S, D)
+                                                           float* __restrict__ out,     // (B, H, S, D)
+                                                           float* __restrict__ lse,     // (B, H, S)
+                                                           int S, float scale, int causal) {
+  constexpr int kPer = D / 32;
+  const int lane = threadIdx.x % 32;
+  const size_t row = static_cast<size_t>(blockIdx.x) * 8 + threadIdx.x / 32;  // over B*H*S
+  const size_t bh = row / S;
+  const int i = static_cast<int>(row % S);
+  const bf16* kh = k + bh * S * D;
+  const bf16* vh = v + bh * S * D;
+  float qv[kPer];
+#pragma unroll
+  for (int t = 0; t < kPer; ++t) qv[t] = __bfloat162float(q[row * D + lane + 32 * t]);
+  const int n = causal ? i + 1 : S;
+  auto score = [&](int j) {
+    float p = 0.f;
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) p += qv[t] * __bfloat162float(kh[static_cast<size_t>(j) * D + lane + 32 * t]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) p += __shfl_xor_sync(0xffffffffu, p, off);
+    return p * scale;
+  };
+  float m = -INFINITY;
+  for (int j = 0; j < n; ++j) m = fmaxf(m, score(j));
+  float l = 0.f, o[kPer] = {};
+  for (int j = 0; j < n; ++j) {
+    const float p = expf(score(j) - m);
+    l += p;
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) o[t] += p * __bfloat162float(vh[static_cast<size_t>(j) * D + lane + 32 * t]);
+  }
+#pragma unroll
+  for (int t = 0; t < kPer; ++t) out[row * D + lane + 32 * t] = o[t] / l;
+  if (lane == 0) lse[row] = m + logf(l);
+}
+
+// =====================================================================================================================
+// Pieces shared by the fast variants. A consumer warpgroup (128 threads) owns 64 query rows of the block's 128;
+// thread t of it (warp w = t/32, lane) holds, in every m64nN accumulator fragment, rows 16w + lane/4 (+8) and
+// columns 8*(i/4) + 2*(lane%4) + i%2 for register i (PTX ISA "wgmma .m64nNk16 register fragment D").
+// =====================================================================================================================
+constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64 (wgmma's M)
+constexpr int kBlockN = 128;  // keys per K/V tile: S's accumulator is 64 fp32 registers a thread; the causal
+                              // diagonal logic below assumes kBlockN == kBlockM
+
+// S (64 x BN, fp32) = Q_wg (64 x D) K_tile (BN x D)^T. Both operands K-major in shared memory (sw128 layout).
+// q_wg: this warpgroup's first Q row in atom 0; q_atom_bytes: the Q tile's atom stride (kBlockM * 128).
+template <int D, int BN>
+__device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {  // 16 = wgmma's K for bf16; 4 steps of 32 B per 64-column atom
+    const uint32_t koff = (kk % 4) * 32;  // 16 bf16 = 32 B along the swizzled row
+    const uint64_t da = sw128_desc(q_wg + (kk / 4) * (kBlockM * 128) + koff, 16, 1024);
+    const uint64_t db = sw128_desc(k_tile + (kk / 4) * (BN * 128) + koff, 16, 1024);
+    wgmma_ss<BN>(s, da, db, kk > 0 ? 1 : 0);
+  }
+}
+
+// O (64 x D, fp32) += P (64 x BN, bf16 registers) V_tile (BN x D). V is [key][d] in shared memory, d
+// contiguous: B is MN-major (imm-trans-b = 1), LBO = step between 64-column atoms of d, SBO = 8 keys.
+template <int D, int BN>
+__device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
+#pragma unroll
+  for (int j = 0; j < BN / 16; ++j) wgmma_rs<D>(o, a[j], sw128_desc(v_tile + j * 16 * 128, BN * 128, 1024), 1);
+}
+
+// Causal mask on a tile that crosses the diagonal: key index > query index -> -inf.
+template <int BN>
+__device__ __forceinline__ void causal_mask(float (&s)[BN / 2], int q_row0, int key0) {
+  // q_row0: this thread's first query row (the second is +8); key0: key index of this thread's column 0.
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    const int key = key0 + 8 * (i / 4) + (i & 1);
+    const int qrow = q_row0 + 8 * ((i >> 1) & 1);
+    if (key > qrow) s[i] = -INFINITY;
+  }
+}
+
+// Online softmax on one S tile, in place: s becomes P = 2^(s*scale_log2 - m_new*scale_log2); m (raw-score row
+// max), l (this thread's partial row sum: the quad's four partials are added only in the epilogue, valid because
+// the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by.
+// Row h (0, 1) of the thread = its rows lane/4 + 8h; the quad (4 lanes) shares a row: max via 2 xor-shuffles.
+template <int BN>
+__device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
+                                               float (&alpha)[2]) {
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+  float ms[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // a fully masked row so far: avoid -inf - -inf
+    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
+    m[h] = mx[h];
+  }
+  float sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
+    sum[(i >> 1) & 1] += s[i];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];
+}
+
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+}
+
+// P (fp32 accumulator fragment) -> bf16 A fragments of the next wgmma, one per 16 keys. The m64nNk16 A
+// register fragment of a 64 x 16 slice is laid out like the accumulator of a 64 x 16 tile (CUTLASS:
+// ALayout_64x16 == CLayout_64x16; the same as mma.sync m16n8k16's A per warp): a[j][0] = (row, k 2q..2q+1),
+// a[j][1] = (row+8, same k), a[j][2] = (row, k+8), a[j][3] = (row+8, k+8), with k relative to key 16j. Those
+// are exactly accumulator registers 8j .. 8j+7 in order.
+template <int BN>
+__device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[BN / 16][4]) {
+#pragma unroll
+  for (int j = 0; j < BN / 16; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a[j][r] = pack_bf16x2(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
+}
+
+// Epilogue of one consumer warpgroup: O / l to bf16, staged through the warpgroup's own 64 rows of the Q tile
+// (sw128 layout: conflict-free 4-byte writes, 16-byte reads) so global stores are 16-byte and coalesced;
+// lse = (m*scale_log2 + log2 l) * ln 2. The caller guarantees the warpgroup's wgmmas reading Q are complete.
+// out_blk: (kBlockM, D) rows of this CTA; lse_blk: (kBlockM).
+template <int D>
+__device__ __forceinline__ void store_out(float (&o)[D / 2], const float (&m)[2], float (&l)[2], float scale_log2,
+                                          uint8_t* q_smem, int cw, int t, bf16* __restrict__ out_blk,
+                                          float* __restrict__ lse_blk) {
+  const int w = t / 32, lane = t % 32;
+  float inv[2];
+  int rows[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    inv[h] = 1.f / l[h];
+    rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
+    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
+    if (lane % 4 == 0) lse_blk[rows[h]] = (ms + log2f(l[h])) * kLn2;
+  }
+#pragma unroll
+  for (int i = 0; i < D / 2; i += 2) {
+    const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
+    const uint32_t off = (col / 64) * (kBlockM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
+    const float sc = inv[(i >> 1) & 1];
+    *reinterpret_cast<uint32_t*>(q_smem + off) = pack_bf16x2(o[i] * sc, o[i + 1] * sc);
+  }
+  named_barrier_sync(1 + cw, 128);  // ids 1, 2: one per consumer warpgroup (0 is __syncthreads')
+  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
+#pragma unroll
+  for (int it = 0; it < kChunks / 128; ++it) {
+    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
+    const uint4 val =
+        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (kBlockM * 128) + sw128_chunk(row, col8 % 8));
+    *reinterpret_cast<uint4*>(out_blk + static_cast<size_t>(row) * D + col8 * 8) = val;
+  }
+}
+
+// The dynamic shared-memory base rounded up to a 1024-byte boundary of the shared address (what the swizzle
+// sees); the kernels request 1024 bytes of slack for it.
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
+  const uint32_t a = smem_u32(p);
+  return p + (((a + 1023u) & ~1023u) - a);
+}
+
+// =====================================================================================================================
+// v1: wgmma with cp.async, no warp specialisation.
+//   CTA: 256 threads = 2 consumer warpgroups, each owning 64 of the CTA's kBlockM = 128 query rows; every thread
+//   also loads. Grid (S/128, H, B); causal CTAs run heaviest (last query block) first.
+//   Tiles: Q 128 x D, K and V 128 x D in two stages: Q + 2 x (K + V) = 160 KB at D = 128,
+//   80 KB at D = 64. Shared memory is the limit that fixes kBlockN = 128 and 2 stages at D = 128 (a third stage
+//   would need 224 KB; 227 KB is the per-block maximum). Registers: S 64 + O D/2 + P 32 fp32/b32 per thread,
+//   under the 255 cap of __launch_bounds__(256, 1) (one CTA per SM).
+//   Pipeline per key tile j: barrier; cp.async K,V(j+1) into the other stage; wait for stage j; proxy fence;
+//   barrier; S = Q K^T (D/16 wgmmas, waited); mask (diagonal tile); online softmax, O *= alpha; P -> bf16;
+//   O += P V (BN/16 wgmmas, waited). The copy of j+1 overlaps the math of j; nothing overlaps the softmax.
+// =====================================================================================================================
+template <int R, int D, int NT>
+__device__ __forceinline__ void load_tile_cp_async(uint32_t s_tile, const bf16* __restrict__ g, int tid) {
+  // g: (R, D) row-major rows of one (b, h); 16-byte chunks, consecutive threads on consecutive chunks (coalesced).
+  constexpr int kPerRow = D / 8;
+  static_assert((R * kPerRow) % NT == 0, "tile chunks must split evenly over the threads");
+#pragma unroll
+  for (int it = 0; it < R * kPerRow / NT; ++it) {
+    const int c = tid + it * NT, row = c / kPerRow, col8 = c % kPerRow;
+    cp_async16(s_tile + (col8 / 8) * (R * 128) + sw128_chunk(row, col8 % 8), g + static_cast<size_t>(row) * D + col8 * 8);
+  }
+}
+
+template <int D, bool CAUSAL>
+__global__ void __launch_bounds__(256, 1) attn_v1(const bf16* __restrict__ q,  // (B, H, S, D)
+                                                  const bf16* __restrict__ k,  // (B, H, S, D)
+                                                  const bf16* __restrict__ v,  // (B, H, S, D)
+                                                  bf16* __restrict__ out,      // (B, H, S, D)
+                                                  float* __restrict__ lse,     // (B, H, S)
+                                                  int H, int S, float scale_log2) {
+  constexpr int BN = kBlockN, kTileQ = kBlockM * D * 2, kTileKV = BN * D * 2;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t s_q = smem_u32(smem), s_k = s_q + kTileQ, s_v = s_k + 2 * kTileKV;
+  const int tid = threadIdx.x, cw = tid / 128, t = tid % 128, w = t / 32, lane = t % 32;
+  const int m_block = CAUSAL ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const size_t bh = static_cast<size_t>(blockIdx.z) * H + blockIdx.y;
+  const bf16* kg = k + bh * S * D;
+  const bf16* vg = v + bh * S * D;
+  const int n_blocks = CAUSAL ? m_block + 1 : S / BN;
+
+  load_tile_cp_async<kBlockM, D, 256>(s_q, q + (bh * S + static_cast<size_t>(m_block) * kBlockM) * D, tid);
+  load_tile_cp_async<BN, D, 256>(s_k, kg, tid);
+  load_tile_cp_async<BN, D, 256>(s_v, vg, tid);
+  cp_async_commit();
+
+  float o[D / 2], s[BN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+  uint32_t a[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  const uint32_t q_wg = s_q + cw * 64 * 128;
+  const int q_row0 = m_block * kBlockM + 64 * cw + 16 * w + lane / 4;
+
+  for (int j = 0; j < n_blocks; ++j) {
+    const int st = j & 1;
+    __syncthreads();  // every warpgroup is done with stage st^1 (its wgmmas of tile j-1 were waited)
+    if (j + 1 < n_blocks) {
+      load_tile_cp_async<BN, D, 256>(s_k + (st ^ 1) * kTileKV, kg + static_cast<size_t>(j + 1) * BN * D, tid);
+      load_tile_cp_async<BN, D, 256>(s_v + (st ^ 1) * kTileKV, vg + static_cast<size_t>(j + 1) * BN * D, tid);
+    }
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" = stage st
+    cp_async_wait<1>();
+    fence_proxy_async();  // this thread's cp.async writes -> visible to wgmma (async proxy) ...
+    __syncthreads();      // ... and everyone's
+
+    wgmma_fence();
+    qk_gemm<D, BN>(s, q_wg, s_k + st * kTileKV);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(s);
+    if (CAUSAL && j == n_blocks - 1) causal_mask<BN>(s, q_row0, j * BN + 2 * (lane % 4));
+    online_softmax<BN>(s, m, l, scale_log2, alpha);
+    rescale<D>(o, alpha);
+    pack_p<BN>(s, a);
+
+    wgmma_fence();
+    pv_gemm<D, BN>(o, a, s_v + st * kTileKV);
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(o);
+  }
+  const size_t row0 = bh * S + static_cast<size_t>(m_block) * kBlockM;
+  store_out<D>(o, m, l, scale_log2, smem, cw, t, out + row0 * D, lse + row0);
+}
+
+template <int D>
+constexpr int v1_smem_bytes() {
+  return kBlockM * D * 2 + 4 * kBlockN * D * 2 + 1024;  // Q + 2 stages x (K + V) + alignment slack
+}
+
+// =====================================================================================================================
+// v2 / v3: warp-specialised, TMA, mbarrier K/V ring (FlashAttention-3's hopper/ design, written from its
+// published description).
+//   CTA: 384 threads = warpgroup 0 (producer: one thread issues every TMA; setmaxnreg.dec to 24 registers) +
+//   warpgroups 1, 2 (consumers, 64 query rows each; setmaxnreg.inc to 240). __launch_bounds__(384, 1) caps the
+//   entry allocation at 168 registers a thread (65536 / 384, rounded down to 8); 128 x 24 + 256 x 240 = 64512 =
+//   384 x 168, so the consumers' 240 is exactly what the producer gives back.
+//   Tiles: as v1 (Q 128 x D, K/V 128 x D, STAGES = 2: 160 KB at D = 128, shared memory again the limit) plus
+//   2 + 3 x STAGES mbarriers. K and V tiles are loaded as D/64 boxes of 64 columns x 128 rows through 2-D tensor
+//   maps over the (B*H*S, D) row-major view with CU_TENSOR_MAP_SWIZZLE_128B, which lands in the sw128 layout.
+//   Barriers: q_full (TMA tx), k_full[s] and v_full[s] (producer's arrive.expect_tx + TMA tx: V has its own so
+//   that S = Q K^T need not wait for V), empty[s] (8 arrivals: lane 0 of each consumer warp once its wgmmas on
+//   stage s are complete). Phase parity of use u = j / STAGES of stage s: consumers wait full with parity u & 1;
+//   the producer waits empty with parity (u & 1) ^ 1, which passes at once for u = 0 (a fresh barrier counts
+//   its "previous" phase, parity 1, as complete).
+//   v2 consumer per tile j: wait K(j); S = Q K^T (waited); mask; softmax; O *= alpha; P -> bf16; wait V(j);
+//     O += P V (waited); release stage. Overlap: TMA runs ahead by a stage, and the two consumer warpgroups
+//     interleave on the SM's tensor cores and ALUs (one's softmax under the other's GEMM), unsynchronised.
+//   v3 consumer (OVERLAP): S(0) and its softmax first; then per tile j >= 1: issue S(j) = Q K(j)^T and
+//     O += P(j-1) V(j-1) back to back; wait<1> (S(j) done, PV still running); mask, softmax of S(j) (O is not
+//     touched: alpha kept); wait<0>; release stage j-1; O *= alpha; P(j) -> bf16. Tail: O += P V of the last
+//     tile. Registers: S 64 + O D/2 + P 32 live together (~160 at D = 128) within the 240 budget.
+//     KNOWN ISSUE (nvcc 13.0, seen in ptxas -v / SASS, not yet on the GPU): at D = 128 ptxas spills v3
+//     (120-144 B stack, STL/LDL of the P fragments, highest register R178) and serialises every wgmma (C7512
+//     "insufficient register resources"), although the consumers' setmaxnreg 240 is honoured (USETMAXREG in
+//     SASS); compiled with a flat -maxrregcount=240 instead, the same code takes 240 registers and no spill.
+//     D = 64 is clean (4 wgmma groups, no spill). Expect v3 D = 128 to time below v2 until that is solved.
+// =====================================================================================================================
+// Register split (setmaxnreg): the CTA's allocation at entry is 384 x 168; what the producer warpgroup gives
+// back is what the consumers take: 128 x kProducerRegs + 256 x kConsumerRegs == 384 x 168.
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs == 384 * 168, "setmaxnreg split must use the entry allocation");
+
+template <int D, int STAGES>
+struct WsLayout {  // byte offsets from the 1024-aligned base
+  static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;
+  static constexpr int kQ = 0, kK = kTileQ, kV = kK + STAGES * kTileKV, kBar = kV + STAGES * kTileKV;
+  static constexpr int kBars = 1 + 3 * STAGES;  // q_full, k_full[S], v_full[S], empty[S]
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack
+};
+
+template <int D, bool CAUSAL, bool OVERLAP, int STAGES>
+__global__ void __launch_bounds__(384, 1) attn_ws(const __grid_constant__ CUtensorMap tm_q,  // (B*H*S, D) bf16
+                                                  const __grid_constant__ CUtensorMap tm_k,  // (B*H*S, D) bf16
+                                                  const __grid_constant__ CUtensorMap tm_v,  // (B*H*S, D) bf16
+                                                  bf16* __restrict__ out,                    // (B, H, S, D)
+                                                  float* __restrict__ lse,                   // (B, H, S)
+                                                  int H, int S, float scale_log2) {
+  using L = WsLayout<D, STAGES>;
+  constexpr int BN = kBlockN;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV;
+  const uint32_t bar_q = base + L::kBar;
+  auto bar_kfull = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_vfull = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + 2 * STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m_block = CAUSAL ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const size_t bh = static_cast<size_t>(blockIdx.z) * H + blockIdx.y;
+  const int n_blocks = CAUSAL ? m_block + 1 : S / BN;
+
+  if (tid == 0) {
+    tma_prefetch_map(&tm_q);
+    tma_prefetch_map(&tm_k);
+    tma_prefetch_map(&tm_v);
+    mbar_init(bar_q, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_kfull(st), 1);  // the producer's arrive.expect_tx; the bytes complete it
+      mbar_init(bar_vfull(st), 1);
+      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the roles split below
+
+  if (wg == 0) {
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 0) {
+      const int row_q = static_cast<int>(bh * S) + m_block * kBlockM, row_kv = static_cast<int>(bh * S);
+      mbar_arrive_expect_tx(bar_q, L::kTileQ);
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) tma_load_2d(s_q + at * (kBlockM * 128), &tm_q, at * 64, row_q, bar_q);
+      for (int j = 0; j < n_blocks; ++j) {
+        const int st = j % STAGES;
+        const uint32_t use_parity = (j / STAGES) & 1;
+        mbar_wait(bar_empty(st), use_parity ^ 1);
+        mbar_arrive_expect_tx(bar_kfull(st), L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at)
+          tma_load_2d(s_k + st * L::kTileKV + at * (BN * 128), &tm_k, at * 64, row_kv + j * BN, bar_kfull(st));
+        mbar_arrive_expect_tx(bar_vfull(st), L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at)
+          tma_load_2d(s_v + st * L::kTileKV + at * (BN * 128), &tm_v, at * 64, row_kv + j * BN, bar_vfull(st));
+      }
+    }
+  } else {
+    // ---------------- consumer warpgroups ----------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
+    const uint32_t q_wg = s_q + cw * 64 * 128;
+    const int q_row0 = m_block * kBlockM + 64 * cw + 16 * w + lane / 4;
+    float o[D / 2], s[BN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+    uint32_t a[BN / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    auto release = [&](int st) {
+      if (lane == 0) mbar_arrive(bar_empty(st));
+    };
+    mbar_wait(bar_q, 0);
+
+    if constexpr (!OVERLAP) {
+      for (int j = 0; j < n_blocks; ++j) {
+        const int st = j % STAGES;
+        const uint32_t ph = (j / STAGES) & 1;
+        mbar_wait(bar_kfull(st), ph);
+        wgmma_fence();
+        qk_gemm<D, BN>(s, q_wg, s_k + st * L::kTileKV);
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(s);
+        if (CAUSAL && j == n_blocks - 1) causal_mask<BN>(s, q_row0, j * BN + 2 * (lane % 4));
+        online_softmax<BN>(s, m, l, scale_log2, alpha);
+        rescale<D>(o, alpha);
+        pack_p<BN>(s, a);
+        mbar_wait(bar_vfull(st), ph);
+        wgmma_fence();
+        pv_gemm<D, BN>(o, a, s_v + st * L::kTileKV);
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(o);
+        release(st);
+      }
+    } else {
+      // tile 0: S(0), its softmax (O is zero: no rescale needed, alpha = 0 anyway)
+      mbar_wait(bar_kfull(0), 0);
+      wgmma_fence();
+      qk_gemm<D, BN>(s, q_wg, s_k);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(s);
+      if (CAUSAL && n_blocks == 1) causal_mask<BN>(s, q_row0, 2 * (lane % 4));
+      online_softmax<BN>(s, m, l, scale_log2, alpha);
+      pack_p<BN>(s, a);
+      for (int j = 1; j < n_blocks; ++j) {
+        const int st = j % STAGES, pst = (j - 1) % STAGES;
+        mbar_wait(bar_kfull(st), (j / STAGES) & 1);
+        mbar_wait(bar_vfull(pst), ((j - 1) / STAGES) & 1);
+        wgmma_fence();
+        qk_gemm<D, BN>(s, q_wg, s_k + st * L::kTileKV);  // group 1: S(j)
+        wgmma_commit();
+        pv_gemm<D, BN>(o, a, s_v + pst * L::kTileKV);  // group 2: O += P(j-1) V(j-1)
+        wgmma_commit();
+        wgmma_wait<1>();  // S(j) complete; the PV may still run
+        reg_fence(s);
+        if (CAUSAL && j == n_blocks - 1) causal_mask<BN>(s, q_row0, j * BN + 2 * (lane % 4));
+        online_softmax<BN>(s, m, l, scale_log2, alpha);
+        wgmma_wait<0>();  // PV done: O and the P registers are free
+        reg_fence(o);
+        release(pst);
+        rescale<D>(o, alpha);
+        pack_p<BN>(s, a);
+      }
+      const int lst = (n_blocks - 1) % STAGES;
+      mbar_wait(bar_vfull(lst), ((n_blocks - 1) / STAGES) & 1);
+      wgmma_fence();
+      pv_gemm<D, BN>(o, a, s_v + lst * L::kTileKV);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(o);
+      release(lst);
+    }
+    const size_t row0 = bh * S + static_cast<size_t>(m_block) * kBlockM;
+    store_out<D>(o, m, l, scale_log2, smem + L::kQ, cw, t, out + row0 * D, lse + row0);
+  }
+}
+
+// Inputs: N(0,1) bf16 from a counter-based hash (splitmix64) + Box-Muller, so a case's data depend only on
+// (seed, index) and are made on the device in milliseconds.
+__global__ void fill_randn(bf16* __restrict__ x, size_t n, uint64_t seed, float scale) {  // x: (n)
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u1 = (static_cast<float>(z >> 40) + 0.5f) * (1.f / 16777216.f);  // 24 bits each, in (0, 1)
+    const float u2 = (static_cast<float>(z & 0xFFFFFF) + 0.5f) * (1.f / 16777216.f);
+    x[i] = __float2bfloat16(scale * sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+}  // namespace lab
