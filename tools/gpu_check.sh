@@ -9,7 +9,8 @@
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
-# XF_LAB_ATTENTION_ARGS (xfrun_lab_attention_wgmma's arguments, e.g. "--variant v1,v2 --quick").
+# XF_LABS (which labs the lab step runs, e.g. "attention"), XF_LAB_ATTENTION_ARGS (xfrun_lab_attention_wgmma's
+# arguments, e.g. "--variant v1,v2 --quick").
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,16 +72,22 @@ if has bench; then
 fi
 
 if has lab; then
-  t=$(date +%s)
-  XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
-  note "lab (head GEMM layouts): rc=$? ($(( $(date +%s) - t )) s)"
-  grep -E "^lab" "$OUT/lab.log" | tee -a "$SUMMARY"
-  # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
-  # e.g. "--variant v1 --quick"); rc 1 = some case failed, 3 = a CUDA fault that stopped it.
-  t=$(date +%s)
-  "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
-  note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
-  grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
+  # XF_LABS picks the labs (default: all of head_gemm attention).
+  lab_on() { [[ " ${XF_LABS:-head_gemm attention} " == *" $1 "* ]]; }
+  if lab_on head_gemm; then
+    t=$(date +%s)
+    XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
+    note "lab (head GEMM layouts): rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^lab" "$OUT/lab.log" | tee -a "$SUMMARY"
+  fi
+  if lab_on attention; then
+    # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
+    # e.g. "--variant v1 --quick"); rc 1 = some case failed, 3 = a CUDA fault that stopped it.
+    t=$(date +%s)
+    "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
+    note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
+  fi
 fi
 
 if has torch; then
