@@ -37,16 +37,19 @@ std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   Value dx, dw, db;
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
   if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));
+  const bool want_db = has_bias && ctx.needs_grad(2) && g.rank() > 1;
   if (ctx.needs_grad(1)) {
-    if (x.rank() > 2) {
-      const Value x2 = reshape(x, {-1, x.dim(-1)}, ctx.name("a2d"));
-      const Value g2 = reshape(g, {-1, g.dim(-1)}, ctx.name("g2d"));
-      dw = matmul(g2, x2, true, false, ctx.name("db"));
+    const Value x2 = x.rank() > 2 ? reshape(x, {-1, x.dim(-1)}, ctx.name("a2d")) : x;
+    const Value g2 = g.rank() > 2 ? reshape(g, {-1, g.dim(-1)}, ctx.name("g2d")) : g;
+    if (want_db) {  // dw and db in one node (the GEMM's bias-gradient epilogue on a GPU)
+      const LinearWeightGrads wg = linear_weight_grad(g2, x2, ctx.name("dwb"));
+      dw = wg.dw;
+      db = wg.db;
     } else {
-      dw = matmul(g, x, true, false, ctx.name("db"));
+      dw = matmul(g2, x2, true, false, ctx.name("db"));
     }
   }
-  if (has_bias && ctx.needs_grad(2)) {
+  if (has_bias && ctx.needs_grad(2) && !db.defined()) {
     std::vector<int64_t> leading;
     for (int64_t a = 0; a + 1 < static_cast<int64_t>(g.rank()); ++a) leading.push_back(a);
     db = leading.empty() ? g : reduce_sum(g, leading, false, ctx.name("dbias"));
@@ -60,6 +63,22 @@ Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& na
   std::vector<Value> in{x, w};
   if (b.defined()) in.push_back(b);
   return x.graph->add(std::make_shared<LinearOp>(b.defined(), gelu_tanh), in, name)[0];
+}
+
+std::vector<TensorMeta> LinearWeightGradOp::infer(const std::vector<TensorMeta>& in) const {
+  XF_CHECK(in.size() == 2, "linear_weight_grad", "takes 2 inputs (g, x), got ", in.size());
+  const TensorMeta &g = in[0], &x = in[1];
+  XF_CHECK(is_floating(g.dtype) && x.dtype == g.dtype, "linear_weight_grad", "g and x must share a floating dtype, got ",
+           g.str(), " and ", x.str());
+  XF_CHECK(g.shape.size() == 2 && x.shape.size() == 2 && g.shape[0] == x.shape[0], "linear_weight_grad", "g ",
+           shape_str(g.shape), " and x ", shape_str(x.shape), " must be (M, N) and (M, K)");
+  return {TensorMeta{{g.shape[1], x.shape[1]}, g.dtype}, TensorMeta{{g.shape[1]}, g.dtype}};
+}
+
+LinearWeightGrads linear_weight_grad(Value g, Value x, const std::string& name) {
+  XF_CHECK(g.defined() && x.defined(), "linear_weight_grad", "undefined input");
+  const auto out = g.graph->add(std::make_shared<LinearWeightGradOp>(), {g, x}, name);
+  return {out[0], out[1]};
 }
 
 }  // namespace xfr

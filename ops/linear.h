@@ -4,7 +4,14 @@
 //   x: (..., K), w: (N, K), b: (N) (with bias)  ->  y: (..., N), and with an activation also
 //   pre: (..., N), x·Wᵀ + b before the activation (the backward's input)
 // Activations: none, or gelu_tanh (the one cuBLASLt fuses both ways). The backward is built from the
-// matmul, reduce and activation_backward ops (the same graph autodiff gives the composite).
+// matmul, activation_backward and linear_weight_grad ops (the graph autodiff gives the composite, with the
+// weight's and the bias's gradients in one node).
+//
+// linear_weight_grad: the weight and bias gradients of a linear layer in one op, so a GPU sums the bias gradient
+// in the weight-gradient GEMM's epilogue (cuBLASLt's BGRAD) instead of a separate pass over g.
+//   g: (M, N), x: (M, K)  ->  dw: (N, K) = gᵀ x, db: (N) = sum over the M rows of g
+// Both in g's dtype, accumulated in fp32. The CPU kernel runs the matmul and reduce kernels, so its results are
+// those of the composite.
 #pragma once
 #include "ops/activation.h"
 #include "runtime/graph.h"
@@ -23,5 +30,18 @@ class LinearOp final : public Op {
 
 // y = x wᵀ (+ b), then gelu_tanh when asked. b may be undefined.
 Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& name = {});
+
+class LinearWeightGradOp final : public Op {
+ public:
+  std::string name() const override { return "linear_weight_grad"; }
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (g, x) -> (dw, db)
+};
+
+struct LinearWeightGrads {
+  Value dw;  // (N, K)
+  Value db;  // (N)
+};
+// g: (M, N), x: (M, K), both 2-D of one floating dtype.
+LinearWeightGrads linear_weight_grad(Value g, Value x, const std::string& name = {});
 
 }  // namespace xfr

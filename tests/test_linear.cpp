@@ -1,9 +1,12 @@
 // The fused linear op (ops/linear.h): the CPU kernel equals the composite ops bit for bit, gradients by
 // finite differences in float64, and the CUDA kernel (cuBLASLt epilogues) against the CPU in every dtype.
+#include <array>
+
 #include "ops/activation.h"
 #include "ops/bias_add.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
+#include "ops/reduce.h"
 #include "tests/cuda_testing.h"
 
 using namespace xfr;
@@ -42,6 +45,38 @@ TEST_CASE("linear: gradients by finite differences (float64)") {
 TEST_CASE("linear: shapes are checked at the front door") {
   CHECK_THROWS_AS(LinearOp(false, false).infer({{{4, 5}, DType::f32}, {{3, 4}, DType::f32}}), Error);
   CHECK_THROWS_AS(LinearOp(true, false).infer({{{4, 5}, DType::f32}, {{3, 5}, DType::f32}, {{4}, DType::f32}}), Error);
+  const LinearWeightGradOp wg;
+  CHECK(wg.infer({{{9, 4}, DType::f32}, {{9, 5}, DType::f32}}) ==
+        std::vector<TensorMeta>{{{4, 5}, DType::f32}, {{4}, DType::f32}});
+  CHECK_THROWS_AS(wg.infer({{{9, 4}, DType::f32}, {{8, 5}, DType::f32}}), Error);     // rows differ
+  CHECK_THROWS_AS(wg.infer({{{9, 4}, DType::f32}, {{9, 5}, DType::bf16}}), Error);    // dtypes differ
+  CHECK_THROWS_AS(wg.infer({{{2, 9, 4}, DType::f32}, {{2, 9, 5}, DType::f32}}), Error);  // not 2-D
+}
+
+TEST_CASE("linear_weight_grad: the CPU kernel equals gᵀ x and the column sums of g exactly") {
+  for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{33, 31, 17}, {1, 8, 5}, {257, 24, 40}}) {
+    const Tensor g = random_tensor({M, N}, 11), x = random_tensor({M, K}, 12);
+    const auto got = run_op(LinearWeightGradOp(), {g, x}, &test_pool());
+    CHECK(got[0].to_doubles() == run_op(MatMulOp(true, false), {g, x}, &test_pool())[0].to_doubles());
+    CHECK(got[1].to_doubles() == run_op(ReduceOp(ReduceKind::sum, {0}, false), {g}, &test_pool())[0].to_doubles());
+  }
+}
+
+TEST_CASE("linear: with a bias, the backward computes dw and db in one linear_weight_grad node") {
+  Graph g;
+  Value x = g.input("x", TensorMeta{{2, 3, 5}, DType::f32}, true);
+  Value w = g.input("w", TensorMeta{{7, 5}, DType::f32}, true);
+  Value b = g.input("b", TensorMeta{{7}, DType::f32}, true);
+  const Value loss = reduce_sum(linear_op(x, w, b, true), {}, false);
+  const Gradients grads = gradients(loss);
+  int fused = 0, reduces = 0;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    fused += g.node(i).op->name() == "linear_weight_grad";
+    reduces += g.node(i).op->name() == "reduce";
+  }
+  CHECK(fused == 1);
+  CHECK(reduces == 1);  // the loss's own sum only
+  CHECK(grads.get(b).defined());
 }
 
 XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU") {
@@ -56,4 +91,14 @@ XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU
           // K = 257 products: the bf16 output rounding dominates; one extra ulp for the epilogue's tanh.
           check_cuda_op(LinearOp(bias, gelu), in, dt, "linear N=" + std::to_string(N), 1.5);
         }
+}
+
+XF_CUDA_TEST_CASE("linear_weight_grad: CUDA (cuBLASLt's bias-gradient epilogue) against the CPU") {
+  // GPT-2's widths (N 2304, K 768) and awkward ones (N 31, K 17: unaligned rows, which may take the fallback).
+  for (DType dt : cuda_float_dtypes())
+    for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 17}, {129, 64, 40}}) {
+      const std::vector<Tensor> in{random_tensor({M, N}, 13), random_tensor({M, K}, 14)};
+      // sums over M = 1000 rows: the 16-bit outputs' rounding dominates; twice the per-element tolerance.
+      check_cuda_op_both(LinearWeightGradOp(), in, dt, str_cat("linear_weight_grad M=", M, " N=", N, " K=", K), 2.0);
+    }
 }

@@ -4,6 +4,7 @@
 #include "ops/bias_add.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
+#include "ops/reduce.h"
 #include "runtime/kernel_registry.h"
 
 namespace xfr::cpu {
@@ -21,8 +22,19 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
+// g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x, db: (N): the matmul and reduce kernels, as the composite runs them.
+void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
+                               const std::vector<Tensor>& out) {
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  reg.get("matmul", ctx.device)(MatMulOp(true, false), ctx, {in[0], in[1]}, {out[0]});
+  reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {in[0]}, {out[1]});
+}
+
 }  // namespace
 
-void register_linear(KernelRegistry& r) { r.add("linear", Device::Kind::cpu, linear_kernel); }
+void register_linear(KernelRegistry& r) {
+  r.add("linear", Device::Kind::cpu, linear_kernel);
+  r.add("linear_weight_grad", Device::Kind::cpu, linear_weight_grad_kernel);
+}
 
 }  // namespace xfr::cpu

@@ -7,6 +7,8 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/linear.h"
+#include "ops/matmul.h"
+#include "ops/reduce.h"
 
 namespace xfr::cuda {
 
@@ -49,8 +51,42 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
     KernelRegistry::builtin().get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
+// g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a:
+// the row sums of op(A) = gᵀ). cuBLASLt may have no bias-gradient algorithm for a shape (gemm() then throws
+// naming the plan): such a call runs the plain GEMM and the sum_to kernel.
+void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
+                               const std::vector<Tensor>& out) {
+  const Tensor &g = in[0], &x = in[1];
+  const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
+  if (N == 0) return;
+  GemmArgs a;
+  a.dtype = a.out_dtype = g.dtype();
+  a.trans_a = true;
+  a.m = N;
+  a.n = K;
+  a.k = M;
+  a.a = g.raw_data();
+  a.b = x.raw_data();
+  a.c = out[0].raw_data();
+  a.epilogue = GemmEpilogue::bgrad_a;
+  a.bias = out[1].raw_data();
+  if (M > 0 && K > 0) {
+    try {
+      gemm(context_of(ctx), a);
+      return;
+    } catch (const Error&) {  // no bias-gradient algorithm: the two steps below
+    }
+  }
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  reg.get("matmul", ctx.device)(MatMulOp(true, false), ctx, {g, x}, {out[0]});
+  reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {g}, {out[1]});
+}
+
 }  // namespace
 
-void register_linear(KernelRegistry& r) { r.add("linear", Device::Kind::cuda, linear_kernel); }
+void register_linear(KernelRegistry& r) {
+  r.add("linear", Device::Kind::cuda, linear_kernel);
+  r.add("linear_weight_grad", Device::Kind::cuda, linear_weight_grad_kernel);
+}
 
 }  // namespace xfr::cuda
