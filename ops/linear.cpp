@@ -28,12 +28,42 @@ std::vector<TensorMeta> LinearOp::infer(const std::vector<TensorMeta>& in) const
   return out;
 }
 
+namespace {
+
+// dL/dpre = g * gelu_tanh'(pre) for a gelu linear layer's output gradient g. When g is a plain product a · b with
+// a 2-D b (the input gradient of the linear layer that reads this one's output, as an MLP's second layer), one
+// matmul_dgelu node computes it from a and b (on a GPU the GEMM's epilogue applies the derivative); the plain
+// product is then read by nothing else and is not scheduled (unless something else asks for it).
+Value gelu_backward(const BackwardContext& ctx, Value g) {
+  const Value pre = ctx.output(1);
+  const int producer = ctx.graph.value(g.id).producer;
+  if (producer >= 0) {
+    const Node& n = ctx.graph.node(producer);
+    const auto* mm = dynamic_cast<const MatMulOp*>(n.op.get());
+    if (mm && !mm->trans_a && !mm->trans_b && n.inputs.size() == 2 && n.outputs.size() == 1) {
+      const Value a{&ctx.graph, n.inputs[0]}, b{&ctx.graph, n.inputs[1]};
+      if (b.rank() == 2 && a.meta().dtype == pre.meta().dtype && g.meta().shape == pre.meta().shape)
+        return ctx.graph.add1(std::make_shared<MatMulDGeluOp>(), {a, b, pre}, ctx.name("dpre"));
+    }
+  }
+  return ctx.graph.add1(std::make_shared<ActivationBackwardOp>(ActivationKind::gelu_tanh), {pre, g}, ctx.name("dpre"));
+}
+
+}  // namespace
+
+std::vector<TensorMeta> MatMulDGeluOp::infer(const std::vector<TensorMeta>& in) const {
+  XF_CHECK(in.size() == 3, "matmul_dgelu", "takes 3 inputs (a, b, pre), got ", in.size());
+  XF_CHECK(in[1].shape.size() == 2, "matmul_dgelu", "b ", shape_str(in[1].shape), " must be 2-D (K, N)");
+  const TensorMeta c = MatMulOp(false, false).infer({in[0], in[1]})[0];
+  XF_CHECK(in[2] == c, "matmul_dgelu", "pre ", in[2].str(), " must be the product's ", c.str());
+  return {c};
+}
+
 std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   const Value x = ctx.input(0), w = ctx.input(1);
   Value g = ctx.grad(0);
   if (!g.defined()) return {Value{}, Value{}, Value{}};
-  if (gelu_tanh) g = ctx.graph.add1(std::make_shared<ActivationBackwardOp>(ActivationKind::gelu_tanh),
-                                    {ctx.output(1), g}, ctx.name("dpre"));
+  if (gelu_tanh) g = gelu_backward(ctx, g);
   Value dx, dw, db;
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
   if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));

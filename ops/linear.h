@@ -31,6 +31,17 @@ class LinearOp final : public Op {
 // y = x wᵀ (+ b), then gelu_tanh when asked. b may be undefined.
 Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& name = {});
 
+// matmul_dgelu: a linear layer's input gradient times the derivative of the GELU before it, in one op, so a GPU
+// applies the derivative in the GEMM's epilogue (cuBLASLt's DGELU) instead of a separate pass over the product:
+//   a: (*, M, K), b: (K, N), pre: (*, M, N)  ->  (a · b) * gelu_tanh'(pre)
+// The backward of a gelu linear layer builds it when its output gradient is such a product (see LinearOp's
+// backward). The CPU kernel runs the matmul and activation_backward kernels, so its results are the composite's.
+class MatMulDGeluOp final : public Op {
+ public:
+  std::string name() const override { return "matmul_dgelu"; }
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (a, b, pre) -> (da)
+};
+
 class LinearWeightGradOp final : public Op {
  public:
   std::string name() const override { return "linear_weight_grad"; }

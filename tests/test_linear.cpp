@@ -62,6 +62,46 @@ TEST_CASE("linear_weight_grad: the CPU kernel equals gᵀ x and the column sums 
   }
 }
 
+TEST_CASE("matmul_dgelu: the CPU kernel equals matmul then gelu_tanh's backward exactly; shapes checked") {
+  for (const Shape& as : std::vector<Shape>{{31, 33}, {2, 17, 40}}) {
+    const int64_t K = as.back(), N = 24;
+    Shape ps = as;
+    ps.back() = N;
+    const Tensor a = random_tensor(as, 21), b = random_tensor({K, N}, 22), pre = random_tensor(ps, 23, -3, 3);
+    const auto got = run_op(MatMulDGeluOp(), {a, b, pre}, &test_pool());
+    const Tensor prod = run_op(MatMulOp(false, false), {a, b}, &test_pool())[0];
+    const Tensor ref = run_op(ActivationBackwardOp(ActivationKind::gelu_tanh), {pre, prod}, &test_pool())[0];
+    CHECK(got[0].to_doubles() == ref.to_doubles());
+  }
+  const MatMulDGeluOp op;
+  CHECK_THROWS_AS(op.infer({{{4, 5}, DType::f32}, {{5, 3}, DType::f32}, {{4, 4}, DType::f32}}), Error);     // pre
+  CHECK_THROWS_AS(op.infer({{{4, 5}, DType::f32}, {{2, 5, 3}, DType::f32}, {{4, 3}, DType::f32}}), Error);  // 3-D b
+}
+
+TEST_CASE("linear: an MLP's backward applies the GELU's derivative in one matmul_dgelu node; gradients by finite "
+          "differences (float64)") {
+  const auto mlp = [](Graph&, const std::vector<Value>& v) {
+    return linear_op(linear_op(v[0], v[1], v[2], true), v[3], v[4], false);
+  };
+  const std::vector<Tensor> in{random_tensor({2, 3, 5}, 31, -1, 1, DType::f64), random_tensor({8, 5}, 32, -1, 1, DType::f64),
+                               random_tensor({8}, 33, -1, 1, DType::f64), random_tensor({4, 8}, 34, -1, 1, DType::f64),
+                               random_tensor({4}, 35, -1, 1, DType::f64)};
+  check_gradients(mlp, in, "linear gelu -> linear");
+  Graph g;
+  std::vector<Value> v;
+  for (size_t i = 0; i < in.size(); ++i)
+    v.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const Gradients grads = gradients(reduce_sum(mlp(g, v), {}, false));
+  int fused = 0, unfused = 0;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    fused += g.node(i).op->name() == "matmul_dgelu";
+    unfused += g.node(i).op->name() == "activation_backward";
+  }
+  CHECK(fused == 1);
+  CHECK(unfused == 0);
+  CHECK(grads.get(v[1]).defined());
+}
+
 TEST_CASE("linear: with a bias, the backward computes dw and db in one linear_weight_grad node") {
   Graph g;
   Value x = g.input("x", TensorMeta{{2, 3, 5}, DType::f32}, true);
@@ -91,6 +131,18 @@ XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU
           // K = 257 products: the bf16 output rounding dominates; one extra ulp for the epilogue's tanh.
           check_cuda_op(LinearOp(bias, gelu), in, dt, "linear N=" + std::to_string(N), 1.5);
         }
+}
+
+XF_CUDA_TEST_CASE("matmul_dgelu: CUDA (cuBLASLt's dgelu epilogue) against the CPU") {
+  // N = 48 and 3072 take the epilogue (N % 8 == 0), N = 33 the GEMM + activation kernel; K = 257, 768.
+  for (DType dt : cuda_float_dtypes())
+    for (const auto& [K, N] : std::vector<std::array<int64_t, 2>>{{257, 48}, {768, 3072}, {64, 33}}) {
+      const std::vector<Tensor> in{random_tensor({3, 41, K}, 24), random_tensor({K, N}, 25, -0.1, 0.1),
+                                   random_tensor({3, 41, N}, 26, -3, 3)};
+      // The epilogue applies the derivative to the fp32 product (the CPU to the product rounded to the dtype):
+      // one more rounding of the product in 16 bits.
+      check_cuda_op_both(MatMulDGeluOp(), in, dt, str_cat("matmul_dgelu K=", K, " N=", N), 2.0);
+    }
 }
 
 XF_CUDA_TEST_CASE("linear_weight_grad: CUDA (cuBLASLt's bias-gradient epilogue) against the CPU") {

@@ -22,6 +22,16 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
+// a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre): the matmul kernel, then the activation's
+// backward kernel in place (element by element), as the composite runs them.
+void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
+                         const std::vector<Tensor>& out) {
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  reg.get("matmul", ctx.device)(MatMulOp(false, false), ctx, {in[0], in[1]}, {out[0]});
+  reg.get("activation_backward", ctx.device)(ActivationBackwardOp(ActivationKind::gelu_tanh), ctx, {in[2], out[0]},
+                                             {out[0]});
+}
+
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x, db: (N): the matmul and reduce kernels, as the composite runs them.
 void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
@@ -35,6 +45,7 @@ void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::v
 void register_linear(KernelRegistry& r) {
   r.add("linear", Device::Kind::cpu, linear_kernel);
   r.add("linear_weight_grad", Device::Kind::cpu, linear_weight_grad_kernel);
+  r.add("matmul_dgelu", Device::Kind::cpu, matmul_dgelu_kernel);
 }
 
 }  // namespace xfr::cpu

@@ -51,6 +51,38 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
     KernelRegistry::builtin().get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
+// a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre) with the derivative in the GEMM's epilogue
+// (dgelu, pre as its aux input). cuBLASLt wants aux's leading dimension a multiple of 8: other widths, and a
+// shape cuBLASLt has no dgelu algorithm for, run the GEMM and then the activation's backward kernel in place.
+void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
+                         const std::vector<Tensor>& out) {
+  const Tensor &a = in[0], &b = in[1], &pre = in[2];
+  const int64_t K = b.dim(0), N = b.dim(1);
+  if (out[0].numel() == 0) return;
+  const int64_t M = out[0].numel() / N;
+  if (N % 8 == 0 && K > 0) {  // (K = 0: an empty sum, zeros; the matmul kernel writes them)
+    GemmArgs g;
+    g.dtype = g.out_dtype = a.dtype();
+    g.m = M;
+    g.n = N;
+    g.k = K;
+    g.a = a.raw_data();
+    g.b = b.raw_data();
+    g.c = out[0].raw_data();
+    g.epilogue = GemmEpilogue::dgelu;
+    g.aux = pre.raw_data();
+    try {
+      gemm(context_of(ctx), g);
+      return;
+    } catch (const Error&) {  // no dgelu algorithm for this shape: the two steps below
+    }
+  }
+  const KernelRegistry& reg = KernelRegistry::builtin();
+  reg.get("matmul", ctx.device)(MatMulOp(false, false), ctx, {a, b}, {out[0]});
+  reg.get("activation_backward", ctx.device)(ActivationBackwardOp(ActivationKind::gelu_tanh), ctx, {pre, out[0]},
+                                             {out[0]});
+}
+
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a:
 // the row sums of op(A) = gᵀ). cuBLASLt may have no bias-gradient algorithm for a shape (gemm() then throws
 // naming the plan): such a call runs the plain GEMM and the sum_to kernel.
@@ -87,6 +119,7 @@ void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::v
 void register_linear(KernelRegistry& r) {
   r.add("linear", Device::Kind::cuda, linear_kernel);
   r.add("linear_weight_grad", Device::Kind::cuda, linear_weight_grad_kernel);
+  r.add("matmul_dgelu", Device::Kind::cuda, matmul_dgelu_kernel);
 }
 
 }  // namespace xfr::cuda
