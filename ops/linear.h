@@ -25,6 +25,9 @@ class LinearOp final : public Op {
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (x, w[, b]) -> y[, pre]
   std::vector<Value> backward(const BackwardContext& ctx) const override;
+  // pre is wanted only by the backward: an inference graph leaves it out (the GEMM's GELU epilogue then stores no
+  // auxiliary output: one pass less over the layer's widest activation).
+  bool output_optional(int output) const override { return output == 1; }
   bool has_bias, gelu_tanh;
 };
 

@@ -97,28 +97,31 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
     std::vector<Value> in{s, ctx.output(1), ctx.output(2)};
     if (has_gamma) in.push_back(ctx.input(gi));
     in.push_back(dy);
-    const auto outs = ctx.graph.add(std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta), in,
-                                    ctx.name("layernorm"));
+    if (dsum.defined()) in.push_back(dsum);  // the sum's own gradient, added in the same pass
+    const auto outs = ctx.graph.add(
+        std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta, dsum.defined()), in,
+        ctx.name("layernorm"));
     ds = outs[0];
     size_t k = 1;
     if (want_dgamma) grads[static_cast<size_t>(gi)] = outs[k++];
     if (want_dbeta) grads[static_cast<size_t>(bi)] = outs[k++];
+  } else {
+    ds = dsum;
   }
-  if (dsum.defined()) ds = ds.defined() ? add(ds, dsum, ctx.name("layernorm_dsum")) : dsum;
   if (ctx.needs_grad(0)) grads[0] = ds;
   if (has_residual && ctx.needs_grad(1)) grads[1] = ds;  // d(x + residual) / d residual = 1
   return grads;
 }
 
 std::string LayerNormBackwardOp::attrs() const {
-  return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma, ", dbeta=", want_dbeta);
+  return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma, ", dbeta=", want_dbeta, has_dadd ? ", dadd=1" : "");
 }
 
 std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>& in) const {
   const char* op = "layernorm_backward";
   XF_CHECK(!want_dgamma || has_gamma, op, "dgamma requested without gamma");
-  XF_CHECK(in.size() == 4u + has_gamma, op, "takes ", 4 + has_gamma, " inputs (x, mean, rstd, ",
-           has_gamma ? "gamma, " : "", "dy), got ", in.size());
+  XF_CHECK(in.size() == 4u + has_gamma + has_dadd, op, "takes ", 4 + has_gamma + has_dadd, " inputs (x, mean, rstd, ",
+           has_gamma ? "gamma, " : "", "dy", has_dadd ? ", dadd" : "", "), got ", in.size());
   const TensorMeta& x = in[0];
   XF_CHECK(is_floating(x.dtype) && !x.shape.empty() && x.shape.back() > 0, op, "bad x ", x.str());
   const int64_t c = x.shape.back();
@@ -127,7 +130,9 @@ std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>
            stat.str(), " for x ", x.str());
   if (has_gamma)
     XF_CHECK(in[3] == (TensorMeta{{c}, x.dtype}), op, "gamma ", in[3].str(), " does not match x ", x.str());
-  XF_CHECK(in.back() == x, op, "dy ", in.back().str(), " must match x ", x.str());
+  XF_CHECK(in[static_cast<size_t>(dy_index())] == x, op, "dy ", in[static_cast<size_t>(dy_index())].str(),
+           " must match x ", x.str());
+  if (has_dadd) XF_CHECK(in.back() == x, op, "dadd ", in.back().str(), " must match x ", x.str());
   std::vector<TensorMeta> out{x};
   if (want_dgamma) out.push_back(TensorMeta{{c}, x.dtype});
   if (want_dbeta) out.push_back(TensorMeta{{c}, x.dtype});

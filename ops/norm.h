@@ -49,18 +49,23 @@ class LayerNormOp final : public Op {
   bool write_sum = false;     // output 3 is s (needs has_residual)
 };
 
-// inputs  (x (..., C), mean (rows), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C))
+// inputs  (x (..., C), mean (rows), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C),
+//          [dadd (..., C) when has_dadd])
 // outputs (dx (..., C), [dgamma (C) when want_dgamma], [dbeta (C) when want_dbeta])
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma,  xhat = (x - mean) * rstd
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dadd),  g = dy * gamma,  xhat = (x - mean) * rstd
 // dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
+// dadd is another gradient of the norm's input, added in the same pass (a residual stream's: the gradient of
+// the sum a pre-norm add_layernorm writes out): the separate add's two reads and one write are saved.
 class LayerNormBackwardOp final : public Op {
  public:
-  LayerNormBackwardOp(bool has_gamma, bool want_dgamma, bool want_dbeta)
-      : has_gamma(has_gamma), want_dgamma(want_dgamma), want_dbeta(want_dbeta) {}
+  LayerNormBackwardOp(bool has_gamma, bool want_dgamma, bool want_dbeta, bool has_dadd = false)
+      : has_gamma(has_gamma), want_dgamma(want_dgamma), want_dbeta(want_dbeta), has_dadd(has_dadd) {}
   std::string name() const override { return "layernorm_backward"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
+  int dy_index() const { return 3 + int(has_gamma); }
   bool has_gamma, want_dgamma, want_dbeta;
+  bool has_dadd = false;
 };
 
 class RMSNormOp final : public Op {

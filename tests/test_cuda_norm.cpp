@@ -164,6 +164,12 @@ XF_CUDA_TEST_CASE("cuda: layernorm backward matches the CPU (dx, dgamma, dbeta c
         check_cuda_mixed(LayerNormBackwardOp(f.has_gamma, f.want_dgamma, f.want_dbeta), in, dts,
                          "layernorm_backward " + size_name(rows, C) + " gamma=" + std::to_string(f.has_gamma) +
                              " dgamma=" + std::to_string(f.want_dgamma) + " dbeta=" + std::to_string(f.want_dbeta));
+        if (f.has_gamma && f.want_dgamma && f.want_dbeta) {  // a residual stream's gradient added in the same pass
+          in.push_back(random_tensor({rows, C}, ++seed, -1.0, 1.0));
+          dts.push_back(dt);
+          check_cuda_mixed(LayerNormBackwardOp(true, true, true, true), in, dts,
+                           "layernorm_backward with dadd " + size_name(rows, C));
+        }
       }
 }
 
@@ -525,7 +531,7 @@ XF_CUDA_TEST_CASE("cuda: launchers take misaligned pointers (scalar fallback of 
     check_close(rstd.to_doubles(), ref[2].to_doubles(), 1e-5, 1e-4, "misaligned layernorm rstd");
 
     cuda::launch_layernorm_backward(dt, xd.raw_data(), mean.data<float>(), rstd.data<float>(), gd.raw_data(),
-                                    dyd.raw_data(), dxd.raw_data(), dgd.raw_data(), nullptr, rows, C,
+                                    dyd.raw_data(), nullptr, dxd.raw_data(), dgd.raw_data(), nullptr, rows, C,
                                     static_cast<cuda::CudaContext*>(ctx)->workspace(),
                                     static_cast<cuda::CudaContext*>(ctx)->workspace_bytes(), stream);
     const auto bref = run_op(LayerNormBackwardOp(true, true, false),

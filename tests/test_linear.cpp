@@ -7,6 +7,7 @@
 #include "ops/linear.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
+#include "runtime/device_context.h"
 #include "tests/cuda_testing.h"
 
 using namespace xfr;
@@ -153,4 +154,51 @@ XF_CUDA_TEST_CASE("linear_weight_grad: CUDA (cuBLASLt's bias-gradient epilogue) 
       // sums over M = 1000 rows: the 16-bit outputs' rounding dominates; twice the per-element tolerance.
       check_cuda_op_both(LinearWeightGradOp(), in, dt, str_cat("linear_weight_grad M=", M, " N=", N, " K=", K), 2.0);
     }
+}
+
+// pre is an optional output (LinearOp::output_optional): an inference graph, which reads only y, plans no buffer
+// for it and the kernels write y alone (CUDA: the GELU epilogue without its auxiliary output, or the activation in
+// place); y is unchanged.
+namespace {
+
+void pre_optional_case(const std::shared_ptr<DeviceContext>& dev, DType dt, int64_t N) {
+  const Shape xs{3, 41, 65};
+  const Tensor x = random_tensor(xs, 51).to(dt), w = random_tensor({N, 65}, 52, -0.2, 0.2).to(dt);
+  const Tensor b = random_tensor({N}, 53).to(dt);
+  Graph g;
+  Value vx = g.input("x", TensorMeta{xs, dt}), vw = g.input("w", TensorMeta{{N, 65}, dt}), vb = g.input("b", TensorMeta{{N}, dt});
+  const Value y = linear_op(vx, vw, vb, true, "fc");
+  ExecutorOptions opt;
+  if (dev) {
+    opt.device = dev->device();
+    opt.device_ctx = dev;
+  }
+  Executor ex(g, {y}, Gradients{}, std::make_shared<ParamStore>(g, dev.get()), opt);
+  const int64_t y_bytes = 3 * 41 * N * static_cast<int64_t>(dtype_size(dt));
+  CHECK(static_cast<int64_t>(ex.memory_plan().arena_bytes) < 2 * y_bytes);  // y's buffer, not also pre's
+  ex.bind(vx, x);
+  ex.bind(vw, w);
+  ex.bind(vb, b);
+  ex.run();
+  const Tensor got = ex.get(y).to_host();
+  const auto ref = run_op(LinearOp(true, true), {x.to(DType::f32), w.to(DType::f32), b.to(DType::f32)});
+  const std::string what = str_cat("linear without pre ", dtype_name(dt), " N=", N, dev ? " device" : " cpu");
+  if (dev) {
+    const Tolerance tol = cuda_tolerance(dt);
+    check_close(got.to_doubles(), ref[0].to_doubles(), 1.5 * tol.atol, 1.5 * tol.rtol, what);
+  } else {
+    CHECK(got.to_doubles() == ref[0].to_doubles());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear: an inference graph leaves the pre-activation out (CPU)") {
+  for (int64_t N : {24, 33}) pre_optional_case(nullptr, DType::f32, N);
+}
+
+XF_CUDA_TEST_CASE("linear: an inference graph leaves the pre-activation out (CUDA: the epilogue without aux)") {
+  const std::shared_ptr<DeviceContext> dev = make_device_context(Device::cuda(0));
+  for (DType dt : cuda_float_dtypes())
+    for (int64_t N : {24, 33, 3072}) pre_optional_case(dev, dt, N);
 }

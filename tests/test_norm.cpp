@@ -181,6 +181,23 @@ TEST_CASE("rmsnorm: gradients by finite differences (float64), every input") {
 // want_sum, x + residual itself: the same values as the add followed by the norm, and gradients by finite
 // differences for every input, with the gradient reaching y only, the sum only (a pre-norm stream that goes
 // on), and both.
+TEST_CASE("layernorm_backward with dadd equals the backward then the add exactly; shapes checked") {
+  for (int64_t C : {1, 33, 257}) {
+    const Tensor x = random_tensor({5, C}, 61, -2, 2), gm = random_tensor({C}, 62, 0.5, 1.5);
+    const Tensor dy = random_tensor({5, C}, 63, -1, 1), dadd = random_tensor({5, C}, 64, -1, 1);
+    const auto f = run_op(LayerNormOp(1e-5, true, false), {x, gm});
+    const auto fused = run_op(LayerNormBackwardOp(true, true, false, true), {x, f[1], f[2], gm, dy, dadd}, &test_pool());
+    const auto plain = run_op(LayerNormBackwardOp(true, true, false), {x, f[1], f[2], gm, dy}, &test_pool());
+    const Tensor sum = run_op(BinaryOp(BinaryKind::add), {plain[0], dadd})[0];
+    CHECK(fused[0].to_doubles() == sum.to_doubles());
+    CHECK(fused[1].to_doubles() == plain[1].to_doubles());
+    CHECK_THROWS_AS(LayerNormBackwardOp(true, true, false, true)
+                        .infer({{{5, C}, DType::f32}, {{5}, DType::f32}, {{5}, DType::f32}, {{C}, DType::f32},
+                                {{5, C}, DType::f32}, {{4, C}, DType::f32}}),
+                    Error);
+  }
+}
+
 TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradients by finite differences") {
   const Tensor x = random_tensor({3, 5, 33}, 31, -2, 2), r = random_tensor({3, 5, 33}, 32, -2, 2);
   const Tensor gm = random_tensor({33}, 33, 0.5, 1.5), bt = random_tensor({33}, 34, -1, 1);

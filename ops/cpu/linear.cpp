@@ -11,12 +11,13 @@ namespace xfr::cpu {
 
 namespace {
 
-// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N)]
+// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
   const KernelRegistry& reg = KernelRegistry::builtin();
-  const Tensor& pre = op.gelu_tanh ? out[1] : out[0];
+  // pre (optional: LinearOp::output_optional) or, without it, y itself (the activation then runs in place).
+  const Tensor& pre = op.gelu_tanh && out[1].defined() ? out[1] : out[0];
   reg.get("matmul", ctx.device)(MatMulOp(false, true), ctx, {in[0], in[1]}, {pre});
   if (op.has_bias) reg.get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});  // in place: row-wise
   if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});

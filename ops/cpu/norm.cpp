@@ -94,7 +94,7 @@ void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const st
   });
 }
 
-// in: x (rows, C), mean (rows), rstd (rows), [gamma (C)], dy (rows, C);
+// in: x (rows, C), mean (rows), rstd (rows), [gamma (C)], dy (rows, C), [dadd (rows, C)];
 // out: dx (rows, C), [dgamma (C)], [dbeta (C)]
 template <class T>
 void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
@@ -104,7 +104,8 @@ void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx,
   const T* mean = in[1].data<T>();
   const T* rstd = in[2].data<T>();
   const T* gamma = op.has_gamma ? in[3].data<T>() : nullptr;
-  const T* dy = in.back().data<T>();
+  const T* dy = in[static_cast<size_t>(op.dy_index())].data<T>();
+  const T* dadd = op.has_dadd ? in.back().data<T>() : nullptr;
   T* dx = out[0].data<T>();
   const int64_t nbands = (rows + kBandRows - 1) / kBandRows;
   std::vector<T> pg(op.want_dgamma ? static_cast<size_t>(nbands * C) : 0, T(0));
@@ -139,6 +140,8 @@ void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx,
             dxr[i] = rs * (dyr[i] - a - xh * bq);
           }
         }
+        if (dadd)  // after the norm's own dx, as the add op would (the same values as the composite)
+          for (int64_t i = 0; i < C; ++i) dxr[i] += dadd[r * C + i];
         if (ag)
           for (int64_t i = 0; i < C; ++i) ag[i] += dyr[i] * ((xr[i] - m) * rs);
         if (ab)

@@ -14,7 +14,7 @@ namespace xfr::cuda {
 
 namespace {
 
-// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N)]
+// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
@@ -29,11 +29,14 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   a.k = K;
   a.a = in[0].raw_data();
   a.b = in[1].raw_data();
-  const bool fused_gelu = op.gelu_tanh && N % 8 == 0;
-  const Tensor& pre = op.gelu_tanh ? out[1] : out[0];
+  // pre is optional (LinearOp::output_optional): without it the epilogue stores y alone, and the unfused path
+  // applies the activation to y in place.
+  const bool want_pre = op.gelu_tanh && out[1].defined();
+  const bool fused_gelu = op.gelu_tanh && N % 8 == 0;  // cuBLASLt: aux's leading dimension a multiple of 8
+  const Tensor& pre = want_pre ? out[1] : out[0];
   if (fused_gelu) {
     a.c = out[0].raw_data();
-    a.aux = out[1].raw_data();
+    a.aux = want_pre ? out[1].raw_data() : nullptr;
     a.epilogue = op.has_bias ? GemmEpilogue::bias_gelu_tanh : GemmEpilogue::gelu_tanh;
   } else {
     a.c = pre.raw_data();

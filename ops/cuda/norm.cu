@@ -222,6 +222,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                          const float* __restrict__ rstd,  // (rows)
                          const T* __restrict__ gamma,     // (C) or null
                          const T* __restrict__ dy,        // (rows, C)
+                         const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                          T* __restrict__ dx,              // (rows, C)
                          float* __restrict__ pgamma,      // (groups, C) or null
                          float* __restrict__ pbeta,       // (groups, C) or null
@@ -263,13 +264,15 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (c < C) {
-        dev::Pack<T, W> gp, out;
+        dev::Pack<T, W> gp, ap, out;
         if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+        if (dadd) ap = dev::load_pack<T, W>(dadd + row * C + c);
 #pragma unroll
         for (int e = 0; e < W; ++e) {
           const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
           const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
-          out.v[e] = dev::from_float<T>(rs * (g - a - xh * b));
+          const float v = rs * (g - a - xh * b);
+          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap.v[e]) : v);
         }
         dev::store_pack<T, W>(dx + row * C + c, out);
       }
@@ -297,6 +300,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                                    const float* __restrict__ rstd,  // (rows)
                                    const T* __restrict__ gamma,     // (C) or null
                                    const T* __restrict__ dy,        // (rows, C)
+                                   const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                                    T* __restrict__ dx,              // (rows, C)
                                    float* __restrict__ pgamma,      // (gridDim.x, C) or null
                                    float* __restrict__ pbeta,       // (gridDim.x, C) or null
@@ -327,13 +331,15 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const float a = kRms ? 0.f : sums.x * inv_c, b = sums.y * inv_c;
     for (int64_t c = tid * W; c < C; c += step) {
       const dev::Pack<T, W> xv = dev::load_pack<T, W>(xr + c), dv = dev::load_pack<T, W>(dr + c);
-      dev::Pack<T, W> gp, out;
+      dev::Pack<T, W> gp, ap, out;
       if (gamma) gp = dev::load_pack<T, W>(gamma + c);
+      if (dadd) ap = dev::load_pack<T, W>(dadd + row * C + c);
 #pragma unroll
       for (int e = 0; e < W; ++e) {
         const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
         const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
-        out.v[e] = dev::from_float<T>(rs * (g - a - xh * b));
+        const float v = rs * (g - a - xh * b);
+        out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap.v[e]) : v);
         if (pg) pg[c + e] = (first ? 0.f : pg[c + e]) + d * xh;
         if (pb) pb[c + e] = (first ? 0.f : pb[c + e]) + d;
       }
@@ -345,8 +351,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // x, dy, dx: (rows, C); mean: (rows) or null (rmsnorm); rstd: (rows); gamma: (C) or null;
 // dgamma, dbeta: (C) or null (not wanted)
 template <class T, bool kRms>
-void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, T* dx, T* dgamma,
-                   T* dbeta, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
+void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, const T* dadd, T* dx,
+                   T* dgamma, T* dbeta, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
   const char* op = kRms ? "rmsnorm_backward" : "layernorm_backward";
   if (rows == 0) {  // sums over no rows
     if (dgamma) XF_CUDA_CHECK(cudaMemsetAsync(dgamma, 0, static_cast<size_t>(C) * sizeof(T), stream));
@@ -376,13 +382,13 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     blocks = std::min(blocks, kMaxGrid);
     if (plan.iters == 0) {
       norm_backward_streaming_kernel<T, W, kRms><<<static_cast<unsigned>(blocks), kMaxRowThreads, 0, stream>>>(
-          x, mean, rstd, gamma, dy, dx, pg, pb, rows, C);
+          x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
       XF_CUDA_CHECK_LAUNCH("norm_backward_streaming");
     } else {
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {
         norm_backward_kernel<T, W, decltype(iters)::value, kRms>
-            <<<static_cast<unsigned>(blocks), plan.block(), 0, stream>>>(x, mean, rstd, gamma, dy, dx, pg, pb,
-                                                                          rows, C);
+            <<<static_cast<unsigned>(blocks), plan.block(), 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg,
+                                                                          pb, rows, C);
         XF_CUDA_CHECK_LAUNCH("norm_backward");
       });
     }
@@ -390,7 +396,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, groups, C, 1.f, scratch, stream);
     if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, groups, C, 1.f, scratch, stream);
   };
-  if (C % V == 0 && all_aligned16({x, gamma, dy, dx}))
+  if (C % V == 0 && all_aligned16({x, gamma, dy, dadd, dx}))
     run(std::integral_constant<int, V>{});
   else
     run(std::integral_constant<int, 1>{});
@@ -412,7 +418,7 @@ void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector
                            op.eps, stream_of(ctx));
 }
 
-// in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C);
+// in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C), [dadd (..., C)];
 // out: dx (..., C), [dgamma (C)], [dbeta (C)]
 void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
@@ -423,8 +429,9 @@ void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const st
   void* dbeta = op.want_dbeta ? out[k++].raw_data() : nullptr;
   CudaContext& cc = context_of(ctx);
   launch_layernorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(), in[2].data<float>(),
-                            op.has_gamma ? in[3].raw_data() : nullptr, in.back().raw_data(), out[0].raw_data(),
-                            dgamma, dbeta, rows, C, cc.workspace(), cc.workspace_bytes(), cc.stream());
+                            op.has_gamma ? in[3].raw_data() : nullptr, in[static_cast<size_t>(op.dy_index())].raw_data(),
+                            op.has_dadd ? in.back().raw_data() : nullptr, out[0].raw_data(), dgamma, dbeta, rows, C,
+                            cc.workspace(), cc.workspace_bytes(), cc.stream());
 }
 
 // in: x (..., C), [gamma (C)];  out: y (..., C), rstd (rows) f32
@@ -463,12 +470,13 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 }
 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
-                               const void* dy, void* dx, void* dgamma, void* dbeta, int64_t rows, int64_t C,
-                               void* workspace, size_t workspace_bytes, CUstream_st* stream) {
+                               const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, int64_t rows,
+                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(
       dtype, "layernorm_backward", T,
       norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
-                              static_cast<const T*>(dy), static_cast<T*>(dx), static_cast<T*>(dgamma),
+                              static_cast<const T*>(dy), static_cast<const T*>(dadd), static_cast<T*>(dx),
+                              static_cast<T*>(dgamma),
                               static_cast<T*>(dbeta), rows, C, Scratch{workspace, workspace_bytes}, stream));
 }
 
@@ -484,7 +492,7 @@ void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, cons
                              size_t workspace_bytes, CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm_backward", T,
                          norm_backward<T, true>(static_cast<const T*>(x), nullptr, rstd, static_cast<const T*>(gamma),
-                                                static_cast<const T*>(dy), static_cast<T*>(dx),
+                                                static_cast<const T*>(dy), nullptr, static_cast<T*>(dx),
                                                 static_cast<T*>(dgamma), nullptr, rows, C,
                                                 Scratch{workspace, workspace_bytes}, stream));
 }
