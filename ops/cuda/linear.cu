@@ -54,6 +54,31 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
     KernelRegistry::builtin().get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
+// C (m, n) = op(A) B, A (k, m) when trans_a else (m, k), B (k, n), all packed, in `dtype`; no epilogue yet.
+GemmArgs plain_gemm(DType dtype, bool trans_a, int64_t m, int64_t n, int64_t k, const void* a, const void* b, void* c) {
+  GemmArgs g;
+  g.dtype = g.out_dtype = dtype;
+  g.trans_a = trans_a;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.b = b;
+  g.c = c;
+  return g;
+}
+
+// Runs a GEMM with a fused backward epilogue; false when cuBLASLt has no algorithm for it (gemm() throws naming
+// the plan), and the caller runs the separate kernels instead.
+bool gemm_fused(CudaContext& ctx, const GemmArgs& g) {
+  try {
+    gemm(ctx, g);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 // a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre) with the derivative in the GEMM's epilogue
 // (dgelu, pre as its aux input). cuBLASLt wants aux's leading dimension a multiple of 8: other widths, and a
 // shape cuBLASLt has no dgelu algorithm for, run the GEMM and then the activation's backward kernel in place.
@@ -64,21 +89,10 @@ void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<
   if (out[0].numel() == 0) return;
   const int64_t M = out[0].numel() / N;
   if (N % 8 == 0 && K > 0) {  // (K = 0: an empty sum, zeros; the matmul kernel writes them)
-    GemmArgs g;
-    g.dtype = g.out_dtype = a.dtype();
-    g.m = M;
-    g.n = N;
-    g.k = K;
-    g.a = a.raw_data();
-    g.b = b.raw_data();
-    g.c = out[0].raw_data();
+    GemmArgs g = plain_gemm(a.dtype(), false, M, N, K, a.raw_data(), b.raw_data(), out[0].raw_data());
     g.epilogue = GemmEpilogue::dgelu;
     g.aux = pre.raw_data();
-    try {
-      gemm(context_of(ctx), g);
-      return;
-    } catch (const Error&) {  // no dgelu algorithm for this shape: the two steps below
-    }
+    if (gemm_fused(context_of(ctx), g)) return;
   }
   const KernelRegistry& reg = KernelRegistry::builtin();
   reg.get("matmul", ctx.device)(MatMulOp(false, false), ctx, {a, b}, {out[0]});
@@ -94,24 +108,10 @@ void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::v
   const Tensor &g = in[0], &x = in[1];
   const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
   if (N == 0) return;
-  GemmArgs a;
-  a.dtype = a.out_dtype = g.dtype();
-  a.trans_a = true;
-  a.m = N;
-  a.n = K;
-  a.k = M;
-  a.a = g.raw_data();
-  a.b = x.raw_data();
-  a.c = out[0].raw_data();
+  GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), out[0].raw_data());
   a.epilogue = GemmEpilogue::bgrad_a;
   a.bias = out[1].raw_data();
-  if (M > 0 && K > 0) {
-    try {
-      gemm(context_of(ctx), a);
-      return;
-    } catch (const Error&) {  // no bias-gradient algorithm: the two steps below
-    }
-  }
+  if (M > 0 && K > 0 && gemm_fused(context_of(ctx), a)) return;
   const KernelRegistry& reg = KernelRegistry::builtin();
   reg.get("matmul", ctx.device)(MatMulOp(true, false), ctx, {g, x}, {out[0]});
   reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {g}, {out[1]});
