@@ -244,7 +244,14 @@ TEST_CASE("attention backend: the native kernels' limits and the cuDNN form of a
   bad.Sq = int64_t{64} * 65535 + 1;
   CHECK_FALSE(cuda::native_attention_support(bad).ok);
   const cuda::CudnnSdpaArgs c = cuda::cudnn_args_of(a);
-  CHECK(c.causal == cuda::CausalAlign::top_left);
+  CHECK((c.band.left == -1 && c.band.right == 0 && !c.band.bottom_right));  // causal, top-left
+  auto windowed = a;
+  windowed.causal = false;
+  windowed.window_left = 16;
+  windowed.window_right = 3;
+  windowed.alignment = CausalAlignment::bottom_right;
+  const cuda::CudnnSdpaArgs cw = cuda::cudnn_args_of(windowed);
+  CHECK((cw.band.left == 16 && cw.band.right == 3 && cw.band.bottom_right));
   CHECK(c.deterministic);
   CHECK(c.q.batch == 8 * 100 * 64);
   CHECK(c.q.head == 100 * 64);
@@ -285,13 +292,16 @@ cuda::CudaContext& cctx() { return *dynamic_cast<cuda::CudaContext*>(cuda_test_c
 
 struct Case {
   int64_t B, H, Hk, Sq, Sk, D;
-  cuda::CausalAlign causal;
+  AttentionBand band;  // {left, right, bottom_right}: causal is right 0
 };
 
 std::string case_name(const Case& c, bool bshd, DType dt) {
-  const char* causal[] = {"", " causal", " causal-bottom-right"};
-  return str_cat("B=", c.B, " H=", c.H, " Hk=", c.Hk, " Sq=", c.Sq, " Sk=", c.Sk, " D=", c.D,
-                 causal[static_cast<int>(c.causal)], bshd ? " bshd" : " bhsd", " [", dtype_name(dt), "]");
+  const AttentionBand& b = c.band;
+  const std::string mask = b.full() ? std::string()
+                           : b.left < 0 && b.right == 0 ? std::string(b.bottom_right ? " causal-bottom-right" : " causal")
+                                                        : str_cat(" band(", b.left, ",", b.right, b.bottom_right ? ",br)" : ")");
+  return str_cat("B=", c.B, " H=", c.H, " Hk=", c.Hk, " Sq=", c.Sq, " Sk=", c.Sk, " D=", c.D, mask,
+                 bshd ? " bshd" : " bhsd", " [", dtype_name(dt), "]");
 }
 
 // Tolerances (as tests/test_flash_attention.cpp's for the native kernel, for the same reasons): cuDNN also rounds
@@ -329,53 +339,27 @@ cuda::CudnnSdpaArgs args_of(const Case& c, DType dt, bool bshd, double scale) {
   a.q = a.o = head_strides(layout, c.H, c.Sq, c.D);
   a.k = a.v = head_strides(layout, c.Hk, c.Sk, c.D);
   a.scale = scale;
-  a.causal = c.causal;
+  a.band = c.band;
   return a;
 }
 
-// The CPU oracle: the flash_attention op in f32 (top-left causal only). Bottom-right causal with Sq <= Sk is
-// the last Sq query rows of a top-left causal attention over Sk queries: the queries are padded in front with
-// rows of their own (zero dout for them in the backward, so they add nothing to dk and dv).
+// The CPU oracle: the flash_attention op in f32 with the case's band (causal, window, alignment). The backward runs
+// from out rounded to `dt` (the out the GPU backward reads), so only the kernels differ.
 struct Oracle {
   std::vector<double> out, lse, dq, dk, dv;
 };
 
-Tensor pad_front(const Tensor& x, int64_t rows, uint64_t seed) {  // (B, H, S, D) f32 -> (B, H, rows + S, D)
-  const Shape s = x.shape();
-  const Tensor pad = random_tensor({s[0], s[1], rows, s[3]}, seed, -1.5, 1.5);
-  Tensor out = Tensor::empty({s[0], s[1], rows + s[2], s[3]}, DType::f32);
-  out.slice(2, 0, rows).copy_from(pad);
-  out.slice(2, rows, rows + s[2]).copy_from(x);
-  return out;
-}
-
-std::vector<double> last_rows(const Tensor& x, int64_t rows) {  // (B, H, S, ...) -> the last `rows` of axis 2
-  return x.slice(2, x.shape()[2] - rows, x.shape()[2]).contiguous().to_doubles();
-}
-
-// The backward runs from out rounded to `dt` (the out the GPU backward reads), so only the kernels differ.
 Oracle oracle(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, double scale,
               DType dt) {
-  const bool br = c.causal == cuda::CausalAlign::bottom_right && c.Sq < c.Sk;
-  const int64_t pad = br ? c.Sk - c.Sq : 0;
-  const bool causal = c.causal != cuda::CausalAlign::none;
-  const Tensor qf = br ? pad_front(q, pad, 777) : q;
-  Tensor doutf = dout;
-  if (br) {
-    doutf = Tensor::zeros({c.B, c.H, c.Sk, c.D}, DType::f32);
-    doutf.slice(2, pad, c.Sk).copy_from(dout);
-  }
-  const auto f = run_op(FlashAttentionOp(scale, causal, 0.0), {qf, k, v}, &test_pool());
+  FlashAttentionAttrs attrs;
+  attrs.scale = scale;
+  attrs.window_left = c.band.left;
+  attrs.window_right = c.band.right;
+  attrs.alignment = c.band.bottom_right ? CausalAlignment::bottom_right : CausalAlignment::top_left;
+  const auto f = run_op(FlashAttentionOp(attrs), {q, k, v}, &test_pool());
   const Tensor out_rounded = as_dtype(as_dtype(f[0], dt), DType::f32);
-  const auto g = run_op(FlashAttentionBackwardOp(scale, causal, 0.0, false), {qf, k, v, out_rounded, doutf, f[1]},
-                        &test_pool());
-  Oracle o;
-  o.out = br ? last_rows(f[0], c.Sq) : f[0].to_doubles();
-  o.lse = br ? last_rows(f[1], c.Sq) : f[1].to_doubles();
-  o.dq = br ? last_rows(g[0], c.Sq) : g[0].to_doubles();
-  o.dk = g[1].to_doubles();
-  o.dv = g[2].to_doubles();
-  return o;
+  const auto g = run_op(FlashAttentionBackwardOp(attrs, false), {q, k, v, out_rounded, dout, f[1]}, &test_pool());
+  return {f[0].to_doubles(), f[1].to_doubles(), g[0].to_doubles(), g[1].to_doubles(), g[2].to_doubles()};
 }
 
 void check_scaled(const std::vector<double>& got, const std::vector<double>& ref, double rel, double rtol,
@@ -454,7 +438,8 @@ void cudnn_case(const Case& c, DType dt, bool bshd, bool required) {
   check_scaled(from_layout(gv, bshd), ref.dv, tol.grad_rel, tol.grad_rtol, w + " dv");
 }
 
-using CA = cuda::CausalAlign;
+// Bands of the cases: none, causal (top-left, bottom-right), and sliding windows.
+const AttentionBand kNone{}, kCausal{-1, 0, false}, kCausalBR{-1, 0, true};
 
 }  // namespace
 
@@ -462,32 +447,42 @@ XF_CUDA_TEST_CASE("cudnn attention: forward and backward against the CPU (bf16, 
   // S = 1, 17, 127, 257, 1000; Sq != Sk both ways; GQA (H/Hk = 2, 4) and MQA; causal top-left (with Sq > Sk every
   // row still sees key 0) and bottom-right.
   const std::vector<Case> cases = {
-      {2, 4, 4, 17, 17, 64, CA::top_left},   {1, 4, 2, 127, 127, 128, CA::none},
-      {1, 8, 1, 257, 257, 64, CA::top_left}, {1, 2, 2, 1000, 1000, 128, CA::top_left},
-      {2, 4, 1, 127, 257, 64, CA::none},     {1, 4, 2, 257, 127, 128, CA::top_left},
-      {1, 2, 2, 1000, 17, 64, CA::none},     {1, 2, 2, 17, 1000, 128, CA::top_left}};
+      {2, 4, 4, 17, 17, 64, kCausal},   {1, 4, 2, 127, 127, 128, kNone},
+      {1, 8, 1, 257, 257, 64, kCausal}, {1, 2, 2, 1000, 1000, 128, kCausal},
+      {2, 4, 1, 127, 257, 64, kNone},     {1, 4, 2, 257, 127, 128, kCausal},
+      {1, 2, 2, 1000, 17, 64, kNone},     {1, 2, 2, 17, 1000, 128, kCausal}};
   for (const Case& c : cases)
     for (DType dt : {DType::bf16, DType::f16})
       for (bool bshd : {false, true}) cudnn_case(c, dt, bshd, /*required=*/true);
 }
 
+XF_CUDA_TEST_CASE("cudnn attention: sliding windows (both alignments) against the CPU, or refused with a reason") {
+  // A causal window (Mistral's kind) must run; the others depend on cuDNN's version (9.14.0 refuses non-causal
+  // windows past Sk = 1024) and must be right when accepted. Left bound 0 is the diagonal alone.
+  cudnn_case({1, 4, 2, 257, 257, 64, {16, 0, false}}, DType::bf16, true, /*required=*/true);
+  for (const Case& c : {Case{1, 4, 4, 300, 300, 128, {31, 7, false}}, Case{2, 2, 2, 127, 257, 64, {40, 0, true}},
+                        Case{1, 2, 2, 1000, 1000, 64, {100, 100, false}}, Case{1, 2, 1, 33, 33, 64, {0, 0, false}},
+                        Case{1, 2, 2, 64, 200, 64, {20, 5, true}}})
+    for (DType dt : {DType::bf16, DType::f16}) cudnn_case(c, dt, false, /*required=*/false);
+}
+
 XF_CUDA_TEST_CASE("cudnn attention: other head dims, one query, bottom-right masks: right, or refused with a reason") {
   // cuDNN's support for these depends on its version and the GPU (the dispatcher sends a refused shape to the
   // native kernel); what it accepts must be right.
-  for (const Case& c : {Case{1, 2, 2, 127, 127, 8, CA::top_left}, Case{1, 2, 1, 65, 129, 40, CA::none},
-                        Case{2, 2, 2, 33, 33, 80, CA::top_left}, Case{1, 2, 2, 129, 129, 256, CA::none},
-                        Case{1, 2, 2, 1, 127, 64, CA::none}, Case{2, 4, 2, 1, 1000, 128, CA::bottom_right},
-                        Case{1, 4, 2, 127, 1000, 128, CA::bottom_right}, Case{1, 2, 1, 257, 257, 64, CA::bottom_right}})
+  for (const Case& c : {Case{1, 2, 2, 127, 127, 8, kCausal}, Case{1, 2, 1, 65, 129, 40, kNone},
+                        Case{2, 2, 2, 33, 33, 80, kCausal}, Case{1, 2, 2, 129, 129, 256, kNone},
+                        Case{1, 2, 2, 1, 127, 64, kNone}, Case{2, 4, 2, 1, 1000, 128, kCausalBR},
+                        Case{1, 4, 2, 127, 1000, 128, kCausalBR}, Case{1, 2, 1, 257, 257, 64, kCausalBR}})
     for (DType dt : {DType::bf16, DType::f16})
       for (bool bshd : {false, true}) cudnn_case(c, dt, bshd, /*required=*/false);
 }
 
 XF_CUDA_TEST_CASE("cudnn attention: its lse equals the native kernel's, and a native backward of its forward is right") {
-  for (const Case& c : {Case{2, 4, 2, 257, 257, 64, CA::top_left}, Case{1, 4, 4, 1000, 1000, 128, CA::none}})
+  for (const Case& c : {Case{2, 4, 2, 257, 257, 64, kCausal}, Case{1, 4, 4, 1000, 1000, 128, kNone}})
     for (DType dt : {DType::bf16, DType::f16}) {
       const std::string w = case_name(c, false, dt);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
-      const cuda::FlashAttentionArgs fa = fa_args(dt, c.B, c.H, c.Hk, c.Sq, c.Sk, c.D, scale, c.causal == CA::top_left);
+      const cuda::FlashAttentionArgs fa = fa_args(dt, c.B, c.H, c.Hk, c.Sq, c.Sk, c.D, scale, c.band.right == 0);
       const Tensor q = random_tensor({c.B, c.H, c.Sq, c.D}, 5, -1.5, 1.5, dt).to_device(cuda_test_ctx());
       const Tensor k = random_tensor({c.B, c.Hk, c.Sk, c.D}, 6, -1.5, 1.5, dt).to_device(cuda_test_ctx());
       const Tensor v = random_tensor({c.B, c.Hk, c.Sk, c.D}, 7, -1.5, 1.5, dt).to_device(cuda_test_ctx());
@@ -585,7 +580,7 @@ XF_CUDA_TEST_CASE("attention dispatch: the entry points under auto give the CPU'
   ScopedEnv env("XF_ATTENTION_BACKEND", "auto");
   const auto r = [&](Shape s, uint64_t seed) { return as_dtype(as_dtype(random_tensor(s, seed, -1.5, 1.5), a.dtype), DType::f32); };
   const Tensor q = r({B, H, S, D}, 1), k = r({B, Hk, S, D}, 2), v = r({B, Hk, S, D}, 3), dout = r({B, H, S, D}, 4);
-  const Oracle ref = oracle({B, H, Hk, S, S, D, CA::top_left}, q, k, v, dout, a.scale, a.dtype);
+  const Oracle ref = oracle({B, H, Hk, S, S, D, kCausal}, q, k, v, dout, a.scale, a.dtype);
   const Tensor gq = to_layout_device(q, false, a.dtype), gk = to_layout_device(k, false, a.dtype);
   const Tensor gv = to_layout_device(v, false, a.dtype), gd = to_layout_device(dout, false, a.dtype);
   Tensor out = poisoned(B, H, S, D, false, a.dtype), lse = poisoned_lse(B, H, S);
@@ -608,7 +603,7 @@ XF_CUDA_TEST_CASE("cudnn attention: plans are cached (a second call builds nothi
   // A context of its own, so its counters start at 0.
   const auto own = make_device_context(Device::cuda(0));
   auto& ctx = *dynamic_cast<cuda::CudaContext*>(own.get());
-  cuda::CudnnSdpaArgs a = args_of({2, 4, 2, 96, 96, 64, CA::top_left}, DType::bf16, false, 0.125);
+  cuda::CudnnSdpaArgs a = args_of({2, 4, 2, 96, 96, 64, kCausal}, DType::bf16, false, 0.125);
   const Tensor q = random_tensor({2, 4, 96, 64}, 1, -1, 1, DType::bf16).to_device(own.get());
   const Tensor kv = random_tensor({2, 2, 96, 64}, 2, -1, 1, DType::bf16).to_device(own.get());
   Tensor out = Tensor::empty({2, 4, 96, 64}, DType::bf16, own.get());
@@ -651,7 +646,7 @@ XF_CUDA_TEST_CASE("cudnn attention: plans are cached (a second call builds nothi
 
 XF_CUDA_TEST_CASE("cudnn attention: a CUDA-graph replay equals the eager run; the backward is deterministic") {
   DeviceContext* dc = cuda_test_ctx();
-  const cuda::CudnnSdpaArgs a = args_of({2, 4, 4, 300, 300, 128, CA::top_left}, DType::bf16, false, 0.09);
+  const cuda::CudnnSdpaArgs a = args_of({2, 4, 4, 300, 300, 128, kCausal}, DType::bf16, false, 0.09);
   const Tensor q = random_tensor({2, 4, 300, 128}, 11, -1.5, 1.5, DType::bf16).to_device(dc);
   const Tensor k = random_tensor({2, 4, 300, 128}, 12, -1.5, 1.5, DType::bf16).to_device(dc);
   const Tensor v = random_tensor({2, 4, 300, 128}, 13, -1.5, 1.5, DType::bf16).to_device(dc);
@@ -686,14 +681,14 @@ XF_CUDA_TEST_CASE("cudnn attention: a CUDA-graph replay equals the eager run; th
 }
 
 XF_CUDA_TEST_CASE("cudnn attention: the non-deterministic backward (atomic dq) is right too") {
-  cuda::CudnnSdpaArgs a = args_of({2, 4, 2, 257, 257, 64, CA::top_left}, DType::bf16, true, 0.1);
+  cuda::CudnnSdpaArgs a = args_of({2, 4, 2, 257, 257, 64, kCausal}, DType::bf16, true, 0.1);
   a.deterministic = false;
   const cuda::CudnnSdpaSupport s = cuda::cudnn_sdpa_support(cctx(), a, true);
   REQUIRE_MESSAGE(s.unsupported.empty(), s.unsupported);
-  const auto det = cuda::cudnn_sdpa_support(cctx(), args_of({2, 4, 2, 257, 257, 64, CA::top_left}, DType::bf16, true, 0.1), true);
+  const auto det = cuda::cudnn_sdpa_support(cctx(), args_of({2, 4, 2, 257, 257, 64, kCausal}, DType::bf16, true, 0.1), true);
   MESSAGE("backward scratch: atomic " << s.workspace_bytes << " bytes, deterministic " << det.workspace_bytes
                                       << " bytes (" << det.engine << ")");
-  const Case c{2, 4, 2, 257, 257, 64, CA::top_left};
+  const Case c{2, 4, 2, 257, 257, 64, kCausal};
   const Tensor q = as_dtype(as_dtype(random_tensor({2, 4, 257, 64}, 21, -1.5, 1.5), DType::bf16), DType::f32);
   const Tensor k = as_dtype(as_dtype(random_tensor({2, 2, 257, 64}, 22, -1.5, 1.5), DType::bf16), DType::f32);
   const Tensor v = as_dtype(as_dtype(random_tensor({2, 2, 257, 64}, 23, -1.5, 1.5), DType::bf16), DType::f32);

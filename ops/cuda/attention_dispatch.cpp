@@ -39,9 +39,7 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.q = c.o = a.q_strides;
   c.k = c.v = a.k_strides;
   c.scale = a.scale;
-  c.causal = !a.causal ? CausalAlign::none
-             : a.alignment == CausalAlignment::bottom_right ? CausalAlign::bottom_right
-                                                            : CausalAlign::top_left;
+  c.band = attention_band(a);
   c.deterministic = attention_deterministic_from_env();  // XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h)
   c.stats = a.write_lse;
   return c;
@@ -52,6 +50,8 @@ namespace {
 std::string describe(const FlashAttentionArgs& a, bool backward) {
   return str_cat(backward ? "backward " : "forward ", dtype_name(a.dtype), " B=", a.B, " H=", a.H, " Hk=", a.Hk,
                  " Sq=", a.Sq, " Sk=", a.Sk, " D=", a.D, a.causal ? " causal" : "",
+                 a.window_left >= 0 || a.window_right >= 0 ? str_cat(" window=(", a.window_left, ",", a.window_right, ")")
+                                                           : std::string(),
                  a.dropout > 0 ? str_cat(" dropout=", a.dropout) : std::string());
 }
 
@@ -62,9 +62,8 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (a.dropout > 0.0)
     return BackendSupport::no("dropout needs the CPU oracle's Philox mask, which cuDNN's RNG cannot draw");
   if (backward && has_dlse) return BackendSupport::no("cuDNN's backward takes no gradient of lse");
-  // Masks the cuDNN path does not map yet (cuDNN has sliding windows, bias and ragged offsets; each needs its
-  // frontend attributes and its own tests).
-  if (a.window_left >= 0 || a.window_right >= 0) return BackendSupport::no("sliding windows are not mapped to cuDNN");
+  // Masks the cuDNN path does not map yet (cuDNN has bias and ragged offsets; each needs its frontend attributes
+  // and its own tests). Sliding windows are mapped: cuDNN's support check decides.
   if (a.bias) return BackendSupport::no("an additive bias is not mapped to cuDNN");
   if (a.cu_seqlens_q || a.cu_seqlens_k) return BackendSupport::no("packed variable-length sequences are not mapped to cuDNN");
   if (!pointers_aligned)

@@ -182,12 +182,14 @@ void as_stats(fe::graph::Tensor_attributes& t, const CudnnSdpaArgs& a) {
 }
 
 template <class Attrs>
-void set_mask(Attrs& attrs, CausalAlign c) {
-  if (c == CausalAlign::none) return;
-  // Key j is visible to query i when j - i <= right bound (0) relative to the chosen diagonal.
-  attrs.set_diagonal_alignment(c == CausalAlign::top_left ? fe::DiagonalAlignment_t::TOP_LEFT
-                                                          : fe::DiagonalAlignment_t::BOTTOM_RIGHT);
-  attrs.set_diagonal_band_right_bound(0);
+void set_mask(Attrs& attrs, const AttentionBand& band) {
+  if (band.full()) return;
+  // Relative to the chosen diagonal d(i): cuDNN keeps key j when j <= d(i) + right bound and j > d(i) - left
+  // bound; AttentionBand's keys are [d(i) - left, d(i) + right], so the left bound is left + 1.
+  attrs.set_diagonal_alignment(band.bottom_right ? fe::DiagonalAlignment_t::BOTTOM_RIGHT
+                                                 : fe::DiagonalAlignment_t::TOP_LEFT);
+  if (band.right >= 0) attrs.set_diagonal_band_right_bound(static_cast<int>(band.right));
+  if (band.left >= 0) attrs.set_diagonal_band_left_bound(static_cast<int>(band.left + 1));
 }
 
 std::shared_ptr<fe::graph::Graph> new_graph(const CudnnSdpaArgs& a) {
@@ -209,7 +211,7 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const CudnnSdpaArgs& a, fe::Atte
                    .set_generate_stats(a.stats)
                    .set_attn_scale(static_cast<float>(a.scale))
                    .set_implementation(impl);
-  set_mask(attrs, a.causal);
+  set_mask(attrs, a.band);
   auto [o, stats] = g->sdpa(q, k, v, attrs);
   o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.batch, a.o.head, a.o.seq, 1});
   if (a.stats) {
@@ -232,7 +234,7 @@ std::shared_ptr<fe::graph::Graph> backward_graph(const CudnnSdpaArgs& a) {
                    .set_name("sdpa_backward")
                    .set_attn_scale(static_cast<float>(a.scale))
                    .set_deterministic_algorithm(a.deterministic);
-  set_mask(attrs, a.causal);
+  set_mask(attrs, a.band);
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, attrs);
   dq->set_output(true).set_uid(kDQ).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.q.batch, a.q.head, a.q.seq, 1});
   dk->set_output(true).set_uid(kDK).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.k.batch, a.k.head, a.k.seq, 1});
@@ -277,7 +279,7 @@ std::string plan_key(const CudnnSdpaArgs& a, bool backward) {
   const auto st = [](const HeadStrides& s) { return str_cat(s.batch, ",", s.head, ",", s.seq); };
   return str_cat("cudnn_sdpa/", backward ? "bwd" : "fwd", "/", dtype_name(a.dtype), "/B", a.B, "/H", a.H, "/Hk", a.Hk,
                  "/Sq", a.Sq, "/Sk", a.Sk, "/D", a.D, "/q", st(a.q), "/k", st(a.k), "/v", st(a.v), "/o", st(a.o),
-                 "/scale", bits, "/causal", static_cast<int>(a.causal),
+                 "/scale", bits, "/band", a.band.left, ",", a.band.right, a.band.bottom_right ? ",br" : ",tl",
                  backward ? (a.deterministic ? "/deterministic" : "/atomic") : (a.stats ? "/stats" : "/nostats"));
 }
 
@@ -365,8 +367,10 @@ std::string static_problem(const CudnnSdpaArgs& a) {
   // cuDNN SDPA (fp16/bf16): head dims that are multiples of 8, up to 256 on sm_80/sm_90.
   if (a.D % 8 != 0 || a.D > 256) return str_cat("head dim ", a.D, " is not a multiple of 8 up to 256");
   if (!std::isfinite(a.scale)) return str_cat("scale ", a.scale, " is not finite");
-  if (a.causal == CausalAlign::bottom_right && a.Sq > a.Sk)
+  if (a.band.bottom_right && a.band.right >= 0 && a.Sq > a.Sk)
     return str_cat("a bottom-right causal mask with Sq ", a.Sq, " > Sk ", a.Sk, " hides every key from some rows");
+  if (a.band.left > INT32_MAX - 1 || a.band.right > INT32_MAX)
+    return str_cat("window (", a.band.left, ", ", a.band.right, ") past cuDNN's 32-bit bounds");
   return {};
 }
 

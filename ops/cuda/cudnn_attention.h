@@ -6,7 +6,9 @@
 //             "Stats" output, which is this lse: checked against the native kernel by the tests)
 //   backward  dq, dk, dv from q, k, v, out, dout and that lse (dk, dv summed over each kv head's group)
 // bf16 or f16 in and out, fp32 for the scores, the softmax and the accumulators. GQA/MQA (H % Hk == 0),
-// any finite scale, causal masks aligned top-left (torch's is_causal, the op's) or bottom-right (Sq <= Sk).
+// any finite scale, causal masks and sliding windows aligned top-left (torch's is_causal, the op's) or bottom-right
+// (Sq <= Sk), as far as cuDNN's support check accepts them (it refuses some windows on some versions: a refusal
+// is cached with its reason and the dispatcher runs the native kernel).
 // Tensors are (B, H, S, D) with explicit element strides over b, h and s (the head dim is contiguous), so
 // packed (B, H, S, D) and (B, S, H, D) both work; lse is a packed (B, H, Sq) f32 array. Every pointer must be
 // 16-byte aligned (kCudnnSdpaAlignment).
@@ -35,15 +37,16 @@ class CudaContext;
 constexpr size_t kCudnnSdpaAlignment = 16;
 
 
-enum class CausalAlign { none, top_left, bottom_right };
-
 struct CudnnSdpaArgs {
   DType dtype = DType::bf16;  // bf16 or f16
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
   // q (and dq), k (dk), v (dv), o (out and dout)
   HeadStrides q, k, v, o;  // element strides over (batch, head, seq); ops/flash_attention.h's head_strides()
   double scale = 1.0;  // applied in fp32, as the native kernel does
-  CausalAlign causal = CausalAlign::none;
+  // The keys each query sees (ops/flash_attention.h): causal (right 0), sliding windows, top-left or bottom-right
+  // diagonal; cuDNN's diagonal band with left bound left + 1 (it keeps key j when j > i - bound) and right bound
+  // right.
+  AttentionBand band;
   // Forward: whether lse (cuDNN's Stats) is written. false for an inference forward whose lse nothing reads
   // (Op::output_optional): the graph then has no Stats output, as torch's inference SDPA asks cuDNN.
   bool stats = true;

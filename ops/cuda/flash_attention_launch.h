@@ -51,6 +51,15 @@ struct FlashAttentionArgs {
   bool write_lse = true;
 };
 
+// The keys each query sees: causal (right 0) and the window, on the chosen diagonal (ops/flash_attention.h).
+inline AttentionBand attention_band(const FlashAttentionArgs& a) {
+  AttentionBand b;
+  b.left = a.window_left;
+  b.right = a.causal ? 0 : a.window_right;
+  b.bottom_right = a.alignment == CausalAlignment::bottom_right;
+  return b;
+}
+
 // out = softmax(scale q k^T + bias, masked) v (with dropout), lse = the rows' log-sum-exp (-inf for a fully hidden
 // row).
 void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
