@@ -33,7 +33,7 @@ if has build; then
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_attention_wgmma -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_layernorm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
     grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
@@ -72,8 +72,8 @@ if has bench; then
 fi
 
 if has lab; then
-  # XF_LABS picks the labs (default: all of head_gemm attention).
-  lab_on() { [[ " ${XF_LABS:-head_gemm attention} " == *" $1 "* ]]; }
+  # XF_LABS picks the labs (default: all of head_gemm attention layernorm).
+  lab_on() { [[ " ${XF_LABS:-head_gemm attention layernorm} " == *" $1 "* ]]; }
   if lab_on head_gemm; then
     t=$(date +%s)
     XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
@@ -87,6 +87,14 @@ if has lab; then
     "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
     note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
     grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
+  fi
+  if lab_on layernorm; then
+    # Residual LayerNorm forward variants vs a float64 reference and a copy of the same bytes (tools/lab/layernorm.cu;
+    # XF_LAB_LAYERNORM_ARGS narrows it, e.g. "--variant v0,v2 --shape 384"); rc 1 = some case failed, 3 = CUDA error.
+    t=$(date +%s)
+    "$BUILD/xfrun_lab_layernorm" ${XF_LAB_LAYERNORM_ARGS:-} >"$OUT/lab_layernorm.log" 2>&1
+    note "lab (layernorm variants): rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^lab" "$OUT/lab_layernorm.log" | tee -a "$SUMMARY"
   fi
 fi
 
