@@ -1,11 +1,11 @@
 // CUDA kernels of ops/norm.h (layernorm, layernorm_backward, rmsnorm, rmsnorm_backward).
 //
-// Forward: one row per warp (C up to 32 lanes x 8 packs: 1024 f32 or 2048 16-bit elements) or per block
-// (up to 512 threads x 8 packs), the row's slice held in registers as packs of 16 bytes, so x is read from
-// memory once: mean, then the variance from the registers (two passes, no E[x^2] - E[x]^2 cancellation),
-// then y. Statistics in fp32, y rounded once. Rows longer than the registers hold (or C not a multiple of
-// the vector width beyond 4096) take the streaming kernel: a block per row that re-reads x (from L2) for
-// each pass.
+// Forward: a row group per row (8 or 16 lanes of a warp, a warp, or a block of up to 512 threads: the fewest
+// that hold the row in at most 4 packs of 16 bytes each; plan_forward), the row's slice held in registers, so x is
+// read from memory once: mean, then the variance from the registers (two passes, no E[x^2] - E[x]^2
+// cancellation), then y. Statistics in fp32, y rounded once. Rows longer than that (over 2048 packs: 16384
+// 16-bit elements, or C not a multiple of the vector width beyond 2048) take the streaming kernel: a block per
+// row that re-reads x (from L2) for each pass.
 // Backward: the same row groups compute dx per row from two row sums, sum(g) and sum(g * xhat), and
 // accumulate dy * xhat and dy for their columns in registers over all the rows they visit (row group g
 // takes rows g, g + G, g + 2G, ...). Each row group writes its partial dgamma/dbeta row (fp32) into the
@@ -19,9 +19,47 @@ namespace xfr::cuda {
 
 namespace {
 
-// Packs (16 bytes each) of x a forward thread holds: 8 = 32 registers, with y's computation well within
-// the 128 registers that __launch_bounds__(512) allows.
-constexpr int kFwdMaxIters = 8;
+// The forward's row groups: the fewest threads (a power of two, at least 8) that hold the row in at most
+// kFwdMaxPacks packs of 16 bytes each, as the LayerNorm lab (tools/lab/layernorm.cu, H200) found fastest: 16
+// lanes x 3 packs for a 384-wide bf16 row (91 % of copy bandwidth, against 69 % for the warp x 2 packs, half of
+// them idle, this replaced), a warp x 3 for 768 (92 % against 74 %), 128 threads x 4 for 4096 (88 % against 59 %
+// for 64 x 8). More packs per thread cost registers (each 16-bit value and its fp32 form are held across the
+// row's two reductions), fewer resident warps and less in flight. Groups up to a warp share 128-thread blocks
+// (four warps: enough rows per block to keep a launch's block count moderate).
+constexpr int kFwdMaxPacks = 4;
+constexpr int kFwdMinLanes = 8;
+constexpr int kFwdWarpBlockThreads = 128;
+struct FwdPlan {
+  int lanes = 32;          // threads per row
+  int rows_per_block = 1;  // kFwdWarpBlockThreads / lanes for groups up to a warp, else 1
+  int iters = 0;           // packs per thread, 1..kFwdMaxPacks; 0: too long (the streaming kernel)
+  dim3 block() const { return dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(rows_per_block)); }
+  unsigned grid(int64_t rows) const {
+    return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(rows, rows_per_block), 1, kMaxGrid));
+  }
+};
+inline FwdPlan plan_forward(int64_t cols, int width) {
+  const int64_t packs = ceil_div(cols, width);
+  FwdPlan p;
+  if (packs > int64_t(kMaxRowThreads) * kFwdMaxPacks) return p;  // iters 0
+  const int64_t lanes = std::max<int64_t>(kFwdMinLanes, pow2_ceil(ceil_div(packs, kFwdMaxPacks)));
+  if (lanes > kMaxRowThreads) return p;  // iters 0
+  p.lanes = static_cast<int>(lanes);
+  p.rows_per_block = lanes <= 32 ? kFwdWarpBlockThreads / p.lanes : 1;
+  p.iters = static_cast<int>(ceil_div(packs, lanes));
+  return p;
+}
+// Calls f(std::integral_constant<int, N>{}) for N = packs per thread, 1..kFwdMaxPacks.
+template <class F>
+void with_packs(int n, F&& f) {
+  switch (n) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+  }
+  throw Error("cuda", str_cat("internal: no norm row kernel for ", n, " packs per thread"));
+}
 // Packs a backward thread holds: x and dy plus two fp32 accumulators per element (dgamma, dbeta), at most 16
 // elements per thread: 32 accumulator registers and 8 (16-bit) or 16 (f32) for the packs. 32 elements of
 // 16-bit data (4 packs) spill at the 128 registers of __launch_bounds__(512).
@@ -48,6 +86,11 @@ __device__ __forceinline__ dev::Pack<T, W> add_rounded(const dev::Pack<T, W>& a,
   return r;
 }
 
+// A row group of blockDim.x threads (8 or 16 lanes of a warp, a warp, or a block of up to 512) per row,
+// blockDim.y rows per block; each thread holds kIters packs of the row (kIters = 1..4, not only powers of two:
+// 16 lanes x 3 packs is the MiniLM encoder's 384-wide bf16 row with no idle lane). The row loop's condition is
+// uniform over the block (narrow groups share warps and their shuffles need every lane): a row past the end is
+// masked (zeros in, nothing out), not skipped. x and residual are read once, through the read-only path.
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
     norm_forward_kernel(const T* __restrict__ x,         // (rows, C)
@@ -61,18 +104,19 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                         int64_t rows, int64_t C, float eps) {
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const float inv_c = 1.f / static_cast<float>(C);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
-       row += int64_t(gridDim.x) * blockDim.y) {
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t row = base + threadIdx.y;
+    const bool valid = row < rows;
     const T* xr = x + row * C;
     dev::Pack<T, W> xv[kIters];
     float s = 0.f;
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
-      if (c < C) {
-        xv[k] = dev::load_pack<T, W>(xr + c);
+      if (valid && c < C) {
+        xv[k] = dev::load_pack_stream<T, W>(xr + c);
         if (residual) {
-          xv[k] = add_rounded(xv[k], dev::load_pack<T, W>(residual + row * C + c));
+          xv[k] = add_rounded(xv[k], dev::load_pack_stream<T, W>(residual + row * C + c));
           if (sum) dev::store_pack<T, W>(sum + row * C + c, xv[k]);
         }
 #pragma unroll
@@ -84,7 +128,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
-      if (c < C) {
+      if (valid && c < C) {
 #pragma unroll
         for (int e = 0; e < W; ++e) {
           const float d = dev::to_float(xv[k].v[e]) - m;
@@ -93,7 +137,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       }
     }
     const float rs = 1.f / sqrtf(dev::row_sum(q) * inv_c + eps);
-    if (tid == 0) {
+    if (valid && tid == 0) {
       if (mean) mean[row] = m;
       rstd[row] = rs;
     }
@@ -101,7 +145,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
-      if (c < C) {
+      if (valid && c < C) {
         dev::Pack<T, W> g, b, out;
         if (gamma) g = dev::load_pack<T, W>(gamma + c);
         if (beta) b = dev::load_pack<T, W>(beta + c);
@@ -191,7 +235,7 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
   const float feps = static_cast<float>(eps);
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
-    const RowPlan plan = plan_rows(C, W, kFwdMaxIters);
+    const FwdPlan plan = plan_forward(C, W);
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
       norm_forward_streaming_kernel<T, W, kRms>
@@ -199,7 +243,7 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
-    with_iters<kFwdMaxIters>(plan.iters, [&](auto iters) {
+    with_packs(plan.iters, [&](auto iters) {
       norm_forward_kernel<T, W, decltype(iters)::value, kRms>
           <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");

@@ -32,6 +32,24 @@ __device__ __forceinline__ Pack<T, W> load_pack(const T* p) {
   return r;
 }
 
+// A 16-byte pack of data the kernel only reads, once: ld.global.nc.L1::no_allocate (read-only path, no L1 line
+// kept). The LayerNorm lab (tools/lab/layernorm.cu) measured these loads worth 3-6 % of copy bandwidth on the
+// H200's residual norms. Other widths take load_pack.
+template <class T, int W>
+__device__ __forceinline__ Pack<T, W> load_pack_stream(const T* p) {
+  if constexpr (sizeof(Pack<T, W>) == 16) {
+    Pack<T, W> r;
+    uint4 u;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+        : "l"(p));
+    *reinterpret_cast<uint4*>(&r) = u;
+    return r;
+  } else {
+    return load_pack<T, W>(p);
+  }
+}
+
 template <class T, int W>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, W>& r) {
   if constexpr (W == 1) {
@@ -55,10 +73,18 @@ __device__ __forceinline__ float2 block_sum2(float a, float b) {
   return make_float2(warp_sum(p.x), warp_sum(p.y));
 }
 
-// Reductions over the threads of one row group: the warp when blockDim.x == 32, else the whole block
-// (which then holds one row: blockDim.y == 1). blockDim.x is uniform over the block, so the branch
-// holding __syncthreads is taken by all of its threads or by none.
-__device__ __forceinline__ float row_sum(float v) { return blockDim.x == 32 ? warp_sum(v) : block_sum(v); }
+// Reductions over the threads of one row group: the warp when blockDim.x == 32, the blockDim.x lanes of a
+// narrower group, else the whole block (which then holds one row: blockDim.y == 1). blockDim.x is uniform over
+// the block, so the branch holding __syncthreads is taken by all of its threads or by none.
+// Row groups narrower than a warp (blockDim.x 8 or 16: several rows per warp, each on blockDim.x aligned lanes)
+// reduce over their own lanes; every lane of the warp must call (a masked row contributes zeros).
+__device__ __forceinline__ float segment_sum(float v) {
+  for (int o = static_cast<int>(blockDim.x) / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float row_sum(float v) {
+  return blockDim.x == 32 ? warp_sum(v) : blockDim.x < 32 ? segment_sum(v) : block_sum(v);
+}
 __device__ __forceinline__ float row_max(float v) { return blockDim.x == 32 ? warp_max(v) : block_max(v); }
 __device__ __forceinline__ float2 row_sum2(float a, float b) {
   if (blockDim.x == 32) return make_float2(warp_sum(a), warp_sum(b));

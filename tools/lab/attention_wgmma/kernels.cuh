@@ -28,6 +28,7 @@ __global__ void __launch_bounds__(256) reference_attention(const bf16* __restric
                                                            const bf16* __restrict__ v,  // (B, H, S, D)
                                                            float* __restrict__ out,     // (B, H, S, D)
                                                            float* __restrict__ lse,     // (B, H, S)
+                                                           float* __restrict__ mag,     // (B, H, S, D)
                                                            int S, float scale, int causal) {
   constexpr int kPer = D / 32;
   const int lane = threadIdx.x % 32;
@@ -50,15 +51,22 @@ __global__ void __launch_bounds__(256) reference_attention(const bf16* __restric
   };
   float m = -INFINITY;
   for (int j = 0; j < n; ++j) m = fmaxf(m, score(j));
-  float l = 0.f, o[kPer] = {};
+  float l = 0.f, o[kPer] = {}, a[kPer] = {};
   for (int j = 0; j < n; ++j) {
     const float p = expf(score(j) - m);
     l += p;
 #pragma unroll
-    for (int t = 0; t < kPer; ++t) o[t] += p * __bfloat162float(vh[static_cast<size_t>(j) * D + lane + 32 * t]);
+    for (int t = 0; t < kPer; ++t) {
+      const float vv = __bfloat162float(vh[static_cast<size_t>(j) * D + lane + 32 * t]);
+      o[t] += p * vv;
+      a[t] += p * fabsf(vv);
+    }
   }
 #pragma unroll
-  for (int t = 0; t < kPer; ++t) out[row * D + lane + 32 * t] = o[t] / l;
+  for (int t = 0; t < kPer; ++t) {
+    out[row * D + lane + 32 * t] = o[t] / l;
+    mag[row * D + lane + 32 * t] = a[t] / l;  // sum_j P_j |v_j|: the scale of out's rounding error
+  }
   if (lane == 0) lse[row] = m + logf(l);
 }
 
