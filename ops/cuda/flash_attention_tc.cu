@@ -223,26 +223,34 @@ __device__ __forceinline__ void with_tile_mask(bool masked, F&& f) {
 
 // What a forward and a dQ CTA set up alike: its (b, h), sequence and first query (init false: a varlen tile past
 // its sequence, nothing to do), the offsets of its heads' rows at the sequence's first row (q, out, dout, dq of
-// (b, h); k, v of kv head h / G), the sequence's mask and the key tiles the block's queries visit.
-template <class T, int kF>
+// (b, h); k, v of kv head h / G), the sequence's mask, the key tiles the block's queries visit, the padded head dim
+// and the staging of its tiles.
+template <class T, int kMaxD, bool kExact, int kF>
 struct QueryBlock {
+  using Tl = Tiles<kMaxD>;
+  static constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
   int b = 0, h = 0, q0 = 0;
   Seq s{};
   int64_t qoff = 0, kvoff = 0;
   Mask<has(kF, kBand)> mask;
   TileRange tr{};
+  int dp = kMaxD, ksteps = kMaxD / 16;  // the head dim rounded up to 16 (kExact: kMaxD), and in k-steps of 16
 
-  __device__ __forceinline__ bool init(const Params& p, int rows, int bk) {
-    if (!block_of<has(kF, kVarlen), false>(p, rows, b, h, q0, s)) return false;
+  __device__ __forceinline__ bool init(const Params& p) {
+    if (!block_of<has(kF, kVarlen), false>(p, kBq, b, h, q0, s)) return false;
     qoff = p.q_head(b, h) + s.q0 * p.qs.seq;
     kvoff = p.k_head(b, h / p.G) + s.k0 * p.ks.seq;
     mask = Mask<has(kF, kBand)>(p.band, s.Sq, s.Sk);
-    tr = mask.key_tiles(q0, rows, bk);
+    tr = mask.key_tiles(q0, kBq, kBk);
+    if (!kExact) dp = (p.D + 15) / 16 * 16, ksteps = dp / 16;
     return true;
   }
+  // Stages the block's kBq rows of x (q or dout: (B, H, Sq, D) logical, q's strides) into sX ([kBq][kStride]).
+  __device__ __forceinline__ void load_rows(const Params& p, T* sX, const void* x) const {
+    load_tile<T, kBq, kThreads>(sX, kStride, static_cast<const T*>(x) + qoff, p.qs.seq, q0, s.Sq, p.D, dp, p.vec);
+  }
   // Stages key tile kt of the range (kBk rows of K and of V) into buffer `buf` of sK, sV ([2][kBk][kStride]).
-  template <int kBk, int kStride, int kThreads>
-  __device__ __forceinline__ void load_kv(const Params& p, T* sK, T* sV, int kt, int buf, int dp) const {
+  __device__ __forceinline__ void load_kv(const Params& p, T* sK, T* sV, int kt, int buf) const {
     const int row0 = (tr.first + kt) * kBk;
     load_tile<T, kBk, kThreads>(sK + buf * kBk * kStride, kStride, static_cast<const T*>(p.k) + kvoff, p.ks.seq, row0,
                                 s.Sk, p.D, dp, p.vec);
@@ -258,7 +266,7 @@ struct QueryBlock {
 template <class T, int kMaxD, bool kExact, int kF>
 __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
-  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
+  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride;
   constexpr int kDT = kMaxD / 8;  // n-tiles of the output
   constexpr bool kHasBias = has(kF, kBias), kHasDrop = has(kF, kDropout), kHasVarlen = has(kF, kVarlen);
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -266,18 +274,14 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
   T* sK = sQ + kBq * kStride;              // [2][kBk][kStride]
   T* sV = sK + 2 * kBk * kStride;          // [2][kBk][kStride]
 
-  QueryBlock<T, kF> blk;
-  if (!blk.init(p, kBq, kBk)) return;
-  const int b = blk.b, h = blk.h, q0 = blk.q0;
-  const Seq& sq = blk.s;
-  const auto& mask = blk.mask;
-  const TileRange tr = blk.tr;
-  const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq;
-
-  load_tile<T, kBq, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + blk.qoff, qld, q0, sq.Sq, p.D, dp, p.vec);
-  if (tr.count > 0) blk.template load_kv<kBk, kStride, kThreads>(p, sK, sV, 0, 0, dp);
+  QueryBlock<T, kMaxD, kExact, kF> blk;
+  if (!blk.init(p)) return;
+  blk.load_rows(p, sQ, p.q);
+  if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
+  const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
+  const Seq& sq = blk.s;
+  const TileRange tr = blk.tr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int row_base = q0 + warp * 16;  // this warp's 16 queries; the thread holds rows gr and gr + 8
@@ -291,13 +295,13 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int i = row_base + gr + hr * 8;
-    keys[hr] = mask.keys(i);
+    keys[hr] = blk.mask.keys(i);
     if (kHasVarlen) lrow[hr] = row_id(p, b, h, sq, i);
     if (kHasDrop) drow[hr] = drop_row(p, dstart, row_id(p, b, h, sq, i), sq);
     if (kHasBias) brow[hr] = p.bias && i < sq.Sq ? bias_row<T>(p, b, h, i) : nullptr;
   }
   // The keys every query of the block sees: a key tile within them needs no element mask.
-  const KeyRange common = mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
+  const KeyRange common = blk.mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
 
   float o[kDT][4];
 #pragma unroll
@@ -309,7 +313,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     __syncthreads();  // tile kt (and Q) landed; every warp is done with tile kt - 1, whose buffer is refilled now
     const int buf = kt & 1;
     if (kt + 1 < tr.count) {
-      blk.template load_kv<kBk, kStride, kThreads>(p, sK, sV, kt + 1, buf ^ 1, dp);
+      blk.load_kv(p, sK, sV, kt + 1, buf ^ 1);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -323,14 +327,14 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
 
     // Into the exp2 domain, + bias; hidden keys (outside the band, past Sk) -inf.
     const int k0 = (tr.first + kt) * kBk;
-    with_tile_mask<kF>(!mask.covers(common, k0, k0 + kBk), [&](auto masked) {
+    with_tile_mask<kF>(!blk.mask.covers(common, k0, k0 + kBk), [&](auto masked) {
 #pragma unroll
       for (int nt = 0; nt < kBk / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int j = k0 + nt * 8 + 2 * t + (e & 1), hr = e / 2;
           float x = scaled(s[nt][e], p.scale_log2);
-          if (masked && mask.hides(keys[hr], j))
+          if (masked && blk.mask.hides(keys[hr], j))
             x = -INFINITY;
           else if (kHasBias && brow[hr])
             x += dev::to_float(brow[hr][j]) * kLog2e;
@@ -390,7 +394,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     const int64_t row = kHasVarlen ? lrow[hr] : row_id(p, b, h, sq, i);
     if (t == 0 && i < sq.Sq) p.lse_out[row] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
   }
-  store_acc<T, kDT>(static_cast<T*>(p.o) + blk.qoff, qld, o, row_base, sq.Sq, p.D, 0, inv[0], inv[1], p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.o) + blk.qoff, p.qs.seq, o, row_base, sq.Sq, p.D, 0, inv[0], inv[1], p.vec, lane);
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------------------
@@ -399,7 +403,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
 template <class T, int kMaxD, bool kExact, int kF>
 __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
-  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
+  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride;
   constexpr int kDT = kMaxD / 8;
   constexpr bool kHasBias = has(kF, kBias), kHasDrop = has(kF, kDropout);
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -408,19 +412,15 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
   T* sK = sdO + kBq * kStride;             // [2][kBk][kStride]
   T* sV = sK + 2 * kBk * kStride;          // [2][kBk][kStride]
 
-  QueryBlock<T, kF> blk;
-  if (!blk.init(p, kBq, kBk)) return;
-  const int b = blk.b, h = blk.h, q0 = blk.q0;
-  const Seq& sq = blk.s;
-  const auto& mask = blk.mask;
-  const TileRange tr = blk.tr;
-  const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq;
-
-  load_tile<T, kBq, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + blk.qoff, qld, q0, sq.Sq, p.D, dp, p.vec);
-  load_tile<T, kBq, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + blk.qoff, qld, q0, sq.Sq, p.D, dp, p.vec);
-  if (tr.count > 0) blk.template load_kv<kBk, kStride, kThreads>(p, sK, sV, 0, 0, dp);
+  QueryBlock<T, kMaxD, kExact, kF> blk;
+  if (!blk.init(p)) return;
+  blk.load_rows(p, sQ, p.q);
+  blk.load_rows(p, sdO, p.dout);
+  if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
+  const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
+  const Seq& sq = blk.s;
+  const TileRange tr = blk.tr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int row_base = q0 + warp * 16;
@@ -436,13 +436,13 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     const int i = row_base + gr + hr * 8;
     const bool valid = i < sq.Sq;
     const int64_t row = row_id(p, b, h, sq, i);
-    keys[hr] = mask.keys(i);
+    keys[hr] = blk.mask.keys(i);
     lse2[hr] = lse2_of(p, row, valid);
     dlt[hr] = valid ? p.delta[row] : 0.f;
     if (kHasDrop) drow[hr] = drop_row(p, dstart, row, sq);
     if (kHasBias) brow[hr] = p.bias && valid ? bias_row<T>(p, b, h, i) : nullptr;
   }
-  const KeyRange common = mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
+  const KeyRange common = blk.mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
   float dq[kDT][4];
 #pragma unroll
   for (int i = 0; i < kDT; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
@@ -452,7 +452,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     __syncthreads();
     const int buf = kt & 1;
     if (kt + 1 < tr.count) {
-      blk.template load_kv<kBk, kStride, kThreads>(p, sK, sV, kt + 1, buf ^ 1, dp);
+      blk.load_kv(p, sK, sV, kt + 1, buf ^ 1);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
 
     // dS = P (z dP - Delta), P = exp2(S scale log2e + bias log2e - lse2), into s.
     const int k0 = (tr.first + kt) * kBk;
-    with_tile_mask<kF>(!mask.covers(common, k0, k0 + kBk), [&](auto masked) {
+    with_tile_mask<kF>(!blk.mask.covers(common, k0, k0 + kBk), [&](auto masked) {
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
 #pragma unroll
@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
             const int j = k0 + nt * 8 + 2 * t + c;
-            const bool hidden = masked && mask.hides(keys[hr], j);
+            const bool hidden = masked && blk.mask.hides(keys[hr], j);
             float x;
             if constexpr (kHasBias) {
               const float bias = !hidden && brow[hr] ? dev::to_float(brow[hr][j]) * kLog2e : 0.f;
@@ -506,7 +506,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     }
   }
   dev::cp_async_wait<0>();
-  store_acc<T, kDT>(static_cast<T*>(p.dq) + blk.qoff, qld, dq, row_base, sq.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dq) + blk.qoff, p.qs.seq, dq, row_base, sq.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------------------------
