@@ -71,7 +71,8 @@ struct Tiles {
   //              shared memory (85-121 KB) allow one or two CTAs per SM either way.
   //   kMaxD 256: 245 / 248 / 239 | 246 / 254 / 246: registers force kBk = 32 (see above); shared memory forces
   //              kBqKV = 32 for dK/dV (below).
-  // (The generic-D instantiations use fewer; the general forward of kMaxD 128 spills 16 bytes.)
+  // The generic-D instantiations (kExact false) take at most a few more, mostly fewer; the general forward of
+  // generic kMaxD 128 (D 65-127) spills 16 bytes (ptxas holds it at 168 registers, 3 CTAs).
   static constexpr int kBk = kMaxD <= 128 ? 64 : 32;
   // dK/dV kernel: 64 keys per CTA, 8 warps (4 x 16 key rows, x 2 halves of the query tile in phase A and of the
   // head dim in phase B, which keeps dK + dV at kMaxD / 2 floats per thread). Query tile: 64, or 32 at kMaxD 256
