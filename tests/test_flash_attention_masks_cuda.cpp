@@ -3,10 +3,13 @@
 // shapes, dropout masks equal to the CPU's; FlashAttention-3's acceptance rule against a float64 reference (the
 // kernel's error at most twice that of a naive attention computed in the same low precision on the same GPU);
 // and an S = 32768 run whose caching-allocator peak stays linear in S. Skipped without a GPU (XF_TEST_DEVICE=cuda
-// runs them); filter: -tc='flash_attention CUDA masks*'.
+// runs them); filter: -tc='flash_attention CUDA masks*'. The tensor-core kernels' mask helper
+// (ops/cuda/flash_attention_mask.h) is plain C++, checked on the CPU against the definitions (last case, never
+// skipped).
 #include <cmath>
 #include <limits>
 
+#include "ops/cuda/flash_attention_mask.h"
 #include "ops/flash_attention.h"
 #include "ops/matmul.h"
 #include "ops/softmax.h"
@@ -252,4 +255,108 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: S = 32768 in bf16 keeps the alloc
       }
     }
   for (double x : g[0].to_host().to_doubles()) REQUIRE(std::isfinite(x));
+}
+
+namespace {
+
+// Mismatches of the tensor-core kernels' mask `m` (one sequence of Sq queries, Sk keys) against the definitions
+// (fa_visible; a key j >= Sk is padding, hidden), as the kernels use it: rows are queries 0 <= i < Sq + 64 and keys
+// 0 <= j < Sk + 64 (padding included), blocks of 32 or 64 rows, tiles of 32 or 64. Exact: element (i, j) and
+// whether a tile is visible whole (no element test); sound: the key (query) tiles a block visits hold every visible
+// one, and sees_any holds wherever a query of the block sees a key of the tile.
+template <class M>
+int mask_mismatches(const M& m, const FlashAttentionAttrs& a, int Sq, int Sk) {
+  auto vis = [&](int i, int j) { return j < Sk && fa_visible(a, i, j, Sq, Sk); };
+  int bad = 0;
+  for (int i = 0; i < Sq + 64; ++i) {
+    const xfr::cuda::fa::KeyRange r = m.keys(i);
+    for (int j = 0; j < Sk + 64; ++j) bad += m.hides(r, j) == vis(i, j);
+  }
+  for (int rows : {32, 64}) {
+    for (int size : {32, 64}) {
+      for (int q0 = 0; q0 < Sq; q0 += rows) {  // a forward / dQ block: its key tiles, and each tile's visibility
+        const int last = std::min(q0 + rows, Sq) - 1;
+        const xfr::cuda::fa::TileRange tr = m.key_tiles(q0, rows, size);
+        for (int k0 = 0; k0 < Sk + 64; k0 += size) {
+          bool all = true, any = false;
+          for (int i = q0; i <= last; ++i)
+            for (int j = k0; j < k0 + size; ++j) {
+              all = all && vis(i, j);
+              any = any || vis(i, j);
+            }
+          const int tile = k0 / size;
+          bad += any && (tile < tr.first || tile >= tr.first + tr.count);
+          bad += m.covers(m.common_keys(q0, last), k0, k0 + size) != all;
+          bad += any && !m.sees_any(q0, last, k0, std::min(k0 + size, Sk));
+        }
+      }
+      for (int k0 = 0; k0 < Sk; k0 += rows) {  // a dK/dV block: its query tiles
+        const xfr::cuda::fa::TileRange tr = m.query_tiles(k0, rows, size);
+        for (int i = 0; i < Sq; ++i)
+          for (int j = k0; j < std::min(k0 + rows, Sk); ++j)
+            bad += vis(i, j) && (i / size < tr.first || i / size >= tr.first + tr.count);
+      }
+    }
+  }
+  return bad;
+}
+
+// Whether two masks give the same tile ranges and tests on every block and tile of the kernels.
+template <class M1, class M2>
+int mask_differences(const M1& x, const M2& y, int Sq, int Sk) {
+  int bad = 0;
+  auto same = [](xfr::cuda::fa::TileRange u, xfr::cuda::fa::TileRange v) {
+    return u.first == v.first && u.count == v.count;
+  };
+  for (int i = 0; i < Sq + 64; ++i) bad += x.key_hi(i) != y.key_hi(i) || x.key_lo(i) != y.key_lo(i);
+  for (int rows : {32, 64})
+    for (int size : {32, 64}) {
+      for (int q0 = 0; q0 < Sq; q0 += rows) {
+        const int last = std::min(q0 + rows, Sq) - 1;
+        bad += !same(x.key_tiles(q0, rows, size), y.key_tiles(q0, rows, size));
+        for (int k0 = 0; k0 < Sk + 64; k0 += size) {
+          bad += x.covers(x.common_keys(q0, last), k0, k0 + size) != y.covers(y.common_keys(q0, last), k0, k0 + size);
+          bad += x.sees_any(q0, last, k0, std::min(k0 + size, Sk)) != y.sees_any(q0, last, k0, std::min(k0 + size, Sk));
+        }
+      }
+      for (int k0 = 0; k0 < Sk; k0 += rows) bad += !same(x.query_tiles(k0, rows, size), y.query_tiles(k0, rows, size));
+    }
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE("flash_attention CUDA masks: the tensor-core kernels' tile mask and instantiation choice (CPU)") {
+  namespace fa = xfr::cuda::fa;
+  const int64_t far = int64_t{1} << 40;  // a window past every key
+  for (bool causal : {false, true})
+    for (CausalAlignment al : {TL, BR})
+      for (int64_t wl : {int64_t{-1}, int64_t{0}, int64_t{3}, int64_t{64}, far})
+        for (int64_t wr : {int64_t{-1}, int64_t{0}, int64_t{5}, int64_t{64}, int64_t{131}, far}) {
+          if (causal && wr > 0) continue;
+          FlashAttentionAttrs a;
+          a.causal = causal;
+          a.alignment = al;
+          a.window_left = wl;
+          a.window_right = wr;
+          CAPTURE(a.str());
+          const AttentionBand band = a.band();
+          // Plain exactly when nothing but a band without a lower bound is needed.
+          CHECK(fa::instantiation_of(fa::features_needed(false, false, false, band)) ==
+                (wl < 0 ? fa::kPlain : fa::kGeneral));
+          CHECK(fa::instantiation_of(fa::features_needed(true, false, false, band)) == fa::kGeneral);
+          CHECK(fa::instantiation_of(fa::features_needed(false, true, false, band)) == fa::kGeneral);
+          CHECK(fa::instantiation_of(fa::features_needed(false, false, true, band)) == fa::kGeneral);
+          for (int Sq : {1, 5, 64, 65, 130})
+            for (int Sk : {1, 5, 64, 65, 130}) {
+              CAPTURE(Sq);
+              CAPTURE(Sk);
+              const fa::Mask<true> general(band, Sq, Sk);
+              CHECK(mask_mismatches(general, a, Sq, Sk) == 0);
+              if (wl >= 0) continue;  // the plain mask only runs bands without a lower bound
+              const fa::Mask<false> plain(band, Sq, Sk);
+              CHECK(mask_mismatches(plain, a, Sq, Sk) == 0);
+              CHECK(mask_differences(plain, general, Sq, Sk) == 0);
+            }
+        }
 }

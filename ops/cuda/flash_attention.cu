@@ -1,6 +1,7 @@
 // CUDA backend of ops/flash_attention.h (flash_attention, flash_attention_backward): FlashAttention-2 style,
 // online softmax, never an Sq x Sk buffer; the backward recomputes P from the saved log-sum-exp.
 //   ops/cuda/flash_attention_params.cuh   parameters, sequences (varlen), masks, dropout: shared device code
+//   ops/cuda/flash_attention_mask.h       the tensor-core kernels' mask and the features of their instantiations
 //   ops/cuda/flash_attention_tc.cu        bf16 / f16 on tensor cores (forward, dQ, dK/dV, dbias)
 //   ops/cuda/flash_attention_f32.cu       f32, plain FMA
 //   this file                             the Delta kernel, parameter set-up, the plain launchers, registration

@@ -1,13 +1,15 @@
 // What the CUDA kernels of ops/flash_attention.h share: the parameters (one struct passed by value to every
 // kernel), the sequences of a batch entry (packed variable-length sequences included), the addressing of every
-// tensor, the mask (AttentionBand, the same code as the CPU's), the dropout factors and the launchers of the
-// tensor-core (ops/cuda/flash_attention_tc.cu) and f32 (ops/cuda/flash_attention_f32.cu) kernels.
+// tensor, the dropout factors and the launchers of the tensor-core (ops/cuda/flash_attention_tc.cu) and f32
+// (ops/cuda/flash_attention_f32.cu) kernels. The mask as the tensor-core kernels test it, and the features an
+// instantiation of theirs is compiled with: ops/cuda/flash_attention_mask.h.
 #pragma once
 #include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstdint>
 
+#include "ops/cuda/flash_attention_mask.h"
 #include "ops/flash_attention.h"
 #include "runtime/dtype.h"
 #include "runtime/rng.h"
@@ -85,8 +87,10 @@ __device__ __forceinline__ int offset_at(const Params& p, const void* cu, int i,
   return static_cast<int>(x < lo ? lo : (x > total ? total : x));
 }
 
+// kVarlen false: an instantiation without packed sequences (p.varlen is false), the test compiled out.
+template <bool kVarlen = true>
 __device__ __forceinline__ Seq seq_of(const Params& p, int b) {
-  if (!p.varlen) return {0, p.Sq, 0, p.Sk};
+  if (!kVarlen || !p.varlen) return {0, p.Sq, 0, p.Sk};
   const int q0 = offset_at(p, p.cu_q, b, 0, p.Sq), q1 = offset_at(p, p.cu_q, b + 1, q0, p.Sq);
   const int k0 = offset_at(p, p.cu_k, b, 0, p.Sk), k1 = offset_at(p, p.cu_k, b + 1, k0, p.Sk);
   return {q0, q1 - q0, k0, k1 - k0};
@@ -119,42 +123,25 @@ __device__ __forceinline__ int seq_of_row(const Params& p, const void* cu, int t
   return lo;
 }
 
-// The (b, h), sequence and first query (within the sequence) of a forward / dQ CTA of `rows` queries: grid
-// (B H, ceil(Sq / rows)), or varlen (H, varlen_tiles(Tq, nseq, rows)). Query blocks are issued last first (the
-// longest under causal). False: a varlen tile past its sequence's end (the CTA has nothing to do).
-__device__ __forceinline__ bool query_block(const Params& p, int rows, int& b, int& h, int& q0, Seq& s) {
-  const int t = static_cast<int>(gridDim.y - 1 - blockIdx.y);
-  if (!p.varlen) {
-    b = static_cast<int>(blockIdx.x) / p.H;
-    h = static_cast<int>(blockIdx.x) % p.H;
-    s = seq_of(p, b);
-    q0 = t * rows;
-    return true;
+// The (b, head), sequence and first row (within the sequence) of a CTA of `rows` rows of one axis: kKeys false, a
+// forward / dQ CTA of queries, grid (B H, ceil(Sq / rows)) or varlen (H, varlen_tiles(Tq, nseq, rows)), query
+// blocks issued last first (the longest under causal); kKeys, a dK/dV CTA of keys, grid (B Hk, ceil(Sk / rows)) or
+// varlen (Hk, varlen_tiles(Tk, ...)). False: a varlen tile past its sequence's end (the CTA has nothing to do).
+template <bool kVarlen, bool kKeys>
+__device__ __forceinline__ bool block_of(const Params& p, int rows, int& b, int& head, int& start, Seq& s) {
+  const int t = static_cast<int>(kKeys ? blockIdx.y : gridDim.y - 1 - blockIdx.y);
+  int tile = t;
+  if (kVarlen && p.varlen) {
+    head = static_cast<int>(blockIdx.x);
+    b = seq_of_tile(p, kKeys ? p.cu_k : p.cu_q, kKeys ? p.Sk : p.Sq, t, rows, tile);
+  } else {
+    const int heads = kKeys ? p.Hk : p.H;
+    b = static_cast<int>(blockIdx.x) / heads;
+    head = static_cast<int>(blockIdx.x) % heads;
   }
-  h = static_cast<int>(blockIdx.x);
-  int tile = 0;
-  b = seq_of_tile(p, p.cu_q, p.Sq, t, rows, tile);
-  s = seq_of(p, b);
-  q0 = tile * rows;
-  return q0 < s.Sq;
-}
-
-// The same for a dK/dV CTA of `rows` keys: grid (B Hk, ceil(Sk / rows)) or varlen (Hk, varlen_tiles(Tk, ...)).
-__device__ __forceinline__ bool key_block(const Params& p, int rows, int& b, int& hk, int& k0, Seq& s) {
-  const int t = static_cast<int>(blockIdx.y);
-  if (!p.varlen) {
-    b = static_cast<int>(blockIdx.x) / p.Hk;
-    hk = static_cast<int>(blockIdx.x) % p.Hk;
-    s = seq_of(p, b);
-    k0 = t * rows;
-    return true;
-  }
-  hk = static_cast<int>(blockIdx.x);
-  int tile = 0;
-  b = seq_of_tile(p, p.cu_k, p.Sk, t, rows, tile);
-  s = seq_of(p, b);
-  k0 = tile * rows;
-  return k0 < s.Sk;
+  s = seq_of<kVarlen>(p, b);
+  start = tile * rows;
+  return !(kVarlen && p.varlen) || start < (kKeys ? s.Sk : s.Sq);
 }
 
 // Row of (b, h, query i of sequence s) in lse, dlse, delta.
@@ -171,30 +158,6 @@ __device__ __forceinline__ uint64_t drop_row(const Params& p, uint64_t start, in
 template <class T>
 __device__ __forceinline__ const T* bias_row(const Params& p, int b, int h, int i) {
   return static_cast<const T*>(p.bias) + b * p.bias_b + h * p.bias_h + static_cast<int64_t>(i) * p.Sk;
-}
-
-// The tiles of `bk` keys a block of queries [q0, q0 + rows) of sequence s visits: [first, first + count), from
-// the first query's first key to the last query's last (key ranges grow with the query).
-struct TileRange {
-  int first, count;
-};
-__device__ __forceinline__ TileRange key_tiles(const Params& p, const Seq& s, int q0, int rows, int bk) {
-  const int last = min(q0 + rows, s.Sq) - 1;
-  if (last < q0) return {0, 0};
-  const int lo = static_cast<int>(p.band.key_lo(q0, s.Sq, s.Sk)), hi = static_cast<int>(p.band.key_hi(last, s.Sq, s.Sk));
-  if (hi <= lo) return {0, 0};
-  const int first = lo / bk;
-  return {first, (hi + bk - 1) / bk - first};
-}
-
-// The tiles of `bq` queries that see some key of [k0, k0 + rows) of sequence s.
-__device__ __forceinline__ TileRange query_tiles(const Params& p, const Seq& s, int k0, int rows, int bq) {
-  const int kend = min(k0 + rows, s.Sk);
-  if (kend <= k0) return {0, 0};
-  const int lo = static_cast<int>(p.band.query_lo(k0, s.Sq, s.Sk)), hi = static_cast<int>(p.band.query_hi(kend, s.Sq, s.Sk));
-  if (hi <= lo) return {0, 0};
-  const int first = lo / bq;
-  return {first, (hi + bq - 1) / bq - first};
 }
 
 // The dropout factor (keep_scale or 0) of stream element idx.
@@ -234,6 +197,10 @@ void launch_f32_backward(const Params& p, cudaStream_t stream);
 // The grid's y extent for `rows`-row tiles of the query (key) axis of p: ceil(S / rows), or varlen_tiles.
 inline int tiles_y(const Params& p, int S, int rows) {
   return p.varlen ? varlen_tiles(S, p.B, rows) : (S + rows - 1) / rows;
+}
+// The features (flash_attention_mask.h) of the tensor-core instantiation that runs p.
+inline int kernel_features(const Params& p) {
+  return instantiation_of(features_needed(p.bias != nullptr, p.drop.on, p.varlen, p.band));
 }
 
 }  // namespace xfr::cuda::fa

@@ -7,12 +7,21 @@
 // bytes put the 8 rows that one ldmatrix reads in 8 different bank groups (a row length that is a multiple of
 // 128 bytes would make that an 8-way conflict).
 //
+// Each forward, dQ and dK/dV kernel is also instantiated twice over its features kF (ops/cuda/flash_attention_mask.h),
+// chosen on the host from the problem: "plain" (kPlain: no bias, no dropout, no packed sequences, a band without a
+// lower bound: no mask, causal in either alignment, a right window), whose per-row state is the last visible key
+// and nothing else, and "general" (kGeneral: everything; a bias, dropout, packed sequences or a left window). One
+// mask helper (Mask) serves every kernel: the key (query) tiles a block visits, the keys every query of a block
+// sees, element (i, j). In the plain instantiation a tile that all the block's queries see whole tests no element
+// (its element loop is compiled apart); only the tiles on a causal diagonal or past Sk do. Both give the same bits.
+//
 //   forward     CTA = (b, h, 64 queries of a sequence), 4 warps x 16 query rows; loops over the key tiles of kBk
 //               keys the block's queries see (AttentionBand: causal and windows skip the rest, so local attention
 //               costs O(S W)): S = Q K^T (registers), + bias, masked, online softmax in registers (exp2 with scale
 //               log2 e folded in), dropout on P, O += P V with P reused from the S accumulators as the A operand
 //               (no shared-memory round trip). Only tiles that some query of the block does not fully see are
 //               masked element by element. Query blocks are issued last first (the longest under causal).
+//               The forward and dQ CTAs find their block, mask and key tiles alike (QueryBlock).
 //   backward    Delta (ops/cuda/flash_attention.cu), then three kernels, no float atomics (deterministic):
 //               1. dK, dV: CTA = (b, kv head, 64 keys), 8 warps; loops over the G query heads of the kv head and
 //                  over the query tiles that see the keys. Phase A: S^T = K Q^T and dP^T = V dO^T (warp = 16 keys x
@@ -23,12 +32,14 @@
 //                  dP = dO V^T, dS in registers, dQ += dS K with dS reused as the A operand.
 //               3. dbias (when the bias needs a gradient): CTA = (bias batch, bias head, 64 queries, 64 keys);
 //                  for each (b, h) the bias element serves (the broadcast axes), S and dP of the tile, dS summed in
-//                  registers, written once: no atomics even when the bias broadcasts.
+//                  registers, written once: no atomics even when the bias broadcasts. One instantiation per tile
+//                  (a bias makes the problem general), with the general mask.
 // Packed sequences: the grids tile the concatenated sequences (varlen_tiles); a CTA finds its sequence by a binary
 // search over the offsets, and every row index is within the sequence.
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/mma.cuh"
@@ -49,16 +60,19 @@ struct Tiles {
   // kMaxD / 2 floats, S (and dP) 16 x kBk = kBk / 2 floats each. kMaxD 256 with 64-key tiles would need
   // 128 + 32 (+ 32 for dQ) floats plus addresses: over the 255-register limit; 32-key tiles keep it under.
   // Which limit each exact instantiation meets on the H200 (255 registers per thread, 64 K registers and 227 KB
-  // of shared memory per SM). Registers per thread as ptxas reports them (CUDA 13.0, sm_90a, masks and bias
-  // included, no spills), forward / dQ / dK-dV:
-  //   kMaxD  32: 128 / 162 / 178: registers bound occupancy (4 forward CTAs of 128 threads per SM; 4 x 25 KB of
-  //              shared memory is far from the limit). The 64-wide tile this replaces for MiniLM's D = 32 did
-  //              twice the MMAs on zero columns and staged twice the shared memory.
-  //   kMaxD  64: 163 / 168 / 180: registers (3 forward CTAs per SM), 45 KB of shared memory each.
-  //   kMaxD 128: 205 / 246 / 224: registers (O 64 + S 32 (+ dP 32 in dQ) floats per thread); shared memory
-  //              85-121 KB, so one or two CTAs per SM either way.
-  //   kMaxD 256: 253 / 255 / 248: registers force kBk = 32 (see above); shared memory forces kBqKV = 32 for
-  //              dK/dV (below).
+  // of shared memory per SM). Registers per thread as ptxas reports them (CUDA 13.0, sm_90a, no spills), forward /
+  // dQ / dK-dV, plain | general instantiation (CTAs per SM that the registers allow in brackets: 128 threads
+  // forward and dQ, 256 dK/dV):
+  //   kMaxD  32:  87 / 128 / 126 (5 / 4 / 2) | 128 / 162 / 181 (4 / 3 / 1): registers bound occupancy (shared
+  //              memory, 25-49 KB a CTA, is far from the limit). The 64-wide tile this replaces for MiniLM's D = 32
+  //              did twice the MMAs on zero columns and staged twice the shared memory.
+  //   kMaxD  64: 122 / 135 / 154 (4 / 3 / 1) | 162 / 168 / 186 (3 / 3 / 1): registers; 45-73 KB of shared memory.
+  //   kMaxD 128: 158 / 180 / 194 | 200 / 244 / 218: registers (O 64 + S 32 (+ dP 32 in dQ) floats per thread) and
+  //              shared memory (85-121 KB) allow one or two CTAs per SM either way.
+  //   kMaxD 256: 245 / 248 / 239 | 246 / 254 / 246: registers force kBk = 32 (see above); shared memory forces
+  //              kBqKV = 32 for dK/dV (below).
+  // The generic-D instantiations (kExact false) take at most a few more, mostly fewer; the general forward of
+  // generic kMaxD 128 (D 65-127) spills 16 bytes (ptxas holds it at 168 registers, 3 CTAs).
   static constexpr int kBk = kMaxD <= 128 ? 64 : 32;
   // dK/dV kernel: 64 keys per CTA, 8 warps (4 x 16 key rows, x 2 halves of the query tile in phase A and of the
   // head dim in phase B, which keeps dK + dV at kMaxD / 2 floats per thread). Query tile: 64, or 32 at kMaxD 256
@@ -189,59 +203,106 @@ __device__ __forceinline__ void store_acc(T* g, int64_t ld, const float (&acc)[k
 }
 
 
+// s scale_log2 rounded on its own, never fused into a following add or subtract: what the score had when a bias add
+// (an instantiation with kBias) or a select came between, so every instantiation gives the same bits.
+__device__ __forceinline__ float scaled(float s, float scale_log2) { return __fmul_rn(s, scale_log2); }
+
+// Runs the element loop f of a tile: f(std::true_type) for a tile that needs the element mask, f(std::false_type)
+// for one every query of the block sees whole, two bodies compiled apart, so a visible tile tests no element. The
+// general instantiation keeps one body, f(masked) (the tile test inside it, per element): a second copy there
+// costs registers (ptxas heuristics) for the rarer problems.
+template <int kF, class F>
+__device__ __forceinline__ void with_tile_mask(bool masked, F&& f) {
+  if constexpr (kF == kGeneral) {
+    f(masked);
+  } else if (masked) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// What a forward and a dQ CTA set up alike: its (b, h), sequence and first query (init false: a varlen tile past
+// its sequence, nothing to do), the offsets of its heads' rows at the sequence's first row (q, out, dout, dq of
+// (b, h); k, v of kv head h / G), the sequence's mask, the key tiles the block's queries visit, the padded head dim
+// and the staging of its tiles.
+template <class T, int kMaxD, bool kExact, int kF>
+struct QueryBlock {
+  using Tl = Tiles<kMaxD>;
+  static constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
+  int b = 0, h = 0, q0 = 0;
+  Seq s{};
+  int64_t qoff = 0, kvoff = 0;
+  Mask<has(kF, kBand)> mask;
+  TileRange tr{};
+  int dp = kMaxD, ksteps = kMaxD / 16;  // the head dim rounded up to 16 (kExact: kMaxD), and in k-steps of 16
+
+  __device__ __forceinline__ bool init(const Params& p) {
+    if (!block_of<has(kF, kVarlen), false>(p, kBq, b, h, q0, s)) return false;
+    qoff = p.q_head(b, h) + s.q0 * p.qs.seq;
+    kvoff = p.k_head(b, h / p.G) + s.k0 * p.ks.seq;
+    mask = Mask<has(kF, kBand)>(p.band, s.Sq, s.Sk);
+    tr = mask.key_tiles(q0, kBq, kBk);
+    if (!kExact) dp = (p.D + 15) / 16 * 16, ksteps = dp / 16;
+    return true;
+  }
+  // Stages the block's kBq rows of x (q or dout: (B, H, Sq, D) logical, q's strides) into sX ([kBq][kStride]).
+  __device__ __forceinline__ void load_rows(const Params& p, T* sX, const void* x) const {
+    load_tile<T, kBq, kThreads>(sX, kStride, static_cast<const T*>(x) + qoff, p.qs.seq, q0, s.Sq, p.D, dp, p.vec);
+  }
+  // Stages key tile kt of the range (kBk rows of K and of V) into buffer `buf` of sK, sV ([2][kBk][kStride]).
+  __device__ __forceinline__ void load_kv(const Params& p, T* sK, T* sV, int kt, int buf) const {
+    const int row0 = (tr.first + kt) * kBk;
+    load_tile<T, kBk, kThreads>(sK + buf * kBk * kStride, kStride, static_cast<const T*>(p.k) + kvoff, p.ks.seq, row0,
+                                s.Sk, p.D, dp, p.vec);
+    load_tile<T, kBk, kThreads>(sV + buf * kBk * kStride, kStride, static_cast<const T*>(p.v) + kvoff, p.ks.seq, row0,
+                                s.Sk, p.D, dp, p.vec);
+  }
+};
+
 // ---- forward ----------------------------------------------------------------------------------------
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), [bias] -> o (q's strides), lse_out.
 // grid (B H, ceil(Sq / 64)) or varlen (H, varlen_tiles(Tq, nseq, 64)), 128 threads, Tiles<kMaxD>::kFwdSmem bytes
-// of dynamic shared memory.
-template <class T, int kMaxD, bool kExact>
+// of dynamic shared memory. kF: the features compiled in (flash_attention_mask.h).
+template <class T, int kMaxD, bool kExact, int kF>
 __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
-  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
+  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride;
   constexpr int kDT = kMaxD / 8;  // n-tiles of the output
+  constexpr bool kHasBias = has(kF, kBias), kHasDrop = has(kF, kDropout), kHasVarlen = has(kF, kVarlen);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [kBq][kStride]
   T* sK = sQ + kBq * kStride;              // [2][kBk][kStride]
   T* sV = sK + 2 * kBk * kStride;          // [2][kBk][kStride]
 
-  int b = 0, h = 0, q0 = 0;
-  Seq sq{};
-  if (!query_block(p, kBq, b, h, q0, sq)) return;
-  const int hk = h / p.G;
-  const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq, kld = p.ks.seq;
-  const T* qh = static_cast<const T*>(p.q) + p.q_head(b, h) + sq.q0 * qld;
-  const T* kh = static_cast<const T*>(p.k) + p.k_head(b, hk) + sq.k0 * kld;
-  const T* vh = static_cast<const T*>(p.v) + p.k_head(b, hk) + sq.k0 * kld;
-  const TileRange tr = key_tiles(p, sq, q0, kBq, kBk);
-
-  load_tile<T, kBq, kThreads>(sQ, kStride, qh, qld, q0, sq.Sq, p.D, dp, p.vec);
-  if (tr.count > 0) {
-    load_tile<T, kBk, kThreads>(sK, kStride, kh, kld, tr.first * kBk, sq.Sk, p.D, dp, p.vec);
-    load_tile<T, kBk, kThreads>(sV, kStride, vh, kld, tr.first * kBk, sq.Sk, p.D, dp, p.vec);
-  }
+  QueryBlock<T, kMaxD, kExact, kF> blk;
+  if (!blk.init(p)) return;
+  blk.load_rows(p, sQ, p.q);
+  if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
+  const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
+  const Seq& sq = blk.s;
+  const TileRange tr = blk.tr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int row_base = q0 + warp * 16;  // this warp's 16 queries; the thread holds rows gr and gr + 8
-  const uint64_t dstart = p.drop.on ? p.drop.start() : 0;
-  // This thread's two rows: visible keys [klo, khi), lse row, dropout stream row, bias row (null: none or padding).
-  int klo[2], khi[2];
-  int64_t lrow[2];
-  uint64_t drow[2];
-  const T* brow[2];
+  // This thread's two rows: the keys they see and, in an instantiation with them, their lse rows (varlen: else
+  // recomputed at the end), dropout stream rows and bias rows (null: no bias, or padding).
+  KeyRange keys[2];
+  int64_t lrow[2] = {0, 0};
+  uint64_t drow[2] = {0, 0};
+  const T* brow[2] = {nullptr, nullptr};
+  const uint64_t dstart = kHasDrop && p.drop.on ? p.drop.start() : 0;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int i = row_base + gr + hr * 8;
-    klo[hr] = static_cast<int>(p.band.key_lo(i, sq.Sq, sq.Sk));
-    khi[hr] = static_cast<int>(p.band.key_hi(i, sq.Sq, sq.Sk));
-    lrow[hr] = row_id(p, b, h, sq, i);
-    drow[hr] = drop_row(p, dstart, lrow[hr], sq);
-    brow[hr] = p.bias && i < sq.Sq ? bias_row<T>(p, b, h, i) : nullptr;
+    keys[hr] = blk.mask.keys(i);
+    if (kHasVarlen) lrow[hr] = row_id(p, b, h, sq, i);
+    if (kHasDrop) drow[hr] = drop_row(p, dstart, row_id(p, b, h, sq, i), sq);
+    if (kHasBias) brow[hr] = p.bias && i < sq.Sq ? bias_row<T>(p, b, h, i) : nullptr;
   }
-  // A key tile [k0, k0 + kBk) needs no element mask when every query of the block sees all of it.
-  const int last = min(q0 + kBq, sq.Sq) - 1;
-  const int lo_max = static_cast<int>(p.band.key_lo(last, sq.Sq, sq.Sk));
-  const int hi_min = static_cast<int>(p.band.key_hi(q0, sq.Sq, sq.Sk));
+  // The keys every query of the block sees: a key tile within them needs no element mask.
+  const KeyRange common = blk.mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
 
   float o[kDT][4];
 #pragma unroll
@@ -253,9 +314,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     __syncthreads();  // tile kt (and Q) landed; every warp is done with tile kt - 1, whose buffer is refilled now
     const int buf = kt & 1;
     if (kt + 1 < tr.count) {
-      const int next = (tr.first + kt + 1) * kBk;
-      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, kld, next, sq.Sk, p.D, dp, p.vec);
-      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, kld, next, sq.Sk, p.D, dp, p.vec);
+      blk.load_kv(p, sK, sV, kt + 1, buf ^ 1);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -269,19 +328,20 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
 
     // Into the exp2 domain, + bias; hidden keys (outside the band, past Sk) -inf.
     const int k0 = (tr.first + kt) * kBk;
-    const bool masked = !(k0 >= lo_max && k0 + kBk <= hi_min);
+    with_tile_mask<kF>(!blk.mask.covers(common, k0, k0 + kBk), [&](auto masked) {
 #pragma unroll
-    for (int nt = 0; nt < kBk / 8; ++nt)
+      for (int nt = 0; nt < kBk / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nt * 8 + 2 * t + (e & 1), hr = e / 2;
-        float x = s[nt][e] * p.scale_log2;
-        if (masked && (j < klo[hr] || j >= khi[hr]))
-          x = -INFINITY;
-        else if (brow[hr])
-          x += dev::to_float(brow[hr][j]) * kLog2e;
-        s[nt][e] = x;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int j = k0 + nt * 8 + 2 * t + (e & 1), hr = e / 2;
+          float x = scaled(s[nt][e], p.scale_log2);
+          if (masked && blk.mask.hides(keys[hr], j))
+            x = -INFINITY;
+          else if (kHasBias && brow[hr])
+            x += dev::to_float(brow[hr][j]) * kLog2e;
+          s[nt][e] = x;
+        }
+    });
 
     // Online softmax per row half (rows gr, gr + 8); the 4 lanes of a quad share a row.
 #pragma unroll
@@ -306,7 +366,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
         const float p0 = exp2f(s[nt][2 * hr] - m_use), p1 = exp2f(s[nt][2 * hr + 1] - m_use);
         l[hr] += p0 + p1;  // this lane's part of the row sum, undropped
         float z0 = 1.f, z1 = 1.f;
-        if (p.drop.on && (p0 != 0.f || p1 != 0.f))
+        if (kHasDrop && p.drop.on && (p0 != 0.f || p1 != 0.f))
           drop_factor2(p.drop, drow[hr] + static_cast<uint64_t>(k0 + nt * 8 + 2 * t), z0, z1);
         s[nt][2 * hr] = p0 * z0;
         s[nt][2 * hr + 1] = p1 * z1;
@@ -332,67 +392,58 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     lt += __shfl_xor_sync(0xffffffffu, lt, 2);
     inv[hr] = lt > 0.f ? 1.f / lt : 0.f;  // a fully hidden row: out 0
     const int i = row_base + gr + hr * 8;
-    if (t == 0 && i < sq.Sq) p.lse_out[lrow[hr]] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
+    const int64_t row = kHasVarlen ? lrow[hr] : row_id(p, b, h, sq, i);
+    if (t == 0 && i < sq.Sq) p.lse_out[row] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
   }
-  store_acc<T, kDT>(static_cast<T*>(p.o) + p.q_head(b, h) + sq.q0 * qld, qld, o, row_base, sq.Sq, p.D, 0, inv[0],
-                    inv[1], p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.o) + blk.qoff, p.qs.seq, o, row_base, sq.Sq, p.D, 0, inv[0], inv[1], p.vec, lane);
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------------------
 // q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), [bias], lse, delta -> dq (q's
 // strides). Grid as the forward's, 128 threads, Tiles<kMaxD>::kDqSmem bytes of dynamic shared memory.
-template <class T, int kMaxD, bool kExact>
+template <class T, int kMaxD, bool kExact, int kF>
 __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
-  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
+  constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride;
   constexpr int kDT = kMaxD / 8;
+  constexpr bool kHasBias = has(kF, kBias), kHasDrop = has(kF, kDropout);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);  // [kBq][kStride]
   T* sdO = sQ + kBq * kStride;             // [kBq][kStride]
   T* sK = sdO + kBq * kStride;             // [2][kBk][kStride]
   T* sV = sK + 2 * kBk * kStride;          // [2][kBk][kStride]
 
-  int b = 0, h = 0, q0 = 0;
-  Seq sq{};
-  if (!query_block(p, kBq, b, h, q0, sq)) return;
-  const int hk = h / p.G;
-  const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq, kld = p.ks.seq;
-  const int64_t qoff = p.q_head(b, h) + sq.q0 * qld;
-  const T* kh = static_cast<const T*>(p.k) + p.k_head(b, hk) + sq.k0 * kld;
-  const T* vh = static_cast<const T*>(p.v) + p.k_head(b, hk) + sq.k0 * kld;
-  const TileRange tr = key_tiles(p, sq, q0, kBq, kBk);
-
-  load_tile<T, kBq, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + qoff, qld, q0, sq.Sq, p.D, dp, p.vec);
-  load_tile<T, kBq, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + qoff, qld, q0, sq.Sq, p.D, dp, p.vec);
-  if (tr.count > 0) {
-    load_tile<T, kBk, kThreads>(sK, kStride, kh, kld, tr.first * kBk, sq.Sk, p.D, dp, p.vec);
-    load_tile<T, kBk, kThreads>(sV, kStride, vh, kld, tr.first * kBk, sq.Sk, p.D, dp, p.vec);
-  }
+  QueryBlock<T, kMaxD, kExact, kF> blk;
+  if (!blk.init(p)) return;
+  blk.load_rows(p, sQ, p.q);
+  blk.load_rows(p, sdO, p.dout);
+  if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
+  const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
+  const Seq& sq = blk.s;
+  const TileRange tr = blk.tr;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int row_base = q0 + warp * 16;
-  const uint64_t dstart = p.drop.on ? p.drop.start() : 0;
-  int klo[2], khi[2];
+  const uint64_t dstart = kHasDrop && p.drop.on ? p.drop.start() : 0;
+  // This thread's two rows: visible keys, lse2, Delta and, in an instantiation with them, the dropout stream rows
+  // and bias rows.
+  KeyRange keys[2];
   float lse2[2], dlt[2];
-  uint64_t drow[2];
-  const T* brow[2];
+  uint64_t drow[2] = {0, 0};
+  const T* brow[2] = {nullptr, nullptr};
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int i = row_base + gr + hr * 8;
     const bool valid = i < sq.Sq;
     const int64_t row = row_id(p, b, h, sq, i);
-    klo[hr] = static_cast<int>(p.band.key_lo(i, sq.Sq, sq.Sk));
-    khi[hr] = static_cast<int>(p.band.key_hi(i, sq.Sq, sq.Sk));
+    keys[hr] = blk.mask.keys(i);
     lse2[hr] = lse2_of(p, row, valid);
     dlt[hr] = valid ? p.delta[row] : 0.f;
-    drow[hr] = drop_row(p, dstart, row, sq);
-    brow[hr] = p.bias && valid ? bias_row<T>(p, b, h, i) : nullptr;
+    if (kHasDrop) drow[hr] = drop_row(p, dstart, row, sq);
+    if (kHasBias) brow[hr] = p.bias && valid ? bias_row<T>(p, b, h, i) : nullptr;
   }
-  const int last = min(q0 + kBq, sq.Sq) - 1;
-  const int lo_max = static_cast<int>(p.band.key_lo(last, sq.Sq, sq.Sk));
-  const int hi_min = static_cast<int>(p.band.key_hi(q0, sq.Sq, sq.Sk));
+  const KeyRange common = blk.mask.common_keys(q0, min(q0 + kBq, sq.Sq) - 1);
   float dq[kDT][4];
 #pragma unroll
   for (int i = 0; i < kDT; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
@@ -402,9 +453,7 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     __syncthreads();
     const int buf = kt & 1;
     if (kt + 1 < tr.count) {
-      const int next = (tr.first + kt + 1) * kBk;
-      load_tile<T, kBk, kThreads>(sK + (buf ^ 1) * kBk * kStride, kStride, kh, kld, next, sq.Sk, p.D, dp, p.vec);
-      load_tile<T, kBk, kThreads>(sV + (buf ^ 1) * kBk * kStride, kStride, vh, kld, next, sq.Sk, p.D, dp, p.vec);
+      blk.load_kv(p, sK, sV, kt + 1, buf ^ 1);
       dev::cp_async_commit();
     }
     const T* tK = sK + buf * kBk * kStride;
@@ -421,26 +470,33 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
 
     // dS = P (z dP - Delta), P = exp2(S scale log2e + bias log2e - lse2), into s.
     const int k0 = (tr.first + kt) * kBk;
-    const bool masked = !(k0 >= lo_max && k0 + kBk <= hi_min);
+    with_tile_mask<kF>(!blk.mask.covers(common, k0, k0 + kBk), [&](auto masked) {
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
+      for (int hr = 0; hr < 2; ++hr) {
 #pragma unroll
-      for (int nt = 0; nt < kBk / 8; ++nt) {
-        float pe[2];
+        for (int nt = 0; nt < kBk / 8; ++nt) {
+          float pe[2];
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int j = k0 + nt * 8 + 2 * t + c;
-          const bool hidden = masked && (j < klo[hr] || j >= khi[hr]);
-          const float bias = !hidden && brow[hr] ? dev::to_float(brow[hr][j]) * kLog2e : 0.f;
-          pe[c] = hidden ? 0.f : exp2f(s[nt][2 * hr + c] * p.scale_log2 + bias - lse2[hr]);
+          for (int c = 0; c < 2; ++c) {
+            const int j = k0 + nt * 8 + 2 * t + c;
+            const bool hidden = masked && blk.mask.hides(keys[hr], j);
+            float x;
+            if constexpr (kHasBias) {
+              const float bias = !hidden && brow[hr] ? dev::to_float(brow[hr][j]) * kLog2e : 0.f;
+              x = s[nt][2 * hr + c] * p.scale_log2 + bias;
+            } else {
+              x = scaled(s[nt][2 * hr + c], p.scale_log2);
+            }
+            pe[c] = hidden ? 0.f : exp2f(x - lse2[hr]);
+          }
+          float z0 = 1.f, z1 = 1.f;
+          if (kHasDrop && p.drop.on && (pe[0] != 0.f || pe[1] != 0.f))
+            drop_factor2(p.drop, drow[hr] + static_cast<uint64_t>(k0 + nt * 8 + 2 * t), z0, z1);
+          s[nt][2 * hr] = pe[0] * (dpv[nt][2 * hr] * z0 - dlt[hr]);
+          s[nt][2 * hr + 1] = pe[1] * (dpv[nt][2 * hr + 1] * z1 - dlt[hr]);
         }
-        float z0 = 1.f, z1 = 1.f;
-        if (p.drop.on && (pe[0] != 0.f || pe[1] != 0.f))
-          drop_factor2(p.drop, drow[hr] + static_cast<uint64_t>(k0 + nt * 8 + 2 * t), z0, z1);
-        s[nt][2 * hr] = pe[0] * (dpv[nt][2 * hr] * z0 - dlt[hr]);
-        s[nt][2 * hr + 1] = pe[1] * (dpv[nt][2 * hr + 1] * z1 - dlt[hr]);
       }
-    }
+    });
 
     // dQ += dS K: dS from the accumulators, K [key][dim] by transposed ldmatrix.
 #pragma unroll
@@ -451,14 +507,14 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
     }
   }
   dev::cp_async_wait<0>();
-  store_acc<T, kDT>(static_cast<T*>(p.dq) + qoff, qld, dq, row_base, sq.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.dq) + blk.qoff, p.qs.seq, dq, row_base, sq.Sq, p.D, 0, p.scale, p.scale, p.vec, lane);
 }
 
 // ---- backward: dK, dV ---------------------------------------------------------------------------------
 // q, dout: (B, H, Sq, D), k, v: (B, Hk, Sk, D) (logical; strides p.qs, p.ks), [bias], lse, delta -> dk, dv (k's
 // strides), summed over the G query heads of the kv head. grid (B Hk, ceil(Sk / 64)) or varlen (Hk,
-// varlen_tiles(Tk, nseq, 64)), 256 threads, Tiles<kMaxD>::kKVSmem bytes.
-template <class T, int kMaxD, bool kExact>
+// varlen_tiles(Tk, nseq, 64)), 256 threads, Tiles<kMaxD>::kKVSmem bytes. kF: the features compiled in.
+template <class T, int kMaxD, bool kExact, int kF>
 __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   using Tl = Tiles<kMaxD>;
   constexpr int kBk = Tl::kBkKV, kBq = Tl::kBqKV, kStride = Tl::kStride, kPS = Tl::kPStride;
@@ -466,6 +522,7 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   constexpr int kHalfD = kMaxD / 2;     // head dims per warp in phase B
   constexpr int kDT = kHalfD / 8;       // its n-tiles
   constexpr int kQT = kBq / 2 / 8;      // query n-tiles per warp in phase A
+  constexpr bool kHasBias = has(kF, kBias), kHasDrop = has(kF, kDropout);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);  // [kBk][kStride]
   T* sV = sK + kBk * kStride;              // [kBk][kStride]
@@ -478,18 +535,19 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
 
   int b = 0, hk = 0, k0 = 0;
   Seq sk{};
-  if (!key_block(p, kBk, b, hk, k0, sk)) return;
+  if (!block_of<has(kF, kVarlen), true>(p, kBk, b, hk, k0, sk)) return;
+  const Mask<has(kF, kBand)> mask(p.band, sk.Sq, sk.Sk);
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
   const int64_t qld = p.qs.seq, kld = p.ks.seq;
   const int64_t kvoff = p.k_head(b, hk) + sk.k0 * kld;
   // The query tiles whose queries see some of these keys (per query head of the group).
-  const TileRange tr = query_tiles(p, sk, k0, kBk, kBq);
+  const TileRange tr = mask.query_tiles(k0, kBk, kBq);
   const int per_head = tr.count, iters = p.G * per_head;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int kw = warp % 4;  // this warp's 16 keys: k0 + kw * 16 ...
   const int half = warp / 4;  // phase A: half of the query tile; phase B: half of the head dim
-  const uint64_t dstart = p.drop.on ? p.drop.start() : 0;
+  const uint64_t dstart = kHasDrop && p.drop.on ? p.drop.start() : 0;
 
   // Issues the loads of iteration `it` (head, query tile) into buffer `buf`.
   auto load_iter = [&](int it, int buf) {
@@ -547,34 +605,35 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
     mma_abt<T, kQT, kMaxD, kExact>(st, sK + kw * 16 * kStride, kStride, tQ + qb * kStride, kStride, ksteps, lane);
     mma_abt<T, kQT, kMaxD, kExact>(dpt, sV + kw * 16 * kStride, kStride, tdO + qb * kStride, kStride, ksteps, lane);
     // No element mask when every query of the tile sees every key of the CTA.
-    const int last = min(i0 + kBq, sk.Sq) - 1;
-    const bool masked = !(p.band.key_lo(last, sk.Sq, sk.Sk) <= k0 && p.band.key_hi(i0, sk.Sq, sk.Sk) >= k0 + kBk);
+    const KeyRange common = mask.common_keys(i0, min(i0 + kBq, sk.Sq) - 1);
+    with_tile_mask<kF>(!mask.covers(common, k0, k0 + kBk), [&](auto masked) {
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int kr = kw * 16 + gr + hr * 8;  // key row in the CTA's block
-      const int j = k0 + kr;
+      for (int hr = 0; hr < 2; ++hr) {
+        const int kr = kw * 16 + gr + hr * 8;  // key row in the CTA's block
+        const int j = k0 + kr;
 #pragma unroll
-      for (int nt = 0; nt < kQT; ++nt) {
-        float pz[2], ds[2];
+        for (int nt = 0; nt < kQT; ++nt) {
+          float pz[2], ds[2];
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int qr = qb + nt * 8 + 2 * t + c;  // query row in the tile
-          const int i = i0 + qr;
-          const bool hidden =
-              masked && (j < p.band.key_lo(i, sk.Sq, sk.Sk) || j >= p.band.key_hi(i, sk.Sq, sk.Sk));
-          float x = st[nt][2 * hr + c] * p.scale_log2;
-          if (!hidden && p.bias && i < sk.Sq) x += dev::to_float(bias_row<T>(p, b, h, i)[j]) * kLog2e;
-          const float pe = hidden ? 0.f : exp2f(x - tLse[qr]);
-          float z = 1.f;
-          if (p.drop.on && pe != 0.f) z = drop_factor(p.drop, drop_row(p, dstart, row_id(p, b, h, sk, i), sk) + j);
-          pz[c] = pe * z;
-          ds[c] = pe * (dpt[nt][2 * hr + c] * z - tDelta[qr]);
+          for (int c = 0; c < 2; ++c) {
+            const int qr = qb + nt * 8 + 2 * t + c;  // query row in the tile
+            const int i = i0 + qr;
+            const bool hidden = masked && mask.hides(mask.keys(i), j);
+            float x = scaled(st[nt][2 * hr + c], p.scale_log2);
+            if (kHasBias && !hidden && p.bias && i < sk.Sq) x += dev::to_float(bias_row<T>(p, b, h, i)[j]) * kLog2e;
+            const float pe = hidden ? 0.f : exp2f(x - tLse[qr]);
+            float z = 1.f;
+            if (kHasDrop && p.drop.on && pe != 0.f)
+              z = drop_factor(p.drop, drop_row(p, dstart, row_id(p, b, h, sk, i), sk) + j);
+            pz[c] = pe * z;
+            ds[c] = pe * (dpt[nt][2 * hr + c] * z - tDelta[qr]);
+          }
+          const int col = qb + nt * 8 + 2 * t;
+          *reinterpret_cast<uint32_t*>(sP + kr * kPS + col) = dev::pack2<T>(pz[0], pz[1]);
+          *reinterpret_cast<uint32_t*>(sdS + kr * kPS + col) = dev::pack2<T>(ds[0], ds[1]);
         }
-        const int col = qb + nt * 8 + 2 * t;
-        *reinterpret_cast<uint32_t*>(sP + kr * kPS + col) = dev::pack2<T>(pz[0], pz[1]);
-        *reinterpret_cast<uint32_t*>(sdS + kr * kPS + col) = dev::pack2<T>(ds[0], ds[1]);
       }
-    }
+    });
     __syncthreads();  // P^T, dS^T complete
 
     // Phase B: dV += (P^T z) dO, dK += dS^T Q over the tile's kBq queries, dims pair0*16 ...
@@ -616,7 +675,8 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
 
   const int bb = static_cast<int>(blockIdx.x) / p.Hb, hb = static_cast<int>(blockIdx.x) % p.Hb;
   const int q0 = static_cast<int>(blockIdx.y) * kB, k0 = static_cast<int>(blockIdx.z) * kB;
-  const Seq s = seq_of(p, 0);  // a bias excludes varlen: every batch entry is the whole (Sq, Sk)
+  const Seq s = seq_of<false>(p, 0);  // a bias excludes varlen: every batch entry is the whole (Sq, Sk)
+  const Mask<true> mask(p.band, s.Sq, s.Sk);  // with a bias: the general instantiations' mask
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
   const int64_t qld = p.qs.seq, kld = p.ks.seq;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
@@ -625,8 +685,8 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
   const int last = min(q0 + kB, s.Sq) - 1;
   // Whether any query of the tile sees any of its keys (else the tile's dbias is 0), and whether every query sees
   // every key (no element mask).
-  const bool any = p.band.key_hi(last, s.Sq, s.Sk) > k0 && p.band.key_lo(q0, s.Sq, s.Sk) < min(k0 + kB, s.Sk);
-  const bool masked = !(p.band.key_lo(last, s.Sq, s.Sk) <= k0 && p.band.key_hi(q0, s.Sq, s.Sk) >= k0 + kB);
+  const bool any = mask.sees_any(q0, last, k0, min(k0 + kB, s.Sk));
+  const bool masked = !mask.covers(mask.common_keys(q0, last), k0, k0 + kB);
   const int nb = p.Bb == 1 ? p.B : 1, nh = p.Hb == 1 ? p.H : 1;
 
   float acc[kNT][4];
@@ -657,7 +717,7 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
       const bool valid = i < s.Sq;
       const int64_t row = row_id(p, b, h, s, i);
       const float lse2 = lse2_of(p, row, valid), dl = valid ? p.delta[row] : 0.f;
-      const int klo = static_cast<int>(p.band.key_lo(i, s.Sq, s.Sk)), khi = static_cast<int>(p.band.key_hi(i, s.Sq, s.Sk));
+      const KeyRange keys = mask.keys(i);
       const T* brow = valid ? bias_row<T>(p, b, h, i) : nullptr;
       const uint64_t drow = drop_row(p, dstart, row, s);
 #pragma unroll
@@ -665,7 +725,7 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int j = k0 + nt * 8 + 2 * t + c;
-          if (!valid || (masked && (j < klo || j >= khi))) continue;  // hidden: dS = 0
+          if (!valid || (masked && mask.hides(keys, j))) continue;  // hidden: dS = 0
           const float pe = exp2f(sc[nt][2 * hr + c] * p.scale_log2 + dev::to_float(brow[j]) * kLog2e - lse2);
           const float z = p.drop.on && pe != 0.f ? drop_factor(p.drop, drow + j) : 1.f;
           acc[nt][2 * hr + c] += pe * (dpv[nt][2 * hr + c] * z - dl);
@@ -690,26 +750,38 @@ void allow_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done) {
   done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
-// Runs f.template operator()<kMaxD, kExact>() for the instantiation that covers head dim D: the exact tile for
-// D = 32, 64, 128 and 256, else the generic one of the next kMaxD.
-template <class F>
-void with_head_dim(int D, F&& f) {
-  if (D == 32) {
-    f.template operator()<32, true>();
-  } else if (D == 64) {
-    f.template operator()<64, true>();
-  } else if (D == 128) {
-    f.template operator()<128, true>();
-  } else if (D == 256) {
-    f.template operator()<256, true>();
-  } else if (D < 32) {
-    f.template operator()<32, false>();
-  } else if (D < 64) {
-    f.template operator()<64, false>();
-  } else if (D < 128) {
-    f.template operator()<128, false>();
+// Runs f.template operator()<kMaxD, kExact, kF>() for the features kF of the instantiation that runs p
+// (flash_attention_mask.h: plain when p needs none of them, else general).
+template <int kMaxD, bool kExact, class F>
+void with_features(const Params& p, F& f) {
+  if (kernel_features(p) == kPlain) {
+    f.template operator()<kMaxD, kExact, kPlain>();
   } else {
-    f.template operator()<256, false>();
+    f.template operator()<kMaxD, kExact, kGeneral>();
+  }
+}
+
+// The same, first choosing the tile for head dim p.D: the exact one for D = 32, 64, 128 and 256, else the generic
+// one of the next kMaxD.
+template <class F>
+void with_instantiation(const Params& p, F&& f) {
+  const int D = p.D;
+  if (D == 32) {
+    with_features<32, true>(p, f);
+  } else if (D == 64) {
+    with_features<64, true>(p, f);
+  } else if (D == 128) {
+    with_features<128, true>(p, f);
+  } else if (D == 256) {
+    with_features<256, true>(p, f);
+  } else if (D < 32) {
+    with_features<32, false>(p, f);
+  } else if (D < 64) {
+    with_features<64, false>(p, f);
+  } else if (D < 128) {
+    with_features<128, false>(p, f);
+  } else {
+    with_features<256, false>(p, f);
   }
 }
 
@@ -717,11 +789,11 @@ template <class T>
 struct ForwardLaunch {
   const Params& p;
   cudaStream_t stream;
-  template <int kMaxD, bool kExact>
+  template <int kMaxD, bool kExact, int kF>
   void operator()() const {
     using Tl = Tiles<kMaxD>;
     static std::atomic<uint64_t> done{0};
-    auto kernel = fwd_tc_kernel<T, kMaxD, kExact>;
+    auto kernel = fwd_tc_kernel<T, kMaxD, kExact, kF>;
     allow_smem(kernel, Tl::kFwdSmem, done);
     const dim3 grid(static_cast<unsigned>((p.varlen ? 1 : p.B) * p.H), static_cast<unsigned>(tiles_y(p, p.Sq, Tl::kBq)));
     kernel<<<grid, 32 * Tl::kWarpsQ, Tl::kFwdSmem, stream>>>(p);
@@ -733,12 +805,12 @@ template <class T>
 struct BackwardLaunch {
   const Params& p;
   cudaStream_t stream;
-  template <int kMaxD, bool kExact>
+  template <int kMaxD, bool kExact, int kF>
   void operator()() const {
     using Tl = Tiles<kMaxD>;
     static std::atomic<uint64_t> done_dq{0}, done_kv{0}, done_db{0};
-    auto dq = dq_tc_kernel<T, kMaxD, kExact>;
-    auto kv = dkdv_tc_kernel<T, kMaxD, kExact>;
+    auto dq = dq_tc_kernel<T, kMaxD, kExact, kF>;
+    auto kv = dkdv_tc_kernel<T, kMaxD, kExact, kF>;
     allow_smem(dq, Tl::kDqSmem, done_dq);
     allow_smem(kv, Tl::kKVSmem, done_kv);
     const int bx = p.varlen ? 1 : p.B;
@@ -752,13 +824,17 @@ struct BackwardLaunch {
       kv<<<grid, 32 * Tl::kWarpsKV, Tl::kKVSmem, stream>>>(p);
       XF_CUDA_CHECK_LAUNCH("flash_attention_backward dkdv");
     }
-    if (p.dbias && p.Bb * p.Hb > 0 && p.Sq > 0 && p.Sk > 0) {
-      auto db = dbias_tc_kernel<T, kMaxD, kExact>;
-      allow_smem(db, dbias_smem<kMaxD>(), done_db);
-      const dim3 grid(static_cast<unsigned>(p.Bb * p.Hb), static_cast<unsigned>((p.Sq + kDbiasTile - 1) / kDbiasTile),
-                      static_cast<unsigned>((p.Sk + kDbiasTile - 1) / kDbiasTile));
-      db<<<grid, 128, dbias_smem<kMaxD>(), stream>>>(p);
-      XF_CUDA_CHECK_LAUNCH("flash_attention_backward dbias");
+    // Only with a bias, so only from the general instantiation (one dbias kernel per head-dim tile).
+    if constexpr (kF == kGeneral) {
+      if (p.dbias && p.Bb * p.Hb > 0 && p.Sq > 0 && p.Sk > 0) {
+        auto db = dbias_tc_kernel<T, kMaxD, kExact>;
+        allow_smem(db, dbias_smem<kMaxD>(), done_db);
+        const dim3 grid(static_cast<unsigned>(p.Bb * p.Hb),
+                        static_cast<unsigned>((p.Sq + kDbiasTile - 1) / kDbiasTile),
+                        static_cast<unsigned>((p.Sk + kDbiasTile - 1) / kDbiasTile));
+        db<<<grid, 128, dbias_smem<kMaxD>(), stream>>>(p);
+        XF_CUDA_CHECK_LAUNCH("flash_attention_backward dbias");
+      }
     }
   }
 };
@@ -767,17 +843,17 @@ struct BackwardLaunch {
 
 void launch_tc_forward(const Params& p, DType dtype, cudaStream_t stream) {
   if (dtype == DType::bf16) {
-    with_head_dim(p.D, ForwardLaunch<__nv_bfloat16>{p, stream});
+    with_instantiation(p, ForwardLaunch<__nv_bfloat16>{p, stream});
   } else {
-    with_head_dim(p.D, ForwardLaunch<__half>{p, stream});
+    with_instantiation(p, ForwardLaunch<__half>{p, stream});
   }
 }
 
 void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream) {
   if (dtype == DType::bf16) {
-    with_head_dim(p.D, BackwardLaunch<__nv_bfloat16>{p, stream});
+    with_instantiation(p, BackwardLaunch<__nv_bfloat16>{p, stream});
   } else {
-    with_head_dim(p.D, BackwardLaunch<__half>{p, stream});
+    with_instantiation(p, BackwardLaunch<__half>{p, stream});
   }
 }
 
