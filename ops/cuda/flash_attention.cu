@@ -84,9 +84,7 @@ Params make_params(const FlashAttentionArgs& a) {
   p.cu64 = a.offsets_i64;
   p.lse_b = varlen ? 0 : a.H * a.Sq;
   p.lse_h = a.Sq;
-  p.band.left = a.window_left;
-  p.band.right = a.causal ? 0 : a.window_right;
-  p.band.bottom_right = a.alignment == CausalAlignment::bottom_right;
+  p.band = attention_band(a);
   p.bias = a.bias;
   if (a.bias) {
     XF_CHECK((a.bias_batch == 1 || a.bias_batch == a.B) && (a.bias_heads == 1 || a.bias_heads == a.H), op,
