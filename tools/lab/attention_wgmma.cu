@@ -244,17 +244,18 @@ float bf16_to_float(uint16_t b) {
 }
 
 // Tolerances, per element:
-//   out: |got - want| <= 1e-4 + 4e-3 mag, mag = sum_j P_j |v_j| (the reference computes it beside out). A correct
-//     kernel rounds each probability to bf16 before P V (relative error <= 2^-9 each, so the sum moves by at most
-//     2^-9 mag) and O to bf16 (<= 2^-9 |want| <= 2^-9 mag): at most 2^-8 mag = 3.9e-3 mag, a bound, not an
-//     estimate. Relative to |want| it cannot be: an early causal row averages a few O(1) values that can cancel
-//     to |want| ~ 0.01 while its rounding error stays ~2^-9 |v| (the first GPU run failed correct kernels there).
-//     Stays strict: at S = 8192, mag ~ 0.8 gives ~3.3e-3 while |want| ~ 0.01-0.05, so an all-zero or permuted
-//     output fails on most elements.
+//   out: |got - want| <= 1e-4 + 8e-3 mag, mag = sum_j P_j |v_j| (the reference computes it beside out). bf16's unit
+//     roundoff is 2^-8 (8 significant bits). A correct kernel rounds each probability to bf16 before P V (relative
+//     error <= 2^-8 each, so the sum moves by at most 2^-8 mag) and O to bf16 (<= 2^-8 |want| <= 2^-8 mag): at
+//     most 2^-7 mag = 7.8e-3 mag, a bound, not an estimate. Relative to |want| it cannot be: an early causal row
+//     averages a few O(1) values that can cancel to |want| ~ 0.01 while its rounding error stays ~2^-8 |v| (the
+//     first two GPU runs failed correct kernels there: 1e-2 |want|, then 4e-3 mag from a 2^-9 roundoff). Stays
+//     strict: at S = 8192, mag ~ 0.8 gives ~6.5e-3 while |want| ~ 0.01-0.05, so an all-zero or permuted output
+//     fails on most elements.
 //   lse: |got - want| <= 1e-3 max(1, |want|). Both sides compute it in fp32 from exact bf16 products (scores
 //     differ only by summation order, ~1e-6 relative); 1e-3 still catches a wrong max or a dropped/extra tile
 //     (a causal row that sees one key too many moves its lse by ~1/i .. O(1)).
-constexpr double kOutAtol = 1e-4, kOutMagRtol = 4e-3, kLseRtol = 1e-3;
+constexpr double kOutAtol = 1e-4, kOutMagRtol = 8e-3, kLseRtol = 1e-3;
 
 struct Check {
   double max_err_out = 0, max_err_lse = 0, max_ref_out = 0;
