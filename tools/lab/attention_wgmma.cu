@@ -23,6 +23,8 @@
 //   xfrun_lab_attention_wgmma [--variant v1[,v2,...]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
 //
 // Build: only for -gencode=arch=compute_90a,code=sm_90a (CMakeLists.txt); wgmma and setmaxnreg need sm_90a.
+#define LAB_NAME "lab attention_wgmma"
+#include "lab_cuda.h"
 #include <cuda.h>  // CUtensorMap, cuTensorMapEncodeTiled's types; the function itself comes via the runtime
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -44,48 +46,6 @@
 namespace {
 
 using namespace lab;
-
-// Every CUDA call outside a case's kernel goes through LAB_CHECK: on failure it names the statement and exits 3
-// (setup failing means the GPU or the context is unusable). Lines start with "lab" so gpu_check.sh's summary
-// grep keeps them.
-#define LAB_CHECK(stmt)                                                                                      \
-  do {                                                                                                      \
-    const cudaError_t lab_err_ = (stmt);                                                                          \
-    if (lab_err_ != cudaSuccess) {                                                                              \
-      std::printf("lab attention_wgmma: FATAL: `%s` failed: %s (%s) at %s:%d\n", #stmt, cudaGetErrorName(lab_err_), \
-                  cudaGetErrorString(lab_err_), __FILE__, __LINE__);                                              \
-      std::fflush(stdout);                                                                                  \
-      std::exit(3);                                                                                         \
-    }                                                                                                       \
-  } while (0)
-
-template <class T>
-class DeviceBuffer {  // owns n elements of device memory
- public:
-  explicit DeviceBuffer(size_t n) : n_(n) { LAB_CHECK(cudaMalloc(&p_, n * sizeof(T))); }
-  ~DeviceBuffer() { cudaFree(p_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-  size_t bytes() const { return n_ * sizeof(T); }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
-};
-
-class Event {
- public:
-  Event() { LAB_CHECK(cudaEventCreate(&e_)); }
-  ~Event() { cudaEventDestroy(e_); }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  cudaEvent_t get() const { return e_; }
-
- private:
-  cudaEvent_t e_{};
-};
 
 // Host-mapped record of an mbarrier wait that timed out (lab::mbar_wait), readable after the context is lost.
 volatile HangInfo* g_hang_host = nullptr;

@@ -95,6 +95,8 @@
 //   v3.late       64                     64                     72
 //   v3.late40     40 spill 20/28         40 spill 36/72         40 spill 46/92
 //   v3.all       121                    123                    120
+#define LAB_NAME "lab layernorm"
+#include "lab_cuda.h"
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -634,28 +636,6 @@ namespace {
 
 using namespace lab;
 
-#define LAB_CHECK(stmt)                                                                                            \
-  do {                                                                                                             \
-    const cudaError_t lab_err_ = (stmt);                                                                           \
-    if (lab_err_ != cudaSuccess) {                                                                                 \
-      std::printf("lab layernorm: FATAL: `%s` failed: %s (%s) at %s:%d\n", #stmt, cudaGetErrorName(lab_err_),     \
-                  cudaGetErrorString(lab_err_), __FILE__, __LINE__);                                               \
-      std::fflush(stdout);                                                                                         \
-      std::exit(3);                                                                                                \
-    }                                                                                                              \
-  } while (0)
-
-template <class T>
-struct DevBuf {  // n elements of device memory
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DevBuf(size_t count) : n(count) { LAB_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T))); }
-  ~DevBuf() { cudaFree(p); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  size_t bytes() const { return n * sizeof(T); }
-};
-
 // ---- bf16 on the host (round to nearest even, as __float2bfloat16_rn) ----
 float bf2f(uint16_t b) {
   const uint32_t u = uint32_t(b) << 16;
@@ -695,8 +675,8 @@ struct Data {
   std::vector<uint16_t> hx, hres, hgamma, hbeta;
   std::vector<uint16_t> hsum_ref;   // (rows, C) bf16 bits of x + residual (when res)
   std::vector<double> mean_ref, rstd_ref;
-  DevBuf<bf16> x, res, sum, y, gamma, beta;
-  DevBuf<float> mean, rstd;
+  DeviceBuffer<bf16> x, res, sum, y, gamma, beta;
+  DeviceBuffer<float> mean, rstd;
   explicit Data(const Shape& sh)
       : s(sh),
         x(size_t(sh.rows) * sh.C),
@@ -731,10 +711,10 @@ void fill(Data& d, uint64_t seed) {
     d.hgamma[size_t(c)] = f2bf(rng.uniform(0.5f, 1.5f));
     d.hbeta[size_t(c)] = f2bf(rng.uniform(-0.5f, 0.5f));
   }
-  LAB_CHECK(cudaMemcpy(d.x.p, d.hx.data(), d.x.bytes(), cudaMemcpyHostToDevice));
-  if (d.s.res) LAB_CHECK(cudaMemcpy(d.res.p, d.hres.data(), d.res.bytes(), cudaMemcpyHostToDevice));
-  LAB_CHECK(cudaMemcpy(d.gamma.p, d.hgamma.data(), d.gamma.bytes(), cudaMemcpyHostToDevice));
-  LAB_CHECK(cudaMemcpy(d.beta.p, d.hbeta.data(), d.beta.bytes(), cudaMemcpyHostToDevice));
+  LAB_CHECK(cudaMemcpy(d.x.get(), d.hx.data(), d.x.bytes(), cudaMemcpyHostToDevice));
+  if (d.s.res) LAB_CHECK(cudaMemcpy(d.res.get(), d.hres.data(), d.res.bytes(), cudaMemcpyHostToDevice));
+  LAB_CHECK(cudaMemcpy(d.gamma.get(), d.hgamma.data(), d.gamma.bytes(), cudaMemcpyHostToDevice));
+  LAB_CHECK(cudaMemcpy(d.beta.get(), d.hbeta.data(), d.beta.bytes(), cudaMemcpyHostToDevice));
   // Reference statistics in float64 from the bf16 inputs (the norm's input: x + residual rounded to bf16).
   if (d.s.res) d.hsum_ref.resize(size_t(R * C));
   d.mean_ref.resize(size_t(R));
@@ -763,10 +743,10 @@ void fill(Data& d, uint64_t seed) {
 }
 
 void poison(Data& d) {
-  LAB_CHECK(cudaMemset(d.y.p, 0xFF, d.y.bytes()));
-  if (d.s.sum) LAB_CHECK(cudaMemset(d.sum.p, 0xFF, d.sum.bytes()));
-  LAB_CHECK(cudaMemset(d.mean.p, 0xFF, d.mean.bytes()));
-  LAB_CHECK(cudaMemset(d.rstd.p, 0xFF, d.rstd.bytes()));
+  LAB_CHECK(cudaMemset(d.y.get(), 0xFF, d.y.bytes()));
+  if (d.s.sum) LAB_CHECK(cudaMemset(d.sum.get(), 0xFF, d.sum.bytes()));
+  LAB_CHECK(cudaMemset(d.mean.get(), 0xFF, d.mean.bytes()));
+  LAB_CHECK(cudaMemset(d.rstd.get(), 0xFF, d.rstd.bytes()));
 }
 
 struct CheckResult {
@@ -788,10 +768,10 @@ CheckResult check(const Data& d, int64_t rows) {
   const int64_t R = d.s.rows, C = d.s.C;
   std::vector<uint16_t> hy(size_t(R * C)), hs(d.s.sum ? size_t(R * C) : 0);
   std::vector<float> hm(static_cast<size_t>(R)), hr(static_cast<size_t>(R));
-  LAB_CHECK(cudaMemcpy(hy.data(), d.y.p, d.y.bytes(), cudaMemcpyDeviceToHost));
-  if (d.s.sum) LAB_CHECK(cudaMemcpy(hs.data(), d.sum.p, d.sum.bytes(), cudaMemcpyDeviceToHost));
-  LAB_CHECK(cudaMemcpy(hm.data(), d.mean.p, d.mean.bytes(), cudaMemcpyDeviceToHost));
-  LAB_CHECK(cudaMemcpy(hr.data(), d.rstd.p, d.rstd.bytes(), cudaMemcpyDeviceToHost));
+  LAB_CHECK(cudaMemcpy(hy.data(), d.y.get(), d.y.bytes(), cudaMemcpyDeviceToHost));
+  if (d.s.sum) LAB_CHECK(cudaMemcpy(hs.data(), d.sum.get(), d.sum.bytes(), cudaMemcpyDeviceToHost));
+  LAB_CHECK(cudaMemcpy(hm.data(), d.mean.get(), d.mean.bytes(), cudaMemcpyDeviceToHost));
+  LAB_CHECK(cudaMemcpy(hr.data(), d.rstd.get(), d.rstd.bytes(), cudaMemcpyDeviceToHost));
   CheckResult cr;
   auto note = [&](const char* fmt, auto... args) {
     if (cr.first.empty()) {
@@ -878,9 +858,9 @@ Launch make_v0(Data& d, bool lb) {
     return skipped("production takes its block-per-row path here (" + std::to_string(plan.threads) +
                    " threads x " + std::to_string(plan.iters) + " packs): 32 registers would spill");
   Launch l;
-  const bf16 *x = d.x.p, *res = d.s.res ? d.res.p : nullptr, *g = d.gamma.p, *b = d.beta.p;
-  bf16 *sum = d.s.sum ? d.sum.p : nullptr, *y = d.y.p;
-  float *mean = d.mean.p, *rstd = d.rstd.p;
+  const bf16 *x = d.x.get(), *res = d.s.res ? d.res.get() : nullptr, *g = d.gamma.get(), *b = d.beta.get();
+  bf16 *sum = d.s.sum ? d.sum.get() : nullptr, *y = d.y.get();
+  float *mean = d.mean.get(), *rstd = d.rstd.get();
   const int64_t C = d.s.C;
   const float eps = d.eps;
   auto pick = [&](auto iters) {
@@ -919,9 +899,9 @@ Launch make_seg(Data& d, int sms, int persist_div) {
     if (persist_div > 0) g = std::min<int64_t>(g, std::max<int64_t>(1, int64_t(sms) * occ / persist_div));
     return g;
   };
-  const bf16 *x = d.x.p, *res = kRes ? d.res.p : nullptr, *g = d.gamma.p, *b = d.beta.p;
-  bf16 *sum = kSum ? d.sum.p : nullptr, *y = d.y.p;
-  float *mean = d.mean.p, *rstd = d.rstd.p;
+  const bf16 *x = d.x.get(), *res = kRes ? d.res.get() : nullptr, *g = d.gamma.get(), *b = d.beta.get();
+  bf16 *sum = kSum ? d.sum.get() : nullptr, *y = d.y.get();
+  float *mean = d.mean.get(), *rstd = d.rstd.get();
   const int C = d.s.C;
   const float eps = d.eps;
   auto grid = l.grid;
@@ -1136,23 +1116,23 @@ void run_shape(Env& env, int64_t rows, const std::vector<std::string>& filter, T
   double copy_best = 1e30;
   std::vector<std::pair<std::string, double>> copy_times, copy_lines;  // (name or printf format, warm us)
   {
-    DevBuf<uint4> src(static_cast<size_t>(n16)), dst(static_cast<size_t>(n16));
-    LAB_CHECK(cudaMemset(src.p, 0x5A, src.bytes()));
+    DeviceBuffer<uint4> src(static_cast<size_t>(n16)), dst(static_cast<size_t>(n16));
+    LAB_CHECK(cudaMemset(src.get(), 0x5A, src.bytes()));
     const bool want_memcpy = selected(filter, "copy.memcpy"), want_kernel = selected(filter, "copy.kernel");
     for (int which = 0; which < 2; ++which) {
       const char* name = which == 0 ? "copy.memcpy" : "copy.kernel";
       // Both copies always run (they are the roofline of the ratios); only the selected ones print.
-      LAB_CHECK(cudaMemset(dst.p, 0, dst.bytes()));
+      LAB_CHECK(cudaMemset(dst.get(), 0, dst.bytes()));
       auto launch = [&] {
         if (which == 0)
-          LAB_CHECK(cudaMemcpyAsync(dst.p, src.p, src.bytes(), cudaMemcpyDeviceToDevice, env.stream));
+          LAB_CHECK(cudaMemcpyAsync(dst.get(), src.get(), src.bytes(), cudaMemcpyDeviceToDevice, env.stream));
         else
-          copy_kernel<<<unsigned(ceil_div(n16, 256)), 256, 0, env.stream>>>(src.p, dst.p, n16);
+          copy_kernel<<<unsigned(ceil_div(n16, 256)), 256, 0, env.stream>>>(src.get(), dst.get(), n16);
       };
       launch();
       const std::string err = launch_error(cudaGetLastError());
       std::vector<unsigned char> h(dst.bytes());
-      LAB_CHECK(cudaMemcpy(h.data(), dst.p, dst.bytes(), cudaMemcpyDeviceToHost));
+      LAB_CHECK(cudaMemcpy(h.data(), dst.get(), dst.bytes(), cudaMemcpyDeviceToHost));
       const bool ok = err.empty() && std::all_of(h.begin(), h.end(), [](unsigned char c) { return c == 0x5A; });
       const auto [warm, cold] = time_it(env, launch);
       copy_best = std::min(copy_best, warm);
