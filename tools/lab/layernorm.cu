@@ -9,7 +9,8 @@
 //   rows 16384 x C 4096  no residual
 //
 // Variants (packs are 16 bytes = 8 bf16 unless said; "P" = packs per thread, "L" = threads per row):
-//   v0         production, copied: norm_forward_kernel + plan_rows: a warp per row, pow2 packs per lane (384: P=2,
+//   v0         production as it was before this lab (ops/cuda/norm.cu until 2026-11-29, which now runs mapping B
+//              with read-only loads: v3.hint without the streaming stores), copied: norm_forward_kernel + plan_rows: a warp per row, pow2 packs per lane (384: P=2,
 //              lanes 16..31 idle in the second pack; 768: P=4, the 4th idle; 4096: a 64-thread block per row, P=8),
 //              block (32, 4) (block (64, 1) for 4096), grid = rows / rows-per-block. The kernel body is
 //              byte-identical to ops/cuda/norm.cu's (a __forceinline__ body under production's __launch_bounds__(512)).
@@ -1193,7 +1194,7 @@ void run_shape(Env& env, int64_t rows, const std::vector<std::string>& filter, T
 }
 
 const char* const kLegend[] = {
-    "v0         production norm_forward_kernel + plan_rows: warp per row, pow2 packs per lane, block (32,4)",
+    "v0         the former production norm_forward_kernel + plan_rows: warp per row, pow2 packs per lane, block (32,4)",
     "v0.lb      v0's code under __launch_bounds__(128,16): at most 32 registers, full occupancy (warp path only)",
     "v1.32      lab template, warp per row, P = ceil(packs/32) (control for the template vs v0)",
     "v1.16      16 lanes per row (2 rows/warp): more packs per lane, no idle lanes at C=384",
