@@ -9,11 +9,12 @@
 //   rows 16384 x C 4096  no residual
 //
 // Variants (packs are 16 bytes = 8 bf16 unless said; "P" = packs per thread, "L" = threads per row):
-//   v0         production as it was before this lab (ops/cuda/norm.cu until 2026-11-29, which now runs mapping B
-//              with read-only loads: v3.hint without the streaming stores), copied: norm_forward_kernel + plan_rows: a warp per row, pow2 packs per lane (384: P=2,
-//              lanes 16..31 idle in the second pack; 768: P=4, the 4th idle; 4096: a 64-thread block per row, P=8),
-//              block (32, 4) (block (64, 1) for 4096), grid = rows / rows-per-block. The kernel body is
-//              byte-identical to ops/cuda/norm.cu's (a __forceinline__ body under production's __launch_bounds__(512)).
+//   v0         production as it was before this lab (ops/cuda/norm.cu until 2026-11-29; it now runs mapping B with
+//              read-only loads, v3.hint without the streaming stores), copied: norm_forward_kernel + plan_rows: a
+//              warp per row, pow2 packs per lane (384: P=2, lanes 16..31 idle in the second pack; 768: P=4, the 4th
+//              idle; 4096: a 64-thread block per row, P=8), block (32, 4) (block (64, 1) for 4096), grid = rows /
+//              rows-per-block. The kernel body was byte-identical to ops/cuda/norm.cu's then (a __forceinline__
+//              body under production's __launch_bounds__(512)).
 //   v0.lb      the same body under __launch_bounds__(128, 16): <= 32 registers, full occupancy (it spills; warp
 //              path only). Tests "is v0 occupancy-bound?".
 //   v1.32      the lab's kernel template (seg_kernel) as a warp per row with P = ceil(packs / 32) (not a power of 2):
