@@ -2,7 +2,8 @@
 // online softmax, never an Sq x Sk buffer; the backward recomputes P from the saved log-sum-exp.
 //   ops/cuda/flash_attention_params.cuh   parameters, sequences (varlen), masks, dropout: shared device code
 //   ops/cuda/flash_attention_mask.h       the tensor-core kernels' mask and the features of their instantiations
-//   ops/cuda/flash_attention_tc.cu        bf16 / f16 on tensor cores (forward, dQ, dK/dV, dbias)
+//   ops/cuda/flash_attention_tc.cuh       bf16 / f16 on tensor cores (forward, dQ, dK/dV, dbias; instantiated by
+//                                         flash_attention_tc_forward.cu and flash_attention_tc_backward_*.cu)
 //   ops/cuda/flash_attention_f32.cu       f32, plain FMA
 //   this file                             the Delta kernel, parameter set-up, the plain launchers, registration
 //

@@ -1,4 +1,4 @@
-// The mask as the tensor-core kernels of ops/flash_attention.h test it (ops/cuda/flash_attention_tc.cu), and the
+// The mask as the tensor-core kernels of ops/flash_attention.h test it (ops/cuda/flash_attention_tc.cuh), and the
 // features a kernel instantiation is compiled with. One helper serves the forward, dQ, dK/dV and dbias kernels:
 // which key (query) tiles a block visits, whether a tile is visible to all of its queries (no element test) or to
 // some, and element (i, j). Plain C++ (no CUDA header): the CPU tests check it against AttentionBand.

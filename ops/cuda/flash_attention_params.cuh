@@ -1,6 +1,6 @@
 // What the CUDA kernels of ops/flash_attention.h share: the parameters (one struct passed by value to every
 // kernel), the sequences of a batch entry (packed variable-length sequences included), the addressing of every
-// tensor, the dropout factors and the launchers of the tensor-core (ops/cuda/flash_attention_tc.cu) and f32
+// tensor, the dropout factors and the launchers of the tensor-core (ops/cuda/flash_attention_tc.cuh) and f32
 // (ops/cuda/flash_attention_f32.cu) kernels. The mask as the tensor-core kernels test it, and the features an
 // instantiation of theirs is compiled with: ops/cuda/flash_attention_mask.h.
 #pragma once

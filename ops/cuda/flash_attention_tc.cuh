@@ -1,4 +1,7 @@
-// Tensor-core (bf16 / f16) kernels of ops/flash_attention.h, FlashAttention-2 style: mma.sync m16n8k16 with
+// Tensor-core (bf16 / f16) kernels of ops/flash_attention.h, as templates: instantiated by
+// flash_attention_tc_forward.cu (both dtypes) and flash_attention_tc_backward_{bf16,f16}.cu, three translation
+// units that nvcc compiles in parallel (one file of all 112 kernels was the longest step of a build).
+// The kernels, FlashAttention-2 style: mma.sync m16n8k16 with
 // fp32 accumulators (ops/cuda/device/mma.cuh), tiles staged in shared memory by cp.async (double-buffered),
 // fragments loaded by ldmatrix. Each kernel is instantiated for kMaxD = 32, 64, 128 or 256 (the head dim padded to
 // a multiple of 16, zero columns, must fit); D == 32, 64, 128 and 256 are compile-time specialisations (kExact:
@@ -36,6 +39,7 @@
 //                  (a bias makes the problem general), with the general mask.
 // Packed sequences: the grids tile the concatenated sequences (varlen_tiles); a CTA finds its sequence by a binary
 // search over the offsets, and every row index is within the sequence.
+#pragma once
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -841,20 +845,8 @@ struct BackwardLaunch {
 
 }  // namespace
 
-void launch_tc_forward(const Params& p, DType dtype, cudaStream_t stream) {
-  if (dtype == DType::bf16) {
-    with_instantiation(p, ForwardLaunch<__nv_bfloat16>{p, stream});
-  } else {
-    with_instantiation(p, ForwardLaunch<__half>{p, stream});
-  }
-}
-
-void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream) {
-  if (dtype == DType::bf16) {
-    with_instantiation(p, BackwardLaunch<__nv_bfloat16>{p, stream});
-  } else {
-    with_instantiation(p, BackwardLaunch<__half>{p, stream});
-  }
-}
+// The backward for one dtype, in its own translation unit (flash_attention_tc_backward_bf16.cu / _f16.cu).
+template <class T>
+void launch_tc_backward_typed(const Params& p, cudaStream_t stream);
 
 }  // namespace xfr::cuda::fa
