@@ -143,6 +143,7 @@ struct FlashAttentionShape {
   HeadStrides q, k;
   int64_t bias_batch = 0, bias_head = 0;
   int64_t lse_batch = 0, lse_head = 0;
+  int64_t lse_rows() const { return (varlen ? 1 : B) * H * Sq; }  // lse's (B, H, Sq) or (H, Tq) elements
 };
 
 class FlashAttentionOp final : public Op {

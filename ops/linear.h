@@ -27,7 +27,7 @@ class LinearOp final : public Op {
   std::vector<Value> backward(const BackwardContext& ctx) const override;
   // pre is wanted only by the backward: an inference graph leaves it out (the GEMM's GELU epilogue then stores no
   // auxiliary output: one pass less over the layer's widest activation).
-  bool output_optional(int output) const override { return output == 1; }
+  bool output_optional(int output) const override { return output == 1 && gelu_tanh; }
   bool has_bias, gelu_tanh;
 };
 

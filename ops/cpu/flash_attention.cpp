@@ -264,7 +264,7 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
     if (out[1].defined()) {
       t.lse_out = out[1].data<T>();
     } else {
-      lse_scratch.resize(static_cast<size_t>((s.varlen ? 1 : s.B) * s.H * s.Sq));  // lse's (B, H, Sq) or (H, Tq)
+      lse_scratch.resize(static_cast<size_t>(s.lse_rows()));
       t.lse_out = lse_scratch.data();
     }
     forward_all(p, t, ctx);

@@ -2,9 +2,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "runtime/cuda/check.h"
 
 namespace xfr::cuda {
@@ -39,16 +36,6 @@ float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& la
     if (r > 0 && (best < 0.0f || t < best)) best = t;
   }
   return best;
-}
-
-bool env_flag_default_on(const char* name) {
-  const char* v = std::getenv(name);
-  return !(v && std::strcmp(v, "0") == 0);
-}
-
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "1") == 0;
 }
 
 }  // namespace xfr::cuda

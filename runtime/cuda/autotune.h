@@ -12,6 +12,8 @@
 #include <mutex>
 #include <string>
 
+#include "runtime/env.h"  // env_flag, env_flag_default_on: the tuning switches
+
 struct CUstream_st;
 
 namespace xfr::cuda {
@@ -22,11 +24,6 @@ bool stream_capturing(CUstream_st* stream);
 // The fastest of `runs` timed launches of `launch` on `stream` after one warm-up launch, in ms (CUDA events);
 // a negative value when `launch` returned false (the candidate failed).
 float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch);
-
-// An environment switch read once: false only when the variable is "0" (unset: true).
-bool env_flag_default_on(const char* name);
-// An environment switch read once: true only when the variable is "1".
-bool env_flag(const char* name);
 
 // Per process: "<device>/<plan key>" -> the winning candidate (a cuBLASLt algorithm, a cuDNN plan's index).
 template <class Choice>

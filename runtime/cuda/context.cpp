@@ -7,6 +7,7 @@
 #include "runtime/cuda/caching_allocator.h"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/runtime_kernels.h"
+#include "runtime/env.h"
 
 namespace xfr::cuda {
 
@@ -40,13 +41,6 @@ std::string unavailable_reason() {
   return n == 0 ? "no CUDA device" : "";
 }
 
-namespace {
-bool caching_enabled() {
-  const char* v = std::getenv("XF_CUDA_CACHING");
-  return !(v && std::strcmp(v, "0") == 0);
-}
-}  // namespace
-
 std::shared_ptr<CudaContext> CudaContext::create(int device) {
   const int n = device_count();
   XF_CHECK(device >= 0 && device < n, "cuda", "cuda:", device, " is not available: ",
@@ -65,7 +59,7 @@ CudaContext::CudaContext(int device) : device_(device) {
   props_.total_memory = p.totalGlobalMem;
   props_.l2_bytes = static_cast<size_t>(p.l2CacheSize);
   props_.max_smem_per_block_optin = p.sharedMemPerBlockOptin;
-  allocator_ = std::make_shared<CachingAllocator>(device, caching_enabled());
+  allocator_ = std::make_shared<CachingAllocator>(device, env_flag_default_on("XF_CUDA_CACHING"));
   // A blocking stream: legacy-stream host copies (cudaMemcpy) are ordered after its work.
   XF_CUDA_CHECK(cudaStreamCreate(&stream_));
   XF_CUBLAS_CHECK(cublasLtCreate(&lt_));

@@ -1,0 +1,20 @@
+// On/off switches read from the environment (XF_CUDA_CACHING, XF_GEMM_AUTOTUNE, XF_CUDNN_AUTOTUNE_LOG, ...).
+#pragma once
+#include <cstdlib>
+#include <cstring>
+
+namespace xfr {
+
+// false only when the variable is "0" (unset or anything else: true).
+inline bool env_flag_default_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::strcmp(v, "0") == 0);
+}
+
+// true only when the variable is "1".
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "1") == 0;
+}
+
+}  // namespace xfr
