@@ -7,12 +7,13 @@
 
 #include <cstdint>
 
-#include "ptx.cuh"
-#include "wgmma.cuh"
+#include "ops/cuda/device/sm90/ptx.cuh"    // shared with production's Hopper forward (one copy)
+#include "ops/cuda/device/sm90/wgmma.cuh"
 
 using bf16 = __nv_bfloat16;
 
 namespace lab {
+using namespace xfr::cuda::sm90;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;

@@ -1,12 +1,25 @@
-// Inline-PTX helpers for the Hopper attention lab (tools/lab/attention_wgmma.cu): shared-memory matrix
-// descriptors, wgmma fences, cp.async, mbarriers, TMA, setmaxnreg, named barriers. sm_90a only.
-// Each wrapper names the PTX ISA section its operand order comes from.
+// Inline-PTX helpers of the Hopper (sm_90a) kernels: the native attention forward (ops/cuda/flash_attention_sm90.cu)
+// and its lab (tools/lab/attention_wgmma.cu): shared-memory matrix descriptors, wgmma fences, cp.async,
+// mbarriers, TMA, setmaxnreg, named barriers. Each wrapper names the PTX ISA section its operand order comes from.
+// Device code that uses them compiles only for sm_90a (guard it with XF_SM90A_DEVICE below).
 #pragma once
 #include <cuda.h>  // CUtensorMap (a type only; nothing from libcuda is linked)
 #include <cuda_bf16.h>
-#include <cstdint>
+#include <cuda_fp16.h>
 
-namespace lab {
+#include <cstdint>
+#include <type_traits>
+
+// True in the device pass for sm_90a (where wgmma, setmaxnreg and the TMA forms here exist); false in the host
+// pass and for every other architecture of a multi-architecture build, whose kernel bodies are then empty (the
+// host launches them only on a compute capability 9.0 device: ops/cuda/flash_attention_sm90.cu).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define XF_SM90A_DEVICE 1
+#else
+#define XF_SM90A_DEVICE 0
+#endif
+
+namespace xfr::cuda::sm90 {
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -108,7 +121,7 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
 struct HangInfo {
   unsigned int set, block_x, block_y, block_z, thread, barrier, parity;
 };
-__device__ HangInfo* g_hang;  // set by the host to a cudaHostAllocMapped buffer; null: just trap
+static __device__ HangInfo* g_hang;  // per translation unit; a lab sets it to a cudaHostAllocMapped buffer; null: trap
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   if (mbar_try_wait(bar, parity)) return;
   const long long t0 = clock64();
@@ -161,10 +174,19 @@ __device__ __forceinline__ float ex2(float x) {  // 2^x; ex2.approx(-inf) = +0
   return y;
 }
 
-// Two floats to a bf16x2 register, `lo` in bits 0-15: the lower k (or column) index of a fragment pair.
+// Two floats to a bf16x2 (f16x2) register, `lo` in bits 0-15: the lower k (or column) index of a fragment pair.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+template <class T>
+__device__ __forceinline__ uint32_t pack_x2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    return pack_bf16x2(lo, hi);
+  }
+}
 
-}  // namespace lab
+}  // namespace xfr::cuda::sm90
