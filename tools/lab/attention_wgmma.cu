@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "attention_wgmma/kernels.cuh"  // the device code: reference, v1, v2/v3
+#include "ops/cuda/device/sm90/tensor_map.h"
 
 // =====================================================================================================================
 // Host
@@ -86,38 +87,16 @@ std::string case_error(cudaError_t launch_error, const char* what) {
   return msg;
 }
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point: no -lcuda needed.
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiledFn encode_tiled() {
-  static EncodeTiledFn fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    LAB_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
-    if (q != cudaDriverEntryPointSuccess || p == nullptr) {
-      std::printf("lab attention_wgmma: FATAL: cuTensorMapEncodeTiled not found in the driver (query result %d)\n",
-                  static_cast<int>(q));
-      std::exit(3);
-    }
-    return reinterpret_cast<EncodeTiledFn>(p);
-  }();
-  return fn;
-}
-
-// x: (rows, D) bf16 row-major; box: 64 columns (128 B, the swizzle width) x box_rows rows, 128B swizzle.
+// x: (rows, D) bf16 row-major; box: 64 columns (128 B, the swizzle width) x box_rows rows, 128B swizzle (the
+// encoder is production's: ops/cuda/device/sm90/tensor_map.h).
 CUtensorMap make_tensor_map(const bf16* x, uint64_t rows, int D, int box_rows) {
   CUtensorMap m;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(D), rows};              // innermost first
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(D) * sizeof(bf16)};  // bytes, dims 1..rank-1
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode_tiled()(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(x), dims, strides, box,
-                                    elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) {
-    std::printf("lab attention_wgmma: FATAL: cuTensorMapEncodeTiled failed (CUresult %d) rows=%llu D=%d box_rows=%d\n",
-                static_cast<int>(r), static_cast<unsigned long long>(rows), D, box_rows);
+  const uint64_t dims[2] = {static_cast<uint64_t>(D), rows};              // innermost first
+  const uint64_t strides[1] = {static_cast<uint64_t>(D) * sizeof(bf16)};  // bytes, dims 1..rank-1
+  std::string why;
+  if (!xfr::cuda::sm90::encode_sw128_map(&m, false, x, 2, dims, strides, static_cast<uint32_t>(box_rows), &why)) {
+    std::printf("lab attention_wgmma: FATAL: %s rows=%llu D=%d box_rows=%d\n", why.c_str(),
+                static_cast<unsigned long long>(rows), D, box_rows);
     std::exit(3);
   }
   return m;

@@ -7,16 +7,12 @@
 
 #include <cstdint>
 
-#include "ops/cuda/device/sm90/ptx.cuh"    // shared with production's Hopper forward (one copy)
-#include "ops/cuda/device/sm90/wgmma.cuh"
+#include "ops/cuda/device/sm90/attention.cuh"  // GEMMs, softmax, epilogue: shared with production (one copy)
 
 using bf16 = __nv_bfloat16;
 
 namespace lab {
 using namespace xfr::cuda::sm90;
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // =====================================================================================================================
 // Reference: one warp per query row, two passes over the keys in fp32 (row max, then sum and weighted V),
@@ -72,35 +68,11 @@ __global__ void __launch_bounds__(256) reference_attention(const bf16* __restric
 }
 
 // =====================================================================================================================
-// Pieces shared by the fast variants. A consumer warpgroup (128 threads) owns 64 query rows of the block's 128;
-// thread t of it (warp w = t/32, lane) holds, in every m64nN accumulator fragment, rows 16w + lane/4 (+8) and
-// columns 8*(i/4) + 2*(lane%4) + i%2 for register i (PTX ISA "wgmma .m64nNk16 register fragment D").
+// Pieces shared by the fast variants: qk_gemm, pv_gemm, online_softmax, rescale, pack_p, store_out, align1024 and
+// the tile sizes kBlockM = kBlockN = 128 come from ops/cuda/device/sm90/attention.cuh (production's Hopper forward
+// runs the same code). The lab's own: the causal mask of a diagonal tile (it assumes kBlockN == kBlockM).
 // =====================================================================================================================
-constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64 (wgmma's M)
-constexpr int kBlockN = 128;  // keys per K/V tile: S's accumulator is 64 fp32 registers a thread; the causal
-                              // diagonal logic below assumes kBlockN == kBlockM
-
-// S (64 x BN, fp32) = Q_wg (64 x D) K_tile (BN x D)^T. Both operands K-major in shared memory (sw128 layout).
-// q_wg: this warpgroup's first Q row in atom 0; q_atom_bytes: the Q tile's atom stride (kBlockM * 128).
-template <int D, int BN>
-__device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {  // 16 = wgmma's K for bf16; 4 steps of 32 B per 64-column atom
-    const uint32_t koff = (kk % 4) * 32;  // 16 bf16 = 32 B along the swizzled row
-    const uint64_t da = sw128_desc(q_wg + (kk / 4) * (kBlockM * 128) + koff, 16, 1024);
-    const uint64_t db = sw128_desc(k_tile + (kk / 4) * (BN * 128) + koff, 16, 1024);
-    wgmma_ss<BN>(s, da, db, kk > 0 ? 1 : 0);
-  }
-}
-
-// O (64 x D, fp32) += P (64 x BN, bf16 registers) V_tile (BN x D). V is [key][d] in shared memory, d
-// contiguous: B is MN-major (imm-trans-b = 1), LBO = step between 64-column atoms of d, SBO = 8 keys.
-template <int D, int BN>
-__device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
-#pragma unroll
-  for (int j = 0; j < BN / 16; ++j) wgmma_rs<D>(o, a[j], sw128_desc(v_tile + j * 16 * 128, BN * 128, 1024), 1);
-}
-
+static_assert(kBlockN == kBlockM, "causal_mask's diagonal logic");
 // Causal mask on a tile that crosses the diagonal: key index > query index -> -inf.
 template <int BN>
 __device__ __forceinline__ void causal_mask(float (&s)[BN / 2], int q_row0, int key0) {
@@ -111,99 +83,6 @@ __device__ __forceinline__ void causal_mask(float (&s)[BN / 2], int q_row0, int 
     const int qrow = q_row0 + 8 * ((i >> 1) & 1);
     if (key > qrow) s[i] = -INFINITY;
   }
-}
-
-// Online softmax on one S tile, in place: s becomes P = 2^(s*scale_log2 - m_new*scale_log2); m (raw-score row
-// max), l (this thread's partial row sum: the quad's four partials are added only in the epilogue, valid because
-// the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by.
-// Row h (0, 1) of the thread = its rows lane/4 + 8h; the quad (4 lanes) shares a row: max via 2 xor-shuffles.
-template <int BN>
-__device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
-                                               float (&alpha)[2]) {
-  float mx[2] = {m[0], m[1]};
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
-  float ms[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // a fully masked row so far: avoid -inf - -inf
-    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
-    m[h] = mx[h];
-  }
-  float sum[2] = {0.f, 0.f};
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) {
-    s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
-    sum[(i >> 1) & 1] += s[i];
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];
-}
-
-template <int D>
-__device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&alpha)[2]) {
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-}
-
-// P (fp32 accumulator fragment) -> bf16 A fragments of the next wgmma, one per 16 keys. The m64nNk16 A
-// register fragment of a 64 x 16 slice is laid out like the accumulator of a 64 x 16 tile (CUTLASS:
-// ALayout_64x16 == CLayout_64x16; the same as mma.sync m16n8k16's A per warp): a[j][0] = (row, k 2q..2q+1),
-// a[j][1] = (row+8, same k), a[j][2] = (row, k+8), a[j][3] = (row+8, k+8), with k relative to key 16j. Those
-// are exactly accumulator registers 8j .. 8j+7 in order.
-template <int BN>
-__device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[BN / 16][4]) {
-#pragma unroll
-  for (int j = 0; j < BN / 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) a[j][r] = pack_bf16x2(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
-}
-
-// Epilogue of one consumer warpgroup: O / l to bf16, staged through the warpgroup's own 64 rows of the Q tile
-// (sw128 layout: conflict-free 4-byte writes, 16-byte reads) so global stores are 16-byte and coalesced;
-// lse = (m*scale_log2 + log2 l) * ln 2. The caller guarantees the warpgroup's wgmmas reading Q are complete.
-// out_blk: (kBlockM, D) rows of this CTA; lse_blk: (kBlockM).
-template <int D>
-__device__ __forceinline__ void store_out(float (&o)[D / 2], const float (&m)[2], float (&l)[2], float scale_log2,
-                                          uint8_t* q_smem, int cw, int t, bf16* __restrict__ out_blk,
-                                          float* __restrict__ lse_blk) {
-  const int w = t / 32, lane = t % 32;
-  float inv[2];
-  int rows[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-    inv[h] = 1.f / l[h];
-    rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
-    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
-    if (lane % 4 == 0) lse_blk[rows[h]] = (ms + log2f(l[h])) * kLn2;
-  }
-#pragma unroll
-  for (int i = 0; i < D / 2; i += 2) {
-    const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
-    const uint32_t off = (col / 64) * (kBlockM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
-    const float sc = inv[(i >> 1) & 1];
-    *reinterpret_cast<uint32_t*>(q_smem + off) = pack_bf16x2(o[i] * sc, o[i + 1] * sc);
-  }
-  named_barrier_sync(1 + cw, 128);  // ids 1, 2: one per consumer warpgroup (0 is __syncthreads')
-  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
-#pragma unroll
-  for (int it = 0; it < kChunks / 128; ++it) {
-    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
-    const uint4 val =
-        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (kBlockM * 128) + sw128_chunk(row, col8 % 8));
-    *reinterpret_cast<uint4*>(out_blk + static_cast<size_t>(row) * D + col8 * 8) = val;
-  }
-}
-
-// The dynamic shared-memory base rounded up to a 1024-byte boundary of the shared address (what the swizzle
-// sees); the kernels request 1024 bytes of slack for it.
-__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
-  const uint32_t a = smem_u32(p);
-  return p + (((a + 1023u) & ~1023u) - a);
 }
 
 // =====================================================================================================================
@@ -273,23 +152,23 @@ __global__ void __launch_bounds__(256, 1) attn_v1(const bf16* __restrict__ q,  /
     __syncthreads();      // ... and everyone's
 
     wgmma_fence();
-    qk_gemm<D, BN>(s, q_wg, s_k + st * kTileKV);
+    qk_gemm<bf16, D, BN>(s, q_wg, s_k + st * kTileKV);
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(s);
     if (CAUSAL && j == n_blocks - 1) causal_mask<BN>(s, q_row0, j * BN + 2 * (lane % 4));
     online_softmax<BN>(s, m, l, scale_log2, alpha);
     rescale<D>(o, alpha);
-    pack_p<BN>(s, a);
+    pack_p<bf16, BN>(s, a);
 
     wgmma_fence();
-    pv_gemm<D, BN>(o, a, s_v + st * kTileKV);
+    pv_gemm<bf16, D, BN>(o, a, s_v + st * kTileKV);
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(o);
   }
   const size_t row0 = bh * S + static_cast<size_t>(m_block) * kBlockM;
-  store_out<D>(o, m, l, scale_log2, smem, cw, t, out + row0 * D, lse + row0);
+  store_out<bf16, D>(o, m, l, scale_log2, smem, cw, t, out + row0 * D, D, kBlockM, lse + row0);
 }
 
 template <int D>
@@ -418,17 +297,17 @@ __global__ void __launch_bounds__(384, 1) attn_ws(const __grid_constant__ CUtens
         const uint32_t ph = (j / STAGES) & 1;
         mbar_wait(bar_kfull(st), ph);
         wgmma_fence();
-        qk_gemm<D, BN>(s, q_wg, s_k + st * L::kTileKV);
+        qk_gemm<bf16, D, BN>(s, q_wg, s_k + st * L::kTileKV);
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(s);
         if (CAUSAL && j == n_blocks - 1) causal_mask<BN>(s, q_row0, j * BN + 2 * (lane % 4));
         online_softmax<BN>(s, m, l, scale_log2, alpha);
         rescale<D>(o, alpha);
-        pack_p<BN>(s, a);
+        pack_p<bf16, BN>(s, a);
         mbar_wait(bar_vfull(st), ph);
         wgmma_fence();
-        pv_gemm<D, BN>(o, a, s_v + st * L::kTileKV);
+        pv_gemm<bf16, D, BN>(o, a, s_v + st * L::kTileKV);
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(o);
@@ -438,21 +317,21 @@ __global__ void __launch_bounds__(384, 1) attn_ws(const __grid_constant__ CUtens
       // tile 0: S(0), its softmax (O is zero: no rescale needed, alpha = 0 anyway)
       mbar_wait(bar_kfull(0), 0);
       wgmma_fence();
-      qk_gemm<D, BN>(s, q_wg, s_k);
+      qk_gemm<bf16, D, BN>(s, q_wg, s_k);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(s);
       if (CAUSAL && n_blocks == 1) causal_mask<BN>(s, q_row0, 2 * (lane % 4));
       online_softmax<BN>(s, m, l, scale_log2, alpha);
-      pack_p<BN>(s, a);
+      pack_p<bf16, BN>(s, a);
       for (int j = 1; j < n_blocks; ++j) {
         const int st = j % STAGES, pst = (j - 1) % STAGES;
         mbar_wait(bar_kfull(st), (j / STAGES) & 1);
         mbar_wait(bar_vfull(pst), ((j - 1) / STAGES) & 1);
         wgmma_fence();
-        qk_gemm<D, BN>(s, q_wg, s_k + st * L::kTileKV);  // group 1: S(j)
+        qk_gemm<bf16, D, BN>(s, q_wg, s_k + st * L::kTileKV);  // group 1: S(j)
         wgmma_commit();
-        pv_gemm<D, BN>(o, a, s_v + pst * L::kTileKV);  // group 2: O += P(j-1) V(j-1)
+        pv_gemm<bf16, D, BN>(o, a, s_v + pst * L::kTileKV);  // group 2: O += P(j-1) V(j-1)
         wgmma_commit();
         wgmma_wait<1>();  // S(j) complete; the PV may still run
         reg_fence(s);
@@ -462,19 +341,19 @@ __global__ void __launch_bounds__(384, 1) attn_ws(const __grid_constant__ CUtens
         reg_fence(o);
         release(pst);
         rescale<D>(o, alpha);
-        pack_p<BN>(s, a);
+        pack_p<bf16, BN>(s, a);
       }
       const int lst = (n_blocks - 1) % STAGES;
       mbar_wait(bar_vfull(lst), ((n_blocks - 1) / STAGES) & 1);
       wgmma_fence();
-      pv_gemm<D, BN>(o, a, s_v + lst * L::kTileKV);
+      pv_gemm<bf16, D, BN>(o, a, s_v + lst * L::kTileKV);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
       release(lst);
     }
     const size_t row0 = bh * S + static_cast<size_t>(m_block) * kBlockM;
-    store_out<D>(o, m, l, scale_log2, smem + L::kQ, cw, t, out + row0 * D, lse + row0);
+    store_out<bf16, D>(o, m, l, scale_log2, smem + L::kQ, cw, t, out + row0 * D, D, kBlockM, lse + row0);
   }
 }
 

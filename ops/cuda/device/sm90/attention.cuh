@@ -1,0 +1,144 @@
+// The pieces of a FlashAttention forward on Hopper's wgmma that production's kernel
+// (ops/cuda/flash_attention_sm90.cu) and the kernel lab's variants (tools/lab/attention_wgmma/kernels.cuh) share:
+// the two GEMMs on 128-byte-swizzled shared-memory tiles, the online softmax on an accumulator fragment, P to
+// wgmma A fragments, and the epilogue (O / l staged through shared memory, 16-byte coalesced stores, lse).
+// T = __nv_bfloat16 or __half; fp32 accumulation. sm_90a device code only (callers guard with XF_SM90A_DEVICE).
+//
+// Fragments: a consumer warpgroup (128 threads) owns 64 query rows of the CTA's kBlockM = 128; thread t of it
+// (warp w = t/32, lane) holds, in every m64nN accumulator fragment, rows 16w + lane/4 (+8) and columns
+// 8*(i/4) + 2*(lane%4) + i%2 for register i (PTX ISA "wgmma .m64nNk16 register fragment D").
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "ops/cuda/device/sm90/ptx.cuh"
+#include "ops/cuda/device/sm90/wgmma.cuh"
+
+namespace xfr::cuda::sm90 {
+
+constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64 (wgmma's M)
+constexpr int kBlockN = 128;  // keys per K/V tile: S's accumulator is 64 fp32 registers a thread (kBlockN / 2)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// The dynamic shared-memory base rounded up to a 1024-byte boundary of the shared address (what the swizzle
+// sees); kernels request 1024 bytes of slack for it.
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
+  const uint32_t a = smem_u32(p);
+  return p + (((a + 1023u) & ~1023u) - a);
+}
+
+// S (64 x BN, fp32) = Q_wg (64 x D) K_tile (BN x D)^T. Both operands K-major in shared memory (sw128 layout).
+// q_wg: this warpgroup's first Q row in atom 0 of a kBlockM-row Q tile (atom stride kBlockM * 128 bytes).
+template <class T, int D, int BN>
+__device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {  // 16 = wgmma's K for 16-bit types; 4 steps of 32 B per 64-column atom
+    const uint32_t koff = (kk % 4) * 32;  // 16 elements = 32 B along the swizzled row
+    const uint64_t da = sw128_desc(q_wg + (kk / 4) * (kBlockM * 128) + koff, 16, 1024);
+    const uint64_t db = sw128_desc(k_tile + (kk / 4) * (BN * 128) + koff, 16, 1024);
+    wgmma_ss<BN, T>(s, da, db, kk > 0 ? 1 : 0);
+  }
+}
+
+// O (64 x D, fp32) += P (64 x BN, T registers) V_tile (BN x D). V is [key][d] in shared memory, d contiguous:
+// B is MN-major (imm-trans-b = 1), LBO = step between 64-column atoms of d, SBO = 8 keys.
+template <class T, int D, int BN>
+__device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
+#pragma unroll
+  for (int j = 0; j < BN / 16; ++j) wgmma_rs<D, T>(o, a[j], sw128_desc(v_tile + j * 16 * 128, BN * 128, 1024), 1);
+}
+
+// Online softmax on one S tile, in place: s becomes P = 2^(s*scale_log2 - m_new*scale_log2); m (raw-score row
+// max), l (this thread's partial row sum: the quad's four partials are added only in the epilogue, valid because
+// the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by. Hidden scores
+// are -inf: P 0. Row h (0, 1) of the thread = its rows lane/4 + 8h; the quad shares a row: max by 2 xor-shuffles.
+template <int BN>
+__device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
+                                               float (&alpha)[2]) {
+  float mx[2] = {m[0], m[1]};
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+  float ms[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // nothing visible so far: avoid -inf - -inf
+    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
+    m[h] = mx[h];
+  }
+  float sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
+    sum[(i >> 1) & 1] += s[i];
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];
+}
+
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+}
+
+// P (fp32 accumulator fragment) -> T A fragments of the next wgmma, one per 16 keys. The m64nNk16 A register
+// fragment of a 64 x 16 slice is laid out like the accumulator of a 64 x 16 tile (the same as mma.sync
+// m16n8k16's A per warp): a[j][0] = (row, k 2q..2q+1), a[j][1] = (row+8, same k), a[j][2] = (row, k+8),
+// a[j][3] = (row+8, k+8), k relative to key 16j: exactly accumulator registers 8j .. 8j+7 in order.
+template <class T, int BN>
+__device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[BN / 16][4]) {
+#pragma unroll
+  for (int j = 0; j < BN / 16; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a[j][r] = pack_x2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
+}
+
+// Epilogue of one consumer warpgroup (cw = 0, 1; t = its thread): O / l to T, staged through the warpgroup's own
+// 64 rows of the Q tile at q_smem (sw128: conflict-free 4-byte writes, 16-byte reads) so that global stores are
+// 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
+// log2 l) ln 2. Only the first rows_valid rows of the CTA's kBlockM are written. The caller guarantees that the
+// warpgroup's wgmmas reading Q are complete.
+// out_blk: the CTA's first output row, rows ld elements apart, 16-byte aligned (ld % 8 == 0);
+// lse_blk: the CTA's first lse row (contiguous).
+template <class T, int D>
+__device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (&m)[2], float (&l)[2],
+                                          float scale_log2, uint8_t* q_smem, int cw, int t, T* __restrict__ out_blk,
+                                          int64_t ld, int rows_valid, float* __restrict__ lse_blk) {
+  const int w = t / 32, lane = t % 32;
+  float inv[2];
+  int rows[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
+    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
+    if (lane % 4 == 0 && rows[h] < rows_valid) lse_blk[rows[h]] = l[h] > 0.f ? (ms + log2f(l[h])) * kLn2 : -INFINITY;
+  }
+#pragma unroll
+  for (int i = 0; i < D / 2; i += 2) {
+    const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
+    const uint32_t off = (col / 64) * (kBlockM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
+    const float sc = inv[(i >> 1) & 1];
+    *reinterpret_cast<uint32_t*>(q_smem + off) = pack_x2<T>(o[i] * sc, o[i + 1] * sc);
+  }
+  named_barrier_sync(1 + cw, 128);  // ids 1, 2: one per consumer warpgroup (0 is __syncthreads')
+  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
+#pragma unroll
+  for (int it = 0; it < kChunks / 128; ++it) {
+    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
+    if (row >= rows_valid) continue;
+    const uint4 val =
+        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (kBlockM * 128) + sw128_chunk(row, col8 % 8));
+    *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = val;
+  }
+}
+
+}  // namespace xfr::cuda::sm90
