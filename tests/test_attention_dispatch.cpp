@@ -32,8 +32,6 @@ using namespace xfr::testing;
 
 namespace {
 
-bool has(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
-
 // The error `f` throws (FAIL when none).
 template <class F>
 Error error_of(F&& f) {

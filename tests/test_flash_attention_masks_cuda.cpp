@@ -181,7 +181,11 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: FlashAttention-3 rule, error <= 2
   // the same low precision (here the composite matmul / softmax / matmul graph and its autodiff, on the same GPU),
   // plus a rounding slack of half a unit of the dtype at the tensor's scale (2^-9 bf16, 2^-12 f16 relative: an
   // error the output's own final rounding can give, which the naive path may happen to avoid on a lucky tensor).
+  // Under auto (cuDNN where it runs the call) and forced native (the Hopper forward for D = 64, 128 on sm_90).
+  for (const char* backend : {"auto", "native"})
   for (DType dt : {DType::bf16, DType::f16}) {
+    ScopedEnv env("XF_ATTENTION_BACKEND", backend);
+    CAPTURE(backend);
     const double slack_rel = dt == DType::bf16 ? std::ldexp(1.0, -9) : std::ldexp(1.0, -12);
     for (const FaProblem& p :
          {with_scale(causal(fa_problem(2, 4, 4, 127, 300, 64), BR)), with_scale(window(fa_problem(1, 2, 2, 1000, 1000, 128), 64, 64)),

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "ops/cuda/device/types.cuh"
@@ -30,6 +31,18 @@ constexpr int kBlock = 256;
 inline unsigned grid_1d(int64_t n, int per_thread = 1) {
   const int64_t per_block = static_cast<int64_t>(kBlock) * per_thread;
   return static_cast<unsigned>(std::clamp<int64_t>((n + per_block - 1) / per_block, 1, 65535));
+}
+
+// Raises a kernel's dynamic shared-memory limit (past the default 48 KB) once per device; `done` is the kernel's
+// own bit set of the devices already raised.
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done) {
+  int dev = 0;
+  XF_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = 1ull << (dev & 63);
+  if (done.load(std::memory_order_acquire) & bit) return;
+  XF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
 }  // namespace xfr::cuda

@@ -4,6 +4,7 @@
 //   ops/cuda/flash_attention_mask.h       the tensor-core kernels' mask and the features of their instantiations
 //   ops/cuda/flash_attention_tc.cuh       bf16 / f16 on tensor cores (forward, dQ, dK/dV, dbias; instantiated by
 //                                         flash_attention_tc_forward.cu and flash_attention_tc_backward_*.cu)
+//   ops/cuda/flash_attention_sm90.cu      the forward on Hopper (wgmma, TMA), where it applies
 //   ops/cuda/flash_attention_f32.cu       f32, plain FMA
 //   this file                             the Delta kernel, parameter set-up, the plain launchers, registration
 //
@@ -188,10 +189,21 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
   if (a.dtype == DType::f32) {
     fa::launch_f32_forward(p, stream);
   } else if (a.dtype == DType::bf16 || a.dtype == DType::f16) {
-    fa::launch_tc_forward(p, a.dtype, stream);
+    if (fa::sm90_forward_refusal(p, a.dtype).empty()) {
+      fa::launch_sm90_forward(p, a.dtype, stream);
+    } else {
+      fa::launch_tc_forward(p, a.dtype, stream);
+    }
   } else {
     throw Error("flash_attention", str_cat("the CUDA kernels compute in bf16, f16 or f32, not ", dtype_name(a.dtype)));
   }
+}
+
+std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
+                                         const void* out) {
+  Params p = make_params(a);
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  return fa::sm90_forward_refusal(p, a.dtype);
 }
 
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {

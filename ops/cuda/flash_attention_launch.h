@@ -16,6 +16,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "ops/flash_attention.h"
 #include "runtime/dtype.h"
@@ -64,6 +65,11 @@ inline AttentionBand attention_band(const FlashAttentionArgs& a) {
 // row).
 void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                     void* out, float* lse, CUstream_st* stream);
+
+// Why launch_flash_attention_forward would not run this call on the Hopper kernel (ops/cuda/flash_attention_sm90.cu:
+// wgmma, TMA) but on the mma.sync one; "" when it would. Reads the current device and XF_ATTENTION_SM90.
+std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
+                                         const void* out);
 
 // lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "ops/cuda/flash_attention_mask.h"
 #include "ops/flash_attention.h"
@@ -191,6 +192,10 @@ __device__ __forceinline__ float lse2_of(const Params& p, int64_t row, bool vali
 // bf16 / f16 on tensor cores: forward; backward dQ, dK/dV and (p.dbias set) dbias, after delta is written.
 void launch_tc_forward(const Params& p, DType dtype, cudaStream_t stream);
 void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream);
+// bf16 / f16 forward on Hopper (wgmma, TMA; ops/cuda/flash_attention_sm90.cu) where sm90_forward_refusal(p, dtype)
+// is empty; else the refusal names why (the build, XF_ATTENTION_SM90=0, the device, the problem).
+std::string sm90_forward_refusal(const Params& p, DType dtype);
+void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
 // f32: the same, plain FMA.
 void launch_f32_forward(const Params& p, cudaStream_t stream);
 void launch_f32_backward(const Params& p, cudaStream_t stream);

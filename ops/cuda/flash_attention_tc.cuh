@@ -743,17 +743,6 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
 
 // ---- launchers ----------------------------------------------------------------------------------------
 
-// Raises the kernel's dynamic shared-memory limit once per device (past the default 48 KB).
-template <class Kernel>
-void allow_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>& done) {
-  int dev = 0;
-  XF_CUDA_CHECK(cudaGetDevice(&dev));
-  const uint64_t bit = 1ull << (dev & 63);
-  if (done.load(std::memory_order_acquire) & bit) return;
-  XF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  done.fetch_or(bit, std::memory_order_acq_rel);
-}
-
 // Runs f.template operator()<kMaxD, kExact, kF>() for the features kF of the instantiation that runs p
 // (flash_attention_mask.h: plain when p needs none of them, else general).
 template <int kMaxD, bool kExact, class F>

@@ -1,0 +1,280 @@
+// The native attention forward on Hopper (sm_90a): wgmma, TMA and a warp-specialised pipeline, promoted from the
+// kernel lab's winner (tools/lab/attention_wgmma.cu, variant v2; docs/attention.md has its figures). It runs the
+// forward of ops/flash_attention.h when the problem is in its reach (sm90_forward_applies); everything else,
+// and every backward, runs the mma.sync kernels (flash_attention_tc.cuh), which it matches within rounding.
+//
+// Reach: bf16 / f16; head dim 64 or 128; no bias, dropout or packed sequences; any band (causal in either
+// alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA; any Sq, Sk >= 1
+// (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those rows); both
+// layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A compute
+// capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A); XF_ATTENTION_SM90=0
+// turns it off (the mma.sync kernels then run every forward).
+//
+// CTA = 128 queries of one (b, h): 384 threads = warpgroup 0, the producer (one thread issues every TMA; setmaxnreg
+// down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240). The entry
+// allocation of __launch_bounds__(384, 1) is 168 registers a thread (65536 / 384, rounded down to 8):
+// 128 x 24 + 256 x 240 = 384 x 168, so the consumers take exactly what the producer gives back.
+// Shared memory: Q (128 x D) + 2 stages x (K + V) (128 x D each) = 160 KB at D = 128 (a third stage would need
+// 224 KB of the 227 KB a block may have, hence 2), 80 KB at D = 64, plus 7 mbarriers: q_full, k_full[2] and
+// v_full[2] (the producer's arrive.expect_tx + TMA's bytes; V has its own so that S = Q K^T need not wait for
+// it), empty[2] (8 arrivals: lane 0 of each consumer warp when its wgmmas on the stage are done). Use u = j / 2 of
+// stage j % 2: consumers wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which
+// passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete).
+// Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
+// shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
+// P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. The two consumer
+// warpgroups interleave on the tensor cores and ALUs (one's softmax under the other's GEMMs).
+// Query blocks are issued last first (the longest under a causal mask).
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/device/sm90/attention.cuh"
+#include "ops/cuda/device/sm90/tensor_map.h"
+#include "ops/cuda/flash_attention_params.cuh"
+#include "runtime/env.h"
+
+namespace xfr::cuda::fa {
+
+namespace {
+
+using sm90::kBlockM;
+using sm90::kBlockN;
+
+constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above)
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs == 384 * 168, "setmaxnreg split must use the entry allocation");
+
+// The kernel's parameters, __grid_constant__ (TMA reads the maps from parameter space; the mask points at band).
+struct Sm90Args {
+  CUtensorMap tm_q, tm_k, tm_v;  // 4-D (D, S, heads, B) views of q (Sq, H) and k, v (Sk, Hk); box (64, 128, 1, 1)
+  void* o = nullptr;             // (B, H, Sq, D) logical, strides os
+  float* lse = nullptr;          // (B, H, Sq) contiguous
+  HeadStrides os;
+  int H = 0, G = 1, Sq = 0, Sk = 0;
+  AttentionBand band;
+  float scale_log2 = 1.f;
+};
+
+template <int D>
+struct Layout {  // byte offsets from the 1024-aligned base
+  static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;
+  static constexpr int kQ = 0, kK = kTileQ, kV = kK + kStages * kTileKV, kBar = kV + kStages * kTileKV;
+  static constexpr int kBars = 1 + 3 * kStages;           // q_full, k_full[2], v_full[2], empty[2]
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
+};
+
+// Hidden (i, j) -> -inf on a tile: keys[h] are the keys of the thread's row h, key0 its column 0's key.
+template <bool kLower>
+__device__ __forceinline__ void mask_tile(float (&s)[kBlockN / 2], const Mask<kLower>& mask, const KeyRange (&keys)[2],
+                                          int key0) {
+#pragma unroll
+  for (int i = 0; i < kBlockN / 2; ++i)
+    if (mask.hides(keys[(i >> 1) & 1], key0 + 8 * (i / 4) + (i & 1))) s[i] = -INFINITY;
+}
+
+// q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
+// grid (ceil(Sq / 128), H, B), 384 threads, Layout<D>::kBytes of dynamic shared memory.
+template <class T, int D, bool kLower>
+__global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
+#if XF_SM90A_DEVICE
+  using namespace sm90;
+  using L = Layout<D>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar_q = base + L::kBar;
+  auto bar_kfull = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_vfull = [&](int st) { return bar_q + 8 * (1 + kStages + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + 2 * kStages + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockM;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), hk = h / a.G;
+  const Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);  // may be empty: a block that sees no key
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q);
+    tma_prefetch_map(&a.tm_k);
+    tma_prefetch_map(&a.tm_v);
+    mbar_init(bar_q, 1);
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(bar_kfull(st), 1);
+      mbar_init(bar_vfull(st), 1);
+      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the roles split below
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 0 && tr.count > 0) {  // no key: nothing is loaded, and nobody waits
+      mbar_arrive_expect_tx(bar_q, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) tma_load_4d(s_q + at * (kBlockM * 128), &a.tm_q, at * 64, q0, h, b, bar_q);
+      for (int j = 0; j < tr.count; ++j) {
+        const int st = j % kStages, row = (tr.first + j) * kBlockN;
+        mbar_wait(bar_empty(st), ((j / kStages) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_kfull(st), L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at)
+          tma_load_4d(s_k + st * L::kTileKV + at * (kBlockN * 128), &a.tm_k, at * 64, row, hk, b, bar_kfull(st));
+        mbar_arrive_expect_tx(bar_vfull(st), L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at)
+          tma_load_4d(s_v + st * L::kTileKV + at * (kBlockN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
+      }
+    }
+  } else {
+    // ---------------- consumers ----------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
+    const uint32_t q_wg = s_q + cw * 64 * 128;
+    const int row0 = q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
+    const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
+    const KeyRange common = mask.common_keys(q0, min(q0 + kBlockM, a.Sq) - 1);  // keys all the block's rows see
+    float o[D / 2], s[kBlockN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+    uint32_t p[kBlockN / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    if (tr.count > 0) mbar_wait(bar_q, 0);
+    for (int j = 0; j < tr.count; ++j) {
+      const int st = j % kStages, k0 = (tr.first + j) * kBlockN;
+      const uint32_t ph = (j / kStages) & 1;
+      mbar_wait(bar_kfull(st), ph);
+      wgmma_fence();
+      qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(s);
+      if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower>(s, mask, keys, k0 + 2 * (lane % 4));
+      online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
+      rescale<D>(o, alpha);
+      pack_p<T, kBlockN>(s, p);
+      mbar_wait(bar_vfull(st), ph);
+      wgmma_fence();
+      pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(o);
+      if (lane == 0) mbar_arrive(bar_empty(st));
+    }
+    const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
+                         static_cast<int64_t>(q0) * a.os.seq;
+    const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
+    store_out<T, D>(o, m, l, a.scale_log2, smem + L::kQ, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
+                    min(kBlockM, a.Sq - q0), a.lse + lrow);
+  }
+#endif
+}
+
+// Whether the current device is compute capability 9.0 (the sm_90a code runs there and nowhere else); cached per
+// device.
+bool current_device_is_sm90() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or device: not an error here
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
+  if (dev < 0 || dev >= kMaxDevices) return false;
+  int c = cached[dev].load(std::memory_order_relaxed);
+  if (c == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    c = major == 9 && minor == 0 ? 1 : 2;
+    cached[dev].store(c, std::memory_order_relaxed);
+  }
+  return c == 1;
+}
+
+// The (D, S, heads, B) map of one of q, k, v; false (and why) when TMA cannot address it.
+bool make_map(CUtensorMap* map, DType dtype, const void* base, int D, int S, int heads, int B, const HeadStrides& st,
+              std::string* why) {
+  const uint64_t es = 2;  // bytes of a bf16 / f16 element
+  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(S), static_cast<uint64_t>(heads),
+                            static_cast<uint64_t>(B)};
+  // An axis of extent 1 is only read at index 0: any stride will do, and TMA wants one (a multiple of 16 bytes).
+  auto stride = [&](int64_t elems, int extent) { return extent == 1 ? uint64_t{16} : static_cast<uint64_t>(elems) * es; };
+  const uint64_t strides[3] = {stride(st.seq, S), stride(st.head, heads), stride(st.batch, B)};
+  return sm90::encode_sw128_map(map, dtype == DType::f16, base, 4, dims, strides, kBlockM, why);
+}
+
+template <class T, int D, bool kLower>
+void launch(const Sm90Args& args, int B, cudaStream_t stream) {
+  using L = Layout<D>;
+  static std::atomic<uint64_t> done{0};
+  auto kernel = fwd_sm90_kernel<T, D, kLower>;
+  allow_smem(kernel, L::kBytes, done);
+  const dim3 grid(static_cast<unsigned>((args.Sq + kBlockM - 1) / kBlockM), static_cast<unsigned>(args.H),
+                  static_cast<unsigned>(B));
+  kernel<<<grid, 384, L::kBytes, stream>>>(args);
+  XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
+}
+
+template <class T, int D>
+void launch_band(const Sm90Args& args, int B, cudaStream_t stream) {
+  if (args.band.left >= 0) {
+    launch<T, D, true>(args, B, stream);
+  } else {
+    launch<T, D, false>(args, B, stream);
+  }
+}
+
+}  // namespace
+
+#ifdef XF_BUILD_SM90A
+constexpr bool kSm90Built = true;  // CMakeLists.txt defines XF_BUILD_SM90A when 90a is among the architectures
+#else
+constexpr bool kSm90Built = false;
+#endif
+
+std::string sm90_forward_refusal(const Params& p, DType dtype) {
+  // The problem first, then the switches, the device last: a machine without a GPU can check the reasons.
+  if (dtype != DType::bf16 && dtype != DType::f16) return "it computes in bf16 or f16";
+  if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
+  if (p.bias || p.drop.on || p.varlen) return "a bias, dropout or packed sequences";
+  if (p.Sq < 1 || p.Sk < 1) return "an empty sequence";
+  if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (grid z, y)";
+  if (!p.vec) return "TMA needs 16-byte aligned tensors with strides that are multiples of 8 elements";
+  // TMA takes no zero stride on an axis of more than one element (a broadcast q, k or v).
+  if ((p.B > 1 && (p.qs.batch == 0 || p.ks.batch == 0)) || (p.H > 1 && p.qs.head == 0) || (p.Hk > 1 && p.ks.head == 0))
+    return "a zero batch or head stride";
+  if (!kSm90Built) return "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES without 90a)";
+  if (!env_flag_default_on("XF_ATTENTION_SM90")) return "XF_ATTENTION_SM90=0";
+  if (!current_device_is_sm90()) return "the device is not compute capability 9.0";
+  return "";
+}
+
+void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
+  Sm90Args args;
+  std::string why;
+  const bool ok = make_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, &why) &&
+                  make_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, &why) &&
+                  make_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, &why);
+  XF_CHECK(ok, "flash_attention", "the sm90 forward's tensor maps: ", why);
+  args.o = p.o;
+  args.lse = p.lse_out;
+  args.os = p.qs;
+  args.H = p.H;
+  args.G = p.G;
+  args.Sq = p.Sq;
+  args.Sk = p.Sk;
+  args.band = p.band;
+  args.scale_log2 = p.scale_log2;
+  if (dtype == DType::bf16) {
+    if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, p.B, stream);
+    else launch_band<__nv_bfloat16, 128>(args, p.B, stream);
+  } else {
+    if (p.D == 64) launch_band<__half, 64>(args, p.B, stream);
+    else launch_band<__half, 128>(args, p.B, stream);
+  }
+}
+
+}  // namespace xfr::cuda::fa

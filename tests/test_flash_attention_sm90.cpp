@@ -1,0 +1,126 @@
+// The native attention forward on Hopper (ops/cuda/flash_attention_sm90.cu: wgmma, TMA, warp-specialised) against
+// the CPU kernel in f32 on the same rounded inputs, on every band it takes (none, causal in both alignments, sliding
+// windows), both layouts, bf16 and f16, GQA / MQA, and awkward lengths (1, 17, 127, 129, 257, 1000, 4097: tails of
+// the 128-row tiles on both axes, rows that see no key). Each problem also runs with XF_ATTENTION_SM90=0 (the
+// mma.sync kernel) against the same oracle. Outputs start poisoned (NaN), so an unwritten row fails. The choice of
+// kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped
+// without one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
+#include <cstdint>
+#include <string>
+
+#include "ops/flash_attention.h"
+#include "tests/cuda_testing.h"
+#include "tests/flash_attention_testing.h"
+#include "testing.h"
+#ifdef XF_WITH_CUDA
+#include "ops/cuda/flash_attention_launch.h"
+#endif
+
+using namespace xfr;
+using namespace xfr::testing;
+
+#ifdef XF_WITH_CUDA
+namespace {
+
+const auto TL = CausalAlignment::top_left;
+const auto BR = CausalAlignment::bottom_right;
+
+// The launcher's arguments of a (non-varlen, unbiased) problem with contiguous tensors in its layout.
+cuda::FlashAttentionArgs args_of(const FaProblem& p, DType dt) {
+  cuda::FlashAttentionArgs a;
+  a.dtype = dt;
+  a.B = p.B;
+  a.H = p.H;
+  a.Hk = p.Hk;
+  a.Sq = p.Sq;
+  a.Sk = p.Sk;
+  a.D = p.D;
+  a.q_strides = head_strides(p.a.layout, p.H, p.Sq, p.D);
+  a.k_strides = head_strides(p.a.layout, p.Hk, p.Sk, p.D);
+  a.scale = p.a.scale;
+  a.causal = p.a.causal;
+  a.alignment = p.a.alignment;
+  a.window_left = p.a.window_left;
+  a.window_right = p.a.window_right;
+  a.dropout = p.a.dropout;
+  return a;
+}
+
+// A 16-byte aligned stand-in pointer: the refusal reads addresses, never data.
+const void* const kAligned = reinterpret_cast<const void*>(uintptr_t{256});
+
+std::vector<FaProblem> sm90_problems() {
+  std::vector<FaProblem> r = {
+      fa_problem(1, 2, 2, 1, 1, 64),                                // one query, one key
+      fa_problem(2, 4, 2, 127, 129, 64),                            // tails on both axes, GQA
+      fa_problem(1, 3, 1, 257, 33, 128),                            // MQA, Sq > Sk, a 33-key tile
+      causal(fa_problem(1, 2, 2, 1000, 1000, 128), TL),             // the diagonal in the middle of tiles
+      causal(fa_problem(1, 2, 1, 1000, 127, 64), BR),               // most rows see no key: out 0, lse -inf
+      causal(fa_problem(2, 2, 2, 17, 1000, 128), BR),               // a few queries at the end of 1000 keys
+      causal(fa_problem(1, 2, 1, 4097, 4097, 128), TL),             // 33 query blocks, one row in the last
+      window(fa_problem(1, 2, 2, 1000, 1000, 64), 100, 100),        // skips most key tiles on both sides
+      window(causal(fa_problem(1, 2, 1, 300, 1000, 128), BR), 50, -1, BR),
+      window(fa_problem(2, 2, 2, 257, 257, 64), 0, 0),              // the diagonal alone
+      window(fa_problem(1, 2, 2, 65, 130, 128), -1, 3),             // a right bound only
+  };
+  for (auto& p : r) p = with_scale(p);
+  r.push_back(fa_problem(1, 2, 2, 129, 257, 64));  // a custom scale (3 / sqrt(D)): large logits
+  r.back().a.scale = 3.0 / 8.0;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, and the reasons it gives") {
+  auto refusal = [](const FaProblem& p, DType dt, const void* ptr = kAligned) {
+    return cuda::flash_attention_sm90_refusal(args_of(p, dt), ptr, kAligned, kAligned, kAligned);
+  };
+  const FaProblem ok = with_scale(causal(fa_problem(2, 4, 2, 127, 129, 64), BR));
+  CHECK(has(refusal(ok, DType::f32), "bf16 or f16"));
+  CHECK(has(refusal(with_scale(fa_problem(1, 2, 2, 17, 17, 80)), DType::bf16), "head dim 80"));
+  FaProblem drop = ok;
+  drop.a.dropout = 0.1;
+  CHECK(has(refusal(drop, DType::bf16), "dropout"));
+  CHECK(has(refusal(ok, DType::bf16, reinterpret_cast<const void*>(uintptr_t{258})), "16-byte aligned"));
+  {
+    ScopedEnv env("XF_ATTENTION_SM90", "0");
+    const std::string why = refusal(ok, DType::f16);
+    CHECK_MESSAGE((has(why, "XF_ATTENTION_SM90=0") || has(why, "no sm_90a code")), why);
+  }
+  // In reach: empty on an H100 / H200 of a build with sm_90a, else the build's or the device's reason.
+  const std::string why = refusal(ok, DType::bf16);
+  CHECK_MESSAGE((why.empty() || has(why, "compute capability 9.0") || has(why, "no sm_90a code")), why);
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward against the CPU (bands, layouts, bf16 / f16, tails)") {
+  ScopedEnv native("XF_ATTENTION_BACKEND", "native");  // auto would send most of these to cuDNN
+  for (const FaProblem& p0 : sm90_problems())
+    for (AttentionLayout layout : {AttentionLayout::bhsd, AttentionLayout::bshd})
+      for (DType dt : {DType::bf16, DType::f16}) {
+        FaProblem p = p0;
+        p.a.layout = layout;
+        const std::string w = p.name() + " [" + dtype_name(dt) + "]";
+        CAPTURE(w);
+        const std::string why = cuda::flash_attention_sm90_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned);
+        // On a compute capability 9.0 device every problem here must take the Hopper kernel (else this tests the
+        // other one twice); elsewhere the test still holds the mma.sync kernel to the oracle.
+        CHECK_MESSAGE((why.empty() || has(why, "compute capability 9.0")), why);
+        const FaInputs in32 = make_fa_inputs(p, 41 + static_cast<uint64_t>(p.Sq * 3 + p.Sk + p.D), DType::f32);
+        std::vector<Tensor> gin, cin;
+        for (const Tensor& t : in32.all) {
+          gin.push_back(as_dtype(t, dt));
+          cin.push_back(as_dtype(gin.back(), DType::f32));
+        }
+        const FlashAttentionOp op(p.a);
+        const auto ref = run_op(op, cin, &test_pool());
+        const FaTol tol = fa_tolerance(dt);
+        for (const char* sm90 : {"1", "0"}) {
+          ScopedEnv env("XF_ATTENTION_SM90", sm90);
+          const auto got = run_op_cuda(op, gin);
+          const std::string tag = w + " XF_ATTENTION_SM90=" + sm90;
+          check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
+          check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
+        }
+      }
+}
+#endif
