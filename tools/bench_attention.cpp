@@ -1,7 +1,8 @@
 // Attention kernel benchmark, run beside tools/bench_attention_torch.py in one job (tools/gpu_check.sh attn):
 // the FlashAttention grid, 16k tokens per batch (B = 16384 / S), hidden 2048 (H = 2048 / D), D = 64 and 128,
 // S = 512 ... 16k, causal and not, bf16, q/k/v packed (B, H, S, D) from a normal distribution. For each point:
-//   native        our FA2-style kernels (ops/cuda/flash_attention_launch.h)
+//   native        our kernels (ops/cuda/flash_attention_launch.h): the Hopper forward where it applies (the
+//                 row's native_forward says which ran), the FA2-style mma.sync backward
 //   cudnn         cuDNN SDPA through ops/cuda/cudnn_attention.h, deterministic backward (what auto runs)
 //   cudnn_atomic  the same forward, the backward with atomic dq (torch's cuDNN backend's kind)
 // forward and forward+backward TFLOP/s (FlashAttention convention: forward 4·B·H·S²·D, halved when causal;
@@ -195,6 +196,10 @@ int main(int argc, char** argv) {
                                                         dout.raw_data(), lse.data<float>(), nullptr, dq.raw_data(),
                                                         dk.raw_data(), dv.raw_data(), nullptr, ws.get(), ctx.stream());
                 });
+            // Which native forward ran: the Hopper kernel (sm90) or the mma.sync one, and why.
+            const std::string why = cuda::flash_attention_sm90_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(),
+                                                                       o.raw_data());
+            rows.back()["native_forward"] = why.empty() ? std::string("sm90") : "mma.sync (" + why + ")";
           }
 #ifdef XF_HAVE_CUDNN_ATTENTION
           for (const char* name : {"cudnn", "cudnn_atomic"}) {

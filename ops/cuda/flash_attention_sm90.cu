@@ -241,6 +241,9 @@ std::string sm90_forward_refusal(const Params& p, DType dtype) {
   if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
   if (p.bias || p.drop.on || p.varlen) return "a bias, dropout or packed sequences";
   if (p.Sq < 1 || p.Sk < 1) return "an empty sequence";
+  // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
+  // -inf before scaling: both need scale > 0.
+  if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
   if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (grid z, y)";
   if (!p.vec) return "TMA needs 16-byte aligned tensors with strides that are multiples of 8 elements";
   // TMA takes no zero stride on an axis of more than one element (a broadcast q, k or v).
