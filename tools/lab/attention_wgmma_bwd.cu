@@ -23,9 +23,16 @@
 //   Time covers everything a caller would run: the pre-kernel, b2's memset of the dQ buffer, the kernels, b2's
 //   conversion.
 //
-// ptxas (nvcc 13.0, -Xptxas -v; the kernels launch 384 threads with setmaxnreg 24 / 240, so ptxas reports the
-// entry allocation, 168): no spill stores/loads and no C7512 ("wgmma serialized") warning in any bwd_dkdv /
-// bwd_dq instance; see the commit message for the figures of the build it was written with.
+// Registers (nvcc 13.0, ptxas -v; every fast kernel runs 288 threads = 2 consumer warpgroups + 1 producer warp
+// under __maxnreg__(224), see kBwdThreads in kernels.cuh for why not the forward's 384 + setmaxnreg 24/240, which
+// ptxas capped at 168 and spilled 260-960 bytes per kernel with C7512 wgmma serialisation):
+//   no C7512 warning in any kernel.
+//   b1: bwd_dkdv D=64 (causal or not), D=128 non-causal, bwd_dq all four: 0 spill bytes (183-224 registers).
+//       bwd_dkdv D=128 causal: 12 bytes spill stores / 48 loads (the diagonal mask's indices; a few
+//       LDL per tile, expected to be noise).
+//   b2: bwd_dkdv with the dQ atomics: D=128 non-causal 0 spill bytes; D=128 causal 192 stores / 212 loads, D=64
+//       96 / 96, D=64 causal 152 / 152: the 32 dQ accumulators and the atomics' addresses beside dV and dK;
+//       b2 is the atomics experiment, not the register-clean variant.
 //
 // Output: one line per case, `lab attention_wgmma_bwd <variant> D= S= causal= B= H=: max_err_dq= max_err_dk=
 // max_err_dv= PASS|FAIL time_ms= TFLOP/s=` with details in brackets; FLOPs = 2.5 x 4 B H S^2 D, halved when

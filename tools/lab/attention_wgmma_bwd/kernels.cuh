@@ -1,8 +1,8 @@
 // Device code of the Hopper attention BACKWARD lab (tools/lab/attention_wgmma_bwd.cu, which documents the lab):
 // the fp32 reference backward, the Delta / lse pre-kernel, the dK/dV kernel (b1 and b2), the separate dQ
 // kernel (b1) and the dQ conversion (b2). sm_90a only. The forward lab's device header (included below) brings
-// the reference forward (which makes the backward's out and lse), fill_randn, pack_p, causal_mask, align1024,
-// the setmaxnreg split and the Hopper PTX / wgmma wrappers.
+// the reference forward (which makes the backward's out and lse), fill_randn, pack_p, causal_mask, align1024
+// and the Hopper PTX / wgmma wrappers.
 //
 // Notation: per (b, h), S_ij = q_i . k_j (raw), P_ij = exp(scale S_ij - lse_i) (lse natural, from the forward),
 // dP_ij = dout_i . v_j, Delta_i = dout_i . out_i = sum_j P_ij dP_ij, dS_ij = P_ij (dP_ij - Delta_i);
@@ -236,14 +236,14 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[D / 2], float
 // =====================================================================================================================
 // dK/dV kernel (b1: DQ_ATOMIC = false; b2: true). FlashAttention-3's hopper backward structure, written from its
 // published description: the CTA owns BN = 128 keys of one (b, h) and loops over the query tiles that see them.
-//   CTA: 384 threads = warpgroup 0 (producer: thread 0 issues every TMA; setmaxnreg.dec 24) + warpgroups 1, 2
-//   (consumers, 64 keys each = wgmma's M; setmaxnreg.inc 240). Grid (S/128, H, B); causal: key block 0 (the
-//   most query tiles) is blockIdx.x = 0, launched first.
+//   CTA: kBwdThreads = 288 threads = warpgroups 0, 1 (consumers, 64 keys each = wgmma's M) + warp 8 (producer:
+//   one thread issues every TMA), 224 registers a thread (kBwdThreads' note). Grid (S/128, H, B); causal: key
+//   block 0 (the most query tiles) is blockIdx.x = 0, launched first.
 //   Query tile BM: 64 at D = 128, 128 at D = 64, fixed by registers. A consumer thread holds dV and dK
 //   (2 x D/2 fp32) for the whole loop plus S^T and dP^T of a tile (2 x BM/2): 128 + 64 = 192 at D = 128 with
 //   BM = 64, 64 + 128 = 192 at D = 64 with BM = 128, then the bf16 P^T / dS^T fragments (2 x BM/4) while S^T and
-//   dP^T die; BM = 128 at D = 128 would need 256 before addresses, over the 240 of setmaxnreg. b2 adds the
-//   dQ partial (64 x 64: 32 fp32) live only during its wgmma and atomics.
+//   dP^T die; BM = 128 at D = 128 would need 256 before addresses, over the 224 cap. b2 adds the dQ partial
+//   (64 x 64: 32 fp32), live only after dV/dK's wgmmas completed (their A fragments are dead by then).
 //   Shared memory (sw128 tiles, 1024-aligned): K, V (BN x D, loaded once) + STAGES x (Q, dO: BM x D; lse2,
 //   Delta: BM fp32) [+ b2: 2 x dS^T (BN x BM bf16)] + barriers. STAGES = 2: 128 KB at D = 128 (b2 160 KB),
 //   96 KB at D = 64 (b2 160 KB); under the 227 KB per block, one CTA per SM (the 240-register consumers).
@@ -258,10 +258,11 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[D / 2], float
 //     finishes; wait<0>; dS^T = P^T (dP^T - Delta[q]); P^T, dS^T -> bf16 A fragments (register i of the m64nBM
 //     accumulator = (key row, query col); the fragment of queries 16c..16c+15 is registers 8c..8c+7, pack_p).
 //     dV += P^T dO and dK += dS^T Q (2 x BM/16 wgmma_rs, dO and Q tiles as MN-major B: [query][d], d
-//     contiguous); wait<0>; release the stage.
+//     contiguous); wait<0>; release the stage. Overlap: TMA runs a stage ahead; P^T's exponentials run under
+//     dP^T's wgmmas; the two consumer warpgroups interleave unsynchronised (b1).
 //   b2 (dQ by atomics, instead of b1's separate kernel): after dS^T, each consumer writes its 64 key rows of
 //     dS^T as bf16 into dS buffer (j & 1) ([key][query], query contiguous, sw128), fence.proxy.async, named
-//     barrier over the 256 consumer threads; then beside dV/dK's wgmmas, dQ_part = dS K_slice (8 wgmma_ss_mn
+//     barrier over the 256 consumer threads; then, after dV/dK's wgmmas, dQ_part = dS K_slice (8 wgmma_ss_mn
 //     m64n64k16: A = dS as MN-major [key][query] tile, M = 64 queries; B = the K tile as MN-major [key][d],
 //     N = 64 columns of d): at BM = 64 (D = 128) warpgroup cw takes all 64 queries and d columns 64cw..; at
 //     BM = 128 (D = 64) queries 64cw.. and all 64 columns. Then 32 red.global.add.f32 per thread into the fp32
@@ -447,6 +448,7 @@ __global__ void __maxnreg__(kBwdMaxRegs) bwd_dkdv(const __grid_constant__ CUtens
       if constexpr (DQ_ATOMIC) {
         // after dV/dK's wgmmas (not beside them): the P^T / dS^T fragments are dead before the dQ accumulator lives
         float dq[32];
+        wgmma_fence();
         const uint32_t ds_tile = base + L::kDs + (j & 1) * L::kTileDs;
         const int q_off = BM == 128 ? 64 * cw : 0, d_off = BM == 128 ? 0 : 64 * cw;  // this warpgroup's 64 x 64 of dQ
 #pragma unroll
