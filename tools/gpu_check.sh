@@ -6,11 +6,11 @@
 #   (default: build test bench torch attn)
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward variants).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
 # XF_LABS (which labs the lab step runs, e.g. "attention"), XF_LAB_ATTENTION_ARGS (xfrun_lab_attention_wgmma's
-# arguments, e.g. "--variant v1,v2 --quick").
+# arguments, e.g. "--variant v1,v2 --quick"), XF_LAB_ATTENTION_BWD_ARGS (xfrun_lab_attention_wgmma_bwd's, e.g. "--quick").
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ if has build; then
   if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
        -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_layernorm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
     grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
@@ -72,8 +72,8 @@ if has bench; then
 fi
 
 if has lab; then
-  # XF_LABS picks the labs (default: all of head_gemm attention layernorm).
-  lab_on() { [[ " ${XF_LABS:-head_gemm attention layernorm} " == *" $1 "* ]]; }
+  # XF_LABS picks the labs (default: all of head_gemm attention attention_bwd layernorm).
+  lab_on() { [[ " ${XF_LABS:-head_gemm attention attention_bwd layernorm} " == *" $1 "* ]]; }
   if lab_on head_gemm; then
     t=$(date +%s)
     XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
@@ -87,6 +87,15 @@ if has lab; then
     "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
     note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
     grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
+  fi
+  if lab_on attention_bwd; then
+    # The wgmma/TMA FlashAttention backward variants (dq, dk, dv) against an fp32 reference (XF_LAB_ATTENTION_BWD_ARGS
+    # narrows it, e.g. "--quick" or "--variant b1 --d 64 --s 512"); rc 1 = some case failed, 3 = a CUDA fault or a
+    # pipeline deadlock that stopped it (the log's last lines name the kernel, case and, for a deadlock, the barrier).
+    t=$(date +%s)
+    "$BUILD/xfrun_lab_attention_wgmma_bwd" ${XF_LAB_ATTENTION_BWD_ARGS:-} >"$OUT/lab_attention_bwd.log" 2>&1
+    note "lab (attention wgmma backward variants): rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^lab" "$OUT/lab_attention_bwd.log" | tee -a "$SUMMARY"
   fi
   if lab_on layernorm; then
     # Residual LayerNorm forward variants vs a float64 reference and a copy of the same bytes (tools/lab/layernorm.cu;

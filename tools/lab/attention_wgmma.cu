@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "attention_wgmma/kernels.cuh"  // the device code: reference, v1, v2/v3
-#include "ops/cuda/device/sm90/tensor_map.h"
+#include "attention_wgmma_host.h"      // hang record, case_error, tensor maps, command line (shared with the backward lab)
 
 // =====================================================================================================================
 // Host
@@ -48,59 +48,9 @@ namespace {
 
 using namespace lab;
 
-// Host-mapped record of an mbarrier wait that timed out (lab::mbar_wait), readable after the context is lost.
-volatile HangInfo* g_hang_host = nullptr;
-
-void setup_hang_record() {
-  void* h = nullptr;
-  LAB_CHECK(cudaHostAlloc(&h, sizeof(HangInfo), cudaHostAllocMapped));
-  std::memset(h, 0, sizeof(HangInfo));
-  void* d = nullptr;
-  LAB_CHECK(cudaHostGetDevicePointer(&d, h, 0));
-  LAB_CHECK(cudaMemcpyToSymbol(g_hang, &d, sizeof(d)));
-  g_hang_host = static_cast<volatile HangInfo*>(h);
-}
-
-// After a case's kernel: "" on success, else the error; a sticky error (the context is lost: every later call
-// would fail too) is printed and ends the program with status 3.
-std::string case_error(cudaError_t launch_error, const char* what) {
-  cudaError_t e = launch_error != cudaSuccess ? launch_error : cudaDeviceSynchronize();
-  if (e == cudaSuccess) e = cudaGetLastError();
-  if (e == cudaSuccess) return "";
-  std::string msg = std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
-  (void)cudaGetLastError();  // clears a non-sticky error
-  const cudaError_t again = cudaDeviceSynchronize();
-  if (again != cudaSuccess || cudaGetLastError() != cudaSuccess) {
-    std::printf("lab attention_wgmma: FATAL: sticky CUDA error after %s; the context is unusable, stopping\n",
-                msg.c_str());
-    if (g_hang_host != nullptr && g_hang_host->set)
-      std::printf("lab attention_wgmma: FATAL: cause: an mbarrier wait timed out (pipeline deadlock): block (%u,%u,%u) "
-                  "thread %u, barrier at shared 0x%x, waiting for parity %u\n",
-                  g_hang_host->block_x, g_hang_host->block_y, g_hang_host->block_z, g_hang_host->thread,
-                  g_hang_host->barrier, g_hang_host->parity);
-    else
-      std::printf("lab attention_wgmma: FATAL: (no mbarrier timeout recorded: a fault such as an illegal address or "
-                  "instruction, not a deadlock)\n");
-    std::fflush(stdout);
-    std::exit(3);
-  }
-  return msg;
-}
-
-// x: (rows, D) bf16 row-major; box: 64 columns (128 B, the swizzle width) x box_rows rows, 128B swizzle (the
-// encoder is production's: ops/cuda/device/sm90/tensor_map.h).
-CUtensorMap make_tensor_map(const bf16* x, uint64_t rows, int D, int box_rows) {
-  CUtensorMap m;
-  const uint64_t dims[2] = {static_cast<uint64_t>(D), rows};              // innermost first
-  const uint64_t strides[1] = {static_cast<uint64_t>(D) * sizeof(bf16)};  // bytes, dims 1..rank-1
-  std::string why;
-  if (!xfr::cuda::sm90::encode_sw128_map(&m, false, x, 2, dims, strides, static_cast<uint32_t>(box_rows), &why)) {
-    std::printf("lab attention_wgmma: FATAL: %s rows=%llu D=%d box_rows=%d\n", why.c_str(),
-                static_cast<unsigned long long>(rows), D, box_rows);
-    std::exit(3);
-  }
-  return m;
-}
+using lab_host::bf16_to_float;
+using lab_host::case_error;
+using lab_host::make_tensor_map;
 
 struct Problem {
   int B, H, S, D;
@@ -174,13 +124,6 @@ const Variant kVariants[] = {
     {"v2", "wgmma + TMA producer warp, 2-stage mbarrier ring, setmaxnreg 24/240", dispatch<V2>, true},
     {"v3", "v2 + intra-warpgroup overlap of S(j+1)=QK^T and O+=P(j)V(j) with softmax", dispatch<V3>, true},
 };
-
-float bf16_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Tolerances, per element:
 //   out: |got - want| <= 1e-4 + 8e-3 mag, mag = sum_j P_j |v_j| (the reference computes it beside out). bf16's unit
@@ -276,70 +219,12 @@ double spot_check_reference(const Problem& p, const std::vector<float>& ref_out,
   return worst;
 }
 
-struct Options {
-  std::vector<std::string> variants;  // empty: all
-  std::vector<int> dims{64, 128}, causal{0, 1}, seqs{512, 2048, 8192};
-  int reps = 10;
-};
-
-[[noreturn]] void usage(const char* msg) {
-  std::printf(
-      "lab attention_wgmma: %s\nusage: xfrun_lab_attention_wgmma [--variant v1[,v2,...]] [--quick] [--d 64|128] "
-      "[--causal 0|1] [--s S] [--reps N]\n  --quick: S=512 only. Variants:",
-      msg);
-  for (const auto& v : kVariants) std::printf(" %s (%s);", v.name, v.what);
-  std::printf("\n");
-  std::exit(2);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-      return argv[++i];
-    };
-    auto to_int = [&](const std::string& s) {
-      char* end = nullptr;
-      const long v = std::strtol(s.c_str(), &end, 10);
-      if (s.empty() || *end != '\0') usage(("not an integer: " + s).c_str());
-      return static_cast<int>(v);
-    };
-    if (a == "--variant") {
-      std::string list = value();
-      for (size_t pos = 0; pos <= list.size();) {
-        const size_t comma = std::min(list.find(',', pos), list.size());
-        const std::string name = list.substr(pos, comma - pos);
-        bool known = false;
-        for (const auto& v : kVariants) known |= name == v.name;
-        if (!known) usage(("unknown variant '" + name + "'").c_str());
-        o.variants.push_back(name);
-        pos = comma + 1;
-      }
-    } else if (a == "--quick") {
-      o.seqs = {512};
-    } else if (a == "--d") {
-      o.dims = {to_int(value())};
-    } else if (a == "--causal") {
-      o.causal = {to_int(value()) != 0};
-    } else if (a == "--s") {
-      o.seqs = {to_int(value())};
-    } else if (a == "--reps") {
-      o.reps = std::max(1, to_int(value()));
-    } else if (a == "--help" || a == "-h") {
-      usage("help");
-    } else {
-      usage(("unknown argument '" + a + "'").c_str());
-    }
-  }
-  return o;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options opt = parse(argc, argv);
+  std::vector<lab_host::VariantName> names;
+  for (const auto& v : kVariants) names.push_back({v.name, v.what});
+  const lab_host::Options opt = lab_host::parse(argc, argv, "xfrun_lab_attention_wgmma", "S=512 only", names);
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
     std::printf("lab attention_wgmma: FATAL: no CUDA device\n");
@@ -356,7 +241,7 @@ int main(int argc, char** argv) {
     std::printf("lab attention_wgmma: FATAL: the kernels are built for sm_90a only (wgmma, setmaxnreg)\n");
     return 3;
   }
-  setup_hang_record();
+  lab_host::setup_hang_record();
   std::printf("lab attention_wgmma: inputs N(0,1) bf16 (scores ~N(0,1) after 1/sqrt(D)); out tol |err| <= %g + %g sum_j P_j|v_j|, "
               "lse tol %g relative; time = median of %d runs after 3 warm-ups; FLOPs 4*B*H*S^2*D (/2 causal)\n",
               kOutAtol, kOutMagRtol, kLseRtol, opt.reps);
