@@ -120,6 +120,17 @@ struct Run {
 
 constexpr int kStages = 2;
 
+// The kernel's resources as the runtime sees them, for a launch that failed (first GPU run: "too many resources
+// requested for launch" with 288 threads x a 224-register cap).
+template <class Kernel>
+std::string resources_of(Kernel kernel) {
+  cudaFuncAttributes a{};
+  if (cudaFuncGetAttributes(&a, kernel) != cudaSuccess) return " (cudaFuncGetAttributes failed)";
+  return " [numRegs=" + std::to_string(a.numRegs) + " maxThreadsPerBlock=" + std::to_string(a.maxThreadsPerBlock) +
+         " localSizeBytes=" + std::to_string(a.localSizeBytes) + " maxDynamicSharedSizeBytes=" +
+         std::to_string(a.maxDynamicSharedSizeBytes) + " launched with " + std::to_string(kBwdThreads) + " threads]";
+}
+
 template <int D>
 bool launch_prep(const Problem& p, Run& r) {
   bwd_prep<D><<<static_cast<unsigned>(p.rows() / 8), 256>>>(p.out, p.dout, p.lse, p.delta, p.lse2, p.rows());
@@ -134,7 +145,9 @@ bool launch_dkdv(const Problem& p, Run& r) {
   bwd_dkdv<D, C, ATOMIC, kStages><<<dim3(p.S / kBwdBlockN, p.H, p.B), kBwdThreads, smem>>>(
       p.tm_q_bm, p.tm_do_bm, p.tm_k128, p.tm_v128, p.lse2, p.delta, p.dk, p.dv, p.dq_accum, p.H, p.S, p.scale(),
       p.scale_log2());
-  return r.ok(cudaGetLastError(), ATOMIC ? "bwd_dkdv<dq atomic>" : "bwd_dkdv");
+  if (r.ok(cudaGetLastError(), ATOMIC ? "bwd_dkdv<dq atomic>" : "bwd_dkdv")) return true;
+  r.err += resources_of(bwd_dkdv<D, C, ATOMIC, kStages>);
+  return false;
 }
 
 template <int D, bool C>
@@ -145,7 +158,9 @@ bool launch_dq(const Problem& p, Run& r) {
   bwd_dq<D, C, kStages><<<dim3(p.S / kDqBlockM, p.H, p.B), kBwdThreads, smem>>>(p.tm_q128, p.tm_do128, p.tm_k_dq, p.tm_v_dq,
                                                                          p.lse2, p.delta, p.dq, p.H, p.S, p.scale(),
                                                                          p.scale_log2());
-  return r.ok(cudaGetLastError(), "bwd_dq");
+  if (r.ok(cudaGetLastError(), "bwd_dq")) return true;
+  r.err += resources_of(bwd_dq<D, C, kStages>);
+  return false;
 }
 
 template <int D, bool C>

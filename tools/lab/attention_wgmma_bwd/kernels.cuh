@@ -280,7 +280,11 @@ constexpr int kBwdBlockN = 128;
 // wastes its 224 (7 KB of the register file). The cap is given as __maxnreg__(224): with __launch_bounds__(288, 1)
 // ptxas still capped these kernels at 168 (as if for 384 threads) and spilled as much as before (and nvcc refuses
 // __launch_bounds__ together with __maxnreg__: the launches must use kBwdThreads).
-constexpr int kBwdThreads = 288, kBwdMaxRegs = 224;
+// LAB_BWD_MAXREGS overrides the cap (e.g. -DLAB_BWD_MAXREGS=216) to test what the launch accepts.
+#ifndef LAB_BWD_MAXREGS
+#define LAB_BWD_MAXREGS 224
+#endif
+constexpr int kBwdThreads = 288, kBwdMaxRegs = LAB_BWD_MAXREGS;
 static_assert(kBwdThreads * kBwdMaxRegs <= 65536, "the register file must hold one CTA");  // keys per dK/dV CTA (2 consumer warpgroups x wgmma's M = 64)
 
 template <int D>
