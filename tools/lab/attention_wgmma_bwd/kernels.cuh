@@ -280,6 +280,13 @@ constexpr int kBwdBlockN = 128;
 // wastes its 224 (7 KB of the register file). The cap is given as __maxnreg__(224): with __launch_bounds__(288, 1)
 // ptxas still capped these kernels at 168 (as if for 384 threads) and spilled as much as before (and nvcc refuses
 // __launch_bounds__ together with __maxnreg__: the launches must use kBwdThreads).
+// FIRST GPU RUN (H200, 2026-11-30): every launch of 288 threads was refused, "too many resources requested for
+// launch", with cudaFuncGetAttributes' maxThreadsPerBlock = 256 at 224, 216 and 208 registers (and 186). The register
+// file is split over the SM's 4 sub-partitions (16,384 registers each; a warp lives on one), so 9 warps put 3 warps on
+// one sub-partition: 3 x 224 x 32 = 21,504 > 16,384. Two warps of up to 256 registers fit a sub-partition, i.e. 256
+// threads; FA3's 3 warpgroups with setmaxnreg 24 / 240 fit exactly (24 x 32 + 2 x 240 x 32 = 16,128 per
+// sub-partition). Next: back to 384 threads + setmaxnreg (and find what makes ptxas keep the consumer path at 168),
+// or 256 threads with a consumer thread issuing the TMA loads.
 // LAB_BWD_MAXREGS overrides the cap (e.g. -DLAB_BWD_MAXREGS=216) to test what the launch accepts.
 #ifndef LAB_BWD_MAXREGS
 #define LAB_BWD_MAXREGS 224
