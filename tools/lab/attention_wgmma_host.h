@@ -43,6 +43,15 @@ inline void setup_hang_record() {
 inline std::string case_error(cudaError_t launch_error, const char* what) {
   cudaError_t e = launch_error != cudaSuccess ? launch_error : cudaDeviceSynchronize();
   if (e == cudaSuccess) e = cudaGetLastError();
+  if (e == cudaSuccess && g_hang_host != nullptr && g_hang_host->set) {
+    // mbar_wait gave up a wait (ptx.cuh): the kernel finished with wrong data; later cases would be no better.
+    std::printf("%s: FATAL: an mbarrier wait timed out (pipeline deadlock) in %s: block (%u,%u,%u) thread %u, barrier "
+                "at shared 0x%x, waiting for parity %u\n",
+                LAB_NAME, what, g_hang_host->block_x, g_hang_host->block_y, g_hang_host->block_z, g_hang_host->thread,
+                g_hang_host->barrier, g_hang_host->parity);
+    std::fflush(stdout);
+    std::exit(3);
+  }
   if (e == cudaSuccess) return "";
   std::string msg = std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
   (void)cudaGetLastError();  // clears a non-sticky error
@@ -56,7 +65,7 @@ inline std::string case_error(cudaError_t launch_error, const char* what) {
                   g_hang_host->barrier, g_hang_host->parity);
     else
       std::printf("%s: FATAL: (no mbarrier timeout recorded: a fault such as an illegal address or "
-                  "instruction, not a deadlock)\n",
+                  "instruction)\n",
                   LAB_NAME);
     std::fflush(stdout);
     std::exit(3);

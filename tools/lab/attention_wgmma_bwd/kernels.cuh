@@ -288,11 +288,12 @@ constexpr int kBwdBlockN = 128;
 // sub-partition). Next: back to 384 threads + setmaxnreg (and find what makes ptxas keep the consumer path at 168),
 // or 256 threads with a consumer thread issuing the TMA loads.
 // LAB_BWD_MAXREGS overrides the cap (e.g. -DLAB_BWD_MAXREGS=216) to test what the launch accepts.
-#ifndef LAB_BWD_MAXREGS
-#define LAB_BWD_MAXREGS 224
-#endif
-constexpr int kBwdThreads = 288, kBwdMaxRegs = LAB_BWD_MAXREGS;
-static_assert(kBwdThreads * kBwdMaxRegs <= 65536, "the register file must hold one CTA");  // keys per dK/dV CTA (2 consumer warpgroups x wgmma's M = 64)
+// Now (after that run): 384 threads = consumer warpgroups 0, 1 + producer warpgroup 2 under __launch_bounds__(384, 1)
+// (168 registers a thread at entry), the producer giving back to 24 and the consumers taking 240 with setmaxnreg:
+// 128 x 24 + 256 x 240 = 384 x 168. ptxas allocates the consumer region under the 240 as long as that region never
+// rejoins code compiled for the entry budget (the producer returns; no code after the role branch).
+constexpr int kBwdThreads = 384, kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kBwdThreads * 168, "setmaxnreg split must use the entry allocation");  // keys per dK/dV CTA (2 consumer warpgroups x wgmma's M = 64)
 
 template <int D>
 constexpr int bwd_block_m() {  // query rows per tile of the dK/dV kernel (see the register budget above)
@@ -315,7 +316,7 @@ struct DkdvLayout {  // byte offsets from the 1024-aligned base
 };
 
 template <int D, bool CAUSAL, bool DQ_ATOMIC, int STAGES>
-__global__ void __maxnreg__(kBwdMaxRegs) bwd_dkdv(const __grid_constant__ CUtensorMap tm_q,   // (B*H*S, D) bf16, box BM rows
+__global__ void __launch_bounds__(kBwdThreads, 1) bwd_dkdv(const __grid_constant__ CUtensorMap tm_q,   // (B*H*S, D) bf16, box BM rows
                                                    const __grid_constant__ CUtensorMap tm_do,  // (B*H*S, D) bf16, box BM rows
                                                    const __grid_constant__ CUtensorMap tm_k,   // (B*H*S, D) bf16, box 128 rows
                                                    const __grid_constant__ CUtensorMap tm_v,   // (B*H*S, D) bf16, box 128 rows
@@ -356,7 +357,8 @@ __global__ void __maxnreg__(kBwdMaxRegs) bwd_dkdv(const __grid_constant__ CUtens
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
   if (wg == 2) {
-    // ---------------- producer warp ----------------
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<kProducerRegs>();
     if (tid == 256) {
       const int row_kv = static_cast<int>(bh * S) + n_block * BN;
       mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);
@@ -382,6 +384,7 @@ __global__ void __maxnreg__(kBwdMaxRegs) bwd_dkdv(const __grid_constant__ CUtens
     return;  // the producer's path must not rejoin the consumers' (see kConsumerRegs' note)
   } else {
     // ---------------- consumer warpgroups ----------------
+    setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
     const int key_row0 = n_block * BN + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
     float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
@@ -516,7 +519,7 @@ struct DqLayout {
 };
 
 template <int D, bool CAUSAL, int STAGES>
-__global__ void __maxnreg__(kBwdMaxRegs) bwd_dq(const __grid_constant__ CUtensorMap tm_q,   // (B*H*S, D) bf16, box 128 rows
+__global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq(const __grid_constant__ CUtensorMap tm_q,   // (B*H*S, D) bf16, box 128 rows
                                                  const __grid_constant__ CUtensorMap tm_do,  // (B*H*S, D) bf16, box 128 rows
                                                  const __grid_constant__ CUtensorMap tm_k,   // (B*H*S, D) bf16, box 128 rows
                                                  const __grid_constant__ CUtensorMap tm_v,   // (B*H*S, D) bf16, box 128 rows
@@ -554,6 +557,7 @@ __global__ void __maxnreg__(kBwdMaxRegs) bwd_dq(const __grid_constant__ CUtensor
   __syncthreads();
 
   if (wg == 2) {
+    setmaxnreg_dec<kProducerRegs>();
     if (tid == 256) {
       const int row_q = static_cast<int>(bh * S) + m_block * kDqBlockM, row_kv = static_cast<int>(bh * S);
       mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
@@ -575,6 +579,7 @@ __global__ void __maxnreg__(kBwdMaxRegs) bwd_dq(const __grid_constant__ CUtensor
     }
     return;  // the producer's path must not rejoin the consumers'
   } else {
+    setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
     const int q_row0 = m_block * kDqBlockM + 64 * cw + 16 * w + lane / 4;  // this thread's first query (second: +8)
     float l2[2], dl[2];

@@ -113,15 +113,19 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
       : "memory");
   return ok != 0;
 }
-// Waits until the phase with this parity has completed. A pipeline bug would otherwise hang the lab with no
-// output on a machine the author cannot see, so after ~2^34 cycles (about 10 s at 1.7 GHz, thousands of times
-// the longest kernel here) it records which barrier stalled in g_hang (host-mapped memory, readable after the
-// context is lost) and traps: the case then reports the sticky error and the program prints g_hang and exits.
-// No printf here: a function call inside the wgmma pipeline makes ptxas serialise every wgmma (C7510).
+// Waits until the phase with this parity has completed. A pipeline bug would hang a kernel lab with no output on a
+// machine the author cannot see, so where g_hang is set (the labs: host-mapped memory), after ~2^34 cycles (about
+// 10 s at 1.7 GHz, thousands of times the longest kernel here) it records which barrier stalled and gives up the
+// wait: the kernel runs on to its end with wrong data, and the lab, which reads g_hang after every case, reports
+// the deadlock and stops. Where g_hang is null (production) it waits on: a deadlock hangs like any other.
+// Neither path may trap: a __trap() anywhere in a setmaxnreg region makes ptxas (nvcc 13.0) allocate the whole
+// kernel under the entry budget (168 registers at 384 threads) instead of the region's 240, which spilled the
+// attention backward lab by 260-1064 bytes a kernel (a trap-free wait: none; see docs/attention.md).
+// No printf here either: a function call inside the wgmma pipeline makes ptxas serialise every wgmma (C7510).
 struct HangInfo {
   unsigned int set, block_x, block_y, block_z, thread, barrier, parity;
 };
-static __device__ HangInfo* g_hang;  // per translation unit; a lab sets it to a cudaHostAllocMapped buffer; null: trap
+static __device__ HangInfo* g_hang;  // per translation unit; a lab sets it to a cudaHostAllocMapped buffer
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   if (mbar_try_wait(bar, parity)) return;
   const long long t0 = clock64();
@@ -134,8 +138,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         __threadfence_system();
         h->set = 1u;
         __threadfence_system();
+        return;
       }
-      __trap();
     }
   }
 }
