@@ -236,8 +236,8 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[D / 2], float
 // =====================================================================================================================
 // dK/dV kernel (b1: DQ_ATOMIC = false; b2: true). FlashAttention-3's hopper backward structure, written from its
 // published description: the CTA owns BN = 128 keys of one (b, h) and loops over the query tiles that see them.
-//   CTA: kBwdThreads = 288 threads = warpgroups 0, 1 (consumers, 64 keys each = wgmma's M) + warp 8 (producer:
-//   one thread issues every TMA), 224 registers a thread (kBwdThreads' note). Grid (S/128, H, B); causal: key
+//   CTA: kBwdThreads = 384 threads = warpgroups 0, 1 (consumers, 64 keys each = wgmma's M; setmaxnreg 240) +
+//   warpgroup 2 (producer: one thread issues every TMA; setmaxnreg 24) (kBwdThreads' note). Grid (S/128, H, B); causal: key
 //   block 0 (the most query tiles) is blockIdx.x = 0, launched first.
 //   Query tile BM: 64 at D = 128, 128 at D = 64, fixed by registers. A consumer thread holds dV and dK
 //   (2 x D/2 fp32) for the whole loop plus S^T and dP^T of a tile (2 x BM/2): 128 + 64 = 192 at D = 128 with
@@ -272,28 +272,19 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[D / 2], float
 //   Epilogue: dV, scale * dK straight to global as bf16 (store_rows_bf16).
 // =====================================================================================================================
 constexpr int kBwdBlockN = 128;
-// Threads of both fast kernels: 2 consumer warpgroups + 1 producer warp. Not the forward's 3 warpgroups with a
-// setmaxnreg 24 / 240 split: ptxas (nvcc 13.0) does not give the consumer path of such a kernel the 240 registers
-// (it allocates around the 168 of the entry: this file's first version, 384 threads + setmaxnreg, spilled
-// 260-960 bytes per kernel with C7512 wgmma serialisation, where the same code under a flat 240 did not). With
-// 288 threads every warp can have 224 (288 x 224 = 64512 of the 65536), no setmaxnreg needed; the producer warp
-// wastes its 224 (7 KB of the register file). The cap is given as __maxnreg__(224): with __launch_bounds__(288, 1)
-// ptxas still capped these kernels at 168 (as if for 384 threads) and spilled as much as before (and nvcc refuses
-// __launch_bounds__ together with __maxnreg__: the launches must use kBwdThreads).
-// FIRST GPU RUN (H200, 2026-11-30): every launch of 288 threads was refused, "too many resources requested for
-// launch", with cudaFuncGetAttributes' maxThreadsPerBlock = 256 at 224, 216 and 208 registers (and 186). The register
-// file is split over the SM's 4 sub-partitions (16,384 registers each; a warp lives on one), so 9 warps put 3 warps on
-// one sub-partition: 3 x 224 x 32 = 21,504 > 16,384. Two warps of up to 256 registers fit a sub-partition, i.e. 256
-// threads; FA3's 3 warpgroups with setmaxnreg 24 / 240 fit exactly (24 x 32 + 2 x 240 x 32 = 16,128 per
-// sub-partition). Next: back to 384 threads + setmaxnreg (and find what makes ptxas keep the consumer path at 168),
-// or 256 threads with a consumer thread issuing the TMA loads.
-// LAB_BWD_MAXREGS overrides the cap (e.g. -DLAB_BWD_MAXREGS=216) to test what the launch accepts.
-// Now (after that run): 384 threads = consumer warpgroups 0, 1 + producer warpgroup 2 under __launch_bounds__(384, 1)
-// (168 registers a thread at entry), the producer giving back to 24 and the consumers taking 240 with setmaxnreg:
-// 128 x 24 + 256 x 240 = 384 x 168. ptxas allocates the consumer region under the 240 as long as that region never
-// rejoins code compiled for the entry budget (the producer returns; no code after the role branch).
+// Threads of both fast kernels: FA3's 3 warpgroups. Consumer warpgroups 0, 1 and producer warpgroup 2 under
+// __launch_bounds__(384, 1) (168 registers a thread at entry); the producer gives back to 24 and the consumers take
+// 240 with setmaxnreg: 128 x 24 + 256 x 240 = 384 x 168.
+// History (H200, 2026-11-30): the first version (this shape) spilled 260-1064 bytes a kernel, ptxas keeping the
+// consumer region at the entry's 168. The cause was the __trap() of the old hang-detecting mbar_wait: any trap in a
+// setmaxnreg region makes ptxas (nvcc 13.0) allocate the kernel under the entry budget. The workaround tried then,
+// 288 threads (2 consumer warpgroups + 1 producer warp) under __maxnreg__(224), compiled but could not launch
+// ("too many resources requested", maxThreadsPerBlock 256): the register file is split over the SM's 4
+// sub-partitions (16,384 registers each; a warp lives on one), and 9 warps put 3 of 224 registers (21,504) on one.
+// 3 warpgroups at 24 / 240 fit exactly (24 x 32 + 2 x 240 x 32 = 16,128 per sub-partition). With the trap-free
+// mbar_wait (ptx.cuh) b1 compiles without spills (run 13: all cases PASS); b2 spills 36-136 bytes when causal.
 constexpr int kBwdThreads = 384, kProducerRegs = 24, kConsumerRegs = 240;
-static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kBwdThreads * 168, "setmaxnreg split must use the entry allocation");  // keys per dK/dV CTA (2 consumer warpgroups x wgmma's M = 64)
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kBwdThreads * 168, "setmaxnreg split must use the entry allocation");
 
 template <int D>
 constexpr int bwd_block_m() {  // query rows per tile of the dK/dV kernel (see the register budget above)
