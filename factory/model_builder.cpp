@@ -191,7 +191,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     spec.use_separate_proj_weight = get_bool(mh, "use_separate_proj_weight");
     spec.use_rotary_embeddings = get_bool(mh, "use_rotary_embeddings");
     spec.init_prefix = pre ? att_path + ".sublayer" : att_path;
-    BuildContext actx{g, spec.init_prefix + ".attention", D, T, V, training};
+    BuildContext actx{g, spec.init_prefix + ".attention", D, T, V, training, Value{}};
     // Training and whole-sequence inference hand multi_head_dispatch the bshd builder when the attention has one
     // (no head permutes); decoding keeps (B, H, S, D) heads, the KV caches' layout.
     AttentionFn bshd;
@@ -214,7 +214,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
                                             AttentionOptions{}, "attention");
       }, "mha", bshd);
     };
-    BuildContext fctx{g, ff_path, D, S, V, training};
+    BuildContext fctx{g, ff_path, D, S, V, training, Value{}};
     auto ff_sublayer = [&](Value in) {
       auto s = g.scope("feedforward");
       return ff_entry->feedforward(ff, in, fctx);

@@ -15,9 +15,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 // weight_init.py's name predicates.
 bool is_ffn(const std::string& n) { return contains(n, "feedforward") || (contains(n, "wrap_ff") && !ends_with(n, "norm")); }
-bool is_mha_input_projection(const std::string& n) {
-  return contains(n, "q_proj") || contains(n, "k_proj") || contains(n, "v_proj");
-}
+// (weight_init.py's is_mha_input_projection has no counterpart: it only selects q/k projections for deepnorm's
+// gain 1, and the factory never passes deepnorm_style (docs/xformers_reference.md), so it never changes a rule.)
 // Modules inside the xFormer itself are named from the block index ("0.wrap_att..."); the rest (token
 // embedding, LM head, classifier) lie outside it and keep their own rules whatever the scheme.
 bool inside_xformer(const std::string& path) { return !path.empty() && std::isdigit(static_cast<unsigned char>(path[0])); }
