@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "ops/cuda/flash_attention_mask.h"       // Mask<kLower>, AttentionBand (b3: production's band helper)
 #include "tools/lab/attention_wgmma/kernels.cuh"  // lab::reference_attention, fill_randn, pack_p, causal_mask, ...
 
 namespace lab {
@@ -197,7 +198,7 @@ __device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint
 // with the tiles' atom strides as arguments: an R-row tile has atom stride R * 128 bytes).
 //   a_rows: the first of the warpgroup's 64 rows of A in atom 0 (a 64-row offset = 8 KB keeps the 1024-B phase);
 //   b_tile: row 0 of B's tile, atom 0.
-template <int D, int N>
+template <int D, int N, class T = bf16>
 __device__ __forceinline__ void ss_gemm(float (&acc)[N / 2], uint32_t a_rows, uint32_t a_atom, uint32_t b_tile,
                                         uint32_t b_atom) {
 #pragma unroll
@@ -205,18 +206,18 @@ __device__ __forceinline__ void ss_gemm(float (&acc)[N / 2], uint32_t a_rows, ui
     const uint32_t koff = (kk % 4) * 32;  // LBO unused for K-major sw128 (16 B, encoded 1); SBO = 8 rows
     const uint64_t da = sw128_desc(a_rows + (kk / 4) * a_atom + koff, 16, 1024);
     const uint64_t db = sw128_desc(b_tile + (kk / 4) * b_atom + koff, 16, 1024);
-    wgmma_ss<N>(acc, da, db, kk > 0 ? 1 : 0);
+    wgmma_ss<N, T>(acc, da, db, kk > 0 ? 1 : 0);
   }
 }
 
 // acc (64 x D, fp32) += A (64 x K, bf16 register fragments, one per 16 k) B (K x D): B's tile is [k][d] with d
 // contiguous (MN-major, imm-trans-b = 1): LBO = b_atom = the step between 64-column atoms of d (K rows x 128 B),
 // SBO = 1024 = 8 rows of k; 16 more k = +2048 B (the forward's pv_gemm with the tile height as an argument).
-template <int D, int K>
+template <int D, int K, class T = bf16>
 __device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint32_t b_tile,
                                         uint32_t b_atom) {
 #pragma unroll
-  for (int j = 0; j < K / 16; ++j) wgmma_rs<D>(acc, a[j], sw128_desc(b_tile + j * 16 * 128, b_atom, 1024), 1);
+  for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], sw128_desc(b_tile + j * 16 * 128, b_atom, 1024), 1);
 }
 
 // Stores a warpgroup's 64 x D fp32 accumulator, times `mul`, as bf16 rows of g (row r of the fragment -> g + r*D):
@@ -616,6 +617,548 @@ __global__ void __launch_bounds__(kBwdThreads, 1) bwd_dq(const __grid_constant__
     }
     const size_t row0 = bh * S + static_cast<size_t>(m_block) * kDqBlockM + 64 * cw;
     store_rows_bf16<D>(dqacc, scale, dq + row0 * D, t);
+  }
+}
+
+// =====================================================================================================================
+// b3: b1 generalised to production's problem (the reach of ops/cuda/flash_attention_sm90.cu's forward):
+//   T = bf16 or f16; D = 64 or 128; any Sq, Sk >= 1 (Sq != Sk allowed); every band of Mask<kLower>
+//   (ops/cuda/flash_attention_mask.h: none, causal top-left / bottom-right, sliding windows; kLower = a window
+//   with a left bound); GQA / MQA (H = G Hk, query head h reads kv head h / G); q, out, dout, dq with element
+//   strides qs and k, v, dk, dv with ks (bhsd or bshd, any strides TMA can address: 16-byte aligned bases,
+//   strides multiples of 8 elements); Delta = rowsum(dout out) - dlse (dlse optional).
+// Three kernels, as b1:
+//   bwd3_prep: Delta and lse2 (exp2 domain) into (B, H, Sq_pad) workspaces, Sq_pad = Sq rounded up to 128; the
+//     padding rows get Delta 0 and lse2 +inf, and a row that sees no key (lse -inf) gets lse2 +inf (as
+//     lse2_of in ops/cuda/flash_attention_params.cuh): P = 2^(s scale_log2 - inf) = 0 for both, so the 1-D bulk
+//     copies of a query tile's lse2 / Delta never read past the workspace and need no bound.
+//   bwd3_dkdv: CTA = 128 keys [n0, n0 + 128) of kv head hk (grid (ceil(Sk/128), Hk, B)); tiles, threads,
+//     registers, shared memory and barriers exactly b1's bwd_dkdv (DkdvLayout<D, false, 2>: 128 KB at D = 128,
+//     96 KB at D = 64; BM = 64 at D = 128, 128 at D = 64: the register cap, see bwd_dkdv). The query tiles it
+//     visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that sees a key of the
+//     block), for each of the G query heads of hk in turn: j = g cnt + (m - first), so the ring runs G cnt
+//     tiles with the parities of b1 (stage j % 2, use u = j / 2: consumers wait full[s] with u & 1, the
+//     producer empty[s] with (u & 1) ^ 1; kv_full once, parity 0). dK, dV sum the G heads in registers:
+//     deterministic, no atomics. cnt = 0 (no query sees the block): nothing is loaded, nobody waits, the block
+//     stores zeros.
+//     K, V, Q, dO through 4-D maps (D, S, heads, B), box (64, rows, 1, 1): rows past Sk or Sq read as zeros
+//     (TMA's fill), and the full box's bytes still complete the barrier's transaction count.
+//     Mask (element (key j, query i) visible iff query_lo(j) <= i < query_hi(j + 1), j < Sk: the queries that
+//     see key j, a contiguous range since key_lo, key_hi grow with i): each thread keeps [qlo, qhi) of its two
+//     key rows (empty for a key >= Sk); a tile is tested element by element only when it is not inside
+//     [query_lo(last key), query_hi(n0 + 1)) for all 128 keys (a CTA-uniform test: no divergence). Hidden -> P = 0.
+//     Padding queries (>= Sq) are hidden by qhi <= Sq and would add nothing anyway (zero dO and Q rows, lse2 +inf).
+//     Epilogue: dV, scale dK as T, rows < Sk only, row stride ks.seq (bounded 4-byte stores from the fragment).
+//   bwd3_dq: CTA = 128 queries [m0, m0 + 128) of head h (grid (ceil(Sq/128), H, B), last block first as in
+//     production's forward); b1's bwd_dq (BN = 64 keys at D = 128, 128 at D = 64; DqLayout) over the key tiles
+//     Mask::key_tiles(m0, 128, BN) of kv head h / G; a tile not covered by common_keys(m0, last valid query)
+//     gets the element mask (production's hides, -inf before the exponential). No key tile: dQ = 0 stored.
+//     Epilogue: scale dQ as T, rows < Sq only, row stride qs.seq.
+// =====================================================================================================================
+using xfr::AttentionBand;
+using xfr::cuda::fa::KeyRange;
+using xfr::cuda::fa::Mask;
+using xfr::cuda::fa::TileRange;
+
+struct Strides {  // element strides of a (batch, head, position, D) tensor, D contiguous (production's HeadStrides)
+  int64_t batch = 0, head = 0, seq = 0;
+};
+
+// The kernels' parameters (__grid_constant__: TMA reads the maps from parameter space, the mask points at band).
+struct Bwd3Args {
+  CUtensorMap tm_q_bm, tm_do_bm, tm_k, tm_v;        // dK/dV kernel: q, dout (B,H,Sq,D) box BM rows; k, v (B,Hk,Sk,D) box 128
+  CUtensorMap tm_q128, tm_do128, tm_k_dq, tm_v_dq;  // dQ kernel: q, dout box 128 rows; k, v box dq_block_n<D>() rows
+  const float* lse2 = nullptr;                      // (B, H, Sq_pad) exp2 domain, +inf where P = 0 (bwd3_prep)
+  const float* delta = nullptr;                     // (B, H, Sq_pad)
+  void* dq = nullptr;                               // (B, H, Sq, D) T, strides qs
+  void* dk = nullptr;                               // (B, Hk, Sk, D) T, strides ks
+  void* dv = nullptr;                               // (B, Hk, Sk, D) T, strides ks
+  Strides qs, ks;
+  int H = 0, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
+  AttentionBand band;
+  float scale = 1.f, scale_log2 = 1.f;
+};
+
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+// Pre-kernel of b3: one warp per workspace row of (B, H, Sq_pad); grid ceil(B H Sq_pad / 8) blocks of 256.
+template <class T, int D>
+__global__ void __launch_bounds__(256) bwd3_prep(const T* __restrict__ out,      // (B, H, Sq, D) strides qs
+                                                 const T* __restrict__ dout,     // (B, H, Sq, D) strides qs
+                                                 const float* __restrict__ lse,  // (B, H, Sq) natural log
+                                                 const float* __restrict__ dlse, // (B, H, Sq) or null
+                                                 float* __restrict__ delta,      // (B, H, Sq_pad)
+                                                 float* __restrict__ lse2,       // (B, H, Sq_pad)
+                                                 int B, int H, int Sq, int Sq_pad, Strides qs) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(B) * H * Sq_pad) return;
+  const int i = static_cast<int>(row % Sq_pad);
+  const int64_t bh = row / Sq_pad, h = bh % H, b = bh / H;
+  if (i >= Sq) {
+    if (lane == 0) delta[row] = 0.f, lse2[row] = INFINITY;
+    return;
+  }
+  const int64_t off = b * qs.batch + h * qs.head + static_cast<int64_t>(i) * qs.seq;
+  float p = 0.f;
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) p += to_f(out[off + lane + 32 * t]) * to_f(dout[off + lane + 32 * t]);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) p += __shfl_xor_sync(0xffffffffu, p, o);
+  if (lane == 0) {
+    const int64_t lrow = bh * Sq + i;
+    const float l = lse[lrow];
+    delta[row] = dlse != nullptr ? p - dlse[lrow] : p;
+    lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
+  }
+}
+
+// Stores a warpgroup's 64 x D fp32 accumulator times mul as T: row r of the fragment -> g + r ld, rows < rows_valid
+// only (rows_valid may be <= 0: nothing). g: (64, D) rows of this warpgroup, row stride ld elements.
+template <class T, int D>
+__device__ __forceinline__ void store_rows_bounded(const float (&acc)[D / 2], float mul, T* __restrict__ g, int64_t ld,
+                                                   int rows_valid, int t) {
+  const int w = t / 32, lane = t % 32;
+#pragma unroll
+  for (int i = 0; i < D / 2; i += 2) {
+    const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * (lane % 4);
+    if (row < rows_valid)
+      *reinterpret_cast<uint32_t*>(g + row * ld + col) = pack_x2<T>(acc[i] * mul, acc[i + 1] * mul);
+  }
+}
+
+template <class T, int D, bool kLower, int STAGES>
+__global__ void __launch_bounds__(kBwdThreads, 1) bwd3_dkdv(const __grid_constant__ Bwd3Args a) {
+  using L = DkdvLayout<D, false, STAGES>;
+  constexpr int BM = L::BM, BN = L::BN;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
+  const uint32_t bar_kv = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
+  const int n0 = static_cast<int>(blockIdx.x) * BN, hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const TileRange tr = mask.query_tiles(n0, BN, BM);  // the query tiles of one head that see some key of the block
+  const int n_tiles = tr.count * a.G;                 // ... for each of the G query heads of kv head hk
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q_bm);
+    tma_prefetch_map(&a.tm_do_bm);
+    tma_prefetch_map(&a.tm_k);
+    tma_prefetch_map(&a.tm_v);
+    mbar_init(bar_kv, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
+      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the roles split below
+
+  if (wg == 2) {
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && n_tiles > 0) {  // no tile: nothing loaded, nobody waits
+      mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);  // full boxes: rows past Sk are TMA's zeros
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
+        tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
+      }
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
+          tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
+        }
+        const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // < B H Sq_pad: padded
+        bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
+        bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+      }
+    }
+    return;  // the producer's path must not rejoin the consumers'
+  } else {
+    // ---------------- consumer warpgroups ----------------
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+    const int key_row0 = n0 + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
+    int qlo[2], qhi[2];                                     // the queries that see each of its two keys
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = key_row0 + 8 * r;
+      const bool valid = key < a.Sk;
+      qlo[r] = valid ? mask.query_lo(key) : 0;
+      qhi[r] = valid ? mask.query_hi(key + 1) : 0;
+    }
+    // Queries every key of the block sees (query_lo, query_hi grow with the key): a tile inside needs no test.
+    const bool all_keys = n0 + BN <= a.Sk;
+    const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+    float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
+    uint32_t ap[BM / 16][4], ads[BM / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
+    const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
+    if (n_tiles > 0) mbar_wait(bar_kv, 0);
+
+#pragma unroll 1  // one tile's registers at a time
+    for (int j = 0; j < n_tiles; ++j) {
+      const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count);
+      const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
+      const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
+      const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
+      mbar_wait(bar_full(st), (j / STAGES) & 1);
+
+      wgmma_fence();
+      ss_gemm<D, BM, T>(s, k_wg, BN * 128, q_st, BM * 128);  // S^T (64 keys x BM queries)
+      wgmma_commit();
+      ss_gemm<D, BM, T>(dp, v_wg, BN * 128, do_st, BM * 128);  // dP^T
+      wgmma_commit();
+      wgmma_wait<1>();
+      reg_fence(s);
+      // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 8 (i / 4) + 2 (lane % 4) + (i & 1)
+      const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+      const int qc = m * BM + 2 * (lane % 4);
+#pragma unroll
+      for (int i = 0; i < BM / 2; i += 2) {
+        const int col = 8 * (i / 4) + 2 * (lane % 4);
+        const float2 l2 = *reinterpret_cast<const float2*>(lse_st + col);
+        s[i] = ex2(fmaf(s[i], a.scale_log2, -l2.x));
+        s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
+        if (!full) {
+          const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
+          if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
+          if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+        }
+      }
+      wgmma_wait<0>();
+      reg_fence(dp);
+#pragma unroll
+      for (int i = 0; i < BM / 2; i += 2) {  // dS^T in place of dP^T
+        const float2 dl = *reinterpret_cast<const float2*>(dlt_st + 8 * (i / 4) + 2 * (lane % 4));
+        dp[i] = s[i] * (dp[i] - dl.x);
+        dp[i + 1] = s[i + 1] * (dp[i + 1] - dl.y);
+      }
+      pack_p<T, BM>(s, ap);
+      pack_p<T, BM>(dp, ads);
+      wgmma_fence();
+      rs_gemm<D, BM, T>(dvacc, ap, do_st, BM * 128);  // dV += P^T dO
+      rs_gemm<D, BM, T>(dkacc, ads, q_st, BM * 128);  // dK += dS^T Q
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(dvacc);
+      reg_fence(dkacc);
+      if (lane == 0) mbar_arrive(bar_empty(st));
+      (void)g;
+    }
+    const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
+    const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
+                        static_cast<int64_t>(key_wg) * a.ks.seq;
+    store_rows_bounded<T, D>(dvacc, 1.f, static_cast<T*>(a.dv) + off, a.ks.seq, a.Sk - key_wg, t);
+    store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
+  }
+}
+
+// Hidden (i, j) -> -inf on a dQ tile of BN keys: keys[r] the keys of the thread's row r, key0 its column 0's key.
+template <bool kLower, int BN>
+__device__ __forceinline__ void mask_tile_bn(float (&s)[BN / 2], const Mask<kLower>& mask, const KeyRange (&keys)[2],
+                                             int key0) {
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i)
+    if (mask.hides(keys[(i >> 1) & 1], key0 + 8 * (i / 4) + (i & 1))) s[i] = -INFINITY;
+}
+
+template <class T, int D, bool kLower, int STAGES>
+__global__ void __launch_bounds__(kBwdThreads, 1) bwd3_dq(const __grid_constant__ Bwd3Args a) {
+  using L = DqLayout<D, STAGES>;
+  constexpr int BN = L::kBlockN;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
+  const uint32_t bar_q = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kDqBlockM;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), hk = h / a.G;
+  const Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const TileRange tr = mask.key_tiles(m0, kDqBlockM, BN);  // may be empty: no query of the block sees a key
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q128);
+    tma_prefetch_map(&a.tm_do128);
+    tma_prefetch_map(&a.tm_k_dq);
+    tma_prefetch_map(&a.tm_v_dq);
+    mbar_init(bar_q, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);
+      mbar_init(bar_empty(st), 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 2) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && tr.count > 0) {
+      mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_q + at * (kDqBlockM * 128), &a.tm_q128, at * 64, m0, h, b, bar_q);
+        tma_load_4d(s_do + at * (kDqBlockM * 128), &a.tm_do128, at * 64, m0, h, b, bar_q);
+      }
+      for (int j = 0; j < tr.count; ++j) {
+        const int st = j % STAGES, k0 = (tr.first + j) * BN;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bar_full(st));
+          tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bar_full(st));
+        }
+      }
+    }
+    return;
+  } else {
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+    const int q_row0 = m0 + 64 * cw + 16 * w + lane / 4;  // this thread's first query (second: +8)
+    const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad;  // m0 + 128 <= Sq_pad: in range
+    float l2[2], dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l2[r] = a.lse2[lrow + q_row0 + 8 * r];
+      dl[r] = a.delta[lrow + q_row0 + 8 * r];
+    }
+    const KeyRange keys[2] = {mask.keys(q_row0), mask.keys(q_row0 + 8)};
+    const KeyRange common = mask.common_keys(m0, min(m0 + kDqBlockM, a.Sq) - 1);  // keys all valid rows see
+    float dqacc[D / 2], s[BN / 2], dp[BN / 2];
+    uint32_t ap[BN / 16][4];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dqacc[i] = 0.f;
+    const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
+    if (tr.count > 0) mbar_wait(bar_q, 0);
+
+#pragma unroll 1
+    for (int j = 0; j < tr.count; ++j) {
+      const int st = j % STAGES, k0 = (tr.first + j) * BN;
+      const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
+      mbar_wait(bar_full(st), (j / STAGES) & 1);
+      wgmma_fence();
+      ss_gemm<D, BN, T>(s, q_wg, kDqBlockM * 128, k_st, BN * 128);  // S = Q K^T
+      wgmma_commit();
+      ss_gemm<D, BN, T>(dp, do_wg, kDqBlockM * 128, v_st, BN * 128);  // dP = dO V^T
+      wgmma_commit();
+      wgmma_wait<1>();
+      reg_fence(s);
+      if (!mask.covers(common, k0, k0 + BN)) mask_tile_bn<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) s[i] = ex2(fmaf(s[i], a.scale_log2, -l2[(i >> 1) & 1]));
+      wgmma_wait<0>();
+      reg_fence(dp);
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) dp[i] = s[i] * (dp[i] - dl[(i >> 1) & 1]);
+      pack_p<T, BN>(dp, ap);
+      wgmma_fence();
+      rs_gemm<D, BN, T>(dqacc, ap, k_st, BN * 128);  // dQ += dS K
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(dqacc);
+      if (lane == 0) mbar_arrive(bar_empty(st));
+    }
+    const int q_wg0 = m0 + 64 * cw;
+    const int64_t off = static_cast<int64_t>(b) * a.qs.batch + static_cast<int64_t>(h) * a.qs.head +
+                        static_cast<int64_t>(q_wg0) * a.qs.seq;
+    store_rows_bounded<T, D>(dqacc, a.scale, static_cast<T*>(a.dq) + off, a.qs.seq, a.Sq - q_wg0, t);
+  }
+}
+
+// =====================================================================================================================
+// b3's references: fp32, one warp per row (as the references above), any Sq, Sk, band, GQA and strides. Inputs
+// bf16 with element strides (qs: q, out, dout; ks: k, v); outputs fp32 packed (B, H, Sq, D) / (B, Hk, Sk, D).
+// Row i of head h sees keys [key_lo(i), key_hi(i)) of kv head h / G (AttentionBand); a row that sees none has
+// lse -inf, out 0 and P = 0. grid: ceil(rows / 8) blocks of 256.
+// =====================================================================================================================
+struct RefShape {
+  int B = 0, H = 0, Hk = 0, G = 1, Sq = 0, Sk = 0;
+  Strides qs, ks;
+  AttentionBand band;
+  float scale = 1.f;
+};
+
+template <int D>
+__device__ __forceinline__ void load_row_s(float (&r)[D / 32], const bf16* __restrict__ g, int lane) {  // g: (D)
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) r[t] = __bfloat162float(g[lane + 32 * t]);
+}
+
+template <int D>
+__global__ void __launch_bounds__(256) reference3_fwd(const bf16* __restrict__ q,  // (B, H, Sq, D) strides qs
+                                                      const bf16* __restrict__ k,  // (B, Hk, Sk, D) strides ks
+                                                      const bf16* __restrict__ v,  // (B, Hk, Sk, D) strides ks
+                                                      float* __restrict__ out,     // (B, H, Sq, D) packed
+                                                      float* __restrict__ lse,     // (B, H, Sq)
+                                                      RefShape sh) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(sh.B) * sh.H * sh.Sq) return;
+  const int i = static_cast<int>(row % sh.Sq);
+  const int64_t h = (row / sh.Sq) % sh.H, b = row / sh.Sq / sh.H, hk = h / sh.G;
+  const bf16* kh = k + b * sh.ks.batch + hk * sh.ks.head;
+  const bf16* vh = v + b * sh.ks.batch + hk * sh.ks.head;
+  float qv[D / 32], kv[D / 32], vv[D / 32];
+  load_row_s<D>(qv, q + b * sh.qs.batch + h * sh.qs.head + i * sh.qs.seq, lane);
+  const int lo = static_cast<int>(sh.band.key_lo(i, sh.Sq, sh.Sk)), hi = static_cast<int>(sh.band.key_hi(i, sh.Sq, sh.Sk));
+  float m = -INFINITY;
+  for (int j = lo; j < hi; ++j) {
+    load_row_s<D>(kv, kh + j * sh.ks.seq, lane);
+    m = fmaxf(m, sh.scale * warp_dot<D>(qv, kv));
+  }
+  float l = 0.f, o[D / 32] = {};
+  for (int j = lo; j < hi; ++j) {
+    load_row_s<D>(kv, kh + j * sh.ks.seq, lane);
+    load_row_s<D>(vv, vh + j * sh.ks.seq, lane);
+    const float p = expf(sh.scale * warp_dot<D>(qv, kv) - m);
+    l += p;
+#pragma unroll
+    for (int t = 0; t < D / 32; ++t) o[t] += p * vv[t];
+  }
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) out[row * D + lane + 32 * t] = l > 0.f ? o[t] / l : 0.f;
+  if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+// One warp per query row: Delta_i (= dout_i . out_i - dlse_i), dq_i and its bound (mag_dq, as reference_bwd_dq).
+template <int D>
+__global__ void __launch_bounds__(256) reference3_dq(const bf16* __restrict__ q,     // (B, H, Sq, D) strides qs
+                                                     const bf16* __restrict__ k,     // (B, Hk, Sk, D) strides ks
+                                                     const bf16* __restrict__ v,     // (B, Hk, Sk, D) strides ks
+                                                     const bf16* __restrict__ out,   // (B, H, Sq, D) strides qs
+                                                     const bf16* __restrict__ dout,  // (B, H, Sq, D) strides qs
+                                                     const float* __restrict__ lse,  // (B, H, Sq)
+                                                     const float* __restrict__ dlse, // (B, H, Sq) or null
+                                                     float* __restrict__ dq,         // (B, H, Sq, D) packed
+                                                     float* __restrict__ mag_dq,     // (B, H, Sq, D) packed
+                                                     float* __restrict__ delta,      // (B, H, Sq)
+                                                     RefShape sh) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(sh.B) * sh.H * sh.Sq) return;
+  const int i = static_cast<int>(row % sh.Sq);
+  const int64_t h = (row / sh.Sq) % sh.H, b = row / sh.Sq / sh.H, hk = h / sh.G;
+  const bf16* kh = k + b * sh.ks.batch + hk * sh.ks.head;
+  const bf16* vh = v + b * sh.ks.batch + hk * sh.ks.head;
+  const int64_t qoff = b * sh.qs.batch + h * sh.qs.head + i * sh.qs.seq;
+  float qv[D / 32], dov[D / 32], ov[D / 32], kv[D / 32], vv[D / 32], acc[D / 32] = {}, mag[D / 32] = {};
+  load_row_s<D>(qv, q + qoff, lane);
+  load_row_s<D>(dov, dout + qoff, lane);
+  load_row_s<D>(ov, out + qoff, lane);
+  const float dlt = warp_dot<D>(dov, ov) - (dlse != nullptr ? dlse[row] : 0.f);
+  const float l = lse[row];
+  const int lo = static_cast<int>(sh.band.key_lo(i, sh.Sq, sh.Sk)), hi = static_cast<int>(sh.band.key_hi(i, sh.Sq, sh.Sk));
+  for (int j = lo; j < hi && l != -INFINITY; ++j) {
+    load_row_s<D>(kv, kh + j * sh.ks.seq, lane);
+    load_row_s<D>(vv, vh + j * sh.ks.seq, lane);
+    const float p = expf(sh.scale * warp_dot<D>(qv, kv) - l);
+    const float dp = warp_dot<D>(dov, vv);
+    const float ds = p * (dp - dlt), bound = p * (fabsf(dp) + fabsf(dlt));
+#pragma unroll
+    for (int t = 0; t < D / 32; ++t) {
+      acc[t] += ds * kv[t];
+      mag[t] += bound * fabsf(kv[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) {
+    dq[row * D + lane + 32 * t] = sh.scale * acc[t];
+    mag_dq[row * D + lane + 32 * t] = sh.scale * mag[t];
+  }
+  if (lane == 0) delta[row] = dlt;
+}
+
+// One warp per key row j of kv head hk: dk_j, dv_j summed over the G query heads h = hk G + g and their queries
+// [query_lo(j), query_hi(j + 1)); bounds as reference_bwd_dkdv (delta from reference3_dq).
+template <int D>
+__global__ void __launch_bounds__(256) reference3_dkdv(const bf16* __restrict__ q,       // (B, H, Sq, D) strides qs
+                                                       const bf16* __restrict__ k,       // (B, Hk, Sk, D) strides ks
+                                                       const bf16* __restrict__ v,       // (B, Hk, Sk, D) strides ks
+                                                       const bf16* __restrict__ dout,    // (B, H, Sq, D) strides qs
+                                                       const float* __restrict__ lse,    // (B, H, Sq)
+                                                       const float* __restrict__ delta,  // (B, H, Sq)
+                                                       float* __restrict__ dk,           // (B, Hk, Sk, D) packed
+                                                       float* __restrict__ dv,           // (B, Hk, Sk, D) packed
+                                                       float* __restrict__ mag_dk,       // (B, Hk, Sk, D) packed
+                                                       float* __restrict__ mag_dv,       // (B, Hk, Sk, D) packed
+                                                       RefShape sh) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(sh.B) * sh.Hk * sh.Sk) return;
+  const int j = static_cast<int>(row % sh.Sk);
+  const int64_t hk = (row / sh.Sk) % sh.Hk, b = row / sh.Sk / sh.Hk;
+  float kv[D / 32], vv[D / 32], qv[D / 32], dov[D / 32];
+  float ak[D / 32] = {}, av[D / 32] = {}, mk[D / 32] = {}, mv[D / 32] = {};
+  load_row_s<D>(kv, k + b * sh.ks.batch + hk * sh.ks.head + j * sh.ks.seq, lane);
+  load_row_s<D>(vv, v + b * sh.ks.batch + hk * sh.ks.head + j * sh.ks.seq, lane);
+  const int lo = static_cast<int>(sh.band.query_lo(j, sh.Sq, sh.Sk)), hi = static_cast<int>(sh.band.query_hi(j + 1, sh.Sq, sh.Sk));
+  for (int g = 0; g < sh.G; ++g) {
+    const int64_t h = hk * sh.G + g, lrow = (b * sh.H + h) * sh.Sq;
+    const bf16* qh = q + b * sh.qs.batch + h * sh.qs.head;
+    const bf16* doh = dout + b * sh.qs.batch + h * sh.qs.head;
+    for (int i = lo; i < hi; ++i) {
+      const float l = lse[lrow + i];
+      if (l == -INFINITY) continue;  // a row that sees nothing (cannot happen inside [lo, hi), kept for safety)
+      load_row_s<D>(qv, qh + i * sh.qs.seq, lane);
+      load_row_s<D>(dov, doh + i * sh.qs.seq, lane);
+      const float p = expf(sh.scale * warp_dot<D>(qv, kv) - l);
+      const float dp = warp_dot<D>(dov, vv), dlt = delta[lrow + i];
+      const float ds = p * (dp - dlt), bound = p * (fabsf(dp) + fabsf(dlt));
+#pragma unroll
+      for (int t = 0; t < D / 32; ++t) {
+        ak[t] += ds * qv[t];
+        av[t] += p * dov[t];
+        mk[t] += bound * fabsf(qv[t]);
+        mv[t] += p * fabsf(dov[t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) {
+    const int64_t o = row * D + lane + 32 * t;
+    dk[o] = sh.scale * ak[t];
+    dv[o] = av[t];
+    mag_dk[o] = sh.scale * mk[t];
+    mag_dv[o] = mv[t];
+  }
+}
+
+// fp32 packed (B, heads, S, D) -> bf16 with strides st (the reference forward's out becomes the backward's input).
+__global__ void to_bf16_strided(const float* __restrict__ x, bf16* __restrict__ y, int heads, int S, int D, Strides st,
+                                size_t n) {  // x: (B, heads, S, D) packed; y: the same with strides st
+  for (size_t e = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int64_t d = e % D, s = (e / D) % S, h = (e / D / S) % heads, b = e / D / S / heads;
+    y[b * st.batch + h * st.head + s * st.seq + d] = __float2bfloat16(x[e]);
+  }
+}
+
+// x (n) f32 uniform in [-1, 1) (b3's optional dlse).
+__global__ void fill_uniform_f32(float* __restrict__ x, size_t n, uint64_t seed) {
+  for (size_t e = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + (e + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    x[e] = static_cast<float>(z >> 40) * (2.f / 16777216.f) - 1.f;
   }
 }
 
