@@ -1,12 +1,18 @@
 // Kernel lab: a FlashAttention BACKWARD for Hopper (sm_90a) built on wgmma and TMA, in numbered variants timed side
-// by side on the FlashAttention benchmark grid, each checked against a simple fp32 reference. The forward twin is
-// tools/lab/attention_wgmma.cu (whose device header and host helpers this lab reuses).
+// by side on the FlashAttention benchmark grid and on awkward shapes, each checked against a simple fp32 reference.
+// The forward twin is tools/lab/attention_wgmma.cu (whose device header and host helpers this lab reuses).
 //
-//   given q, k, v, out, dout (B, H, S, D) bf16 packed and lse (B, H, S) f32 (natural log) of out = softmax(q k^T
-//   scale) v, scale = 1/sqrt(D): dq, dk, dv (B, H, S, D) bf16; fp32 accumulation; non-causal or causal (top-left).
-//   out and lse come from an fp32 reference forward (out rounded to bf16) on N(0,1) inputs made on the device.
+//   given q, k, v, out, dout (bf16; q, out, dout (B, H, Sq, D), k, v (B, Hk, Sk, D), layout bhsd or bshd) and lse
+//   (B, H, Sq) f32 (natural log) of out = softmax(q k^T scale + mask) v, scale = 1/sqrt(D), optionally dlse
+//   (B, H, Sq): dq, dk, dv in the inputs' layouts (dk, dv of kv head hk summed over its G = H / Hk query heads);
+//   fp32 accumulation. The mask is a band of ops/flash_attention.h (AttentionBand: none, causal top-left or
+//   bottom-right, sliding windows). out and lse come from an fp32 reference forward (out rounded to bf16) on
+//   N(0,1) inputs made on the device.
 //
-// Lab limits (refused by name, see unsupported_reason): S a multiple of 128 (no tail tiles), D = 64 or 128.
+// Reach (each variant refuses the rest by name, printed as SKIP): b1, b2: packed bhsd, Sq == Sk = S a multiple of
+// 128, H == Hk, no band or causal, no dlse, D = 64 or 128. b3: D = 64 or 128, any Sq, Sk >= 1, every band, GQA /
+// MQA, bhsd or bshd, dlse (bf16 here; its kernels are templates on T = bf16 / f16, f16 compiled with -DLAB_B3_F16
+// but not run: the references are bf16).
 //
 // Variants (attention_wgmma_bwd/kernels.cuh has a comment block per kernel: tiles, the limit each size hits,
 // barriers and the pipeline). All start with a pre-kernel Delta_i = dout_i . out_i, lse2_i = lse_i log2(e).
@@ -20,6 +26,11 @@
 //       wgmma (both operands MN-major: wgmma_ss_mn) gives a 64 x 64 piece of dQ per warpgroup, added with
 //       red.global.add.f32 into a zeroed fp32 buffer; a conversion kernel scales it to bf16. 5 GEMMs; not
 //       deterministic (the order of the additions varies).
+//   b3  b1 generalised to production's problem (kernels.cuh, "b3"): 4-D TMA maps (D, S, heads, B) over strided
+//       tensors (zero fill past Sq / Sk), production's Mask<kLower> for every band (the dK/dV CTA visits
+//       Mask::query_tiles of each of the G query heads of its kv head, the dQ CTA Mask::key_tiles), lse2 +inf for
+//       rows that see nothing and for the padding rows of a (B, H, Sq rounded up to 128) workspace, bounded
+//       epilogues. Same tiles, threads, registers and barriers as b1.
 //   Time covers everything a caller would run: the pre-kernel, b2's memset of the dQ buffer, the kernels, b2's
 //   conversion.
 //
@@ -31,13 +42,23 @@
 // First results (H200, run 13): b1 187.7 TFLOP/s at D=128 S=512 causal, 440.0 at D=128 S=2048 non-causal; b2 104.6
 // and 219.9; every case PASS (rel. L2 2.3e-3 - 2.4e-3).
 //
-// Output: one line per case, `lab attention_wgmma_bwd <variant> D= S= causal= B= H=: max_err_dq= max_err_dk=
-// max_err_dv= PASS|FAIL time_ms= TFLOP/s=` with details in brackets; FLOPs = 2.5 x 4 B H S^2 D, halved when
-// causal (the FlashAttention convention). Exit status: 0 all cases passed, 1 some case failed or was refused,
-// 2 usage error, 3 CUDA error that leaves the context unusable (setup, or a sticky fault: the last lines name
+//   b3 (nvcc 13.0): bwd3_dkdv and bwd3_dq, bf16, D 64 / 128, kLower false / true: 168 registers at entry (the
+//       setmaxnreg split), 0 spill bytes; no C7512.
+//
+// Cases: the benchmark grid (D x causal x S, B = 16384 / S, H = 2048 / D) plus b3's awkward cases (awkward_cases:
+// tails, Sq != Sk, bottom-right causal with rows that see nothing, windows, GQA / MQA, bshd, dlse, Sq = 1); --quick:
+// one grid case and 3 small awkward ones. Any of --sq --sk --h --hk --b --band --layout --dlse: one case per D.
+// Output: one line per case, `lab attention_wgmma_bwd <variant> D= Sq= Sk= band= B= H= Hk= layout= dlse=:
+// max_err_dq= max_err_dk= max_err_dv= PASS|FAIL time_ms= TFLOP/s=` with details in brackets; FLOPs = 2.5 x 4 B H
+// pairs D, pairs = Sq Sk without a band, S^2 / 2 causal with Sq == Sk (the FlashAttention convention), else the exact
+// count of visible (query, key) pairs. Every variant (b1 and b2 too) is checked against the general fp32 references
+// (kernels.cuh, reference3_*: the old packed ones' math with bands, GQA and strides). Exit status: 0 all cases
+// passed (a refusal is no failure), 1 some case failed (or every variant refused every case), 2 usage error, 3 CUDA error that leaves the context unusable (setup, or a sticky fault: the last lines name
 // the kernel, variant and case, and, for a pipeline deadlock, the block, thread and mbarrier that timed out).
 //
-//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b2]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
+//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b2,b3]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
+//       [--sq N] [--sk N] [--h N] [--hk N] [--b N] [--band none|causal|causal_br|window:L,R|window_br:L,R]
+//       [--layout bhsd|bshd] [--dlse 0|1]
 //
 // Build: only for -gencode=arch=compute_90a,code=sm_90a (CMakeLists.txt); wgmma and setmaxnreg need sm_90a.
 #define LAB_NAME "lab attention_wgmma_bwd"
@@ -454,9 +475,24 @@ std::vector<Case> awkward_cases(bool quick) {
   return v;
 }
 
+#ifdef LAB_B3_F16
+// Compile check only (nvcc -DLAB_B3_F16 ... -Xptxas -v): b3's f16 kernels, never launched here (the references and
+// inputs are bf16).
+void* const kB3F16Kernels[] = {
+    reinterpret_cast<void*>(bwd3_prep<__half, 64>),               reinterpret_cast<void*>(bwd3_prep<__half, 128>),
+    reinterpret_cast<void*>(bwd3_dkdv<__half, 64, false, kStages>), reinterpret_cast<void*>(bwd3_dkdv<__half, 64, true, kStages>),
+    reinterpret_cast<void*>(bwd3_dkdv<__half, 128, false, kStages>), reinterpret_cast<void*>(bwd3_dkdv<__half, 128, true, kStages>),
+    reinterpret_cast<void*>(bwd3_dq<__half, 64, false, kStages>),   reinterpret_cast<void*>(bwd3_dq<__half, 64, true, kStages>),
+    reinterpret_cast<void*>(bwd3_dq<__half, 128, false, kStages>),  reinterpret_cast<void*>(bwd3_dq<__half, 128, true, kStages>),
+};
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef LAB_B3_F16
+  (void)kB3F16Kernels;
+#endif
   std::vector<lab_host::VariantName> names;
   for (const auto& v : kVariants) names.push_back({v.name, v.what});
   // b3's options, taken out before the shared parser sees the rest: --sq --sk --h --hk --b --band --layout --dlse
