@@ -1,11 +1,12 @@
 // Device code of the Hopper attention BACKWARD lab (tools/lab/attention_wgmma_bwd.cu, which documents the lab):
-// the fp32 reference backward, the Delta / lse pre-kernel, the dK/dV kernel (b1 and b2), the separate dQ
-// kernel (b1) and the dQ conversion (b2). sm_90a only. The forward lab's device header (included below) brings
-// the reference forward (which makes the backward's out and lse), fill_randn, pack_p, causal_mask, align1024
-// and the Hopper PTX / wgmma wrappers.
+// the fp32 reference forward and backward (reference3_*, any shape), the Delta / lse pre-kernels, the dK/dV kernel
+// (b1 and b2), the separate dQ kernel (b1), the dQ conversion (b2) and b3's kernels (bwd3_*). sm_90a only. The
+// forward lab's device header (included below) brings fill_randn, pack_p, align1024 and the Hopper PTX / wgmma
+// wrappers.
 //
 // Notation: per (b, h), S_ij = q_i . k_j (raw), P_ij = exp(scale S_ij - lse_i) (lse natural, from the forward),
-// dP_ij = dout_i . v_j, Delta_i = dout_i . out_i = sum_j P_ij dP_ij, dS_ij = P_ij (dP_ij - Delta_i);
+// dP_ij = dout_i . v_j, Delta_i = dout_i . out_i = sum_j P_ij dP_ij (b3: minus dlse_i when given: the gradient
+// that reaches lse adds dlse_i P_ij to dS_ij), dS_ij = P_ij (dP_ij - Delta_i);
 // dq_i = scale sum_j dS_ij k_j, dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij dout_i. In the kernels,
 // lse2 = lse * log2(e) and scale_log2 = scale * log2(e), so P = 2^(S scale_log2 - lse2) with one ex2.
 #pragma once
@@ -21,13 +22,13 @@ namespace lab {
 namespace bwd {
 
 // =====================================================================================================================
-// Reference backward: fp32, one warp per row, every score recomputed from q, k and lse; expf. Slow and obviously
-// right. Lane l holds dims l, l+32, ... of a row (coalesced loads of one k/v/q/dout row). Beside each gradient it
-// writes a magnitude bound that the tolerance of the lab is a multiple of (attention_wgmma_bwd.cu, "Tolerances"):
+// Reference backward (the kernels reference3_* below, which check every variant): fp32, one warp per row, every
+// score recomputed from q, k and lse; expf. Slow and obviously right. Lane l holds dims l, l+32, ... of a row
+// (coalesced loads of one k/v/q/dout row). Beside each gradient it writes a magnitude bound that the tolerance of
+// the lab is a multiple of (attention_wgmma_bwd.cu, "Tolerances"):
 //   mag_dq_id = scale sum_j P_ij (|dP_ij| + |Delta_i|) |k_jd|     (>= |dq_id| and >= scale sum_j |dS_ij| |k_jd|)
 //   mag_dk_jd = scale sum_i P_ij (|dP_ij| + |Delta_i|) |q_id|
 //   mag_dv_jd = sum_i P_ij |dout_id|
-// grid: B*H*S/8 blocks of 256 threads (8 warps = 8 consecutive rows of one (b, h), since S % 8 == 0).
 // =====================================================================================================================
 template <int D>
 __device__ __forceinline__ float warp_dot(const float (&a)[D / 32], const float (&b)[D / 32]) {
@@ -43,107 +44,6 @@ template <int D>
 __device__ __forceinline__ void load_row(float (&r)[D / 32], const bf16* __restrict__ g, int lane) {  // g: (D)
 #pragma unroll
   for (int t = 0; t < D / 32; ++t) r[t] = __bfloat162float(g[lane + 32 * t]);
-}
-
-// One warp per query row i: Delta_i, dq_i and its bound. Run before reference_bwd_dkdv (which reads delta).
-template <int D>
-__global__ void __launch_bounds__(256) reference_bwd_dq(const bf16* __restrict__ q,     // (B, H, S, D)
-                                                        const bf16* __restrict__ k,     // (B, H, S, D)
-                                                        const bf16* __restrict__ v,     // (B, H, S, D)
-                                                        const bf16* __restrict__ out,   // (B, H, S, D)
-                                                        const bf16* __restrict__ dout,  // (B, H, S, D)
-                                                        const float* __restrict__ lse,  // (B, H, S) natural log
-                                                        float* __restrict__ dq,         // (B, H, S, D)
-                                                        float* __restrict__ mag_dq,     // (B, H, S, D)
-                                                        float* __restrict__ delta,      // (B, H, S)
-                                                        int S, float scale, int causal) {
-  constexpr int kPer = D / 32;
-  const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * 8 + threadIdx.x / 32;  // over B*H*S
-  const size_t bh = row / S;
-  const int i = static_cast<int>(row % S);
-  const bf16* kh = k + bh * S * D;
-  const bf16* vh = v + bh * S * D;
-  float qv[kPer], dov[kPer], ov[kPer], kv[kPer], vv[kPer], acc[kPer] = {}, mag[kPer] = {};
-  load_row<D>(qv, q + row * D, lane);
-  load_row<D>(dov, dout + row * D, lane);
-  load_row<D>(ov, out + row * D, lane);
-  const float dlt = warp_dot<D>(dov, ov);
-  const float l = lse[row];
-  const int n = causal ? i + 1 : S;
-  for (int j = 0; j < n; ++j) {
-    load_row<D>(kv, kh + static_cast<size_t>(j) * D, lane);
-    load_row<D>(vv, vh + static_cast<size_t>(j) * D, lane);
-    const float p = expf(scale * warp_dot<D>(qv, kv) - l);
-    const float dp = warp_dot<D>(dov, vv);
-    const float ds = p * (dp - dlt), bound = p * (fabsf(dp) + fabsf(dlt));
-#pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-      acc[t] += ds * kv[t];
-      mag[t] += bound * fabsf(kv[t]);
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < kPer; ++t) {
-    dq[row * D + lane + 32 * t] = scale * acc[t];
-    mag_dq[row * D + lane + 32 * t] = scale * mag[t];
-  }
-  if (lane == 0) delta[row] = dlt;
-}
-
-// One warp per key row j: dk_j, dv_j and their bounds (delta from reference_bwd_dq).
-template <int D>
-__global__ void __launch_bounds__(256) reference_bwd_dkdv(const bf16* __restrict__ q,       // (B, H, S, D)
-                                                          const bf16* __restrict__ k,       // (B, H, S, D)
-                                                          const bf16* __restrict__ v,       // (B, H, S, D)
-                                                          const bf16* __restrict__ dout,    // (B, H, S, D)
-                                                          const float* __restrict__ lse,    // (B, H, S)
-                                                          const float* __restrict__ delta,  // (B, H, S)
-                                                          float* __restrict__ dk,           // (B, H, S, D)
-                                                          float* __restrict__ dv,           // (B, H, S, D)
-                                                          float* __restrict__ mag_dk,       // (B, H, S, D)
-                                                          float* __restrict__ mag_dv,       // (B, H, S, D)
-                                                          int S, float scale, int causal) {
-  constexpr int kPer = D / 32;
-  const int lane = threadIdx.x % 32;
-  const size_t row = static_cast<size_t>(blockIdx.x) * 8 + threadIdx.x / 32;  // over B*H*S
-  const size_t bh = row / S;
-  const int j = static_cast<int>(row % S);
-  const bf16* qh = q + bh * S * D;
-  const bf16* doh = dout + bh * S * D;
-  float kv[kPer], vv[kPer], qv[kPer], dov[kPer];
-  float ak[kPer] = {}, av[kPer] = {}, mk[kPer] = {}, mv[kPer] = {};
-  load_row<D>(kv, k + row * D, lane);
-  load_row<D>(vv, v + row * D, lane);
-  for (int i = causal ? j : 0; i < S; ++i) {
-    load_row<D>(qv, qh + static_cast<size_t>(i) * D, lane);
-    load_row<D>(dov, doh + static_cast<size_t>(i) * D, lane);
-    const float p = expf(scale * warp_dot<D>(qv, kv) - lse[bh * S + i]);
-    const float dp = warp_dot<D>(dov, vv), dlt = delta[bh * S + i];
-    const float ds = p * (dp - dlt), bound = p * (fabsf(dp) + fabsf(dlt));
-#pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-      ak[t] += ds * qv[t];
-      av[t] += p * dov[t];
-      mk[t] += bound * fabsf(qv[t]);
-      mv[t] += p * fabsf(dov[t]);
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < kPer; ++t) {
-    const size_t o = row * D + lane + 32 * t;
-    dk[o] = scale * ak[t];
-    dv[o] = av[t];
-    mag_dk[o] = scale * mk[t];
-    mag_dv[o] = mv[t];
-  }
-}
-
-// fp32 -> bf16 (the reference forward's out becomes the backward's bf16 input).
-__global__ void to_bf16(const float* __restrict__ x, bf16* __restrict__ y, size_t n) {  // x, y: (n)
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16(x[i]);
 }
 
 // =====================================================================================================================
@@ -1037,7 +937,7 @@ __global__ void __launch_bounds__(256) reference3_fwd(const bf16* __restrict__ q
   if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// One warp per query row: Delta_i (= dout_i . out_i - dlse_i), dq_i and its bound (mag_dq, as reference_bwd_dq).
+// One warp per query row: Delta_i (= dout_i . out_i - dlse_i), dq_i and its bound mag_dq. Run before reference3_dkdv.
 template <int D>
 __global__ void __launch_bounds__(256) reference3_dq(const bf16* __restrict__ q,     // (B, H, Sq, D) strides qs
                                                      const bf16* __restrict__ k,     // (B, Hk, Sk, D) strides ks
@@ -1086,7 +986,7 @@ __global__ void __launch_bounds__(256) reference3_dq(const bf16* __restrict__ q,
 }
 
 // One warp per key row j of kv head hk: dk_j, dv_j summed over the G query heads h = hk G + g and their queries
-// [query_lo(j), query_hi(j + 1)); bounds as reference_bwd_dkdv (delta from reference3_dq).
+// [query_lo(j), query_hi(j + 1)); bounds mag_dk, mag_dv (delta from reference3_dq).
 template <int D>
 __global__ void __launch_bounds__(256) reference3_dkdv(const bf16* __restrict__ q,       // (B, H, Sq, D) strides qs
                                                        const bf16* __restrict__ k,       // (B, Hk, Sk, D) strides ks
