@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "temp_dir.h"
+#include "testing.h"  // contains
 
 namespace xfr::testing {
 
@@ -18,8 +19,6 @@ inline std::string read_text(const std::string& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
-
-inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Single-quoted for sh.
 inline std::string sh_quote(const std::string& s) {

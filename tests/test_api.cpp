@@ -43,7 +43,6 @@ model:
 data: {kind: majority, seq_len: 12, num_symbols: 4}
 )";
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A model built by the factory with larger random weights than the init (logits far from ties), and its
 // parameters as named tensors.

@@ -72,8 +72,8 @@ TEST_CASE("attention backend: XF_ATTENTION_BACKEND values, the default, and erro
   for (const char* bad : {"cuDNN", "flash", "auto ", "native,cudnn"}) {
     const Error e = error_of([&] { parse_attention_backend(bad); });
     CHECK(e.op() == "flash_attention");
-    CHECK_MESSAGE(has(e.message(), std::string("XF_ATTENTION_BACKEND='") + bad + "'"), e.what());
-    CHECK_MESSAGE(has(e.message(), "auto (the default), native, cudnn, composite"), e.what());
+    CHECK_MESSAGE(contains(e.message(), std::string("XF_ATTENTION_BACKEND='") + bad + "'"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "auto (the default), native, cudnn, composite"), e.what());
   }
   for (R r : {R::automatic, R::native, R::cudnn, R::composite})
     CHECK(parse_attention_backend(attention_backend_request_name(r)) == r);
@@ -116,7 +116,7 @@ TEST_CASE("attention backend: XF_ATTENTION_DETERMINISTIC values, the default, an
   for (const char* bad : {"true", "no", " 0"}) {
     const Error e = error_of([&] { parse_attention_deterministic(bad); });
     CHECK(e.op() == "flash_attention");
-    CHECK_MESSAGE(has(e.message(), std::string("XF_ATTENTION_DETERMINISTIC='") + bad + "'"), e.what());
+    CHECK_MESSAGE(contains(e.message(), std::string("XF_ATTENTION_DETERMINISTIC='") + bad + "'"), e.what());
   }
   {
     ScopedEnv env("XF_ATTENTION_DETERMINISTIC", nullptr);
@@ -159,9 +159,9 @@ TEST_CASE("attention backend: the choice for each request and support (a pure fu
     CHECK(choose_attention_backend(r, call(true, no_native, yes, no_fwd)) == B::cudnn);
     const Error e = error_of([&] { choose_attention_backend(r, call(false, no_native, no_cudnn)); });
     CHECK(e.op() == "flash_attention");
-    CHECK_MESSAGE(has(e.message(), "no attention backend can run this call (forward bf16 test)"), e.what());
-    CHECK_MESSAGE(has(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
-    CHECK_MESSAGE(has(e.message(), "native: head dim 300 past 256"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "no attention backend can run this call (forward bf16 test)"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "native: head dim 300 past 256"), e.what());
   }
   // Forced native.
   CHECK(choose_attention_backend(R::native, call(false, yes, yes)) == B::native);
@@ -169,18 +169,18 @@ TEST_CASE("attention backend: the choice for each request and support (a pure fu
   {
     const Error e = error_of([&] { choose_attention_backend(R::native, call(false, no_native, yes)); });
     CHECK(e.op() == "flash_attention");
-    CHECK_MESSAGE(has(e.message(), "XF_ATTENTION_BACKEND=native cannot run this call"), e.what());
-    CHECK_MESSAGE(has(e.message(), "native: head dim 300 past 256"), e.what());
-    CHECK_MESSAGE(has(e.message(), "cudnn: could run it"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "XF_ATTENTION_BACKEND=native cannot run this call"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "native: head dim 300 past 256"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "cudnn: could run it"), e.what());
   }
   // Forced cudnn: the budget and the forward's backend do not matter.
   CHECK(choose_attention_backend(R::cudnn, call(false, yes, yes, yes, "scratch past the budget")) == B::cudnn);
   CHECK(choose_attention_backend(R::cudnn, call(true, yes, yes, no_fwd)) == B::cudnn);
   {
     const Error e = error_of([&] { choose_attention_backend(R::cudnn, call(true, yes, no_cudnn)); });
-    CHECK_MESSAGE(has(e.message(), "XF_ATTENTION_BACKEND=cudnn cannot run this call (backward bf16 test)"), e.what());
-    CHECK_MESSAGE(has(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
-    CHECK_MESSAGE(has(e.message(), "native: could run it"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "XF_ATTENTION_BACKEND=cudnn cannot run this call (backward bf16 test)"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "native: could run it"), e.what());
   }
 }
 
@@ -192,20 +192,20 @@ TEST_CASE("attention backend: the info list names every backend, with a reason f
     if (!b.available) CHECK_MESSAGE(!b.detail.empty(), b.name);
   }
   REQUIRE(list.size() == 5);
-  CHECK(has(names[0], "cpu flash_attention"));
+  CHECK(contains(names[0], "cpu flash_attention"));
   CHECK(list[0].available);
-  CHECK(has(names[1], "cpu composite"));
+  CHECK(contains(names[1], "cpu composite"));
   CHECK(list[1].available);
-  CHECK(has(names[2], "cuda flash_attention, native"));
-  CHECK(has(names[3], "cuda composite"));
-  CHECK(has(names[4], "cudnn fused attention"));
+  CHECK(contains(names[2], "cuda flash_attention, native"));
+  CHECK(contains(names[3], "cuda composite"));
+  CHECK(contains(names[4], "cudnn fused attention"));
   CHECK(list[2].available == (cuda_device_count() > 0));
 #ifdef XF_HAVE_CUDNN_ATTENTION
-  CHECK_MESSAGE(has(list[4].detail, "built against cuDNN frontend "), list[4].detail);
+  CHECK_MESSAGE(contains(list[4].detail, "built against cuDNN frontend "), list[4].detail);
   CHECK(list[4].available == (cuda_device_count() > 0 && cuda::cudnn_runtime_problem().empty()));
 #else
   CHECK_FALSE(list[4].available);
-  CHECK_MESSAGE(has(list[4].detail, "not built: "), list[4].detail);
+  CHECK_MESSAGE(contains(list[4].detail, "not built: "), list[4].detail);
 #endif
 }
 
@@ -233,7 +233,7 @@ TEST_CASE("attention backend: the native kernels' limits and the cuDNN form of a
   CHECK(cuda::native_attention_support(a).ok);
   auto bad = a;
   bad.D = 300;
-  CHECK_MESSAGE(has(cuda::native_attention_support(bad).reason, "head dims 1 to 256"),
+  CHECK_MESSAGE(contains(cuda::native_attention_support(bad).reason, "head dims 1 to 256"),
                 cuda::native_attention_support(bad).reason);
   bad = a;
   bad.dtype = DType::f64;
@@ -537,15 +537,15 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
   {
     const Error e = error_of([&] { cuda::attention_backend_for(cctx(), R::cudnn, drop, false); });
     CHECK(e.op() == "flash_attention");
-    CHECK_MESSAGE(has(e.message(), "XF_ATTENTION_BACKEND=cudnn cannot run this call (forward bf16 B=2"), e.what());
-    CHECK_MESSAGE(has(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
-    CHECK_MESSAGE(has(e.message(), "native: could run it"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "XF_ATTENTION_BACKEND=cudnn cannot run this call (forward bf16 B=2"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "cudnn: dropout needs the CPU oracle's Philox mask"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "native: could run it"), e.what());
   }
   // f32: native only.
   auto f32 = a;
   f32.dtype = DType::f32;
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, f32, false) == AttentionBackend::native);
-  CHECK_MESSAGE(has(error_of([&] { cuda::attention_backend_for(cctx(), R::cudnn, f32, true); }).message(),
+  CHECK_MESSAGE(contains(error_of([&] { cuda::attention_backend_for(cctx(), R::cudnn, f32, true); }).message(),
                     "cudnn: cuDNN attention runs bf16 and f16, not f32"),
                 "f32");
   // D = 300: neither; a forced native names both reasons.
@@ -553,8 +553,8 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
   wide.D = 304;
   {
     const Error e = error_of([&] { cuda::attention_backend_for(cctx(), R::native, wide, false); });
-    CHECK_MESSAGE(has(e.message(), "native: the native kernels take head dims 1 to 256, not 304"), e.what());
-    CHECK_MESSAGE(has(e.message(), "cudnn: head dim 304 is not a multiple of 8 up to 256"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "native: the native kernels take head dims 1 to 256, not 304"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "cudnn: head dim 304 is not a multiple of 8 up to 256"), e.what());
     CHECK_THROWS_AS(cuda::attention_backend_for(cctx(), R::automatic, wide, false), Error);
   }
   // The entry points read XF_ATTENTION_BACKEND: a forced cudnn with dropout throws before any launch.
@@ -568,7 +568,7 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
       cuda::attention_forward(cctx(), drop, q.raw_data(), kv.raw_data(), kv.raw_data(), out.raw_data(),
                               lse.data<float>());
     });
-    CHECK_MESSAGE(has(e.message(), "dropout"), e.what());
+    CHECK_MESSAGE(contains(e.message(), "dropout"), e.what());
   }
 }
 
@@ -626,7 +626,7 @@ XF_CUDA_TEST_CASE("cudnn attention: plans are cached (a second call builds nothi
   const auto r2 = cuda::cudnn_sdpa_support(ctx, odd, false);
   CHECK_FALSE(r1.unsupported.empty());
   CHECK(r1.unsupported == r2.unsupported);
-  CHECK_MESSAGE(has(r1.unsupported, "cuDNN refused the graph"), r1.unsupported);
+  CHECK_MESSAGE(contains(r1.unsupported, "cuDNN refused the graph"), r1.unsupported);
   CHECK(cuda::cudnn_sdpa_stats(ctx).graphs_built == 3);
   CHECK(cuda::cudnn_sdpa_stats(ctx).graphs_unsupported == 1);
   // Static refusals build nothing.
@@ -639,7 +639,7 @@ XF_CUDA_TEST_CASE("cudnn attention: plans are cached (a second call builds nothi
     cuda::cudnn_sdpa_forward(ctx, odd, q.raw_data(), kv.raw_data(), kv.raw_data(), out.raw_data(), lse.data<float>());
   });
   CHECK(e.op() == "flash_attention");
-  CHECK_MESSAGE(has(e.message(), "cuDNN SDPA cannot run this call"), e.what());
+  CHECK_MESSAGE(contains(e.message(), "cuDNN SDPA cannot run this call"), e.what());
 }
 
 XF_CUDA_TEST_CASE("cudnn attention: a CUDA-graph replay equals the eager run; the backward is deterministic") {

@@ -15,8 +15,10 @@
 #include "temp_dir.h"
 #include "factory/config_tree.h"
 #include "runtime/error.h"
+#include "testing.h"
 
 using namespace xfr;
+using xfr::testing::contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -34,7 +36,6 @@ std::string error_of(F&& f) {
   return "";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 ConfigNode yaml(const std::string& text) { return parse_config_string(text, "yaml", "t.yaml"); }
 

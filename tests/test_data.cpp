@@ -13,8 +13,10 @@
 
 #include "temp_dir.h"
 #include "runtime/data.h"
+#include "testing.h"
 
 using namespace xfr;
+using xfr::testing::contains;
 
 namespace {
 
@@ -55,7 +57,6 @@ std::string error_text(F&& f) {
   return "<no error>";
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<int32_t> values(const Tensor& t) {
   const int32_t* p = t.data<int32_t>();

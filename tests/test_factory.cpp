@@ -35,15 +35,16 @@
 #include "runtime/executor.h"
 #include "runtime/optimizer.h"
 #include "runtime/param_store.h"
+#include "testing.h"
 
 using namespace xfr;
+using xfr::testing::contains;
 namespace fs = std::filesystem;
 
 namespace {
 
 using xfr::testing::TempDir;
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 template <class F>
 std::string error_of(F&& f) {

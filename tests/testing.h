@@ -192,8 +192,8 @@ inline void check_gradients(const GraphBuilder& build, const std::vector<Tensor>
   }
 }
 
-// Whether `s` contains `needle` (error messages, reasons).
-inline bool has(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
+// Whether `s` contains `part` (error messages, reasons, logs).
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Sets an environment variable for a scope and restores it.
 class ScopedEnv {
