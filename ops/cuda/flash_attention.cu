@@ -111,6 +111,18 @@ Params make_params(const FlashAttentionArgs& a) {
   return p;
 }
 
+// The forward's parameters: the shape's, the tensors (lse_out left to the caller) and whether the asynchronous-copy
+// (and TMA) path can address them.
+Params forward_params(const FlashAttentionArgs& a, const void* q, const void* k, const void* v, void* out) {
+  Params p = make_params(a);
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.o = out;
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
+  return p;
+}
+
 // The launcher arguments of an op's tensors: in[0..2] q, k, v; bias, cu_seqlens at the op's indices.
 FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<Tensor>& in, int64_t bias_index,
                            int64_t cu_index, const KernelContext& ctx) {
@@ -178,14 +190,9 @@ void backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vect
 
 void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                     void* out, float* lse, CUstream_st* stream) {
-  Params p = make_params(a);
+  Params p = forward_params(a, q, k, v, out);
   if (p.B * p.H == 0 || p.Sq == 0) return;
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.o = out;
   p.lse_out = lse;
-  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
   if (a.dtype == DType::f32) {
     fa::launch_f32_forward(p, stream);
   } else if (a.dtype == DType::bf16 || a.dtype == DType::f16) {
@@ -201,9 +208,8 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
 
 std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                          const void* out) {
-  Params p = make_params(a);
-  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
-  return fa::sm90_forward_refusal(p, a.dtype);
+  // Nothing is launched: out is only looked at (its alignment).
+  return fa::sm90_forward_refusal(forward_params(a, q, k, v, const_cast<void*>(out)), a.dtype);
 }
 
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {

@@ -77,8 +77,8 @@ __global__ void dq_convert(const float* __restrict__ acc, bf16* __restrict__ dq,
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float4 a = reinterpret_cast<const float4*>(acc)[i];
     uint2 o;
-    o.x = pack_bf16x2(a.x * scale, a.y * scale);
-    o.y = pack_bf16x2(a.z * scale, a.w * scale);
+    o.x = pack2<bf16>(a.x * scale, a.y * scale);
+    o.y = pack2<bf16>(a.z * scale, a.w * scale);
     reinterpret_cast<uint2*>(dq)[i] = o;
   }
 }
@@ -130,7 +130,7 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[D / 2], float
 #pragma unroll
   for (int i = 0; i < D / 2; i += 2) {
     const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * (lane % 4);
-    *reinterpret_cast<uint32_t*>(g + static_cast<size_t>(row) * D + col) = pack_bf16x2(acc[i] * mul, acc[i + 1] * mul);
+    *reinterpret_cast<uint32_t*>(g + static_cast<size_t>(row) * D + col) = pack2<bf16>(acc[i] * mul, acc[i + 1] * mul);
   }
 }
 
@@ -624,7 +624,7 @@ __device__ __forceinline__ void store_rows_bounded(const float (&acc)[D / 2], fl
   for (int i = 0; i < D / 2; i += 2) {
     const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * (lane % 4);
     if (row < rows_valid)
-      *reinterpret_cast<uint32_t*>(g + row * ld + col) = pack_x2<T>(acc[i] * mul, acc[i + 1] * mul);
+      *reinterpret_cast<uint32_t*>(g + row * ld + col) = pack2<T>(acc[i] * mul, acc[i + 1] * mul);
   }
 }
 

@@ -96,7 +96,7 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
 #pragma unroll
   for (int j = 0; j < BN / 16; ++j)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) a[j][r] = pack_x2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
+    for (int r = 0; r < 4; ++r) a[j][r] = pack2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
 }
 
 // Epilogue of one consumer warpgroup (cw = 0, 1; t = its thread): O / l to T, staged through the warpgroup's own
@@ -127,7 +127,7 @@ __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (
     const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
     const uint32_t off = (col / 64) * (kBlockM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
     const float sc = inv[(i >> 1) & 1];
-    *reinterpret_cast<uint32_t*>(q_smem + off) = pack_x2<T>(o[i] * sc, o[i + 1] * sc);
+    *reinterpret_cast<uint32_t*>(q_smem + off) = pack2<T>(o[i] * sc, o[i + 1] * sc);
   }
   named_barrier_sync(1 + cw, 128);  // ids 1, 2: one per consumer warpgroup (0 is __syncthreads')
   constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows

@@ -8,7 +8,8 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <type_traits>
+
+#include "ops/cuda/device/mma.cuh"  // dev::pack2
 
 // True in the device pass for sm_90a (where wgmma, setmaxnreg and the TMA forms here exist); false in the host
 // pass and for every other architecture of a multi-architecture build, whose kernel bodies are then empty (the
@@ -186,19 +187,8 @@ __device__ __forceinline__ float ex2(float x) {  // 2^x; ex2.approx(-inf) = +0
   return y;
 }
 
-// Two floats to a bf16x2 (f16x2) register, `lo` in bits 0-15: the lower k (or column) index of a fragment pair.
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <class T>
-__device__ __forceinline__ uint32_t pack_x2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  } else {
-    return pack_bf16x2(lo, hi);
-  }
-}
+// Two floats to a pair of 16-bit values in one b32 (the A fragments, the epilogue): dev::pack2<T> of the mma.sync
+// kernels' building blocks, one definition for both.
+using ::xfr::cuda::dev::pack2;
 
 }  // namespace xfr::cuda::sm90
