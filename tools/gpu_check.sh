@@ -72,39 +72,32 @@ if has bench; then
 fi
 
 if has lab; then
-  # XF_LABS picks the labs (default: all of head_gemm attention attention_bwd layernorm).
+  # XF_LABS picks the labs (default: all of head_gemm attention attention_bwd layernorm). Each lab prints "lab ..."
+  # lines (into the summary); rc 1 = some case failed, 3 = a CUDA fault or a pipeline deadlock that stopped it (the
+  # log's last lines name the kernel and case and, for a deadlock, the barrier).
   lab_on() { [[ " ${XF_LABS:-head_gemm attention attention_bwd layernorm} " == *" $1 "* ]]; }
-  if lab_on head_gemm; then
+  # run_lab <log name> <title> <binary> [args...]
+  run_lab() {
+    local log="$OUT/$1.log" title=$2 bin=$3 t
+    shift 3
     t=$(date +%s)
-    XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} "$BUILD/xfrun_lab_head_gemm" >"$OUT/lab.log" 2>&1
-    note "lab (head GEMM layouts): rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^lab" "$OUT/lab.log" | tee -a "$SUMMARY"
-  fi
-  if lab_on attention; then
-    # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
-    # e.g. "--variant v1 --quick"); rc 1 = some case failed, 3 = a CUDA fault that stopped it.
-    t=$(date +%s)
-    "$BUILD/xfrun_lab_attention_wgmma" ${XF_LAB_ATTENTION_ARGS:-} >"$OUT/lab_attention.log" 2>&1
-    note "lab (attention wgmma variants): rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^lab" "$OUT/lab_attention.log" | tee -a "$SUMMARY"
-  fi
-  if lab_on attention_bwd; then
-    # The wgmma/TMA FlashAttention backward variants (dq, dk, dv) against an fp32 reference (XF_LAB_ATTENTION_BWD_ARGS
-    # narrows it, e.g. "--quick" or "--variant b1 --d 64 --s 512"); rc 1 = some case failed, 3 = a CUDA fault or a
-    # pipeline deadlock that stopped it (the log's last lines name the kernel, case and, for a deadlock, the barrier).
-    t=$(date +%s)
-    "$BUILD/xfrun_lab_attention_wgmma_bwd" ${XF_LAB_ATTENTION_BWD_ARGS:-} >"$OUT/lab_attention_bwd.log" 2>&1
-    note "lab (attention wgmma backward variants): rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^lab" "$OUT/lab_attention_bwd.log" | tee -a "$SUMMARY"
-  fi
-  if lab_on layernorm; then
-    # Residual LayerNorm forward variants vs a float64 reference and a copy of the same bytes (tools/lab/layernorm.cu;
-    # XF_LAB_LAYERNORM_ARGS narrows it, e.g. "--variant v0,v2 --shape 384"); rc 1 = some case failed, 3 = CUDA error.
-    t=$(date +%s)
-    "$BUILD/xfrun_lab_layernorm" ${XF_LAB_LAYERNORM_ARGS:-} >"$OUT/lab_layernorm.log" 2>&1
-    note "lab (layernorm variants): rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^lab" "$OUT/lab_layernorm.log" | tee -a "$SUMMARY"
-  fi
+    "$BUILD/$bin" "$@" >"$log" 2>&1
+    note "lab ($title): rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^lab" "$log" | tee -a "$SUMMARY"
+  }
+  # The encoder's logits GEMM in four layouts.
+  lab_on head_gemm && XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} \
+    run_lab lab "head GEMM layouts" xfrun_lab_head_gemm
+  # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
+  # e.g. "--variant v1 --quick").
+  lab_on attention && run_lab lab_attention "attention wgmma variants" xfrun_lab_attention_wgmma ${XF_LAB_ATTENTION_ARGS:-}
+  # The backward variants (dq, dk, dv) against an fp32 reference (XF_LAB_ATTENTION_BWD_ARGS narrows it, e.g. "--quick"
+  # or "--variant b3 --d 64 --s 512").
+  lab_on attention_bwd && run_lab lab_attention_bwd "attention wgmma backward variants" xfrun_lab_attention_wgmma_bwd \
+    ${XF_LAB_ATTENTION_BWD_ARGS:-}
+  # Residual LayerNorm forward variants vs a float64 reference and a copy of the same bytes (XF_LAB_LAYERNORM_ARGS
+  # narrows it, e.g. "--variant v0,v2 --shape 384").
+  lab_on layernorm && run_lab lab_layernorm "layernorm variants" xfrun_lab_layernorm ${XF_LAB_LAYERNORM_ARGS:-}
 fi
 
 if has torch; then
