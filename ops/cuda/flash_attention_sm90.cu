@@ -43,8 +43,9 @@ using sm90::kBlockM;
 using sm90::kBlockN;
 
 constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above)
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-static_assert(128 * kProducerRegs + 256 * kConsumerRegs == 384 * 168, "setmaxnreg split must use the entry allocation");
+using sm90::kConsumerRegs;
+using sm90::kProducerRegs;
+using sm90::kWsThreads;
 
 // The kernel's parameters, __grid_constant__ (TMA reads the maps from parameter space; the mask points at band).
 struct Sm90Args {
@@ -77,7 +78,7 @@ __device__ __forceinline__ void mask_tile(float (&s)[kBlockN / 2], const Mask<kL
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (ceil(Sq / 128), H, B), 384 threads, Layout<D>::kBytes of dynamic shared memory.
 template <class T, int D, bool kLower>
-__global__ void __launch_bounds__(384, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
+__global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
   using L = Layout<D>;
@@ -214,7 +215,7 @@ void launch(const Sm90Args& args, int B, cudaStream_t stream) {
   allow_smem(kernel, L::kBytes, done);
   const dim3 grid(static_cast<unsigned>((args.Sq + kBlockM - 1) / kBlockM), static_cast<unsigned>(args.H),
                   static_cast<unsigned>(B));
-  kernel<<<grid, 384, L::kBytes, stream>>>(args);
+  kernel<<<grid, kWsThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 

@@ -198,16 +198,11 @@ constexpr int v1_smem_bytes() {
 //     O += P(j-1) V(j-1) back to back; wait<1> (S(j) done, PV still running); mask, softmax of S(j) (O is not
 //     touched: alpha kept); wait<0>; release stage j-1; O *= alpha; P(j) -> bf16. Tail: O += P V of the last
 //     tile. Registers: S 64 + O D/2 + P 32 live together (~160 at D = 128) within the 240 budget.
-//     KNOWN ISSUE (nvcc 13.0, seen in ptxas -v / SASS, not yet on the GPU): at D = 128 ptxas spills v3
-//     (120-144 B stack, STL/LDL of the P fragments, highest register R178) and serialises every wgmma (C7512
-//     "insufficient register resources"), although the consumers' setmaxnreg 240 is honoured (USETMAXREG in
-//     SASS); compiled with a flat -maxrregcount=240 instead, the same code takes 240 registers and no spill.
-//     D = 64 is clean (4 wgmma groups, no spill). Expect v3 D = 128 to time below v2 until that is solved.
+//     v3 at D = 128 used to spill (120-144 B) with every wgmma serialised (C7512): the __trap() of the old
+//     hang-detecting mbar_wait made ptxas allocate the kernel under the entry's 168 registers. With the trap-free
+//     wait (ptx.cuh) it compiles clean; on the H200 (run 13) it runs 515 TFLOP/s against v2's 626 at S = 8192.
 // =====================================================================================================================
-// Register split (setmaxnreg): the CTA's allocation at entry is 384 x 168; what the producer warpgroup gives
-// back is what the consumers take: 128 x kProducerRegs + 256 x kConsumerRegs == 384 x 168.
-constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-static_assert(128 * kProducerRegs + 256 * kConsumerRegs == 384 * 168, "setmaxnreg split must use the entry allocation");
+// The register split (kProducerRegs, kConsumerRegs) and kWsThreads: ops/cuda/device/sm90/attention.cuh.
 
 template <int D, int STAGES>
 struct WsLayout {  // byte offsets from the 1024-aligned base

@@ -184,8 +184,7 @@ constexpr int kBwdBlockN = 128;
 // sub-partitions (16,384 registers each; a warp lives on one), and 9 warps put 3 of 224 registers (21,504) on one.
 // 3 warpgroups at 24 / 240 fit exactly (24 x 32 + 2 x 240 x 32 = 16,128 per sub-partition). With the trap-free
 // mbar_wait (ptx.cuh) b1 compiles without spills (run 13: all cases PASS); b2 spills 36-136 bytes when causal.
-constexpr int kBwdThreads = 384, kProducerRegs = 24, kConsumerRegs = 240;
-static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kBwdThreads * 168, "setmaxnreg split must use the entry allocation");
+constexpr int kBwdThreads = kWsThreads;  // kProducerRegs / kConsumerRegs: ops/cuda/device/sm90/attention.cuh
 
 template <int D>
 constexpr int bwd_block_m() {  // query rows per tile of the dK/dV kernel (see the register budget above)

@@ -21,6 +21,12 @@ namespace xfr::cuda::sm90 {
 
 constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64 (wgmma's M)
 constexpr int kBlockN = 128;  // keys per K/V tile: S's accumulator is 64 fp32 registers a thread (kBlockN / 2)
+// The warp-specialised CTA (FlashAttention-3's shape): warpgroup 0 or 2 produces (one thread issues the TMA loads),
+// two warpgroups consume. __launch_bounds__(kWsThreads, 1) gives 168 registers a thread at entry (65536 / 384,
+// rounded down to 8); setmaxnreg moves them: what the producer gives back is what the consumers take. It also fits
+// each of the SM's 4 register-file sub-partitions (16K registers; a warp lives on one): 24 x 32 + 2 x 240 x 32.
+constexpr int kWsThreads = 384, kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kWsThreads * 168, "setmaxnreg split must use the entry allocation");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
