@@ -4,12 +4,14 @@
 //   ops/cuda/flash_attention_mask.h       the tensor-core kernels' mask and the features of their instantiations
 //   ops/cuda/flash_attention_tc.cuh       bf16 / f16 on tensor cores (forward, dQ, dK/dV, dbias; instantiated by
 //                                         flash_attention_tc_forward.cu and flash_attention_tc_backward_*.cu)
-//   ops/cuda/flash_attention_sm90.cu      the forward on Hopper (wgmma, TMA), where it applies
+//   ops/cuda/flash_attention_sm90.cu      the forward on Hopper (wgmma, TMA), where it applies (sm90_refusal)
+//   ops/cuda/flash_attention_sm90_backward.cu   the backward on Hopper, where the same rule applies
 //   ops/cuda/flash_attention_f32.cu       f32, plain FMA
 //   this file                             the Delta kernel, parameter set-up, the plain launchers, registration
 //
 // Dropout: the factor of element (b, h, i, j) is keep_scale or 0 from Philox stream element start + e (e as
 // ops/flash_attention.h defines it, varlen included), the CPU kernel's numbers, in every kernel.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -196,7 +198,7 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
   if (a.dtype == DType::f32) {
     fa::launch_f32_forward(p, stream);
   } else if (a.dtype == DType::bf16 || a.dtype == DType::f16) {
-    if (fa::sm90_forward_refusal(p, a.dtype).empty()) {
+    if (fa::sm90_refusal(p, a.dtype).empty()) {
       fa::launch_sm90_forward(p, a.dtype, stream);
     } else {
       fa::launch_tc_forward(p, a.dtype, stream);
@@ -209,7 +211,7 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
 std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                          const void* out) {
   // Nothing is launched: out is only looked at (its alignment).
-  return fa::sm90_forward_refusal(forward_params(a, q, k, v, const_cast<void*>(out)), a.dtype);
+  return fa::sm90_refusal(forward_params(a, q, k, v, const_cast<void*>(out)), a.dtype);
 }
 
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
@@ -217,7 +219,15 @@ size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
   return static_cast<size_t>(rows) * sizeof(float);
 }
 
-size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) { return flash_attention_lse_bytes(a); }
+size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) {
+  // The mma.sync kernels' Delta has lse's shape; the Hopper backward's Delta and lse2 are padded to its query tiles.
+  // Sized for the Hopper one whenever the problem is in its reach (the tensors' alignment and the device are not
+  // known here), a few KB more than the other needs.
+  const size_t plain = flash_attention_lse_bytes(a);
+  if (a.dtype == DType::f32 || a.B * a.H == 0) return plain;
+  const Params p = make_params(a);
+  return fa::sm90_problem_refusal(p, a.dtype).empty() ? std::max(plain, fa::sm90_backward_workspace_bytes(p)) : plain;
+}
 
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                      const void* out, const void* dout, const float* lse, const float* dlse,
@@ -239,6 +249,10 @@ void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q,
   p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
           aligned16(dk) && aligned16(dv);
   if (p.B == 0) return;  // no sequence: nothing to write (Tq = Tk = 0)
+  if (a.dtype != DType::f32 && fa::sm90_refusal(p, a.dtype).empty()) {
+    fa::launch_sm90_backward(p, a.dtype, workspace, stream);  // its own Delta (padded, with lse2)
+    return;
+  }
   const int64_t rows = p.rows_lse();
   if (rows > 0) {
     XF_CUDA_DISPATCH_FLOAT(a.dtype, "flash_attention_backward", T, {

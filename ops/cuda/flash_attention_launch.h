@@ -67,14 +67,16 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
                                     void* out, float* lse, CUstream_st* stream);
 
 // Why launch_flash_attention_forward would not run this call on the Hopper kernel (ops/cuda/flash_attention_sm90.cu:
-// wgmma, TMA) but on the mma.sync one; "" when it would. Reads the current device and XF_ATTENTION_SM90.
+// wgmma, TMA) but on the mma.sync one; "" when it would. Reads the current device and XF_ATTENTION_SM90. The
+// backward follows the same rule (ops/cuda/flash_attention_sm90_backward.cu), with its own tensors' alignment.
 std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                          const void* out);
 
 // lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);
 
-// Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32.
+// Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32 (the Hopper backward: Delta
+// and lse's exp2 form, each padded to 128-query tiles).
 size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a);
 
 // dq, dk, dv of ops/flash_attention.h (dk, dv summed over the query heads of each kv head) and, when dbias is not

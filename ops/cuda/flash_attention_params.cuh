@@ -4,6 +4,7 @@
 // (ops/cuda/flash_attention_f32.cu) kernels. The mask as the tensor-core kernels test it, and the features an
 // instantiation of theirs is compiled with: ops/cuda/flash_attention_mask.h.
 #pragma once
+#include <cuda.h>  // CUtensorMap
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -192,10 +193,21 @@ __device__ __forceinline__ float lse2_of(const Params& p, int64_t row, bool vali
 // bf16 / f16 on tensor cores: forward; backward dQ, dK/dV and (p.dbias set) dbias, after delta is written.
 void launch_tc_forward(const Params& p, DType dtype, cudaStream_t stream);
 void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream);
-// bf16 / f16 forward on Hopper (wgmma, TMA; ops/cuda/flash_attention_sm90.cu) where sm90_forward_refusal(p, dtype)
-// is empty; else the refusal names why (the build, XF_ATTENTION_SM90=0, the device, the problem).
-std::string sm90_forward_refusal(const Params& p, DType dtype);
+// bf16 / f16 on Hopper (wgmma, TMA; ops/cuda/flash_attention_sm90.cu, ops/cuda/flash_attention_sm90_backward.cu)
+// where sm90_refusal(p, dtype) is empty (p with the direction's tensors and vec); else it names why (the problem,
+// the tensors, the build, XF_ATTENTION_SM90=0, the device). sm90_problem_refusal: the problem's part alone (no
+// pointers, no device), e.g. to size a workspace before the tensors exist.
+std::string sm90_problem_refusal(const Params& p, DType dtype);
+std::string sm90_refusal(const Params& p, DType dtype);
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
+// The backward: dq, dk, dv of p (p.dbias null) from q, k, v, out, dout, lse and dlse (may be null). `workspace`:
+// sm90_backward_workspace_bytes(p) bytes, 16-byte aligned (Delta and lse2 rows padded to the 128-query tiles).
+size_t sm90_backward_workspace_bytes(const Params& p);
+void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream);
+// The 4-D (D, S, heads, B) TMA map of one of q, k, v, out, dout with strides st, read in boxes of 64 x box_rows;
+// false (and why) when the driver refuses it.
+bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S, int heads, int B,
+                   const HeadStrides& st, int box_rows, std::string* why);
 // f32: the same, plain FMA.
 void launch_f32_forward(const Params& p, cudaStream_t stream);
 void launch_f32_backward(const Params& p, cudaStream_t stream);

@@ -1,14 +1,16 @@
 // The native attention forward on Hopper (sm_90a): wgmma, TMA and a warp-specialised pipeline, promoted from the
 // kernel lab's winner (tools/lab/attention_wgmma.cu, variant v2; docs/attention.md has its figures). It runs the
-// forward of ops/flash_attention.h when the problem is in its reach (sm90_forward_applies); everything else,
-// and every backward, runs the mma.sync kernels (flash_attention_tc.cuh), which it matches within rounding.
+// forward of ops/flash_attention.h when the problem is in its reach (sm90_refusal empty); everything else runs the
+// mma.sync kernels (flash_attention_tc.cuh), which it matches within rounding. The backward's counterpart is
+// ops/cuda/flash_attention_sm90_backward.cu (same reach, same switch).
 //
 // Reach: bf16 / f16; head dim 64 or 128; no bias, dropout or packed sequences; any band (causal in either
 // alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA; any Sq, Sk >= 1
 // (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those rows); both
 // layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A compute
 // capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A); XF_ATTENTION_SM90=0
-// turns it off (the mma.sync kernels then run every forward).
+// turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the forward and the
+// Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
 //
 // CTA = 128 queries of one (b, h): 384 threads = warpgroup 0, the producer (one thread issues every TMA; setmaxnreg
 // down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240). The entry
@@ -65,15 +67,6 @@ struct Layout {  // byte offsets from the 1024-aligned base
   static constexpr int kBars = 1 + 3 * kStages;           // q_full, k_full[2], v_full[2], empty[2]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
 };
-
-// Hidden (i, j) -> -inf on a tile: keys[h] are the keys of the thread's row h, key0 its column 0's key.
-template <bool kLower>
-__device__ __forceinline__ void mask_tile(float (&s)[kBlockN / 2], const Mask<kLower>& mask, const KeyRange (&keys)[2],
-                                          int key0) {
-#pragma unroll
-  for (int i = 0; i < kBlockN / 2; ++i)
-    if (mask.hides(keys[(i >> 1) & 1], key0 + 8 * (i / 4) + (i & 1))) s[i] = -INFINITY;
-}
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (ceil(Sq / 128), H, B), 384 threads, Layout<D>::kBytes of dynamic shared memory.
@@ -152,7 +145,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(s);
-      if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower>(s, mask, keys, k0 + 2 * (lane % 4));
+      if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
       online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
       rescale<D>(o, alpha);
       pack_p<T, kBlockN>(s, p);
@@ -171,40 +164,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
                     min(kBlockM, a.Sq - q0), a.lse + lrow);
   }
 #endif
-}
-
-// Whether the current device is compute capability 9.0 (the sm_90a code runs there and nowhere else); cached per
-// device.
-bool current_device_is_sm90() {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();  // no driver or device: not an error here
-    return false;
-  }
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
-  if (dev < 0 || dev >= kMaxDevices) return false;
-  int c = cached[dev].load(std::memory_order_relaxed);
-  if (c == 0) {
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    c = major == 9 && minor == 0 ? 1 : 2;
-    cached[dev].store(c, std::memory_order_relaxed);
-  }
-  return c == 1;
-}
-
-// The (D, S, heads, B) map of one of q, k, v; false (and why) when TMA cannot address it.
-bool make_map(CUtensorMap* map, DType dtype, const void* base, int D, int S, int heads, int B, const HeadStrides& st,
-              std::string* why) {
-  const uint64_t es = 2;  // bytes of a bf16 / f16 element
-  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(S), static_cast<uint64_t>(heads),
-                            static_cast<uint64_t>(B)};
-  // An axis of extent 1 is only read at index 0: any stride will do, and TMA wants one (a multiple of 16 bytes).
-  auto stride = [&](int64_t elems, int extent) { return extent == 1 ? uint64_t{16} : static_cast<uint64_t>(elems) * es; };
-  const uint64_t strides[3] = {stride(st.seq, S), stride(st.head, heads), stride(st.batch, B)};
-  return sm90::encode_sw128_map(map, dtype == DType::f16, base, 4, dims, strides, kBlockM, why);
 }
 
 template <class T, int D, bool kLower>
@@ -236,8 +195,29 @@ constexpr bool kSm90Built = true;  // CMakeLists.txt defines XF_BUILD_SM90A when
 constexpr bool kSm90Built = false;
 #endif
 
-std::string sm90_forward_refusal(const Params& p, DType dtype) {
-  // The problem first, then the switches, the device last: a machine without a GPU can check the reasons.
+// Whether the current device is compute capability 9.0 (the sm_90a code runs there and nowhere else); cached per
+// device.
+static bool current_device_is_sm90() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or device: not an error here
+    return false;
+  }
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
+  if (dev < 0 || dev >= kMaxDevices) return false;
+  int c = cached[dev].load(std::memory_order_relaxed);
+  if (c == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    c = major == 9 && minor == 0 ? 1 : 2;
+    cached[dev].store(c, std::memory_order_relaxed);
+  }
+  return c == 1;
+}
+
+std::string sm90_problem_refusal(const Params& p, DType dtype) {
   if (dtype != DType::bf16 && dtype != DType::f16) return "it computes in bf16 or f16";
   if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
   if (p.bias || p.drop.on || p.varlen) return "a bias, dropout or packed sequences";
@@ -246,6 +226,14 @@ std::string sm90_forward_refusal(const Params& p, DType dtype) {
   // -inf before scaling: both need scale > 0.
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
   if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (grid z, y)";
+  return "";
+}
+
+std::string sm90_refusal(const Params& p, DType dtype) {
+  // The problem first, then the tensors and the switches, the device last: a machine without a GPU can check the
+  // reasons.
+  std::string why = sm90_problem_refusal(p, dtype);
+  if (!why.empty()) return why;
   if (!p.vec) return "TMA needs 16-byte aligned tensors with strides that are multiples of 8 elements";
   // TMA takes no zero stride on an axis of more than one element (a broadcast q, k or v).
   if ((p.B > 1 && (p.qs.batch == 0 || p.ks.batch == 0)) || (p.H > 1 && p.qs.head == 0) || (p.Hk > 1 && p.ks.head == 0))
@@ -256,12 +244,18 @@ std::string sm90_forward_refusal(const Params& p, DType dtype) {
   return "";
 }
 
+bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S, int heads, int B,
+                   const HeadStrides& st, int box_rows, std::string* why) {
+  return sm90::encode_head_map(map, dtype == DType::f16, base, D, S, heads, B, st.batch, st.head, st.seq,
+                               static_cast<uint32_t>(box_rows), why);
+}
+
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   Sm90Args args;
   std::string why;
-  const bool ok = make_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, &why) &&
-                  make_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, &why) &&
-                  make_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, &why);
+  const bool ok = sm90_head_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, kBlockM, &why) &&
+                  sm90_head_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why) &&
+                  sm90_head_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why);
   XF_CHECK(ok, "flash_attention", "the sm90 forward's tensor maps: ", why);
   args.o = p.o;
   args.lse = p.lse_out;

@@ -89,17 +89,14 @@ inline CUtensorMap make_tensor_map(const __nv_bfloat16* x, uint64_t rows, int D,
 }
 
 // A 4-D (D, S, heads, B) view of a (B, heads, S, D) 16-bit tensor with element strides (batch, head, seq) (D
-// contiguous), box (64, box_rows, 1, 1), 128B swizzle: rows past S read as zeros (production's make_map in
-// ops/cuda/flash_attention_sm90.cu, whose rule for an axis of extent 1 it repeats: any stride, TMA wants one).
+// contiguous), box (64, box_rows, 1, 1), 128B swizzle: rows past S read as zeros (production's encode_head_map,
+// exiting with status 3 when the driver refuses).
 inline CUtensorMap make_tensor_map_4d(const void* x, int D, int S, int heads, int B, int64_t batch_stride,
                                       int64_t head_stride, int64_t seq_stride, int box_rows, bool f16 = false) {
   CUtensorMap m;
-  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(S), static_cast<uint64_t>(heads),
-                            static_cast<uint64_t>(B)};
-  auto stride = [](int64_t elems, int extent) { return extent == 1 ? uint64_t{16} : static_cast<uint64_t>(elems) * 2; };
-  const uint64_t strides[3] = {stride(seq_stride, S), stride(head_stride, heads), stride(batch_stride, B)};
   std::string why;
-  if (!xfr::cuda::sm90::encode_sw128_map(&m, f16, x, 4, dims, strides, static_cast<uint32_t>(box_rows), &why)) {
+  if (!xfr::cuda::sm90::encode_head_map(&m, f16, x, D, S, heads, B, batch_stride, head_stride, seq_stride,
+                                        static_cast<uint32_t>(box_rows), &why)) {
     std::printf("%s: FATAL: %s (4-D map D=%d S=%d heads=%d B=%d box_rows=%d)\n", LAB_NAME, why.c_str(), D, S, heads, B,
                 box_rows);
     std::exit(3);

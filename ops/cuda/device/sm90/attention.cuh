@@ -1,7 +1,8 @@
-// The pieces of a FlashAttention forward on Hopper's wgmma that production's kernel
-// (ops/cuda/flash_attention_sm90.cu) and the kernel lab's variants (tools/lab/attention_wgmma/kernels.cuh) share:
-// the two GEMMs on 128-byte-swizzled shared-memory tiles, the online softmax on an accumulator fragment, P to
-// wgmma A fragments, and the epilogue (O / l staged through shared memory, 16-byte coalesced stores, lse).
+// The pieces of FlashAttention on Hopper's wgmma that production's kernels (ops/cuda/flash_attention_sm90.cu, the
+// forward; sm90/attention_backward.cuh, the backward) and the kernel labs (tools/lab/attention_wgmma*) share: the
+// GEMMs on 128-byte-swizzled shared-memory tiles (both operands in shared memory, or A from registers), the tile
+// mask, the online softmax on an accumulator fragment, P to wgmma A fragments, and the epilogues (O / l staged
+// through shared memory with 16-byte coalesced stores and lse; a fragment stored straight to global rows).
 // T = __nv_bfloat16 or __half; fp32 accumulation. sm_90a device code only (callers guard with XF_SM90A_DEVICE).
 //
 // Fragments: a consumer warpgroup (128 threads) owns 64 query rows of the CTA's kBlockM = 128; thread t of it
@@ -16,6 +17,7 @@
 
 #include "ops/cuda/device/sm90/ptx.cuh"
 #include "ops/cuda/device/sm90/wgmma.cuh"
+#include "ops/cuda/flash_attention_mask.h"  // Mask, KeyRange
 
 namespace xfr::cuda::sm90 {
 
@@ -37,25 +39,51 @@ __device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
   return p + (((a + 1023u) & ~1023u) - a);
 }
 
-// S (64 x BN, fp32) = Q_wg (64 x D) K_tile (BN x D)^T. Both operands K-major in shared memory (sw128 layout).
-// q_wg: this warpgroup's first Q row in atom 0 of a kBlockM-row Q tile (atom stride kBlockM * 128 bytes).
-template <class T, int D, int BN>
-__device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
+// acc (64 x N, fp32) = A (64 x D) B (N x D)^T, both operands K-major 128-byte-swizzled tiles in shared memory
+// (one wgmma_ss per 16 of D). a_rows: the warpgroup's first row of A in the A tile's atom 0; b_tile: row 0 of B's
+// tile. An R-row tile's 64-column atoms are R * 128 bytes apart (a_atom, b_atom): a 64-row offset (8 KB) keeps
+// the 1024-byte swizzle phase.
+template <class T, int D, int N>
+__device__ __forceinline__ void ss_gemm(float (&acc)[N / 2], uint32_t a_rows, uint32_t a_atom, uint32_t b_tile,
+                                        uint32_t b_atom) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {  // 16 = wgmma's K for 16-bit types; 4 steps of 32 B per 64-column atom
     const uint32_t koff = (kk % 4) * 32;  // 16 elements = 32 B along the swizzled row
-    const uint64_t da = sw128_desc(q_wg + (kk / 4) * (kBlockM * 128) + koff, 16, 1024);
-    const uint64_t db = sw128_desc(k_tile + (kk / 4) * (BN * 128) + koff, 16, 1024);
-    wgmma_ss<BN, T>(s, da, db, kk > 0 ? 1 : 0);
+    const uint64_t da = sw128_desc(a_rows + (kk / 4) * a_atom + koff, 16, 1024);
+    const uint64_t db = sw128_desc(b_tile + (kk / 4) * b_atom + koff, 16, 1024);
+    wgmma_ss<N, T>(acc, da, db, kk > 0 ? 1 : 0);
   }
 }
 
-// O (64 x D, fp32) += P (64 x BN, T registers) V_tile (BN x D). V is [key][d] in shared memory, d contiguous:
-// B is MN-major (imm-trans-b = 1), LBO = step between 64-column atoms of d, SBO = 8 keys.
+// acc (64 x D, fp32) += A (64 x K, T register fragments, one per 16 of K) B (K x D). B is [k][d] in shared memory,
+// d contiguous: MN-major (imm-trans-b = 1), LBO = b_atom = the step between 64-column atoms of d (a K-row tile:
+// K * 128 bytes), SBO = 1024 = 8 rows of k; 16 more k = +2048 B.
+template <class T, int D, int K>
+__device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint32_t b_tile,
+                                        uint32_t b_atom) {
+#pragma unroll
+  for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], sw128_desc(b_tile + j * 16 * 128, b_atom, 1024), 1);
+}
+
+// The forward's two GEMMs. S (64 x BN) = Q_wg (64 x D) K_tile (BN x D)^T: q_wg is this warpgroup's first Q row in a
+// kBlockM-row Q tile. O (64 x D) += P (64 x BN, registers) V_tile (BN x D).
+template <class T, int D, int BN>
+__device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
+  ss_gemm<T, D, BN>(s, q_wg, kBlockM * 128, k_tile, BN * 128);
+}
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
+  rs_gemm<T, D, BN>(o, a, v_tile, BN * 128);
+}
+
+// Hidden (query, key) -> -inf on an S tile of BN keys (before the exponential): keys[h] = the keys the thread's row
+// h (0, 1) sees (Mask::keys), key0 = the key of its column 0 (the tile's first key + 2 (lane % 4)).
+template <bool kLower, int BN>
+__device__ __forceinline__ void mask_tile(float (&s)[BN / 2], const fa::Mask<kLower>& mask,
+                                          const fa::KeyRange (&keys)[2], int key0) {
 #pragma unroll
-  for (int j = 0; j < BN / 16; ++j) wgmma_rs<D, T>(o, a[j], sw128_desc(v_tile + j * 16 * 128, BN * 128, 1024), 1);
+  for (int i = 0; i < BN / 2; ++i)
+    if (mask.hides(keys[(i >> 1) & 1], key0 + 8 * (i / 4) + (i & 1))) s[i] = -INFINITY;
 }
 
 // Online softmax on one S tile, in place: s becomes P = 2^(s*scale_log2 - m_new*scale_log2); m (raw-score row
@@ -144,6 +172,22 @@ __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (
     const uint4 val =
         *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (kBlockM * 128) + sw128_chunk(row, col8 % 8));
     *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = val;
+  }
+}
+
+// Stores a warpgroup's 64 x D fp32 accumulator fragment times mul as T, straight from the registers (4-byte stores:
+// a quad writes 16 contiguous bytes of a row): fragment row r -> g + r ld, rows < rows_valid only (<= 0: none).
+// For the backward's dQ / dK / dV, written once per CTA after its whole loop (staging through shared memory, as
+// store_out does, would buy little there).
+template <class T, int D>
+__device__ __forceinline__ void store_rows_bounded(const float (&acc)[D / 2], float mul, T* __restrict__ g, int64_t ld,
+                                                   int rows_valid, int t) {
+  const int w = t / 32, lane = t % 32;
+#pragma unroll
+  for (int i = 0; i < D / 2; i += 2) {
+    const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * (lane % 4);
+    if (row < rows_valid)
+      *reinterpret_cast<uint32_t*>(g + row * ld + col) = pack2<T>(acc[i] * mul, acc[i + 1] * mul);
   }
 }
 

@@ -1,5 +1,5 @@
 // Host side of TMA: encoding the tensor maps (CUtensorMap) that cp.async.bulk.tensor reads, for production's
-// Hopper attention forward (ops/cuda/flash_attention_sm90.cu) and the attention lab (tools/lab/attention_wgmma.cu).
+// Hopper attention (ops/cuda/flash_attention_sm90*.cu) and the attention labs (tools/lab/attention_wgmma*.cu).
 // cuTensorMapEncodeTiled is a driver function; it is reached through the runtime's driver entry point, so nothing
 // links libcuda. Header-only (the lab links the CUDA runtime alone).
 #pragma once
@@ -58,6 +58,22 @@ inline bool encode_sw128_map(CUtensorMap* map, bool f16, const void* base, int r
     return false;
   }
   return true;
+}
+
+// The 4-D map (D, S, heads, B) of an attention tensor whose element (b, h, i, d) is at
+// base + b batch_stride + h head_stride + i seq_stride + d (bhsd or bshd, any strides TMA can address), read in boxes
+// of (64, box_rows, 1, 1): production's Hopper attention (forward and backward) and the labs' b3. Rows past S read as
+// zeros. An axis of extent 1 is only read at index 0, so its stride is replaced by 16 bytes (TMA wants one, and a
+// broadcast tensor may have stride 0 there).
+inline bool encode_head_map(CUtensorMap* map, bool f16, const void* base, int D, int S, int heads, int B,
+                            int64_t batch_stride, int64_t head_stride, int64_t seq_stride, uint32_t box_rows,
+                            std::string* why) {
+  const uint64_t es = 2;  // bytes of a bf16 / f16 element
+  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(S), static_cast<uint64_t>(heads),
+                            static_cast<uint64_t>(B)};
+  auto stride = [&](int64_t elems, int extent) { return extent == 1 ? uint64_t{16} : static_cast<uint64_t>(elems) * es; };
+  const uint64_t strides[3] = {stride(seq_stride, S), stride(head_stride, heads), stride(batch_stride, B)};
+  return encode_sw128_map(map, f16, base, 4, dims, strides, box_rows, why);
 }
 
 }  // namespace xfr::cuda::sm90

@@ -1,0 +1,415 @@
+// The attention backward on Hopper (sm_90a): wgmma, TMA and warp-specialised pipelines, FlashAttention-3's hopper
+// backward structure written from its published description. Production's launcher is
+// ops/cuda/flash_attention_sm90_backward.cu; the kernel lab (tools/lab/attention_wgmma_bwd.cu, variant b3) runs the
+// same kernels against its fp32 reference. Promoted from the lab's b3 (docs/attention.md has its history).
+//
+// Notation: per (b, h), S_ij = q_i . k_j (raw), P_ij = exp(scale S_ij - lse_i) (lse natural, from the forward),
+// dP_ij = dout_i . v_j, Delta_i = dout_i . out_i - dlse_i (dlse_i: the gradient that reaches lse, which adds
+// dlse_i P_ij to dS_ij; 0 when none), dS_ij = P_ij (dP_ij - Delta_i);
+// dq_i = scale sum_j dS_ij k_j, dk_j = scale sum_i dS_ij q_i, dv_j = sum_i P_ij dout_i. In the kernels
+// lse2 = lse log2(e) and scale_log2 = scale log2(e): P = 2^(S scale_log2 - lse2) with one ex2.
+//
+// Reach (what ops/cuda/flash_attention_sm90_backward.cu sends here): T = bf16 or f16; D = 64 or 128; any Sq, Sk >= 1;
+// every band of Mask<kLower> (none, causal in both alignments, sliding windows; kLower = the band has a left
+// bound); GQA / MQA (query head h reads kv head h / G); q, out, dout, dq with strides qs and k, v, dk, dv with ks
+// (bhsd or bshd: whatever TMA can address). No bias, dropout or packed sequences (the mma.sync kernels take those).
+//
+// Three kernels, in order on one stream:
+//   bwd_prep_kernel: Delta and lse2 into (B, H, Sq_pad) f32 workspaces, Sq_pad = Sq rounded up to 128. Padding rows
+//     get Delta 0 and lse2 +inf, and a row that sees no key (lse -inf) gets lse2 +inf: P = 2^(s scale_log2 - inf) = 0
+//     for both, so a query tile's lse2 / Delta are copied whole (1-D bulk copies) and never read past the buffer.
+//   bwd_dkdv_kernel: the CTA owns 128 keys of one kv head and loops over the query tiles that see them, for each
+//     of the kv head's G query heads in turn: dK and dV sum the G heads in registers (deterministic, no atomics).
+//   bwd_dq_kernel: the CTA owns 128 queries of one head and loops over the key tiles they see (the forward's shape).
+// Every output element is written by one thread: the results are deterministic.
+//
+// Both fast kernels: kWsThreads = 384 threads = consumer warpgroups 0, 1 (setmaxnreg 240) + producer warpgroup 2
+// (one thread issues every TMA; setmaxnreg 24); sm90/attention.cuh says why that split. A 2-stage mbarrier ring:
+// full[s] (the producer's arrive.expect_tx + the TMA bytes) and empty[s] (8 arrivals: lane 0 of each consumer warp
+// once its wgmmas reading the stage are complete). Use u = j / 2 of stage j % 2: consumers wait full with parity
+// u & 1, the producer waits empty with parity (u & 1) ^ 1 (passes at once for u = 0: a fresh barrier's previous
+// phase, parity 1, counts as complete). The once-loaded operands have their own barrier, waited with parity 0.
+// Tensors go through 4-D TMA maps (D, S, heads, B) with box (64, rows, 1, 1): rows past Sq or Sk read as zeros
+// (TMA's fill) and still count toward the transaction bytes.
+#pragma once
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "ops/cuda/device/sm90/attention.cuh"
+#include "ops/cuda/device/types.cuh"  // to_float
+#include "ops/cuda/flash_attention_mask.h"
+#include "ops/flash_attention.h"  // AttentionBand, HeadStrides
+
+namespace xfr::cuda::sm90 {
+
+constexpr int kBwdStages = 2;   // ring depth of both kernels: what the shared-memory budgets below hold
+constexpr int kBwdBlockN = 128;  // keys per dK/dV CTA: 2 consumer warpgroups x 64 (wgmma's M)
+constexpr int kDqBlockM = 128;   // queries per dQ CTA: 2 consumer warpgroups x 64
+
+// Query rows per tile of the dK/dV kernel, fixed by registers: a consumer thread holds dV and dK (2 x D/2 fp32) for
+// the whole loop plus S^T and dP^T of a tile (2 x BM/2): 128 + 64 = 192 at D = 128 with BM = 64, 64 + 128 = 192 at
+// D = 64 with BM = 128, then the 16-bit P^T / dS^T fragments (2 x BM/4) while S^T and dP^T die. BM = 128 at
+// D = 128 would need 256 before addresses, over the 240 the consumers get.
+template <int D>
+constexpr int bwd_block_m() {
+  return D == 64 ? 128 : 64;
+}
+
+// Keys per K/V tile of the dQ kernel: a consumer thread holds dQ (D/2) + S and dP (2 x BN/2) + the dS fragments
+// (BN/4): 160 at D = 64 with BN = 128, 128 at D = 128 with BN = 64; BN = 128 at D = 128 (192 + indices) spilled in
+// the lab (run 13), hence the smaller tile there.
+template <int D>
+constexpr int dq_block_n() {
+  return D == 128 ? 64 : 128;
+}
+
+// Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
+// STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES]).
+// 128 KB at D = 128, 96 KB at D = 64: one CTA per SM (the consumers' 240 registers allow no second anyway).
+template <int D, int STAGES = kBwdStages>
+struct DkdvLayout {
+  static constexpr int BM = bwd_block_m<D>(), BN = kBwdBlockN;
+  static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2;
+  static constexpr int kK = 0, kV = kTileKV, kQ = 2 * kTileKV, kDo = kQ + STAGES * kTileQ;
+  static constexpr int kLse = kDo + STAGES * kTileQ, kDelta = kLse + STAGES * BM * 4;
+  static constexpr int kBar = kDelta + STAGES * BM * 4;
+  static constexpr int kBars = 1 + 2 * STAGES;
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;        // + alignment slack for align1024
+  static constexpr uint32_t kTileTx = 2 * kTileQ + 2 * BM * 4;  // Q + dO + lse2 + Delta of one query tile
+  static_assert(kTileKV % 1024 == 0 && kTileQ % 1024 == 0, "sw128 tiles must stay 1024-aligned");
+  static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
+};
+
+// Shared memory of the dQ kernel: Q, dO (128 x D, loaded once) + STAGES x (K, V: BN x D) + barriers (q_full,
+// full[STAGES], empty[STAGES]). 128 KB at D = 128, 96 KB at D = 64.
+template <int D, int STAGES = kBwdStages>
+struct DqLayout {
+  static constexpr int kBlockN = dq_block_n<D>();
+  static constexpr int kTileQ = kDqBlockM * D * 2, kTileKV = kBlockN * D * 2;
+  static constexpr int kQ = 0, kDo = kTileQ, kK = 2 * kTileQ, kV = kK + STAGES * kTileKV, kBar = kV + STAGES * kTileKV;
+  static constexpr int kBars = 1 + 2 * STAGES;
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;
+  static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
+};
+
+// The kernels' parameters, passed __grid_constant__ (TMA reads the maps from parameter space; the mask points at
+// band).
+struct BwdArgs {
+  CUtensorMap tm_q_bm, tm_do_bm, tm_k, tm_v;        // dK/dV kernel: q, dout box bwd_block_m rows; k, v box 128
+  CUtensorMap tm_q128, tm_do128, tm_k_dq, tm_v_dq;  // dQ kernel: q, dout box 128 rows; k, v box dq_block_n rows
+  const float* lse2 = nullptr;                      // (B, H, Sq_pad) exp2 domain, +inf where P = 0 (bwd_prep_kernel)
+  const float* delta = nullptr;                     // (B, H, Sq_pad)
+  void* dq = nullptr;                               // (B, H, Sq, D) T, strides qs
+  void* dk = nullptr;                               // (B, Hk, Sk, D) T, strides ks
+  void* dv = nullptr;                               // (B, Hk, Sk, D) T, strides ks
+  HeadStrides qs, ks;
+  int H = 0, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
+  AttentionBand band;
+  float scale = 1.f, scale_log2 = 1.f;
+};
+
+// One warp per workspace row of (B, H, Sq_pad); grid ceil(B H Sq_pad / 8) blocks of 256 threads. D a multiple of 32.
+template <class T, int D>
+__global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out,       // (B, H, Sq, D) strides qs
+                                                       const T* __restrict__ dout,      // (B, H, Sq, D) strides qs
+                                                       const float* __restrict__ lse,   // (B, H, Sq) natural log
+                                                       const float* __restrict__ dlse,  // (B, H, Sq) or null
+                                                       float* __restrict__ delta,       // (B, H, Sq_pad)
+                                                       float* __restrict__ lse2,        // (B, H, Sq_pad)
+                                                       int B, int H, int Sq, int Sq_pad, HeadStrides qs) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= static_cast<int64_t>(B) * H * Sq_pad) return;
+  const int i = static_cast<int>(row % Sq_pad);
+  const int64_t bh = row / Sq_pad, h = bh % H, b = bh / H;
+  if (i >= Sq) {
+    if (lane == 0) delta[row] = 0.f, lse2[row] = INFINITY;
+    return;
+  }
+  const int64_t off = b * qs.batch + h * qs.head + static_cast<int64_t>(i) * qs.seq;
+  float p = 0.f;
+#pragma unroll
+  for (int t = 0; t < D / 32; ++t) p += dev::to_float(out[off + lane + 32 * t]) * dev::to_float(dout[off + lane + 32 * t]);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) p += __shfl_xor_sync(0xffffffffu, p, o);
+  if (lane == 0) {
+    const int64_t lrow = bh * Sq + i;
+    const float l = lse[lrow];
+    delta[row] = dlse != nullptr ? p - dlse[lrow] : p;
+    lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
+  }
+}
+
+// dK / dV. CTA = keys [n0, n0 + 128) of kv head hk: grid (ceil(Sk / 128), Hk, B), kWsThreads threads,
+// DkdvLayout<D>::kBytes of dynamic shared memory.
+//   The query tiles it visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that sees
+//   a key of the block), for each of the G query heads of hk in turn: j = g cnt + (m - first). cnt = 0 (no query
+//   sees the block): nothing is loaded, nobody waits, the block stores zeros.
+//   Consumer per query tile (queries m BM .. +BM): S^T = K_wg Q^T and dP^T = V_wg dO^T (2 x D/16 wgmma_ss, two
+//   commit groups); wait<1>: S^T done, so P^T = 2^(S^T scale_log2 - lse2[q]) runs while dP^T finishes; wait<0>;
+//   dS^T = P^T (dP^T - Delta[q]); P^T, dS^T -> 16-bit A fragments; dV += P^T dO and dK += dS^T Q (2 x BM/16
+//   wgmma_rs, the dO and Q tiles as MN-major B: [query][d], d contiguous); wait<0>; release the stage.
+//   The mask (key j visible to query i iff query_lo(j) <= i < query_hi(j + 1); a contiguous range since key_lo,
+//   key_hi grow with i): each thread keeps [qlo, qhi) of its two key rows (empty for a key >= Sk); a tile is tested
+//   element by element only when it is not inside [query_lo(last key), query_hi(n0 + 1)) for all 128 keys (a
+//   CTA-uniform test: no divergence). Hidden -> P = 0. Padding queries (>= Sq) are hidden by qhi <= Sq and would add
+//   nothing anyway (zero dO and Q rows, lse2 +inf).
+//   Epilogue: dV and scale dK as T, rows < Sk only.
+template <class T, int D, bool kLower>
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
+#if XF_SM90A_DEVICE
+  using L = DkdvLayout<D>;
+  constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
+  const uint32_t bar_kv = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
+  const int n0 = static_cast<int>(blockIdx.x) * BN, hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const fa::TileRange tr = mask.query_tiles(n0, BN, BM);  // the query tiles of one head that see a key of the block
+  const int n_tiles = tr.count * a.G;                     // ... for each of the G query heads of kv head hk
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q_bm);
+    tma_prefetch_map(&a.tm_do_bm);
+    tma_prefetch_map(&a.tm_k);
+    tma_prefetch_map(&a.tm_v);
+    mbar_init(bar_kv, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
+      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the roles split below
+
+  if (wg == 2) {
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && n_tiles > 0) {
+      mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);  // full boxes: rows past Sk are TMA's zeros
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
+        tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
+      }
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
+          tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
+        }
+        const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
+        bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
+        bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+      }
+    }
+    return;  // the producer's path must not rejoin the consumers'
+  }
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<kConsumerRegs>();
+  const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+  const int key_row0 = n0 + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
+  int qlo[2], qhi[2];                                     // the queries that see each of its two keys
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key_row0 + 8 * r;
+    const bool valid = key < a.Sk;
+    qlo[r] = valid ? mask.query_lo(key) : 0;
+    qhi[r] = valid ? mask.query_hi(key + 1) : 0;
+  }
+  // Queries every key of the block sees (query_lo, query_hi grow with the key): a tile inside needs no test.
+  const bool all_keys = n0 + BN <= a.Sk;
+  const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+  float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
+  uint32_t ap[BM / 16][4], ads[BM / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
+  const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
+  if (n_tiles > 0) mbar_wait(bar_kv, 0);
+
+#pragma unroll 1  // one tile's registers at a time
+  for (int j = 0; j < n_tiles; ++j) {
+    const int st = j % STAGES, m = tr.first + j % tr.count;
+    const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
+    const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
+    const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
+    mbar_wait(bar_full(st), (j / STAGES) & 1);
+
+    wgmma_fence();
+    ss_gemm<T, D, BM>(s, k_wg, BN * 128, q_st, BM * 128);  // S^T (64 keys x BM queries)
+    wgmma_commit();
+    ss_gemm<T, D, BM>(dp, v_wg, BN * 128, do_st, BM * 128);  // dP^T
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+    // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 8 (i / 4) + 2 (lane % 4) + (i & 1)
+    const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+    const int qc = m * BM + 2 * (lane % 4);
+#pragma unroll
+    for (int i = 0; i < BM / 2; i += 2) {
+      const int col = 8 * (i / 4) + 2 * (lane % 4);
+      const float2 l2 = *reinterpret_cast<const float2*>(lse_st + col);
+      s[i] = ex2(fmaf(s[i], a.scale_log2, -l2.x));
+      s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
+      if (!full) {
+        const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
+        if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
+        if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+      }
+    }
+    wgmma_wait<0>();
+    reg_fence(dp);
+#pragma unroll
+    for (int i = 0; i < BM / 2; i += 2) {  // dS^T in place of dP^T
+      const float2 dl = *reinterpret_cast<const float2*>(dlt_st + 8 * (i / 4) + 2 * (lane % 4));
+      dp[i] = s[i] * (dp[i] - dl.x);
+      dp[i + 1] = s[i + 1] * (dp[i + 1] - dl.y);
+    }
+    pack_p<T, BM>(s, ap);
+    pack_p<T, BM>(dp, ads);
+    wgmma_fence();
+    rs_gemm<T, D, BM>(dvacc, ap, do_st, BM * 128);  // dV += P^T dO
+    rs_gemm<T, D, BM>(dkacc, ads, q_st, BM * 128);  // dK += dS^T Q
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(dvacc);
+    reg_fence(dkacc);
+    if (lane == 0) mbar_arrive(bar_empty(st));
+  }
+  const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
+  const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
+                      static_cast<int64_t>(key_wg) * a.ks.seq;
+  store_rows_bounded<T, D>(dvacc, 1.f, static_cast<T*>(a.dv) + off, a.ks.seq, a.Sk - key_wg, t);
+  store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
+#endif
+}
+
+// dQ. CTA = queries [m0, m0 + 128) of head h: grid (Sq_pad / 128, H, B), the last query block first (the longest
+// under a causal mask, as the forward), kWsThreads threads, DqLayout<D>::kBytes of dynamic shared memory.
+//   Key tiles Mask::key_tiles(m0, 128, BN) of kv head h / G; a tile not covered by common_keys(m0, last valid query)
+//   gets the element mask (-inf before the exponential). No key tile: dQ = 0 stored.
+//   Per key tile: S = Q_wg K^T and dP = dO_wg V^T (2 x D/16 wgmma_ss); wait<1>; P = 2^(S scale_log2 - lse2_row);
+//   wait<0>; dS = P (dP - Delta_row) -> 16-bit A fragments; dQ += dS K (BN/16 wgmma_rs, the K tile as MN-major B:
+//   [key][d], d contiguous); wait<0>; release the stage. Epilogue: scale dQ as T, rows < Sq only.
+template <class T, int D, bool kLower>
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_constant__ BwdArgs a) {
+#if XF_SM90A_DEVICE
+  using L = DqLayout<D>;
+  constexpr int BN = L::kBlockN, STAGES = kBwdStages;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
+  const uint32_t bar_q = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kDqBlockM;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), hk = h / a.G;
+  const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const fa::TileRange tr = mask.key_tiles(m0, kDqBlockM, BN);  // may be empty: no query of the block sees a key
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q128);
+    tma_prefetch_map(&a.tm_do128);
+    tma_prefetch_map(&a.tm_k_dq);
+    tma_prefetch_map(&a.tm_v_dq);
+    mbar_init(bar_q, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);
+      mbar_init(bar_empty(st), 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 2) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && tr.count > 0) {
+      mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_q + at * (kDqBlockM * 128), &a.tm_q128, at * 64, m0, h, b, bar_q);
+        tma_load_4d(s_do + at * (kDqBlockM * 128), &a.tm_do128, at * 64, m0, h, b, bar_q);
+      }
+      for (int j = 0; j < tr.count; ++j) {
+        const int st = j % STAGES, k0 = (tr.first + j) * BN;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bar_full(st));
+          tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bar_full(st));
+        }
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<kConsumerRegs>();
+  const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+  const int q_row0 = m0 + 64 * cw + 16 * w + lane / 4;  // this thread's first query (second: +8)
+  const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad;  // m0 + 128 <= Sq_pad: in range
+  float l2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l2[r] = a.lse2[lrow + q_row0 + 8 * r];
+    dl[r] = a.delta[lrow + q_row0 + 8 * r];
+  }
+  const fa::KeyRange keys[2] = {mask.keys(q_row0), mask.keys(q_row0 + 8)};
+  const fa::KeyRange common = mask.common_keys(m0, min(m0 + kDqBlockM, a.Sq) - 1);  // keys all valid rows see
+  float dqacc[D / 2], s[BN / 2], dp[BN / 2];
+  uint32_t ap[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dqacc[i] = 0.f;
+  const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
+  if (tr.count > 0) mbar_wait(bar_q, 0);
+
+#pragma unroll 1
+  for (int j = 0; j < tr.count; ++j) {
+    const int st = j % STAGES, k0 = (tr.first + j) * BN;
+    const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
+    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    wgmma_fence();
+    ss_gemm<T, D, BN>(s, q_wg, kDqBlockM * 128, k_st, BN * 128);  // S = Q K^T
+    wgmma_commit();
+    ss_gemm<T, D, BN>(dp, do_wg, kDqBlockM * 128, v_st, BN * 128);  // dP = dO V^T
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+    if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] = ex2(fmaf(s[i], a.scale_log2, -l2[(i >> 1) & 1]));
+    wgmma_wait<0>();
+    reg_fence(dp);
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) dp[i] = s[i] * (dp[i] - dl[(i >> 1) & 1]);
+    pack_p<T, BN>(dp, ap);
+    wgmma_fence();
+    rs_gemm<T, D, BN>(dqacc, ap, k_st, BN * 128);  // dQ += dS K
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(dqacc);
+    if (lane == 0) mbar_arrive(bar_empty(st));
+  }
+  const int q_wg0 = m0 + 64 * cw;
+  const int64_t off = static_cast<int64_t>(b) * a.qs.batch + static_cast<int64_t>(h) * a.qs.head +
+                      static_cast<int64_t>(q_wg0) * a.qs.seq;
+  store_rows_bounded<T, D>(dqacc, a.scale, static_cast<T*>(a.dq) + off, a.qs.seq, a.Sq - q_wg0, t);
+#endif
+}
+
+}  // namespace xfr::cuda::sm90

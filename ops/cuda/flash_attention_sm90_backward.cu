@@ -1,0 +1,109 @@
+// The native attention backward on Hopper (sm_90a): the host side of the kernels in
+// ops/cuda/device/sm90/attention_backward.cuh (which describes them), promoted from the kernel lab's b3
+// (tools/lab/attention_wgmma_bwd.cu). launch_flash_attention_backward (ops/cuda/flash_attention.cu) sends a call here
+// when sm90_refusal is empty (the forward's reach and switch: bf16 / f16, D 64 or 128, every band, GQA, either
+// layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the
+// mma.sync kernels (flash_attention_tc.cuh) otherwise.
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/device/sm90/attention_backward.cuh"
+#include "ops/cuda/flash_attention_params.cuh"
+
+namespace xfr::cuda::fa {
+
+namespace {
+
+using sm90::BwdArgs;
+using sm90::kDqBlockM;
+
+// Rows of the Delta / lse2 workspaces per (b, h): Sq rounded up to the 128-query tiles both kernels read whole.
+int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqBlockM - 1) / kDqBlockM * kDqBlockM; }
+
+template <class T, int D, bool kLower>
+void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
+  sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
+      static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
+      args.Sq_pad, p.qs);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
+
+  using LKV = sm90::DkdvLayout<D>;
+  static std::atomic<uint64_t> done_kv{0};
+  auto dkdv = sm90::bwd_dkdv_kernel<T, D, kLower>;
+  allow_smem(dkdv, LKV::kBytes, done_kv);
+  const dim3 grid_kv(static_cast<unsigned>((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN),
+                     static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B));
+  dkdv<<<grid_kv, sm90::kWsThreads, LKV::kBytes, stream>>>(args);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
+
+  using LQ = sm90::DqLayout<D>;
+  static std::atomic<uint64_t> done_q{0};
+  auto dq = sm90::bwd_dq_kernel<T, D, kLower>;
+  allow_smem(dq, LQ::kBytes, done_q);
+  const dim3 grid_q(static_cast<unsigned>(args.Sq_pad / kDqBlockM), static_cast<unsigned>(p.H),
+                    static_cast<unsigned>(p.B));
+  dq<<<grid_q, sm90::kWsThreads, LQ::kBytes, stream>>>(args);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
+}
+
+template <class T, int D>
+void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+  if (p.band.left >= 0) {
+    launch<T, D, true>(args, p, delta, lse2, stream);
+  } else {
+    launch<T, D, false>(args, p, delta, lse2, stream);
+  }
+}
+
+}  // namespace
+
+size_t sm90_backward_workspace_bytes(const Params& p) {
+  return 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2
+}
+
+void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream) {
+  BwdArgs args;
+  const int D = p.D, bm = D == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
+  const int dqn = D == 64 ? sm90::dq_block_n<64>() : sm90::dq_block_n<128>();
+  std::string why;
+  // The dK/dV kernel reads q, dout in tiles of bm queries and k, v in blocks of 128 keys; the dQ kernel q, dout in
+  // blocks of 128 queries and k, v in tiles of dqn keys.
+  const bool ok = sm90_head_map(&args.tm_q_bm, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
+                  sm90_head_map(&args.tm_do_bm, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
+                  sm90_head_map(&args.tm_k, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
+                  sm90_head_map(&args.tm_v, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
+                  sm90_head_map(&args.tm_q128, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
+                  sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
+                  sm90_head_map(&args.tm_k_dq, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why) &&
+                  sm90_head_map(&args.tm_v_dq, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why);
+  XF_CHECK(ok, "flash_attention_backward", "the sm90 backward's tensor maps: ", why);
+  args.Sq_pad = static_cast<int>(padded_rows(p));
+  float* delta = static_cast<float*>(workspace);
+  float* lse2 = delta + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;  // 512-byte multiples: bulk copies aligned
+  args.lse2 = lse2;
+  args.delta = delta;
+  args.dq = p.dq;
+  args.dk = p.dk;
+  args.dv = p.dv;
+  args.qs = p.qs;
+  args.ks = p.ks;
+  args.H = p.H;
+  args.G = p.G;
+  args.Sq = p.Sq;
+  args.Sk = p.Sk;
+  args.band = p.band;
+  args.scale = p.scale;
+  args.scale_log2 = p.scale_log2;
+  if (dtype == DType::bf16) {
+    if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, stream);
+    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, stream);
+  } else {
+    if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, stream);
+    else launch_band<__half, 128>(args, p, delta, lse2, stream);
+  }
+}
+
+}  // namespace xfr::cuda::fa
