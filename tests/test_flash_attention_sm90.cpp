@@ -1,10 +1,11 @@
-// The native attention forward on Hopper (ops/cuda/flash_attention_sm90.cu: wgmma, TMA, warp-specialised) against
-// the CPU kernel in f32 on the same rounded inputs, on every band it takes (none, causal in both alignments, sliding
-// windows), both layouts, bf16 and f16, GQA / MQA, and awkward lengths (1, 17, 127, 129, 257, 1000, 4097: tails of
-// the 128-row tiles on both axes, rows that see no key). Each problem also runs with XF_ATTENTION_SM90=0 (the
-// mma.sync kernel) against the same oracle. Outputs start poisoned (NaN), so an unwritten row fails. The choice of
-// kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped
-// without one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
+// The native attention on Hopper (wgmma, TMA, warp-specialised): the forward (ops/cuda/flash_attention_sm90.cu) and
+// the backward (ops/cuda/flash_attention_sm90_backward.cu) against the CPU kernel in f32 on the same rounded inputs,
+// on every band they take (none, causal in both alignments, sliding windows), both layouts, bf16 and f16, GQA / MQA,
+// a gradient of lse (dlse) or none, and awkward lengths (1, 17, 33, 127, 129, 257, 1000, 4097: tails of the 64- and
+// 128-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
+// XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle. Outputs start poisoned (NaN), so an unwritten
+// row fails. The choice of kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU
+// cases are skipped without one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
 #include <string>
 
@@ -92,7 +93,7 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
   CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0") || contains(why, "no sm_90a code")), why);
 }
 
-XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward against the CPU (bands, layouts, bf16 / f16, tails)") {
+XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward against the CPU (bands, layouts, bf16 / f16, tails, dlse)") {
   ScopedEnv native("XF_ATTENTION_BACKEND", "native");  // auto would send most of these to cuDNN
   for (const FaProblem& p0 : sm90_problems())
     for (AttentionLayout layout : {AttentionLayout::bhsd, AttentionLayout::bshd})
@@ -102,8 +103,9 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward against the CPU
         const std::string w = p.name() + " [" + dtype_name(dt) + "]";
         CAPTURE(w);
         const std::string why = cuda::flash_attention_sm90_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned);
-        // On a compute capability 9.0 device every problem here must take the Hopper kernel (else this tests the
-        // other one twice); elsewhere the test still holds the mma.sync kernel to the oracle.
+        // On a compute capability 9.0 device every problem here must take the Hopper kernels (else this tests the
+        // others twice; the backward follows the forward's rule); elsewhere the test still holds the mma.sync
+        // kernels to the oracle.
         CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0")), why);
         const FaInputs in32 = make_fa_inputs(p, 41 + static_cast<uint64_t>(p.Sq * 3 + p.Sk + p.D), DType::f32);
         std::vector<Tensor> gin, cin;
@@ -114,13 +116,45 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward against the CPU
         const FlashAttentionOp op(p.a);
         const auto ref = run_op(op, cin, &test_pool());
         const FaTol tol = fa_tolerance(dt);
+        // Backward: both sides get the CPU forward's out (rounded to dt) and lse, so only the backward kernels
+        // differ; dlse on every other problem (the gradient that reaches lse: Delta - dlse).
+        const bool with_dlse = (p.Sq + p.Sk) % 2 == 1 || p.Sq == 1;
+        const Tensor out_g = as_dtype(ref[0], dt), out_c = as_dtype(out_g, DType::f32);
+        const Tensor dout_g = random_tensor(ref[0].shape(), 303 + static_cast<uint64_t>(p.Sq), -1, 1, dt);
+        const Tensor dout_c = as_dtype(dout_g, DType::f32);
+        std::vector<Tensor> gb{gin[0], gin[1], gin[2], out_g, dout_g, ref[1]}, cb{cin[0], cin[1], cin[2], out_c, dout_c, ref[1]};
+        if (with_dlse) {
+          const Tensor dlse = random_tensor(ref[1].shape(), 304, -1, 1);
+          gb.push_back(dlse);
+          cb.push_back(dlse);
+        }
+        const FlashAttentionBackwardOp bop(p.a, with_dlse, false);
+        const auto rb = run_op(bop, cb, &test_pool());
         for (const char* sm90 : {"1", "0"}) {
           ScopedEnv env("XF_ATTENTION_SM90", sm90);
           const auto got = run_op_cuda(op, gin);
           const std::string tag = w + " XF_ATTENTION_SM90=" + sm90;
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
+          const auto gg = run_op_cuda(bop, gb);
+          const char* names[3] = {" dq", " dk", " dv"};
+          for (size_t i = 0; i < 3; ++i)
+            check_scaled(gg[i].to_doubles(), rb[i].to_doubles(), tol.grad_rel, tol.grad_rtol,
+                         tag + names[i] + (with_dlse ? " (dlse)" : ""), /*floor=*/1.0);
         }
       }
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper backward is deterministic (GQA sums without atomics)") {
+  ScopedEnv native("XF_ATTENTION_BACKEND", "native");
+  FaProblem p = with_scale(causal(fa_problem(2, 8, 2, 333, 333, 128), BR));  // 4 query heads per kv head
+  p.a.layout = AttentionLayout::bshd;
+  const FaInputs in = make_fa_inputs(p, 77, DType::bf16);
+  const auto f = run_op_cuda(FlashAttentionOp(p.a), in.all);
+  const Tensor dout = random_tensor(f[0].shape(), 78, -1, 1, DType::bf16);
+  const FlashAttentionBackwardOp bop(p.a, false, false);
+  const auto g1 = run_op_cuda(bop, {in.all[0], in.all[1], in.all[2], f[0], dout, f[1]});
+  const auto g2 = run_op_cuda(bop, {in.all[0], in.all[1], in.all[2], f[0], dout, f[1]});
+  for (size_t i = 0; i < 3; ++i) CHECK(g1[i].to_doubles() == g2[i].to_doubles());
 }
 #endif

@@ -1,8 +1,8 @@
 // Attention kernel benchmark, run beside tools/bench_attention_torch.py in one job (tools/gpu_check.sh attn):
 // the FlashAttention grid, 16k tokens per batch (B = 16384 / S), hidden 2048 (H = 2048 / D), D = 64 and 128,
 // S = 512 ... 16k, causal and not, bf16, q/k/v packed (B, H, S, D) from a normal distribution. For each point:
-//   native        our kernels (ops/cuda/flash_attention_launch.h): the Hopper forward where it applies (the
-//                 row's native_forward says which ran), the FA2-style mma.sync backward
+//   native        our kernels (ops/cuda/flash_attention_launch.h): the Hopper forward and backward where they
+//                 apply (the row's native_forward / native_backward say which ran), else the FA2-style mma.sync ones
 //   cudnn         cuDNN SDPA through ops/cuda/cudnn_attention.h, deterministic backward (what auto runs)
 //   cudnn_atomic  the same forward, the backward with atomic dq (torch's cuDNN backend's kind)
 // forward and forward+backward TFLOP/s (FlashAttention convention: forward 4·B·H·S²·D, halved when causal;
@@ -70,11 +70,17 @@ Tensor random_bf16(DeviceContext* ctx, uint64_t seed) {
   return Tensor::from_vector(v, {kTokens * kHidden}).to(DType::bf16).to_device(ctx);
 }
 
-// Median milliseconds of `fn` over `reps` runs (each between two CUDA events), after `warmup` runs.
+// Median milliseconds of `fn` over `reps` runs, after `warmup` runs, measured as triton.testing.do_bench measures
+// PyTorch's side (tools/bench_attention_torch.py): before each run a 256 MB memset clears the L2 cache (50 MB on the
+// H200), then `fn` runs between two CUDA events. The memset also keeps the GPU busy while the host issues `fn`, so
+// neither side's time includes its host work (a few microseconds, 2-4% of the shortest cells), only its kernels.
 double median_ms(DeviceContext& ctx, int warmup, int reps, const std::function<void()>& fn) {
+  constexpr size_t kFlushBytes = size_t(256) << 20;  // do_bench's cache-clearing buffer: 256 MB
+  const std::shared_ptr<void> flush = ctx.allocate(kFlushBytes);  // the caching pool hands it back each call
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
+    ctx.memset_zero(flush.get(), kFlushBytes);
     const auto a = ctx.record_event();
     fn();
     const auto b = ctx.record_event();
@@ -196,10 +202,12 @@ int main(int argc, char** argv) {
                                                         dout.raw_data(), lse.data<float>(), nullptr, dq.raw_data(),
                                                         dk.raw_data(), dv.raw_data(), nullptr, ws.get(), ctx.stream());
                 });
-            // Which native forward ran: the Hopper kernel (sm90) or the mma.sync one, and why.
+            // Which native kernels ran: the Hopper ones (sm90) or the mma.sync ones, and why. The backward follows the
+            // forward's rule with its own tensors, allocated alike here (all 256-byte aligned).
             const std::string why = cuda::flash_attention_sm90_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(),
                                                                        o.raw_data());
-            rows.back()["native_forward"] = why.empty() ? std::string("sm90") : "mma.sync (" + why + ")";
+            rows.back()["native_forward"] = rows.back()["native_backward"] =
+                why.empty() ? std::string("sm90") : "mma.sync (" + why + ")";
           }
 #ifdef XF_HAVE_CUDNN_ATTENTION
           for (const char* name : {"cudnn", "cudnn_atomic"}) {
