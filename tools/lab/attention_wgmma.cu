@@ -225,23 +225,7 @@ int main(int argc, char** argv) {
   std::vector<lab_host::VariantName> names;
   for (const auto& v : kVariants) names.push_back({v.name, v.what});
   const lab_host::Options opt = lab_host::parse(argc, argv, "xfrun_lab_attention_wgmma", "S=512 only", names);
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    std::printf("lab attention_wgmma: FATAL: no CUDA device\n");
-    return 3;
-  }
-  cudaDeviceProp prop{};
-  LAB_CHECK(cudaGetDeviceProperties(&prop, 0));
-  int drv = 0, rt = 0;
-  LAB_CHECK(cudaDriverGetVersion(&drv));
-  LAB_CHECK(cudaRuntimeGetVersion(&rt));
-  std::printf("lab attention_wgmma: device %s (sm_%d%d, %d SMs, %.0f GiB), driver %d, runtime %d\n", prop.name,
-              prop.major, prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, drv, rt);
-  if (prop.major != 9 || prop.minor != 0) {
-    std::printf("lab attention_wgmma: FATAL: the kernels are built for sm_90a only (wgmma, setmaxnreg)\n");
-    return 3;
-  }
-  lab_host::setup_hang_record();
+  if (const int st = lab_host::open_sm90_device()) return st;
   std::printf("lab attention_wgmma: inputs N(0,1) bf16 (scores ~N(0,1) after 1/sqrt(D)); out tol |err| <= %g + %g sum_j P_j|v_j|, "
               "lse tol %g relative; time = median of %d runs after 3 warm-ups; FLOPs 4*B*H*S^2*D (/2 causal)\n",
               kOutAtol, kOutMagRtol, kLseRtol, opt.reps);

@@ -9,41 +9,33 @@
 //   bottom-right, sliding windows). out and lse come from an fp32 reference forward (out rounded to bf16) on
 //   N(0,1) inputs made on the device.
 //
-// Reach (each variant refuses the rest by name, printed as SKIP): b1, b2: packed bhsd, Sq == Sk = S a multiple of
-// 128, H == Hk, no band or causal, no dlse, D = 64 or 128. b3: D = 64 or 128, any Sq, Sk >= 1, every band, GQA /
-// MQA, bhsd or bshd, dlse (bf16 here; its kernels are templates on T = bf16 / f16, f16 compiled with -DLAB_B3_F16
-// but not run: the references are bf16).
+// Reach (each variant refuses the rest by name, printed as SKIP): b1: packed bhsd, Sq == Sk = S a multiple of 128,
+// H == Hk, no band or causal, no dlse, D = 64 or 128. b3: D = 64 or 128, any Sq, Sk >= 1, every band, GQA / MQA,
+// bhsd or bshd, dlse (bf16 here; its kernels are templates on T = bf16 / f16, f16 compiled with -DLAB_B3_F16 but
+// not run: the references are bf16).
 //
-// Variants (attention_wgmma_bwd/kernels.cuh has a comment block per kernel: tiles, the limit each size hits,
-// barriers and the pipeline). All start with a pre-kernel Delta_i = dout_i . out_i, lse2_i = lse_i log2(e).
-//   b1  dK/dV kernel: CTA = 128 keys (2 consumer warpgroups x 64), a TMA producer warp streams Q, dO, lse2, Delta
-//       of each query tile (64 rows at D = 128, 128 at D = 64) through a 2-stage mbarrier ring; per tile
-//       S^T = K Q^T, dP^T = V dO^T (wgmma_ss), P^T and dS^T in registers, dV += P^T dO, dK += dS^T Q (wgmma_rs).
-//       Then a separate deterministic dQ kernel: CTA = 128 queries, K/V tiles through the ring, S = Q K^T,
-//       dP = dO V^T, dQ += dS K. Recomputes S and dP once more (the price of no atomics): 7 GEMMs of S x S x D
-//       per (b, h) instead of 5.
-//   b2  dQ by fp32 atomics from the dK/dV kernel: each tile's dS^T goes to shared memory as bf16 and one more
-//       wgmma (both operands MN-major: wgmma_ss_mn) gives a 64 x 64 piece of dQ per warpgroup, added with
-//       red.global.add.f32 into a zeroed fp32 buffer; a conversion kernel scales it to bf16. 5 GEMMs; not
-//       deterministic (the order of the additions varies).
-//   b3  b1 generalised to production's problem (kernels.cuh, "b3"): 4-D TMA maps (D, S, heads, B) over strided
-//       tensors (zero fill past Sq / Sk), production's Mask<kLower> for every band (the dK/dV CTA visits
-//       Mask::query_tiles of each of the G query heads of its kv head, the dQ CTA Mask::key_tiles), lse2 +inf for
-//       rows that see nothing and for the padding rows of a (B, H, Sq rounded up to 128) workspace, bounded
-//       epilogues. Same tiles, threads, registers and barriers as b1.
-//   Time covers everything a caller would run: the pre-kernel, b2's memset of the dQ buffer, the kernels, b2's
-//   conversion.
+// Variants. Both start with production's pre-kernel (bwd_prep_kernel: Delta_i = dout_i . out_i - dlse_i,
+// lse2_i = lse_i log2(e)).
+//   b1  the specialised speed baseline (attention_wgmma_bwd/kernels.cuh has a comment block per kernel: tiles,
+//       barriers and the pipeline). dK/dV kernel: CTA = 128 keys (2 consumer warpgroups x 64), a TMA producer
+//       streams Q, dO, lse2, Delta of each query tile (64 rows at D = 128, 128 at D = 64) through a 2-stage
+//       mbarrier ring; per tile S^T = K Q^T, dP^T = V dO^T (wgmma_ss), P^T and dS^T in registers, dV += P^T dO,
+//       dK += dS^T Q (wgmma_rs). Then a separate deterministic dQ kernel: CTA = 128 queries, K/V tiles through the
+//       ring, S = Q K^T, dP = dO V^T, dQ += dS K. Recomputes S and dP once more (the price of no atomics): 7 GEMMs
+//       of S x S x D per (b, h) instead of 5. Tile sizes, shared-memory layouts and GEMM helpers are production's.
+//   b3  production's backward (ops/cuda/device/sm90/attention_backward.cuh, which documents it): b1 generalised
+//       (4-D TMA maps over strided tensors, Mask<kLower> for every band, GQA summed in the dK/dV CTA, bounded
+//       epilogues; same tiles, threads, registers and barriers), developed here as b3 and then promoted.
+//   Retired: b2 (dQ by fp32 atomics from the dK/dV kernel) was slower than b1 and spilled when causal (run 13:
+//   219.9 TFLOP/s at D=128 S=2048 vs b1's 440.0; 104.6 vs 187.7 at D=128 S=512 causal).
+//   Time covers everything a caller would run: the pre-kernel and the kernels.
 //
-// Registers (nvcc 13.0, ptxas -v; every fast kernel runs 384 threads = 2 consumer warpgroups at 240 + a producer
-// warpgroup at 24, setmaxnreg; see kBwdThreads in kernels.cuh for the history): no C7512 warning in any kernel.
-//   b1: bwd_dkdv and bwd_dq, every instantiation: 0 spill bytes.
-//   b2: bwd_dkdv with the dQ atomics: 0 spill bytes non-causal; causal 136 bytes (D=128), 36 (D=64): the dQ
-//       accumulators and the atomics' addresses beside dV and dK; b2 is the atomics experiment.
-// First results (H200, run 13): b1 187.7 TFLOP/s at D=128 S=512 causal, 440.0 at D=128 S=2048 non-causal; b2 104.6
-// and 219.9; every case PASS (rel. L2 2.3e-3 - 2.4e-3).
-//
-//   b3 (nvcc 13.0): bwd3_dkdv and bwd3_dq, bf16, D 64 / 128, kLower false / true: 168 registers at entry (the
-//       setmaxnreg split), 0 spill bytes; no C7512.
+// Registers (nvcc 13.0, ptxas -v; every fast kernel runs kWsThreads = 384 threads = 2 consumer warpgroups at 240 +
+// a producer warpgroup at 24, setmaxnreg; kernels.cuh, b1's dK/dV kernel, has the history): 168 registers at entry,
+// 0 spill bytes and no C7512 warning in b1's bwd_dkdv / bwd_dq and b3's bwd_dkdv_kernel / bwd_dq_kernel (bf16 and
+// f16, D 64 / 128, every mask form).
+// First results (H200, run 13): b1 187.7 TFLOP/s at D=128 S=512 causal, 440.0 at D=128 S=2048 non-causal; every
+// case PASS (rel. L2 2.3e-3 - 2.4e-3). Run 14 (--quick): b3 396 TFLOP/s at D=128 S=2048 (B=2, H=16), b1 418.
 //
 // Cases: the benchmark grid (D x causal x S, B = 16384 / S, H = 2048 / D) plus b3's awkward cases (awkward_cases:
 // tails, Sq != Sk, bottom-right causal with rows that see nothing, windows, GQA / MQA, bshd, dlse, Sq = 1); --quick:
@@ -51,12 +43,12 @@
 // Output: one line per case, `lab attention_wgmma_bwd <variant> D= Sq= Sk= band= B= H= Hk= layout= dlse=:
 // max_err_dq= max_err_dk= max_err_dv= PASS|FAIL time_ms= TFLOP/s=` with details in brackets; FLOPs = 2.5 x 4 B H
 // pairs D, pairs = Sq Sk without a band, S^2 / 2 causal with Sq == Sk (the FlashAttention convention), else the exact
-// count of visible (query, key) pairs. Every variant (b1 and b2 too) is checked against the general fp32 references
+// count of visible (query, key) pairs. Every variant (b1 too) is checked against the general fp32 references
 // (kernels.cuh, reference3_*: the old packed ones' math with bands, GQA and strides). Exit status: 0 all cases
 // passed (a refusal is no failure), 1 some case failed (or every variant refused every case), 2 usage error, 3 CUDA error that leaves the context unusable (setup, or a sticky fault: the last lines name
 // the kernel, variant and case, and, for a pipeline deadlock, the block, thread and mbarrier that timed out).
 //
-//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b2,b3]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
+//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b3]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
 //       [--sq N] [--sk N] [--h N] [--hk N] [--b N] [--band none|causal|causal_br|window:L,R|window_br:L,R]
 //       [--layout bhsd|bshd] [--dlse 0|1]
 //
@@ -90,6 +82,7 @@ using lab_host::bf16_to_float;
 using lab_host::case_error;
 using lab_host::make_tensor_map;
 using lab_host::make_tensor_map_4d;
+namespace sm90 = xfr::cuda::sm90;  // b3's kernels and the pre-kernel: production's
 
 // One case of the lab: the problem's sizes, band and layout.
 struct Case {
@@ -101,7 +94,7 @@ struct Case {
 };
 
 // Element strides of a (B, heads, S, D) tensor stored in the case's layout.
-Strides strides_of(bool bshd, int heads, int S, int D) {
+HeadStrides strides_of(bool bshd, int heads, int S, int D) {
   if (bshd) return {static_cast<int64_t>(S) * heads * D, D, static_cast<int64_t>(heads) * D};
   return {static_cast<int64_t>(heads) * S * D, static_cast<int64_t>(S) * D, D};
 }
@@ -110,20 +103,19 @@ struct Problem {
   int B, H, Hk, Sq, Sk, D, Sq_pad;  // Sq_pad: Sq rounded up to 128 (b3's workspace rows)
   AttentionBand band;
   bool bshd, has_dlse;
-  Strides qs, ks;                       // q, out, dout, dq: qs; k, v, dk, dv: ks
+  HeadStrides qs, ks;                   // q, out, dout, dq: qs; k, v, dk, dv: ks
   const bf16 *q, *k, *v, *out, *dout;   // q, out, dout (B, H, Sq, D); k, v (B, Hk, Sk, D); strides qs / ks
   const float* lse;                     // (B, H, Sq)
   const float* dlse;                    // (B, H, Sq) or null
   bf16 *dq, *dk, *dv;                   // dq (B, H, Sq, D) strides qs; dk, dv (B, Hk, Sk, D) strides ks
-  float *delta, *lse2;                  // (B, H, Sq_pad) workspace of the pre-kernel (b1, b2: Sq_pad = S)
-  float* dq_accum;                      // (B, H, Sq, D) b2's fp32 dQ
-  // b1, b2 (packed bhsd, Sq == Sk = S, H == Hk) 2-D maps over (B*H*S, D). Box rows: _bm = the dK/dV kernel's query
+  float *delta, *lse2;                  // (B, H, Sq_pad) workspace of the pre-kernel (b1: Sq_pad = S)
+  // b1 (packed bhsd, Sq == Sk = S, H == Hk) 2-D maps over (B*H*S, D). Box rows: _bm = the dK/dV kernel's query
   // tile (bwd_block_m<D>), _128 = 128 (K/V tiles, the dQ kernel's Q/dO)
   CUtensorMap tm_q_bm, tm_do_bm, tm_q128, tm_do128, tm_k128, tm_v128;
   CUtensorMap tm_k_dq, tm_v_dq;  // box dq_block_n<D>() rows: the dQ kernel's K/V tiles
-  Bwd3Args b3;                   // b3's parameters (4-D maps, strides, band)
-  int S;                         // b1, b2: Sq (== Sk)
-  bool causal;                   // b1, b2: band causal
+  BwdArgs b3;                    // b3's parameters (4-D maps, strides, band)
+  int S;                         // b1: Sq (== Sk)
+  bool causal;                   // b1: band causal
   float scale() const { return 1.f / std::sqrt(static_cast<float>(D)); }
   float scale_log2() const { return kLog2e / std::sqrt(static_cast<float>(D)); }
   size_t rows() const { return static_cast<size_t>(B) * H * Sq; }  // query rows
@@ -134,15 +126,15 @@ bool is_causal(const AttentionBand& b) { return b.left < 0 && b.right == 0; }
 bool is_none(const AttentionBand& b) { return b.left < 0 && b.right < 0; }
 
 // The kernels' shape limits, checked by name before any launch ("" = supported).
-std::string refusal_b12(const Case& c) {
+std::string refusal_b1(const Case& c) {
   if (c.D != 64 && c.D != 128) return "D=" + std::to_string(c.D) + " is not 64 or 128 (the kernels are instantiated for those)";
-  if (c.Sq != c.Sk) return "Sq != Sk (b1, b2 have one S)";
+  if (c.Sq != c.Sk) return "Sq != Sk (b1 has one S)";
   if (c.Sq <= 0 || c.Sq % 128 != 0)
-    return "S=" + std::to_string(c.Sq) + " is not a positive multiple of 128 (b1, b2 have no tail tiles)";
-  if (c.H != c.Hk) return "H != Hk (b1, b2 have no GQA)";
-  if (!is_none(c.band) && !is_causal(c.band)) return "band " + c.band_name + " (b1, b2: none or causal only)";
-  if (c.bshd) return "layout bshd (b1, b2: packed bhsd only)";
-  if (c.dlse) return "a dlse input (b1, b2 have none)";
+    return "S=" + std::to_string(c.Sq) + " is not a positive multiple of 128 (b1 has no tail tiles)";
+  if (c.H != c.Hk) return "H != Hk (b1 has no GQA)";
+  if (!is_none(c.band) && !is_causal(c.band)) return "band " + c.band_name + " (b1: none or causal only)";
+  if (c.bshd) return "layout bshd (b1: packed bhsd only)";
+  if (c.dlse) return "a dlse input (b1 has none)";
   return "";
 }
 std::string refusal_b3(const Case& c) {
@@ -174,94 +166,80 @@ struct Run {
   }
 };
 
-constexpr int kStages = 2;
-
 // The kernel's resources as the runtime sees them, for a launch that failed (the first GPU run: "too many resources
-// requested for launch" at 288 threads x 224 registers; kernels.cuh, kBwdThreads).
+// requested for launch" at 288 threads x 224 registers; kernels.cuh, b1's dK/dV kernel).
 template <class Kernel>
 std::string resources_of(Kernel kernel) {
   cudaFuncAttributes a{};
   if (cudaFuncGetAttributes(&a, kernel) != cudaSuccess) return " (cudaFuncGetAttributes failed)";
   return " [numRegs=" + std::to_string(a.numRegs) + " maxThreadsPerBlock=" + std::to_string(a.maxThreadsPerBlock) +
          " localSizeBytes=" + std::to_string(a.localSizeBytes) + " maxDynamicSharedSizeBytes=" +
-         std::to_string(a.maxDynamicSharedSizeBytes) + " launched with " + std::to_string(kBwdThreads) + " threads]";
+         std::to_string(a.maxDynamicSharedSizeBytes) + " launched with " + std::to_string(kWsThreads) + " threads]";
 }
 
+// The pre-kernel of both variants: production's bwd_prep_kernel (Delta, lse2 into (B, H, Sq_pad); b1's cases are
+// packed bhsd with Sq_pad = S and no dlse).
 template <int D>
 bool launch_prep(const Problem& p, Run& r) {
-  bwd_prep<D><<<static_cast<unsigned>(p.rows() / 8), 256>>>(p.out, p.dout, p.lse, p.delta, p.lse2, p.rows());
-  return r.ok(cudaGetLastError(), "bwd_prep");
+  const int64_t wrows = static_cast<int64_t>(p.B) * p.H * p.Sq_pad;
+  sm90::bwd_prep_kernel<bf16, D><<<static_cast<unsigned>((wrows + 7) / 8), 256>>>(
+      p.out, p.dout, p.lse, p.dlse, p.delta, p.lse2, p.B, p.H, p.Sq, p.Sq_pad, p.qs);
+  return r.ok(cudaGetLastError(), "bwd_prep_kernel");
 }
 
-template <int D, bool C, bool ATOMIC>
+template <int D, bool C>
 bool launch_dkdv(const Problem& p, Run& r) {
-  constexpr int smem = DkdvLayout<D, ATOMIC, kStages>::kBytes;
-  static const cudaError_t attr = set_smem(bwd_dkdv<D, C, ATOMIC, kStages>, smem);
+  constexpr int smem = DkdvLayout<D, kBwdStages>::kBytes;
+  static const cudaError_t attr = set_smem(bwd_dkdv<D, C, kBwdStages>, smem);
   if (attr != cudaSuccess) return r.ok(attr, "bwd_dkdv (cudaFuncSetAttribute)");
-  bwd_dkdv<D, C, ATOMIC, kStages><<<dim3(p.S / kBwdBlockN, p.H, p.B), kBwdThreads, smem>>>(
-      p.tm_q_bm, p.tm_do_bm, p.tm_k128, p.tm_v128, p.lse2, p.delta, p.dk, p.dv, p.dq_accum, p.H, p.S, p.scale(),
-      p.scale_log2());
-  if (r.ok(cudaGetLastError(), ATOMIC ? "bwd_dkdv<dq atomic>" : "bwd_dkdv")) return true;
-  r.err += resources_of(bwd_dkdv<D, C, ATOMIC, kStages>);
+  bwd_dkdv<D, C, kBwdStages><<<dim3(p.S / kBwdBlockN, p.H, p.B), kWsThreads, smem>>>(
+      p.tm_q_bm, p.tm_do_bm, p.tm_k128, p.tm_v128, p.lse2, p.delta, p.dk, p.dv, p.H, p.S, p.scale(), p.scale_log2());
+  if (r.ok(cudaGetLastError(), "bwd_dkdv")) return true;
+  r.err += resources_of(bwd_dkdv<D, C, kBwdStages>);
   return false;
 }
 
 template <int D, bool C>
 bool launch_dq(const Problem& p, Run& r) {
-  constexpr int smem = DqLayout<D, kStages>::kBytes;
-  static const cudaError_t attr = set_smem(bwd_dq<D, C, kStages>, smem);
+  constexpr int smem = DqLayout<D, kBwdStages>::kBytes;
+  static const cudaError_t attr = set_smem(bwd_dq<D, C, kBwdStages>, smem);
   if (attr != cudaSuccess) return r.ok(attr, "bwd_dq (cudaFuncSetAttribute)");
-  bwd_dq<D, C, kStages><<<dim3(p.S / kDqBlockM, p.H, p.B), kBwdThreads, smem>>>(p.tm_q128, p.tm_do128, p.tm_k_dq, p.tm_v_dq,
-                                                                         p.lse2, p.delta, p.dq, p.H, p.S, p.scale(),
-                                                                         p.scale_log2());
+  bwd_dq<D, C, kBwdStages><<<dim3(p.S / kDqBlockM, p.H, p.B), kWsThreads, smem>>>(
+      p.tm_q128, p.tm_do128, p.tm_k_dq, p.tm_v_dq, p.lse2, p.delta, p.dq, p.H, p.S, p.scale(), p.scale_log2());
   if (r.ok(cudaGetLastError(), "bwd_dq")) return true;
-  r.err += resources_of(bwd_dq<D, C, kStages>);
+  r.err += resources_of(bwd_dq<D, C, kBwdStages>);
   return false;
 }
 
 template <int D, bool C>
-struct B1 {
-  static bool run(const Problem& p, Run& r) {
-    return launch_prep<D>(p, r) && launch_dkdv<D, C, false>(p, r) && launch_dq<D, C>(p, r);
-  }
-};
-template <int D, bool C>
-struct B2 {
-  static bool run(const Problem& p, Run& r) {
-    if (!r.ok(cudaMemsetAsync(p.dq_accum, 0, p.n() * sizeof(float)), "cudaMemsetAsync(dq_accum)")) return false;
-    if (!launch_prep<D>(p, r) || !launch_dkdv<D, C, true>(p, r)) return false;
-    dq_convert<<<1024, 256>>>(p.dq_accum, p.dq, p.n(), p.scale());
-    return r.ok(cudaGetLastError(), "dq_convert");
-  }
-};
-
-template <template <int, bool> class F>
-bool dispatch(const Problem& p, Run& r) {
-  if (p.D == 64) return p.causal ? F<64, true>::run(p, r) : F<64, false>::run(p, r);
-  return p.causal ? F<128, true>::run(p, r) : F<128, false>::run(p, r);
+bool run_b1(const Problem& p, Run& r) {
+  return launch_prep<D>(p, r) && launch_dkdv<D, C>(p, r) && launch_dq<D, C>(p, r);
+}
+bool dispatch_b1(const Problem& p, Run& r) {
+  if (p.D == 64) return p.causal ? run_b1<64, true>(p, r) : run_b1<64, false>(p, r);
+  return p.causal ? run_b1<128, true>(p, r) : run_b1<128, false>(p, r);
 }
 
-// b3: pre-kernel, dK/dV kernel, dQ kernel (kernels.cuh, "b3"); kLower: the band has a left bound (Mask<true>).
+// b3: production's pre-kernel, dK/dV kernel and dQ kernel (ops/cuda/device/sm90/attention_backward.cuh); kLower:
+// the band has a left bound (Mask<true>).
 template <int D, bool kLower>
 bool launch_b3(const Problem& p, Run& r) {
   using T = bf16;
-  const int64_t wrows = static_cast<int64_t>(p.B) * p.H * p.Sq_pad;
-  bwd3_prep<T, D><<<static_cast<unsigned>((wrows + 7) / 8), 256>>>(p.out, p.dout, p.lse, p.dlse, p.delta, p.lse2, p.B,
-                                                                   p.H, p.Sq, p.Sq_pad, p.qs);
-  if (!r.ok(cudaGetLastError(), "bwd3_prep")) return false;
-  constexpr int smem_kv = DkdvLayout<D, false, kStages>::kBytes, smem_q = DqLayout<D, kStages>::kBytes;
-  static const cudaError_t attr_kv = set_smem(bwd3_dkdv<T, D, kLower, kStages>, smem_kv);
-  if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd3_dkdv (cudaFuncSetAttribute)");
-  bwd3_dkdv<T, D, kLower, kStages><<<dim3((p.Sk + kBwdBlockN - 1) / kBwdBlockN, p.Hk, p.B), kBwdThreads, smem_kv>>>(p.b3);
-  if (!r.ok(cudaGetLastError(), "bwd3_dkdv")) {
-    r.err += resources_of(bwd3_dkdv<T, D, kLower, kStages>);
+  if (!launch_prep<D>(p, r)) return false;
+  constexpr int smem_kv = DkdvLayout<D>::kBytes, smem_q = DqLayout<D>::kBytes;
+  static const cudaError_t attr_kv = set_smem(sm90::bwd_dkdv_kernel<T, D, kLower>, smem_kv);
+  if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd_dkdv_kernel (cudaFuncSetAttribute)");
+  const dim3 grid_kv((p.Sk + kBwdBlockN - 1) / kBwdBlockN, p.Hk, p.B);
+  sm90::bwd_dkdv_kernel<T, D, kLower><<<grid_kv, kWsThreads, smem_kv>>>(p.b3);
+  if (!r.ok(cudaGetLastError(), "bwd_dkdv_kernel")) {
+    r.err += resources_of(sm90::bwd_dkdv_kernel<T, D, kLower>);
     return false;
   }
-  static const cudaError_t attr_q = set_smem(bwd3_dq<T, D, kLower, kStages>, smem_q);
-  if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd3_dq (cudaFuncSetAttribute)");
-  bwd3_dq<T, D, kLower, kStages><<<dim3(p.Sq_pad / kDqBlockM, p.H, p.B), kBwdThreads, smem_q>>>(p.b3);
-  if (r.ok(cudaGetLastError(), "bwd3_dq")) return true;
-  r.err += resources_of(bwd3_dq<T, D, kLower, kStages>);
+  static const cudaError_t attr_q = set_smem(sm90::bwd_dq_kernel<T, D, kLower>, smem_q);
+  if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd_dq_kernel (cudaFuncSetAttribute)");
+  sm90::bwd_dq_kernel<T, D, kLower><<<dim3(p.Sq_pad / kDqBlockM, p.H, p.B), kWsThreads, smem_q>>>(p.b3);
+  if (r.ok(cudaGetLastError(), "bwd_dq_kernel")) return true;
+  r.err += resources_of(sm90::bwd_dq_kernel<T, D, kLower>);
   return false;
 }
 bool dispatch_b3(const Problem& p, Run& r) {
@@ -278,11 +256,8 @@ struct Variant {
 };
 const Variant kVariants[] = {
     {"b1", "dK/dV kernel (TMA ring, 2 consumer WGs x 64 keys, wgmma ss+rs) + separate deterministic dQ kernel",
-     dispatch<B1>, refusal_b12},
-    {"b2", "dK/dV kernel that also adds dQ = dS K (dS^T via smem, wgmma_ss_mn) with fp32 red.global.add + convert",
-     dispatch<B2>, refusal_b12},
-    {"b3", "b1 generalised: any Sq, Sk, every band of Mask, GQA, bhsd/bshd strides (4-D TMA maps), dlse",
-     dispatch_b3, refusal_b3},
+     dispatch_b1, refusal_b1},
+    {"b3", "production's backward (ops/cuda/device/sm90/attention_backward.cuh)", dispatch_b3, refusal_b3},
 };
 
 // Tolerances, per element of dq, dk, dv (the reference computes each bound beside its gradient, kernels.cuh):
@@ -311,7 +286,7 @@ struct Check {
 
 // got: the kernel's (B, heads, S, D) tensor in its layout (strides st); want, mag: the reference's, packed.
 Check compare(const std::vector<uint16_t>& got, const std::vector<float>& want, const std::vector<float>& mag,
-              int heads, int S, int D, const Strides& st) {
+              int heads, int S, int D, const HeadStrides& st) {
   Check c;
   for (size_t e = 0; e < want.size(); ++e) {
     const int64_t d = e % D, s = (e / D) % S, h = (e / D / S) % heads, b = e / D / S / heads;
@@ -476,14 +451,14 @@ std::vector<Case> awkward_cases(bool quick) {
 }
 
 #ifdef LAB_B3_F16
-// Compile check only (nvcc -DLAB_B3_F16 ... -Xptxas -v): b3's f16 kernels, never launched here (the references and
-// inputs are bf16).
+// Compile check only (nvcc -DLAB_B3_F16 ... -Xptxas -v): b3's (production's) f16 kernels, never launched here (the
+// references and inputs are bf16).
 void* const kB3F16Kernels[] = {
-    reinterpret_cast<void*>(bwd3_prep<__half, 64>),               reinterpret_cast<void*>(bwd3_prep<__half, 128>),
-    reinterpret_cast<void*>(bwd3_dkdv<__half, 64, false, kStages>), reinterpret_cast<void*>(bwd3_dkdv<__half, 64, true, kStages>),
-    reinterpret_cast<void*>(bwd3_dkdv<__half, 128, false, kStages>), reinterpret_cast<void*>(bwd3_dkdv<__half, 128, true, kStages>),
-    reinterpret_cast<void*>(bwd3_dq<__half, 64, false, kStages>),   reinterpret_cast<void*>(bwd3_dq<__half, 64, true, kStages>),
-    reinterpret_cast<void*>(bwd3_dq<__half, 128, false, kStages>),  reinterpret_cast<void*>(bwd3_dq<__half, 128, true, kStages>),
+    reinterpret_cast<void*>(sm90::bwd_prep_kernel<__half, 64>),          reinterpret_cast<void*>(sm90::bwd_prep_kernel<__half, 128>),
+    reinterpret_cast<void*>(sm90::bwd_dkdv_kernel<__half, 64, false>),  reinterpret_cast<void*>(sm90::bwd_dkdv_kernel<__half, 64, true>),
+    reinterpret_cast<void*>(sm90::bwd_dkdv_kernel<__half, 128, false>), reinterpret_cast<void*>(sm90::bwd_dkdv_kernel<__half, 128, true>),
+    reinterpret_cast<void*>(sm90::bwd_dq_kernel<__half, 64, false>),    reinterpret_cast<void*>(sm90::bwd_dq_kernel<__half, 64, true>),
+    reinterpret_cast<void*>(sm90::bwd_dq_kernel<__half, 128, false>),   reinterpret_cast<void*>(sm90::bwd_dq_kernel<__half, 128, true>),
 };
 #endif
 
@@ -564,26 +539,10 @@ int main(int argc, char** argv) {
         if (!opt.d_given || std::find(opt.dims.begin(), opt.dims.end(), c.D) != opt.dims.end()) cases.push_back(c);
   }
 
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    std::printf("%s: FATAL: no CUDA device\n", LAB_NAME);
-    return 3;
-  }
-  cudaDeviceProp prop{};
-  LAB_CHECK(cudaGetDeviceProperties(&prop, 0));
-  int drv = 0, rt = 0;
-  LAB_CHECK(cudaDriverGetVersion(&drv));
-  LAB_CHECK(cudaRuntimeGetVersion(&rt));
-  std::printf("%s: device %s (sm_%d%d, %d SMs, %.0f GiB), driver %d, runtime %d\n", LAB_NAME, prop.name, prop.major,
-              prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, drv, rt);
-  if (prop.major != 9 || prop.minor != 0) {
-    std::printf("%s: FATAL: the kernels are built for sm_90a only (wgmma, setmaxnreg)\n", LAB_NAME);
-    return 3;
-  }
-  lab_host::setup_hang_record();
+  if (const int st = lab_host::open_sm90_device()) return st;
   std::printf("%s: inputs q,k,v,dout N(0,1) bf16 (dlse U(-1,1)), out/lse from an fp32 reference forward; tol per "
               "element |err| <= %g + %g mag (mag: the reference's sum of |terms|) and relative L2 <= %g per tensor; "
-              "time = median of %d runs after 3 warm-ups (pre-kernel + kernels + memset/convert); FLOPs "
+              "time = median of %d runs after 3 warm-ups (pre-kernel + kernels); FLOPs "
               "2.5*4*B*H*pairs*D (pairs: S^2, S^2/2 causal with Sq == Sk, else the exact count of visible pairs); a "
               "variant refuses (SKIP) the cases outside its reach\n",
               LAB_NAME, kAtol, kMagRtol, kRelL2, opt.reps);
@@ -616,7 +575,7 @@ int main(int argc, char** argv) {
     const size_t wrows = static_cast<size_t>(B) * H * Sq_pad;
     DeviceBuffer<bf16> q(nq), k(nk), v(nk), out(nq), dout(nq), dq(nq), dk(nk), dv(nk);
     DeviceBuffer<float> lse(qrows), dlse(c.dlse ? qrows : 0), ref_delta(qrows), delta(wrows), lse2(wrows);
-    DeviceBuffer<float> ref_dq(nq), mag_dq(nq), dq_accum(nq), ref_dk(nk), ref_dv(nk), mag_dk(nk), mag_dv(nk);
+    DeviceBuffer<float> ref_dq(nq), mag_dq(nq), ref_out(nq), ref_dk(nk), ref_dv(nk), mag_dk(nk), mag_dv(nk);
     const uint64_t seed = 0xb3d0000ull + static_cast<uint64_t>(D) * 1000003ull + Sq * 7ull + Sk * 131ull +
                           (c.band.right + 2) * 17ull + (c.band.left + 2) * 1009ull + H * 3ull + Hk;
     fill_randn<<<1024, 256>>>(q.get(), nq, seed * 5 + 0, 1.f);
@@ -631,8 +590,8 @@ int main(int argc, char** argv) {
     sh.qs = strides_of(c.bshd, H, Sq, D), sh.ks = strides_of(c.bshd, Hk, Sk, D);
     sh.band = c.band, sh.scale = scale;
 
-    // reference forward (fp32 out -> bf16 in the case's layout; dq_accum is its fp32 scratch), then the reference
-    // backward; outputs poisoned first, so a kernel that writes nothing is caught
+    // reference forward (fp32 ref_out -> bf16 out in the case's layout), then the reference backward; outputs
+    // poisoned first, so a kernel that writes nothing is caught
     LAB_CHECK(cudaMemset(lse.get(), 0xFF, lse.bytes()));
     LAB_CHECK(cudaMemset(ref_dq.get(), 0xFF, ref_dq.bytes()));
     LAB_CHECK(cudaMemset(ref_dk.get(), 0xFF, ref_dk.bytes()));
@@ -642,9 +601,9 @@ int main(int argc, char** argv) {
     LAB_CHECK(cudaMemset(mag_dv.get(), 0, mag_dv.bytes()));
     const unsigned qblocks = static_cast<unsigned>((qrows + 7) / 8), kblocks = static_cast<unsigned>((krows + 7) / 8);
     const float* dlse_ptr = c.dlse ? dlse.get() : nullptr;
-    if (D == 64) reference3_fwd<64><<<qblocks, 256>>>(q.get(), k.get(), v.get(), dq_accum.get(), lse.get(), sh);
-    else reference3_fwd<128><<<qblocks, 256>>>(q.get(), k.get(), v.get(), dq_accum.get(), lse.get(), sh);
-    to_bf16_strided<<<1024, 256>>>(dq_accum.get(), out.get(), H, Sq, D, sh.qs, nq);
+    if (D == 64) reference3_fwd<64><<<qblocks, 256>>>(q.get(), k.get(), v.get(), ref_out.get(), lse.get(), sh);
+    else reference3_fwd<128><<<qblocks, 256>>>(q.get(), k.get(), v.get(), ref_out.get(), lse.get(), sh);
+    to_bf16_strided<<<1024, 256>>>(ref_out.get(), out.get(), H, Sq, D, sh.qs, nq);
     std::string ref_err = case_error(cudaGetLastError(), "reference forward");
     if (ref_err.empty()) {
       if (D == 64) {
@@ -674,8 +633,8 @@ int main(int argc, char** argv) {
     p.band = c.band, p.bshd = c.bshd, p.has_dlse = c.dlse, p.qs = sh.qs, p.ks = sh.ks;
     p.q = q.get(), p.k = k.get(), p.v = v.get(), p.out = out.get(), p.dout = dout.get(), p.lse = lse.get();
     p.dlse = dlse_ptr, p.dq = dq.get(), p.dk = dk.get(), p.dv = dv.get(), p.delta = delta.get(), p.lse2 = lse2.get();
-    p.dq_accum = dq_accum.get(), p.S = Sq, p.causal = is_causal(c.band);
-    if (refusal_b12(c).empty()) {  // b1 / b2's 2-D maps over the packed rows
+    p.S = Sq, p.causal = is_causal(c.band);
+    if (refusal_b1(c).empty()) {  // b1's 2-D maps over the packed rows
       const int bm = D == 64 ? bwd_block_m<64>() : bwd_block_m<128>();
       p.tm_q_bm = make_tensor_map(p.q, qrows, D, bm);
       p.tm_do_bm = make_tensor_map(p.dout, qrows, D, bm);
@@ -688,11 +647,11 @@ int main(int argc, char** argv) {
       p.tm_v_dq = make_tensor_map(p.v, qrows, D, dqn);
     }
     {  // b3's 4-D maps (D, S, heads, B) over the strided tensors
-      Bwd3Args& a = p.b3;
+      BwdArgs& a = p.b3;
       const int bm = D == 64 ? bwd_block_m<64>() : bwd_block_m<128>();
       const int dqn = D == 64 ? dq_block_n<64>() : dq_block_n<128>();
-      const Strides& qs = p.qs;
-      const Strides& ks = p.ks;
+      const HeadStrides& qs = p.qs;
+      const HeadStrides& ks = p.ks;
       a.tm_q_bm = make_tensor_map_4d(p.q, D, Sq, H, B, qs.batch, qs.head, qs.seq, bm);
       a.tm_do_bm = make_tensor_map_4d(p.dout, D, Sq, H, B, qs.batch, qs.head, qs.seq, bm);
       a.tm_k = make_tensor_map_4d(p.k, D, Sk, Hk, B, ks.batch, ks.head, ks.seq, kBwdBlockN);

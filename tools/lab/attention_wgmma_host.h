@@ -1,8 +1,8 @@
 // Host helpers shared by the Hopper attention labs (tools/lab/attention_wgmma.cu, the forward, and
-// tools/lab/attention_wgmma_bwd.cu, the backward): the host-mapped hang record of mbar_wait, the per-case error
-// check that stops the program on a sticky error, TMA tensor-map encoding through the runtime's driver entry
-// point, bf16 decoding and the command line both labs share. Include after lab_cuda.h (LAB_NAME) and after the
-// lab's device code (which brings ops/cuda/device/sm90/ptx.cuh: HangInfo, g_hang).
+// tools/lab/attention_wgmma_bwd.cu, the backward): the device check they open with, the host-mapped hang record of
+// mbar_wait, the per-case error check that stops the program on a sticky error, TMA tensor-map encoding through the
+// runtime's driver entry point, bf16 decoding and the command line both labs share. Include after lab_cuda.h
+// (LAB_NAME) and after the lab's device code (which brings ops/cuda/device/sm90/ptx.cuh: HangInfo, g_hang).
 #pragma once
 #include <cuda.h>  // CUtensorMap
 #include <cuda_bf16.h>
@@ -35,6 +35,30 @@ inline void setup_hang_record() {
   LAB_CHECK(cudaHostGetDevicePointer(&d, h, 0));
   LAB_CHECK(cudaMemcpyToSymbol(xfr::cuda::sm90::g_hang, &d, sizeof(d)));
   g_hang_host = static_cast<volatile HangInfo*>(h);
+}
+
+// The labs' opening: the device line (name, SMs, memory, driver and runtime versions), the sm_90a check and the
+// hang record. Returns 0, or 3 (the labs' status for a CUDA error) with a FATAL line when there is no device or it
+// is not sm_90.
+inline int open_sm90_device() {
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    std::printf("%s: FATAL: no CUDA device\n", LAB_NAME);
+    return 3;
+  }
+  cudaDeviceProp prop{};
+  LAB_CHECK(cudaGetDeviceProperties(&prop, 0));
+  int drv = 0, rt = 0;
+  LAB_CHECK(cudaDriverGetVersion(&drv));
+  LAB_CHECK(cudaRuntimeGetVersion(&rt));
+  std::printf("%s: device %s (sm_%d%d, %d SMs, %.0f GiB), driver %d, runtime %d\n", LAB_NAME, prop.name, prop.major,
+              prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, drv, rt);
+  if (prop.major != 9 || prop.minor != 0) {
+    std::printf("%s: FATAL: the kernels are built for sm_90a only (wgmma, setmaxnreg)\n", LAB_NAME);
+    return 3;
+  }
+  setup_hang_record();
+  return 0;
 }
 
 // After a case's kernel: "" on success, else the error; a sticky error (the context is lost: every later call
