@@ -3,9 +3,10 @@
 // on every band they take (none, causal in both alignments, sliding windows), both layouts, bf16 and f16, GQA / MQA,
 // a gradient of lse (dlse) or none, and awkward lengths (1, 17, 33, 127, 129, 257, 1000, 4097: tails of the 64- and
 // 128-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
-// XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle. Outputs start poisoned (NaN), so an unwritten
-// row fails. The choice of kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU
-// cases are skipped without one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
+// XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
+// schedules (XF_ATTENTION_SM90_PINGPONG=1, 0). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
+// kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without
+// one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
 #include <string>
 
@@ -130,10 +131,12 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         }
         const FlashAttentionBackwardOp bop(p.a, with_dlse, false);
         const auto rb = run_op(bop, cb, &test_pool());
-        for (const char* sm90 : {"1", "0"}) {
-          ScopedEnv env("XF_ATTENTION_SM90", sm90);
+        // The Hopper kernels with either forward schedule (ping-pong or free-running), then the mma.sync ones.
+        for (const char* config : {"11", "10", "0"}) {
+          ScopedEnv env("XF_ATTENTION_SM90", config[0] == '1' ? "1" : "0");
+          ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", config[0] == '1' ? config + 1 : "1");
           const auto got = run_op_cuda(op, gin);
-          const std::string tag = w + " XF_ATTENTION_SM90=" + sm90;
+          const std::string tag = w + " XF_ATTENTION_SM90=" + (config[0] == '1' ? std::string("1 PINGPONG=") + (config + 1) : "0");
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
           const auto gg = run_op_cuda(bop, gb);

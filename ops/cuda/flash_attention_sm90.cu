@@ -24,8 +24,11 @@
 // passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete).
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
-// P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. The two consumer
-// warpgroups interleave on the tensor cores and ALUs (one's softmax under the other's GEMMs).
+// P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
+// (kPingpong): free-running, the two consumer warpgroups interleaving on the tensor cores and ALUs as they
+// happen to; or ping-pong (FlashAttention-3's), where named barriers make them take turns: one issues O += P(j) V(j)
+// and S(j + 1) = Q K(j + 1)^T while the other runs its softmax. Same registers either way (S(j + 1) is issued
+// after P(j) V(j) completes).
 // Query blocks are issued last first (the longest under a causal mask).
 #include <atomic>
 #include <cstdint>
@@ -45,6 +48,9 @@ using sm90::kBlockM;
 using sm90::kBlockN;
 
 constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above)
+// Named barriers of the ping-pong schedule: kSchedBarrier + w is consumer warpgroup w's turn (0 is __syncthreads',
+// 1 and 2 store_out's).
+constexpr int kSchedBarrier = 3;
 using sm90::kConsumerRegs;
 using sm90::kProducerRegs;
 using sm90::kWsThreads;
@@ -70,7 +76,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (ceil(Sq / 128), H, B), 384 threads, Layout<D>::kBytes of dynamic shared memory.
-template <class T, int D, bool kLower>
+template <class T, int D, bool kLower, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
@@ -136,10 +142,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     if (tr.count > 0) mbar_wait(bar_q, 0);
-    for (int j = 0; j < tr.count; ++j) {
+    // S of tile j -> P fragments: wait K(j); S = Q K^T; mask; online softmax; O *= alpha; P -> 16-bit fragments.
+    auto scores = [&](int j) {
       const int st = j % kStages, k0 = (tr.first + j) * kBlockN;
-      const uint32_t ph = (j / kStages) & 1;
-      mbar_wait(bar_kfull(st), ph);
+      mbar_wait(bar_kfull(st), (j / kStages) & 1);
       wgmma_fence();
       qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);
       wgmma_commit();
@@ -149,13 +155,52 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
       online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
       rescale<D>(o, alpha);
       pack_p<T, kBlockN>(s, p);
-      mbar_wait(bar_vfull(st), ph);
+    };
+    // O += P V(j); release stage j once the wgmma is complete.
+    auto accumulate = [&](int j) {
+      const int st = j % kStages;
+      mbar_wait(bar_vfull(st), (j / kStages) & 1);
       wgmma_fence();
       pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
       if (lane == 0) mbar_arrive(bar_empty(st));
+    };
+    if constexpr (!kPingpong) {
+      for (int j = 0; j < tr.count; ++j) {
+        scores(j);
+        accumulate(j);
+      }
+    } else if (tr.count > 0) {
+      // Ping-pong (FlashAttention-3's warp-group scheduling): the two consumer warpgroups take turns on the tensor
+      // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the other runs its softmax. Named barrier
+      // kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the other's 128
+      // arrivals) before its GEMMs and, once they are issued, signals the other's. Warpgroup 1 signals first so
+      // that warpgroup 0 starts, and skips its last signal: each bar.sync then meets exactly one set of arrivals.
+      // The last tile is peeled off so that no wgmma sits under a branch (ptxas serialises wgmmas in a path it
+      // cannot prove uniform: C7518).
+      scores(0);
+      if (cw == 1) named_barrier_arrive(kSchedBarrier + 0, 256);
+      for (int j = 0; j + 1 < tr.count; ++j) {
+        named_barrier_sync(kSchedBarrier + cw, 256);
+        accumulate(j);
+        const int st = (j + 1) % kStages, k0 = (tr.first + j + 1) * kBlockN;
+        mbar_wait(bar_kfull(st), ((j + 1) / kStages) & 1);
+        wgmma_fence();
+        qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);  // S(j + 1): issued in our turn, softmax in theirs
+        wgmma_commit();
+        named_barrier_arrive(kSchedBarrier + 1 - cw, 256);
+        wgmma_wait<0>();
+        reg_fence(s);
+        if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
+        online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
+        rescale<D>(o, alpha);
+        pack_p<T, kBlockN>(s, p);
+      }
+      named_barrier_sync(kSchedBarrier + cw, 256);
+      accumulate(tr.count - 1);
+      if (cw == 0) named_barrier_arrive(kSchedBarrier + 1, 256);
     }
     const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
                          static_cast<int64_t>(q0) * a.os.seq;
@@ -166,11 +211,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
 #endif
 }
 
-template <class T, int D, bool kLower>
+template <class T, int D, bool kLower, bool kPingpong>
 void launch(const Sm90Args& args, int B, cudaStream_t stream) {
   using L = Layout<D>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kLower>;
+  auto kernel = fwd_sm90_kernel<T, D, kLower, kPingpong>;
   allow_smem(kernel, L::kBytes, done);
   const dim3 grid(static_cast<unsigned>((args.Sq + kBlockM - 1) / kBlockM), static_cast<unsigned>(args.H),
                   static_cast<unsigned>(B));
@@ -180,10 +225,15 @@ void launch(const Sm90Args& args, int B, cudaStream_t stream) {
 
 template <class T, int D>
 void launch_band(const Sm90Args& args, int B, cudaStream_t stream) {
+  // XF_ATTENTION_SM90_PINGPONG=0|1 picks the consumers' schedule (the kernel's comment); the default is the faster
+  // on the H200's benchmark grid (docs/attention.md).
+  const bool pingpong = env_flag_default_on("XF_ATTENTION_SM90_PINGPONG");
   if (args.band.left >= 0) {
-    launch<T, D, true>(args, B, stream);
+    if (pingpong) launch<T, D, true, true>(args, B, stream);
+    else launch<T, D, true, false>(args, B, stream);
   } else {
-    launch<T, D, false>(args, B, stream);
+    if (pingpong) launch<T, D, false, true>(args, B, stream);
+    else launch<T, D, false, false>(args, B, stream);
   }
 }
 
