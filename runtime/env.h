@@ -17,4 +17,12 @@ inline bool env_flag(const char* name) {
   return v && std::strcmp(v, "1") == 0;
 }
 
+// 1 when the variable is "1", 0 when it is "0", else -1 (unset or anything else: the caller's own default).
+inline int env_forced(const char* name) {
+  const char* v = std::getenv(name);
+  if (v && std::strcmp(v, "1") == 0) return 1;
+  if (v && std::strcmp(v, "0") == 0) return 0;
+  return -1;
+}
+
 }  // namespace xfr

@@ -51,6 +51,10 @@ constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory hold
 // Named barriers of the ping-pong schedule: kSchedBarrier + w is consumer warpgroup w's turn (0 is __syncthreads',
 // 1 and 2 store_out's).
 constexpr int kSchedBarrier = 3;
+// Keys from which the ping-pong schedule is the default. H200, 2026-11-30 (interleaved A/B on the benchmark grid, two
+// repeats each, within 1%): ping-pong +1.5% to +9% at S >= 2048 (D 64 and 128, causal or not), -1% to -4% at
+// S <= 1024, where a block's few key tiles leave little softmax to hide and the first turn is pure wait.
+constexpr int kPingpongMinKeys = 2048;
 using sm90::kConsumerRegs;
 using sm90::kProducerRegs;
 using sm90::kWsThreads;
@@ -225,9 +229,10 @@ void launch(const Sm90Args& args, int B, cudaStream_t stream) {
 
 template <class T, int D>
 void launch_band(const Sm90Args& args, int B, cudaStream_t stream) {
-  // XF_ATTENTION_SM90_PINGPONG=0|1 picks the consumers' schedule (the kernel's comment); the default is the faster
-  // on the H200's benchmark grid (docs/attention.md).
-  const bool pingpong = env_flag_default_on("XF_ATTENTION_SM90_PINGPONG");
+  // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
+  // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
+  const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
+  const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
     if (pingpong) launch<T, D, true, true>(args, B, stream);
     else launch<T, D, true, false>(args, B, stream);
