@@ -52,7 +52,7 @@ constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory hold
 // 1 and 2 store_out's).
 constexpr int kSchedBarrier = 3;
 // Keys from which the ping-pong schedule is the default. H200, 2026-11-30 (interleaved A/B on the benchmark grid, two
-// repeats each, within 1%): ping-pong +1.5% to +9% at S >= 2048 (D 64 and 128, causal or not), -1% to -4% at
+// repeats each, within 1%): ping-pong +1% to +9% at S >= 2048 (D 64 and 128, causal or not), -1% to -4% at
 // S <= 1024, where a block's few key tiles leave little softmax to hide and the first turn is pure wait.
 constexpr int kPingpongMinKeys = 2048;
 using sm90::kConsumerRegs;
