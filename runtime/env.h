@@ -1,21 +1,9 @@
-// On/off switches read from the environment (XF_CUDA_CACHING, XF_GEMM_AUTOTUNE, XF_CUDNN_AUTOTUNE_LOG, ...).
+// On/off switches read from the environment (XF_CUDA_CACHING, XF_GEMM_AUTOTUNE, XF_ATTENTION_SM90, ...).
 #pragma once
 #include <cstdlib>
 #include <cstring>
 
 namespace xfr {
-
-// false only when the variable is "0" (unset or anything else: true).
-inline bool env_flag_default_on(const char* name) {
-  const char* v = std::getenv(name);
-  return !(v && std::strcmp(v, "0") == 0);
-}
-
-// true only when the variable is "1".
-inline bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "1") == 0;
-}
 
 // 1 when the variable is "1", 0 when it is "0", else -1 (unset or anything else: the caller's own default).
 inline int env_forced(const char* name) {
@@ -24,5 +12,11 @@ inline int env_forced(const char* name) {
   if (v && std::strcmp(v, "0") == 0) return 0;
   return -1;
 }
+
+// false only when the variable is "0" (unset or anything else: true).
+inline bool env_flag_default_on(const char* name) { return env_forced(name) != 0; }
+
+// true only when the variable is "1".
+inline bool env_flag(const char* name) { return env_forced(name) == 1; }
 
 }  // namespace xfr
