@@ -4,7 +4,8 @@
 // a gradient of lse (dlse) or none, and awkward lengths (1, 17, 33, 127, 129, 257, 1000, 4097: tails of the 64- and
 // 128-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
-// schedules (XF_ATTENTION_SM90_PINGPONG=1, 0). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
+// schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
+// (XF_ATTENTION_SM90_CTAS=3). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
 // kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without
 // one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
@@ -131,14 +132,27 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         }
         const FlashAttentionBackwardOp bop(p.a, with_dlse, false);
         const auto rb = run_op(bop, cb, &test_pool());
-        // The Hopper kernels with either forward schedule (ping-pong or free-running), then the mma.sync ones.
-        for (const char* config : {"11", "10", "0"}) {
-          ScopedEnv env("XF_ATTENTION_SM90", config[0] == '1' ? "1" : "0");
-          ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", config[0] == '1' ? config + 1 : "1");
+        // The Hopper kernels with either forward schedule (ping-pong or free-running), on a grid of one CTA per
+        // tile (these problems have fewer tiles than the H200 has SMs) and on 3 CTAs (persistent: each walks many
+        // tiles, the zigzag order, tiles that see no key, the ping-pong's realignment between tiles); then the
+        // mma.sync kernels. The backward does not depend on the forward's schedule: it runs once per kernel family.
+        struct Config {
+          const char* sm90;
+          const char* pingpong;
+          const char* ctas;
+          bool backward;
+        };
+        for (const Config& c : {Config{"1", "1", "", true}, Config{"1", "0", "", false}, Config{"1", "1", "3", false},
+                                Config{"1", "0", "3", false}, Config{"0", "1", "", true}}) {
+          ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
+          ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
+          ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
+          const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
+                                  (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas : "");
           const auto got = run_op_cuda(op, gin);
-          const std::string tag = w + " XF_ATTENTION_SM90=" + (config[0] == '1' ? std::string("1 PINGPONG=") + (config + 1) : "0");
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
+          if (!c.backward) continue;
           const auto gg = run_op_cuda(bop, gb);
           const char* names[3] = {" dq", " dk", " dv"};
           for (size_t i = 0; i < 3; ++i)

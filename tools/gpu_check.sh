@@ -2,10 +2,11 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab ab
 #   (default: build test bench torch attn)
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
+# ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B; see the step).
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
@@ -120,6 +121,24 @@ if has attn; then
   else
     tail -n 5 "$OUT/attn.log" "$OUT/attn_torch.log" | tee -a "$SUMMARY"
   fi
+fi
+
+if has ab; then
+  # An interleaved A/B of the native kernels (tools/bench_attention_ab.py): XF_AB_A and XF_AB_B are each a list of
+  # VAR=value settings (e.g. XF_AB_A="XF_ATTENTION_SM90_CTAS=1000000" XF_AB_B=""), run A B A B with
+  # --backends native (XF_AB_ARGS adds arguments, e.g. "--D 64 --S 512,1024").
+  t=$(date +%s)
+  files=()
+  for rep in 1 2; do
+    for side in A B; do
+      var=XF_AB_$side
+      env ${!var:-} "$BUILD/xfrun_bench_attention" --backends native ${XF_AB_ARGS:-} --out "$OUT/ab_${side}${rep}.json" \
+        >"$OUT/ab_${side}${rep}.log" 2>&1 || note "ab: $side run $rep failed: $(tail -n 2 "$OUT/ab_${side}${rep}.log")"
+      files+=("$OUT/ab_${side}${rep}.json")
+    done
+  done
+  note "ab (A: ${XF_AB_A:-default}; B: ${XF_AB_B:-default}): $(( $(date +%s) - t )) s"
+  python3 tools/bench_attention_ab.py "${XF_AB_A:-default}" "${XF_AB_B:-default}" "${files[@]}" | tee -a "$SUMMARY"
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then

@@ -12,16 +12,20 @@
 // turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the forward and the
 // Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
 //
-// CTA = 128 queries of one (b, h): 384 threads = warpgroup 0, the producer (one thread issues every TMA; setmaxnreg
-// down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240). The entry
-// allocation of __launch_bounds__(384, 1) is 168 registers a thread (65536 / 384, rounded down to 8):
+// CTA = 128 queries of one (b, h) at a time: 384 threads = warpgroup 0, the producer (one thread issues every TMA;
+// setmaxnreg down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240).
+// The entry allocation of __launch_bounds__(384, 1) is 168 registers a thread (65536 / 384, rounded down to 8):
 // 128 x 24 + 256 x 240 = 384 x 168, so the consumers take exactly what the producer gives back.
-// Shared memory: Q (128 x D) + 2 stages x (K + V) (128 x D each) = 160 KB at D = 128 (a third stage would need
-// 224 KB of the 227 KB a block may have, hence 2), 80 KB at D = 64, plus 7 mbarriers: q_full, k_full[2] and
-// v_full[2] (the producer's arrive.expect_tx + TMA's bytes; V has its own so that S = Q K^T need not wait for
-// it), empty[2] (8 arrivals: lane 0 of each consumer warp when its wgmmas on the stage are done). Use u = j / 2 of
-// stage j % 2: consumers wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which
-// passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete).
+// Shared memory: Q (128 x D) + the O staging tile (128 x D) + 2 stages x (K + V) (128 x D each) = 192 KB at
+// D = 128 (a third stage would need 256 KB of the 227 KB a block may have, hence 2), 96 KB at D = 64, plus 8
+// mbarriers: q_full, k_full[2] and v_full[2] (the producer's arrive.expect_tx + TMA's bytes; V has its own so that
+// S = Q K^T need not wait for it), q_empty and empty[2] (8 arrivals: lane 0 of each consumer warp when its wgmmas
+// on Q / the stage are done). Use u = i / 2 of stage i % 2 (i counts stage uses over the CTA's tiles): consumers
+// wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which passes at once for u = 0: a
+// fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a tile.
+// Persistent: a CTA may run several query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
+// soon as the last S = Q K^T of this one is done, its first K, V as stages free up), so the next tile's loads hide
+// behind this one's last softmax, P V and epilogue.
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
 // P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
@@ -29,7 +33,7 @@
 // happen to; or ping-pong (FlashAttention-3's), where named barriers make them take turns: one issues O += P(j) V(j)
 // and S(j + 1) = Q K(j + 1)^T while the other runs its softmax. Same registers either way (S(j + 1) is issued
 // after P(j) V(j) completes).
-// Query blocks are issued last first (the longest under a causal mask).
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -51,6 +55,7 @@ constexpr int kStages = 2;  // K/V ring depth: what 227 KB of shared memory hold
 // Named barriers of the ping-pong schedule: kSchedBarrier + w is consumer warpgroup w's turn (0 is __syncthreads',
 // 1 and 2 store_out's).
 constexpr int kSchedBarrier = 3;
+constexpr int kRealignBarrier = 5;  // both consumer warpgroups, once a tile (ping-pong only; see the kernel)
 // Keys from which the ping-pong schedule is the default. H200, 2026-11-30 (interleaved A/B on the benchmark grid, two
 // repeats each, within 1%): ping-pong +1% to +9% at S >= 2048 (D 64 and 128, causal or not), -1% to -4% at
 // S <= 1024, where a block's few key tiles leave little softmax to hide and the first turn is pure wait.
@@ -68,18 +73,44 @@ struct Sm90Args {
   int H = 0, G = 1, Sq = 0, Sk = 0;
   AttentionBand band;
   float scale_log2 = 1.f;
+  int m_tiles = 0;        // ceil(Sq / kBlockM): query tiles per (b, h)
+  int64_t tiles = 0;      // m_tiles x H x B: the launch's query tiles (TileOrder)
+};
+
+// Which query tiles a CTA of the (1-D) grid runs, and in what order. Tile u of the launch: query tile
+// m_tiles - 1 - u % m_tiles (the last first: the longest under a causal mask), head (u / m_tiles) % H, batch
+// u / (m_tiles H); consecutive tiles share a head's K and V, so the CTAs running at one time share them in L2.
+// A grid of as many CTAs as tiles runs one each (the hardware's block scheduler balances them). A smaller grid is
+// persistent: tiles are dealt in rounds of gridDim.x, CTA c taking position c of even rounds and gridDim.x - 1 - c
+// of odd ones. The zigzag evens out causal tiles: a round's positions run from long to short (within each head's
+// run of tiles), so a CTA's long tile in one round meets a short one in the next (in plain round-robin a CTA would
+// keep one query-tile index whenever gridDim.x is a multiple of m_tiles: 132 SMs and m_tiles 4 at S = 512).
+struct TileOrder {
+  int m_tiles, H;
+  int64_t tiles;
+  // The k-th tile of this CTA, -1 past the end.
+  __device__ int64_t tile(int k) const {
+    const int64_t g = gridDim.x, c = blockIdx.x;
+    const int64_t u = k * g + ((k & 1) ? g - 1 - c : c);
+    return u < tiles ? u : -1;
+  }
+  __device__ int q0(int64_t u) const { return static_cast<int>(m_tiles - 1 - u % m_tiles) * kBlockM; }
+  __device__ int head(int64_t u) const { return static_cast<int>((u / m_tiles) % H); }
+  __device__ int batch(int64_t u) const { return static_cast<int>(u / m_tiles / H); }
 };
 
 template <int D>
 struct Layout {  // byte offsets from the 1024-aligned base
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;
-  static constexpr int kQ = 0, kK = kTileQ, kV = kK + kStages * kTileKV, kBar = kV + kStages * kTileKV;
-  static constexpr int kBars = 1 + 3 * kStages;           // q_full, k_full[2], v_full[2], empty[2]
+  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue.
+  static constexpr int kQ = 0, kO = kTileQ, kK = kO + kTileQ, kV = kK + kStages * kTileKV,
+                       kBar = kV + kStages * kTileKV;
+  static constexpr int kBars = 2 + 3 * kStages;           // q_full, q_empty, k_full[2], v_full[2], empty[2]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
-// grid (ceil(Sq / 128), H, B), 384 threads, Layout<D>::kBytes of dynamic shared memory.
+// grid (min(tiles, the CTA cap), 1, 1) (TileOrder), 384 threads, Layout<D>::kBytes of dynamic shared memory.
 template <class T, int D, bool kLower, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
@@ -88,22 +119,22 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
-  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar_q = base + L::kBar;
-  auto bar_kfull = [&](int st) { return bar_q + 8 * (1 + st); };
-  auto bar_vfull = [&](int st) { return bar_q + 8 * (1 + kStages + st); };
-  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + 2 * kStages + st); };
+  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar_qfull = base + L::kBar,
+                 bar_qempty = bar_qfull + 8;
+  auto bar_kfull = [&](int st) { return bar_qfull + 8 * (2 + st); };
+  auto bar_vfull = [&](int st) { return bar_qfull + 8 * (2 + kStages + st); };
+  auto bar_empty = [&](int st) { return bar_qfull + 8 * (2 + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kBlockM;
-  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), hk = h / a.G;
+  const TileOrder order{a.m_tiles, a.H, a.tiles};
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
-  const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);  // may be empty: a block that sees no key
 
   if (tid == 0) {
     tma_prefetch_map(&a.tm_q);
     tma_prefetch_map(&a.tm_k);
     tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_q, 1);
+    mbar_init(bar_qfull, 1);
+    mbar_init(bar_qempty, 8);  // lane 0 of each of the 8 consumer warps, once its last S = Q K^T of the tile is done
     for (int st = 0; st < kStages; ++st) {
       mbar_init(bar_kfull(st), 1);
       mbar_init(bar_vfull(st), 1);
@@ -113,24 +144,37 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
   }
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
+  // Both roles walk the same tiles and count the same loads: it = K/V stage uses so far (the ring runs on across
+  // tiles: use it is stage it % kStages, its phase (it / kStages) & 1), qn = Q tiles loaded so far. A tile whose
+  // queries see no key loads nothing (and its rows get out 0, lse -inf).
   if (wg == 0) {
     // ---------------- producer ----------------
     setmaxnreg_dec<kProducerRegs>();
-    if (tid == 0 && tr.count > 0) {  // no key: nothing is loaded, and nobody waits
-      mbar_arrive_expect_tx(bar_q, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
-#pragma unroll
-      for (int at = 0; at < D / 64; ++at) tma_load_4d(s_q + at * (kBlockM * 128), &a.tm_q, at * 64, q0, h, b, bar_q);
-      for (int j = 0; j < tr.count; ++j) {
-        const int st = j % kStages, row = (tr.first + j) * kBlockN;
-        mbar_wait(bar_empty(st), ((j / kStages) & 1) ^ 1);
-        mbar_arrive_expect_tx(bar_kfull(st), L::kTileKV);
-#pragma unroll
-        for (int at = 0; at < D / 64; ++at)
-          tma_load_4d(s_k + st * L::kTileKV + at * (kBlockN * 128), &a.tm_k, at * 64, row, hk, b, bar_kfull(st));
-        mbar_arrive_expect_tx(bar_vfull(st), L::kTileKV);
+    if (tid == 0) {
+      int it = 0, qn = 0;
+      for (int k = 0;; ++k) {
+        const int64_t u = order.tile(k);
+        if (u < 0) break;
+        const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
+        const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);
+        if (tr.count == 0) continue;
+        mbar_wait(bar_qempty, (qn++ & 1) ^ 1);    // the previous tile's last S = Q K^T is done
+        mbar_arrive_expect_tx(bar_qfull, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
 #pragma unroll
         for (int at = 0; at < D / 64; ++at)
-          tma_load_4d(s_v + st * L::kTileKV + at * (kBlockN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
+          tma_load_4d(s_q + at * (kBlockM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull);
+        for (int j = 0; j < tr.count; ++j, ++it) {
+          const int st = it % kStages, row = (tr.first + j) * kBlockN;
+          mbar_wait(bar_empty(st), ((it / kStages) & 1) ^ 1);
+          mbar_arrive_expect_tx(bar_kfull(st), L::kTileKV);
+#pragma unroll
+          for (int at = 0; at < D / 64; ++at)
+            tma_load_4d(s_k + st * L::kTileKV + at * (kBlockN * 128), &a.tm_k, at * 64, row, hk, b, bar_kfull(st));
+          mbar_arrive_expect_tx(bar_vfull(st), L::kTileKV);
+#pragma unroll
+          for (int at = 0; at < D / 64; ++at)
+            tma_load_4d(s_v + st * L::kTileKV + at * (kBlockN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
+        }
       }
     }
   } else {
@@ -138,107 +182,121 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
     setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
     const uint32_t q_wg = s_q + cw * 64 * 128;
-    const int row0 = q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
-    const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
-    const KeyRange common = mask.common_keys(q0, min(q0 + kBlockM, a.Sq) - 1);  // keys all the block's rows see
-    float o[D / 2], s[kBlockN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-    uint32_t p[kBlockN / 16][4];
+    int it = 0, qn = 0;
+    for (int k = 0;; ++k) {
+      const int64_t u = order.tile(k);
+      if (u < 0) break;
+      const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
+      const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);  // may be empty: a block that sees no key
+      const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
+      const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
+      const KeyRange common = mask.common_keys(q0, min(q0 + kBlockM, a.Sq) - 1);  // keys all the block's rows see
+      float o[D / 2], s[kBlockN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+      uint32_t p[kBlockN / 16][4];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    if (tr.count > 0) mbar_wait(bar_q, 0);
-    // S of tile j -> P fragments: wait K(j); S = Q K^T; mask; online softmax; O *= alpha; P -> 16-bit fragments.
-    auto scores = [&](int j) {
-      const int st = j % kStages, k0 = (tr.first + j) * kBlockN;
-      mbar_wait(bar_kfull(st), (j / kStages) & 1);
-      wgmma_fence();
-      qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);
-      wgmma_commit();
-      wgmma_wait<0>();
-      reg_fence(s);
-      if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
-      online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
-      rescale<D>(o, alpha);
-      pack_p<T, kBlockN>(s, p);
-    };
-    // O += P V(j); release stage j once the wgmma is complete.
-    auto accumulate = [&](int j) {
-      const int st = j % kStages;
-      mbar_wait(bar_vfull(st), (j / kStages) & 1);
-      wgmma_fence();
-      pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
-      wgmma_commit();
-      wgmma_wait<0>();
-      reg_fence(o);
-      if (lane == 0) mbar_arrive(bar_empty(st));
-    };
-    if constexpr (!kPingpong) {
-      for (int j = 0; j < tr.count; ++j) {
-        scores(j);
-        accumulate(j);
-      }
-    } else if (tr.count > 0) {
-      // Ping-pong (FlashAttention-3's warp-group scheduling): the two consumer warpgroups take turns on the tensor
-      // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the other runs its softmax. Named barrier
-      // kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the other's 128
-      // arrivals) before its GEMMs and, once they are issued, signals the other's. Warpgroup 1 signals first so
-      // that warpgroup 0 starts, and skips its last signal: each bar.sync then meets exactly one set of arrivals.
-      // The last tile is peeled off so that no wgmma sits under a branch (ptxas serialises wgmmas in a path it
-      // cannot prove uniform: C7518).
-      scores(0);
-      if (cw == 1) named_barrier_arrive(kSchedBarrier + 0, 256);
-      for (int j = 0; j + 1 < tr.count; ++j) {
-        named_barrier_sync(kSchedBarrier + cw, 256);
-        accumulate(j);
-        const int st = (j + 1) % kStages, k0 = (tr.first + j + 1) * kBlockN;
-        mbar_wait(bar_kfull(st), ((j + 1) / kStages) & 1);
-        wgmma_fence();
-        qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);  // S(j + 1): issued in our turn, softmax in theirs
-        wgmma_commit();
-        named_barrier_arrive(kSchedBarrier + 1 - cw, 256);
-        wgmma_wait<0>();
-        reg_fence(s);
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+      if (tr.count > 0) mbar_wait(bar_qfull, qn++ & 1);
+      // S of tile j is in s: the last one releases Q (the producer loads the next tile's); mask; online softmax;
+      // O *= alpha; P -> 16-bit fragments.
+      auto softmax = [&](int j) {
+        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty);
+        const int k0 = (tr.first + j) * kBlockN;
         if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
         online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
         rescale<D>(o, alpha);
         pack_p<T, kBlockN>(s, p);
+      };
+      // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
+      auto issue_scores = [&](int j) {
+        const int st = (it + j) % kStages;
+        mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
+        wgmma_fence();
+        qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);
+        wgmma_commit();
+      };
+      // O += P V(j); release stage j once the wgmma is complete.
+      auto accumulate = [&](int j) {
+        const int st = (it + j) % kStages;
+        mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
+        wgmma_fence();
+        pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(o);
+        if (lane == 0) mbar_arrive(bar_empty(st));
+      };
+      auto await_scores = [&]() {
+        wgmma_wait<0>();
+        reg_fence(s);
+      };
+      if constexpr (!kPingpong) {
+        for (int j = 0; j < tr.count; ++j) {
+          issue_scores(j);
+          await_scores();
+          softmax(j);
+          accumulate(j);
+        }
+      } else if (tr.count > 0) {
+        // Ping-pong (FlashAttention-3's warp-group scheduling): the two consumer warpgroups take turns on the
+        // tensor cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the other runs its softmax.
+        // Named barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads +
+        // the other's 128 arrivals) before its GEMMs and, once they are issued, signals the other's. Warpgroup 1
+        // signals first so that warpgroup 0 starts, and skips its last signal: each bar.sync then meets exactly
+        // one set of arrivals. kRealignBarrier keeps a persistent CTA's tiles apart: warpgroup 1's first signal of
+        // a tile must not reach warpgroup 0 before its last wait of the tile before (two arrivals would complete
+        // the barrier without it). The last tile is peeled off so that no wgmma sits under a branch (ptxas
+        // serialises wgmmas in a path it cannot prove uniform: C7518).
+        issue_scores(0);
+        await_scores();
+        softmax(0);
+        named_barrier_sync(kRealignBarrier, 256);
+        if (cw == 1) named_barrier_arrive(kSchedBarrier + 0, 256);
+        for (int j = 0; j + 1 < tr.count; ++j) {
+          named_barrier_sync(kSchedBarrier + cw, 256);
+          accumulate(j);
+          issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in theirs
+          named_barrier_arrive(kSchedBarrier + 1 - cw, 256);
+          await_scores();
+          softmax(j + 1);
+        }
+        named_barrier_sync(kSchedBarrier + cw, 256);
+        accumulate(tr.count - 1);
+        if (cw == 0) named_barrier_arrive(kSchedBarrier + 1, 256);
       }
-      named_barrier_sync(kSchedBarrier + cw, 256);
-      accumulate(tr.count - 1);
-      if (cw == 0) named_barrier_arrive(kSchedBarrier + 1, 256);
+      it += tr.count;
+      const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
+                           static_cast<int64_t>(q0) * a.os.seq;
+      const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
+      named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
+      store_out<T, D>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
+                      min(kBlockM, a.Sq - q0), a.lse + lrow);
     }
-    const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
-                         static_cast<int64_t>(q0) * a.os.seq;
-    const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
-    store_out<T, D>(o, m, l, a.scale_log2, smem + L::kQ, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
-                    min(kBlockM, a.Sq - q0), a.lse + lrow);
   }
 #endif
 }
 
 template <class T, int D, bool kLower, bool kPingpong>
-void launch(const Sm90Args& args, int B, cudaStream_t stream) {
+void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using L = Layout<D>;
   static std::atomic<uint64_t> done{0};
   auto kernel = fwd_sm90_kernel<T, D, kLower, kPingpong>;
   allow_smem(kernel, L::kBytes, done);
-  const dim3 grid(static_cast<unsigned>((args.Sq + kBlockM - 1) / kBlockM), static_cast<unsigned>(args.H),
-                  static_cast<unsigned>(B));
-  kernel<<<grid, kWsThreads, L::kBytes, stream>>>(args);
+  kernel<<<static_cast<unsigned>(ctas), kWsThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
 template <class T, int D>
-void launch_band(const Sm90Args& args, int B, cudaStream_t stream) {
+void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, true, true>(args, B, stream);
-    else launch<T, D, true, false>(args, B, stream);
+    if (pingpong) launch<T, D, true, true>(args, ctas, stream);
+    else launch<T, D, true, false>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, false, true>(args, B, stream);
-    else launch<T, D, false, false>(args, B, stream);
+    if (pingpong) launch<T, D, false, true>(args, ctas, stream);
+    else launch<T, D, false, false>(args, ctas, stream);
   }
 }
 
@@ -250,26 +308,27 @@ constexpr bool kSm90Built = true;  // CMakeLists.txt defines XF_BUILD_SM90A when
 constexpr bool kSm90Built = false;
 #endif
 
-// Whether the current device is compute capability 9.0 (the sm_90a code runs there and nowhere else); cached per
-// device.
-static bool current_device_is_sm90() {
+// The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
+// else 0; cached per device.
+static int sm90_device_sms() {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     (void)cudaGetLastError();  // no driver or device: not an error here
-    return false;
+    return 0;
   }
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 yes, 2 no
-  if (dev < 0 || dev >= kMaxDevices) return false;
+  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, -1 not 9.0, else the SM count
+  if (dev < 0 || dev >= kMaxDevices) return 0;
   int c = cached[dev].load(std::memory_order_relaxed);
   if (c == 0) {
-    int major = 0, minor = 0;
+    int major = 0, minor = 0, sms = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    c = major == 9 && minor == 0 ? 1 : 2;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    c = major == 9 && minor == 0 && sms > 0 ? sms : -1;
     cached[dev].store(c, std::memory_order_relaxed);
   }
-  return c == 1;
+  return c > 0 ? c : 0;
 }
 
 std::string sm90_problem_refusal(const Params& p, DType dtype) {
@@ -280,7 +339,7 @@ std::string sm90_problem_refusal(const Params& p, DType dtype) {
   // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
   // -inf before scaling: both need scale > 0.
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
-  if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (grid z, y)";
+  if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (the backward's grid z, y)";
   return "";
 }
 
@@ -295,7 +354,7 @@ std::string sm90_refusal(const Params& p, DType dtype) {
     return "a zero batch or head stride";
   if (!kSm90Built) return "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES without 90a)";
   if (!env_flag_default_on("XF_ATTENTION_SM90")) return "XF_ATTENTION_SM90=0";
-  if (!current_device_is_sm90()) return "the device is not compute capability 9.0";
+  if (sm90_device_sms() == 0) return "the device is not compute capability 9.0";
   return "";
 }
 
@@ -321,12 +380,19 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.Sk = p.Sk;
   args.band = p.band;
   args.scale_log2 = p.scale_log2;
+  args.m_tiles = (p.Sq + kBlockM - 1) / kBlockM;
+  args.tiles = static_cast<int64_t>(args.m_tiles) * p.H * p.B;
+  // The grid: one CTA per SM (the kernel is persistent: TileOrder), or XF_ATTENTION_SM90_CTAS of them (a test
+  // that walks many tiles per CTA on a small problem, a benchmark's one-tile-per-CTA baseline); never more CTAs
+  // than tiles.
+  const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
+  const int ctas = static_cast<int>(std::min<int64_t>(args.tiles, cap > 0 ? cap : sm90_device_sms()));
   if (dtype == DType::bf16) {
-    if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, p.B, stream);
-    else launch_band<__nv_bfloat16, 128>(args, p.B, stream);
+    if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, ctas, stream);
+    else launch_band<__nv_bfloat16, 128>(args, ctas, stream);
   } else {
-    if (p.D == 64) launch_band<__half, 64>(args, p.B, stream);
-    else launch_band<__half, 128>(args, p.B, stream);
+    if (p.D == 64) launch_band<__half, 64>(args, ctas, stream);
+    else launch_band<__half, 128>(args, ctas, stream);
   }
 }
 

@@ -208,11 +208,8 @@ bool autotune_enabled() {
   return on;
 }
 int tune_candidates() {
-  static const int n = [] {
-    const char* v = std::getenv("XF_GEMM_AUTOTUNE_CANDIDATES");
-    const int asked = v ? std::atoi(v) : kTuneCandidates;
-    return std::max(1, std::min(asked, kMaxTuneCandidates));
-  }();
+  static const int n =
+      std::max(1, std::min(env_int("XF_GEMM_AUTOTUNE_CANDIDATES", kTuneCandidates), kMaxTuneCandidates));
   return n;
 }
 bool autotune_log() {

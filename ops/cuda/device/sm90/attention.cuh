@@ -134,10 +134,10 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
 }
 
 // Epilogue of one consumer warpgroup (cw = 0, 1; t = its thread): O / l to T, staged through the warpgroup's own
-// 64 rows of the Q tile at q_smem (sw128: conflict-free 4-byte writes, 16-byte reads) so that global stores are
-// 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
-// log2 l) ln 2. Only the first rows_valid rows of the CTA's kBlockM are written. The caller guarantees that the
-// warpgroup's wgmmas reading Q are complete.
+// 64 rows of a kBlockM x D sw128 tile at q_smem (conflict-free 4-byte writes, 16-byte reads) so that global stores
+// are 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
+// log2 l) ln 2. Only the first rows_valid rows of the CTA's kBlockM are written. The caller guarantees that nothing
+// else reads or writes the warpgroup's rows of the tile meanwhile (e.g. wgmmas reading Q from it are complete).
 // out_blk: the CTA's first output row, rows ld elements apart, 16-byte aligned (ld % 8 == 0);
 // lse_blk: the CTA's first lse row (contiguous).
 template <class T, int D>
