@@ -132,10 +132,10 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         }
         const FlashAttentionBackwardOp bop(p.a, with_dlse, false);
         const auto rb = run_op(bop, cb, &test_pool());
-        // The Hopper kernels with either forward schedule (ping-pong or free-running), on a grid of one CTA per
-        // tile (these problems have fewer tiles than the H200 has SMs) and on 3 CTAs (persistent: each walks many
-        // tiles, the zigzag order, tiles that see no key, the ping-pong's realignment between tiles); then the
-        // mma.sync kernels. The backward does not depend on the forward's schedule: it runs once per kernel family.
+        // The Hopper kernels with either forward schedule (ping-pong or free-running), on the default grid (these
+        // problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs (each
+        // walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's realignment
+        // between tiles); then the mma.sync kernels. The backward does not depend on the forward's schedule: it runs once per kernel family.
         struct Config {
           const char* sm90;
           const char* pingpong;

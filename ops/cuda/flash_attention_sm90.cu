@@ -23,9 +23,10 @@
 // on Q / the stage are done). Use u = i / 2 of stage i % 2 (i counts stage uses over the CTA's tiles): consumers
 // wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which passes at once for u = 0: a
 // fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a tile.
-// Persistent: a CTA may run several query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
+// Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
 // soon as the last S = Q K^T of this one is done, its first K, V as stages free up), so the next tile's loads hide
-// behind this one's last softmax, P V and epilogue.
+// behind this one's last softmax, P V and epilogue. ptxas: 168 registers at entry; 0 spill bytes, except 4 bytes in
+// the producer (24 registers) of the kLower (window) instantiations, one store and load outside its loads' loop.
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
 // P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
@@ -73,30 +74,36 @@ struct Sm90Args {
   int H = 0, G = 1, Sq = 0, Sk = 0;
   AttentionBand band;
   float scale_log2 = 1.f;
-  int m_tiles = 0;        // ceil(Sq / kBlockM): query tiles per (b, h)
-  int64_t tiles = 0;      // m_tiles x H x B: the launch's query tiles (TileOrder)
+  int m_tiles = 0;    // ceil(Sq / kBlockM): query tiles per (b, h)
+  int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
 };
 
-// Which query tiles a CTA of the (1-D) grid runs, and in what order. Tile u of the launch: query tile
-// m_tiles - 1 - u % m_tiles (the last first: the longest under a causal mask), head (u / m_tiles) % H, batch
-// u / (m_tiles H); consecutive tiles share a head's K and V, so the CTAs running at one time share them in L2.
-// A grid of as many CTAs as tiles runs one each (the hardware's block scheduler balances them). A smaller grid is
-// persistent: tiles are dealt in rounds of gridDim.x, CTA c taking position c of even rounds and gridDim.x - 1 - c
-// of odd ones. The zigzag evens out causal tiles: a round's positions run from long to short (within each head's
-// run of tiles), so a CTA's long tile in one round meets a short one in the next (in plain round-robin a CTA would
-// keep one query-tile index whenever gridDim.x is a multiple of m_tiles: 132 SMs and m_tiles 4 at S = 512).
+// Which query tiles a CTA of the (1-D) grid runs, and in what order. Tiles are dealt in pairs: per (b, h), pair i
+// (0 <= i < ceil(m_tiles / 2)) is the i-th query tile from the end and the i-th from the start (one tile when they
+// meet), so under a causal mask every pair costs about the same (long + short = m_tiles + 1 key tiles), and so
+// do windows and unmasked attention. Pair v = (b H + h) pairs + i, a head's pairs consecutive (the CTAs running at
+// one time share a head's K and V in L2); CTA c runs pairs c, c + gridDim.x, c + 2 gridDim.x, ..., each as its
+// long tile then its short one. H200, 2026-11-30: an earlier order, single tiles dealt round-robin in zigzag
+// rounds, drifted out of balance under a causal mask where 132 SMs and m_tiles = 128 (S = 16384) fell out of step
+// and ran 0.67x of one CTA per tile; a simulation of the pairs gives >= 0.97 of the ideal on the whole grid.
+// Tile u encodes query tile m_tiles - 1 - u % m_tiles (the index from the end) of head (u / m_tiles) % H, batch
+// u / (m_tiles H).
 struct TileOrder {
-  int m_tiles, H;
-  int64_t tiles;
-  // The k-th tile of this CTA, -1 past the end.
-  __device__ int64_t tile(int k) const {
-    const int64_t g = gridDim.x, c = blockIdx.x;
-    const int64_t u = k * g + ((k & 1) ? g - 1 - c : c);
-    return u < tiles ? u : -1;
+  static constexpr int kEnd = -1;   // past the CTA's last pair
+  static constexpr int kNone = -2;  // the missing second tile of a one-tile pair: skip it
+  int m_tiles, H, pairs;            // pairs = H x B x ceil(m_tiles / 2); m_tiles x H x B < 2^31 (sm90_problem_refusal)
+  // The k-th tile of this CTA (k = 2 x its pair number + 0 for the long tile, 1 for the short one).
+  __device__ int tile(int k) const {
+    const int per_head = (m_tiles + 1) / 2;
+    const int v = (k >> 1) * static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
+    if (v >= pairs) return kEnd;
+    const int i = v % per_head, from_end = (k & 1) ? m_tiles - 1 - i : i;
+    if ((k & 1) && from_end == i) return kNone;
+    return v / per_head * m_tiles + from_end;
   }
-  __device__ int q0(int64_t u) const { return static_cast<int>(m_tiles - 1 - u % m_tiles) * kBlockM; }
-  __device__ int head(int64_t u) const { return static_cast<int>((u / m_tiles) % H); }
-  __device__ int batch(int64_t u) const { return static_cast<int>(u / m_tiles / H); }
+  __device__ int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * kBlockM; }
+  __device__ int head(int u) const { return u / m_tiles % H; }
+  __device__ int batch(int u) const { return u / m_tiles / H; }
 };
 
 template <int D>
@@ -110,7 +117,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
-// grid (min(tiles, the CTA cap), 1, 1) (TileOrder), 384 threads, Layout<D>::kBytes of dynamic shared memory.
+// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), 384 threads, Layout<D>::kBytes of dynamic shared memory.
 template <class T, int D, bool kLower, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
@@ -126,7 +133,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
   auto bar_empty = [&](int st) { return bar_qfull + 8 * (2 + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128;
-  const TileOrder order{a.m_tiles, a.H, a.tiles};
+  const TileOrder order{a.m_tiles, a.H, a.pairs};
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
 
   if (tid == 0) {
@@ -153,8 +160,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
     if (tid == 0) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int64_t u = order.tile(k);
-        if (u < 0) break;
+        const int u = order.tile(k);
+        if (u == TileOrder::kEnd) break;
+        if (u == TileOrder::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
         const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);
         if (tr.count == 0) continue;
@@ -184,8 +192,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
     const uint32_t q_wg = s_q + cw * 64 * 128;
     int it = 0, qn = 0;
     for (int k = 0;; ++k) {
-      const int64_t u = order.tile(k);
-      if (u < 0) break;
+      const int u = order.tile(k);
+      if (u == TileOrder::kEnd) break;
+      if (u == TileOrder::kNone) continue;
       const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
       const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);  // may be empty: a block that sees no key
       const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
@@ -340,6 +349,8 @@ std::string sm90_problem_refusal(const Params& p, DType dtype) {
   // -inf before scaling: both need scale > 0.
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
   if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (the backward's grid z, y)";
+  // The forward's tile indices are 32-bit (TileOrder): B x H x ceil(Sq / 128) < 2^31.
+  if (static_cast<int64_t>(p.B) * p.H * ((p.Sq + kBlockM - 1) / kBlockM) > INT32_MAX) return "2^31 or more query tiles";
   return "";
 }
 
@@ -381,12 +392,12 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.band = p.band;
   args.scale_log2 = p.scale_log2;
   args.m_tiles = (p.Sq + kBlockM - 1) / kBlockM;
-  args.tiles = static_cast<int64_t>(args.m_tiles) * p.H * p.B;
+  args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   // The grid: one CTA per SM (the kernel is persistent: TileOrder), or XF_ATTENTION_SM90_CTAS of them (a test
-  // that walks many tiles per CTA on a small problem, a benchmark's one-tile-per-CTA baseline); never more CTAs
-  // than tiles.
+  // that walks many tiles per CTA on a small problem; a benchmark's baseline of one pair per CTA); never more CTAs
+  // than pairs.
   const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
-  const int ctas = static_cast<int>(std::min<int64_t>(args.tiles, cap > 0 ? cap : sm90_device_sms()));
+  const int ctas = std::min(args.pairs, cap > 0 ? cap : sm90_device_sms());
   if (dtype == DType::bf16) {
     if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, ctas, stream);
     else launch_band<__nv_bfloat16, 128>(args, ctas, stream);
