@@ -202,12 +202,13 @@ int main(int argc, char** argv) {
                                                         dout.raw_data(), lse.data<float>(), nullptr, dq.raw_data(),
                                                         dk.raw_data(), dv.raw_data(), nullptr, ws.get(), ctx.stream());
                 });
-            // Which native kernels ran: the Hopper ones (sm90) or the mma.sync ones, and why. The backward follows the
-            // forward's rule with its own tensors, allocated alike here (all 256-byte aligned).
-            const std::string why = cuda::flash_attention_sm90_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(),
-                                                                       o.raw_data());
-            rows.back()["native_forward"] = rows.back()["native_backward"] =
-                why.empty() ? std::string("sm90") : "mma.sync (" + why + ")";
+            // Which native kernels ran: the Hopper ones (sm90) or the mma.sync ones, and why.
+            const auto ran = [](const std::string& why) { return why.empty() ? std::string("sm90") : "mma.sync (" + why + ")"; };
+            rows.back()["native_forward"] =
+                ran(cuda::flash_attention_sm90_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data()));
+            rows.back()["native_backward"] =
+                ran(cuda::flash_attention_sm90_backward_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(),
+                                                               dq.raw_data(), dk.raw_data(), dv.raw_data()));
           }
 #ifdef XF_HAVE_CUDNN_ATTENTION
           for (const char* name : {"cudnn", "cudnn_atomic"}) {

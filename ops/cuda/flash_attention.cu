@@ -125,6 +125,29 @@ Params forward_params(const FlashAttentionArgs& a, const void* q, const void* k,
   return p;
 }
 
+// The backward's parameters: the shape's, the tensors, Delta's workspace and whether the asynchronous-copy (and
+// TMA) path can address them.
+Params backward_params(const FlashAttentionArgs& a, const void* q, const void* k, const void* v, const void* out,
+                       const void* dout, const float* lse, const float* dlse, void* dq, void* dk, void* dv,
+                       void* dbias, void* workspace) {
+  Params p = make_params(a);
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.out = out;
+  p.dout = dout;
+  p.lse = lse;
+  p.dlse = dlse;
+  p.delta = static_cast<float*>(workspace);
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  p.dbias = dbias;
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
+          aligned16(dk) && aligned16(dv);
+  return p;
+}
+
 // The launcher arguments of an op's tensors: in[0..2] q, k, v; bias, cu_seqlens at the op's indices.
 FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<Tensor>& in, int64_t bias_index,
                            int64_t cu_index, const KernelContext& ctx) {
@@ -214,6 +237,15 @@ std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void
   return fa::sm90_refusal(forward_params(a, q, k, v, const_cast<void*>(out)), a.dtype);
 }
 
+std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, const void* q, const void* k,
+                                                  const void* v, const void* dout, const void* dq, const void* dk,
+                                                  const void* dv) {
+  // Nothing is launched: the gradients are only looked at (their alignment).
+  return fa::sm90_refusal(backward_params(a, q, k, v, nullptr, dout, nullptr, nullptr, const_cast<void*>(dq),
+                                          const_cast<void*>(dk), const_cast<void*>(dv), nullptr, nullptr),
+                          a.dtype);
+}
+
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
   const int64_t rows = (a.cu_seqlens_q ? 1 : a.B) * a.H * a.Sq;  // lse's rows
   return static_cast<size_t>(rows) * sizeof(float);
@@ -232,22 +264,8 @@ size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) {
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                      const void* out, const void* dout, const float* lse, const float* dlse,
                                      void* dq, void* dk, void* dv, void* dbias, void* workspace, CUstream_st* stream) {
-  Params p = make_params(a);
   XF_CHECK(!dbias || a.bias, "flash_attention_backward", "dbias needs a bias");
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.out = out;
-  p.dout = dout;
-  p.lse = lse;
-  p.dlse = dlse;
-  p.delta = static_cast<float*>(workspace);
-  p.dq = dq;
-  p.dk = dk;
-  p.dv = dv;
-  p.dbias = dbias;
-  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
-          aligned16(dk) && aligned16(dv);
+  const Params p = backward_params(a, q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, workspace);
   if (p.B == 0) return;  // no sequence: nothing to write (Tq = Tk = 0)
   if (a.dtype != DType::f32 && fa::sm90_refusal(p, a.dtype).empty()) {
     fa::launch_sm90_backward(p, a.dtype, workspace, stream);  // its own Delta (padded, with lse2)

@@ -67,10 +67,14 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
                                     void* out, float* lse, CUstream_st* stream);
 
 // Why launch_flash_attention_forward would not run this call on the Hopper kernel (ops/cuda/flash_attention_sm90.cu:
-// wgmma, TMA) but on the mma.sync one; "" when it would. Reads the current device and XF_ATTENTION_SM90. The
-// backward follows the same rule (ops/cuda/flash_attention_sm90_backward.cu), with its own tensors' alignment.
+// wgmma, TMA) but on the mma.sync one; "" when it would. Reads the current device and XF_ATTENTION_SM90.
 std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                          const void* out);
+// The same for launch_flash_attention_backward (ops/cuda/flash_attention_sm90_backward.cu): one rule, with the
+// backward's tensors' alignment.
+std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, const void* q, const void* k,
+                                                  const void* v, const void* dout, const void* dq, const void* dk,
+                                                  const void* dv);
 
 // lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);
