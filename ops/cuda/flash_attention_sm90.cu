@@ -16,14 +16,13 @@
 // setmaxnreg down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240).
 // The entry allocation of __launch_bounds__(384, 1) is 168 registers a thread (65536 / 384, rounded down to 8):
 // 128 x 24 + 256 x 240 = 384 x 168, so the consumers take exactly what the producer gives back.
-// Shared memory: Q (128 x D) + the O staging tile (128 x D) + kStages x (K + V) (128 x D each): 2 stages = 192 KB at
-// D = 128 (a third stage would need 256 KB of the 227 KB a block may have), 4 stages = 160 KB at D = 64; plus
-// 2 + 3 kStages mbarriers: q_full, k_full[] and v_full[] (the producer's arrive.expect_tx + TMA's bytes; V has its
-// own so that S = Q K^T need not wait for it), q_empty and empty[] (8 arrivals: lane 0 of each consumer warp when
-// its wgmmas on Q / the stage are done). Use u = i / kStages of stage i % kStages (i counts stage uses over the
-// CTA's tiles): consumers wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which
-// passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a
-// tile.
+// Shared memory: Q (128 x D) + the O staging tile (128 x D) + 2 stages x (K + V) (128 x D each) = 192 KB at
+// D = 128 (a third stage would need 256 KB of the 227 KB a block may have, hence 2), 96 KB at D = 64, plus 8
+// mbarriers: q_full, k_full[2] and v_full[2] (the producer's arrive.expect_tx + TMA's bytes; V has its own so that
+// S = Q K^T need not wait for it), q_empty and empty[2] (8 arrivals: lane 0 of each consumer warp when its wgmmas
+// on Q / the stage are done). Use u = i / 2 of stage i % 2 (i counts stage uses over the CTA's tiles): consumers
+// wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which passes at once for u = 0: a
+// fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a tile.
 // Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
 // soon as the last S = Q K^T of this one is done, its first K, V as stages free up), so the next tile's loads hide
 // behind this one's last softmax, P V and epilogue. ptxas: 168 registers at entry; 0 spill bytes, except 4 bytes in
@@ -53,11 +52,10 @@ namespace {
 using sm90::kBlockM;
 using sm90::kBlockN;
 
-// K/V ring depth (Layout): at D = 128 two stages are what 227 KB of shared memory holds (see above); at D = 64 a
-// tile's GEMMs take half as long while a load's latency stays, so the ring is deeper there: 4 stages (160 KB) by
-// default, XF_ATTENTION_SM90_STAGES=2 for the shallow one (the A/B of docs/benchmarks.md).
-constexpr int kStagesD128 = 2;
-constexpr int kStagesD64 = 4;
+// K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above). D = 64 has room for 4 stages, and they
+// ran the same as 2 over the benchmark grid (H200, 2026-11-30, an interleaved A/B, within 1%): loads are not what
+// limits D = 64.
+constexpr int kStages = 2;
 // Named barriers of the ping-pong schedule: kSchedBarrier + w is consumer warpgroup w's turn (0 is __syncthreads',
 // 1 and 2 store_out's).
 constexpr int kSchedBarrier = 3;
@@ -111,23 +109,23 @@ struct TileOrder {
   __device__ int batch(int u) const { return u / m_tiles / H; }
 };
 
-template <int D, int kStages>
+template <int D>
 struct Layout {  // byte offsets from the 1024-aligned base
   static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;
   // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue.
   static constexpr int kQ = 0, kO = kTileQ, kK = kO + kTileQ, kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
-  static constexpr int kBars = 2 + 3 * kStages;  // q_full, q_empty, k_full[], v_full[], empty[]
+  static constexpr int kBars = 2 + 3 * kStages;           // q_full, q_empty, k_full[2], v_full[2], empty[2]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (min(pairs, the CTA cap), 1, 1) (TileOrder), 384 threads, Layout<D>::kBytes of dynamic shared memory.
-template <class T, int D, int kStages, bool kLower, bool kPingpong>
+template <class T, int D, bool kLower, bool kPingpong>
 __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
-  using L = Layout<D, kStages>;
+  using L = Layout<D>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
@@ -289,36 +287,29 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
 #endif
 }
 
-template <class T, int D, int kStages, bool kLower, bool kPingpong>
+template <class T, int D, bool kLower, bool kPingpong>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
-  using L = Layout<D, kStages>;
+  using L = Layout<D>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kStages, kLower, kPingpong>;
+  auto kernel = fwd_sm90_kernel<T, D, kLower, kPingpong>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), kWsThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
-template <class T, int D, int kStages>
+template <class T, int D>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, kStages, true, true>(args, ctas, stream);
-    else launch<T, D, kStages, true, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, true, true>(args, ctas, stream);
+    else launch<T, D, true, false>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, kStages, false, true>(args, ctas, stream);
-    else launch<T, D, kStages, false, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, false, true>(args, ctas, stream);
+    else launch<T, D, false, false>(args, ctas, stream);
   }
-}
-
-template <class T>
-void launch_dim(const Sm90Args& args, int D, int ctas, cudaStream_t stream) {
-  if (D == 128) launch_band<T, 128, kStagesD128>(args, ctas, stream);
-  else if (env_int("XF_ATTENTION_SM90_STAGES", kStagesD64) == 2) launch_band<T, 64, 2>(args, ctas, stream);
-  else launch_band<T, 64, kStagesD64>(args, ctas, stream);
 }
 
 }  // namespace
@@ -410,8 +401,13 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   // than pairs.
   const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
   const int ctas = std::min(args.pairs, cap > 0 ? cap : sm90_device_sms());
-  if (dtype == DType::bf16) launch_dim<__nv_bfloat16>(args, p.D, ctas, stream);
-  else launch_dim<__half>(args, p.D, ctas, stream);
+  if (dtype == DType::bf16) {
+    if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, ctas, stream);
+    else launch_band<__nv_bfloat16, 128>(args, ctas, stream);
+  } else {
+    if (p.D == 64) launch_band<__half, 64>(args, ctas, stream);
+    else launch_band<__half, 128>(args, ctas, stream);
+  }
 }
 
 }  // namespace xfr::cuda::fa
