@@ -5,7 +5,7 @@
 // 128-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
-// (XF_ATTENTION_SM90_CTAS=3). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
+// (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups (XF_ATTENTION_SM90_CONSUMERS=3). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
 // kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without
 // one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
@@ -143,21 +143,30 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // The Hopper kernels with either forward schedule (ping-pong or free-running), on the default grid (these
         // problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs (each
         // walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's realignment
-        // between tiles); then the mma.sync kernels. The backward does not depend on the forward's schedule: it
-        // runs once per kernel family.
+        // between tiles), at D = 64 also with three consumer warpgroups (XF_ATTENTION_SM90_CONSUMERS=3: 192 queries a
+        // CTA); then the mma.sync kernels. The backward does not depend on the forward's schedule: it runs once per
+        // kernel family.
         struct Config {
           const char* sm90;
           const char* pingpong;
           const char* ctas;
+          const char* consumers;
           bool backward;
         };
-        for (const Config& c : {Config{"1", "1", "", true}, Config{"1", "0", "", false}, Config{"1", "1", "3", false},
-                                Config{"1", "0", "3", false}, Config{"0", "1", "", true}}) {
+        for (const Config& c : {Config{"1", "1", "", "", true}, Config{"1", "0", "", "", false},
+                                Config{"1", "1", "3", "", false}, Config{"1", "0", "3", "", false},
+                                Config{"1", "1", "", "3", false}, Config{"1", "0", "", "3", false},
+                                Config{"1", "1", "3", "3", false}, Config{"1", "0", "3", "3", false},
+                                Config{"0", "1", "", "", true}}) {
+          if (c.consumers[0] != '\0' && p.D != 64) continue;  // D = 128 has one shape
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
           ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
           ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
+          ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
-                                  (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas : "");
+                                  (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
+                                                          " CONSUMERS=" + c.consumers
+                                                    : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");

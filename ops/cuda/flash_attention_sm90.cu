@@ -49,35 +49,32 @@ namespace xfr::cuda::fa {
 
 namespace {
 
-using sm90::kBlockM;
 using sm90::kBlockN;
+using sm90::WsShape;
 
 // K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above). D = 64 has room for 4 stages, and they
 // ran the same as 2 over the benchmark grid (H200, 2026-11-30, an interleaved A/B, within 1%): loads are not what
 // limits D = 64.
 constexpr int kStages = 2;
-// Named barriers of the ping-pong schedule: kSchedBarrier + w is consumer warpgroup w's turn (0 is __syncthreads',
-// 1 and 2 store_out's).
-constexpr int kSchedBarrier = 3;
-constexpr int kRealignBarrier = 5;  // both consumer warpgroups, once a tile (ping-pong only; see the kernel)
+// Named barriers (0 is __syncthreads'; 1 .. C, C the consumer warpgroups, store_out's): the ping-pong schedule's
+// turns, sched_barrier(C) + w for consumer warpgroup w, and its realignment once a tile (see the kernel).
+constexpr int sched_barrier(int consumers) { return 1 + consumers; }
+constexpr int realign_barrier(int consumers) { return 1 + 2 * consumers; }
 // Keys from which the ping-pong schedule is the default. H200, 2026-11-30 (interleaved A/B on the benchmark grid, two
 // repeats each, within 1%): ping-pong +1% to +9% at S >= 2048 (D 64 and 128, causal or not), -1% to -4% at
 // S <= 1024, where a block's few key tiles leave little softmax to hide and the first turn is pure wait.
 constexpr int kPingpongMinKeys = 2048;
-using sm90::kConsumerRegs;
-using sm90::kProducerRegs;
-using sm90::kWsThreads;
 
 // The kernel's parameters, __grid_constant__ (TMA reads the maps from parameter space; the mask points at band).
 struct Sm90Args {
-  CUtensorMap tm_q, tm_k, tm_v;  // 4-D (D, S, heads, B) views of q (Sq, H) and k, v (Sk, Hk); box (64, 128, 1, 1)
+  CUtensorMap tm_q, tm_k, tm_v;  // 4-D (D, S, heads, B) views of q (Sq, H) and k, v (Sk, Hk); box (64, BM or 128, 1, 1)
   void* o = nullptr;             // (B, H, Sq, D) logical, strides os
   float* lse = nullptr;          // (B, H, Sq) contiguous
   HeadStrides os;
   int H = 0, G = 1, Sq = 0, Sk = 0;
   AttentionBand band;
   float scale_log2 = 1.f;
-  int m_tiles = 0;    // ceil(Sq / kBlockM): query tiles per (b, h)
+  int m_tiles = 0;    // ceil(Sq / BM): query tiles per (b, h), BM the CTA's query rows (WsShape)
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
 };
 
@@ -91,6 +88,7 @@ struct Sm90Args {
 // and ran 0.67x of one CTA per tile; a simulation of the pairs gives >= 0.97 of the ideal on the whole grid.
 // Tile u encodes query tile m_tiles - 1 - u % m_tiles (the index from the end) of head (u / m_tiles) % H, batch
 // u / (m_tiles H).
+template <int BM>
 struct TileOrder {
   static constexpr int kEnd = -1;   // past the CTA's last pair
   static constexpr int kNone = -2;  // the missing second tile of a one-tile pair: skip it
@@ -104,14 +102,14 @@ struct TileOrder {
     if ((k & 1) && from_end == i) return kNone;
     return v / per_head * m_tiles + from_end;
   }
-  __device__ int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * kBlockM; }
+  __device__ int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * BM; }
   __device__ int head(int u) const { return u / m_tiles % H; }
   __device__ int batch(int u) const { return u / m_tiles / H; }
 };
 
-template <int D>
+template <int D, int BM>
 struct Layout {  // byte offsets from the 1024-aligned base
-  static constexpr int kTileQ = kBlockM * D * 2, kTileKV = kBlockN * D * 2;
+  static constexpr int kTileQ = BM * D * 2, kTileKV = kBlockN * D * 2;
   // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue.
   static constexpr int kQ = 0, kO = kTileQ, kK = kO + kTileQ, kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
@@ -120,12 +118,16 @@ struct Layout {  // byte offsets from the 1024-aligned base
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
-// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), 384 threads, Layout<D>::kBytes of dynamic shared memory.
-template <class T, int D, bool kLower, bool kPingpong>
-__global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
+// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads, Layout<D, BM>::kBytes of
+// dynamic shared memory.
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
+__global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
-  using L = Layout<D>;
+  using Shape = WsShape<kConsumers>;
+  constexpr int BM = Shape::kBlockM, kWarps = 4 * kConsumers;  // kWarps: the consumer warps
+  constexpr int kSchedBarrier = sched_barrier(kConsumers), kRealignBarrier = realign_barrier(kConsumers);
+  using L = Layout<D, BM>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
@@ -136,7 +138,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
   auto bar_empty = [&](int st) { return bar_qfull + 8 * (2 + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128;
-  const TileOrder order{a.m_tiles, a.H, a.pairs};
+  const TileOrder<BM> order{a.m_tiles, a.H, a.pairs};
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
 
   if (tid == 0) {
@@ -144,11 +146,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
     tma_prefetch_map(&a.tm_k);
     tma_prefetch_map(&a.tm_v);
     mbar_init(bar_qfull, 1);
-    mbar_init(bar_qempty, 8);  // lane 0 of each of the 8 consumer warps, once its last S = Q K^T of the tile is done
+    mbar_init(bar_qempty, kWarps);  // lane 0 of each consumer warp, once its last S = Q K^T of the tile is done
     for (int st = 0; st < kStages; ++st) {
       mbar_init(bar_kfull(st), 1);
       mbar_init(bar_vfull(st), 1);
-      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+      mbar_init(bar_empty(st), kWarps);  // lane 0 of each consumer warp
     }
     mbar_init_fence();
   }
@@ -159,21 +161,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
   // queries see no key loads nothing (and its rows get out 0, lse -inf).
   if (wg == 0) {
     // ---------------- producer ----------------
-    setmaxnreg_dec<kProducerRegs>();
+    setmaxnreg_dec<Shape::kProducerRegs>();
     if (tid == 0) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
         const int u = order.tile(k);
-        if (u == TileOrder::kEnd) break;
-        if (u == TileOrder::kNone) continue;
+        if (u == TileOrder<BM>::kEnd) break;
+        if (u == TileOrder<BM>::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
-        const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);
+        const TileRange tr = mask.key_tiles(q0, BM, kBlockN);
         if (tr.count == 0) continue;
         mbar_wait(bar_qempty, (qn++ & 1) ^ 1);    // the previous tile's last S = Q K^T is done
         mbar_arrive_expect_tx(bar_qfull, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
 #pragma unroll
         for (int at = 0; at < D / 64; ++at)
-          tma_load_4d(s_q + at * (kBlockM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull);
+          tma_load_4d(s_q + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull);
         for (int j = 0; j < tr.count; ++j, ++it) {
           const int st = it % kStages, row = (tr.first + j) * kBlockN;
           mbar_wait(bar_empty(st), ((it / kStages) & 1) ^ 1);
@@ -190,19 +192,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
     }
   } else {
     // ---------------- consumers ----------------
-    setmaxnreg_inc<kConsumerRegs>();
+    setmaxnreg_inc<Shape::kConsumerRegs>();
     const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
     const uint32_t q_wg = s_q + cw * 64 * 128;
     int it = 0, qn = 0;
     for (int k = 0;; ++k) {
       const int u = order.tile(k);
-      if (u == TileOrder::kEnd) break;
-      if (u == TileOrder::kNone) continue;
+      if (u == TileOrder<BM>::kEnd) break;
+      if (u == TileOrder<BM>::kNone) continue;
       const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-      const TileRange tr = mask.key_tiles(q0, kBlockM, kBlockN);  // may be empty: a block that sees no key
+      const TileRange tr = mask.key_tiles(q0, BM, kBlockN);  // may be empty: a block that sees no key
       const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
       const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
-      const KeyRange common = mask.common_keys(q0, min(q0 + kBlockM, a.Sq) - 1);  // keys all the block's rows see
+      const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
       float o[D / 2], s[kBlockN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
       uint32_t p[kBlockN / 16][4];
 #pragma unroll
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
         const int st = (it + j) % kStages;
         mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        qk_gemm<T, D, kBlockN>(s, q_wg, s_k + st * L::kTileKV);
+        qk_gemm<T, D, kBlockN, BM>(s, q_wg, s_k + st * L::kTileKV);
         wgmma_commit();
       };
       // O += P V(j); release stage j once the wgmma is complete.
@@ -261,55 +263,72 @@ __global__ void __launch_bounds__(kWsThreads, 1) fwd_sm90_kernel(const __grid_co
         issue_scores(0);
         await_scores();
         softmax(0);
-        named_barrier_sync(kRealignBarrier, 256);
-        if (cw == 1) named_barrier_arrive(kSchedBarrier + 0, 256);
+        constexpr int kLast = kConsumers - 1;
+        const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // whose turn follows ours
+        named_barrier_sync(kRealignBarrier, 128 * kConsumers);
+        if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
         for (int j = 0; j + 1 < tr.count; ++j) {
           named_barrier_sync(kSchedBarrier + cw, 256);
           accumulate(j);
-          issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in theirs
-          named_barrier_arrive(kSchedBarrier + 1 - cw, 256);
+          issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in the others'
+          named_barrier_arrive(kSchedBarrier + next, 256);
           await_scores();
           softmax(j + 1);
         }
         named_barrier_sync(kSchedBarrier + cw, 256);
         accumulate(tr.count - 1);
-        if (cw == 0) named_barrier_arrive(kSchedBarrier + 1, 256);
+        // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
+        // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
+        if (kConsumers == 2 ? cw == 0 : cw != kLast)
+          named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
       }
       it += tr.count;
       const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
                            static_cast<int64_t>(q0) * a.os.seq;
       const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
       named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
-      store_out<T, D>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
-                      min(kBlockM, a.Sq - q0), a.lse + lrow);
+      store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
+                          min(BM, a.Sq - q0), a.lse + lrow);
     }
   }
 #endif
 }
 
-template <class T, int D, bool kLower, bool kPingpong>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
-  using L = Layout<D>;
+  using Shape = WsShape<kConsumers>;
+  using L = Layout<D, Shape::kBlockM>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kLower, kPingpong>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong>;
   allow_smem(kernel, L::kBytes, done);
-  kernel<<<static_cast<unsigned>(ctas), kWsThreads, L::kBytes, stream>>>(args);
+  kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
-template <class T, int D>
+template <class T, int D, int kConsumers>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, true, true>(args, ctas, stream);
-    else launch<T, D, true, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, true, true>(args, ctas, stream);
+    else launch<T, D, kConsumers, true, false>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, false, true>(args, ctas, stream);
-    else launch<T, D, false, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, false, true>(args, ctas, stream);
+    else launch<T, D, kConsumers, false, false>(args, ctas, stream);
   }
+}
+
+// The consumer warpgroups of a forward CTA (WsShape): 2, or at D = 64 3 where XF_ATTENTION_SM90_CONSUMERS=3 asks for
+// them (FlashAttention-3's head-dim-64 shape, 192 queries a CTA; not yet run on a GPU, so not the default).
+int consumers_for(int D) { return D == 64 && env_int("XF_ATTENTION_SM90_CONSUMERS", 2) == 3 ? 3 : 2; }
+
+template <class T>
+void launch_shape(const Sm90Args& args, int D, int consumers, int ctas, cudaStream_t stream) {
+  if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
+  else if (consumers == 3) launch_band<T, 64, 3>(args, ctas, stream);
+  else launch_band<T, 64, 2>(args, ctas, stream);
 }
 
 }  // namespace
@@ -353,7 +372,8 @@ std::string sm90_problem_refusal(const Params& p, DType dtype) {
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
   if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (the backward's grid z, y)";
   // The forward's tile indices are 32-bit (TileOrder): B x H x ceil(Sq / 128) < 2^31.
-  if (static_cast<int64_t>(p.B) * p.H * ((p.Sq + kBlockM - 1) / kBlockM) > INT32_MAX) return "2^31 or more query tiles";
+  if (static_cast<int64_t>(p.B) * p.H * ((p.Sq + sm90::kBlockM - 1) / sm90::kBlockM) > INT32_MAX)
+    return "2^31 or more query tiles";  // of 128 queries: fewer of 192
   return "";
 }
 
@@ -379,9 +399,10 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 }
 
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
+  const int consumers = consumers_for(p.D), block_m = 64 * consumers;  // WsShape<consumers>::kBlockM
   Sm90Args args;
   std::string why;
-  const bool ok = sm90_head_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, kBlockM, &why) &&
+  const bool ok = sm90_head_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, block_m, &why) &&
                   sm90_head_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why) &&
                   sm90_head_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why);
   XF_CHECK(ok, "flash_attention", "the sm90 forward's tensor maps: ", why);
@@ -394,20 +415,15 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.Sk = p.Sk;
   args.band = p.band;
   args.scale_log2 = p.scale_log2;
-  args.m_tiles = (p.Sq + kBlockM - 1) / kBlockM;
+  args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   // The grid: one CTA per SM (the kernel is persistent: TileOrder), or XF_ATTENTION_SM90_CTAS of them (a test
   // that walks many tiles per CTA on a small problem; a benchmark's baseline of one pair per CTA); never more CTAs
   // than pairs.
   const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
   const int ctas = std::min(args.pairs, cap > 0 ? cap : sm90_device_sms());
-  if (dtype == DType::bf16) {
-    if (p.D == 64) launch_band<__nv_bfloat16, 64>(args, ctas, stream);
-    else launch_band<__nv_bfloat16, 128>(args, ctas, stream);
-  } else {
-    if (p.D == 64) launch_band<__half, 64>(args, ctas, stream);
-    else launch_band<__half, 128>(args, ctas, stream);
-  }
+  if (dtype == DType::bf16) launch_shape<__nv_bfloat16>(args, p.D, consumers, ctas, stream);
+  else launch_shape<__half>(args, p.D, consumers, ctas, stream);
 }
 
 }  // namespace xfr::cuda::fa

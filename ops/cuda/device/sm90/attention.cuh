@@ -5,7 +5,7 @@
 // through shared memory with 16-byte coalesced stores and lse; a fragment stored straight to global rows).
 // T = __nv_bfloat16 or __half; fp32 accumulation. sm_90a device code only (callers guard with XF_SM90A_DEVICE).
 //
-// Fragments: a consumer warpgroup (128 threads) owns 64 query rows of the CTA's kBlockM = 128; thread t of it
+// Fragments: a consumer warpgroup (128 threads) owns 64 query rows of the CTA's kBlockM; thread t of it
 // (warp w = t/32, lane) holds, in every m64nN accumulator fragment, rows 16w + lane/4 (+8) and columns
 // 8*(i/4) + 2*(lane%4) + i%2 for register i (PTX ISA "wgmma .m64nNk16 register fragment D").
 #pragma once
@@ -21,14 +21,30 @@
 
 namespace xfr::cuda::sm90 {
 
-constexpr int kBlockM = 128;  // query rows per CTA: 2 consumer warpgroups x 64 (wgmma's M)
 constexpr int kBlockN = 128;  // keys per K/V tile: S's accumulator is 64 fp32 registers a thread (kBlockN / 2)
-// The warp-specialised CTA (FlashAttention-3's shape): warpgroup 0 or 2 produces (one thread issues the TMA loads),
-// two warpgroups consume. __launch_bounds__(kWsThreads, 1) gives 168 registers a thread at entry (65536 / 384,
-// rounded down to 8); setmaxnreg moves them: what the producer gives back is what the consumers take. It also fits
-// each of the SM's 4 register-file sub-partitions (16K registers; a warp lives on one): 24 x 32 + 2 x 240 x 32.
-constexpr int kWsThreads = 384, kProducerRegs = 24, kConsumerRegs = 240;
-static_assert(128 * kProducerRegs + 256 * kConsumerRegs == kWsThreads * 168, "setmaxnreg split must use the entry allocation");
+// The warp-specialised CTA (FlashAttention-3's shape): one producer warpgroup (one thread issues the TMA loads) and
+// kConsumers consumer warpgroups of 64 query rows (wgmma's M) each. __launch_bounds__(kThreads, 1) gives
+// 65536 / kThreads registers a thread at entry (rounded down to 8); setmaxnreg moves them: what the producer gives
+// back is what the consumers take. Each of the SM's 4 register-file sub-partitions (16K registers; a warp lives on
+// one, a warpgroup's 4 warps on all 4) holds one producer warp and kConsumers consumer warps:
+//   2 consumers: 384 threads, 168 at entry, producer 24, consumers 240: 24 x 32 + 2 x 240 x 32 = 16,128;
+//   3 consumers: 512 threads, 128 at entry, producer 32, consumers 160: 32 x 32 + 3 x 160 x 32 = 16,384 (the
+//   shape of FlashAttention-3's head dim 64; 160 registers hold O, S and P of D = 64 but not of D = 128).
+template <int kConsumers>
+struct WsShape {
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA
+  static constexpr int kProducerRegs = kConsumers == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  static_assert(128 * kProducerRegs + 128 * kConsumers * kConsumerRegs <= kThreads * ((65536 / kThreads) & ~7),
+                "the setmaxnreg split must fit the entry allocation");
+  static_assert(32 * kProducerRegs + 32 * kConsumers * kConsumerRegs <= 16384, "a sub-partition's register file");
+};
+// The two-consumer shape, which the backward kernels and the labs run.
+constexpr int kBlockM = WsShape<2>::kBlockM;
+constexpr int kWsThreads = WsShape<2>::kThreads, kProducerRegs = WsShape<2>::kProducerRegs,
+              kConsumerRegs = WsShape<2>::kConsumerRegs;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -66,10 +82,10 @@ __device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)
 }
 
 // The forward's two GEMMs. S (64 x BN) = Q_wg (64 x D) K_tile (BN x D)^T: q_wg is this warpgroup's first Q row in a
-// kBlockM-row Q tile. O (64 x D) += P (64 x BN, registers) V_tile (BN x D).
-template <class T, int D, int BN>
+// BM-row Q tile. O (64 x D) += P (64 x BN, registers) V_tile (BN x D).
+template <class T, int D, int BN, int BM = kBlockM>
 __device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
-  ss_gemm<T, D, BN>(s, q_wg, kBlockM * 128, k_tile, BN * 128);
+  ss_gemm<T, D, BN>(s, q_wg, BM * 128, k_tile, BN * 128);
 }
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
@@ -133,14 +149,14 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
     for (int r = 0; r < 4; ++r) a[j][r] = pack2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
 }
 
-// Epilogue of one consumer warpgroup (cw = 0, 1; t = its thread): O / l to T, staged through the warpgroup's own
-// 64 rows of a kBlockM x D sw128 tile at q_smem (conflict-free 4-byte writes, 16-byte reads) so that global stores
-// are 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
-// log2 l) ln 2. Only the first rows_valid rows of the CTA's kBlockM are written. The caller guarantees that nothing
+// Epilogue of one consumer warpgroup (cw = 0, 1, ...; t = its thread): O / l to T, staged through the warpgroup's own
+// 64 rows of a BM x D sw128 tile at q_smem (conflict-free 4-byte writes, 16-byte reads) so that global stores are
+// 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
+// log2 l) ln 2. Only the first rows_valid rows of the CTA's BM are written. The caller guarantees that nothing
 // else reads or writes the warpgroup's rows of the tile meanwhile (e.g. wgmmas reading Q from it are complete).
 // out_blk: the CTA's first output row, rows ld elements apart, 16-byte aligned (ld % 8 == 0);
 // lse_blk: the CTA's first lse row (contiguous).
-template <class T, int D>
+template <class T, int D, int BM = kBlockM>
 __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (&m)[2], float (&l)[2],
                                           float scale_log2, uint8_t* q_smem, int cw, int t, T* __restrict__ out_blk,
                                           int64_t ld, int rows_valid, float* __restrict__ lse_blk) {
@@ -159,18 +175,18 @@ __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (
 #pragma unroll
   for (int i = 0; i < D / 2; i += 2) {
     const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
-    const uint32_t off = (col / 64) * (kBlockM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
+    const uint32_t off = (col / 64) * (BM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
     const float sc = inv[(i >> 1) & 1];
     *reinterpret_cast<uint32_t*>(q_smem + off) = pack2<T>(o[i] * sc, o[i + 1] * sc);
   }
-  named_barrier_sync(1 + cw, 128);  // ids 1, 2: one per consumer warpgroup (0 is __syncthreads')
+  named_barrier_sync(1 + cw, 128);  // ids 1 .. the consumer count: one per consumer warpgroup (0 is __syncthreads')
   constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
 #pragma unroll
   for (int it = 0; it < kChunks / 128; ++it) {
     const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
     if (row >= rows_valid) continue;
     const uint4 val =
-        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (kBlockM * 128) + sw128_chunk(row, col8 % 8));
+        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (BM * 128) + sw128_chunk(row, col8 % 8));
     *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = val;
   }
 }
