@@ -1,13 +1,15 @@
 // The native attention on Hopper (wgmma, TMA, warp-specialised): the forward (ops/cuda/flash_attention_sm90.cu) and
 // the backward (ops/cuda/flash_attention_sm90_backward.cu) against the CPU kernel in f32 on the same rounded inputs,
 // on every band they take (none, causal in both alignments, sliding windows), both layouts, bf16 and f16, GQA / MQA,
-// a gradient of lse (dlse) or none, and awkward lengths (1, 17, 33, 127, 129, 257, 1000, 4097: tails of the 64- and
-// 128-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
+// a gradient of lse (dlse) or none, and awkward lengths (1, 17, 33, 127, 129, 257, 1000, 4097: tails of the 64-,
+// 128- and 192-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
-// (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups (XF_ATTENTION_SM90_CONSUMERS=3). Outputs start poisoned (NaN), so an unwritten row fails. The choice of
-// kernel (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without
-// one (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
+// (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
+// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three). Outputs start
+// poisoned (NaN), so an unwritten row fails. The choice of kernel (flash_attention_sm90_refusal) is checked on any
+// machine with a CUDA build; the GPU cases are skipped without one (XF_TEST_DEVICE=cuda runs them; filter
+// -tc='flash_attention CUDA sm90*').
 #include <cstdint>
 #include <string>
 

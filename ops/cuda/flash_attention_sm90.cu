@@ -320,9 +320,19 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   }
 }
 
-// The consumer warpgroups of a forward CTA (WsShape): 2, or at D = 64 3 where XF_ATTENTION_SM90_CONSUMERS=3 asks for
-// them (FlashAttention-3's head-dim-64 shape, 192 queries a CTA; not yet run on a GPU, so not the default).
-int consumers_for(int D) { return D == 64 && env_int("XF_ATTENTION_SM90_CONSUMERS", 2) == 3 ? 3 : 2; }
+// The consumer warpgroups of a forward CTA (WsShape): 2, or 3 at D = 64 (FlashAttention-3's head-dim-64 shape, 192
+// queries a CTA) where both sequences have at least kThreeConsumersMin tokens. H200, 2026-11-30 (an interleaved
+// A/B over the D = 64 grid, two repeats each, within 1%): 3 consumers ran +5% to +12% from S = 4096 up (494 TFLOP/s
+// at S = 16384), but -8% to -30% at S <= 2048 under a causal mask and at S = 512 (a 192-row tile's diagonal and
+// tail waste more, and a CTA's few key tiles leave less to overlap); a short Sq wastes up to 191 rows a head.
+// XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 always has 2: 160 registers cannot hold its O, S and P).
+constexpr int kThreeConsumersMin = 4096;
+int consumers_for(const Params& p) {
+  if (p.D != 64) return 2;
+  const int forced = env_int("XF_ATTENTION_SM90_CONSUMERS", 0);
+  if (forced == 2 || forced == 3) return forced;
+  return p.Sq >= kThreeConsumersMin && p.Sk >= kThreeConsumersMin ? 3 : 2;
+}
 
 template <class T>
 void launch_shape(const Sm90Args& args, int D, int consumers, int ctas, cudaStream_t stream) {
@@ -399,7 +409,7 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 }
 
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
-  const int consumers = consumers_for(p.D), block_m = 64 * consumers;  // WsShape<consumers>::kBlockM
+  const int consumers = consumers_for(p), block_m = 64 * consumers;  // WsShape<consumers>::kBlockM
   Sm90Args args;
   std::string why;
   const bool ok = sm90_head_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, block_m, &why) &&
