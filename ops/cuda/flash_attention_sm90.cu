@@ -43,6 +43,7 @@
 #include "ops/cuda/device/sm90/attention.cuh"
 #include "ops/cuda/device/sm90/tensor_map.h"
 #include "ops/cuda/flash_attention_params.cuh"
+#include "ops/cuda/flash_attention_tile_order.h"
 #include "runtime/env.h"
 
 namespace xfr::cuda::fa {
@@ -76,35 +77,6 @@ struct Sm90Args {
   float scale_log2 = 1.f;
   int m_tiles = 0;    // ceil(Sq / BM): query tiles per (b, h), BM the CTA's query rows (WsShape)
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
-};
-
-// Which query tiles a CTA of the (1-D) grid runs, and in what order. Tiles are dealt in pairs: per (b, h), pair i
-// (0 <= i < ceil(m_tiles / 2)) is the i-th query tile from the end and the i-th from the start (one tile when they
-// meet), so under a causal mask every pair costs about the same (long + short = m_tiles + 1 key tiles), and so
-// do windows and unmasked attention. Pair v = (b H + h) pairs + i, a head's pairs consecutive (the CTAs running at
-// one time share a head's K and V in L2); CTA c runs pairs c, c + gridDim.x, c + 2 gridDim.x, ..., each as its
-// long tile then its short one. H200, 2026-11-30: an earlier order, single tiles dealt round-robin in zigzag
-// rounds, drifted out of balance under a causal mask where 132 SMs and m_tiles = 128 (S = 16384) fell out of step
-// and ran 0.67x of one CTA per tile; a simulation of the pairs gives >= 0.97 of the ideal on the whole grid.
-// Tile u encodes query tile m_tiles - 1 - u % m_tiles (the index from the end) of head (u / m_tiles) % H, batch
-// u / (m_tiles H).
-template <int BM>
-struct TileOrder {
-  static constexpr int kEnd = -1;   // past the CTA's last pair
-  static constexpr int kNone = -2;  // the missing second tile of a one-tile pair: skip it
-  int m_tiles, H, pairs;            // pairs = H x B x ceil(m_tiles / 2); m_tiles x H x B < 2^31 (sm90_problem_refusal)
-  // The k-th tile of this CTA (k = 2 x its pair number + 0 for the long tile, 1 for the short one).
-  __device__ int tile(int k) const {
-    const int per_head = (m_tiles + 1) / 2;
-    const int v = (k >> 1) * static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
-    if (v >= pairs) return kEnd;
-    const int i = v % per_head, from_end = (k & 1) ? m_tiles - 1 - i : i;
-    if ((k & 1) && from_end == i) return kNone;
-    return v / per_head * m_tiles + from_end;
-  }
-  __device__ int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * BM; }
-  __device__ int head(int u) const { return u / m_tiles % H; }
-  __device__ int batch(int u) const { return u / m_tiles / H; }
 };
 
 template <int D, int BM>
@@ -165,7 +137,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     if (tid == 0) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile(k);
+        const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
         if (u == TileOrder<BM>::kEnd) break;
         if (u == TileOrder<BM>::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
@@ -197,7 +169,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     const uint32_t q_wg = s_q + cw * 64 * 128;
     int it = 0, qn = 0;
     for (int k = 0;; ++k) {
-      const int u = order.tile(k);
+      const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
       if (u == TileOrder<BM>::kEnd) break;
       if (u == TileOrder<BM>::kNone) continue;
       const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);

@@ -1,0 +1,39 @@
+// Which query tiles a CTA of the Hopper forward's persistent (1-D) grid runs, and in what order
+// (ops/cuda/flash_attention_sm90.cu). Plain C++ (no CUDA header): the CPU tests walk it for every CTA of a grid.
+#pragma once
+
+#include "runtime/rng.h"  // XF_HOST_DEVICE
+
+namespace xfr::cuda::fa {
+
+// Tiles are dealt in pairs: per (b, h), pair i (0 <= i < ceil(m_tiles / 2)) is the i-th query tile from the end
+// and the i-th from the start (one tile when they meet), so under a causal mask every pair costs about the same
+// (long + short = m_tiles + 1 key tiles), and so do windows and unmasked attention. Pair v = (b H + h) pairs + i,
+// a head's pairs consecutive (the CTAs running at one time share a head's K and V in L2); CTA c of a grid of g runs
+// pairs c, c + g, c + 2 g, ..., each as its long tile then its short one. H200, 2026-11-30: an earlier order,
+// single tiles dealt round-robin in zigzag rounds, drifted out of balance under a causal mask where 132 SMs and
+// m_tiles = 128 (S = 16384) fell out of step and ran 0.67x of one CTA per tile; a simulation of the pairs gives
+// >= 0.97 of the ideal on the whole benchmark grid.
+// Tile u encodes query tile m_tiles - 1 - u % m_tiles (the index from the end) of head (u / m_tiles) % H, batch
+// u / (m_tiles H); BM is the CTA's query rows.
+template <int BM>
+struct TileOrder {
+  static constexpr int kEnd = -1;   // past the CTA's last pair
+  static constexpr int kNone = -2;  // the missing second tile of a one-tile pair: skip it
+  int m_tiles, H, pairs;            // pairs = H x B x ceil(m_tiles / 2); m_tiles x H x B < 2^31 (sm90_problem_refusal)
+  // The k-th tile of CTA `cta` of a grid of `grid` (k = 2 x its pair number + 0 for the long tile, 1 for the short
+  // one).
+  XF_HOST_DEVICE int tile(int k, int grid, int cta) const {
+    const int per_head = (m_tiles + 1) / 2;
+    const int v = (k >> 1) * grid + cta;
+    if (v >= pairs) return kEnd;
+    const int i = v % per_head, from_end = (k & 1) ? m_tiles - 1 - i : i;
+    if ((k & 1) && from_end == i) return kNone;
+    return v / per_head * m_tiles + from_end;
+  }
+  XF_HOST_DEVICE int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * BM; }
+  XF_HOST_DEVICE int head(int u) const { return u / m_tiles % H; }
+  XF_HOST_DEVICE int batch(int u) const { return u / m_tiles / H; }
+};
+
+}  // namespace xfr::cuda::fa
