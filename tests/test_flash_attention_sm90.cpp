@@ -5,9 +5,10 @@
 // 128- and 192-row tiles on both axes, rows that see no key, key blocks no query sees). Each problem also runs with
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
-// (XF_ATTENTION_SM90_CTAS=3), with and without intra-warpgroup overlap (XF_ATTENTION_SM90_OVERLAP=1), and at D = 64
-// with three consumer warpgroups as well as two (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the
-// default to pick three). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
+// (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
+// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three), and the Hopper
+// backward with its items in pairs and one at a time (XF_ATTENTION_SM90_BWD_PAIRS=1, 0), on its default grid and on
+// 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
 // (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
@@ -146,34 +147,37 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // The Hopper kernels: the forward with either schedule (ping-pong or free-running), on the default grid
         // (these problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
-        // realignment between tiles), with and without intra-warpgroup overlap, and at D = 64 with three consumer
-        // warpgroups as well as two; then the mma.sync kernels. The backward does not depend on the forward's
-        // options: it runs once per kernel family.
+        // realignment between tiles), and at D = 64 with three consumer warpgroups as well as two; then the
+        // mma.sync kernels. The backward does not depend on the forward's
+        // options: it runs with the forward's defaults, its items by its own rule (these problems: one per CTA),
+        // in pairs and one at a time (XF_ATTENTION_SM90_BWD_PAIRS=1, 0), each on the default grid and on 3 CTAs.
         struct Config {
           const char* sm90;
           const char* pingpong;
           const char* ctas;
           const char* consumers;
-          const char* overlap;
+          const char* bwd_pairs;
           bool backward;
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
           for (const char* ctas : {"", "3"})
             for (const char* consumers : {"", "3"})
-              for (const char* overlap : {"", "1"})
-                if (consumers[0] == '\0' || p.D == 64)  // D = 128 has one shape
-                  configs.push_back({"1", pingpong, ctas, consumers, overlap, configs.empty()});
+              if (consumers[0] == '\0' || p.D == 64)  // D = 128 has one shape
+                configs.push_back({"1", pingpong, ctas, consumers, "", false});
+        for (const char* ctas : {"", "3"})
+          for (const char* bwd_pairs : {"", "1", "0"}) configs.push_back({"1", "", ctas, "", bwd_pairs, true});
         configs.push_back({"0", "", "", "", "", true});
         for (const Config& c : configs) {
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
           ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
           ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
           ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
-          ScopedEnv overlap("XF_ATTENTION_SM90_OVERLAP", c.overlap);
+          ScopedEnv pairs("XF_ATTENTION_SM90_BWD_PAIRS", c.bwd_pairs);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
-                                                          " CONSUMERS=" + c.consumers + " OVERLAP=" + c.overlap
+                                                          " CONSUMERS=" + c.consumers +
+                                                          " BWD_PAIRS=" + c.bwd_pairs
                                                     : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");

@@ -200,6 +200,9 @@ void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream);
 std::string sm90_problem_refusal(const Params& p, DType dtype);
 std::string sm90_refusal(const Params& p, DType dtype);
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
+// The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
+// else 0; cached per device. The persistent kernels' grids.
+int sm90_device_sms();
 // The backward: dq, dk, dv of p (p.dbias null) from q, k, v, out, dout, lse and dlse (may be null). `workspace`:
 // sm90_backward_workspace_bytes(p) bytes, 16-byte aligned (Delta and lse2 rows padded to the 128-query tiles).
 size_t sm90_backward_workspace_bytes(const Params& p);

@@ -92,7 +92,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads, Layout<D, BM>::kBytes of
 // dynamic shared memory.
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, bool kOverlap>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
@@ -182,22 +182,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
       if (tr.count > 0) mbar_wait(bar_qfull, qn++ & 1);
-      // S of tile j is in s: the last one releases Q (the producer loads the next tile's); mask; online softmax
-      // (alpha: what O must be scaled by).
-      auto softmax_scores = [&](int j) {
+      // S of tile j is in s: the last one releases Q (the producer loads the next tile's); mask; online softmax;
+      // O *= alpha; P -> 16-bit fragments.
+      auto softmax = [&](int j) {
         if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty);
         const int k0 = (tr.first + j) * kBlockN;
         if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
         online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
-      };
-      // O *= alpha; P -> 16-bit fragments.
-      auto rescale_pack = [&]() {
         rescale<D>(o, alpha);
         pack_p<T, kBlockN>(s, p);
-      };
-      auto softmax = [&](int j) {
-        softmax_scores(j);
-        rescale_pack();
       };
       // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
       auto issue_scores = [&](int j) {
@@ -207,68 +200,22 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         qk_gemm<T, D, kBlockN, BM>(s, q_wg, s_k + st * L::kTileKV);
         wgmma_commit();
       };
-      // O += P V(j), issued (after V(j) has landed), not waited for.
-      auto issue_pv = [&](int j) {
+      // O += P V(j); release stage j once the wgmma is complete.
+      auto accumulate = [&](int j) {
         const int st = (it + j) % kStages;
         mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
         pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
         wgmma_commit();
-      };
-      // Stage j's K and V are read (its wgmmas complete): the producer may refill it.
-      auto release = [&](int j) {
-        if (lane == 0) mbar_arrive(bar_empty((it + j) % kStages));
-      };
-      // O += P V(j); release stage j once the wgmma is complete.
-      auto accumulate = [&](int j) {
-        issue_pv(j);
         wgmma_wait<0>();
         reg_fence(o);
-        release(j);
+        if (lane == 0) mbar_arrive(bar_empty(st));
       };
       auto await_scores = [&]() {
         wgmma_wait<0>();
         reg_fence(s);
       };
-      // Intra-warpgroup overlap (kOverlap, FlashAttention-3's): S(j) and O += P(j - 1) V(j - 1) are issued back to
-      // back; the softmax of S(j) runs while P V runs (it touches neither O nor P), then O is rescaled and P(j)
-      // packed. One more register set is live across the softmax (P(j - 1), read by the running wgmma).
-      auto overlapped = [&](int j) {  // j >= 1; S(j) and P V(j - 1) issued
-        wgmma_wait<1>();  // S(j) complete (groups complete in order); P V(j - 1) may still run
-        reg_fence(s);
-        softmax_scores(j);
-        wgmma_wait<0>();
-        reg_fence(o);
-        release(j - 1);
-        rescale_pack();
-      };
-      if constexpr (kOverlap) {
-        // Intra-warpgroup overlap: S(0) and its softmax, then per tile j >= 1 S(j) and P V(j - 1) issued together
-        // (in our turn, under ping-pong) and overlapped(j); then the last P V.
-        if (tr.count > 0) {
-          constexpr int kLast = kConsumers - 1;
-          const int next = cw == kLast ? 0 : cw + 1;  // whose turn follows ours (ping-pong, below)
-          issue_scores(0);
-          await_scores();
-          softmax(0);
-          if constexpr (kPingpong) {
-            named_barrier_sync(kRealignBarrier, 128 * kConsumers);
-            if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
-          }
-          for (int j = 1; j < tr.count; ++j) {
-            if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
-            issue_scores(j);
-            issue_pv(j - 1);
-            if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
-            overlapped(j);
-          }
-          if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(tr.count - 1);
-          if constexpr (kPingpong) {
-            if (cw != kLast) named_barrier_arrive(kSchedBarrier + next, 256);
-          }
-        }
-      } else if constexpr (!kPingpong) {
+      if constexpr (!kPingpong) {
         for (int j = 0; j < tr.count; ++j) {
           issue_scores(j);
           await_scores();
@@ -276,15 +223,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           accumulate(j);
         }
       } else if (tr.count > 0) {
-        // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
-        // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the others run their softmax. Named
-        // barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the
-        // previous one's 128 arrivals) before its GEMMs and, once they are issued, signals the next one's (w + 1;
-        // the last one's next is 0). The last warpgroup signals first so that warpgroup 0 starts, and skips its last
-        // signal: each bar.sync then meets exactly one set of arrivals. kRealignBarrier keeps a persistent CTA's
-        // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
-        // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
-        // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
+        // Ping-pong (FlashAttention-3's warp-group scheduling): the two consumer warpgroups take turns on the
+        // tensor cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the other runs its softmax.
+        // Named barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads +
+        // the other's 128 arrivals) before its GEMMs and, once they are issued, signals the other's. Warpgroup 1
+        // signals first so that warpgroup 0 starts, and skips its last signal: each bar.sync then meets exactly
+        // one set of arrivals. kRealignBarrier keeps a persistent CTA's tiles apart: warpgroup 1's first signal of
+        // a tile must not reach warpgroup 0 before its last wait of the tile before (two arrivals would complete
+        // the barrier without it). The last tile is peeled off so that no wgmma sits under a branch (ptxas
+        // serialises wgmmas in a path it cannot prove uniform: C7518).
         issue_scores(0);
         await_scores();
         softmax(0);
@@ -303,7 +250,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         named_barrier_sync(kSchedBarrier + cw, 256);
         accumulate(tr.count - 1);
         // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
-        // two-warpgroup forms are written as constants: the kernel of runs 20-22, instruction for instruction).
+        // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
         if (kConsumers == 2 ? cw == 0 : cw != kLast)
           named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
       }
@@ -319,38 +266,30 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #endif
 }
 
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, bool kOverlap>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
   using L = Layout<D, Shape::kBlockM>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, kOverlap>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
-template <class T, int D, int kConsumers, bool kOverlap>
+template <class T, int D, int kConsumers>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, kConsumers, true, true, kOverlap>(args, ctas, stream);
-    else launch<T, D, kConsumers, true, false, kOverlap>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, true, true>(args, ctas, stream);
+    else launch<T, D, kConsumers, true, false>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, kConsumers, false, true, kOverlap>(args, ctas, stream);
-    else launch<T, D, kConsumers, false, false, kOverlap>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, false, true>(args, ctas, stream);
+    else launch<T, D, kConsumers, false, false>(args, ctas, stream);
   }
-}
-
-// Intra-warpgroup overlap (the kernel's kOverlap): XF_ATTENTION_SM90_OVERLAP=1 asks for it. Not yet run on a GPU
-// (written 2026-11-30 with the session's device time spent), so off by default until an A/B on the H200 decides.
-template <class T, int D, int kConsumers>
-void launch_overlap(const Sm90Args& args, int ctas, cudaStream_t stream) {
-  if (env_flag("XF_ATTENTION_SM90_OVERLAP")) launch_band<T, D, kConsumers, true>(args, ctas, stream);
-  else launch_band<T, D, kConsumers, false>(args, ctas, stream);
 }
 
 // The consumer warpgroups of a forward CTA (WsShape): 2, or 3 at D = 64 (FlashAttention-3's head-dim-64 shape, 192
@@ -369,9 +308,9 @@ int consumers_for(const Params& p) {
 
 template <class T>
 void launch_shape(const Sm90Args& args, int D, int consumers, int ctas, cudaStream_t stream) {
-  if (D == 128) launch_overlap<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
-  else if (consumers == 3) launch_overlap<T, 64, 3>(args, ctas, stream);
-  else launch_overlap<T, 64, 2>(args, ctas, stream);
+  if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
+  else if (consumers == 3) launch_band<T, 64, 3>(args, ctas, stream);
+  else launch_band<T, 64, 2>(args, ctas, stream);
 }
 
 }  // namespace
@@ -382,9 +321,7 @@ constexpr bool kSm90Built = true;  // CMakeLists.txt defines XF_BUILD_SM90A when
 constexpr bool kSm90Built = false;
 #endif
 
-// The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
-// else 0; cached per device.
-static int sm90_device_sms() {
+int sm90_device_sms() {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
     (void)cudaGetLastError();  // no driver or device: not an error here
@@ -413,10 +350,11 @@ std::string sm90_problem_refusal(const Params& p, DType dtype) {
   // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
   // -inf before scaling: both need scale > 0.
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
-  if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (the backward's grid z, y)";
-  // The forward's tile indices are 32-bit (TileOrder): B x H x ceil(Sq / 128) < 2^31.
+  // Tile indices are 32-bit (TileOrder): B x H x ceil(Sq / 128) query tiles of the forward and the dQ kernel and
+  // B x Hk x ceil(Sk / 128) key blocks of the dK/dV kernel < 2^31.
   if (static_cast<int64_t>(p.B) * p.H * ((p.Sq + sm90::kBlockM - 1) / sm90::kBlockM) > INT32_MAX)
     return "2^31 or more query tiles";  // of 128 queries: fewer of 192
+  if (static_cast<int64_t>(p.B) * p.Hk * ((p.Sk + 127) / 128) > INT32_MAX) return "2^31 or more key blocks";
   return "";
 }
 

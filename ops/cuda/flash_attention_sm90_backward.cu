@@ -4,6 +4,7 @@
 // when sm90_refusal is empty (the forward's reach and switch: bf16 / f16, D 64 or 128, every band, GQA, either
 // layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the
 // mma.sync kernels (flash_attention_tc.cuh) otherwise.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -11,6 +12,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/sm90/attention_backward.cuh"
 #include "ops/cuda/flash_attention_params.cuh"
+#include "runtime/env.h"
 
 namespace xfr::cuda::fa {
 
@@ -22,8 +24,32 @@ using sm90::kDqBlockM;
 // Rows of the Delta / lse2 workspaces per (b, h): Sq rounded up to the 128-query tiles both kernels read whole.
 int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqBlockM - 1) / kDqBlockM * kDqBlockM; }
 
+// Whether a kernel's items go in pairs on at most one CTA per SM (fa::TileOrder's pairs: the producer loads the next
+// item under this one's last tile and epilogue) or one item per CTA. `loop_rows`: the rows an item walks (the dK/dV
+// kernel: Sq G queries; the dQ kernel: Sk keys). H200, 2026-11-30 (the backward lab, one item per CTA against pairs
+// on 132 CTAs, both kernels together; docs/benchmarks.md):
+//   - fewer items than SMs: pairs halve the CTAs (0.50x-0.79x where both kernels had under 132 items);
+//   - up to 4 items per SM: the pairs' balance beats the last wave's tail (+23% / +27% at S = 1000 causal with 256
+//     items, D = 128 / 64);
+//   - many items: pairs pay where the loop is short against the start and epilogue they hide, at D = 64 (+10% at
+//     S = 512 non-causal, +13% causal, +5% at S = 2048 causal), and cost 5-7% at D = 128 and at D = 64 S = 8192.
+bool pairs_pay(int64_t items, int64_t loop_rows, int D, int sms) {
+  if (items <= sms) return false;
+  if (items <= 4 * static_cast<int64_t>(sms)) return true;
+  return D <= 64 && loop_rows <= 2048;
+}
+
+// The CTAs of one kernel: every pair on at most one CTA per SM, or every item on its own CTA; at most
+// XF_ATTENTION_SM90_CTAS (a test that walks many items per CTA on a small problem).
+template <int BM>
+int ctas_of(const TileOrder<BM>& order, int sms) {
+  const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
+  const int ctas = order.paired ? std::min(order.pairs, sms) : order.tiles();
+  return cap > 0 ? std::min(ctas, cap) : ctas;
+}
+
 template <class T, int D, bool kLower>
-void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, int sms, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
@@ -34,27 +60,23 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, cud
   static std::atomic<uint64_t> done_kv{0};
   auto dkdv = sm90::bwd_dkdv_kernel<T, D, kLower>;
   allow_smem(dkdv, LKV::kBytes, done_kv);
-  const dim3 grid_kv(static_cast<unsigned>((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN),
-                     static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B));
-  dkdv<<<grid_kv, sm90::kWsThreads, LKV::kBytes, stream>>>(args);
+  dkdv<<<static_cast<unsigned>(ctas_of(sm90::dkdv_order(args), sms)), sm90::kWsThreads, LKV::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
 
   using LQ = sm90::DqLayout<D>;
   static std::atomic<uint64_t> done_q{0};
   auto dq = sm90::bwd_dq_kernel<T, D, kLower>;
   allow_smem(dq, LQ::kBytes, done_q);
-  const dim3 grid_q(static_cast<unsigned>(args.Sq_pad / kDqBlockM), static_cast<unsigned>(p.H),
-                    static_cast<unsigned>(p.B));
-  dq<<<grid_q, sm90::kWsThreads, LQ::kBytes, stream>>>(args);
+  dq<<<static_cast<unsigned>(ctas_of(sm90::dq_order(args), sms)), sm90::kWsThreads, LQ::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
 template <class T, int D>
-void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, int sms, cudaStream_t stream) {
   if (p.band.left >= 0) {
-    launch<T, D, true>(args, p, delta, lse2, stream);
+    launch<T, D, true>(args, p, delta, lse2, sms, stream);
   } else {
-    launch<T, D, false>(args, p, delta, lse2, stream);
+    launch<T, D, false>(args, p, delta, lse2, sms, stream);
   }
 }
 
@@ -90,19 +112,27 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.dv = p.dv;
   args.qs = p.qs;
   args.ks = p.ks;
+  args.B = p.B;
   args.H = p.H;
+  args.Hk = p.Hk;
   args.G = p.G;
   args.Sq = p.Sq;
   args.Sk = p.Sk;
   args.band = p.band;
   args.scale = p.scale;
   args.scale_log2 = p.scale_log2;
+  // Pairs or single items, per kernel (pairs_pay); XF_ATTENTION_SM90_BWD_PAIRS=1 or 0 forces one for both.
+  const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PAIRS");
+  const TileOrder<sm90::kBwdBlockN> kv = sm90::dkdv_order(args);
+  const TileOrder<kDqBlockM> q = sm90::dq_order(args);
+  args.kv_paired = forced >= 0 ? forced == 1 : pairs_pay(kv.tiles(), static_cast<int64_t>(p.Sq) * p.G, D, sms);
+  args.q_paired = forced >= 0 ? forced == 1 : pairs_pay(q.tiles(), p.Sk, D, sms);
   if (dtype == DType::bf16) {
-    if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, stream);
-    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, stream);
+    if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, sms, stream);
+    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, sms, stream);
   } else {
-    if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, stream);
-    else launch_band<__half, 128>(args, p, delta, lse2, stream);
+    if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, sms, stream);
+    else launch_band<__half, 128>(args, p, delta, lse2, sms, stream);
   }
 }
 
