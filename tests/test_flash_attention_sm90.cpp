@@ -7,8 +7,8 @@
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
 // (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three), and the Hopper
-// backward with its items in pairs and one at a time (XF_ATTENTION_SM90_BWD_PAIRS=1, 0), on its default grid and on
-// 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
+// backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
+// also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
 // (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
@@ -149,14 +149,14 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
         // realignment between tiles), and at D = 64 with three consumer warpgroups as well as two; then the
         // mma.sync kernels. The backward does not depend on the forward's
-        // options: it runs with the forward's defaults, its items by its own rule (these problems: one per CTA),
-        // in pairs and one at a time (XF_ATTENTION_SM90_BWD_PAIRS=1, 0), each on the default grid and on 3 CTAs.
+        // options: it runs with the forward's defaults, its kernels by its own rule (these problems: one item per
+        // CTA), persistent and not (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
         struct Config {
           const char* sm90;
           const char* pingpong;
           const char* ctas;
           const char* consumers;
-          const char* bwd_pairs;
+          const char* bwd_persistent;
           bool backward;
         };
         std::vector<Config> configs;
@@ -165,19 +165,19 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             for (const char* consumers : {"", "3"})
               if (consumers[0] == '\0' || p.D == 64)  // D = 128 has one shape
                 configs.push_back({"1", pingpong, ctas, consumers, "", false});
-        for (const char* ctas : {"", "3"})
-          for (const char* bwd_pairs : {"", "1", "0"}) configs.push_back({"1", "", ctas, "", bwd_pairs, true});
+        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", persistent, true});
+        configs.push_back({"1", "", "3", "", "1", true});
         configs.push_back({"0", "", "", "", "", true});
         for (const Config& c : configs) {
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
           ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
           ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
           ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
-          ScopedEnv pairs("XF_ATTENTION_SM90_BWD_PAIRS", c.bwd_pairs);
+          ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers +
-                                                          " BWD_PAIRS=" + c.bwd_pairs
+                                                          " BWD_PERSISTENT=" + c.bwd_persistent
                                                     : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");

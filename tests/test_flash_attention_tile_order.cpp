@@ -2,8 +2,7 @@
 // CTA of a grid: each query tile of the launch is run exactly once, a CTA's tiles come in pairs (the i-th from the
 // end, then the i-th from the start), the tile index decodes to (query block, head, batch), and under a causal mask
 // the CTAs of an H200-sized grid get balanced work (the zigzag order this replaced gave one CTA 1.5x the mean at
-// S = 16384, D = 128). The backward deals the same tiles one at a time where pairs do not pay (paired = false):
-// each exactly once, in order, tile c on CTA c of a grid of one CTA per tile.
+// S = 16384, D = 128). The persistent backward's dK/dV kernel reads its key blocks through q0_mirrored.
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
@@ -62,6 +61,7 @@ TEST_CASE("flash_attention tile order: every query tile exactly once, in pairs, 
               CHECK(h < H);
               CHECK(b < B);
               CHECK((b * H + h) * m_tiles + (m_tiles - 1 - block) == u);
+              CHECK(order.q0_mirrored(u) / kBM == m_tiles - 1 - block);  // the same pairs, read from the start
             }
             // Pairs: a long tile (i-th from the end) is followed by its short partner (i-th from the start) of the
             // same head, unless they are one tile (the middle of an odd m_tiles).
@@ -99,39 +99,4 @@ TEST_CASE("flash_attention tile order: causal work is balanced over an H200's 13
       CAPTURE(S);
       CHECK(*std::max_element(load.begin(), load.end()) <= 1.05 * mean);
     }
-}
-
-TEST_CASE("flash_attention tile order: single tiles (the backward's other dealing), every tile once, for any grid") {
-  for (int m_tiles : {1, 2, 3, 8, 33})
-    for (int H : {1, 3})
-      for (int B : {1, 2}) {
-        TileOrder<kBM> order = order_of(m_tiles, H, B);
-        order.paired = false;
-        const int tiles = m_tiles * H * B;
-        CHECK(order.tiles() == tiles);
-        for (int grid : {1, 2, 3, 7, tiles, tiles + 4}) {
-          CAPTURE(m_tiles);
-          CAPTURE(H);
-          CAPTURE(B);
-          CAPTURE(grid);
-          std::vector<int> seen(static_cast<size_t>(tiles), 0);
-          for (int c = 0; c < grid; ++c) {
-            int last = -1;
-            for (int k = 0;; ++k) {
-              const int u = order.item(k, grid, c);
-              if (u == TileOrder<kBM>::kEnd) break;
-              REQUIRE(u >= 0);  // no kNone without pairs
-              REQUIRE(u < tiles);
-              CHECK(u > last);  // in tile order
-              last = u;
-              ++seen[static_cast<size_t>(u)];
-              // A grid of one CTA per tile runs tile c on CTA c, alone.
-              if (grid >= tiles) CHECK((k == 0 && u == c));
-              // The mirror: the i-th block from the start where q0 is the i-th from the end.
-              CHECK(order.q0_mirrored(u) / kBM == m_tiles - 1 - order.q0(u) / kBM);
-            }
-          }
-          CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
-        }
-      }
 }

@@ -350,6 +350,7 @@ std::string sm90_problem_refusal(const Params& p, DType dtype) {
   // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
   // -inf before scaling: both need scale > 0.
   if (!(p.scale_log2 > 0.f)) return "a scale that is not positive";
+  if (p.B > 65535 || p.H > 65535) return "more than 65535 batch entries or heads (the backward's grid z, y)";
   // Tile indices are 32-bit (TileOrder): B x H x ceil(Sq / 128) query tiles of the forward and the dQ kernel and
   // B x Hk x ceil(Sk / 128) key blocks of the dK/dV kernel < 2^31.
   if (static_cast<int64_t>(p.B) * p.H * ((p.Sq + sm90::kBlockM - 1) / sm90::kBlockM) > INT32_MAX)

@@ -24,32 +24,36 @@ using sm90::kDqBlockM;
 // Rows of the Delta / lse2 workspaces per (b, h): Sq rounded up to the 128-query tiles both kernels read whole.
 int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqBlockM - 1) / kDqBlockM * kDqBlockM; }
 
-// Whether a kernel's items go in pairs on at most one CTA per SM (fa::TileOrder's pairs: the producer loads the next
-// item under this one's last tile and epilogue) or one item per CTA. `loop_rows`: the rows an item walks (the dK/dV
-// kernel: Sq G queries; the dQ kernel: Sk keys). H200, 2026-11-30 (the backward lab, one item per CTA against pairs
-// on 132 CTAs, both kernels together; docs/benchmarks.md):
+// Whether a kernel runs persistent (bwd_*_persistent_kernel: pairs of items on at most one CTA per SM, the producer
+// loading the next item under this one's last tile and epilogue) or one item per CTA. `items`: the kernel's blocks
+// of 128 rows; `loop_rows`: the rows an item walks (the dK/dV kernel: Sq G queries; the dQ kernel: Sk keys).
+// H200, 2026-11-30 (the backward lab, runs 24 and 25, both kernels together; docs/benchmarks.md):
 //   - fewer items than SMs: pairs halve the CTAs (0.50x-0.79x where both kernels had under 132 items);
 //   - up to 4 items per SM: the pairs' balance beats the last wave's tail (+23% / +27% at S = 1000 causal with 256
 //     items, D = 128 / 64);
-//   - many items: pairs pay where the loop is short against the start and epilogue they hide, at D = 64 (+10% at
-//     S = 512 non-causal, +13% causal, +5% at S = 2048 causal), and cost 5-7% at D = 128 and at D = 64 S = 8192.
-bool pairs_pay(int64_t items, int64_t loop_rows, int D, int sms) {
+//   - many items: persistence pays where the loop is short against the start and epilogue it hides, at D = 64
+//     (+9% at S = 512 non-causal, +11% causal, +5% at S = 2048 causal), and the persistent loop's extra
+//     instructions cost up to 8% at D = 128 and at D = 64 S = 8192.
+bool persistent_pays(int64_t items, int64_t loop_rows, int D, int sms) {
   if (items <= sms) return false;
   if (items <= 4 * static_cast<int64_t>(sms)) return true;
   return D <= 64 && loop_rows <= 2048;
 }
 
-// The CTAs of one kernel: every pair on at most one CTA per SM, or every item on its own CTA; at most
-// XF_ATTENTION_SM90_CTAS (a test that walks many items per CTA on a small problem).
-template <int BM>
-int ctas_of(const TileOrder<BM>& order, int sms) {
+// A persistent kernel's CTAs: one per pair, at most one per SM, and at most XF_ATTENTION_SM90_CTAS (a test that
+// walks many pairs per CTA on a small problem).
+int persistent_ctas(int pairs, int sms) {
   const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
-  const int ctas = order.paired ? std::min(order.pairs, sms) : order.tiles();
-  return cap > 0 ? std::min(ctas, cap) : ctas;
+  return std::min(pairs, cap > 0 ? cap : sms);
 }
 
+struct Plan {
+  bool kv_persistent = false, q_persistent = false;
+  int sms = 0;
+};
+
 template <class T, int D, bool kLower>
-void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, int sms, cudaStream_t stream) {
+void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
@@ -57,26 +61,47 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, int
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 
   using LKV = sm90::DkdvLayout<D>;
-  static std::atomic<uint64_t> done_kv{0};
-  auto dkdv = sm90::bwd_dkdv_kernel<T, D, kLower>;
-  allow_smem(dkdv, LKV::kBytes, done_kv);
-  dkdv<<<static_cast<unsigned>(ctas_of(sm90::dkdv_order(args), sms)), sm90::kWsThreads, LKV::kBytes, stream>>>(args);
+  if (plan.kv_persistent) {
+    static std::atomic<uint64_t> done{0};
+    auto dkdv = sm90::bwd_dkdv_persistent_kernel<T, D, kLower>;
+    allow_smem(dkdv, LKV::kBytes, done);
+    const int ctas = persistent_ctas(sm90::dkdv_order(args).pairs, plan.sms);
+    dkdv<<<static_cast<unsigned>(ctas), sm90::kWsThreads, LKV::kBytes, stream>>>(args);
+  } else {
+    static std::atomic<uint64_t> done{0};
+    auto dkdv = sm90::bwd_dkdv_kernel<T, D, kLower>;
+    allow_smem(dkdv, LKV::kBytes, done);
+    const dim3 grid(static_cast<unsigned>((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN),
+                    static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B));
+    dkdv<<<grid, sm90::kWsThreads, LKV::kBytes, stream>>>(args);
+  }
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
 
   using LQ = sm90::DqLayout<D>;
-  static std::atomic<uint64_t> done_q{0};
-  auto dq = sm90::bwd_dq_kernel<T, D, kLower>;
-  allow_smem(dq, LQ::kBytes, done_q);
-  dq<<<static_cast<unsigned>(ctas_of(sm90::dq_order(args), sms)), sm90::kWsThreads, LQ::kBytes, stream>>>(args);
+  if (plan.q_persistent) {
+    static std::atomic<uint64_t> done{0};
+    auto dq = sm90::bwd_dq_persistent_kernel<T, D, kLower>;
+    allow_smem(dq, LQ::kBytes, done);
+    const int ctas = persistent_ctas(sm90::dq_order(args).pairs, plan.sms);
+    dq<<<static_cast<unsigned>(ctas), sm90::kWsThreads, LQ::kBytes, stream>>>(args);
+  } else {
+    static std::atomic<uint64_t> done{0};
+    auto dq = sm90::bwd_dq_kernel<T, D, kLower>;
+    allow_smem(dq, LQ::kBytes, done);
+    const dim3 grid(static_cast<unsigned>(args.Sq_pad / kDqBlockM), static_cast<unsigned>(p.H),
+                    static_cast<unsigned>(p.B));
+    dq<<<grid, sm90::kWsThreads, LQ::kBytes, stream>>>(args);
+  }
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
 template <class T, int D>
-void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, int sms, cudaStream_t stream) {
+void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan,
+                 cudaStream_t stream) {
   if (p.band.left >= 0) {
-    launch<T, D, true>(args, p, delta, lse2, sms, stream);
+    launch<T, D, true>(args, p, delta, lse2, plan, stream);
   } else {
-    launch<T, D, false>(args, p, delta, lse2, sms, stream);
+    launch<T, D, false>(args, p, delta, lse2, plan, stream);
   }
 }
 
@@ -121,18 +146,22 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.band = p.band;
   args.scale = p.scale;
   args.scale_log2 = p.scale_log2;
-  // Pairs or single items, per kernel (pairs_pay); XF_ATTENTION_SM90_BWD_PAIRS=1 or 0 forces one for both.
-  const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PAIRS");
-  const TileOrder<sm90::kBwdBlockN> kv = sm90::dkdv_order(args);
-  const TileOrder<kDqBlockM> q = sm90::dq_order(args);
-  args.kv_paired = forced >= 0 ? forced == 1 : pairs_pay(kv.tiles(), static_cast<int64_t>(p.Sq) * p.G, D, sms);
-  args.q_paired = forced >= 0 ? forced == 1 : pairs_pay(q.tiles(), p.Sk, D, sms);
+  // Persistent or one item per CTA, per kernel (persistent_pays); XF_ATTENTION_SM90_BWD_PERSISTENT=1 or 0 forces
+  // one for both.
+  Plan plan;
+  plan.sms = sm90_device_sms();
+  const int forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
+  const int64_t kv_items = static_cast<int64_t>(p.B) * p.Hk * ((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN);
+  const int64_t q_items = static_cast<int64_t>(p.B) * p.H * (args.Sq_pad / kDqBlockM);
+  plan.kv_persistent =
+      forced >= 0 ? forced == 1 : persistent_pays(kv_items, static_cast<int64_t>(p.Sq) * p.G, D, plan.sms);
+  plan.q_persistent = forced >= 0 ? forced == 1 : persistent_pays(q_items, p.Sk, D, plan.sms);
   if (dtype == DType::bf16) {
-    if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, sms, stream);
-    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, sms, stream);
+    if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, plan, stream);
+    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);
   } else {
-    if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, sms, stream);
-    else launch_band<__half, 128>(args, p, delta, lse2, sms, stream);
+    if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, plan, stream);
+    else launch_band<__half, 128>(args, p, delta, lse2, plan, stream);
   }
 }
 

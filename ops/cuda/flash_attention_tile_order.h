@@ -1,5 +1,5 @@
 // Which tiles a CTA of the Hopper kernels' persistent (1-D) grids runs, and in what order: the forward's query tiles
-// (ops/cuda/flash_attention_sm90.cu), the backward's key blocks (dK/dV) and query blocks (dQ)
+// (ops/cuda/flash_attention_sm90.cu), the persistent backward's key blocks (dK/dV) and query blocks (dQ)
 // (ops/cuda/flash_attention_sm90_backward.cu). Plain C++ (no CUDA header): the CPU tests walk it for every CTA of a
 // grid.
 #pragma once
@@ -18,16 +18,11 @@ namespace xfr::cuda::fa {
 // >= 0.97 of the ideal on the whole benchmark grid.
 // Tile u encodes query tile m_tiles - 1 - u % m_tiles (the index from the end) of head (u / m_tiles) % H, batch
 // u / (m_tiles H); BM is the CTA's query rows.
-// Or one at a time (paired = false, the backward where pairs do not pay: flash_attention_sm90_backward.cu): CTA c
-// runs tiles c, c + g, ... in tile order, so a grid of one CTA per tile runs tile c on CTA c.
 template <int BM>
 struct TileOrder {
   static constexpr int kEnd = -1;   // past the CTA's last pair
   static constexpr int kNone = -2;  // the missing second tile of a one-tile pair: skip it
   int m_tiles, H, pairs;            // pairs = H x B x ceil(m_tiles / 2); m_tiles x H x B < 2^31 (sm90_problem_refusal)
-  bool paired = true;               // item() deals pairs (tile) or single tiles (single)
-  // Every tile of the launch: H x B x m_tiles.
-  XF_HOST_DEVICE int tiles() const { return pairs / ((m_tiles + 1) / 2) * m_tiles; }
   // The k-th tile of CTA `cta` of a grid of `grid` (k = 2 x its pair number + 0 for the long tile, 1 for the short
   // one).
   XF_HOST_DEVICE int tile(int k, int grid, int cta) const {
@@ -38,16 +33,9 @@ struct TileOrder {
     if ((k & 1) && from_end == i) return kNone;
     return v / per_head * m_tiles + from_end;
   }
-  // The k-th tile of CTA `cta` when tiles are dealt one at a time.
-  XF_HOST_DEVICE int single(int k, int grid, int cta) const {
-    const long long v = static_cast<long long>(k) * grid + cta;
-    return v < tiles() ? static_cast<int>(v) : kEnd;
-  }
-  // The k-th tile of CTA `cta` in the order `paired` picks (kEnd past the last, kNone: skip).
-  XF_HOST_DEVICE int item(int k, int grid, int cta) const { return paired ? tile(k, grid, cta) : single(k, grid, cta); }
   XF_HOST_DEVICE int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * BM; }
   // The mirror of q0: the i-th tile from the start where q0 is the i-th from the end (the dK/dV kernel's key blocks,
-  // whose longest under a causal mask is the first, so either way a pair or a run of single tiles starts long).
+  // whose longest under a causal mask is the first, so a pair still starts with its long one).
   XF_HOST_DEVICE int q0_mirrored(int u) const { return u % m_tiles * BM; }
   XF_HOST_DEVICE int head(int u) const { return u / m_tiles % H; }
   XF_HOST_DEVICE int batch(int u) const { return u / m_tiles / H; }

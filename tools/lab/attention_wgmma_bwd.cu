@@ -25,13 +25,15 @@
 //       of S x S x D per (b, h) instead of 5. Tile sizes, shared-memory layouts and GEMM helpers are production's.
 //   b3  production's backward (ops/cuda/device/sm90/attention_backward.cuh, which documents it): b1 generalised
 //       (4-D TMA maps over strided tensors, Mask<kLower> for every band, GQA summed in the dK/dV CTA, bounded
-//       epilogues; same tiles, threads, registers and barriers), developed here as b3 and then promoted. Its kernels
-//       are persistent (1-D grids walking fa::TileOrder); b3 deals the items one per CTA (the grid of every item).
-//   b4  the same kernels, the items in pairs on one CTA per SM (the producer loading the next item's K, V or Q, dO
-//       while this one finishes); b4s on 3 CTAs, so that the small cases walk many items a CTA (correctness).
-//       Developed here as a copy of b3's kernels (run 24, 2026-11-30: +10% to +27% at D = 64, S <= 1024, and on
-//       causal S = 1000; -5% to -7% at long S and D = 128; 0.50x-0.79x with fewer items than SMs), then merged
-//       into production's kernels, whose launcher picks pairs or single items per kernel by that rule.
+//       epilogues; same tiles, threads, registers and barriers), developed here as b3 and then promoted. One item
+//       (128 keys, 128 queries) per CTA.
+//   b4  production's persistent kernels (the same per-tile math; one CTA per SM walking pairs of items in
+//       fa::TileOrder, the producer loading the next item's K, V or Q, dO while this one finishes); b4s runs them
+//       on 3 CTAs, so that the small cases walk many items a CTA (correctness). Developed here as a copy of b3's
+//       kernels. Runs 24-25 (2026-11-30): +9% to +27% at D = 64 with S <= 2048 and on causal S = 1000 (256
+//       items), -2% to -8% at D = 128 and at long S (the item loop's state costs instructions in the tile loop:
+//       825 a tile against b3's 664 at D = 128), 0.50x-0.79x with fewer items than SMs. Promoted beside b3;
+//       production's launcher picks per kernel (flash_attention_sm90_backward.cu, persistent_pays).
 //   Retired: b2 (dQ by fp32 atomics from the dK/dV kernel) was slower than b1 and spilled when causal (run 13:
 //   219.9 TFLOP/s at D=128 S=2048 vs b1's 440.0; 104.6 vs 187.7 at D=128 S=512 causal).
 //   Time covers everything a caller would run: the pre-kernel and the kernels.
@@ -226,6 +228,56 @@ bool dispatch_b1(const Problem& p, Run& r) {
   return p.causal ? run_b1<128, true>(p, r) : run_b1<128, false>(p, r);
 }
 
+// b3: production's pre-kernel, dK/dV kernel and dQ kernel (ops/cuda/device/sm90/attention_backward.cuh), one item
+// per CTA; kLower: the band has a left bound (Mask<true>).
+template <int D, bool kLower>
+bool launch_b3(const Problem& p, Run& r) {
+  using T = bf16;
+  if (!launch_prep<D>(p, r)) return false;
+  constexpr int smem_kv = DkdvLayout<D>::kBytes, smem_q = DqLayout<D>::kBytes;
+  static const cudaError_t attr_kv = set_smem(sm90::bwd_dkdv_kernel<T, D, kLower>, smem_kv);
+  if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd_dkdv_kernel (cudaFuncSetAttribute)");
+  const dim3 grid_kv((p.Sk + kBwdBlockN - 1) / kBwdBlockN, p.Hk, p.B);
+  sm90::bwd_dkdv_kernel<T, D, kLower><<<grid_kv, kWsThreads, smem_kv>>>(p.b3);
+  if (!r.ok(cudaGetLastError(), "bwd_dkdv_kernel")) {
+    r.err += resources_of(sm90::bwd_dkdv_kernel<T, D, kLower>);
+    return false;
+  }
+  static const cudaError_t attr_q = set_smem(sm90::bwd_dq_kernel<T, D, kLower>, smem_q);
+  if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd_dq_kernel (cudaFuncSetAttribute)");
+  sm90::bwd_dq_kernel<T, D, kLower><<<dim3(p.Sq_pad / kDqBlockM, p.H, p.B), kWsThreads, smem_q>>>(p.b3);
+  if (r.ok(cudaGetLastError(), "bwd_dq_kernel")) return true;
+  r.err += resources_of(sm90::bwd_dq_kernel<T, D, kLower>);
+  return false;
+}
+bool dispatch_b3(const Problem& p, Run& r) {
+  const bool lower = p.band.left >= 0;
+  if (p.D == 64) return lower ? launch_b3<64, true>(p, r) : launch_b3<64, false>(p, r);
+  return lower ? launch_b3<128, true>(p, r) : launch_b3<128, false>(p, r);
+}
+
+// b4, b4s: production's persistent kernels (bwd_dkdv_persistent_kernel, bwd_dq_persistent_kernel), pairs of items on
+// min(pairs, cap) CTAs, cap = the SM count (b4) or 3 (b4s: the small cases then walk many items a CTA).
+template <int D, bool kLower>
+bool launch_b4(const Problem& p, Run& r, int cap) {
+  using T = bf16;
+  if (!launch_prep<D>(p, r)) return false;
+  constexpr int smem_kv = DkdvLayout<D>::kBytes, smem_q = DqLayout<D>::kBytes;
+  static const cudaError_t attr_kv = set_smem(sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, smem_kv);
+  if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd_dkdv_persistent_kernel (cudaFuncSetAttribute)");
+  sm90::bwd_dkdv_persistent_kernel<T, D, kLower><<<std::min(sm90::dkdv_order(p.b3).pairs, cap), kWsThreads, smem_kv>>>(
+      p.b3);
+  if (!r.ok(cudaGetLastError(), "bwd_dkdv_persistent_kernel")) {
+    r.err += resources_of(sm90::bwd_dkdv_persistent_kernel<T, D, kLower>);
+    return false;
+  }
+  static const cudaError_t attr_q = set_smem(sm90::bwd_dq_persistent_kernel<T, D, kLower>, smem_q);
+  if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd_dq_persistent_kernel (cudaFuncSetAttribute)");
+  sm90::bwd_dq_persistent_kernel<T, D, kLower><<<std::min(sm90::dq_order(p.b3).pairs, cap), kWsThreads, smem_q>>>(p.b3);
+  if (r.ok(cudaGetLastError(), "bwd_dq_persistent_kernel")) return true;
+  r.err += resources_of(sm90::bwd_dq_persistent_kernel<T, D, kLower>);
+  return false;
+}
 int sm_count() {
   static const int n = [] {
     int dev = 0, sms = 0;
@@ -235,42 +287,12 @@ int sm_count() {
   }();
   return n;
 }
-
-// b3, b4, b4s: production's pre-kernel, dK/dV kernel and dQ kernel (ops/cuda/device/sm90/attention_backward.cuh),
-// persistent kernels on a 1-D grid, their items dealt one per CTA (b3: the grid of every item) or in pairs on
-// min(pairs, cap) CTAs (b4: cap = the SM count; b4s: cap = 3, so that the small cases walk many items a CTA).
-// Production's launcher picks per kernel (flash_attention_sm90_backward.cu, pairs_pay). kLower: the band has a left
-// bound (Mask<true>).
-template <int D, bool kLower>
-bool launch_b3(const Problem& p, Run& r, bool paired, int cap) {
-  using T = bf16;
-  if (!launch_prep<D>(p, r)) return false;
-  BwdArgs a = p.b3;
-  a.kv_paired = a.q_paired = paired;
-  const auto ctas = [&](const auto& order) {
-    return paired ? std::min(std::min(order.pairs, cap), sm_count()) : order.tiles();
-  };
-  constexpr int smem_kv = DkdvLayout<D>::kBytes, smem_q = DqLayout<D>::kBytes;
-  static const cudaError_t attr_kv = set_smem(sm90::bwd_dkdv_kernel<T, D, kLower>, smem_kv);
-  if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd_dkdv_kernel (cudaFuncSetAttribute)");
-  sm90::bwd_dkdv_kernel<T, D, kLower><<<ctas(sm90::dkdv_order(a)), kWsThreads, smem_kv>>>(a);
-  if (!r.ok(cudaGetLastError(), "bwd_dkdv_kernel")) {
-    r.err += resources_of(sm90::bwd_dkdv_kernel<T, D, kLower>);
-    return false;
-  }
-  static const cudaError_t attr_q = set_smem(sm90::bwd_dq_kernel<T, D, kLower>, smem_q);
-  if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd_dq_kernel (cudaFuncSetAttribute)");
-  sm90::bwd_dq_kernel<T, D, kLower><<<ctas(sm90::dq_order(a)), kWsThreads, smem_q>>>(a);
-  if (r.ok(cudaGetLastError(), "bwd_dq_kernel")) return true;
-  r.err += resources_of(sm90::bwd_dq_kernel<T, D, kLower>);
-  return false;
-}
-template <bool kPaired, int kCap>  // kCap 0: the SM count
-bool dispatch_b3(const Problem& p, Run& r) {
+template <int kCap>  // 0: the SM count
+bool dispatch_b4(const Problem& p, Run& r) {
   const int cap = kCap > 0 ? kCap : sm_count();
   const bool lower = p.band.left >= 0;
-  if (p.D == 64) return lower ? launch_b3<64, true>(p, r, kPaired, cap) : launch_b3<64, false>(p, r, kPaired, cap);
-  return lower ? launch_b3<128, true>(p, r, kPaired, cap) : launch_b3<128, false>(p, r, kPaired, cap);
+  if (p.D == 64) return lower ? launch_b4<64, true>(p, r, cap) : launch_b4<64, false>(p, r, cap);
+  return lower ? launch_b4<128, true>(p, r, cap) : launch_b4<128, false>(p, r, cap);
 }
 
 struct Variant {
@@ -282,11 +304,11 @@ struct Variant {
 const Variant kVariants[] = {
     {"b1", "dK/dV kernel (TMA ring, 2 consumer WGs x 64 keys, wgmma ss+rs) + separate deterministic dQ kernel",
      dispatch_b1, refusal_b1},
-    {"b3", "production's backward (ops/cuda/device/sm90/attention_backward.cuh), one item per CTA",
-     dispatch_b3<false, 0>, refusal_b3},
-    {"b4", "production's backward, pairs of items on one CTA per SM", dispatch_b3<true, 0>, refusal_b3},
-    {"b4s", "production's backward, pairs of items on 3 CTAs (each walks many: correctness on small cases)",
-     dispatch_b3<true, 3>, refusal_b3},
+    {"b3", "production's backward (ops/cuda/device/sm90/attention_backward.cuh), one item per CTA", dispatch_b3,
+     refusal_b3},
+    {"b4", "production's persistent backward, pairs of items on one CTA per SM", dispatch_b4<0>, refusal_b3},
+    {"b4s", "production's persistent backward on 3 CTAs (each walks many items: correctness on small cases)",
+     dispatch_b4<3>, refusal_b3},
 };
 
 // Tolerances, per element of dq, dk, dv (the reference computes each bound beside its gradient, kernels.cuh):
@@ -690,7 +712,7 @@ int main(int argc, char** argv) {
       a.tm_k_dq = make_tensor_map_4d(p.k, D, Sk, Hk, B, ks.batch, ks.head, ks.seq, dqn);
       a.tm_v_dq = make_tensor_map_4d(p.v, D, Sk, Hk, B, ks.batch, ks.head, ks.seq, dqn);
       a.lse2 = p.lse2, a.delta = p.delta, a.dq = p.dq, a.dk = p.dk, a.dv = p.dv;
-      a.qs = qs, a.ks = ks, a.B = B, a.H = H, a.Hk = Hk, a.G = G, a.Sq = Sq, a.Sk = Sk, a.Sq_pad = Sq_pad;
+      a.qs = qs, a.ks = ks, a.H = H, a.G = G, a.Sq = Sq, a.Sk = Sk, a.Sq_pad = Sq_pad, a.B = B, a.Hk = Hk;
       a.band = c.band, a.scale = p.scale(), a.scale_log2 = p.scale_log2();
     }
 

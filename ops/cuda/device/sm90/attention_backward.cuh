@@ -22,10 +22,9 @@
 //     of the kv head's G query heads in turn: dK and dV sum the G heads in registers (deterministic, no atomics).
 //   bwd_dq_kernel: an item is 128 queries of one head; its CTA loops over the key tiles they see (the forward's
 //     shape).
-//   Both are persistent: a 1-D grid whose CTAs walk items in fa::TileOrder (dkdv_order, dq_order), the producer
-//   loading the next item's once-loaded operands while this item finishes. The launcher
-//   (flash_attention_sm90_backward.cu) deals them in pairs on at most one CTA per SM where that pays, and one item
-//   per CTA (the grid of every item, as before the kernels were persistent) elsewhere.
+//   Each runs one item per CTA, or persistent (bwd_dkdv_persistent_kernel, bwd_dq_persistent_kernel: a 1-D grid
+//   whose CTAs walk pairs of items in fa::TileOrder, the producer loading the next item's once-loaded operands
+//   while this item finishes); the launcher (flash_attention_sm90_backward.cu) picks per kernel where that pays.
 // Every output element is written by one thread: the results are deterministic.
 //
 // Both fast kernels: kWsThreads = 384 threads = consumer warpgroups 0, 1 (setmaxnreg 240) + producer warpgroup 2
@@ -33,8 +32,8 @@
 // full[s] (the producer's arrive.expect_tx + the TMA bytes) and empty[s] (8 arrivals: lane 0 of each consumer warp
 // once its wgmmas reading the stage are complete). Use u = j / 2 of stage j % 2: consumers wait full with parity
 // u & 1, the producer waits empty with parity (u & 1) ^ 1 (passes at once for u = 0: a fresh barrier's previous
-// phase, parity 1, counts as complete); the use count runs on across a CTA's items. The once-loaded operands have a
-// full and an empty barrier of their own, used once per item.
+// phase, parity 1, counts as complete); the use count runs on across a persistent CTA's items. The once-loaded
+// operands have a full barrier (and in the persistent kernels an empty one), used once per item.
 // Tensors go through 4-D TMA maps (D, S, heads, B) with box (64, rows, 1, 1): rows past Sq or Sk read as zeros
 // (TMA's fill) and still count toward the transaction bytes.
 #pragma once
@@ -75,8 +74,9 @@ constexpr int dq_block_n() {
 }
 
 // Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
-// STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], kv_empty).
-// 128 KB at D = 128, 96 KB at D = 64: one CTA per SM (the consumers' 240 registers allow no second anyway).
+// STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], and the
+// persistent kernel's kv_empty). 128 KB at D = 128, 96 KB at D = 64: one CTA per SM (the consumers' 240 registers
+// allow no second anyway).
 template <int D, int STAGES = kBwdStages>
 struct DkdvLayout {
   static constexpr int BM = bwd_block_m<D>(), BN = kBwdBlockN;
@@ -92,7 +92,7 @@ struct DkdvLayout {
 };
 
 // Shared memory of the dQ kernel: Q, dO (128 x D, loaded once) + STAGES x (K, V: BN x D) + barriers (q_full,
-// full[STAGES], empty[STAGES], q_empty). 128 KB at D = 128, 96 KB at D = 64.
+// full[STAGES], empty[STAGES], the persistent kernel's q_empty). 128 KB at D = 128, 96 KB at D = 64.
 template <int D, int STAGES = kBwdStages>
 struct DqLayout {
   static constexpr int kBlockN = dq_block_n<D>();
@@ -114,10 +114,10 @@ struct BwdArgs {
   void* dk = nullptr;                               // (B, Hk, Sk, D) T, strides ks
   void* dv = nullptr;                               // (B, Hk, Sk, D) T, strides ks
   HeadStrides qs, ks;
-  int B = 1, H = 0, Hk = 1, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
-  bool kv_paired = false, q_paired = false;  // dkdv_order / dq_order deal pairs or single items
+  int H = 0, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
   AttentionBand band;
   float scale = 1.f, scale_log2 = 1.f;
+  int B = 1, Hk = 1;  // the persistent kernels' work lists (last: the one-item kernels' parameters keep their offsets)
 };
 
 // One warp per workspace row of (B, H, Sq_pad); grid ceil(B H Sq_pad / 8) blocks of 256 threads. D a multiple of 32.
@@ -152,21 +152,295 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
   }
 }
 
-// The two kernels' work lists (fa::TileOrder over 128-row blocks): the dK/dV kernel's items are the key blocks of
-// each kv head (B Hk ceil(Sk / 128)), the dQ kernel's the query blocks of each head (B H Sq_pad / 128), dealt in
-// pairs or one at a time as kv_paired / q_paired say (flash_attention_sm90_backward.cu's rule).
+// dK / dV. CTA = keys [n0, n0 + 128) of kv head hk: grid (ceil(Sk / 128), Hk, B), kWsThreads threads,
+// DkdvLayout<D>::kBytes of dynamic shared memory.
+//   The query tiles it visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that sees
+//   a key of the block), for each of the G query heads of hk in turn: j = g cnt + (m - first). cnt = 0 (no query
+//   sees the block): nothing is loaded, nobody waits, the block stores zeros.
+//   Consumer per query tile (queries m BM .. +BM): S^T = K_wg Q^T and dP^T = V_wg dO^T (2 x D/16 wgmma_ss, two
+//   commit groups); wait<1>: S^T done, so P^T = 2^(S^T scale_log2 - lse2[q]) runs while dP^T finishes; wait<0>;
+//   dS^T = P^T (dP^T - Delta[q]); P^T, dS^T -> 16-bit A fragments; dV += P^T dO and dK += dS^T Q (2 x BM/16
+//   wgmma_rs, the dO and Q tiles as MN-major B: [query][d], d contiguous); wait<0>; release the stage.
+//   The mask (key j visible to query i iff query_lo(j) <= i < query_hi(j + 1); a contiguous range since key_lo,
+//   key_hi grow with i): each thread keeps [qlo, qhi) of its two key rows (empty for a key >= Sk); a tile is tested
+//   element by element only when it is not inside [query_lo(last key), query_hi(n0 + 1)) for all 128 keys (a
+//   CTA-uniform test: no divergence). Hidden -> P = 0. Padding queries (>= Sq) are hidden by qhi <= Sq and would add
+//   nothing anyway (zero dO and Q rows, lse2 +inf).
+//   Epilogue: dV and scale dK as T, rows < Sk only.
+template <class T, int D, bool kLower>
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
+#if XF_SM90A_DEVICE
+  using L = DkdvLayout<D>;
+  constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
+  const uint32_t bar_kv = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
+  const int n0 = static_cast<int>(blockIdx.x) * BN, hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const fa::TileRange tr = mask.query_tiles(n0, BN, BM);  // the query tiles of one head that see a key of the block
+  const int n_tiles = tr.count * a.G;                     // ... for each of the G query heads of kv head hk
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q_bm);
+    tma_prefetch_map(&a.tm_do_bm);
+    tma_prefetch_map(&a.tm_k);
+    tma_prefetch_map(&a.tm_v);
+    mbar_init(bar_kv, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
+      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the roles split below
+
+  if (wg == 2) {
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && n_tiles > 0) {
+      mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);  // full boxes: rows past Sk are TMA's zeros
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
+        tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
+      }
+      for (int j = 0; j < n_tiles; ++j) {
+        const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
+          tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
+        }
+        const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
+        bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
+        bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+      }
+    }
+    return;  // the producer's path must not rejoin the consumers'
+  }
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<kConsumerRegs>();
+  const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+  const int key_row0 = n0 + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
+  int qlo[2], qhi[2];                                     // the queries that see each of its two keys
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key_row0 + 8 * r;
+    const bool valid = key < a.Sk;
+    qlo[r] = valid ? mask.query_lo(key) : 0;
+    qhi[r] = valid ? mask.query_hi(key + 1) : 0;
+  }
+  // Queries every key of the block sees (query_lo, query_hi grow with the key): a tile inside needs no test.
+  const bool all_keys = n0 + BN <= a.Sk;
+  const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+  float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
+  uint32_t ap[BM / 16][4], ads[BM / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
+  const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
+  if (n_tiles > 0) mbar_wait(bar_kv, 0);
+
+#pragma unroll 1  // one tile's registers at a time
+  for (int j = 0; j < n_tiles; ++j) {
+    const int st = j % STAGES, m = tr.first + j % tr.count;
+    const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
+    const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
+    const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
+    mbar_wait(bar_full(st), (j / STAGES) & 1);
+
+    wgmma_fence();
+    ss_gemm<T, D, BM>(s, k_wg, BN * 128, q_st, BM * 128);  // S^T (64 keys x BM queries)
+    wgmma_commit();
+    ss_gemm<T, D, BM>(dp, v_wg, BN * 128, do_st, BM * 128);  // dP^T
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+    // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 8 (i / 4) + 2 (lane % 4) + (i & 1)
+    const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+    const int qc = m * BM + 2 * (lane % 4);
+#pragma unroll
+    for (int i = 0; i < BM / 2; i += 2) {
+      const int col = 8 * (i / 4) + 2 * (lane % 4);
+      const float2 l2 = *reinterpret_cast<const float2*>(lse_st + col);
+      s[i] = ex2(fmaf(s[i], a.scale_log2, -l2.x));
+      s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
+      if (!full) {
+        const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
+        if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
+        if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+      }
+    }
+    wgmma_wait<0>();
+    reg_fence(dp);
+#pragma unroll
+    for (int i = 0; i < BM / 2; i += 2) {  // dS^T in place of dP^T
+      const float2 dl = *reinterpret_cast<const float2*>(dlt_st + 8 * (i / 4) + 2 * (lane % 4));
+      dp[i] = s[i] * (dp[i] - dl.x);
+      dp[i + 1] = s[i + 1] * (dp[i + 1] - dl.y);
+    }
+    pack_p<T, BM>(s, ap);
+    pack_p<T, BM>(dp, ads);
+    wgmma_fence();
+    rs_gemm<T, D, BM>(dvacc, ap, do_st, BM * 128);  // dV += P^T dO
+    rs_gemm<T, D, BM>(dkacc, ads, q_st, BM * 128);  // dK += dS^T Q
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(dvacc);
+    reg_fence(dkacc);
+    if (lane == 0) mbar_arrive(bar_empty(st));
+  }
+  const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
+  const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
+                      static_cast<int64_t>(key_wg) * a.ks.seq;
+  store_rows_bounded<T, D>(dvacc, 1.f, static_cast<T*>(a.dv) + off, a.ks.seq, a.Sk - key_wg, t);
+  store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
+#endif
+}
+
+// dQ. CTA = queries [m0, m0 + 128) of head h: grid (Sq_pad / 128, H, B), the last query block first (the longest
+// under a causal mask, as the forward), kWsThreads threads, DqLayout<D>::kBytes of dynamic shared memory.
+//   Key tiles Mask::key_tiles(m0, 128, BN) of kv head h / G; a tile not covered by common_keys(m0, last valid query)
+//   gets the element mask (-inf before the exponential). No key tile: dQ = 0 stored.
+//   Per key tile: S = Q_wg K^T and dP = dO_wg V^T (2 x D/16 wgmma_ss); wait<1>; P = 2^(S scale_log2 - lse2_row);
+//   wait<0>; dS = P (dP - Delta_row) -> 16-bit A fragments; dQ += dS K (BN/16 wgmma_rs, the K tile as MN-major B:
+//   [key][d], d contiguous); wait<0>; release the stage. Epilogue: scale dQ as T, rows < Sq only.
+template <class T, int D, bool kLower>
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_constant__ BwdArgs a) {
+#if XF_SM90A_DEVICE
+  using L = DqLayout<D>;
+  constexpr int BN = L::kBlockN, STAGES = kBwdStages;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = align1024(smem_raw);
+  const uint32_t base = smem_u32(smem);
+  const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
+  const uint32_t bar_q = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kDqBlockM;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z), hk = h / a.G;
+  const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  const fa::TileRange tr = mask.key_tiles(m0, kDqBlockM, BN);  // may be empty: no query of the block sees a key
+
+  if (tid == 0) {
+    tma_prefetch_map(&a.tm_q128);
+    tma_prefetch_map(&a.tm_do128);
+    tma_prefetch_map(&a.tm_k_dq);
+    tma_prefetch_map(&a.tm_v_dq);
+    mbar_init(bar_q, 1);
+    for (int st = 0; st < STAGES; ++st) {
+      mbar_init(bar_full(st), 1);
+      mbar_init(bar_empty(st), 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 2) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (tid == 256 && tr.count > 0) {
+      mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
+#pragma unroll
+      for (int at = 0; at < D / 64; ++at) {
+        tma_load_4d(s_q + at * (kDqBlockM * 128), &a.tm_q128, at * 64, m0, h, b, bar_q);
+        tma_load_4d(s_do + at * (kDqBlockM * 128), &a.tm_do128, at * 64, m0, h, b, bar_q);
+      }
+      for (int j = 0; j < tr.count; ++j) {
+        const int st = j % STAGES, k0 = (tr.first + j) * BN;
+        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+        mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at) {
+          tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bar_full(st));
+          tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bar_full(st));
+        }
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<kConsumerRegs>();
+  const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
+  const int q_row0 = m0 + 64 * cw + 16 * w + lane / 4;  // this thread's first query (second: +8)
+  const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad;  // m0 + 128 <= Sq_pad: in range
+  float l2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l2[r] = a.lse2[lrow + q_row0 + 8 * r];
+    dl[r] = a.delta[lrow + q_row0 + 8 * r];
+  }
+  const fa::KeyRange keys[2] = {mask.keys(q_row0), mask.keys(q_row0 + 8)};
+  const fa::KeyRange common = mask.common_keys(m0, min(m0 + kDqBlockM, a.Sq) - 1);  // keys all valid rows see
+  float dqacc[D / 2], s[BN / 2], dp[BN / 2];
+  uint32_t ap[BN / 16][4];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dqacc[i] = 0.f;
+  const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
+  if (tr.count > 0) mbar_wait(bar_q, 0);
+
+#pragma unroll 1
+  for (int j = 0; j < tr.count; ++j) {
+    const int st = j % STAGES, k0 = (tr.first + j) * BN;
+    const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
+    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    wgmma_fence();
+    ss_gemm<T, D, BN>(s, q_wg, kDqBlockM * 128, k_st, BN * 128);  // S = Q K^T
+    wgmma_commit();
+    ss_gemm<T, D, BN>(dp, do_wg, kDqBlockM * 128, v_st, BN * 128);  // dP = dO V^T
+    wgmma_commit();
+    wgmma_wait<1>();
+    reg_fence(s);
+    if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] = ex2(fmaf(s[i], a.scale_log2, -l2[(i >> 1) & 1]));
+    wgmma_wait<0>();
+    reg_fence(dp);
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) dp[i] = s[i] * (dp[i] - dl[(i >> 1) & 1]);
+    pack_p<T, BN>(dp, ap);
+    wgmma_fence();
+    rs_gemm<T, D, BN>(dqacc, ap, k_st, BN * 128);  // dQ += dS K
+    wgmma_commit();
+    wgmma_wait<0>();
+    reg_fence(dqacc);
+    if (lane == 0) mbar_arrive(bar_empty(st));
+  }
+  const int q_wg0 = m0 + 64 * cw;
+  const int64_t off = static_cast<int64_t>(b) * a.qs.batch + static_cast<int64_t>(h) * a.qs.head +
+                      static_cast<int64_t>(q_wg0) * a.qs.seq;
+  store_rows_bounded<T, D>(dqacc, a.scale, static_cast<T*>(a.dq) + off, a.qs.seq, a.Sq - q_wg0, t);
+#endif
+}
+
+// ---- the persistent kernels -----------------------------------------------------------------------------------
+// The same per-tile math as the kernels above, on a 1-D grid of at most one CTA per SM whose CTAs walk pairs of items
+// in fa::TileOrder (the i-th block from the end with the i-th from the start: equal cost under a causal mask), the
+// producer loading the next item's once-loaded operands while this item's last tile and epilogue run. They pay where
+// an item's loop is short against its start, pipeline fill and epilogue, and their longer loop (the item loop's
+// state: 825 instructions a tile against 664 at D = 128) costs up to 8% where it is long, so the launcher
+// (flash_attention_sm90_backward.cu, pairs_pay) picks per kernel.
+//   The two kernels' work lists over 128-row blocks: the dK/dV kernel's items are the key blocks of each kv head
+//   (B Hk ceil(Sk / 128)), the dQ kernel's the query blocks of each head (B H Sq_pad / 128).
 XF_HOST_DEVICE inline fa::TileOrder<kBwdBlockN> dkdv_order(const BwdArgs& a) {
   const int blocks = (a.Sk + kBwdBlockN - 1) / kBwdBlockN;
-  return {blocks, a.Hk, (blocks + 1) / 2 * a.Hk * a.B, a.kv_paired};
+  return {blocks, a.Hk, (blocks + 1) / 2 * a.Hk * a.B};
 }
 XF_HOST_DEVICE inline fa::TileOrder<kDqBlockM> dq_order(const BwdArgs& a) {
   const int blocks = a.Sq_pad / kDqBlockM;
-  return {blocks, a.H, (blocks + 1) / 2 * a.H * a.B, a.q_paired};
+  return {blocks, a.H, (blocks + 1) / 2 * a.H * a.B};
 }
 
-// dK / dV, persistent: a 1-D grid of at most one CTA per item (kWsThreads threads, DkdvLayout<D>::kBytes of dynamic
-// shared memory); CTA c walks dkdv_order(a).item(k, grid, c), k = 0, 1, ...: item u = keys [n0, n0 + 128) of kv
-// head hk (n0 = q0_mirrored(u): the first key block first, the longest under a causal mask).
+// dK / dV, persistent: a 1-D grid of at most one CTA per pair (kWsThreads threads, DkdvLayout<D>::kBytes of dynamic
+// shared memory); CTA c walks dkdv_order(a).tile(k, grid, c), k = 0, 1, ...: item u = keys [n0, n0 + 128) of kv
+// head hk (n0 = q0_mirrored(u): a pair's first item is its block from the start, the longer under a causal mask).
 //   The query tiles an item visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that
 //   sees a key of the block), for each of the G query heads of hk in turn: j = g cnt + (m - first). cnt = 0 (no
 //   query sees the block): nothing is loaded, nobody waits, the block stores zeros.
@@ -186,7 +460,7 @@ XF_HOST_DEVICE inline fa::TileOrder<kDqBlockM> dq_order(const BwdArgs& a) {
 //   (it / 2) & 1), and so does the K/V load count kn (parity kn & 1). Both roles walk the same items and count the
 //   same loads.
 template <class T, int D, bool kLower>
-__global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
   using L = DkdvLayout<D>;
   constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
@@ -224,7 +498,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     if (tid == 256) {
       int it = 0, kn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.item(k, grid, cta);
+        const int u = order.tile(k, grid, cta);
         if (u == fa::TileOrder<BN>::kEnd) break;
         if (u == fa::TileOrder<BN>::kNone) continue;
         const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -261,7 +535,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.item(k, grid, cta);
+    const int u = order.tile(k, grid, cta);
     if (u == fa::TileOrder<BN>::kEnd) break;
     if (u == fa::TileOrder<BN>::kNone) continue;
     const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -345,9 +619,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
 #endif
 }
 
-// dQ, persistent: a 1-D grid of at most one CTA per item (kWsThreads threads, DqLayout<D>::kBytes of dynamic shared
-// memory); CTA c walks dq_order(a).item(k, grid, c): item u = queries [m0, m0 + 128) of head h (m0 = q0(u): the
-// last query block first, the longest under a causal mask, as the forward).
+// dQ, persistent: a 1-D grid of at most one CTA per pair (kWsThreads threads, DqLayout<D>::kBytes of dynamic shared
+// memory); CTA c walks dq_order(a).tile(k, grid, c): item u = queries [m0, m0 + 128) of head h (m0 = q0(u): a
+// pair's first item is its block from the end, the longer under a causal mask, as the forward's).
 //   Key tiles Mask::key_tiles(m0, 128, BN) of kv head h / G; a tile not covered by common_keys(m0, last valid query)
 //   gets the element mask (-inf before the exponential). No key tile: dQ = 0 stored.
 //   Per key tile: S = Q_wg K^T and dP = dO_wg V^T (2 x D/16 wgmma_ss); wait<1>; P = 2^(S scale_log2 - lse2_row);
@@ -355,7 +629,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
 //   [key][d], d contiguous); wait<0>; release the stage. Epilogue: scale dQ as T, rows < Sq only.
 //   Across items: Q, dO get an empty barrier as the dK/dV kernel's K, V do.
 template <class T, int D, bool kLower>
-__global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_constant__ BwdArgs a) {
+__global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
   using L = DqLayout<D>;
   constexpr int BN = L::kBlockN, STAGES = kBwdStages;
@@ -392,7 +666,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
     if (tid == 256) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.item(k, grid, cta);
+        const int u = order.tile(k, grid, cta);
         if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
         if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
         const int m0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
@@ -424,7 +698,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.item(k, grid, cta);
+    const int u = order.tile(k, grid, cta);
     if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
     if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
     const int m0 = order.q0(u), h = order.head(u), b = order.batch(u);
