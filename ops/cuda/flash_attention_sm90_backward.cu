@@ -3,7 +3,8 @@
 // (tools/lab/attention_wgmma_bwd.cu). launch_flash_attention_backward (ops/cuda/flash_attention.cu) sends a call here
 // when sm90_refusal is empty (the forward's reach and switch: bf16 / f16, D 64 or 128, every band, GQA, either
 // layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the
-// mma.sync kernels (flash_attention_tc.cuh) otherwise.
+// mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item per CTA or
+// persistent, whichever persistent_pays (below) says is faster for the problem.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -27,13 +28,13 @@ int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqB
 // Whether a kernel runs persistent (bwd_*_persistent_kernel: pairs of items on at most one CTA per SM, the producer
 // loading the next item under this one's last tile and epilogue) or one item per CTA. `items`: the kernel's blocks
 // of 128 rows; `loop_rows`: the rows an item walks (the dK/dV kernel: Sq G queries; the dQ kernel: Sk keys).
-// H200, 2026-11-30 (the backward lab, runs 24 and 25, both kernels together; docs/benchmarks.md):
+// H200, 2026-11-30 (the backward lab, runs 24 and 26, both kernels together; docs/benchmarks.md):
 //   - fewer items than SMs: pairs halve the CTAs (0.50x-0.79x where both kernels had under 132 items);
 //   - up to 4 items per SM: the pairs' balance beats the last wave's tail (+23% / +27% at S = 1000 causal with 256
 //     items, D = 128 / 64);
 //   - many items: persistence pays where the loop is short against the start and epilogue it hides, at D = 64
 //     (+9% at S = 512 non-causal, +11% causal, +5% at S = 2048 causal), and the persistent loop's extra
-//     instructions cost up to 8% at D = 128 and at D = 64 S = 8192.
+//     instructions cost 2% to 11% at D = 128 and at D = 64 S = 8192.
 bool persistent_pays(int64_t items, int64_t loop_rows, int D, int sms) {
   if (items <= sms) return false;
   if (items <= 4 * static_cast<int64_t>(sms)) return true;

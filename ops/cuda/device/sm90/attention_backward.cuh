@@ -425,8 +425,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
 // in fa::TileOrder (the i-th block from the end with the i-th from the start: equal cost under a causal mask), the
 // producer loading the next item's once-loaded operands while this item's last tile and epilogue run. They pay where
 // an item's loop is short against its start, pipeline fill and epilogue, and their longer loop (the item loop's
-// state: 825 instructions a tile against 664 at D = 128) costs up to 8% where it is long, so the launcher
-// (flash_attention_sm90_backward.cu, pairs_pay) picks per kernel.
+// state: 825 instructions a tile against 664 at D = 128) costs up to 11% where it is long, so the launcher
+// (flash_attention_sm90_backward.cu, persistent_pays) picks per kernel.
 //   The two kernels' work lists over 128-row blocks: the dK/dV kernel's items are the key blocks of each kv head
 //   (B Hk ceil(Sk / 128)), the dQ kernel's the query blocks of each head (B H Sq_pad / 128).
 XF_HOST_DEVICE inline fa::TileOrder<kBwdBlockN> dkdv_order(const BwdArgs& a) {
