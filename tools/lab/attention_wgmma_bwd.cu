@@ -30,9 +30,9 @@
 //   b4  production's persistent kernels (the same per-tile math; one CTA per SM walking pairs of items in
 //       fa::TileOrder, the producer loading the next item's K, V or Q, dO while this one finishes); b4s runs them
 //       on 3 CTAs, so that the small cases walk many items a CTA (correctness). Developed here as a copy of b3's
-//       kernels. Runs 24-25 (2026-11-30): +9% to +27% at D = 64 with S <= 2048 and on causal S = 1000 (256
-//       items), -2% to -11% at D = 128 and at long S (the item loop's state costs instructions in the tile loop:
-//       825 a tile against b3's 664 at D = 128), 0.50x-0.79x with fewer items than SMs. Promoted beside b3;
+//       kernels. Runs 24 and 26 (2026-11-30): +5% to +29% at D = 64 with S <= 2048 and on causal S = 1000
+//       (256 items), -1% to -11% at D = 128 and at long S (the item loop's state costs instructions in the tile
+//       loop: 825 a tile against b3's 664 at D = 128), 0.49x-0.81x with fewer items than SMs. Promoted beside b3;
 //       production's launcher picks per kernel (flash_attention_sm90_backward.cu, persistent_pays).
 //   Retired: b2 (dQ by fp32 atomics from the dK/dV kernel) was slower than b1 and spilled when causal (run 13:
 //   219.9 TFLOP/s at D=128 S=2048 vs b1's 440.0; 104.6 vs 187.7 at D=128 S=512 causal).
