@@ -71,6 +71,24 @@ __device__ __forceinline__ void ss_gemm(float (&acc)[N / 2], uint32_t a_rows, ui
   }
 }
 
+// ss_gemm from the operands' descriptors at k = 0 (sw128_desc(a_rows, 16, 1024), sw128_desc(b_tile, 16, 1024)): a
+// k step adds its byte offset / 16 to the descriptor's start-address field (14 bits of address / 16; shared
+// addresses stay under 2^18, so it never carries out). For a loop whose operand stays put (the persistent backward's
+// K and V): the caller builds the descriptor once, and the loop does one add per step.
+template <class T, int D, int N>
+__device__ __forceinline__ void ss_gemm_desc(float (&acc)[N / 2], uint64_t a_desc, uint32_t a_atom, uint64_t b_desc,
+                                             uint32_t b_atom) {
+  // The add touches the low word only (no carry out of the address field), so it stays a 32-bit add.
+  const uint32_t a_lo = static_cast<uint32_t>(a_desc), b_lo = static_cast<uint32_t>(b_desc);
+  const uint64_t a_hi = a_desc & ~0xFFFFFFFFull, b_hi = b_desc & ~0xFFFFFFFFull;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t koff = (kk % 4) * 32;
+    wgmma_ss<N, T>(acc, a_hi | (a_lo + (((kk / 4) * a_atom + koff) >> 4)),
+                   b_hi | (b_lo + (((kk / 4) * b_atom + koff) >> 4)), kk > 0 ? 1 : 0);
+  }
+}
+
 // acc (64 x D, fp32) += A (64 x K, T register fragments, one per 16 of K) B (K x D). B is [k][d] in shared memory,
 // d contiguous: MN-major (imm-trans-b = 1), LBO = b_atom = the step between 64-column atoms of d (a K-row tile:
 // K * 128 bytes), SBO = 1024 = 8 rows of k; 16 more k = +2048 B.

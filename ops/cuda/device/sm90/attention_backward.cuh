@@ -532,7 +532,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   // ---------------- consumer warpgroups ----------------
   setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
-  const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
+  // This warpgroup's 64 keys as wgmma descriptors, built once: the tile loop adds a k step's offset to them
+  // (ss_gemm_desc). The empty asm makes them opaque, so ptxas keeps them in registers across the item loop instead of
+  // rematerialising them from the shared-memory base in every tile (the loop was 825 instructions a tile at D = 128
+  // with plain ss_gemm, 709 without the asm, 684 with it; the one-item kernel's is 664).
+  uint64_t k_desc = sw128_desc(s_k + cw * 64 * 128, 16, 1024), v_desc = sw128_desc(s_v + cw * 64 * 128, 16, 1024);
+  asm volatile("" : "+l"(k_desc), "+l"(v_desc));
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -559,18 +564,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
     if (n_tiles > 0) mbar_wait(bar_kv, kn++ & 1);
 
+    int st = it % STAGES, phase = (it / STAGES) & 1, m = tr.first;  // advanced per tile: no division in the loop
 #pragma unroll 1  // one tile's registers at a time
     for (int j = 0; j < n_tiles; ++j) {
-      const int st = (it + j) % STAGES, m = tr.first + j % tr.count;
       const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
       const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
       const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
-      mbar_wait(bar_full(st), ((it + j) / STAGES) & 1);
+      mbar_wait(bar_full(st), phase);
 
       wgmma_fence();
-      ss_gemm<T, D, BM>(s, k_wg, BN * 128, q_st, BM * 128);  // S^T (64 keys x BM queries)
+      ss_gemm_desc<T, D, BM>(s, k_desc, BN * 128, sw128_desc(q_st, 16, 1024), BM * 128);  // S^T (64 keys x BM queries)
       wgmma_commit();
-      ss_gemm<T, D, BM>(dp, v_wg, BN * 128, do_st, BM * 128);  // dP^T
+      ss_gemm_desc<T, D, BM>(dp, v_desc, BN * 128, sw128_desc(do_st, 16, 1024), BM * 128);  // dP^T
       wgmma_commit();
       wgmma_wait<1>();
       reg_fence(s);
@@ -608,6 +613,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       reg_fence(dvacc);
       reg_fence(dkacc);
       if (lane == 0) mbar_arrive(bar_empty(st));
+      if (++st == STAGES) st = 0, phase ^= 1;
+      if (++m == tr.first + tr.count) m = tr.first;
     }
     it += n_tiles;
     const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
@@ -695,7 +702,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   }
   setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
-  const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
+  uint64_t q_desc = sw128_desc(s_q + cw * 64 * 128, 16, 1024), do_desc = sw128_desc(s_do + cw * 64 * 128, 16, 1024);
+  asm volatile("" : "+l"(q_desc), "+l"(do_desc));  // kept in registers across the item loop (see the dK/dV kernel)
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -719,15 +727,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
     for (int i = 0; i < D / 2; ++i) dqacc[i] = 0.f;
     if (tr.count > 0) mbar_wait(bar_q, qn++ & 1);
 
+    int st = it % STAGES, phase = (it / STAGES) & 1;  // advanced per tile
 #pragma unroll 1
     for (int j = 0; j < tr.count; ++j) {
-      const int st = (it + j) % STAGES, k0 = (tr.first + j) * BN;
+      const int k0 = (tr.first + j) * BN;
       const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
-      mbar_wait(bar_full(st), ((it + j) / STAGES) & 1);
+      mbar_wait(bar_full(st), phase);
       wgmma_fence();
-      ss_gemm<T, D, BN>(s, q_wg, kDqBlockM * 128, k_st, BN * 128);  // S = Q K^T
+      ss_gemm_desc<T, D, BN>(s, q_desc, kDqBlockM * 128, sw128_desc(k_st, 16, 1024), BN * 128);  // S = Q K^T
       wgmma_commit();
-      ss_gemm<T, D, BN>(dp, do_wg, kDqBlockM * 128, v_st, BN * 128);  // dP = dO V^T
+      ss_gemm_desc<T, D, BN>(dp, do_desc, kDqBlockM * 128, sw128_desc(v_st, 16, 1024), BN * 128);  // dP = dO V^T
       wgmma_commit();
       wgmma_wait<1>();
       reg_fence(s);
@@ -746,6 +755,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
       wgmma_wait<0>();
       reg_fence(dqacc);
       if (lane == 0) mbar_arrive(bar_empty(st));
+      if (++st == STAGES) st = 0, phase ^= 1;
     }
     it += tr.count;
     const int q_wg0 = m0 + 64 * cw;
