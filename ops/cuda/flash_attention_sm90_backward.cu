@@ -27,18 +27,17 @@ int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqB
 
 // Whether a kernel runs persistent (bwd_*_persistent_kernel: pairs of items on at most one CTA per SM, the producer
 // loading the next item under this one's last tile and epilogue) or one item per CTA. `items`: the kernel's blocks
-// of 128 rows; `loop_rows`: the rows an item walks (the dK/dV kernel: Sq G queries; the dQ kernel: Sk keys).
-// H200, 2026-11-30 (the backward lab, runs 24 and 26, both kernels together; docs/benchmarks.md):
-//   - fewer items than SMs: pairs halve the CTAs (0.50x-0.79x where both kernels had under 132 items);
-//   - up to 4 items per SM: the pairs' balance beats the last wave's tail (+23% / +27% at S = 1000 causal with 256
-//     items, D = 128 / 64);
-//   - many items: persistence pays where the loop is short against the start and epilogue it hides, at D = 64
-//     (+9% at S = 512 non-causal, +11% causal, +5% at S = 2048 causal), and the persistent loop's extra
-//     instructions cost 2% to 11% at D = 128 and at D = 64 S = 8192.
-bool persistent_pays(int64_t items, int64_t loop_rows, int D, int sms) {
+// of 128 rows. H200, 2026-11-30, run 27 (the backward lab, both kernels together, the backward alone;
+// docs/benchmarks.md):
+//   - fewer items than SMs: pairs halve the CTAs (0.50x-0.89x where every kernel had under 132 items);
+//   - up to 4 items per SM: the pairs' balance beats the last wave's tail (1.25x / 1.30x at S = 1000 causal with
+//     256 items, D = 128 / 64);
+//   - more, D = 64: persistent gains everywhere (1.13x / 1.15x at S = 512, 1.07x / 1.11x at 2048, 1.05x / 1.06x at
+//     8192, non-causal / causal);
+//   - more, D = 128: even (0.98x-1.01x from S = 512 to 2048) to a loss (0.96x at S = 8192 non-causal).
+bool persistent_pays(int64_t items, int D, int sms) {
   if (items <= sms) return false;
-  if (items <= 4 * static_cast<int64_t>(sms)) return true;
-  return D <= 64 && loop_rows <= 2048;
+  return items <= 4 * static_cast<int64_t>(sms) || D <= 64;
 }
 
 // A persistent kernel's CTAs: one per pair, at most one per SM, and at most XF_ATTENTION_SM90_CTAS (a test that
@@ -154,9 +153,8 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   const int forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
   const int64_t kv_items = static_cast<int64_t>(p.B) * p.Hk * ((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN);
   const int64_t q_items = static_cast<int64_t>(p.B) * p.H * (args.Sq_pad / kDqBlockM);
-  plan.kv_persistent =
-      forced >= 0 ? forced == 1 : persistent_pays(kv_items, static_cast<int64_t>(p.Sq) * p.G, D, plan.sms);
-  plan.q_persistent = forced >= 0 ? forced == 1 : persistent_pays(q_items, p.Sk, D, plan.sms);
+  plan.kv_persistent = forced >= 0 ? forced == 1 : persistent_pays(kv_items, D, plan.sms);
+  plan.q_persistent = forced >= 0 ? forced == 1 : persistent_pays(q_items, D, plan.sms);
   if (dtype == DType::bf16) {
     if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, plan, stream);
     else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);

@@ -30,10 +30,11 @@
 //   b4  production's persistent kernels (the same per-tile math; one CTA per SM walking pairs of items in
 //       fa::TileOrder, the producer loading the next item's K, V or Q, dO while this one finishes); b4s runs them
 //       on 3 CTAs, so that the small cases walk many items a CTA (correctness). Developed here as a copy of b3's
-//       kernels. Runs 24 and 26 (2026-11-30): +5% to +29% at D = 64 with S <= 2048 and on causal S = 1000
-//       (256 items), -1% to -11% at D = 128 and at long S (the item loop's state costs instructions in the tile
-//       loop: 825 a tile against b3's 664 at D = 128), 0.49x-0.81x with fewer items than SMs. Promoted beside b3;
-//       production's launcher picks per kernel (flash_attention_sm90_backward.cu, persistent_pays).
+//       kernels and promoted beside them. Run 27 (2026-11-30), against b3: D = 64 1.05x-1.15x from S = 512 to
+//       8192, 1.25x-1.30x at S = 1000 causal (256 items), D = 128 with many items 0.96x-1.01x, 0.50x-0.89x with
+//       fewer items than SMs; production's launcher picks per kernel (flash_attention_sm90_backward.cu,
+//       persistent_pays). Runs 24-26 had it 5-11% slower at long S, before its descriptors were kept in
+//       registers (ss_gemm_desc).
 //   Retired: b2 (dQ by fp32 atomics from the dK/dV kernel) was slower than b1 and spilled when causal (run 13:
 //   219.9 TFLOP/s at D=128 S=2048 vs b1's 440.0; 104.6 vs 187.7 at D=128 S=512 causal).
 //   Time covers everything a caller would run: the pre-kernel and the kernels.

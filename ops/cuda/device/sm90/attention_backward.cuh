@@ -423,9 +423,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
 // ---- the persistent kernels -----------------------------------------------------------------------------------
 // The same per-tile math as the kernels above, on a 1-D grid of at most one CTA per SM whose CTAs walk pairs of items
 // in fa::TileOrder (the i-th block from the end with the i-th from the start: equal cost under a causal mask), the
-// producer loading the next item's once-loaded operands while this item's last tile and epilogue run. They pay where
-// an item's loop is short against its start, pipeline fill and epilogue, and their longer loop (the item loop's
-// state: 825 instructions a tile against 664 at D = 128) costs up to 11% where it is long, so the launcher
+// producer loading the next item's once-loaded operands while this item's last tile and epilogue run. The
+// once-loaded operands' wgmma descriptors are built once per kernel and kept in registers (ss_gemm_desc): with plain
+// ss_gemm, ptxas rebuilt them from the shared-memory base in every tile (the dK/dV tile loop was 825 instructions at
+// D = 128 against the one-item kernel's 664, and ran 5-11% slower; now 689, and 0.96x-1.01x). The launcher
 // (flash_attention_sm90_backward.cu, persistent_pays) picks per kernel.
 //   The two kernels' work lists over 128-row blocks: the dK/dV kernel's items are the key blocks of each kv head
 //   (B Hk ceil(Sk / 128)), the dQ kernel's the query blocks of each head (B H Sq_pad / 128).
