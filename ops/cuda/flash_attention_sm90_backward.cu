@@ -47,6 +47,7 @@ int persistent_ctas(int pairs, int sms) {
   return std::min(pairs, cap > 0 ? cap : sms);
 }
 
+// One call's choice of kernels (persistent_pays or the switch) and the SM count the persistent grids are sized by.
 struct Plan {
   bool kv_persistent = false, q_persistent = false;
   int sms = 0;
