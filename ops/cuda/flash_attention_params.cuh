@@ -201,8 +201,12 @@ std::string sm90_problem_refusal(const Params& p, DType dtype);
 std::string sm90_refusal(const Params& p, DType dtype);
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
 // The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
-// else 0; cached per device. The persistent kernels' grids.
+// else 0; cached per device.
 int sm90_device_sms();
+// A persistent kernel's grid (TileOrder): one CTA per pair of tiles, at most one per SM, and at most
+// XF_ATTENTION_SM90_CTAS (a test that walks many pairs per CTA on a small problem; a benchmark's baseline of one
+// pair per CTA).
+int sm90_persistent_ctas(int pairs);
 // The backward: dq, dk, dv of p (p.dbias null) from q, k, v, out, dout, lse and dlse (may be null). `workspace`:
 // sm90_backward_workspace_bytes(p) bytes, 16-byte aligned (Delta and lse2 rows padded to the 128-query tiles).
 size_t sm90_backward_workspace_bytes(const Params& p);

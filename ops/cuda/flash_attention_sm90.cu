@@ -342,6 +342,11 @@ int sm90_device_sms() {
   return c > 0 ? c : 0;
 }
 
+int sm90_persistent_ctas(int pairs) {
+  const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
+  return std::min(pairs, cap > 0 ? cap : sm90_device_sms());
+}
+
 std::string sm90_problem_refusal(const Params& p, DType dtype) {
   if (dtype != DType::bf16 && dtype != DType::f16) return "it computes in bf16 or f16";
   if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
@@ -399,11 +404,7 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.scale_log2 = p.scale_log2;
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
-  // The grid: one CTA per SM (the kernel is persistent: TileOrder), or XF_ATTENTION_SM90_CTAS of them (a test
-  // that walks many tiles per CTA on a small problem; a benchmark's baseline of one pair per CTA); never more CTAs
-  // than pairs.
-  const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
-  const int ctas = std::min(args.pairs, cap > 0 ? cap : sm90_device_sms());
+  const int ctas = sm90_persistent_ctas(args.pairs);  // the kernel is persistent: TileOrder
   if (dtype == DType::bf16) launch_shape<__nv_bfloat16>(args, p.D, consumers, ctas, stream);
   else launch_shape<__half>(args, p.D, consumers, ctas, stream);
 }

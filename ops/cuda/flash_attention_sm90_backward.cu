@@ -5,7 +5,6 @@
 // layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the
 // mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item per CTA or
 // persistent, whichever persistent_pays (below) says is faster for the problem.
-#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -40,18 +39,20 @@ bool persistent_pays(int64_t items, int D, int sms) {
   return items <= 4 * static_cast<int64_t>(sms) || D <= 64;
 }
 
-// A persistent kernel's CTAs: one per pair, at most one per SM, and at most XF_ATTENTION_SM90_CTAS (a test that
-// walks many pairs per CTA on a small problem).
-int persistent_ctas(int pairs, int sms) {
-  const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
-  return std::min(pairs, cap > 0 ? cap : sms);
-}
-
-// One call's choice of kernels (persistent_pays or the switch) and the SM count the persistent grids are sized by.
+// The grids of one call: a persistent kernel's CTA count (sm90_persistent_ctas), or 0 for the one-item kernel on
+// its 3-D grid of every item.
 struct Plan {
-  bool kv_persistent = false, q_persistent = false;
-  int sms = 0;
+  int kv_ctas = 0, q_ctas = 0;
 };
+
+// `kernel` on `grid` with kWsThreads threads and `smem` bytes of dynamic shared memory (allowed once per kernel
+// and device).
+template <auto kernel>
+void launch_ws(dim3 grid, int smem, const BwdArgs& args, cudaStream_t stream) {
+  static std::atomic<uint64_t> done{0};
+  allow_smem(kernel, smem, done);
+  kernel<<<grid, sm90::kWsThreads, smem, stream>>>(args);
+}
 
 template <class T, int D, bool kLower>
 void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
@@ -61,38 +62,21 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
       args.Sq_pad, p.qs);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 
-  using LKV = sm90::DkdvLayout<D>;
-  if (plan.kv_persistent) {
-    static std::atomic<uint64_t> done{0};
-    auto dkdv = sm90::bwd_dkdv_persistent_kernel<T, D, kLower>;
-    allow_smem(dkdv, LKV::kBytes, done);
-    const int ctas = persistent_ctas(sm90::dkdv_order(args).pairs, plan.sms);
-    dkdv<<<static_cast<unsigned>(ctas), sm90::kWsThreads, LKV::kBytes, stream>>>(args);
-  } else {
-    static std::atomic<uint64_t> done{0};
-    auto dkdv = sm90::bwd_dkdv_kernel<T, D, kLower>;
-    allow_smem(dkdv, LKV::kBytes, done);
-    const dim3 grid(static_cast<unsigned>((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN),
-                    static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B));
-    dkdv<<<grid, sm90::kWsThreads, LKV::kBytes, stream>>>(args);
-  }
+  constexpr int kv_smem = sm90::DkdvLayout<D>::kBytes, q_smem = sm90::DqLayout<D>::kBytes;
+  const unsigned B = static_cast<unsigned>(p.B);
+  if (plan.kv_ctas > 0)
+    launch_ws<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>>(dim3(plan.kv_ctas), kv_smem, args, stream);
+  else
+    launch_ws<sm90::bwd_dkdv_kernel<T, D, kLower>>(
+        dim3(static_cast<unsigned>(sm90::dkdv_order(args).m_tiles), static_cast<unsigned>(p.Hk), B), kv_smem, args,
+        stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
-
-  using LQ = sm90::DqLayout<D>;
-  if (plan.q_persistent) {
-    static std::atomic<uint64_t> done{0};
-    auto dq = sm90::bwd_dq_persistent_kernel<T, D, kLower>;
-    allow_smem(dq, LQ::kBytes, done);
-    const int ctas = persistent_ctas(sm90::dq_order(args).pairs, plan.sms);
-    dq<<<static_cast<unsigned>(ctas), sm90::kWsThreads, LQ::kBytes, stream>>>(args);
-  } else {
-    static std::atomic<uint64_t> done{0};
-    auto dq = sm90::bwd_dq_kernel<T, D, kLower>;
-    allow_smem(dq, LQ::kBytes, done);
-    const dim3 grid(static_cast<unsigned>(args.Sq_pad / kDqBlockM), static_cast<unsigned>(p.H),
-                    static_cast<unsigned>(p.B));
-    dq<<<grid, sm90::kWsThreads, LQ::kBytes, stream>>>(args);
-  }
+  if (plan.q_ctas > 0)
+    launch_ws<sm90::bwd_dq_persistent_kernel<T, D, kLower>>(dim3(plan.q_ctas), q_smem, args, stream);
+  else
+    launch_ws<sm90::bwd_dq_kernel<T, D, kLower>>(
+        dim3(static_cast<unsigned>(sm90::dq_order(args).m_tiles), static_cast<unsigned>(p.H), B), q_smem, args,
+        stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
@@ -149,13 +133,15 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.scale_log2 = p.scale_log2;
   // Persistent or one item per CTA, per kernel (persistent_pays); XF_ATTENTION_SM90_BWD_PERSISTENT=1 or 0 forces
   // one for both.
+  const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
+  const auto ctas = [&](const auto& order) {  // the kernel's items: m_tiles blocks of each of H heads of B entries
+    const int64_t items = static_cast<int64_t>(order.m_tiles) * order.H * p.B;
+    const bool persistent = forced >= 0 ? forced == 1 : persistent_pays(items, D, sms);
+    return persistent ? sm90_persistent_ctas(order.pairs) : 0;
+  };
   Plan plan;
-  plan.sms = sm90_device_sms();
-  const int forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
-  const int64_t kv_items = static_cast<int64_t>(p.B) * p.Hk * ((p.Sk + sm90::kBwdBlockN - 1) / sm90::kBwdBlockN);
-  const int64_t q_items = static_cast<int64_t>(p.B) * p.H * (args.Sq_pad / kDqBlockM);
-  plan.kv_persistent = forced >= 0 ? forced == 1 : persistent_pays(kv_items, D, plan.sms);
-  plan.q_persistent = forced >= 0 ? forced == 1 : persistent_pays(q_items, D, plan.sms);
+  plan.kv_ctas = ctas(sm90::dkdv_order(args));
+  plan.q_ctas = ctas(sm90::dq_order(args));
   if (dtype == DType::bf16) {
     if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, plan, stream);
     else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);
