@@ -2,11 +2,12 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab ab
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab ab ncu
 #   (default: build test bench torch attn)
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B; see the step).
+# ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
 # times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
@@ -139,6 +140,27 @@ if has ab; then
   done
   note "ab (A: ${XF_AB_A:-default}; B: ${XF_AB_B:-default}): $(( $(date +%s) - t )) s"
   python3 tools/bench_attention_ab.py "${XF_AB_A:-default}" "${XF_AB_B:-default}" "${files[@]}" | tee -a "$SUMMARY"
+fi
+
+if has ncu; then
+  # Nsight Compute's full set (details and the per-SASS-line source page with its stall samples) on the first
+  # native launch of the kernels matching XF_NCU_KERNEL (default: the Hopper forward), for each D:S case of
+  # XF_NCU_CASES (non-causal: the bench's first launch); the clocks are left alone (device METHOD.md). Logs:
+  # ncu_<D>_<S>.{details,source}.log.
+  for case in ${XF_NCU_CASES:-64:512 64:16384 128:512}; do
+    IFS=: read -r d s <<<"$case"
+    name="ncu_${d}_${s}"
+    t=$(date +%s)
+    for page in details source; do
+      extra=(); [ "$page" = source ] && extra=(--print-source sass)
+      ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" -c 1 --page "$page" "${extra[@]}" \
+        "$BUILD/xfrun_bench_attention" --backends native --D "$d" --S "$s" --reps 1 \
+        --warmup 0 >"$OUT/$name.$page.log" 2>&1
+    done
+    note "ncu $case: rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^    (Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Registers Per Thread|Achieved Occupancy)" \
+      "$OUT/$name.details.log" | head -12 | tee -a "$SUMMARY"
+  done
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then
