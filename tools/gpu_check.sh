@@ -144,22 +144,23 @@ fi
 
 if has ncu; then
   # Nsight Compute's full set (details and the per-SASS-line source page with its stall samples) on the first
-  # native launch of the kernels matching XF_NCU_KERNEL (default: the Hopper forward), for each D:S case of
-  # XF_NCU_CASES (non-causal: the bench's first launch); the clocks are left alone (device METHOD.md). Logs:
-  # ncu_<D>_<S>.{details,source}.log.
+  # launch of the kernels matching XF_NCU_KERNEL (default: our Hopper forward) by backend XF_NCU_BACKEND of
+  # xfrun_bench_attention (default native; cudnn with XF_NCU_KERNEL=sdpa profiles cuDNN's forward), for each D:S case
+  # of XF_NCU_CASES (non-causal: the bench's first launch); the clocks are left alone (device METHOD.md). Logs:
+  # ncu_<backend>_<D>_<S>.{details,source}.log.
   for case in ${XF_NCU_CASES:-64:512 64:16384 128:512}; do
     IFS=: read -r d s <<<"$case"
-    name="ncu_${d}_${s}"
+    name="ncu_${XF_NCU_BACKEND:-native}_${d}_${s}"
     t=$(date +%s)
     for page in details source; do
       extra=(); [ "$page" = source ] && extra=(--print-source sass)
       ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" -c 1 --page "$page" "${extra[@]}" \
-        "$BUILD/xfrun_bench_attention" --backends native --D "$d" --S "$s" --reps 1 \
+        "$BUILD/xfrun_bench_attention" --backends "${XF_NCU_BACKEND:-native}" --D "$d" --S "$s" --reps 1 \
         --warmup 0 >"$OUT/$name.$page.log" 2>&1
     done
-    note "ncu $case: rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^    (Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Registers Per Thread|Achieved Occupancy)" \
-      "$OUT/$name.details.log" | head -12 | tee -a "$SUMMARY"
+    note "ncu ${XF_NCU_BACKEND:-native} $case: rc=$? ($(( $(date +%s) - t )) s)"
+    grep -E "^  [a-z_].*\(|^    (Grid Size|Block Size|Dynamic Shared Memory Per Block|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Registers Per Thread|Achieved Occupancy)" \
+      "$OUT/$name.details.log" | head -16 | tee -a "$SUMMARY"
   done
 fi
 

@@ -124,29 +124,47 @@ __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], const fa::Mask<kLo
 // max), l (this thread's partial row sum: the quad's four partials are added only in the epilogue, valid because
 // the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by. Hidden scores
 // are -inf: P 0. Row h (0, 1) of the thread = its rows lane/4 + 8h; the quad shares a row: max by 2 xor-shuffles.
+// Register i holds row (i >> 1) & 1: a row's BN/4 scores are i = 4q + 2h + e (q < BN/8, e = 0, 1).
+// The row max runs as kMaxChains independent chains per row, joined by a tree: as one chain of BN/4 dependent
+// FMNMX (what ptxas makes of a plain loop: it does not reassociate) the exponentials waited for 32 instructions'
+// latency in a row at BN = 128, the warp stalled on each (ncu, H200: "wait" was 30% of the D = 64 forward's stall
+// samples). fmaxf is exact, so the order changes nothing. The row sum takes kSumChains chains for the same reason (it
+// runs under the exponentials, so two suffice); that order does change the sum's rounding, within fp32's.
 template <int BN>
 __device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
                                                float (&alpha)[2]) {
-  float mx[2] = {m[0], m[1]};
+  constexpr int kMaxChains = 4, kSumChains = 2;  // chain c of row h: q % 2 == c / 2, e == c % 2
+  static_assert(BN % 16 == 0, "BN / 8 query quads: an even count per chain");
+  float mx[2][kMaxChains];
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int c = 0; c < kMaxChains; ++c) mx[h][c] = s[4 * (c / 2) + 2 * h + c % 2];  // q = c / 2: the chain's first
+#pragma unroll
+  for (int q = 2; q < BN / 8; ++q)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) mx[h][2 * (q % 2) + e] = fmaxf(mx[h][2 * (q % 2) + e], s[4 * q + 2 * h + e]);
   float ms[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // nothing visible so far: avoid -inf - -inf
-    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
-    m[h] = mx[h];
+    float r = fmaxf(fmaxf(mx[h][0], mx[h][1]), fmaxf(mx[h][2], mx[h][3]));
+    r = fmaxf(r, m[h]);
+    r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, 1));
+    r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, 2));
+    ms[h] = r == -INFINITY ? 0.f : r * scale_log2;  // nothing visible so far: avoid -inf - -inf
+    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);      // m = -inf (first tile) -> 0
+    m[h] = r;
   }
-  float sum[2] = {0.f, 0.f};
+  float sum[2][kSumChains] = {};
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) {
     s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
-    sum[(i >> 1) & 1] += s[i];
+    sum[(i >> 1) & 1][i & 1] += s[i];
   }
 #pragma unroll
-  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];
+  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + (sum[h][0] + sum[h][1]);
 }
 
 template <int D>

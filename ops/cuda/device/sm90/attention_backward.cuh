@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     if (tid == 256) {
       int it = 0, kn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile(k, grid, cta);
+        const int u = order.tile_or_single(k, grid, cta);
         if (u == fa::TileOrder<BN>::kEnd) break;
         if (u == fa::TileOrder<BN>::kNone) continue;
         const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -541,7 +541,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   asm volatile("" : "+l"(k_desc), "+l"(v_desc));
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.tile(k, grid, cta);
+    const int u = order.tile_or_single(k, grid, cta);
     if (u == fa::TileOrder<BN>::kEnd) break;
     if (u == fa::TileOrder<BN>::kNone) continue;
     const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
     if (tid == 256) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile(k, grid, cta);
+        const int u = order.tile_or_single(k, grid, cta);
         if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
         if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
         const int m0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
@@ -707,7 +707,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   asm volatile("" : "+l"(q_desc), "+l"(do_desc));  // kept in registers across the item loop (see the dK/dV kernel)
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.tile(k, grid, cta);
+    const int u = order.tile_or_single(k, grid, cta);
     if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
     if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
     const int m0 = order.q0(u), h = order.head(u), b = order.batch(u);
