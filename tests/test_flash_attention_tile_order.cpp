@@ -2,8 +2,7 @@
 // CTA of a grid: each query tile of the launch is run exactly once, a CTA's tiles come in pairs (the i-th from the
 // end, then the i-th from the start), the tile index decodes to (query block, head, batch), and under a causal mask
 // the CTAs of an H200-sized grid get balanced work (the zigzag order this replaced gave one CTA 1.5x the mean at
-// S = 16384, D = 128). The persistent backward's dK/dV kernel reads its key blocks through q0_mirrored, and both of
-// its kernels walk tile_or_single (pairs, or one tile per CTA on a grid of every tile).
+// S = 16384, D = 128). The persistent backward's dK/dV kernel reads its key blocks through q0_mirrored.
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
@@ -100,36 +99,4 @@ TEST_CASE("flash_attention tile order: causal work is balanced over an H200's 13
       CAPTURE(S);
       CHECK(*std::max_element(load.begin(), load.end()) <= 1.05 * mean);
     }
-}
-
-TEST_CASE("flash_attention tile order: tile_or_single pairs on grids up to the pairs, else one tile per CTA") {
-  // The persistent backward's kernels (ops/cuda/device/sm90/attention_backward.cuh) walk tile_or_single: on at most
-  // `pairs` CTAs it deals tile()'s pairs; on a grid with a CTA per tile, CTA c runs tile c alone, which is block
-  // c % m_tiles (q0_mirrored: the dK/dV kernel's key block from the start; q0: the dQ kernel's query block from the
-  // end) of head c / m_tiles % H, batch c / (m_tiles H): a 3-D grid's (block, head, batch) order.
-  for (int m_tiles : {1, 2, 3, 33})
-    for (int H : {1, 3})
-      for (int B : {1, 2}) {
-        const TileOrder<kBM> order = order_of(m_tiles, H, B);
-        const int tiles = m_tiles * H * B;
-        CAPTURE(m_tiles);
-        CAPTURE(H);
-        CAPTURE(B);
-        for (int grid : {1, std::min(3, order.pairs), order.pairs})
-          for (int c = 0; c < grid; ++c)
-            for (int k = 0; k < 2 * m_tiles + 2; ++k) CHECK(order.tile_or_single(k, grid, c) == order.tile(k, grid, c));
-        for (int c = 0; c < tiles; ++c) {
-          std::vector<int> mine;  // CTA c's tiles (with m_tiles = 1 the grid is also `pairs`: tile()'s kNone, then kEnd)
-          for (int k = 0;; ++k) {
-            const int u = order.tile_or_single(k, tiles, c);
-            if (u == TileOrder<kBM>::kEnd) break;
-            if (u != TileOrder<kBM>::kNone) mine.push_back(u);
-          }
-          CHECK(mine == std::vector<int>{c});
-          CHECK(order.q0_mirrored(c) / kBM == c % m_tiles);
-          CHECK(order.q0(c) / kBM == m_tiles - 1 - c % m_tiles);
-          CHECK(order.head(c) == c / m_tiles % H);
-          CHECK(order.batch(c) == c / (m_tiles * H));
-        }
-      }
 }

@@ -39,19 +39,19 @@ bool persistent_pays(int64_t items, int D, int sms) {
   return items <= 4 * static_cast<int64_t>(sms) || D <= 64;
 }
 
-// The grids of one call, each kernel's CTA count: pairs of items on sm90_persistent_ctas(pairs) CTAs, or one item per
-// CTA on a CTA for every item (fa::TileOrder::tile_or_single).
+// The grids of one call: a persistent kernel's CTA count (sm90_persistent_ctas), or 0 for the one-item kernel on
+// its 3-D grid of every item.
 struct Plan {
   int kv_ctas = 0, q_ctas = 0;
 };
 
-// `kernel` on `ctas` CTAs of kWsThreads threads with `smem` bytes of dynamic shared memory (allowed once per kernel
+// `kernel` on `grid` with kWsThreads threads and `smem` bytes of dynamic shared memory (allowed once per kernel
 // and device).
 template <auto kernel>
-void launch_ws(int ctas, int smem, const BwdArgs& args, cudaStream_t stream) {
+void launch_ws(dim3 grid, int smem, const BwdArgs& args, cudaStream_t stream) {
   static std::atomic<uint64_t> done{0};
   allow_smem(kernel, smem, done);
-  kernel<<<static_cast<unsigned>(ctas), sm90::kWsThreads, smem, stream>>>(args);
+  kernel<<<grid, sm90::kWsThreads, smem, stream>>>(args);
 }
 
 template <class T, int D, bool kLower>
@@ -63,9 +63,20 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 
   constexpr int kv_smem = sm90::DkdvLayout<D>::kBytes, q_smem = sm90::DqLayout<D>::kBytes;
-  launch_ws<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>>(plan.kv_ctas, kv_smem, args, stream);
+  const unsigned B = static_cast<unsigned>(p.B);
+  if (plan.kv_ctas > 0)
+    launch_ws<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>>(dim3(plan.kv_ctas), kv_smem, args, stream);
+  else
+    launch_ws<sm90::bwd_dkdv_kernel<T, D, kLower>>(
+        dim3(static_cast<unsigned>(sm90::dkdv_order(args).m_tiles), static_cast<unsigned>(p.Hk), B), kv_smem, args,
+        stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
-  launch_ws<sm90::bwd_dq_persistent_kernel<T, D, kLower>>(plan.q_ctas, q_smem, args, stream);
+  if (plan.q_ctas > 0)
+    launch_ws<sm90::bwd_dq_persistent_kernel<T, D, kLower>>(dim3(plan.q_ctas), q_smem, args, stream);
+  else
+    launch_ws<sm90::bwd_dq_kernel<T, D, kLower>>(
+        dim3(static_cast<unsigned>(sm90::dq_order(args).m_tiles), static_cast<unsigned>(p.H), B), q_smem, args,
+        stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
@@ -124,9 +135,9 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   // one for both.
   const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
   const auto ctas = [&](const auto& order) {  // the kernel's items: m_tiles blocks of each of H heads of B entries
-    const int items = order.m_tiles * order.H * p.B;  // < 2^31: sm90_problem_refusal
+    const int64_t items = static_cast<int64_t>(order.m_tiles) * order.H * p.B;
     const bool persistent = forced >= 0 ? forced == 1 : persistent_pays(items, D, sms);
-    return persistent ? sm90_persistent_ctas(order.pairs) : items;
+    return persistent ? sm90_persistent_ctas(order.pairs) : 0;
   };
   Plan plan;
   plan.kv_ctas = ctas(sm90::dkdv_order(args));

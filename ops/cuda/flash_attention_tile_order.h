@@ -33,14 +33,6 @@ struct TileOrder {
     if ((k & 1) && from_end == i) return kNone;
     return v / per_head * m_tiles + from_end;
   }
-  // tile(), or one tile per CTA: a grid of more CTAs than pairs must have one for each of the m_tiles x H x B tiles,
-  // and CTA c then runs tile c alone (k = 0), in the order of a 3-D grid (tile, head, batch) of one tile per CTA. The
-  // backward's kernels run so where pairs would leave SMs idle or lose to the hardware's own scheduling (the forward
-  // always pairs: tile()).
-  XF_HOST_DEVICE int tile_or_single(int k, int grid, int cta) const {
-    if (grid > pairs) return k == 0 ? cta : kEnd;
-    return tile(k, grid, cta);
-  }
   XF_HOST_DEVICE int q0(int u) const { return (m_tiles - 1 - u % m_tiles) * BM; }
   // The mirror of q0: the i-th tile from the start where q0 is the i-th from the end (the dK/dV kernel's key blocks,
   // whose longest under a causal mask is the first, so a pair still starts with its long one).

@@ -10,7 +10,7 @@
 //   N(0,1) inputs made on the device.
 //
 // Reach (each variant refuses the rest by name, printed as SKIP): b1: packed bhsd, Sq == Sk = S a multiple of 128,
-// H == Hk, no band or causal, no dlse, D = 64 or 128. b3, b4, b4s, b5: D = 64 or 128, any Sq, Sk >= 1, every band, GQA / MQA,
+// H == Hk, no band or causal, no dlse, D = 64 or 128. b3, b4, b4s: D = 64 or 128, any Sq, Sk >= 1, every band, GQA / MQA,
 // bhsd or bshd, dlse (bf16 here; its kernels are templates on T = bf16 / f16, f16 compiled with -DLAB_B3_F16 but
 // not run: the references are bf16).
 //
@@ -34,9 +34,10 @@
 //       8192, 1.25x-1.30x at S = 1000 causal (256 items), D = 128 with many items 0.96x-1.01x, 0.50x-0.89x with
 //       fewer items than SMs; production's launcher picks per kernel (flash_attention_sm90_backward.cu,
 //       persistent_pays). Runs 24-26 had it 5-11% slower at long S, before its descriptors were kept in
-//       registers (ss_gemm_desc).
-//   b5  the persistent kernels with one item per CTA (fa::TileOrder::tile_or_single on a grid of every item): what
-//       would replace b3's kernels, the same tile loop without a second copy of it.
+//       registers (ss_gemm_desc). Run 29 (2026-11-30) tried a one-item-per-CTA mode of these kernels (a grid of
+//       every item, each CTA running its own item alone) to replace b3's kernels: 0.93x-0.96x of b3 at D = 128 and
+//       0.93x-0.99x at D = 64 (the persistent dK/dV tile loop is 689 instructions at D = 128 against b3's 664, and
+//       the item loop's barriers cost the rest), so b3's kernels stay for one item per CTA.
 //   Retired: b2 (dQ by fp32 atomics from the dK/dV kernel) was slower than b1 and spilled when causal (run 13:
 //   219.9 TFLOP/s at D=128 S=2048 vs b1's 440.0; 104.6 vs 187.7 at D=128 S=512 causal).
 //   Time covers everything a caller would run: the pre-kernel and the kernels.
@@ -59,7 +60,7 @@
 // passed (a refusal is no failure), 1 some case failed (or every variant refused every case), 2 usage error, 3 CUDA error that leaves the context unusable (setup, or a sticky fault: the last lines name
 // the kernel, variant and case, and, for a pipeline deadlock, the block, thread and mbarrier that timed out).
 //
-//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b3,b4,b4s,b5]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
+//   xfrun_lab_attention_wgmma_bwd [--variant b1[,b3,b4,b4s]] [--quick] [--d 64|128] [--causal 0|1] [--s S] [--reps N]
 //       [--sq N] [--sk N] [--h N] [--hk N] [--b N] [--band none|causal|causal_br|window:L,R|window_br:L,R]
 //       [--layout bhsd|bshd] [--dlse 0|1]
 //
@@ -259,13 +260,8 @@ bool dispatch_b3(const Problem& p, Run& r) {
   return lower ? launch_b3<128, true>(p, r) : launch_b3<128, false>(p, r);
 }
 
-// b4, b4s, b5: production's persistent kernels (bwd_dkdv_persistent_kernel, bwd_dq_persistent_kernel), pairs of items
-// on min(pairs, cap) CTAs, cap = the SM count (b4) or 3 (b4s: the small cases then walk many items a CTA), or (cap < 0,
-// b5) one item per CTA on a CTA for every item (fa::TileOrder::tile_or_single).
-template <class Order>
-int grid_of(const Order& o, const Problem& p, int cap) {
-  return cap < 0 ? o.m_tiles * o.H * p.B : std::min(o.pairs, cap);
-}
+// b4, b4s: production's persistent kernels (bwd_dkdv_persistent_kernel, bwd_dq_persistent_kernel), pairs of items on
+// min(pairs, cap) CTAs, cap = the SM count (b4) or 3 (b4s: the small cases then walk many items a CTA).
 template <int D, bool kLower>
 bool launch_b4(const Problem& p, Run& r, int cap) {
   using T = bf16;
@@ -273,14 +269,15 @@ bool launch_b4(const Problem& p, Run& r, int cap) {
   constexpr int smem_kv = DkdvLayout<D>::kBytes, smem_q = DqLayout<D>::kBytes;
   static const cudaError_t attr_kv = set_smem(sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, smem_kv);
   if (attr_kv != cudaSuccess) return r.ok(attr_kv, "bwd_dkdv_persistent_kernel (cudaFuncSetAttribute)");
-  sm90::bwd_dkdv_persistent_kernel<T, D, kLower><<<grid_of(sm90::dkdv_order(p.b3), p, cap), kWsThreads, smem_kv>>>(p.b3);
+  sm90::bwd_dkdv_persistent_kernel<T, D, kLower><<<std::min(sm90::dkdv_order(p.b3).pairs, cap), kWsThreads, smem_kv>>>(
+      p.b3);
   if (!r.ok(cudaGetLastError(), "bwd_dkdv_persistent_kernel")) {
     r.err += resources_of(sm90::bwd_dkdv_persistent_kernel<T, D, kLower>);
     return false;
   }
   static const cudaError_t attr_q = set_smem(sm90::bwd_dq_persistent_kernel<T, D, kLower>, smem_q);
   if (attr_q != cudaSuccess) return r.ok(attr_q, "bwd_dq_persistent_kernel (cudaFuncSetAttribute)");
-  sm90::bwd_dq_persistent_kernel<T, D, kLower><<<grid_of(sm90::dq_order(p.b3), p, cap), kWsThreads, smem_q>>>(p.b3);
+  sm90::bwd_dq_persistent_kernel<T, D, kLower><<<std::min(sm90::dq_order(p.b3).pairs, cap), kWsThreads, smem_q>>>(p.b3);
   if (r.ok(cudaGetLastError(), "bwd_dq_persistent_kernel")) return true;
   r.err += resources_of(sm90::bwd_dq_persistent_kernel<T, D, kLower>);
   return false;
@@ -294,9 +291,9 @@ int sm_count() {
   }();
   return n;
 }
-template <int kCap>  // 0: the SM count; -1: one item per CTA
+template <int kCap>  // 0: the SM count
 bool dispatch_b4(const Problem& p, Run& r) {
-  const int cap = kCap != 0 ? kCap : sm_count();
+  const int cap = kCap > 0 ? kCap : sm_count();
   const bool lower = p.band.left >= 0;
   if (p.D == 64) return lower ? launch_b4<64, true>(p, r, cap) : launch_b4<64, false>(p, r, cap);
   return lower ? launch_b4<128, true>(p, r, cap) : launch_b4<128, false>(p, r, cap);
@@ -316,7 +313,6 @@ const Variant kVariants[] = {
     {"b4", "production's persistent backward, pairs of items on one CTA per SM", dispatch_b4<0>, refusal_b3},
     {"b4s", "production's persistent backward on 3 CTAs (each walks many items: correctness on small cases)",
      dispatch_b4<3>, refusal_b3},
-    {"b5", "production's persistent backward, one item per CTA (a CTA for every item)", dispatch_b4<-1>, refusal_b3},
 };
 
 // Tolerances, per element of dq, dk, dv (the reference computes each bound beside its gradient, kernels.cuh):

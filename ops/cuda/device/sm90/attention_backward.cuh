@@ -427,7 +427,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
 // once-loaded operands' wgmma descriptors are built once per kernel and kept in registers (ss_gemm_desc): with plain
 // ss_gemm, ptxas rebuilt them from the shared-memory base in every tile (the dK/dV tile loop was 825 instructions at
 // D = 128 against the one-item kernel's 664, and ran 5-11% slower; now 689, and 0.96x-1.01x). The launcher
-// (flash_attention_sm90_backward.cu, persistent_pays) picks per kernel.
+// (flash_attention_sm90_backward.cu, persistent_pays) picks per kernel. They do not replace the one-item kernels: run
+// as one item per CTA on a grid of every item, they ran 0.93x-0.96x of them at D = 128 and 0.93x-0.99x at D = 64
+// (H200, run 29: the longer tile loop above and the item loop's barriers).
 //   The two kernels' work lists over 128-row blocks: the dK/dV kernel's items are the key blocks of each kv head
 //   (B Hk ceil(Sk / 128)), the dQ kernel's the query blocks of each head (B H Sq_pad / 128).
 XF_HOST_DEVICE inline fa::TileOrder<kBwdBlockN> dkdv_order(const BwdArgs& a) {
@@ -499,7 +501,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     if (tid == 256) {
       int it = 0, kn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile_or_single(k, grid, cta);
+        const int u = order.tile(k, grid, cta);
         if (u == fa::TileOrder<BN>::kEnd) break;
         if (u == fa::TileOrder<BN>::kNone) continue;
         const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -541,7 +543,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   asm volatile("" : "+l"(k_desc), "+l"(v_desc));
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.tile_or_single(k, grid, cta);
+    const int u = order.tile(k, grid, cta);
     if (u == fa::TileOrder<BN>::kEnd) break;
     if (u == fa::TileOrder<BN>::kNone) continue;
     const int n0 = order.q0_mirrored(u), hk = order.head(u), b = order.batch(u);
@@ -674,7 +676,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
     if (tid == 256) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile_or_single(k, grid, cta);
+        const int u = order.tile(k, grid, cta);
         if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
         if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
         const int m0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
@@ -707,7 +709,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   asm volatile("" : "+l"(q_desc), "+l"(do_desc));  // kept in registers across the item loop (see the dK/dV kernel)
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
-    const int u = order.tile_or_single(k, grid, cta);
+    const int u = order.tile(k, grid, cta);
     if (u == fa::TileOrder<kDqBlockM>::kEnd) break;
     if (u == fa::TileOrder<kDqBlockM>::kNone) continue;
     const int m0 = order.q0(u), h = order.head(u), b = order.batch(u);
