@@ -166,7 +166,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     // ---------------- consumers ----------------
     setmaxnreg_inc<Shape::kConsumerRegs>();
     const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
-    const uint32_t q_wg = s_q + cw * 64 * 128;
+    // The wgmma descriptors' low words (sw128_desc_lo) of this warpgroup's Q rows and of stage 0's K and V tiles,
+    // built once and made opaque so that ptxas keeps them in registers: from the plain addresses it rebuilt every
+    // descriptor for every k step of every tile, about 100 uniform-datapath instructions a tile at D = 64 (a sixth of
+    // the tile loop; ncu, H200, run 28). A stage adds its offset, a k step its own (ss_gemm_desc, rs_gemm_desc).
+    uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), k_lo = sw128_desc_lo(s_k, 16),
+             v_lo = sw128_desc_lo(s_v, kBlockN * 128);
+    asm volatile("" : "+r"(q_lo), "+r"(k_lo), "+r"(v_lo));
+    constexpr uint32_t kStageLo = L::kTileKV >> 4;  // a stage's offset in a descriptor's start-address field
     int it = 0, qn = 0;
     for (int k = 0;; ++k) {
       const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
@@ -188,7 +195,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty);
         const int k0 = (tr.first + j) * kBlockN;
         if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
-        online_softmax<kBlockN>(s, m, l, a.scale_log2, alpha);
+        online_softmax<kBlockN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
         rescale<D>(o, alpha);
         pack_p<T, kBlockN>(s, p);
       };
@@ -197,7 +204,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int st = (it + j) % kStages;
         mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        qk_gemm<T, D, kBlockN, BM>(s, q_wg, s_k + st * L::kTileKV);
+        ss_gemm_desc<T, D, kBlockN>(s, sw128_desc_of(q_lo), BM * 128, sw128_desc_of(k_lo + st * kStageLo),
+                                    kBlockN * 128);  // S (64 x BN) = Q_wg K(j)^T
         wgmma_commit();
       };
       // O += P V(j); release stage j once the wgmma is complete.
@@ -205,7 +213,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int st = (it + j) % kStages;
         mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        pv_gemm<T, D, kBlockN>(o, p, s_v + st * L::kTileKV);
+        rs_gemm_desc<T, D, kBlockN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(o);

@@ -89,6 +89,18 @@ __device__ __forceinline__ void ss_gemm_desc(float (&acc)[N / 2], uint64_t a_des
   }
 }
 
+// sw128_desc(saddr, lbo, 1024) as its two words: the low one (start address / 16, LBO / 16) varies with the tile, the
+// high one (SBO = 1024, the 128-byte swizzle) is this constant. A kernel keeps a tile's low word in a register and
+// adds offsets to it (ss_gemm_desc, rs_gemm_desc), rather than have ptxas rebuild the descriptor from the address
+// for every k step of every tile.
+constexpr uint32_t kSw128DescHi = (1024 >> 4) | (1u << 30);
+__device__ __forceinline__ uint32_t sw128_desc_lo(uint32_t saddr, uint32_t lbo_bytes) {
+  return static_cast<uint32_t>(sw128_desc(saddr, lbo_bytes, 1024));
+}
+__device__ __forceinline__ uint64_t sw128_desc_of(uint32_t lo) {
+  return static_cast<uint64_t>(kSw128DescHi) << 32 | lo;
+}
+
 // acc (64 x D, fp32) += A (64 x K, T register fragments, one per 16 of K) B (K x D). B is [k][d] in shared memory,
 // d contiguous: MN-major (imm-trans-b = 1), LBO = b_atom = the step between 64-column atoms of d (a K-row tile:
 // K * 128 bytes), SBO = 1024 = 8 rows of k; 16 more k = +2048 B.
@@ -97,6 +109,15 @@ __device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)
                                         uint32_t b_atom) {
 #pragma unroll
   for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], sw128_desc(b_tile + j * 16 * 128, b_atom, 1024), 1);
+}
+
+// rs_gemm from B's descriptor (sw128_desc(b_tile, b_atom, 1024)): 16 more k add 2048 B to its start address.
+template <class T, int D, int K>
+__device__ __forceinline__ void rs_gemm_desc(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint64_t b_desc) {
+  const uint32_t b_lo = static_cast<uint32_t>(b_desc);
+  const uint64_t b_hi = b_desc & ~0xFFFFFFFFull;
+#pragma unroll
+  for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
 }
 
 // The forward's two GEMMs. S (64 x BN) = Q_wg (64 x D) K_tile (BN x D)^T: q_wg is this warpgroup's first Q row in a
@@ -125,46 +146,65 @@ __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], const fa::Mask<kLo
 // the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by. Hidden scores
 // are -inf: P 0. Row h (0, 1) of the thread = its rows lane/4 + 8h; the quad shares a row: max by 2 xor-shuffles.
 // Register i holds row (i >> 1) & 1: a row's BN/4 scores are i = 4q + 2h + e (q < BN/8, e = 0, 1).
-// The row max runs as kMaxChains independent chains per row, joined by a tree: as one chain of BN/4 dependent
-// FMNMX (what ptxas makes of a plain loop: it does not reassociate) the exponentials waited for 32 instructions'
-// latency in a row at BN = 128, the warp stalled on each (ncu, H200: "wait" was 30% of the D = 64 forward's stall
-// samples). fmaxf is exact, so the order changes nothing. The row sum takes kSumChains chains for the same reason (it
-// runs under the exponentials, so two suffice); that order does change the sum's rounding, within fp32's.
-template <int BN>
+// kChains: the row max and sum as 1 or 4 independent chains per row (joined by a tree). ptxas keeps a plain loop as
+// one chain of BN/4 dependent FMNMX (it does not reassociate), and the exponentials wait for it. Four chains ran the
+// D = 64 forward +0% to +5% on the H200 (run 29, against runs 26 and 28; ncu had "wait" stalls at 30% of the samples)
+// but -2% to -3% at D = 128 with S <= 1024, so the forward uses 4 at D = 64 and 1 at D = 128. fmaxf is exact: the
+// chains change no max. They change the order of the row sum's additions (two chains), within fp32 rounding.
+template <int BN, int kChains = 1>
 __device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
                                                float (&alpha)[2]) {
-  constexpr int kMaxChains = 4, kSumChains = 2;  // chain c of row h: q % 2 == c / 2, e == c % 2
-  static_assert(BN % 16 == 0, "BN / 8 query quads: an even count per chain");
-  float mx[2][kMaxChains];
+  static_assert(kChains == 1 || kChains == 4, "one chain per row, or four (q % 2, e)");
+  static_assert(BN % 16 == 0, "an even count of query quads per chain");
+  float mx[2];
+  if constexpr (kChains == 1) {
+    mx[0] = m[0], mx[1] = m[1];
 #pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int c = 0; c < kMaxChains; ++c) mx[h][c] = s[4 * (c / 2) + 2 * h + c % 2];  // q = c / 2: the chain's first
-#pragma unroll
-  for (int q = 2; q < BN / 8; ++q)
+    for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+  } else {
+    float c[2][4];  // chain 2 (q % 2) + e of row h, started at its first score (q = 0 or 1)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) mx[h][2 * (q % 2) + e] = fmaxf(mx[h][2 * (q % 2) + e], s[4 * q + 2 * h + e]);
+      for (int k = 0; k < 4; ++k) c[h][k] = s[4 * (k / 2) + 2 * h + k % 2];
+#pragma unroll
+    for (int q = 2; q < BN / 8; ++q)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) c[h][2 * (q % 2) + e] = fmaxf(c[h][2 * (q % 2) + e], s[4 * q + 2 * h + e]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) mx[h] = fmaxf(fmaxf(fmaxf(c[h][0], c[h][1]), fmaxf(c[h][2], c[h][3])), m[h]);
+  }
   float ms[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float r = fmaxf(fmaxf(mx[h][0], mx[h][1]), fmaxf(mx[h][2], mx[h][3]));
-    r = fmaxf(r, m[h]);
-    r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, 1));
-    r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, 2));
-    ms[h] = r == -INFINITY ? 0.f : r * scale_log2;  // nothing visible so far: avoid -inf - -inf
-    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);      // m = -inf (first tile) -> 0
-    m[h] = r;
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // nothing visible so far: avoid -inf - -inf
+    alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
+    m[h] = mx[h];
   }
-  float sum[2][kSumChains] = {};
+  if constexpr (kChains == 1) {
+    float sum[2] = {0.f, 0.f};
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) {
-    s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
-    sum[(i >> 1) & 1][i & 1] += s[i];
+    for (int i = 0; i < BN / 2; ++i) {
+      s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
+      sum[(i >> 1) & 1] += s[i];
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + sum[h];
+  } else {
+    float sum[2][2];  // chain e = i & 1 of row h (the sum runs under the exponentials: two chains suffice)
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
+      float& acc = sum[(i >> 1) & 1][i & 1];
+      acc = i < 4 ? s[i] : acc + s[i];  // i < 4: each chain's first score
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + (sum[h][0] + sum[h][1]);
   }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) l[h] = l[h] * alpha[h] + (sum[h][0] + sum[h][1]);
 }
 
 template <int D>
