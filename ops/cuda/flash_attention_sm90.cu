@@ -25,8 +25,10 @@
 // fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a tile.
 // Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
 // soon as the last S = Q K^T of this one is done, its first K, V as stages free up), so the next tile's loads hide
-// behind this one's last softmax, P V and epilogue. ptxas: 168 registers at entry; 0 spill bytes, except 4 bytes in
-// the producer (24 registers) of the kLower (window) instantiations, one store and load outside its loads' loop.
+// behind this one's last softmax, P V and epilogue. ptxas: 168 registers at entry (128 with three consumers); 0
+// spill bytes, except 4 bytes in the producer (24 registers) of the kLower (window) instantiations, one store and
+// load outside its loads' loop, and 8 bytes in the three-consumer free-running one (unused by default: three
+// consumers run ping-pong), outside the tile loop.
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
 // P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
