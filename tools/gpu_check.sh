@@ -9,8 +9,9 @@
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B; see the step).
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
-# Knobs: XF_TEST_FILTER (doctest -tc), XF_BENCH_SECTIONS (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel
-# times), XF_TORCH_PROFILE=1 (torch's kernel table), XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
+# Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
+# (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
+# XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
 # XF_LABS (which labs the lab step runs, e.g. "attention"), XF_LAB_ATTENTION_ARGS (xfrun_lab_attention_wgmma's
 # arguments, e.g. "--variant v1,v2 --quick"), XF_LAB_ATTENTION_BWD_ARGS (xfrun_lab_attention_wgmma_bwd's, e.g. "--quick").
 # Each step's log is $OUT/<step>.log; the summary is $OUT/summary.md (also printed last).
@@ -112,10 +113,12 @@ fi
 
 if has attn; then
   t=$(date +%s)
-  "$BUILD/xfrun_bench_attention" --out "$OUT/attn_xfrun.json" >"$OUT/attn.log" 2>&1
+  # XF_ATTN_ARGS narrows or widens the grid on both sides alike (e.g. "--D 256" or "--D 64 --S 512,1024").
+  "$BUILD/xfrun_bench_attention" --out "$OUT/attn_xfrun.json" ${XF_ATTN_ARGS:-} >"$OUT/attn.log" 2>&1
   note "attention bench (ours): rc=$? ($(( $(date +%s) - t )) s)"
   t=$(date +%s)
-  PYTHONUNBUFFERED=1 python3 tools/bench_attention_torch.py --out "$OUT/attn_torch.json" >"$OUT/attn_torch.log" 2>&1
+  PYTHONUNBUFFERED=1 python3 tools/bench_attention_torch.py --out "$OUT/attn_torch.json" ${XF_ATTN_ARGS:-} \
+    >"$OUT/attn_torch.log" 2>&1
   note "attention bench (PyTorch SDPA, same run): rc=$? ($(( $(date +%s) - t )) s)"
   if [ -f "$OUT/attn_xfrun.json" ] && [ -f "$OUT/attn_torch.json" ]; then
     python3 tools/bench_attention_report.py "$OUT/attn_xfrun.json" "$OUT/attn_torch.json" | tee -a "$SUMMARY"
