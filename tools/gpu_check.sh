@@ -131,18 +131,35 @@ if has ab; then
   # An interleaved A/B of the native kernels (tools/bench_attention_ab.py): XF_AB_A and XF_AB_B are each a list of
   # VAR=value settings (e.g. XF_AB_A="XF_ATTENTION_SM90_CTAS=1000000" XF_AB_B=""), run A B A B with
   # --backends native (XF_AB_ARGS adds arguments, e.g. "--D 64 --S 512,1024").
+  # XF_AB_TREE: another source tree whose xfrun_bench_attention runs the A side, built here into build-ab: an A/B of
+  # a change that no switch reaches (a kernel's code itself). E.g. `mkdir build-abtree && git archive main | tar -x
+  # -C build-abtree`, carried to the device machine with the run (about 4 MB). That tree has no third_party/, so its
+  # build has no cuDNN path; the A/B is native only.
   t=$(date +%s)
+  bin_a="$BUILD/xfrun_bench_attention" label_a=${XF_AB_A:-default}
+  if [ -n "${XF_AB_TREE:-}" ]; then
+    GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+    if cmake -S "$XF_AB_TREE" -B build-ab "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON \
+         -DCMAKE_CUDA_ARCHITECTURES=90a -DXF_NATIVE=ON >"$OUT/ab_configure.log" 2>&1 &&
+       cmake --build build-ab -j"$(nproc)" --target xfrun_bench_attention >"$OUT/ab_build.log" 2>&1; then
+      bin_a=build-ab/xfrun_bench_attention label_a="$XF_AB_TREE ${XF_AB_A:-}"
+      note "ab: built A from $XF_AB_TREE ($(( $(date +%s) - t )) s)"
+    else
+      note "ab: building A from $XF_AB_TREE FAILED: $(grep -E "error" "$OUT/ab_build.log" | head -3)"
+    fi
+  fi
   files=()
   for rep in 1 2; do
     for side in A B; do
-      var=XF_AB_$side
-      env ${!var:-} "$BUILD/xfrun_bench_attention" --backends native ${XF_AB_ARGS:-} --out "$OUT/ab_${side}${rep}.json" \
+      var=XF_AB_$side bin="$BUILD/xfrun_bench_attention"
+      [ "$side" = A ] && bin=$bin_a
+      env ${!var:-} "$bin" --backends native ${XF_AB_ARGS:-} --out "$OUT/ab_${side}${rep}.json" \
         >"$OUT/ab_${side}${rep}.log" 2>&1 || note "ab: $side run $rep failed: $(tail -n 2 "$OUT/ab_${side}${rep}.log")"
       files+=("$OUT/ab_${side}${rep}.json")
     done
   done
-  note "ab (A: ${XF_AB_A:-default}; B: ${XF_AB_B:-default}): $(( $(date +%s) - t )) s"
-  python3 tools/bench_attention_ab.py "${XF_AB_A:-default}" "${XF_AB_B:-default}" "${files[@]}" | tee -a "$SUMMARY"
+  note "ab (A: $label_a; B: ${XF_AB_B:-default}): $(( $(date +%s) - t )) s"
+  python3 tools/bench_attention_ab.py "$label_a" "${XF_AB_B:-default}" "${files[@]}" | tee -a "$SUMMARY"
 fi
 
 if has ncu; then
