@@ -148,9 +148,9 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // (these problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
         // realignment between tiles), and at D = 64 with three consumer warpgroups as well as two; then the
-        // mma.sync kernels. The backward does not depend on the forward's
-        // options: it runs with the forward's defaults, its kernels by its own rule (these problems: one item per
-        // CTA), persistent and not (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
+        // mma.sync kernels. The backward does not depend on the forward's options: it runs with the forward's
+        // defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
+        // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
         struct Config {
           const char* sm90;
           const char* pingpong;

@@ -168,18 +168,20 @@ if has ncu; then
   # launch of the kernels matching XF_NCU_KERNEL (default: our Hopper forward) by backend XF_NCU_BACKEND of
   # xfrun_bench_attention (default native; cudnn with XF_NCU_KERNEL=sdpa profiles cuDNN's forward), for each D:S case
   # of XF_NCU_CASES (non-causal: the bench's first launch); the clocks are left alone (device METHOD.md). Logs:
-  # ncu_<backend>_<D>_<S>.{details,source}.log.
+  # ncu_<backend>_<D>_<S>.{run,details,source}.log.
   for case in ${XF_NCU_CASES:-64:512 64:16384 128:512}; do
     IFS=: read -r d s <<<"$case"
     name="ncu_${XF_NCU_BACKEND:-native}_${d}_${s}"
     t=$(date +%s)
-    for page in details source; do
-      extra=(); [ "$page" = source ] && extra=(--print-source sass)
-      ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" -c 1 --page "$page" "${extra[@]}" \
-        "$BUILD/xfrun_bench_attention" --backends "${XF_NCU_BACKEND:-native}" --D "$d" --S "$s" --reps 1 \
-        --warmup 0 >"$OUT/$name.$page.log" 2>&1
-    done
-    note "ncu ${XF_NCU_BACKEND:-native} $case: rc=$? ($(( $(date +%s) - t )) s)"
+    # One profiled run into a report (kept off $OUT: it runs to megabytes), then both pages printed from it.
+    rep="${TMPDIR:-/tmp}/$name"
+    ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" -c 1 -f -o "$rep" \
+      "$BUILD/xfrun_bench_attention" --backends "${XF_NCU_BACKEND:-native}" --D "$d" --S "$s" --reps 1 \
+      --warmup 0 >"$OUT/$name.run.log" 2>&1
+    rc=$?
+    ncu --import "$rep.ncu-rep" --page details >"$OUT/$name.details.log" 2>&1
+    ncu --import "$rep.ncu-rep" --page source --print-source sass >"$OUT/$name.source.log" 2>&1
+    note "ncu ${XF_NCU_BACKEND:-native} $case: rc=$rc ($(( $(date +%s) - t )) s)"
     grep -E "^  [a-z_].*\(|^    (Grid Size|Block Size|Dynamic Shared Memory Per Block|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Registers Per Thread|Achieved Occupancy)" \
       "$OUT/$name.details.log" | head -16 | tee -a "$SUMMARY"
   done

@@ -233,15 +233,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           accumulate(j);
         }
       } else if (tr.count > 0) {
-        // Ping-pong (FlashAttention-3's warp-group scheduling): the two consumer warpgroups take turns on the
-        // tensor cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the other runs its softmax.
-        // Named barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads +
-        // the other's 128 arrivals) before its GEMMs and, once they are issued, signals the other's. Warpgroup 1
-        // signals first so that warpgroup 0 starts, and skips its last signal: each bar.sync then meets exactly
-        // one set of arrivals. kRealignBarrier keeps a persistent CTA's tiles apart: warpgroup 1's first signal of
-        // a tile must not reach warpgroup 0 before its last wait of the tile before (two arrivals would complete
-        // the barrier without it). The last tile is peeled off so that no wgmma sits under a branch (ptxas
-        // serialises wgmmas in a path it cannot prove uniform: C7518).
+        // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
+        // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the others run their softmax. Named
+        // barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the
+        // previous one's 128 arrivals) before its GEMMs and, once they are issued, signals the next one's (w + 1;
+        // the last one's next is 0). The last warpgroup signals first so that warpgroup 0 starts, and skips its last
+        // signal: each bar.sync then meets exactly one set of arrivals. kRealignBarrier keeps a persistent CTA's
+        // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
+        // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
+        // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
         issue_scores(0);
         await_scores();
         softmax(0);

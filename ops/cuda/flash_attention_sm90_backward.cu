@@ -39,9 +39,11 @@ bool persistent_pays(int64_t items, int D, int sms) {
   return items <= 4 * static_cast<int64_t>(sms) || D <= 64;
 }
 
-// The grids of one call: a persistent kernel's CTA count (sm90_persistent_ctas), or 0 for the one-item kernel on
-// its 3-D grid of every item.
+// The kernels' work lists (dkdv_order, dq_order) and grids of one call: a persistent kernel's CTA count
+// (sm90_persistent_ctas), or 0 for the one-item kernel on its 3-D grid of every item.
 struct Plan {
+  fa::TileOrder<sm90::kBwdBlockN> kv;
+  fa::TileOrder<kDqBlockM> q;
   int kv_ctas = 0, q_ctas = 0;
 };
 
@@ -54,6 +56,18 @@ void launch_ws(dim3 grid, int smem, const BwdArgs& args, cudaStream_t stream) {
   kernel<<<grid, sm90::kWsThreads, smem, stream>>>(args);
 }
 
+// One of the two main kernels: the persistent one on `ctas` CTAs, or (ctas = 0) the one-item one on a CTA per item,
+// grid (blocks, heads, batch) of its work list `order`.
+template <auto kPersistent, auto kOneItem, class Order>
+void launch_role(const Order& order, int ctas, int B, int smem, const BwdArgs& args, cudaStream_t stream) {
+  if (ctas > 0)
+    launch_ws<kPersistent>(dim3(static_cast<unsigned>(ctas)), smem, args, stream);
+  else
+    launch_ws<kOneItem>(dim3(static_cast<unsigned>(order.m_tiles), static_cast<unsigned>(order.H),
+                             static_cast<unsigned>(B)),
+                        smem, args, stream);
+}
+
 template <class T, int D, bool kLower>
 void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
@@ -61,22 +75,11 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
       args.Sq_pad, p.qs);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
-
-  constexpr int kv_smem = sm90::DkdvLayout<D>::kBytes, q_smem = sm90::DqLayout<D>::kBytes;
-  const unsigned B = static_cast<unsigned>(p.B);
-  if (plan.kv_ctas > 0)
-    launch_ws<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>>(dim3(plan.kv_ctas), kv_smem, args, stream);
-  else
-    launch_ws<sm90::bwd_dkdv_kernel<T, D, kLower>>(
-        dim3(static_cast<unsigned>(sm90::dkdv_order(args).m_tiles), static_cast<unsigned>(p.Hk), B), kv_smem, args,
-        stream);
+  launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, sm90::bwd_dkdv_kernel<T, D, kLower>>(
+      plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D>::kBytes, args, stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
-  if (plan.q_ctas > 0)
-    launch_ws<sm90::bwd_dq_persistent_kernel<T, D, kLower>>(dim3(plan.q_ctas), q_smem, args, stream);
-  else
-    launch_ws<sm90::bwd_dq_kernel<T, D, kLower>>(
-        dim3(static_cast<unsigned>(sm90::dq_order(args).m_tiles), static_cast<unsigned>(p.H), B), q_smem, args,
-        stream);
+  launch_role<sm90::bwd_dq_persistent_kernel<T, D, kLower>, sm90::bwd_dq_kernel<T, D, kLower>>(
+      plan.q, plan.q_ctas, p.B, sm90::DqLayout<D>::kBytes, args, stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
@@ -139,9 +142,9 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
     const bool persistent = forced >= 0 ? forced == 1 : persistent_pays(items, D, sms);
     return persistent ? sm90_persistent_ctas(order.pairs) : 0;
   };
-  Plan plan;
-  plan.kv_ctas = ctas(sm90::dkdv_order(args));
-  plan.q_ctas = ctas(sm90::dq_order(args));
+  Plan plan{sm90::dkdv_order(args), sm90::dq_order(args)};
+  plan.kv_ctas = ctas(plan.kv);
+  plan.q_ctas = ctas(plan.q);
   if (dtype == DType::bf16) {
     if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, plan, stream);
     else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);

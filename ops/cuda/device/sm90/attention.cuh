@@ -73,8 +73,9 @@ __device__ __forceinline__ void ss_gemm(float (&acc)[N / 2], uint32_t a_rows, ui
 
 // ss_gemm from the operands' descriptors at k = 0 (sw128_desc(a_rows, 16, 1024), sw128_desc(b_tile, 16, 1024)): a
 // k step adds its byte offset / 16 to the descriptor's start-address field (14 bits of address / 16; shared
-// addresses stay under 2^18, so it never carries out). For a loop whose operand stays put (the persistent backward's
-// K and V): the caller builds the descriptor once, and the loop does one add per step.
+// addresses stay under 2^18, so it never carries out). For a loop whose operands stay put or cycle through stages
+// (the forward's Q, K and V; the persistent backward's K and V): the caller builds the descriptor once, and the loop
+// does one add per step.
 template <class T, int D, int N>
 __device__ __forceinline__ void ss_gemm_desc(float (&acc)[N / 2], uint64_t a_desc, uint32_t a_atom, uint64_t b_desc,
                                              uint32_t b_atom) {
