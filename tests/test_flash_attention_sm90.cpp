@@ -6,7 +6,8 @@
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
-// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three), and the Hopper
+// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
+// tiles (XF_ATTENTION_SM90_BLOCK_N=256, two consumers), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -147,36 +148,40 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // The Hopper kernels: the forward with either schedule (ping-pong or free-running), on the default grid
         // (these problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
-        // realignment between tiles), and at D = 64 with three consumer warpgroups as well as two; then the
-        // mma.sync kernels. The backward does not depend on the forward's options: it runs with the forward's
-        // defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
+        // realignment between tiles), and at D = 64 with three consumer warpgroups and with 256-key tiles as well;
+        // then the mma.sync kernels. The backward does not depend on the forward's options: it runs with the
+        // forward's defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
         // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
         struct Config {
           const char* sm90;
           const char* pingpong;
           const char* ctas;
           const char* consumers;
+          const char* block_n;
           const char* bwd_persistent;
           bool backward;
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
-          for (const char* ctas : {"", "3"})
-            for (const char* consumers : {"", "3"})
-              if (consumers[0] == '\0' || p.D == 64)  // D = 128 has one shape
-                configs.push_back({"1", pingpong, ctas, consumers, "", false});
-        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", persistent, true});
-        configs.push_back({"1", "", "3", "", "1", true});
-        configs.push_back({"0", "", "", "", "", true});
+          for (const char* ctas : {"", "3"}) {
+            configs.push_back({"1", pingpong, ctas, "", "", "", false});
+            if (p.D != 64) continue;  // D = 128 has one shape
+            configs.push_back({"1", pingpong, ctas, "3", "", "", false});
+            configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
+          }
+        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", "", persistent, true});
+        configs.push_back({"1", "", "3", "", "", "1", true});
+        configs.push_back({"0", "", "", "", "", "", true});
         for (const Config& c : configs) {
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
           ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
           ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
           ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
+          ScopedEnv tile("XF_ATTENTION_SM90_BLOCK_N", c.block_n);
           ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
-                                                          " CONSUMERS=" + c.consumers +
+                                                          " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent
                                                     : "");
           const auto got = run_op_cuda(op, gin);

@@ -127,6 +127,21 @@ template <class T, int D, int BN, int BM = kBlockM>
 __device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
   ss_gemm<T, D, BN>(s, q_wg, BM * 128, k_tile, BN * 128);
 }
+// qk_gemm from descriptors (ss_gemm_desc): q_desc = sw128_desc(q_wg, 16, 1024), k_desc = sw128_desc(k_tile, 16,
+// 1024). BN = 256 runs as two m64n128 halves (keys 0-127, then 128-255, 16 KB further in each 64-column atom): the
+// m64nN fragment's register i holds column 8 (i / 4) + 2 (lane % 4) + (i & 1), so the halves' accumulators side by
+// side are exactly the m64n256 fragment.
+template <class T, int D, int BN, int BM>
+__device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc, uint64_t k_desc) {
+  if constexpr (BN <= 128) {
+    ss_gemm_desc<T, D, BN>(s, q_desc, BM * 128, k_desc, BN * 128);
+  } else {
+    static_assert(BN == 256, "two halves of 128 keys");
+    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[0]), q_desc, BM * 128, k_desc, BN * 128);
+    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
+                            BN * 128);
+  }
+}
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
   rs_gemm<T, D, BN>(o, a, v_tile, BN * 128);
