@@ -70,6 +70,8 @@ std::vector<FaProblem> sm90_problems() {
       window(causal(fa_problem(1, 2, 1, 300, 1000, 128), BR), 50, -1, BR),
       window(fa_problem(2, 2, 2, 257, 257, 64), 0, 0),              // the diagonal alone
       window(fa_problem(1, 2, 2, 65, 130, 128), -1, 3),             // a right bound only
+      fa_problem(1, 2, 1, 129, 257, 256),                           // head dim 256 (forward only: 64-key tiles)
+      causal(fa_problem(1, 2, 2, 300, 300, 256), TL),               // head dim 256 under a mask
   };
   for (auto& p : r) p = with_scale(p);
   r.push_back(fa_problem(1, 2, 2, 129, 257, 64));  // a custom scale (3 / sqrt(D)): large logits
@@ -104,6 +106,10 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
                                                        kAligned, dk, kAligned);
   };
   CHECK(backward_refusal(ok, DType::bf16, kAligned) == why);
+  // Head dim 256: the forward's (the same reasons as above), the backward refuses it by name.
+  const FaProblem d256 = with_scale(causal(fa_problem(1, 2, 2, 129, 129, 256), TL));
+  CHECK(refusal(d256, DType::bf16) == why);
+  CHECK(contains(backward_refusal(d256, DType::bf16, kAligned), "head dim 256"));
   CHECK(contains(backward_refusal(ok, DType::bf16, reinterpret_cast<const void*>(uintptr_t{258})), "16-byte aligned"));
   CHECK(contains(backward_refusal(drop, DType::bf16, kAligned), "dropout"));
 }
@@ -119,8 +125,8 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         CAPTURE(w);
         const std::string why = cuda::flash_attention_sm90_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned);
         // On a compute capability 9.0 device every problem here must take the Hopper kernels (else this tests the
-        // others twice; the backward follows the forward's rule); elsewhere the test still holds the mma.sync
-        // kernels to the oracle.
+        // others twice; the backward follows the forward's rule, except at D = 256, where it runs the mma.sync
+        // kernels); elsewhere the test still holds the mma.sync kernels to the oracle.
         CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0")), why);
         const FaInputs in32 = make_fa_inputs(p, 41 + static_cast<uint64_t>(p.Sq * 3 + p.Sk + p.D), DType::f32);
         std::vector<Tensor> gin, cin;
@@ -165,7 +171,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         for (const char* pingpong : {"1", "0"})
           for (const char* ctas : {"", "3"}) {
             configs.push_back({"1", pingpong, ctas, "", "", "", false});
-            if (p.D != 64) continue;  // D = 128 has one shape
+            if (p.D != 64) continue;  // D = 128 and 256 have one shape
             configs.push_back({"1", pingpong, ctas, "3", "", "", false});
             configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
           }

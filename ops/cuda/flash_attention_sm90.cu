@@ -4,13 +4,13 @@
 // mma.sync kernels (flash_attention_tc.cuh), which it matches within rounding. The backward's counterpart is
 // ops/cuda/flash_attention_sm90_backward.cu (same reach, same switch).
 //
-// Reach: bf16 / f16; head dim 64 or 128; no bias, dropout or packed sequences; any band (causal in either
-// alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA; any Sq, Sk >= 1
-// (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those rows); both
-// layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A compute
-// capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A); XF_ATTENTION_SM90=0
-// turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the forward and the
-// Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
+// Reach: bf16 / f16; head dim 64, 128 or 256 (the backward: 64 or 128); no bias, dropout or packed sequences; any
+// band (causal in either alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA;
+// any Sq, Sk >= 1 (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those
+// rows); both layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A
+// compute capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A);
+// XF_ATTENTION_SM90=0 turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the
+// forward and the Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
 //
 // CTA = 128 queries of one (b, h) at a time: 384 threads = warpgroup 0, the producer (one thread issues every TMA;
 // setmaxnreg down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240).
@@ -67,6 +67,14 @@ template <int BN>
 constexpr int stages_for() {
   return BN == kBlockNWide ? 3 : 2;
 }
+// Head dim 256: 64-key K/V tiles (S 32 registers a thread beside O's 128), two stages, and no O staging tile: Q (64 KB)
+// + 2 x (K + V) (32 KB each) = 192 KB, where an O tile would need 64 KB more than 227 KB allow. O goes from the
+// registers to global memory (store_out_direct).
+constexpr int kBlockNHead256 = 64;
+template <int D>
+constexpr bool stages_o() {
+  return D <= 128;
+}
 // Named barriers (0 is __syncthreads'; 1 .. C, C the consumer warpgroups, store_out's): the ping-pong schedule's
 // turns, sched_barrier(C) + w for consumer warpgroup w, and its realignment once a tile (see the kernel).
 constexpr int sched_barrier(int consumers) { return 1 + consumers; }
@@ -93,8 +101,9 @@ template <int D, int BM, int BN>
 struct Layout {  // byte offsets from the 1024-aligned base
   static constexpr int kStages = stages_for<BN>();
   static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;
-  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue.
-  static constexpr int kQ = 0, kO = kTileQ, kK = kO + kTileQ, kV = kK + kStages * kTileKV,
+  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue; at D = 256
+  // there is no room for it (stages_o).
+  static constexpr int kQ = 0, kO = kTileQ, kK = kO + (stages_o<D>() ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
   static constexpr int kBars = 2 + 3 * kStages;           // q_full, q_empty, k_full[2], v_full[2], empty[2]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
@@ -113,7 +122,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   constexpr int kSchedBarrier = sched_barrier(kConsumers), kRealignBarrier = realign_barrier(kConsumers);
   using L = Layout<D, BM, BN>;
   constexpr int kStages = L::kStages;
-  static_assert(BN == 128 || (BN == kBlockNWide && D == 64 && kConsumers == 2), "S's registers: see kBlockNWide");
+  static_assert((BN == 128 && D <= 128) || (BN == kBlockNWide && D == 64 && kConsumers == 2) ||
+                    (BN == kBlockNHead256 && D == 256 && kConsumers == 2),
+                "S's registers: see kBlockNWide, kBlockNHead256");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
@@ -279,6 +290,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
                            static_cast<int64_t>(q0) * a.os.seq;
       const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
+      if constexpr (!stages_o<D>()) {
+        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
+                               min(BM, a.Sq - q0), a.lse + lrow);
+        continue;
+      }
       named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
       store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
                           min(BM, a.Sq - q0), a.lse + lrow);
@@ -318,7 +334,8 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
 // A/B over the D = 64 grid, two repeats each, within 1%): 3 consumers ran +5% to +12% from S = 4096 up (494 TFLOP/s
 // at S = 16384), but -8% to -30% at S <= 2048 under a causal mask and at S = 512 (a 192-row tile's diagonal and
 // tail waste more, and a CTA's few key tiles leave less to overlap); a short Sq wastes up to 191 rows a head.
-// XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 always has 2: 160 registers cannot hold its O, S and P).
+// XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 and 256 always have 2: 160 registers cannot hold their O, S
+// and P).
 constexpr int kThreeConsumersMin = 4096;
 int consumers_for(const Params& p) {
   if (p.D != 64) return 2;
@@ -331,13 +348,15 @@ int consumers_for(const Params& p) {
 // XF_ATTENTION_SM90_BLOCK_N=256 asks for it; 128 otherwise. (Not yet measured against 128 on a GPU: the default stays
 // 128 until an interleaved A/B says which wins where.)
 int block_n_for(const Params& p, int consumers) {
+  if (p.D == 256) return kBlockNHead256;
   if (p.D != 64 || consumers != 2) return 128;
   return env_int("XF_ATTENTION_SM90_BLOCK_N", 128) == kBlockNWide ? kBlockNWide : 128;
 }
 
 template <class T>
 void launch_shape(const Sm90Args& args, int D, int consumers, int block_n, int ctas, cudaStream_t stream) {
-  if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
+  if (D == 256) launch_band<T, 256, 2, kBlockNHead256>(args, ctas, stream);
+  else if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
   else if (consumers == 3) launch_band<T, 64, 3>(args, ctas, stream);
   else if (block_n == kBlockNWide) launch_band<T, 64, 2, kBlockNWide>(args, ctas, stream);
   else launch_band<T, 64, 2>(args, ctas, stream);
@@ -379,7 +398,7 @@ int sm90_persistent_ctas(int pairs) {
 
 std::string sm90_problem_refusal(const Params& p, DType dtype) {
   if (dtype != DType::bf16 && dtype != DType::f16) return "it computes in bf16 or f16";
-  if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
+  if (p.D != 64 && p.D != 128 && p.D != 256) return "head dim " + std::to_string(p.D) + " is not 64, 128 or 256";
   if (p.bias || p.drop.on || p.varlen) return "a bias, dropout or packed sequences";
   if (p.Sq < 1 || p.Sk < 1) return "an empty sequence";
   // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
