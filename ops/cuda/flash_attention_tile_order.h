@@ -18,7 +18,9 @@ namespace xfr::cuda::fa {
 struct FastDiv {
   uint32_t d = 1, m = 1, l = 0;
   FastDiv() = default;
-  XF_HOST_DEVICE explicit FastDiv(int divisor) : d(static_cast<uint32_t>(divisor)) {
+  // A divisor below 1 (an empty launch: no heads or tiles, so nothing is ever divided) is taken as 1, so that
+  // constructing a TileOrder for one is harmless.
+  XF_HOST_DEVICE explicit FastDiv(int divisor) : d(divisor > 0 ? static_cast<uint32_t>(divisor) : 1u) {
     while ((1ull << l) < d) ++l;
     m = static_cast<uint32_t>(((1ull << 32) * ((1ull << l) - d)) / d + 1);
   }
