@@ -7,7 +7,8 @@
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
 // (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
-// tiles (XF_ATTENTION_SM90_BLOCK_N=256, two consumers), and the Hopper
+// tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
+// without a mask), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -173,7 +174,9 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             configs.push_back({"1", pingpong, ctas, "", "", "", false});
             if (p.D != 64) continue;  // D = 128 and 256 have one shape
             configs.push_back({"1", pingpong, ctas, "3", "", "", false});
+            // Both K/V tile widths at two consumers, whichever the default picks for this band.
             configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
+            configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
           }
         for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", "", persistent, true});
         configs.push_back({"1", "", "3", "", "", "1", true});
