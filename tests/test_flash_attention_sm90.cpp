@@ -6,7 +6,9 @@
 // XF_ATTENTION_SM90=0 (the mma.sync kernels) against the same oracle, and the Hopper forward with both of its
 // schedules (XF_ATTENTION_SM90_PINGPONG=1, 0), on its default grid and persistent on 3 CTAs
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
-// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three), and the Hopper
+// (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
+// tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
+// without a mask), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -69,6 +71,8 @@ std::vector<FaProblem> sm90_problems() {
       window(causal(fa_problem(1, 2, 1, 300, 1000, 128), BR), 50, -1, BR),
       window(fa_problem(2, 2, 2, 257, 257, 64), 0, 0),              // the diagonal alone
       window(fa_problem(1, 2, 2, 65, 130, 128), -1, 3),             // a right bound only
+      fa_problem(1, 2, 1, 129, 257, 256),                           // head dim 256 (forward only: 64-key tiles)
+      causal(fa_problem(1, 2, 2, 300, 300, 256), TL),               // head dim 256 under a mask
   };
   for (auto& p : r) p = with_scale(p);
   r.push_back(fa_problem(1, 2, 2, 129, 257, 64));  // a custom scale (3 / sqrt(D)): large logits
@@ -103,6 +107,10 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
                                                        kAligned, dk, kAligned);
   };
   CHECK(backward_refusal(ok, DType::bf16, kAligned) == why);
+  // Head dim 256: the forward's (the same reasons as above), the backward refuses it by name.
+  const FaProblem d256 = with_scale(causal(fa_problem(1, 2, 2, 129, 129, 256), TL));
+  CHECK(refusal(d256, DType::bf16) == why);
+  CHECK(contains(backward_refusal(d256, DType::bf16, kAligned), "head dim 256"));
   CHECK(contains(backward_refusal(ok, DType::bf16, reinterpret_cast<const void*>(uintptr_t{258})), "16-byte aligned"));
   CHECK(contains(backward_refusal(drop, DType::bf16, kAligned), "dropout"));
 }
@@ -118,8 +126,8 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         CAPTURE(w);
         const std::string why = cuda::flash_attention_sm90_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned);
         // On a compute capability 9.0 device every problem here must take the Hopper kernels (else this tests the
-        // others twice; the backward follows the forward's rule); elsewhere the test still holds the mma.sync
-        // kernels to the oracle.
+        // others twice; the backward follows the forward's rule, except at D = 256, where it runs the mma.sync
+        // kernels); elsewhere the test still holds the mma.sync kernels to the oracle.
         CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0")), why);
         const FaInputs in32 = make_fa_inputs(p, 41 + static_cast<uint64_t>(p.Sq * 3 + p.Sk + p.D), DType::f32);
         std::vector<Tensor> gin, cin;
@@ -147,36 +155,42 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // The Hopper kernels: the forward with either schedule (ping-pong or free-running), on the default grid
         // (these problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
-        // realignment between tiles), and at D = 64 with three consumer warpgroups as well as two; then the
-        // mma.sync kernels. The backward does not depend on the forward's options: it runs with the forward's
-        // defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
+        // realignment between tiles), and at D = 64 with three consumer warpgroups and with 256-key tiles as well;
+        // then the mma.sync kernels. The backward does not depend on the forward's options: it runs with the
+        // forward's defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
         // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
         struct Config {
           const char* sm90;
           const char* pingpong;
           const char* ctas;
           const char* consumers;
+          const char* block_n;
           const char* bwd_persistent;
           bool backward;
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
-          for (const char* ctas : {"", "3"})
-            for (const char* consumers : {"", "3"})
-              if (consumers[0] == '\0' || p.D == 64)  // D = 128 has one shape
-                configs.push_back({"1", pingpong, ctas, consumers, "", false});
-        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", persistent, true});
-        configs.push_back({"1", "", "3", "", "1", true});
-        configs.push_back({"0", "", "", "", "", true});
+          for (const char* ctas : {"", "3"}) {
+            configs.push_back({"1", pingpong, ctas, "", "", "", false});
+            if (p.D != 64) continue;  // D = 128 and 256 have one shape
+            configs.push_back({"1", pingpong, ctas, "3", "", "", false});
+            // Both K/V tile widths at two consumers, whichever the default picks for this band.
+            configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
+            configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
+          }
+        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", "", persistent, true});
+        configs.push_back({"1", "", "3", "", "", "1", true});
+        configs.push_back({"0", "", "", "", "", "", true});
         for (const Config& c : configs) {
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
           ScopedEnv schedule("XF_ATTENTION_SM90_PINGPONG", c.pingpong);
           ScopedEnv grid("XF_ATTENTION_SM90_CTAS", c.ctas);
           ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
+          ScopedEnv tile("XF_ATTENTION_SM90_BLOCK_N", c.block_n);
           ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
-                                                          " CONSUMERS=" + c.consumers +
+                                                          " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent
                                                     : "");
           const auto got = run_op_cuda(op, gin);

@@ -100,3 +100,34 @@ TEST_CASE("flash_attention tile order: causal work is balanced over an H200's 13
       CHECK(*std::max_element(load.begin(), load.end()) <= 1.05 * mean);
     }
 }
+
+TEST_CASE("flash_attention tile order: FastDiv divides exactly (the tile decoding's n / d, n % d)") {
+  // Every divisor kind the kernels use (m_tiles, H, ceil(m_tiles / 2): 1 up to 2^31 - 1), against / and % on the
+  // numerators at the edges (0, d - 1, d, multiples, 2^31 - 1) and on a pseudo-random spread.
+  std::vector<int> divisors = {1, 2, 3, 5, 7, 8, 31, 33, 127, 128, 129, 257, 1000, 4097, 65535, 65536, 65537,
+                               (1 << 30) - 1, 1 << 30, (1 << 30) + 1, INT32_MAX};
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  auto next = [&x] {  // splitmix64
+    x += 0x9E3779B97F4A7C15ull;
+    uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  for (int i = 0; i < 200; ++i) divisors.push_back(1 + static_cast<int>(next() % INT32_MAX));
+  int failures = 0;
+  for (int d : divisors) {
+    const xfr::cuda::fa::FastDiv f(d);
+    std::vector<int64_t> ns = {0, 1, d - 1, d, int64_t{d} + 1, 2 * int64_t{d} - 1, 2 * int64_t{d}, INT32_MAX,
+                               INT32_MAX - 1, INT32_MAX - d};
+    for (int i = 0; i < 2000; ++i) ns.push_back(static_cast<int64_t>(next() % (uint64_t{INT32_MAX} + 1)));
+    for (int64_t n64 : ns) {
+      if (n64 < 0 || n64 > INT32_MAX) continue;
+      const int n = static_cast<int>(n64);
+      if (f.div(n) != n / d || f.mod(n) != n % d) {
+        if (++failures <= 5) FAIL_CHECK("FastDiv(" << d << ") of " << n << ": " << f.div(n) << " " << f.mod(n));
+      }
+    }
+  }
+  CHECK(failures == 0);
+}

@@ -241,9 +241,9 @@ std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, c
                                                   const void* v, const void* dout, const void* dq, const void* dk,
                                                   const void* dv) {
   // Nothing is launched: the gradients are only looked at (their alignment).
-  return fa::sm90_refusal(backward_params(a, q, k, v, nullptr, dout, nullptr, nullptr, const_cast<void*>(dq),
-                                          const_cast<void*>(dk), const_cast<void*>(dv), nullptr, nullptr),
-                          a.dtype);
+  return fa::sm90_backward_refusal(backward_params(a, q, k, v, nullptr, dout, nullptr, nullptr, const_cast<void*>(dq),
+                                                   const_cast<void*>(dk), const_cast<void*>(dv), nullptr, nullptr),
+                                   a.dtype);
 }
 
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
@@ -258,7 +258,8 @@ size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) {
   const size_t plain = flash_attention_lse_bytes(a);
   if (a.dtype == DType::f32 || a.B * a.H == 0) return plain;
   const Params p = make_params(a);
-  return fa::sm90_problem_refusal(p, a.dtype).empty() ? std::max(plain, fa::sm90_backward_workspace_bytes(p)) : plain;
+  return fa::sm90_backward_problem_refusal(p, a.dtype).empty() ? std::max(plain, fa::sm90_backward_workspace_bytes(p))
+                                                                : plain;
 }
 
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
@@ -267,7 +268,7 @@ void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q,
   XF_CHECK(!dbias || a.bias, "flash_attention_backward", "dbias needs a bias");
   const Params p = backward_params(a, q, k, v, out, dout, lse, dlse, dq, dk, dv, dbias, workspace);
   if (p.B == 0) return;  // no sequence: nothing to write (Tq = Tk = 0)
-  if (a.dtype != DType::f32 && fa::sm90_refusal(p, a.dtype).empty()) {
+  if (a.dtype != DType::f32 && fa::sm90_backward_refusal(p, a.dtype).empty()) {
     fa::launch_sm90_backward(p, a.dtype, workspace, stream);  // its own Delta (padded, with lse2)
     return;
   }

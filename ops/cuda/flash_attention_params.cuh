@@ -210,6 +210,9 @@ int sm90_persistent_ctas(int pairs);
 // The backward: dq, dk, dv of p (p.dbias null) from q, k, v, out, dout, lse and dlse (may be null). `workspace`:
 // sm90_backward_workspace_bytes(p) bytes, 16-byte aligned (Delta and lse2 rows padded to the 128-query tiles).
 size_t sm90_backward_workspace_bytes(const Params& p);
+// The backward's reach: the forward's (sm90_refusal, sm90_problem_refusal) without head dim 256.
+std::string sm90_backward_problem_refusal(const Params& p, DType dtype);
+std::string sm90_backward_refusal(const Params& p, DType dtype);
 void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream);
 // The 4-D (D, S, heads, B) TMA map of one of q, k, v, out, dout with strides st, read in boxes of 64 x box_rows;
 // false (and why) when the driver refuses it.

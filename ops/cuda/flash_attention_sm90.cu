@@ -4,13 +4,13 @@
 // mma.sync kernels (flash_attention_tc.cuh), which it matches within rounding. The backward's counterpart is
 // ops/cuda/flash_attention_sm90_backward.cu (same reach, same switch).
 //
-// Reach: bf16 / f16; head dim 64 or 128; no bias, dropout or packed sequences; any band (causal in either
-// alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA; any Sq, Sk >= 1
-// (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those rows); both
-// layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A compute
-// capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A); XF_ATTENTION_SM90=0
-// turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the forward and the
-// Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
+// Reach: bf16 / f16; head dim 64, 128 or 256 (the backward: 64 or 128); no bias, dropout or packed sequences; any
+// band (causal in either alignment, sliding windows: the two instantiations kLower false / true of Mask); GQA / MQA;
+// any Sq, Sk >= 1 (TMA reads zeros past a sequence's end; the tile mask hides those keys, the epilogue skips those
+// rows); both layouts, as long as TMA can address them (16-byte aligned bases, strides multiples of 8 elements). A
+// compute capability 9.0 device and a build with sm_90a among its CUDA architectures (XF_BUILD_SM90A);
+// XF_ATTENTION_SM90=0 turns it off (the mma.sync kernels then run every forward). sm90_refusal (here) decides for the
+// forward and the Hopper backward (ops/cuda/flash_attention_sm90_backward.cu) alike.
 //
 // CTA = 128 queries of one (b, h) at a time: 384 threads = warpgroup 0, the producer (one thread issues every TMA;
 // setmaxnreg down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240).
@@ -52,13 +52,29 @@ namespace xfr::cuda::fa {
 
 namespace {
 
-using sm90::kBlockN;
 using sm90::WsShape;
 
-// K/V ring depth: what 227 KB of shared memory holds at D = 128 (see above). D = 64 has room for 4 stages, and they
-// ran the same as 2 over the benchmark grid (H200, 2026-11-30, an interleaved A/B, within 1%): loads are not what
-// limits D = 64.
-constexpr int kStages = 2;
+// Keys per K/V tile: 128, or 256 at D = 64 (cuDNN's D = 64 forward runs 256-key tiles, three stages: ncu, H200, run
+// 29): half the tiles, so half the per-tile fixed work (barriers, the row max's shuffles, O's rescale) per key. The
+// S accumulator is then 128 registers a thread; with O's 32 and the P fragments taking S's registers as they are
+// packed it fits the consumers' 240 (not three consumers' 160). S is two m64n128 wgmmas a k step (the halves of the
+// 256-key tile: wgmma.cuh has N up to 128); their accumulators concatenate into the m64n256 layout.
+constexpr int kBlockNWide = 256;
+// K/V ring depth: what 227 KB of shared memory holds. 128-key tiles: 2 at D = 128 (a third stage would not fit; see
+// above); D = 64 has room for 4 and they ran the same as 2 over the benchmark grid (H200, 2026-11-30, an interleaved
+// A/B, within 1%): loads are not what limits D = 64. 256-key tiles (D = 64 only): 3 (Q + O + 3 x 64 KB = 224 KB).
+template <int BN>
+constexpr int stages_for() {
+  return BN == kBlockNWide ? 3 : 2;
+}
+// Head dim 256: 64-key K/V tiles (S 32 registers a thread beside O's 128), two stages, and no O staging tile: Q (64 KB)
+// + 2 x (K + V) (32 KB each) = 192 KB, where an O tile would need 64 KB more than 227 KB allow. O goes from the
+// registers to global memory (store_out_direct).
+constexpr int kBlockNHead256 = 64;
+template <int D>
+constexpr bool stages_o() {
+  return D <= 128;
+}
 // Named barriers (0 is __syncthreads'; 1 .. C, C the consumer warpgroups, store_out's): the ping-pong schedule's
 // turns, sched_barrier(C) + w for consumer warpgroup w, and its realignment once a tile (see the kernel).
 constexpr int sched_barrier(int consumers) { return 1 + consumers; }
@@ -70,7 +86,7 @@ constexpr int kPingpongMinKeys = 2048;
 
 // The kernel's parameters, __grid_constant__ (TMA reads the maps from parameter space; the mask points at band).
 struct Sm90Args {
-  CUtensorMap tm_q, tm_k, tm_v;  // 4-D (D, S, heads, B) views of q (Sq, H) and k, v (Sk, Hk); box (64, BM or 128, 1, 1)
+  CUtensorMap tm_q, tm_k, tm_v;  // 4-D (D, S, heads, B) views of q (Sq, H) and k, v (Sk, Hk); box (64, BM or BN, 1, 1)
   void* o = nullptr;             // (B, H, Sq, D) logical, strides os
   float* lse = nullptr;          // (B, H, Sq) contiguous
   HeadStrides os;
@@ -81,27 +97,34 @@ struct Sm90Args {
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
 };
 
-template <int D, int BM>
+template <int D, int BM, int BN>
 struct Layout {  // byte offsets from the 1024-aligned base
-  static constexpr int kTileQ = BM * D * 2, kTileKV = kBlockN * D * 2;
-  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue.
-  static constexpr int kQ = 0, kO = kTileQ, kK = kO + kTileQ, kV = kK + kStages * kTileKV,
+  static constexpr int kStages = stages_for<BN>();
+  static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;
+  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue; at D = 256
+  // there is no room for it (stages_o).
+  static constexpr int kQ = 0, kO = kTileQ, kK = kO + (stages_o<D>() ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
   static constexpr int kBars = 2 + 3 * kStages;           // q_full, q_empty, k_full[2], v_full[2], empty[2]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
+  static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
-// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads, Layout<D, BM>::kBytes of
-// dynamic shared memory.
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
+// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads, Layout<D, BM, BN>::kBytes
+// of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with two consumers).
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
   using Shape = WsShape<kConsumers>;
   constexpr int BM = Shape::kBlockM, kWarps = 4 * kConsumers;  // kWarps: the consumer warps
   constexpr int kSchedBarrier = sched_barrier(kConsumers), kRealignBarrier = realign_barrier(kConsumers);
-  using L = Layout<D, BM>;
+  using L = Layout<D, BM, BN>;
+  constexpr int kStages = L::kStages;
+  static_assert((BN == 128 && D <= 128) || (BN == kBlockNWide && D == 64 && kConsumers == 2) ||
+                    (BN == kBlockNHead256 && D == 256 && kConsumers == 2),
+                "S's registers: see kBlockNWide, kBlockNHead256");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
@@ -143,7 +166,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (u == TileOrder<BM>::kEnd) break;
         if (u == TileOrder<BM>::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
-        const TileRange tr = mask.key_tiles(q0, BM, kBlockN);
+        const TileRange tr = mask.key_tiles(q0, BM, BN);
         if (tr.count == 0) continue;
         mbar_wait(bar_qempty, (qn++ & 1) ^ 1);    // the previous tile's last S = Q K^T is done
         mbar_arrive_expect_tx(bar_qfull, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
@@ -151,16 +174,16 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         for (int at = 0; at < D / 64; ++at)
           tma_load_4d(s_q + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull);
         for (int j = 0; j < tr.count; ++j, ++it) {
-          const int st = it % kStages, row = (tr.first + j) * kBlockN;
+          const int st = it % kStages, row = (tr.first + j) * BN;
           mbar_wait(bar_empty(st), ((it / kStages) & 1) ^ 1);
           mbar_arrive_expect_tx(bar_kfull(st), L::kTileKV);
 #pragma unroll
           for (int at = 0; at < D / 64; ++at)
-            tma_load_4d(s_k + st * L::kTileKV + at * (kBlockN * 128), &a.tm_k, at * 64, row, hk, b, bar_kfull(st));
+            tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k, at * 64, row, hk, b, bar_kfull(st));
           mbar_arrive_expect_tx(bar_vfull(st), L::kTileKV);
 #pragma unroll
           for (int at = 0; at < D / 64; ++at)
-            tma_load_4d(s_v + st * L::kTileKV + at * (kBlockN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
+            tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
         }
       }
     }
@@ -173,7 +196,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     // descriptor for every k step of every tile, about 100 uniform-datapath instructions a tile at D = 64 (a sixth of
     // the tile loop; ncu, H200, run 28). A stage adds its offset, a k step its own (ss_gemm_desc, rs_gemm_desc).
     uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), k_lo = sw128_desc_lo(s_k, 16),
-             v_lo = sw128_desc_lo(s_v, kBlockN * 128);
+             v_lo = sw128_desc_lo(s_v, BN * 128);
     asm volatile("" : "+r"(q_lo), "+r"(k_lo), "+r"(v_lo));
     constexpr uint32_t kStageLo = L::kTileKV >> 4;  // a stage's offset in a descriptor's start-address field
     int it = 0, qn = 0;
@@ -182,12 +205,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       if (u == TileOrder<BM>::kEnd) break;
       if (u == TileOrder<BM>::kNone) continue;
       const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-      const TileRange tr = mask.key_tiles(q0, BM, kBlockN);  // may be empty: a block that sees no key
+      const TileRange tr = mask.key_tiles(q0, BM, BN);  // may be empty: a block that sees no key
       const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
       const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
       const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
-      float o[D / 2], s[kBlockN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-      uint32_t p[kBlockN / 16][4];
+      float o[D / 2], s[BN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+      uint32_t p[BN / 16][4];
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
       if (tr.count > 0) mbar_wait(bar_qfull, qn++ & 1);
@@ -195,19 +218,18 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](int j) {
         if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty);
-        const int k0 = (tr.first + j) * kBlockN;
-        if (!mask.covers(common, k0, k0 + kBlockN)) mask_tile<kLower, kBlockN>(s, mask, keys, k0 + 2 * (lane % 4));
-        online_softmax<kBlockN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
+        const int k0 = (tr.first + j) * BN;
+        if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+        online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
         rescale<D>(o, alpha);
-        pack_p<T, kBlockN>(s, p);
+        pack_p<T, BN>(s, p);
       };
       // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
       auto issue_scores = [&](int j) {
         const int st = (it + j) % kStages;
         mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        ss_gemm_desc<T, D, kBlockN>(s, sw128_desc_of(q_lo), BM * 128, sw128_desc_of(k_lo + st * kStageLo),
-                                    kBlockN * 128);  // S (64 x BN) = Q_wg K(j)^T
+        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo), sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
         wgmma_commit();
       };
       // O += P V(j); release stage j once the wgmma is complete.
@@ -215,7 +237,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int st = (it + j) % kStages;
         mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        rs_gemm_desc<T, D, kBlockN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
+        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(o);
@@ -268,6 +290,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
                            static_cast<int64_t>(q0) * a.os.seq;
       const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
+      if constexpr (!stages_o<D>()) {
+        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
+                               min(BM, a.Sq - q0), a.lse + lrow);
+        continue;
+      }
       named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
       store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
                           min(BM, a.Sq - q0), a.lse + lrow);
@@ -276,29 +303,29 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #endif
 }
 
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
-  using L = Layout<D, Shape::kBlockM>;
+  using L = Layout<D, Shape::kBlockM, BN>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
-template <class T, int D, int kConsumers>
+template <class T, int D, int kConsumers, int BN = 128>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, kConsumers, true, true>(args, ctas, stream);
-    else launch<T, D, kConsumers, true, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, true, true, BN>(args, ctas, stream);
+    else launch<T, D, kConsumers, true, false, BN>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, kConsumers, false, true>(args, ctas, stream);
-    else launch<T, D, kConsumers, false, false>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, false, true, BN>(args, ctas, stream);
+    else launch<T, D, kConsumers, false, false, BN>(args, ctas, stream);
   }
 }
 
@@ -307,7 +334,8 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
 // A/B over the D = 64 grid, two repeats each, within 1%): 3 consumers ran +5% to +12% from S = 4096 up (494 TFLOP/s
 // at S = 16384), but -8% to -30% at S <= 2048 under a causal mask and at S = 512 (a 192-row tile's diagonal and
 // tail waste more, and a CTA's few key tiles leave less to overlap); a short Sq wastes up to 191 rows a head.
-// XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 always has 2: 160 registers cannot hold its O, S and P).
+// XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 and 256 always have 2: 160 registers cannot hold their O, S
+// and P).
 constexpr int kThreeConsumersMin = 4096;
 int consumers_for(const Params& p) {
   if (p.D != 64) return 2;
@@ -316,10 +344,26 @@ int consumers_for(const Params& p) {
   return p.Sq >= kThreeConsumersMin && p.Sk >= kThreeConsumersMin ? 3 : 2;
 }
 
+// Keys per K/V tile (kBlockNWide's comment): 256 at D = 64 with two consumer warpgroups and no mask, 128 otherwise.
+// H200, 2026-11-30 (run 31, an interleaved A/B over the D = 64 grid, two repeats each, spread <= 0.4%): 256 keys ran
+// the unmasked forward +5% at S = 512, +1% at 1024 and +8% at 2048 (2 consumers), but -6% to 0% under a causal mask
+// (a 256-key tile straddles the diagonal more often: more masked work) and -4% to -7% against three consumers from
+// S = 4096. XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
+int block_n_for(const Params& p, int consumers) {
+  if (p.D == 256) return kBlockNHead256;
+  if (p.D != 64 || consumers != 2) return 128;
+  const int forced = env_int("XF_ATTENTION_SM90_BLOCK_N", 0);
+  if (forced == 128 || forced == kBlockNWide) return forced;
+  const bool masked = p.band.left >= 0 || p.band.right >= 0;
+  return masked ? 128 : kBlockNWide;
+}
+
 template <class T>
-void launch_shape(const Sm90Args& args, int D, int consumers, int ctas, cudaStream_t stream) {
-  if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
+void launch_shape(const Sm90Args& args, int D, int consumers, int block_n, int ctas, cudaStream_t stream) {
+  if (D == 256) launch_band<T, 256, 2, kBlockNHead256>(args, ctas, stream);
+  else if (D == 128) launch_band<T, 128, 2>(args, ctas, stream);  // 160 registers cannot hold D = 128's O, S and P
   else if (consumers == 3) launch_band<T, 64, 3>(args, ctas, stream);
+  else if (block_n == kBlockNWide) launch_band<T, 64, 2, kBlockNWide>(args, ctas, stream);
   else launch_band<T, 64, 2>(args, ctas, stream);
 }
 
@@ -359,7 +403,7 @@ int sm90_persistent_ctas(int pairs) {
 
 std::string sm90_problem_refusal(const Params& p, DType dtype) {
   if (dtype != DType::bf16 && dtype != DType::f16) return "it computes in bf16 or f16";
-  if (p.D != 64 && p.D != 128) return "head dim " + std::to_string(p.D) + " is not 64 or 128";
+  if (p.D != 64 && p.D != 128 && p.D != 256) return "head dim " + std::to_string(p.D) + " is not 64, 128 or 256";
   if (p.bias || p.drop.on || p.varlen) return "a bias, dropout or packed sequences";
   if (p.Sq < 1 || p.Sk < 1) return "an empty sequence";
   // The online softmax takes row maxima of the raw scores (the scale applied in the exponent) and hides keys with
@@ -397,11 +441,12 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   const int consumers = consumers_for(p), block_m = 64 * consumers;  // WsShape<consumers>::kBlockM
+  const int block_n = block_n_for(p, consumers);
   Sm90Args args;
   std::string why;
   const bool ok = sm90_head_map(&args.tm_q, dtype, p.q, p.D, p.Sq, p.H, p.B, p.qs, block_m, &why) &&
-                  sm90_head_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why) &&
-                  sm90_head_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, kBlockN, &why);
+                  sm90_head_map(&args.tm_k, dtype, p.k, p.D, p.Sk, p.Hk, p.B, p.ks, block_n, &why) &&
+                  sm90_head_map(&args.tm_v, dtype, p.v, p.D, p.Sk, p.Hk, p.B, p.ks, block_n, &why);
   XF_CHECK(ok, "flash_attention", "the sm90 forward's tensor maps: ", why);
   args.o = p.o;
   args.lse = p.lse_out;
@@ -415,8 +460,8 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   const int ctas = sm90_persistent_ctas(args.pairs);  // the kernel is persistent: TileOrder
-  if (dtype == DType::bf16) launch_shape<__nv_bfloat16>(args, p.D, consumers, ctas, stream);
-  else launch_shape<__half>(args, p.D, consumers, ctas, stream);
+  if (dtype == DType::bf16) launch_shape<__nv_bfloat16>(args, p.D, consumers, block_n, ctas, stream);
+  else launch_shape<__half>(args, p.D, consumers, block_n, ctas, stream);
 }
 
 }  // namespace xfr::cuda::fa

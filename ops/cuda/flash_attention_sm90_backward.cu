@@ -1,10 +1,10 @@
 // The native attention backward on Hopper (sm_90a): the host side of the kernels in
 // ops/cuda/device/sm90/attention_backward.cuh (which describes them), promoted from the kernel lab's b3
 // (tools/lab/attention_wgmma_bwd.cu). launch_flash_attention_backward (ops/cuda/flash_attention.cu) sends a call here
-// when sm90_refusal is empty (the forward's reach and switch: bf16 / f16, D 64 or 128, every band, GQA, either
-// layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the
-// mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item per CTA or
-// persistent, whichever persistent_pays (below) says is faster for the problem.
+// when sm90_backward_refusal is empty (the forward's reach and switch without head dim 256: bf16 / f16, D 64 or 128,
+// every band, GQA, either layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it
+// off), and to the mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item
+// per CTA or persistent, whichever persistent_pays (below) says is faster for the problem.
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -94,6 +94,18 @@ void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2
 }
 
 }  // namespace
+
+// Head dim 256 has a Hopper forward but no Hopper backward: a dK/dV consumer would hold dK and dV (2 x 128 fp32 a
+// thread) beside its tile's S^T and dP^T, over the 240 registers it gets.
+std::string sm90_backward_problem_refusal(const Params& p, DType dtype) {
+  if (p.D == 256) return "head dim 256 (the Hopper backward's dK and dV do not fit its registers)";
+  return sm90_problem_refusal(p, dtype);
+}
+
+std::string sm90_backward_refusal(const Params& p, DType dtype) {
+  std::string why = sm90_backward_problem_refusal(p, dtype);
+  return why.empty() ? sm90_refusal(p, dtype) : why;
+}
 
 size_t sm90_backward_workspace_bytes(const Params& p) {
   return 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2

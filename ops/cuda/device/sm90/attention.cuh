@@ -112,13 +112,25 @@ __device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)
   for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], sw128_desc(b_tile + j * 16 * 128, b_atom, 1024), 1);
 }
 
-// rs_gemm from B's descriptor (sw128_desc(b_tile, b_atom, 1024)): 16 more k add 2048 B to its start address.
+// rs_gemm from B's descriptor (sw128_desc(b_tile, K * 128, 1024)): 16 more k add 2048 B to its start address. D = 256
+// runs as two m64n128 halves a k step (columns 0-127, then 128-255: two 64-column atoms of K * 128 bytes further), whose
+// accumulators side by side are the m64n256 fragment (see qk_gemm_desc).
 template <class T, int D, int K>
 __device__ __forceinline__ void rs_gemm_desc(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint64_t b_desc) {
   const uint32_t b_lo = static_cast<uint32_t>(b_desc);
   const uint64_t b_hi = b_desc & ~0xFFFFFFFFull;
+  if constexpr (D <= 128) {
 #pragma unroll
-  for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
+    for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
+  } else {
+    static_assert(D == 256, "two halves of 128 columns");
+    constexpr uint32_t kHalf = (2 * K * 128) >> 4;  // two atoms of K rows
+#pragma unroll
+    for (int j = 0; j < K / 16; ++j) {
+      wgmma_rs<128, T>(&acc[0], a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
+      wgmma_rs<128, T>(&acc[64], a[j], b_hi | (b_lo + kHalf + ((j * 16 * 128) >> 4)), 1);
+    }
+  }
 }
 
 // The forward's two GEMMs. S (64 x BN) = Q_wg (64 x D) K_tile (BN x D)^T: q_wg is this warpgroup's first Q row in a
@@ -126,6 +138,21 @@ __device__ __forceinline__ void rs_gemm_desc(float (&acc)[D / 2], const uint32_t
 template <class T, int D, int BN, int BM = kBlockM>
 __device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
   ss_gemm<T, D, BN>(s, q_wg, BM * 128, k_tile, BN * 128);
+}
+// qk_gemm from descriptors (ss_gemm_desc): q_desc = sw128_desc(q_wg, 16, 1024), k_desc = sw128_desc(k_tile, 16,
+// 1024). BN = 256 runs as two m64n128 halves (keys 0-127, then 128-255, 16 KB further in each 64-column atom): the
+// m64nN fragment's register i holds column 8 (i / 4) + 2 (lane % 4) + (i & 1), so the halves' accumulators side by
+// side are exactly the m64n256 fragment.
+template <class T, int D, int BN, int BM>
+__device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc, uint64_t k_desc) {
+  if constexpr (BN <= 128) {
+    ss_gemm_desc<T, D, BN>(s, q_desc, BM * 128, k_desc, BN * 128);
+  } else {
+    static_assert(BN == 256, "two halves of 128 keys");
+    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[0]), q_desc, BM * 128, k_desc, BN * 128);
+    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
+                            BN * 128);
+  }
 }
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
@@ -226,6 +253,24 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
     for (int r = 0; r < 4; ++r) a[j][r] = pack2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
 }
 
+// The epilogue's row statistics: the quad's partial sums of l added, inv = 1 / l (0 for a row that saw nothing), and
+// lse = (m scale_log2 + log2 l) ln 2 (-inf for such a row) written for the thread's rows (64 cw + 16 w + lane / 4,
+// + 8: rows[]) below rows_valid, by lane % 4 == 0.
+__device__ __forceinline__ void finish_rows(const float (&m)[2], float (&l)[2], float scale_log2, int cw, int t,
+                                            int rows_valid, float* __restrict__ lse_blk, float (&inv)[2],
+                                            int (&rows)[2]) {
+  const int w = t / 32, lane = t % 32;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
+    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
+    if (lane % 4 == 0 && rows[h] < rows_valid) lse_blk[rows[h]] = l[h] > 0.f ? (ms + log2f(l[h])) * kLn2 : -INFINITY;
+  }
+}
+
 // Epilogue of one consumer warpgroup (cw = 0, 1, ...; t = its thread): O / l to T, staged through the warpgroup's own
 // 64 rows of a BM x D sw128 tile at q_smem (conflict-free 4-byte writes, 16-byte reads) so that global stores are
 // 16-byte and coalesced. A row with nothing visible (l = 0) gets out 0 and lse -inf; else lse = (m*scale_log2 +
@@ -237,18 +282,10 @@ template <class T, int D, int BM = kBlockM>
 __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (&m)[2], float (&l)[2],
                                           float scale_log2, uint8_t* q_smem, int cw, int t, T* __restrict__ out_blk,
                                           int64_t ld, int rows_valid, float* __restrict__ lse_blk) {
-  const int w = t / 32, lane = t % 32;
+  const int lane = t % 32;
   float inv[2];
   int rows[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-    inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
-    rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
-    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
-    if (lane % 4 == 0 && rows[h] < rows_valid) lse_blk[rows[h]] = l[h] > 0.f ? (ms + log2f(l[h])) * kLn2 : -INFINITY;
-  }
+  finish_rows(m, l, scale_log2, cw, t, rows_valid, lse_blk, inv, rows);
 #pragma unroll
   for (int i = 0; i < D / 2; i += 2) {
     const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
@@ -282,6 +319,20 @@ __device__ __forceinline__ void store_rows_bounded(const float (&acc)[D / 2], fl
     if (row < rows_valid)
       *reinterpret_cast<uint32_t*>(g + row * ld + col) = pack2<T>(acc[i] * mul, acc[i + 1] * mul);
   }
+}
+
+// store_out without the staging tile (the head-dim-256 forward has no room for one): O / l and lse as store_out
+// computes them, O stored straight from the registers (store_rows_bounded).
+template <class T, int D>
+__device__ __forceinline__ void store_out_direct(float (&o)[D / 2], const float (&m)[2], float (&l)[2], float scale_log2,
+                                                 int cw, int t, T* __restrict__ out_blk, int64_t ld, int rows_valid,
+                                                 float* __restrict__ lse_blk) {
+  float inv[2];
+  int rows[2];
+  finish_rows(m, l, scale_log2, cw, t, rows_valid, lse_blk, inv, rows);
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] *= inv[(i >> 1) & 1];
+  store_rows_bounded<T, D>(o, 1.f, out_blk + static_cast<int64_t>(64 * cw) * ld, ld, rows_valid - 64 * cw, t);
 }
 
 }  // namespace xfr::cuda::sm90

@@ -245,21 +245,27 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   uint32_t ap[BM / 16][4], ads[BM / 16][4];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
-  const uint32_t k_wg = s_k + cw * 64 * 128, v_wg = s_v + cw * 64 * 128;  // this warpgroup's 64 keys
+  // wgmma descriptors' low words (sw128_desc_lo), built once and opaque (see the persistent kernels below): this
+  // warpgroup's 64 keys of K and V, and stage 0's Q and dO tiles as the B of S^T / dP^T (LBO 16); as the B of the
+  // rs GEMMs (LBO = BM * 128) they differ by a constant in the LBO field.
+  uint32_t k_lo = sw128_desc_lo(s_k + cw * 64 * 128, 16), v_lo = sw128_desc_lo(s_v + cw * 64 * 128, 16),
+           q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
+  asm volatile("" : "+r"(k_lo), "+r"(v_lo), "+r"(q_lo), "+r"(do_lo));
+  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = static_cast<uint32_t>((BM * 128 >> 4) - 1) << 16;
   if (n_tiles > 0) mbar_wait(bar_kv, 0);
 
 #pragma unroll 1  // one tile's registers at a time
   for (int j = 0; j < n_tiles; ++j) {
     const int st = j % STAGES, m = tr.first + j % tr.count;
-    const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
     const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
     const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
     mbar_wait(bar_full(st), (j / STAGES) & 1);
 
+    const uint32_t q_st_lo = q_lo + st * kStageLo, do_st_lo = do_lo + st * kStageLo;
     wgmma_fence();
-    ss_gemm<T, D, BM>(s, k_wg, BN * 128, q_st, BM * 128);  // S^T (64 keys x BM queries)
+    ss_gemm_desc<T, D, BM>(s, sw128_desc_of(k_lo), BN * 128, sw128_desc_of(q_st_lo), BM * 128);  // S^T (64 x BM)
     wgmma_commit();
-    ss_gemm<T, D, BM>(dp, v_wg, BN * 128, do_st, BM * 128);  // dP^T
+    ss_gemm_desc<T, D, BM>(dp, sw128_desc_of(v_lo), BN * 128, sw128_desc_of(do_st_lo), BM * 128);  // dP^T
     wgmma_commit();
     wgmma_wait<1>();
     reg_fence(s);
@@ -289,8 +295,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     pack_p<T, BM>(s, ap);
     pack_p<T, BM>(dp, ads);
     wgmma_fence();
-    rs_gemm<T, D, BM>(dvacc, ap, do_st, BM * 128);  // dV += P^T dO
-    rs_gemm<T, D, BM>(dkacc, ads, q_st, BM * 128);  // dK += dS^T Q
+    rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
+    rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dvacc);
@@ -383,18 +389,24 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   uint32_t ap[BN / 16][4];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) dqacc[i] = 0.f;
-  const uint32_t q_wg = s_q + cw * 64 * 128, do_wg = s_do + cw * 64 * 128;
+  // wgmma descriptors' low words, built once and opaque (as the dK/dV kernel's): this warpgroup's Q and dO rows, and
+  // stage 0's K and V tiles as the B of S / dP (LBO 16); K as the B of dQ += dS K (LBO = BN * 128) differs by a
+  // constant in the LBO field.
+  uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), do_lo = sw128_desc_lo(s_do + cw * 64 * 128, 16),
+           k_lo = sw128_desc_lo(s_k, 16), v_lo = sw128_desc_lo(s_v, 16);
+  asm volatile("" : "+r"(q_lo), "+r"(do_lo), "+r"(k_lo), "+r"(v_lo));
+  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = static_cast<uint32_t>((BN * 128 >> 4) - 1) << 16;
   if (tr.count > 0) mbar_wait(bar_q, 0);
 
 #pragma unroll 1
   for (int j = 0; j < tr.count; ++j) {
     const int st = j % STAGES, k0 = (tr.first + j) * BN;
-    const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
+    const uint32_t k_st_lo = k_lo + st * kStageLo, v_st_lo = v_lo + st * kStageLo;
     mbar_wait(bar_full(st), (j / STAGES) & 1);
     wgmma_fence();
-    ss_gemm<T, D, BN>(s, q_wg, kDqBlockM * 128, k_st, BN * 128);  // S = Q K^T
+    ss_gemm_desc<T, D, BN>(s, sw128_desc_of(q_lo), kDqBlockM * 128, sw128_desc_of(k_st_lo), BN * 128);  // S = Q K^T
     wgmma_commit();
-    ss_gemm<T, D, BN>(dp, do_wg, kDqBlockM * 128, v_st, BN * 128);  // dP = dO V^T
+    ss_gemm_desc<T, D, BN>(dp, sw128_desc_of(do_lo), kDqBlockM * 128, sw128_desc_of(v_st_lo), BN * 128);  // dP
     wgmma_commit();
     wgmma_wait<1>();
     reg_fence(s);
@@ -407,7 +419,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
     for (int i = 0; i < BN / 2; ++i) dp[i] = s[i] * (dp[i] - dl[(i >> 1) & 1]);
     pack_p<T, BN>(dp, ap);
     wgmma_fence();
-    rs_gemm<T, D, BN>(dqacc, ap, k_st, BN * 128);  // dQ += dS K
+    rs_gemm_desc<T, D, BN>(dqacc, ap, sw128_desc_of(k_st_lo + kRsLbo));  // dQ += dS K
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dqacc);
@@ -540,7 +552,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   // rematerialising them from the shared-memory base in every tile (the loop was 825 instructions a tile at D = 128
   // with plain ss_gemm, 709 without the asm, 684 with it; the one-item kernel's is 664).
   uint64_t k_desc = sw128_desc(s_k + cw * 64 * 128, 16, 1024), v_desc = sw128_desc(s_v + cw * 64 * 128, 16, 1024);
-  asm volatile("" : "+l"(k_desc), "+l"(v_desc));
+  // Stage 0's Q and dO tiles likewise (low words; a stage adds kStageLo, the rs GEMMs' LBO kRsLbo).
+  uint32_t q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
+  asm volatile("" : "+l"(k_desc), "+l"(v_desc), "+r"(q_lo), "+r"(do_lo));
+  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = static_cast<uint32_t>((BM * 128 >> 4) - 1) << 16;
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -570,15 +585,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     int st = it % STAGES, phase = (it / STAGES) & 1, m = tr.first;  // advanced per tile: no division in the loop
 #pragma unroll 1  // one tile's registers at a time
     for (int j = 0; j < n_tiles; ++j) {
-      const uint32_t q_st = s_q + st * L::kTileQ, do_st = s_do + st * L::kTileQ;
+      const uint32_t q_st_lo = q_lo + st * kStageLo, do_st_lo = do_lo + st * kStageLo;
       const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
       const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
       mbar_wait(bar_full(st), phase);
 
       wgmma_fence();
-      ss_gemm_desc<T, D, BM>(s, k_desc, BN * 128, sw128_desc(q_st, 16, 1024), BM * 128);  // S^T (64 keys x BM queries)
+      ss_gemm_desc<T, D, BM>(s, k_desc, BN * 128, sw128_desc_of(q_st_lo), BM * 128);  // S^T (64 keys x BM queries)
       wgmma_commit();
-      ss_gemm_desc<T, D, BM>(dp, v_desc, BN * 128, sw128_desc(do_st, 16, 1024), BM * 128);  // dP^T
+      ss_gemm_desc<T, D, BM>(dp, v_desc, BN * 128, sw128_desc_of(do_st_lo), BM * 128);  // dP^T
       wgmma_commit();
       wgmma_wait<1>();
       reg_fence(s);
@@ -609,8 +624,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       pack_p<T, BM>(s, ap);
       pack_p<T, BM>(dp, ads);
       wgmma_fence();
-      rs_gemm<T, D, BM>(dvacc, ap, do_st, BM * 128);  // dV += P^T dO
-      rs_gemm<T, D, BM>(dkacc, ads, q_st, BM * 128);  // dK += dS^T Q
+      rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
+      rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dvacc);
@@ -706,7 +721,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
   uint64_t q_desc = sw128_desc(s_q + cw * 64 * 128, 16, 1024), do_desc = sw128_desc(s_do + cw * 64 * 128, 16, 1024);
-  asm volatile("" : "+l"(q_desc), "+l"(do_desc));  // kept in registers across the item loop (see the dK/dV kernel)
+  uint32_t k_lo = sw128_desc_lo(s_k, 16), v_lo = sw128_desc_lo(s_v, 16);  // stage 0's K, V (low words)
+  // kept in registers across the item loop (see the dK/dV kernel)
+  asm volatile("" : "+l"(q_desc), "+l"(do_desc), "+r"(k_lo), "+r"(v_lo));
+  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = static_cast<uint32_t>((BN * 128 >> 4) - 1) << 16;
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -734,12 +752,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
 #pragma unroll 1
     for (int j = 0; j < tr.count; ++j) {
       const int k0 = (tr.first + j) * BN;
-      const uint32_t k_st = s_k + st * L::kTileKV, v_st = s_v + st * L::kTileKV;
+      const uint32_t k_st_lo = k_lo + st * kStageLo, v_st_lo = v_lo + st * kStageLo;
       mbar_wait(bar_full(st), phase);
       wgmma_fence();
-      ss_gemm_desc<T, D, BN>(s, q_desc, kDqBlockM * 128, sw128_desc(k_st, 16, 1024), BN * 128);  // S = Q K^T
+      ss_gemm_desc<T, D, BN>(s, q_desc, kDqBlockM * 128, sw128_desc_of(k_st_lo), BN * 128);  // S = Q K^T
       wgmma_commit();
-      ss_gemm_desc<T, D, BN>(dp, do_desc, kDqBlockM * 128, sw128_desc(v_st, 16, 1024), BN * 128);  // dP = dO V^T
+      ss_gemm_desc<T, D, BN>(dp, do_desc, kDqBlockM * 128, sw128_desc_of(v_st_lo), BN * 128);  // dP = dO V^T
       wgmma_commit();
       wgmma_wait<1>();
       reg_fence(s);
@@ -753,7 +771,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
       for (int i = 0; i < BN / 2; ++i) dp[i] = s[i] * (dp[i] - dl[(i >> 1) & 1]);
       pack_p<T, BN>(dp, ap);
       wgmma_fence();
-      rs_gemm<T, D, BN>(dqacc, ap, k_st, BN * 128);  // dQ += dS K
+      rs_gemm_desc<T, D, BN>(dqacc, ap, sw128_desc_of(k_st_lo + kRsLbo));  // dQ += dS K
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dqacc);
