@@ -132,19 +132,24 @@ if has ab; then
   # An interleaved A/B of the native kernels (tools/bench_attention_ab.py): XF_AB_A and XF_AB_B are each a list of
   # VAR=value settings (e.g. XF_AB_A="XF_ATTENTION_SM90_CTAS=1000000" XF_AB_B=""), run A B A B with
   # --backends native (XF_AB_ARGS adds arguments, e.g. "--D 64 --S 512,1024").
-  # XF_AB_TREE: another source tree whose xfrun_bench_attention runs the A side, built here into build-ab: an A/B of
-  # a change that no switch reaches (a kernel's code itself). E.g. `mkdir build-abtree && git archive main | tar -x
-  # -C build-abtree`, carried to the device machine with the run (about 4 MB). That tree has no third_party/, so its
-  # build has no cuDNN path; the A/B is native only.
+  # XF_AB_TREE: another source tree whose xfrun_bench_attention runs the A side, built here into $XF_AB_BUILD
+  # (default build-ab): an A/B of a change that no switch reaches (a kernel's code itself). E.g. `mkdir build-abtree
+  # && git archive main | tar -x -C build-abtree`, carried to the device machine with the run (about 4 MB). That tree
+  # has no third_party/, so it is given this tree's cuDNN frontend headers: both sides must be built alike. Run 33
+  # (H200, 2026-11-30, an A/A of one source tree) found the A binary built without the cuDNN path 4% to 12% slower
+  # than the B binary in the same kernels (D = 128 everywhere, D = 64 from S = 2048 causal), every repeat alike: a
+  # bias the size of the changes an A/B looks for.
   t=$(date +%s)
-  bin_a="$BUILD/xfrun_bench_attention" label_a=${XF_AB_A:-default}
+  bin_a="$BUILD/xfrun_bench_attention" label_a=${XF_AB_A:-default} ab_build=${XF_AB_BUILD:-build-ab}
   if [ -n "${XF_AB_TREE:-}" ]; then
     GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
-    if cmake -S "$XF_AB_TREE" -B build-ab "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON \
-         -DCMAKE_CUDA_ARCHITECTURES=90a -DXF_NATIVE=ON >"$OUT/ab_configure.log" 2>&1 &&
-       cmake --build build-ab -j"$(nproc)" --target xfrun_bench_attention >"$OUT/ab_build.log" 2>&1; then
-      bin_a=build-ab/xfrun_bench_attention label_a="$XF_AB_TREE ${XF_AB_A:-}"
-      note "ab: built A from $XF_AB_TREE ($(( $(date +%s) - t )) s)"
+    FE=(); [ -d third_party/cudnn_frontend/include ] && [ ! -d "$XF_AB_TREE/third_party/cudnn_frontend" ] &&
+      FE=(-DXF_CUDNN_FRONTEND_INCLUDE="$PWD/third_party/cudnn_frontend/include")
+    if cmake -S "$XF_AB_TREE" -B "$ab_build" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON \
+         -DCMAKE_CUDA_ARCHITECTURES=90a -DXF_NATIVE=ON "${FE[@]}" >"$OUT/ab_configure.log" 2>&1 &&
+       cmake --build "$ab_build" -j"$(nproc)" --target xfrun_bench_attention >"$OUT/ab_build.log" 2>&1; then
+      bin_a=$ab_build/xfrun_bench_attention label_a="$XF_AB_TREE ${XF_AB_A:-}"
+      note "ab: built A from $XF_AB_TREE ($(( $(date +%s) - t )) s; $(grep -o "cuDNN attention.*" "$OUT/ab_configure.log" | head -1))"
     else
       note "ab: building A from $XF_AB_TREE FAILED: $(grep -E "error" "$OUT/ab_build.log" | head -3)"
     fi
