@@ -110,8 +110,8 @@ std::vector<AttentionBackendInfo> attention_backends_info() {
   out.push_back(cuda_status(reg.find("flash_attention", Device::Kind::cuda) != nullptr,
                             {"cuda flash_attention, native (FA2-style, mma.sync bf16/f16, fp32 path; head dim <= 256, "
                              "exact 32/64/128/256; " + masks +
-                                 "; on sm_90a the forward and backward in bf16/f16 at D 64/128 without bias, dropout "
-                                 "or varlen run Hopper wgmma/TMA kernels, XF_ATTENTION_SM90=0 to turn them off)",
+                                 "; on sm_90a bf16/f16 calls without bias, dropout or varlen run Hopper wgmma/TMA kernels, the forward at "
+                                 "D 64/128/256 and the backward at D 64/128, XF_ATTENTION_SM90=0 to turn them off)",
                              false, ""}));
   out.push_back(cuda_status(reg.find("matmul", Device::Kind::cuda) && reg.find("softmax", Device::Kind::cuda),
                             {"cuda composite (cuBLASLt + softmax kernels; causal top_left, additive masks, no window)",

@@ -7,7 +7,7 @@
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B) or two source trees
-# (XF_AB_TREE); see the step.
+# (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
