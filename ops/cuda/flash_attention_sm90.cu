@@ -345,10 +345,10 @@ int consumers_for(const Params& p) {
 }
 
 // Keys per K/V tile (kBlockNWide's comment): 256 at D = 64 with two consumer warpgroups and no mask, 128 otherwise.
-// H200, 2026-11-30 (run 31, an interleaved A/B over the D = 64 grid, two repeats each, forward spread <= 1.1%): 256 keys ran
-// the unmasked forward +5% at S = 512, +1% at 1024 and +8% at 2048 (2 consumers), but -6% to 0% under a causal mask
-// (a 256-key tile straddles the diagonal more often: more masked work) and -3% to -7% against three consumers from
-// S = 4096. XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
+// H200, 2026-11-30 (run 31, an interleaved A/B over the D = 64 grid, two repeats each, forward spread <= 1.1%): 256
+// keys ran the unmasked forward +5% at S = 512, +1% at 1024 and +8% at 2048 (2 consumers), but -6% to 0% under a
+// causal mask (a 256-key tile straddles the diagonal more often: more masked work) and -3% to -7% against three
+// consumers from S = 4096. XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
 int block_n_for(const Params& p, int consumers) {
   if (p.D == 256) return kBlockNHead256;
   if (p.D != 64 || consumers != 2) return 128;
