@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "ops/cuda/flash_attention_tile_order.h"
@@ -106,21 +107,15 @@ TEST_CASE("flash_attention tile order: FastDiv divides exactly (the tile decodin
   // numerators at the edges (0, d - 1, d, multiples, 2^31 - 1) and on a pseudo-random spread.
   std::vector<int> divisors = {1, 2, 3, 5, 7, 8, 31, 33, 127, 128, 129, 257, 1000, 4097, 65535, 65536, 65537,
                                (1 << 30) - 1, 1 << 30, (1 << 30) + 1, INT32_MAX};
-  uint64_t x = 0x9E3779B97F4A7C15ull;
-  auto next = [&x] {  // splitmix64
-    x += 0x9E3779B97F4A7C15ull;
-    uint64_t z = x;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (int i = 0; i < 200; ++i) divisors.push_back(1 + static_cast<int>(next() % INT32_MAX));
+  std::mt19937_64 rng(0x5eed);
+  std::uniform_int_distribution<int> any_divisor(1, INT32_MAX), any_numerator(0, INT32_MAX);
+  for (int i = 0; i < 200; ++i) divisors.push_back(any_divisor(rng));
   int failures = 0;
   for (int d : divisors) {
     const xfr::cuda::fa::FastDiv f(d);
     std::vector<int64_t> ns = {0, 1, d - 1, d, int64_t{d} + 1, 2 * int64_t{d} - 1, 2 * int64_t{d}, INT32_MAX,
                                INT32_MAX - 1, INT32_MAX - d};
-    for (int i = 0; i < 2000; ++i) ns.push_back(static_cast<int64_t>(next() % (uint64_t{INT32_MAX} + 1)));
+    for (int i = 0; i < 2000; ++i) ns.push_back(any_numerator(rng));
     for (int64_t n64 : ns) {
       if (n64 < 0 || n64 > INT32_MAX) continue;
       const int n = static_cast<int>(n64);

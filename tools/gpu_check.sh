@@ -57,13 +57,17 @@ clocks_stop() {
           else printf "%s clocks: no samples\n", name }' "$OUT/$1_clocks.log" | tee -a "$SUMMARY"
 }
 
+# How every build here is configured (the build step's tree, and the ab step's A tree): Ninja when there is one,
+# Release, CUDA for sm_90a.
+CONFIGURE=(-DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DXF_NATIVE=ON)
+KEEP_GOING=()  # Ninja: past a failing object, so that one build shows every error
+if command -v ninja >/dev/null; then CONFIGURE=(-G Ninja "${CONFIGURE[@]}"); KEEP_GOING=(-- -k 0); fi
+
 if has build; then
   t=$(date +%s)
-  GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
-  if cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-       -DXF_NATIVE=ON >"$OUT/configure.log" 2>&1 &&
+  if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm -- ${GEN:+-k 0} >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
     grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
@@ -174,11 +178,9 @@ if has ab; then
   t=$(date +%s)
   bin_a="$BUILD/xfrun_bench_attention" label_a=${XF_AB_A:-default} ab_build=${XF_AB_BUILD:-build-ab}
   if [ -n "${XF_AB_TREE:-}" ]; then
-    GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
     FE=(); [ -d third_party/cudnn_frontend/include ] && [ ! -d "$XF_AB_TREE/third_party/cudnn_frontend" ] &&
       FE=(-DXF_CUDNN_FRONTEND_INCLUDE="$PWD/third_party/cudnn_frontend/include")
-    if cmake -S "$XF_AB_TREE" -B "$ab_build" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DXF_CUDA=ON \
-         -DCMAKE_CUDA_ARCHITECTURES=90a -DXF_NATIVE=ON "${FE[@]}" >"$OUT/ab_configure.log" 2>&1 &&
+    if cmake -S "$XF_AB_TREE" -B "$ab_build" "${CONFIGURE[@]}" "${FE[@]}" >"$OUT/ab_configure.log" 2>&1 &&
        cmake --build "$ab_build" -j"$(nproc)" --target xfrun_bench_attention >"$OUT/ab_build.log" 2>&1; then
       bin_a=$ab_build/xfrun_bench_attention label_a="$XF_AB_TREE ${XF_AB_A:-}"
       note "ab: built A from $XF_AB_TREE ($(( $(date +%s) - t )) s; $(grep -o "cuDNN attention.*" "$OUT/ab_configure.log" | head -1))"

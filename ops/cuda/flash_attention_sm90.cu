@@ -354,8 +354,7 @@ int block_n_for(const Params& p, int consumers) {
   if (p.D != 64 || consumers != 2) return 128;
   const int forced = env_int("XF_ATTENTION_SM90_BLOCK_N", 0);
   if (forced == 128 || forced == kBlockNWide) return forced;
-  const bool masked = p.band.left >= 0 || p.band.right >= 0;
-  return masked ? 128 : kBlockNWide;
+  return p.band.full() ? kBlockNWide : 128;
 }
 
 template <class T>

@@ -97,14 +97,15 @@ void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2
 
 // Head dim 256 has a Hopper forward but no Hopper backward: a dK/dV consumer would hold dK and dV (2 x 128 fp32 a
 // thread) beside its tile's S^T and dP^T, over the 240 registers it gets.
+// Each is the forward's rule (sm90_problem_refusal, sm90_refusal: the latter runs the former first) after this check.
+constexpr const char* kHeadDim256Refusal = "head dim 256 (the Hopper backward's dK and dV do not fit its registers)";
+
 std::string sm90_backward_problem_refusal(const Params& p, DType dtype) {
-  if (p.D == 256) return "head dim 256 (the Hopper backward's dK and dV do not fit its registers)";
-  return sm90_problem_refusal(p, dtype);
+  return p.D == 256 ? kHeadDim256Refusal : sm90_problem_refusal(p, dtype);
 }
 
 std::string sm90_backward_refusal(const Params& p, DType dtype) {
-  std::string why = sm90_backward_problem_refusal(p, dtype);
-  return why.empty() ? sm90_refusal(p, dtype) : why;
+  return p.D == 256 ? kHeadDim256Refusal : sm90_refusal(p, dtype);
 }
 
 size_t sm90_backward_workspace_bytes(const Params& p) {

@@ -101,6 +101,11 @@ __device__ __forceinline__ uint32_t sw128_desc_lo(uint32_t saddr, uint32_t lbo_b
 __device__ __forceinline__ uint64_t sw128_desc_of(uint32_t lo) {
   return static_cast<uint64_t>(kSw128DescHi) << 32 | lo;
 }
+// What to add to a K-row tile's low word built as an ss operand's (LBO 16 bytes) to make it rs_gemm_desc's B (LBO =
+// K * 128 bytes, the step between its 64-column atoms): the LBO field's difference (bits 16-29, bytes / 16).
+__host__ __device__ constexpr uint32_t rs_lbo_from_ss(int K) {
+  return static_cast<uint32_t>((K * 128 >> 4) - 1) << 16;
+}
 
 // acc (64 x D, fp32) += A (64 x K, T register fragments, one per 16 of K) B (K x D). B is [k][d] in shared memory,
 // d contiguous: MN-major (imm-trans-b = 1), LBO = b_atom = the step between 64-column atoms of d (a K-row tile:

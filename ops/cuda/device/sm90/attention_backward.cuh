@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   uint32_t k_lo = sw128_desc_lo(s_k + cw * 64 * 128, 16), v_lo = sw128_desc_lo(s_v + cw * 64 * 128, 16),
            q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
   asm volatile("" : "+r"(k_lo), "+r"(v_lo), "+r"(q_lo), "+r"(do_lo));
-  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = static_cast<uint32_t>((BM * 128 >> 4) - 1) << 16;
+  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = rs_lbo_from_ss(BM);
   if (n_tiles > 0) mbar_wait(bar_kv, 0);
 
 #pragma unroll 1  // one tile's registers at a time
@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), do_lo = sw128_desc_lo(s_do + cw * 64 * 128, 16),
            k_lo = sw128_desc_lo(s_k, 16), v_lo = sw128_desc_lo(s_v, 16);
   asm volatile("" : "+r"(q_lo), "+r"(do_lo), "+r"(k_lo), "+r"(v_lo));
-  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = static_cast<uint32_t>((BN * 128 >> 4) - 1) << 16;
+  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = rs_lbo_from_ss(BN);
   if (tr.count > 0) mbar_wait(bar_q, 0);
 
 #pragma unroll 1
@@ -555,7 +555,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   // Stage 0's Q and dO tiles likewise (low words; a stage adds kStageLo, the rs GEMMs' LBO kRsLbo).
   uint32_t q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
   asm volatile("" : "+l"(k_desc), "+l"(v_desc), "+r"(q_lo), "+r"(do_lo));
-  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = static_cast<uint32_t>((BM * 128 >> 4) - 1) << 16;
+  constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = rs_lbo_from_ss(BM);
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -724,7 +724,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   uint32_t k_lo = sw128_desc_lo(s_k, 16), v_lo = sw128_desc_lo(s_v, 16);  // stage 0's K, V (low words)
   // kept in registers across the item loop (see the dK/dV kernel)
   asm volatile("" : "+l"(q_desc), "+l"(do_desc), "+r"(k_lo), "+r"(v_lo));
-  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = static_cast<uint32_t>((BN * 128 >> 4) - 1) << 16;
+  constexpr uint32_t kStageLo = L::kTileKV >> 4, kRsLbo = rs_lbo_from_ss(BN);
   int it = 0, qn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
