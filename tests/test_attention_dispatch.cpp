@@ -530,6 +530,21 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, true, /*has_dlse=*/true) == AttentionBackend::native);
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, false, false, /*aligned=*/false) ==
         AttentionBackend::native);
+  // An additive bias: auto keeps it native (rows a -inf bias hides entirely: ops/cuda/attention_dispatch.cpp); a
+  // forced cudnn runs it, forward and backward with dbias.
+  {
+    const Tensor bias = random_tensor({1, 4, 128, 128}, 9, -1, 1, DType::bf16).to_device(cuda_test_ctx());
+    auto biased = a;
+    biased.bias = bias.raw_data();
+    biased.bias_heads = 4;
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, false) == AttentionBackend::native);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, true) == AttentionBackend::native);
+    CHECK(cuda::attention_backend_for(cctx(), R::cudnn, biased, false) == AttentionBackend::cudnn);
+    biased.bias_grad = true;
+    CHECK(cuda::attention_backend_for(cctx(), R::cudnn, biased, true) == AttentionBackend::cudnn);
+    const auto s = cuda::attention_call_support(cctx(), R::automatic, biased, false, false, true);
+    CHECK_MESSAGE(contains(s.cudnn_auto_veto, "auto keeps an additive bias"), s.cudnn_auto_veto);
+  }
   // Dropout: auto runs it natively; a forced cudnn is an error naming both backends' answers.
   auto drop = a;
   drop.dropout = 0.1;

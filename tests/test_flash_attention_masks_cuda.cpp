@@ -105,6 +105,64 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: every mask x layout x dtype again
       }
 }
 
+#ifdef XF_HAVE_CUDNN_ATTENTION
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: an additive bias on cuDNN (forced) against the CPU, or refused with a reason") {
+  // The op through the dispatcher with XF_ATTENTION_BACKEND=cudnn: the bias (and dbias) mapped to cuDNN's sdpa and
+  // sdpa_backward nodes. `required`: a (1 or B, 1 or H) bias with D 64 or 128, no mask or a causal top-left one, Sk
+  // a multiple of 8 (16-byte rows): cuDNN must run it. The others (a window, bottom-right, Sk = 33: refused by
+  // cuDNN's support check or our static one) must be refused with a reason, or run right.
+  struct BiasCase {
+    FaProblem p;
+    bool required;
+  };
+  const std::vector<BiasCase> cases = {
+      {with_bias(fa_problem(2, 2, 2, 17, 64, 64), 1, 1), true},
+      {with_bias(causal(fa_problem(2, 4, 2, 128, 128, 64), TL), 2, 1), true},
+      {with_bias(fa_problem(1, 4, 4, 257, 136, 128), 1, 4), true},
+      {with_bias(fa_problem(2, 2, 1, 127, 1000, 128), 2, 2), true},
+      {with_bias(fa_problem(1, 12, 12, 128, 128, 32), 1, 1), false},
+      {with_bias(window(fa_problem(1, 3, 1, 100, 72, 128), 10, 3), 1, 3), false},
+      {with_bias(causal(fa_problem(2, 4, 2, 127, 128, 64), BR), 2, 1), false},
+      {with_bias(fa_problem(2, 2, 2, 17, 33, 64), 1, 1), false},
+  };
+  ScopedEnv env("XF_ATTENTION_BACKEND", "cudnn");
+  for (const BiasCase& c : cases)
+    for (AttentionLayout l : {AttentionLayout::bhsd, AttentionLayout::bshd})
+      for (DType dt : {DType::bf16, DType::f16}) {
+        FaProblem p = with_scale(c.p);
+        p.a.layout = l;
+        try {
+          cuda_mask_case(p, dt, 0.0, 0, 0, /*with_dlse=*/false, /*i64_offsets=*/false);
+        } catch (const Error& e) {
+          CHECK_MESSAGE(contains(e.message(), "cudnn"), e.what());  // the dispatcher's refusal names the backend
+          if (c.required) FAIL_CHECK(p.name() << " [" << dtype_name(dt) << "]: cuDNN refused: " << e.what());
+          else MESSAGE(p.name() << " [" << dtype_name(dt) << "]: refused (allowed here): " << e.what());
+        }
+      }
+}
+
+XF_CUDA_TEST_CASE("flash_attention CUDA masks: a row a -inf bias hides entirely, natively and on cuDNN (forced)") {
+  // The op's contract: out 0 and lse -inf for the row. The native kernels must keep it. cuDNN's answer is reported,
+  // not required: auto keeps a bias native until it is known (ops/cuda/attention_dispatch.cpp).
+  FaProblem p = with_scale(with_bias(fa_problem(1, 2, 2, 16, 64, 64), 1, 2));
+  FaInputs in = make_fa_inputs(p, 7, DType::f32);
+  for (int64_t j = 0; j < p.Sk; ++j) in.all[3].data<float>()[(1 * p.Sq + 5) * p.Sk + j] = -INFINITY;  // head 1, row 5
+  std::vector<Tensor> gin;
+  for (const Tensor& t : in.all) gin.push_back(as_dtype(t, DType::bf16));
+  for (const char* backend : {"native", "cudnn"}) {
+    ScopedEnv env("XF_ATTENTION_BACKEND", backend);
+    const auto got = run_op_cuda(FlashAttentionOp(p.a), gin);
+    const auto o = got[0].to_doubles(), lse = got[1].to_doubles();
+    const size_t row = 1 * p.Sq + 5;
+    bool zero = lse[row] == -kInf;
+    for (int64_t d = 0; d < p.D; ++d) zero = zero && o[row * p.D + d] == 0.0;
+    if (std::string(backend) == "native") CHECK_MESSAGE(zero, "native: lse " << lse[row] << ", out[0] " << o[row * p.D]);
+    else MESSAGE("cuDNN on a row a -inf bias hides entirely: lse " << lse[row] << ", out[0] " << o[row * p.D]
+                 << (zero ? " (the contract: out 0, lse -inf)" : " (not the contract)"));
+  }
+}
+#endif
+
 XF_CUDA_TEST_CASE("flash_attention CUDA masks: dropout masks equal the CPU's under every mask kind") {
   // f32: a different keep/drop decision would move out by O(0.1), far beyond the f32 tolerance. Offset 4k + 3
   // puts key pairs across Philox blocks; varlen checks the packed element index.

@@ -42,6 +42,10 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.band = attention_band(a);
   c.deterministic = attention_deterministic_from_env();  // XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h)
   c.stats = a.write_lse;
+  c.bias = a.bias != nullptr;
+  c.bias_batch = a.bias_batch;
+  c.bias_heads = a.bias_heads;
+  c.bias_grad = c.bias && a.bias_grad;
   return c;
 }
 
@@ -62,9 +66,9 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (a.dropout > 0.0)
     return BackendSupport::no("dropout needs the CPU oracle's Philox mask, which cuDNN's RNG cannot draw");
   if (backward && has_dlse) return BackendSupport::no("cuDNN's backward takes no gradient of lse");
-  // Masks the cuDNN path does not map yet (cuDNN has bias and ragged offsets; each needs its frontend attributes
-  // and its own tests). Sliding windows are mapped: cuDNN's support check decides.
-  if (a.bias) return BackendSupport::no("an additive bias is not mapped to cuDNN");
+  // Packed sequences are not mapped: cuDNN takes them as ragged offsets over a padded (B, H, S_max, D) problem, and
+  // S_max is on the device (a host read would synchronise every call). Sliding windows and a bias are mapped:
+  // cuDNN's support check decides (it refuses a bias with a window or a bottom-right causal mask).
   if (a.cu_seqlens_q || a.cu_seqlens_k) return BackendSupport::no("packed variable-length sequences are not mapped to cuDNN");
   if (!pointers_aligned)
     return BackendSupport::no(str_cat("a pointer is not ", kCudnnSdpaAlignment, "-byte aligned"));
@@ -73,6 +77,12 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (veto && s.workspace_bytes > kAutoCudnnMaxWorkspaceBytes)
     *veto = str_cat("its ", backward ? "backward" : "forward", " plan needs ", s.workspace_bytes >> 20,
                     " MiB of scratch, past auto's ", kAutoCudnnMaxWorkspaceBytes >> 20, " MiB budget");
+  // A row that a -inf bias hides entirely must give out 0 and lse -inf (ops/flash_attention.h); cuDNN's handling of
+  // such rows is unverified (it is refused for the bottom-right causal rows that see no key, static_problem), and a
+  // bias's values cannot be looked at without a pass over it. So auto keeps a bias native; a forced cudnn runs it.
+  if (veto && veto->empty() && a.bias)
+    *veto = "auto keeps an additive bias on the native kernels (rows a -inf bias hides entirely: see "
+            "ops/cuda/attention_dispatch.cpp); XF_ATTENTION_BACKEND=cudnn runs it on cuDNN";
   return BackendSupport::yes();
 #else
   (void)ctx, (void)a, (void)backward, (void)has_dlse, (void)pointers_aligned, (void)veto;
@@ -120,10 +130,10 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
   FlashAttentionArgs a = args;
   a.write_lse = lse != nullptr;
   const AttentionBackend b =
-      attention_backend_for(ctx, attention_backend_from_env(), a, false, false, all_aligned({q, k, v, out, lse}));
+      attention_backend_for(ctx, attention_backend_from_env(), a, false, false, all_aligned({q, k, v, out, lse, a.bias}));
   if (b == AttentionBackend::cudnn) {
 #ifdef XF_HAVE_CUDNN_ATTENTION
-    cudnn_sdpa_forward(ctx, cudnn_args_of(a), q, k, v, out, lse);
+    cudnn_sdpa_forward(ctx, cudnn_args_of(a), q, k, v, out, lse, a.bias);
     return;
 #else
     throw Error("flash_attention", "cuDNN attention is not in this build");  // choose() never picks it then
@@ -138,15 +148,17 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
   launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
 }
 
-void attention_backward(CudaContext& ctx, const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
+void attention_backward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,
                         const void* out, const void* dout, const float* lse, const float* dlse, void* dq, void* dk,
                         void* dv, void* dbias) {
+  FlashAttentionArgs a = args;
+  a.bias_grad = dbias != nullptr;
   const AttentionBackend b =
       attention_backend_for(ctx, attention_backend_from_env(), a, true, dlse != nullptr,
-                            all_aligned({q, k, v, out, dout, lse, dq, dk, dv}));
+                            all_aligned({q, k, v, out, dout, lse, dq, dk, dv, a.bias, dbias}));
   if (b == AttentionBackend::cudnn) {
 #ifdef XF_HAVE_CUDNN_ATTENTION
-    cudnn_sdpa_backward(ctx, cudnn_args_of(a), q, k, v, out, dout, lse, dq, dk, dv);
+    cudnn_sdpa_backward(ctx, cudnn_args_of(a), q, k, v, out, dout, lse, dq, dk, dv, a.bias, dbias);
     return;
 #else
     throw Error("flash_attention", "cuDNN attention is not in this build");  // choose() never picks it then

@@ -57,7 +57,7 @@ std::string cudnn_runtime_problem() {
 namespace {
 
 // UIDs of the graphs' user tensors: the variant pack names tensors by these.
-enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV, kBias, kDBias };
 
 // Sets the current device for a scope and restores the caller's (the frontend queries the current device
 // for the architecture; cuDNN works on it).
@@ -181,6 +181,17 @@ void as_stats(fe::graph::Tensor_attributes& t, const CudnnSdpaArgs& a) {
       fe::DataType_t::FLOAT);
 }
 
+// The bias (Bb, Hb, Sq, Sk), contiguous (a broadcast axis has extent 1), or its gradient of the same shape.
+void as_bias(fe::graph::Tensor_attributes& t, const CudnnSdpaArgs& a, int64_t uid) {
+  t.set_uid(uid).set_dim({a.bias_batch, a.bias_heads, a.Sq, a.Sk}).set_stride(
+      {a.bias_heads * a.Sq * a.Sk, a.Sq * a.Sk, a.Sk, 1});
+}
+std::shared_ptr<fe::graph::Tensor_attributes> bias_tensor(fe::graph::Graph& g, const CudnnSdpaArgs& a) {
+  auto t = g.tensor(fe::graph::Tensor_attributes().set_name("bias"));
+  as_bias(*t, a, kBias);
+  return t;
+}
+
 template <class Attrs>
 void set_mask(Attrs& attrs, const AttentionBand& band) {
   if (band.full()) return;
@@ -212,6 +223,7 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const CudnnSdpaArgs& a, fe::Atte
                    .set_attn_scale(static_cast<float>(a.scale))
                    .set_implementation(impl);
   set_mask(attrs, a.band);
+  if (a.bias) attrs.set_bias(bias_tensor(*g, a));
   auto [o, stats] = g->sdpa(q, k, v, attrs);
   o->set_output(true).set_uid(kO).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.o.batch, a.o.head, a.o.seq, 1});
   if (a.stats) {
@@ -235,6 +247,14 @@ std::shared_ptr<fe::graph::Graph> backward_graph(const CudnnSdpaArgs& a) {
                    .set_attn_scale(static_cast<float>(a.scale))
                    .set_deterministic_algorithm(a.deterministic);
   set_mask(attrs, a.band);
+  if (a.bias) attrs.set_bias(bias_tensor(*g, a));
+  std::shared_ptr<fe::graph::Tensor_attributes> dbias;
+  if (a.bias_grad) {
+    dbias = g->tensor(fe::graph::Tensor_attributes().set_name("dbias"));
+    as_bias(*dbias, a, kDBias);
+    dbias->set_output(true);
+    attrs.set_dbias(dbias);
+  }
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, attrs);
   dq->set_output(true).set_uid(kDQ).set_dim({a.B, a.H, a.Sq, a.D}).set_stride({a.q.batch, a.q.head, a.q.seq, 1});
   dk->set_output(true).set_uid(kDK).set_dim({a.B, a.Hk, a.Sk, a.D}).set_stride({a.k.batch, a.k.head, a.k.seq, 1});
@@ -280,6 +300,8 @@ std::string plan_key(const CudnnSdpaArgs& a, bool backward) {
   return str_cat("cudnn_sdpa/", backward ? "bwd" : "fwd", "/", dtype_name(a.dtype), "/B", a.B, "/H", a.H, "/Hk", a.Hk,
                  "/Sq", a.Sq, "/Sk", a.Sk, "/D", a.D, "/q", st(a.q), "/k", st(a.k), "/v", st(a.v), "/o", st(a.o),
                  "/scale", bits, "/band", a.band.left, ",", a.band.right, a.band.bottom_right ? ",br" : ",tl",
+                 a.bias ? str_cat("/bias", a.bias_batch, ",", a.bias_heads, backward && a.bias_grad ? ",grad" : "")
+                        : std::string(),
                  backward ? (a.deterministic ? "/deterministic" : "/atomic") : (a.stats ? "/stats" : "/nostats"));
 }
 
@@ -371,6 +393,11 @@ std::string static_problem(const CudnnSdpaArgs& a) {
     return str_cat("a bottom-right causal mask with Sq ", a.Sq, " > Sk ", a.Sk, " hides every key from some rows");
   if (a.band.left > INT32_MAX - 1 || a.band.right > INT32_MAX)
     return str_cat("window (", a.band.left, ", ", a.band.right, ") past cuDNN's 32-bit bounds");
+  if (a.bias && ((a.bias_batch != 1 && a.bias_batch != a.B) || (a.bias_heads != 1 && a.bias_heads != a.H)))
+    return str_cat("a bias of extents (", a.bias_batch, ", ", a.bias_heads, ") over (B ", a.B, ", H ", a.H, ")");
+  // cuDNN loads the bias's rows with 16-byte vectors and does not check their alignment (kCudnnSdpaAlignment).
+  if (a.bias && a.Sk % 8 != 0) return str_cat("a bias whose rows of Sk = ", a.Sk, " keys are not 16-byte aligned");
+  if (a.bias_grad && !a.bias) return "a bias gradient without a bias";
   return {};
 }
 
@@ -389,6 +416,14 @@ void check_pointers(const char* what, std::initializer_list<const void*> ptrs) {
     XF_CHECK(aligned(p), "flash_attention", "cuDNN SDPA ", what, ": pointer ", p, " is not ", kCudnnSdpaAlignment,
              "-byte aligned");
   }
+}
+
+// The bias pointer (and dbias's) must come exactly when the arguments ask for one.
+void check_bias_pointer(const char* what, bool wanted, const void* p, const char* name) {
+  XF_CHECK(wanted == (p != nullptr), "flash_attention", "cuDNN SDPA ", what, ": ",
+           wanted ? str_cat("the arguments ask for ", name, " but no ", name, " pointer was given")
+                  : str_cat("a ", name, " pointer was given but the arguments ask for none"));
+  if (p) check_pointers(what, {p});
 }
 
 // The plan for a call that must run, or an error naming why it cannot.
@@ -470,27 +505,34 @@ CudnnSdpaSupport cudnn_sdpa_support(CudaContext& ctx, const CudnnSdpaArgs& a, bo
 }
 
 void cudnn_sdpa_forward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
-                        void* out, float* lse) {
+                        void* out, float* lse, const void* bias) {
   XF_CHECK(a.stats == (lse != nullptr), "flash_attention", "cuDNN SDPA forward: ",
            a.stats ? "the arguments ask for lse (stats) but no lse pointer was given"
                    : "an lse pointer was given but the arguments ask for no lse (stats = false)");
   check_pointers("forward", {q, k, v, out});
   if (lse) check_pointers("forward", {lse});
+  check_bias_pointer("forward", a.bias, bias, "bias");
   const auto p = runnable_plan(ctx, a, false);
   std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(q)}, {kK, const_cast<void*>(k)},
                                           {kV, const_cast<void*>(v)}, {kO, out}};
   if (lse) pack.emplace(kStats, lse);
+  if (bias) pack.emplace(kBias, const_cast<void*>(bias));
   execute(ctx, *p, pack, "forward");
 }
 
 void cudnn_sdpa_backward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
-                         const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv) {
+                         const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv,
+                         const void* bias, void* dbias) {
   check_pointers("backward", {q, k, v, out, dout, lse, dq, dk, dv});
+  check_bias_pointer("backward", a.bias, bias, "bias");
+  check_bias_pointer("backward", a.bias_grad, dbias, "dbias");
   const auto p = runnable_plan(ctx, a, true);
   std::unordered_map<int64_t, void*> pack{
       {kQ, const_cast<void*>(q)},      {kK, const_cast<void*>(k)},     {kV, const_cast<void*>(v)},
       {kO, const_cast<void*>(out)},    {kDO, const_cast<void*>(dout)}, {kStats, const_cast<float*>(lse)},
       {kDQ, dq},                       {kDK, dk},                      {kDV, dv}};
+  if (bias) pack.emplace(kBias, const_cast<void*>(bias));
+  if (dbias) pack.emplace(kDBias, dbias);
   execute(ctx, *p, pack, "backward");
 }
 

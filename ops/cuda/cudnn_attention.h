@@ -6,7 +6,7 @@
 //             "Stats" output, which is this lse: checked against the native kernel by the tests)
 //   backward  dq, dk, dv from q, k, v, out, dout and that lse (dk, dv summed over each kv head's group)
 // bf16 or f16 in and out, fp32 for the scores, the softmax and the accumulators. GQA/MQA (H % Hk == 0),
-// any finite scale, causal masks and sliding windows aligned top-left (torch's is_causal, the op's) or bottom-right
+// any finite scale, an additive bias (and its gradient), causal masks and sliding windows aligned top-left (torch's is_causal, the op's) or bottom-right
 // (Sq <= Sk), as far as cuDNN's support check accepts them (it refuses some windows on some versions: a refusal
 // is cached with its reason and the dispatcher runs the native kernel).
 // Tensors are (B, H, S, D) with explicit element strides over b, h and s (the head dim is contiguous), so
@@ -50,6 +50,13 @@ struct CudnnSdpaArgs {
   // Forward: whether lse (cuDNN's Stats) is written. false for an inference forward whose lse nothing reads
   // (Op::output_optional): the graph then has no Stats output, as torch's inference SDPA asks cuDNN.
   bool stats = true;
+  // An additive bias (bias_batch, bias_heads, Sq, Sk) of the dtype, contiguous, broadcast over an extent of 1
+  // (ops/flash_attention.h), added to the scaled scores before the mask and the softmax (the native kernels' order and
+  // cuDNN's). Its rows must be 16-byte aligned: Sk a multiple of 8. Backward: bias_grad asks for dbias (the bias's
+  // shape: dS summed over the broadcast axes; cuDNN runs it on its dP-workspace backward only).
+  bool bias = false;
+  int64_t bias_batch = 1, bias_heads = 1;
+  bool bias_grad = false;
   // Backward: cuDNN's deterministic algorithm (bitwise reproducible dq, like the native kernel's; on sm_90 it
   // keeps dP in a B·H·Sq·Sk scratch). false: dq accumulated with atomics (faster, O(B·H·Sq·D) scratch).
   bool deterministic = true;
@@ -66,12 +73,14 @@ struct CudnnSdpaSupport {
 CudnnSdpaSupport cudnn_sdpa_support(CudaContext& ctx, const CudnnSdpaArgs& a, bool backward);
 
 // Run the cached plan (built on first use; its candidate plans timed on the first call, see the .cpp). lse may be
-// null exactly when a.stats is false. Throws xfr::Error("flash_attention", ...) when cuDNN cannot run the
+// null exactly when a.stats is false; bias (Bb, Hb, Sq, Sk) is given exactly when a.bias, dbias (its shape) exactly
+// when a.bias_grad. Throws xfr::Error("flash_attention", ...) when cuDNN cannot run the
 // call (with cudnn_sdpa_support's reason) or a pointer is not 16-byte aligned. Work is issued on ctx's stream.
 void cudnn_sdpa_forward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
-                        void* out, float* lse);
+                        void* out, float* lse, const void* bias = nullptr);
 void cudnn_sdpa_backward(CudaContext& ctx, const CudnnSdpaArgs& a, const void* q, const void* k, const void* v,
-                         const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv);
+                         const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv,
+                         const void* bias = nullptr, void* dbias = nullptr);
 
 // Plans of this context: graphs built (supported or not) and those cuDNN refused (tests check that a second
 // call builds nothing).

@@ -43,6 +43,9 @@ struct FlashAttentionArgs {
   // An additive bias (bias_batch, bias_heads, Sq, Sk) of `dtype`, contiguous, extents 1 or (B, H); null: none.
   const void* bias = nullptr;
   int64_t bias_batch = 1, bias_heads = 1;
+  // Backward: whether dbias is written (attention_backward sets it from its dbias pointer; the dispatcher asks cuDNN
+  // for a plan with dbias then). The native launcher goes by its dbias pointer.
+  bool bias_grad = false;
   // Packed sequences: B + 1 device offsets each, i32 (or i64 with offsets_i64); null: none. Not with a bias.
   const void* cu_seqlens_q = nullptr;
   const void* cu_seqlens_k = nullptr;
