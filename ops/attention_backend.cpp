@@ -117,7 +117,8 @@ std::vector<AttentionBackendInfo> attention_backends_info() {
                             {"cuda composite (cuBLASLt + softmax kernels; causal top_left, additive masks, no window)",
                              false, ""}));
   // cuDNN: how the build configured it, then the library loaded now, then a device.
-  AttentionBackendInfo cudnn{"cudnn fused attention (flash_attention in bf16/f16 without dropout, windows, bias or varlen, via cuDNN SDPA)",
+  AttentionBackendInfo cudnn{"cudnn fused attention (flash_attention in bf16/f16 via cuDNN SDPA: causal, windows, "
+                             "bias + grad as its support check allows; no dropout or varlen)",
                              false, XF_CUDNN_ATTENTION_CONFIG};
 #ifdef XF_HAVE_CUDNN_ATTENTION
   const std::string problem = cuda::cudnn_runtime_problem();

@@ -530,20 +530,22 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, true, /*has_dlse=*/true) == AttentionBackend::native);
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, false, false, /*aligned=*/false) ==
         AttentionBackend::native);
-  // An additive bias: auto keeps it native (rows a -inf bias hides entirely: ops/cuda/attention_dispatch.cpp); a
-  // forced cudnn runs it, forward and backward with dbias.
+  // An additive bias: auto runs it on cuDNN (the Hopper kernels take none, and cuDNN keeps the contract for rows a
+  // -inf bias hides entirely: test_flash_attention_masks_cuda.cpp), forward and backward with dbias; native forced
+  // runs it on the mma.sync kernels.
   {
     const Tensor bias = random_tensor({1, 4, 128, 128}, 9, -1, 1, DType::bf16).to_device(cuda_test_ctx());
     auto biased = a;
     biased.bias = bias.raw_data();
     biased.bias_heads = 4;
-    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, false) == AttentionBackend::native);
-    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, true) == AttentionBackend::native);
-    CHECK(cuda::attention_backend_for(cctx(), R::cudnn, biased, false) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, false) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, true) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::native, biased, false) == AttentionBackend::native);
     biased.bias_grad = true;
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, biased, true) == AttentionBackend::cudnn);
     CHECK(cuda::attention_backend_for(cctx(), R::cudnn, biased, true) == AttentionBackend::cudnn);
     const auto s = cuda::attention_call_support(cctx(), R::automatic, biased, false, false, true);
-    CHECK_MESSAGE(contains(s.cudnn_auto_veto, "auto keeps an additive bias"), s.cudnn_auto_veto);
+    CHECK_MESSAGE(s.cudnn_auto_veto.empty(), s.cudnn_auto_veto);
   }
   // Dropout: auto runs it natively; a forced cudnn is an error naming both backends' answers.
   auto drop = a;

@@ -7,6 +7,7 @@
 // (ops/cuda/flash_attention_mask.h) is plain C++, checked on the CPU against the definitions (last case, never
 // skipped).
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "ops/cuda/flash_attention_mask.h"
@@ -53,11 +54,13 @@ std::vector<FaProblem> mask_problems() {
   return r;
 }
 
-// GPU (in `dt`) against the CPU (f32) on the same rounded inputs, forward and backward.
+// GPU (in `dt`) against the CPU (f32) on the same rounded inputs, forward and backward. `edit` may change the f32
+// inputs before they are rounded (a bias row set to -inf).
 void cuda_mask_case(FaProblem p, DType dt, double drop, uint64_t seed, uint64_t offset, bool with_dlse,
-                    bool i64_offsets) {
+                    bool i64_offsets, const std::function<void(FaInputs&)>& edit = {}) {
   p.a.dropout = drop;
-  const FaInputs in32 = make_fa_inputs(p, 11 + static_cast<uint64_t>(p.Sq + p.Sk + p.D), DType::f32, 1.5, i64_offsets);
+  FaInputs in32 = make_fa_inputs(p, 11 + static_cast<uint64_t>(p.Sq + p.Sk + p.D), DType::f32, 1.5, i64_offsets);
+  if (edit) edit(in32);
   std::vector<Tensor> gin, cin;
   for (const Tensor& t : in32.all) {
     gin.push_back(as_dtype(t, dt));
@@ -96,13 +99,20 @@ void cuda_mask_case(FaProblem p, DType dt, double drop, uint64_t seed, uint64_t 
 }  // namespace
 
 XF_CUDA_TEST_CASE("flash_attention CUDA masks: every mask x layout x dtype against the CPU (forward, backward)") {
-  for (const FaProblem& p0 : mask_problems())
-    for (AttentionLayout l : {AttentionLayout::bhsd, AttentionLayout::bshd})
-      for (DType dt : cuda_float_dtypes()) {
-        FaProblem p = p0;
-        p.a.layout = l;
-        cuda_mask_case(p, dt, 0.0, 0, 0, /*with_dlse=*/p.Sq == 127, /*i64_offsets=*/l == AttentionLayout::bshd);
-      }
+  // Forced native (every case on our kernels), then auto (cuDNN for the bf16 / f16 calls it maps: a bias, a window,
+  // top-left causal); f32 is native either way.
+  for (const std::string backend : {"native", "auto"}) {
+    ScopedEnv env("XF_ATTENTION_BACKEND", backend.c_str());
+    CAPTURE(backend);
+    for (const FaProblem& p0 : mask_problems())
+      for (AttentionLayout l : {AttentionLayout::bhsd, AttentionLayout::bshd})
+        for (DType dt : cuda_float_dtypes()) {
+          if (dt == DType::f32 && backend == "auto") continue;
+          FaProblem p = p0;
+          p.a.layout = l;
+          cuda_mask_case(p, dt, 0.0, 0, 0, /*with_dlse=*/p.Sq == 127, /*i64_offsets=*/l == AttentionLayout::bshd);
+        }
+  }
 }
 
 #ifdef XF_HAVE_CUDNN_ATTENTION
@@ -134,31 +144,39 @@ XF_CUDA_TEST_CASE("flash_attention CUDA masks: an additive bias on cuDNN (forced
         try {
           cuda_mask_case(p, dt, 0.0, 0, 0, /*with_dlse=*/false, /*i64_offsets=*/false);
         } catch (const Error& e) {
-          CHECK_MESSAGE(contains(e.message(), "cudnn"), e.what());  // the dispatcher's refusal names the backend
-          if (c.required) FAIL_CHECK(p.name() << " [" << dtype_name(dt) << "]: cuDNN refused: " << e.what());
-          else MESSAGE(p.name() << " [" << dtype_name(dt) << "]: refused (allowed here): " << e.what());
+          // std::string: doctest prints a char pointer as an address.
+          const std::string why = e.what();
+          CHECK_MESSAGE(contains(e.message(), "cudnn"), why);  // the dispatcher's refusal names the backend
+          if (c.required) FAIL_CHECK(p.name() << " [" << dtype_name(dt) << "]: cuDNN refused: " << why);
+          else MESSAGE(p.name() << " [" << dtype_name(dt) << "]: refused (allowed here): " << why);
         }
       }
 }
 
 XF_CUDA_TEST_CASE("flash_attention CUDA masks: a row a -inf bias hides entirely, natively and on cuDNN (forced)") {
-  // The op's contract: out 0 and lse -inf for the row. The native kernels must keep it. cuDNN's answer is reported,
-  // not required: auto keeps a bias native until it is known (ops/cuda/attention_dispatch.cpp).
-  FaProblem p = with_scale(with_bias(fa_problem(1, 2, 2, 16, 64, 64), 1, 2));
+  // The op's contract for such a row: out 0 and lse -inf, and no gradient through it (dq and dbias 0 there). Both
+  // backends against the CPU, forward and backward (dbias too), and the row checked exactly. Run 37 found cuDNN
+  // 9.14 giving out 0 and lse -inf for it, so auto sends a bias to cuDNN (ops/cuda/attention_dispatch.cpp).
+  const FaProblem p = with_scale(with_bias(fa_problem(1, 2, 2, 16, 64, 64), 1, 2));
+  const int64_t head = 1, row = 5;  // (head, row) of the (1, H, Sq, Sk) bias that hides every key
+  const auto hide_row = [&](FaInputs& in) {
+    float* bias = in.all[3].data<float>();  // (1, H, Sq, Sk)
+    for (int64_t j = 0; j < p.Sk; ++j) bias[(head * p.Sq + row) * p.Sk + j] = -INFINITY;
+  };
   FaInputs in = make_fa_inputs(p, 7, DType::f32);
-  for (int64_t j = 0; j < p.Sk; ++j) in.all[3].data<float>()[(1 * p.Sq + 5) * p.Sk + j] = -INFINITY;  // head 1, row 5
+  hide_row(in);
   std::vector<Tensor> gin;
   for (const Tensor& t : in.all) gin.push_back(as_dtype(t, DType::bf16));
-  for (const char* backend : {"native", "cudnn"}) {
-    ScopedEnv env("XF_ATTENTION_BACKEND", backend);
+  for (const std::string backend : {"native", "cudnn"}) {
+    CAPTURE(backend);
+    ScopedEnv env("XF_ATTENTION_BACKEND", backend.c_str());
+    cuda_mask_case(p, DType::bf16, 0.0, 0, 0, /*with_dlse=*/false, /*i64_offsets=*/false, hide_row);
     const auto got = run_op_cuda(FlashAttentionOp(p.a), gin);
     const auto o = got[0].to_doubles(), lse = got[1].to_doubles();
-    const size_t row = 1 * p.Sq + 5;
-    bool zero = lse[row] == -kInf;
-    for (int64_t d = 0; d < p.D; ++d) zero = zero && o[row * p.D + d] == 0.0;
-    if (std::string(backend) == "native") CHECK_MESSAGE(zero, "native: lse " << lse[row] << ", out[0] " << o[row * p.D]);
-    else MESSAGE("cuDNN on a row a -inf bias hides entirely: lse " << lse[row] << ", out[0] " << o[row * p.D]
-                 << (zero ? " (the contract: out 0, lse -inf)" : " (not the contract)"));
+    const size_t r = static_cast<size_t>(head * p.Sq + row);
+    bool zero = lse[r] == -kInf;
+    for (int64_t d = 0; d < p.D; ++d) zero = zero && o[r * p.D + d] == 0.0;
+    CHECK_MESSAGE(zero, backend << ": lse " << lse[r] << ", out[0] " << o[r * p.D]);
   }
 }
 #endif

@@ -64,11 +64,11 @@ class LM(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), tgt.view(-1))
 
 
-def print_kernel_profile(fn, what, top=14):
+def print_kernel_profile(fn, what, top=14, grad=False):
     """XF_TORCH_PROFILE=1: the GPU kernels of a few calls of fn, by total time (what our per-kernel profile
-    (xfrun_bench_gpu --profile 1) is compared with)."""
+    (xfrun_bench_gpu --profile 1) is compared with). grad: fn runs a training step (autograd on)."""
     from torch.profiler import ProfilerActivity, profile
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -112,6 +112,8 @@ def gpt2(res, steps):
         out["params"] = nparam
         print(f"torch gpt2-124M train B={B} T={T} {key}: {tps:,.0f} tok/s, {dt*1e3:.1f} ms/step, "
               f"MFU(990) {out[key]['mfu_vs_990']:.2%}, peak {out[key]['peak_bytes']/2**30:.2f} GiB", flush=True)
+        if os.environ.get("XF_TORCH_PROFILE") == "1":
+            print_kernel_profile(step, f"gpt2 train step {key}", top=40, grad=True)
         del m, opt, f
         torch.cuda.empty_cache()
     res["gpt2_124M_train"] = out

@@ -77,12 +77,6 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (veto && s.workspace_bytes > kAutoCudnnMaxWorkspaceBytes)
     *veto = str_cat("its ", backward ? "backward" : "forward", " plan needs ", s.workspace_bytes >> 20,
                     " MiB of scratch, past auto's ", kAutoCudnnMaxWorkspaceBytes >> 20, " MiB budget");
-  // A row that a -inf bias hides entirely must give out 0 and lse -inf (ops/flash_attention.h); cuDNN's handling of
-  // such rows is unverified (it is refused for the bottom-right causal rows that see no key, static_problem), and a
-  // bias's values cannot be looked at without a pass over it. So auto keeps a bias native; a forced cudnn runs it.
-  if (veto && veto->empty() && a.bias)
-    *veto = "auto keeps an additive bias on the native kernels (rows a -inf bias hides entirely: see "
-            "ops/cuda/attention_dispatch.cpp); XF_ATTENTION_BACKEND=cudnn runs it on cuDNN";
   return BackendSupport::yes();
 #else
   (void)ctx, (void)a, (void)backward, (void)has_dlse, (void)pointers_aligned, (void)veto;
