@@ -120,8 +120,19 @@ TEST_CASE("linear: with a bias, the backward computes dw and db in one linear_we
   CHECK(grads.get(b).defined());
 }
 
+// The ways ops/cuda/linear.cu may run a fused epilogue (gemm_split_epilogue): forced fused, forced split, and auto
+// (timed; whichever wins on this GPU).
+namespace {
+const std::vector<std::string>& epilogue_ways() {
+  static const std::vector<std::string> w{"fused", "split", "auto"};
+  return w;
+}
+}  // namespace
+
 XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU") {
-  // N = 24 and 3072 take the fused GELU epilogue (N % 8 == 0); N = 33 the bias GEMM + activation kernel.
+  // N = 24 and 3072 take the fused GELU epilogue (N % 8 == 0) or its split twin; N = 33 always the bias GEMM +
+  // activation kernel.
+  for (const std::string& way : epilogue_ways())
   for (DType dt : cuda_float_dtypes())
     for (int64_t N : {24, 33, 3072})
       for (bool bias : {false, true})
@@ -130,29 +141,35 @@ XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU
           std::vector<Tensor> in{random_tensor(xs, 7), random_tensor({N, 257}, 8, -0.1, 0.1)};
           if (bias) in.push_back(random_tensor({N}, 9));
           // K = 257 products: the bf16 output rounding dominates; one extra ulp for the epilogue's tanh.
-          check_cuda_op(LinearOp(bias, gelu), in, dt, "linear N=" + std::to_string(N), 1.5);
+          ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
+          check_cuda_op(LinearOp(bias, gelu), in, dt, str_cat("linear N=", N, " ", way), 1.5);
         }
 }
 
 XF_CUDA_TEST_CASE("matmul_dgelu: CUDA (cuBLASLt's dgelu epilogue) against the CPU") {
   // N = 48 and 3072 take the epilogue (N % 8 == 0), N = 33 the GEMM + activation kernel; K = 257, 768.
+  for (const std::string& way : epilogue_ways())
   for (DType dt : cuda_float_dtypes())
     for (const auto& [K, N] : std::vector<std::array<int64_t, 2>>{{257, 48}, {768, 3072}, {64, 33}}) {
+      ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
       const std::vector<Tensor> in{random_tensor({3, 41, K}, 24), random_tensor({K, N}, 25, -0.1, 0.1),
                                    random_tensor({3, 41, N}, 26, -3, 3)};
       // The epilogue applies the derivative to the fp32 product (the CPU to the product rounded to the dtype):
       // one more rounding of the product in 16 bits.
-      check_cuda_op_both(MatMulDGeluOp(), in, dt, str_cat("matmul_dgelu K=", K, " N=", N), 2.0);
+      check_cuda_op_both(MatMulDGeluOp(), in, dt, str_cat("matmul_dgelu K=", K, " N=", N, " ", way), 2.0);
     }
 }
 
 XF_CUDA_TEST_CASE("linear_weight_grad: CUDA (cuBLASLt's bias-gradient epilogue) against the CPU") {
   // GPT-2's widths (N 2304, K 768) and awkward ones (N 31, K 17: unaligned rows, which may take the fallback).
+  for (const std::string& way : epilogue_ways())
   for (DType dt : cuda_float_dtypes())
     for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 17}, {129, 64, 40}}) {
+      ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
       const std::vector<Tensor> in{random_tensor({M, N}, 13), random_tensor({M, K}, 14)};
       // sums over M = 1000 rows: the 16-bit outputs' rounding dominates; twice the per-element tolerance.
-      check_cuda_op_both(LinearWeightGradOp(), in, dt, str_cat("linear_weight_grad M=", M, " N=", N, " K=", K), 2.0);
+      check_cuda_op_both(LinearWeightGradOp(), in, dt,
+                         str_cat("linear_weight_grad M=", M, " N=", N, " K=", K, " ", way), 2.0);
     }
 }
 
@@ -199,6 +216,21 @@ TEST_CASE("linear: an inference graph leaves the pre-activation out (CPU)") {
 
 XF_CUDA_TEST_CASE("linear: an inference graph leaves the pre-activation out (CUDA: the epilogue without aux)") {
   const std::shared_ptr<DeviceContext> dev = make_device_context(Device::cuda(0));
-  for (DType dt : cuda_float_dtypes())
-    for (int64_t N : {24, 33, 3072}) pre_optional_case(dev, dt, N);
+  for (const std::string& way : epilogue_ways()) {  // split: the activation in place on y
+    ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
+    CAPTURE(way);
+    for (DType dt : cuda_float_dtypes())
+      for (int64_t N : {24, 33, 3072}) pre_optional_case(dev, dt, N);
+  }
+}
+
+XF_CUDA_TEST_CASE("linear: XF_GEMM_EPILOGUE other than fused, split or auto is an error naming them") {
+  ScopedEnv env("XF_GEMM_EPILOGUE", "fast");
+  const std::vector<Tensor> in{random_tensor({4, 8}, 1), random_tensor({8, 8}, 2, -0.1, 0.1), random_tensor({8}, 3)};
+  try {
+    run_op_cuda(LinearOp(true, true), in);
+    FAIL("no error");
+  } catch (const Error& e) {
+    CHECK_MESSAGE(contains(e.message(), "fused, split or auto"), std::string(e.what()));
+  }
 }

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -367,6 +368,47 @@ void gemm(CudaContext& ctx, const GemmArgs& args) {
   // cuBLASLt's A is our B and its B our A (see the top of the file); C and D are the same matrix.
   XF_CUBLAS_CHECK(cublasLtMatmul(ctx.lt(), plan->desc, &g.alpha, g.b, plan->la, g.a, plan->lb, &g.beta, g.c, plan->lc,
                                  g.c, plan->lc, &plan->algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()));
+}
+
+namespace {
+
+AutotuneChoices<bool>& split_choices() {
+  static AutotuneChoices<bool> t;
+  return t;
+}
+
+}  // namespace
+
+bool gemm_split_epilogue(CudaContext& ctx, const GemmArgs& fused, const std::function<void()>& split) {
+  const char* forced = std::getenv("XF_GEMM_EPILOGUE");
+  if (forced && *forced && std::strcmp(forced, "auto") != 0) {
+    XF_CHECK(std::strcmp(forced, "fused") == 0 || std::strcmp(forced, "split") == 0, "gemm",
+             "XF_GEMM_EPILOGUE must be fused, split or auto, got '", forced, "'");
+    return std::strcmp(forced, "split") == 0;
+  }
+  const GemmArgs g = normalise(fused);
+  const std::string key = str_cat(ctx.device().str(), "/", plan_key(g));
+  bool split_wins = false;
+  if (split_choices().find(key, split_wins)) return split_wins;
+  if (!autotune_enabled() || stream_capturing(ctx.stream()) || g.beta != 0.0f) return false;
+  const float fused_ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
+    try {
+      gemm(ctx, g);
+      return true;
+    } catch (const Error&) {  // no algorithm for the fused plan
+      return false;
+    }
+  });
+  const float split_ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
+    split();
+    return true;
+  });
+  split_wins = fused_ms < 0.0f || split_ms < fused_ms;
+  if (autotune_log())
+    std::fprintf(stderr, "[gemm autotune] %s: fused epilogue %s, split %.1f us: %s\n", key.c_str(),
+                 fused_ms < 0.0f ? "failed" : str_cat(fused_ms * 1e3f, " us").c_str(), split_ms * 1e3f,
+                 split_wins ? "split" : "fused");
+  return split_choices().store(key, split_wins);
 }
 
 namespace {
