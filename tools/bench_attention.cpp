@@ -1,5 +1,6 @@
 // Attention kernel benchmark, run beside tools/bench_attention_torch.py in one job (tools/gpu_check.sh attn):
-// the FlashAttention grid, 16k tokens per batch (B = 16384 / S), hidden 2048 (H = 2048 / D), D = 64 and 128,
+// the FlashAttention grid, 16k tokens per batch (B = 16384 / S), hidden 2048 (H = 2048 / D; --hidden changes it, e.g.
+// 768 for GPT-2 124M's attention at D = 64: H = 12), D = 64 and 128,
 // S = 512 ... 16k, causal and not, bf16, q/k/v packed (B, H, S, D) from a normal distribution. For each point:
 //   native        our kernels (ops/cuda/flash_attention_launch.h): the Hopper forward and backward where they
 //                 apply (the row's native_forward / native_backward say which ran), else the FA2-style mma.sync ones
@@ -9,7 +10,7 @@
 // backward 2.5x the forward, so forward+backward is 3.5x), medians over CUDA-event-timed repetitions; the
 // first cuDNN call's time (the plan build) and the backend XF_ATTENTION_BACKEND=auto picks for the forward and
 // the backward.
-//   xfrun_bench_attention [--out FILE.json] [--reps N] [--warmup N] [--D 64,128] [--S 512,1024,...]
+//   xfrun_bench_attention [--out FILE.json] [--reps N] [--warmup N] [--D 64,128] [--S 512,1024,...] [--hidden 2048]
 //                         [--backends native,cudnn,cudnn_atomic]
 #include <algorithm>
 #include <chrono>
@@ -39,7 +40,7 @@ using namespace xfr;
 namespace {
 
 constexpr int64_t kTokens = 16384;  // per batch, as the FlashAttention papers' grid
-constexpr int64_t kHidden = 2048;
+constexpr int64_t kDefaultHidden = 2048;  // the FlashAttention papers' grid
 
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> v;
@@ -61,13 +62,13 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// A device bf16 tensor of kTokens * kHidden normal values (every grid point has that many elements).
-Tensor random_bf16(DeviceContext* ctx, uint64_t seed) {
+// A device bf16 tensor of n normal values (every grid point has kTokens * hidden elements).
+Tensor random_bf16(DeviceContext* ctx, int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> d(0.f, 1.f);
-  std::vector<float> v(static_cast<size_t>(kTokens * kHidden));
+  std::vector<float> v(static_cast<size_t>(n));
   for (float& x : v) x = d(rng);
-  return Tensor::from_vector(v, {kTokens * kHidden}).to(DType::bf16).to_device(ctx);
+  return Tensor::from_vector(v, {n}).to(DType::bf16).to_device(ctx);
 }
 
 // Median milliseconds of `fn` over `reps` runs, after `warmup` runs, measured as triton.testing.do_bench measures
@@ -95,6 +96,7 @@ double median_ms(DeviceContext& ctx, int warmup, int reps, const std::function<v
 int main(int argc, char** argv) {
   std::string out, backends = "native,cudnn,cudnn_atomic";
   int reps = 10, warmup = 3;  // few: the whole grid, with PyTorch's, must fit gpu_check's attn step
+  int64_t hidden = kDefaultHidden;
   std::vector<int64_t> Ds{64, 128}, Ss{512, 1024, 2048, 4096, 8192, 16384};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
@@ -104,18 +106,20 @@ int main(int argc, char** argv) {
     else if (a == "--D") Ds = parse_list(v);
     else if (a == "--S") Ss = parse_list(v);
     else if (a == "--backends") backends = v;
+    else if (a == "--hidden") hidden = std::stoll(v);
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
   }
-  bool shapes_ok = !Ds.empty() && !Ss.empty();
-  for (int64_t D : Ds) shapes_ok &= D > 0 && kHidden % D == 0;
+  bool shapes_ok = !Ds.empty() && !Ss.empty() && hidden > 0;
+  for (int64_t D : Ds) shapes_ok &= D > 0 && hidden % D == 0;
   for (int64_t S : Ss) shapes_ok &= S > 0 && kTokens % S == 0;
   if (argc % 2 == 0 || reps < 1 || warmup < 0 || !shapes_ok) {
     std::fprintf(stderr, "usage: xfrun_bench_attention [--out FILE.json] [--reps N] [--warmup N] [--D 64,128] "
-                         "[--S 512,...] [--backends native,cudnn,cudnn_atomic]\n  (D divides %lld, S divides %lld)\n",
-                 static_cast<long long>(kHidden), static_cast<long long>(kTokens));
+                         "[--S 512,...] [--backends native,cudnn,cudnn_atomic] [--hidden 2048]\n  (D divides the hidden %lld, S "
+                         "divides %lld)\n",
+                 static_cast<long long>(hidden), static_cast<long long>(kTokens));
     return 2;
   }
   if (cuda_device_count() == 0) {
@@ -136,15 +140,16 @@ int main(int argc, char** argv) {
     res["device"] = ctx.describe();
     for (const AttentionBackendInfo& b : attention_backends_info())
       if (b.name.rfind("cudnn", 0) == 0) res["cudnn"] = b.available ? "available (" + b.detail + ")" : b.detail;
-    const Tensor q = random_bf16(&ctx, 1), k = random_bf16(&ctx, 2), v = random_bf16(&ctx, 3);
-    const Tensor dout = random_bf16(&ctx, 4);
-    Tensor o = Tensor::empty({kTokens * kHidden}, DType::bf16, &ctx);
-    Tensor dq = Tensor::empty({kTokens * kHidden}, DType::bf16, &ctx), dk = Tensor::empty({kTokens * kHidden}, DType::bf16, &ctx);
-    Tensor dv = Tensor::empty({kTokens * kHidden}, DType::bf16, &ctx);
-    // lse: B * H * S = kTokens * kHidden / D floats, the most for the smallest D.
-    Tensor lse = Tensor::empty({kTokens * kHidden / *std::min_element(Ds.begin(), Ds.end())}, DType::f32, &ctx);
+    const int64_t n = kTokens * hidden;
+    const Tensor q = random_bf16(&ctx, n, 1), k = random_bf16(&ctx, n, 2), v = random_bf16(&ctx, n, 3);
+    const Tensor dout = random_bf16(&ctx, n, 4);
+    Tensor o = Tensor::empty({kTokens * hidden}, DType::bf16, &ctx);
+    Tensor dq = Tensor::empty({kTokens * hidden}, DType::bf16, &ctx), dk = Tensor::empty({kTokens * hidden}, DType::bf16, &ctx);
+    Tensor dv = Tensor::empty({kTokens * hidden}, DType::bf16, &ctx);
+    // lse: B * H * S = kTokens * hidden / D floats, the most for the smallest D.
+    Tensor lse = Tensor::empty({kTokens * hidden / *std::min_element(Ds.begin(), Ds.end())}, DType::f32, &ctx);
     std::printf("attention bf16, %lld tokens, hidden %lld (TFLOP/s fwd | fwd+bwd; %d reps)\n",
-                static_cast<long long>(kTokens), static_cast<long long>(kHidden), reps);
+                static_cast<long long>(kTokens), static_cast<long long>(hidden), reps);
     std::fflush(stdout);
     for (int64_t D : Ds)
       for (int64_t S : Ss)
@@ -152,7 +157,7 @@ int main(int argc, char** argv) {
           cuda::FlashAttentionArgs a;
           a.dtype = DType::bf16;
           a.B = kTokens / S;
-          a.H = a.Hk = kHidden / D;
+          a.H = a.Hk = hidden / D;
           a.Sq = a.Sk = S;
           a.D = D;
           a.q_strides = a.k_strides = head_strides(AttentionLayout::bhsd, a.H, S, D);
