@@ -14,7 +14,8 @@ using namespace xfr;
 using namespace xfr::testing;
 
 TEST_CASE("linear: the CPU kernel equals matmul + bias_add + gelu_tanh exactly") {
-  for (const Shape& xs : std::vector<Shape>{{31, 33}, {2, 17, 40}, {1, 8}})
+  // K = 0 (the last shape): an empty sum, y = act(b).
+  for (const Shape& xs : std::vector<Shape>{{31, 33}, {2, 17, 40}, {1, 8}, {3, 5, 0}})
     for (bool bias : {false, true})
       for (bool gelu : {false, true}) {
         const int64_t K = xs.back(), N = 24;
@@ -144,6 +145,14 @@ XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU
           ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
           check_cuda_op(LinearOp(bias, gelu), in, dt, str_cat("linear N=", N, " ", way), 1.5);
         }
+}
+
+XF_CUDA_TEST_CASE("linear: CUDA with K = 0 gives act(b), as the CPU") {
+  // An empty sum: no GEMM runs; y = b or gelu_tanh(b) per row (the kernel once returned before writing y).
+  for (bool gelu : {false, true}) {
+    const std::vector<Tensor> in{random_tensor({3, 5, 0}, 7), random_tensor({24, 0}, 8), random_tensor({24}, 9)};
+    check_cuda_op(LinearOp(true, gelu), in, DType::f32, str_cat("linear K=0 gelu=", gelu));
+  }
 }
 
 XF_CUDA_TEST_CASE("matmul_dgelu: CUDA (cuBLASLt's dgelu epilogue) against the CPU") {

@@ -16,7 +16,8 @@ namespace xfr::cuda {
 
 namespace {
 
-// C (m, n) = op(A) B, A (k, m) when trans_a else (m, k), B (k, n), all packed, in `dtype`; no epilogue yet.
+// C (m, n) = op(A) B, A (k, m) when trans_a else (m, k), B (k, n) (the caller may set trans_b), all packed, in
+// `dtype`; no epilogue yet.
 GemmArgs plain_gemm(DType dtype, bool trans_a, int64_t m, int64_t n, int64_t k, const void* a, const void* b, void* c) {
   GemmArgs g;
   g.dtype = g.out_dtype = dtype;
@@ -46,16 +47,11 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
   const int64_t K = in[1].dim(1), N = in[1].dim(0);
-  const int64_t M = K == 0 ? 0 : in[0].numel() / K;
+  int64_t M = 1;  // x's rows: every axis but the last (K may be 0: y = act(b))
+  for (size_t d = 0; d + 1 < in[0].shape().size(); ++d) M *= in[0].shape()[d];
   if (M == 0 || N == 0) return;
-  GemmArgs a;
-  a.dtype = a.out_dtype = in[0].dtype();
-  a.trans_b = true;  // y = x wᵀ with w stored (N, K)
-  a.m = M;
-  a.n = N;
-  a.k = K;
-  a.a = in[0].raw_data();
-  a.b = in[1].raw_data();
+  GemmArgs a = plain_gemm(in[0].dtype(), false, M, N, K, in[0].raw_data(), in[1].raw_data(), nullptr);
+  a.trans_b = true;  // y = x wᵀ with w stored (N, K); c: per way below
   // pre is optional (LinearOp::output_optional): without it the epilogue stores y alone, and the split path
   // applies the activation to y in place.
   const bool want_pre = op.gelu_tanh && out[1].defined();
