@@ -96,7 +96,7 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (veto && s.workspace_bytes > kAutoCudnnMaxWorkspaceBytes)
     *veto = str_cat("its ", backward ? "backward" : "forward", " plan needs ", s.workspace_bytes >> 20,
                     " MiB of scratch, past auto's ", kAutoCudnnMaxWorkspaceBytes >> 20, " MiB budget");
-  if (veto && veto->empty() && backward && native_backward_faster(a, cudnn_args_of(a).deterministic))
+  if (veto && veto->empty() && backward && native_backward_faster(a, attention_deterministic_from_env()))
     *veto = "at head dim 64 the native Hopper backward is faster than cuDNN's deterministic one (H200, "
             "ops/cuda/attention_dispatch.cpp)";
   return BackendSupport::yes();
