@@ -60,19 +60,21 @@ std::string describe(const FlashAttentionArgs& a, bool backward) {
 }
 
 // Whether auto runs a backward natively for speed although cuDNN could, measured on the H200 (2026-11-30, run 40:
-// cuDNN 9.14, both backwards deterministic, tools/bench_attention.cpp at hidden 768 and 2048). At head dim 64 our
-// Hopper backward beat cuDNN's deterministic one by 7% at GPT-2's attention (B 16, H 12, S 1024, causal), 15% at
-// S 2048 causal and 9-25% without a mask from S 512 (from S 1024 with 32 heads the scratch budget sends it native
-// anyway); cuDNN stayed 3-4% ahead on short causal rows (S 512) and 5-35% ahead at head dim 128. Windows were not
-// measured and stay on cuDNN. cuDNN's atomic backward (XF_ATTENTION_DETERMINISTIC=0) was 3% ahead at GPT-2's shape:
-// the rule holds for the deterministic kind only. The Hopper backward must be the one that would run (the device,
-// the dtype, no bias, dropout or packed sequences; pointers are not looked at: cuDNN needs the same 16-byte
-// alignment as TMA).
+// cuDNN 9.14, both backwards deterministic, tools/bench_attention.cpp at hidden 768 and 2048, S 512 to 2048). At
+// head dim 64 our Hopper backward beat cuDNN's deterministic one by 7% at GPT-2's attention (B 16, H 12, S 1024,
+// causal), 15% at S 2048 causal and 9-25% without a mask from S 512 (from S 1024 with 32 heads the scratch budget
+// sends it native anyway); cuDNN stayed 3-4% ahead on causal rows of 512 keys and 5-35% ahead at head dim 128.
+// Shorter rows and windows were not measured and stay on cuDNN. cuDNN's atomic backward (XF_ATTENTION_DETERMINISTIC=0)
+// was 3% ahead at GPT-2's shape: the rule holds for the deterministic kind only. The Hopper backward must be the one
+// that would run (the device, the dtype, no bias, dropout or packed sequences; pointers are not looked at: cuDNN
+// needs the same 16-byte alignment as TMA).
 #ifdef XF_HAVE_CUDNN_ATTENTION
-constexpr int64_t kNativeBackwardMinCausalKeys = 513;  // causal rows up to 512 keys: cuDNN's backward was faster
+constexpr int64_t kNativeBackwardMinKeys = 512;         // without a mask: measured from S 512
+constexpr int64_t kNativeBackwardMinCausalKeys = 1024;  // causal: cuDNN was faster at 512, ours from 1024
 bool native_backward_faster(const FlashAttentionArgs& a, bool deterministic) {
   const bool windowed = a.window_left >= 0 || a.window_right >= 0;
-  return deterministic && a.D == 64 && !windowed && !(a.causal && a.Sk < kNativeBackwardMinCausalKeys) &&
+  return deterministic && a.D == 64 && !windowed &&
+         a.Sk >= (a.causal ? kNativeBackwardMinCausalKeys : kNativeBackwardMinKeys) &&
          flash_attention_sm90_backward_refusal(a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr).empty();
 }
 #endif
