@@ -1,13 +1,47 @@
 #include "ops/grad.h"
 
 #include "ops/elementwise.h"
+#include "ops/matmul.h"
 
 namespace xfr {
 
+namespace {
+
+// The matmul node that produced v, when v is its only output and no node reads v: a fresh gradient contribution
+// (a backward rule's dA or dB) that the sum can absorb. Readers come after the producer (nodes are appended in
+// order), so only the nodes since it are looked at.
+const MatMulOp* fresh_matmul(const Graph& g, Value v) {
+  const int p = g.value(v.id).producer;
+  if (p < 0) return nullptr;
+  const Node& n = g.node(p);
+  const auto* mm = dynamic_cast<const MatMulOp*>(n.op.get());
+  if (!mm || n.outputs.size() != 1 || n.inputs.size() != 2) return nullptr;
+  for (int i = p + 1; i < g.num_nodes(); ++i)
+    for (int in : g.node(i).inputs)
+      if (in == v.id) return nullptr;
+  return mm;
+}
+
+// a + b for autodiff: when one side is a fresh matmul product, one matmul_add node (the GEMM adds the other side;
+// the matmul node is then read by nothing and the executor skips it); else an add.
+Value grad_sum(Value a, Value b) {
+  Graph& g = *a.graph;
+  for (const auto& [prod, other] : {std::pair<Value, Value>{b, a}, std::pair<Value, Value>{a, b}}) {
+    if (prod.meta() != other.meta()) break;
+    if (const MatMulOp* mm = fresh_matmul(g, prod)) {
+      const Node& n = g.node(g.value(prod.id).producer);
+      const Value x{&g, n.inputs[0]}, y{&g, n.inputs[1]};
+      return matmul_add(x, y, other, mm->trans_a, mm->trans_b, "grad_sum");
+    }
+  }
+  return add(a, b, "grad_sum");
+}
+
+}  // namespace
+
 const GradAlgebra& builtin_grad_algebra() {
-  static const GradAlgebra algebra{
-      [](Value a, Value b) { return add(a, b, "grad_sum"); },
-      [](Graph& g, const TensorMeta& m, double v) { return fill(g, m, v, "grad_seed"); }};
+  static const GradAlgebra algebra{grad_sum,
+                                   [](Graph& g, const TensorMeta& m, double v) { return fill(g, m, v, "grad_seed"); }};
   return algebra;
 }
 

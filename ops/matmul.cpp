@@ -68,6 +68,23 @@ Value matmul(Value a, Value b, bool trans_a, bool trans_b, const std::string& na
   return a.graph->add1(std::make_shared<MatMulOp>(trans_a, trans_b), {a, b}, name);
 }
 
+std::vector<TensorMeta> MatMulAddOp::infer(const std::vector<TensorMeta>& in) const {
+  XF_CHECK(in.size() == 3, "matmul_add", "takes 3 inputs (a, b, d), got ", in.size());
+  const TensorMeta c = mm.infer({in[0], in[1]})[0];
+  XF_CHECK(in[2] == c, "matmul_add", "d ", in[2].str(), " must be the product's ", c.str());
+  return {c};
+}
+
+std::vector<Value> MatMulAddOp::backward(const BackwardContext& ctx) const {
+  std::vector<Value> g = mm.backward(ctx);  // reads inputs 0 and 1 and the output's gradient
+  g.push_back(ctx.needs_grad(2) ? ctx.grad(0) : Value{});
+  return g;
+}
+
+Value matmul_add(Value a, Value b, Value d, bool trans_a, bool trans_b, const std::string& name) {
+  return a.graph->add1(std::make_shared<MatMulAddOp>(trans_a, trans_b), {a, b, d}, name);
+}
+
 std::string ReshapeOp::attrs() const { return "shape=" + shape_str(shape); }
 
 std::vector<TensorMeta> ReshapeOp::infer(const std::vector<TensorMeta>& in) const {

@@ -29,6 +29,21 @@ MatMulDims matmul_dims(const MatMulOp& op, const Shape& a, const Shape& b);
 
 Value matmul(Value a, Value b, bool trans_a = false, bool trans_b = false, const std::string& name = {});
 
+// C = op(A) op(B) + D: a matmul added to d, which has the product's shape and dtype. Autodiff's gradient sum
+// (ops/grad.cpp) folds a matmul contribution into one, so the GEMM accumulates (on a GPU cuBLASLt reads D as its C
+// input and writes C: beta = 1, one rounding) instead of an add reading two tensors and writing a third.
+class MatMulAddOp final : public Op {
+ public:
+  MatMulAddOp(bool trans_a, bool trans_b) : mm(trans_a, trans_b) {}
+  std::string name() const override { return "matmul_add"; }
+  std::string attrs() const override { return mm.attrs(); }
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (a, b, d) -> c
+  std::vector<Value> backward(const BackwardContext& ctx) const override;
+  MatMulOp mm;  // the product's flags, sizes and backward
+};
+
+Value matmul_add(Value a, Value b, Value d, bool trans_a = false, bool trans_b = false, const std::string& name = {});
+
 // Reshape of a (contiguous) value: no copy, the output is a view. One -1 may be inferred.
 class ReshapeOp final : public Op {
  public:

@@ -88,6 +88,37 @@ XF_CUDA_TEST_CASE("cuda: matmul with equal batch axes (strided batched), every t
   }
 }
 
+XF_CUDA_TEST_CASE("cuda: matmul_add (the GEMM reads d as its C input) against the CPU, every transpose and dtype") {
+  // 2-D, batched with a shared B, and batched B; check_cuda_op_both also runs every tensor one element off alignment.
+  for (const auto& [m, n, k] : std::vector<std::array<int64_t, 3>>{{31, 33, 257}, {257, 1000, 31}, {1, 8, 16}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (DType dt : cuda_float_dtypes()) {
+          const std::string w = str_cat("matmul_add m=", m, " n=", n, " k=", k, " ta=", ta, " tb=", tb);
+          check_cuda_op_both(MatMulAddOp(ta, tb),
+                             {random_tensor(mat(m, k, ta), 300 + m, -1, 1), random_tensor(mat(k, n, tb), 301, -1, 1),
+                              random_tensor({m, n}, 302, -1, 1)},
+                             dt, w, k_scale(dt, k));
+          check_cuda_op(MatMulAddOp(ta, tb),
+                        {random_tensor(mat(m, k, ta, {3}), 303, -1, 1), random_tensor(mat(k, n, tb, {3}), 304, -1, 1),
+                         random_tensor({3, m, n}, 305, -1, 1)},
+                        dt, w + " batched", k_scale(dt, k));
+          if (!ta)
+            check_cuda_op(MatMulAddOp(false, tb),
+                          {random_tensor(mat(m, k, false, {2, 3}), 306, -1, 1), random_tensor(mat(k, n, tb), 307, -1, 1),
+                           random_tensor({2, 3, m, n}, 308, -1, 1)},
+                          dt, w + " shared B", k_scale(dt, k));
+        }
+}
+
+XF_CUDA_TEST_CASE("cuda: matmul_add with k = 0 copies d") {
+  for (DType dt : cuda_float_dtypes()) {
+    const Tensor d = random_tensor({5, 7}, 9, -1, 1).to(dt);
+    const auto got = run_op_cuda(MatMulAddOp(false, false), {Tensor::zeros({5, 0}, dt), Tensor::zeros({0, 7}, dt), d});
+    CHECK(got[0].to_doubles() == d.to_doubles());
+  }
+}
+
 XF_CUDA_TEST_CASE("cuda: matmul with k = 0 writes zeros") {
   for (DType dt : cuda_float_dtypes()) {
     const auto got = run_op_cuda(MatMulOp(false, false), {Tensor::zeros({5, 0}, dt), Tensor::zeros({0, 7}, dt)});
@@ -268,6 +299,25 @@ XF_CUDA_TEST_CASE("cuda: gemm with f32 output from 16-bit inputs accumulates int
     // The products of 16-bit values are exact in fp32; only the summation order differs (k_scale's reason).
     const double s = k_scale(DType::f32, k);
     check_close(C.to_doubles(), expected, tol.atol * s, tol.rtol * s, str_cat("f32 += ", dtype_name(dt), " GEMM"));
+  }
+}
+
+XF_CUDA_TEST_CASE("cuda: gemm with a separate C input (c_in, beta = 1) reads it and leaves it unchanged") {
+  const int64_t m = 257, n = 40, k = 33;
+  for (DType dt : cuda_float_dtypes()) {
+    const Tensor A = random_tensor({m, k}, 12, -1, 1), B = random_tensor({k, n}, 13, -1, 1);
+    const Tensor C0 = random_tensor({m, n}, 14, -1, 1);
+    const Tensor dA = on_device(A, dt), dB = on_device(B, dt), dC0 = on_device(C0, dt);
+    Tensor D = poisoned({m, n}, dt);
+    cuda::GemmArgs g = args_for(dt, false, false, m, n, k, dA, dB, D);
+    g.c_in = dC0.raw_data();
+    g.beta = 1.0f;
+    cuda::gemm(cuda_ctx(), g);
+    std::vector<double> expected = cpu(MatMulOp(false, false), {rounded(A, dt), rounded(B, dt)}).to_doubles();
+    const std::vector<double> c0 = rounded(C0, dt).to_doubles();
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] += c0[i];
+    check_dev(D, Tensor::from_vector(std::vector<float>(expected.begin(), expected.end()), {m, n}), dt, "D = AB + C_in");
+    CHECK(dC0.to_doubles() == rounded(C0, dt).to_doubles());  // C_in untouched
   }
 }
 

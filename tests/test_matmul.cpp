@@ -1,5 +1,8 @@
 // matmul against a float64 triple loop, every transpose combination, batched and shared B; gradients.
+#include "ops/elementwise.h"
+#include "ops/grad.h"
 #include "ops/matmul.h"
+#include "ops/reduce.h"
 #include "testing.h"
 
 using namespace xfr;
@@ -78,4 +81,57 @@ TEST_CASE("matmul: errors name the op and the shapes") {
   }
   CHECK_THROWS_AS(run_op(MatMulOp(false, false), {Tensor::zeros({4}), Tensor::zeros({4, 2})}), Error);
   CHECK_THROWS_AS(run_op(ReshapeOp({7, -1}), {Tensor::zeros({3, 4})}), Error);
+}
+
+TEST_CASE("matmul_add: the CPU kernel equals matmul then add exactly; d's shape is checked") {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (DType dt : {DType::f32, DType::f64}) {
+        const Tensor A = random_tensor(mat(31, 17, ta, {2}), 21, -1, 1, dt), B = random_tensor(mat(17, 33, tb, {2}), 22, -1, 1, dt);
+        const Tensor D = random_tensor({2, 31, 33}, 23, -1, 1, dt);
+        const Tensor P = run_op(MatMulOp(ta, tb), {A, B})[0];
+        CHECK(run_op(MatMulAddOp(ta, tb), {A, B, D})[0].to_doubles() == run_op(BinaryOp(BinaryKind::add), {P, D})[0].to_doubles());
+      }
+  CHECK_THROWS_AS(run_op(MatMulAddOp(false, false), {Tensor::zeros({3, 4}), Tensor::zeros({4, 5}), Tensor::zeros({3, 4})}),
+                  Error);
+}
+
+TEST_CASE("matmul_add: gradients by finite differences (float64)") {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      check_gradients(
+          [ta, tb](Graph&, const std::vector<Value>& in) { return matmul_add(in[0], in[1], in[2], ta, tb); },
+          {random_tensor(mat(3, 5, ta, {2}), 1, -1, 1, DType::f64), random_tensor(mat(5, 4, tb, {2}), 2, -1, 1, DType::f64),
+           random_tensor({2, 3, 4}, 3, -1, 1, DType::f64)},
+          "matmul_add");
+}
+
+TEST_CASE("autodiff: a gradient sum with a matmul contribution is one matmul_add, not an add") {
+  // x feeds three matmuls (as a layer's q, k and v projections): dx has three contributions, each a matmul product
+  // (dy_i w_i^T). The sum folds them into matmul_add nodes (the GEMM accumulates), and the gradients are unchanged.
+  const auto build = [](Graph&, const std::vector<Value>& in) {
+    const Value q = matmul(in[0], in[1], false, true), k = matmul(in[0], in[2], false, true),
+                v = matmul(in[0], in[3], false, true);
+    return add(add(mul(q, k), v), q);
+  };
+  const std::vector<Tensor> in{random_tensor({2, 3, 5}, 1, -1, 1, DType::f64), random_tensor({4, 5}, 2, -1, 1, DType::f64),
+                               random_tensor({4, 5}, 3, -1, 1, DType::f64), random_tensor({4, 5}, 4, -1, 1, DType::f64)};
+  check_gradients(build, in, "three projections of x");
+  Graph g;
+  std::vector<Value> vin;
+  for (size_t i = 0; i < in.size(); ++i)
+    vin.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const Value out = reduce_sum(build(g, vin), {0, 1, 2}, false);
+  const int forward_nodes = g.num_nodes();
+  const Gradients grads = gradients(out);
+  int matmul_adds = 0, sums_of_x = 0;
+  for (int n = forward_nodes; n < g.num_nodes(); ++n) {
+    const Node& node = g.node(n);
+    matmul_adds += node.op->name() == "matmul_add";
+    sums_of_x += node.op->name() == "binary" && node.outputs[0] == grads.get(vin[0]).id;
+  }
+  CHECK(matmul_adds >= 2);  // dx's second and third contributions
+  CHECK(sums_of_x == 0);
+  const int dx_producer = g.value(grads.get(vin[0]).id).producer;
+  CHECK(g.node(dx_producer).op->name() == "matmul_add");
 }

@@ -51,8 +51,23 @@ void matmul_kernel(const Op& op_, const KernelContext&, const std::vector<Tensor
   XF_DISPATCH_FLOAT(out[0].dtype(), "matmul", T, matmul_impl<T>(op, in[0], in[1], out[0]));
 }
 
+// a, b as matmul; d: the product's shape -> c = a b + d (the product rounded, then the sum: f32 and f64 only here)
+void matmul_add_kernel(const Op& op_, const KernelContext&, const std::vector<Tensor>& in,
+                       const std::vector<Tensor>& out) {
+  const auto& op = static_cast<const MatMulAddOp&>(op_);
+  XF_DISPATCH_FLOAT(out[0].dtype(), "matmul_add", T, {
+    matmul_impl<T>(op.mm, in[0], in[1], out[0]);
+    T* c = out[0].data<T>();
+    const T* d = in[2].data<T>();
+    for (int64_t i = 0; i < out[0].numel(); ++i) c[i] += d[i];
+  });
+}
+
 }  // namespace
 
-void register_matmul(KernelRegistry& r) { r.add("matmul", Device::Kind::cpu, matmul_kernel); }
+void register_matmul(KernelRegistry& r) {
+  r.add("matmul", Device::Kind::cpu, matmul_kernel);
+  r.add("matmul_add", Device::Kind::cpu, matmul_add_kernel);
+}
 
 }  // namespace xfr::cpu

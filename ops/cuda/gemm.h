@@ -2,6 +2,7 @@
 // benchmarks: no graph, no tensors, row-major operands as pointers. A plain C++ header (no CUDA includes).
 //
 //   C[b] = alpha * op(A[b]) · op(B[b]) + beta * C[b]      then the epilogue, b < batch
+//   (with c_in: + beta * C_in[b] instead, C_in read and C written)
 //
 // Row-major, as the runtime's tensors: A is (m, k) with leading dimension lda >= k, or (k, m) with
 // lda >= m when trans_a; B is (k, n), ldb >= n, or (n, k), ldb >= k when trans_b; C is (m, n), ldc >= n.
@@ -55,7 +56,10 @@ struct GemmArgs {
   int64_t m = 0, n = 0, k = 0;
   const void* a = nullptr;  // (m, k) or (k, m) per batch
   const void* b = nullptr;  // (k, n) or (n, k) per batch
-  void* c = nullptr;        // (m, n) per batch; read when beta != 0
+  void* c = nullptr;        // (m, n) per batch; read when beta != 0 and c_in is null
+  // With beta != 0: the C that is read, laid out as c (ldc, stride_c), when it is not c itself (D = c is written,
+  // C = c_in is not: C = alpha op(A) op(B) + beta C_in, cuBLASLt's separate C and D).
+  const void* c_in = nullptr;
   int64_t lda = 0, ldb = 0, ldc = 0;  // 0: the packed row length of each
   int64_t batch = 1;
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements between batches (ignored when batch == 1)

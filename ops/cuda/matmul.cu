@@ -153,6 +153,7 @@ GemmArgs normalise(GemmArgs g) {
            " needs the GELU pre-activation (aux)");
   if (!bias) g.bias = nullptr;
   if (!takes_aux(g.epilogue)) g.aux = nullptr;
+  if (g.beta == 0.0f) g.c_in = nullptr;  // nothing is read
   if (g.aux) {
     if (g.aux_ld == 0) g.aux_ld = g.ldc;
     if (g.aux_stride == 0) g.aux_stride = g.stride_c;
@@ -186,6 +187,13 @@ std::string plan_key(const GemmArgs& g) {
                  align_class(g.c), ",", align_class(g.bias), ",", align_class(g.aux));
 }
 
+// The C a GEMM reads (with beta != 0): c_in, or C itself.
+const void* c_read(const GemmArgs& g) { return g.c_in ? g.c_in : g.c; }
+
+// Whether running g twice gives another result than running it once: it reads the C it writes (beta != 0 without a
+// separate c_in). Such a call is not timed (each timing run would add into C again).
+bool rerun_accumulates(const GemmArgs& g) { return g.beta != 0.0f && g.c_in == nullptr; }
+
 // ---- autotuning ---------------------------------------------------------------------------------------
 // cuBLASLt's heuristic ranks algorithms by a model, and its first pick is not always the fastest: measured on
 // the H200, the MiniLM encoder's 32768 x 30522 x 384 logits GEMM (rows 4 bytes off 16-byte alignment) ran at
@@ -195,7 +203,7 @@ std::string plan_key(const GemmArgs& g) {
 // XF_GEMM_AUTOTUNE_LOG=1 prints every candidate's time to stderr; XF_GEMM_AUTOTUNE_CANDIDATES=n times the top n.
 //
 // When tuning is skipped: during CUDA-graph capture (nothing can be timed; executors and the training step
-// run their first step eagerly, so plans normally exist before capture), and when beta != 0 (each timing run
+// run their first step eagerly, so plans normally exist before capture), and when beta != 0 without c_in (each timing run
 // would add into C again).
 //
 // The choice is kept per process and device under the plan key, so every context of a process (a resumed
@@ -223,19 +231,20 @@ AutotuneChoices<cublasLtMatmulAlgo_t>& tuned_choices() {
   return t;
 }
 
-// The fastest of `found` heuristic candidates for plan p on g's operands (g.beta == 0: reruns are idempotent).
+// The fastest of `found` heuristic candidates for plan p on g's operands (not rerun_accumulates: reruns are
+// idempotent).
 cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g, const std::string& key,
                                 const cublasLtMatmulHeuristicResult_t* results, int found) {
   const std::string choice_key = str_cat(ctx.device().str(), "/", key);
   cublasLtMatmulAlgo_t chosen;
   if (tuned_choices().find(choice_key, chosen)) return chosen;
-  if (stream_capturing(ctx.stream()) || g.beta != 0.0f) return results[0].algo;
+  if (stream_capturing(ctx.stream()) || rerun_accumulates(g)) return results[0].algo;
   int best = 0;
   float best_ms = -1.0f;
   for (int i = 0; i < found; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
     const float ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
-      return cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, g.c, p.lc, g.c, p.lc,
+      return cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, c_read(g), p.lc, g.c, p.lc,
                             &results[i].algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) ==
              CUBLAS_STATUS_SUCCESS;
     });
@@ -313,14 +322,23 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
 // Least n for the aligned-head / tail split in gemm(): below it the tail GEMM's launch is not worth it.
 constexpr int64_t kSplitMinColumns = 256;
 
-// k == 0: C = beta * C, with no epilogue: zeros (beta 0) or C unchanged (beta 1).
-//   c: (batch, m, ldc) rows of n elements
+// k == 0: C = beta * C (or beta * C_in), with no epilogue: zeros (beta 0), C unchanged or a copy of C_in (beta 1).
+//   c, c_in: (batch, m, ldc) rows of n elements
 void gemm_empty_k(CudaContext& ctx, const GemmArgs& g) {
   XF_CHECK(g.epilogue == GemmEpilogue::none && (g.beta == 0.0f || g.beta == 1.0f), "gemm",
            "k = 0 is supported without an epilogue and with beta 0 or 1, got epilogue ", gemm_epilogue_name(g.epilogue),
            ", beta ", g.beta);
-  if (g.beta == 1.0f) return;
   const size_t es = dtype_size(g.out_dtype);
+  if (g.beta == 1.0f) {
+    if (g.c_in)
+      for (int64_t b = 0; b < g.batch; ++b) {
+        const size_t off = static_cast<size_t>(b * g.stride_c) * es, pitch = static_cast<size_t>(g.ldc) * es;
+        XF_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(g.c) + off, pitch, static_cast<const char*>(g.c_in) + off,
+                                        pitch, static_cast<size_t>(g.n) * es, static_cast<size_t>(g.m),
+                                        cudaMemcpyDeviceToDevice, ctx.stream()));
+      }
+    return;
+  }
   for (int64_t b = 0; b < g.batch; ++b)
     XF_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(g.c) + static_cast<size_t>(b * g.stride_c) * es,
                                     static_cast<size_t>(g.ldc) * es, 0, static_cast<size_t>(g.n) * es,
@@ -353,6 +371,7 @@ void gemm(CudaContext& ctx, const GemmArgs& args) {
     tail.n = g.n - n0;
     const size_t es = dtype_size(g.out_dtype), ein = dtype_size(g.dtype);
     tail.c = static_cast<char*>(g.c) + static_cast<size_t>(n0) * es;
+    if (g.c_in) tail.c_in = static_cast<const char*>(g.c_in) + static_cast<size_t>(n0) * es;
     tail.b = static_cast<const char*>(g.b) + static_cast<size_t>(g.trans_b ? n0 * g.ldb : n0) * ein;
     if (g.bias) tail.bias = static_cast<char*>(g.bias) + static_cast<size_t>(n0) * es;
     if (g.aux) tail.aux = static_cast<char*>(g.aux) + static_cast<size_t>(n0) * es;
@@ -366,7 +385,7 @@ void gemm(CudaContext& ctx, const GemmArgs& args) {
   if (g.bias) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
   if (g.aux) set_desc(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<const void*>(g.aux));
   // cuBLASLt's A is our B and its B our A (see the top of the file); C and D are the same matrix.
-  XF_CUBLAS_CHECK(cublasLtMatmul(ctx.lt(), plan->desc, &g.alpha, g.b, plan->la, g.a, plan->lb, &g.beta, g.c, plan->lc,
+  XF_CUBLAS_CHECK(cublasLtMatmul(ctx.lt(), plan->desc, &g.alpha, g.b, plan->la, g.a, plan->lb, &g.beta, c_read(g), plan->lc,
                                  g.c, plan->lc, &plan->algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()));
 }
 
@@ -390,7 +409,7 @@ bool gemm_split_epilogue(CudaContext& ctx, const GemmArgs& fused, const std::fun
   const std::string key = str_cat(ctx.device().str(), "/", plan_key(g));
   bool split_wins = false;
   if (split_choices().find(key, split_wins)) return split_wins;
-  if (!autotune_enabled() || stream_capturing(ctx.stream()) || g.beta != 0.0f) return false;
+  if (!autotune_enabled() || stream_capturing(ctx.stream()) || rerun_accumulates(g)) return false;
   const float fused_ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
     try {
       gemm(ctx, g);
@@ -413,11 +432,8 @@ bool gemm_split_epilogue(CudaContext& ctx, const GemmArgs& fused, const std::fun
 
 namespace {
 
-// a: (*, M, K) or (*, K, M) with trans_a; b: (K, N) / (N, K) shared, or (*, K, N) / (*, N, K) -> c: (*, M, N)
-void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
-                   const std::vector<Tensor>& out) {
-  const auto& op = static_cast<const MatMulOp&>(op_);
-  const Tensor &A = in[0], &B = in[1], &C = out[0];
+// The GEMM of matmul op `op` on A, B into C (d_in: null, or a tensor laid out as C that is added: beta 1).
+GemmArgs matmul_gemm(const MatMulOp& op, const Tensor& A, const Tensor& B, const Tensor& C, const Tensor* d_in) {
   const MatMulDims d = matmul_dims(op, A.shape(), B.shape());
   GemmArgs g;
   g.dtype = A.dtype();
@@ -437,11 +453,32 @@ void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
   g.stride_a = d.m * d.k;
   g.stride_b = d.shared_b ? 0 : d.k * d.n;  // a shared B folds into one GEMM of batch * M rows (see gemm())
   g.stride_c = d.m * g.ldc;
-  gemm(context_of(ctx), g);
+  if (d_in) {
+    XF_CHECK(C.is_contiguous() && d_in->is_contiguous(), "matmul_add", "needs packed c and d, got ", C.desc(), " and ",
+             d_in->desc());
+    g.c_in = d_in->raw_data();
+    g.beta = 1.0f;
+  }
+  return g;
+}
+
+// a: (*, M, K) or (*, K, M) with trans_a; b: (K, N) / (N, K) shared, or (*, K, N) / (*, N, K) -> c: (*, M, N)
+void matmul_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                   const std::vector<Tensor>& out) {
+  gemm(context_of(ctx), matmul_gemm(static_cast<const MatMulOp&>(op_), in[0], in[1], out[0], nullptr));
+}
+
+// a, b as matmul; d: (*, M, N) -> c = a b + d, the sum in the GEMM (cuBLASLt's C input, D output)
+void matmul_add_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
+                       const std::vector<Tensor>& out) {
+  gemm(context_of(ctx), matmul_gemm(static_cast<const MatMulAddOp&>(op_).mm, in[0], in[1], out[0], &in[2]));
 }
 
 }  // namespace
 
-void register_matmul(KernelRegistry& r) { r.add("matmul", Device::Kind::cuda, matmul_kernel); }
+void register_matmul(KernelRegistry& r) {
+  r.add("matmul", Device::Kind::cuda, matmul_kernel);
+  r.add("matmul_add", Device::Kind::cuda, matmul_add_kernel);
+}
 
 }  // namespace xfr::cuda
