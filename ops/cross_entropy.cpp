@@ -32,7 +32,7 @@ std::vector<TensorMeta> CrossEntropyOp::infer(const std::vector<TensorMeta>& in)
   check_logits_targets("cross_entropy", in[0], in[1]);
   check_smoothing("cross_entropy", label_smoothing);
   const DType st = cross_entropy_loss_dtype(in[0].dtype);
-  return {TensorMeta{{1}, st}, TensorMeta{{in[0].shape[0]}, st}};
+  return {TensorMeta{{1}, st}, TensorMeta{{in[0].shape[0]}, st}, in[0]};
 }
 
 std::vector<Value> CrossEntropyOp::backward(const BackwardContext& ctx) const {
@@ -40,6 +40,15 @@ std::vector<Value> CrossEntropyOp::backward(const BackwardContext& ctx) const {
   if (!ctx.needs_grad(0)) return grads;
   Value dloss = ctx.grad(0);
   const Value dlse = ctx.grad(1);
+  // The seed of 1 (autodiff's, when the loss is what is differentiated): the forward's own dlogits output.
+  if (dloss.defined() && !dlse.defined() && !ctx.grad(2).defined()) {
+    const int p = ctx.graph.value(dloss.id).producer;
+    const auto* seed = p >= 0 ? dynamic_cast<const FillOp*>(ctx.graph.node(p).op.get()) : nullptr;
+    if (seed && seed->value == 1.0) {
+      grads[0] = ctx.output(2);
+      return grads;
+    }
+  }
   if (!dloss.defined()) dloss = fill(ctx.graph, ctx.output(0).meta(), 0.0, ctx.name("dloss_zero"));
   std::vector<Value> in{ctx.input(0), ctx.output(1), ctx.input(1), dloss};
   if (dlse.defined()) in.push_back(dlse);

@@ -3,6 +3,7 @@
 //
 //   cross_entropy  inputs  (logits (N, V), targets (N) i32 or i64)
 //                  outputs (loss (1,), lse (N))   in cross_entropy_loss_dtype(logits): f32 for 16-bit logits
+//                          (dlogits (N, V))       optional: d loss / d logits for d loss = 1, in the logits' dtype
 //     lse[n]  = log sum_v exp(logits[n, v])
 //     logp    = logits - lse
 //     loss    = mean over rows n with targets[n] != ignore_index of
@@ -13,6 +14,11 @@
 // A target outside [0, V) that is not ignore_index is an xfr::Error naming the row, raised when the kernel
 // runs (targets are data). lse is saved for the backward; a gradient reaching it (e.g. a z-loss on lse) is
 // supported: d lse[n] / d logits[n, v] = softmax(logits[n])[v].
+// The third output is the backward's dlogits for a gradient of 1 reaching the loss, computed in the forward's pass
+// over the logits when something reads it (Op::output_optional: an inference graph plans no buffer for it). The
+// backward rule hands it out when the loss's gradient is autodiff's seed of 1 (a training step in bf16 or f32; fp16
+// loss scaling seeds with the scale and runs cross_entropy_backward): one pass over the logits instead of two
+// (reading 2 x N x V, writing N x V: GPT-2's are 1.65 GB in bf16), as llm.c's fused classifier does.
 // Mixed precision (GPU): with bf16/f16 logits the loss and lse are f32 (computed in fp32; an lse rounded to
 // 16 bits would put a relative error of ~|lse| * 2^-8 on every probability of the backward), dloss and dlse
 // are f32 too, and dlogits has the logits' dtype. The CUDA kernels cannot throw on a bad target while running;
@@ -38,6 +44,7 @@ class CrossEntropyOp final : public Op {
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
+  bool output_optional(int output) const override { return output == 2; }  // dlogits, when something reads it
   int64_t ignore_index;
   double label_smoothing;
 };

@@ -6,6 +6,9 @@
 
 #include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
+#include "ops/grad.h"
+#include "runtime/executor.h"
+#include "runtime/param_store.h"
 #include "runtime/cpu/threadpool.h"
 #include "testing.h"
 
@@ -86,6 +89,8 @@ TEST_CASE("cross_entropy: loss, lse and dlogits against float64 (ignore_index, l
                 const Tensor dloss = Tensor::full({1}, 1.0, dt);
                 const Tensor dx = run_op(CrossEntropyBackwardOp(ignore, ls, false), {x, out[1], t, dloss}, pool)[0];
                 check_close(dx, ref.dlogits, what + " dlogits");
+                // The forward's own dlogits (for dloss = 1): the backward's, bit for bit.
+                CHECK(out[2].to_doubles() == dx.to_doubles());
               }
             }
 }
@@ -134,6 +139,42 @@ TEST_CASE("cross_entropy: gradients by finite differences (float64), through the
         return g.add(std::make_shared<CrossEntropyOp>(-100, ls), {v[0], v[1]})[1];
       }, {x, t}, "cross_entropy lse only");
     }
+}
+
+TEST_CASE("cross_entropy: under autodiff's seed of 1 the gradient is the forward's dlogits, with no backward node") {
+  // The loss differentiated directly (seed 1): the forward's optional dlogits output is the gradient. A seed of
+  // another value (fp16's loss scale, here a graph input) or a gradient reaching lse runs cross_entropy_backward.
+  const int64_t N = 9, V = 33;
+  const Tensor x = random_tensor({N, V}, 5, -3, 3, DType::f64);
+  const Tensor t = targets_tensor(random_targets(N, V, 6, -100, 4), DType::i64);
+  const auto count = [](const Graph& g, const char* op) {
+    int c = 0;
+    for (int i = 0; i < g.num_nodes(); ++i) c += g.node(i).op->name() == op;
+    return c;
+  };
+  std::vector<double> dx[2];
+  for (int scaled = 0; scaled < 2; ++scaled) {
+    Graph g;
+    const Value vx = g.input("x", TensorMeta{{N, V}, DType::f64}, true), vt = g.input("t", TensorMeta{{N}, DType::i64});
+    const Value loss = cross_entropy(vx, vt, -100, 0.1);
+    const Value seed = scaled ? g.input("seed", loss.meta()) : Value{};
+    const Gradients grads = gradients(loss, seed);
+    const Value gx = grads.get(vx);
+    CHECK(count(g, "cross_entropy_backward") == scaled);
+    if (!scaled) CHECK(g.node(g.value(gx.id).producer).op->name() == "cross_entropy");
+    Executor ex(g, {loss, gx}, grads, std::make_shared<ParamStore>(g), ExecutorOptions{});
+    ex.bind(vx, x);
+    ex.bind(vt, t);
+    if (scaled) ex.bind(seed, Tensor::full({1}, 1.0, DType::f64));
+    ex.run();
+    dx[scaled] = ex.get(gx).to_doubles();
+  }
+  CHECK(dx[0] == dx[1]);
+  // An inference graph (nothing reads dlogits) plans no buffer for it.
+  Graph g;
+  const Value loss = cross_entropy(g.input("x", TensorMeta{{N, V}, DType::f32}), g.input("t", TensorMeta{{N}, DType::i64}));
+  Executor ex(g, {loss}, Gradients{}, std::make_shared<ParamStore>(g), ExecutorOptions{});
+  CHECK(static_cast<int64_t>(ex.memory_plan().arena_bytes) < N * V * 4);
 }
 
 TEST_CASE("cross_entropy: bad shapes, dtypes, smoothing and out-of-range targets throw xfr::Error") {

@@ -324,6 +324,7 @@ int64_t count_valid(const std::vector<int64_t>& t, int64_t ignore) {
 }  // namespace
 
 XF_CUDA_TEST_CASE("cuda: cross_entropy forward matches the CPU (vocabularies up to 50304, ignore_index, smoothing)") {
+  // Every output, the optional dlogits (for dloss = 1, written in the forward's pass) included: run_op_cuda plans it.
   uint64_t seed = 500;
   for (DType dt : cuda_float_dtypes())
     for (int64_t V : {31, 33, 64, 1000, 4099, 50304})

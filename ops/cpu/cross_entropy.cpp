@@ -1,7 +1,7 @@
 // CPU kernels of ops/cross_entropy.h, parallel over rows. Forward: per row one pass for the max, one for
 // sum(exp(x - max)) (and sum(x) with label smoothing); the row losses are kept in double and averaged in row
 // order, so the loss does not depend on the number of threads. Backward: one pass per row writes
-// dlogits = (a + b) p - a ls / V, then fixes the target entry. f32 uses exp_f32 (ops/cpu/simd.h), a
+// dlogits = (a + b) p - a ls / V, then fixes the target entry (the forward too, for its optional dlogits output). f32 uses exp_f32 (ops/cpu/simd.h), a
 // branch-free exp the compiler vectorises; libm's expf is a call per element. The row loops are compiled for
 // the baseline ISA and for AVX2+FMA, picked at run time (run_simd, ops/cpu/simd.h).
 #include <algorithm>
@@ -83,7 +83,29 @@ int64_t check_targets(const char* op, const I* tg, int64_t N, int64_t V, int64_t
   return valid;
 }
 
-// in: logits (N, V), targets (N);  out: loss (1,), lse (N)
+// dlogits of rows [0, N): coef = d loss / d row loss (dloss / n_valid), dlse (N) or null. The backward's formula,
+// which the forward also runs for its dlogits output (coef = 1 / n_valid).
+template <class T, class I>
+void write_dlogits(const KernelContext& ctx, const T* x, const T* lse, const I* tg, double coef, const T* dlse,
+                   T* dx, int64_t N, int64_t V, int64_t ignore_index, double ls) {
+  const auto body = [&](int64_t n0, int64_t n1) XF_INLINE_LAMBDA {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xr = x + n * V;
+      T* dr = dx + n * V;
+      const int64_t t = static_cast<int64_t>(tg[n]);
+      const bool counted = t != ignore_index;
+      const T a = counted ? static_cast<T>(coef) : T(0);  // weight of this row's loss
+      const T ab = a + (dlse ? dlse[n] : T(0));           // weight of p = softmax(row)
+      const T smooth = static_cast<T>(static_cast<double>(a) * ls / static_cast<double>(V));
+      const T l = lse[n];
+      for (int64_t v = 0; v < V; ++v) dr[v] = ab * exp_t<T>(xr[v] - l) - smooth;
+      if (counted) dr[t] -= static_cast<T>(static_cast<double>(a) * (1.0 - ls));
+    }
+  };
+  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) { run_simd(body, n0, n1); });
+}
+
+// in: logits (N, V), targets (N);  out: loss (1,), lse (N), [dlogits (N, V): for dloss = 1, when defined]
 template <class T, class I>
 void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
                 const std::vector<Tensor>& out) {
@@ -114,6 +136,9 @@ void ce_forward(const CrossEntropyOp& op, const KernelContext& ctx, const std::v
   double total = 0;
   for (double v : row_loss) total += v;  // ignored rows hold 0
   out[0].data<T>()[0] = static_cast<T>(valid > 0 ? total / static_cast<double>(valid) : 0.0);
+  if (out.size() > 2 && out[2].defined())
+    write_dlogits<T, I>(ctx, x, lse, tg, valid > 0 ? 1.0 / static_cast<double>(valid) : 0.0, nullptr, out[2].data<T>(),
+                        N, V, op.ignore_index, ls);
 }
 
 // in: logits (N, V), lse (N), targets (N), dloss (1,), [dlse (N)];  out: dlogits (N, V)
@@ -129,22 +154,7 @@ void ce_backward(const CrossEntropyBackwardOp& op, const KernelContext& ctx, con
   T* dx = out[0].data<T>();
   const int64_t valid = check_targets("cross_entropy_backward", tg, N, V, op.ignore_index);
   const double coef = valid > 0 ? dloss / static_cast<double>(valid) : 0.0;  // d loss / d row loss
-  const double ls = op.label_smoothing;
-  const auto body = [&](int64_t n0, int64_t n1) XF_INLINE_LAMBDA {
-    for (int64_t n = n0; n < n1; ++n) {
-      const T* xr = x + n * V;
-      T* dr = dx + n * V;
-      const int64_t t = static_cast<int64_t>(tg[n]);
-      const bool counted = t != op.ignore_index;
-      const T a = counted ? static_cast<T>(coef) : T(0);  // weight of this row's loss
-      const T ab = a + (dlse ? dlse[n] : T(0));           // weight of p = softmax(row)
-      const T smooth = static_cast<T>(static_cast<double>(a) * ls / static_cast<double>(V));
-      const T l = lse[n];
-      for (int64_t v = 0; v < V; ++v) dr[v] = ab * exp_t<T>(xr[v] - l) - smooth;
-      if (counted) dr[t] -= static_cast<T>(static_cast<double>(a) * (1.0 - ls));
-    }
-  };
-  parallel_for(ctx, N, row_grain(V), [&](int64_t n0, int64_t n1) { run_simd(body, n0, n1); });
+  write_dlogits<T, I>(ctx, x, lse, tg, coef, dlse, dx, N, V, op.ignore_index, op.label_smoothing);
 }
 
 void ce_kernel(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {

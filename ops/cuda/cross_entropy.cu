@@ -7,8 +7,9 @@
 // target is invalid) goes to scratch memory, and one block sums the row losses in a fixed order (in
 // double) and divides by the number of counted rows: deterministic, no atomics. Statistics in fp32; loss
 // and lse are f32 whatever the logits' dtype.
-// Backward: one small block counts the counted rows and forms dloss / n_valid on the device (so a captured
-// CUDA graph reads each step's dloss); then each row group writes
+// Backward (and the forward's optional dlogits, for dloss = 1, in a second pass over each row right after its lse):
+// one small block counts the counted rows and forms dloss / n_valid on the device (so a captured CUDA graph reads
+// each step's dloss); then each row group writes
 //   dlogits = (a + dlse) * exp(x - lse) - a * ls / V - [v == target] a (1 - ls),  a = dloss / n_valid
 // in one pass over the row, rounded once to the logits' dtype.
 #include "ops/cross_entropy.h"
@@ -48,24 +49,56 @@ __device__ __forceinline__ bool target_valid(I t, int64_t V) {
   return static_cast<int64_t>(t) >= 0 && static_cast<int64_t>(t) < V;
 }
 
-template <class T, class I, int W>
+// One row's dlogits (the backward's formula; ops/cross_entropy.h): the row's weights from coef = dloss / n_valid,
+// its dlse (0 without) and its target t (ignore_index: not counted).
+struct GradRow {
+  float ab, smooth, hit, l;  // weight of p, a ls / V, a (1 - ls), lse
+  int64_t t;                 // the target, or -1 when the row is not counted
+  __device__ __forceinline__ GradRow(float coef, float dlse, int64_t target, int64_t ignore_index, int64_t V, float ls,
+                                     float lse)
+      : l(lse) {
+    const bool counted = target != ignore_index;
+    const float a = counted ? coef : 0.f;  // weight of this row's loss
+    ab = a + dlse;
+    smooth = a * ls / static_cast<float>(V);
+    hit = a * (1.f - ls);
+    t = counted ? target : -1;
+  }
+  // dlogits of the W logits starting at column c.
+  template <class T, int W>
+  __device__ __forceinline__ dev::Pack<T, W> pack(const dev::Pack<T, W>& x, int64_t c) const {
+    dev::Pack<T, W> out;
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      float g = ab * __expf(dev::to_float(x.v[e]) - l) - smooth;
+      if (c + e == t) g -= hit;
+      out.v[e] = dev::from_float<T>(g);
+    }
+    return out;
+  }
+};
+
+// kGrad: also the row's dlogits for dloss = 1 (coef = 1 / n_valid), in a second pass over the row (from L2: the block
+// has just read it), written as the backward would.
+template <class T, class I, int W, bool kGrad>
 __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
     ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
                       const I* __restrict__ targets,  // (N)
                       float* __restrict__ lse,        // (N)
                       float* __restrict__ row_loss,   // (N)
+                      const float* __restrict__ coef,  // (1,): 1 / n_valid; kGrad only
+                      T* __restrict__ dlogits,         // (N, V); kGrad only
                       int64_t N, int64_t V, int64_t ignore_index, float ls) {
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t packs = V / W;  // W > 1 only when V % W == 0
   for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
     const T* xr = logits + row * V;
-    // The target and its logit, read up front by the thread that writes the loss (no dependent load at the end).
+    // The target and its logit, read up front by the thread that writes the loss (no dependent load at the end);
+    // with kGrad every thread needs the target.
     I t = 0;
     float xt = 0.f;
-    if (tid == 0) {
-      t = targets[row];
-      if (target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
-    }
+    if (kGrad || tid == 0) t = targets[row];
+    if (tid == 0 && target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
     float m = -INFINITY, s = 0.f, sx = 0.f;
     for (int64_t base = 0; base < packs; base += kUnroll * tpr) {
       dev::Pack<T, W> v[kUnroll];
@@ -97,6 +130,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
     }
     const float M = dev::row_max(m);
     const float2 sums = dev::row_sum2(m == -INFINITY ? 0.f : s * __expf(m - M), sx);
+    if (kGrad) {
+      const GradRow gr(coef[0], 0.f, static_cast<int64_t>(t), ignore_index, V, ls, M + logf(sums.x));
+      T* dr = dlogits + row * V;
+      for (int64_t p = tid; p < packs; p += tpr)
+        dev::store_pack<T, W>(dr + p * W, gr.pack<T, W>(dev::load_pack<T, W>(xr + p * W), p * W));
+    }
     if (tid == 0) {
       const float l = M + logf(sums.x);
       lse[row] = l;
@@ -140,7 +179,8 @@ __global__ void __launch_bounds__(kFinalThreads)
 template <class I>
 __global__ void __launch_bounds__(kFinalThreads)
     ce_coef_kernel(const I* __restrict__ targets,  // (N)
-                   const float* __restrict__ dloss,  // (1,)
+                   const float* __restrict__ dloss,  // (1,), or null: dloss_value
+                   float dloss_value,
                    float* __restrict__ coef,         // (1,)
                    int64_t N, int64_t V, int64_t ignore_index) {
   double valid = 0, bad = 0;
@@ -153,7 +193,7 @@ __global__ void __launch_bounds__(kFinalThreads)
   valid = dev::block_sum<double>(valid);
   bad = dev::block_sum<double>(bad);
   if (threadIdx.x == 0)
-    coef[0] = bad > 0 ? NAN : valid > 0 ? static_cast<float>(static_cast<double>(dloss[0]) / valid) : 0.f;
+    coef[0] = bad > 0 ? NAN : valid > 0 ? static_cast<float>(static_cast<double>(dloss ? dloss[0] : dloss_value) / valid) : 0.f;
 }
 
 template <class T, class I, int W>
@@ -168,43 +208,41 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t packs = V / W;
   for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
-    const int64_t t = static_cast<int64_t>(targets[row]);
-    const bool counted = t != ignore_index;
-    const float a = counted ? coef[0] : 0.f;           // weight of this row's loss
-    const float ab = a + (dlse ? dlse[row] : 0.f);     // weight of p = softmax(row)
-    const float smooth = a * ls / static_cast<float>(V), hit = a * (1.f - ls);
-    const float l = lse[row];
+    const GradRow gr(coef[0], dlse ? dlse[row] : 0.f, static_cast<int64_t>(targets[row]), ignore_index, V, ls,
+                     lse[row]);
     const T* xr = logits + row * V;
     T* dr = dlogits + row * V;
-    for (int64_t p = tid; p < packs; p += tpr) {
-      const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + p * W);
-      dev::Pack<T, W> out;
-#pragma unroll
-      for (int e = 0; e < W; ++e) {
-        float g = ab * __expf(dev::to_float(v.v[e]) - l) - smooth;
-        if (counted && p * W + e == t) g -= hit;
-        out.v[e] = dev::from_float<T>(g);
-      }
-      dev::store_pack<T, W>(dr + p * W, out);
-    }
+    for (int64_t p = tid; p < packs; p += tpr)
+      dev::store_pack<T, W>(dr + p * W, gr.pack<T, W>(dev::load_pack<T, W>(xr + p * W), p * W));
   }
 }
 
-// logits: (N, V); targets: (N); loss: (1,); lse: (N)
+// logits: (N, V); targets: (N); loss: (1,); lse: (N); dlogits: (N, V) for dloss = 1, or null (not wanted)
 template <class T, class I>
-void ce_forward(const T* logits, const I* targets, float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
-                double ls, Scratch scratch, cudaStream_t stream) {
+void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* dlogits, int64_t N, int64_t V,
+                int64_t ignore_index, double ls, Scratch scratch, cudaStream_t stream) {
   if (N > 0) {
     float* row_loss = scratch.take<float>(N, "cross_entropy");
+    float* coef = nullptr;  // 1 / n_valid, before the rows' dlogits need it
+    if (dlogits) {
+      coef = scratch.take<float>(1, "cross_entropy");
+      ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, 1.f, coef, N, V, ignore_index);
+      XF_CUDA_CHECK_LAUNCH("cross_entropy_coef");
+    }
     auto run = [&](auto width) {
       constexpr int W = decltype(width)::value;
       const RowPlan plan = plan_ce(V, W);
-      ce_forward_kernel<T, I, W><<<plan.grid(N), plan.block(), 0, stream>>>(logits, targets, lse, row_loss, N, V,
-                                                                           ignore_index, static_cast<float>(ls));
+      const float fls = static_cast<float>(ls);
+      if (dlogits)
+        ce_forward_kernel<T, I, W, true><<<plan.grid(N), plan.block(), 0, stream>>>(
+            logits, targets, lse, row_loss, coef, dlogits, N, V, ignore_index, fls);
+      else
+        ce_forward_kernel<T, I, W, false><<<plan.grid(N), plan.block(), 0, stream>>>(
+            logits, targets, lse, row_loss, nullptr, nullptr, N, V, ignore_index, fls);
       XF_CUDA_CHECK_LAUNCH("cross_entropy_forward");
     };
     constexpr int Vw = vec_width<T>();
-    if (V % Vw == 0 && dev::aligned16(logits))
+    if (V % Vw == 0 && all_aligned16({logits, dlogits}))
       run(std::integral_constant<int, Vw>{});
     else
       run(std::integral_constant<int, 1>{});
@@ -222,7 +260,7 @@ void ce_backward(const T* logits, const float* lse, const I* targets, const floa
                  cudaStream_t stream) {
   if (N == 0) return;
   float* coef = scratch.take<float>(1, "cross_entropy_backward");
-  ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, dloss, coef, N, V, ignore_index);
+  ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, dloss, 0.f, coef, N, V, ignore_index);
   XF_CUDA_CHECK_LAUNCH("cross_entropy_coef");
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
@@ -238,13 +276,14 @@ void ce_backward(const T* logits, const float* lse, const I* targets, const floa
     run(std::integral_constant<int, 1>{});
 }
 
-// in: logits (N, V), targets (N) i32/i64;  out: loss (1,) f32, lse (N) f32
+// in: logits (N, V), targets (N) i32/i64;  out: loss (1,) f32, lse (N) f32, [dlogits (N, V): when defined]
 void ce_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in, const std::vector<Tensor>& out) {
   const auto& op = static_cast<const CrossEntropyOp&>(op_);
   CudaContext& cc = context_of(ctx);
   launch_cross_entropy_forward(in[0].dtype(), in[0].raw_data(), in[1].dtype(), in[1].raw_data(), out[0].data<float>(),
-                               out[1].data<float>(), in[0].shape()[0], in[0].shape()[1], op.ignore_index,
-                               op.label_smoothing, cc.workspace(), cc.workspace_bytes(), cc.stream());
+                               out[1].data<float>(), out.size() > 2 && out[2].defined() ? out[2].raw_data() : nullptr,
+                               in[0].shape()[0], in[0].shape()[1], op.ignore_index, op.label_smoothing, cc.workspace(),
+                               cc.workspace_bytes(), cc.stream());
 }
 
 // in: logits (N, V), lse (N) f32, targets (N), dloss (1,) f32, [dlse (N) f32];  out: dlogits (N, V)
@@ -263,13 +302,14 @@ void ce_backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::v
 // ---- plain launchers (ops/cuda/norm_launch.h) --------------------------------------------------------------------
 
 void launch_cross_entropy_forward(DType dtype, const void* logits, DType targets_dtype, const void* targets,
-                                  float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
+                                  float* loss, float* lse, void* dlogits, int64_t N, int64_t V, int64_t ignore_index,
                                   double label_smoothing, void* workspace, size_t workspace_bytes,
                                   CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "cross_entropy", T, {
     XF_DISPATCH_INDEX(targets_dtype, "cross_entropy", I,
-                      ce_forward<T, I>(static_cast<const T*>(logits), static_cast<const I*>(targets), loss, lse, N, V,
-                                       ignore_index, label_smoothing, Scratch{workspace, workspace_bytes}, stream));
+                      ce_forward<T, I>(static_cast<const T*>(logits), static_cast<const I*>(targets), loss, lse,
+                                       static_cast<T*>(dlogits), N, V, ignore_index, label_smoothing,
+                                       Scratch{workspace, workspace_bytes}, stream));
   });
 }
 

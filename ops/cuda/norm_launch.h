@@ -62,12 +62,13 @@ void launch_softmax_forward(DType dtype, const void* x, const void* mask, void* 
 void launch_softmax_backward(DType dtype, const void* y, const void* dy, void* dx, void* dz, int64_t rows,
                              int64_t Sk, double scale, CUstream_st* stream);
 
-// logits: (N, V) dtype; targets: (N) of targets_dtype (i32 or i64); loss: (1,) f32; lse: (N) f32.
+// logits: (N, V) dtype; targets: (N) of targets_dtype (i32 or i64); loss: (1,) f32; lse: (N) f32; dlogits: (N, V)
+// dtype, the gradient for dloss = 1, or null (not wanted).
 // Mean over non-ignored rows, as ops/cross_entropy.h. A target outside [0, V) that is not ignore_index makes
 // the loss NaN (the CPU backend throws instead: a GPU kernel cannot, without a synchronisation per step).
-// Scratch: N floats.
+// Scratch: N + 1 floats.
 void launch_cross_entropy_forward(DType dtype, const void* logits, DType targets_dtype, const void* targets,
-                                  float* loss, float* lse, int64_t N, int64_t V, int64_t ignore_index,
+                                  float* loss, float* lse, void* dlogits, int64_t N, int64_t V, int64_t ignore_index,
                                   double label_smoothing, void* workspace, size_t workspace_bytes,
                                   CUstream_st* stream);
 
