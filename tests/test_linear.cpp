@@ -121,7 +121,7 @@ TEST_CASE("linear: with a bias, the backward computes dw and db in one linear_we
   CHECK(grads.get(b).defined());
 }
 
-// The ways ops/cuda/linear.cu may run a fused epilogue (gemm_split_epilogue): forced fused, forced split, and auto
+// The ways ops/cuda/linear.cu may run a fused epilogue (gemm_fused_or_split): forced fused, forced split, and auto
 // (timed; whichever wins on this GPU).
 namespace {
 const std::vector<std::string>& epilogue_ways() {

@@ -74,14 +74,13 @@ struct GemmArgs {
 // together, and names the plan when cuBLASLt has no algorithm for it.
 void gemm(CudaContext& ctx, const GemmArgs& args);
 
-// Whether a call with a fused epilogue (`fused`, beta 0) should run as `split` instead: the same outputs by a GEMM
-// without the epilogue and separate kernels (the op kernels of ops/cuda/linear.cu). A fused epilogue narrows
-// cuBLASLt's algorithms (with a bias gradient it has no split-K kernel: GPT-2's 768 x 768 x 16384 weight gradient
-// ran at 338 TFLOP/s with it, H200 run 38), so both ways are timed once on the call's own operands and the faster
-// is kept per process, device and plan key, as the algorithms are. A fused plan cuBLASLt has no algorithm for
-// loses. Without timing (XF_GEMM_AUTOTUNE=0, during CUDA-graph capture, beta != 0) the fused epilogue is kept.
-// XF_GEMM_EPILOGUE=fused|split forces either way (read at each call: the tests run both); auto (the default)
-// times them.
-bool gemm_split_epilogue(CudaContext& ctx, const GemmArgs& fused, const std::function<void()>& split);
+// Runs a call with a fused epilogue (`fused`, beta 0), or `split`: the same outputs by a GEMM without the epilogue and
+// separate kernels (the op kernels of ops/cuda/linear.cu), whichever is faster. A fused epilogue narrows cuBLASLt's
+// algorithms (with a bias gradient it has no split-K kernel: GPT-2's 768 x 768 x 16384 weight gradient ran at 338
+// TFLOP/s with it, H200 run 38), so the first call of a shape times both on its own operands and the faster is kept
+// per process, device and plan key, as the algorithms are. A fused plan cuBLASLt has no algorithm for runs split.
+// Without timing (XF_GEMM_AUTOTUNE=0, during CUDA-graph capture, beta != 0) the fused epilogue runs.
+// XF_GEMM_EPILOGUE=fused|split forces either way (read at each call: the tests run both); auto (the default) times.
+void gemm_fused_or_split(CudaContext& ctx, const GemmArgs& fused, const std::function<void()>& split);
 
 }  // namespace xfr::cuda

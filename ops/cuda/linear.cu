@@ -1,7 +1,7 @@
 // CUDA kernels of ops/linear.h: linear as one cuBLASLt GEMM whose epilogue adds the bias and applies GELU (tanh),
 // also storing the pre-activation for the backward (ops/cuda/gemm.h), and its backward's matmul_dgelu and
 // linear_weight_grad with their epilogues (dgelu, the bias gradient). Each fused epilogue has a split twin: the GEMM
-// without it, then the separate kernel (activation, activation_backward, reduce). gemm_split_epilogue times both
+// without it, then the separate kernel (activation, activation_backward, reduce). gemm_fused_or_split times both
 // once per shape and keeps the faster (a fused epilogue can narrow cuBLASLt's algorithms); widths cuBLASLt's aux
 // cannot take (not a multiple of 8) always split.
 #include "ops/activation.h"
@@ -31,17 +31,6 @@ GemmArgs plain_gemm(DType dtype, bool trans_a, int64_t m, int64_t n, int64_t k, 
   return g;
 }
 
-// Runs a GEMM with a fused epilogue; false when cuBLASLt has no algorithm for it (gemm() throws naming the plan),
-// and the caller runs the split path instead.
-bool gemm_fused(CudaContext& ctx, const GemmArgs& g) {
-  try {
-    gemm(ctx, g);
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
-
 // x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
@@ -66,29 +55,27 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
     Tensor p = pre;
     p.fill(0.0);
     if (op.has_bias) KernelRegistry::builtin().get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});
-  } else {
-    // Split: the GEMM with the bias epilogue into pre, then the activation kernel.
-    GemmArgs split = a;
-    split.c = pre.raw_data();
-    split.epilogue = op.has_bias ? GemmEpilogue::bias : GemmEpilogue::none;
-    if (op.gelu_tanh && N % 8 == 0) {  // cuBLASLt: aux's leading dimension a multiple of 8
-      GemmArgs fused = a;
-      fused.c = out[0].raw_data();
-      fused.aux = want_pre ? out[1].raw_data() : nullptr;
-      fused.epilogue = op.has_bias ? GemmEpilogue::bias_gelu_tanh : GemmEpilogue::gelu_tanh;
-      const bool split_wins = gemm_split_epilogue(cc, fused, [&] {
-        gemm(cc, split);
-        activation();
-      });
-      if (!split_wins && gemm_fused(cc, fused)) return;
-    }
-    gemm(cc, split);
+    if (op.gelu_tanh) activation();
+    return;
   }
-  if (op.gelu_tanh) activation();
+  // Split: the GEMM with the bias epilogue into pre, then the activation kernel.
+  GemmArgs unfused = a;
+  unfused.c = pre.raw_data();
+  unfused.epilogue = op.has_bias ? GemmEpilogue::bias : GemmEpilogue::none;
+  const auto split = [&] {
+    gemm(cc, unfused);
+    if (op.gelu_tanh) activation();
+  };
+  if (!op.gelu_tanh || N % 8 != 0) return split();  // cuBLASLt: aux's leading dimension a multiple of 8
+  GemmArgs fused = a;
+  fused.c = out[0].raw_data();
+  fused.aux = want_pre ? out[1].raw_data() : nullptr;
+  fused.epilogue = op.has_bias ? GemmEpilogue::bias_gelu_tanh : GemmEpilogue::gelu_tanh;
+  gemm_fused_or_split(cc, fused, split);
 }
 
 // a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre): the derivative in the GEMM's epilogue (dgelu,
-// pre as its aux input), or split: the GEMM, then the activation's backward kernel in place (gemm_split_epilogue
+// pre as its aux input), or split: the GEMM, then the activation's backward kernel in place (gemm_fused_or_split
 // picks the faster; other widths, where cuBLASLt wants aux's leading dimension a multiple of 8, always split).
 void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                          const std::vector<Tensor>& out) {
@@ -106,14 +93,13 @@ void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<
     GemmArgs g = plain_gemm(a.dtype(), false, M, N, K, a.raw_data(), b.raw_data(), out[0].raw_data());
     g.epilogue = GemmEpilogue::dgelu;
     g.aux = pre.raw_data();
-    CudaContext& cc = context_of(ctx);
-    if (!gemm_split_epilogue(cc, g, split) && gemm_fused(cc, g)) return;
+    return gemm_fused_or_split(context_of(ctx), g, split);
   }
   split();
 }
 
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a: the row
-// sums of op(A) = gᵀ), or split: the plain GEMM, then the reduce kernel (gemm_split_epilogue picks the faster).
+// sums of op(A) = gᵀ), or split: the plain GEMM, then the reduce kernel (gemm_fused_or_split picks the faster).
 void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
   const Tensor &g = in[0], &x = in[1];
@@ -128,8 +114,7 @@ void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::v
     GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), out[0].raw_data());
     a.epilogue = GemmEpilogue::bgrad_a;
     a.bias = out[1].raw_data();
-    CudaContext& cc = context_of(ctx);
-    if (!gemm_split_epilogue(cc, a, split) && gemm_fused(cc, a)) return;
+    return gemm_fused_or_split(context_of(ctx), a, split);
   }
   split();
 }
