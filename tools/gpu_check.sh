@@ -9,7 +9,7 @@
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B) or two source trees
 # (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the wgmma/TMA attention forward and backward variants).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
 # (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
 # XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
@@ -67,7 +67,7 @@ if has build; then
   t=$(date +%s)
   if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
     grep -o "xfrun: cuDNN attention.*" "$OUT/configure.log" | tee -a "$SUMMARY"
@@ -106,10 +106,10 @@ if has bench; then
 fi
 
 if has lab; then
-  # XF_LABS picks the labs (default: all of head_gemm attention attention_bwd layernorm). Each lab prints "lab ..."
+  # XF_LABS picks the labs (default: all of head_gemm qkv_gemm attention attention_bwd layernorm). Each lab prints "lab ..."
   # lines (into the summary); rc 1 = some case failed, 3 = a CUDA fault or a pipeline deadlock that stopped it (the
   # log's last lines name the kernel and case and, for a deadlock, the barrier).
-  lab_on() { [[ " ${XF_LABS:-head_gemm attention attention_bwd layernorm} " == *" $1 "* ]]; }
+  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm} " == *" $1 "* ]]; }
   # run_lab <log name> <title> <binary> [args...]
   run_lab() {
     local log="$OUT/$1.log" title=$2 bin=$3 t
@@ -122,6 +122,8 @@ if has lab; then
   # The encoder's logits GEMM in four layouts.
   lab_on head_gemm && XF_GEMM_AUTOTUNE_CANDIDATES=${XF_GEMM_AUTOTUNE_CANDIDATES:-32} \
     run_lab lab "head GEMM layouts" xfrun_lab_head_gemm
+  # GPT-2's q/k/v projections as three GEMMs or one packed GEMM, each way of the step.
+  lab_on qkv_gemm && run_lab lab_qkv_gemm "q/k/v projections: separate, packed" xfrun_lab_qkv_gemm
   # The wgmma/TMA FlashAttention forward variants against an fp32 reference (XF_LAB_ATTENTION_ARGS narrows it,
   # e.g. "--variant v1 --quick").
   lab_on attention && run_lab lab_attention "attention wgmma variants" xfrun_lab_attention_wgmma ${XF_LAB_ATTENTION_ARGS:-}

@@ -33,6 +33,14 @@ inline unsigned grid_1d(int64_t n, int per_thread = 1) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + per_block - 1) / per_block, 1, 65535));
 }
 
+// The current device's opt-in limit of dynamic shared memory per block, in bytes (227 KB on sm_90, 99 KB on sm_86).
+inline int64_t smem_optin_limit() {
+  int dev = 0, bytes = 0;
+  XF_CUDA_CHECK(cudaGetDevice(&dev));
+  XF_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes;
+}
+
 // Raises a kernel's dynamic shared-memory limit (past the default 48 KB) once per device; `done` is the kernel's
 // own bit set of the devices already raised.
 template <class Kernel>

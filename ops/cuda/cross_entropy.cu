@@ -7,9 +7,10 @@
 // target is invalid) goes to scratch memory, and one block sums the row losses in a fixed order (in
 // double) and divides by the number of counted rows: deterministic, no atomics. Statistics in fp32; loss
 // and lse are f32 whatever the logits' dtype.
-// Backward (and the forward's optional dlogits, for dloss = 1, in a second pass over each row right after its lse):
-// one small block counts the counted rows and forms dloss / n_valid on the device (so a captured CUDA graph reads
-// each step's dloss); then each row group writes
+// Backward (and the forward's optional dlogits, for dloss = 1, in a second pass over each row right after its lse,
+// from a copy of the row the first pass left in shared memory when it fits, else from L2): one small block counts
+// the counted rows and forms dloss / n_valid on the device (so a captured CUDA graph reads each step's dloss); then
+// each row group writes
 //   dlogits = (a + dlse) * exp(x - lse) - a * ls / V - [v == target] a (1 - ls),  a = dloss / n_valid
 // in one pass over the row, rounded once to the logits' dtype.
 #include "ops/cross_entropy.h"
@@ -28,6 +29,15 @@ namespace {
 constexpr int kUnroll = 2;
 // Blocks of kMaxRowThreads the forward keeps resident per SM: 3 caps it at 42 registers a thread.
 constexpr int kForwardMinBlocks = 3;
+// The forward with dlogits keeps each row in shared memory for the second pass when the row fits in
+// kRowSmemMaxBytes: two such blocks (plus 1 KB each the hardware reserves) fit the 228 KB of an sm_90 SM, so two
+// rows per SM are in flight, as the 2 in __launch_bounds__ says (64 registers: 4 packs unrolled, 59 registers when
+// measured without the copy). Run 43 (2026-11-30) found the L2 re-read version no faster than the two kernels apart
+// (1.445 ms against 0.65 + 0.82 on GPT-2's 16384 x 50304 bf16 logits): 396 rows of 100 KB in flight (40 MB) do not
+// stay in L2. GPT-2's bf16 row is 100.6 KB.
+constexpr int64_t kRowSmemMaxBytes = 112 * 1024;
+constexpr int kRowSmemMinBlocks = 2;
+constexpr int kRowSmemUnroll = 4;
 // Packs per thread the row plan aims at: 8 (two unrolled steps) keeps a 512-thread block on a 50k
 // vocabulary and a warp on rows up to 256 packs.
 constexpr int kPacksPerThread = 8;
@@ -78,10 +88,13 @@ struct GradRow {
   }
 };
 
-// kGrad: also the row's dlogits for dloss = 1 (coef = 1 / n_valid), in a second pass over the row (from L2: the block
-// has just read it), written as the backward would.
-template <class T, class I, int W, bool kGrad>
-__global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
+// kGrad: also the row's dlogits for dloss = 1 (coef = 1 / n_valid), in a second pass over the row, written as the
+// backward would. kRowInSmem (with kGrad): the first pass copies each row to dynamic shared memory (rows_per_block rows
+// of V), and the second pass reads that copy; without it the second pass reads the row again (from L2 when it is
+// still there: the block has just read it). Both kGrad variants run two blocks per SM (64 registers): at 42 the L2
+// variant spilled 16-24 bytes.
+template <class T, class I, int W, bool kGrad, bool kRowInSmem>
+__global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kRowSmemMinBlocks : kForwardMinBlocks)
     ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
                       const I* __restrict__ targets,  // (N)
                       float* __restrict__ lse,        // (N)
@@ -89,6 +102,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
                       const float* __restrict__ coef,  // (1,): 1 / n_valid; kGrad only
                       T* __restrict__ dlogits,         // (N, V); kGrad only
                       int64_t N, int64_t V, int64_t ignore_index, float ls) {
+  static_assert(kGrad || !kRowInSmem, "the shared-memory row copy serves the dlogits pass");
+  constexpr int kSteps = kRowInSmem ? kRowSmemUnroll : kUnroll;  // packs loaded before they are folded in
+  extern __shared__ __align__(16) unsigned char ce_row_smem[];
+  T* const row_copy = reinterpret_cast<T*>(ce_row_smem) + int64_t(threadIdx.y) * V;  // (V): this row group's row
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t packs = V / W;  // W > 1 only when V % W == 0
   for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
@@ -100,14 +117,15 @@ __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
     if (kGrad || tid == 0) t = targets[row];
     if (tid == 0 && target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
     float m = -INFINITY, s = 0.f, sx = 0.f;
-    for (int64_t base = 0; base < packs; base += kUnroll * tpr) {
-      dev::Pack<T, W> v[kUnroll];
+    for (int64_t base = 0; base < packs; base += kSteps * tpr) {
+      dev::Pack<T, W> v[kSteps];
       float pm = -INFINITY;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kSteps; ++u) {
         const int64_t p = base + tid + u * tpr;
         if (p < packs) {
           v[u] = dev::load_pack<T, W>(xr + p * W);
+          if (kRowInSmem) dev::store_pack<T, W>(row_copy + p * W, v[u]);
 #pragma unroll
           for (int e = 0; e < W; ++e) pm = fmaxf(pm, dev::to_float(v[u].v[e]));
         }
@@ -117,7 +135,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
         m = pm;
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kSteps; ++u) {
         const int64_t p = base + tid + u * tpr;
         if (p < packs)
 #pragma unroll
@@ -133,8 +151,10 @@ __global__ void __launch_bounds__(kMaxRowThreads, kForwardMinBlocks)
     if (kGrad) {
       const GradRow gr(coef[0], 0.f, static_cast<int64_t>(t), ignore_index, V, ls, M + logf(sums.x));
       T* dr = dlogits + row * V;
+      // Each thread reads back the packs it copied, so the copy needs no barrier.
+      const T* src = kRowInSmem ? row_copy : xr;
       for (int64_t p = tid; p < packs; p += tpr)
-        dev::store_pack<T, W>(dr + p * W, gr.pack<T, W>(dev::load_pack<T, W>(xr + p * W), p * W));
+        dev::store_pack<T, W>(dr + p * W, gr.pack<T, W>(dev::load_pack<T, W>(src + p * W), p * W));
     }
     if (tid == 0) {
       const float l = M + logf(sums.x);
@@ -233,12 +253,21 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
       constexpr int W = decltype(width)::value;
       const RowPlan plan = plan_ce(V, W);
       const float fls = static_cast<float>(ls);
-      if (dlogits)
-        ce_forward_kernel<T, I, W, true><<<plan.grid(N), plan.block(), 0, stream>>>(
+      const int64_t smem = int64_t(plan.rows_per_block) * V * int64_t(sizeof(T));  // the row copies
+      const int64_t smem_cap = std::min(kRowSmemMaxBytes, smem_optin_limit());
+      if (dlogits && smem <= smem_cap) {
+        const auto kernel = ce_forward_kernel<T, I, W, true, true>;
+        static std::atomic<uint64_t> raised{0};  // the devices whose limit this kernel has raised to smem_cap
+        allow_smem(kernel, static_cast<size_t>(smem_cap), raised);
+        kernel<<<plan.grid(N), plan.block(), smem, stream>>>(logits, targets, lse, row_loss, coef, dlogits, N, V,
+                                                             ignore_index, fls);
+      } else if (dlogits) {
+        ce_forward_kernel<T, I, W, true, false><<<plan.grid(N), plan.block(), 0, stream>>>(
             logits, targets, lse, row_loss, coef, dlogits, N, V, ignore_index, fls);
-      else
-        ce_forward_kernel<T, I, W, false><<<plan.grid(N), plan.block(), 0, stream>>>(
+      } else {
+        ce_forward_kernel<T, I, W, false, false><<<plan.grid(N), plan.block(), 0, stream>>>(
             logits, targets, lse, row_loss, nullptr, nullptr, N, V, ignore_index, fls);
+      }
       XF_CUDA_CHECK_LAUNCH("cross_entropy_forward");
     };
     constexpr int Vw = vec_width<T>();

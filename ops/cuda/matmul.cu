@@ -306,6 +306,13 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   XF_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+  // Split-K partial sums are added in fp32 (or not split): cuBLASLt may otherwise add them in the output's 16-bit type
+  // (REDUCTION_SCHEME_OUTPUT_TYPE / INPLACE), an error of about one 16-bit ulp of the partial sums, not of the result.
+  // Found on the H200 (2026-11-30): the autotuner picked such an algorithm for a misaligned f16 1000-row weight
+  // gradient, and an element of 0.0625 came back as 0.0703 (partial sums near 10, whose f16 ulp is 0.0078).
+  const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+  XF_CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reductions, sizeof(reductions)));
   cublasLtMatmulHeuristicResult_t results[kMaxTuneCandidates] = {};
   int found = 0;
   const int asked = autotune_enabled() ? tune_candidates() : 1;

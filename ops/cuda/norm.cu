@@ -259,10 +259,6 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
 
 // dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
 // pgamma[group] += dy * xhat and pbeta[group] += dy over the group's rows.
-// A row's loads (x, dy, dadd, its mean and rstd) are all issued before its reduction; with one pack per thread the
-// next row's are issued too (kPrefetch: two rows in flight per thread, as the kernel is latency-bound: ncu on the
-// H200 found GPT-2's 768-wide row at 83 registers, 28% occupancy and 47 us a call without it). gamma's packs are
-// the same for every row: loaded once.
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
     norm_backward_kernel(const T* __restrict__ x,         // (rows, C)
@@ -275,43 +271,28 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                          float* __restrict__ pgamma,      // (groups, C) or null
                          float* __restrict__ pbeta,       // (groups, C) or null
                          int64_t rows, int64_t C) {
-  constexpr bool kPrefetch = kIters == 1;
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t group = int64_t(blockIdx.x) * blockDim.y + threadIdx.y, groups = int64_t(gridDim.x) * blockDim.y;
   const float inv_c = 1.f / static_cast<float>(C);
   float ag[kIters][W], ab[kIters][W];
-  dev::Pack<T, W> gp[kIters];
 #pragma unroll
-  for (int k = 0; k < kIters; ++k) {
-    const int64_t c = (tid + k * tpr) * W;
-    if (gamma && c < C) gp[k] = dev::load_pack<T, W>(gamma + c);
+  for (int k = 0; k < kIters; ++k)
 #pragma unroll
     for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
-  }
-  struct Row {
-    dev::Pack<T, W> xv[kIters], dv[kIters], ap[kIters];
-    float m, rs;
-  };
-  const auto load_row = [&](int64_t row, Row& r) {
-    r.m = kRms ? 0.f : mean[row];
-    r.rs = rstd[row];
+  for (int64_t row = group; row < rows; row += groups) {
+    const float m = kRms ? 0.f : mean[row], rs = rstd[row];
+    // Every load of the row (dadd's too) is issued before the row's reduction: one memory round trip per row.
+    dev::Pack<T, W> xv[kIters], dv[kIters], gp[kIters], ap[kIters];
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (c < C) {
-        r.xv[k] = dev::load_pack<T, W>(x + row * C + c);
-        r.dv[k] = dev::load_pack<T, W>(dy + row * C + c);
-        if (dadd) r.ap[k] = dev::load_pack<T, W>(dadd + row * C + c);
+        xv[k] = dev::load_pack<T, W>(x + row * C + c);
+        dv[k] = dev::load_pack<T, W>(dy + row * C + c);
+        if (gamma) gp[k] = dev::load_pack<T, W>(gamma + c);
+        if (dadd) ap[k] = dev::load_pack<T, W>(dadd + row * C + c);
       }
     }
-  };
-  Row cur;
-  if (kPrefetch && group < rows) load_row(group, cur);
-  for (int64_t row = group; row < rows; row += groups) {
-    Row next;
-    if (kPrefetch && row + groups < rows) load_row(row + groups, next);
-    if (!kPrefetch) load_row(row, cur);
-    const float m = cur.m, rs = cur.rs;
     float sg = 0.f, sgx = 0.f;  // sum(g), sum(g * xhat)
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
@@ -319,7 +300,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       if (c < C) {
 #pragma unroll
         for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(cur.xv[k].v[e]) - m) * rs, d = dev::to_float(cur.dv[k].v[e]);
+          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
           const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
           sg += g;
           sgx += g * xh;
@@ -337,15 +318,14 @@ __global__ void __launch_bounds__(kMaxRowThreads)
         dev::Pack<T, W> out;
 #pragma unroll
         for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(cur.xv[k].v[e]) - m) * rs, d = dev::to_float(cur.dv[k].v[e]);
+          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
           const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
           const float v = rs * (g - a - xh * b);
-          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(cur.ap[k].v[e]) : v);
+          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap[k].v[e]) : v);
         }
         dev::store_pack<T, W>(dx + row * C + c, out);
       }
     }
-    if (kPrefetch) cur = next;
   }
   if (!pgamma && !pbeta) return;
 #pragma unroll
