@@ -59,14 +59,51 @@ __device__ __forceinline__ bool target_valid(I t, int64_t V) {
   return static_cast<int64_t>(t) >= 0 && static_cast<int64_t>(t) < V;
 }
 
+// log2(e): exp(x - m) is computed as ex2(x log2(e) - m log2(e)), one FFMA and one MUFU.EX2 an element.
+constexpr float kLog2e = 1.4426950408889634f;
+
+// A thread's running statistics of its share of a row: the max m, the sum s of exp(x - m), and the sum sx of x
+// (label smoothing's; summed only when `smooth`).
+// The kernels are instruction-bound as much as memory-bound (GPT-2's 824 M logits a step at ~10 instructions an
+// element is ~0.25 ms of issue on the H200), so the per-element work is kept to: the bf16 -> f32 widening, a max, an
+// FFMA and an EX2, the sum (and sx).
+struct RowStats {
+  float m = -INFINITY, s = 0.f, sx = 0.f;
+  // Folds the first n (<= K) packs of v in: their max first, rescaling s once when it grows, then their exps.
+  template <class T, int W, int K>
+  __device__ __forceinline__ void fold(const dev::Pack<T, W> (&v)[K], int n, bool smooth) {
+    float pm = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (u < n)
+#pragma unroll
+        for (int e = 0; e < W; ++e) pm = fmaxf(pm, dev::to_float(v[u].v[e]));
+    if (pm > m) {
+      s *= dev::ex2((m - pm) * kLog2e);  // m == -inf: s is 0 and stays 0
+      m = pm;
+    }
+    const bool live = m != -INFINITY;  // else every value so far is -inf, and x - m would be NaN
+    const float ml = m * kLog2e;
+#pragma unroll
+    for (int u = 0; u < K; ++u)
+      if (u < n)
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float f = dev::to_float(v[u].v[e]);
+          if (live) s += dev::ex2(fmaf(f, kLog2e, -ml));
+          if (smooth) sx += f;
+        }
+  }
+};
+
 // One row's dlogits (the backward's formula; ops/cross_entropy.h): the row's weights from coef = dloss / n_valid,
 // its dlse (0 without) and its target t (ignore_index: not counted).
 struct GradRow {
-  float ab, smooth, hit, l;  // weight of p, a ls / V, a (1 - ls), lse
-  int64_t t;                 // the target, or -1 when the row is not counted
+  float ab, smooth, hit, ll;  // weight of p, a ls / V, a (1 - ls), lse log2(e)
+  int64_t t;                  // the target, or -1 when the row is not counted
   __device__ __forceinline__ GradRow(float coef, float dlse, int64_t target, int64_t ignore_index, int64_t V, float ls,
                                      float lse)
-      : l(lse) {
+      : ll(lse * kLog2e) {
     const bool counted = target != ignore_index;
     const float a = counted ? coef : 0.f;  // weight of this row's loss
     ab = a + dlse;
@@ -74,16 +111,20 @@ struct GradRow {
     hit = a * (1.f - ls);
     t = counted ? target : -1;
   }
-  // dlogits of the W logits starting at column c.
+  // dlogits of the W logits starting at column c: FFMA, EX2, FFMA an element; the target's term once per pack that
+  // holds it (a per-element 64-bit compare cost as much as the rest).
   template <class T, int W>
   __device__ __forceinline__ dev::Pack<T, W> pack(const dev::Pack<T, W>& x, int64_t c) const {
+    float g[W];
+#pragma unroll
+    for (int e = 0; e < W; ++e) g[e] = ab * dev::ex2(fmaf(dev::to_float(x.v[e]), kLog2e, -ll)) - smooth;
+    if (static_cast<uint64_t>(t - c) < static_cast<uint64_t>(W))  // the target is in this pack (t = -1: never)
+#pragma unroll
+      for (int e = 0; e < W; ++e)
+        if (c + e == t) g[e] -= hit;
     dev::Pack<T, W> out;
 #pragma unroll
-    for (int e = 0; e < W; ++e) {
-      float g = ab * __expf(dev::to_float(x.v[e]) - l) - smooth;
-      if (c + e == t) g -= hit;
-      out.v[e] = dev::from_float<T>(g);
-    }
+    for (int e = 0; e < W; ++e) out.v[e] = dev::from_float<T>(g[e]);
     return out;
   }
 };
@@ -116,38 +157,29 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kRowSmemMinBlocks : kF
     float xt = 0.f;
     if (kGrad || tid == 0) t = targets[row];
     if (tid == 0 && target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
-    float m = -INFINITY, s = 0.f, sx = 0.f;
+    RowStats st;
+    const bool smooth = ls > 0.f;
+    // kSteps packs a thread at a time, their loads issued back to back and unguarded: past the row's end (the last
+    // step) a load reads the row's last pack again and fold() leaves it out. (A guard per load, with the shared-memory
+    // copy beside it, had the compiler wait on each load in turn: one load in flight.)
     for (int64_t base = 0; base < packs; base += kSteps * tpr) {
+      int n = 0;  // of this step's kSteps packs, the ones in the row (the first n: a compare each, not a division)
+#pragma unroll
+      for (int u = 0; u < kSteps; ++u) n += base + tid + u * tpr < packs;
       dev::Pack<T, W> v[kSteps];
-      float pm = -INFINITY;
 #pragma unroll
       for (int u = 0; u < kSteps; ++u) {
         const int64_t p = base + tid + u * tpr;
-        if (p < packs) {
-          v[u] = dev::load_pack<T, W>(xr + p * W);
-          if (kRowInSmem) dev::store_pack<T, W>(row_copy + p * W, v[u]);
-#pragma unroll
-          for (int e = 0; e < W; ++e) pm = fmaxf(pm, dev::to_float(v[u].v[e]));
-        }
+        v[u] = dev::load_pack<T, W>(xr + (p < packs ? p : packs - 1) * W);
       }
-      if (pm > m) {
-        s *= __expf(m - pm);  // m == -inf: s is 0 and stays 0
-        m = pm;
-      }
+      if (kRowInSmem)
 #pragma unroll
-      for (int u = 0; u < kSteps; ++u) {
-        const int64_t p = base + tid + u * tpr;
-        if (p < packs)
-#pragma unroll
-          for (int e = 0; e < W; ++e) {
-            const float f = dev::to_float(v[u].v[e]);
-            if (m != -INFINITY) s += __expf(f - m);
-            sx += f;
-          }
-      }
+        for (int u = 0; u < kSteps; ++u)
+          if (u < n) dev::store_pack<T, W>(row_copy + (base + tid + u * tpr) * W, v[u]);
+      st.fold(v, n, smooth);
     }
-    const float M = dev::row_max(m);
-    const float2 sums = dev::row_sum2(m == -INFINITY ? 0.f : s * __expf(m - M), sx);
+    const float M = dev::row_max(st.m);
+    const float2 sums = dev::row_sum2(st.m == -INFINITY ? 0.f : st.s * dev::ex2((st.m - M) * kLog2e), st.sx);
     if (kGrad) {
       const GradRow gr(coef[0], 0.f, static_cast<int64_t>(t), ignore_index, V, ls, M + logf(sums.x));
       T* dr = dlogits + row * V;

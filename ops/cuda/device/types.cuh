@@ -17,4 +17,12 @@ template <> __device__ __forceinline__ float from_float<float>(float v) { return
 template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// 2^x in one MUFU.EX2 (ex2.approx, flushing denormals; 2^-inf = +0): exp(y) is ex2(y log2(e)), whose multiply folds
+// into the instruction that forms y (an FFMA), where __expf(a - b) takes an FADD, an FMUL and the EX2.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 }  // namespace xfr::cuda::dev

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "ops/cuda/device/mma.cuh"  // dev::pack2
+#include "ops/cuda/device/types.cuh"  // dev::ex2
 
 // True in the device pass for sm_90a (where wgmma, setmaxnreg and the TMA forms here exist); false in the host
 // pass and for every other architecture of a multi-architecture build, whose kernel bodies are then empty (the
@@ -193,11 +194,7 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-__device__ __forceinline__ float ex2(float x) {  // 2^x; ex2.approx(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+using dev::ex2;  // 2^x (ops/cuda/device/types.cuh)
 
 // Two floats to a pair of 16-bit values in one b32 (the A fragments, the epilogue): dev::pack2<T> of the mma.sync
 // kernels' building blocks, one definition for both.
