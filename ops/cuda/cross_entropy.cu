@@ -2,7 +2,7 @@
 //
 // Forward: one row of logits per warp (V up to 32 lanes x 8 packs) or per block (up to 512 threads; a
 // 50304-entry vocabulary takes 512 threads with ~12 packs each), in one pass: each thread keeps a running
-// max m and sum of exp(x - m) (rescaled when m grows, once per 2 packs), plus sum(x) for label smoothing;
+// max m and sum of exp(x - m) (rescaled when m grows, once per step of 2 or 4 packs), plus sum(x) for label smoothing;
 // the row group then combines them into lse = M + log(sum). The row's loss (0 when ignored, NaN when its
 // target is invalid) goes to scratch memory, and one block sums the row losses in a fixed order (in
 // double) and divides by the number of counted rows: deterministic, no atomics. Statistics in fp32; loss
@@ -31,10 +31,12 @@ constexpr int kUnroll = 2;
 constexpr int kForwardMinBlocks = 3;
 // The forward with dlogits keeps each row in shared memory for the second pass when the row fits in
 // kRowSmemMaxBytes: two such blocks (plus 1 KB each the hardware reserves) fit the 228 KB of an sm_90 SM, so two
-// rows per SM are in flight, as the 2 in __launch_bounds__ says (64 registers: 4 packs unrolled, 59 registers when
-// measured without the copy). Run 43 (2026-11-30) found the L2 re-read version no faster than the two kernels apart
-// (1.445 ms against 0.65 + 0.82 on GPT-2's 16384 x 50304 bf16 logits): 396 rows of 100 KB in flight (40 MB) do not
-// stay in L2. GPT-2's bf16 row is 100.6 KB.
+// rows per SM are in flight, as the 2 in __launch_bounds__ says (64 registers; 56 used with 4 packs a step). GPT-2's
+// bf16 row is 100.6 KB. Measured on the H200 in the GPT-2 step's profile (16384 x 50304 bf16 logits): re-reading the
+// row from L2, 1.445 ms (run 43); with the copy, 1.426 ms (run 44): both were held by the first pass, whose guarded
+// loads the compiler issued one at a time; with the loads unguarded and the per-element work cut (RowStats, GradRow),
+// 1.049 ms (run 45), against 0.65 + 0.82 ms for the forward and the backward apart. What the copy alone gives was
+// not measured.
 constexpr int64_t kRowSmemMaxBytes = 112 * 1024;
 constexpr int kRowSmemMinBlocks = 2;
 constexpr int kRowSmemUnroll = 4;
