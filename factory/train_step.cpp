@@ -75,19 +75,31 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
   return r;
 }
 
+void TrainStep::timed(const char* name, const std::function<void()>& fn) {
+  if (!opt_.profile || !opt_.device_ctx) return fn();
+  DeviceContext& ctx = *opt_.device_ctx;
+  const std::shared_ptr<void> e0 = ctx.record_event();
+  fn();
+  auto& t = update_profile_[name];
+  t.ms += ctx.elapsed_ms(e0, ctx.record_event());
+  ++t.calls;
+}
+
 // Everything of one step after the inputs are bound, as device work only (capturable).
 void TrainStep::enqueue_device_step() {
-  store_->zero_grads();
+  timed("zero gradients", [&] { store_->zero_grads(); });
   executor_->enqueue();
   enqueue_device_update();
 }
 
 // The gradients are complete: norm (and clip), the update, the loss-scale update (capturable).
 void TrainStep::enqueue_device_update() {
-  if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
-  else dev_opt_->grad_norm(store_->grads(), scaler_.get());
-  dev_opt_->step(store_->params(), store_->grads());
-  if (scaler_) scaler_->update(*dev_opt_);
+  timed(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
+    if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
+    else dev_opt_->grad_norm(store_->grads(), scaler_.get());
+  });
+  timed("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads()); });
+  if (scaler_) timed("loss scale update", [&] { scaler_->update(*dev_opt_); });
 }
 
 StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results) {

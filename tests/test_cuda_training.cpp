@@ -1,11 +1,13 @@
 // End-to-end training on the GPU (XF_TEST_DEVICE=cuda; skipped without a GPU): fp32 steps on the GPU
 // track the CPU's losses, the CUDA-graph step equals the eager step, bf16-mixed and fp16-mixed (dynamic
 // loss scaling) training lower the loss, dropout trains the same through a graph, and a GPU
-// checkpoint resumes to the uninterrupted run's losses.
+// checkpoint resumes to the uninterrupted run's losses; a profiled step times its optimizer work.
 #include <cmath>
 
 #include "factory/config.h"
+#include "factory/train_step.h"
 #include "factory/trainer.h"
+#include "runtime/device_context.h"
 #include "tests/cuda_testing.h"
 #include "tests/temp_dir.h"
 
@@ -137,4 +139,36 @@ XF_CUDA_TEST_CASE("gpu training: a checkpoint resumes to the uninterrupted run's
   const auto resumed = losses_of(gpu, dir.path.string() + "/half", "auto");
   REQUIRE(resumed.size() == 10);
   for (size_t i = 0; i < 10; ++i) CHECK_MESSAGE(resumed[i] == full[10 + i], "step " << 11 + i);
+}
+
+XF_CUDA_TEST_CASE("gpu training: a profiled step times its work outside the graph's ops (norm, clip, update)") {
+  const Config c = parse_config(kGpuTiny, "yaml", "gpu_tiny.yaml", {"runtime.device=cuda"});
+  const int64_t B = 6, T = 24, V = 13;
+  Model model = make_model(c, V, B, make_null_logger(), DType::bf16);
+  TrainStepOptions o;
+  o.device_ctx = make_device_context(Device::cuda(0));
+  o.optimizer = optimizer_config(c);
+  o.grad_clip = 1.0;
+  o.compute_dtype = DType::bf16;
+  o.profile = true;
+  TrainStep ts(model.train_graph, model.store, o);
+  std::vector<int32_t> tokens(static_cast<size_t>(B * T));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % V);
+  const Tensor ids = Tensor::from_vector(tokens, {B, T});
+  auto bind = [&](Executor& ex, int64_t) {
+    ex.bind(model.train_graph.tokens, ids);
+    ex.bind(model.train_graph.targets, ids);
+  };
+  const int steps = 3;
+  for (int i = 0; i < steps; ++i) ts.step(bind, 1e-3f);
+  const auto& work = ts.update_profile();
+  for (const char* name : {"zero gradients", "gradient norm + clip", "optimizer update"}) {
+    INFO(name);
+    REQUIRE(work.count(name) == 1);
+    CHECK(work.at(name).calls == steps);
+    CHECK(work.at(name).ms > 0.0);
+  }
+  CHECK(work.count("loss scale update") == 0);  // bf16: no loss scaling
+  CHECK(!ts.captured());                          // profiling runs eagerly
+  CHECK(ts.executor().profile().count("cross_entropy") == 1);
 }
