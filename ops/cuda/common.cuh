@@ -41,6 +41,19 @@ inline int64_t smem_optin_limit() {
   return bytes;
 }
 
+// Blocks of `kernel`, launched with `threads` threads and `smem` bytes of dynamic shared memory, that the current
+// device keeps resident at once: the occupancy calculator's count per SM times the SMs. A grid-stride kernel whose
+// blocks each take a fixed share of the work runs in one wave with this many blocks; with more, the surplus blocks
+// run as a second, partial wave (1.48 waves cost about as much as 2).
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int dev = 0, sms = 0, per_sm = 0;
+  XF_CUDA_CHECK(cudaGetDevice(&dev));
+  XF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  XF_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return static_cast<int64_t>(std::max(per_sm, 1)) * sms;
+}
+
 // Raises a kernel's dynamic shared-memory limit (past the default 48 KB) once per device; `done` is the kernel's
 // own bit set of the devices already raised.
 template <class Kernel>

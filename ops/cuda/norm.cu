@@ -67,9 +67,6 @@ template <int W>
 constexpr int bwd_max_iters() {
   return W == 1 ? 8 : 16 / W;
 }
-// Threads the backward's row groups should total: ~ 132 SMs x 1024, what a kernel of this register use
-// keeps resident on an H100/H200; more groups would only add partial rows to reduce.
-constexpr int64_t kBwdTargetThreads = int64_t(1) << 17;
 // Least rows a backward row group visits, so its partial row (C fp32 per parameter) adds at most 1/8 of
 // the data it summarises to the memory traffic.
 constexpr int64_t kBwdMinRowsPerGroup = 8;
@@ -419,35 +416,37 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     const int max_iters = ceil_div(C, W) <= kMaxRowThreads ? 1 : kMaxIters;
     const RowPlan plan = plan_rows(C, W, max_iters);
     const int rpb = plan.iters == 0 ? 1 : plan.rows_per_block;
-    const int threads = plan.iters == 0 ? kMaxRowThreads : plan.threads;
-    int64_t blocks = ceil_div(rows, rpb);
-    float *pg = nullptr, *pb = nullptr;
-    if (nparts > 0) {
-      blocks = std::min(blocks, ceil_div(ceil_div(rows, kBwdMinRowsPerGroup), rpb));
-      blocks = std::min(blocks, ceil_div(kBwdTargetThreads / threads, rpb));
-      // Room for the partial rows, with 256 bytes per array for alignment.
-      const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * rpb);
-      blocks = std::max<int64_t>(1, std::min(blocks, fit));
+    // Sizes the grid for `kernel` (block `block`), takes the partial rows, launches it, then sums the partial rows.
+    auto launch = [&](auto kernel, dim3 block, const char* name) {
+      int64_t blocks = ceil_div(rows, rpb);
+      float *pg = nullptr, *pb = nullptr;
+      if (nparts > 0) {
+        blocks = std::min(blocks, ceil_div(ceil_div(rows, kBwdMinRowsPerGroup), rpb));
+        // No more row groups than stay resident: each group owns a fixed share of the rows, so a surplus would run
+        // as a second wave, and would only add partial rows to reduce. (GPT-2's 768-wide rows had 1365 groups of 96
+        // threads at 83 registers, where the occupancy rules keep 7 blocks on each of an H200's 132 SMs, 924: 1.48
+        // waves.)
+        blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
+        // Room for the partial rows, with 256 bytes per array for alignment.
+        const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * rpb);
+        blocks = std::max<int64_t>(1, std::min(blocks, fit));
+        const int64_t groups = blocks * rpb;
+        if (dgamma) pg = scratch.take<float>(groups * C, op);
+        if (dbeta) pb = scratch.take<float>(groups * C, op);
+      }
+      blocks = std::min(blocks, kMaxGrid);
+      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
+      XF_CUDA_CHECK_LAUNCH(name);
       const int64_t groups = blocks * rpb;
-      if (dgamma) pg = scratch.take<float>(groups * C, op);
-      if (dbeta) pb = scratch.take<float>(groups * C, op);
-    }
-    blocks = std::min(blocks, kMaxGrid);
-    if (plan.iters == 0) {
-      norm_backward_streaming_kernel<T, W, kRms><<<static_cast<unsigned>(blocks), kMaxRowThreads, 0, stream>>>(
-          x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
-      XF_CUDA_CHECK_LAUNCH("norm_backward_streaming");
-    } else {
+      if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, groups, C, 1.f, scratch, stream);
+      if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, groups, C, 1.f, scratch, stream);
+    };
+    if (plan.iters == 0)
+      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), "norm_backward_streaming");
+    else
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {
-        norm_backward_kernel<T, W, decltype(iters)::value, kRms>
-            <<<static_cast<unsigned>(blocks), plan.block(), 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg,
-                                                                          pb, rows, C);
-        XF_CUDA_CHECK_LAUNCH("norm_backward");
+        launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), "norm_backward");
       });
-    }
-    const int64_t groups = blocks * rpb;
-    if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, groups, C, 1.f, scratch, stream);
-    if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, groups, C, 1.f, scratch, stream);
   };
   if (C % V == 0 && all_aligned16({x, gamma, dy, dadd, dx}))
     run(std::integral_constant<int, V>{});
