@@ -31,6 +31,9 @@ TrainStep::TrainStep(BuiltModel& train, std::shared_ptr<ParamStore> host_store, 
   if (device) {
     store_ = std::make_shared<ParamStore>(*host_store_, opt_.device_ctx.get());
     eo.device_ctx = opt_.device_ctx;
+    // The optimizer's update rewrites the executor's 16-bit parameter copy (mixed precision), so no run converts
+    // every parameter again; step_device() converts it when the parameters changed otherwise (mirror_stale_).
+    eo.param_mirror_by_caller = true;
     dev_opt_ = make_device_optimizer(*opt_.device_ctx, *host_opt_);
     dev_opt_->set_grad_multiplier(1.0f / static_cast<float>(opt_.grad_accum));
     if (seed_.defined()) {
@@ -98,13 +101,19 @@ void TrainStep::enqueue_device_update() {
     if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
     else dev_opt_->grad_norm(store_->grads(), scaler_.get());
   });
-  timed("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads()); });
+  DeviceOptimizer::ParamMirror mirror;
+  if (const Tensor& m = executor_->param_mirror(); m.defined()) mirror = {m.raw_data(), m.dtype()};
+  timed("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads(), mirror); });
   if (scaler_) timed("loss scale update", [&] { scaler_->update(*dev_opt_); });
 }
 
 StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results) {
   DeviceContext& ctx = *opt_.device_ctx;
   dev_opt_->set_lr(lr);  // a host input: written before the (captured) step runs
+  if (mirror_stale_) {   // also a host decision, outside any capture: the captured step never converts
+    executor_->refresh_param_mirror();  // (profiled as the executor's "cast (parameter mirror)")
+    mirror_stale_ = false;
+  }
   StepResult r;
   const bool graphs = opt_.cuda_graph && opt_.grad_accum == 1 && !graph_broken_;
   if (opt_.grad_accum == 1) {
@@ -160,6 +169,7 @@ void TrainStep::sync_from_host() {
   if (!opt_.device_ctx) return;
   store_->copy_params_from(*host_store_);
   dev_opt_->upload_state(*host_opt_);
+  mirror_stale_ = true;
 }
 
 }  // namespace xfr

@@ -61,7 +61,9 @@ class TrainStep {
   const std::shared_ptr<ParamStore>& store_ptr() const { return store_; }
   Optimizer& host_optimizer() { return *host_opt_; }
   // Device -> host: parameters into the host store and optimizer state into host_optimizer()
-  // (checkpoints, generation). Host -> device after the host store/optimizer were loaded (resume).
+  // (checkpoints, generation). Host -> device after the host store/optimizer were loaded (resume). On a GPU,
+  // change the parameters of store() only through these (or the steps): a mixed-precision step reads a 16-bit
+  // copy that the optimizer keeps current and sync_from_host() refreshes.
   void sync_to_host();
   void sync_from_host();
   bool captured() const { return graph_ != nullptr; }
@@ -90,6 +92,9 @@ class TrainStep {
   bool graph_broken_ = false;
   int64_t device_steps_ = 0;
   std::map<std::string, Executor::OpTime> update_profile_;
+  // The executor's 16-bit parameter copy no longer matches the device parameters (they were copied in, not
+  // updated by the optimizer): the next step converts it first.
+  bool mirror_stale_ = true;
 };
 
 }  // namespace xfr

@@ -82,11 +82,21 @@ class DeviceOptimizer {
   // grad_norm(), then torch.nn.utils.clip_grad_norm_: when the norm exceeds max_norm (> 0), the clip factor
   // max_norm / (norm + 1e-6) is folded into the multiplier. A non-finite norm sets found_inf instead.
   virtual void clip_grad_norm(const float* grads_dev, float max_norm, const LossScaler* scaler = nullptr) = 0;
+  // A 16-bit copy of the flat parameters (bf16 or f16, flat_size() elements at the parameters' offsets: a
+  // mixed-precision executor's parameter mirror, Executor::param_mirror()). step() rewrites each updated element,
+  // rounded to nearest even, so the copy stays current without a conversion pass over every parameter. Padding
+  // between slots is left as it is. data null: no copy.
+  struct ParamMirror {
+    void* data = nullptr;
+    DType dtype = DType::bf16;
+  };
   // One update of params_dev from grads_dev (device pointers, flat_size() floats each, the layout of
-  // slots()), with the host Optimizer::step's arithmetic (torch semantics, identical rounding). Skipped
-  // entirely when found_inf is set. Afterwards: step_count += 1 (unless skipped), last_step_skipped set,
-  // the per-step fields (found_inf, clip_factor, inv_loss_scale) reset.
-  virtual void step(float* params_dev, const float* grads_dev) = 0;
+  // slots()), with the host Optimizer::step's arithmetic (torch semantics, identical rounding), writing `mirror`
+  // too when it has data. Skipped entirely when found_inf is set (the mirror is then unchanged too). Afterwards:
+  // step_count += 1 (unless skipped), last_step_skipped set, the per-step fields (found_inf, clip_factor,
+  // inv_loss_scale) reset.
+  virtual void step(float* params_dev, const float* grads_dev, const ParamMirror& mirror) = 0;
+  void step(float* params_dev, const float* grads_dev) { step(params_dev, grads_dev, ParamMirror{}); }
 
   // ---- host reads: each synchronizes the stream ----
   virtual StepScalars read_scalars() = 0;

@@ -311,6 +311,14 @@ void Executor::run() {
   end_run();
 }
 
+void Executor::refresh_param_mirror() {  // every parameter in the compute dtype, one pass
+  if (!param_mirror_.defined()) return;
+  std::shared_ptr<void> e0 = opt_.profile ? opt_.device_ctx->record_event() : nullptr;
+  opt_.device_ctx->convert(param_mirror_.raw_data(), param_mirror_.dtype(), store_->params(), DType::f32,
+                           store_->flat_size());
+  if (e0) pending_events_.push_back({"cast (parameter mirror)", std::move(e0), opt_.device_ctx->record_event()});
+}
+
 void Executor::enqueue() {
   KernelContext ctx;
   ctx.pool = opt_.pool;
@@ -321,12 +329,7 @@ void Executor::enqueue() {
   const uint64_t rng_base =
       opt_.device_ctx ? 0 : runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
   if (opt_.device_ctx) ctx.rng_offset_device = static_cast<const uint64_t*>(rng_base_dev_.raw_data());
-  if (param_mirror_.defined() && !constants_ready_) {  // every parameter in the compute dtype, one pass
-    std::shared_ptr<void> e0 = opt_.profile ? opt_.device_ctx->record_event() : nullptr;
-    opt_.device_ctx->convert(param_mirror_.raw_data(), param_mirror_.dtype(), store_->params(), DType::f32,
-                             store_->flat_size());
-    if (e0) pending_events_.push_back({"cast (parameter mirror)", std::move(e0), opt_.device_ctx->record_event()});
-  }
+  if (param_mirror_.defined() && !constants_ready_ && !opt_.param_mirror_by_caller) refresh_param_mirror();
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
     in.clear();

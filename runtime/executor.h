@@ -40,6 +40,10 @@ struct ExecutorOptions {
   // gradients accumulated without an f32 copy (see Executor). false keeps one cast kernel per use (tests
   // compare the two).
   bool fuse_param_casts = true;
+  // With that mirror: true when the caller keeps it current (TrainStep: the device optimizer rewrites it with each
+  // update, DeviceOptimizer::ParamMirror). A run then does not convert it; refresh_param_mirror() does, once the
+  // parameters changed any other way (initial values, a loaded checkpoint).
+  bool param_mirror_by_caller = false;
 };
 
 class Executor {
@@ -77,6 +81,11 @@ class Executor {
     int64_t calls = 0;
   };
   const std::map<std::string, OpTime>& profile() const { return profile_; }
+  // Mixed precision on a device: the flat 16-bit copy of the parameters the forward reads (undefined without one;
+  // see fuse_param_casts), and its conversion from the store's f32 parameters, enqueued on the device's stream.
+  // Each run does that conversion itself unless options.param_mirror_by_caller.
+  const Tensor& param_mirror() const { return param_mirror_; }
+  void refresh_param_mirror();
   void set_runs(uint64_t r) { runs_ = r; }  // restores the random stream position (checkpoint resume)
 
  private:

@@ -133,9 +133,28 @@ OptimizerConfig sgd_config(float momentum, bool nesterov, float wd, bool decay_b
   return c;
 }
 
+// The 16-bit parameter mirror step() rewrites: inside the slots, the device's updated parameters rounded to the
+// mirror's dtype (as the executor's conversion rounds them), bit for bit; the padding as it was (`pad`, rounded).
+void check_mirror(const Layout& l, const Tensor& dmirror, const Tensor& dparams, float pad, const std::string& what) {
+  const int64_t n = static_cast<int64_t>(l.flat_size);
+  const std::vector<double> got = dmirror.to_host().to(DType::f32).to_doubles();
+  const std::vector<double> want = Tensor::from_vector(download(dparams), {n}).to(dmirror.dtype()).to(DType::f32).to_doubles();
+  const double pad16 = Tensor::from_vector(std::vector<float>{pad}, {1}).to(dmirror.dtype()).to(DType::f32).to_doubles()[0];
+  const std::vector<bool> inside = in_slot_mask(l);
+  size_t differ = 0, pad_changed = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (inside[i]) differ += got[i] != want[i];
+    else pad_changed += got[i] != pad16;
+  }
+  CHECK_MESSAGE(differ == 0, what << ": " << differ << " mirror elements are not the rounded parameters");
+  CHECK_MESSAGE(pad_changed == 0, what << ": " << pad_changed << " mirror padding elements changed");
+}
+
 // `steps` updates on the host and on the device from the same parameters and gradients (new ones each step,
 // of growing magnitude, under a changing learning rate), parameters compared after each, state at the end.
-void check_against_host(const OptimizerConfig& config, int steps, const std::string& what) {
+// mirror bf16 or f16: each device step also rewrites a 16-bit parameter mirror (checked after each step); f32: none.
+void check_against_host(const OptimizerConfig& config, int steps, const std::string& what,
+                        DType mirror = DType::f32) {
   DeviceContext* ctx = cuda_test_ctx();
   const Layout l = make_layout();
   auto host = make_optimizer(config, l.slots, l.flat_size);
@@ -143,14 +162,19 @@ void check_against_host(const OptimizerConfig& config, int steps, const std::str
   std::vector<float> params = random_buffer(l, 1, 1.0f, kParamPad);
   const Tensor dparams = to_device(params);
   const Tensor dgrads = Tensor::empty({static_cast<int64_t>(l.flat_size)}, DType::f32, ctx);
+  // The mirror starts as the rounded initial parameters, padding (the sentinel) included.
+  const Tensor dmirror = mirror == DType::f32 ? Tensor() : to_device(params).to(mirror);
+  const DeviceOptimizer::ParamMirror pm = dmirror.defined() ? DeviceOptimizer::ParamMirror{dmirror.raw_data(), mirror}
+                                                            : DeviceOptimizer::ParamMirror{};
   for (int k = 0; k < steps; ++k) {
     const std::vector<float> grads = random_buffer(l, 100 + k, 0.5f * (k + 1), kNaN);
     const float lr = 1e-2f * static_cast<float>(k + 1);  // a schedule: a new lr every step
     host->step(params.data(), grads.data(), lr, nullptr);
     upload(dgrads, grads);
     dev->set_lr(lr);
-    dev->step(dparams.data<float>(), dgrads.data<float>());
+    dev->step(dparams.data<float>(), dgrads.data<float>(), pm);
     check_matches(l, download(dparams), params, kParamPad, what + ": params after step " + std::to_string(k + 1));
+    if (dmirror.defined()) check_mirror(l, dmirror, dparams, kParamPad, what + ": mirror after step " + std::to_string(k + 1));
   }
   CHECK(dev->step_count() == host->step_count());
   auto back = make_optimizer(config, l.slots, l.flat_size);
@@ -172,6 +196,8 @@ XF_CUDA_TEST_CASE("device optimizer: AdamW matches the host step for step, with 
   c.beta2 = 0.95f;  // bias corrections far from 1 over the first steps
   c.eps = 1e-6f;
   check_against_host(c, 4, "adamw beta 0.8/0.95 eps=1e-6");
+  check_against_host(adamw_config(0.1f, false), 3, "adamw wd=0.1, bf16 mirror", DType::bf16);
+  check_against_host(adamw_config(0.1f, true), 3, "adamw wd=0.1, f16 mirror", DType::f16);
 }
 
 XF_CUDA_TEST_CASE("device optimizer: SGD (plain, momentum, Nesterov) matches the host step for step") {
@@ -179,6 +205,8 @@ XF_CUDA_TEST_CASE("device optimizer: SGD (plain, momentum, Nesterov) matches the
   check_against_host(sgd_config(0.9f, false, 0.0f, false), 4, "sgd momentum=0.9");
   check_against_host(sgd_config(0.9f, true, 0.05f, true), 4, "sgd nesterov wd=0.05 (biases decay)");
   check_against_host(sgd_config(0.5f, false, 0.02f, false), 4, "sgd momentum=0.5 wd=0.02");
+  check_against_host(sgd_config(0.0f, false, 0.01f, false), 2, "sgd plain, bf16 mirror", DType::bf16);
+  check_against_host(sgd_config(0.9f, true, 0.05f, true), 2, "sgd nesterov, f16 mirror", DType::f16);
 }
 
 XF_CUDA_TEST_CASE("device optimizer: gradient norm and clipping match clip_grad_norm; the norm is deterministic") {
@@ -271,10 +299,14 @@ XF_CUDA_TEST_CASE("device optimizer: found_inf skips the whole update (params, s
   const int32_t one = 1;
   ctx->copy(reinterpret_cast<char*>(dev->scalars_device()) + offsetof(StepScalars, found_inf), &one, sizeof one,
             CopyKind::host_to_device);
-  dev->step(dparams.data<float>(), dclean.data<float>());
+  // With a parameter mirror: a skipped step leaves it as it was, too.
+  const Tensor dmirror = to_device(params).to(DType::bf16);
+  const std::vector<double> mirror_before = dmirror.to_host().to(DType::f32).to_doubles();
+  dev->step(dparams.data<float>(), dclean.data<float>(), {dmirror.raw_data(), DType::bf16});
   ++skipped;
   CHECK(dev->read_scalars().skipped_steps == skipped);
   CHECK(download(dparams) == std::vector<float>(params));
+  CHECK(dmirror.to_host().to(DType::f32).to_doubles() == mirror_before);
   auto back = make_optimizer(config, l.slots, l.flat_size);
   dev->download_state(*back);
   for (const auto& [name, v] : back->state()) {

@@ -141,24 +141,68 @@ XF_CUDA_TEST_CASE("gpu training: a checkpoint resumes to the uninterrupted run's
   for (size_t i = 0; i < 10; ++i) CHECK_MESSAGE(resumed[i] == full[10 + i], "step " << 11 + i);
 }
 
-XF_CUDA_TEST_CASE("gpu training: a profiled step times its work outside the graph's ops (norm, clip, update)") {
-  const Config c = parse_config(kGpuTiny, "yaml", "gpu_tiny.yaml", {"runtime.device=cuda"});
-  const int64_t B = 6, T = 24, V = 13;
+namespace {
+
+// kGpuTiny's model in bf16-mixed, with TrainStep's options for it, and one fixed batch (the copy task's tokens).
+struct Bf16Tiny {
+  static constexpr int64_t B = 6, T = 24, V = 13;
+  Config c = parse_config(kGpuTiny, "yaml", "gpu_tiny.yaml", {"runtime.device=cuda"});
   Model model = make_model(c, V, B, make_null_logger(), DType::bf16);
-  TrainStepOptions o;
-  o.device_ctx = make_device_context(Device::cuda(0));
-  o.optimizer = optimizer_config(c);
-  o.grad_clip = 1.0;
-  o.compute_dtype = DType::bf16;
+  Tensor ids;
+  TrainStepOptions options(const std::shared_ptr<DeviceContext>& ctx) const {
+    TrainStepOptions o;
+    o.device_ctx = ctx;
+    o.optimizer = optimizer_config(c);
+    o.grad_clip = 1.0;
+    o.compute_dtype = DType::bf16;
+    return o;
+  }
+  Bf16Tiny() {
+    std::vector<int32_t> tokens(static_cast<size_t>(B * T));
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % V);
+    ids = Tensor::from_vector(tokens, {B, T});
+  }
+  std::function<void(Executor&, int64_t)> bind() {
+    return [this](Executor& ex, int64_t) {
+      ex.bind(model.train_graph.tokens, ids);
+      ex.bind(model.train_graph.targets, ids);
+    };
+  }
+};
+
+}  // namespace
+
+XF_CUDA_TEST_CASE("gpu training: the optimizer keeps the bf16 parameter copy current; sync_from_host refreshes it") {
+  // The forward reads a bf16 copy of the parameters that the optimizer's update rewrites (no conversion per step).
+  // After parameters are copied in from the host, the next step must read them: its loss equals that of a new
+  // TrainStep's first step on the same parameters.
+  const auto ctx = make_device_context(Device::cuda(0));
+  Bf16Tiny a;
+  TrainStep ts(a.model.train_graph, a.model.store, a.options(ctx));
+  for (int i = 0; i < 3; ++i) ts.step(a.bind(), 1e-3f);  // eager, capture, replay
+  CHECK(ts.captured());
+  // The copy is the device parameters rounded to bf16, every element.
+  const int64_t n = static_cast<int64_t>(ts.store().flat_size());
+  const Tensor params = Tensor::wrap(ts.store().params(), {n}, DType::f32, ctx->device(), nullptr, ctx.get());
+  CHECK(ts.executor().param_mirror().to_host().to(DType::f32).to_doubles() ==
+        params.to_host().to(DType::bf16).to(DType::f32).to_doubles());
+  ts.sync_to_host();
+  float* hp = a.model.store->params();
+  for (int64_t i = 0; i < n; ++i) hp[i] *= 0.75f;  // parameters changed outside the optimizer
+  ts.sync_from_host();
+  const double after_sync = ts.step(a.bind(), 1e-3f).loss;
+  Bf16Tiny b;
+  b.model.store->copy_params_from(*a.model.store);
+  TrainStep fresh(b.model.train_graph, b.model.store, b.options(ctx));
+  CHECK(after_sync == fresh.step(b.bind(), 1e-3f).loss);
+}
+
+XF_CUDA_TEST_CASE("gpu training: a profiled step times its work outside the graph's ops (norm, clip, update)") {
+  Bf16Tiny a;
+  TrainStepOptions o = a.options(make_device_context(Device::cuda(0)));
   o.profile = true;
-  TrainStep ts(model.train_graph, model.store, o);
-  std::vector<int32_t> tokens(static_cast<size_t>(B * T));
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7) % V);
-  const Tensor ids = Tensor::from_vector(tokens, {B, T});
-  auto bind = [&](Executor& ex, int64_t) {
-    ex.bind(model.train_graph.tokens, ids);
-    ex.bind(model.train_graph.targets, ids);
-  };
+  TrainStep ts(a.model.train_graph, a.model.store, o);
+  auto bind = a.bind();
   const int steps = 3;
   for (int i = 0; i < steps; ++i) ts.step(bind, 1e-3f);
   const auto& work = ts.update_profile();

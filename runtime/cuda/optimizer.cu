@@ -15,10 +15,12 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "ops/cuda/device/reduce.cuh"
+#include "ops/cuda/device/types.cuh"
 #include "ops/cuda/device/vec.cuh"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/context.h"
@@ -60,6 +62,39 @@ struct LossScaleState {
 };
 
 __device__ __forceinline__ bool aligned16(const void* p) { return dev::aligned16(p); }
+
+// ---- the parameter mirror (DeviceOptimizer::ParamMirror) --------------------------------------------------
+// M: the mirror's element type (__nv_bfloat16 or __half), or void for no mirror. The updated parameters are rounded to
+// nearest even (dev::from_float), as the executor's conversion of the whole flat buffer rounds them.
+
+// Four 16-bit values: one 8-byte store.
+template <class M>
+struct alignas(8) Mirror4 {
+  M v[4];
+};
+
+// Writes the updated p[i] (i < n, float4 i covers elements 4i..4i+3 of the chunk) to the chunk's mirror.
+template <class M>
+__device__ __forceinline__ void mirror_store4(M* mirror, uint32_t i, const float4& p) {
+  if constexpr (!std::is_void_v<M>) {
+    Mirror4<M> r;
+    r.v[0] = dev::from_float<M>(p.x);
+    r.v[1] = dev::from_float<M>(p.y);
+    r.v[2] = dev::from_float<M>(p.z);
+    r.v[3] = dev::from_float<M>(p.w);
+    reinterpret_cast<Mirror4<M>*>(mirror)[i] = r;
+  }
+}
+template <class M>
+__device__ __forceinline__ void mirror_store(M* mirror, uint32_t i, float p) {
+  if constexpr (!std::is_void_v<M>) mirror[i] = dev::from_float<M>(p);
+}
+// The float4 path also stores the mirror four at a time: it needs 8-byte alignment (no mirror: always true).
+template <class M>
+__device__ __forceinline__ bool mirror_aligned(const M* mirror) {
+  if constexpr (std::is_void_v<M>) return true;
+  else return (reinterpret_cast<uintptr_t>(mirror) & 7) == 0;
+}
 
 // ---- host setters (by-value kernel arguments: stream-ordered like an async copy, without pinned staging) ---
 
@@ -171,9 +206,12 @@ __device__ __forceinline__ void adamw_element(float& p, float g, float& m, float
 // parameters move 3.5 GB, ~0.72 ms at the H200's 4.8 TB/s peak (~0.9 ms at the ~4 TB/s a stream kernel
 // reaches). The two IEEE divisions and the square root (~60 instructions per element) stay well below the
 // ~400 fp32 instructions per element the SMs could issue in that time.
+// mirror: (flat) the parameters' 16-bit copy, rewritten from the updated values; unused when M is void.
+template <class M>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
-                 const Chunk* __restrict__ chunks, const StepScalars* __restrict__ s, AdamWConsts c) {
+                 M* __restrict__ mirror, const Chunk* __restrict__ chunks, const StepScalars* __restrict__ s,
+                 AdamWConsts c) {
   // found_inf is read by every thread and written by no block of this kernel: a uniform early exit.
   if (s->found_inf) return;
   __shared__ AdamWStep k_shared;
@@ -186,8 +224,10 @@ __global__ void __launch_bounds__(kThreads)
   const float* gp = g + ch.begin;
   float* mp = m + ch.begin;
   float* vp = v + ch.begin;
+  M* mir = nullptr;
+  if constexpr (!std::is_void_v<M>) mir = mirror + ch.begin;
   uint32_t done = 0;
-  if (aligned16(pp) && aligned16(gp) && aligned16(mp) && aligned16(vp)) {
+  if (aligned16(pp) && aligned16(gp) && aligned16(mp) && aligned16(vp) && mirror_aligned(mir)) {
     const uint32_t n4 = ch.len / 4;
     for (uint32_t i = threadIdx.x; i < n4; i += blockDim.x) {
       float4 pv = reinterpret_cast<float4*>(pp)[i];
@@ -201,10 +241,14 @@ __global__ void __launch_bounds__(kThreads)
       reinterpret_cast<float4*>(pp)[i] = pv;
       reinterpret_cast<float4*>(mp)[i] = mv;
       reinterpret_cast<float4*>(vp)[i] = vv;
+      mirror_store4(mir, i, pv);
     }
     done = n4 * 4;
   }
-  for (uint32_t i = done + threadIdx.x; i < ch.len; i += blockDim.x) adamw_element(pp[i], gp[i], mp[i], vp[i], c, k, decay);
+  for (uint32_t i = done + threadIdx.x; i < ch.len; i += blockDim.x) {
+    adamw_element(pp[i], gp[i], mp[i], vp[i], c, k, decay);
+    mirror_store(mir, i, pp[i]);
+  }
 }
 
 // ---- SGD ---------------------------------------------------------------------------------------------
@@ -233,9 +277,10 @@ __device__ __forceinline__ void sgd_element(float& p, float g, float* buf, float
 // One block per chunk. Memory bound: with momentum reads p, g, buf and writes p, buf (20 bytes per
 // parameter, ~0.5 ms for 124M at 4.8 TB/s); plain SGD reads p, g and writes p (12 bytes).
 // buf is null for plain SGD (no momentum buffer, as torch keeps none).
-template <SgdMode kMode>
+// mirror: as adamw_kernel's.
+template <SgdMode kMode, class M>
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf,
+    sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf, M* __restrict__ mirror,
                const Chunk* __restrict__ chunks, const StepScalars* __restrict__ s, SgdConsts c) {
   if (s->found_inf) return;  // uniform, as in adamw_kernel
   const float mul = effective_multiplier(*s);
@@ -245,8 +290,10 @@ __global__ void __launch_bounds__(kThreads)
   float* pp = p + ch.begin;
   const float* gp = g + ch.begin;
   float* bp = kMode == SgdMode::plain ? nullptr : buf + ch.begin;
+  M* mir = nullptr;
+  if constexpr (!std::is_void_v<M>) mir = mirror + ch.begin;
   uint32_t done = 0;
-  if (aligned16(pp) && aligned16(gp) && (kMode == SgdMode::plain || aligned16(bp))) {
+  if (aligned16(pp) && aligned16(gp) && (kMode == SgdMode::plain || aligned16(bp)) && mirror_aligned(mir)) {
     const uint32_t n4 = ch.len / 4;
     for (uint32_t i = threadIdx.x; i < n4; i += blockDim.x) {
       float4 pv = reinterpret_cast<float4*>(pp)[i];
@@ -259,12 +306,14 @@ __global__ void __launch_bounds__(kThreads)
       sgd_element<kMode>(pv.w, gv.w, &bv.w, mul, lr, decay, c);
       reinterpret_cast<float4*>(pp)[i] = pv;
       if (kMode != SgdMode::plain) reinterpret_cast<float4*>(bp)[i] = bv;
+      mirror_store4(mir, i, pv);
     }
     done = n4 * 4;
   }
   for (uint32_t i = done + threadIdx.x; i < ch.len; i += blockDim.x) {
     float unused = 0.0f;
     sgd_element<kMode>(pp[i], gp[i], kMode == SgdMode::plain ? &unused : bp + i, mul, lr, decay, c);
+    mirror_store(mir, i, pp[i]);
   }
 }
 
@@ -397,39 +446,15 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
     norm(grads_dev, max_norm, scaler);
   }
 
-  void step(float* params_dev, const float* grads_dev) override {
+  void step(float* params_dev, const float* grads_dev, const ParamMirror& mirror) override {
     XF_CHECK(params_dev != nullptr && grads_dev != nullptr, "optimizer", "step: null parameter or gradient buffer");
+    XF_CHECK(!mirror.data || mirror.dtype == DType::bf16 || mirror.dtype == DType::f16, "optimizer",
+             "step: the parameter mirror must be bf16 or f16, got ", dtype_name(mirror.dtype));
     cudaStream_t stream = ctx_->stream();
-    const Chunk* chunks = static_cast<const Chunk*>(chunks_.get());
     if (n_chunks_ > 0) {
-      const unsigned grid = static_cast<unsigned>(n_chunks_);
-      if (adamw_) {
-        const OptimizerConfig& c = config_;
-        AdamWConsts k{c.beta1,
-                      c.beta2,
-                      static_cast<float>(1.0 - static_cast<double>(c.beta1)),
-                      static_cast<float>(1.0 - static_cast<double>(c.beta2)),
-                      c.eps,
-                      c.weight_decay};
-        adamw_kernel<<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, exp_avg_, exp_avg_sq_, chunks,
-                                                     scalars(), k);
-        XF_CUDA_CHECK_LAUNCH("adamw");
-      } else {
-        const SgdConsts k{config_.weight_decay, config_.momentum};
-        float* buf = momentum_buffer_;
-        switch (mode_) {
-          case SgdMode::plain:
-            sgd_kernel<SgdMode::plain><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, chunks, scalars(), k);
-            break;
-          case SgdMode::momentum:
-            sgd_kernel<SgdMode::momentum><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, chunks, scalars(), k);
-            break;
-          case SgdMode::nesterov:
-            sgd_kernel<SgdMode::nesterov><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, chunks, scalars(), k);
-            break;
-        }
-        XF_CUDA_CHECK_LAUNCH("sgd");
-      }
+      if (!mirror.data) update(params_dev, grads_dev, static_cast<void*>(nullptr));
+      else if (mirror.dtype == DType::bf16) update(params_dev, grads_dev, static_cast<__nv_bfloat16*>(mirror.data));
+      else update(params_dev, grads_dev, static_cast<__half*>(mirror.data));
     }
     finish_step_kernel<<<1, 1, 0, stream>>>(scalars());
     XF_CUDA_CHECK_LAUNCH("finish_step");
@@ -465,6 +490,44 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
 
  private:
   StepScalars* scalars() const { return static_cast<StepScalars*>(scalars_.get()); }
+
+  // The update kernel of this optimizer, writing the mirror (M: its element type; void: none).
+  template <class M>
+  void update(float* params_dev, const float* grads_dev, M* mirror) {
+    cudaStream_t stream = ctx_->stream();
+    const Chunk* chunks = static_cast<const Chunk*>(chunks_.get());
+    const unsigned grid = static_cast<unsigned>(n_chunks_);
+    if (adamw_) {
+      const OptimizerConfig& c = config_;
+      AdamWConsts k{c.beta1,
+                    c.beta2,
+                    static_cast<float>(1.0 - static_cast<double>(c.beta1)),
+                    static_cast<float>(1.0 - static_cast<double>(c.beta2)),
+                    c.eps,
+                    c.weight_decay};
+      adamw_kernel<M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, exp_avg_, exp_avg_sq_, mirror, chunks,
+                                                     scalars(), k);
+      XF_CUDA_CHECK_LAUNCH("adamw");
+      return;
+    }
+    const SgdConsts k{config_.weight_decay, config_.momentum};
+    float* buf = momentum_buffer_;
+    switch (mode_) {
+      case SgdMode::plain:
+        sgd_kernel<SgdMode::plain, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                     scalars(), k);
+        break;
+      case SgdMode::momentum:
+        sgd_kernel<SgdMode::momentum, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                        scalars(), k);
+        break;
+      case SgdMode::nesterov:
+        sgd_kernel<SgdMode::nesterov, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                        scalars(), k);
+        break;
+    }
+    XF_CUDA_CHECK_LAUNCH("sgd");
+  }
 
   // Optimizer::state() is not const but only hands out pointers; they are only read here.
   static std::vector<std::pair<std::string, std::vector<float>*>> mutable_state(const Optimizer& host) {
