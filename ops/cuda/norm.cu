@@ -424,8 +424,8 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         blocks = std::min(blocks, ceil_div(ceil_div(rows, kBwdMinRowsPerGroup), rpb));
         // No more row groups than stay resident: each group owns a fixed share of the rows, so a surplus would run
         // as a second wave, and would only add partial rows to reduce. (GPT-2's 768-wide rows had 1365 groups of 96
-        // threads at 83 registers, where the occupancy rules keep 7 blocks on each of an H200's 132 SMs, 924: 1.48
-        // waves.)
+        // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
+        // 42-43 us a call in ncu against 47-49, 2026-11-30.)
         blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
         // Room for the partial rows, with 256 bytes per array for alignment.
         const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * rpb);
