@@ -70,6 +70,22 @@ struct GemmArgs {
   int64_t aux_ld = 0, aux_stride = 0;  // 0: ldc, stride_c
 };
 
+// C (m, n) = op(A) B, A (k, m) when trans_a else (m, k), B (k, n) (the caller may set trans_b), all packed, A, B and C
+// in `dtype`; no epilogue yet: where a GemmArgs usually starts.
+inline GemmArgs plain_gemm(DType dtype, bool trans_a, int64_t m, int64_t n, int64_t k, const void* a, const void* b,
+                           void* c) {
+  GemmArgs g;
+  g.dtype = g.out_dtype = dtype;
+  g.trans_a = trans_a;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.b = b;
+  g.c = c;
+  return g;
+}
+
 // Enqueues the GEMM on ctx's stream. Throws xfr::Error("gemm", ...) for arguments that do not fit
 // together, and names the plan when cuBLASLt has no algorithm for it.
 void gemm(CudaContext& ctx, const GemmArgs& args);

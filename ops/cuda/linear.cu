@@ -16,21 +16,6 @@ namespace xfr::cuda {
 
 namespace {
 
-// C (m, n) = op(A) B, A (k, m) when trans_a else (m, k), B (k, n) (the caller may set trans_b), all packed, in
-// `dtype`; no epilogue yet.
-GemmArgs plain_gemm(DType dtype, bool trans_a, int64_t m, int64_t n, int64_t k, const void* a, const void* b, void* c) {
-  GemmArgs g;
-  g.dtype = g.out_dtype = dtype;
-  g.trans_a = trans_a;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.b = b;
-  g.c = c;
-  return g;
-}
-
 // x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {

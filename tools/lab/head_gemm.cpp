@@ -14,27 +14,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/context.h"
 #include "runtime/tensor.h"
+#include "tools/lab/lab_tensors.h"
 
 using namespace xfr;
-
-namespace {
-
-Tensor random_bf16(DeviceContext* ctx, int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = d(rng);
-  return Tensor::from_vector(v, {rows, cols}).to(DType::bf16).to_device(ctx);
-}
-
-}  // namespace
+using xfr::lab::random_bf16;
 
 int main(int argc, char** argv) {
   const int64_t M = argc > 3 ? std::stoll(argv[1]) : 32768, N = argc > 3 ? std::stoll(argv[2]) : 30522,
@@ -59,15 +48,7 @@ int main(int argc, char** argv) {
     const char* name;
     cuda::GemmArgs g;
   };
-  auto base = [&] {
-    cuda::GemmArgs g;
-    g.dtype = g.out_dtype = DType::bf16;
-    g.m = M;
-    g.n = N;
-    g.k = K;
-    g.a = x.raw_data();
-    return g;
-  };
+  auto base = [&] { return cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), nullptr, nullptr); };
   std::vector<Variant> variants;
   {
     cuda::GemmArgs g = base();

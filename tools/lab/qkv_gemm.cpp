@@ -12,37 +12,18 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/context.h"
 #include "runtime/tensor.h"
+#include "tools/lab/lab_tensors.h"
 
 using namespace xfr;
+using xfr::lab::random_bf16;
 
 namespace {
-
-Tensor random_bf16(DeviceContext* ctx, int64_t rows, int64_t cols, uint64_t seed, float scale = 1.f) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> d(-scale, scale);
-  std::vector<float> v(static_cast<size_t>(rows * cols));
-  for (auto& x : v) x = d(rng);
-  return Tensor::from_vector(v, {rows, cols}).to(DType::bf16).to_device(ctx);
-}
-
-cuda::GemmArgs bf16_gemm(int64_t m, int64_t n, int64_t k, const void* a, const void* b, void* c) {
-  cuda::GemmArgs g;
-  g.dtype = g.out_dtype = DType::bf16;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.b = b;
-  g.c = c;
-  return g;
-}
 
 double max_diff(const Tensor& a, const Tensor& b) {
   const auto x = a.to_host().to(DType::f32).to_doubles(), y = b.to_host().to(DType::f32).to_doubles();
@@ -84,7 +65,7 @@ int main(int argc, char** argv) {
   // Forward: separate writes y_p into its own (M, C) block of y_sep (viewed as three packed (M, C) tensors).
   vs.push_back({"forward, 3 GEMMs of width C (bias epilogue)", 3 * f1, [&] {
                   for (int p = 0; p < 3; ++p) {
-                    cuda::GemmArgs g = bf16_gemm(M, C, C, x.raw_data(), at(w, p * C * C), at(y_sep, p * M * C));
+                    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, C, C, x.raw_data(), at(w, p * C * C), at(y_sep, p * M * C));
                     g.trans_b = true;
                     g.epilogue = cuda::GemmEpilogue::bias;
                     g.bias = at(b, p * C);
@@ -92,7 +73,7 @@ int main(int argc, char** argv) {
                   }
                 }});
   vs.push_back({"forward, 1 GEMM of width 3C (bias epilogue)", 3 * f1, [&] {
-                  cuda::GemmArgs g = bf16_gemm(M, 3 * C, C, x.raw_data(), w.raw_data(), y_pack.raw_data());
+                  cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, 3 * C, C, x.raw_data(), w.raw_data(), y_pack.raw_data());
                   g.trans_b = true;
                   g.epilogue = cuda::GemmEpilogue::bias;
                   g.bias = b.raw_data();
@@ -102,7 +83,7 @@ int main(int argc, char** argv) {
   vs.push_back({"input grad, 3 GEMMs K = C chained (beta 1, c_in)", 3 * f1, [&] {
                   const Tensor* outs[3] = {&dx_s0, &dx_s1, &dx_sep};
                   for (int p = 0; p < 3; ++p) {
-                    cuda::GemmArgs g = bf16_gemm(M, C, C, dy_sep[p].raw_data(), at(w, p * C * C), outs[p]->raw_data());
+                    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, C, C, dy_sep[p].raw_data(), at(w, p * C * C), outs[p]->raw_data());
                     if (p > 0) {
                       g.beta = 1.0f;
                       g.c_in = outs[p - 1]->raw_data();
@@ -111,11 +92,11 @@ int main(int argc, char** argv) {
                   }
                 }});
   vs.push_back({"input grad, 1 GEMM K = 3C", 3 * f1, [&] {
-                  cuda::gemm(cc, bf16_gemm(M, C, 3 * C, dy.raw_data(), w.raw_data(), dx_pack.raw_data()));
+                  cuda::gemm(cc, cuda::plain_gemm(DType::bf16, false, M, C, 3 * C, dy.raw_data(), w.raw_data(), dx_pack.raw_data()));
                 }});
   vs.push_back({"weight grad, 3 BGRAD GEMMs (C, C)", 3 * f1, [&] {
                   for (int p = 0; p < 3; ++p) {
-                    cuda::GemmArgs g = bf16_gemm(C, C, M, dy_sep[p].raw_data(), x.raw_data(), at(dw_sep, p * C * C));
+                    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, C, C, M, dy_sep[p].raw_data(), x.raw_data(), at(dw_sep, p * C * C));
                     g.trans_a = true;
                     g.epilogue = cuda::GemmEpilogue::bgrad_a;
                     g.bias = at(db_sep, p * C);
@@ -123,7 +104,7 @@ int main(int argc, char** argv) {
                   }
                 }});
   vs.push_back({"weight grad, 1 BGRAD GEMM (3C, C)", 3 * f1, [&] {
-                  cuda::GemmArgs g = bf16_gemm(3 * C, C, M, dy.raw_data(), x.raw_data(), dw_pack.raw_data());
+                  cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, 3 * C, C, M, dy.raw_data(), x.raw_data(), dw_pack.raw_data());
                   g.trans_a = true;
                   g.epilogue = cuda::GemmEpilogue::bgrad_a;
                   g.bias = db_pack.raw_data();
