@@ -78,33 +78,23 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
   return r;
 }
 
-void TrainStep::timed(const char* name, const std::function<void()>& fn) {
-  if (!opt_.profile || !opt_.device_ctx) return fn();
-  DeviceContext& ctx = *opt_.device_ctx;
-  const std::shared_ptr<void> e0 = ctx.record_event();
-  fn();
-  auto& t = update_profile_[name];
-  t.ms += ctx.elapsed_ms(e0, ctx.record_event());
-  ++t.calls;
-}
-
 // Everything of one step after the inputs are bound, as device work only (capturable).
 void TrainStep::enqueue_device_step() {
-  timed("zero gradients", [&] { store_->zero_grads(); });
+  executor_->profiled("zero gradients", [&] { store_->zero_grads(); });
   executor_->enqueue();
   enqueue_device_update();
 }
 
 // The gradients are complete: norm (and clip), the update, the loss-scale update (capturable).
 void TrainStep::enqueue_device_update() {
-  timed(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
+  executor_->profiled(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
     if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
     else dev_opt_->grad_norm(store_->grads(), scaler_.get());
   });
   DeviceOptimizer::ParamMirror mirror;
   if (const Tensor& m = executor_->param_mirror(); m.defined()) mirror = {m.raw_data(), m.dtype()};
-  timed("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads(), mirror); });
-  if (scaler_) timed("loss scale update", [&] { scaler_->update(*dev_opt_); });
+  executor_->profiled("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads(), mirror); });
+  if (scaler_) executor_->profiled("loss scale update", [&] { scaler_->update(*dev_opt_); });
 }
 
 StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results) {

@@ -10,7 +10,6 @@
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <memory>
 
 #include "factory/model_builder.h"
@@ -34,7 +33,8 @@ struct TrainStepOptions {
   double grad_clip = 0;                       // 0: no clipping (the norm is still computed for the log)
   DType compute_dtype = DType::f32;           // f16: dynamic loss scaling
   bool cuda_graph = true;                     // GPU, grad_accum == 1: capture the whole step
-  bool profile = false;                       // time every kernel (Executor::profile; no graph capture)
+  bool profile = false;                       // time every kernel and the optimizer's work (Executor::profile; no
+                                              // graph capture)
   Logger logger;
 };
 
@@ -67,17 +67,12 @@ class TrainStep {
   void sync_to_host();
   void sync_from_host();
   bool captured() const { return graph_ != nullptr; }
-  // With options.profile on a GPU: milliseconds and calls of the step's work outside the graph's ops (zeroing the
-  // gradients, their norm and clipping, the optimizer's update, the loss-scale update), as Executor::profile().
-  const std::map<std::string, Executor::OpTime>& update_profile() const { return update_profile_; }
 
  private:
   StepResult step_host(const std::function<void(Executor&, int64_t)>& bind, float lr);
   StepResult step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results);
   void enqueue_device_step();
   void enqueue_device_update();
-  // Runs fn, timing its device work under `name` in update_profile_ when profiling (a wait for the device).
-  void timed(const char* name, const std::function<void()>& fn);
 
   BuiltModel& train_;
   TrainStepOptions opt_;
@@ -91,7 +86,6 @@ class TrainStep {
   std::shared_ptr<void> graph_;
   bool graph_broken_ = false;
   int64_t device_steps_ = 0;
-  std::map<std::string, Executor::OpTime> update_profile_;
   // The executor's 16-bit parameter copy no longer matches the device parameters (they were copied in, not
   // updated by the optimizer): the next step converts it first.
   bool mirror_stale_ = true;

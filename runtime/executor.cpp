@@ -311,12 +311,41 @@ void Executor::run() {
   end_run();
 }
 
+void Executor::profiled(const std::string& name, const std::function<void()>& work) {
+  if (!opt_.profile) return work();
+  if (opt_.device_ctx) {  // events around the work, read later (no wait here)
+    auto e0 = opt_.device_ctx->record_event();
+    work();
+    pending_events_.push_back({name, std::move(e0), opt_.device_ctx->record_event()});
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  work();
+  auto& p = profile_[name];
+  p.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  ++p.calls;
+}
+
+void Executor::collect_profile() const {
+  for (auto& e : pending_events_) {
+    auto& p = profile_[e.op];
+    p.ms += opt_.device_ctx->elapsed_ms(e.start, e.stop);
+    ++p.calls;
+  }
+  pending_events_.clear();
+}
+
+const std::map<std::string, Executor::OpTime>& Executor::profile() const {
+  collect_profile();
+  return profile_;
+}
+
 void Executor::refresh_param_mirror() {  // every parameter in the compute dtype, one pass
   if (!param_mirror_.defined()) return;
-  std::shared_ptr<void> e0 = opt_.profile ? opt_.device_ctx->record_event() : nullptr;
-  opt_.device_ctx->convert(param_mirror_.raw_data(), param_mirror_.dtype(), store_->params(), DType::f32,
-                           store_->flat_size());
-  if (e0) pending_events_.push_back({"cast (parameter mirror)", std::move(e0), opt_.device_ctx->record_event()});
+  profiled("cast (parameter mirror)", [&] {
+    opt_.device_ctx->convert(param_mirror_.raw_data(), param_mirror_.dtype(), store_->params(), DType::f32,
+                             store_->flat_size());
+  });
 }
 
 void Executor::enqueue() {
@@ -344,19 +373,8 @@ void Executor::enqueue() {
       const Node& node = g_.node(s.node);
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       try {
-        if (opt_.profile && ctx.device_ctx) {  // device: events around the kernel, read at the end of the run
-          auto e0 = ctx.device_ctx->record_event();
-          s.kernel(*node.op, ctx, in, out);
-          pending_events_.push_back({node.op->name(), std::move(e0), ctx.device_ctx->record_event()});
-        } else if (opt_.profile) {
-          const auto t0 = std::chrono::steady_clock::now();
-          s.kernel(*node.op, ctx, in, out);
-          auto& p = profile_[node.op->name()];
-          p.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-          ++p.calls;
-        } else {
-          s.kernel(*node.op, ctx, in, out);
-        }
+        if (opt_.profile) profiled(node.op->name(), [&] { s.kernel(*node.op, ctx, in, out); });
+        else s.kernel(*node.op, ctx, in, out);
       } catch (const Error& e) {
         throw Error(e.op(), e.message() + " (node '" + node.name + "')", e.config_path());
       }
@@ -365,12 +383,7 @@ void Executor::enqueue() {
       if (s.grad_slot_out[k] >= 0)
         accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
   }
-  for (auto& e : pending_events_) {
-    auto& p = profile_[e.op];
-    p.ms += opt_.device_ctx->elapsed_ms(e.start, e.stop);
-    ++p.calls;
-  }
-  pending_events_.clear();
+  collect_profile();  // the run's events (their memory is not held from run to run)
 }
 
 Tensor Executor::get(Value v) const {

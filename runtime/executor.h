@@ -3,6 +3,7 @@
 // buffer (+=), so several runs between zero_grads() accumulate micro-batches.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,7 +81,11 @@ class Executor {
     double ms = 0;
     int64_t calls = 0;
   };
-  const std::map<std::string, OpTime>& profile() const { return profile_; }
+  const std::map<std::string, OpTime>& profile() const;
+  // Runs `work` and, with options.profile, adds its time to profile() under `name`: the device work it enqueues
+  // (CUDA events, read when profile() is next asked or a run ends) or, on the host, its wall time. A training step
+  // times its optimizer work here beside the graph's ops.
+  void profiled(const std::string& name, const std::function<void()>& work);
   // Mixed precision on a device: the flat 16-bit copy of the parameters the forward reads (undefined without one;
   // see fuse_param_casts), and its conversion from the store's f32 parameters, enqueued on the device's stream.
   // Each run does that conversion itself unless options.param_mirror_by_caller.
@@ -125,12 +130,14 @@ class Executor {
   Tensor param_mirror_;  // device mixed precision: every parameter in the compute dtype (one flat cast a run)
   MemoryPlan plan_;
   uint64_t runs_ = 0;
-  std::map<std::string, OpTime> profile_;
+  // Adds the pending events' times to profile_ (a wait for the device).
+  void collect_profile() const;
+  mutable std::map<std::string, OpTime> profile_;
   struct PendingEvent {
     std::string op;
     std::shared_ptr<void> start, stop;
   };
-  std::vector<PendingEvent> pending_events_;  // device profiling: kernel events read after the run
+  mutable std::vector<PendingEvent> pending_events_;  // device profiling: events not yet read into profile_
 };
 
 }  // namespace xfr

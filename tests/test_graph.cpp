@@ -113,6 +113,36 @@ TEST_CASE("executor: gradients accumulate over micro-batches until zero_grads") 
   check_close(got, expect, 1e-6, 1e-6, "accumulated gradients");
 }
 
+TEST_CASE("executor: profile times each op by name, and work a caller hands to profiled() beside them") {
+  const int64_t B = 3, T = 5, C = 7;
+  Graph g;
+  const Value x = g.input("x", TensorMeta{{B, T, C}, DType::f32});
+  const Value y = residual_stack(g, x, 2, C);
+  auto store = std::make_shared<ParamStore>(g);
+  init_params(*store, 3);
+  ExecutorOptions opt;
+  opt.profile = true;
+  Executor ex(g, {y}, Gradients{}, store, opt);
+  bool ran = false;
+  for (int run = 0; run < 2; ++run) {
+    ex.bind(x, random_tensor({B, T, C}, 11));
+    ex.run();
+    ex.profiled("caller work", [&] { ran = true; });
+  }
+  CHECK(ran);
+  const auto& p = ex.profile();
+  REQUIRE(p.count("caller work") == 1);
+  CHECK(p.at("caller work").calls == 2);
+  REQUIRE(p.count("matmul") == 1);
+  CHECK(p.at("matmul").calls % 2 == 0);  // the same ops each run
+  // Without options.profile the work runs and nothing is recorded.
+  Executor quiet(g, {y}, Gradients{}, store);
+  ran = false;
+  quiet.profiled("caller work", [&] { ran = true; });
+  CHECK(ran);
+  CHECK(quiet.profile().empty());
+}
+
 TEST_CASE("graph: names follow scopes; parameters are unique; unbound inputs and missing outputs are refused") {
   Graph g;
   const Value x = g.input("x", TensorMeta{{2, 3}, DType::f32});

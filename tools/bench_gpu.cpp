@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <random>
 #include <string>
 #include <utility>
@@ -42,17 +41,15 @@ Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
 }
 
 
-// Per-op GPU time of `ex`'s last runs (Executor::profile), plus a training step's work outside the graph
-// (TrainStep::update_profile: the optimizer, the gradient norm), the largest first.
-void print_profile(const Executor& ex, const char* what, int runs,
-                   const std::map<std::string, Executor::OpTime>& step_work = {}) {
+// Per-op GPU time of `ex`'s last runs (Executor::profile: with a training step's, its optimizer work too), the
+// largest first.
+void print_profile(const Executor& ex, const char* what, int runs) {
   std::vector<std::pair<double, std::string>> rows;
   double total = 0;
-  for (const auto* times : {&ex.profile(), &step_work})
-    for (const auto& [name, t] : *times) {
-      rows.emplace_back(t.ms / runs, name);
-      total += t.ms / runs;
-    }
+  for (const auto& [name, t] : ex.profile()) {
+    rows.emplace_back(t.ms / runs, name);
+    total += t.ms / runs;
+  }
   std::sort(rows.rbegin(), rows.rend());
   std::printf("profile of %s (ms per run, kernels timed one by one): total %.2f\n", what, total);
   for (const auto& [ms, name] : rows) std::printf("  %-28s %8.3f  %5.1f%%\n", name.c_str(), ms, 100 * ms / total);
@@ -108,7 +105,7 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
       ex.bind(pm.train_graph.targets, tt);
     };
     for (int i = 0; i < 3; ++i) pts.step(pbind, o.optimizer.lr);
-    print_profile(pts.executor(), "gpt2 train step", 3, pts.update_profile());
+    print_profile(pts.executor(), "gpt2 train step", 3);
   }
   const double nparam = static_cast<double>(model.store->num_params());
   int64_t L = 0, C = 0;
