@@ -31,15 +31,17 @@ constexpr int kUnroll = 2;
 constexpr int kForwardMinBlocks = 3;
 // The forward with dlogits keeps each row in shared memory for the second pass when the row fits in
 // kRowSmemMaxBytes: two such blocks (plus 1 KB each the hardware reserves) fit the 228 KB of an sm_90 SM, so two
-// rows per SM are in flight, as the 2 in __launch_bounds__ says (64 registers; 56 used with 4 packs a step). GPT-2's
+// rows per SM are in flight, as kGradMinBlocks says (64 registers; 56 used with 4 packs a step). GPT-2's
 // bf16 row is 100.6 KB. Measured on the H200 in the GPT-2 step's profile (16384 x 50304 bf16 logits): re-reading the
 // row from L2, 1.445 ms (run 43); with the copy, 1.426 ms (run 44): both were held by the first pass, whose guarded
 // loads the compiler issued one at a time; with the loads unguarded and the per-element work cut (RowStats, GradRow),
 // 1.049 ms (run 45), against 0.65 + 0.82 ms for the forward and the backward apart. What the copy alone gives was
 // not measured.
 constexpr int64_t kRowSmemMaxBytes = 112 * 1024;
-constexpr int kRowSmemMinBlocks = 2;
 constexpr int kRowSmemUnroll = 4;
+// Blocks of kMaxRowThreads per SM for both forward variants with dlogits (the shared-memory one fits two): 64
+// registers a thread; at kForwardMinBlocks' 42 the L2 variant spilled 16-24 bytes.
+constexpr int kGradMinBlocks = 2;
 // Packs per thread the row plan aims at: 8 (two unrolled steps) keeps a 512-thread block on a 50k
 // vocabulary and a warp on rows up to 256 packs.
 constexpr int kPacksPerThread = 8;
@@ -134,10 +136,9 @@ struct GradRow {
 // kGrad: also the row's dlogits for dloss = 1 (coef = 1 / n_valid), in a second pass over the row, written as the
 // backward would. kRowInSmem (with kGrad): the first pass copies each row to dynamic shared memory (rows_per_block rows
 // of V), and the second pass reads that copy; without it the second pass reads the row again (from L2 when it is
-// still there: the block has just read it). Both kGrad variants run two blocks per SM (64 registers): at 42 the L2
-// variant spilled 16-24 bytes.
+// still there: the block has just read it).
 template <class T, class I, int W, bool kGrad, bool kRowInSmem>
-__global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kRowSmemMinBlocks : kForwardMinBlocks)
+__global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForwardMinBlocks)
     ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
                       const I* __restrict__ targets,  // (N)
                       float* __restrict__ lse,        // (N)
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kRowSmemMinBlocks : kF
         dev::store_pack<T, W>(dr + p * W, gr.pack<T, W>(dev::load_pack<T, W>(src + p * W), p * W));
     }
     if (tid == 0) {
-      const float l = M + logf(sums.x);
+      const float l = M + logf(sums.x);  // (as the dlogits pass's: computed where used, so only thread 0 pays for it)
       lse[row] = l;
       float loss = 0.f;
       if (static_cast<int64_t>(t) != ignore_index) {

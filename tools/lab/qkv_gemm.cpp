@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   Tensor dx_s0 = empty(M, C), dx_s1 = empty(M, C), dw_sep = empty(3 * C, C), dw_pack = empty(3 * C, C), db_sep = empty(1, 3 * C),
          db_pack = empty(1, 3 * C);
   // Element `elems` of t's storage (bf16: 2 bytes each).
-  auto at = [](const Tensor& t, int64_t elems) { return static_cast<char*>(const_cast<void*>(t.raw_data())) + elems * 2; };
+  auto at = [](const Tensor& t, int64_t elems) { return static_cast<char*>(t.raw_data()) + elems * 2; };
 
   struct Variant {
     std::string name;
