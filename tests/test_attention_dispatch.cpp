@@ -126,14 +126,21 @@ TEST_CASE("attention backend: XF_ATTENTION_DETERMINISTIC values, the default, an
     ScopedEnv env("XF_ATTENTION_DETERMINISTIC", "0");
     CHECK_FALSE(attention_deterministic_from_env());
 #ifdef XF_WITH_CUDA
-    // The cuDNN form of a call follows it (the backward then accumulates dq with atomics).
+    // The dispatcher runs a call with it, whatever the caller's args said, and the cuDNN form follows (the backward
+    // then accumulates dq with atomics, natively or in cuDNN).
     cuda::FlashAttentionArgs a;
     a.dtype = DType::bf16;
     a.B = a.H = a.Hk = 1;
     a.Sq = a.Sk = 16;
     a.D = 64;
     a.q_strides = a.k_strides = head_strides(AttentionLayout::bhsd, 1, 16, 64);
-    CHECK_FALSE(cuda::cudnn_args_of(a).deterministic);
+    CHECK(a.deterministic);
+    CHECK(cuda::cudnn_args_of(a).deterministic);
+    const cuda::FlashAttentionArgs e = cuda::with_env_determinism(a);
+    CHECK_FALSE(e.deterministic);
+    CHECK_FALSE(cuda::cudnn_args_of(e).deterministic);
+    ScopedEnv back("XF_ATTENTION_DETERMINISTIC", "1");
+    CHECK(cuda::with_env_determinism(e).deterministic);
 #endif
   }
 }

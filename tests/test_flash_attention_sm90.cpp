@@ -167,6 +167,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           const char* block_n;
           const char* bwd_persistent;
           bool backward;
+          const char* deterministic = "";  // "0": the atomic backward (dq summed by reductions, kFusedDq)
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
@@ -178,8 +179,11 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
             configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
           }
-        for (const char* persistent : {"", "1", "0"}) configs.push_back({"1", "", "", "", "", persistent, true});
-        configs.push_back({"1", "", "3", "", "", "1", true});
+        for (const char* deterministic : {"", "0"}) {
+          for (const char* persistent : {"", "1", "0"})
+            configs.push_back({"1", "", "", "", "", persistent, true, deterministic});
+          configs.push_back({"1", "", "3", "", "", "1", true, deterministic});
+        }
         configs.push_back({"0", "", "", "", "", "", true});
         for (const Config& c : configs) {
           ScopedEnv env("XF_ATTENTION_SM90", c.sm90);
@@ -188,10 +192,12 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           ScopedEnv shape("XF_ATTENTION_SM90_CONSUMERS", c.consumers);
           ScopedEnv tile("XF_ATTENTION_SM90_BLOCK_N", c.block_n);
           ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
+          ScopedEnv deterministic("XF_ATTENTION_DETERMINISTIC", c.deterministic);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
-                                                          " BWD_PERSISTENT=" + c.bwd_persistent
+                                                          " BWD_PERSISTENT=" + c.bwd_persistent +
+                                                          " DETERMINISTIC=" + c.deterministic
                                                     : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");

@@ -3,7 +3,10 @@
 // 768 for GPT-2 124M's attention at D = 64: H = 12), D = 64 and 128,
 // S = 512 ... 16k, causal and not, bf16, q/k/v packed (B, H, S, D) from a normal distribution. For each point:
 //   native        our kernels (ops/cuda/flash_attention_launch.h): the Hopper forward and backward where they
-//                 apply (the row's native_forward / native_backward say which ran), else the FA2-style mma.sync ones
+//                 apply (the row's native_forward / native_backward say which ran), else the FA2-style mma.sync ones;
+//                 deterministic backward (what auto runs by default)
+//   native_atomic the same forward, the backward with dq summed by reductions in L2 (FlashAttentionArgs::deterministic
+//                 false, XF_ATTENTION_DETERMINISTIC=0; the kind of torch's flash backend, FA2)
 //   cudnn         cuDNN SDPA through ops/cuda/cudnn_attention.h, deterministic backward (what auto runs)
 //   cudnn_atomic  the same forward, the backward with atomic dq (torch's cuDNN backend's kind)
 // forward and forward+backward TFLOP/s (FlashAttention convention: forward 4·B·H·S²·D, halved when causal;
@@ -11,7 +14,7 @@
 // first cuDNN call's time (the plan build) and the backend XF_ATTENTION_BACKEND=auto picks for the forward and
 // the backward.
 //   xfrun_bench_attention [--out FILE.json] [--reps N] [--warmup N] [--D 64,128] [--S 512,1024,...] [--hidden 2048]
-//                         [--backends native,cudnn,cudnn_atomic]
+//                         [--backends native,native_atomic,cudnn,cudnn_atomic]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -94,7 +97,7 @@ double median_ms(DeviceContext& ctx, int warmup, int reps, const std::function<v
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string out, backends = "native,cudnn,cudnn_atomic";
+  std::string out, backends = "native,native_atomic,cudnn,cudnn_atomic";
   int reps = 10, warmup = 3;  // few: the whole grid, with PyTorch's, must fit gpu_check's attn step
   int64_t hidden = kDefaultHidden;
   std::vector<int64_t> Ds{64, 128}, Ss{512, 1024, 2048, 4096, 8192, 16384};
@@ -117,7 +120,7 @@ int main(int argc, char** argv) {
   for (int64_t S : Ss) shapes_ok &= S > 0 && kTokens % S == 0;
   if (argc % 2 == 0 || reps < 1 || warmup < 0 || !shapes_ok) {
     std::fprintf(stderr, "usage: xfrun_bench_attention [--out FILE.json] [--reps N] [--warmup N] [--D 64,128] "
-                         "[--S 512,...] [--backends native,cudnn,cudnn_atomic] [--hidden 2048]\n  (D divides the hidden %lld, S "
+                         "[--S 512,...] [--backends native,native_atomic,cudnn,cudnn_atomic] [--hidden 2048]\n  (D divides the hidden %lld, S "
                          "divides %lld)\n",
                  static_cast<long long>(hidden), static_cast<long long>(kTokens));
     return 2;
@@ -194,26 +197,30 @@ int main(int argc, char** argv) {
             }
             rows.push_back(r);
           };
-          if (listed(backends, "native")) {
-            const size_t ws_bytes = cuda::flash_attention_backward_workspace_bytes(a);
+          for (const char* name : {"native", "native_atomic"}) {
+            if (!listed(backends, name)) continue;
+            cuda::FlashAttentionArgs na = a;
+            na.deterministic = std::string(name) == "native";
+            const size_t ws_bytes = cuda::flash_attention_backward_workspace_bytes(na);
             const std::shared_ptr<void> ws = ctx.allocate(ws_bytes);
-            run("native",
+            run(name,
                 [&] {
-                  cuda::launch_flash_attention_forward(a, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
+                  cuda::launch_flash_attention_forward(na, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
                                                        lse.data<float>(), ctx.stream());
                 },
                 [&] {
-                  cuda::launch_flash_attention_backward(a, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
+                  cuda::launch_flash_attention_backward(na, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(),
                                                         dout.raw_data(), lse.data<float>(), nullptr, dq.raw_data(),
                                                         dk.raw_data(), dv.raw_data(), nullptr, ws.get(), ctx.stream());
                 });
             // Which native kernels ran: the Hopper ones (sm90) or the mma.sync ones, and why.
             const auto ran = [](const std::string& why) { return why.empty() ? std::string("sm90") : "mma.sync (" + why + ")"; };
             rows.back()["native_forward"] =
-                ran(cuda::flash_attention_sm90_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data()));
+                ran(cuda::flash_attention_sm90_refusal(na, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data()));
             rows.back()["native_backward"] =
-                ran(cuda::flash_attention_sm90_backward_refusal(a, q.raw_data(), k.raw_data(), v.raw_data(), dout.raw_data(),
-                                                               dq.raw_data(), dk.raw_data(), dv.raw_data()));
+                ran(cuda::flash_attention_sm90_backward_refusal(na, q.raw_data(), k.raw_data(), v.raw_data(),
+                                                               dout.raw_data(), dq.raw_data(), dk.raw_data(),
+                                                               dv.raw_data()));
           }
 #ifdef XF_HAVE_CUDNN_ATTENTION
           for (const char* name : {"cudnn", "cudnn_atomic"}) {

@@ -40,7 +40,7 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.k = c.v = a.k_strides;
   c.scale = a.scale;
   c.band = attention_band(a);
-  c.deterministic = attention_deterministic_from_env();  // XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h)
+  c.deterministic = a.deterministic;
   c.stats = a.write_lse;
   c.bias = a.bias != nullptr;
   c.bias_batch = a.bias_batch;
@@ -98,7 +98,7 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
   if (veto && s.workspace_bytes > kAutoCudnnMaxWorkspaceBytes)
     *veto = str_cat("its ", backward ? "backward" : "forward", " plan needs ", s.workspace_bytes >> 20,
                     " MiB of scratch, past auto's ", kAutoCudnnMaxWorkspaceBytes >> 20, " MiB budget");
-  if (veto && veto->empty() && backward && native_backward_faster(a, attention_deterministic_from_env()))
+  if (veto && veto->empty() && backward && native_backward_faster(a, a.deterministic))
     *veto = "at head dim 64 the native Hopper backward is faster than cuDNN's deterministic one (H200, "
             "ops/cuda/attention_dispatch.cpp)";
   return BackendSupport::yes();
@@ -116,9 +116,16 @@ bool all_aligned(std::initializer_list<const void*> ptrs) {
 
 }  // namespace
 
+FlashAttentionArgs with_env_determinism(const FlashAttentionArgs& args) {
+  FlashAttentionArgs a = args;
+  a.deterministic = attention_deterministic_from_env();
+  return a;
+}
+
 AttentionCallSupport attention_call_support(CudaContext& ctx, AttentionBackendRequest request,
-                                            const FlashAttentionArgs& a, bool backward, bool has_dlse,
+                                            const FlashAttentionArgs& args, bool backward, bool has_dlse,
                                             bool pointers_aligned) {
+  const FlashAttentionArgs a = with_env_determinism(args);
   AttentionCallSupport s;
   s.call = describe(a, backward);
   s.backward = backward;
@@ -169,7 +176,7 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
 void attention_backward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,
                         const void* out, const void* dout, const float* lse, const float* dlse, void* dq, void* dk,
                         void* dv, void* dbias) {
-  FlashAttentionArgs a = args;
+  FlashAttentionArgs a = with_env_determinism(args);
   a.bias_grad = dbias != nullptr;
   const AttentionBackend b =
       attention_backend_for(ctx, attention_backend_from_env(), a, true, dlse != nullptr,

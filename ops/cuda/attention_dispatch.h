@@ -48,8 +48,11 @@ AttentionBackend attention_backend_for(CudaContext& ctx, AttentionBackendRequest
 // Whether the native kernels can run the call (their launchers' limits).
 BackendSupport native_attention_support(const FlashAttentionArgs& a);
 
-// The cuDNN form of a flash_attention call: its strides (either layout), causal alignment, and the deterministic
-// backward unless XF_ATTENTION_DETERMINISTIC=0.
+// The cuDNN form of a flash_attention call: its strides (either layout), causal alignment, and a.deterministic.
 CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a);
+
+// args with deterministic from XF_ATTENTION_DETERMINISTIC (ops/attention_backend.h; 1, the default, or 0): the entry
+// points and attention_call_support decide and run with it, whatever the caller's args said.
+FlashAttentionArgs with_env_determinism(const FlashAttentionArgs& args);
 
 }  // namespace xfr::cuda

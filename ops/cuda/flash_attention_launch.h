@@ -53,6 +53,12 @@ struct FlashAttentionArgs {
   // Forward: whether lse is wanted (attention_forward sets it from its lse pointer; cuDNN then builds a forward
   // without statistics). The native kernels always write lse.
   bool write_lse = true;
+  // Backward: bitwise reproducible dq, dk, dv (every element written by one thread). false allows the atomic
+  // backward, what torch's flash and cuDNN backends run: the Hopper kernels then add each key block's share of dq into
+  // an f32 workspace (ops/cuda/device/sm90/attention_backward.cuh, kFusedDq) instead of recomputing S and dP in a dQ
+  // kernel, and cuDNN runs its atomic-dq backward. attention_backward sets it from XF_ATTENTION_DETERMINISTIC
+  // (ops/attention_backend.h). The mma.sync kernels are deterministic either way.
+  bool deterministic = true;
 };
 
 // The keys each query sees: causal (right 0) and the window, on the chosen diagonal (ops/flash_attention.h).
@@ -83,14 +89,16 @@ std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, c
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);
 
 // Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32 (the Hopper backward: Delta
-// and lse's exp2 form, each padded to 128-query tiles).
+// and lse's exp2 form, each padded to 128-query tiles; the atomic one (deterministic false) also dq's f32 sums,
+// (B, H, Sq padded to 128, D)).
 size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a);
 
 // dq, dk, dv of ops/flash_attention.h (dk, dv summed over the query heads of each kv head) and, when dbias is not
 // null (a bias is needed), dbias (the bias's shape and dtype: dS summed over the axes it broadcasts). dlse may be
 // null (no gradient reaches lse). `workspace` holds flash_attention_backward_workspace_bytes(a) bytes, 16-byte
-// aligned, and is used until the kernels have run on `stream`. No atomics: every output element is written by one
-// thread, so the results are deterministic.
+// aligned, and is used until the kernels have run on `stream`. With a.deterministic (the default) there are no
+// atomics: every output element is written by one thread, so the results are bitwise reproducible; without it the
+// Hopper kernels sum dq by reductions in L2, in an order that varies.
 void launch_flash_attention_backward(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                      const void* out, const void* dout, const float* lse, const float* dlse,
                                      void* dq, void* dk, void* dv, void* dbias, void* workspace, CUstream_st* stream);

@@ -64,6 +64,7 @@ struct Params {
   float scale = 1.f;       // softmax scale
   float scale_log2 = 1.f;  // scale * log2(e): scores go to exp2
   bool vec = false;  // D and every stride % 8 == 0, every pointer 16-byte aligned: cp.async and 32-bit stores
+  bool deterministic = true;  // the backward: false allows the Hopper kernels' atomic dq (FlashAttentionArgs)
   Dropout drop;
 
   // Offsets of head (b, h) of q and of kv head (b, hk) of k (batch stride 0 when varlen).

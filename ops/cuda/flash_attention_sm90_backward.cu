@@ -4,7 +4,9 @@
 // when sm90_backward_refusal is empty (the forward's reach and switch without head dim 256: bf16 / f16, D 64 or 128,
 // every band, GQA, either layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it
 // off), and to the mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item
-// per CTA or persistent, whichever persistent_pays (below) says is faster for the problem.
+// per CTA or persistent, whichever persistent_pays (below) says is faster for the problem. Without p.deterministic
+// (the atomic backward) the dK/dV kernel also sums dq (kFusedDq) into a zeroed f32 workspace, which a last kernel
+// converts, and there is no dQ kernel.
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -23,6 +25,11 @@ using sm90::kDqBlockM;
 
 // Rows of the Delta / lse2 workspaces per (b, h): Sq rounded up to the 128-query tiles both kernels read whole.
 int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqBlockM - 1) / kDqBlockM * kDqBlockM; }
+
+// The atomic backward's f32 sums of dq (sm90::dq_accum_block's layout): (B, H, padded_rows, D), after Delta and lse2.
+size_t dq_accum_bytes(const Params& p) {
+  return static_cast<size_t>(p.B) * p.H * padded_rows(p) * p.D * sizeof(float);
+}
 
 // Whether a kernel runs persistent (bwd_*_persistent_kernel: pairs of items on at most one CTA per SM, the producer
 // loading the next item under this one's last tile and epilogue) or one item per CTA. `items`: the kernel's blocks
@@ -75,6 +82,17 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
       args.Sq_pad, p.qs);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
+  if (args.dq_accum) {  // the atomic backward: dK, dV and dq's sums in one kernel, then dq from the sums
+    XF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, dq_accum_bytes(p), stream));
+    launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower, true>, sm90::bwd_dkdv_kernel<T, D, kLower, true>>(
+        plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D, sm90::kBwdStages, true>::kBytes, args, stream);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV, dQ sums)");
+    const int64_t threads = static_cast<int64_t>(p.B) * p.H * p.Sq * (D / 8);
+    sm90::bwd_dq_convert_kernel<T, D><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
+        args.dq_accum, static_cast<T*>(p.dq), p.B, p.H, p.Sq, args.Sq_pad, p.qs, p.scale);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ from its sums)");
+    return;
+  }
   launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, sm90::bwd_dkdv_kernel<T, D, kLower>>(
       plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D>::kBytes, args, stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
@@ -109,7 +127,8 @@ std::string sm90_backward_refusal(const Params& p, DType dtype) {
 }
 
 size_t sm90_backward_workspace_bytes(const Params& p) {
-  return 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2
+  const size_t stats = 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2
+  return stats + (p.deterministic ? 0 : dq_accum_bytes(p));
 }
 
 void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream) {
@@ -133,6 +152,8 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   float* lse2 = delta + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;  // 512-byte multiples: bulk copies aligned
   args.lse2 = lse2;
   args.delta = delta;
+  // After Delta and lse2 (whose sizes are multiples of 512 bytes): 16-byte aligned, as the bulk reductions need.
+  if (!p.deterministic) args.dq_accum = lse2 + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   args.dq = p.dq;
   args.dk = p.dk;
   args.dv = p.dv;

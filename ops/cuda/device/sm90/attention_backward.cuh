@@ -73,21 +73,48 @@ constexpr int dq_block_n() {
   return D == 128 ? 64 : 128;
 }
 
+// The fused dQ of the atomic backward (the dK/dV kernels with kFusedDq): per query tile a CTA visits, its share of
+// dQ = dS K (the tile's queries x the CTA's 128 keys) is added into an f32 workspace dq_accum by a bulk reduction
+// (cp.reduce.async.bulk: the adds happen in L2), and bwd_dq_convert_kernel scales the sums into dq once every CTA
+// has run; no dQ kernel recomputes S and dP (5 GEMMs a tile instead of 7). Not deterministic: the order in which the
+// key blocks' shares arrive varies, and so do the f32 sums' last bits.
+// A consumer warpgroup's share of a tile is one 64 x 64 block (m64n64: 32 fp32 a thread): 64 of the tile's 128
+// queries at D = 64 (BM = 128), 64 of the 128 columns at D = 128 (BM = 64).
+constexpr int kDqBlock = 64;
+constexpr uint32_t kDqBlockBytes = kDqBlock * kDqBlock * 4;  // 16 KB: one bulk reduction
+// dq_accum: (B, H, Sq_pad / 64, D / 64) blocks of 64 queries x 64 columns, each 16 KB contiguous (so that one bulk
+// reduction adds a warpgroup's share), element (q, d) of a block at q * 64 + dq_accum_col(q, d): a row's 16-byte
+// chunks are XOR-swizzled by q % 8, so that a warp's float2 stores of its accumulator fragment into the staging block
+// (8 rows x 4 column pairs) hit every bank twice (two wavefronts, the least for 256 bytes) instead of eight times.
+XF_HOST_DEVICE constexpr int dq_accum_col(int q, int d) { return (((d >> 2) ^ (q & 7)) << 2) | (d & 3); }
+XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, int H, int Sq_pad, int D) {
+  return (((static_cast<int64_t>(b) * H + h) * (Sq_pad / kDqBlock) + qblk) * (D / kDqBlock) + dblk) *
+         (kDqBlock * kDqBlock);
+}
+// Named barriers of the fused dQ (0 is __syncthreads'): both consumer warpgroups' halves of a tile's dS^T written;
+// one warpgroup's staging block written (+ cw).
+constexpr int kDsBarrier = 1, kDqStageBarrier = 2;
+
 // Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
 // STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], and the
 // persistent kernel's kv_empty). 128 KB at D = 128, 96 KB at D = 64: one CTA per SM (the consumers' 240 registers
-// allow no second anyway).
-template <int D, int STAGES = kBwdStages>
+// allow no second anyway). The fused dQ adds two dS^T tiles ([key][query] 16-bit, double-buffered so that one
+// barrier a tile orders both warpgroups' writes and reads: 2 x 32 KB at D = 64, 2 x 16 KB at D = 128) and the two
+// warpgroups' dQ staging blocks (2 x 16 KB): 192 KB at either head dim.
+template <int D, int STAGES = kBwdStages, bool kFusedDq = false>
 struct DkdvLayout {
   static constexpr int BM = bwd_block_m<D>(), BN = kBwdBlockN;
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2;
+  static constexpr int kTileDs = kFusedDq ? BN * BM * 2 : 0;  // dS^T: 128 keys x BM queries, atoms of 64 queries
   static constexpr int kK = 0, kV = kTileKV, kQ = 2 * kTileKV, kDo = kQ + STAGES * kTileQ;
-  static constexpr int kLse = kDo + STAGES * kTileQ, kDelta = kLse + STAGES * BM * 4;
+  static constexpr int kDs = kDo + STAGES * kTileQ, kDqStage = kDs + 2 * kTileDs;
+  static constexpr int kLse = kDqStage + (kFusedDq ? 2 * static_cast<int>(kDqBlockBytes) : 0),
+                       kDelta = kLse + STAGES * BM * 4;
   static constexpr int kBar = kDelta + STAGES * BM * 4;
   static constexpr int kBars = 2 + 2 * STAGES;
   static constexpr int kBytes = kBar + kBars * 8 + 1024;        // + alignment slack for align1024
   static constexpr uint32_t kTileTx = 2 * kTileQ + 2 * BM * 4;  // Q + dO + lse2 + Delta of one query tile
-  static_assert(kTileKV % 1024 == 0 && kTileQ % 1024 == 0, "sw128 tiles must stay 1024-aligned");
+  static_assert(kTileKV % 1024 == 0 && kTileQ % 1024 == 0 && kTileDs % 1024 == 0, "sw128 tiles must stay 1024-aligned");
   static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
 };
 
@@ -113,6 +140,7 @@ struct BwdArgs {
   void* dq = nullptr;                               // (B, H, Sq, D) T, strides qs
   void* dk = nullptr;                               // (B, Hk, Sk, D) T, strides ks
   void* dv = nullptr;                               // (B, Hk, Sk, D) T, strides ks
+  float* dq_accum = nullptr;                        // the fused dQ's sums (dq_accum_block), zeroed before the kernel
   HeadStrides qs, ks;
   int H = 0, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
   AttentionBand band;
@@ -152,6 +180,93 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
   }
 }
 
+// ---- the fused dQ's pieces (kFusedDq; see kDqBlock) ------------------------------------------------------------
+// A tile's dS^T, this warpgroup's 64 keys x BM queries as the packed A fragments of dK += dS^T Q (pack_p's order:
+// ads[j][r] = keys 64 cw + 16 w + lane / 4 + 8 (r & 1), queries 16 j + 8 (r >> 1) + 2 (lane % 4), + 1), into the
+// CTA's [key][query] tile at `tile` (128 keys x BM queries, sw128 atoms of 64 queries, 16 KB apart: the layout TMA
+// writes for such a tile), from which dQ = dS K reads dS as an MN-major A. 4-byte stores: a warp's 8 rows x 4 lanes
+// fill 8 distinct swizzled 16-byte chunks, every bank once.
+template <int BM>
+__device__ __forceinline__ void store_ds_t(const uint32_t (&ads)[BM / 16][4], uint8_t* tile, int cw, int t) {
+  const int w = t / 32, lane = t % 32, key0 = 64 * cw + 16 * w + lane / 4;
+  // Register r of ads[j]: key key0 + 8 (r & 1) (8 rows = 1024 B further, the same swizzle phase key0 % 8), queries
+  // q = 16 j + 8 (r >> 1) + 2 (lane % 4): atom q / 64, chunk c = (2 j + (r >> 1)) % 8 at position c ^ (key0 % 8),
+  // byte 4 (lane % 4) in it. Written as a per-thread base plus one of 8 swizzled chunk offsets plus immediates, so
+  // that ptxas keeps 8 addresses across the tile loop, not 32 (which spilled).
+  const uint32_t base = static_cast<uint32_t>(key0 * 128 + 4 * (lane % 4)), phase = static_cast<uint32_t>(key0 % 8);
+#pragma unroll
+  for (int j = 0; j < BM / 16; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t c = static_cast<uint32_t>((2 * j + (r >> 1)) % 8);
+      const uint32_t imm = static_cast<uint32_t>((16 * j + 8 * (r >> 1)) / 64 * (kBwdBlockN * 128) + 1024 * (r & 1));
+      *reinterpret_cast<uint32_t*>(tile + base + ((c ^ phase) << 4) + imm) = ads[j][r];
+    }
+}
+
+// acc (64 queries x 64 columns of D, fp32, overwritten) = dS (64 queries x 128 keys) K (128 keys x 64 columns): A is
+// 64 queries of the dS^T tile (ds_desc: sw128_desc(their atom, 16 KB, 1024)), B 64 columns of the K tile (k_desc:
+// sw128_desc(their atom, 128 x 128, 1024)), both MN-major ([key][...]: the key, the GEMM's K index, runs down the
+// rows); a step of 16 keys adds 16 rows x 128 B = 2048 B to both start addresses.
+template <class T>
+__device__ __forceinline__ void dq_gemm(float (&acc)[kDqBlock / 2], uint64_t ds_desc, uint64_t k_desc) {
+#pragma unroll
+  for (int kk = 0; kk < kBwdBlockN / 16; ++kk)
+    wgmma_ss_mn<kDqBlock, T>(acc, ds_desc + ((kk * 2048) >> 4), k_desc + ((kk * 2048) >> 4), kk > 0 ? 1 : 0);
+}
+
+// This warpgroup's dQ share (the m64n64 fragment of dq_gemm: row = query, column = d) into its 16 KB staging block
+// in dq_accum's layout (float2 stores, two wavefronts each: dq_accum_col), then, once the warpgroup's stores are all
+// done (named barrier kDqStageBarrier + cw), one bulk reduction of the block into dq_accum at dst, issued and
+// committed by the warpgroup's thread 0 (which waits for it to have read the block before the block is rewritten:
+// bulk_wait_read in the tile loop, bulk_wait at the end).
+__device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint8_t* stage, float* dst, int cw,
+                                          int t) {
+  const int w = t / 32, lane = t % 32;
+  // Register i: query q = 16 w + lane / 4 + 8 h (h = (i >> 1) & 1: 8 rows = 2048 B further, the same q % 8 = lane / 4),
+  // columns d = 8 (i / 4) + 2 (lane % 4), + 1: chunk 2 (i / 4) + (lane % 4) / 2 at position chunk ^ (lane / 4), byte
+  // 4 (d % 4) in it (dq_accum_col). A per-thread base plus one of 8 chunk offsets plus an immediate (as store_ds_t).
+  const int q0 = 16 * w + lane / 4;
+  const uint32_t base = static_cast<uint32_t>(q0 * kDqBlock * 4 + 4 * ((2 * (lane % 4)) & 3));
+  const uint32_t odd = static_cast<uint32_t>((lane % 4) / 2), phase = static_cast<uint32_t>(lane / 4);
+#pragma unroll
+  for (int i = 0; i < kDqBlock / 2; i += 2) {
+    const uint32_t chunk = static_cast<uint32_t>(2 * (i / 4)) + odd;
+    const uint32_t imm = static_cast<uint32_t>(((i >> 1) & 1) * 8 * kDqBlock * 4);
+    *reinterpret_cast<float2*>(stage + base + ((chunk ^ phase) << 4) + imm) = make_float2(acc[i], acc[i + 1]);
+  }
+  fence_proxy_async();
+  named_barrier_sync(kDqStageBarrier + cw, 128);
+  if (t == 0) {
+    bulk_reduce_add_f32(dst, smem_u32(stage), kDqBlockBytes);
+    bulk_commit();
+  }
+}
+
+// dq (B, H, Sq, D) T, strides qs = scale x dq_accum (dq_accum_block's layout, Sq_pad rows a head): one thread per 8
+// columns of a row (two 16-byte loads of swizzled chunks, one 16-byte store); grid ceil(B H Sq D / 8 / 256) x 256.
+template <class T, int D>
+__global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __restrict__ acc,  // dq_accum
+                                                             T* __restrict__ dq,             // (B, H, Sq, D) qs
+                                                             int B, int H, int Sq, int Sq_pad, HeadStrides qs,
+                                                             float scale) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
+  if (idx >= static_cast<int64_t>(B) * H * Sq * (D / 8)) return;
+  const int d = static_cast<int>(idx % (D / 8)) * 8;
+  const int64_t row = idx / (D / 8), bh = row / Sq;
+  const int q = static_cast<int>(row % Sq), h = static_cast<int>(bh % H), b = static_cast<int>(bh / H);
+  const float* blk = acc + dq_accum_block(b, h, q / kDqBlock, d / kDqBlock, H, Sq_pad, D);
+  const int ql = q % kDqBlock, dl = d % kDqBlock;
+  const float4 lo = *reinterpret_cast<const float4*>(blk + ql * kDqBlock + dq_accum_col(ql, dl));
+  const float4 hi = *reinterpret_cast<const float4*>(blk + ql * kDqBlock + dq_accum_col(ql, dl + 4));
+  uint4 o;
+  o.x = pack2<T>(lo.x * scale, lo.y * scale);
+  o.y = pack2<T>(lo.z * scale, lo.w * scale);
+  o.z = pack2<T>(hi.x * scale, hi.y * scale);
+  o.w = pack2<T>(hi.z * scale, hi.w * scale);
+  *reinterpret_cast<uint4*>(dq + b * qs.batch + h * qs.head + static_cast<int64_t>(q) * qs.seq + d) = o;
+}
+
 // dK / dV. CTA = keys [n0, n0 + 128) of kv head hk: grid (ceil(Sk / 128), Hk, B), kWsThreads threads,
 // DkdvLayout<D>::kBytes of dynamic shared memory.
 //   The query tiles it visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that sees
@@ -167,10 +282,13 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
 //   CTA-uniform test: no divergence). Hidden -> P = 0. Padding queries (>= Sq) are hidden by qhi <= Sq and would add
 //   nothing anyway (zero dO and Q rows, lse2 +inf).
 //   Epilogue: dV and scale dK as T, rows < Sk only.
-template <class T, int D, bool kLower>
+//   kFusedDq (the atomic backward, see kDqBlock): after the fragments, each warpgroup stores its dS^T half into the
+//   tile's dS^T buffer (two, alternating by tile), and once both halves are in (named barrier kDsBarrier) issues
+//   dQ = dS K for its 64 x 64 share beside dV and dK, then stages the share and bulk-adds it into dq_accum.
+template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
-  using L = DkdvLayout<D>;
+  using L = DkdvLayout<D, kBwdStages, kFusedDq>;
   constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
@@ -252,6 +370,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
            q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
   asm volatile("" : "+r"(k_lo), "+r"(v_lo), "+r"(q_lo), "+r"(do_lo));
   constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = rs_lbo_from_ss(BM);
+  // The fused dQ's operands (dq_gemm): this warpgroup's 64 queries of buffer 0's dS^T tile (D = 64: atom cw) and its
+  // 64 columns of K (D = 128: atom cw).
+  [[maybe_unused]] const uint64_t ds_desc =
+      sw128_desc(base + L::kDs + (BM == 128 ? cw : 0) * (BN * 128), BN * 128, 1024);
+  [[maybe_unused]] const uint64_t kdq_desc = sw128_desc(s_k + (D == 128 ? cw : 0) * (BN * 128), BN * 128, 1024);
   if (n_tiles > 0) mbar_wait(bar_kv, 0);
 
 #pragma unroll 1  // one tile's registers at a time
@@ -294,15 +417,33 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     }
     pack_p<T, BM>(s, ap);
     pack_p<T, BM>(dp, ads);
+    // The fused dQ's share, declared in the loop: its wgmmas overwrite it (scale_d 0 first), so nothing keeps it live
+    // from one tile to the next (at function scope its 32 registers stayed live across the S^T / dP^T phase: spills).
+    [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];
+    if constexpr (kFusedDq) {
+      store_ds_t<BM>(ads, smem + L::kDs + (j & 1) * L::kTileDs, cw, t);
+      fence_proxy_async();
+      if (t == 0) bulk_wait_read<0>();      // this warpgroup's previous reduction has read its staging block
+      named_barrier_sync(kDsBarrier, 256);  // both halves of dS^T are in (and both staging blocks free)
+    }
     wgmma_fence();
     rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
     rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
+    if constexpr (kFusedDq) dq_gemm<T>(dqacc, ds_desc + (j & 1) * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dvacc);
     reg_fence(dkacc);
     if (lane == 0) mbar_arrive(bar_empty(st));
+    if constexpr (kFusedDq) {
+      reg_fence(dqacc);
+      const int g = j / tr.count, qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
+      reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
+                a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
+    }
   }
+  if constexpr (kFusedDq)
+    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
   const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
   const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
                       static_cast<int64_t>(key_wg) * a.ks.seq;
@@ -473,11 +614,12 @@ XF_HOST_DEVICE inline fa::TileOrder<kDqBlockM> dq_order(const BwdArgs& a) {
 //   the item's last S^T, dP^T, their only readers, are complete), so the producer loads the next item's K, V while
 //   this item's last tile and epilogue run; the ring's use count it runs on across items (stage it % 2, parity
 //   (it / 2) & 1), and so does the K/V load count kn (parity kn & 1). Both roles walk the same items and count the
-//   same loads.
-template <class T, int D, bool kLower>
+//   same loads. kFusedDq: as the one-item kernel's (the dS^T buffer alternates with the CTA's tile count, across
+//   items), and K, V are released after the item's last dQ = dS K, their last reader.
+template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
-  using L = DkdvLayout<D>;
+  using L = DkdvLayout<D, kBwdStages, kFusedDq>;
   constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
@@ -556,6 +698,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   uint32_t q_lo = sw128_desc_lo(s_q, 16), do_lo = sw128_desc_lo(s_do, 16);
   asm volatile("" : "+l"(k_desc), "+l"(v_desc), "+r"(q_lo), "+r"(do_lo));
   constexpr uint32_t kStageLo = L::kTileQ >> 4, kRsLbo = rs_lbo_from_ss(BM);
+  // The fused dQ's operands, as the one-item kernel's.
+  [[maybe_unused]] const uint64_t ds_desc =
+      sw128_desc(base + L::kDs + (BM == 128 ? cw : 0) * (BN * 128), BN * 128, 1024);
+  [[maybe_unused]] const uint64_t kdq_desc = sw128_desc(s_k + (D == 128 ? cw : 0) * (BN * 128), BN * 128, 1024);
   int it = 0, kn = 0;
   for (int k = 0;; ++k) {
     const int u = order.tile(k, grid, cta);
@@ -582,7 +728,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     for (int i = 0; i < D / 2; ++i) dvacc[i] = 0.f, dkacc[i] = 0.f;
     if (n_tiles > 0) mbar_wait(bar_kv, kn++ & 1);
 
-    int st = it % STAGES, phase = (it / STAGES) & 1, m = tr.first;  // advanced per tile: no division in the loop
+    // Advanced per tile: no division in the loop (g: the query head hk G + g of the tile, for the fused dQ).
+    int st = it % STAGES, phase = (it / STAGES) & 1, m = tr.first, g = 0;
 #pragma unroll 1  // one tile's registers at a time
     for (int j = 0; j < n_tiles; ++j) {
       const uint32_t q_st_lo = q_lo + st * kStageLo, do_st_lo = do_lo + st * kStageLo;
@@ -614,7 +761,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       }
       wgmma_wait<0>();
       reg_fence(dp);
-      if (j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time
+      if (!kFusedDq && j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time
 #pragma unroll
       for (int i = 0; i < BM / 2; i += 2) {  // dS^T in place of dP^T
         const float2 dl = *reinterpret_cast<const float2*>(dlt_st + 8 * (i / 4) + 2 * (lane % 4));
@@ -623,16 +770,32 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       }
       pack_p<T, BM>(s, ap);
       pack_p<T, BM>(dp, ads);
+      const int buf = (it + j) & 1;                          // the fused dQ's dS^T buffer
+      [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];  // its share (in the loop: see the one-item kernel)
+      if constexpr (kFusedDq) {
+        store_ds_t<BM>(ads, smem + L::kDs + buf * L::kTileDs, cw, t);
+        fence_proxy_async();
+        if (t == 0) bulk_wait_read<0>();      // this warpgroup's previous reduction has read its staging block
+        named_barrier_sync(kDsBarrier, 256);  // both halves of dS^T are in (and both staging blocks free)
+      }
       wgmma_fence();
       rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
       rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
+      if constexpr (kFusedDq) dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dvacc);
       reg_fence(dkacc);
       if (lane == 0) mbar_arrive(bar_empty(st));
+      if constexpr (kFusedDq) {
+        if (j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time (dQ = dS K)
+        reg_fence(dqacc);
+        const int qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
+        reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
+                  a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
+      }
       if (++st == STAGES) st = 0, phase ^= 1;
-      if (++m == tr.first + tr.count) m = tr.first;
+      if (++m == tr.first + tr.count) m = tr.first, ++g;
     }
     it += n_tiles;
     const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
@@ -641,6 +804,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     store_rows_bounded<T, D>(dvacc, 1.f, static_cast<T*>(a.dv) + off, a.ks.seq, a.Sk - key_wg, t);
     store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
   }
+  if constexpr (kFusedDq)
+    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
 #endif
 }
 
