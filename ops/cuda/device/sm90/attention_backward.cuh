@@ -91,9 +91,13 @@ XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, i
   return (((static_cast<int64_t>(b) * H + h) * (Sq_pad / kDqBlock) + qblk) * (D / kDqBlock) + dblk) *
          (kDqBlock * kDqBlock);
 }
-// Named barriers of the fused dQ (0 is __syncthreads'): both consumer warpgroups' halves of a tile's dS^T written;
-// one warpgroup's staging block written (+ cw).
-constexpr int kDsBarrier = 1, kDqStageBarrier = 2;
+// Named barriers of the fused dQ (0 is __syncthreads'). ds_ready_barrier(w, p): warpgroup w's half of dS^T buffer p
+// is written (w's 128 threads arrive, the other warpgroup's 128 wait: each warpgroup issues dV and dK between its
+// arrival and its wait, so neither idles while the other finishes its half). One per buffer, so that a warpgroup a
+// tile ahead never arrives twice at a barrier the other has not yet waited on. kDqStageBarrier + cw: warpgroup cw's
+// staging block is written.
+XF_HOST_DEVICE constexpr int ds_ready_barrier(int w, int p) { return 1 + 2 * w + p; }
+constexpr int kDqStageBarrier = 5;
 
 // Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
 // STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], and the
@@ -183,25 +187,21 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
 // ---- the fused dQ's pieces (kFusedDq; see kDqBlock) ------------------------------------------------------------
 // A tile's dS^T, this warpgroup's 64 keys x BM queries as the packed A fragments of dK += dS^T Q (pack_p's order:
 // ads[j][r] = keys 64 cw + 16 w + lane / 4 + 8 (r & 1), queries 16 j + 8 (r >> 1) + 2 (lane % 4), + 1), into the
-// CTA's [key][query] tile at `tile` (128 keys x BM queries, sw128 atoms of 64 queries, 16 KB apart: the layout TMA
-// writes for such a tile), from which dQ = dS K reads dS as an MN-major A. 4-byte stores: a warp's 8 rows x 4 lanes
-// fill 8 distinct swizzled 16-byte chunks, every bank once.
+// CTA's [key][query] tile at `tile` (shared address; 128 keys x BM queries, sw128 atoms of 64 queries, 16 KB apart:
+// the layout TMA writes for such a tile), from which dQ = dS K reads dS as an MN-major A. One stmatrix per j: its
+// four 8 x 8 matrices are ads[j][0..3] (keys +0 / +8, queries +0 / +8), lane l addressing row l % 8 of matrix l / 8:
+// key 64 cw + 16 w + 8 ((l / 8) & 1) + l % 8, queries 16 j + 8 (l / 16) .. + 7, one 16-byte chunk c = (2 j + l / 16)
+// % 8 of atom j / 4, at position c ^ (key % 8) = c ^ (l % 8).
 template <int BM>
-__device__ __forceinline__ void store_ds_t(const uint32_t (&ads)[BM / 16][4], uint8_t* tile, int cw, int t) {
-  const int w = t / 32, lane = t % 32, key0 = 64 * cw + 16 * w + lane / 4;
-  // Register r of ads[j]: key key0 + 8 (r & 1) (8 rows = 1024 B further, the same swizzle phase key0 % 8), queries
-  // q = 16 j + 8 (r >> 1) + 2 (lane % 4): atom q / 64, chunk c = (2 j + (r >> 1)) % 8 at position c ^ (key0 % 8),
-  // byte 4 (lane % 4) in it. Written as a per-thread base plus one of 8 swizzled chunk offsets plus immediates, so
-  // that ptxas keeps 8 addresses across the tile loop, not 32 (which spilled).
-  const uint32_t base = static_cast<uint32_t>(key0 * 128 + 4 * (lane % 4)), phase = static_cast<uint32_t>(key0 % 8);
+__device__ __forceinline__ void store_ds_t(const uint32_t (&ads)[BM / 16][4], uint32_t tile, int cw, int t) {
+  const int w = t / 32, lane = t % 32;
+  const int key = 64 * cw + 16 * w + 8 * ((lane / 8) & 1) + lane % 8;
+  const uint32_t row = tile + static_cast<uint32_t>(key * 128), hi = static_cast<uint32_t>(lane / 16),
+                 phase = static_cast<uint32_t>(lane % 8);
 #pragma unroll
   for (int j = 0; j < BM / 16; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const uint32_t c = static_cast<uint32_t>((2 * j + (r >> 1)) % 8);
-      const uint32_t imm = static_cast<uint32_t>((16 * j + 8 * (r >> 1)) / 64 * (kBwdBlockN * 128) + 1024 * (r & 1));
-      *reinterpret_cast<uint32_t*>(tile + base + ((c ^ phase) << 4) + imm) = ads[j][r];
-    }
+    stmatrix_x4(row + (j / 4) * (kBwdBlockN * 128) + ((((2 * j + hi) % 8) ^ phase) << 4), ads[j][0], ads[j][1],
+                ads[j][2], ads[j][3]);
 }
 
 // acc (64 queries x 64 columns of D, fp32, overwritten) = dS (64 queries x 128 keys) K (128 keys x 64 columns): A is
@@ -283,8 +283,9 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
 //   nothing anyway (zero dO and Q rows, lse2 +inf).
 //   Epilogue: dV and scale dK as T, rows < Sk only.
 //   kFusedDq (the atomic backward, see kDqBlock): after the fragments, each warpgroup stores its dS^T half into the
-//   tile's dS^T buffer (two, alternating by tile), and once both halves are in (named barrier kDsBarrier) issues
-//   dQ = dS K for its 64 x 64 share beside dV and dK, then stages the share and bulk-adds it into dq_accum.
+//   tile's dS^T buffer (two, alternating by tile) and announces it (ds_ready_barrier), issues dV and dK, waits for the
+//   other half, issues dQ = dS K for its 64 x 64 share, releases the stage once dV and dK are done, then stages the
+//   share and bulk-adds it into dq_accum.
 template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
@@ -420,22 +421,30 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     // The fused dQ's share, declared in the loop: its wgmmas overwrite it (scale_d 0 first), so nothing keeps it live
     // from one tile to the next (at function scope its 32 registers stayed live across the S^T / dP^T phase: spills).
     [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];
+    const int buf = j & 1;  // the fused dQ's dS^T buffer
     if constexpr (kFusedDq) {
-      store_ds_t<BM>(ads, smem + L::kDs + (j & 1) * L::kTileDs, cw, t);
+      store_ds_t<BM>(ads, base + L::kDs + buf * L::kTileDs, cw, t);
       fence_proxy_async();
-      if (t == 0) bulk_wait_read<0>();      // this warpgroup's previous reduction has read its staging block
-      named_barrier_sync(kDsBarrier, 256);  // both halves of dS^T are in (and both staging blocks free)
+      named_barrier_arrive(ds_ready_barrier(cw, buf), 256);  // this warpgroup's half is in
     }
     wgmma_fence();
     rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
     rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
-    if constexpr (kFusedDq) dq_gemm<T>(dqacc, ds_desc + (j & 1) * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
     wgmma_commit();
-    wgmma_wait<0>();
+    if constexpr (kFusedDq) {
+      if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
+      named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
+      dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
+      wgmma_commit();
+      wgmma_wait<1>();  // dV, dK
+    } else {
+      wgmma_wait<0>();
+    }
     reg_fence(dvacc);
     reg_fence(dkacc);
     if (lane == 0) mbar_arrive(bar_empty(st));
     if constexpr (kFusedDq) {
+      wgmma_wait<0>();
       reg_fence(dqacc);
       const int g = j / tr.count, qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
       reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
@@ -773,21 +782,28 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       const int buf = (it + j) & 1;                          // the fused dQ's dS^T buffer
       [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];  // its share (in the loop: see the one-item kernel)
       if constexpr (kFusedDq) {
-        store_ds_t<BM>(ads, smem + L::kDs + buf * L::kTileDs, cw, t);
+        store_ds_t<BM>(ads, base + L::kDs + buf * L::kTileDs, cw, t);
         fence_proxy_async();
-        if (t == 0) bulk_wait_read<0>();      // this warpgroup's previous reduction has read its staging block
-        named_barrier_sync(kDsBarrier, 256);  // both halves of dS^T are in (and both staging blocks free)
+        named_barrier_arrive(ds_ready_barrier(cw, buf), 256);  // this warpgroup's half is in
       }
       wgmma_fence();
       rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
       rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
-      if constexpr (kFusedDq) dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
       wgmma_commit();
-      wgmma_wait<0>();
+      if constexpr (kFusedDq) {
+        if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
+        named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
+        dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
+        wgmma_commit();
+        wgmma_wait<1>();  // dV, dK
+      } else {
+        wgmma_wait<0>();
+      }
       reg_fence(dvacc);
       reg_fence(dkacc);
       if (lane == 0) mbar_arrive(bar_empty(st));
       if constexpr (kFusedDq) {
+        wgmma_wait<0>();
         if (j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time (dQ = dS K)
         reg_fence(dqacc);
         const int qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);

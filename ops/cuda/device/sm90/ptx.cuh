@@ -205,6 +205,15 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
+// stmatrix (PTX ISA 9.7.14.5.16): a warp stores four 8 x 8 matrices of 16-bit values, one 16-byte row per lane
+// address: lane l gives the shared address of row l % 8 of matrix l / 8, and register i of lane l holds elements
+// 2 (l % 4), + 1 of row l / 4 of matrix i (the packed layout of an mma / wgmma accumulator fragment).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // Barrier among `count` threads (a warpgroup: 128) on hardware barrier `id` (0 is __syncthreads').
 __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
