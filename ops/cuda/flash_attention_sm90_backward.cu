@@ -26,7 +26,7 @@ using sm90::kDqBlockM;
 // Rows of the Delta / lse2 workspaces per (b, h): Sq rounded up to the 128-query tiles both kernels read whole.
 int64_t padded_rows(const Params& p) { return (static_cast<int64_t>(p.Sq) + kDqBlockM - 1) / kDqBlockM * kDqBlockM; }
 
-// The atomic backward's f32 sums of dq: (B, H, padded_rows, D), after Delta and lse2.
+// The atomic backward's f32 sums of dq (sm90::dq_accum_block's layout): (B, H, padded_rows, D), after Delta and lse2.
 size_t dq_accum_bytes(const Params& p) {
   return static_cast<size_t>(p.B) * p.H * padded_rows(p) * p.D * sizeof(float);
 }
@@ -152,7 +152,7 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   float* lse2 = delta + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;  // 512-byte multiples: bulk copies aligned
   args.lse2 = lse2;
   args.delta = delta;
-  // After Delta and lse2 (whose sizes are multiples of 512 bytes): aligned for the vector reductions and loads.
+  // After Delta and lse2 (whose sizes are multiples of 512 bytes): 16-byte aligned, as the bulk reductions need.
   if (!p.deterministic) args.dq_accum = lse2 + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   args.dq = p.dq;
   args.dk = p.dk;

@@ -74,36 +74,46 @@ constexpr int dq_block_n() {
 }
 
 // The fused dQ of the atomic backward (the dK/dV kernels with kFusedDq): per query tile a CTA visits, its share of
-// dQ = dS K (the tile's queries x the CTA's 128 keys) is added into an f32 workspace dq_accum (B, H, Sq_pad, D) by
-// vector reductions (red.global.add.v2.f32, done in L2), and bwd_dq_convert_kernel scales the sums into dq once every
-// CTA has run; no dQ kernel recomputes S and dP (5 GEMMs a tile instead of 7). Not deterministic: the order in which
-// the key blocks' shares arrive varies, and so do the f32 sums' last bits.
+// dQ = dS K (the tile's queries x the CTA's 128 keys) is added into an f32 workspace dq_accum by a bulk reduction
+// (cp.reduce.async.bulk: the adds happen in L2), and bwd_dq_convert_kernel scales the sums into dq once every CTA
+// has run; no dQ kernel recomputes S and dP (5 GEMMs a tile instead of 7). Not deterministic: the order in which the
+// key blocks' shares arrive varies, and so do the f32 sums' last bits.
 // A consumer warpgroup's share of a tile is one 64 x 64 block (m64n64: 32 fp32 a thread): 64 of the tile's 128
-// queries at D = 64 (BM = 128), 64 of the 128 columns at D = 128 (BM = 64). Its reductions go straight from the
-// registers: a warp's 2 x 4 lanes of a row write 32 contiguous bytes (one L2 sector). Staging the block in shared
-// memory for one bulk reduction (cp.reduce.async.bulk) ran slower (H200, this session's run 2: the stores, the proxy
-// fence and the barrier were 16% of the kernel's stall samples).
+// queries at D = 64 (BM = 128), 64 of the 128 columns at D = 128 (BM = 64).
 constexpr int kDqBlock = 64;
+constexpr uint32_t kDqBlockBytes = kDqBlock * kDqBlock * 4;  // 16 KB: one bulk reduction
+// dq_accum: (B, H, Sq_pad / 64, D / 64) blocks of 64 queries x 64 columns, each 16 KB contiguous (so that one bulk
+// reduction adds a warpgroup's share), element (q, d) of a block at q * 64 + dq_accum_col(q, d): a row's 16-byte
+// chunks are XOR-swizzled by q % 8, so that a warp's float2 stores of its accumulator fragment into the staging block
+// (8 rows x 4 column pairs) hit every bank twice (two wavefronts, the least for 256 bytes) instead of eight times.
+XF_HOST_DEVICE constexpr int dq_accum_col(int q, int d) { return (((d >> 2) ^ (q & 7)) << 2) | (d & 3); }
+XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, int H, int Sq_pad, int D) {
+  return (((static_cast<int64_t>(b) * H + h) * (Sq_pad / kDqBlock) + qblk) * (D / kDqBlock) + dblk) *
+         (kDqBlock * kDqBlock);
+}
 // Named barriers of the fused dQ (0 is __syncthreads'). ds_ready_barrier(w, p): warpgroup w's half of dS^T buffer p
 // is written (w's 128 threads arrive, the other warpgroup's 128 wait: each warpgroup issues dV and dK between its
 // arrival and its wait, so neither idles while the other finishes its half). One per buffer, so that a warpgroup a
-// tile ahead never arrives twice at a barrier the other has not yet waited on.
+// tile ahead never arrives twice at a barrier the other has not yet waited on. kDqStageBarrier + cw: warpgroup cw's
+// staging block is written.
 XF_HOST_DEVICE constexpr int ds_ready_barrier(int w, int p) { return 1 + 2 * w + p; }
+constexpr int kDqStageBarrier = 5;
 
 // Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
 // STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], and the
 // persistent kernel's kv_empty). 128 KB at D = 128, 96 KB at D = 64: one CTA per SM (the consumers' 240 registers
 // allow no second anyway). The fused dQ adds two dS^T tiles ([key][query] 16-bit, double-buffered so that one
-// barrier a tile orders both warpgroups' writes and reads): 2 x 32 KB at D = 64 (160 KB in all), 2 x 16 KB at
-// D = 128 (160 KB).
+// barrier a tile orders both warpgroups' writes and reads: 2 x 32 KB at D = 64, 2 x 16 KB at D = 128) and the two
+// warpgroups' dQ staging blocks (2 x 16 KB): 192 KB at either head dim.
 template <int D, int STAGES = kBwdStages, bool kFusedDq = false>
 struct DkdvLayout {
   static constexpr int BM = bwd_block_m<D>(), BN = kBwdBlockN;
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2;
   static constexpr int kTileDs = kFusedDq ? BN * BM * 2 : 0;  // dS^T: 128 keys x BM queries, atoms of 64 queries
   static constexpr int kK = 0, kV = kTileKV, kQ = 2 * kTileKV, kDo = kQ + STAGES * kTileQ;
-  static constexpr int kDs = kDo + STAGES * kTileQ;
-  static constexpr int kLse = kDs + 2 * kTileDs, kDelta = kLse + STAGES * BM * 4;
+  static constexpr int kDs = kDo + STAGES * kTileQ, kDqStage = kDs + 2 * kTileDs;
+  static constexpr int kLse = kDqStage + (kFusedDq ? 2 * static_cast<int>(kDqBlockBytes) : 0),
+                       kDelta = kLse + STAGES * BM * 4;
   static constexpr int kBar = kDelta + STAGES * BM * 4;
   static constexpr int kBars = 2 + 2 * STAGES;
   static constexpr int kBytes = kBar + kBars * 8 + 1024;        // + alignment slack for align1024
@@ -134,7 +144,7 @@ struct BwdArgs {
   void* dq = nullptr;                               // (B, H, Sq, D) T, strides qs
   void* dk = nullptr;                               // (B, Hk, Sk, D) T, strides ks
   void* dv = nullptr;                               // (B, Hk, Sk, D) T, strides ks
-  float* dq_accum = nullptr;                        // the fused dQ's sums (B, H, Sq_pad, D), zeroed before the kernel
+  float* dq_accum = nullptr;                        // the fused dQ's sums (dq_accum_block), zeroed before the kernel
   HeadStrides qs, ks;
   int H = 0, G = 1, Sq = 0, Sk = 0, Sq_pad = 0;
   AttentionBand band;
@@ -205,22 +215,38 @@ __device__ __forceinline__ void dq_gemm(float (&acc)[kDqBlock / 2], uint64_t ds_
     wgmma_ss_mn<kDqBlock, T>(acc, ds_desc + ((kk * 2048) >> 4), k_desc + ((kk * 2048) >> 4), kk > 0 ? 1 : 0);
 }
 
-// Adds this warpgroup's dQ share (the m64n64 fragment of dq_gemm: row = query, column = d) into its 64 x 64 block of
-// dq_accum at dst (row 0, column 0; rows D floats apart): 16 vector reductions a thread, register pairs (i, i + 1) =
-// columns 8 (i / 4) + 2 (lane % 4), + 1 of row 16 w + lane / 4 + 8 ((i >> 1) & 1).
-template <int D>
-__device__ __forceinline__ void red_dq(const float (&acc)[kDqBlock / 2], float* dst, int t) {
+// This warpgroup's dQ share (the m64n64 fragment of dq_gemm: row = query, column = d) into its 16 KB staging block
+// in dq_accum's layout (float2 stores, two wavefronts each: dq_accum_col), then, once the warpgroup's stores are all
+// done (named barrier kDqStageBarrier + cw), one bulk reduction of the block into dq_accum at dst, issued and
+// committed by the warpgroup's thread 0 (which waits for it to have read the block before the block is rewritten:
+// bulk_wait_read in the tile loop, bulk_wait at the end).
+__device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint8_t* stage, float* dst, int cw,
+                                          int t) {
   const int w = t / 32, lane = t % 32;
-  float* row = dst + (16 * w + lane / 4) * D + 2 * (lane % 4);
+  // Register i: query q = 16 w + lane / 4 + 8 h (h = (i >> 1) & 1: 8 rows = 2048 B further, the same q % 8 = lane / 4),
+  // columns d = 8 (i / 4) + 2 (lane % 4), + 1: chunk 2 (i / 4) + (lane % 4) / 2 at position chunk ^ (lane / 4), byte
+  // 4 (d % 4) in it (dq_accum_col). A per-thread base plus one of 8 chunk offsets plus an immediate (as store_ds_t).
+  const int q0 = 16 * w + lane / 4;
+  const uint32_t base = static_cast<uint32_t>(q0 * kDqBlock * 4 + 4 * ((2 * (lane % 4)) & 3));
+  const uint32_t odd = static_cast<uint32_t>((lane % 4) / 2), phase = static_cast<uint32_t>(lane / 4);
 #pragma unroll
-  for (int i = 0; i < kDqBlock / 2; i += 2)
-    red_add_v2(row + ((i >> 1) & 1) * 8 * D + 8 * (i / 4), acc[i], acc[i + 1]);
+  for (int i = 0; i < kDqBlock / 2; i += 2) {
+    const uint32_t chunk = static_cast<uint32_t>(2 * (i / 4)) + odd;
+    const uint32_t imm = static_cast<uint32_t>(((i >> 1) & 1) * 8 * kDqBlock * 4);
+    *reinterpret_cast<float2*>(stage + base + ((chunk ^ phase) << 4) + imm) = make_float2(acc[i], acc[i + 1]);
+  }
+  fence_proxy_async();
+  named_barrier_sync(kDqStageBarrier + cw, 128);
+  if (t == 0) {
+    bulk_reduce_add_f32(dst, smem_u32(stage), kDqBlockBytes);
+    bulk_commit();
+  }
 }
 
-// dq (B, H, Sq, D) T, strides qs = scale x dq_accum (B, H, Sq_pad, D): one thread per 8 columns of a row (two
-// 16-byte loads, one 16-byte store); grid ceil(B H Sq D / 8 / 256) x 256.
+// dq (B, H, Sq, D) T, strides qs = scale x dq_accum (dq_accum_block's layout, Sq_pad rows a head): one thread per 8
+// columns of a row (two 16-byte loads of swizzled chunks, one 16-byte store); grid ceil(B H Sq D / 8 / 256) x 256.
 template <class T, int D>
-__global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __restrict__ acc,  // (B, H, Sq_pad, D)
+__global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __restrict__ acc,  // dq_accum
                                                              T* __restrict__ dq,             // (B, H, Sq, D) qs
                                                              int B, int H, int Sq, int Sq_pad, HeadStrides qs,
                                                              float scale) {
@@ -229,8 +255,10 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
   const int d = static_cast<int>(idx % (D / 8)) * 8;
   const int64_t row = idx / (D / 8), bh = row / Sq;
   const int q = static_cast<int>(row % Sq), h = static_cast<int>(bh % H), b = static_cast<int>(bh / H);
-  const float* src = acc + (bh * Sq_pad + q) * D + d;
-  const float4 lo = *reinterpret_cast<const float4*>(src), hi = *reinterpret_cast<const float4*>(src + 4);
+  const float* blk = acc + dq_accum_block(b, h, q / kDqBlock, d / kDqBlock, H, Sq_pad, D);
+  const int ql = q % kDqBlock, dl = d % kDqBlock;
+  const float4 lo = *reinterpret_cast<const float4*>(blk + ql * kDqBlock + dq_accum_col(ql, dl));
+  const float4 hi = *reinterpret_cast<const float4*>(blk + ql * kDqBlock + dq_accum_col(ql, dl + 4));
   uint4 o;
   o.x = pack2<T>(lo.x * scale, lo.y * scale);
   o.y = pack2<T>(lo.z * scale, lo.w * scale);
@@ -256,8 +284,8 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
 //   Epilogue: dV and scale dK as T, rows < Sk only.
 //   kFusedDq (the atomic backward, see kDqBlock): after the fragments, each warpgroup stores its dS^T half into the
 //   tile's dS^T buffer (two, alternating by tile) and announces it (ds_ready_barrier), issues dV and dK, waits for the
-//   other half, issues dQ = dS K for its 64 x 64 share, releases the stage once dV and dK are done, then adds the
-//   share into dq_accum (red_dq).
+//   other half, issues dQ = dS K for its 64 x 64 share, releases the stage once dV and dK are done, then stages the
+//   share and bulk-adds it into dq_accum.
 template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
 #if XF_SM90A_DEVICE
@@ -404,6 +432,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
     wgmma_commit();
     if constexpr (kFusedDq) {
+      if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
       named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
       dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
       wgmma_commit();
@@ -417,11 +446,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     if constexpr (kFusedDq) {
       wgmma_wait<0>();
       reg_fence(dqacc);
-      const int g = j / tr.count, q0 = m * BM + (BM == 128 ? 64 * cw : 0);
-      red_dq<D>(dqacc, a.dq_accum + (static_cast<int64_t>(b * a.H + hk * a.G + g) * a.Sq_pad + q0) * D +
-                           (D == 128 ? 64 * cw : 0), t);
+      const int g = j / tr.count, qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
+      reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
+                a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
     }
   }
+  if constexpr (kFusedDq)
+    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
   const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
   const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
                       static_cast<int64_t>(key_wg) * a.ks.seq;
@@ -760,6 +791,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
       wgmma_commit();
       if constexpr (kFusedDq) {
+        if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
         named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
         dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
         wgmma_commit();
@@ -774,9 +806,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
         wgmma_wait<0>();
         if (j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time (dQ = dS K)
         reg_fence(dqacc);
-        const int q0 = m * BM + (BM == 128 ? 64 * cw : 0);
-        red_dq<D>(dqacc, a.dq_accum + (static_cast<int64_t>(b * a.H + hk * a.G + g) * a.Sq_pad + q0) * D +
-                             (D == 128 ? 64 * cw : 0), t);
+        const int qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
+        reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
+                  a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
       }
       if (++st == STAGES) st = 0, phase ^= 1;
       if (++m == tr.first + tr.count) m = tr.first, ++g;
@@ -788,6 +820,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     store_rows_bounded<T, D>(dvacc, 1.f, static_cast<T*>(a.dv) + off, a.ks.seq, a.Sk - key_wg, t);
     store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
   }
+  if constexpr (kFusedDq)
+    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
 #endif
 }
 

@@ -170,10 +170,26 @@ __device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint
                "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
                : "memory");
 }
-// global f32 p[0] += a, p[1] += b as one vector reduction (PTX ISA red, .v2.f32: sm_90; 8-byte aligned p), done in
-// L2 without a reply: REDG.E.ADD.F32x2.FTZ (subnormal sums flush to zero).
-__device__ __forceinline__ void red_add_v2(float* p, float a, float b) {
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+// 1-D bulk reduction shared -> global (PTX ISA 9.7.9.25 cp.reduce.async.bulk, bulk_group completion): global f32
+// dst[i] += shared src[i] for bytes / 4 elements, done by the memory system (L2), not by the SM. bytes a multiple of
+// 16, both addresses 16-byte aligned. The source must have been written through the generic proxy before a
+// fence_proxy_async and a barrier; it may be overwritten once bulk_wait_read has returned for its group.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+// Closes the thread's bulk operations issued so far into a group (cp.async.bulk.commit_group).
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Until at most N of the thread's bulk groups still read their shared-memory source (the source may be rewritten).
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Until at most N of the thread's bulk groups are pending at all (their global writes done).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
