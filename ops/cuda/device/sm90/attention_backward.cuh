@@ -94,10 +94,8 @@ XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, i
 // Named barriers of the fused dQ (0 is __syncthreads'). ds_ready_barrier(w, p): warpgroup w's half of dS^T buffer p
 // is written (w's 128 threads arrive, the other warpgroup's 128 wait: each warpgroup issues dV and dK between its
 // arrival and its wait, so neither idles while the other finishes its half). One per buffer, so that a warpgroup a
-// tile ahead never arrives twice at a barrier the other has not yet waited on. kDqStageBarrier + cw: warpgroup cw's
-// staging block is written.
+// tile ahead never arrives twice at a barrier the other has not yet waited on.
 XF_HOST_DEVICE constexpr int ds_ready_barrier(int w, int p) { return 1 + 2 * w + p; }
-constexpr int kDqStageBarrier = 5;
 
 // Shared memory of the dK/dV kernel (byte offsets from the 1024-aligned base): K, V (BN x D, loaded once) +
 // STAGES x (Q, dO: BM x D; lse2, Delta: BM fp32) + barriers (kv_full, full[STAGES], empty[STAGES], and the
@@ -216,12 +214,12 @@ __device__ __forceinline__ void dq_gemm(float (&acc)[kDqBlock / 2], uint64_t ds_
 }
 
 // This warpgroup's dQ share (the m64n64 fragment of dq_gemm: row = query, column = d) into its 16 KB staging block
-// in dq_accum's layout (float2 stores, two wavefronts each: dq_accum_col), then, once the warpgroup's stores are all
-// done (named barrier kDqStageBarrier + cw), one bulk reduction of the block into dq_accum at dst, issued and
-// committed by the warpgroup's thread 0 (which waits for it to have read the block before the block is rewritten:
-// bulk_wait_read in the tile loop, bulk_wait at the end).
-__device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint8_t* stage, float* dst, int cw,
-                                          int t) {
+// in dq_accum's layout (float2 stores, two wavefronts each: dq_accum_col). A warp's fragment rows are 16 of the
+// block's (16 w ..), 4 KB contiguous in both the staging block and dq_accum, so each warp reduces its own rows once its
+// lanes' stores are done (__syncwarp; no warpgroup barrier): one bulk reduction issued and committed by its lane 0,
+// which waits for it to have read the rows before they are rewritten (bulk_wait_read in the tile loop, bulk_wait at
+// the end).
+__device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint8_t* stage, float* dst, int t) {
   const int w = t / 32, lane = t % 32;
   // Register i: query q = 16 w + lane / 4 + 8 h (h = (i >> 1) & 1: 8 rows = 2048 B further, the same q % 8 = lane / 4),
   // columns d = 8 (i / 4) + 2 (lane % 4), + 1: chunk 2 (i / 4) + (lane % 4) / 2 at position chunk ^ (lane / 4), byte
@@ -236,9 +234,11 @@ __device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint
     *reinterpret_cast<float2*>(stage + base + ((chunk ^ phase) << 4) + imm) = make_float2(acc[i], acc[i + 1]);
   }
   fence_proxy_async();
-  named_barrier_sync(kDqStageBarrier + cw, 128);
-  if (t == 0) {
-    bulk_reduce_add_f32(dst, smem_u32(stage), kDqBlockBytes);
+  __syncwarp();
+  if (lane == 0) {
+    constexpr int kRows = 16;  // a warp's rows of the m64n64 fragment
+    bulk_reduce_add_f32(dst + kRows * w * kDqBlock, smem_u32(stage) + kRows * w * kDqBlock * 4,
+                        kRows * kDqBlock * 4);
     bulk_commit();
   }
 }
@@ -432,7 +432,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
     wgmma_commit();
     if constexpr (kFusedDq) {
-      if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
+      if (lane == 0) bulk_wait_read<0>();  // this warp's previous reduction has read its staging rows
       named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
       dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
       wgmma_commit();
@@ -448,11 +448,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
       reg_fence(dqacc);
       const int g = j / tr.count, qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
       reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
-                a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
+                a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), t);
     }
   }
   if constexpr (kFusedDq)
-    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
+    if (lane == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
   const int key_wg = n0 + 64 * cw;  // this warpgroup's first key
   const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
                       static_cast<int64_t>(key_wg) * a.ks.seq;
@@ -791,7 +791,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
       wgmma_commit();
       if constexpr (kFusedDq) {
-        if (t == 0) bulk_wait_read<0>();  // this warpgroup's previous reduction has read its staging block
+        if (lane == 0) bulk_wait_read<0>();  // this warp's previous reduction has read its staging rows
         named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
         dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
         wgmma_commit();
@@ -808,7 +808,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
         reg_fence(dqacc);
         const int qblk = m * BM / kDqBlock + (BM == 128 ? cw : 0);
         reduce_dq(dqacc, smem + L::kDqStage + cw * kDqBlockBytes,
-                  a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), cw, t);
+                  a.dq_accum + dq_accum_block(b, hk * a.G + g, qblk, D == 128 ? cw : 0, a.H, a.Sq_pad, D), t);
       }
       if (++st == STAGES) st = 0, phase ^= 1;
       if (++m == tr.first + tr.count) m = tr.first, ++g;
@@ -821,7 +821,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     store_rows_bounded<T, D>(dkacc, a.scale, static_cast<T*>(a.dk) + off, a.ks.seq, a.Sk - key_wg, t);
   }
   if constexpr (kFusedDq)
-    if (t == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
+    if (lane == 0) bulk_wait<0>();  // the reductions are done before the CTA's shared memory goes
 #endif
 }
 
