@@ -30,10 +30,12 @@ AttentionBackendRequest parse_attention_backend(const std::string& value);
 AttentionBackendRequest attention_backend_from_env();
 
 // XF_ATTENTION_DETERMINISTIC: "1" (the default, also when unset or empty) keeps every attention backward bitwise
-// reproducible (the native kernel has no atomics; cuDNN runs its deterministic algorithm, which on sm_90 keeps dP,
-// B·H·Sq·Sk values, in its scratch); "0" lets cuDNN accumulate dq with atomics, as PyTorch's cuDNN backend does:
-// faster and O(B·H·Sq·D) scratch, but the bits of dq may change from run to run (a replayed training step then
-// no longer equals the eager one bit for bit). Anything else throws xfr::Error naming the variable.
+// reproducible (the native kernels have no atomics; cuDNN runs its deterministic algorithm, which on sm_90 keeps dP,
+// B·H·Sq·Sk values, in its scratch); "0" lets dq be summed in an order that varies, as PyTorch's flash and cuDNN
+// backends do: cuDNN accumulates dq with atomics (O(B·H·Sq·D) scratch) and the native Hopper backward adds each key
+// block's share of dq into an f32 workspace by reductions in L2 (no dQ kernel; docs/attention.md). Faster, but the
+// bits of dq may change from run to run (a replayed training step then no longer equals the eager one bit for
+// bit). Anything else throws xfr::Error naming the variable.
 bool parse_attention_deterministic(const std::string& value);
 bool attention_deterministic_from_env();
 const char* attention_backend_request_name(AttentionBackendRequest r);  // "auto", "native", ...

@@ -25,7 +25,9 @@
 //   Each runs one item per CTA, or persistent (bwd_dkdv_persistent_kernel, bwd_dq_persistent_kernel: a 1-D grid
 //   whose CTAs walk pairs of items in fa::TileOrder, the producer loading the next item's once-loaded operands
 //   while this item finishes); the launcher (flash_attention_sm90_backward.cu) picks per kernel where that pays.
-// Every output element is written by one thread: the results are deterministic.
+// Every output element is written by one thread: the results are deterministic. The atomic backward (the dK/dV
+// kernels' kFusedDq, see kDqBlock) has no dQ kernel: the dK/dV kernel also adds each tile's share of dq into an f32
+// workspace by bulk reductions, and bwd_dq_convert_kernel writes dq from it; dq's bits then vary between runs.
 //
 // Both fast kernels: kWsThreads = 384 threads = consumer warpgroups 0, 1 (setmaxnreg 240) + producer warpgroup 2
 // (one thread issues every TMA; setmaxnreg 24); sm90/attention.cuh says why that split. A 2-stage mbarrier ring:
