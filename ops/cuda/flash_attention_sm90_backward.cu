@@ -41,6 +41,8 @@ size_t dq_accum_bytes(const Params& p) {
 //   - more, D = 64: persistent gains everywhere (1.13x / 1.15x at S = 512, 1.07x / 1.11x at 2048, 1.05x / 1.06x at
 //     8192, non-causal / causal);
 //   - more, D = 128: even (0.98x-1.01x from S = 512 to 2048) to a loss (0.96x at S = 8192 non-causal).
+// The atomic backward's fused dK/dV kernel takes the same rule; it was not measured on its own (session 13: it ran
+// persistent at D = 64 and S = 8192, one item per CTA at D = 128 there).
 bool persistent_pays(int64_t items, int D, int sms) {
   if (items <= sms) return false;
   return items <= 4 * static_cast<int64_t>(sms) || D <= 64;
@@ -136,16 +138,17 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   const int D = p.D, bm = D == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
   const int dqn = D == 64 ? sm90::dq_block_n<64>() : sm90::dq_block_n<128>();
   std::string why;
-  // The dK/dV kernel reads q, dout in tiles of bm queries and k, v in blocks of 128 keys; the dQ kernel q, dout in
-  // blocks of 128 queries and k, v in tiles of dqn keys.
+  // The dK/dV kernel reads q, dout in tiles of bm queries and k, v in blocks of 128 keys; the dQ kernel (none in the
+  // atomic backward) q, dout in blocks of 128 queries and k, v in tiles of dqn keys.
   const bool ok = sm90_head_map(&args.tm_q_bm, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
                   sm90_head_map(&args.tm_do_bm, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
                   sm90_head_map(&args.tm_k, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
                   sm90_head_map(&args.tm_v, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
-                  sm90_head_map(&args.tm_q128, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
-                  sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
-                  sm90_head_map(&args.tm_k_dq, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why) &&
-                  sm90_head_map(&args.tm_v_dq, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why);
+                  (!p.deterministic ||
+                   (sm90_head_map(&args.tm_q128, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
+                    sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
+                    sm90_head_map(&args.tm_k_dq, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why) &&
+                    sm90_head_map(&args.tm_v_dq, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why)));
   XF_CHECK(ok, "flash_attention_backward", "the sm90 backward's tensor maps: ", why);
   args.Sq_pad = static_cast<int>(padded_rows(p));
   float* delta = static_cast<float*>(workspace);
