@@ -48,6 +48,7 @@
 
 #include "ops/cuda/device/sm90/attention.cuh"
 #include "ops/cuda/device/types.cuh"  // to_float
+#include "ops/cuda/flash_attention_dq_accum.h"
 #include "ops/cuda/flash_attention_mask.h"
 #include "ops/cuda/flash_attention_tile_order.h"
 #include "ops/flash_attention.h"  // AttentionBand, HeadStrides
@@ -79,20 +80,9 @@ constexpr int dq_block_n() {
 // dQ = dS K (the tile's queries x the CTA's 128 keys) is added into an f32 workspace dq_accum by a bulk reduction
 // (cp.reduce.async.bulk: the adds happen in L2), and bwd_dq_convert_kernel scales the sums into dq once every CTA
 // has run; no dQ kernel recomputes S and dP (5 GEMMs a tile instead of 7). Not deterministic: the order in which the
-// key blocks' shares arrive varies, and so do the f32 sums' last bits.
-// A consumer warpgroup's share of a tile is one 64 x 64 block (m64n64: 32 fp32 a thread): 64 of the tile's 128
-// queries at D = 64 (BM = 128), 64 of the 128 columns at D = 128 (BM = 64).
-constexpr int kDqBlock = 64;
-constexpr uint32_t kDqBlockBytes = kDqBlock * kDqBlock * 4;  // 16 KB: one bulk reduction
-// dq_accum: (B, H, Sq_pad / 64, D / 64) blocks of 64 queries x 64 columns, each 16 KB contiguous (so that one bulk
-// reduction adds a warpgroup's share), element (q, d) of a block at q * 64 + dq_accum_col(q, d): a row's 16-byte
-// chunks are XOR-swizzled by q % 8, so that a warp's float2 stores of its accumulator fragment into the staging block
-// (8 rows x 4 column pairs) hit every bank twice (two wavefronts, the least for 256 bytes) instead of eight times.
-XF_HOST_DEVICE constexpr int dq_accum_col(int q, int d) { return (((d >> 2) ^ (q & 7)) << 2) | (d & 3); }
-XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, int H, int Sq_pad, int D) {
-  return (((static_cast<int64_t>(b) * H + h) * (Sq_pad / kDqBlock) + qblk) * (D / kDqBlock) + dblk) *
-         (kDqBlock * kDqBlock);
-}
+// key blocks' shares arrive varies, and so do the f32 sums' last bits. The share (kDqBlock), dq_accum's layout
+// (dq_accum_col, dq_accum_block) and their invariants: ops/cuda/flash_attention_dq_accum.h.
+//
 // Named barriers of the fused dQ (0 is __syncthreads'). ds_ready_barrier(w, p): warpgroup w's half of dS^T buffer p
 // is written (w's 128 threads arrive, the other warpgroup's 128 wait: each warpgroup issues dV and dK between its
 // arrival and its wait, so neither idles while the other finishes its half). One per buffer, so that a warpgroup a
