@@ -235,6 +235,38 @@ __device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint
   }
 }
 
+// The tile's last GEMMs, after its fragments (the dK/dV kernels' common step): dV += P^T dO and dK += dS^T Q (do_lo,
+// q_lo: the stage's dO and Q tiles' descriptor low words as the rs GEMMs' MN-major B), and with kFusedDq dQ = dS K for
+// this warpgroup's share (dq_gemm) once both halves of dS^T are in buffer buf of the kTileDs-byte buffers at ds_base
+// (a shared address; this warpgroup stores and announces its half first; ds_desc, kdq_desc: dq_gemm's operands for
+// buffer 0). Returns once dV and dK are complete (the stage may be released); the dQ share's GEMM may still be in
+// flight (wgmma_wait<0> before reading dqacc).
+template <class T, int D, int BM, bool kFusedDq, int kTileDs>
+__device__ __forceinline__ void dkdv_tile_gemms(float (&dvacc)[D / 2], float (&dkacc)[D / 2],
+                                                float (&dqacc)[kFusedDq ? kDqBlock / 2 : 1],
+                                                const uint32_t (&ap)[BM / 16][4], const uint32_t (&ads)[BM / 16][4],
+                                                uint32_t do_lo, uint32_t q_lo, uint32_t ds_base, uint64_t ds_desc,
+                                                uint64_t kdq_desc, int buf, int cw, int t, int lane) {
+  if constexpr (kFusedDq) {
+    store_ds_t<BM>(ads, ds_base + buf * kTileDs, cw, t);
+    fence_proxy_async();
+    named_barrier_arrive(ds_ready_barrier(cw, buf), 256);  // this warpgroup's half is in
+  }
+  wgmma_fence();
+  rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_lo));  // dV += P^T dO
+  rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_lo));  // dK += dS^T Q
+  wgmma_commit();
+  if constexpr (kFusedDq) {
+    if (lane == 0) bulk_wait_read<0>();  // this warp's previous reduction has read its staging rows
+    named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);           // the other half is in
+    dq_gemm<T>(dqacc, ds_desc + buf * (kTileDs >> 4), kdq_desc);  // dQ = dS K
+    wgmma_commit();
+    wgmma_wait<1>();  // dV, dK
+  } else {
+    wgmma_wait<0>();
+  }
+}
+
 // dq (B, H, Sq, D) T, strides qs = scale x dq_accum (dq_accum_block's layout, Sq_pad rows a head): one thread per 8
 // columns of a row (two 16-byte loads of swizzled chunks, one 16-byte store); grid ceil(B H Sq D / 8 / 256) x 256.
 template <class T, int D>
@@ -414,24 +446,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     // from one tile to the next (at function scope its 32 registers stayed live across the S^T / dP^T phase: spills).
     [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];
     const int buf = j & 1;  // the fused dQ's dS^T buffer
-    if constexpr (kFusedDq) {
-      store_ds_t<BM>(ads, base + L::kDs + buf * L::kTileDs, cw, t);
-      fence_proxy_async();
-      named_barrier_arrive(ds_ready_barrier(cw, buf), 256);  // this warpgroup's half is in
-    }
-    wgmma_fence();
-    rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
-    rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
-    wgmma_commit();
-    if constexpr (kFusedDq) {
-      if (lane == 0) bulk_wait_read<0>();  // this warp's previous reduction has read its staging rows
-      named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
-      dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
-      wgmma_commit();
-      wgmma_wait<1>();  // dV, dK
-    } else {
-      wgmma_wait<0>();
-    }
+    dkdv_tile_gemms<T, D, BM, kFusedDq, L::kTileDs>(dvacc, dkacc, dqacc, ap, ads, do_st_lo + kRsLbo, q_st_lo + kRsLbo,
+                                                  base + L::kDs, ds_desc, kdq_desc, buf, cw, t, lane);
     reg_fence(dvacc);
     reg_fence(dkacc);
     if (lane == 0) mbar_arrive(bar_empty(st));
@@ -773,24 +789,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       pack_p<T, BM>(dp, ads);
       const int buf = (it + j) & 1;                          // the fused dQ's dS^T buffer
       [[maybe_unused]] float dqacc[kFusedDq ? kDqBlock / 2 : 1];  // its share (in the loop: see the one-item kernel)
-      if constexpr (kFusedDq) {
-        store_ds_t<BM>(ads, base + L::kDs + buf * L::kTileDs, cw, t);
-        fence_proxy_async();
-        named_barrier_arrive(ds_ready_barrier(cw, buf), 256);  // this warpgroup's half is in
-      }
-      wgmma_fence();
-      rs_gemm_desc<T, D, BM>(dvacc, ap, sw128_desc_of(do_st_lo + kRsLbo));  // dV += P^T dO
-      rs_gemm_desc<T, D, BM>(dkacc, ads, sw128_desc_of(q_st_lo + kRsLbo));  // dK += dS^T Q
-      wgmma_commit();
-      if constexpr (kFusedDq) {
-        if (lane == 0) bulk_wait_read<0>();  // this warp's previous reduction has read its staging rows
-        named_barrier_sync(ds_ready_barrier(1 - cw, buf), 256);              // the other half is in
-        dq_gemm<T>(dqacc, ds_desc + buf * (L::kTileDs >> 4), kdq_desc);  // dQ = dS K
-        wgmma_commit();
-        wgmma_wait<1>();  // dV, dK
-      } else {
-        wgmma_wait<0>();
-      }
+      dkdv_tile_gemms<T, D, BM, kFusedDq, L::kTileDs>(dvacc, dkacc, dqacc, ap, ads, do_st_lo + kRsLbo,
+                                                    q_st_lo + kRsLbo, base + L::kDs, ds_desc, kdq_desc, buf, cw, t,
+                                                    lane);
       reg_fence(dvacc);
       reg_fence(dkacc);
       if (lane == 0) mbar_arrive(bar_empty(st));
