@@ -32,7 +32,9 @@ def main():
         return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
     print(f"ours: {ours.get('device', '?')}; cuDNN path: {ours.get('cudnn', '?')}")
-    print(f"torch {torch.get('torch', '?')}, cuDNN {torch.get('cudnn', '?')}; TFLOP/s, bf16, 16k tokens, hidden 2048")
+    hidden = sorted({r["H"] * r["D"] for r in ours.get("attention", []) if "H" in r})
+    print(f"torch {torch.get('torch', '?')}, cuDNN {torch.get('cudnn', '?')}; TFLOP/s, bf16, 16k tokens, "
+          f"hidden {', '.join(str(h) for h in hidden) or '?'}")
     print()
     head = ["D", "S", "causal"]
     for what in ("fwd", "fwd+bwd"):

@@ -5,7 +5,10 @@ through torch.nn.attention.sdpa_kernel: FLASH_ATTENTION, EFFICIENT_ATTENTION, CU
 forward+backward TFLOP/s (forward 4*B*H*S^2*D, halved when causal; backward 2.5x forward), medians by
 triton.testing.do_bench, as ../shared/anchors/torch_baseline.py measures them (with shorter runs: the whole grid
 must fit the attn step).
-Usage: python3 tools/bench_attention_torch.py --out attn_torch.json [--D 64,128] [--S 512,1024,...] [--rep MS]"""
+--hidden changes the hidden size as tools/bench_attention.cpp's does (768: GPT-2 124M's attention at D = 64, H = 12), so
+that XF_ATTN_ARGS="--D 64 --hidden 768 --S 1024" runs the same shape on both sides.
+Usage: python3 tools/bench_attention_torch.py --out attn_torch.json [--D 64,128] [--S 512,1024,...] [--hidden 2048]
+       [--rep MS]"""
 import argparse
 import json
 
@@ -14,7 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 import triton.testing as tt
 
-TOKENS, HIDDEN = 16384, 2048
+TOKENS = 16384
 BACKENDS = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_efficient": SDPBackend.EFFICIENT_ATTENTION,
             "torch_cudnn": SDPBackend.CUDNN_ATTENTION}
 
@@ -24,6 +27,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--D", default="64,128")
     ap.add_argument("--S", default="512,1024,2048,4096,8192,16384")
+    ap.add_argument("--hidden", type=int, default=2048, help="H = hidden / D")
     ap.add_argument("--warmup", type=float, default=10, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=float, default=40, help="do_bench repetition time, ms")
     args = ap.parse_args()
@@ -33,9 +37,9 @@ def main():
            "cudnn": torch.backends.cudnn.version(), "attention": []}
     rows = res["attention"]
     bench = lambda fn: tt.do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")
-    print(f"attention bf16, {TOKENS} tokens, hidden {HIDDEN} (TFLOP/s fwd | fwd+bwd)", flush=True)
+    print(f"attention bf16, {TOKENS} tokens, hidden {args.hidden} (TFLOP/s fwd | fwd+bwd)", flush=True)
     for D in Ds:
-        H = HIDDEN // D
+        H = args.hidden // D
         for S in Ss:
             B = TOKENS // S
             for causal in (False, True):

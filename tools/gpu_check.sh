@@ -146,7 +146,8 @@ fi
 
 if has attn; then
   t=$(date +%s)
-  # XF_ATTN_ARGS narrows or widens the grid on both sides alike (e.g. "--D 256" or "--D 64 --S 512,1024").
+  # XF_ATTN_ARGS narrows or widens the grid on both sides alike (e.g. "--D 256", "--D 64 --S 512,1024", or GPT-2 124M's
+  # attention: "--D 64 --hidden 768 --S 1024").
   clocks_start attn_ours
   "$BUILD/xfrun_bench_attention" --out "$OUT/attn_xfrun.json" ${XF_ATTN_ARGS:-} >"$OUT/attn.log" 2>&1
   rc=$?
