@@ -26,7 +26,7 @@ TEST_CASE("flash_attention dq workspace: each row's columns are a permutation th
   }
 }
 
-TEST_CASE("flash_attention dq workspace: a warp's float2 stores of a fragment take two wavefronts") {
+TEST_CASE("flash_attention dq workspace: a warp's float2 stores of a fragment take two wavefronts, at reduce_dq's addresses") {
   // Register pair i of lane l: row 16 w + l / 4 + 8 ((i >> 1) & 1), columns 8 (i / 4) + 2 (l % 4), + 1 (the m64n64
   // accumulator fragment). Shared memory has 32 banks of 4 bytes; a warp's 256 bytes need two wavefronts at least,
   // which is the case when no bank is hit more than twice.
@@ -36,6 +36,8 @@ TEST_CASE("flash_attention dq workspace: a warp's float2 stores of a fragment ta
       for (int lane = 0; lane < 32; ++lane) {
         const int q = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), d = 8 * (i / 4) + 2 * (lane % 4);
         const int word = q * kDqBlock + dq_accum_col(q, d);
+        // reduce_dq's split address (base + chunk + row step) is this element's.
+        CHECK(dq_stage_base(w, lane) + dq_stage_chunk(i, lane) + dq_stage_row(i) == static_cast<uint32_t>(4 * word));
         CHECK(word % 2 == 0);  // float2-aligned
         ++hits[static_cast<size_t>(word % 32)];
         ++hits[static_cast<size_t>((word + 1) % 32)];

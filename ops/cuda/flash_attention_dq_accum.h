@@ -25,4 +25,18 @@ XF_HOST_DEVICE inline int64_t dq_accum_block(int b, int h, int qblk, int dblk, i
          (kDqBlock * kDqBlock);
 }
 
+// Where the dK/dV kernel's reduce_dq stages register pair i (i even) of lane `lane` of warp w (the m64n64 fragment:
+// row 16 w + lane / 4 + 8 ((i >> 1) & 1), columns 8 (i / 4) + 2 (lane % 4), + 1), in bytes from its staging block:
+// dq_stage_base(w, lane) + dq_stage_chunk(i, lane) + dq_stage_row(i) = 4 (row 64 + dq_accum_col(row, column)). Split
+// so that a thread keeps one base and 8 distinct chunk offsets across the tile loop, the row's + 8 an immediate; one
+// address per register pair, kept whole, had ptxas spill.
+XF_HOST_DEVICE constexpr uint32_t dq_stage_base(int w, int lane) {
+  return static_cast<uint32_t>((16 * w + lane / 4) * kDqBlock * 4 + 4 * ((2 * (lane % 4)) & 3));
+}
+XF_HOST_DEVICE constexpr uint32_t dq_stage_chunk(int i, int lane) {
+  return ((static_cast<uint32_t>(2 * (i / 4)) + static_cast<uint32_t>((lane % 4) / 2)) ^ static_cast<uint32_t>(lane / 4))
+         << 4;
+}
+XF_HOST_DEVICE constexpr uint32_t dq_stage_row(int i) { return static_cast<uint32_t>(((i >> 1) & 1) * 8 * kDqBlock * 4); }
+
 }  // namespace xfr::cuda::sm90

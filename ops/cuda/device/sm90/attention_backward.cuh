@@ -213,18 +213,13 @@ __device__ __forceinline__ void dq_gemm(float (&acc)[kDqBlock / 2], uint64_t ds_
 // the end).
 __device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint8_t* stage, float* dst, int t) {
   const int w = t / 32, lane = t % 32;
-  // Register i: query q = 16 w + lane / 4 + 8 h (h = (i >> 1) & 1: 8 rows = 2048 B further, the same q % 8 = lane / 4),
-  // columns d = 8 (i / 4) + 2 (lane % 4), + 1: chunk 2 (i / 4) + (lane % 4) / 2 at position chunk ^ (lane / 4), byte
-  // 4 (d % 4) in it (dq_accum_col). A per-thread base plus one of 8 chunk offsets plus an immediate (as store_ds_t).
-  const int q0 = 16 * w + lane / 4;
-  const uint32_t base = static_cast<uint32_t>(q0 * kDqBlock * 4 + 4 * ((2 * (lane % 4)) & 3));
-  const uint32_t odd = static_cast<uint32_t>((lane % 4) / 2), phase = static_cast<uint32_t>(lane / 4);
+  // Register pair i's address: dq_stage_base + dq_stage_chunk + dq_stage_row (ops/cuda/flash_attention_dq_accum.h,
+  // whose CPU test holds it to dq_accum_col).
+  const uint32_t base = dq_stage_base(w, lane);
 #pragma unroll
-  for (int i = 0; i < kDqBlock / 2; i += 2) {
-    const uint32_t chunk = static_cast<uint32_t>(2 * (i / 4)) + odd;
-    const uint32_t imm = static_cast<uint32_t>(((i >> 1) & 1) * 8 * kDqBlock * 4);
-    *reinterpret_cast<float2*>(stage + base + ((chunk ^ phase) << 4) + imm) = make_float2(acc[i], acc[i + 1]);
-  }
+  for (int i = 0; i < kDqBlock / 2; i += 2)
+    *reinterpret_cast<float2*>(stage + base + dq_stage_chunk(i, lane) + dq_stage_row(i)) =
+        make_float2(acc[i], acc[i + 1]);
   fence_proxy_async();
   __syncwarp();
   if (lane == 0) {
@@ -240,7 +235,9 @@ __device__ __forceinline__ void reduce_dq(const float (&acc)[kDqBlock / 2], uint
 // this warpgroup's share (dq_gemm) once both halves of dS^T are in buffer buf of the kTileDs-byte buffers at ds_base
 // (a shared address; this warpgroup stores and announces its half first; ds_desc, kdq_desc: dq_gemm's operands for
 // buffer 0). Returns once dV and dK are complete (the stage may be released); the dQ share's GEMM may still be in
-// flight (wgmma_wait<0> before reading dqacc).
+// flight (wgmma_wait<0> before reading dqacc). lane is t % 32, passed in rather than recomputed: with t % 32 here
+// ptxas scheduled 16 of the fused instantiations differently from the kernels' inline code this was taken from
+// (tools/sass_stats.py diff), which only a device run could clear.
 template <class T, int D, int BM, bool kFusedDq, int kTileDs>
 __device__ __forceinline__ void dkdv_tile_gemms(float (&dvacc)[D / 2], float (&dkacc)[D / 2],
                                                 float (&dqacc)[kFusedDq ? kDqBlock / 2 : 1],
