@@ -168,17 +168,19 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           const char* bwd_persistent;
           bool backward;
           const char* deterministic = "";  // "0": the atomic backward (dq summed by reductions, kFusedDq)
+          const char* stream = "";         // "0": the forward's per-tile consumer loop instead of the streamed one
         };
         std::vector<Config> configs;
-        for (const char* pingpong : {"1", "0"})
-          for (const char* ctas : {"", "3"}) {
-            configs.push_back({"1", pingpong, ctas, "", "", "", false});
-            if (p.D != 64) continue;  // D = 128 and 256 have one shape
-            configs.push_back({"1", pingpong, ctas, "3", "", "", false});
-            // Both K/V tile widths at two consumers, whichever the default picks for this band.
-            configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
-            configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
-          }
+        for (const char* stream : {"", "0"})
+          for (const char* pingpong : {"1", "0"})
+            for (const char* ctas : {"", "3"}) {
+              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", stream});
+              if (p.D != 64) continue;  // D = 128 and 256 have one shape
+              configs.push_back({"1", pingpong, ctas, "3", "", "", false, "", stream});
+              // Both K/V tile widths at two consumers, whichever the default picks for this band.
+              configs.push_back({"1", pingpong, ctas, "2", "256", "", false, "", stream});
+              configs.push_back({"1", pingpong, ctas, "2", "128", "", false, "", stream});
+            }
         for (const char* deterministic : {"", "0"}) {
           for (const char* persistent : {"", "1", "0"})
             configs.push_back({"1", "", "", "", "", persistent, true, deterministic});
@@ -193,11 +195,13 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           ScopedEnv tile("XF_ATTENTION_SM90_BLOCK_N", c.block_n);
           ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
           ScopedEnv deterministic("XF_ATTENTION_DETERMINISTIC", c.deterministic);
+          ScopedEnv streamed("XF_ATTENTION_SM90_STREAM", c.stream);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent +
-                                                          " DETERMINISTIC=" + c.deterministic
+                                                          " DETERMINISTIC=" + c.deterministic +
+                                                          " STREAM=" + c.stream
                                                     : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");

@@ -97,42 +97,53 @@ struct Sm90Args {
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
 };
 
-template <int D, int BM, int BN>
+// Q buffers: two in the streamed kernel where shared memory has room (D <= 128), so that the next tile's Q loads while
+// this one runs; one at D = 256 (Q is 64 KB there).
+template <int D, bool kStream>
+constexpr int q_stages() {
+  return kStream && D <= 128 ? 2 : 1;
+}
+
+template <int D, int BM, int BN, bool kStream>
 struct Layout {  // byte offsets from the 1024-aligned base
-  static constexpr int kStages = stages_for<BN>();
+  static constexpr int kStages = stages_for<BN>(), kQStages = q_stages<D, kStream>();
   static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;
-  // O is staged in its own tile (not Q's) so that the next tile's Q can load during this tile's epilogue; at D = 256
-  // there is no room for it (stages_o).
-  static constexpr int kQ = 0, kO = kTileQ, kK = kO + (stages_o<D>() ? kTileQ : 0), kV = kK + kStages * kTileKV,
+  // The unstreamed kernel stages O in a tile of its own (not Q's) so that the next tile's Q can load during this
+  // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stores O from the registers.
+  static constexpr bool kOTile = stages_o<D>() && !kStream;
+  static constexpr int kQ = 0, kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
-  static constexpr int kBars = 2 + 3 * kStages;           // q_full, q_empty, k_full[2], v_full[2], empty[2]
-  static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
+  static constexpr int kBars = 2 * kQStages + 3 * kStages;  // q_full[], q_empty[], k_full[], v_full[], empty[]
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;    // + alignment slack for align1024
   static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
-// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads, Layout<D, BM, BN>::kBytes
-// of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with two consumers).
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN>
+// grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads,
+// Layout<D, BM, BN, kStream>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with
+// two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the consumer).
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
   using Shape = WsShape<kConsumers>;
   constexpr int BM = Shape::kBlockM, kWarps = 4 * kConsumers;  // kWarps: the consumer warps
   constexpr int kSchedBarrier = sched_barrier(kConsumers), kRealignBarrier = realign_barrier(kConsumers);
-  using L = Layout<D, BM, BN>;
-  constexpr int kStages = L::kStages;
+  using L = Layout<D, BM, BN, kStream>;
+  constexpr int kStages = L::kStages, kQStages = L::kQStages;
   static_assert((BN == 128 && D <= 128) || (BN == kBlockNWide && D == 64 && kConsumers == 2) ||
                     (BN == kBlockNHead256 && D == 256 && kConsumers == 2),
                 "S's registers: see kBlockNWide, kBlockNHead256");
+  static_assert(!kStream || D <= 128, "the streamed consumers spill at D = 256 (launch_band)");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
-  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar_qfull = base + L::kBar,
-                 bar_qempty = bar_qfull + 8;
-  auto bar_kfull = [&](int st) { return bar_qfull + 8 * (2 + st); };
-  auto bar_vfull = [&](int st) { return bar_qfull + 8 * (2 + kStages + st); };
-  auto bar_empty = [&](int st) { return bar_qfull + 8 * (2 + 2 * kStages + st); };
+  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar0 = base + L::kBar;
+  auto bar_qfull = [&](int qb) { return bar0 + 8 * qb; };
+  auto bar_qempty = [&](int qb) { return bar0 + 8 * (kQStages + qb); };
+  auto bar_kfull = [&](int st) { return bar0 + 8 * (2 * kQStages + st); };
+  auto bar_vfull = [&](int st) { return bar0 + 8 * (2 * kQStages + kStages + st); };
+  auto bar_empty = [&](int st) { return bar0 + 8 * (2 * kQStages + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128;
   const TileOrder<BM> order{a.m_tiles, a.H, a.pairs};
@@ -142,8 +153,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     tma_prefetch_map(&a.tm_q);
     tma_prefetch_map(&a.tm_k);
     tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_qfull, 1);
-    mbar_init(bar_qempty, kWarps);  // lane 0 of each consumer warp, once its last S = Q K^T of the tile is done
+    for (int qb = 0; qb < kQStages; ++qb) {
+      mbar_init(bar_qfull(qb), 1);
+      // lane 0 of each consumer warp: once its last S = Q K^T of the tile is done, or (streamed, staging O in the Q
+      // buffer) once its epilogue has read the buffer back
+      mbar_init(bar_qempty(qb), kWarps);
+    }
     for (int st = 0; st < kStages; ++st) {
       mbar_init(bar_kfull(st), 1);
       mbar_init(bar_vfull(st), 1);
@@ -154,8 +169,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
   // Both roles walk the same tiles and count the same loads: it = K/V stage uses so far (the ring runs on across
-  // tiles: use it is stage it % kStages, its phase (it / kStages) & 1), qn = Q tiles loaded so far. A tile whose
-  // queries see no key loads nothing (and its rows get out 0, lse -inf).
+  // tiles: use it is stage it % kStages, its phase (it / kStages) & 1), qn = Q tiles loaded so far (tile qn uses Q
+  // buffer qn % kQStages, phase (qn / kQStages) & 1). A tile whose queries see no key loads nothing (and its rows get
+  // out 0, lse -inf).
   if (wg == 0) {
     // ---------------- producer ----------------
     setmaxnreg_dec<Shape::kProducerRegs>();
@@ -168,11 +184,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
         const TileRange tr = mask.key_tiles(q0, BM, BN);
         if (tr.count == 0) continue;
-        mbar_wait(bar_qempty, (qn++ & 1) ^ 1);    // the previous tile's last S = Q K^T is done
-        mbar_arrive_expect_tx(bar_qfull, L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
+        const int qb = qn % kQStages;
+        mbar_wait(bar_qempty(qb), ((qn / kQStages) & 1) ^ 1);  // the buffer's previous tile is done with it
+        ++qn;
+        mbar_arrive_expect_tx(bar_qfull(qb), L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
 #pragma unroll
         for (int at = 0; at < D / 64; ++at)
-          tma_load_4d(s_q + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull);
+          tma_load_4d(s_q + qb * L::kTileQ + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull(qb));
         for (int j = 0; j < tr.count; ++j, ++it) {
           const int st = it % kStages, row = (tr.first + j) * BN;
           mbar_wait(bar_empty(st), ((it / kStages) & 1) ^ 1);
@@ -191,14 +209,140 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     // ---------------- consumers ----------------
     setmaxnreg_inc<Shape::kConsumerRegs>();
     const int cw = wg - 1, t = tid % 128, w = t / 32, lane = t % 32;
-    // The wgmma descriptors' low words (sw128_desc_lo) of this warpgroup's Q rows and of stage 0's K and V tiles,
-    // built once and made opaque so that ptxas keeps them in registers: from the plain addresses it rebuilt every
-    // descriptor for every k step of every tile, about 100 uniform-datapath instructions a tile at D = 64 (a sixth of
-    // the tile loop; ncu, H200, run 28). A stage adds its offset, a k step its own (ss_gemm_desc, rs_gemm_desc).
+    // The wgmma descriptors' low words (sw128_desc_lo) of this warpgroup's Q rows (buffer 0) and of stage 0's K and V
+    // tiles, built once and made opaque so that ptxas keeps them in registers: from the plain addresses it rebuilt
+    // every descriptor for every k step of every tile, about 100 uniform-datapath instructions a tile at D = 64 (a
+    // sixth of the tile loop; ncu, H200, run 28). A stage or Q buffer adds its offset, a k step its own
+    // (ss_gemm_desc, rs_gemm_desc).
     uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), k_lo = sw128_desc_lo(s_k, 16),
              v_lo = sw128_desc_lo(s_v, BN * 128);
     asm volatile("" : "+r"(q_lo), "+r"(k_lo), "+r"(v_lo));
     constexpr uint32_t kStageLo = L::kTileKV >> 4;  // a stage's offset in a descriptor's start-address field
+    constexpr uint32_t kQBufLo = L::kTileQ >> 4;    // a Q buffer's
+    constexpr int kLast = kConsumers - 1;
+    const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // ping-pong: whose turn follows ours
+    float o[D / 2], s[BN / 2], m[2], l[2], alpha[2];
+    uint32_t p[BN / 16][4];
+    // The output rows of tile (q0, h, b): O's first row and lse's.
+    auto out_rows = [&](int q0, int h, int b) {
+      return static_cast<T*>(a.o) + (static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
+                                     static_cast<int64_t>(q0) * a.os.seq);
+    };
+    auto lse_rows = [&](int q0, int h, int b) { return a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0; };
+    if constexpr (kStream) {
+      // The CTA's tiles as one stream of key steps. At the last step of a tile the warpgroup issues the next tile's
+      // first S = Q K^T together with its last O += P V (under ping-pong: in the same turn), and runs the epilogue
+      // under it: no tile starts with the tensor cores idle while every warpgroup computes its first softmax, and no
+      // epilogue runs with nothing under it. With two Q buffers the next tile's Q has loaded by then (the producer
+      // loads it as soon as the tile before last has released the buffer). Ping-pong turns run on across tiles (a
+      // turn is one O += P V and the next S, whichever tiles they belong to), so they never realign. H200: see
+      // docs/attention.md ("The streamed forward").
+      struct Tile {
+        int q0, h, b, first, count, qn;  // qn: the tile's Q load (buffer qn % kQStages)
+      };
+      int k = 0, qn = 0;
+      // The next tile with keys to see (k on past it); tiles that see none get out 0 and lse -inf here.
+      auto next_tile = [&](Tile& nt) {
+        for (;; ++k) {
+          const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+          if (u == TileOrder<BM>::kEnd) return false;
+          if (u == TileOrder<BM>::kNone) continue;
+          nt.q0 = order.q0(u), nt.h = order.head(u), nt.b = order.batch(u);
+          const TileRange tr = mask.key_tiles(nt.q0, BM, BN);
+          if (tr.count == 0) {
+            store_empty_rows<T, D>(cw, t, out_rows(nt.q0, nt.h, nt.b), a.os.seq, min(BM, a.Sq - nt.q0),
+                                   lse_rows(nt.q0, nt.h, nt.b));
+            continue;
+          }
+          nt.first = tr.first, nt.count = tr.count, nt.qn = qn++;
+          ++k;
+          return true;
+        }
+      };
+      // The mask's view of the softmax's tile: the keys of this thread's rows, and those every row of the tile sees.
+      KeyRange keys[2], common;
+      auto enter = [&](const Tile& c) {
+        const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
+        keys[0] = mask.keys(row0), keys[1] = mask.keys(row0 + 8);
+        common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+        m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
+      };
+      // S = Q K^T of step j of tile c (stage use `use`), issued, not waited for; step 0 first waits for the Q.
+      auto issue_scores = [&](const Tile& c, int j, int use) {
+        if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
+        const int st = use % kStages;
+        mbar_wait(bar_kfull(st), (use / kStages) & 1);
+        wgmma_fence();
+        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + (c.qn % kQStages) * kQBufLo),
+                                   sw128_desc_of(k_lo + st * kStageLo));
+        wgmma_commit();
+      };
+      auto await_scores = [&]() {
+        wgmma_wait<0>();
+        reg_fence(s);
+      };
+      // The last step's S = Q K^T is done: Q's buffer goes back to the producer. Mask; online softmax; O *= alpha;
+      // P -> 16-bit fragments.
+      auto softmax = [&](const Tile& c, int j) {
+        if (j == c.count - 1 && lane == 0) mbar_arrive(bar_qempty(c.qn % kQStages));
+        const int k0 = (c.first + j) * BN;
+        if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+        online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
+        rescale<D>(o, alpha);
+        pack_p<T, BN>(s, p);
+      };
+      // O += P V of stage use `use`; the stage is released once the wgmma is complete.
+      auto accumulate = [&](int use) {
+        const int st = use % kStages;
+        mbar_wait(bar_vfull(st), (use / kStages) & 1);
+        wgmma_fence();
+        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));
+        wgmma_commit();
+        wgmma_wait<0>();
+        reg_fence(o);
+        if (lane == 0) mbar_arrive(bar_empty(st));
+      };
+      // O / l and lse from the registers (store_out_direct): the staging a tile of its own would need holds the next Q.
+      auto epilogue = [&](const Tile& c) {
+        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(c.q0, c.h, c.b), a.os.seq,
+                               min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
+      };
+      Tile cur;
+      if (next_tile(cur)) {
+        int use = 0, j = 0;  // the step's stage use and its index in cur
+        enter(cur);
+        issue_scores(cur, 0, use);
+        await_scores();
+        softmax(cur, 0);
+        // Ping-pong: warpgroup 0 takes the first turn (the last one's signal); from there every warpgroup's turn is
+        // signalled by the one before it, across tiles, and the last warpgroup skips its final signal, so that each
+        // bar.sync meets exactly one set of arrivals.
+        if (kPingpong && cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
+        for (;;) {
+          if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
+          accumulate(use);
+          Tile nxt = cur;
+          int nj = j + 1;
+          if (nj == cur.count) {
+            if (!next_tile(nxt)) break;
+            nj = 0;
+          }
+          issue_scores(nxt, nj, use + 1);
+          if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
+          if (nj == 0) {  // a tile boundary: cur's epilogue runs under the next tile's first S = Q K^T
+            epilogue(cur);
+            enter(nxt);
+          }
+          await_scores();
+          softmax(nxt, nj);
+          cur = nxt, j = nj, ++use;
+        }
+        if (kPingpong && cw != kLast) named_barrier_arrive(kSchedBarrier + next, 256);
+        epilogue(cur);
+      }
+    } else {
     int it = 0, qn = 0;
     for (int k = 0;; ++k) {
       const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
@@ -209,15 +353,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
       const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
       const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
-      float o[D / 2], s[BN / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-      uint32_t p[BN / 16][4];
+      m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-      if (tr.count > 0) mbar_wait(bar_qfull, qn++ & 1);
+      if (tr.count > 0) mbar_wait(bar_qfull(0), qn++ & 1);
       // S of tile j is in s: the last one releases Q (the producer loads the next tile's); mask; online softmax;
       // O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](int j) {
-        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty);
+        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(0));
         const int k0 = (tr.first + j) * BN;
         if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
         online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
@@ -267,8 +410,6 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         issue_scores(0);
         await_scores();
         softmax(0);
-        constexpr int kLast = kConsumers - 1;
-        const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // whose turn follows ours
         named_barrier_sync(kRealignBarrier, 128 * kConsumers);
         if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
         for (int j = 0; j + 1 < tr.count; ++j) {
@@ -287,31 +428,40 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
       }
       it += tr.count;
-      const int64_t orow = static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
-                           static_cast<int64_t>(q0) * a.os.seq;
-      const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0;
       if constexpr (!stages_o<D>()) {
-        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
-                               min(BM, a.Sq - q0), a.lse + lrow);
+        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0),
+                               lse_rows(q0, h, b));
         continue;
       }
       named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
-      store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, static_cast<T*>(a.o) + orow, a.os.seq,
-                          min(BM, a.Sq - q0), a.lse + lrow);
+      store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
+                          min(BM, a.Sq - q0), lse_rows(q0, h, b));
+    }
     }
   }
 #endif
 }
 
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
-  using L = Layout<D, Shape::kBlockM, BN>;
+  using L = Layout<D, Shape::kBlockM, BN, kStream>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
+}
+
+template <class T, int D, int kConsumers, int BN, bool kStream>
+void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t stream) {
+  if (args.band.left >= 0) {
+    if (pingpong) launch<T, D, kConsumers, true, true, BN, kStream>(args, ctas, stream);
+    else launch<T, D, kConsumers, true, false, BN, kStream>(args, ctas, stream);
+  } else {
+    if (pingpong) launch<T, D, kConsumers, false, true, BN, kStream>(args, ctas, stream);
+    else launch<T, D, kConsumers, false, false, BN, kStream>(args, ctas, stream);
+  }
 }
 
 template <class T, int D, int kConsumers, int BN = 128>
@@ -320,13 +470,15 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
   const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
-  if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, kConsumers, true, true, BN>(args, ctas, stream);
-    else launch<T, D, kConsumers, true, false, BN>(args, ctas, stream);
-  } else {
-    if (pingpong) launch<T, D, kConsumers, false, true, BN>(args, ctas, stream);
-    else launch<T, D, kConsumers, false, false, BN>(args, ctas, stream);
+  // The streamed consumers (the kernel's comment) at D <= 128; at D = 256 O's 128 registers and the next tile's S do
+  // not fit beside the epilogue (ptxas spilled 220-300 bytes). XF_ATTENTION_SM90_STREAM=0 runs the per-tile loop.
+  if constexpr (D <= 128) {
+    if (env_flag_default_on("XF_ATTENTION_SM90_STREAM")) {
+      launch_schedule<T, D, kConsumers, BN, true>(args, pingpong, ctas, stream);
+      return;
+    }
   }
+  launch_schedule<T, D, kConsumers, BN, false>(args, pingpong, ctas, stream);
 }
 
 // The consumer warpgroups of a forward CTA (WsShape): 2, or 3 at D = 64 (FlashAttention-3's head-dim-64 shape, 192

@@ -310,6 +310,21 @@ __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (
   }
 }
 
+// The output of a warpgroup's 64 rows of a tile whose queries see no key: out 0 and lse -inf (what store_out writes for
+// l = 0), without the staging tile. Rows below rows_valid of the CTA's tile only. out_blk: the CTA's first output row,
+// rows ld elements apart, 16-byte aligned (ld % 8 == 0); lse_blk: its first lse row (contiguous).
+template <class T, int D>
+__device__ __forceinline__ void store_empty_rows(int cw, int t, T* __restrict__ out_blk, int64_t ld, int rows_valid,
+                                                 float* __restrict__ lse_blk) {
+  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
+#pragma unroll
+  for (int it = 0; it < kChunks / 128; ++it) {
+    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
+    if (row < rows_valid) *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = make_uint4(0, 0, 0, 0);
+  }
+  if (t < 64 && 64 * cw + t < rows_valid) lse_blk[64 * cw + t] = -INFINITY;
+}
+
 // Stores a warpgroup's 64 x D fp32 accumulator fragment times mul as T, straight from the registers (4-byte stores:
 // a quad writes 16 contiguous bytes of a row): fragment row r -> g + r ld, rows < rows_valid only (<= 0: none).
 // For the backward's dQ / dK / dV, written once per CTA after its whole loop (staging through shared memory, as
