@@ -109,7 +109,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
   static constexpr int kStages = stages_for<BN>(), kQStages = q_stages<D, kStream>();
   static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;
   // The unstreamed kernel stages O in a tile of its own (not Q's) so that the next tile's Q can load during this
-  // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stores O from the registers.
+  // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stages O in its Q buffer.
   static constexpr bool kOTile = stages_o<D>() && !kStream;
   static constexpr int kQ = 0, kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
@@ -283,10 +283,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         wgmma_wait<0>();
         reg_fence(s);
       };
-      // The last step's S = Q K^T is done: Q's buffer goes back to the producer. Mask; online softmax; O *= alpha;
-      // P -> 16-bit fragments.
+      // Mask; online softmax; O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](const Tile& c, int j) {
-        if (j == c.count - 1 && lane == 0) mbar_arrive(bar_qempty(c.qn % kQStages));
         const int k0 = (c.first + j) * BN;
         if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
         online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
@@ -304,10 +302,23 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         reg_fence(o);
         if (lane == 0) mbar_arrive(bar_empty(st));
       };
-      // O / l and lse from the registers (store_out_direct): the staging a tile of its own would need holds the next Q.
+      // O / l to T staged through the warpgroup's rows of the tile's own Q buffer (store_out: 16-byte coalesced
+      // stores; straight from the registers, four-byte stores of half sectors, the streamed forward ran 0.82x-0.97x at
+      // D = 128 and 0.88x-0.97x at D = 64 with S <= 1024: H200, session 14's run 1). Those rows are free: the
+      // warpgroup's S = Q K^T on them are complete (await_scores of the tile's last step), no other warpgroup reads
+      // them, and the next tile's S reads the other buffer. Then the buffer goes back to the producer: this warp's
+      // reads are done (__syncwarp orders its lanes'), its generic-proxy accesses before the next TMA write.
       auto epilogue = [&](const Tile& c) {
-        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(c.q0, c.h, c.b), a.os.seq,
-                               min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
+        const int qb = c.qn % kQStages;
+        // The thread index made opaque here, so that ptxas computes the staging addresses in the epilogue: hoisted
+        // out of the stream loop, the 16 of them spilled (9 registers at D = 64 with 256-key tiles).
+        int t_here = t;
+        asm volatile("" : "+r"(t_here));
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kQ + qb * L::kTileQ, cw, t_here, out_rows(c.q0, c.h, c.b),
+                            a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
+        fence_proxy_async();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_qempty(qb));
       };
       Tile cur;
       if (next_tile(cur)) {
