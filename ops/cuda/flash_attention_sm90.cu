@@ -97,48 +97,52 @@ struct Sm90Args {
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
 };
 
-// Q buffers: two in the streamed kernel where shared memory has room (D <= 128), so that the next tile's Q loads while
-// this one runs; one at D = 256 (Q is 64 KB there).
-template <int D, bool kStream>
-constexpr int q_stages() {
-  return kStream && D <= 128 ? 2 : 1;
-}
+constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may have (sm_90)
 
-template <int D, int BM, int BN, bool kStream>
+// Q buffers (kQStages): two where shared memory has room for them, so that the next tile's Q loads while this one
+// runs (the streamed kernel needs them); one at D = 256 (Q is 64 KB there) and with 256-key tiles per tile (beside the O
+// tile and three stages).
+template <int D, int BM, int BN, bool kStream, int kQStages_>
 struct Layout {  // byte offsets from the 1024-aligned base
-  static constexpr int kStages = stages_for<BN>(), kQStages = q_stages<D, kStream>();
+  static_assert(kQStages_ == 1 || kQStages_ == 2, "one or two Q buffers");
+  static_assert(!kStream || kQStages_ == 2, "the streamed kernel stages O in the finished tile's Q buffer");
+  static constexpr int kStages = stages_for<BN>(), kQStages = kQStages_;
   static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;
   // The unstreamed kernel stages O in a tile of its own (not Q's) so that the next tile's Q can load during this
   // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stages O in its Q buffer.
   static constexpr bool kOTile = stages_o<D>() && !kStream;
-  static constexpr int kQ = 0, kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
+  // The Q buffers from offset 0, then the O tile (if any), the K and V stages, the barriers.
+  static constexpr int kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
   static constexpr int kBars = 2 * kQStages + 3 * kStages;  // q_full[], q_empty[], k_full[], v_full[], empty[]
-  static constexpr int kBytes = kBar + kBars * 8 + 1024;    // + alignment slack for align1024
-  static_assert(kBytes <= 227 * 1024, "over the 227 KB of shared memory a block may have");
+  static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
+  static constexpr bool kFits = kBytes <= kSmemLimit;
 };
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads,
-// Layout<D, BM, BN, kStream>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with
+// Layout<D, BM, BN, kStream, kQBufs>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with
 // two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the consumer).
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
   using Shape = WsShape<kConsumers>;
   constexpr int BM = Shape::kBlockM, kWarps = 4 * kConsumers;  // kWarps: the consumer warps
   constexpr int kSchedBarrier = sched_barrier(kConsumers), kRealignBarrier = realign_barrier(kConsumers);
-  using L = Layout<D, BM, BN, kStream>;
+  using L = Layout<D, BM, BN, kStream, kQBufs>;
+  static_assert(L::kFits, "over the 227 KB of shared memory a block may have");
   constexpr int kStages = L::kStages, kQStages = L::kQStages;
   static_assert((BN == 128 && D <= 128) || (BN == kBlockNWide && D == 64 && kConsumers == 2) ||
                     (BN == kBlockNHead256 && D == 256 && kConsumers == 2),
                 "S's registers: see kBlockNWide, kBlockNHead256");
-  static_assert(!kStream || D <= 128, "the streamed consumers spill at D = 256 (launch_band)");
+  // The streamed consumers compile at D <= 128 (at D = 256 O's 128 registers and the next tile's S do not fit beside the
+  // epilogue: ptxas spilled 220-300 bytes); launch_band runs them with 256-key tiles only.
+  static_assert(!kStream || D <= 128, "the streamed consumers spill at D = 256");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
-  const uint32_t s_q = base + L::kQ, s_k = base + L::kK, s_v = base + L::kV, bar0 = base + L::kBar;
+  const uint32_t s_q = base, s_k = base + L::kK, s_v = base + L::kV, bar0 = base + L::kBar;
   auto bar_qfull = [&](int qb) { return bar0 + 8 * qb; };
   auto bar_qempty = [&](int qb) { return bar0 + 8 * (kQStages + qb); };
   auto bar_kfull = [&](int st) { return bar0 + 8 * (2 * kQStages + st); };
@@ -314,7 +318,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         // out of the stream loop, the 16 of them spilled (9 registers at D = 64 with 256-key tiles).
         int t_here = t;
         asm volatile("" : "+r"(t_here));
-        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kQ + qb * L::kTileQ, cw, t_here, out_rows(c.q0, c.h, c.b),
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t_here, out_rows(c.q0, c.h, c.b),
                             a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
         fence_proxy_async();
         __syncwarp();
@@ -367,11 +371,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-      if (tr.count > 0) mbar_wait(bar_qfull(0), qn++ & 1);
-      // S of tile j is in s: the last one releases Q (the producer loads the next tile's); mask; online softmax;
+      const int qb = qn % kQStages;
+      if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
+      // S of tile j is in s: the last one releases Q (the producer loads the tile after next's); mask; online softmax;
       // O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](int j) {
-        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(0));
+        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(qb));
         const int k0 = (tr.first + j) * BN;
         if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
         online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
@@ -383,7 +388,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int st = (it + j) % kStages;
         mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
         wgmma_fence();
-        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo), sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
+        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo),
+                                   sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
         wgmma_commit();
       };
       // O += P V(j); release stage j once the wgmma is complete.
@@ -453,43 +459,57 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #endif
 }
 
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
-  using L = Layout<D, Shape::kBlockM, BN, kStream>;
+  using L = Layout<D, Shape::kBlockM, BN, kStream, kQBufs>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream, kQBufs>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
-template <class T, int D, int kConsumers, int BN, bool kStream>
+template <class T, int D, int kConsumers, int BN, bool kStream, int kQBufs>
 void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t stream) {
   if (args.band.left >= 0) {
-    if (pingpong) launch<T, D, kConsumers, true, true, BN, kStream>(args, ctas, stream);
-    else launch<T, D, kConsumers, true, false, BN, kStream>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, true, true, BN, kStream, kQBufs>(args, ctas, stream);
+    else launch<T, D, kConsumers, true, false, BN, kStream, kQBufs>(args, ctas, stream);
   } else {
-    if (pingpong) launch<T, D, kConsumers, false, true, BN, kStream>(args, ctas, stream);
-    else launch<T, D, kConsumers, false, false, BN, kStream>(args, ctas, stream);
+    if (pingpong) launch<T, D, kConsumers, false, true, BN, kStream, kQBufs>(args, ctas, stream);
+    else launch<T, D, kConsumers, false, false, BN, kStream, kQBufs>(args, ctas, stream);
   }
 }
 
+// The consumers' loop and schedule (the kernel's comment). Streamed with 256-key tiles (D = 64, two consumers; by
+// default without a mask), per tile otherwise. H200, session 14 (runs 1-2, interleaved A/B, two repeats each, spread
+// <= 1%): streamed against per tile, D = 64 non-causal with 256-key tiles 0.98x / 1.06x / 1.04x at S = 512 / 1024 /
+// 2048, and with ping-pong 1.00x / 1.07x / 1.05x; but with 128-key tiles (D = 128, causal D = 64) 0.89x-0.99x with
+// ping-pong and 0.82x-0.97x free-running, and 0.99x-1.00x at S = 4096 (three consumers). So only the 256-key
+// instantiations have a streamed form. Ping-pong where the stream runs, and in the per-tile loop where the block's
+// queries see at least kPingpongMinKeys keys (free-running below). XF_ATTENTION_SM90_STREAM=0 runs 256-key tiles per
+// tile too; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces either schedule.
 template <class T, int D, int kConsumers, int BN = 128>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
-  // The consumers' schedule (the kernel's comment): ping-pong where the block's queries see at least
-  // kPingpongMinKeys keys, free-running below; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces one.
+  constexpr bool kStreams = BN == kBlockNWide;
+  const bool streamed = kStreams && env_flag_default_on("XF_ATTENTION_SM90_STREAM");
   const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
-  const bool pingpong = forced >= 0 ? forced == 1 : args.Sk >= kPingpongMinKeys;
-  // The streamed consumers (the kernel's comment) at D <= 128; at D = 256 O's 128 registers and the next tile's S do
-  // not fit beside the epilogue (ptxas spilled 220-300 bytes). XF_ATTENTION_SM90_STREAM=0 runs the per-tile loop.
-  if constexpr (D <= 128) {
-    if (env_flag_default_on("XF_ATTENTION_SM90_STREAM")) {
-      launch_schedule<T, D, kConsumers, BN, true>(args, pingpong, ctas, stream);
+  const bool pingpong = forced >= 0 ? forced == 1 : streamed || args.Sk >= kPingpongMinKeys;
+  if constexpr (kStreams) {
+    if (streamed) {
+      launch_schedule<T, D, kConsumers, BN, true, 2>(args, pingpong, ctas, stream);
       return;
     }
   }
-  launch_schedule<T, D, kConsumers, BN, false>(args, pingpong, ctas, stream);
+  // Two Q buffers in the per-tile loop where they fit beside the O tile (A/B: XF_ATTENTION_SM90_Q_BUFFERS=1).
+  constexpr bool kTwoFit = Layout<D, 64 * kConsumers, BN, false, 2>::kFits;
+  if constexpr (kTwoFit) {
+    if (env_int("XF_ATTENTION_SM90_Q_BUFFERS", 2) == 2) {
+      launch_schedule<T, D, kConsumers, BN, false, 2>(args, pingpong, ctas, stream);
+      return;
+    }
+  }
+  launch_schedule<T, D, kConsumers, BN, false, 1>(args, pingpong, ctas, stream);
 }
 
 // The consumer warpgroups of a forward CTA (WsShape): 2, or 3 at D = 64 (FlashAttention-3's head-dim-64 shape, 192
