@@ -501,15 +501,10 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
       return;
     }
   }
-  // Two Q buffers in the per-tile loop where they fit beside the O tile (A/B: XF_ATTENTION_SM90_Q_BUFFERS=1).
-  constexpr bool kTwoFit = Layout<D, 64 * kConsumers, BN, false, 2>::kFits;
-  if constexpr (kTwoFit) {
-    if (env_int("XF_ATTENTION_SM90_Q_BUFFERS", 2) == 2) {
-      launch_schedule<T, D, kConsumers, BN, false, 2>(args, pingpong, ctas, stream);
-      return;
-    }
-  }
-  launch_schedule<T, D, kConsumers, BN, false, 1>(args, pingpong, ctas, stream);
+  // Two Q buffers in the per-tile loop where they fit beside the O tile. H200, session 14 (run 3, interleaved A/B
+  // against one, with the rest of the tree alike): 0.99x-1.02x over the grid (+1% to +2% at D = 128 from S = 2048).
+  constexpr int kQBufs = Layout<D, 64 * kConsumers, BN, false, 2>::kFits ? 2 : 1;
+  launch_schedule<T, D, kConsumers, BN, false, kQBufs>(args, pingpong, ctas, stream);
 }
 
 // The consumer warpgroups of a forward CTA (WsShape): 2, or 3 at D = 64 (FlashAttention-3's head-dim-64 shape, 192
@@ -527,17 +522,21 @@ int consumers_for(const Params& p) {
   return p.Sq >= kThreeConsumersMin && p.Sk >= kThreeConsumersMin ? 3 : 2;
 }
 
-// Keys per K/V tile (kBlockNWide's comment): 256 at D = 64 with two consumer warpgroups and no mask, 128 otherwise.
-// H200, 2026-11-30 (run 31, an interleaved A/B over the D = 64 grid, two repeats each, forward spread <= 1.1%): 256
-// keys ran the unmasked forward +5% at S = 512, +1% at 1024 and +8% at 2048 (2 consumers), but -6% to 0% under a
-// causal mask (a 256-key tile straddles the diagonal more often: more masked work) and -3% to -7% against three
-// consumers from S = 4096. XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
+// Keys per K/V tile (kBlockNWide's comment): 256 at D = 64 with two consumer warpgroups and either no mask or a band
+// without a left edge (causal) over at least kWideMaskedMinKeys keys; 128 otherwise. H200, 2026-11-30 (run 31, an
+// interleaved A/B over the D = 64 grid, two repeats each, forward spread <= 1.1%, the per-tile loop): 256 keys ran
+// the unmasked forward +5% at S = 512, +1% at 1024 and +8% at 2048 (2 consumers), but -6% to 0% under a causal mask
+// (a 256-key tile straddles the diagonal more often: more masked work) and -3% to -7% against three consumers from
+// S = 4096. Session 14 (run 3, the same kind of A/B; 256-key tiles now run the streamed consumers): causal 0.91x at
+// S = 512, 0.99x at 1024, 1.07x at 2048 (373 against 348 TFLOP/s); against three consumers 0.96x-0.99x from 4096.
+// XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
+constexpr int kWideMaskedMinKeys = 2048;
 int block_n_for(const Params& p, int consumers) {
   if (p.D == 256) return kBlockNHead256;
   if (p.D != 64 || consumers != 2) return 128;
   const int forced = env_int("XF_ATTENTION_SM90_BLOCK_N", 0);
   if (forced == 128 || forced == kBlockNWide) return forced;
-  return p.band.full() ? kBlockNWide : 128;
+  return p.band.full() || (p.band.left < 0 && p.Sk >= kWideMaskedMinKeys) ? kBlockNWide : 128;
 }
 
 template <class T>
