@@ -95,7 +95,6 @@ struct Sm90Args {
   float scale_log2 = 1.f;
   int m_tiles = 0;    // ceil(Sq / BM): query tiles per (b, h), BM the CTA's query rows (WsShape)
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
-  bool q_loader = true;  // Q loaded by a thread of its own (the producer's comment)
 };
 
 constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may have (sm_90)
@@ -180,13 +179,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   if (wg == 0) {
     // ---------------- producer ----------------
     setmaxnreg_dec<Shape::kProducerRegs>();
-    // Thread 0 loads K and V; Q's loads come from thread 32 (another warp) where a.q_loader, else from thread 0 too,
-    // ahead of the tile's K and V. Apart, a Q buffer the consumers have not yet released (the streamed kernel releases
-    // it after its epilogue) does not hold back the next tile's K and V: ncu, H200, session 14 (D = 64, S = 512, one
-    // thread): the producer waited on q_empty for 4.3% of all the kernel's stall samples (more than half of its own)
-    // while the consumers waited on V for 3.5%.
-    const bool loads_kv = tid == 0, loads_q = a.q_loader ? tid == 32 : tid == 0;
-    if (loads_kv || loads_q) {
+    if (tid == 0) {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
         const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
@@ -195,16 +188,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
         const TileRange tr = mask.key_tiles(q0, BM, BN);
         if (tr.count == 0) continue;
-        if (loads_q) {
-          const int qb = qn % kQStages;
-          mbar_wait(bar_qempty(qb), ((qn / kQStages) & 1) ^ 1);  // the buffer's previous tile is done with it
-          mbar_arrive_expect_tx(bar_qfull(qb), L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
-#pragma unroll
-          for (int at = 0; at < D / 64; ++at)
-            tma_load_4d(s_q + qb * L::kTileQ + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull(qb));
-        }
+        const int qb = qn % kQStages;
+        mbar_wait(bar_qempty(qb), ((qn / kQStages) & 1) ^ 1);  // the buffer's previous tile is done with it
         ++qn;
-        if (!loads_kv) continue;
+        mbar_arrive_expect_tx(bar_qfull(qb), L::kTileQ);  // the full box's bytes, zero-filled rows past Sq included
+#pragma unroll
+        for (int at = 0; at < D / 64; ++at)
+          tma_load_4d(s_q + qb * L::kTileQ + at * (BM * 128), &a.tm_q, at * 64, q0, h, b, bar_qfull(qb));
         for (int j = 0; j < tr.count; ++j, ++it) {
           const int st = it % kStages, row = (tr.first + j) * BN;
           mbar_wait(bar_empty(st), ((it / kStages) & 1) ^ 1);
@@ -648,7 +638,6 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.Sk = p.Sk;
   args.band = p.band;
   args.scale_log2 = p.scale_log2;
-  args.q_loader = env_flag_default_on("XF_ATTENTION_SM90_Q_LOADER");  // 0: thread 0 loads Q too (an A/B)
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   const int ctas = sm90_persistent_ctas(args.pairs);  // the kernel is persistent: TileOrder
