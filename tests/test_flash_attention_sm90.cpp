@@ -8,7 +8,8 @@
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
 // (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
 // tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
-// without a mask), and the Hopper
+// without a mask and under a causal band from 2048 keys), each with its default consumer loop (256-key tiles:
+// streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -155,7 +156,8 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // The Hopper kernels: the forward with either schedule (ping-pong or free-running), on the default grid
         // (these problems have fewer pairs of query tiles than the H200 has SMs: a CTA runs one pair) and on 3 CTAs
         // (each walks many pairs: the pair order, one-tile pairs, tiles that see no key, the ping-pong's
-        // realignment between tiles), and at D = 64 with three consumer warpgroups and with 256-key tiles as well;
+        // realignment between tiles, the streamed loop's turns across tiles), and at D = 64 with three consumer
+        // warpgroups and with 256-key tiles as well, each streamed (the default with 256-key tiles) and per tile;
         // then the mma.sync kernels. The backward does not depend on the forward's options: it runs with the
         // forward's defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
         // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
@@ -171,16 +173,17 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           const char* stream = "";         // "0": the forward's per-tile consumer loop instead of the streamed one
         };
         std::vector<Config> configs;
-        for (const char* stream : {"", "0"})
-          for (const char* pingpong : {"1", "0"})
-            for (const char* ctas : {"", "3"}) {
-              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", stream});
-              if (p.D != 64) continue;  // D = 128 and 256 have one shape
-              configs.push_back({"1", pingpong, ctas, "3", "", "", false, "", stream});
-              // Both K/V tile widths at two consumers, whichever the default picks for this band.
-              configs.push_back({"1", pingpong, ctas, "2", "256", "", false, "", stream});
-              configs.push_back({"1", pingpong, ctas, "2", "128", "", false, "", stream});
-            }
+        for (const char* pingpong : {"1", "0"})
+          for (const char* ctas : {"", "3"}) {
+            configs.push_back({"1", pingpong, ctas, "", "", "", false});
+            if (p.D != 64) continue;  // D = 128 and 256 have one shape
+            configs.push_back({"1", pingpong, ctas, "3", "", "", false});
+            // Both K/V tile widths at two consumers, whichever the default picks for this band; 256-key tiles in
+            // both consumer loops (the others have only the per-tile one).
+            configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
+            configs.push_back({"1", pingpong, ctas, "2", "256", "", false, "", "0"});
+            configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
+          }
         for (const char* deterministic : {"", "0"}) {
           for (const char* persistent : {"", "1", "0"})
             configs.push_back({"1", "", "", "", "", persistent, true, deterministic});

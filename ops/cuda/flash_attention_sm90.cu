@@ -16,26 +16,29 @@
 // setmaxnreg down to 24 registers), and warpgroups 1, 2, the consumers (64 query rows each; setmaxnreg up to 240).
 // The entry allocation of __launch_bounds__(384, 1) is 168 registers a thread (65536 / 384, rounded down to 8):
 // 128 x 24 + 256 x 240 = 384 x 168, so the consumers take exactly what the producer gives back.
-// Shared memory: Q (128 x D) + the O staging tile (128 x D) + 2 stages x (K + V) (128 x D each) = 192 KB at
-// D = 128 (a third stage would need 256 KB of the 227 KB a block may have, hence 2), 96 KB at D = 64, plus 8
-// mbarriers: q_full, k_full[2] and v_full[2] (the producer's arrive.expect_tx + TMA's bytes; V has its own so that
-// S = Q K^T need not wait for it), q_empty and empty[2] (8 arrivals: lane 0 of each consumer warp when its wgmmas
-// on Q / the stage are done). Use u = i / 2 of stage i % 2 (i counts stage uses over the CTA's tiles): consumers
-// wait full with parity u & 1, the producer waits empty with parity (u & 1) ^ 1 (which passes at once for u = 0: a
-// fresh barrier counts its previous phase, parity 1, as complete); Q likewise, once a tile.
-// Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tile (its Q as
-// soon as the last S = Q K^T of this one is done, its first K, V as stages free up), so the next tile's loads hide
-// behind this one's last softmax, P V and epilogue. ptxas: 168 registers at entry (128 with three consumers); 0
-// spill bytes, except 4 bytes in the producer (24 registers) of the kLower (window) instantiations, one store and
-// load outside its loads' loop, and 8 bytes in the three-consumer free-running one (unused by default: three
-// consumers run ping-pong), outside the tile loop.
+// Shared memory (Layout): two Q buffers (BM x D each) where they fit, the O staging tile (BM x D; none in the streamed
+// kernel, which stages O in its finished tile's Q buffer, nor at D = 256), K/V stages (BN x D each for K and for V:
+// 2 stages of 128 keys, 3 of 256 keys), then the mbarriers: q_full[] and k_full[], v_full[] (the producer's
+// arrive.expect_tx + TMA's bytes; V has its own so that S = Q K^T need not wait for it), q_empty[] and empty[] (8
+// arrivals: lane 0 of each consumer warp when its wgmmas on Q / the stage are done, or, streamed, when its epilogue
+// has read O back from the Q buffer). At D = 128: 2 x 32 + 32 + 2 x 64 = 224 KB of the 227 KB a block may have; at
+// D = 64 with 256-key tiles, streamed: 2 x 16 + 3 x 64 = 224 KB. Use u = i / n of stage i % n (i counts stage uses
+// over the CTA's tiles, n the stages): consumers wait full with parity u & 1, the producer waits empty with parity
+// (u & 1) ^ 1 (which passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete); Q
+// buffers likewise, once a tile.
+// Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tiles (a Q as soon
+// as its buffer is free, K and V as stages free up), so the next tile's loads hide behind this one's work. ptxas: 168
+// registers at entry (128 with three consumers); 0 spill bytes, except 4 bytes in the producer (24 registers) of the
+// two-consumer kLower (window) instantiations with two Q buffers, one store and load outside its loads' loop.
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
 // P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
 // (kPingpong): free-running, the two consumer warpgroups interleaving on the tensor cores and ALUs as they
 // happen to; or ping-pong (FlashAttention-3's), where named barriers make them take turns: one issues O += P(j) V(j)
 // and S(j + 1) = Q K(j + 1)^T while the other runs its softmax. Same registers either way (S(j + 1) is issued
-// after P(j) V(j) completes).
+// after P(j) V(j) completes). Two loops (kStream): per tile (each tile's first S waits for the tile before's
+// epilogue), or streamed (the CTA's tiles as one stream of steps: the next tile's first S is issued with the last
+// O += P V, the epilogue runs under it, and ping-pong turns never realign; launch_band says where each runs).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
