@@ -122,10 +122,13 @@ FlashAttentionArgs with_env_determinism(const FlashAttentionArgs& args) {
   return a;
 }
 
-AttentionCallSupport attention_call_support(CudaContext& ctx, AttentionBackendRequest request,
-                                            const FlashAttentionArgs& args, bool backward, bool has_dlse,
-                                            bool pointers_aligned) {
-  const FlashAttentionArgs a = with_env_determinism(args);
+namespace {
+
+// attention_call_support for args whose `deterministic` is already resolved (with_env_determinism): the entry points
+// resolve it once per call and decide and run with the same args.
+AttentionCallSupport call_support_resolved(CudaContext& ctx, AttentionBackendRequest request,
+                                           const FlashAttentionArgs& a, bool backward, bool has_dlse,
+                                           bool pointers_aligned) {
   AttentionCallSupport s;
   s.call = describe(a, backward);
   s.backward = backward;
@@ -144,6 +147,14 @@ AttentionCallSupport attention_call_support(CudaContext& ctx, AttentionBackendRe
   return s;
 }
 
+}  // namespace
+
+AttentionCallSupport attention_call_support(CudaContext& ctx, AttentionBackendRequest request,
+                                            const FlashAttentionArgs& args, bool backward, bool has_dlse,
+                                            bool pointers_aligned) {
+  return call_support_resolved(ctx, request, with_env_determinism(args), backward, has_dlse, pointers_aligned);
+}
+
 AttentionBackend attention_backend_for(CudaContext& ctx, AttentionBackendRequest request, const FlashAttentionArgs& a,
                                        bool backward, bool has_dlse, bool pointers_aligned) {
   return choose_attention_backend(request,
@@ -152,10 +163,11 @@ AttentionBackend attention_backend_for(CudaContext& ctx, AttentionBackendRequest
 
 void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,
                        void* out, float* lse) {
-  FlashAttentionArgs a = args;
+  FlashAttentionArgs a = with_env_determinism(args);
   a.write_lse = lse != nullptr;
-  const AttentionBackend b =
-      attention_backend_for(ctx, attention_backend_from_env(), a, false, false, all_aligned({q, k, v, out, lse, a.bias}));
+  const AttentionBackendRequest request = attention_backend_from_env();
+  const AttentionBackend b = choose_attention_backend(
+      request, call_support_resolved(ctx, request, a, false, false, all_aligned({q, k, v, out, lse, a.bias})));
   if (b == AttentionBackend::cudnn) {
 #ifdef XF_HAVE_CUDNN_ATTENTION
     cudnn_sdpa_forward(ctx, cudnn_args_of(a), q, k, v, out, lse, a.bias);
@@ -176,11 +188,12 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
 void attention_backward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,
                         const void* out, const void* dout, const float* lse, const float* dlse, void* dq, void* dk,
                         void* dv, void* dbias) {
-  FlashAttentionArgs a = with_env_determinism(args);
+  FlashAttentionArgs a = with_env_determinism(args);  // once: the choice and the run see the same args
   a.bias_grad = dbias != nullptr;
-  const AttentionBackend b =
-      attention_backend_for(ctx, attention_backend_from_env(), a, true, dlse != nullptr,
-                            all_aligned({q, k, v, out, dout, lse, dq, dk, dv, a.bias, dbias}));
+  const AttentionBackendRequest request = attention_backend_from_env();
+  const AttentionBackend b = choose_attention_backend(
+      request, call_support_resolved(ctx, request, a, true, dlse != nullptr,
+                                     all_aligned({q, k, v, out, dout, lse, dq, dk, dv, a.bias, dbias})));
   if (b == AttentionBackend::cudnn) {
 #ifdef XF_HAVE_CUDNN_ATTENTION
     cudnn_sdpa_backward(ctx, cudnn_args_of(a), q, k, v, out, dout, lse, dq, dk, dv, a.bias, dbias);

@@ -209,15 +209,22 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
 }
 
 // loss = (sum of counted rows' losses) / (number of counted rows), 0 when none; NaN when a target is
-// invalid. One block, each thread summing a fixed stride of rows in double, then a fixed tree.
+// invalid. One block, each thread summing a fixed stride of rows in double, then a fixed tree. With coef (the fused
+// forward's 1 / n_valid, from ce_coef_kernel: 0 when no row counts, NaN when a target is invalid) the targets are not
+// counted again: loss = coef x the sum of every row's loss (an ignored row's is 0).
 template <class I>
 __global__ void __launch_bounds__(kFinalThreads)
     ce_finalize_kernel(const I* __restrict__ targets,     // (N)
                        const float* __restrict__ row_loss,  // (N)
+                       const float* __restrict__ coef,      // (1,) or null
                        float* __restrict__ loss,            // (1,)
                        int64_t N, int64_t V, int64_t ignore_index) {
   double sum = 0, valid = 0, bad = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
+    if (coef) {
+      sum += row_loss[n];
+      continue;
+    }
     const I t = targets[n];
     if (static_cast<int64_t>(t) == ignore_index) continue;
     valid += 1;
@@ -225,6 +232,10 @@ __global__ void __launch_bounds__(kFinalThreads)
     sum += row_loss[n];
   }
   sum = dev::block_sum<double>(sum);
+  if (coef) {
+    if (threadIdx.x == 0) loss[0] = static_cast<float>(sum * static_cast<double>(coef[0]));
+    return;
+  }
   valid = dev::block_sum<double>(valid);
   bad = dev::block_sum<double>(bad);
   if (threadIdx.x == 0) loss[0] = bad > 0 ? NAN : valid > 0 ? static_cast<float>(sum / valid) : 0.f;
@@ -310,9 +321,9 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
       run(std::integral_constant<int, Vw>{});
     else
       run(std::integral_constant<int, 1>{});
-    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, row_loss, loss, N, V, ignore_index);
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, row_loss, coef, loss, N, V, ignore_index);
   } else {
-    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, loss, 0, V, ignore_index);  // loss 0
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, nullptr, loss, 0, V, ignore_index);  // 0
   }
   XF_CUDA_CHECK_LAUNCH("cross_entropy_finalize");
 }
