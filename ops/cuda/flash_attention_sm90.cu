@@ -103,8 +103,8 @@ struct Sm90Args {
 constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may have (sm_90)
 
 // Q buffers (kQStages): two where shared memory has room for them, so that the next tile's Q loads while this one
-// runs (the streamed kernel needs them); one at D = 256 (Q is 64 KB there) and with 256-key tiles per tile (beside the O
-// tile and three stages).
+// runs (the streamed kernel needs them); one at D = 256 (Q is 64 KB there) and with 256-key tiles per tile (beside
+// the O tile and three stages).
 template <int D, int BM, int BN, bool kStream, int kQStages_>
 struct Layout {  // byte offsets from the 1024-aligned base
   static_assert(kQStages_ == 1 || kQStages_ == 2, "one or two Q buffers");
@@ -124,8 +124,9 @@ struct Layout {  // byte offsets from the 1024-aligned base
 
 // q: (B, H, Sq, D), k, v: (B, Hk, Sk, D) through the maps -> o (B, H, Sq, D), lse (B, H, Sq).
 // grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads,
-// Layout<D, BM, BN, kStream, kQBufs>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at D = 64 with
-// two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the consumer).
+// Layout<D, BM, BN, kStream, kQBufs>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at
+// D = 64 with two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the
+// consumer); kQBufs: the Q buffers (Layout).
 template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
@@ -139,8 +140,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   static_assert((BN == 128 && D <= 128) || (BN == kBlockNWide && D == 64 && kConsumers == 2) ||
                     (BN == kBlockNHead256 && D == 256 && kConsumers == 2),
                 "S's registers: see kBlockNWide, kBlockNHead256");
-  // The streamed consumers compile at D <= 128 (at D = 256 O's 128 registers and the next tile's S do not fit beside the
-  // epilogue: ptxas spilled 220-300 bytes); launch_band runs them with 256-key tiles only.
+  // The streamed consumers compile at D <= 128 (at D = 256 O's 128 registers and the next tile's S do not fit beside
+  // the epilogue: ptxas spilled 220-300 bytes); launch_band runs them with 256-key tiles only.
   static_assert(!kStream || D <= 128, "the streamed consumers spill at D = 256");
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
@@ -227,6 +228,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     constexpr uint32_t kStageLo = L::kTileKV >> 4;  // a stage's offset in a descriptor's start-address field
     constexpr uint32_t kQBufLo = L::kTileQ >> 4;    // a Q buffer's
     constexpr int kLast = kConsumers - 1;
+    constexpr int kChains = D == 64 ? 4 : 1;  // the row max's chains (online_softmax)
     const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // ping-pong: whose turn follows ours
     float o[D / 2], s[BN / 2], m[2], l[2], alpha[2];
     uint32_t p[BN / 16][4];
@@ -290,13 +292,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         wgmma_wait<0>();
         reg_fence(s);
       };
-      // Mask; online softmax; O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](const Tile& c, int j) {
-        const int k0 = (c.first + j) * BN;
-        if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
-        online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
-        rescale<D>(o, alpha);
-        pack_p<T, BN>(s, p);
+        softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
+                                        a.scale_log2);
       };
       // O += P V of stage use `use`; the stage is released once the wgmma is complete.
       auto accumulate = [&](int use) {
@@ -380,11 +378,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // O *= alpha; P -> 16-bit fragments.
       auto softmax = [&](int j) {
         if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(qb));
-        const int k0 = (tr.first + j) * BN;
-        if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
-        online_softmax<BN, D == 64 ? 4 : 1>(s, m, l, a.scale_log2, alpha);  // chains: see online_softmax
-        rescale<D>(o, alpha);
-        pack_p<T, BN>(s, p);
+        softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN, lane,
+                                        a.scale_log2);
       };
       // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
       auto issue_scores = [&](int j) {

@@ -258,6 +258,21 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
     for (int r = 0; r < 4; ++r) a[j][r] = pack2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
 }
 
+// The forward's softmax step on one S tile of BN keys from key k0 (in s): hidden (query, key) -> -inf unless every row
+// of the CTA's tile sees the whole key tile (common = Mask::common_keys of its rows; keys = the thread's rows' keys,
+// mask_tile), the online softmax (m, l, alpha; chains: online_softmax's kChains), O *= alpha, and P -> the 16-bit A
+// fragments of O += P V. lane: the thread's lane.
+template <class T, int D, int BN, int kChains, bool kLower>
+__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&o)[D / 2], float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2], uint32_t (&p)[BN / 16][4],
+                                             const fa::Mask<kLower>& mask, const fa::KeyRange (&keys)[2],
+                                             const fa::KeyRange& common, int k0, int lane, float scale_log2) {
+  if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
+  online_softmax<BN, kChains>(s, m, l, scale_log2, alpha);
+  rescale<D>(o, alpha);
+  pack_p<T, BN>(s, p);
+}
+
 // The epilogue's row statistics: the quad's partial sums of l added, inv = 1 / l (0 for a row that saw nothing), and
 // lse = (m scale_log2 + log2 l) ln 2 (-inf for such a row) written for the thread's rows (64 cw + 16 w + lane / 4,
 // + 8: rows[]) below rows_valid, by lane % 4 == 0.
