@@ -212,14 +212,18 @@ if has ncu; then
   # launch of the kernels matching XF_NCU_KERNEL (default: our Hopper forward) by backend XF_NCU_BACKEND of
   # xfrun_bench_attention (default native; cudnn with XF_NCU_KERNEL=sdpa profiles cuDNN's forward), for each D:S case
   # of XF_NCU_CASES (non-causal: the bench's first launch); the clocks are left alone (device METHOD.md). Logs:
-  # ncu_<backend>_<D>_<S>.{run,details,source}.log.
+  # ncu_<backend>_<D>_<S>.{run,details,source}.log. XF_NCU_SKIP=N profiles the launch after the first N matching ones
+  # instead: with one backend, each case launches the forward 3 times non-causal (its first call, the forward's
+  # timing, the forward+backward's) before its causal ones, so XF_NCU_SKIP=3 profiles the causal forward. Environment
+  # switches reach the bench: e.g. XF_ATTENTION_SM90_STREAM=0 profiles the per-tile loop.
   for case in ${XF_NCU_CASES:-64:512 64:16384 128:512}; do
     IFS=: read -r d s <<<"$case"
     name="ncu_${XF_NCU_BACKEND:-native}_${d}_${s}"
     t=$(date +%s)
     # One profiled run into a report (kept off $OUT: it runs to megabytes), then both pages printed from it.
     rep="${TMPDIR:-/tmp}/$name"
-    ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" -c 1 -f -o "$rep" \
+    ncu --clock-control none --set full -k "regex:${XF_NCU_KERNEL:-fwd_sm90}" --launch-skip "${XF_NCU_SKIP:-0}" -c 1 \
+      -f -o "$rep" \
       "$BUILD/xfrun_bench_attention" --backends "${XF_NCU_BACKEND:-native}" --D "$d" --S "$s" --reps 1 \
       --warmup 0 >"$OUT/$name.run.log" 2>&1
     rc=$?
@@ -228,6 +232,8 @@ if has ncu; then
     note "ncu ${XF_NCU_BACKEND:-native} $case: rc=$rc ($(( $(date +%s) - t )) s)"
     grep -E "^  [a-z_].*\(|^    (Grid Size|Block Size|Dynamic Shared Memory Per Block|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Registers Per Thread|Achieved Occupancy)" \
       "$OUT/$name.details.log" | head -16 | tee -a "$SUMMARY"
+    # Where the warps stall: the reasons and the SASS lines with the most samples (tools/ncu_source_summary.py).
+    python3 tools/ncu_source_summary.py "$OUT/$name.source.log" --top 8 2>&1 | tee -a "$SUMMARY"
   done
 fi
 
