@@ -359,99 +359,99 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         epilogue(cur);
       }
     } else {
-    int it = 0, qn = 0;
-    for (int k = 0;; ++k) {
-      const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
-      if (u == TileOrder<BM>::kEnd) break;
-      if (u == TileOrder<BM>::kNone) continue;
-      const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-      const TileRange tr = mask.key_tiles(q0, BM, BN);  // may be empty: a block that sees no key
-      const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
-      const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
-      const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
-      m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-      const int qb = qn % kQStages;
-      if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
-      // S of tile j is in s: the last one releases Q (the producer loads the tile after next's); mask; online softmax;
-      // O *= alpha; P -> 16-bit fragments.
-      auto softmax = [&](int j) {
-        if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(qb));
-        softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN, lane,
-                                        a.scale_log2);
-      };
-      // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
-      auto issue_scores = [&](int j) {
-        const int st = (it + j) % kStages;
-        mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
-        wgmma_fence();
-        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo),
-                                   sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
-        wgmma_commit();
-      };
-      // O += P V(j); release stage j once the wgmma is complete.
-      auto accumulate = [&](int j) {
-        const int st = (it + j) % kStages;
-        mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
-        wgmma_fence();
-        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(o);
-        if (lane == 0) mbar_arrive(bar_empty(st));
-      };
-      auto await_scores = [&]() {
-        wgmma_wait<0>();
-        reg_fence(s);
-      };
-      if constexpr (!kPingpong) {
-        for (int j = 0; j < tr.count; ++j) {
-          issue_scores(j);
+      int it = 0, qn = 0;
+      for (int k = 0;; ++k) {
+        const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+        if (u == TileOrder<BM>::kEnd) break;
+        if (u == TileOrder<BM>::kNone) continue;
+        const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
+        const TileRange tr = mask.key_tiles(q0, BM, BN);  // may be empty: a block that sees no key
+        const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
+        const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
+        const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
+        m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
+  #pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+        const int qb = qn % kQStages;
+        if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
+        // S of tile j is in s: the last one releases Q (the producer loads the tile after next's into it); mask;
+        // online softmax; O *= alpha; P -> 16-bit fragments.
+        auto softmax = [&](int j) {
+          if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(qb));
+          softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN, lane,
+                                          a.scale_log2);
+        };
+        // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
+        auto issue_scores = [&](int j) {
+          const int st = (it + j) % kStages;
+          mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
+          wgmma_fence();
+          qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo),
+                                     sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
+          wgmma_commit();
+        };
+        // O += P V(j); release stage j once the wgmma is complete.
+        auto accumulate = [&](int j) {
+          const int st = (it + j) % kStages;
+          mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
+          wgmma_fence();
+          rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
+          wgmma_commit();
+          wgmma_wait<0>();
+          reg_fence(o);
+          if (lane == 0) mbar_arrive(bar_empty(st));
+        };
+        auto await_scores = [&]() {
+          wgmma_wait<0>();
+          reg_fence(s);
+        };
+        if constexpr (!kPingpong) {
+          for (int j = 0; j < tr.count; ++j) {
+            issue_scores(j);
+            await_scores();
+            softmax(j);
+            accumulate(j);
+          }
+        } else if (tr.count > 0) {
+          // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
+          // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the others run their softmax. Named
+          // barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the
+          // previous one's 128 arrivals) before its GEMMs and, once they are issued, signals the next one's (w + 1;
+          // the last one's next is 0). The last warpgroup signals first so that warpgroup 0 starts, and skips its last
+          // signal: each bar.sync then meets exactly one set of arrivals. kRealignBarrier keeps a persistent CTA's
+          // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
+          // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
+          // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
+          issue_scores(0);
           await_scores();
-          softmax(j);
-          accumulate(j);
-        }
-      } else if (tr.count > 0) {
-        // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
-        // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the others run their softmax. Named
-        // barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the
-        // previous one's 128 arrivals) before its GEMMs and, once they are issued, signals the next one's (w + 1;
-        // the last one's next is 0). The last warpgroup signals first so that warpgroup 0 starts, and skips its last
-        // signal: each bar.sync then meets exactly one set of arrivals. kRealignBarrier keeps a persistent CTA's
-        // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
-        // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
-        // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
-        issue_scores(0);
-        await_scores();
-        softmax(0);
-        named_barrier_sync(kRealignBarrier, 128 * kConsumers);
-        if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
-        for (int j = 0; j + 1 < tr.count; ++j) {
+          softmax(0);
+          named_barrier_sync(kRealignBarrier, 128 * kConsumers);
+          if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
+          for (int j = 0; j + 1 < tr.count; ++j) {
+            named_barrier_sync(kSchedBarrier + cw, 256);
+            accumulate(j);
+            issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in the others'
+            named_barrier_arrive(kSchedBarrier + next, 256);
+            await_scores();
+            softmax(j + 1);
+          }
           named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(j);
-          issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in the others'
-          named_barrier_arrive(kSchedBarrier + next, 256);
-          await_scores();
-          softmax(j + 1);
+          accumulate(tr.count - 1);
+          // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
+          // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
+          if (kConsumers == 2 ? cw == 0 : cw != kLast)
+            named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
         }
-        named_barrier_sync(kSchedBarrier + cw, 256);
-        accumulate(tr.count - 1);
-        // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
-        // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
-        if (kConsumers == 2 ? cw == 0 : cw != kLast)
-          named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
+        it += tr.count;
+        if constexpr (!stages_o<D>()) {
+          store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0),
+                                 lse_rows(q0, h, b));
+          continue;
+        }
+        named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
+                            min(BM, a.Sq - q0), lse_rows(q0, h, b));
       }
-      it += tr.count;
-      if constexpr (!stages_o<D>()) {
-        store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0),
-                               lse_rows(q0, h, b));
-        continue;
-      }
-      named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
-      store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
-                          min(BM, a.Sq - q0), lse_rows(q0, h, b));
-    }
     }
   }
 #endif
