@@ -7,8 +7,9 @@
       a line, addresses dropped and anonymous-namespace names normalised, so that two builds compare with cmp/diff.
   tools/sass_stats.py stats OUTDIR [--filter TEXT]
       a line per kernel: instructions, the innermost loop that issues wgmma (HGMMA) or mma (HMMA) and, in it, the
-      uniform-datapath instructions (U*, R2UR), MUFU, tensor instructions and local-memory accesses (LDL/STL), and
-      the kernel's local-memory accesses in all.
+      uniform-datapath instructions (U*, R2UR), MUFU, tensor instructions and local-memory accesses (LDL/STL), the
+      kernel's local-memory accesses in all, and the MUFU lead (instructions from the loop's first FMNMX to the first
+      MUFU after it: how long a softmax keeps the MUFU unit waiting).
   tools/sass_stats.py diff OUTDIR_A OUTDIR_B
       which kernels' SASS is identical, different, or only on one side.
 
@@ -103,8 +104,20 @@ def kernel_stats(instrs):
             "mufu": ops.count("MUFU"),
             "tensor": sum(1 for o in ops if o in ("HGMMA", "HMMA")),
             "local": sum(1 for o in ops if o in ("LDL", "STL")),
+            "mufu_lead": mufu_lead(ops),
         }
     return row
+
+
+def mufu_lead(ops):
+    """Instructions from the loop's first FMNMX (a softmax's row max begins) to the first MUFU after it (its
+    exponentials begin), or None without both. The MUFU stream is what an attention softmax waits on (a warp's
+    exponentials take 8 cycles each on a scheduler's MUFU unit), so this lead is time the unit sits idle
+    (docs/attention.md, open items)."""
+    first_max = next((i for i, o in enumerate(ops) if o == "FMNMX"), None)
+    if first_max is None:
+        return None
+    return next((i - first_max for i, o in enumerate(ops) if i > first_max and o == "MUFU"), None)
 
 
 def read_dir(outdir):
@@ -131,16 +144,17 @@ def cmd_dump(args):
 
 
 def cmd_stats(args):
-    print("| kernel | instructions | local | tile loop | uniform | MUFU | tensor | local in loop |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| kernel | instructions | local | tile loop | uniform | MUFU | tensor | local in loop | MUFU lead |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, instrs in read_dir(args.outdir).items():
         if args.filter and args.filter not in name:
             continue
         r = kernel_stats(instrs)
         lp = r["loop"] or {}
-        print("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lead = lp.get("mufu_lead")
+        print("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             name, r["instructions"], r["local"], lp.get("length", "-"), lp.get("uniform", "-"), lp.get("mufu", "-"),
-            lp.get("tensor", "-"), lp.get("local", "-")))
+            lp.get("tensor", "-"), lp.get("local", "-"), "-" if lead is None else lead))
 
 
 def cmd_diff(args):
