@@ -238,6 +238,30 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
                                      static_cast<int64_t>(q0) * a.os.seq);
     };
     auto lse_rows = [&](int q0, int h, int b) { return a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0; };
+    // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
+    // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.
+    auto issue_scores = [&](int qb, int use) {
+      const int st = use % kStages;
+      mbar_wait(bar_kfull(st), (use / kStages) & 1);
+      wgmma_fence();
+      qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
+      wgmma_commit();
+    };
+    auto await_scores = [&]() {
+      wgmma_wait<0>();
+      reg_fence(s);
+    };
+    // O += P V of the stage once V has landed; the stage is released once the wgmma is complete.
+    auto accumulate = [&](int use) {
+      const int st = use % kStages;
+      mbar_wait(bar_vfull(st), (use / kStages) & 1);
+      wgmma_fence();
+      rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(o);
+      if (lane == 0) mbar_arrive(bar_empty(st));
+    };
     if constexpr (kStream) {
       // The CTA's tiles as one stream of key steps. At the last step of a tile the warpgroup issues the next tile's
       // first S = Q K^T together with its last O += P V (under ping-pong: in the same turn), and runs the epilogue
@@ -278,34 +302,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
         m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
       };
-      // S = Q K^T of step j of tile c (stage use `use`), issued, not waited for; step 0 first waits for the Q.
-      auto issue_scores = [&](const Tile& c, int j, int use) {
+      // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
+      auto issue_step = [&](const Tile& c, int j, int use) {
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
-        const int st = use % kStages;
-        mbar_wait(bar_kfull(st), (use / kStages) & 1);
-        wgmma_fence();
-        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + (c.qn % kQStages) * kQBufLo),
-                                   sw128_desc_of(k_lo + st * kStageLo));
-        wgmma_commit();
-      };
-      auto await_scores = [&]() {
-        wgmma_wait<0>();
-        reg_fence(s);
+        issue_scores(c.qn % kQStages, use);
       };
       auto softmax = [&](const Tile& c, int j) {
         softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
                                         a.scale_log2);
-      };
-      // O += P V of stage use `use`; the stage is released once the wgmma is complete.
-      auto accumulate = [&](int use) {
-        const int st = use % kStages;
-        mbar_wait(bar_vfull(st), (use / kStages) & 1);
-        wgmma_fence();
-        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(o);
-        if (lane == 0) mbar_arrive(bar_empty(st));
       };
       // O / l to T staged through the warpgroup's rows of the tile's own Q buffer (store_out: 16-byte coalesced
       // stores; straight from the registers, four-byte stores of half sectors, the streamed forward ran 0.82x-0.97x at
@@ -329,7 +333,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       if (next_tile(cur)) {
         int use = 0, j = 0;  // the step's stage use and its index in cur
         enter(cur);
-        issue_scores(cur, 0, use);
+        issue_step(cur, 0, use);
         await_scores();
         softmax(cur, 0);
         // Ping-pong: warpgroup 0 takes the first turn (the last one's signal); from there every warpgroup's turn is
@@ -345,7 +349,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
             if (!next_tile(nxt)) break;
             nj = 0;
           }
-          issue_scores(nxt, nj, use + 1);
+          issue_step(nxt, nj, use + 1);
           if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
           if (nj == 0) {  // a tile boundary: cur's epilogue runs under the next tile's first S = Q K^T
             epilogue(cur);
@@ -370,7 +374,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
         m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
         const int qb = qn % kQStages;
         if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
@@ -381,36 +385,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN, lane,
                                           a.scale_log2);
         };
-        // S = Q K(j)^T, issued (after K(j) has landed), not waited for.
-        auto issue_scores = [&](int j) {
-          const int st = (it + j) % kStages;
-          mbar_wait(bar_kfull(st), ((it + j) / kStages) & 1);
-          wgmma_fence();
-          qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo),
-                                     sw128_desc_of(k_lo + st * kStageLo));  // S = Q_wg K(j)^T
-          wgmma_commit();
-        };
-        // O += P V(j); release stage j once the wgmma is complete.
-        auto accumulate = [&](int j) {
-          const int st = (it + j) % kStages;
-          mbar_wait(bar_vfull(st), ((it + j) / kStages) & 1);
-          wgmma_fence();
-          rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));  // O += P V(j)
-          wgmma_commit();
-          wgmma_wait<0>();
-          reg_fence(o);
-          if (lane == 0) mbar_arrive(bar_empty(st));
-        };
-        auto await_scores = [&]() {
-          wgmma_wait<0>();
-          reg_fence(s);
-        };
         if constexpr (!kPingpong) {
           for (int j = 0; j < tr.count; ++j) {
-            issue_scores(j);
+            issue_scores(qb, it + j);
             await_scores();
             softmax(j);
-            accumulate(j);
+            accumulate(it + j);
           }
         } else if (tr.count > 0) {
           // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
@@ -422,21 +402,21 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
           // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
           // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
-          issue_scores(0);
+          issue_scores(qb, it + 0);
           await_scores();
           softmax(0);
           named_barrier_sync(kRealignBarrier, 128 * kConsumers);
           if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
           for (int j = 0; j + 1 < tr.count; ++j) {
             named_barrier_sync(kSchedBarrier + cw, 256);
-            accumulate(j);
-            issue_scores(j + 1);  // S(j + 1): issued in our turn, softmax in the others'
+            accumulate(it + j);
+            issue_scores(qb, it + (j + 1));  // S(j + 1): issued in our turn, softmax in the others'
             named_barrier_arrive(kSchedBarrier + next, 256);
             await_scores();
             softmax(j + 1);
           }
           named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(tr.count - 1);
+          accumulate(it + (tr.count - 1));
           // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
           // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
           if (kConsumers == 2 ? cw == 0 : cw != kLast)
