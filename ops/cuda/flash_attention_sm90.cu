@@ -402,7 +402,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           // tiles apart: the last warpgroup's first signal of a tile must not reach warpgroup 0 before its last wait
           // of the tile before (two arrivals would complete the barrier without it). The last tile is peeled off so
           // that no wgmma sits under a branch (ptxas serialises wgmmas in a path it cannot prove uniform: C7518).
-          issue_scores(qb, it + 0);
+          issue_scores(qb, it);
           await_scores();
           softmax(0);
           named_barrier_sync(kRealignBarrier, 128 * kConsumers);
