@@ -292,12 +292,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           return true;
         }
       };
-      // The mask's view of the softmax's tile: the keys of this thread's rows, and those every row of the tile sees.
-      KeyRange keys[2], common;
       auto enter = [&](const Tile& c) {
-        const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
-        keys[0] = mask.keys(row0), keys[1] = mask.keys(row0 + 8);
-        common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
         m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
@@ -307,7 +302,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
         issue_scores(c.qn % kQStages, use);
       };
+      // The mask's view of the softmax's tile (the keys of this thread's rows, and those every row of the tile sees),
+      // computed at each step from the tile rather than held across the stream loop: held, ptxas scheduled row 0's
+      // whole max and its 64 exponents' FFMAs before the first MUFU.EX2 (187-190 instructions in, against 99-101
+      // computed here; tools/sass_stats.py's "MUFU lead"), and the exponentials bunched after a late start.
       auto softmax = [&](const Tile& c, int j) {
+        const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
+        const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
+        const KeyRange common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
         softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
                                         a.scale_log2);
       };
