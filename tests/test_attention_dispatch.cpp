@@ -534,13 +534,16 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, true) == AttentionBackend::cudnn);
   CHECK(cuda::attention_backend_for(cctx(), R::native, a, false) == AttentionBackend::native);
   // Speed: at head dim 64 the native Hopper backward beats cuDNN's deterministic one from 512 keys without a mask
-  // and from 1024 causal (ops/cuda/attention_dispatch.cpp), so auto runs such a backward natively, after a forward
-  // on cuDNN; shorter rows and head dim 128 stay on cuDNN. Only where the Hopper backward would run (sm_90).
+  // and from 1024 causal, at head dim 256 from 1024 keys either way (ops/cuda/attention_dispatch.cpp), so auto runs
+  // such a backward natively, after a forward on cuDNN; shorter rows and head dim 128 stay on cuDNN. Only where the
+  // Hopper backward would run (sm_90).
   {
     auto open = fa_args(DType::bf16, 1, 2, 2, 512, 512, 64, 0.125, false);
     auto long_causal = fa_args(DType::bf16, 1, 2, 2, 1024, 1024, 64, 0.125, true);
     auto short_open = fa_args(DType::bf16, 2, 4, 2, 128, 128, 64, 0.125, false);
     auto wide = fa_args(DType::bf16, 1, 2, 2, 512, 512, 128, 0.088, false);
+    auto d256_causal = fa_args(DType::bf16, 1, 2, 2, 1024, 1024, 256, 0.0625, true);
+    auto d256_short = fa_args(DType::bf16, 1, 2, 2, 512, 512, 256, 0.0625, false);
     const bool hopper =
         cuda::flash_attention_sm90_backward_refusal(open, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)
             .empty();
@@ -550,9 +553,18 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, long_causal, true) == fast);
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, short_open, true) == AttentionBackend::cudnn);
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, wide, true) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, d256_causal, true) == fast);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, d256_causal, false) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, d256_short, true) == AttentionBackend::cudnn);
+    if (hopper) {
+      const auto s = cuda::attention_call_support(cctx(), R::automatic, d256_causal, true, false, true);
+      CHECK_MESSAGE(contains(s.cudnn_auto_veto, "at head dim 256 and 1024 keys the native Hopper backward is faster"),
+                    s.cudnn_auto_veto);
+    }
     CHECK(cuda::attention_backend_for(cctx(), R::cudnn, open, true) == AttentionBackend::cudnn);
     ScopedEnv atomic("XF_ATTENTION_DETERMINISTIC", "0");  // cuDNN's atomic backward: faster, so cuDNN
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, open, true) == AttentionBackend::cudnn);
+    CHECK(cuda::attention_backend_for(cctx(), R::automatic, d256_causal, true) == AttentionBackend::cudnn);
   }
   // A gradient of lse, a misaligned pointer: cuDNN cannot, native does.
   CHECK(cuda::attention_backend_for(cctx(), R::automatic, a, true, /*has_dlse=*/true) == AttentionBackend::native);

@@ -11,7 +11,7 @@
 // without a mask and under a causal band from 2048 keys), each with its default consumer loop (256-key tiles:
 // streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
-// also on 3 CTAs. Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
+// also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
 // (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
 #include <cstdint>
@@ -72,8 +72,10 @@ std::vector<FaProblem> sm90_problems() {
       window(causal(fa_problem(1, 2, 1, 300, 1000, 128), BR), 50, -1, BR),
       window(fa_problem(2, 2, 2, 257, 257, 64), 0, 0),              // the diagonal alone
       window(fa_problem(1, 2, 2, 65, 130, 128), -1, 3),             // a right bound only
-      fa_problem(1, 2, 1, 129, 257, 256),                           // head dim 256 (forward only: 64-key tiles)
+      fa_problem(1, 2, 1, 129, 257, 256),                           // head dim 256 (64-key tiles; MQA)
       causal(fa_problem(1, 2, 2, 300, 300, 256), TL),               // head dim 256 under a mask
+      causal(fa_problem(2, 4, 2, 127, 33, 256), BR),                // D 256: GQA, Sq > Sk, rows that see nothing
+      window(fa_problem(1, 2, 2, 257, 200, 256), 40, 17),           // D 256: a band skipping tiles on both sides
   };
   for (auto& p : r) p = with_scale(p);
   r.push_back(fa_problem(1, 2, 2, 129, 257, 64));  // a custom scale (3 / sqrt(D)): large logits
@@ -108,10 +110,10 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
                                                        kAligned, dk, kAligned);
   };
   CHECK(backward_refusal(ok, DType::bf16, kAligned) == why);
-  // Head dim 256: the forward's (the same reasons as above), the backward refuses it by name.
+  // Head dim 256: the forward's rule, and the backward's (its own kernels).
   const FaProblem d256 = with_scale(causal(fa_problem(1, 2, 2, 129, 129, 256), TL));
   CHECK(refusal(d256, DType::bf16) == why);
-  CHECK(contains(backward_refusal(d256, DType::bf16, kAligned), "head dim 256"));
+  CHECK(backward_refusal(d256, DType::bf16, kAligned) == why);
   CHECK(contains(backward_refusal(ok, DType::bf16, reinterpret_cast<const void*>(uintptr_t{258})), "16-byte aligned"));
   CHECK(contains(backward_refusal(drop, DType::bf16, kAligned), "dropout"));
 }
@@ -127,8 +129,8 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         CAPTURE(w);
         const std::string why = cuda::flash_attention_sm90_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned);
         // On a compute capability 9.0 device every problem here must take the Hopper kernels (else this tests the
-        // others twice; the backward follows the forward's rule, except at D = 256, where it runs the mma.sync
-        // kernels); elsewhere the test still holds the mma.sync kernels to the oracle.
+        // others twice; the backward follows the forward's rule); elsewhere the test still holds the mma.sync
+        // kernels to the oracle.
         CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0")), why);
         const FaInputs in32 = make_fa_inputs(p, 41 + static_cast<uint64_t>(p.Sq * 3 + p.Sk + p.D), DType::f32);
         std::vector<Tensor> gin, cin;
@@ -160,7 +162,8 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         // warpgroups and with 256-key tiles as well, each streamed (the default with 256-key tiles) and per tile;
         // then the mma.sync kernels. The backward does not depend on the forward's options: it runs with the
         // forward's defaults, its kernels by its own rule (these problems: one item per CTA), persistent and not
-        // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs.
+        // (XF_ATTENTION_SM90_BWD_PERSISTENT=1, 0), and persistent on 3 CTAs (D = 256 has one form, deterministic and
+        // one item per CTA: its configurations repeat it).
         struct Config {
           const char* sm90;
           const char* pingpong;

@@ -59,22 +59,27 @@ std::string describe(const FlashAttentionArgs& a, bool backward) {
                  a.dropout > 0 ? str_cat(" dropout=", a.dropout) : std::string());
 }
 
-// Whether auto runs a backward natively for speed although cuDNN could, measured on the H200 (2026-11-30, run 40:
-// cuDNN 9.14, both backwards deterministic, tools/bench_attention.cpp at hidden 768 and 2048, S 512 to 2048). At
-// head dim 64 our Hopper backward beat cuDNN's deterministic one by 7% at GPT-2's attention (B 16, H 12, S 1024,
-// causal), 15% at S 2048 causal and 9-25% without a mask from S 512 (from S 1024 with 32 heads the scratch budget
-// sends it native anyway); cuDNN stayed 3-4% ahead on causal rows of 512 keys and 5-35% ahead at head dim 128.
-// Shorter rows and windows were not measured and stay on cuDNN. cuDNN's atomic backward (XF_ATTENTION_DETERMINISTIC=0)
-// was 3% ahead at GPT-2's shape: the rule holds for the deterministic kind only. The Hopper backward must be the one
-// that would run (the device, the dtype, no bias, dropout or packed sequences; pointers are not looked at: cuDNN
-// needs the same 16-byte alignment as TMA).
+// Whether auto runs a backward natively for speed although cuDNN could, measured on the H200 (cuDNN 9.14, both
+// backwards deterministic, tools/bench_attention.cpp). Head dim 64 (2026-11-30, run 40; hidden 768 and 2048, S 512 to
+// 2048): our Hopper backward beat cuDNN's deterministic one by 7% at GPT-2's attention (B 16, H 12, S 1024, causal),
+// 15% at S 2048 causal and 9-25% without a mask from S 512 (from S 1024 with 32 heads the scratch budget sends it
+// native anyway); cuDNN stayed 3-4% ahead on causal rows of 512 keys and 5-35% ahead at head dim 128. Head dim 256
+// (2026-11-30, session 15's run 2; hidden 2048, S 512 to 16384, the backward alone): ours 1.06x-1.30x from S 1024 with
+// or without a causal mask, even at S 512 (1.01x, 0.99x causal); from S 4096 the scratch budget sends it native
+// anyway. Shorter rows and windows were not measured and stay on cuDNN. cuDNN's atomic backward
+// (XF_ATTENTION_DETERMINISTIC=0) was 3% ahead at GPT-2's shape and 0.94x-1.16x of ours at head dim 256: the rule holds
+// for the deterministic kind only. The Hopper backward must be the one that would run (the device, the dtype, no bias,
+// dropout or packed sequences; pointers are not looked at: cuDNN needs the same 16-byte alignment as TMA).
 #ifdef XF_HAVE_CUDNN_ATTENTION
-constexpr int64_t kNativeBackwardMinKeys = 512;         // without a mask: measured from S 512
-constexpr int64_t kNativeBackwardMinCausalKeys = 1024;  // causal: cuDNN was faster at 512, ours from 1024
+constexpr int64_t kNativeBackwardMinKeys = 512;         // head dim 64 without a mask: measured from S 512
+constexpr int64_t kNativeBackwardMinCausalKeys = 1024;  // head dim 64 causal: cuDNN was faster at 512, ours from 1024
+constexpr int64_t kNativeBackwardMinKeysD256 = 1024;    // head dim 256, either: even at 512, ours from 1024
 bool native_backward_faster(const FlashAttentionArgs& a, bool deterministic) {
   const bool windowed = a.window_left >= 0 || a.window_right >= 0;
-  return deterministic && a.D == 64 && !windowed &&
-         a.Sk >= (a.causal ? kNativeBackwardMinCausalKeys : kNativeBackwardMinKeys) &&
+  const int64_t min_keys = a.D == 64    ? (a.causal ? kNativeBackwardMinCausalKeys : kNativeBackwardMinKeys)
+                           : a.D == 256 ? kNativeBackwardMinKeysD256
+                                        : -1;  // head dim 128 and the rest: cuDNN
+  return deterministic && min_keys > 0 && !windowed && a.Sk >= min_keys &&
          flash_attention_sm90_backward_refusal(a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr).empty();
 }
 #endif
@@ -99,8 +104,8 @@ BackendSupport cudnn_direction_support(CudaContext& ctx, const FlashAttentionArg
     *veto = str_cat("its ", backward ? "backward" : "forward", " plan needs ", s.workspace_bytes >> 20,
                     " MiB of scratch, past auto's ", kAutoCudnnMaxWorkspaceBytes >> 20, " MiB budget");
   if (veto && veto->empty() && backward && native_backward_faster(a, a.deterministic))
-    *veto = "at head dim 64 the native Hopper backward is faster than cuDNN's deterministic one (H200, "
-            "ops/cuda/attention_dispatch.cpp)";
+    *veto = str_cat("at head dim ", a.D, " and ", a.Sk, " keys the native Hopper backward is faster than cuDNN's "
+                    "deterministic one (H200, ops/cuda/attention_dispatch.cpp)");
   return BackendSupport::yes();
 #else
   (void)ctx, (void)a, (void)backward, (void)has_dlse, (void)pointers_aligned, (void)veto;

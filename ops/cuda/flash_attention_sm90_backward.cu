@@ -1,18 +1,20 @@
 // The native attention backward on Hopper (sm_90a): the host side of the kernels in
 // ops/cuda/device/sm90/attention_backward.cuh (which describes them), promoted from the kernel lab's b3
-// (tools/lab/attention_wgmma_bwd.cu). launch_flash_attention_backward (ops/cuda/flash_attention.cu) sends a call here
-// when sm90_backward_refusal is empty (the forward's reach and switch without head dim 256: bf16 / f16, D 64 or 128,
-// every band, GQA, either layout, any Sq and Sk; no bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it
-// off), and to the mma.sync kernels (flash_attention_tc.cuh) otherwise. Each of the two main kernels runs one item
-// per CTA or persistent, whichever persistent_pays (below) says is faster for the problem. Without p.deterministic
-// (the atomic backward) the dK/dV kernel also sums dq (kFusedDq) into a zeroed f32 workspace, which a last kernel
-// converts, and there is no dQ kernel.
+// (tools/lab/attention_wgmma_bwd.cu), and of the head-dim-256 ones in ops/cuda/device/sm90/attention_backward_d256.cuh.
+// launch_flash_attention_backward (ops/cuda/flash_attention.cu) sends a call here when sm90_backward_refusal is empty
+// (the forward's reach and switch: bf16 / f16, D 64, 128 or 256, every band, GQA, either layout, any Sq and Sk; no
+// bias, dropout or packed sequences; XF_ATTENTION_SM90=0 turns it off), and to the mma.sync kernels
+// (flash_attention_tc.cuh) otherwise. At D 64 and 128 each of the two main kernels runs one item per CTA or
+// persistent, whichever persistent_pays (below) says is faster for the problem, and without p.deterministic (the
+// atomic backward) the dK/dV kernel also sums dq (kFusedDq) into a zeroed f32 workspace, which a last kernel converts,
+// and there is no dQ kernel. D = 256 runs one item per CTA, deterministic either way.
 #include <atomic>
 #include <cstdint>
 #include <string>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/sm90/attention_backward.cuh"
+#include "ops/cuda/device/sm90/attention_backward_d256.cuh"
 #include "ops/cuda/flash_attention_params.cuh"
 #include "runtime/env.h"
 
@@ -103,6 +105,35 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
 }
 
+// Head dim 256 (sm90/attention_backward_d256.cuh): Delta and lse2, then the dK/dV kernel on a CTA per 64 keys and the
+// dQ kernel on a CTA per 64 queries; deterministic whatever p.deterministic says (no atomic form).
+template <class T, bool kLower>
+void launch_d256(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+  constexpr int D = sm90::kSplitD, kBlock = sm90::kSplitBlock;
+  const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
+  sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
+      static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
+      args.Sq_pad, p.qs);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
+  launch_ws<sm90::bwd_dkdv_d256_kernel<T, kLower>>(
+      dim3(static_cast<unsigned>((p.Sk + kBlock - 1) / kBlock), static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B)),
+      sm90::SplitDkdvLayout<>::kBytes, args, stream);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV at head dim 256)");
+  launch_ws<sm90::bwd_dq_d256_kernel<T, kLower>>(
+      dim3(static_cast<unsigned>((p.Sq + kBlock - 1) / kBlock), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)),
+      sm90::SplitDqLayout<>::kBytes, args, stream);
+  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ at head dim 256)");
+}
+
+template <class T>
+void launch_d256_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
+  if (p.band.left >= 0) {
+    launch_d256<T, true>(args, p, delta, lse2, stream);
+  } else {
+    launch_d256<T, false>(args, p, delta, lse2, stream);
+  }
+}
+
 template <class T, int D>
 void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan,
                  cudaStream_t stream) {
@@ -115,36 +146,35 @@ void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2
 
 }  // namespace
 
-// Head dim 256 has a Hopper forward but no Hopper backward: a dK/dV consumer would hold dK and dV (2 x 128 fp32 a
-// thread) beside its tile's S^T and dP^T, over the 240 registers it gets.
-// Each is the forward's rule (sm90_problem_refusal, sm90_refusal: the latter runs the former first) after this check.
-constexpr const char* kHeadDim256Refusal = "head dim 256 (the Hopper backward's dK and dV do not fit its registers)";
+// The forward's rule (sm90_problem_refusal, sm90_refusal: the latter runs the former first): the backward takes
+// what the forward takes, head dim 256 included (its own kernels, attention_backward_d256.cuh).
+std::string sm90_backward_problem_refusal(const Params& p, DType dtype) { return sm90_problem_refusal(p, dtype); }
 
-std::string sm90_backward_problem_refusal(const Params& p, DType dtype) {
-  return p.D == 256 ? kHeadDim256Refusal : sm90_problem_refusal(p, dtype);
-}
+std::string sm90_backward_refusal(const Params& p, DType dtype) { return sm90_refusal(p, dtype); }
 
-std::string sm90_backward_refusal(const Params& p, DType dtype) {
-  return p.D == 256 ? kHeadDim256Refusal : sm90_refusal(p, dtype);
-}
+// Whether the call runs the atomic backward (dq summed into dq_accum): asked for, and not at head dim 256.
+bool atomic_dq(const Params& p) { return !p.deterministic && p.D != sm90::kSplitD; }
 
 size_t sm90_backward_workspace_bytes(const Params& p) {
   const size_t stats = 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2
-  return stats + (p.deterministic ? 0 : dq_accum_bytes(p));
+  return stats + (atomic_dq(p) ? dq_accum_bytes(p) : 0);
 }
 
 void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream) {
   BwdArgs args;
-  const int D = p.D, bm = D == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
+  const int D = p.D, d256 = D == sm90::kSplitD;
+  const int bm = d256 ? sm90::kSplitBlock : D == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
+  const int kvn = d256 ? sm90::kSplitBlock : sm90::kBwdBlockN;
   const int dqn = D == 64 ? sm90::dq_block_n<64>() : sm90::dq_block_n<128>();
   std::string why;
-  // The dK/dV kernel reads q, dout in tiles of bm queries and k, v in blocks of 128 keys; the dQ kernel (none in the
-  // atomic backward) q, dout in blocks of 128 queries and k, v in tiles of dqn keys.
+  // The dK/dV kernel reads q, dout in tiles of bm queries and k, v in blocks of kvn keys; the dQ kernel (none in the
+  // atomic backward) q, dout in blocks of 128 queries and k, v in tiles of dqn keys. At head dim 256 both kernels
+  // read 64-row boxes of every tensor (the first four maps).
   const bool ok = sm90_head_map(&args.tm_q_bm, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
                   sm90_head_map(&args.tm_do_bm, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
-                  sm90_head_map(&args.tm_k, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
-                  sm90_head_map(&args.tm_v, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, sm90::kBwdBlockN, &why) &&
-                  (!p.deterministic ||
+                  sm90_head_map(&args.tm_k, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, kvn, &why) &&
+                  sm90_head_map(&args.tm_v, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, kvn, &why) &&
+                  (!p.deterministic || d256 ||
                    (sm90_head_map(&args.tm_q128, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
                     sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
                     sm90_head_map(&args.tm_k_dq, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why) &&
@@ -156,7 +186,7 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.lse2 = lse2;
   args.delta = delta;
   // After Delta and lse2 (whose sizes are multiples of 512 bytes): 16-byte aligned, as the bulk reductions need.
-  if (!p.deterministic) args.dq_accum = lse2 + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
+  if (atomic_dq(p)) args.dq_accum = lse2 + static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   args.dq = p.dq;
   args.dk = p.dk;
   args.dv = p.dv;
@@ -171,6 +201,11 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.band = p.band;
   args.scale = p.scale;
   args.scale_log2 = p.scale_log2;
+  if (d256) {  // one item per CTA, deterministic
+    if (dtype == DType::bf16) launch_d256_band<__nv_bfloat16>(args, p, delta, lse2, stream);
+    else launch_d256_band<__half>(args, p, delta, lse2, stream);
+    return;
+  }
   // Persistent or one item per CTA, per kernel (persistent_pays); XF_ATTENTION_SM90_BWD_PERSISTENT=1 or 0 forces
   // one for both.
   const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");

@@ -258,6 +258,27 @@ __device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&a)[B
     for (int r = 0; r < 4; ++r) a[j][r] = pack2<T>(s[8 * j + 2 * r], s[8 * j + 2 * r + 1]);
 }
 
+// A warp's 16 rows of 16-bit A fragments (pack_p's layout: f[j][r] = rows row0 + lane / 4 + 8 (r & 1), columns
+// 16 j + 8 (r >> 1) + 2 (lane % 4), + 1) into a shared tile of 128-byte-swizzled rows (a [row][column] sw128 tile, row
+// stride 128 bytes, 64-column atoms atom_bytes apart: the layout TMA writes, and a wgmma K-major A when the columns are
+// the GEMM's K, or an MN-major one when they are its M), at rows row0 .. row0 + 15 (row0 % 8 == 0) and columns from
+// 16-byte chunk chunk0 (8 columns a chunk; even). One stmatrix per j: its four 8 x 8 matrices are f[j][0..3] (rows
+// +0 / +8, columns +0 / +8), lane l addressing row l % 8 of matrix l / 8: row row0 + 8 ((l / 8) & 1) + l % 8, chunk
+// c + l / 16 of atom c / 8 (c = chunk0 + 2 j, even: both chunks in one atom), stored at chunk (c % 8 + l / 16) ^
+// (row % 8) = (c % 8 + l / 16) ^ (l % 8) of the row.
+template <int N>
+__device__ __forceinline__ void store_frag_sw128(const uint32_t (&f)[N / 16][4], uint32_t tile, uint32_t atom_bytes,
+                                                 int row0, int chunk0, int lane) {
+  const int row = row0 + 8 * ((lane / 8) & 1) + lane % 8;
+  const uint32_t addr = tile + static_cast<uint32_t>(row * 128), hi = static_cast<uint32_t>(lane / 16),
+                 phase = static_cast<uint32_t>(lane % 8);
+#pragma unroll
+  for (int j = 0; j < N / 16; ++j) {
+    const int c = chunk0 + 2 * j;
+    stmatrix_x4(addr + (c / 8) * atom_bytes + ((((c % 8) + hi) ^ phase) << 4), f[j][0], f[j][1], f[j][2], f[j][3]);
+  }
+}
+
 // The forward's softmax step on one S tile of BN keys from key k0 (in s): hidden (query, key) -> -inf unless every row
 // of the CTA's tile sees the whole key tile (common = Mask::common_keys of its rows; keys = the thread's rows' keys,
 // mask_tile), the online softmax (m, l, alpha; chains: online_softmax's kChains), O *= alpha, and P -> the 16-bit A

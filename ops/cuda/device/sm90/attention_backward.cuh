@@ -178,20 +178,10 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
 // A tile's dS^T, this warpgroup's 64 keys x BM queries as the packed A fragments of dK += dS^T Q (pack_p's order:
 // ads[j][r] = keys 64 cw + 16 w + lane / 4 + 8 (r & 1), queries 16 j + 8 (r >> 1) + 2 (lane % 4), + 1), into the
 // CTA's [key][query] tile at `tile` (shared address; 128 keys x BM queries, sw128 atoms of 64 queries, 16 KB apart:
-// the layout TMA writes for such a tile), from which dQ = dS K reads dS as an MN-major A. One stmatrix per j: its
-// four 8 x 8 matrices are ads[j][0..3] (keys +0 / +8, queries +0 / +8), lane l addressing row l % 8 of matrix l / 8:
-// key 64 cw + 16 w + 8 ((l / 8) & 1) + l % 8, queries 16 j + 8 (l / 16) .. + 7, one 16-byte chunk c = (2 j + l / 16)
-// % 8 of atom j / 4, at position c ^ (key % 8) = c ^ (l % 8).
+// the layout TMA writes for such a tile), from which dQ = dS K reads dS as an MN-major A (store_frag_sw128).
 template <int BM>
 __device__ __forceinline__ void store_ds_t(const uint32_t (&ads)[BM / 16][4], uint32_t tile, int cw, int t) {
-  const int w = t / 32, lane = t % 32;
-  const int key = 64 * cw + 16 * w + 8 * ((lane / 8) & 1) + lane % 8;
-  const uint32_t row = tile + static_cast<uint32_t>(key * 128), hi = static_cast<uint32_t>(lane / 16),
-                 phase = static_cast<uint32_t>(lane % 8);
-#pragma unroll
-  for (int j = 0; j < BM / 16; ++j)
-    stmatrix_x4(row + (j / 4) * (kBwdBlockN * 128) + ((((2 * j + hi) % 8) ^ phase) << 4), ads[j][0], ads[j][1],
-                ads[j][2], ads[j][3]);
+  store_frag_sw128<BM>(ads, tile, kBwdBlockN * 128, 64 * cw + 16 * (t / 32), 0, t % 32);
 }
 
 // acc (64 queries x 64 columns of D, fp32, overwritten) = dS (64 queries x 128 keys) K (128 keys x 64 columns): A is
@@ -288,6 +278,69 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
   *reinterpret_cast<uint4*>(dq + b * qs.batch + h * qs.head + static_cast<int64_t>(q) * qs.seq + d) = o;
 }
 
+// The one-item dK/dV kernels' producer (one thread of the producer warpgroup; layout L: kK, kV, kQ, kDo, kLse, kDelta,
+// kBar, kTileKV, kTileQ, kTileTx, BM, BN): K and V of keys [n0, n0 + BN) of kv head hk once (barrier kv_full), then
+// for each of the n_tiles query tiles (j = g cnt + (m - first), tr = [first, first + cnt)) Q, dO, lse2 and Delta into
+// stage j % STAGES once its consumers have released it. Full boxes: rows past Sq or Sk are TMA's zeros.
+template <class L, int D, int STAGES>
+__device__ __forceinline__ void produce_dkdv_item(const BwdArgs& a, uint32_t base, int n0, int hk, int b,
+                                                  const fa::TileRange& tr, int n_tiles) {
+  constexpr int BM = L::BM, BN = L::BN;
+  const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
+  const uint32_t bar_kv = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+  mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);
+#pragma unroll
+  for (int at = 0; at < D / 64; ++at) {
+    tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
+    tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
+  }
+  for (int j = 0; j < n_tiles; ++j) {
+    const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
+    mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+    mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
+#pragma unroll
+    for (int at = 0; at < D / 64; ++at) {
+      tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
+      tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
+    }
+    const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
+    bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
+    bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+  }
+}
+
+// The one-item dQ kernels' producer (one thread; layout L: kQ, kDo, kK, kV, kBar, kTileQ, kTileKV, kBlockN): Q and dO
+// of queries [m0, m0 + BM) of head h once (barrier q_full; maps tm_q, tm_do of BM-row boxes), then the key tiles tr
+// of kv head hk (maps tm_k, tm_v of kBlockN-row boxes) into stage j % STAGES once its consumers have released it.
+template <class L, int D, int BM, int STAGES>
+__device__ __forceinline__ void produce_dq_item(uint32_t base, const CUtensorMap* tm_q, const CUtensorMap* tm_do,
+                                                const CUtensorMap* tm_k, const CUtensorMap* tm_v, int m0, int h, int hk,
+                                                int b, const fa::TileRange& tr) {
+  constexpr int BN = L::kBlockN;
+  const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
+  const uint32_t bar_q = base + L::kBar;
+  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
+  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
+#pragma unroll
+  for (int at = 0; at < D / 64; ++at) {
+    tma_load_4d(s_q + at * (BM * 128), tm_q, at * 64, m0, h, b, bar_q);
+    tma_load_4d(s_do + at * (BM * 128), tm_do, at * 64, m0, h, b, bar_q);
+  }
+  for (int j = 0; j < tr.count; ++j) {
+    const int st = j % STAGES, k0 = (tr.first + j) * BN;
+    mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
+    mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+#pragma unroll
+    for (int at = 0; at < D / 64; ++at) {
+      tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), tm_k, at * 64, k0, hk, b, bar_full(st));
+      tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), tm_v, at * 64, k0, hk, b, bar_full(st));
+    }
+  }
+}
+
 // dK / dV. CTA = keys [n0, n0 + 128) of kv head hk: grid (ceil(Sk / 128), Hk, B), kWsThreads threads,
 // DkdvLayout<D>::kBytes of dynamic shared memory.
 //   The query tiles it visits: Mask::query_tiles(n0, 128, BM) = [first, first + cnt) (those with a query that sees
@@ -343,27 +396,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   if (wg == 2) {
     // ---------------- producer warpgroup ----------------
     setmaxnreg_dec<kProducerRegs>();
-    if (tid == 256 && n_tiles > 0) {
-      mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);  // full boxes: rows past Sk are TMA's zeros
-#pragma unroll
-      for (int at = 0; at < D / 64; ++at) {
-        tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
-        tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
-      }
-      for (int j = 0; j < n_tiles; ++j) {
-        const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
-        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
-        mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
-#pragma unroll
-        for (int at = 0; at < D / 64; ++at) {
-          tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
-          tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
-        }
-        const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
-        bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
-        bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
-      }
-    }
+    if (tid == 256 && n_tiles > 0) produce_dkdv_item<L, D, STAGES>(a, base, n0, hk, b, tr, n_tiles);
     return;  // the producer's path must not rejoin the consumers'
   }
   // ---------------- consumer warpgroups ----------------
@@ -508,24 +541,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
 
   if (wg == 2) {
     setmaxnreg_dec<kProducerRegs>();
-    if (tid == 256 && tr.count > 0) {
-      mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
-#pragma unroll
-      for (int at = 0; at < D / 64; ++at) {
-        tma_load_4d(s_q + at * (kDqBlockM * 128), &a.tm_q128, at * 64, m0, h, b, bar_q);
-        tma_load_4d(s_do + at * (kDqBlockM * 128), &a.tm_do128, at * 64, m0, h, b, bar_q);
-      }
-      for (int j = 0; j < tr.count; ++j) {
-        const int st = j % STAGES, k0 = (tr.first + j) * BN;
-        mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
-        mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
-#pragma unroll
-        for (int at = 0; at < D / 64; ++at) {
-          tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bar_full(st));
-          tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bar_full(st));
-        }
-      }
-    }
+    if (tid == 256 && tr.count > 0)
+      produce_dq_item<L, D, kDqBlockM, STAGES>(base, &a.tm_q128, &a.tm_do128, &a.tm_k_dq, &a.tm_v_dq, m0, h, hk, b, tr);
     return;
   }
   setmaxnreg_inc<kConsumerRegs>();
