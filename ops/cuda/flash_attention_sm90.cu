@@ -492,14 +492,21 @@ void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
 // A/B over the D = 64 grid, two repeats each, within 1%): 3 consumers ran +5% to +12% from S = 4096 up (494 TFLOP/s
 // at S = 16384), but -8% to -30% at S <= 2048 under a causal mask and at S = 512 (a 192-row tile's diagonal and
 // tail waste more, and a CTA's few key tiles leave less to overlap); a short Sq wastes up to 191 rows a head.
+// Under a causal band (no left edge) three consumers start at kThreeConsumersMinCausal: session 15 (run 4, the same
+// kind of A/B, with the streamed 256-key loop and its MUFU-lead fix) had two consumers with 256-key tiles 1.02x the
+// forward of three at S = 4096 causal (436 against 429 TFLOP/s; spreads <= 0.2%), 1.00x at 8192 causal and
+// 0.99x-1.00x without a mask at 4096 and 8192.
 // XF_ATTENTION_SM90_CONSUMERS=2 or 3 forces one (D = 128 and 256 always have 2: 160 registers cannot hold their O, S
 // and P).
 constexpr int kThreeConsumersMin = 4096;
+constexpr int kThreeConsumersMinCausal = 8192;
 int consumers_for(const Params& p) {
   if (p.D != 64) return 2;
   const int forced = env_int("XF_ATTENTION_SM90_CONSUMERS", 0);
   if (forced == 2 || forced == 3) return forced;
-  return p.Sq >= kThreeConsumersMin && p.Sk >= kThreeConsumersMin ? 3 : 2;
+  const bool causal_band = !p.band.full() && p.band.left < 0;
+  const int min_len = causal_band ? kThreeConsumersMinCausal : kThreeConsumersMin;
+  return p.Sq >= min_len && p.Sk >= min_len ? 3 : 2;
 }
 
 // Keys per K/V tile (kBlockNWide's comment): 256 at D = 64 with two consumer warpgroups and either no mask or a band

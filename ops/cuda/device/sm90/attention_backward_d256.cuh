@@ -171,6 +171,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4) + cw * kSplitCols;
     const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4) + cw * kSplitCols;
     mbar_wait(bar_full(st), (j / STAGES) & 1);
+    // The thread's columns' lse2 and Delta (queries 8 q + 2 (lane % 4), + 1 of the warpgroup's 32), read before the
+    // GEMMs are issued: read after their wait, the exponent's FFMAs stalled on the shared loads (ncu, session 15's
+    // run 4: short-scoreboard stalls, 18% of the samples, the top FFMA lines).
+    float2 l2v[kSplitCols / 8], dlv[kSplitCols / 8];
+#pragma unroll
+    for (int q = 0; q < kSplitCols / 8; ++q) {
+      l2v[q] = *reinterpret_cast<const float2*>(lse_st + 8 * q + 2 * (lane % 4));
+      dlv[q] = *reinterpret_cast<const float2*>(dlt_st + 8 * q + 2 * (lane % 4));
+    }
 
     wgmma_fence();
     ss_gemm_desc<T, D, kSplitCols>(s, sw128_desc_of(k_lo), BN * 128, sw128_desc_of(q_lo + st * kStageLo), BM * 128);
@@ -184,7 +193,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     const int qc = m * BM + cw * kSplitCols + 2 * (lane % 4);
 #pragma unroll
     for (int i = 0; i < kSplitCols / 2; i += 2) {
-      const float2 l2 = *reinterpret_cast<const float2*>(lse_st + 8 * (i / 4) + 2 * (lane % 4));
+      const float2 l2 = l2v[i / 4];
       s[i] = ex2(fmaf(s[i], a.scale_log2, -l2.x));
       s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
       if (!full) {
@@ -197,7 +206,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     reg_fence(dp);
 #pragma unroll
     for (int i = 0; i < kSplitCols / 2; i += 2) {  // dS^T in place of dP^T
-      const float2 dl = *reinterpret_cast<const float2*>(dlt_st + 8 * (i / 4) + 2 * (lane % 4));
+      const float2 dl = dlv[i / 4];
       dp[i] = s[i] * (dp[i] - dl.x);
       dp[i + 1] = s[i + 1] * (dp[i + 1] - dl.y);
     }
