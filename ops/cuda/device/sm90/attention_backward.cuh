@@ -278,36 +278,70 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
   *reinterpret_cast<uint4*>(dq + b * qs.batch + h * qs.head + static_cast<int64_t>(q) * qs.seq + d) = o;
 }
 
-// The one-item dK/dV kernels' producer (one thread of the producer warpgroup; layout L: kK, kV, kQ, kDo, kLse, kDelta,
-// kBar, kTileKV, kTileQ, kTileTx, BM, BN): K and V of keys [n0, n0 + BN) of kv head hk once (barrier kv_full), then
-// for each of the n_tiles query tiles (j = g cnt + (m - first), tr = [first, first + cnt)) Q, dO, lse2 and Delta into
-// stage j % STAGES once its consumers have released it. Full boxes: rows past Sq or Sk are TMA's zeros.
+// The backward kernels' setup, by thread 0 before the CTA's one __syncthreads: the four tensor maps prefetched; at
+// `bar` (the layout's kBar) the once-loaded operands' full barrier (1 arrival: the producer's arrive.expect_tx; the
+// bytes complete it), full[st] (1, the same) and empty[st] (8: lane 0 of each of the 8 consumer warps) at
+// bar + 8 (1 + st) and bar + 8 (1 + STAGES + st), and with kOnceEmpty (the persistent kernels) the once-loaded
+// operands' empty barrier at bar + 8 (1 + 2 STAGES) (8: lane 0 of each consumer warp, after the item's last reader).
+template <int STAGES, bool kOnceEmpty = false>
+__device__ __forceinline__ void init_pipeline(uint32_t bar, const CUtensorMap* m0, const CUtensorMap* m1,
+                                              const CUtensorMap* m2, const CUtensorMap* m3) {
+  tma_prefetch_map(m0);
+  tma_prefetch_map(m1);
+  tma_prefetch_map(m2);
+  tma_prefetch_map(m3);
+  mbar_init(bar, 1);
+  if constexpr (kOnceEmpty) mbar_init(bar + 8 * (1 + 2 * STAGES), 8);
+  for (int st = 0; st < STAGES; ++st) {
+    mbar_init(bar + 8 * (1 + st), 1);
+    mbar_init(bar + 8 * (1 + STAGES + st), 8);
+  }
+  mbar_init_fence();
+}
+
+// The dK/dV kernels' loads (one producer thread; layout L: kK, kV, kQ, kDo, kLse, kDelta, kTileKV, kTileQ, kTileTx,
+// BM, BN). load_key_block: K and V of keys [n0, n0 + BN) of kv head hk, completing barrier `bar` (the caller has
+// armed nothing: this arms it). load_query_tile: query tile m of head h (Q, dO, lse2, Delta) into stage st, completing
+// full barrier `full`. Full boxes: rows past Sq or Sk are TMA's zeros.
+template <class L, int D>
+__device__ __forceinline__ void load_key_block(const BwdArgs& a, uint32_t base, int n0, int hk, int b, uint32_t bar) {
+  constexpr int BN = L::BN;
+  mbar_arrive_expect_tx(bar, 2 * L::kTileKV);
+#pragma unroll
+  for (int at = 0; at < D / 64; ++at) {
+    tma_load_4d(base + L::kK + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar);
+    tma_load_4d(base + L::kV + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar);
+  }
+}
+template <class L, int D>
+__device__ __forceinline__ void load_query_tile(const BwdArgs& a, uint32_t base, int st, int m, int h, int b,
+                                                uint32_t full) {
+  constexpr int BM = L::BM;
+  mbar_arrive_expect_tx(full, L::kTileTx);
+#pragma unroll
+  for (int at = 0; at < D / 64; ++at) {
+    tma_load_4d(base + L::kQ + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, full);
+    tma_load_4d(base + L::kDo + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, full);
+  }
+  const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
+  bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, full);
+  bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, full);
+}
+
+// The one-item dK/dV kernels' producer (one thread of the producer warpgroup): K and V of keys [n0, n0 + BN) of kv
+// head hk once (barrier kv_full at L::kBar), then for each of the n_tiles query tiles (j = g cnt + (m - first),
+// tr = [first, first + cnt)) its loads into stage j % STAGES once its consumers have released it.
 template <class L, int D, int STAGES>
 __device__ __forceinline__ void produce_dkdv_item(const BwdArgs& a, uint32_t base, int n0, int hk, int b,
                                                   const fa::TileRange& tr, int n_tiles) {
-  constexpr int BM = L::BM, BN = L::BN;
-  const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
   const uint32_t bar_kv = base + L::kBar;
   auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
   auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
-  mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);
-#pragma unroll
-  for (int at = 0; at < D / 64; ++at) {
-    tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
-    tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
-  }
+  load_key_block<L, D>(a, base, n0, hk, b, bar_kv);
   for (int j = 0; j < n_tiles; ++j) {
     const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
     mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
-    mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
-#pragma unroll
-    for (int at = 0; at < D / 64; ++at) {
-      tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
-      tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
-    }
-    const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
-    bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
-    bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+    load_query_tile<L, D>(a, base, st, m, h, b, bar_full(st));
   }
 }
 
@@ -379,18 +413,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   const fa::TileRange tr = mask.query_tiles(n0, BN, BM);  // the query tiles of one head that see a key of the block
   const int n_tiles = tr.count * a.G;                     // ... for each of the G query heads of kv head hk
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q_bm);
-    tma_prefetch_map(&a.tm_do_bm);
-    tma_prefetch_map(&a.tm_k);
-    tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_kv, 1);
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
-      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES>(bar_kv, &a.tm_q_bm, &a.tm_do_bm, &a.tm_k, &a.tm_v);
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
   if (wg == 2) {
@@ -525,18 +548,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
   const fa::TileRange tr = mask.key_tiles(m0, kDqBlockM, BN);  // may be empty: no query of the block sees a key
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q128);
-    tma_prefetch_map(&a.tm_do128);
-    tma_prefetch_map(&a.tm_k_dq);
-    tma_prefetch_map(&a.tm_v_dq);
-    mbar_init(bar_q, 1);
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);
-      mbar_init(bar_empty(st), 8);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES>(bar_q, &a.tm_q128, &a.tm_do128, &a.tm_k_dq, &a.tm_v_dq);
   __syncthreads();
 
   if (wg == 2) {
@@ -665,19 +677,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
   const int grid = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q_bm);
-    tma_prefetch_map(&a.tm_do_bm);
-    tma_prefetch_map(&a.tm_k);
-    tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_kv, 1);
-    mbar_init(bar_kv_empty, 8);  // lane 0 of each consumer warp, after the item's last S^T / dP^T
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
-      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES, true>(bar_kv, &a.tm_q_bm, &a.tm_do_bm, &a.tm_k, &a.tm_v);
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
   if (wg == 2) {
@@ -694,24 +694,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
         const int n_tiles = tr.count * a.G;                     // ... for each of the G query heads of kv head hk
         if (n_tiles == 0) continue;
         mbar_wait(bar_kv_empty, (kn++ & 1) ^ 1);  // the previous item's last S^T, dP^T are done
-        mbar_arrive_expect_tx(bar_kv, 2 * L::kTileKV);  // full boxes: rows past Sk are TMA's zeros
-#pragma unroll
-        for (int at = 0; at < D / 64; ++at) {
-          tma_load_4d(s_k + at * (BN * 128), &a.tm_k, at * 64, n0, hk, b, bar_kv);
-          tma_load_4d(s_v + at * (BN * 128), &a.tm_v, at * 64, n0, hk, b, bar_kv);
-        }
+        load_key_block<L, D>(a, base, n0, hk, b, bar_kv);
         for (int j = 0; j < n_tiles; ++j, ++it) {
           const int st = it % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
           mbar_wait(bar_empty(st), ((it / STAGES) & 1) ^ 1);
-          mbar_arrive_expect_tx(bar_full(st), L::kTileTx);
-#pragma unroll
-          for (int at = 0; at < D / 64; ++at) {
-            tma_load_4d(s_q + st * L::kTileQ + at * (BM * 128), &a.tm_q_bm, at * 64, m * BM, h, b, bar_full(st));
-            tma_load_4d(s_do + st * L::kTileQ + at * (BM * 128), &a.tm_do_bm, at * 64, m * BM, h, b, bar_full(st));
-          }
-          const int64_t lrow = (static_cast<int64_t>(b) * a.H + h) * a.Sq_pad + m * BM;  // (m + 1) BM <= Sq_pad
-          bulk_load_1d(base + L::kLse + st * BM * 4, a.lse2 + lrow, BM * 4, bar_full(st));
-          bulk_load_1d(base + L::kDelta + st * BM * 4, a.delta + lrow, BM * 4, bar_full(st));
+          load_query_tile<L, D>(a, base, st, m, h, b, bar_full(st));
         }
       }
     }
@@ -859,19 +846,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
   const int grid = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q128);
-    tma_prefetch_map(&a.tm_do128);
-    tma_prefetch_map(&a.tm_k_dq);
-    tma_prefetch_map(&a.tm_v_dq);
-    mbar_init(bar_q, 1);
-    mbar_init(bar_q_empty, 8);  // lane 0 of each consumer warp, after the item's last S / dP
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);
-      mbar_init(bar_empty(st), 8);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES, true>(bar_q, &a.tm_q128, &a.tm_do128, &a.tm_k_dq, &a.tm_v_dq);
   __syncthreads();
 
   if (wg == 2) {

@@ -115,18 +115,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
   const fa::TileRange tr = mask.query_tiles(n0, BN, BM);  // the query tiles of one head that see a key of the block
   const int n_tiles = tr.count * a.G;                     // ... for each of the G query heads of kv head hk
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q_bm);
-    tma_prefetch_map(&a.tm_do_bm);
-    tma_prefetch_map(&a.tm_k);
-    tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_kv, 1);
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);   // the producer's arrive.expect_tx; the bytes complete it
-      mbar_init(bar_empty(st), 8);  // lane 0 of each of the 8 consumer warps
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES>(bar_kv, &a.tm_q_bm, &a.tm_do_bm, &a.tm_k, &a.tm_v);
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
   if (wg == 2) {
@@ -258,18 +247,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_d256_kernel(const __grid
   const fa::Mask<kLower> mask(a.band, a.Sq, a.Sk);
   const fa::TileRange tr = mask.key_tiles(m0, BM, BN);  // may be empty: no query of the block sees a key
 
-  if (tid == 0) {
-    tma_prefetch_map(&a.tm_q_bm);
-    tma_prefetch_map(&a.tm_do_bm);
-    tma_prefetch_map(&a.tm_k);
-    tma_prefetch_map(&a.tm_v);
-    mbar_init(bar_q, 1);
-    for (int st = 0; st < STAGES; ++st) {
-      mbar_init(bar_full(st), 1);
-      mbar_init(bar_empty(st), 8);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) init_pipeline<STAGES>(bar_q, &a.tm_q_bm, &a.tm_do_bm, &a.tm_k, &a.tm_v);
   __syncthreads();
 
   if (wg == 2) {
