@@ -79,13 +79,19 @@ void launch_role(const Order& order, int ctas, int B, int smem, const BwdArgs& a
                         smem, args, stream);
 }
 
-template <class T, int D, bool kLower>
-void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
+// Delta and lse2 into their workspaces (bwd_prep_kernel), the first kernel of every backward here.
+template <class T, int D>
+void launch_prep(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
       args.Sq_pad, p.qs);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
+}
+
+template <class T, int D, bool kLower>
+void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
+  launch_prep<T, D>(args, p, delta, lse2, stream);
   if (args.dq_accum) {  // the atomic backward: dK, dV and dq's sums in one kernel, then dq from the sums
     XF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, dq_accum_bytes(p), stream));
     launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower, true>, sm90::bwd_dkdv_kernel<T, D, kLower, true>>(
@@ -109,12 +115,8 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
 // dQ kernel on a CTA per 64 queries; deterministic whatever p.deterministic says (no atomic form).
 template <class T, bool kLower>
 void launch_d256(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
-  constexpr int D = sm90::kSplitD, kBlock = sm90::kSplitBlock;
-  const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
-  sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
-      static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
-      args.Sq_pad, p.qs);
-  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
+  constexpr int kBlock = sm90::kSplitBlock;
+  launch_prep<T, sm90::kSplitD>(args, p, delta, lse2, stream);
   launch_ws<sm90::bwd_dkdv_d256_kernel<T, kLower>>(
       dim3(static_cast<unsigned>((p.Sk + kBlock - 1) / kBlock), static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B)),
       sm90::SplitDkdvLayout<>::kBytes, args, stream);
@@ -144,6 +146,9 @@ void launch_band(const BwdArgs& args, const Params& p, float* delta, float* lse2
   }
 }
 
+// Whether the call runs the atomic backward (dq summed into dq_accum): asked for, and not at head dim 256.
+bool atomic_dq(const Params& p) { return !p.deterministic && p.D != sm90::kSplitD; }
+
 }  // namespace
 
 // The forward's rule (sm90_problem_refusal, sm90_refusal: the latter runs the former first): the backward takes
@@ -152,9 +157,6 @@ std::string sm90_backward_problem_refusal(const Params& p, DType dtype) { return
 
 std::string sm90_backward_refusal(const Params& p, DType dtype) { return sm90_refusal(p, dtype); }
 
-// Whether the call runs the atomic backward (dq summed into dq_accum): asked for, and not at head dim 256.
-bool atomic_dq(const Params& p) { return !p.deterministic && p.D != sm90::kSplitD; }
-
 size_t sm90_backward_workspace_bytes(const Params& p) {
   const size_t stats = 2 * static_cast<size_t>(p.B) * p.H * padded_rows(p) * sizeof(float);  // Delta, lse2
   return stats + (atomic_dq(p) ? dq_accum_bytes(p) : 0);
@@ -162,7 +164,8 @@ size_t sm90_backward_workspace_bytes(const Params& p) {
 
 void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStream_t stream) {
   BwdArgs args;
-  const int D = p.D, d256 = D == sm90::kSplitD;
+  const int D = p.D;
+  const bool d256 = D == sm90::kSplitD;
   const int bm = d256 ? sm90::kSplitBlock : D == 64 ? sm90::bwd_block_m<64>() : sm90::bwd_block_m<128>();
   const int kvn = d256 ? sm90::kSplitBlock : sm90::kBwdBlockN;
   const int dqn = D == 64 ? sm90::dq_block_n<64>() : sm90::dq_block_n<128>();
