@@ -89,50 +89,43 @@ void launch_prep(const BwdArgs& args, const Params& p, float* delta, float* lse2
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 }
 
+// The backward of one call: Delta and lse2, then the main kernels. Head dim 256 (sm90/attention_backward_d256.cuh):
+// the dK/dV kernel on a CTA per 64 keys and the dQ kernel on a CTA per 64 queries, deterministic whatever
+// p.deterministic says (no atomic form) and one item per CTA (plan unused).
 template <class T, int D, bool kLower>
 void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, const Plan& plan, cudaStream_t stream) {
   launch_prep<T, D>(args, p, delta, lse2, stream);
-  if (args.dq_accum) {  // the atomic backward: dK, dV and dq's sums in one kernel, then dq from the sums
-    XF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, dq_accum_bytes(p), stream));
-    launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower, true>, sm90::bwd_dkdv_kernel<T, D, kLower, true>>(
-        plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D, sm90::kBwdStages, true>::kBytes, args, stream);
-    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV, dQ sums)");
-    const int64_t threads = static_cast<int64_t>(p.B) * p.H * p.Sq * (D / 8);
-    sm90::bwd_dq_convert_kernel<T, D><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
-        args.dq_accum, static_cast<T*>(p.dq), p.B, p.H, p.Sq, args.Sq_pad, p.qs, p.scale);
-    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ from its sums)");
-    return;
-  }
-  launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, sm90::bwd_dkdv_kernel<T, D, kLower>>(
-      plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D>::kBytes, args, stream);
-  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
-  launch_role<sm90::bwd_dq_persistent_kernel<T, D, kLower>, sm90::bwd_dq_kernel<T, D, kLower>>(
-      plan.q, plan.q_ctas, p.B, sm90::DqLayout<D>::kBytes, args, stream);
-  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
-}
-
-// Head dim 256 (sm90/attention_backward_d256.cuh): Delta and lse2, then the dK/dV kernel on a CTA per 64 keys and the
-// dQ kernel on a CTA per 64 queries; deterministic whatever p.deterministic says (no atomic form).
-template <class T, bool kLower>
-void launch_d256(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
-  constexpr int kBlock = sm90::kSplitBlock;
-  launch_prep<T, sm90::kSplitD>(args, p, delta, lse2, stream);
-  launch_ws<sm90::bwd_dkdv_d256_kernel<T, kLower>>(
-      dim3(static_cast<unsigned>((p.Sk + kBlock - 1) / kBlock), static_cast<unsigned>(p.Hk), static_cast<unsigned>(p.B)),
-      sm90::SplitDkdvLayout<>::kBytes, args, stream);
-  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV at head dim 256)");
-  launch_ws<sm90::bwd_dq_d256_kernel<T, kLower>>(
-      dim3(static_cast<unsigned>((p.Sq + kBlock - 1) / kBlock), static_cast<unsigned>(p.H), static_cast<unsigned>(p.B)),
-      sm90::SplitDqLayout<>::kBytes, args, stream);
-  XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ at head dim 256)");
-}
-
-template <class T>
-void launch_d256_band(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
-  if (p.band.left >= 0) {
-    launch_d256<T, true>(args, p, delta, lse2, stream);
+  if constexpr (D == sm90::kSplitD) {
+    constexpr int kBlock = sm90::kSplitBlock;
+    launch_ws<sm90::bwd_dkdv_d256_kernel<T, kLower>>(
+        dim3(static_cast<unsigned>((p.Sk + kBlock - 1) / kBlock), static_cast<unsigned>(p.Hk),
+             static_cast<unsigned>(p.B)),
+        sm90::SplitDkdvLayout<>::kBytes, args, stream);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV at head dim 256)");
+    launch_ws<sm90::bwd_dq_d256_kernel<T, kLower>>(
+        dim3(static_cast<unsigned>((p.Sq + kBlock - 1) / kBlock), static_cast<unsigned>(p.H),
+             static_cast<unsigned>(p.B)),
+        sm90::SplitDqLayout<>::kBytes, args, stream);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ at head dim 256)");
+    (void)plan;
   } else {
-    launch_d256<T, false>(args, p, delta, lse2, stream);
+    if (args.dq_accum) {  // the atomic backward: dK, dV and dq's sums in one kernel, then dq from the sums
+      XF_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0, dq_accum_bytes(p), stream));
+      launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower, true>, sm90::bwd_dkdv_kernel<T, D, kLower, true>>(
+          plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D, sm90::kBwdStages, true>::kBytes, args, stream);
+      XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV, dQ sums)");
+      const int64_t threads = static_cast<int64_t>(p.B) * p.H * p.Sq * (D / 8);
+      sm90::bwd_dq_convert_kernel<T, D><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
+          args.dq_accum, static_cast<T*>(p.dq), p.B, p.H, p.Sq, args.Sq_pad, p.qs, p.scale);
+      XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ from its sums)");
+      return;
+    }
+    launch_role<sm90::bwd_dkdv_persistent_kernel<T, D, kLower>, sm90::bwd_dkdv_kernel<T, D, kLower>>(
+        plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D>::kBytes, args, stream);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV)");
+    launch_role<sm90::bwd_dq_persistent_kernel<T, D, kLower>, sm90::bwd_dq_kernel<T, D, kLower>>(
+        plan.q, plan.q_ctas, p.B, sm90::DqLayout<D>::kBytes, args, stream);
+    XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ)");
   }
 }
 
@@ -204,28 +197,27 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   args.band = p.band;
   args.scale = p.scale;
   args.scale_log2 = p.scale_log2;
-  if (d256) {  // one item per CTA, deterministic
-    if (dtype == DType::bf16) launch_d256_band<__nv_bfloat16>(args, p, delta, lse2, stream);
-    else launch_d256_band<__half>(args, p, delta, lse2, stream);
-    return;
-  }
   // Persistent or one item per CTA, per kernel (persistent_pays); XF_ATTENTION_SM90_BWD_PERSISTENT=1 or 0 forces
-  // one for both.
-  const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
-  const auto ctas = [&](const auto& order) {  // the kernel's items: m_tiles blocks of each of H heads of B entries
-    const int64_t items = static_cast<int64_t>(order.m_tiles) * order.H * p.B;
-    const bool persistent = forced >= 0 ? forced == 1 : persistent_pays(items, D, sms);
-    return persistent ? sm90_persistent_ctas(order.pairs) : 0;
-  };
+  // one for both. Head dim 256 has one item per CTA only (its launch reads no plan).
   Plan plan{sm90::dkdv_order(args), sm90::dq_order(args)};
-  plan.kv_ctas = ctas(plan.kv);
-  plan.q_ctas = ctas(plan.q);
+  if (!d256) {
+    const int sms = sm90_device_sms(), forced = env_forced("XF_ATTENTION_SM90_BWD_PERSISTENT");
+    const auto ctas = [&](const auto& order) {  // the kernel's items: m_tiles blocks of each of H heads of B entries
+      const int64_t items = static_cast<int64_t>(order.m_tiles) * order.H * p.B;
+      const bool persistent = forced >= 0 ? forced == 1 : persistent_pays(items, D, sms);
+      return persistent ? sm90_persistent_ctas(order.pairs) : 0;
+    };
+    plan.kv_ctas = ctas(plan.kv);
+    plan.q_ctas = ctas(plan.q);
+  }
   if (dtype == DType::bf16) {
     if (D == 64) launch_band<__nv_bfloat16, 64>(args, p, delta, lse2, plan, stream);
-    else launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);
+    else if (D == 128) launch_band<__nv_bfloat16, 128>(args, p, delta, lse2, plan, stream);
+    else launch_band<__nv_bfloat16, sm90::kSplitD>(args, p, delta, lse2, plan, stream);
   } else {
     if (D == 64) launch_band<__half, 64>(args, p, delta, lse2, plan, stream);
-    else launch_band<__half, 128>(args, p, delta, lse2, plan, stream);
+    else if (D == 128) launch_band<__half, 128>(args, p, delta, lse2, plan, stream);
+    else launch_band<__half, sm90::kSplitD>(args, p, delta, lse2, plan, stream);
   }
 }
 
