@@ -64,6 +64,7 @@ std::vector<std::pair<int64_t, int64_t>> norm_sizes() {
   for (int64_t C : {31, 33, 64, 768, 1000, 4099})
     for (int64_t rows : {1, 31, 257}) s.push_back({rows, C});
   for (int64_t C : {64, 768, 1000}) s.push_back({1000, C});
+  s.push_back({257, 384});  // 16-lane row groups of 3 packs (the encoder's 384-wide 16-bit rows)
   for (int64_t C : {2049, 4096})
     for (int64_t rows : {1, 31}) s.push_back({rows, C});
   s.push_back({3, 40000});

@@ -9,7 +9,7 @@
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B) or two source trees
 # (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
 # (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
 # XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
@@ -67,7 +67,7 @@ if has build; then
   t=$(date +%s)
   if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     tools/check_ptxas_log.sh "$OUT/build.log" 2>&1 | tee -a "$SUMMARY" || true  # serialised wgmmas, named
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
@@ -107,10 +107,10 @@ if has bench; then
 fi
 
 if has lab; then
-  # XF_LABS picks the labs (default: all of head_gemm qkv_gemm attention attention_bwd layernorm). Each lab prints "lab ..."
+  # XF_LABS picks the labs (default: all of head_gemm qkv_gemm attention attention_bwd layernorm norm_backward). Each lab prints "lab ..."
   # lines (into the summary); rc 1 = some case failed, 3 = a CUDA fault or a pipeline deadlock that stopped it (the
   # log's last lines name the kernel and case and, for a deadlock, the barrier).
-  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm} " == *" $1 "* ]]; }
+  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm norm_backward} " == *" $1 "* ]]; }
   # run_lab <log name> <title> <binary> [args...]
   run_lab() {
     local log="$OUT/$1.log" title=$2 bin=$3 t
@@ -135,6 +135,8 @@ if has lab; then
   # Residual LayerNorm forward variants vs a float64 reference and a copy of the same bytes (XF_LAB_LAYERNORM_ARGS
   # narrows it, e.g. "--variant v0,v2 --shape 384").
   lab_on layernorm && run_lab lab_layernorm "layernorm variants" xfrun_lab_layernorm ${XF_LAB_LAYERNORM_ARGS:-}
+  # The LayerNorm backward through its launcher (GPT-2's call, the dx kernel alone, other widths) against a copy.
+  lab_on norm_backward && run_lab lab_norm_backward "layernorm backward" xfrun_lab_norm_backward
 fi
 
 if has torch; then

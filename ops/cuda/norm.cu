@@ -6,11 +6,14 @@
 // cancellation), then y. Statistics in fp32, y rounded once. Rows longer than that (over 2048 packs: 16384
 // 16-bit elements, or C not a multiple of the vector width beyond 2048) take the streaming kernel: a block per
 // row that re-reads x (from L2) for each pass.
-// Backward: the same row groups compute dx per row from two row sums, sum(g) and sum(g * xhat), and
-// accumulate dy * xhat and dy for their columns in registers over all the rows they visit (row group g
-// takes rows g, g + G, g + 2G, ...). Each row group writes its partial dgamma/dbeta row (fp32) into the
-// scratch memory, and a column reduction (ops/cuda/rowwise.cuh, fixed order) sums the G partial rows: no
-// atomics, the same bits every run. G depends only on the sizes.
+// Backward: row groups compute dx per row from two row sums, sum(g) and sum(g * xhat), and accumulate
+// dy * xhat and dy for their columns over all the rows they visit (row group g takes rows g, g + G, g + 2G,
+// ...). Rows that fit kBwdGroupMaxPacks packs a lane in at most a warp take the forward's groups (8 to 32
+// lanes, several per 128-thread block, reductions by shuffles), keep those sums in shared memory and add the
+// block's groups in a fixed order at the end; longer rows take a block per row group (plan_rows), the sums in
+// registers. Each block (or group) writes its partial dgamma/dbeta row (fp32) into the scratch memory, and a
+// column reduction (ops/cuda/rowwise.cuh, fixed order) sums them: no atomics, the same bits every run. G
+// depends only on the sizes and the device.
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
@@ -27,37 +30,42 @@ namespace {
 // row's two reductions), fewer resident warps and less in flight. Groups up to a warp share 128-thread blocks
 // (four warps: enough rows per block to keep a launch's block count moderate).
 constexpr int kFwdMaxPacks = 4;
-constexpr int kFwdMinLanes = 8;
-constexpr int kFwdWarpBlockThreads = 128;
-struct FwdPlan {
+constexpr int kGroupMinLanes = 8;
+constexpr int kGroupBlockThreads = 128;
+struct GroupPlan {
   int lanes = 32;          // threads per row
-  int rows_per_block = 1;  // kFwdWarpBlockThreads / lanes for groups up to a warp, else 1
+  int rows_per_block = 1;  // kGroupBlockThreads / lanes for groups up to a warp, else 1
   int iters = 0;           // packs per thread, 1..kFwdMaxPacks; 0: too long (the streaming kernel)
   dim3 block() const { return dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(rows_per_block)); }
   unsigned grid(int64_t rows) const {
     return static_cast<unsigned>(std::clamp<int64_t>(ceil_div(rows, rows_per_block), 1, kMaxGrid));
   }
 };
-inline FwdPlan plan_forward(int64_t cols, int width) {
+// The fewest lanes (a power of two, at least kGroupMinLanes, at most max_lanes) that hold a row of `cols` in at most
+// max_packs packs each; iters 0 when none do.
+inline GroupPlan plan_groups(int64_t cols, int width, int max_packs, int max_lanes) {
   const int64_t packs = ceil_div(cols, width);
-  FwdPlan p;
-  if (packs > int64_t(kMaxRowThreads) * kFwdMaxPacks) return p;  // iters 0
-  const int64_t lanes = std::max<int64_t>(kFwdMinLanes, pow2_ceil(ceil_div(packs, kFwdMaxPacks)));
-  if (lanes > kMaxRowThreads) return p;  // iters 0
+  GroupPlan p;
+  if (packs > int64_t(max_lanes) * max_packs) return p;  // iters 0
+  const int64_t lanes = std::max<int64_t>(kGroupMinLanes, pow2_ceil(ceil_div(packs, max_packs)));
+  if (lanes > max_lanes) return p;  // iters 0
   p.lanes = static_cast<int>(lanes);
-  p.rows_per_block = lanes <= 32 ? kFwdWarpBlockThreads / p.lanes : 1;
+  p.rows_per_block = lanes <= 32 ? kGroupBlockThreads / p.lanes : 1;
   p.iters = static_cast<int>(ceil_div(packs, lanes));
   return p;
 }
-// Calls f(std::integral_constant<int, N>{}) for N = packs per thread, 1..kFwdMaxPacks.
-template <class F>
+inline GroupPlan plan_forward(int64_t cols, int width) { return plan_groups(cols, width, kFwdMaxPacks, kMaxRowThreads); }
+// Calls f(std::integral_constant<int, N>{}) for N = packs per thread, 1..kMax (kMax <= 4).
+template <int kMax, class F>
 void with_packs(int n, F&& f) {
-  switch (n) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-  }
+  static_assert(kMax >= 1 && kMax <= 4, "packs per thread: 1 to 4");
+  if (n == 1) return f(std::integral_constant<int, 1>{});
+  if constexpr (kMax >= 2)
+    if (n == 2) return f(std::integral_constant<int, 2>{});
+  if constexpr (kMax >= 3)
+    if (n == 3) return f(std::integral_constant<int, 3>{});
+  if constexpr (kMax >= 4)
+    if (n == 4) return f(std::integral_constant<int, 4>{});
   throw Error("cuda", str_cat("internal: no norm row kernel for ", n, " packs per thread"));
 }
 // Packs a backward thread holds: x and dy plus two fp32 accumulators per element (dgamma, dbeta), at most 16
@@ -68,8 +76,16 @@ constexpr int bwd_max_iters() {
   return W == 1 ? 8 : 16 / W;
 }
 // Least rows a backward row group visits, so its partial row (C fp32 per parameter) adds at most 1/8 of
-// the data it summarises to the memory traffic.
+// the data it summarises to the memory traffic. (The grouped kernel writes a partial row per block: the bound
+// is then on the block's rows.)
 constexpr int64_t kBwdMinRowsPerGroup = 8;
+// Packs a lane of the backward's grouped kernel holds (rows up to 32 x 3 packs: GPT-2's 768-wide bf16 row on a
+// warp, the encoder's 384 on 16 lanes): x, dy, dadd and gamma, 4 registers each per 16-bit pack, held across the
+// row's reductions (dev::keep_packed); the dgamma / dbeta sums live in shared memory. At 3 packs ptxas fits that in
+// 96 registers without spilling (2026-11-30, CUDA 13.0: 127 when allowed 128), so 5 blocks of 128 threads (20 rows
+// in flight) stay resident on an SM of 64K registers; 6 blocks (80 registers) spill.
+constexpr int kBwdGroupMaxPacks = 3;
+constexpr int kBwdGroupMinBlocks = 5;
 
 // ---- forward ------------------------------------------------------------------------------------------------
 
@@ -232,7 +248,7 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
   const float feps = static_cast<float>(eps);
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
-    const FwdPlan plan = plan_forward(C, W);
+    const GroupPlan plan = plan_forward(C, W);
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
       norm_forward_streaming_kernel<T, W, kRms>
@@ -240,7 +256,7 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
-    with_packs(plan.iters, [&](auto iters) {
+    with_packs<kFwdMaxPacks>(plan.iters, [&](auto iters) {
       norm_forward_kernel<T, W, decltype(iters)::value, kRms>
           <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");
@@ -337,6 +353,144 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
+// dst[i] += v[i]: one 16-byte shared-memory access for N = 4 (dst is then 16-byte aligned: the grouped kernel's
+// slices start at multiples of C floats, and C is a multiple of the pack width, 4 or 8, on the vector path).
+template <int N>
+__device__ __forceinline__ void add_to_shared(float* dst, const float (&v)[N]) {
+  if constexpr (N == 4) {
+    float4 t = *reinterpret_cast<float4*>(dst);
+    t.x += v[0];
+    t.y += v[1];
+    t.z += v[2];
+    t.w += v[3];
+    *reinterpret_cast<float4*>(dst) = t;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) dst[i] += v[i];
+  }
+}
+
+// Rows of up to a warp x kBwdGroupMaxPacks: row groups of blockDim.x lanes (8 to 32), blockDim.y of them per
+// block, as the forward's. The row loop's condition is uniform over the block (narrow groups share warps, and
+// their shuffles need every lane): a row past the end is masked, not skipped. gamma is read once, into
+// registers; x, dy and dadd are read once, through the read-only path, every load of a row issued before its
+// reductions (shuffles only: no barrier per row). Each group adds its rows' dy * xhat and dy into its own slice
+// of shared memory; at the end the block adds the slices in a fixed order (group 0 first) and writes one partial
+// row per parameter.
+// dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
+template <class T, int W, int kIters, bool kRms>
+__global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
+    norm_backward_grouped_kernel(const T* __restrict__ x,         // (rows, C)
+                                 const float* __restrict__ mean,  // (rows); null for rmsnorm
+                                 const float* __restrict__ rstd,  // (rows)
+                                 const T* __restrict__ gamma,     // (C) or null
+                                 const T* __restrict__ dy,        // (rows, C)
+                                 const T* __restrict__ dadd,      // (rows, C) or null: added to dx
+                                 T* __restrict__ dx,              // (rows, C)
+                                 float* __restrict__ pgamma,      // (gridDim.x, C) or null
+                                 float* __restrict__ pbeta,       // (gridDim.x, C) or null
+                                 int64_t rows, int64_t C) {
+  // Each group's running sums of dy * xhat and dy over its rows, at y * C in the block's shared memory (each
+  // element owned by one thread: no atomics). kGroupBlockThreads * kIters * W floats hold every group's columns
+  // (lanes * rows_per_block = kGroupBlockThreads). In registers they would be 2 fp32 per element, held across
+  // every row: 48 of a lane's registers at 3 packs, which spilled (2026-11-30).
+  constexpr int kSlots = kGroupBlockThreads * kIters * W;
+  __shared__ float4 acc_storage[2 * kSlots / 4];  // float4: 16-byte aligned for the vector accesses
+  float* acc_gamma = reinterpret_cast<float*>(acc_storage) + threadIdx.y * C;
+  float* acc_beta = reinterpret_cast<float*>(acc_storage) + kSlots + threadIdx.y * C;
+  const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const float inv_c = 1.f / static_cast<float>(C);
+  const bool want_sums = pgamma || pbeta;
+  dev::Pack<T, W> gp[kIters] = {};
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int64_t c = (tid + k * tpr) * W;
+    if (c < C) {
+      if (gamma) gp[k] = dev::load_pack<T, W>(gamma + c);
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc_gamma[c + e] = acc_beta[c + e] = 0.f;
+    }
+  }
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += int64_t(gridDim.x) * blockDim.y) {
+    const int64_t row = base + threadIdx.y;
+    const bool valid = row < rows;
+    const float m = kRms || !valid ? 0.f : mean[row], rs = valid ? rstd[row] : 0.f;
+    const int64_t at = row * C;  // the row's offset in x, dy, dadd and dx
+    dev::Pack<T, W> xv[kIters], dv[kIters], ap[kIters];
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (valid && c < C) {
+        xv[k] = dev::load_pack_stream<T, W>(x + at + c);
+        dv[k] = dev::load_pack_stream<T, W>(dy + at + c);
+        if (dadd) ap[k] = dev::load_pack_stream<T, W>(dadd + at + c);
+      }
+    }
+    float sg = 0.f, sgx = 0.f;  // sum(g), sum(g * xhat)
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (valid && c < C) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
+          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
+          sg += g;
+          sgx += g * xh;
+        }
+      }
+    }
+    const float sums_g = dev::segment_sum(sg), sums_gx = dev::segment_sum(sgx);  // groups of at most a warp
+    const float a = kRms ? 0.f : sums_g * inv_c, b = sums_gx * inv_c;
+#pragma unroll
+    for (int k = 0; k < kIters; ++k) {
+      const int64_t c = (tid + k * tpr) * W;
+      if (valid && c < C) {
+        dev::keep_packed(xv[k]);  // the packs, not their fp32 forms, live across the reductions
+        dev::keep_packed(dv[k]);
+        dev::keep_packed(gp[k]);
+        dev::Pack<T, W> out;
+        // In steps of up to 4 elements: their dy * xhat and dy go to shared memory as one access each.
+        constexpr int kStep = W % 4 == 0 ? 4 : 1;
+#pragma unroll
+        for (int e0 = 0; e0 < W; e0 += kStep) {
+          float dxh[kStep], d_[kStep];
+#pragma unroll
+          for (int i = 0; i < kStep; ++i) {
+            const int e = e0 + i;
+            const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
+            const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
+            const float v = rs * (g - a - xh * b);
+            out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap[k].v[e]) : v);
+            dxh[i] = d * xh;
+            d_[i] = d;
+          }
+          if (want_sums) {
+            add_to_shared(acc_gamma + c + e0, dxh);
+            add_to_shared(acc_beta + c + e0, d_);
+          }
+        }
+        dev::store_pack<T, W>(dx + at + c, out);
+      }
+    }
+  }
+  if (!want_sums) return;
+  // The block's partial rows: each column added over the groups in order (group 0 first).
+  __syncthreads();
+  const float* all_gamma = reinterpret_cast<const float*>(acc_storage);
+  const float* all_beta = all_gamma + kSlots;
+  const int64_t groups = blockDim.y;
+  for (int64_t c = threadIdx.y * tpr + tid; c < C; c += tpr * groups) {
+    float sgam = 0.f, sbet = 0.f;
+    for (int64_t y = 0; y < groups; ++y) {
+      sgam += all_gamma[y * C + c];
+      sbet += all_beta[y * C + c];
+    }
+    if (pgamma) pgamma[int64_t(blockIdx.x) * C + c] = sgam;
+    if (pbeta) pbeta[int64_t(blockIdx.x) * C + c] = sbet;
+  }
+}
+
 // Rows too long for registers: a block per row group, two passes over the row (the sums, then dx), the
 // group's partial rows accumulated in place in the scratch memory (each column owned by one thread).
 template <class T, int W, bool kRms>
@@ -415,37 +569,49 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     // plan (64 threads, 127 registers, 25% occupancy) running that row at 1.6 TB/s, 61 us a call.
     const int max_iters = ceil_div(C, W) <= kMaxRowThreads ? 1 : kMaxIters;
     const RowPlan plan = plan_rows(C, W, max_iters);
-    const int rpb = plan.iters == 0 ? 1 : plan.rows_per_block;
-    // Sizes the grid for `kernel` (block `block`), takes the partial rows, launches it, then sums the partial rows.
-    auto launch = [&](auto kernel, dim3 block, const char* name) {
+    // Sizes the grid for `kernel` (block `block`, rpb row groups a block, a partial row per group or, when
+    // block_partials, per block), takes the partial rows, launches it, then sums the partial rows.
+    auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name) {
+      const int partials_per_block = block_partials ? 1 : rpb;
       int64_t blocks = ceil_div(rows, rpb);
       float *pg = nullptr, *pb = nullptr;
       if (nparts > 0) {
-        blocks = std::min(blocks, ceil_div(ceil_div(rows, kBwdMinRowsPerGroup), rpb));
+        const int64_t rows_per_partial = block_partials ? kBwdMinRowsPerGroup : kBwdMinRowsPerGroup * rpb;
+        blocks = std::min(blocks, ceil_div(rows, rows_per_partial));
         // No more row groups than stay resident: each group owns a fixed share of the rows, so a surplus would run
         // as a second wave, and would only add partial rows to reduce. (GPT-2's 768-wide rows had 1365 groups of 96
         // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
         // 42-43 us a call in ncu against 47-49, 2026-11-30.)
         blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
         // Room for the partial rows, with 256 bytes per array for alignment.
-        const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * rpb);
+        const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * partials_per_block);
         blocks = std::max<int64_t>(1, std::min(blocks, fit));
-        const int64_t groups = blocks * rpb;
-        if (dgamma) pg = scratch.take<float>(groups * C, op);
-        if (dbeta) pb = scratch.take<float>(groups * C, op);
+        const int64_t partials = blocks * partials_per_block;
+        if (dgamma) pg = scratch.take<float>(partials * C, op);
+        if (dbeta) pb = scratch.take<float>(partials * C, op);
       }
       blocks = std::min(blocks, kMaxGrid);
       kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
       XF_CUDA_CHECK_LAUNCH(name);
-      const int64_t groups = blocks * rpb;
-      if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, groups, C, 1.f, scratch, stream);
-      if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, groups, C, 1.f, scratch, stream);
+      const int64_t partials = blocks * partials_per_block;
+      if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, partials, C, 1.f, scratch, stream);
+      if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, partials, C, 1.f, scratch, stream);
     };
-    if (plan.iters == 0)
-      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), "norm_backward_streaming");
+    // Rows that fit a warp x kBwdGroupMaxPacks: the grouped kernel. ncu on the H200 (2026-11-30) had GPT-2's 768-wide
+    // rows on the block-per-row kernel (96 threads, a block reduction per row) latency-bound: 6 rows in flight per
+    // SM, 42-43 us a call against ~25 at the bandwidth.
+    const GroupPlan grouped = plan_groups(C, W, kBwdGroupMaxPacks, 32);
+    if (grouped.iters != 0)
+      with_packs<kBwdGroupMaxPacks>(grouped.iters, [&](auto iters) {
+        launch(norm_backward_grouped_kernel<T, W, decltype(iters)::value, kRms>, grouped.block(),
+               grouped.rows_per_block, true, "norm_backward_grouped");
+      });
+    else if (plan.iters == 0)
+      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, "norm_backward_streaming");
     else
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {
-        launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), "norm_backward");
+        launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), plan.rows_per_block, false,
+               "norm_backward");
       });
   };
   if (C % V == 0 && all_aligned16({x, gamma, dy, dadd, dx}))

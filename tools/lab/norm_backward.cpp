@@ -1,0 +1,168 @@
+// Kernel lab: the LayerNorm backward through its launcher (ops/cuda/norm_launch.h), bf16, timed against a copy
+// of the same bytes on the same GPU. Question: how far from the bandwidth is the backward GPT-2 runs 25 times a
+// step (16384 x 768, gamma, the residual stream's gradient added, dgamma and dbeta), and how much of a call is
+// the kernel that computes dx (the same call with no parameter gradients) against the partial rows' column
+// reductions that follow it?
+//   rows x C     dadd  dgamma/dbeta
+//   16384 x 768  yes   yes          GPT-2's call
+//   16384 x 768  yes   no           the dx kernel alone (no partial rows, no reductions)
+//   16384 x 768  no    yes
+//   32768 x 384  yes   yes          the MiniLM encoder's width (16-lane row groups)
+//   16384 x 4096 yes   yes          a row past the grouped kernel (a block per row group)
+// Bytes of a call: x, dy, dadd (if any) read and dx written once (the partial rows, gamma and the statistics
+// excluded). us: median over 15 samples of (10 back-to-back calls) / 10, as launches in a CUDA graph run, L2 warm.
+// copy: cudaMemcpyAsync of half the call's bytes (read + write = the same traffic), timed the same way.
+// Before timing, each case's dx, dgamma and dbeta are checked against a float64 reference on the host (from the
+// same bf16 inputs): |err| <= 2e-2 * max(1, |ref|) (bf16 output rounding, 2^-8 relative, plus fp32 sums over
+// up to 16384 rows for the parameter gradients).
+//   xfrun_lab_norm_backward
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/norm_launch.h"
+#include "runtime/cuda/context.h"
+#include "runtime/tensor.h"
+#include "tools/lab/lab_tensors.h"
+
+using namespace xfr;
+using xfr::lab::random_bf16;
+
+namespace {
+
+#define CHECK_CUDA(stmt)                                                                                  \
+  do {                                                                                                    \
+    const cudaError_t e_ = (stmt);                                                                        \
+    if (e_ != cudaSuccess) {                                                                              \
+      std::printf("lab norm_backward: FATAL: %s: %s\n", #stmt, cudaGetErrorString(e_));                   \
+      std::exit(3);                                                                                       \
+    }                                                                                                     \
+  } while (0)
+
+// Median us of one call of `f` (batches of kBatch calls).
+double time_us(cudaStream_t s, const std::function<void()>& f) {
+  constexpr int kBatch = 10, kReps = 15;
+  for (int i = 0; i < 3; ++i) f();
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int r = 0; r < kReps; ++r) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    for (int i = 0; i < kBatch; ++i) f();
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(1e3 * ms / kBatch);
+  }
+  CHECK_CUDA(cudaEventDestroy(a));
+  CHECK_CUDA(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Case {
+  int64_t rows, C;
+  bool dadd, params;
+};
+
+// Worst |got - ref| / max(1, |ref|) of dx, dgamma and dbeta against float64 on the host.
+double check(const Tensor& x, const Tensor& mean, const Tensor& rstd, const Tensor& gamma, const Tensor& dy,
+             const Tensor* dadd, const Tensor& dx, const Tensor* dgamma, const Tensor* dbeta, int64_t rows,
+             int64_t C) {
+  const auto hx = x.to_host().to(DType::f32).to_doubles(), hdy = dy.to_host().to(DType::f32).to_doubles();
+  const auto hg = gamma.to_host().to(DType::f32).to_doubles(), hm = mean.to_host().to_doubles(),
+             hr = rstd.to_host().to_doubles(), hdx = dx.to_host().to(DType::f32).to_doubles();
+  std::vector<double> ha;
+  if (dadd) ha = dadd->to_host().to(DType::f32).to_doubles();
+  std::vector<double> rg(static_cast<size_t>(C)), rb(static_cast<size_t>(C));
+  double worst = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double sg = 0, sgx = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t i = static_cast<size_t>(r * C + c);
+      const double xh = (hx[i] - hm[r]) * hr[r], g = hdy[i] * hg[c];
+      sg += g;
+      sgx += g * xh;
+      rg[c] += hdy[i] * xh;
+      rb[c] += hdy[i];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t i = static_cast<size_t>(r * C + c);
+      const double xh = (hx[i] - hm[r]) * hr[r], g = hdy[i] * hg[c];
+      double v = hr[r] * (g - sg / C - xh * sgx / C);
+      if (dadd) v += ha[i];
+      worst = std::max(worst, std::abs(hdx[i] - v) / std::max(1.0, std::abs(v)));
+    }
+  }
+  if (dgamma) {
+    const auto hdg = dgamma->to_host().to(DType::f32).to_doubles(), hdb = dbeta->to_host().to(DType::f32).to_doubles();
+    for (int64_t c = 0; c < C; ++c) {
+      worst = std::max(worst, std::abs(hdg[c] - rg[c]) / std::max(1.0, std::abs(rg[c])));
+      worst = std::max(worst, std::abs(hdb[c] - rb[c]) / std::max(1.0, std::abs(rb[c])));
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+int main() {
+  if (cuda_device_count() == 0) {
+    std::printf("lab norm_backward: %s\n", cuda_unavailable_reason().c_str());
+    return 1;
+  }
+  auto ctx = cuda::CudaContext::create(0);
+  cuda::CudaContext* cc = ctx.get();
+  cudaStream_t s = cc->stream();
+  const Case cases[] = {{16384, 768, true, true},
+                        {16384, 768, true, false},
+                        {16384, 768, false, true},
+                        {32768, 384, true, true},
+                        {16384, 4096, true, true}};
+  int failed = 0;
+  uint64_t seed = 1;
+  for (const Case& k : cases) {
+    const Tensor x = random_bf16(ctx.get(), k.rows, k.C, ++seed, 2.f), dy = random_bf16(ctx.get(), k.rows, k.C, ++seed);
+    const Tensor add = random_bf16(ctx.get(), k.rows, k.C, ++seed), gamma = random_bf16(ctx.get(), 1, k.C, ++seed);
+    Tensor y = Tensor::empty({k.rows, k.C}, DType::bf16, ctx.get()), dx = Tensor::empty({k.rows, k.C}, DType::bf16, ctx.get());
+    Tensor mean = Tensor::empty({k.rows}, DType::f32, ctx.get()), rstd = Tensor::empty({k.rows}, DType::f32, ctx.get());
+    Tensor dg = Tensor::empty({k.C}, DType::bf16, ctx.get()), db = Tensor::empty({k.C}, DType::bf16, ctx.get());
+    cuda::launch_layernorm_forward(DType::bf16, x.raw_data(), nullptr, nullptr, gamma.raw_data(), nullptr, y.raw_data(),
+                                   mean.data<float>(), rstd.data<float>(), k.rows, k.C, 1e-5, s);
+    auto call = [&] {
+      cuda::launch_layernorm_backward(DType::bf16, x.raw_data(), mean.data<float>(), rstd.data<float>(),
+                                      gamma.raw_data(), dy.raw_data(), k.dadd ? add.raw_data() : nullptr,
+                                      dx.raw_data(), k.params ? dg.raw_data() : nullptr,
+                                      k.params ? db.raw_data() : nullptr, k.rows, k.C, cc->workspace(),
+                                      cc->workspace_bytes(), s);
+    };
+    CHECK_CUDA(cudaMemsetAsync(dx.raw_data(), 0xFF, static_cast<size_t>(k.rows * k.C) * 2, s));  // poison
+    CHECK_CUDA(cudaMemsetAsync(dg.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
+    CHECK_CUDA(cudaMemsetAsync(db.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
+    call();
+    CHECK_CUDA(cudaStreamSynchronize(s));
+    const double err = check(x, mean, rstd, gamma, dy, k.dadd ? &add : nullptr, dx, k.params ? &dg : nullptr,
+                             k.params ? &db : nullptr, k.rows, k.C);
+    const bool ok = err <= 2e-2;
+    failed += !ok;
+    const double bytes = double(k.rows * k.C) * 2 * (k.dadd ? 4 : 3);
+    const double us = time_us(s, call);
+    const size_t half = static_cast<size_t>(bytes / 2);
+    Tensor src = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get()),
+           dst = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get());
+    const double copy_us = time_us(s, [&] { CHECK_CUDA(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), half, cudaMemcpyDeviceToDevice, s)); });
+    std::printf("lab norm_backward: %lld x %lld dadd=%d params=%d: %s (max rel err %.2e), %.1f us, %.2f TB/s, copy of "
+                "the same bytes %.1f us (%.0f%% of copy)\n",
+                static_cast<long long>(k.rows), static_cast<long long>(k.C), k.dadd, k.params, ok ? "ok" : "FAILED", err,
+                us, bytes / us * 1e-6, copy_us, 100.0 * copy_us / us);
+  }
+  return failed ? 1 : 0;
+}
