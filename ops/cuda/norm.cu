@@ -14,6 +14,7 @@
 // registers. Each block (or group) writes its partial dgamma/dbeta row (fp32) into the scratch memory, and a
 // column reduction (ops/cuda/rowwise.cuh, fixed order) sums them: no atomics, the same bits every run. G
 // depends only on the sizes and the device.
+#include "ops/cuda/device/mma.cuh"  // cp.async
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
@@ -80,12 +81,14 @@ constexpr int bwd_max_iters() {
 // is then on the block's rows.)
 constexpr int64_t kBwdMinRowsPerGroup = 8;
 // Packs a lane of the backward's grouped kernel holds (rows up to 32 x 3 packs: GPT-2's 768-wide bf16 row on a
-// warp, the encoder's 384 on 16 lanes): x, dy, dadd and gamma, 4 registers each per 16-bit pack, held across the
-// row's reductions (dev::keep_packed); the dgamma / dbeta sums live in shared memory. At 3 packs ptxas fits that in
-// 96 registers without spilling (2026-11-30, CUDA 13.0: 127 when allowed 128), so 5 blocks of 128 threads (20 rows
-// in flight) stay resident on an SM of 64K registers; 6 blocks (80 registers) spill.
+// warp, the encoder's 384 on 16 lanes): two fp32 sums per element (dgamma, dbeta: 48 registers at 3 packs of 8)
+// and gamma's packs, held across all the group's rows; x, dy and dadd wait in shared memory (kBwdStages rows).
+// kBwdGroupMinBlocks 4: at most 128 registers (ptxas takes 121 at 3 bf16 packs, 2026-11-30, CUDA 13.0; at the
+// 102 that 5 blocks allow it spills 72 bytes), 4 blocks of 128 threads (16 warps, each with its next row's
+// copies in flight) resident on an SM of 64K registers; their 4 x 37 KB of stages fit too.
 constexpr int kBwdGroupMaxPacks = 3;
-constexpr int kBwdGroupMinBlocks = 5;
+constexpr int kBwdGroupMinBlocks = 4;
+constexpr int kBwdStages = 2;
 
 // ---- forward ------------------------------------------------------------------------------------------------
 
@@ -353,30 +356,27 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
-// dst[i] += v[i]: one 16-byte shared-memory access for N = 4 (dst is then 16-byte aligned: the grouped kernel's
-// slices start at multiples of C floats, and C is a multiple of the pack width, 4 or 8, on the vector path).
-template <int N>
-__device__ __forceinline__ void add_to_shared(float* dst, const float (&v)[N]) {
-  if constexpr (N == 4) {
-    float4 t = *reinterpret_cast<float4*>(dst);
-    t.x += v[0];
-    t.y += v[1];
-    t.z += v[2];
-    t.w += v[3];
-    *reinterpret_cast<float4*>(dst) = t;
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i) dst[i] += v[i];
-  }
+// A pack global -> shared: asynchronously (cp.async, 16 bytes; both addresses 16-byte aligned on the vector path)
+// or, for a scalar pack, a plain load and store.
+template <class T, int W>
+__device__ __forceinline__ void stage_pack(dev::Pack<T, W>* dst, const T* src) {
+  if constexpr (sizeof(dev::Pack<T, W>) == 16)
+    dev::cp_async_16(dst, src, 16);
+  else
+    *dst = dev::load_pack<T, W>(src);
 }
 
 // Rows of up to a warp x kBwdGroupMaxPacks: row groups of blockDim.x lanes (8 to 32), blockDim.y of them per
 // block, as the forward's. The row loop's condition is uniform over the block (narrow groups share warps, and
-// their shuffles need every lane): a row past the end is masked, not skipped. gamma is read once, into
-// registers; x, dy and dadd are read once, through the read-only path, every load of a row issued before its
-// reductions (shuffles only: no barrier per row). Each group adds its rows' dy * xhat and dy into its own slice
-// of shared memory; at the end the block adds the slices in a fixed order (group 0 first) and writes one partial
-// row per parameter.
+// their shuffles need every lane): a row past the end is masked, not skipped.
+// The loads are staged: each thread copies its packs of the group's next row (x, dy, dadd) into shared memory
+// with cp.async while it computes the current one, so a row's latency is hidden by the thread itself, not only
+// by other warps (the register-held version, every load of a row issued before its reductions, ran GPT-2's
+// 768-wide rows at 2.2 TB/s, 58 % of a copy: 20 warps an SM, each with one row's loads in flight at best). A
+// thread reads back only the slots it wrote, so cp.async.wait_group alone orders them (no barrier). gamma is
+// read once, into registers; dy * xhat and dy accumulate in registers over the group's rows. At the end the
+// block's groups add their sums in shared memory in a fixed order (group 0 first) and the block writes one
+// partial row per parameter.
 // dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
@@ -390,97 +390,109 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
                                  float* __restrict__ pgamma,      // (gridDim.x, C) or null
                                  float* __restrict__ pbeta,       // (gridDim.x, C) or null
                                  int64_t rows, int64_t C) {
-  // Each group's running sums of dy * xhat and dy over its rows, at y * C in the block's shared memory (each
-  // element owned by one thread: no atomics). kGroupBlockThreads * kIters * W floats hold every group's columns
-  // (lanes * rows_per_block = kGroupBlockThreads). In registers they would be 2 fp32 per element, held across
-  // every row: 48 of a lane's registers at 3 packs, which spilled (2026-11-30).
-  constexpr int kSlots = kGroupBlockThreads * kIters * W;
-  __shared__ float4 acc_storage[2 * kSlots / 4];  // float4: 16-byte aligned for the vector accesses
-  float* acc_gamma = reinterpret_cast<float*>(acc_storage) + threadIdx.y * C;
-  float* acc_beta = reinterpret_cast<float*>(acc_storage) + kSlots + threadIdx.y * C;
+  // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts). Two
+  // stages: 36 KB at 3 packs of 16 bytes.
+  __shared__ dev::Pack<T, W> staged[kBwdStages][3][kIters][kGroupBlockThreads];
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
+  const int flat = threadIdx.y * blockDim.x + threadIdx.x;
   const float inv_c = 1.f / static_cast<float>(C);
-  const bool want_sums = pgamma || pbeta;
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
   dev::Pack<T, W> gp[kIters] = {};
 #pragma unroll
   for (int k = 0; k < kIters; ++k) {
     const int64_t c = (tid + k * tpr) * W;
-    if (c < C) {
-      if (gamma) gp[k] = dev::load_pack<T, W>(gamma + c);
-#pragma unroll
-      for (int e = 0; e < W; ++e) acc_gamma[c + e] = acc_beta[c + e] = 0.f;
-    }
+    if (gamma && c < C) gp[k] = dev::load_pack<T, W>(gamma + c);
   }
-  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += int64_t(gridDim.x) * blockDim.y) {
+  // Starts the copies of the row at base + threadIdx.y (none past the end) into stage s; one commit group per row.
+  auto issue = [&](int64_t base, int s) {
+    const int64_t row = base + threadIdx.y;
+    if (row < rows) {
+#pragma unroll
+      for (int k = 0; k < kIters; ++k) {
+        const int64_t c = (tid + k * tpr) * W;
+        if (c < C) {
+          stage_pack<T, W>(&staged[s][0][k][flat], x + row * C + c);
+          stage_pack<T, W>(&staged[s][1][k][flat], dy + row * C + c);
+          if (dadd) stage_pack<T, W>(&staged[s][2][k][flat], dadd + row * C + c);
+        }
+      }
+    }
+    dev::cp_async_commit();
+  };
+  float ag[kIters][W], ab[kIters][W];
+#pragma unroll
+  for (int k = 0; k < kIters; ++k)
+#pragma unroll
+    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
+  int s = 0;
+  issue(int64_t(blockIdx.x) * blockDim.y, 0);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += step, s ^= 1) {
     const int64_t row = base + threadIdx.y;
     const bool valid = row < rows;
     const float m = kRms || !valid ? 0.f : mean[row], rs = valid ? rstd[row] : 0.f;
-    const int64_t at = row * C;  // the row's offset in x, dy, dadd and dx
-    dev::Pack<T, W> xv[kIters], dv[kIters], ap[kIters];
-#pragma unroll
-    for (int k = 0; k < kIters; ++k) {
-      const int64_t c = (tid + k * tpr) * W;
-      if (valid && c < C) {
-        xv[k] = dev::load_pack_stream<T, W>(x + at + c);
-        dv[k] = dev::load_pack_stream<T, W>(dy + at + c);
-        if (dadd) ap[k] = dev::load_pack_stream<T, W>(dadd + at + c);
-      }
-    }
+    issue(base + step, s ^ 1);  // the next row's copies run while this row is computed
+    dev::cp_async_wait<1>();    // this row's copies (this thread's own) have landed
+    asm volatile("" ::: "memory");
     float sg = 0.f, sgx = 0.f;  // sum(g), sum(g * xhat)
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
+        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];
 #pragma unroll
         for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
+          const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
           const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
           sg += g;
           sgx += g * xh;
+          ag[k][e] += d * xh;
+          ab[k][e] += d;
         }
       }
     }
     const float sums_g = dev::segment_sum(sg), sums_gx = dev::segment_sum(sgx);  // groups of at most a warp
     const float a = kRms ? 0.f : sums_g * inv_c, b = sums_gx * inv_c;
+    // Read the packs again from shared memory rather than hold their fp32 forms across the reductions.
+    asm volatile("" ::: "memory");
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
-        dev::keep_packed(xv[k]);  // the packs, not their fp32 forms, live across the reductions
-        dev::keep_packed(dv[k]);
-        dev::keep_packed(gp[k]);
-        dev::Pack<T, W> out;
-        // In steps of up to 4 elements: their dy * xhat and dy go to shared memory as one access each.
-        constexpr int kStep = W % 4 == 0 ? 4 : 1;
+        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];
+        dev::Pack<T, W> ap, out;
+        if (dadd) ap = staged[s][2][k][flat];
 #pragma unroll
-        for (int e0 = 0; e0 < W; e0 += kStep) {
-          float dxh[kStep], d_[kStep];
-#pragma unroll
-          for (int i = 0; i < kStep; ++i) {
-            const int e = e0 + i;
-            const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
-            const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
-            const float v = rs * (g - a - xh * b);
-            out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap[k].v[e]) : v);
-            dxh[i] = d * xh;
-            d_[i] = d;
-          }
-          if (want_sums) {
-            add_to_shared(acc_gamma + c + e0, dxh);
-            add_to_shared(acc_beta + c + e0, d_);
-          }
+        for (int e = 0; e < W; ++e) {
+          const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
+          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
+          const float v = rs * (g - a - xh * b);
+          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap.v[e]) : v);
         }
-        dev::store_pack<T, W>(dx + at + c, out);
+        dev::store_pack<T, W>(dx + row * C + c, out);
       }
     }
   }
-  if (!want_sums) return;
-  // The block's partial rows: each column added over the groups in order (group 0 first).
+  dev::cp_async_wait<0>();  // the last (empty) group
+  if (!pgamma && !pbeta) return;
+  // The block's partial rows: every group's sums in shared memory (group y at y * C, reusing the stages), then
+  // each column added over the groups in order by the threads of the block.
+  static_assert(sizeof(staged) >= 2 * sizeof(float) * kGroupBlockThreads * kIters * W, "room for the sums");
+  float* all_gamma = reinterpret_cast<float*>(&staged[0][0][0][0]);
+  float* all_beta = all_gamma + kGroupBlockThreads * kIters * W;
+  __syncthreads();  // every thread is past its last read of the stages
+#pragma unroll
+  for (int k = 0; k < kIters; ++k) {
+    const int64_t c = (tid + k * tpr) * W;
+    if (c < C)
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        all_gamma[threadIdx.y * C + c + e] = ag[k][e];
+        all_beta[threadIdx.y * C + c + e] = ab[k][e];
+      }
+  }
   __syncthreads();
-  const float* all_gamma = reinterpret_cast<const float*>(acc_storage);
-  const float* all_beta = all_gamma + kSlots;
   const int64_t groups = blockDim.y;
-  for (int64_t c = threadIdx.y * tpr + tid; c < C; c += tpr * groups) {
+  for (int64_t c = flat; c < C; c += kGroupBlockThreads) {
     float sgam = 0.f, sbet = 0.f;
     for (int64_t y = 0; y < groups; ++y) {
       sgam += all_gamma[y * C + c];

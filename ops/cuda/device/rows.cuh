@@ -59,18 +59,6 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, W>& r) {
   }
 }
 
-// Hides a 16-byte pack's value from the compiler: what was computed from it before the call is not reused after
-// it. A kernel that reads a row's 16-bit packs before a reduction and again after it then holds the packs (4
-// registers each) across the reduction, not their 8 fp32 conversions (the LayerNorm backward at 3 packs a lane
-// spilled with them held, 2026-11-30). Costs the conversions again (one instruction each). Other widths: no-op.
-template <class T, int W>
-__device__ __forceinline__ void keep_packed(Pack<T, W>& p) {
-  if constexpr (sizeof(Pack<T, W>) == 16) {
-    uint4& u = *reinterpret_cast<uint4*>(&p);
-    asm volatile("" : "+r"(u.x), "+r"(u.y), "+r"(u.z), "+r"(u.w));
-  }
-}
-
 // Two sums over the block at once (one round of shared memory instead of two); every thread gets both.
 // Same contract as block_sum: blockDim.x a multiple of 32, at most 1024, blockDim.y == 1, all threads call.
 __device__ __forceinline__ float2 block_sum2(float a, float b) {
@@ -100,7 +88,6 @@ __device__ __forceinline__ float row_sum(float v) {
 __device__ __forceinline__ float row_max(float v) { return blockDim.x == 32 ? warp_max(v) : block_max(v); }
 __device__ __forceinline__ float2 row_sum2(float a, float b) {
   if (blockDim.x == 32) return make_float2(warp_sum(a), warp_sum(b));
-  if (blockDim.x < 32) return make_float2(segment_sum(a), segment_sum(b));
   return block_sum2(a, b);
 }
 
