@@ -403,10 +403,15 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     const int64_t c = (tid + k * tpr) * W;
     if (gamma && c < C) gp[k] = dev::load_pack<T, W>(gamma + c);
   }
-  // Starts the copies of the row at base + threadIdx.y (none past the end) into stage s; one commit group per row.
+  // Starts the copies of the row at base + threadIdx.y (none past the end) into stage s, one commit group per row,
+  // and loads its statistics into next_m / next_rs (read an iteration later, so their latency is hidden too: loaded
+  // at the row's own iteration they cost a DRAM round trip a row, 2026-11-30).
+  float next_m = 0.f, next_rs = 0.f;
   auto issue = [&](int64_t base, int s) {
     const int64_t row = base + threadIdx.y;
     if (row < rows) {
+      if (!kRms) next_m = mean[row];
+      next_rs = rstd[row];
 #pragma unroll
       for (int k = 0; k < kIters; ++k) {
         const int64_t c = (tid + k * tpr) * W;
@@ -429,7 +434,7 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += step, s ^= 1) {
     const int64_t row = base + threadIdx.y;
     const bool valid = row < rows;
-    const float m = kRms || !valid ? 0.f : mean[row], rs = valid ? rstd[row] : 0.f;
+    const float m = next_m, rs = next_rs;  // this row's (issued an iteration ago; unused when !valid)
     issue(base + step, s ^ 1);  // the next row's copies run while this row is computed
     dev::cp_async_wait<1>();    // this row's copies (this thread's own) have landed
     asm volatile("" ::: "memory");
