@@ -59,6 +59,34 @@ constexpr int kBwdStages = 2;   // ring depth of both kernels: what the shared-m
 constexpr int kBwdBlockN = 128;  // keys per dK/dV CTA: 2 consumer warpgroups x 64 (wgmma's M)
 constexpr int kDqBlockM = 128;   // queries per dQ CTA: 2 consumer warpgroups x 64
 
+// The mask as a consumer thread of a dK/dV kernel sees it (key j visible to query i iff query_lo(j) <= i <
+// query_hi(j + 1): a contiguous range, since key_lo and key_hi grow with i): [qlo, qhi) of the queries that see each
+// of its two key rows (empty for a key >= Sk), and the queries every key of the block [n0, n0 + BN) sees, so that a
+// query tile inside them needs no element test (a CTA-uniform test: no divergence).
+template <bool kLower>
+struct KeyRowsMask {
+  int qlo[2], qhi[2];
+  bool all_keys;  // the block has no key >= Sk
+  int cov_lo, cov_hi;
+  // key_row0: the thread's first key (its second is key_row0 + 8).
+  __device__ __forceinline__ KeyRowsMask(const fa::Mask<kLower>& mask, int key_row0, int n0, int BN, int Sk) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = key_row0 + 8 * r;
+      const bool valid = key < Sk;
+      qlo[r] = valid ? mask.query_lo(key) : 0;
+      qhi[r] = valid ? mask.query_hi(key + 1) : 0;
+    }
+    all_keys = n0 + BN <= Sk;
+    cov_lo = mask.query_lo(min(n0 + BN, Sk) - 1);
+    cov_hi = mask.query_hi(n0 + 1);
+  }
+  // Whether every (key, query) of the block's keys and the queries [q0, q1) is visible.
+  __device__ __forceinline__ bool covers(int q0, int q1) const { return all_keys && cov_lo <= q0 && q1 <= cov_hi; }
+  // Whether query q is hidden from the thread's key row r (0: key_row0, 1: key_row0 + 8).
+  __device__ __forceinline__ bool hides(int r, int q) const { return q < qlo[r] || q >= qhi[r]; }
+};
+
 // Query rows per tile of the dK/dV kernel, fixed by registers: a consumer thread holds dV and dK (2 x D/2 fp32) for
 // the whole loop plus S^T and dP^T of a tile (2 x BM/2): 128 + 64 = 192 at D = 128 with BM = 64, 64 + 128 = 192 at
 // D = 64 with BM = 128, then the 16-bit P^T / dS^T fragments (2 x BM/4) while S^T and dP^T die. BM = 128 at
@@ -426,17 +454,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
   const int key_row0 = n0 + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
-  int qlo[2], qhi[2];                                     // the queries that see each of its two keys
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_row0 + 8 * r;
-    const bool valid = key < a.Sk;
-    qlo[r] = valid ? mask.query_lo(key) : 0;
-    qhi[r] = valid ? mask.query_hi(key + 1) : 0;
-  }
-  // Queries every key of the block sees (query_lo, query_hi grow with the key): a tile inside needs no test.
-  const bool all_keys = n0 + BN <= a.Sk;
-  const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+  const KeyRowsMask<kLower> key_mask(mask, key_row0, n0, BN, a.Sk);  // who sees its two keys
   float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
   uint32_t ap[BM / 16][4], ads[BM / 16][4];
 #pragma unroll
@@ -471,7 +489,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     wgmma_wait<1>();
     reg_fence(s);
     // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 8 (i / 4) + 2 (lane % 4) + (i & 1)
-    const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+    const bool full = key_mask.covers(m * BM, (m + 1) * BM);  // CTA-uniform
     const int qc = m * BM + 2 * (lane % 4);
 #pragma unroll
     for (int i = 0; i < BM / 2; i += 2) {
@@ -481,8 +499,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
       s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
       if (!full) {
         const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
-        if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
-        if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+        if (key_mask.hides(r, q)) s[i] = 0.f;
+        if (key_mask.hides(r, q + 1)) s[i + 1] = 0.f;
       }
     }
     wgmma_wait<0>();
@@ -729,17 +747,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
     const fa::TileRange tr = mask.query_tiles(n0, BN, BM);
     const int n_tiles = tr.count * a.G;
     const int key_row0 = n0 + 64 * cw + 16 * w + lane / 4;  // this thread's first key (second: +8)
-    int qlo[2], qhi[2];                                     // the queries that see each of its two keys
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int key = key_row0 + 8 * r;
-      const bool valid = key < a.Sk;
-      qlo[r] = valid ? mask.query_lo(key) : 0;
-      qhi[r] = valid ? mask.query_hi(key + 1) : 0;
-    }
-    // Queries every key of the block sees (query_lo, query_hi grow with the key): a tile inside needs no test.
-    const bool all_keys = n0 + BN <= a.Sk;
-    const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+    const KeyRowsMask<kLower> key_mask(mask, key_row0, n0, BN, a.Sk);  // who sees its two keys
     float dvacc[D / 2], dkacc[D / 2], s[BM / 2], dp[BM / 2];
     uint32_t ap[BM / 16][4], ads[BM / 16][4];
 #pragma unroll
@@ -763,7 +771,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       wgmma_wait<1>();
       reg_fence(s);
       // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 8 (i / 4) + 2 (lane % 4) + (i & 1)
-      const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+      const bool full = key_mask.covers(m * BM, (m + 1) * BM);  // CTA-uniform
       const int qc = m * BM + 2 * (lane % 4);
 #pragma unroll
       for (int i = 0; i < BM / 2; i += 2) {
@@ -773,8 +781,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
         s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
         if (!full) {
           const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
-          if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
-          if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+          if (key_mask.hides(r, q)) s[i] = 0.f;
+          if (key_mask.hides(r, q + 1)) s[i + 1] = 0.f;
         }
       }
       wgmma_wait<0>();

@@ -126,17 +126,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
   setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg, t = tid % 128, w = t / 32, lane = t % 32;
   const int key_row0 = n0 + 16 * w + lane / 4;  // this thread's first key (second: +8), in both warpgroups
-  int qlo[2], qhi[2];                           // the queries that see each of its two keys
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_row0 + 8 * r;
-    const bool valid = key < a.Sk;
-    qlo[r] = valid ? mask.query_lo(key) : 0;
-    qhi[r] = valid ? mask.query_hi(key + 1) : 0;
-  }
-  // Queries every key of the block sees: a tile inside needs no element test (CTA-uniform).
-  const bool all_keys = n0 + BN <= a.Sk;
-  const int cov_lo = mask.query_lo(min(n0 + BN, a.Sk) - 1), cov_hi = mask.query_hi(n0 + 1);
+  const KeyRowsMask<kLower> key_mask(mask, key_row0, n0, BN, a.Sk);  // who sees its two keys
   float dvacc[kSplitDHalf / 2], dkacc[kSplitDHalf / 2], s[kSplitCols / 2], dp[kSplitCols / 2];
   uint32_t ap[kSplitCols / 16][4], ads[kSplitCols / 16][4];
 #pragma unroll
@@ -178,7 +168,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     wgmma_wait<1>();
     reg_fence(s);
     // register i: key key_row0 + 8 ((i >> 1) & 1), query m BM + 32 cw + 8 (i / 4) + 2 (lane % 4) + (i & 1)
-    const bool full = all_keys && cov_lo <= m * BM && (m + 1) * BM <= cov_hi;  // CTA-uniform
+    const bool full = key_mask.covers(m * BM, (m + 1) * BM);  // CTA-uniform
     const int qc = m * BM + cw * kSplitCols + 2 * (lane % 4);
 #pragma unroll
     for (int i = 0; i < kSplitCols / 2; i += 2) {
@@ -187,8 +177,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
       s[i + 1] = ex2(fmaf(s[i + 1], a.scale_log2, -l2.y));
       if (!full) {
         const int r = (i >> 1) & 1, q = qc + 8 * (i / 4);
-        if (q < qlo[r] || q >= qhi[r]) s[i] = 0.f;
-        if (q + 1 < qlo[r] || q + 1 >= qhi[r]) s[i + 1] = 0.f;
+        if (key_mask.hides(r, q)) s[i] = 0.f;
+        if (key_mask.hides(r, q + 1)) s[i + 1] = 0.f;
       }
     }
     wgmma_wait<0>();
