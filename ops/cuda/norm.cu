@@ -84,16 +84,11 @@ constexpr int64_t kBwdMinRowsPerGroup = 8;
 // warp, the encoder's 384 on 16 lanes): two fp32 sums per element (dgamma, dbeta: 48 registers at 3 packs of 8)
 // and gamma's packs, held across all the group's rows; x, dy and dadd wait in shared memory (kBwdStages rows).
 // kBwdGroupMinBlocks 4: at most 128 registers (ptxas takes 121 at 3 bf16 packs, 2026-11-30, CUDA 13.0; at the
-// 102 that 5 blocks allow it spills 72 bytes), 4 blocks of 128 threads (16 warps, each with its next two
-// rows' copies in flight) resident on an SM of 64K registers; their 4 x 55 KB of stages fit in its 228 KB too.
+// 102 that 5 blocks allow it spills 72 bytes), 4 blocks of 128 threads (16 warps, each with its next row's
+// copies in flight) resident on an SM of 64K registers; their 4 x 37 KB of stages fit too.
 constexpr int kBwdGroupMaxPacks = 3;
 constexpr int kBwdGroupMinBlocks = 4;
-constexpr int kBwdStages = 3;
-// Dynamic shared memory of norm_backward_grouped_kernel<T, W, kIters>: its kBwdStages stages of x, dy and dadd.
-template <class T, int W, int kIters>
-constexpr int norm_bwd_stage_bytes() {
-  return kBwdStages * 3 * kIters * kGroupBlockThreads * static_cast<int>(sizeof(T)) * W;
-}
+constexpr int kBwdStages = 2;
 
 // ---- forward ------------------------------------------------------------------------------------------------
 
@@ -374,8 +369,8 @@ __device__ __forceinline__ void stage_pack(dev::Pack<T, W>* dst, const T* src) {
 // Rows of up to a warp x kBwdGroupMaxPacks: row groups of blockDim.x lanes (8 to 32), blockDim.y of them per
 // block, as the forward's. The row loop's condition is uniform over the block (narrow groups share warps, and
 // their shuffles need every lane): a row past the end is masked, not skipped.
-// The loads are staged: each thread copies its packs of the group's next rows (x, dy, dadd; kBwdStages - 1 rows
-// ahead) into shared memory with cp.async while it computes the current one, so a row's latency is hidden by the thread itself, not only
+// The loads are staged: each thread copies its packs of the group's next row (x, dy, dadd) into shared memory
+// with cp.async while it computes the current one, so a row's latency is hidden by the thread itself, not only
 // by other warps (the register-held version, every load of a row issued before its reductions, ran GPT-2's
 // 768-wide rows at 2.2 TB/s, 58 % of a copy: 20 warps an SM, each with one row's loads in flight at best). A
 // thread reads back only the slots it wrote, so cp.async.wait_group alone orders them (no barrier). gamma is
@@ -395,11 +390,9 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
                                  float* __restrict__ pgamma,      // (gridDim.x, C) or null
                                  float* __restrict__ pbeta,       // (gridDim.x, C) or null
                                  int64_t rows, int64_t C) {
-  // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts); dynamic
-  // shared memory of norm_bwd_stage_bytes<T, W, kIters>() (55 KB at 3 packs of 16 bytes).
-  extern __shared__ uint4 norm_bwd_smem[];
-  using Stage = dev::Pack<T, W>[3][kIters][kGroupBlockThreads];
-  Stage* staged = reinterpret_cast<Stage*>(norm_bwd_smem);
+  // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts). Two
+  // stages: 36 KB at 3 packs of 16 bytes.
+  __shared__ dev::Pack<T, W> staged[kBwdStages][3][kIters][kGroupBlockThreads];
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int flat = threadIdx.y * blockDim.x + threadIdx.x;
   const float inv_c = 1.f / static_cast<float>(C);
@@ -411,15 +404,14 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     if (gamma && c < C) gp[k] = dev::load_pack<T, W>(gamma + c);
   }
   // Starts the copies of the row at base + threadIdx.y (none past the end) into stage s, one commit group per row,
-  // and loads its statistics into ahead_m / ahead_rs[kAhead - 1] (read kAhead iterations later, so their latency is
-  // hidden too: loaded at the row's own iteration they cost a DRAM round trip a row, 2026-11-30).
-  constexpr int kAhead = kBwdStages - 1;  // rows in flight beyond the one being computed
-  float ahead_m[kAhead] = {}, ahead_rs[kAhead] = {};
+  // and loads its statistics into next_m / next_rs (read an iteration later, so their latency is hidden too: loaded
+  // at the row's own iteration they cost a DRAM round trip a row, 2026-11-30).
+  float next_m = 0.f, next_rs = 0.f;
   auto issue = [&](int64_t base, int s) {
     const int64_t row = base + threadIdx.y;
     if (row < rows) {
-      if (!kRms) ahead_m[kAhead - 1] = mean[row];
-      ahead_rs[kAhead - 1] = rstd[row];
+      if (!kRms) next_m = mean[row];
+      next_rs = rstd[row];
 #pragma unroll
       for (int k = 0; k < kIters; ++k) {
         const int64_t c = (tid + k * tpr) * W;
@@ -437,26 +429,14 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
   for (int k = 0; k < kIters; ++k)
 #pragma unroll
     for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
-  // The statistics of the rows in flight move down the ring by one each iteration (unrolled: registers, no indexing).
-  auto shift_ahead = [&] {
-#pragma unroll
-    for (int i = 0; i + 1 < kAhead; ++i) ahead_m[i] = ahead_m[i + 1], ahead_rs[i] = ahead_rs[i + 1];
-  };
-  const int64_t first = int64_t(blockIdx.x) * blockDim.y;
-#pragma unroll
-  for (int i = 0; i < kAhead; ++i) {
-    shift_ahead();
-    issue(first + i * step, i);
-  }
-  int s = 0;  // this row's stage
-  for (int64_t base = first; base < rows; base += step, s = s + 1 == kBwdStages ? 0 : s + 1) {
+  int s = 0;
+  issue(int64_t(blockIdx.x) * blockDim.y, 0);
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += step, s ^= 1) {
     const int64_t row = base + threadIdx.y;
     const bool valid = row < rows;
-    const float m = ahead_m[0], rs = ahead_rs[0];  // this row's (loaded kAhead iterations ago; unused when !valid)
-    shift_ahead();
-    const int s_next = s == 0 ? kBwdStages - 1 : s - 1;  // the stage kAhead rows on: the one last read
-    issue(base + kAhead * step, s_next);  // its copies run while this row and the next are computed
-    dev::cp_async_wait<kAhead>();         // this row's copies (this thread's own) have landed
+    const float m = next_m, rs = next_rs;  // this row's (issued an iteration ago; unused when !valid)
+    issue(base + step, s ^ 1);  // the next row's copies run while this row is computed
+    dev::cp_async_wait<1>();    // this row's copies (this thread's own) have landed
     asm volatile("" ::: "memory");
     float sg = 0.f, sgx = 0.f;  // sum(g), sum(g * xhat)
 #pragma unroll
@@ -501,8 +481,8 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
   if (!pgamma && !pbeta) return;
   // The block's partial rows: every group's sums in shared memory (group y at y * C, reusing the stages), then
   // each column added over the groups in order by the threads of the block.
-  static_assert(kBwdStages * sizeof(Stage) >= 2 * sizeof(float) * kGroupBlockThreads * kIters * W, "room for the sums");
-  float* all_gamma = reinterpret_cast<float*>(norm_bwd_smem);
+  static_assert(sizeof(staged) >= 2 * sizeof(float) * kGroupBlockThreads * kIters * W, "room for the sums");
+  float* all_gamma = reinterpret_cast<float*>(&staged[0][0][0][0]);
   float* all_beta = all_gamma + kGroupBlockThreads * kIters * W;
   __syncthreads();  // every thread is past its last read of the stages
 #pragma unroll
@@ -608,7 +588,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     const RowPlan plan = plan_rows(C, W, max_iters);
     // Sizes the grid for `kernel` (block `block`, rpb row groups a block, a partial row per group or, when
     // block_partials, per block), takes the partial rows, launches it, then sums the partial rows.
-    auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, int smem, const char* name) {
+    auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name) {
       const int partials_per_block = block_partials ? 1 : rpb;
       int64_t blocks = ceil_div(rows, rpb);
       float *pg = nullptr, *pb = nullptr;
@@ -619,7 +599,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         // as a second wave, and would only add partial rows to reduce. (GPT-2's 768-wide rows had 1365 groups of 96
         // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
         // 42-43 us a call in ncu against 47-49, 2026-11-30.)
-        blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y), smem));
+        blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
         // Room for the partial rows, with 256 bytes per array for alignment.
         const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * partials_per_block);
         blocks = std::max<int64_t>(1, std::min(blocks, fit));
@@ -628,7 +608,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         if (dbeta) pb = scratch.take<float>(partials * C, op);
       }
       blocks = std::min(blocks, kMaxGrid);
-      kernel<<<static_cast<unsigned>(blocks), block, smem, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
+      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
       XF_CUDA_CHECK_LAUNCH(name);
       const int64_t partials = blocks * partials_per_block;
       if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, partials, C, 1.f, scratch, stream);
@@ -640,21 +620,14 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     const GroupPlan grouped = plan_groups(C, W, kBwdGroupMaxPacks, 32);
     if (grouped.iters != 0)
       with_packs<kBwdGroupMaxPacks>(grouped.iters, [&](auto iters) {
-        constexpr int kIters = decltype(iters)::value;
-        auto kernel = norm_backward_grouped_kernel<T, W, kIters, kRms>;
-        constexpr int smem = norm_bwd_stage_bytes<T, W, kIters>();
-        static const bool opted_in = [&] {  // over 48 KB of dynamic shared memory needs the opt-in, once
-          XF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-          return true;
-        }();
-        (void)opted_in;
-        launch(kernel, grouped.block(), grouped.rows_per_block, true, smem, "norm_backward_grouped");
+        launch(norm_backward_grouped_kernel<T, W, decltype(iters)::value, kRms>, grouped.block(),
+               grouped.rows_per_block, true, "norm_backward_grouped");
       });
     else if (plan.iters == 0)
-      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, 0, "norm_backward_streaming");
+      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, "norm_backward_streaming");
     else
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {
-        launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), plan.rows_per_block, false, 0,
+        launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), plan.rows_per_block, false,
                "norm_backward");
       });
   };
