@@ -273,6 +273,40 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
 
 // ---- backward -------------------------------------------------------------------------------------------------
 
+// One pack's share of a row's backward (xhat = (x - m) rs; g = dy * gamma, or dy without gamma): adds g and
+// g * xhat into the row sums sg, sgx, and dy * xhat and dy into the parameter sums ag, ab.
+template <class T, int W>
+__device__ __forceinline__ void add_backward_sums(const dev::Pack<T, W>& xv, const dev::Pack<T, W>& dv,
+                                                  const dev::Pack<T, W>& gp, bool has_gamma, float m, float rs,
+                                                  float& sg, float& sgx, float (&ag)[W], float (&ab)[W]) {
+#pragma unroll
+  for (int e = 0; e < W; ++e) {
+    const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
+    const float g = has_gamma ? d * dev::to_float(gp.v[e]) : d;
+    sg += g;
+    sgx += g * xh;
+    ag[e] += d * xh;
+    ab[e] += d;
+  }
+}
+// One pack of dx from the row's a = mean(g) (0 for rmsnorm) and b = mean(g * xhat): rs (g - a - xhat b), plus dadd's
+// pack when has_dadd, rounded to T once.
+template <class T, int W>
+__device__ __forceinline__ dev::Pack<T, W> backward_dx_pack(const dev::Pack<T, W>& xv, const dev::Pack<T, W>& dv,
+                                                            const dev::Pack<T, W>& gp, bool has_gamma,
+                                                            const dev::Pack<T, W>& ap, bool has_dadd, float m,
+                                                            float rs, float a, float b) {
+  dev::Pack<T, W> out;
+#pragma unroll
+  for (int e = 0; e < W; ++e) {
+    const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
+    const float g = has_gamma ? d * dev::to_float(gp.v[e]) : d;
+    const float v = rs * (g - a - xh * b);
+    out.v[e] = dev::from_float<T>(has_dadd ? v + dev::to_float(ap.v[e]) : v);
+  }
+  return out;
+}
+
 // dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
 // pgamma[group] += dy * xhat and pbeta[group] += dy over the group's rows.
 template <class T, int W, int kIters, bool kRms>
@@ -313,34 +347,16 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
-      if (c < C) {
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
-          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
-          sg += g;
-          sgx += g * xh;
-          ag[k][e] += d * xh;
-          ab[k][e] += d;
-        }
-      }
+      if (c < C) add_backward_sums(xv[k], dv[k], gp[k], gamma != nullptr, m, rs, sg, sgx, ag[k], ab[k]);
     }
     const float2 sums = dev::row_sum2(sg, sgx);
     const float a = kRms ? 0.f : sums.x * inv_c, b = sums.y * inv_c;
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
-      if (c < C) {
-        dev::Pack<T, W> out;
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(xv[k].v[e]) - m) * rs, d = dev::to_float(dv[k].v[e]);
-          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
-          const float v = rs * (g - a - xh * b);
-          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap[k].v[e]) : v);
-        }
-        dev::store_pack<T, W>(dx + row * C + c, out);
-      }
+      if (c < C)
+        dev::store_pack<T, W>(dx + row * C + c,
+                              backward_dx_pack(xv[k], dv[k], gp[k], gamma != nullptr, ap[k], dadd != nullptr, m, rs, a, b));
     }
   }
   if (!pgamma && !pbeta) return;
@@ -443,16 +459,8 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
-        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
-          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
-          sg += g;
-          sgx += g * xh;
-          ag[k][e] += d * xh;
-          ab[k][e] += d;
-        }
+        add_backward_sums(staged[s][0][k][flat], staged[s][1][k][flat], gp[k], gamma != nullptr, m, rs, sg, sgx,
+                          ag[k], ab[k]);
       }
     }
     const float sums_g = dev::segment_sum(sg), sums_gx = dev::segment_sum(sgx);  // groups of at most a warp
@@ -463,17 +471,10 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
-        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];
-        dev::Pack<T, W> ap, out;
+        dev::Pack<T, W> ap;
         if (dadd) ap = staged[s][2][k][flat];
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
-          const float g = gamma ? d * dev::to_float(gp[k].v[e]) : d;
-          const float v = rs * (g - a - xh * b);
-          out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap.v[e]) : v);
-        }
-        dev::store_pack<T, W>(dx + row * C + c, out);
+        dev::store_pack<T, W>(dx + row * C + c, backward_dx_pack(staged[s][0][k][flat], staged[s][1][k][flat], gp[k],
+                                                                 gamma != nullptr, ap, dadd != nullptr, m, rs, a, b));
       }
     }
   }
