@@ -16,7 +16,8 @@
 // same bf16 inputs): |err| <= 2e-2 * max(1, |ref|) (bf16 output rounding, 2^-8 relative, plus fp32 sums over
 // up to 16384 rows for the parameter gradients).
 //   xfrun_lab_norm_backward
-#include <cuda_runtime.h>
+#define LAB_NAME "lab norm_backward"
+#include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::Event
 
 #include <algorithm>
 #include <cmath>
@@ -35,35 +36,22 @@ using xfr::lab::random_bf16;
 
 namespace {
 
-#define CHECK_CUDA(stmt)                                                                                  \
-  do {                                                                                                    \
-    const cudaError_t e_ = (stmt);                                                                        \
-    if (e_ != cudaSuccess) {                                                                              \
-      std::printf("lab norm_backward: FATAL: %s: %s\n", #stmt, cudaGetErrorString(e_));                   \
-      std::exit(3);                                                                                       \
-    }                                                                                                     \
-  } while (0)
-
 // Median us of one call of `f` (batches of kBatch calls).
 double time_us(cudaStream_t s, const std::function<void()>& f) {
   constexpr int kBatch = 10, kReps = 15;
   for (int i = 0; i < 3; ++i) f();
-  CHECK_CUDA(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CHECK_CUDA(cudaEventCreate(&a));
-  CHECK_CUDA(cudaEventCreate(&b));
+  LAB_CHECK(cudaStreamSynchronize(s));
+  const ::lab::Event a, b;
   std::vector<double> t;
   for (int r = 0; r < kReps; ++r) {
-    CHECK_CUDA(cudaEventRecord(a, s));
+    LAB_CHECK(cudaEventRecord(a.get(), s));
     for (int i = 0; i < kBatch; ++i) f();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
+    LAB_CHECK(cudaEventRecord(b.get(), s));
+    LAB_CHECK(cudaEventSynchronize(b.get()));
     float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    LAB_CHECK(cudaEventElapsedTime(&ms, a.get(), b.get()));
     t.push_back(1e3 * ms / kBatch);
   }
-  CHECK_CUDA(cudaEventDestroy(a));
-  CHECK_CUDA(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
@@ -144,11 +132,11 @@ int main() {
                                       k.params ? db.raw_data() : nullptr, k.rows, k.C, cc->workspace(),
                                       cc->workspace_bytes(), s);
     };
-    CHECK_CUDA(cudaMemsetAsync(dx.raw_data(), 0xFF, static_cast<size_t>(k.rows * k.C) * 2, s));  // poison
-    CHECK_CUDA(cudaMemsetAsync(dg.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
-    CHECK_CUDA(cudaMemsetAsync(db.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
+    LAB_CHECK(cudaMemsetAsync(dx.raw_data(), 0xFF, static_cast<size_t>(k.rows * k.C) * 2, s));  // poison
+    LAB_CHECK(cudaMemsetAsync(dg.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
+    LAB_CHECK(cudaMemsetAsync(db.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
     call();
-    CHECK_CUDA(cudaStreamSynchronize(s));
+    LAB_CHECK(cudaStreamSynchronize(s));
     const double err = check(x, mean, rstd, gamma, dy, k.dadd ? &add : nullptr, dx, k.params ? &dg : nullptr,
                              k.params ? &db : nullptr, k.rows, k.C);
     const bool ok = err <= 2e-2;
@@ -158,7 +146,7 @@ int main() {
     const size_t half = static_cast<size_t>(bytes / 2);
     Tensor src = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get()),
            dst = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get());
-    const double copy_us = time_us(s, [&] { CHECK_CUDA(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), half, cudaMemcpyDeviceToDevice, s)); });
+    const double copy_us = time_us(s, [&] { LAB_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), half, cudaMemcpyDeviceToDevice, s)); });
     std::printf("lab norm_backward: %lld x %lld dadd=%d params=%d: %s (max rel err %.2e), %.1f us, %.2f TB/s, copy of "
                 "the same bytes %.1f us (%.0f%% of copy)\n",
                 static_cast<long long>(k.rows), static_cast<long long>(k.C), k.dadd, k.params, ok ? "ok" : "FAILED", err,
