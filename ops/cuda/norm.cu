@@ -459,8 +459,8 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
-        add_backward_sums(staged[s][0][k][flat], staged[s][1][k][flat], gp[k], gamma != nullptr, m, rs, sg, sgx,
-                          ag[k], ab[k]);
+        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];  // one access a pack
+        add_backward_sums(xv, dv, gp[k], gamma != nullptr, m, rs, sg, sgx, ag[k], ab[k]);
       }
     }
     const float sums_g = dev::segment_sum(sg), sums_gx = dev::segment_sum(sgx);  // groups of at most a warp
@@ -471,10 +471,11 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (valid && c < C) {
+        const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];  // one access a pack
         dev::Pack<T, W> ap;
         if (dadd) ap = staged[s][2][k][flat];
-        dev::store_pack<T, W>(dx + row * C + c, backward_dx_pack(staged[s][0][k][flat], staged[s][1][k][flat], gp[k],
-                                                                 gamma != nullptr, ap, dadd != nullptr, m, rs, a, b));
+        dev::store_pack<T, W>(dx + row * C + c,
+                              backward_dx_pack(xv, dv, gp[k], gamma != nullptr, ap, dadd != nullptr, m, rs, a, b));
       }
     }
   }
