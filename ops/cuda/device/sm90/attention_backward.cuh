@@ -306,23 +306,35 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
   *reinterpret_cast<uint4*>(dq + b * qs.batch + h * qs.head + static_cast<int64_t>(q) * qs.seq + d) = o;
 }
 
+// The backward kernels' mbarriers, 8 bytes each from the layout's kBar: the once-loaded operands' full barrier, then
+// full[st] and empty[st] of the STAGES-deep ring and, in the persistent kernels, the once-loaded operands' empty
+// barrier. init_pipeline sets their arrival counts.
+template <int STAGES>
+struct BwdBarriers {
+  uint32_t once;  // the once-loaded operands' full barrier (the layout's kBar)
+  __device__ __forceinline__ uint32_t full(int st) const { return once + 8 * (1 + st); }
+  __device__ __forceinline__ uint32_t empty(int st) const { return once + 8 * (1 + STAGES + st); }
+  __device__ __forceinline__ uint32_t once_empty() const { return once + 8 * (1 + 2 * STAGES); }
+};
+
 // The backward kernels' setup, by thread 0 before the CTA's one __syncthreads: the four tensor maps prefetched; at
-// `bar` (the layout's kBar) the once-loaded operands' full barrier (1 arrival: the producer's arrive.expect_tx; the
-// bytes complete it), full[st] (1, the same) and empty[st] (8: lane 0 of each of the 8 consumer warps) at
-// bar + 8 (1 + st) and bar + 8 (1 + STAGES + st), and with kOnceEmpty (the persistent kernels) the once-loaded
-// operands' empty barrier at bar + 8 (1 + 2 STAGES) (8: lane 0 of each consumer warp, after the item's last reader).
+// `bar` (the layout's kBar, BwdBarriers) the once-loaded operands' full barrier (1 arrival: the producer's
+// arrive.expect_tx; the bytes complete it), full[st] (1, the same) and empty[st] (8: lane 0 of each of the 8 consumer
+// warps), and with kOnceEmpty (the persistent kernels) the once-loaded operands' empty barrier (8: lane 0 of each
+// consumer warp, after the item's last reader).
 template <int STAGES, bool kOnceEmpty = false>
 __device__ __forceinline__ void init_pipeline(uint32_t bar, const CUtensorMap* m0, const CUtensorMap* m1,
                                               const CUtensorMap* m2, const CUtensorMap* m3) {
+  const BwdBarriers<STAGES> bars{bar};
   tma_prefetch_map(m0);
   tma_prefetch_map(m1);
   tma_prefetch_map(m2);
   tma_prefetch_map(m3);
-  mbar_init(bar, 1);
-  if constexpr (kOnceEmpty) mbar_init(bar + 8 * (1 + 2 * STAGES), 8);
+  mbar_init(bars.once, 1);
+  if constexpr (kOnceEmpty) mbar_init(bars.once_empty(), 8);
   for (int st = 0; st < STAGES; ++st) {
-    mbar_init(bar + 8 * (1 + st), 1);
-    mbar_init(bar + 8 * (1 + STAGES + st), 8);
+    mbar_init(bars.full(st), 1);
+    mbar_init(bars.empty(st), 8);
   }
   mbar_init_fence();
 }
@@ -363,13 +375,12 @@ template <class L, int D, int STAGES>
 __device__ __forceinline__ void produce_dkdv_item(const BwdArgs& a, uint32_t base, int n0, int hk, int b,
                                                   const fa::TileRange& tr, int n_tiles) {
   const uint32_t bar_kv = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_kv};
   load_key_block<L, D>(a, base, n0, hk, b, bar_kv);
   for (int j = 0; j < n_tiles; ++j) {
     const int st = j % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
-    mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
-    load_query_tile<L, D>(a, base, st, m, h, b, bar_full(st));
+    mbar_wait(bars.empty(st), ((j / STAGES) & 1) ^ 1);
+    load_query_tile<L, D>(a, base, st, m, h, b, bars.full(st));
   }
 }
 
@@ -383,8 +394,7 @@ __device__ __forceinline__ void produce_dq_item(uint32_t base, const CUtensorMap
   constexpr int BN = L::kBlockN;
   const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
   const uint32_t bar_q = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_q};
   mbar_arrive_expect_tx(bar_q, 2 * L::kTileQ);
 #pragma unroll
   for (int at = 0; at < D / 64; ++at) {
@@ -393,12 +403,12 @@ __device__ __forceinline__ void produce_dq_item(uint32_t base, const CUtensorMap
   }
   for (int j = 0; j < tr.count; ++j) {
     const int st = j % STAGES, k0 = (tr.first + j) * BN;
-    mbar_wait(bar_empty(st), ((j / STAGES) & 1) ^ 1);
-    mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+    mbar_wait(bars.empty(st), ((j / STAGES) & 1) ^ 1);
+    mbar_arrive_expect_tx(bars.full(st), 2 * L::kTileKV);
 #pragma unroll
     for (int at = 0; at < D / 64; ++at) {
-      tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), tm_k, at * 64, k0, hk, b, bar_full(st));
-      tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), tm_v, at * 64, k0, hk, b, bar_full(st));
+      tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), tm_k, at * 64, k0, hk, b, bars.full(st));
+      tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), tm_v, at * 64, k0, hk, b, bars.full(st));
     }
   }
 }
@@ -432,8 +442,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
   const uint32_t base = smem_u32(smem);
   const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
   const uint32_t bar_kv = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_kv};
 
   const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
   const int n0 = static_cast<int>(blockIdx.x) * BN, hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
@@ -478,7 +487,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
     const int st = j % STAGES, m = tr.first + j % tr.count;
     const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
     const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
-    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    mbar_wait(bars.full(st), (j / STAGES) & 1);
 
     const uint32_t q_st_lo = q_lo + st * kStageLo, do_st_lo = do_lo + st * kStageLo;
     wgmma_fence();
@@ -521,7 +530,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
                                                   base + L::kDs, ds_desc, kdq_desc, buf, cw, t, lane);
     reg_fence(dvacc);
     reg_fence(dkacc);
-    if (lane == 0) mbar_arrive(bar_empty(st));
+    if (lane == 0) mbar_arrive(bars.empty(st));
     if constexpr (kFusedDq) {
       wgmma_wait<0>();
       reg_fence(dqacc);
@@ -557,8 +566,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   const uint32_t base = smem_u32(smem);
   const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
   const uint32_t bar_q = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_q};
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kDqBlockM;
@@ -604,7 +612,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
   for (int j = 0; j < tr.count; ++j) {
     const int st = j % STAGES, k0 = (tr.first + j) * BN;
     const uint32_t k_st_lo = k_lo + st * kStageLo, v_st_lo = v_lo + st * kStageLo;
-    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    mbar_wait(bars.full(st), (j / STAGES) & 1);
     wgmma_fence();
     ss_gemm_desc<T, D, BN>(s, sw128_desc_of(q_lo), kDqBlockM * 128, sw128_desc_of(k_st_lo), BN * 128);  // S = Q K^T
     wgmma_commit();
@@ -625,7 +633,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_cons
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dqacc);
-    if (lane == 0) mbar_arrive(bar_empty(st));
+    if (lane == 0) mbar_arrive(bars.empty(st));
   }
   const int q_wg0 = m0 + 64 * cw;
   const int64_t off = static_cast<int64_t>(b) * a.qs.batch + static_cast<int64_t>(h) * a.qs.head +
@@ -686,9 +694,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
   const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
-  const uint32_t bar_kv = base + L::kBar, bar_kv_empty = base + L::kBar + 8 * (1 + 2 * STAGES);
-  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+  const uint32_t bar_kv = base + L::kBar, bar_kv_empty = BwdBarriers<STAGES>{bar_kv}.once_empty();
+  const BwdBarriers<STAGES> bars{bar_kv};
 
   const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
   const fa::TileOrder<BN> order = dkdv_order(a);
@@ -715,8 +722,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
         load_key_block<L, D>(a, base, n0, hk, b, bar_kv);
         for (int j = 0; j < n_tiles; ++j, ++it) {
           const int st = it % STAGES, g = j / tr.count, m = tr.first + (j - g * tr.count), h = hk * a.G + g;
-          mbar_wait(bar_empty(st), ((it / STAGES) & 1) ^ 1);
-          load_query_tile<L, D>(a, base, st, m, h, b, bar_full(st));
+          mbar_wait(bars.empty(st), ((it / STAGES) & 1) ^ 1);
+          load_query_tile<L, D>(a, base, st, m, h, b, bars.full(st));
         }
       }
     }
@@ -761,7 +768,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
       const uint32_t q_st_lo = q_lo + st * kStageLo, do_st_lo = do_lo + st * kStageLo;
       const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4);
       const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4);
-      mbar_wait(bar_full(st), phase);
+      mbar_wait(bars.full(st), phase);
 
       wgmma_fence();
       ss_gemm_desc<T, D, BM>(s, k_desc, BN * 128, sw128_desc_of(q_st_lo), BM * 128);  // S^T (64 keys x BM queries)
@@ -803,7 +810,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
                                                     lane);
       reg_fence(dvacc);
       reg_fence(dkacc);
-      if (lane == 0) mbar_arrive(bar_empty(st));
+      if (lane == 0) mbar_arrive(bars.empty(st));
       if constexpr (kFusedDq) {
         wgmma_wait<0>();
         if (j == n_tiles - 1 && lane == 0) mbar_arrive(bar_kv_empty);  // K, V read for the last time (dQ = dS K)
@@ -845,9 +852,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
   const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
-  const uint32_t bar_q = base + L::kBar, bar_q_empty = base + L::kBar + 8 * (1 + 2 * STAGES);
-  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  const uint32_t bar_q = base + L::kBar, bar_q_empty = BwdBarriers<STAGES>{bar_q}.once_empty();
+  const BwdBarriers<STAGES> bars{bar_q};
 
   const int tid = threadIdx.x, wg = tid / 128;
   const fa::TileOrder<kDqBlockM> order = dq_order(a);
@@ -877,12 +883,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
         }
         for (int j = 0; j < tr.count; ++j, ++it) {
           const int st = it % STAGES, k0 = (tr.first + j) * BN;
-          mbar_wait(bar_empty(st), ((it / STAGES) & 1) ^ 1);
-          mbar_arrive_expect_tx(bar_full(st), 2 * L::kTileKV);
+          mbar_wait(bars.empty(st), ((it / STAGES) & 1) ^ 1);
+          mbar_arrive_expect_tx(bars.full(st), 2 * L::kTileKV);
 #pragma unroll
           for (int at = 0; at < D / 64; ++at) {
-            tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bar_full(st));
-            tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bar_full(st));
+            tma_load_4d(s_k + st * L::kTileKV + at * (BN * 128), &a.tm_k_dq, at * 64, k0, hk, b, bars.full(st));
+            tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v_dq, at * 64, k0, hk, b, bars.full(st));
           }
         }
       }
@@ -924,7 +930,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
     for (int j = 0; j < tr.count; ++j) {
       const int k0 = (tr.first + j) * BN;
       const uint32_t k_st_lo = k_lo + st * kStageLo, v_st_lo = v_lo + st * kStageLo;
-      mbar_wait(bar_full(st), phase);
+      mbar_wait(bars.full(st), phase);
       wgmma_fence();
       ss_gemm_desc<T, D, BN>(s, q_desc, kDqBlockM * 128, sw128_desc_of(k_st_lo), BN * 128);  // S = Q K^T
       wgmma_commit();
@@ -946,7 +952,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const 
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dqacc);
-      if (lane == 0) mbar_arrive(bar_empty(st));
+      if (lane == 0) mbar_arrive(bars.empty(st));
       if (++st == STAGES) st = 0, phase ^= 1;
     }
     it += tr.count;

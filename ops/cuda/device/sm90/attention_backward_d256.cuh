@@ -106,8 +106,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
   const uint32_t base = smem_u32(smem);
   const uint32_t s_k = base + L::kK, s_v = base + L::kV, s_q = base + L::kQ, s_do = base + L::kDo;
   const uint32_t bar_kv = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_kv + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_kv + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_kv};
 
   const int tid = threadIdx.x, wg = tid / 128;  // 0, 1: consumers; 2: the producer warpgroup
   const int n0 = static_cast<int>(blockIdx.x) * BN, hk = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
@@ -149,7 +148,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     const int st = j % STAGES, m = tr.first + j % tr.count, buf = j & 1;
     const float* lse_st = reinterpret_cast<const float*>(smem + L::kLse + st * BM * 4) + cw * kSplitCols;
     const float* dlt_st = reinterpret_cast<const float*>(smem + L::kDelta + st * BM * 4) + cw * kSplitCols;
-    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    mbar_wait(bars.full(st), (j / STAGES) & 1);
     // The thread's columns' lse2 and Delta (queries 8 q + 2 (lane % 4), + 1 of the warpgroup's 32), read before the
     // GEMMs are issued: read after their wait, the exponent's FFMAs stalled on the shared loads (ncu, session 15's
     // run 4: short-scoreboard stalls, 18% of the samples, the top FFMA lines).
@@ -200,7 +199,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
     wgmma_wait<0>();
     reg_fence(dvacc);
     reg_fence(dkacc);
-    if (lane == 0) mbar_arrive(bar_empty(st));
+    if (lane == 0) mbar_arrive(bars.empty(st));
   }
   const int64_t off = static_cast<int64_t>(b) * a.ks.batch + static_cast<int64_t>(hk) * a.ks.head +
                       static_cast<int64_t>(n0) * a.ks.seq + cw * kSplitDHalf;
@@ -228,8 +227,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_d256_kernel(const __grid
   const uint32_t base = smem_u32(smem);
   const uint32_t s_q = base + L::kQ, s_do = base + L::kDo, s_k = base + L::kK, s_v = base + L::kV;
   const uint32_t bar_q = base + L::kBar;
-  auto bar_full = [&](int st) { return bar_q + 8 * (1 + st); };
-  auto bar_empty = [&](int st) { return bar_q + 8 * (1 + STAGES + st); };
+  const BwdBarriers<STAGES> bars{bar_q};
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BM;
@@ -274,7 +272,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_d256_kernel(const __grid
 #pragma unroll 1
   for (int j = 0; j < tr.count; ++j) {
     const int st = j % STAGES, k0 = (tr.first + j) * BN, buf = j & 1;
-    mbar_wait(bar_full(st), (j / STAGES) & 1);
+    mbar_wait(bars.full(st), (j / STAGES) & 1);
     wgmma_fence();
     ss_gemm_desc<T, D, kSplitCols>(s, sw128_desc_of(q_lo), BM * 128, sw128_desc_of(k_lo + st * kStageLo), BN * 128);
     wgmma_commit();
@@ -297,7 +295,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_d256_kernel(const __grid
     wgmma_commit();
     wgmma_wait<0>();
     reg_fence(dqacc);
-    if (lane == 0) mbar_arrive(bar_empty(st));
+    if (lane == 0) mbar_arrive(bars.empty(st));
   }
   const int64_t off = static_cast<int64_t>(b) * a.qs.batch + static_cast<int64_t>(h) * a.qs.head +
                       static_cast<int64_t>(m0) * a.qs.seq + cw * kSplitDHalf;
