@@ -43,7 +43,6 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
-#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/sm90/attention.cuh"
@@ -78,13 +77,6 @@ constexpr int kBlockNHead256 = 64;
 template <int D>
 constexpr bool stages_o() {
   return D <= 128;
-}
-// The row sums of P on the tensor cores (sm90::row_sum_gemm) at D = 64, where the softmax's ALU work is as long as the
-// GEMMs (FADDs are 1/7 of the tile loop's instructions; P x ones adds 1/8 to P V's tensor work); D >= 128 sums with
-// FADDs.
-template <int D>
-constexpr bool mma_row_sum() {
-  return D == 64;
 }
 // Named barriers (0 is __syncthreads'; 1 .. C, C the consumer warpgroups, store_out's): the ping-pong schedule's
 // turns, sched_barrier(C) + w for consumer warpgroup w, and its realignment once a tile (see the kernel).
@@ -122,10 +114,9 @@ struct Layout {  // byte offsets from the 1024-aligned base
   // The unstreamed kernel stages O in a tile of its own (not Q's) so that the next tile's Q can load during this
   // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stages O in its Q buffer.
   static constexpr bool kOTile = stages_o<D>() && !kStream;
-  // The Q buffers from offset 0, then the O tile (if any), the K and V stages, the ones tile of the row sums on the
-  // tensor cores (kMmaRowSum; 1024-aligned like the stages before it), the barriers.
+  // The Q buffers from offset 0, then the O tile (if any), the K and V stages, the barriers.
   static constexpr int kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
-                       kOnes = kV + kStages * kTileKV, kBar = kOnes + (mma_row_sum<D>() ? sm90::kOnesTileBytes : 0);
+                       kBar = kV + kStages * kTileKV;
   static constexpr int kBars = 2 * kQStages + 3 * kStages;  // q_full[], q_empty[], k_full[], v_full[], empty[]
   static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
   static constexpr bool kFits = kBytes <= kSmemLimit;
@@ -163,7 +154,6 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   auto bar_empty = [&](int st) { return bar0 + 8 * (2 * kQStages + 2 * kStages + st); };
 
   const int tid = threadIdx.x, wg = tid / 128;
-  constexpr bool kMmaSum = mma_row_sum<D>();
   const TileOrder<BM> order{a.m_tiles, a.H, a.pairs};
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
 
@@ -183,14 +173,6 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       mbar_init(bar_empty(st), kWarps);  // lane 0 of each consumer warp
     }
     mbar_init_fence();
-  }
-  if constexpr (kMmaSum) {  // the ones tile: T(1) in every 16-bit slot, written once; wgmma reads it (async proxy)
-    static_assert(sm90::kOnesTileBytes == 128 * 4, "one 4-byte word per thread of warpgroup 1");
-    if (wg == 1) {
-      const uint32_t one2 = std::is_same_v<T, __half> ? 0x3C003C00u : 0x3F803F80u;  // two 1.0 in f16 / bf16
-      reinterpret_cast<uint32_t*>(smem + L::kOnes)[tid - 128] = one2;
-      fence_proxy_async();
-    }
   }
   __syncthreads();  // the last CTA-wide barrier: the roles split below
 
@@ -243,27 +225,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     uint32_t q_lo = sw128_desc_lo(s_q + cw * 64 * 128, 16), k_lo = sw128_desc_lo(s_k, 16),
              v_lo = sw128_desc_lo(s_v, BN * 128);
     asm volatile("" : "+r"(q_lo), "+r"(k_lo), "+r"(v_lo));
-    [[maybe_unused]] const uint64_t ones_desc = flat_desc(base + L::kOnes, 128, 128);  // row_sum_gemm's B
     constexpr uint32_t kStageLo = L::kTileKV >> 4;  // a stage's offset in a descriptor's start-address field
     constexpr uint32_t kQBufLo = L::kTileQ >> 4;    // a Q buffer's
     constexpr int kLast = kConsumers - 1;
     constexpr int kChains = D == 64 ? 4 : 1;  // the row max's chains (online_softmax)
     const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // ping-pong: whose turn follows ours
-    // l: the rows' sums of P, the thread's partial sums (FADDs) or row_sum_gemm's m64n8 fragment (softmax_tile).
-    float o[D / 2], s[BN / 2], m[2], l[kMmaSum ? 4 : 2], alpha[2];
-    // Entering a tile: O, l = 0, m = -inf.
-    auto zero_rows = [&] {
-      m[0] = m[1] = -INFINITY;
-#pragma unroll
-      for (float& x : l) x = 0.f;
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    };
-    // The rows' sums as store_out takes them (its kQuadPartial: !kMmaSum): l[0], l[1], or the fragment's rows.
-    auto row_sums = [&](float (&lt)[2]) {
-      lt[0] = l[0];
-      lt[1] = l[kMmaSum ? 2 : 1];
-    };
+    float o[D / 2], s[BN / 2], m[2], l[2], alpha[2];
     uint32_t p[BN / 16][4];
     // The output rows of tile (q0, h, b): O's first row and lse's.
     auto out_rows = [&](int q0, int h, int b) {
@@ -290,11 +257,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       mbar_wait(bar_vfull(st), (use / kStages) & 1);
       wgmma_fence();
       rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));
-      if constexpr (kMmaSum) row_sum_gemm<T, BN>(l, p, ones_desc);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
-      reg_fence(l);
       if (lane == 0) mbar_arrive(bar_empty(st));
     };
     if constexpr (kStream) {
@@ -327,7 +292,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           return true;
         }
       };
-      auto enter = [&](const Tile&) { zero_rows(); };
+      auto enter = [&](const Tile& c) {
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+        m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
+      };
       // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
       auto issue_step = [&](const Tile& c, int j, int use) {
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
@@ -341,8 +310,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
-        softmax_tile<T, D, BN, kChains, kMmaSum>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN,
-                                                 lane, a.scale_log2);
+        softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
+                                        a.scale_log2);
       };
       // O / l to T staged through the warpgroup's rows of the tile's own Q buffer (store_out: 16-byte coalesced
       // stores; straight from the registers, four-byte stores of half sectors, the streamed forward ran 0.82x-0.97x at
@@ -356,11 +325,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         // out of the stream loop, the 16 of them spilled (9 registers at D = 64 with 256-key tiles).
         int t_here = t;
         asm volatile("" : "+r"(t_here));
-        float lt[2];
-        row_sums(lt);
-        store_out<T, D, BM, !kMmaSum>(o, m, lt, a.scale_log2, smem + qb * L::kTileQ, cw, t_here,
-                                      out_rows(c.q0, c.h, c.b), a.os.seq, min(BM, a.Sq - c.q0),
-                                      lse_rows(c.q0, c.h, c.b));
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t_here, out_rows(c.q0, c.h, c.b),
+                            a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
         fence_proxy_async();
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_qempty(qb));
@@ -409,15 +375,17 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
-        zero_rows();
+        m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
         const int qb = qn % kQStages;
         if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
         // S of tile j is in s: the last one releases Q (the producer loads the tile after next's into it); mask;
         // online softmax; O *= alpha; P -> 16-bit fragments.
         auto softmax = [&](int j) {
           if (j == tr.count - 1 && lane == 0) mbar_arrive(bar_qempty(qb));
-          softmax_tile<T, D, BN, kChains, kMmaSum>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN,
-                                                   lane, a.scale_log2);
+          softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (tr.first + j) * BN, lane,
+                                          a.scale_log2);
         };
         if constexpr (!kPingpong) {
           for (int j = 0; j < tr.count; ++j) {
@@ -463,10 +431,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           continue;
         }
         named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
-        float lt[2];
-        row_sums(lt);
-        store_out<T, D, BM, !kMmaSum>(o, m, lt, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
-                                      min(BM, a.Sq - q0), lse_rows(q0, h, b));
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
+                            min(BM, a.Sq - q0), lse_rows(q0, h, b));
       }
     }
   }

@@ -164,18 +164,6 @@ __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[B
   rs_gemm<T, D, BN>(o, a, v_tile, BN * 128);
 }
 
-// The row sums of P on the tensor cores, beside O += P V: lsum (the m64n8 fragment: lsum[0], lsum[1] = the full sum of
-// the thread's row lane / 4, lsum[2], lsum[3] = of row lane / 4 + 8) += P (64 x BN, the same A fragments) x ones
-// (BN x 8). ones_desc: a flat_desc over kOnesTileBytes of T(1) in shared memory; every k step reads the same bytes.
-// It takes the softmax's BN / 4 FADDs a row (and the quad's two shuffles at the end) off the ALUs for BN / 16 wgmmas
-// of 8 columns (1/8 of P V's tensor work at D = 64). The sum is of the 16-bit P that O is made of.
-constexpr int kOnesTileBytes = 512;  // an m64n8k16 B read with LBO = SBO = 128 lies in the first 256 (flat_desc)
-template <class T, int BN>
-__device__ __forceinline__ void row_sum_gemm(float (&lsum)[4], const uint32_t (&a)[BN / 16][4], uint64_t ones_desc) {
-#pragma unroll
-  for (int j = 0; j < BN / 16; ++j) wgmma_rs<8, T>(lsum, a[j], ones_desc, 1);
-}
-
 // Hidden (query, key) -> -inf on an S tile of BN keys (before the exponential): keys[h] = the keys the thread's row
 // h (0, 1) sees (Mask::keys), key0 = the key of its column 0 (the tile's first key + 2 (lane % 4)).
 template <bool kLower, int BN>
@@ -196,8 +184,7 @@ __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], const fa::Mask<kLo
 // D = 64 forward +0% to +5% on the H200 (run 29, against runs 26 and 28; ncu had "wait" stalls at 30% of the samples)
 // but -2% to -3% at D = 128 with S <= 1024, so the forward uses 4 at D = 64 and 1 at D = 128. fmaxf is exact: the
 // chains change no max. They change the order of the row sum's additions (two chains), within fp32 rounding.
-// kSum false: no row sum here (l untouched; the caller sums P on the tensor cores: row_sum_gemm).
-template <int BN, int kChains = 1, bool kSum = true>
+template <int BN, int kChains = 1>
 __device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float scale_log2,
                                                float (&alpha)[2]) {
   static_assert(kChains == 1 || kChains == 4, "one chain per row, or four (q % 2, e)");
@@ -231,10 +218,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2]
     alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
     m[h] = mx[h];
   }
-  if constexpr (!kSum) {
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) s[i] = ex2(fmaf(s[i], scale_log2, -ms[(i >> 1) & 1]));
-  } else if constexpr (kChains == 1) {
+  if constexpr (kChains == 1) {
     float sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
@@ -297,43 +281,30 @@ __device__ __forceinline__ void store_frag_sw128(const uint32_t (&f)[N / 16][4],
 
 // The forward's softmax step on one S tile of BN keys from key k0 (in s): hidden (query, key) -> -inf unless every row
 // of the CTA's tile sees the whole key tile (common = Mask::common_keys of its rows; keys = the thread's rows' keys,
-// mask_tile), the online softmax (m, alpha; chains: online_softmax's kChains), O *= alpha, and P -> the 16-bit A
-// fragments of O += P V. The row sums l: kMmaSum false, l[0], l[1] = the thread's partial sums of its two rows (FADDs
-// here; the quad's four partials are added in the epilogue, finish_rows); true, l = row_sum_gemm's m64n8 fragment,
-// only rescaled here. lane: the thread's lane.
-template <class T, int D, int BN, int kChains, bool kMmaSum, bool kLower>
-__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&o)[D / 2], float (&m)[2],
-                                             float (&l)[kMmaSum ? 4 : 2], float (&alpha)[2],
-                                             uint32_t (&p)[BN / 16][4], const fa::Mask<kLower>& mask,
-                                             const fa::KeyRange (&keys)[2], const fa::KeyRange& common, int k0,
-                                             int lane, float scale_log2) {
+// mask_tile), the online softmax (m, l, alpha; chains: online_softmax's kChains), O *= alpha, and P -> the 16-bit A
+// fragments of O += P V. lane: the thread's lane.
+template <class T, int D, int BN, int kChains, bool kLower>
+__device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&o)[D / 2], float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2], uint32_t (&p)[BN / 16][4],
+                                             const fa::Mask<kLower>& mask, const fa::KeyRange (&keys)[2],
+                                             const fa::KeyRange& common, int k0, int lane, float scale_log2) {
   if (!mask.covers(common, k0, k0 + BN)) mask_tile<kLower, BN>(s, mask, keys, k0 + 2 * (lane % 4));
-  if constexpr (kMmaSum) {
-    float unused[2];
-    online_softmax<BN, kChains, false>(s, m, unused, scale_log2, alpha);
-    rescale<8>(l, alpha);  // the m64n8 fragment's rows are O's
-  } else {
-    online_softmax<BN, kChains>(s, m, l, scale_log2, alpha);
-  }
+  online_softmax<BN, kChains>(s, m, l, scale_log2, alpha);
   rescale<D>(o, alpha);
   pack_p<T, BN>(s, p);
 }
 
-// The epilogue's row statistics: the quad's partial sums of l added (kQuadPartial; false: l holds the rows' full
-// sums already, row_sum_gemm), inv = 1 / l (0 for a row that saw nothing), and lse = (m scale_log2 + log2 l) ln 2
-// (-inf for such a row) written for the thread's rows (64 cw + 16 w + lane / 4, + 8: rows[]) below rows_valid, by
-// lane % 4 == 0.
-template <bool kQuadPartial = true>
+// The epilogue's row statistics: the quad's partial sums of l added, inv = 1 / l (0 for a row that saw nothing), and
+// lse = (m scale_log2 + log2 l) ln 2 (-inf for such a row) written for the thread's rows (64 cw + 16 w + lane / 4,
+// + 8: rows[]) below rows_valid, by lane % 4 == 0.
 __device__ __forceinline__ void finish_rows(const float (&m)[2], float (&l)[2], float scale_log2, int cw, int t,
                                             int rows_valid, float* __restrict__ lse_blk, float (&inv)[2],
                                             int (&rows)[2]) {
   const int w = t / 32, lane = t % 32;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    if constexpr (kQuadPartial) {
-      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-      l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-    }
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
     inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
     rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
     const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
@@ -347,15 +318,15 @@ __device__ __forceinline__ void finish_rows(const float (&m)[2], float (&l)[2], 
 // log2 l) ln 2. Only the first rows_valid rows of the CTA's BM are written. The caller guarantees that nothing
 // else reads or writes the warpgroup's rows of the tile meanwhile (e.g. wgmmas reading Q from it are complete).
 // out_blk: the CTA's first output row, rows ld elements apart, 16-byte aligned (ld % 8 == 0);
-// lse_blk: the CTA's first lse row (contiguous). kQuadPartial: finish_rows'.
-template <class T, int D, int BM = kBlockM, bool kQuadPartial = true>
+// lse_blk: the CTA's first lse row (contiguous).
+template <class T, int D, int BM = kBlockM>
 __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (&m)[2], float (&l)[2],
                                           float scale_log2, uint8_t* q_smem, int cw, int t, T* __restrict__ out_blk,
                                           int64_t ld, int rows_valid, float* __restrict__ lse_blk) {
   const int lane = t % 32;
   float inv[2];
   int rows[2];
-  finish_rows<kQuadPartial>(m, l, scale_log2, cw, t, rows_valid, lse_blk, inv, rows);
+  finish_rows(m, l, scale_log2, cw, t, rows_valid, lse_blk, inv, rows);
 #pragma unroll
   for (int i = 0; i < D / 2; i += 2) {
     const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);

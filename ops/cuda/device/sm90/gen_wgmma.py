@@ -5,8 +5,7 @@
 # error-prone to type, hence a generator. Run: python3 gen_wgmma.py > wgmma.cuh
 SS_N = [32, 64, 128]  # both operands from shared memory (ss_gemm: S = Q K^T, S^T = K Q^T, dP = dO V^T): N = a tile's keys
                       # or queries (32: a warpgroup's half of the head-dim-256 backward's 64-column score tiles)
-RS_N = [8, 64, 128]  # A from registers (rs_gemm: O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K): N = D; 8: the
-                     # forward's row sums of P as P x ones (row_sum_gemm)
+RS_N = [64, 128]  # A from registers (rs_gemm: O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K): N = D
 SS_MN_N = [64]    # both operands from shared memory, both MN-major (the fused dQ = dS K of the backward: dS from a
                   # [key][query] tile, K from its [key][d] tile): N = 64 columns of D
 SS_BMN_N = [128]  # both from shared memory, A K-major and B MN-major (the head-dim-256 backward's dV += P^T dO,

@@ -59,14 +59,6 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr, uint32_t lbo_byte
   return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
-// The same fields without a swizzle (mode 0: core matrices of 8 rows x 16 bytes, 128 contiguous bytes each, LBO and
-// SBO apart). For a tile whose elements are all equal (the forward's ones, row_sum_gemm) the layout does not matter,
-// only that every byte an instruction reads is in the tile: an m64n8k16 B operand is two core matrices, at most
-// max(LBO, SBO) + 128 bytes from the start.
-__device__ __forceinline__ uint64_t flat_desc(uint32_t saddr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
-         (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32);
-}
 
 // ---- wgmma ordering (PTX ISA 9.7.15.6 wgmma.fence / commit_group / wait_group) --------------------------------
 // fence: before the first wgmma of a batch whenever its accumulator or A registers were touched by ordinary

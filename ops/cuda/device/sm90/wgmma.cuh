@@ -102,23 +102,6 @@ __device__ __forceinline__ std::enable_if_t<N == 128> wgmma_ss(float* d, uint64_
 }
 
 template <int N, class T = __nv_bfloat16>
-__device__ __forceinline__ std::enable_if_t<N == 8> wgmma_rs(float* d, const uint32_t* a, uint64_t desc_b, int scale_d) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-  }
-}
-
-template <int N, class T = __nv_bfloat16>
 __device__ __forceinline__ std::enable_if_t<N == 64> wgmma_rs(float* d, const uint32_t* a, uint64_t desc_b, int scale_d) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
