@@ -126,7 +126,8 @@ constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row o
 // (kMinColumnChunk = 64 rows) in one step.
 constexpr int kColBatch = 8;
 
-template <class TIn, class TOut, int W, ReduceMode kMode>
+// kBatch: kColBatch, or 1 (one row's load and adds at a time: the kernel before session 17, for the column-reduce lab).
+template <class TIn, class TOut, int W, ReduceMode kMode, int kBatch = kColBatch>
 __global__ void __launch_bounds__(32 * kColLanes)
     column_reduce_kernel(const TIn* __restrict__ x,          // (O, R, K)
                          const int64_t* __restrict__ in_idx,  // (O, R, K) or null
@@ -150,18 +151,18 @@ __global__ void __launch_bounds__(32 * kColLanes)
       at[e] = dev::kNoIndex;
     }
     if (c0 < K) {
-      // kColBatch of the lane's rows a step: their loads are all issued before the first is added (a loop of one
+      // kBatch of the lane's rows a step: their loads are all issued before the first is added (a loop of one
       // load and its adds waits a memory latency per row; H200, session 17: a 16384 x 768 bf16 column sum took
       // 16.8 us, 1.5 TB/s). Rows are still taken in increasing order (max's first-occurrence rule).
-      for (int64_t rb = r0 + ty; rb < r1; rb += kColLanes * kColBatch) {
-        dev::Pack<TIn, W> p[kColBatch];
+      for (int64_t rb = r0 + ty; rb < r1; rb += kColLanes * kBatch) {
+        dev::Pack<TIn, W> p[kBatch];
 #pragma unroll
-        for (int b = 0; b < kColBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
           const int64_t r = rb + b * kColLanes;
           if (r < r1) p[b] = dev::load_pack<TIn, W>(x + (o * R + r) * K + c0);
         }
 #pragma unroll
-        for (int b = 0; b < kColBatch; ++b) {
+        for (int b = 0; b < kBatch; ++b) {
           const int64_t r = rb + b * kColLanes, off = (o * R + r) * K + c0;
           if (r >= r1) break;
 #pragma unroll
