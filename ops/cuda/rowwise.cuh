@@ -122,12 +122,8 @@ enum class ReduceMode { sum, max };
 // W columns over rows r0 + lane, r0 + lane + 8, ..., then lanes are combined in lane order through shared
 // memory. W == vec_width<TIn>() needs K % W == 0 and a 16-byte aligned x.
 constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row of a pack read per lane per step
-// Rows a lane loads before it adds them: 8 x 16 bytes in flight a thread (32 registers), a column chunk's minimum
-// (kMinColumnChunk = 64 rows) in one step.
-constexpr int kColBatch = 8;
 
-// kBatch: kColBatch, or 1 (one row's load and adds at a time: the kernel before session 17, for the column-reduce lab).
-template <class TIn, class TOut, int W, ReduceMode kMode, int kBatch = kColBatch>
+template <class TIn, class TOut, int W, ReduceMode kMode>
 __global__ void __launch_bounds__(32 * kColLanes)
     column_reduce_kernel(const TIn* __restrict__ x,          // (O, R, K)
                          const int64_t* __restrict__ in_idx,  // (O, R, K) or null
@@ -151,32 +147,20 @@ __global__ void __launch_bounds__(32 * kColLanes)
       at[e] = dev::kNoIndex;
     }
     if (c0 < K) {
-      // kBatch of the lane's rows a step: their loads are all issued before the first is added (a loop of one
-      // load and its adds waits a memory latency per row; H200, session 17: a 16384 x 768 bf16 column sum took
-      // 16.8 us, 1.5 TB/s). Rows are still taken in increasing order (max's first-occurrence rule).
-      for (int64_t rb = r0 + ty; rb < r1; rb += kColLanes * kBatch) {
-        dev::Pack<TIn, W> p[kBatch];
+      for (int64_t r = r0 + ty; r < r1; r += kColLanes) {
+        const int64_t off = (o * R + r) * K + c0;
+        const dev::Pack<TIn, W> p = dev::load_pack<TIn, W>(x + off);
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-          const int64_t r = rb + b * kColLanes;
-          if (r < r1) p[b] = dev::load_pack<TIn, W>(x + (o * R + r) * K + c0);
-        }
-#pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-          const int64_t r = rb + b * kColLanes, off = (o * R + r) * K + c0;
-          if (r >= r1) break;
-#pragma unroll
-          for (int e = 0; e < W; ++e) {
-            const float v = dev::to_float(p[b].v[e]);
-            if constexpr (kMax) {
-              const int64_t i = in_idx ? in_idx[off + e] : r;
-              if (dev::beats(v, i, acc[e], at[e])) {
-                acc[e] = v;
-                at[e] = i;
-              }
-            } else {
-              acc[e] += v;
+        for (int e = 0; e < W; ++e) {
+          const float v = dev::to_float(p.v[e]);
+          if constexpr (kMax) {
+            const int64_t i = in_idx ? in_idx[off + e] : r;
+            if (dev::beats(v, i, acc[e], at[e])) {
+              acc[e] = v;
+              at[e] = i;
             }
+          } else {
+            acc[e] += v;
           }
         }
       }
