@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   auto bar_vfull = [&](int st) { return bar0 + 8 * (2 * kQStages + kStages + st); };
   auto bar_empty = [&](int st) { return bar0 + 8 * (2 * kQStages + 2 * kStages + st); };
 
-  const int tid = threadIdx.x, wg = tid / 128;
+  const int tid = threadIdx.x, wg = static_cast<int>(threadIdx.x / 128);  // unsigned: a shift where it is recomputed
   const TileOrder<BM> order{a.m_tiles, a.H, a.pairs};
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
 
@@ -230,7 +230,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     constexpr int kLast = kConsumers - 1;
     constexpr int kChains = D == 64 ? 4 : 1;  // the row max's chains (online_softmax)
     const int next = kConsumers == 2 ? 1 - cw : (cw == kLast ? 0 : cw + 1);  // ping-pong: whose turn follows ours
+    // O: zeroed here once; a tile's first O += P V overwrites it (accumulate's `first`), so no tile zeroes it (32 moves
+    // through uniform registers and back, 64 instructions a tile at D = 64: ncu, H200, session 17). What a tile's first
+    // softmax multiplies by alpha = 0 before that is the tile before's O, finite or not, and is overwritten.
     float o[D / 2], s[BN / 2], m[2], l[2], alpha[2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     uint32_t p[BN / 16][4];
     // The output rows of tile (q0, h, b): O's first row and lse's.
     auto out_rows = [&](int q0, int h, int b) {
@@ -251,12 +256,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       wgmma_wait<0>();
       reg_fence(s);
     };
-    // O += P V of the stage once V has landed; the stage is released once the wgmma is complete.
-    auto accumulate = [&](int use) {
+    // O += P V of the stage once V has landed (first, a tile's first step: O = P V); the stage is released once the
+    // wgmma is complete.
+    auto accumulate = [&](int use, bool first) {
       const int st = use % kStages;
       mbar_wait(bar_vfull(st), (use / kStages) & 1);
       wgmma_fence();
-      rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo));
+      rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
@@ -292,11 +298,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           return true;
         }
       };
-      auto enter = [&](const Tile& c) {
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-        m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
-      };
+      auto enter = [&](const Tile&) { m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f; };  // O: accumulate's first
       // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
       auto issue_step = [&](const Tile& c, int j, int use) {
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
@@ -321,11 +323,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // reads are done (__syncwarp orders its lanes'), its generic-proxy accesses before the next TMA write.
       auto epilogue = [&](const Tile& c) {
         const int qb = c.qn % kQStages;
-        // The thread index made opaque here, so that ptxas computes the staging addresses in the epilogue: hoisted
-        // out of the stream loop, the 16 of them spilled (9 registers at D = 64 with 256-key tiles).
-        int t_here = t;
-        asm volatile("" : "+r"(t_here));
-        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t_here, out_rows(c.q0, c.h, c.b),
+        // store_out's staging addresses are a per-thread base and phase (session 17): ptxas may keep them across the
+        // stream loop. (Before, with 16 addresses computed per register, hoisting them spilled 9 registers, and the
+        // thread index was made opaque here; that also put the softmax's first MUFU 195 instructions after its first
+        // FMNMX instead of 80, tools/sass_stats.py.)
+        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t, out_rows(c.q0, c.h, c.b),
                             a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
         fence_proxy_async();
         __syncwarp();
@@ -344,7 +346,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (kPingpong && cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
         for (;;) {
           if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(use);
+          accumulate(use, j == 0);
           Tile nxt = cur;
           int nj = j + 1;
           if (nj == cur.count) {
@@ -376,8 +378,10 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
         m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
+        if (tr.count == 0) {  // no P V to overwrite O: its rows get 0 (O x inv, inv = 0)
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+          for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+        }
         const int qb = qn % kQStages;
         if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
         // S of tile j is in s: the last one releases Q (the producer loads the tile after next's into it); mask;
@@ -392,7 +396,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
             issue_scores(qb, it + j);
             await_scores();
             softmax(j);
-            accumulate(it + j);
+            accumulate(it + j, j == 0);
           }
         } else if (tr.count > 0) {
           // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
@@ -411,14 +415,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           if (cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
           for (int j = 0; j + 1 < tr.count; ++j) {
             named_barrier_sync(kSchedBarrier + cw, 256);
-            accumulate(it + j);
+            accumulate(it + j, j == 0);
             issue_scores(qb, it + (j + 1));  // S(j + 1): issued in our turn, softmax in the others'
             named_barrier_arrive(kSchedBarrier + next, 256);
             await_scores();
             softmax(j + 1);
           }
           named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(it + (tr.count - 1));
+          accumulate(it + (tr.count - 1), tr.count == 1);
           // The last warpgroup skips its final signal (see above); the others give theirs to the next one, cw + 1 (the
           // two-warpgroup forms are written as constants: the kernel of runs 20-21, instruction for instruction).
           if (kConsumers == 2 ? cw == 0 : cw != kLast)
@@ -428,11 +432,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if constexpr (!stages_o<D>()) {
           store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0),
                                  lse_rows(q0, h, b));
-          continue;
+        } else {
+          named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
+          store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
+                              min(BM, a.Sq - q0), lse_rows(q0, h, b));
         }
-        named_barrier_sync(1 + cw, 128);  // the warpgroup's reads of the O tile for its previous tile are done
-        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + L::kO, cw, t, out_rows(q0, h, b), a.os.seq,
-                            min(BM, a.Sq - q0), lse_rows(q0, h, b));
       }
     }
   }

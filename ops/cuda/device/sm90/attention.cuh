@@ -119,21 +119,24 @@ __device__ __forceinline__ void rs_gemm(float (&acc)[D / 2], const uint32_t (&a)
 
 // rs_gemm from B's descriptor (sw128_desc(b_tile, K * 128, 1024)): 16 more k add 2048 B to its start address. D = 256
 // runs as two m64n128 halves a k step (columns 0-127, then 128-255: two 64-column atoms of K * 128 bytes further), whose
-// accumulators side by side are the m64n256 fragment (see qk_gemm_desc).
+// accumulators side by side are the m64n256 fragment (see qk_gemm_desc). accumulate 0: acc = A B (its old values, which
+// need not be finite, are not read), 1: acc += A B.
 template <class T, int D, int K>
-__device__ __forceinline__ void rs_gemm_desc(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint64_t b_desc) {
+__device__ __forceinline__ void rs_gemm_desc(float (&acc)[D / 2], const uint32_t (&a)[K / 16][4], uint64_t b_desc,
+                                             int accumulate = 1) {
   const uint32_t b_lo = static_cast<uint32_t>(b_desc);
   const uint64_t b_hi = b_desc & ~0xFFFFFFFFull;
   if constexpr (D <= 128) {
 #pragma unroll
-    for (int j = 0; j < K / 16; ++j) wgmma_rs<D, T>(acc, a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
+    for (int j = 0; j < K / 16; ++j)
+      wgmma_rs<D, T>(acc, a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), j == 0 ? accumulate : 1);
   } else {
     static_assert(D == 256, "two halves of 128 columns");
     constexpr uint32_t kHalf = (2 * K * 128) >> 4;  // two atoms of K rows
 #pragma unroll
     for (int j = 0; j < K / 16; ++j) {
-      wgmma_rs<128, T>(&acc[0], a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), 1);
-      wgmma_rs<128, T>(&acc[64], a[j], b_hi | (b_lo + kHalf + ((j * 16 * 128) >> 4)), 1);
+      wgmma_rs<128, T>(&acc[0], a[j], b_hi | (b_lo + ((j * 16 * 128) >> 4)), j == 0 ? accumulate : 1);
+      wgmma_rs<128, T>(&acc[64], a[j], b_hi | (b_lo + kHalf + ((j * 16 * 128) >> 4)), j == 0 ? accumulate : 1);
     }
   }
 }
@@ -300,7 +303,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[BN / 2], float (&o)[D / 
 __device__ __forceinline__ void finish_rows(const float (&m)[2], float (&l)[2], float scale_log2, int cw, int t,
                                             int rows_valid, float* __restrict__ lse_blk, float (&inv)[2],
                                             int (&rows)[2]) {
-  const int w = t / 32, lane = t % 32;
+  const int w = static_cast<unsigned>(t) / 32, lane = static_cast<unsigned>(t) % 32;  // t >= 0: shifts, not divisions
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
@@ -323,26 +326,39 @@ template <class T, int D, int BM = kBlockM>
 __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (&m)[2], float (&l)[2],
                                           float scale_log2, uint8_t* q_smem, int cw, int t, T* __restrict__ out_blk,
                                           int64_t ld, int rows_valid, float* __restrict__ lse_blk) {
-  const int lane = t % 32;
+  const uint32_t lane = static_cast<unsigned>(t) % 32;
   float inv[2];
   int rows[2];
   finish_rows(m, l, scale_log2, cw, t, rows_valid, lse_blk, inv, rows);
+  // The staging writes: register i holds column 8 (i / 4) + 2 (lane % 4) of row rows[h], h = (i >> 1) & 1, i.e. atom
+  // q / 8 and 16-byte chunk q % 8 (q = i / 4: compile-time), byte 4 (lane % 4) of the chunk. sw128_chunk XORs the chunk
+  // with row % 8 = lane / 4 for both rows (64 cw + 16 w + 8 h are multiples of 8), so each address is a per-thread
+  // base plus a constant XOR a per-thread phase: no index arithmetic per register (ptxas computed col / 64, col % 64
+  // and the swizzle for each of them, ~200 instructions a tile at D = 64; ncu, H200, session 17).
+  const uint32_t phase = (lane / 4) << 4;  // (row % 8) << 4
+  const uint32_t base[2] = {static_cast<uint32_t>(rows[0]) * 128 + 4 * (lane % 4),
+                            static_cast<uint32_t>(rows[1]) * 128 + 4 * (lane % 4)};
 #pragma unroll
   for (int i = 0; i < D / 2; i += 2) {
-    const int row = rows[(i >> 1) & 1], col = 8 * (i / 4) + 2 * (lane % 4);
-    const uint32_t off = (col / 64) * (BM * 128) + sw128_chunk(row, (col % 64) / 8) + (col % 8) * 2;
+    const int q = i / 4;
+    const uint32_t off = (q / 8) * (BM * 128) + base[(i >> 1) & 1] + ((static_cast<uint32_t>(q % 8) << 4) ^ phase);
     const float sc = inv[(i >> 1) & 1];
     *reinterpret_cast<uint32_t*>(q_smem + off) = pack2<T>(o[i] * sc, o[i + 1] * sc);
   }
   named_barrier_sync(1 + cw, 128);  // ids 1 .. the consumer count: one per consumer warpgroup (0 is __syncthreads')
-  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
+  // The read-back: thread t takes 16-byte chunk t % kRowChunks of rows 64 cw + t / kRowChunks + kRowsPerPass it: the
+  // chunk and the row's phase (row % 8) are the same in every pass, so a pass adds a constant to both addresses.
+  constexpr int kRowChunks = D / 8, kRowsPerPass = 128 / kRowChunks, kPasses = 64 / kRowsPerPass;
+  static_assert(128 % kRowChunks == 0 && kRowsPerPass % 8 == 0, "passes of whole 8-row swizzle groups");
+  const uint32_t tu = static_cast<unsigned>(t), col8 = tu % kRowChunks;
+  const int row0 = 64 * cw + static_cast<int>(tu / kRowChunks);
+  const uint8_t* src = q_smem + (col8 / 8) * (BM * 128) + sw128_chunk(row0, col8 % 8);
+  T* dst = out_blk + row0 * ld + col8 * 8;
 #pragma unroll
-  for (int it = 0; it < kChunks / 128; ++it) {
-    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
-    if (row >= rows_valid) continue;
-    const uint4 val =
-        *reinterpret_cast<const uint4*>(q_smem + (col8 / 8) * (BM * 128) + sw128_chunk(row, col8 % 8));
-    *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = val;
+  for (int it = 0; it < kPasses; ++it) {
+    if (row0 + it * kRowsPerPass >= rows_valid) break;  // rows grow with it
+    *reinterpret_cast<uint4*>(dst + it * kRowsPerPass * ld) =
+        *reinterpret_cast<const uint4*>(src + it * kRowsPerPass * 128);
   }
 }
 
