@@ -8,7 +8,7 @@
 // (XF_ATTENTION_SM90_CTAS=3), and at D = 64 with three consumer warpgroups as well as two
 // (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
 // tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
-// without a mask and under a causal band from 2048 keys), each with its default consumer loop (256-key tiles:
+// without a mask and under a causal band from 1024 keys), each with its default consumer loop (256-key tiles:
 // streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel

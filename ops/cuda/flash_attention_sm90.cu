@@ -520,8 +520,10 @@ int consumers_for(const Params& p) {
 // (a 256-key tile straddles the diagonal more often: more masked work) and -3% to -7% against three consumers from
 // S = 4096. Session 14 (run 3, the same kind of A/B; 256-key tiles now run the streamed consumers): causal 0.91x at
 // S = 512, 0.99x at 1024, 1.07x at 2048 (373 against 348 TFLOP/s); against three consumers 0.96x-0.99x from 4096.
+// Session 17 (run 6, the same binary with XF_ATTENTION_SM90_BLOCK_N=256 against the default, after the streamed
+// epilogue lost ~300 instructions a tile): causal 1.04x at S = 1024 (309 against 296), 0.97x at 512; hence 1024.
 // XF_ATTENTION_SM90_BLOCK_N=128 or 256 forces either (at D = 64 with two consumers).
-constexpr int kWideMaskedMinKeys = 2048;
+constexpr int kWideMaskedMinKeys = 1024;
 int block_n_for(const Params& p, int consumers) {
   if (p.D == 256) return kBlockNHead256;
   if (p.D != 64 || consumers != 2) return 128;
