@@ -9,7 +9,7 @@
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B) or two source trees
 # (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward; a weight gradient fused, plain and split-K; the column reduction by chunk count).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
 # (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
 # XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
