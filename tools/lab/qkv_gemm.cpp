@@ -21,18 +21,8 @@
 #include "tools/lab/lab_tensors.h"
 
 using namespace xfr;
+using xfr::lab::max_diff;
 using xfr::lab::random_bf16;
-
-namespace {
-
-double max_diff(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_host().to(DType::f32).to_doubles(), y = b.to_host().to(DType::f32).to_doubles();
-  double e = 0;
-  for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::abs(x[i] - y[i]));
-  return e;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   const int64_t M = argc > 2 ? std::stoll(argv[1]) : 16384, C = argc > 2 ? std::stoll(argv[2]) : 768;
@@ -111,15 +101,7 @@ int main(int argc, char** argv) {
                   cuda::gemm(cc, g);
                 }});
   for (const Variant& v : vs) {
-    v.run();  // plan and autotune
-    std::vector<double> ms;
-    for (int r = 0; r < 20; ++r) {
-      auto e0 = ctx->record_event();
-      v.run();
-      ms.push_back(ctx->elapsed_ms(e0, ctx->record_event()));
-    }
-    std::sort(ms.begin(), ms.end());
-    const double med = ms[ms.size() / 2];
+    const double med = lab::median_ms(*ctx, v.run);
     std::printf("lab qkv_gemm M=%lld C=%lld %s: %.1f us, %.0f TFLOP/s\n", static_cast<long long>(M),
                 static_cast<long long>(C), v.name.c_str(), med * 1e3, v.flops / med / 1e9);
   }

@@ -30,6 +30,8 @@
 #include "tools/lab/lab_tensors.h"
 
 using namespace xfr;
+using xfr::lab::max_abs;
+using xfr::lab::max_diff;
 using xfr::lab::random_bf16;
 
 namespace {
@@ -92,18 +94,6 @@ __global__ void colsum_chunks(const float* __restrict__ part,  // (chunks, N)
   float s = 0.f;
   for (int k = 0; k < chunks; ++k) s += part[k * N + c];
   out[c] = __float2bfloat16_rn(s);
-}
-
-double max_abs(const Tensor& a) {
-  double e = 0;
-  for (double v : a.to_host().to(DType::f32).to_doubles()) e = std::max(e, std::abs(v));
-  return e;
-}
-double max_diff(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_host().to(DType::f32).to_doubles(), y = b.to_host().to(DType::f32).to_doubles();
-  double e = 0;
-  for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::abs(x[i] - y[i]));
-  return e;
 }
 
 }  // namespace
@@ -185,15 +175,7 @@ int main(int argc, char** argv) {
                         N, kChunks);
                   }});
     for (const Variant& v : vs) {
-      v.run();  // plan and autotune
-      std::vector<double> ms;
-      for (int r = 0; r < 20; ++r) {
-        auto e0 = ctx->record_event();
-        v.run();
-        ms.push_back(ctx->elapsed_ms(e0, ctx->record_event()));
-      }
-      std::sort(ms.begin(), ms.end());
-      const double med = ms[ms.size() / 2];
+      const double med = lab::median_ms(*ctx, v.run);
       if (v.flops > 0)
         std::printf("lab wgrad_gemm M=%lld N=%lld K=%lld %s: %.1f us, %.0f TFLOP/s\n", static_cast<long long>(M),
                     static_cast<long long>(N), static_cast<long long>(K), v.name.c_str(), med * 1e3,
