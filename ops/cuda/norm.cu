@@ -9,9 +9,10 @@
 // Backward: row groups compute dx per row from two row sums, sum(g) and sum(g * xhat), and accumulate
 // dy * xhat and dy for their columns over all the rows they visit (row group g takes rows g, g + G, g + 2G,
 // ...). Rows that fit kBwdGroupMaxPacks packs a lane in at most a warp take the forward's groups (8 to 32
-// lanes, several per 128-thread block, reductions by shuffles), keep those sums in shared memory and add the
-// block's groups in a fixed order at the end; longer rows take a block per row group (plan_rows), the sums in
-// registers. Each block (or group) writes its partial dgamma/dbeta row (fp32) into the scratch memory, and a
+// lanes, several per 128-thread block, reductions by shuffles, each row's loads staged in shared memory by
+// cp.async a row ahead) and add the block's groups' sums in a fixed order at the end; longer rows take a block per
+// row group (plan_rows). The sums live in registers either way. Each block (or group) writes its partial
+// dgamma/dbeta row (fp32) into the scratch memory, and a
 // column reduction (ops/cuda/rowwise.cuh, fixed order) sums them: no atomics, the same bits every run. G
 // depends only on the sizes and the device.
 #include "ops/cuda/device/mma.cuh"  // cp.async
@@ -56,18 +57,11 @@ inline GroupPlan plan_groups(int64_t cols, int width, int max_packs, int max_lan
   return p;
 }
 inline GroupPlan plan_forward(int64_t cols, int width) { return plan_groups(cols, width, kFwdMaxPacks, kMaxRowThreads); }
-// Calls f(std::integral_constant<int, N>{}) for N = packs per thread, 1..kMax (kMax <= 4).
+// Calls f(std::integral_constant<int, N>{}) for N = packs per thread, 1..kMax (kMax <= 4): rowwise.cuh's with_count.
 template <int kMax, class F>
 void with_packs(int n, F&& f) {
   static_assert(kMax >= 1 && kMax <= 4, "packs per thread: 1 to 4");
-  if (n == 1) return f(std::integral_constant<int, 1>{});
-  if constexpr (kMax >= 2)
-    if (n == 2) return f(std::integral_constant<int, 2>{});
-  if constexpr (kMax >= 3)
-    if (n == 3) return f(std::integral_constant<int, 3>{});
-  if constexpr (kMax >= 4)
-    if (n == 4) return f(std::integral_constant<int, 4>{});
-  throw Error("cuda", str_cat("internal: no norm row kernel for ", n, " packs per thread"));
+  with_count<kMax, 1, 2, 3, 4>(n, f);
 }
 // Packs a backward thread holds: x and dy plus two fp32 accumulators per element (dgamma, dbeta), at most 16
 // elements per thread: 32 accumulator registers and 8 (16-bit) or 16 (f32) for the packs. 32 elements of
@@ -582,12 +576,6 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
   const int nparts = (dgamma != nullptr) + (dbeta != nullptr);
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
-    constexpr int kMaxIters = bwd_max_iters<W>();
-    // One pack per thread whenever the row fits in kMaxRowThreads threads (GPT-2's 768-wide bf16 row: 96 threads):
-    // fewer registers, so more resident threads and bytes in flight. ncu on the H200 (2026-11-30) found the two-pack
-    // plan (64 threads, 127 registers, 25% occupancy) running that row at 1.6 TB/s, 61 us a call.
-    const int max_iters = ceil_div(C, W) <= kMaxRowThreads ? 1 : kMaxIters;
-    const RowPlan plan = plan_rows(C, W, max_iters);
     // Sizes the grid for `kernel` (block `block`, rpb row groups a block, a partial row per group or, when
     // block_partials, per block), takes the partial rows, launches it, then sums the partial rows.
     auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name) {
@@ -621,12 +609,21 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     // SM, 42-43 us a call. The grouped kernel: ~37 us, plus ~11 for the partial rows' reductions (the LayerNorm
     // backward lab, tools/lab/norm_backward.cpp: 48.8 us a call, 30.9 without dgamma / dbeta).
     const GroupPlan grouped = plan_groups(C, W, kBwdGroupMaxPacks, 32);
-    if (grouped.iters != 0)
+    if (grouped.iters != 0) {
       with_packs<kBwdGroupMaxPacks>(grouped.iters, [&](auto iters) {
         launch(norm_backward_grouped_kernel<T, W, decltype(iters)::value, kRms>, grouped.block(),
                grouped.rows_per_block, true, "norm_backward_grouped");
       });
-    else if (plan.iters == 0)
+      return;
+    }
+    // Longer rows: a block per row group. One pack per thread whenever the row fits in kMaxRowThreads threads:
+    // fewer registers, so more resident threads and bytes in flight (ncu on the H200, 2026-11-30, found the two-pack
+    // plan of GPT-2's 768-wide row, 64 threads at 127 registers and 25% occupancy, at 1.6 TB/s, 61 us a call, before
+    // that row moved to the grouped kernel).
+    constexpr int kMaxIters = bwd_max_iters<W>();
+    const int max_iters = ceil_div(C, W) <= kMaxRowThreads ? 1 : kMaxIters;
+    const RowPlan plan = plan_rows(C, W, max_iters);
+    if (plan.iters == 0)
       launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, "norm_backward_streaming");
     else
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {

@@ -60,19 +60,26 @@ inline RowPlan plan_rows(int64_t cols, int width, int max_iters) {
   return p;
 }
 
-// Calls f(std::integral_constant<int, N>{}) for N = iters, a power of two up to kMax (only those N are
-// instantiated).
+// Calls f(std::integral_constant<int, N>{}) for the N of Ns that equals n, among those up to kMax (only those N are
+// instantiated); throws for any other n. The row kernels' dispatch on their packs per thread.
+template <int kMax, int... Ns, class F>
+void with_count(int n, F&& f) {
+  bool found = false;
+  auto one = [&](auto count) {
+    if constexpr (decltype(count)::value <= kMax)
+      if (!found && n == decltype(count)::value) {
+        found = true;
+        f(count);
+      }
+  };
+  (one(std::integral_constant<int, Ns>{}), ...);
+  if (!found) throw Error("cuda", str_cat("internal: no row kernel for ", n, " packs per thread"));
+}
+// N = iters, a power of two up to kMax.
 template <int kMax, class F>
 void with_iters(int iters, F&& f) {
   static_assert(kMax == 1 || kMax == 2 || kMax == 4 || kMax == 8, "packs per thread: 1, 2, 4 or 8");
-  if (iters == 1) return f(std::integral_constant<int, 1>{});
-  if constexpr (kMax >= 2)
-    if (iters == 2) return f(std::integral_constant<int, 2>{});
-  if constexpr (kMax >= 4)
-    if (iters == 4) return f(std::integral_constant<int, 4>{});
-  if constexpr (kMax >= 8)
-    if (iters == 8) return f(std::integral_constant<int, 8>{});
-  throw Error("cuda", str_cat("internal: no row kernel for ", iters, " packs per thread"));
+  with_count<kMax, 1, 2, 4, 8>(iters, f);
 }
 
 // Elements per 16-byte vector of T.
