@@ -4,10 +4,10 @@
 // of S, stage 2 in 16-byte packs (W 4) or scalars (W 1, four times the blocks), both stages back to back, and
 // reduce_axis as production runs it. Cases: GPT-2's bias gradients (16384 x 768 and 16384 x 3072 bf16) and the
 // LayerNorm backward's partial rows (528 x 768 fp32). Every variant's result is checked against a float64 sum on the
-// host (|error| <= 1e-3 relative to the column's sum of |x|: bf16 output rounding), and each line prints the median of
-// 20 runs and the input's bandwidth. A second of copies runs first, so that the clocks have left idle.
-// Event timing of one short kernel includes about 5 us of launch and event latency (H200, session 17: a stage 2 of
-// 24 KB read 7-8 us alone, and stages 1 + 2 back to back 5-6 us less than their sum), so compare lines, not roofline.
+// host (|error| <= 1e-3 relative to the column's sum of |x|: bf16 output rounding), and each line prints the time of
+// a call (lab::time_us: batches of back-to-back calls, as in a CUDA graph) and the input's bandwidth. A second of
+// copies runs first, so that the clocks have left idle. (Session 17's run 4 timed single launches, each with about
+// 5 us of launch and event latency: a stage 2 of 24 KB read 7-8 us.)
 //   xfrun_lab_column_reduce
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -22,7 +22,7 @@
 
 #define LAB_NAME "lab column_reduce"
 #include "ops/cuda/rowwise.cuh"
-#include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::DeviceBuffer, lab::Event
+#include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::DeviceBuffer, lab::Event, lab::time_us
 
 using namespace xfr::cuda;
 
@@ -41,24 +41,6 @@ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <class T>
 double to_double(T v) {
   return static_cast<double>(static_cast<float>(v));
-}
-
-double median_us(const std::function<void()>& fn) {
-  lab::Event e0, e1;
-  fn();
-  LAB_CHECK(cudaDeviceSynchronize());
-  std::vector<float> ms;
-  for (int r = 0; r < 20; ++r) {
-    LAB_CHECK(cudaEventRecord(e0.get()));
-    fn();
-    LAB_CHECK(cudaEventRecord(e1.get()));
-    LAB_CHECK(cudaEventSynchronize(e1.get()));
-    float t = 0;
-    LAB_CHECK(cudaEventElapsedTime(&t, e0.get(), e1.get()));
-    ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2] * 1e3;
 }
 
 template <class TIn>
@@ -113,13 +95,14 @@ int run_case(int64_t R, int64_t K) {
     };
     using W4 = std::integral_constant<int, 4>;
     using W1 = std::integral_constant<int, 1>;
-    const double s1 = median_us(stage1);
-    const double s2_w4 = median_us([&] { stage2(W4{}); }), s2_w1 = median_us([&] { stage2(W1{}); });
-    const double both_w4 = median_us([&] {
+    const double s1 = ::lab::time_us(nullptr, stage1);
+    const double s2_w4 = ::lab::time_us(nullptr, [&] { stage2(W4{}); });
+    const double s2_w1 = ::lab::time_us(nullptr, [&] { stage2(W1{}); });
+    const double both_w4 = ::lab::time_us(nullptr, [&] {
       stage1();
       stage2(W4{});
     });
-    const double both_w1 = median_us([&] {
+    const double both_w1 = ::lab::time_us(nullptr, [&] {
       stage1();
       stage2(W1{});
     });
@@ -141,7 +124,7 @@ int run_case(int64_t R, int64_t K) {
     reduce_axis<TIn, __nv_bfloat16, ReduceMode::sum>(x.get(), nullptr, y.get(), nullptr, 1, R, K, 1.f,
                                                      Scratch{scratch_mem.get(), scratch_mem.bytes()}, nullptr);
   };
-  const double prod = median_us(production);
+  const double prod = ::lab::time_us(nullptr, production);
   check("reduce_axis", production);
   LAB_CHECK(cudaGetLastError());
   std::printf("%s %s R=%lld K=%lld reduce_axis (production): %.1f us (%.2f TB/s)\n", LAB_NAME, tname,

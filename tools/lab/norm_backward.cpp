@@ -17,7 +17,7 @@
 // up to 16384 rows for the parameter gradients).
 //   xfrun_lab_norm_backward
 #define LAB_NAME "lab norm_backward"
-#include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::Event
+#include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::Event, lab::time_us
 
 #include <algorithm>
 #include <cmath>
@@ -37,26 +37,6 @@ using namespace xfr;
 using xfr::lab::random_bf16;
 
 namespace {
-
-// Median us of one call of `f` (batches of kBatch calls).
-double time_us(cudaStream_t s, const std::function<void()>& f) {
-  constexpr int kBatch = 10, kReps = 15;
-  for (int i = 0; i < 3; ++i) f();
-  LAB_CHECK(cudaStreamSynchronize(s));
-  const ::lab::Event a, b;
-  std::vector<double> t;
-  for (int r = 0; r < kReps; ++r) {
-    LAB_CHECK(cudaEventRecord(a.get(), s));
-    for (int i = 0; i < kBatch; ++i) f();
-    LAB_CHECK(cudaEventRecord(b.get(), s));
-    LAB_CHECK(cudaEventSynchronize(b.get()));
-    float ms = 0;
-    LAB_CHECK(cudaEventElapsedTime(&ms, a.get(), b.get()));
-    t.push_back(1e3 * ms / kBatch);
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 struct Case {
   int64_t rows, C;
@@ -124,11 +104,11 @@ int main() {
     const bool ok = err <= 2e-2;
     failed += !ok;
     const double bytes = double(k.rows * k.C) * 2 * (k.dadd ? 4 : 3);
-    const double us = time_us(s, call);
+    const double us = ::lab::time_us(s, call);
     const size_t half = static_cast<size_t>(bytes / 2);
     Tensor src = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get()),
            dst = Tensor::empty({static_cast<int64_t>(half)}, DType::u8, ctx.get());
-    const double copy_us = time_us(s, [&] { LAB_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), half, cudaMemcpyDeviceToDevice, s)); });
+    const double copy_us = ::lab::time_us(s, [&] { LAB_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), half, cudaMemcpyDeviceToDevice, s)); });
     std::printf("lab norm_backward: %lld x %lld dadd=%d params=%d: %s (max rel err %.2e), %.1f us, %.2f TB/s, copy of "
                 "the same bytes %.1f us (%.0f%% of copy)\n",
                 static_cast<long long>(k.rows), static_cast<long long>(k.C), k.dadd, k.params, ok ? "ok" : "FAILED", err,
