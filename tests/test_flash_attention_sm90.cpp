@@ -9,7 +9,8 @@
 // (XF_ATTENTION_SM90_CONSUMERS=3; these problems are too short for the default to pick three) and with 256-key K/V
 // tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
 // without a mask and under a causal band from 1024 keys), each with its default consumer loop (256-key tiles:
-// streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), and the Hopper
+// streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), under a mask with its tiles drawn from the context's
+// counter (the default) and dealt in pairs (XF_ATTENTION_SM90_DRAW=0), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -174,11 +175,16 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           bool backward;
           const char* deterministic = "";  // "0": the atomic backward (dq summed by reductions, kFusedDq)
           const char* stream = "";         // "0": the forward's per-tile consumer loop instead of the streamed one
+          const char* draw = "";           // "0": a masked forward's tiles dealt in pairs instead of drawn
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
           for (const char* ctas : {"", "3"}) {
             configs.push_back({"1", pingpong, ctas, "", "", "", false});
+            // Under a mask the forward draws its tiles from the context's counter (which must be back at zero after
+            // every launch: the configurations run one after another); dealt pairs as well.
+            if (p.a.causal || p.a.window_left >= 0 || p.a.window_right >= 0)
+              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", "0"});
             if (p.D != 64) continue;  // D = 128 and 256 have one shape
             configs.push_back({"1", pingpong, ctas, "3", "", "", false});
             // Both K/V tile widths at two consumers, whichever the default picks for this band; 256-key tiles in
@@ -202,12 +208,13 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           ScopedEnv persistent("XF_ATTENTION_SM90_BWD_PERSISTENT", c.bwd_persistent);
           ScopedEnv deterministic("XF_ATTENTION_DETERMINISTIC", c.deterministic);
           ScopedEnv streamed("XF_ATTENTION_SM90_STREAM", c.stream);
+          ScopedEnv drawn("XF_ATTENTION_SM90_DRAW", c.draw);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent +
                                                           " DETERMINISTIC=" + c.deterministic +
-                                                          " STREAM=" + c.stream
+                                                          " STREAM=" + c.stream + " DRAW=" + c.draw
                                                     : "");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");

@@ -4,6 +4,7 @@
 // the CTAs of an H200-sized grid get balanced work (the zigzag order this replaced gave one CTA 1.5x the mean at
 // S = 16384, D = 128). The persistent backward's dK/dV kernel reads its key blocks through q0_mirrored.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -125,4 +126,60 @@ TEST_CASE("flash_attention tile order: FastDiv divides exactly (the tile decodin
     }
   }
   CHECK(failures == 0);
+}
+
+TEST_CASE("flash_attention draw order: every query tile once, chunk by chunk, longest first") {
+  using xfr::cuda::fa::DrawOrder;
+  for (int m_tiles : {1, 2, 3, 8, 33})
+    for (int heads : {1, 5, 12, 64})
+      for (int chunk : {1, 3, 4, 64, 100}) {
+        CAPTURE(m_tiles);
+        CAPTURE(heads);
+        CAPTURE(chunk);
+        const DrawOrder order(m_tiles, heads, chunk);
+        const int c = std::min(chunk, heads), tiles = m_tiles * heads;
+        REQUIRE(order.tiles == tiles);
+        std::vector<int> seen(static_cast<size_t>(tiles), 0);
+        for (int n = 0; n < tiles; ++n) {
+          const int u = order.tile(n);
+          REQUIRE(u >= 0);
+          REQUIRE(u < tiles);
+          ++seen[static_cast<size_t>(u)];
+          // Written out: chunk n / (c m_tiles); in it, rank (index from the end) and head by the chunk's head count.
+          const int ch = n / (c * m_tiles), within = n % (c * m_tiles);
+          const int in_chunk = std::min(c, heads - ch * c);
+          CHECK(u / m_tiles == ch * c + within % in_chunk);
+          CHECK(u % m_tiles == within / in_chunk);
+        }
+        CHECK(order.tile(tiles) == DrawOrder::kEnd);
+        CHECK(order.tile(tiles + 131) == DrawOrder::kEnd);
+        CHECK(std::all_of(seen.begin(), seen.end(), [](int k) { return k == 1; }));
+      }
+}
+
+TEST_CASE("flash_attention draw order: drawn causal tiles balance better than dealt pairs on the benchmark grid") {
+  using xfr::cuda::fa::DrawOrder;
+  // Causal, Sq = Sk, D = 64 (launch_sm90_forward's draw_chunk_heads for bf16 K and V): query tile q (from the start)
+  // costs its key steps of `bn` keys, ceil(128 (q + 1) / bn), plus a fixed 0.3 step (its epilogue and first S). Tiles
+  // are drawn by whichever of 132 CTAs is free first; the busiest CTA must be within 2% of a perfect split, where the
+  // dealt pairs (the same cost model) lose 3% in the last round.
+  for (int S : {512, 1024, 2048, 4096, 8192, 16384})
+    for (int bn : {128, 256}) {
+      const int m_tiles = S / kBM, heads = (16384 / S) * (2048 / 64);
+      const auto cost = [&](int from_end) { return std::ceil(128.0 * (m_tiles - from_end) / bn) + 0.3; };
+      const DrawOrder order(m_tiles, heads, xfr::cuda::fa::draw_chunk_heads(heads, int64_t{2} * S * 64 * 2));
+      std::vector<double> load(132, 0.0);
+      for (int n = 0; n < order.tiles; ++n) *std::min_element(load.begin(), load.end()) += cost(order.tile(n) % m_tiles);
+      double pairs_max = 0;
+      for (const auto& mine : walk(order_of(m_tiles, heads, 1), 132)) {
+        double w = 0;
+        for (int u : mine) w += cost(u % m_tiles);
+        pairs_max = std::max(pairs_max, w);
+      }
+      const double mean = std::accumulate(load.begin(), load.end(), 0.0) / 132;
+      CAPTURE(S);
+      CAPTURE(bn);
+      CHECK(*std::max_element(load.begin(), load.end()) <= 1.02 * mean);
+      CHECK(*std::max_element(load.begin(), load.end()) < pairs_max);
+    }
 }

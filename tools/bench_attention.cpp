@@ -201,6 +201,7 @@ int main(int argc, char** argv) {
             if (!listed(backends, name)) continue;
             cuda::FlashAttentionArgs na = a;
             na.deterministic = std::string(name) == "native";
+            na.tile_counter = ctx.tile_counters();  // as attention_forward runs it
             const size_t ws_bytes = cuda::flash_attention_backward_workspace_bytes(na);
             const std::shared_ptr<void> ws = ctx.allocate(ws_bytes);
             run(name,

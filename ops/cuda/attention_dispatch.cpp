@@ -187,6 +187,7 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
     lse_scratch = ctx.allocate(flash_attention_lse_bytes(a));
     lse = static_cast<float*>(lse_scratch.get());
   }
+  a.tile_counter = ctx.tile_counters();  // the Hopper forward's drawn tiles (on ctx's stream, as every launch here)
   launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
 }
 

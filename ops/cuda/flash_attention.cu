@@ -103,6 +103,7 @@ Params make_params(const FlashAttentionArgs& a) {
   p.scale = static_cast<float>(a.scale);
   p.scale_log2 = static_cast<float>(a.scale * 1.4426950408889634);
   p.deterministic = a.deterministic;
+  p.tile_counter = a.tile_counter;
   if (a.dropout > 0.0) {
     p.drop.on = true;
     p.drop.threshold = dropout_keep_threshold(a.dropout);

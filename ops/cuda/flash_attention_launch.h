@@ -59,6 +59,10 @@ struct FlashAttentionArgs {
   // kernel, and cuDNN runs its atomic-dq backward. attention_backward sets it from XF_ATTENTION_DETERMINISTIC
   // (ops/attention_backend.h). The mma.sync kernels are deterministic either way.
   bool deterministic = true;
+  // Forward: two u32 of device memory, zero, that the Hopper forward (ops/cuda/flash_attention_sm90.cu) may use to
+  // draw its query tiles longest first from a counter (DrawOrder) under a mask, and leaves zero again. Kernels using
+  // one counter must not overlap (one stream: CudaContext::tile_counters()). Null: the tiles are dealt in pairs.
+  unsigned* tile_counter = nullptr;
 };
 
 // The keys each query sees: causal (right 0) and the window, on the chosen diagonal (ops/flash_attention.h).

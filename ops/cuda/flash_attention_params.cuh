@@ -65,6 +65,7 @@ struct Params {
   float scale_log2 = 1.f;  // scale * log2(e): scores go to exp2
   bool vec = false;  // D and every stride % 8 == 0, every pointer 16-byte aligned: cp.async and 32-bit stores
   bool deterministic = true;  // the backward: false allows the Hopper kernels' atomic dq (FlashAttentionArgs)
+  unsigned* tile_counter = nullptr;  // the Hopper forward's drawn tiles (FlashAttentionArgs)
   Dropout drop;
 
   // Offsets of head (b, h) of q and of kv head (b, hk) of k (batch stride 0 when varlen).
@@ -204,10 +205,10 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
 // The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
 // else 0; cached per device.
 int sm90_device_sms();
-// A persistent kernel's grid (TileOrder): one CTA per pair of tiles, at most one per SM, and at most
-// XF_ATTENTION_SM90_CTAS (a test that walks many pairs per CTA on a small problem; a benchmark's baseline of one
-// pair per CTA).
-int sm90_persistent_ctas(int pairs);
+// A persistent kernel's grid: one CTA per unit of work (a pair of tiles of TileOrder, a tile of DrawOrder), at most
+// one per SM, and at most XF_ATTENTION_SM90_CTAS (a test that walks many units per CTA on a small problem; a
+// benchmark's baseline of one unit per CTA).
+int sm90_persistent_ctas(int units);
 // The backward: dq, dk, dv of p (p.dbias null) from q, k, v, out, dout, lse and dlse (may be null). `workspace`:
 // sm90_backward_workspace_bytes(p) bytes, 16-byte aligned (Delta and lse2 rows padded to the 128-query tiles).
 size_t sm90_backward_workspace_bytes(const Params& p);

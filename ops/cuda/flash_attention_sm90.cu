@@ -98,6 +98,10 @@ struct Sm90Args {
   float scale_log2 = 1.f;
   int m_tiles = 0;    // ceil(Sq / BM): query tiles per (b, h), BM the CTA's query rows (WsShape)
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
+  // Drawn tiles (DrawOrder) where set: two u32, zero at launch, that the kernel leaves zero (tile_counter[0]: tiles
+  // drawn past the grid's first; [1]: CTAs done, the last resets both). Null: the pairs of TileOrder, dealt.
+  unsigned* tile_counter = nullptr;
+  DrawOrder draw;
 };
 
 constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may have (sm_90)
@@ -105,6 +109,11 @@ constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may
 // Q buffers (kQStages): two where shared memory has room for them, so that the next tile's Q loads while this one
 // runs (the streamed kernel needs them); one at D = 256 (Q is 64 KB there) and with 256-key tiles per tile (beside
 // the O tile and three stages).
+// The tile ring: the producer publishes the CTA's k-th tile (drawn from the counter or dealt by TileOrder) in slot
+// k % kTileRing, the consumers read it there, so they have one path whichever order runs. 4 slots: the producer runs
+// at most two tiles ahead of them (its Q buffers).
+constexpr int kTileRing = 4;
+
 template <int D, int BM, int BN, bool kStream, int kQStages_>
 struct Layout {  // byte offsets from the 1024-aligned base
   static_assert(kQStages_ == 1 || kQStages_ == 2, "one or two Q buffers");
@@ -114,11 +123,13 @@ struct Layout {  // byte offsets from the 1024-aligned base
   // The unstreamed kernel stages O in a tile of its own (not Q's) so that the next tile's Q can load during this
   // tile's epilogue; at D = 256 there is no room for it (stages_o). The streamed one stages O in its Q buffer.
   static constexpr bool kOTile = stages_o<D>() && !kStream;
-  // The Q buffers from offset 0, then the O tile (if any), the K and V stages, the barriers.
+  // The Q buffers from offset 0, then the O tile (if any), the K and V stages, the barriers, the tile ring.
   static constexpr int kO = kQStages * kTileQ, kK = kO + (kOTile ? kTileQ : 0), kV = kK + kStages * kTileKV,
                        kBar = kV + kStages * kTileKV;
-  static constexpr int kBars = 2 * kQStages + 3 * kStages;  // q_full[], q_empty[], k_full[], v_full[], empty[]
-  static constexpr int kBytes = kBar + kBars * 8 + 1024;  // + alignment slack for align1024
+  // q_full[], q_empty[], k_full[], v_full[], empty[], tile_full[], tile_empty[]
+  static constexpr int kBars = 2 * kQStages + 3 * kStages + 2 * kTileRing;
+  static constexpr int kRing = kBar + kBars * 8;
+  static constexpr int kBytes = kRing + kTileRing * 4 + 1024;  // + alignment slack for align1024
   static constexpr bool kFits = kBytes <= kSmemLimit;
 };
 
@@ -152,9 +163,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   auto bar_kfull = [&](int st) { return bar0 + 8 * (2 * kQStages + st); };
   auto bar_vfull = [&](int st) { return bar0 + 8 * (2 * kQStages + kStages + st); };
   auto bar_empty = [&](int st) { return bar0 + 8 * (2 * kQStages + 2 * kStages + st); };
+  auto bar_tfull = [&](int slot) { return bar0 + 8 * (2 * kQStages + 3 * kStages + slot); };
+  auto bar_tempty = [&](int slot) { return bar0 + 8 * (2 * kQStages + 3 * kStages + kTileRing + slot); };
+  volatile int* tile_ring = reinterpret_cast<volatile int*>(smem + L::kRing);
 
   const int tid = threadIdx.x, wg = static_cast<int>(threadIdx.x / 128);  // unsigned: a shift where it is recomputed
   const TileOrder<BM> order{a.m_tiles, a.H, a.pairs};
+  const bool drawn = a.tile_counter != nullptr;  // the tiles' order: drawn (DrawOrder) or dealt pairs (TileOrder)
+  static_assert(TileOrder<BM>::kEnd == DrawOrder::kEnd, "one end marker");
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
 
   if (tid == 0) {
@@ -172,6 +188,10 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       mbar_init(bar_vfull(st), 1);
       mbar_init(bar_empty(st), kWarps);  // lane 0 of each consumer warp
     }
+    for (int slot = 0; slot < kTileRing; ++slot) {
+      mbar_init(bar_tfull(slot), 1);         // the producer, once it has written the slot
+      mbar_init(bar_tempty(slot), kWarps);   // lane 0 of each consumer warp, once its lanes have read it
+    }
     mbar_init_fence();
   }
   __syncthreads();  // the last CTA-wide barrier: the roles split below
@@ -185,10 +205,25 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     setmaxnreg_dec<Shape::kProducerRegs>();
     if (tid == 0) {
       int it = 0, qn = 0;
+      // Drawn: the CTA's first tile is n = its index, each later one the counter's next value past the grid's, drawn
+      // as soon as the tile before is published, so the atomic's round trip runs under that tile's loads.
+      // Every tile (and the end) goes to the consumers through the ring, drawn or dealt: one path for them.
+      int n_next = static_cast<int>(blockIdx.x), published = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+        int u;
+        if (drawn) {
+          u = a.draw.tile(n_next);
+          if (u != DrawOrder::kEnd) n_next = static_cast<int>(gridDim.x + atomicAdd(a.tile_counter, 1u));
+        } else {
+          u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+          if (u == TileOrder<BM>::kNone) continue;
+        }
+        const int slot = published % kTileRing;
+        mbar_wait(bar_tempty(slot), ((published / kTileRing) & 1) ^ 1);  // the consumers have read its last tile
+        tile_ring[slot] = u;
+        mbar_arrive(bar_tfull(slot));  // release: the consumers' wait (acquire) sees the index
+        ++published;
         if (u == TileOrder<BM>::kEnd) break;
-        if (u == TileOrder<BM>::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
         const TileRange tr = mask.key_tiles(q0, BM, BN);
         if (tr.count == 0) continue;
@@ -210,6 +245,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #pragma unroll
           for (int at = 0; at < D / 64; ++at)
             tma_load_4d(s_v + st * L::kTileKV + at * (BN * 128), &a.tm_v, at * 64, row, hk, b, bar_vfull(st));
+        }
+      }
+      if (drawn) {
+        // The counter goes back to zero for the next launch: the last CTA to finish drawing resets it. Every CTA's
+        // last draw (past the end) is ordered before its count by the fence, so the reset follows all draws.
+        __threadfence();
+        if (atomicAdd(a.tile_counter + 1, 1u) == gridDim.x - 1) {
+          atomicExch(a.tile_counter, 0u);
+          atomicExch(a.tile_counter + 1, 0u);
         }
       }
     }
@@ -243,6 +287,16 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
                                      static_cast<int64_t>(q0) * a.os.seq);
     };
     auto lse_rows = [&](int q0, int h, int b) { return a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0; };
+    // The CTA's k-th tile (TileOrder's encoding, kEnd past the last), from the producer's ring: each k read once, in
+    // order.
+    auto tile_of = [&](int k) {
+      const int slot = k % kTileRing;
+      mbar_wait(bar_tfull(slot), (k / kTileRing) & 1);
+      const int u = tile_ring[slot];
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_tempty(slot));
+      return u;
+    };
     // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
     // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.
     auto issue_scores = [&](int qb, int use) {
@@ -283,9 +337,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // The next tile with keys to see (k on past it); tiles that see none get out 0 and lse -inf here.
       auto next_tile = [&](Tile& nt) {
         for (;; ++k) {
-          const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+          const int u = tile_of(k);
           if (u == TileOrder<BM>::kEnd) return false;
-          if (u == TileOrder<BM>::kNone) continue;
           nt.q0 = order.q0(u), nt.h = order.head(u), nt.b = order.batch(u);
           const TileRange tr = mask.key_tiles(nt.q0, BM, BN);
           if (tr.count == 0) {
@@ -369,9 +422,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     } else {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
+        const int u = tile_of(k);
         if (u == TileOrder<BM>::kEnd) break;
-        if (u == TileOrder<BM>::kNone) continue;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
         const TileRange tr = mask.key_tiles(q0, BM, BN);  // may be empty: a block that sees no key
         const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
@@ -570,9 +622,9 @@ int sm90_device_sms() {
   return c > 0 ? c : 0;
 }
 
-int sm90_persistent_ctas(int pairs) {
+int sm90_persistent_ctas(int units) {
   const int cap = env_int("XF_ATTENTION_SM90_CTAS", 0);
-  return std::min(pairs, cap > 0 ? cap : sm90_device_sms());
+  return std::min(units, cap > 0 ? cap : sm90_device_sms());
 }
 
 std::string sm90_problem_refusal(const Params& p, DType dtype) {
@@ -633,7 +685,20 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.scale_log2 = p.scale_log2;
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
-  const int ctas = sm90_persistent_ctas(args.pairs);  // the kernel is persistent: TileOrder
+  // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask) and the caller gave a counter; dealt
+  // pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing). XF_ATTENTION_SM90_DRAW=0 deals.
+  const bool drawn = p.tile_counter != nullptr && !p.band.full() && env_flag_default_on("XF_ATTENTION_SM90_DRAW");
+  int ctas = 0;  // the kernel is persistent
+  if (drawn) {
+    const int heads = p.B * p.H;
+    // K and V of a kv head over the keys, per query head that shares it (GQA: G of them).
+    const int64_t kv_head_bytes = int64_t{2} * p.Sk * p.D * 2 / p.G;
+    args.tile_counter = p.tile_counter;
+    args.draw = DrawOrder(args.m_tiles, heads, draw_chunk_heads(heads, kv_head_bytes));
+    ctas = sm90_persistent_ctas(args.draw.tiles);
+  } else {
+    ctas = sm90_persistent_ctas(args.pairs);
+  }
   if (dtype == DType::bf16) launch_shape<__nv_bfloat16>(args, p.D, consumers, block_n, ctas, stream);
   else launch_shape<__half>(args, p.D, consumers, block_n, ctas, stream);
 }

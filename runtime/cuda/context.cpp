@@ -65,6 +65,8 @@ CudaContext::CudaContext(int device) : device_(device) {
   XF_CUBLAS_CHECK(cublasLtCreate(&lt_));
   workspace_bytes_ = kCudaWorkspaceBytes;
   XF_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  XF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&tile_counters_), 2 * sizeof(unsigned)));
+  XF_CUDA_CHECK(cudaMemsetAsync(tile_counters_, 0, 2 * sizeof(unsigned), stream_));  // before any kernel on stream_
 }
 
 CudaContext::~CudaContext() {
@@ -73,6 +75,7 @@ CudaContext::~CudaContext() {
   // Plans may hold library handles bound to the stream (cuDNN's): released while the stream still exists.
   plans_.clear();
   if (workspace_) cudaFree(workspace_);
+  if (tile_counters_) cudaFree(tile_counters_);
   if (lt_) cublasLtDestroy(lt_);
   if (stream_) cudaStreamDestroy(stream_);
 }

@@ -55,6 +55,9 @@ class CudaContext final : public DeviceContext {
   void* workspace() const { return workspace_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
   const DeviceProps& props() const { return props_; }
+  // Two u32 of device memory, zero between the kernels that use them on this context's stream: a persistent kernel's
+  // tile counter, which the kernel draws from and resets at its end (FlashAttentionArgs::tile_counter).
+  unsigned* tile_counters() const { return tile_counters_; }
   CachingAllocator& allocator() { return *allocator_; }
 
   // Expensive per-shape plans (cuBLASLt layouts and heuristics, cuDNN graphs) cached under a key that
@@ -77,6 +80,7 @@ class CudaContext final : public DeviceContext {
   cublasLtContext* lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  unsigned* tile_counters_ = nullptr;
   std::shared_ptr<CachingAllocator> allocator_;
   std::mutex plans_mu_;
   std::map<std::string, std::shared_ptr<void>> plans_;
