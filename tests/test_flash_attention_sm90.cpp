@@ -216,6 +216,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
                                                           " DETERMINISTIC=" + c.deterministic +
                                                           " STREAM=" + c.stream + " DRAW=" + c.draw
                                                     : "");
+          INFO(tag);  // which configuration, should a kernel hang and the run be stopped
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
