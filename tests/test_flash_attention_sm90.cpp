@@ -15,11 +15,14 @@
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
 // (XF_TEST_DEVICE=cuda runs them; filter -tc='flash_attention CUDA sm90*').
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "ops/flash_attention.h"
+#include "runtime/env.h"
 #include "tests/cuda_testing.h"
 #include "tests/flash_attention_testing.h"
 #include "testing.h"
@@ -121,6 +124,7 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
 
 XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward against the CPU (bands, layouts, bf16 / f16, tails, dlse)") {
   ScopedEnv native("XF_ATTENTION_BACKEND", "native");  // auto would send most of these to cuDNN
+  const auto t_start = std::chrono::steady_clock::now();  // XF_TEST_TRACE's times
   for (const FaProblem& p0 : sm90_problems())
     for (AttentionLayout layout : {AttentionLayout::bhsd, AttentionLayout::bshd})
       for (DType dt : {DType::bf16, DType::f16}) {
@@ -216,11 +220,22 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
                                                           " DETERMINISTIC=" + c.deterministic +
                                                           " STREAM=" + c.stream + " DRAW=" + c.draw
                                                     : "");
-          INFO(tag);  // which configuration, should a kernel hang and the run be stopped
+          INFO(tag);
+          // XF_TEST_TRACE=1: each run named on stderr before it starts, so that a run stopped on a hung kernel says
+          // which one (doctest prints no INFO context for a test stopped by a signal).
+          const bool trace = env_flag("XF_TEST_TRACE");
+          const auto say = [&](const char* what) {
+            if (!trace) return;
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+            std::fprintf(stderr, "%.1f s: sm90 %s: %s\n", s, what, tag.c_str());
+            std::fflush(stderr);
+          };
+          say("forward");
           const auto got = run_op_cuda(op, gin);
           check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.out_atol, tol.out_rtol, tag + " out");
           check_close(finite_lse(got[1].to_doubles()), finite_lse(ref[1].to_doubles()), tol.lse_atol, 0.0, tag + " lse");
           if (!c.backward) continue;
+          say("backward");
           const auto gg = run_op_cuda(bop, gb);
           const char* names[3] = {" dq", " dk", " dv"};
           for (size_t i = 0; i < 3; ++i)
