@@ -98,6 +98,7 @@ struct Sm90Args {
   float scale_log2 = 1.f;
   int m_tiles = 0;    // ceil(Sq / BM): query tiles per (b, h), BM the CTA's query rows (WsShape)
   int pairs = 0;      // B x H x ceil(m_tiles / 2): the launch's pairs of query tiles (TileOrder)
+  int tiles = 0;      // B x H x m_tiles: the launch's query tiles
   // Drawn tiles (DrawOrder) where set: two u32, zero at launch, that the kernel leaves zero (tile_counter[0]: tiles
   // drawn past the grid's first; [1]: CTAs done, the last resets both). Null: the pairs of TileOrder, dealt.
   unsigned* tile_counter = nullptr;
@@ -198,8 +199,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 
   // Both roles walk the same tiles and count the same loads: it = K/V stage uses so far (the ring runs on across
   // tiles: use it is stage it % kStages, its phase (it / kStages) & 1), qn = Q tiles loaded so far (tile qn uses Q
-  // buffer qn % kQStages, phase (qn / kQStages) & 1). A tile whose queries see no key loads nothing (and its rows get
-  // out 0, lse -inf).
+  // buffer qn % kQStages, phase (qn / kQStages) & 1). A tile whose queries see no key is not the consumers': the
+  // producer loads nothing for it and hands it on to nobody, and the producer warpgroup's other warps write its out 0
+  // and lse -inf. (Handed to the consumers through the ring, a run of such tiles longer than the ring deadlocked the
+  // ping-pong schedule: one warpgroup read them all in its turn while the other, waiting for the turn, read none, so
+  // the producer could not publish the next; H200, session 18, the sm90 test's Sq = 1000, Sk = 127 problem on 3 CTAs.)
   if (wg == 0) {
     // ---------------- producer ----------------
     setmaxnreg_dec<Shape::kProducerRegs>();
@@ -218,15 +222,20 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
           if (u == TileOrder<BM>::kNone) continue;
         }
+        int q0 = 0, h = 0, b = 0;
+        TileRange tr{0, 0};
+        if (u != TileOrder<BM>::kEnd) {
+          q0 = order.q0(u), h = order.head(u), b = order.batch(u);
+          tr = mask.key_tiles(q0, BM, BN);
+          if (tr.count == 0) continue;  // its queries see no key: the other warps of this warpgroup write it
+        }
         const int slot = published % kTileRing;
         mbar_wait(bar_tempty(slot), ((published / kTileRing) & 1) ^ 1);  // the consumers have read its last tile
         tile_ring[slot] = u;
         mbar_arrive(bar_tfull(slot));  // release: the consumers' wait (acquire) sees the index
         ++published;
         if (u == TileOrder<BM>::kEnd) break;
-        const int q0 = order.q0(u), h = order.head(u), b = order.batch(u), hk = h / a.G;
-        const TileRange tr = mask.key_tiles(q0, BM, BN);
-        if (tr.count == 0) continue;
+        const int hk = h / a.G;
         const int qb = qn % kQStages;
         mbar_wait(bar_qempty(qb), ((qn / kQStages) & 1) ^ 1);  // the buffer's previous tile is done with it
         ++qn;
@@ -255,6 +264,20 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           atomicExch(a.tile_counter, 0u);
           atomicExch(a.tile_counter + 1, 0u);
         }
+      }
+    } else if (tid >= 32) {
+      // Warps 1-3: the launch's tiles whose queries see no key (out 0, lse -inf), whichever CTA would run them; CTA c
+      // checks tiles 3 c + w - 1, stepping 3 x the grid (a few per warp: the common masks leave none, and the check is
+      // a decode and the mask's key range).
+      const int spare = tid / 32 - 1, lane = tid % 32;
+      for (int u = 3 * static_cast<int>(blockIdx.x) + spare; u < a.tiles; u += 3 * static_cast<int>(gridDim.x)) {
+        const int q0 = order.q0(u);
+        if (mask.key_tiles(q0, BM, BN).count > 0) continue;
+        const int h = order.head(u), b = order.batch(u);
+        T* out = static_cast<T*>(a.o) + (static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
+                                         static_cast<int64_t>(q0) * a.os.seq);
+        store_empty_tile<T, D>(lane, out, a.os.seq, min(BM, a.Sq - q0),
+                               a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0);
       }
     }
   } else {
@@ -334,22 +357,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         int q0, h, b, first, count, qn;  // qn: the tile's Q load (buffer qn % kQStages)
       };
       int k = 0, qn = 0;
-      // The next tile with keys to see (k on past it); tiles that see none get out 0 and lse -inf here.
+      // The CTA's next tile (every tile the producer hands on has keys to see), or false past its last.
       auto next_tile = [&](Tile& nt) {
-        for (;; ++k) {
-          const int u = tile_of(k);
-          if (u == TileOrder<BM>::kEnd) return false;
-          nt.q0 = order.q0(u), nt.h = order.head(u), nt.b = order.batch(u);
-          const TileRange tr = mask.key_tiles(nt.q0, BM, BN);
-          if (tr.count == 0) {
-            store_empty_rows<T, D>(cw, t, out_rows(nt.q0, nt.h, nt.b), a.os.seq, min(BM, a.Sq - nt.q0),
-                                   lse_rows(nt.q0, nt.h, nt.b));
-            continue;
-          }
-          nt.first = tr.first, nt.count = tr.count, nt.qn = qn++;
-          ++k;
-          return true;
-        }
+        const int u = tile_of(k);
+        if (u == TileOrder<BM>::kEnd) return false;
+        nt.q0 = order.q0(u), nt.h = order.head(u), nt.b = order.batch(u);
+        const TileRange tr = mask.key_tiles(nt.q0, BM, BN);
+        nt.first = tr.first, nt.count = tr.count, nt.qn = qn++;
+        ++k;
+        return true;
       };
       auto enter = [&](const Tile&) { m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f; };  // O: accumulate's first
       // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
@@ -425,17 +441,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int u = tile_of(k);
         if (u == TileOrder<BM>::kEnd) break;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-        const TileRange tr = mask.key_tiles(q0, BM, BN);  // may be empty: a block that sees no key
+        const TileRange tr = mask.key_tiles(q0, BM, BN);  // count > 0: the producer hands on no tile that sees no key
         const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
         m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f;
-        if (tr.count == 0) {  // no P V to overwrite O: its rows get 0 (O x inv, inv = 0)
-#pragma unroll
-          for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-        }
         const int qb = qn % kQStages;
-        if (tr.count > 0) mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
+        mbar_wait(bar_qfull(qb), (qn++ / kQStages) & 1);
         // S of tile j is in s: the last one releases Q (the producer loads the tile after next's into it); mask;
         // online softmax; O *= alpha; P -> 16-bit fragments.
         auto softmax = [&](int j) {
@@ -450,7 +462,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
             softmax(j);
             accumulate(it + j, j == 0);
           }
-        } else if (tr.count > 0) {
+        } else {
           // Ping-pong (FlashAttention-3's warp-group scheduling): the consumer warpgroups take turns on the tensor
           // cores, one issuing its GEMMs (O += P(j) V(j), then S(j + 1)) while the others run their softmax. Named
           // barrier kSchedBarrier + w is warpgroup w's turn: it waits there (bar.sync, 256 = its 128 threads + the
@@ -685,6 +697,7 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.scale_log2 = p.scale_log2;
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
+  args.tiles = args.m_tiles * p.H * p.B;
   // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask) and the caller gave a counter; dealt
   // pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing). XF_ATTENTION_SM90_DRAW=0 deals.
   const bool drawn = p.tile_counter != nullptr && !p.band.full() && env_flag_default_on("XF_ATTENTION_SM90_DRAW");

@@ -362,19 +362,16 @@ __device__ __forceinline__ void store_out(const float (&o)[D / 2], const float (
   }
 }
 
-// The output of a warpgroup's 64 rows of a tile whose queries see no key: out 0 and lse -inf (what store_out writes for
-// l = 0), without the staging tile. Rows below rows_valid of the CTA's tile only. out_blk: the CTA's first output row,
-// rows ld elements apart, 16-byte aligned (ld % 8 == 0); lse_blk: its first lse row (contiguous).
+// The output of a tile whose queries see no key: out 0 and lse -inf (what store_out writes for l = 0), by one warp
+// (lane: its lane), for the tile's first rows_valid rows. out_blk: the tile's first output row, rows ld elements apart,
+// 16-byte aligned (ld % 8 == 0); lse_blk: its first lse row (contiguous).
 template <class T, int D>
-__device__ __forceinline__ void store_empty_rows(int cw, int t, T* __restrict__ out_blk, int64_t ld, int rows_valid,
+__device__ __forceinline__ void store_empty_tile(int lane, T* __restrict__ out_blk, int64_t ld, int rows_valid,
                                                  float* __restrict__ lse_blk) {
-  constexpr int kChunks = 64 * D / 8;  // 16-byte chunks in the warpgroup's 64 rows
-#pragma unroll
-  for (int it = 0; it < kChunks / 128; ++it) {
-    const int c = t + it * 128, row = 64 * cw + c / (D / 8), col8 = c % (D / 8);
-    if (row < rows_valid) *reinterpret_cast<uint4*>(out_blk + row * ld + col8 * 8) = make_uint4(0, 0, 0, 0);
-  }
-  if (t < 64 && 64 * cw + t < rows_valid) lse_blk[64 * cw + t] = -INFINITY;
+  constexpr int kRowChunks = D / 8;  // 16-byte chunks a row
+  for (int c = lane; c < rows_valid * kRowChunks; c += 32)
+    *reinterpret_cast<uint4*>(out_blk + (c / kRowChunks) * ld + (c % kRowChunks) * 8) = make_uint4(0, 0, 0, 0);
+  for (int r = lane; r < rows_valid; r += 32) lse_blk[r] = -INFINITY;
 }
 
 // Stores a warpgroup's 64 x D fp32 accumulator fragment times mul as T, straight from the registers (4-byte stores:
