@@ -10,7 +10,7 @@
 // tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
 // without a mask and under a causal band from 1024 keys), each with its default consumer loop (256-key tiles:
 // streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), under a mask with its tiles drawn from the context's
-// counter (the default) and dealt in pairs (XF_ATTENTION_SM90_DRAW=0), and the Hopper
+// counter and dealt in pairs (XF_ATTENTION_SM90_DRAW=1, 0; the default draws at D = 64), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -185,10 +185,11 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
         for (const char* pingpong : {"1", "0"})
           for (const char* ctas : {"", "3"}) {
             configs.push_back({"1", pingpong, ctas, "", "", "", false});
-            // Under a mask the forward draws its tiles from the context's counter (which must be back at zero after
-            // every launch: the configurations run one after another); dealt pairs as well.
+            // Under a mask the forward draws its tiles from the context's counter at D = 64 (which must be back at
+            // zero after every launch: the configurations run one after another) and deals them in pairs at 128 and
+            // 256; both orders at every head dim.
             if (p.a.causal || p.a.window_left >= 0 || p.a.window_right >= 0)
-              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", "0"});
+              for (const char* draw : {"0", "1"}) configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", draw});
             if (p.D != 64) continue;  // D = 128 and 256 have one shape
             configs.push_back({"1", pingpong, ctas, "3", "", "", false});
             // Both K/V tile widths at two consumers, whichever the default picks for this band; 256-key tiles in

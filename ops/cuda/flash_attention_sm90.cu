@@ -698,9 +698,12 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   args.tiles = args.m_tiles * p.H * p.B;
-  // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask) and the caller gave a counter; dealt
-  // pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing). XF_ATTENTION_SM90_DRAW=0 deals.
-  const bool drawn = p.tile_counter != nullptr && !p.band.full() && env_flag_default_on("XF_ATTENTION_SM90_DRAW");
+  // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask), the caller gave a counter and D = 64;
+  // dealt pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing). H200, session 18
+  // (interleaved A/Bs, runs 1 and 2): drawn against dealt, causal, D = 64 +1% to +4% (S = 512 to 4096), D = 128 -1% to
+  // -2% (docs/attention.md, "Drawn tiles"). XF_ATTENTION_SM90_DRAW=1 or 0 forces either under a mask.
+  const int forced_draw = env_forced("XF_ATTENTION_SM90_DRAW");
+  const bool drawn = p.tile_counter != nullptr && !p.band.full() && (forced_draw >= 0 ? forced_draw == 1 : p.D == 64);
   int ctas = 0;  // the kernel is persistent
   if (drawn) {
     const int heads = p.B * p.H;
