@@ -26,10 +26,12 @@
 // over the CTA's tiles, n the stages): consumers wait full with parity u & 1, the producer waits empty with parity
 // (u & 1) ^ 1 (which passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete); Q
 // buffers likewise, once a tile.
-// Persistent: a CTA runs pairs of query tiles (TileOrder); the producer runs ahead into the next tiles (a Q as soon
-// as its buffer is free, K and V as stages free up), so the next tile's loads hide behind this one's work. ptxas: 168
-// registers at entry (128 with three consumers); 0 spill bytes, except 4 bytes in the producer (24 registers) of the
-// two-consumer kLower (window) instantiations with two Q buffers, one store and load outside its loads' loop.
+// Persistent: a CTA runs pairs of query tiles (TileOrder), or under a mask at D = 64 tiles drawn longest first from a
+// counter (DrawOrder); the producer hands each to the consumers through a ring of tile slots and runs ahead into
+// the next tiles (a Q as soon as its buffer is free, K and V as stages free up), so the next tile's loads hide behind
+// this one's work. Tiles whose queries see no key are written by the producer warpgroup's other warps. ptxas: 168
+// registers at entry (128 with three consumers); the producer warpgroup (24 registers) of the two-consumer kernels
+// spills 8-32 bytes (its tile decoding and the key-less tiles' writer), the consumers nothing.
 // Consumer, per key tile j of those the block's queries see: wait K(j); S = Q K^T (wgmma, both operands from
 // shared memory); mask (only tiles some query of the block does not see whole); online softmax; O *= alpha;
 // P -> 16-bit A fragments; wait V(j); O += P V (wgmma, A from registers); release the stage. Two schedules
