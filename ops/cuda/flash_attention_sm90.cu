@@ -212,8 +212,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     if (tid == 0) {
       int it = 0, qn = 0;
       // Drawn: the CTA's first tile is n = its index, each later one the counter's next value past the grid's, drawn
-      // as soon as the tile before is published, so the atomic's round trip runs under that tile's loads.
-      // Every tile (and the end) goes to the consumers through the ring, drawn or dealt: one path for them.
+      // as soon as the tile before is decoded, so the atomic's round trip runs under that tile's loads (a CTA holds at
+      // most one drawn tile it has not started loading).
+      // Every tile with keys to see (and the end) goes to the consumers through the ring, drawn or dealt: one path.
       int n_next = static_cast<int>(blockIdx.x), published = 0;
       for (int k = 0;; ++k) {
         int u;
