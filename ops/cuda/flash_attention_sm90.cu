@@ -175,6 +175,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   const bool drawn = a.tile_counter != nullptr;  // the tiles' order: drawn (DrawOrder) or dealt pairs (TileOrder)
   static_assert(TileOrder<BM>::kEnd == DrawOrder::kEnd, "one end marker");
   const Mask<kLower> mask(a.band, a.Sq, a.Sk);
+  // The output rows of tile (q0, h, b): O's first row and lse's.
+  auto out_rows = [&](int q0, int h, int b) {
+    return static_cast<T*>(a.o) + (static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
+                                   static_cast<int64_t>(q0) * a.os.seq);
+  };
+  auto lse_rows = [&](int q0, int h, int b) { return a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0; };
 
   if (tid == 0) {
     tma_prefetch_map(&a.tm_q);
@@ -277,10 +283,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const int q0 = order.q0(u);
         if (mask.key_tiles(q0, BM, BN).count > 0) continue;
         const int h = order.head(u), b = order.batch(u);
-        T* out = static_cast<T*>(a.o) + (static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
-                                         static_cast<int64_t>(q0) * a.os.seq);
-        store_empty_tile<T, D>(lane, out, a.os.seq, min(BM, a.Sq - q0),
-                               a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0);
+        store_empty_tile<T, D>(lane, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0), lse_rows(q0, h, b));
       }
     }
   } else {
@@ -307,12 +310,6 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     uint32_t p[BN / 16][4];
-    // The output rows of tile (q0, h, b): O's first row and lse's.
-    auto out_rows = [&](int q0, int h, int b) {
-      return static_cast<T*>(a.o) + (static_cast<int64_t>(b) * a.os.batch + static_cast<int64_t>(h) * a.os.head +
-                                     static_cast<int64_t>(q0) * a.os.seq);
-    };
-    auto lse_rows = [&](int q0, int h, int b) { return a.lse + (static_cast<int64_t>(b) * a.H + h) * a.Sq + q0; };
     // The CTA's k-th tile (TileOrder's encoding, kEnd past the last), from the producer's ring: each k read once, in
     // order.
     auto tile_of = [&](int k) {
@@ -714,7 +711,7 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
     const int64_t kv_head_bytes = int64_t{2} * p.Sk * p.D * 2 / p.G;
     args.tile_counter = p.tile_counter;
     args.draw = DrawOrder(args.m_tiles, heads, draw_chunk_heads(heads, kv_head_bytes));
-    ctas = sm90_persistent_ctas(args.draw.tiles);
+    ctas = sm90_persistent_ctas(args.tiles);
   } else {
     ctas = sm90_persistent_ctas(args.pairs);
   }
