@@ -10,7 +10,10 @@
 // tiles as well as 128-key ones (XF_ATTENTION_SM90_BLOCK_N=256, 128, two consumers; the default takes 256 keys
 // without a mask and under a causal band from 1024 keys), each with its default consumer loop (256-key tiles:
 // streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), under a mask with its tiles drawn from the context's
-// counter and dealt in pairs (XF_ATTENTION_SM90_DRAW=1, 0; the default draws at D = 64), and the Hopper
+// counter and dealt in pairs (XF_ATTENTION_SM90_DRAW=1, 0; the default draws at D = 64), without a mask with the
+// split tail (the default: these problems have fewer query tiles than the H200 has SMs, so every tile is split along
+// its keys into pieces that other CTAs run; on 3 and 5 CTAs the last round's tiles) and without
+// (XF_ATTENTION_SM90_SPLIT=0), and the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -180,6 +183,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           const char* deterministic = "";  // "0": the atomic backward (dq summed by reductions, kFusedDq)
           const char* stream = "";         // "0": the forward's per-tile consumer loop instead of the streamed one
           const char* draw = "";           // "0": a masked forward's tiles dealt in pairs instead of drawn
+          const char* split = "";          // "0": an unmasked forward without the split tail
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
@@ -188,8 +192,16 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             // Under a mask the forward draws its tiles from the context's counter at D = 64 (which must be back at
             // zero after every launch: the configurations run one after another) and deals them in pairs at 128 and
             // 256; both orders at every head dim.
-            if (p.a.causal || p.a.window_left >= 0 || p.a.window_right >= 0)
+            const bool masked = p.a.causal || p.a.window_left >= 0 || p.a.window_right >= 0;
+            if (masked)
               for (const char* draw : {"0", "1"}) configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", draw});
+            // Without a mask the forward splits the tiles of its last round (here every tile on the default grid)
+            // into pieces along their keys, combined by whichever CTA ends a tile's last piece; on 5 CTAs the tail
+            // is what 5 leaves, and without the split the tiles go in dealt pairs.
+            if (!masked) {
+              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", "", "0"});
+              if (ctas[0] == '3') configs.push_back({"1", pingpong, "5", "", "", "", false});
+            }
             if (p.D != 64) continue;  // D = 128 and 256 have one shape
             configs.push_back({"1", pingpong, ctas, "3", "", "", false});
             // Both K/V tile widths at two consumers, whichever the default picks for this band; 256-key tiles in
@@ -214,12 +226,14 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           ScopedEnv deterministic("XF_ATTENTION_DETERMINISTIC", c.deterministic);
           ScopedEnv streamed("XF_ATTENTION_SM90_STREAM", c.stream);
           ScopedEnv drawn("XF_ATTENTION_SM90_DRAW", c.draw);
+          ScopedEnv split("XF_ATTENTION_SM90_SPLIT", c.split);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent +
                                                           " DETERMINISTIC=" + c.deterministic +
-                                                          " STREAM=" + c.stream + " DRAW=" + c.draw
+                                                          " STREAM=" + c.stream + " DRAW=" + c.draw +
+                                                          " SPLIT=" + c.split
                                                     : "");
           INFO(tag);
           // XF_TEST_TRACE=1: each run named on stderr before it starts, so that a run stopped on a hung kernel says

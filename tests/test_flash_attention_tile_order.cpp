@@ -185,3 +185,94 @@ TEST_CASE("flash_attention draw order: drawn causal tiles balance better than de
       CHECK(*std::max_element(load.begin(), load.end()) < pairs_max);
     }
 }
+
+TEST_CASE("flash_attention split tail: the last round's tiles, split as far as the idle CTAs allow") {
+  using xfr::cuda::fa::split_tail;
+  using xfr::cuda::fa::SplitTail;
+  const auto is = [](const SplitTail& s, int tail, int pieces, int steps) {
+    return s.tail == tail && s.pieces == pieces && s.steps == steps;
+  };
+  // The benchmark grid without a mask: 4096 query tiles on 132 CTAs leave 4 in the last round, 33 CTAs for each.
+  CHECK(is(split_tail(4096, 132, 2), 4, 2, 1));     // S = 512, 256-key tiles: one key tile a piece
+  CHECK(is(split_tail(4096, 132, 8), 4, 8, 1));     // S = 2048
+  CHECK(is(split_tail(4096, 132, 64), 4, 32, 2));   // S = 16384 at 256 keys: 33 would fit; 32 pieces of 2 key tiles
+  CHECK(is(split_tail(48, 132, 4), 48, 2, 2));      // fewer tiles than CTAs: all of them, 132 / 48 = 2 pieces
+  CHECK(is(split_tail(48, 132, 5), 48, 2, 3));      // 5 key tiles in two pieces: 3 and 2
+  CHECK(is(split_tail(40, 132, 7), 40, 3, 3));      // 3 pieces of 3, 3 and 1 (4 of 2 would need 160 CTAs)
+  CHECK(!split_tail(264, 132, 8).on());             // whole rounds
+  CHECK(!split_tail(4096, 132, 1).on());            // a tile of one key tile does not split
+  CHECK(!split_tail(200, 132, 8).on());             // 68 tail tiles, 132 / 68 = 1 piece each
+  CHECK(!split_tail(0, 132, 8).on());
+  CHECK(!split_tail(5, 0, 8).on());
+}
+
+TEST_CASE("flash_attention split tail: every key tile of every query tile drawn once, the tail as pieces") {
+  using xfr::cuda::fa::DrawOrder;
+  using xfr::cuda::fa::split_tail;
+  using xfr::cuda::fa::TileRange;
+  for (int m_tiles : {1, 3, 8})
+    for (int heads : {1, 5, 12})
+      for (int ctas : {3, 7, 132})
+        for (int key_tiles : {1, 2, 5, 17}) {
+          CAPTURE(m_tiles);
+          CAPTURE(heads);
+          CAPTURE(ctas);
+          CAPTURE(key_tiles);
+          const int tiles = m_tiles * heads;
+          const auto split = split_tail(tiles, ctas, key_tiles);
+          const DrawOrder order(m_tiles, heads, 4, split);
+          REQUIRE(order.units == tiles + (split.on() ? split.tail * (split.pieces - 1) : 0));
+          // Each (tile, key tile) once; a tail tile's pieces in order, each of split.steps key tiles but the last.
+          std::vector<std::vector<int>> seen(static_cast<size_t>(tiles), std::vector<int>(static_cast<size_t>(key_tiles), 0));
+          for (int n = 0; n < order.units; ++n) {
+            const DrawOrder::Unit un = order.unit(n);
+            REQUIRE(un.u >= 0);
+            REQUIRE(un.u < tiles);
+            CHECK(un.u == order.tile(n < order.whole ? n : order.whole + (n - order.whole) / split.pieces));
+            CHECK((un.piece >= 0) == (n >= order.whole));
+            const TileRange keys = order.piece_keys({0, key_tiles}, un.piece);
+            REQUIRE(keys.count >= 1);
+            if (un.piece >= 0) {
+              CHECK(order.piece_tile(un.piece) == (n - order.whole) / split.pieces);
+              CHECK(order.piece_index(un.piece) == (n - order.whole) % split.pieces);
+              CHECK(keys.count <= split.steps);
+            }
+            for (int j = keys.first; j < keys.first + keys.count; ++j) ++seen[static_cast<size_t>(un.u)][static_cast<size_t>(j)];
+          }
+          CHECK(order.unit(order.units).u == DrawOrder::kEnd);
+          for (const auto& tile : seen) CHECK(std::all_of(tile.begin(), tile.end(), [](int k) { return k == 1; }));
+          // At most one piece a CTA: the tail's units fit in one round.
+          if (split.on()) CHECK(order.units - order.whole <= ctas);
+        }
+}
+
+TEST_CASE("flash_attention split tail: the unmasked benchmark grid's last round takes a piece's time, not a tile's") {
+  using xfr::cuda::fa::DrawOrder;
+  using xfr::cuda::fa::split_tail;
+  // Without a mask every query tile costs its key steps (256 keys each at D = 64) plus 0.3 of a step (its epilogue and
+  // first S); a piece its own steps plus the same 0.3 and 0.3 more for its record and the combine. Units are drawn by
+  // whichever of 132 CTAs is free first. The busiest CTA must finish earlier than without the split by the key steps
+  // a piece saves (less its extra 0.3), and within one piece of a perfect split of the same work, where without it the
+  // busiest is a whole tile behind.
+  for (int S : {512, 1024, 2048}) {
+    const int m_tiles = S / kBM, heads = (16384 / S) * (2048 / 64), key_tiles = S / 256;
+    const auto split = split_tail(m_tiles * heads, 132, key_tiles);
+    REQUIRE(split.on());
+    const DrawOrder plain(m_tiles, heads, 64), order(m_tiles, heads, 64, split);
+    const auto makespan = [](const DrawOrder& o, int kt) {
+      std::vector<double> load(132, 0.0);
+      for (int n = 0; n < o.units; ++n) {
+        const int piece = o.unit(n).piece;
+        *std::min_element(load.begin(), load.end()) += o.piece_keys({0, kt}, piece).count + (piece < 0 ? 0.3 : 0.6);
+      }
+      return std::make_pair(*std::max_element(load.begin(), load.end()),
+                            std::accumulate(load.begin(), load.end(), 0.0) / 132);
+    };
+    const auto [split_max, split_mean] = makespan(order, key_tiles);
+    const auto [plain_max, plain_mean] = makespan(plain, key_tiles);
+    CAPTURE(S);
+    CHECK(split_max <= plain_max - (key_tiles - split.steps) + 0.3 + 1e-9);
+    CHECK(split_max <= split_mean + split.steps + 0.6);
+    CHECK(plain_max >= plain_mean + 0.9 * (key_tiles + 0.3));  // what the split wins back
+  }
+}

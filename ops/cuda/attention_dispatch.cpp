@@ -188,6 +188,10 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
     lse = static_cast<float*>(lse_scratch.get());
   }
   a.tile_counter = ctx.tile_counters();  // the Hopper forward's drawn tiles (on ctx's stream, as every launch here)
+  a.tile_counter_words = CudaContext::kTileCounterWords;
+  const size_t ws_bytes = flash_attention_forward_workspace_bytes(a);  // its split tail's, if it splits one
+  const std::shared_ptr<void> ws = ws_bytes > 0 ? ctx.allocate(ws_bytes) : nullptr;
+  a.forward_workspace = ws.get();
   launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
 }
 

@@ -104,6 +104,8 @@ Params make_params(const FlashAttentionArgs& a) {
   p.scale_log2 = static_cast<float>(a.scale * 1.4426950408889634);
   p.deterministic = a.deterministic;
   p.tile_counter = a.tile_counter;
+  p.tile_counter_words = a.tile_counter_words;
+  p.forward_workspace = a.forward_workspace;
   if (a.dropout > 0.0) {
     p.drop.on = true;
     p.drop.threshold = dropout_keep_threshold(a.dropout);
@@ -251,6 +253,12 @@ std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, c
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a) {
   const int64_t rows = (a.cu_seqlens_q ? 1 : a.B) * a.H * a.Sq;  // lse's rows
   return static_cast<size_t>(rows) * sizeof(float);
+}
+
+size_t flash_attention_forward_workspace_bytes(const FlashAttentionArgs& a) {
+  if (a.dtype == DType::f32 || a.B * a.H == 0) return 0;
+  const Params p = make_params(a);
+  return fa::sm90_problem_refusal(p, a.dtype).empty() ? fa::sm90_forward_workspace_bytes(p) : 0;
 }
 
 size_t flash_attention_backward_workspace_bytes(const FlashAttentionArgs& a) {

@@ -59,10 +59,15 @@ struct FlashAttentionArgs {
   // kernel, and cuDNN runs its atomic-dq backward. attention_backward sets it from XF_ATTENTION_DETERMINISTIC
   // (ops/attention_backend.h). The mma.sync kernels are deterministic either way.
   bool deterministic = true;
-  // Forward: two u32 of device memory, zero, that the Hopper forward (ops/cuda/flash_attention_sm90.cu) may use to
-  // draw its query tiles longest first from a counter (DrawOrder) under a mask, and leaves zero again. Kernels using
-  // one counter must not overlap (one stream: CudaContext::tile_counters()). Null: the tiles are dealt in pairs.
+  // Forward: tile_counter_words u32 of device memory, zero, that the Hopper forward (ops/cuda/flash_attention_sm90.cu)
+  // may use to draw its query tiles from a counter (DrawOrder: longest first under a mask; the last round's tiles
+  // split into pieces without one), and leaves zero again. Kernels using one counter must not overlap (one stream:
+  // CudaContext::tile_counters()). Null: the tiles are dealt in pairs.
   unsigned* tile_counter = nullptr;
+  int tile_counter_words = 0;  // 2 draw the tiles; each tile of a split tail takes one more per consumer warpgroup
+  // Forward: flash_attention_forward_workspace_bytes(a) bytes of device memory (16-byte aligned) for the Hopper
+  // forward's split tail, the pieces' partial results; null (or too few counters) runs no split.
+  void* forward_workspace = nullptr;
 };
 
 // The keys each query sees: causal (right 0) and the window, on the chosen diagonal (ops/flash_attention.h).
@@ -91,6 +96,10 @@ std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, c
 
 // lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);
+
+// Device scratch the forward's split tail needs on the current device (FlashAttentionArgs::forward_workspace), 0 for
+// a call that does not split (ops/cuda/flash_attention_sm90.cu, "The split tail").
+size_t flash_attention_forward_workspace_bytes(const FlashAttentionArgs& a);
 
 // Device scratch the backward needs: Delta = rowsum(dout * out) - dlse, lse's shape, f32 (the Hopper backward: Delta
 // and lse's exp2 form, each padded to 128-query tiles; the atomic one (deterministic false) also dq's f32 sums,

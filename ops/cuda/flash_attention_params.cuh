@@ -65,7 +65,9 @@ struct Params {
   float scale_log2 = 1.f;  // scale * log2(e): scores go to exp2
   bool vec = false;  // D and every stride % 8 == 0, every pointer 16-byte aligned: cp.async and 32-bit stores
   bool deterministic = true;  // the backward: false allows the Hopper kernels' atomic dq (FlashAttentionArgs)
-  unsigned* tile_counter = nullptr;  // the Hopper forward's drawn tiles (FlashAttentionArgs)
+  unsigned* tile_counter = nullptr;  // the Hopper forward's drawn tiles and split tail (FlashAttentionArgs)
+  int tile_counter_words = 0;        // u32 at tile_counter
+  void* forward_workspace = nullptr;  // the Hopper forward's split tail: sm90_forward_workspace_bytes(p) bytes
   Dropout drop;
 
   // Offsets of head (b, h) of q and of kv head (b, hk) of k (batch stride 0 when varlen).
@@ -202,6 +204,10 @@ void launch_tc_backward(const Params& p, DType dtype, cudaStream_t stream);
 std::string sm90_problem_refusal(const Params& p, DType dtype);
 std::string sm90_refusal(const Params& p, DType dtype);
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream);
+// The bytes of p.forward_workspace the Hopper forward's split tail would use on the current device (DrawOrder's
+// SplitTail: the pieces' records), 0 where it would not split (a mask, tiles that divide into whole rounds, no
+// counters, XF_ATTENTION_SM90_SPLIT=0, no Hopper device). A launch with less (null) runs without the split.
+size_t sm90_forward_workspace_bytes(const Params& p);
 // The current device's SM count when it is compute capability 9.0 (the sm_90a code runs there and nowhere else),
 // else 0; cached per device.
 int sm90_device_sms();

@@ -105,6 +105,11 @@ struct Sm90Args {
   // drawn past the grid's first; [1]: CTAs done, the last resets both). Null: the pairs of TileOrder, dealt.
   unsigned* tile_counter = nullptr;
   DrawOrder draw;
+  // The split tail (draw.split.on()): the tail tiles' records (split_combine), tail tile t's for consumer warpgroup w
+  // at records + (t kConsumers + w) pieces split_record_vecs x 128 float4s, and their counters (zero at launch, left
+  // zero), tail tile t's for warpgroup w at split_counters[t kConsumers + w].
+  float4* split_records = nullptr;
+  unsigned* split_counters = nullptr;
 };
 
 constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may have (sm_90)
@@ -114,7 +119,8 @@ constexpr int kSmemLimit = 227 * 1024;  // the dynamic shared memory a block may
 // the O tile and three stages).
 // The tile ring: the producer publishes the CTA's k-th tile (drawn from the counter or dealt by TileOrder) in slot
 // k % kTileRing, the consumers read it there, so they have one path whichever order runs. 4 slots: the producer runs
-// at most two tiles ahead of them (its Q buffers).
+// at most two tiles ahead of them (its Q buffers). A slot holds the tile and its piece (DrawOrder::Unit: -1 for a whole
+// tile).
 constexpr int kTileRing = 4;
 
 template <int D, int BM, int BN, bool kStream, int kQStages_>
@@ -132,7 +138,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
   // q_full[], q_empty[], k_full[], v_full[], empty[], tile_full[], tile_empty[]
   static constexpr int kBars = 2 * kQStages + 3 * kStages + 2 * kTileRing;
   static constexpr int kRing = kBar + kBars * 8;
-  static constexpr int kBytes = kRing + kTileRing * 4 + 1024;  // + alignment slack for align1024
+  static constexpr int kBytes = kRing + kTileRing * 8 + 1024;  // + alignment slack for align1024
   static constexpr bool kFits = kBytes <= kSmemLimit;
 };
 
@@ -223,9 +229,10 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // Every tile with keys to see (and the end) goes to the consumers through the ring, drawn or dealt: one path.
       int n_next = static_cast<int>(blockIdx.x), published = 0;
       for (int k = 0;; ++k) {
-        int u;
+        int u, piece = -1;  // piece: of the split tail (DrawOrder::unit), -1 for a whole tile
         if (drawn) {
-          u = a.draw.tile(n_next);
+          const DrawOrder::Unit un = a.draw.unit(n_next);
+          u = un.u, piece = un.piece;
           if (u != DrawOrder::kEnd) n_next = static_cast<int>(gridDim.x + atomicAdd(a.tile_counter, 1u));
         } else {
           u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
@@ -235,12 +242,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         TileRange tr{0, 0};
         if (u != TileOrder<BM>::kEnd) {
           q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-          tr = mask.key_tiles(q0, BM, BN);
+          tr = a.draw.piece_keys(mask.key_tiles(q0, BM, BN), piece);
           if (tr.count == 0) continue;  // its queries see no key: the other warps of this warpgroup write it
         }
         const int slot = published % kTileRing;
         mbar_wait(bar_tempty(slot), ((published / kTileRing) & 1) ^ 1);  // the consumers have read its last tile
-        tile_ring[slot] = u;
+        tile_ring[2 * slot] = u;
+        tile_ring[2 * slot + 1] = piece;
         mbar_arrive(bar_tfull(slot));  // release: the consumers' wait (acquire) sees the index
         ++published;
         if (u == TileOrder<BM>::kEnd) break;
@@ -310,15 +318,26 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     uint32_t p[BN / 16][4];
-    // The CTA's k-th tile (TileOrder's encoding, kEnd past the last), from the producer's ring: each k read once, in
-    // order.
+    // The CTA's k-th tile (TileOrder's encoding, kEnd past the last) and its piece, from the producer's ring: each k
+    // read once, in order.
     auto tile_of = [&](int k) {
       const int slot = k % kTileRing;
       mbar_wait(bar_tfull(slot), (k / kTileRing) & 1);
-      const int u = tile_ring[slot];
+      const DrawOrder::Unit un{tile_ring[2 * slot], tile_ring[2 * slot + 1]};
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_tempty(slot));
-      return u;
+      return un;
+    };
+    // A piece of the split tail (piece >= 0) at the end of its keys: its record, and the tile's result in o, m, l where
+    // this warpgroup counts the tile's last piece (split_combine). True where the tile is to be written out: a whole
+    // tile, or a piece that completed it.
+    auto tile_complete = [&](int piece) {
+      if (piece < 0) return true;
+      const int tail = a.draw.piece_tile(piece), pieces = a.draw.split.pieces;
+      return split_combine<D>(o, m, l, a.scale_log2,
+                              a.split_records + static_cast<int64_t>(tail * kConsumers + cw) * pieces *
+                                                    (split_record_vecs(D) * 128),
+                              a.draw.piece_index(piece), pieces, a.split_counters + (tail * kConsumers + cw), t, 1 + cw);
     };
     // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
     // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.
@@ -354,15 +373,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // turn is one O += P V and the next S, whichever tiles they belong to), so they never realign. H200: see
       // docs/attention.md ("The streamed forward").
       struct Tile {
-        int q0, h, b, first, count, qn;  // qn: the tile's Q load (buffer qn % kQStages)
+        int q0, h, b, first, count, qn, piece;  // qn: the tile's Q load (buffer qn % kQStages); piece: DrawOrder::Unit's
       };
       int k = 0, qn = 0;
-      // The CTA's next tile (every tile the producer hands on has keys to see), or false past its last.
+      // The CTA's next tile or piece (every one the producer hands on has keys to see), or false past its last.
       auto next_tile = [&](Tile& nt) {
-        const int u = tile_of(k);
-        if (u == TileOrder<BM>::kEnd) return false;
-        nt.q0 = order.q0(u), nt.h = order.head(u), nt.b = order.batch(u);
-        const TileRange tr = mask.key_tiles(nt.q0, BM, BN);
+        const DrawOrder::Unit un = tile_of(k);
+        if (un.u == TileOrder<BM>::kEnd) return false;
+        nt.q0 = order.q0(un.u), nt.h = order.head(un.u), nt.b = order.batch(un.u), nt.piece = un.piece;
+        const TileRange tr = a.draw.piece_keys(mask.key_tiles(nt.q0, BM, BN), un.piece);
         nt.first = tr.first, nt.count = tr.count, nt.qn = qn++;
         ++k;
         return true;
@@ -390,14 +409,16 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // warpgroup's S = Q K^T on them are complete (await_scores of the tile's last step), no other warpgroup reads
       // them, and the next tile's S reads the other buffer. Then the buffer goes back to the producer: this warp's
       // reads are done (__syncwarp orders its lanes'), its generic-proxy accesses before the next TMA write.
-      auto epilogue = [&](const Tile& c) {
+      // write_out: whether the tile is complete here (tile_complete: a whole tile, or a piece that completed it).
+      auto epilogue = [&](const Tile& c, bool write_out) {
         const int qb = c.qn % kQStages;
         // store_out's staging addresses are a per-thread base and phase (session 17): ptxas may keep them across the
         // stream loop. (Before, with 16 addresses computed per register, hoisting them spilled 9 registers, and the
         // thread index was made opaque here; that also put the softmax's first MUFU 195 instructions after its first
         // FMNMX instead of 80, tools/sass_stats.py.)
-        store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t, out_rows(c.q0, c.h, c.b),
-                            a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
+        if (write_out)
+          store_out<T, D, BM>(o, m, l, a.scale_log2, smem + qb * L::kTileQ, cw, t, out_rows(c.q0, c.h, c.b),
+                              a.os.seq, min(BM, a.Sq - c.q0), lse_rows(c.q0, c.h, c.b));
         fence_proxy_async();
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_qempty(qb));
@@ -422,10 +443,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
             if (!next_tile(nxt)) break;
             nj = 0;
           }
+          // A piece of the split tail meets the tile's other pieces here, before the next S = Q K^T is issued: the
+          // records' loads and sums then have the registers S holds in flight (combined under it, ptxas spilled in the
+          // stream loop).
+          const bool write_out = nj != 0 || tile_complete(cur.piece);
           issue_step(nxt, nj, use + 1);
           if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
           if (nj == 0) {  // a tile boundary: cur's epilogue runs under the next tile's first S = Q K^T
-            epilogue(cur);
+            epilogue(cur, write_out);
             enter(nxt);
           }
           await_scores();
@@ -433,15 +458,17 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           cur = nxt, j = nj, ++use;
         }
         if (kPingpong && cw != kLast) named_barrier_arrive(kSchedBarrier + next, 256);
-        epilogue(cur);
+        epilogue(cur, tile_complete(cur.piece));
       }
     } else {
       int it = 0, qn = 0;
       for (int k = 0;; ++k) {
-        const int u = tile_of(k);
+        const DrawOrder::Unit un = tile_of(k);
+        const int u = un.u;
         if (u == TileOrder<BM>::kEnd) break;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-        const TileRange tr = mask.key_tiles(q0, BM, BN);  // count > 0: the producer hands on no tile that sees no key
+        // count > 0: the producer hands on no tile that sees no key
+        const TileRange tr = a.draw.piece_keys(mask.key_tiles(q0, BM, BN), un.piece);
         const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
@@ -493,6 +520,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
             named_barrier_arrive(kSchedBarrier + (kConsumers == 2 ? 1 : cw + 1), 256);
         }
         it += tr.count;
+        if (!tile_complete(un.piece)) continue;  // a piece whose tile another CTA completes
         if constexpr (!stages_o<D>()) {
           store_out_direct<T, D>(o, m, l, a.scale_log2, cw, t, out_rows(q0, h, b), a.os.seq, min(BM, a.Sq - q0),
                                  lse_rows(q0, h, b));
@@ -677,6 +705,31 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
                                static_cast<uint32_t>(box_rows), why);
 }
 
+// The split tail (DrawOrder's SplitTail) of an unmasked forward: its tiles all cost the same, so the last round, which
+// holds tiles % CTAs of them (all of them when there are fewer tiles than CTAs), would run on that many CTAs while the
+// others idle: 4096 query tiles on 132 CTAs are 31.03 rounds, run in 32, on the benchmark grid at every S. Split along
+// their key tiles, the tail runs on up to every CTA, each piece's partial result (O, row max, row sum) combined by the
+// warpgroup that ends the tile's last piece (sm90/attention.cuh, split_combine), so the last round takes a piece's time,
+// not a tile's. Needs the caller's counters (one per tail tile and consumer warpgroup past the draw's two) and
+// workspace (sm90_forward_workspace_bytes). XF_ATTENTION_SM90_SPLIT=0 turns it off.
+namespace {
+SplitTail forward_split(const Params& p, int consumers, int block_n) {
+  if (!p.band.full() || p.tile_counter == nullptr || !env_flag_default_on("XF_ATTENTION_SM90_SPLIT")) return {};
+  const int block_m = 64 * consumers;
+  const int64_t tiles = int64_t{(p.Sq + block_m - 1) / block_m} * p.H * p.B;  // < 2^31: sm90_problem_refusal
+  const SplitTail split = split_tail(static_cast<int>(tiles), sm90_persistent_ctas(INT32_MAX),
+                                     (p.Sk + block_n - 1) / block_n);
+  if (!split.on() || int64_t{split.tail} * consumers > p.tile_counter_words - 2) return {};
+  return split;
+}
+}  // namespace
+
+size_t sm90_forward_workspace_bytes(const Params& p) {
+  const int consumers = consumers_for(p);
+  const SplitTail split = forward_split(p, consumers, block_n_for(p, consumers));
+  return split.on() ? static_cast<size_t>(split.tail) * consumers * split.pieces * sm90::split_record_bytes(p.D) : 0;
+}
+
 void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   const int consumers = consumers_for(p), block_m = 64 * consumers;  // WsShape<consumers>::kBlockM
   const int block_n = block_n_for(p, consumers);
@@ -699,19 +752,27 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   args.tiles = args.m_tiles * p.H * p.B;
   // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask), the caller gave a counter and D = 64;
-  // dealt pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing). H200, session 18
-  // (interleaved A/Bs, runs 1 and 2): drawn against dealt, causal, D = 64 +1% to +4% (S = 512 to 4096), D = 128 -1% to
-  // -2% (docs/attention.md, "Drawn tiles"). XF_ATTENTION_SM90_DRAW=1 or 0 forces either under a mask.
+  // dealt pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing, but see the split tail).
+  // H200, session 18 (interleaved A/Bs, runs 1 and 2): drawn against dealt, causal, D = 64 +1% to +4% (S = 512 to
+  // 4096), D = 128 -1% to -2% (docs/attention.md, "Drawn tiles"). XF_ATTENTION_SM90_DRAW=1 or 0 forces either under a
+  // mask. The split tail (forward_split) draws too.
+  const SplitTail split = forward_split(p, consumers, block_n);
   const int forced_draw = env_forced("XF_ATTENTION_SM90_DRAW");
-  const bool drawn = p.tile_counter != nullptr && !p.band.full() && (forced_draw >= 0 ? forced_draw == 1 : p.D == 64);
+  const bool drawn = (split.on() && p.forward_workspace != nullptr) ||
+                     (p.tile_counter != nullptr && !p.band.full() && (forced_draw >= 0 ? forced_draw == 1 : p.D == 64));
   int ctas = 0;  // the kernel is persistent
   if (drawn) {
     const int heads = p.B * p.H;
     // K and V of a kv head over the keys, per query head that shares it (GQA: G of them).
     const int64_t kv_head_bytes = int64_t{2} * p.Sk * p.D * 2 / p.G;
     args.tile_counter = p.tile_counter;
-    args.draw = DrawOrder(args.m_tiles, heads, draw_chunk_heads(heads, kv_head_bytes));
-    ctas = sm90_persistent_ctas(args.tiles);
+    args.draw = DrawOrder(args.m_tiles, heads, draw_chunk_heads(heads, kv_head_bytes),
+                          p.forward_workspace != nullptr ? split : SplitTail{});
+    if (args.draw.split.on()) {
+      args.split_records = static_cast<float4*>(p.forward_workspace);
+      args.split_counters = p.tile_counter + 2;
+    }
+    ctas = sm90_persistent_ctas(args.draw.units);
   } else {
     ctas = sm90_persistent_ctas(args.pairs);
   }

@@ -6,7 +6,8 @@
 
 #include <cstdint>
 
-#include "runtime/rng.h"  // XF_HOST_DEVICE
+#include "ops/cuda/flash_attention_mask.h"  // TileRange
+#include "runtime/rng.h"                     // XF_HOST_DEVICE
 
 namespace xfr::cuda::fa {
 
@@ -83,13 +84,44 @@ struct TileOrder {
 // tiles run (launch_sm90_forward sizes it), as a head's do under TileOrder. A simulation of drawn tiles on 132 CTAs
 // (tests/test_flash_attention_tile_order.cpp) gives >= 0.98 of the ideal on the causal benchmark grid, against 0.97.
 // tile(n) is TileOrder's encoding (u = (b H + h) m_tiles + index from the end), so TileOrder decodes it.
+//
+// The split tail (SplitTail, for tiles that all cost the same: no mask): the order's last `tail` tiles are each drawn
+// as `pieces` units, piece p taking key tiles [p steps, (p + 1) steps) of the tile's (the last piece fewer), so that
+// the round the tail tiles would run alone on a few CTAs runs on tail x pieces of them. unit(n) says which tile and
+// which piece unit n is; a piece's partial result (its O, row max and row sum) is combined with the tile's other pieces'
+// by whichever CTA finishes the tile's last one (sm90/attention_split.cuh).
+struct SplitTail {
+  int tail = 0;    // the last tiles of the order, split (0: none)
+  int pieces = 1;  // units each of them is drawn as (1: none)
+  int steps = 0;   // key tiles a piece runs (the last piece of a tile the rest)
+  XF_HOST_DEVICE bool on() const { return tail > 0 && pieces > 1; }
+};
+
+// The split tail for `tiles` tiles of `key_tiles` key tiles each on a grid of `ctas` CTAs: the tiles past the last
+// whole round (tiles % ctas; all of them when there are fewer than ctas), each split into as many pieces as the idle
+// CTAs allow (ctas / tail, at most one a key tile) so that every CTA draws at most one piece. None when the rounds
+// come out whole or a tile cannot be split in two.
+inline SplitTail split_tail(int tiles, int ctas, int key_tiles) {
+  if (tiles <= 0 || ctas <= 0 || key_tiles < 2) return {};
+  const int tail = tiles % ctas;
+  if (tail == 0) return {};
+  const int most = ctas / tail < key_tiles ? ctas / tail : key_tiles;
+  if (most < 2) return {};
+  const int steps = (key_tiles + most - 1) / most;
+  return {tail, (key_tiles + steps - 1) / steps, steps};
+}
+
 struct DrawOrder {
   static constexpr int kEnd = -1;  // past the launch's last tile (TileOrder's kEnd)
   int m_tiles = 0, heads = 0, tiles = 0;  // heads = B x H; tiles = heads x m_tiles < 2^31
   int chunk_heads = 1, last_start = 0;    // the last chunk's first tile
   FastDiv by_chunk_tiles, by_chunk_heads, by_last_heads;  // chunk_heads x m_tiles, chunk_heads, the last chunk's heads
+  // The split tail: units [whole, units) are its pieces, tail tile t's piece p unit whole + t pieces + p.
+  SplitTail split;
+  int whole = 0, units = 0;  // whole = tiles - split.tail; units = whole + split.tail x split.pieces
+  FastDiv by_pieces;
   DrawOrder() = default;
-  XF_HOST_DEVICE DrawOrder(int m_tiles_, int heads_, int chunk_heads_)
+  XF_HOST_DEVICE DrawOrder(int m_tiles_, int heads_, int chunk_heads_, SplitTail split_ = {})
       : m_tiles(m_tiles_), heads(heads_), tiles(m_tiles_ * heads_),
         chunk_heads(chunk_heads_ < 1 ? 1 : (chunk_heads_ > heads_ ? heads_ : chunk_heads_)) {
     const int chunks = heads > 0 ? (heads + chunk_heads - 1) / chunk_heads : 1;
@@ -97,13 +129,38 @@ struct DrawOrder {
     by_chunk_tiles = FastDiv(chunk_heads * m_tiles);
     by_chunk_heads = FastDiv(chunk_heads);
     by_last_heads = FastDiv(heads - (chunks - 1) * chunk_heads);
+    if (split_.on() && split_.tail <= tiles) split = split_;
+    whole = tiles - (split.on() ? split.tail : 0);
+    units = whole + (split.on() ? split.tail * split.pieces : 0);
+    by_pieces = FastDiv(split.pieces);
   }
+  // The n-th tile of the order (n < tiles), or kEnd.
   XF_HOST_DEVICE int tile(int n) const {
     if (n >= tiles) return kEnd;
     const int chunk = by_chunk_tiles.div(n), within = n - chunk * static_cast<int>(by_chunk_tiles.d);
     const FastDiv& by = n >= last_start ? by_last_heads : by_chunk_heads;  // the heads of n's chunk
     const int rank = by.div(within), head = chunk * chunk_heads + (within - rank * static_cast<int>(by.d));
     return head * m_tiles + rank;
+  }
+  // Unit n of the launch: its tile (kEnd past the last unit) and, for a piece of the split tail, its index among the
+  // pieces (tail tile t's piece p: t pieces + p; -1 for a whole tile).
+  struct Unit {
+    int u, piece;
+  };
+  XF_HOST_DEVICE Unit unit(int n) const {
+    if (n < whole) return {tile(n), -1};
+    if (n >= units) return {kEnd, -1};
+    const int piece = n - whole;
+    return {tile(whole + by_pieces.div(piece)), piece};
+  }
+  // Which tail tile a piece belongs to, and which of its pieces it is.
+  XF_HOST_DEVICE int piece_tile(int piece) const { return by_pieces.div(piece); }
+  XF_HOST_DEVICE int piece_index(int piece) const { return by_pieces.mod(piece); }
+  // The key tiles of unit `piece` of a tile whose keys are `all` (all of them for a whole tile, piece -1).
+  XF_HOST_DEVICE TileRange piece_keys(TileRange all, int piece) const {
+    if (piece < 0) return all;
+    const int p = piece_index(piece), first = p * split.steps, rest = all.count - first;
+    return {all.first + first, rest < split.steps ? (rest > 0 ? rest : 0) : split.steps};
   }
 };
 

@@ -65,8 +65,9 @@ CudaContext::CudaContext(int device) : device_(device) {
   XF_CUBLAS_CHECK(cublasLtCreate(&lt_));
   workspace_bytes_ = kCudaWorkspaceBytes;
   XF_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
-  XF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&tile_counters_), 2 * sizeof(unsigned)));
-  XF_CUDA_CHECK(cudaMemsetAsync(tile_counters_, 0, 2 * sizeof(unsigned), stream_));  // before any kernel on stream_
+  constexpr size_t kCounterBytes = kTileCounterWords * sizeof(unsigned);
+  XF_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&tile_counters_), kCounterBytes));
+  XF_CUDA_CHECK(cudaMemsetAsync(tile_counters_, 0, kCounterBytes, stream_));  // before any kernel on stream_
 }
 
 CudaContext::~CudaContext() {

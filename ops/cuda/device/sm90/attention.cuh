@@ -404,4 +404,66 @@ __device__ __forceinline__ void store_out_direct(float (&o)[D / 2], const float 
   store_rows_bounded<T, D>(o, 1.f, out_blk + static_cast<int64_t>(64 * cw) * ld, ld, rows_valid - 64 * cw, t);
 }
 
+// ---- the split tail (DrawOrder's SplitTail: a tile's keys run as pieces on several CTAs) ---------------------------
+// A piece's record, per consumer warpgroup: each thread's O fragment (D / 2 fp32, not yet divided by l) and its rows'
+// m and l (l its own part of the row sum, as online_softmax keeps it), as float4s [j][t] (j < split_record_vecs, t the
+// thread) so that a warp's stores and loads are 512 contiguous bytes. A thread holds the same rows and columns in every
+// CTA, so the records combine thread by thread, with no shuffles.
+__host__ __device__ constexpr int split_record_vecs(int D) {
+  return D / 8 + 1;  // O's D / 2 floats four at a time, then (m0, m1, l0, l1)
+}
+__host__ __device__ constexpr int split_record_bytes(int D) {  // one piece's record of one consumer warpgroup
+  return split_record_vecs(D) * 128 * 16;
+}
+
+// Piece p of a split tile (of `pieces`), at the end of its keys, in one consumer warpgroup (t: its thread; barrier: a
+// named barrier of its own): writes the piece's record (records: the tile's, for this warpgroup's rows, piece q at
+// q split_record_vecs x 128 float4s) and counts it at *counter. The warpgroup that counts the tile's last piece,
+// whichever CTA runs it, reads all the records, in piece order (so that the sum does not depend on which piece ended
+// last), into o, m and l: what one CTA running every key of the tile would hold, up to the order of the additions.
+// Returns true there (the caller writes the tile out as usual; *counter is back to 0 for the next launch) and false in
+// the others.
+template <int D>
+__device__ __forceinline__ bool split_combine(float (&o)[D / 2], float (&m)[2], float (&l)[2], float scale_log2,
+                                              float4* __restrict__ records, int p, int pieces, unsigned* counter,
+                                              int t, int barrier) {
+  constexpr int kVecs = split_record_vecs(D), kMl = D / 8;  // kMl: the (m, l) float4
+  float4* mine = records + p * kVecs * 128 + t;
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) mine[j * 128] = make_float4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
+  mine[kMl * 128] = make_float4(m[0], m[1], l[0], l[1]);
+  __threadfence();                   // each thread's record before the count,
+  named_barrier_sync(barrier, 128);  // and the count after every thread's
+  const bool last = named_barrier_any(
+      barrier, 128, t == 0 && atomicAdd(counter, 1u) == static_cast<unsigned>(pieces - 1));
+  if (!last) return false;
+  __threadfence();  // the other pieces' records (fenced before their counts) after the count that saw them
+  if (t == 0) *counter = 0u;  // every piece has counted
+  float mx[2] = {-INFINITY, -INFINITY};
+  for (int q = 0; q < pieces; ++q) {
+    const float4 ml = __ldcg(records + (q * kVecs + kMl) * 128 + t);  // L2: the other SMs' writes
+    mx[0] = fmaxf(mx[0], ml.x), mx[1] = fmaxf(mx[1], ml.y);
+  }
+  // A piece's share is scaled by 2^((m_q - m) scale_log2): 0 for a piece whose row saw no key (m_q = -inf); a row no
+  // piece saw keeps m = -inf and l = 0 (store_out: out 0, lse -inf).
+  const float ms[2] = {mx[0] == -INFINITY ? 0.f : mx[0] * scale_log2, mx[1] == -INFINITY ? 0.f : mx[1] * scale_log2};
+  l[0] = l[1] = 0.f;
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  for (int q = 0; q < pieces; ++q) {
+    const float4* rec = records + q * kVecs * 128 + t;
+    const float4 ml = __ldcg(rec + kMl * 128);
+    const float f0 = ex2(ml.x * scale_log2 - ms[0]), f1 = ex2(ml.y * scale_log2 - ms[1]);
+    l[0] = fmaf(ml.z, f0, l[0]), l[1] = fmaf(ml.w, f1, l[1]);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {  // register 4 j + c holds row (c >> 1) & 1
+      const float4 v = __ldcg(rec + j * 128);
+      o[4 * j] = fmaf(v.x, f0, o[4 * j]), o[4 * j + 1] = fmaf(v.y, f0, o[4 * j + 1]);
+      o[4 * j + 2] = fmaf(v.z, f1, o[4 * j + 2]), o[4 * j + 3] = fmaf(v.w, f1, o[4 * j + 3]);
+    }
+  }
+  m[0] = mx[0], m[1] = mx[1];
+  return true;
+}
+
 }  // namespace xfr::cuda::sm90

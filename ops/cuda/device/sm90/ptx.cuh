@@ -224,6 +224,18 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+// named_barrier_sync that also returns whether any of the `count` threads passed pred true (bar.red.or: PTX ISA
+// 9.7.13.1), so one thread's finding reaches the others with the barrier.
+__device__ __forceinline__ bool named_barrier_any(int id, int count, bool pred) {
+  uint32_t any;
+  asm volatile(
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(any)
+      : "r"(static_cast<uint32_t>(pred)), "r"(id), "r"(count)
+      : "memory");
+  return any != 0;
+}
+
 using dev::ex2;  // 2^x (ops/cuda/device/types.cuh)
 
 // Two floats to a pair of 16-bit values in one b32 (the A fragments, the epilogue): dev::pack2<T> of the mma.sync
