@@ -434,8 +434,11 @@ __device__ __forceinline__ bool split_combine(float (&o)[D / 2], float (&m)[2], 
   mine[kMl * 128] = make_float4(m[0], m[1], l[0], l[1]);
   __threadfence();                   // each thread's record before the count,
   named_barrier_sync(barrier, 128);  // and the count after every thread's
-  const bool last = named_barrier_any(
-      barrier, 128, t == 0 && atomicAdd(counter, 1u) == static_cast<unsigned>(pieces - 1));
+  // The barrier gives every thread the same answer; the vote tells ptxas so (a uniform predicate), else it cannot prove
+  // the callers' loops uniform past this branch (see tile_complete in ops/cuda/flash_attention_sm90.cu).
+  const bool last = __any_sync(
+      0xffffffffu,
+      named_barrier_any(barrier, 128, t == 0 && atomicAdd(counter, 1u) == static_cast<unsigned>(pieces - 1)));
   if (!last) return false;
   __threadfence();  // the other pieces' records (fenced before their counts) after the count that saw them
   if (t == 0) *counter = 0u;  // every piece has counted
