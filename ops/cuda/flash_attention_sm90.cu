@@ -147,7 +147,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
 // Layout<D, BM, BN, kStream, kQBufs>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at
 // D = 64 with two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the
 // consumer); kQBufs: the Q buffers (Layout).
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs, bool kSplit>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
@@ -163,6 +163,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   // The streamed consumers compile at D <= 128 (at D = 256 O's 128 registers and the next tile's S do not fit beside
   // the epilogue: ptxas spilled 220-300 bytes); launch_band runs them with 256-key tiles only.
   static_assert(!kStream || D <= 128, "the streamed consumers spill at D = 256");
+  // kSplit: the split tail (a.draw.split), in instantiations of its own (forward_split) so that every other one is
+  // compiled as if it did not exist: its code in the stream loop, never run there, cost the causal forward 1% to 2%
+  // (H200, session 19, run 2).
+  static_assert(!kSplit || !kLower, "the split tail is for tiles without a mask");
+  constexpr int kRingWords = kSplit ? 2 : 1;  // a ring slot: the tile, and with kSplit its piece
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
   const uint32_t base = smem_u32(smem);
@@ -231,8 +236,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       for (int k = 0;; ++k) {
         int u, piece = -1;  // piece: of the split tail (DrawOrder::unit), -1 for a whole tile
         if (drawn) {
-          const DrawOrder::Unit un = a.draw.unit(n_next);
-          u = un.u, piece = un.piece;
+          if constexpr (kSplit) {
+            const DrawOrder::Unit un = a.draw.unit(n_next);
+            u = un.u, piece = un.piece;
+          } else {
+            u = a.draw.tile(n_next);
+          }
           if (u != DrawOrder::kEnd) n_next = static_cast<int>(gridDim.x + atomicAdd(a.tile_counter, 1u));
         } else {
           u = order.tile(k, static_cast<int>(gridDim.x), static_cast<int>(blockIdx.x));
@@ -242,13 +251,14 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         TileRange tr{0, 0};
         if (u != TileOrder<BM>::kEnd) {
           q0 = order.q0(u), h = order.head(u), b = order.batch(u);
-          tr = a.draw.piece_keys(mask.key_tiles(q0, BM, BN), piece);
+          tr = mask.key_tiles(q0, BM, BN);
+          if constexpr (kSplit) tr = a.draw.piece_keys(tr, piece);
           if (tr.count == 0) continue;  // its queries see no key: the other warps of this warpgroup write it
         }
         const int slot = published % kTileRing;
         mbar_wait(bar_tempty(slot), ((published / kTileRing) & 1) ^ 1);  // the consumers have read its last tile
-        tile_ring[2 * slot] = u;
-        tile_ring[2 * slot + 1] = piece;
+        tile_ring[kRingWords * slot] = u;
+        if constexpr (kSplit) tile_ring[2 * slot + 1] = piece;
         mbar_arrive(bar_tfull(slot));  // release: the consumers' wait (acquire) sees the index
         ++published;
         if (u == TileOrder<BM>::kEnd) break;
@@ -323,7 +333,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     auto tile_of = [&](int k) {
       const int slot = k % kTileRing;
       mbar_wait(bar_tfull(slot), (k / kTileRing) & 1);
-      const DrawOrder::Unit un{tile_ring[2 * slot], tile_ring[2 * slot + 1]};
+      const DrawOrder::Unit un{tile_ring[kRingWords * slot], kSplit ? tile_ring[2 * slot + 1] : -1};
       __syncwarp();
       if (lane == 0) mbar_arrive(bar_tempty(slot));
       return un;
@@ -336,6 +346,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     // descriptors' words from uniform registers to per-thread ones (R2UR before every wgmma), and the whole forward grid
     // ran 2% to 4% slower, split or not (H200, session 19, run 1).
     auto tile_complete = [&](int piece) {
+      if constexpr (!kSplit) return true;
       if (!__any_sync(0xffffffffu, piece >= 0)) return true;  // every lane read the same piece
       const int tail = a.draw.piece_tile(piece), pieces = a.draw.split.pieces;
       return split_combine<D>(o, m, l, a.scale_log2,
@@ -385,7 +396,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         const DrawOrder::Unit un = tile_of(k);
         if (un.u == TileOrder<BM>::kEnd) return false;
         nt.q0 = order.q0(un.u), nt.h = order.head(un.u), nt.b = order.batch(un.u), nt.piece = un.piece;
-        const TileRange tr = a.draw.piece_keys(mask.key_tiles(nt.q0, BM, BN), un.piece);
+        TileRange tr = mask.key_tiles(nt.q0, BM, BN);
+        if constexpr (kSplit) tr = a.draw.piece_keys(tr, un.piece);
         nt.first = tr.first, nt.count = tr.count, nt.qn = qn++;
         ++k;
         return true;
@@ -472,7 +484,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (u == TileOrder<BM>::kEnd) break;
         const int q0 = order.q0(u), h = order.head(u), b = order.batch(u);
         // count > 0: the producer hands on no tile that sees no key
-        const TileRange tr = a.draw.piece_keys(mask.key_tiles(q0, BM, BN), un.piece);
+        TileRange tr = mask.key_tiles(q0, BM, BN);
+        if constexpr (kSplit) tr = a.draw.piece_keys(tr, un.piece);
         const int row0 = q0 + 64 * cw + 16 * w + lane / 4;          // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(q0, min(q0 + BM, a.Sq) - 1);  // keys all the block's rows see
@@ -539,19 +552,34 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 #endif
 }
 
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs>
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs,
+          bool kSplit = false>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
   using L = Layout<D, Shape::kBlockM, BN, kStream, kQBufs>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream, kQBufs>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream, kQBufs, kSplit>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
 }
 
+// The instantiations with the split tail (kSplit; forward_split): D = 64's unmasked defaults, two consumers streamed with
+// 256-key tiles and three per tile, both with ping-pong (their default schedule). H200, session 19 (run 2, an
+// interleaved A/B against the tree before): +3% at D = 64 from S = 1024 (1.00x at 512), but D = 128 0.99x-1.01x, so
+// D = 128 and 256 have none.
+constexpr bool split_built(int D, int consumers, int block_n, bool streamed) {
+  return D == 64 && ((consumers == 2 && block_n == kBlockNWide && streamed) || (consumers == 3 && !streamed));
+}
+
 template <class T, int D, int kConsumers, int BN, bool kStream, int kQBufs>
 void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t stream) {
+  if constexpr (split_built(D, kConsumers, BN, kStream)) {
+    if (args.draw.split.on() && pingpong) {  // forward_split chose it: no mask
+      launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, true>(args, ctas, stream);
+      return;
+    }
+  }
   if (args.band.left >= 0) {
     if (pingpong) launch<T, D, kConsumers, true, true, BN, kStream, kQBufs>(args, ctas, stream);
     else launch<T, D, kConsumers, true, false, BN, kStream, kQBufs>(args, ctas, stream);
@@ -569,12 +597,19 @@ void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t
 // instantiations have a streamed form. Ping-pong where the stream runs, and in the per-tile loop where the block's
 // queries see at least kPingpongMinKeys keys (free-running below). XF_ATTENTION_SM90_STREAM=0 runs 256-key tiles per
 // tile too; XF_ATTENTION_SM90_PINGPONG=1 or 0 forces either schedule.
+struct Schedule {
+  bool streamed, pingpong;
+};
+Schedule schedule_for(int block_n, int Sk) {
+  const bool streamed = block_n == kBlockNWide && env_flag_default_on("XF_ATTENTION_SM90_STREAM");
+  const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
+  return {streamed, forced >= 0 ? forced == 1 : streamed || Sk >= kPingpongMinKeys};
+}
+
 template <class T, int D, int kConsumers, int BN = 128>
 void launch_band(const Sm90Args& args, int ctas, cudaStream_t stream) {
   constexpr bool kStreams = BN == kBlockNWide;
-  const bool streamed = kStreams && env_flag_default_on("XF_ATTENTION_SM90_STREAM");
-  const int forced = env_forced("XF_ATTENTION_SM90_PINGPONG");
-  const bool pingpong = forced >= 0 ? forced == 1 : streamed || args.Sk >= kPingpongMinKeys;
+  const auto [streamed, pingpong] = schedule_for(BN, args.Sk);
   if constexpr (kStreams) {
     if (streamed) {
       launch_schedule<T, D, kConsumers, BN, true, 2>(args, pingpong, ctas, stream);
@@ -719,6 +754,8 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 namespace {
 SplitTail forward_split(const Params& p, int consumers, int block_n) {
   if (!p.band.full() || p.tile_counter == nullptr || !env_flag_default_on("XF_ATTENTION_SM90_SPLIT")) return {};
+  const Schedule sched = schedule_for(block_n, p.Sk);
+  if (!split_built(p.D, consumers, block_n, sched.streamed) || !sched.pingpong) return {};
   const int block_m = 64 * consumers;
   const int64_t tiles = int64_t{(p.Sq + block_m - 1) / block_m} * p.H * p.B;  // < 2^31: sm90_problem_refusal
   const SplitTail split = split_tail(static_cast<int>(tiles), sm90_persistent_ctas(INT32_MAX),
