@@ -11,9 +11,10 @@
 // without a mask and under a causal band from 1024 keys), each with its default consumer loop (256-key tiles:
 // streamed) and the per-tile one (XF_ATTENTION_SM90_STREAM=0), under a mask with its tiles drawn from the context's
 // counter and dealt in pairs (XF_ATTENTION_SM90_DRAW=1, 0; the default draws at D = 64), at D = 64 without a mask
-// with the split tail (the default with ping-pong: these problems have fewer query tiles than the H200 has SMs, so every
-// tile is split along its keys into pieces that other CTAs run; on 3 and 5 CTAs the last round's tiles) and without
-// (XF_ATTENTION_SM90_SPLIT=0), and the Hopper
+// drawn in head order with the split tail (the default with ping-pong from 4 key tiles: these problems have fewer query
+// tiles than the H200 has SMs, so every tile is split along its keys into pieces that other CTAs run; on 3 and 5 CTAs
+// the last round's tiles), drawn whole (XF_ATTENTION_SM90_SPLIT=0) and dealt in pairs (XF_ATTENTION_SM90_DRAW=0), and
+// the Hopper
 // backward with its one-item-per-CTA and its persistent kernels (XF_ATTENTION_SM90_BWD_PERSISTENT=0, 1), the latter
 // also on 3 CTAs (head dim 256: its own kernels, sm90/attention_backward_d256.cuh, on four problems). Outputs start poisoned (NaN), so an unwritten row fails. The choice of kernel
 // (flash_attention_sm90_refusal) is checked on any machine with a CUDA build; the GPU cases are skipped without one
@@ -71,6 +72,7 @@ std::vector<FaProblem> sm90_problems() {
       fa_problem(1, 2, 2, 1, 1, 64),                                // one query, one key
       fa_problem(2, 4, 2, 127, 129, 64),                            // tails on both axes, GQA
       fa_problem(1, 3, 1, 257, 33, 128),                            // MQA, Sq > Sk, a 33-key tile
+      fa_problem(1, 3, 1, 200, 1000, 64),                           // unmasked, 4+ key tiles: the split tail
       causal(fa_problem(1, 2, 2, 1000, 1000, 128), TL),             // the diagonal in the middle of tiles
       causal(fa_problem(1, 2, 1, 1000, 127, 64), BR),               // most rows see no key: out 0, lse -inf
       causal(fa_problem(2, 2, 2, 17, 1000, 128), BR),               // a few queries at the end of 1000 keys
@@ -196,11 +198,12 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             if (masked)
               for (const char* draw : {"0", "1"}) configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", draw});
             // Without a mask the D = 64 forward (ping-pong: its default, and forced to 1 here with three consumers)
-            // splits the tiles of its last round (here every tile on the default grid) into pieces along their keys,
-            // combined by whichever CTA ends a tile's last piece; on 5 CTAs the tail is what 5 leaves, and without the
-            // split the tiles go in dealt pairs.
+            // draws its tiles in head order and splits those of its last round (here every tile on the default grid)
+            // into pieces along their keys (from 4 key tiles), combined by whichever CTA ends a tile's last piece; on 5
+            // CTAs the tail is what 5 leaves. Without the split the tiles are drawn whole, or dealt in pairs.
             if (!masked && p.D == 64) {
               configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", "", "0"});
+              configs.push_back({"1", pingpong, ctas, "", "", "", false, "", "", "0"});
               if (ctas[0] == '3') configs.push_back({"1", pingpong, "5", "", "", "", false});
             }
             if (p.D != 64) continue;  // D = 128 and 256 have one shape

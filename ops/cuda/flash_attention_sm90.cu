@@ -750,16 +750,24 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 // their key tiles, the tail runs on up to every CTA, each piece's partial result (O, row max, row sum) combined by the
 // warpgroup that ends the tile's last piece (sm90/attention.cuh, split_combine), so the last round takes a piece's time,
 // not a tile's. Needs the caller's counters (one per tail tile and consumer warpgroup past the draw's two) and
-// workspace (sm90_forward_workspace_bytes). XF_ATTENTION_SM90_SPLIT=0 turns it off.
+// workspace (sm90_forward_workspace_bytes). XF_ATTENTION_SM90_SPLIT=0 turns it off (and XF_ATTENTION_SM90_DRAW=0: the
+// pieces are drawn).
+// Only for tiles of at least kSplitMinKeyTiles key tiles. H200, session 19 (run 4, the same binary, interleaved A/Bs):
+// at S = 512 (two 256-key tiles, pieces of one) the split ran 386-390 TFLOP/s against 395-398 for the same tiles drawn
+// whole; at 1024 (four) 454-458 against 453-455, at 2048 491-496 against 477-481 dealt in pairs.
+constexpr int kSplitMinKeyTiles = 4;
 namespace {
 SplitTail forward_split(const Params& p, int consumers, int block_n) {
-  if (!p.band.full() || p.tile_counter == nullptr || !env_flag_default_on("XF_ATTENTION_SM90_SPLIT")) return {};
+  if (!p.band.full() || p.tile_counter == nullptr || !env_flag_default_on("XF_ATTENTION_SM90_SPLIT") ||
+      env_forced("XF_ATTENTION_SM90_DRAW") == 0)
+    return {};
+  const int key_tiles = (p.Sk + block_n - 1) / block_n;
+  if (key_tiles < kSplitMinKeyTiles) return {};
   const Schedule sched = schedule_for(block_n, p.Sk);
   if (!split_built(p.D, consumers, block_n, sched.streamed) || !sched.pingpong) return {};
   const int block_m = 64 * consumers;
   const int64_t tiles = int64_t{(p.Sq + block_m - 1) / block_m} * p.H * p.B;  // < 2^31: sm90_problem_refusal
-  const SplitTail split = split_tail(static_cast<int>(tiles), sm90_persistent_ctas(INT32_MAX),
-                                     (p.Sk + block_n - 1) / block_n);
+  const SplitTail split = split_tail(static_cast<int>(tiles), sm90_persistent_ctas(INT32_MAX), key_tiles);
   if (!split.on() || int64_t{split.tail} * consumers > p.tile_counter_words - 2) return {};
   return split;
 }
@@ -792,22 +800,27 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   args.m_tiles = (p.Sq + block_m - 1) / block_m;
   args.pairs = (args.m_tiles + 1) / 2 * p.H * p.B;  // < 2^31: sm90_problem_refusal
   args.tiles = args.m_tiles * p.H * p.B;
-  // Drawn tiles (DrawOrder) where query tiles cost different amounts (a mask), the caller gave a counter and D = 64;
-  // dealt pairs otherwise (unmasked tiles all cost the same: drawing them balances nothing, but see the split tail).
-  // H200, session 18 (interleaved A/Bs, runs 1 and 2): drawn against dealt, causal, D = 64 +1% to +4% (S = 512 to
-  // 4096), D = 128 -1% to -2% (docs/attention.md, "Drawn tiles"). XF_ATTENTION_SM90_DRAW=1 or 0 forces either under a
-  // mask. The split tail (forward_split) draws too.
+  // Drawn tiles (DrawOrder) at D = 64 where the caller gave a counter; dealt pairs otherwise. Under a mask query tiles
+  // cost different amounts, and drawn longest first they balance where pairs leave the last round part idle. H200,
+  // session 18 (interleaved A/Bs, runs 1 and 2): drawn against dealt, causal, D = 64 +1% to +4% (S = 512 to 4096), D =
+  // 128 -1% to -2% (docs/attention.md, "Drawn tiles"). Without a mask, tiles all cost the same, but drawn one at a time
+  // in head order (chunks of one head: a head's tiles run at once on neighbouring CTAs, which share its K and V in L2)
+  // they ran faster than the pairs too: session 19 (run 4, the same binary) 391 -> 398 TFLOP/s at S = 512, 445 -> 455 at
+  // 1024 (D = 64; the drawn order with 16 MB chunks 395 and 453). The split tail (forward_split) draws its pieces.
+  // XF_ATTENTION_SM90_DRAW=1 or 0 forces either order; XF_ATTENTION_SM90_DRAW_CHUNK=N sets the heads a chunk.
   const SplitTail split = forward_split(p, consumers, block_n);
   const int forced_draw = env_forced("XF_ATTENTION_SM90_DRAW");
   const bool drawn = (split.on() && p.forward_workspace != nullptr) ||
-                     (p.tile_counter != nullptr && !p.band.full() && (forced_draw >= 0 ? forced_draw == 1 : p.D == 64));
+                     (p.tile_counter != nullptr && (forced_draw >= 0 ? forced_draw == 1 : p.D == 64));
   int ctas = 0;  // the kernel is persistent
   if (drawn) {
     const int heads = p.B * p.H;
     // K and V of a kv head over the keys, per query head that shares it (GQA: G of them).
     const int64_t kv_head_bytes = int64_t{2} * p.Sk * p.D * 2 / p.G;
     args.tile_counter = p.tile_counter;
-    args.draw = DrawOrder(args.m_tiles, heads, draw_chunk_heads(heads, kv_head_bytes),
+    const int forced_chunk = env_int("XF_ATTENTION_SM90_DRAW_CHUNK", 0);
+    const int chunk = forced_chunk > 0 ? forced_chunk : (p.band.full() ? 1 : draw_chunk_heads(heads, kv_head_bytes));
+    args.draw = DrawOrder(args.m_tiles, heads, chunk,
                           p.forward_workspace != nullptr ? split : SplitTail{});
     if (args.draw.split.on()) {
       args.split_records = static_cast<float4*>(p.forward_workspace);
