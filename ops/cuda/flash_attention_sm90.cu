@@ -26,8 +26,9 @@
 // over the CTA's tiles, n the stages): consumers wait full with parity u & 1, the producer waits empty with parity
 // (u & 1) ^ 1 (which passes at once for u = 0: a fresh barrier counts its previous phase, parity 1, as complete); Q
 // buffers likewise, once a tile.
-// Persistent: a CTA runs pairs of query tiles (TileOrder), or under a mask at D = 64 tiles drawn longest first from a
-// counter (DrawOrder); the producer hands each to the consumers through a ring of tile slots and runs ahead into
+// Persistent: a CTA runs pairs of query tiles (TileOrder), or at D = 64 tiles drawn from a counter (DrawOrder: under a
+// mask longest first, without one in head order, the last round's tiles split along their keys into pieces that other
+// CTAs run: the split tail); the producer hands each to the consumers through a ring of tile slots and runs ahead into
 // the next tiles (a Q as soon as its buffer is free, K and V as stages free up), so the next tile's loads hide behind
 // this one's work. Tiles whose queries see no key are written by the producer warpgroup's other warps. ptxas: 168
 // registers at entry (128 with three consumers); the producer warpgroup (24 registers) of the two-consumer kernels
