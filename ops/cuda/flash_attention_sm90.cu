@@ -566,9 +566,8 @@ void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
 }
 
 // The instantiations with the split tail (kSplit; forward_split): D = 64's unmasked defaults, two consumers streamed with
-// 256-key tiles and three per tile, both with ping-pong (their default schedule). H200, session 19 (run 2, an
-// interleaved A/B against the tree before): +3% at D = 64 from S = 1024 (1.00x at 512), but D = 128 0.99x-1.01x, so
-// D = 128 and 256 have none.
+// 256-key tiles and three per tile, both with ping-pong (their default schedule). D = 128 and 256 have none: H200,
+// session 19 (run 2, an interleaved A/B against the tree before, the split in every kernel) D = 128 0.99x-1.01x.
 constexpr bool split_built(int D, int consumers, int block_n, bool streamed) {
   return D == 64 && ((consumers == 2 && block_n == kBlockNWide && streamed) || (consumers == 3 && !streamed));
 }
@@ -756,8 +755,8 @@ bool sm90_head_map(CUtensorMap* map, DType dtype, const void* base, int D, int S
 // Only for tiles of at least kSplitMinKeyTiles key tiles. H200, session 19 (run 4, the same binary, interleaved A/Bs):
 // at S = 512 (two 256-key tiles, pieces of one) the split ran 386-390 TFLOP/s against 395-398 for the same tiles drawn
 // whole; at 1024 (four) 454-458 against 453-455, at 2048 491-496 against 477-481 dealt in pairs.
-constexpr int kSplitMinKeyTiles = 4;
 namespace {
+constexpr int kSplitMinKeyTiles = 4;
 SplitTail forward_split(const Params& p, int consumers, int block_n) {
   if (!p.band.full() || p.tile_counter == nullptr || !env_flag_default_on("XF_ATTENTION_SM90_SPLIT") ||
       env_forced("XF_ATTENTION_SM90_DRAW") == 0)
