@@ -4,7 +4,9 @@
 // the CTAs of an H200-sized grid get balanced work (the zigzag order this replaced gave one CTA 1.5x the mean at
 // S = 16384, D = 128). The persistent backward's dK/dV kernel reads its key blocks through q0_mirrored. The masked
 // forward's drawn order (DrawOrder): every tile once, chunk by chunk, longest first, and tiles drawn by whichever CTA
-// is free first balanced within 2% on the causal benchmark grid, better than the pairs.
+// is free first balanced within 2% on the causal benchmark grid, better than the pairs. The split tail (split_tail,
+// DrawOrder's pieces): its rule, every key tile of every query tile drawn once, and the unmasked grid's last round a
+// piece's time.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
