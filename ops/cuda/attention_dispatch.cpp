@@ -187,12 +187,18 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
     lse_scratch = ctx.allocate(flash_attention_lse_bytes(a));
     lse = static_cast<float*>(lse_scratch.get());
   }
+  const std::shared_ptr<void> scratch = attach_forward_scratch(ctx, a);
+  launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
+}
+
+std::shared_ptr<void> attach_forward_scratch(CudaContext& ctx, FlashAttentionArgs& a) {
   a.tile_counter = ctx.tile_counters();  // the Hopper forward's drawn tiles (on ctx's stream, as every launch here)
   a.tile_counter_words = CudaContext::kTileCounterWords;
-  const size_t ws_bytes = flash_attention_forward_workspace_bytes(a);  // its split tail's, if it splits one
-  const std::shared_ptr<void> ws = ws_bytes > 0 ? ctx.allocate(ws_bytes) : nullptr;
+  const size_t bytes = flash_attention_forward_workspace_bytes(a);  // its split tail's, if it splits one
+  // Stream-ordered: back in the pool after the kernels queued before the free (runtime/device_context.h).
+  std::shared_ptr<void> ws = bytes > 0 ? ctx.allocate(bytes) : nullptr;
   a.forward_workspace = ws.get();
-  launch_flash_attention_forward(a, q, k, v, out, lse, ctx.stream());
+  return ws;
 }
 
 void attention_backward(CudaContext& ctx, const FlashAttentionArgs& args, const void* q, const void* k, const void* v,

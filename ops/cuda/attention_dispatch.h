@@ -10,6 +10,7 @@
 //           own support check refuses on this GPU and cuDNN version (probed once per shape, then cached)
 #pragma once
 #include <cstddef>
+#include <memory>
 
 #include "ops/attention_backend.h"
 #include "ops/cuda/cudnn_attention.h"
@@ -29,6 +30,11 @@ constexpr size_t kAutoCudnnMaxWorkspaceBytes = size_t(1) << 30;
 // runs its forward without statistics, the native kernels write them to scratch).
 void attention_forward(CudaContext& ctx, const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                        void* out, float* lse);
+
+// Gives the native forward `a` ctx's tile counters and, when the call splits its tail, a workspace from ctx's
+// allocator (FlashAttentionArgs::tile_counter, forward_workspace), as attention_forward runs it. The workspace lives as
+// long as the returned pointer (null when none is needed); the launches using it go on ctx's stream.
+std::shared_ptr<void> attach_forward_scratch(CudaContext& ctx, FlashAttentionArgs& a);
 
 // dq, dk, dv (and dbias when not null), as launch_flash_attention_backward (its workspace comes from ctx's
 // allocator). dlse may be null.

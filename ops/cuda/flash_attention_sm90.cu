@@ -347,13 +347,17 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     // descriptors' words from uniform registers to per-thread ones (R2UR before every wgmma), and the whole forward grid
     // ran 2% to 4% slower, split or not (H200, session 19, run 1).
     auto tile_complete = [&](int piece) {
-      if constexpr (!kSplit) return true;
-      if (!__any_sync(0xffffffffu, piece >= 0)) return true;  // every lane read the same piece
-      const int tail = a.draw.piece_tile(piece), pieces = a.draw.split.pieces;
-      return split_combine<D>(o, m, l, a.scale_log2,
-                              a.split_records + static_cast<int64_t>(tail * kConsumers + cw) * pieces *
-                                                    (split_record_vecs(D) * 128),
-                              a.draw.piece_index(piece), pieces, a.split_counters + (tail * kConsumers + cw), t, 1 + cw);
+      if constexpr (!kSplit) {
+        return true;
+      } else {
+        if (!__any_sync(0xffffffffu, piece >= 0)) return true;  // every lane read the same piece
+        const int tail = a.draw.piece_tile(piece), pieces = a.draw.split.pieces;
+        return split_combine<D>(o, m, l, a.scale_log2,
+                                a.split_records + static_cast<int64_t>(tail * kConsumers + cw) * pieces *
+                                                      (split_record_vecs(D) * 128),
+                                a.draw.piece_index(piece), pieces, a.split_counters + (tail * kConsumers + cw), t,
+                                1 + cw);
+      }
     };
     // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
     // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.

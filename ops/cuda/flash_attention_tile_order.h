@@ -89,7 +89,7 @@ struct TileOrder {
 // as `pieces` units, piece p taking key tiles [p steps, (p + 1) steps) of the tile's (the last piece fewer), so that
 // the round the tail tiles would run alone on a few CTAs runs on tail x pieces of them. unit(n) says which tile and
 // which piece unit n is; a piece's partial result (its O, row max and row sum) is combined with the tile's other pieces'
-// by whichever CTA finishes the tile's last one (sm90/attention_split.cuh).
+// by whichever CTA finishes the tile's last one (split_combine in ops/cuda/device/sm90/attention.cuh).
 struct SplitTail {
   int tail = 0;    // the last tiles of the order, split (0: none)
   int pieces = 1;  // units each of them is drawn as (1: none)

@@ -177,6 +177,10 @@ __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], const fa::Mask<kLo
     if (mask.hides(keys[(i >> 1) & 1], key0 + 8 * (i / 4) + (i & 1))) s[i] = -INFINITY;
 }
 
+// A row max m (raw scores) in the exponent's units, m scale_log2, with 0 for a row that has seen nothing (m = -inf), so
+// that 2^(x scale_log2 - this) never computes -inf - -inf: the softmax, the epilogue's lse and the split tail's combine.
+__device__ __forceinline__ float max_log2(float m, float scale_log2) { return m == -INFINITY ? 0.f : m * scale_log2; }
+
 // Online softmax on one S tile, in place: s becomes P = 2^(s*scale_log2 - m_new*scale_log2); m (raw-score row
 // max), l (this thread's partial row sum: the quad's four partials are added only in the epilogue, valid because
 // the max, hence every rescale, is quad-uniform) updated; alpha = the factor O must be scaled by. Hidden scores
@@ -217,7 +221,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[BN / 2], float (&m)[2]
   for (int h = 0; h < 2; ++h) {
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
     mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-    ms[h] = mx[h] == -INFINITY ? 0.f : mx[h] * scale_log2;  // nothing visible so far: avoid -inf - -inf
+    ms[h] = max_log2(mx[h], scale_log2);
     alpha[h] = ex2(m[h] * scale_log2 - ms[h]);               // m = -inf (first tile) -> 0
     m[h] = mx[h];
   }
@@ -310,7 +314,7 @@ __device__ __forceinline__ void finish_rows(const float (&m)[2], float (&l)[2], 
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
     inv[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
     rows[h] = 64 * cw + 16 * w + lane / 4 + 8 * h;
-    const float ms = m[h] == -INFINITY ? 0.f : m[h] * scale_log2;
+    const float ms = max_log2(m[h], scale_log2);
     if (lane % 4 == 0 && rows[h] < rows_valid) lse_blk[rows[h]] = l[h] > 0.f ? (ms + log2f(l[h])) * kLn2 : -INFINITY;
   }
 }
@@ -449,7 +453,7 @@ __device__ __forceinline__ bool split_combine(float (&o)[D / 2], float (&m)[2], 
   }
   // A piece's share is scaled by 2^((m_q - m) scale_log2): 0 for a piece whose row saw no key (m_q = -inf); a row no
   // piece saw keeps m = -inf and l = 0 (store_out: out 0, lse -inf).
-  const float ms[2] = {mx[0] == -INFINITY ? 0.f : mx[0] * scale_log2, mx[1] == -INFINITY ? 0.f : mx[1] * scale_log2};
+  const float ms[2] = {max_log2(mx[0], scale_log2), max_log2(mx[1], scale_log2)};
   l[0] = l[1] = 0.f;
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
