@@ -12,4 +12,13 @@ namespace xfr {
 Value linear(Value x, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
              const std::string& init_module = {}, bool gelu_tanh = false);
 
+// The parameters `linear` declares, without the op: "<name>.weight" (out, in) and, with bias, "<name>.bias" (out;
+// undefined without), the same names, init rules and declaration order. For layers that share one GEMM (the
+// packed q/k/v projection of components/multi_head_dispatch.h).
+struct LinearParams {
+  Value weight, bias;
+};
+LinearParams linear_params(Graph& g, int64_t in_features, int64_t out_features, bool bias, const std::string& name,
+                           const std::string& init_module = {});
+
 }  // namespace xfr

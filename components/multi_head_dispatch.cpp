@@ -2,6 +2,7 @@
 
 #include "components/linear.h"
 #include "ops/bias_add.h"
+#include "ops/linear.h"
 #include "ops/dropout.h"
 #include "ops/matmul.h"
 #include "ops/rotary.h"
@@ -11,7 +12,7 @@
 namespace xfr {
 
 Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention, const std::string& name,
-                          const AttentionFn& attention_bshd) {
+                          const AttentionFn& attention_bshd, const PackedAttentionFn& attention_qkvpacked) {
   const char* op = "multi_head_dispatch";
   XF_CHECK(x.rank() == 3, op, "expects (B, T, C), got ", shape_str(x.shape()));
   const int64_t B = x.dim(0), T = x.dim(1), C = spec.dim_model, H = spec.num_heads;
@@ -27,6 +28,26 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
   Graph& g = *x.graph;
   auto s = g.scope(name);
   const std::string in_proj = spec.init_prefix + ".in_proj_container";
+  // The output projection and residual dropout, on the merged heads (B, T, dv).
+  auto project_out = [&](Value merged) {
+    Value y = linear(merged, dv, C, spec.bias, "proj", spec.init_prefix + ".proj");
+    if (spec.residual_dropout > 0) y = dropout(y, spec.residual_dropout, "residual_dropout");
+    return y;
+  };
+  if (attention_qkvpacked && spec.use_separate_proj_weight && !spec.use_rotary_embeddings && dk == dv) {
+    // One GEMM for the three projections: y = x [Wq; Wk; Wv]^T + [bq; bk; bv] is (B, T, 3 dk), which is
+    // (B, T, 3, H, dk/H), the packed qkv the attention reads in place (and whose gradient it writes whole).
+    const LinearParams pq = linear_params(g, C, dk, spec.bias, "q_proj", in_proj + ".q_proj");
+    const LinearParams pk = linear_params(g, C, dk, spec.bias, "k_proj", in_proj + ".k_proj");
+    const LinearParams pv = linear_params(g, C, dv, spec.bias, "v_proj", in_proj + ".v_proj");
+    const Value w = concat({pq.weight, pk.weight, pv.weight}, 0, "qkv_proj.weight");  // (3 dk, C)
+    const Value b = spec.bias ? concat({pq.bias, pk.bias, pv.bias}, 0, "qkv_proj.bias") : Value{};  // (3 dk)
+    const Value qkv = reshape(linear_op(x, w, b, false, "qkv_proj.linear"), {B, T, 3, H, dk / H}, "qkv_heads");
+    const Value att = attention_qkvpacked(qkv);  // (B, T, H, dk/H)
+    XF_CHECK(att.rank() == 4 && att.dim(0) == B && att.dim(1) == T && att.dim(2) == H && att.dim(3) == dv / H, op,
+             "attention returned ", shape_str(att.shape()), ", expected ", shape_str({B, T, H, dv / H}));
+    return project_out(reshape(att, {B, T, dv}, "merge_heads"));
+  }
   Value q, k, v;
   if (spec.use_separate_proj_weight) {
     q = linear(x, C, dk, spec.bias, "q_proj", in_proj + ".q_proj");
@@ -78,9 +99,7 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
            bshd ? shape_str({B, T, H, dv / H}) : shape_str({B, H, T, dv / H}));
   const Value merged = bshd ? reshape(att, {B, T, dv}, "merge_heads")
                             : reshape(permute(att, {0, 2, 1, 3}, "merge_heads"), {B, T, dv});  // (B, T, dv)
-  Value y = linear(merged, dv, C, spec.bias, "proj", spec.init_prefix + ".proj");
-  if (spec.residual_dropout > 0) y = dropout(y, spec.residual_dropout, "residual_dropout");
-  return y;
+  return project_out(merged);
 }
 
 }  // namespace xfr

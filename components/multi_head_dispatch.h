@@ -28,12 +28,19 @@ struct MultiHeadSpec {
 
 // q, k, v heads: (B, H, S, Dh) -> (B, H, Sq, Dv_h); a bshd AttentionFn: (B, S, H, Dh) -> (B, Sq, H, Dv_h).
 using AttentionFn = std::function<Value(Value q, Value k, Value v)>;
+// The same attention on a packed qkv (B, S, 3, H, Dh) -> (B, S, H, Dh) (ops/flash_attention.h, qkv_packed).
+using PackedAttentionFn = std::function<Value(Value qkv)>;
 
 // x: (B, T, C) -> (B, T, C). Self-attention (query = key = value = x). Parameters under "<name>.*".
 // `attention_bshd`, when set, is the same attention on (B, T, H, Dh) heads (ComponentEntry::attention_bshd): the
 // projections are only reshaped to heads (rotary then rotates (B, T, H, Dh) directly) and the result only
 // reshaped back, no permute on either side; `attention` is then unused.
+// `attention_qkvpacked`, when set, is the same attention on a packed qkv: with separate projection weights, no rotary
+// embeddings and dim_key == dim_value, the three projections run as one GEMM of width 3 dim_key (their weights
+// and biases concatenated; the parameters keep their names) whose output the attention reads in place, and whose
+// input gradient and weight gradient are one GEMM each on the attention's packed dqkv. The other two are then unused.
 Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn& attention,
-                          const std::string& name = "mha", const AttentionFn& attention_bshd = {});
+                          const std::string& name = "mha", const AttentionFn& attention_bshd = {},
+                          const PackedAttentionFn& attention_qkvpacked = {});
 
 }  // namespace xfr

@@ -15,6 +15,7 @@
 #include "ops/norm.h"
 #include "ops/reduce.h"
 #include "ops/shape_ops.h"
+#include "runtime/env.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -197,6 +198,11 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     AttentionFn bshd;
     if (!decode && att_entry->attention_bshd)
       bshd = [&](Value q, Value k, Value v) { return att_entry->attention_bshd(att, q, k, v, actx); };
+    // And the packed builder: one GEMM for the q, k and v projections, read in place. XF_ATTENTION_QKV_PACKED=0
+    // keeps the three projections (A/B comparisons).
+    PackedAttentionFn packed;
+    if (!decode && att_entry->attention_qkvpacked && env_flag_default_on("XF_ATTENTION_QKV_PACKED"))
+      packed = [&](Value qkv) { return att_entry->attention_qkvpacked(att, qkv, actx); };
     auto attention_sublayer = [&](Value in) {
       return multi_head_dispatch(in, spec, [&](Value q, Value k, Value v) {
         if (!decode) return att_entry->attention(att, q, k, v, actx);
@@ -212,7 +218,7 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
         decode->v_out.push_back(v_all);
         return scaled_dot_product_attention(q, k_all, v_all, cast(decode->mask, q.dtype(), "mask_cast"),
                                             AttentionOptions{}, "attention");
-      }, "mha", bshd);
+      }, "mha", bshd, packed);
     };
     BuildContext fctx{g, ff_path, D, S, V, training, Value{}};
     auto ff_sublayer = [&](Value in) {

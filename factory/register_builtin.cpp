@@ -143,25 +143,31 @@ void register_attention(Registry& r) {
       f_opt_int("dim_features", 1, "filled in from multi_head_config (xFormers passes it down)"),
       f_dim_model(),
   };
-  // The fused op takes either head layout (ops/flash_attention.h), so both builders are the same call.
-  auto build = [](AttentionLayout layout) {
-    return [layout](const ConfigNode& p, Value q, Value k, Value v, const BuildContext& ctx) {
-      AttentionOptions o;
-      o.causal = get_bool(p, "causal");
-      o.dropout = ctx.training ? get_number(p, "dropout") : 0.0;
-      o.layout = layout;
-      o.alignment = get_string(p, "causal_alignment") == "bottom_right" ? CausalAlignment::bottom_right
-                                                                        : CausalAlignment::top_left;
-      o.window_left = get_int(p, "window_left");
-      o.window_right = get_int(p, "window_right");
-      XF_CHECK(!o.causal || o.window_right <= 0, "scaled_dot_product",
-               "causal hides every key after the aligned one, so window_right must be -1 or 0 with causal, got ",
-               o.window_right);
-      return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
+  auto options = [](const ConfigNode& p, const BuildContext& ctx, AttentionLayout layout) {
+    AttentionOptions o;
+    o.causal = get_bool(p, "causal");
+    o.dropout = ctx.training ? get_number(p, "dropout") : 0.0;
+    o.layout = layout;
+    o.alignment = get_string(p, "causal_alignment") == "bottom_right" ? CausalAlignment::bottom_right
+                                                                      : CausalAlignment::top_left;
+    o.window_left = get_int(p, "window_left");
+    o.window_right = get_int(p, "window_right");
+    XF_CHECK(!o.causal || o.window_right <= 0, "scaled_dot_product",
+             "causal hides every key after the aligned one, so window_right must be -1 or 0 with causal, got ",
+             o.window_right);
+    return o;
+  };
+  // The fused op takes either head layout and a packed qkv (ops/flash_attention.h), so the builders are one call.
+  auto build = [options](AttentionLayout layout) {
+    return [options, layout](const ConfigNode& p, Value q, Value k, Value v, const BuildContext& ctx) {
+      return scaled_dot_product_attention(q, k, v, Value{}, options(p, ctx, layout), "attention");
     };
   };
   e.attention = build(AttentionLayout::bhsd);
   e.attention_bshd = build(AttentionLayout::bshd);
+  e.attention_qkvpacked = [options](const ConfigNode& p, Value qkv, const BuildContext& ctx) {
+    return scaled_dot_product_attention_qkvpacked(qkv, Value{}, options(p, ctx, AttentionLayout::bshd), "attention");
+  };
   r.add(std::move(e));
 }
 

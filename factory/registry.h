@@ -27,6 +27,8 @@ struct BuildContext {
 
 // q, k, v: (B, H, S, D) -> (B, H, Sq, Dv); or, for an entry's attention_bshd, (B, S, H, D) -> (B, Sq, H, Dv).
 using AttentionBuilder = std::function<Value(const ConfigNode& params, Value q, Value k, Value v, const BuildContext&)>;
+// qkv: (B, S, 3, H, D) packed self-attention heads -> (B, S, H, D).
+using PackedAttentionBuilder = std::function<Value(const ConfigNode& params, Value qkv, const BuildContext&)>;
 // x: (B, T, C) -> (B, T, C).
 using FeedforwardBuilder = std::function<Value(const ConfigNode& params, Value x, const BuildContext&)>;
 // ids: (B, T) token ids (i32); x: (B, T, C) token embeddings or undefined -> (B, T, C).
@@ -41,6 +43,9 @@ struct ComponentEntry {
   // Optional: the same attention on (B, S, H, D) heads, returning (B, Sq, H, Dv). multi_head_dispatch uses it when
   // present, so the (B, T, H*D) projections reach the attention without a head permute (and leave it without one).
   AttentionBuilder attention_bshd;
+  // Optional: the same attention on a packed qkv (B, S, 3, H, D). multi_head_dispatch then runs the three input
+  // projections as one GEMM whose output the attention reads in place (components/multi_head_dispatch.h).
+  PackedAttentionBuilder attention_qkvpacked;
   FeedforwardBuilder feedforward;
   PositionBuilder position;
   bool consumes_token_ids = false;  // position encodings that embed tokens themselves (vocab)

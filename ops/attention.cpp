@@ -29,7 +29,51 @@ Value composite_attention(Value q, Value k, Value v, Value mask, const Attention
   return matmul(probs, v, false, false, "out");  // (B, H, Sq, Dv)
 }
 
+// Whether the fused op takes rank-4 heads (B, H, Sq, D) with v's head dim Dv and `mask`: not under
+// XF_ATTENTION_BACKEND=composite (its other values pick the fused op's kernels, ops/attention_backend.h, and are checked
+// here, before anything runs), Dv = D <= 256, and no mask or one of a bias's shape (1 or B, 1 or H, Sq, Sk) in q's
+// dtype.
+bool fused_takes(size_t rank, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, int64_t Dv, DType dtype,
+                 const Value& mask) {
+  if (attention_backend_from_env() == AttentionBackendRequest::composite) return false;
+  const bool bias_mask = mask.defined() && mask.rank() == 4 && mask.dtype() == dtype &&
+                         (mask.dim(0) == 1 || mask.dim(0) == B) && (mask.dim(1) == 1 || mask.dim(1) == H) &&
+                         mask.dim(2) == Sq && mask.dim(3) == Sk;
+  return (!mask.defined() || bias_mask) && rank == 4 && Dv == D && D <= 256;
+}
+
+FlashAttentionAttrs flash_attrs(const AttentionOptions& o, double scale) {
+  FlashAttentionAttrs a;
+  a.scale = scale;
+  a.causal = o.causal;
+  a.dropout = o.dropout;
+  a.layout = o.layout;
+  a.alignment = o.alignment;
+  a.window_left = o.window_left;
+  a.window_right = o.window_right;
+  return a;
+}
+
 }  // namespace
+
+Value scaled_dot_product_attention_qkvpacked(Value qkv, Value mask, const AttentionOptions& options,
+                                            const std::string& name) {
+  const char* op = "scaled_dot_product_attention";
+  XF_CHECK(qkv.defined() && qkv.rank() == 5 && qkv.dim(2) == 3, op, "a packed qkv must be (B, S, 3, H, D), got ",
+           qkv.defined() ? shape_str(qkv.shape()) : std::string("nothing"));
+  XF_CHECK(options.dropout >= 0.0 && options.dropout < 1.0, op, "dropout ", options.dropout, " is outside [0, 1)");
+  AttentionOptions o = options;
+  o.layout = AttentionLayout::bshd;
+  const int64_t B = qkv.dim(0), S = qkv.dim(1), H = qkv.dim(3), D = qkv.dim(4);
+  const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(D));
+  const std::string n = name.empty() ? "attention" : name;
+  if (fused_takes(4, B, H, S, S, D, D, qkv.dtype(), mask))
+    return flash_attention_qkvpacked(qkv, flash_attrs(o, scale), n, mask).out;
+  // The parts as (B, S, H, D) heads.
+  const std::vector<Value> parts = split(qkv, 2, {1, 1, 1}, n + ".qkv_split");
+  auto head = [&](int i, const char* what) { return reshape(parts[static_cast<size_t>(i)], {B, S, H, D}, n + what); };
+  return scaled_dot_product_attention(head(0, ".q"), head(1, ".k"), head(2, ".v"), mask, o, n);
+}
 
 Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const AttentionOptions& o,
                                    const std::string& name) {
@@ -53,23 +97,10 @@ Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const 
   // (B, H, Sq, Sk) scores and probabilities, the same dropout stream; a mask of a bias's shape is its bias.
   // XF_ATTENTION_BACKEND=composite keeps the composite (A/B comparisons, debugging); its other values pick the
   // fused op's kernels (ops/attention_backend.h) and are checked here, before anything runs.
-  const bool composite_only = attention_backend_from_env() == AttentionBackendRequest::composite;
   const int64_t H = q.dim(bshd ? 2 : 1), B = q.dim(0);
-  const bool bias_mask = mask.defined() && q.rank() == 4 && mask.rank() == 4 && mask.dtype() == q.dtype() &&
-                         (mask.dim(0) == 1 || mask.dim(0) == B) && (mask.dim(1) == 1 || mask.dim(1) == H) &&
-                         mask.dim(2) == q.dim(bshd ? 1 : 2) && mask.dim(3) == k.dim(seq_axis);
-  if (!composite_only && (!mask.defined() || bias_mask) && q.rank() == 4 && v.dim(-1) == q.dim(-1) &&
-      q.dim(-1) <= 256) {
-    FlashAttentionAttrs a;
-    a.scale = scale;
-    a.causal = o.causal;
-    a.dropout = o.dropout;
-    a.layout = o.layout;
-    a.alignment = o.alignment;
-    a.window_left = o.window_left;
-    a.window_right = o.window_right;
-    return flash_attention(q, k, v, a, n, mask).out;
-  }
+  if (fused_takes(q.rank(), B, H, q.dim(bshd ? 1 : 2), k.dim(seq_axis), q.dim(-1), v.dim(-1), q.dtype(), mask))
+    return flash_attention(q, k, v, flash_attrs(o, scale), n, mask).out;
+  const bool composite_only = attention_backend_from_env() == AttentionBackendRequest::composite;
   const int64_t Sq = q.dim(bshd ? 1 : -2), Sk = k.dim(seq_axis);
   const bool misaligned = o.causal && o.alignment == CausalAlignment::bottom_right && Sq != Sk;
   XF_CHECK(!windowed && !misaligned, op, "the composite attention (", composite_only ? "XF_ATTENTION_BACKEND=composite"

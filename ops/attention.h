@@ -36,4 +36,10 @@ struct AttentionOptions {
 Value scaled_dot_product_attention(Value q, Value k, Value v, Value mask, const AttentionOptions& options,
                                    const std::string& name = {});
 
+// The same on a packed qkv (B, S, 3, H, D) -> (B, S, H, D) (self-attention; options.layout is ignored: the heads are
+// bshd). The fused op reads q, k and v in place and writes one dqkv (ops/flash_attention.h, qkv_packed) when it takes
+// the call (D <= 256, no mask or a bias-shaped one); otherwise q, k and v are sliced out and attended as bshd heads.
+Value scaled_dot_product_attention_qkvpacked(Value qkv, Value mask, const AttentionOptions& options,
+                                            const std::string& name = {});
+
 }  // namespace xfr

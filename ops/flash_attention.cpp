@@ -18,6 +18,18 @@ void check_options(const char* op, const FlashAttentionAttrs& a) {
            "-1 or 0 with causal, got ", a.window_right);
   XF_CHECK(!(a.varlen && a.has_bias), op, "a bias (Bb, Hb, Sq, Sk) has no meaning for packed sequences (varlen): "
            "use one or the other");
+  XF_CHECK(!a.qkv_packed || a.layout == AttentionLayout::bshd, op, "a packed qkv (B, S, 3, H, D) has bshd heads, "
+           "so qkv_packed needs layout bshd, got ", attention_layout_name(a.layout));
+}
+
+// The q (= k = v) meta of a packed qkv (B, S, 3, H, D) or varlen (T, 3, H, D): (B, S, H, D) or (T, H, D).
+TensorMeta packed_part(const char* op, const FlashAttentionAttrs& a, const TensorMeta& qkv) {
+  const size_t rank = a.varlen ? 4 : 5, three = rank - 3;
+  XF_CHECK(qkv.shape.size() == rank && qkv.shape[three] == 3, op, "a packed qkv must be ",
+           a.varlen ? "(T, 3, H, D)" : "(B, S, 3, H, D)", ", got ", shape_str(qkv.shape));
+  Shape part = qkv.shape;
+  part.erase(part.begin() + static_cast<std::ptrdiff_t>(three));
+  return TensorMeta{part, qkv.dtype};
 }
 
 // The axes of heads and positions in q, k, v of `layout` (rank 4; one less, no batch axis, for varlen).
@@ -54,6 +66,7 @@ std::string FlashAttentionAttrs::str() const {
   if (window_left >= 0 || window_right >= 0) s += str_cat(", window=(", window_left, ", ", window_right, ")");
   if (has_bias) s += ", bias";
   if (varlen) s += ", varlen";
+  if (qkv_packed) s += ", qkv_packed";
   return s;
 }
 
@@ -64,9 +77,14 @@ HeadStrides head_strides(AttentionLayout layout, int64_t heads, int64_t S, int64
   return s;
 }
 
-FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q,
-                                          const TensorMeta& k, const TensorMeta& v, const TensorMeta* bias,
+FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q_in,
+                                          const TensorMeta& k_in, const TensorMeta& v_in, const TensorMeta* bias,
                                           const TensorMeta* cu_q, const TensorMeta* cu_k) {
+  // A packed qkv is validated as its three (equal) parts; its strides are set at the end.
+  const TensorMeta part = a.qkv_packed ? packed_part(op, a, q_in) : TensorMeta{};
+  const TensorMeta& q = a.qkv_packed ? part : q_in;
+  const TensorMeta& k = a.qkv_packed ? part : k_in;
+  const TensorMeta& v = a.qkv_packed ? part : v_in;
   const bool bhsd = a.layout == AttentionLayout::bhsd;
   const char* qs = a.varlen ? (bhsd ? "q (H, Tq, D)" : "q (Tq, H, D)") : (bhsd ? "q (B, H, Sq, D)" : "q (B, Sq, H, D)");
   const char* ks = a.varlen ? (bhsd ? "k and v (Hk, Tk, D)" : "k and v (Tk, Hk, D)")
@@ -98,6 +116,13 @@ FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAt
            " must be a multiple of the key/value heads of k ", shape_str(k.shape), " (grouped-query attention)");
   s.q = head_strides(a.layout, s.H, s.Sq, s.D, a.varlen);
   s.k = head_strides(a.layout, s.Hk, s.Sk, s.D, a.varlen);
+  s.o = s.q;
+  if (a.qkv_packed) {  // rows of 3 H D: q's heads, then k's, then v's
+    s.q = head_strides(a.layout, 3 * s.H, s.Sq, s.D, a.varlen);
+    s.k = s.q;
+    s.k_offset = s.H * s.D;
+    s.v_offset = 2 * s.H * s.D;
+  }
   s.lse_batch = a.varlen ? 0 : s.H * s.Sq;
   s.lse_head = s.Sq;
   if (a.has_bias) {
@@ -122,26 +147,40 @@ FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAt
   return s;
 }
 
+Shape flash_attention_out_shape(const FlashAttentionAttrs& a, const FlashAttentionShape& s) {
+  Shape o = a.layout == AttentionLayout::bhsd ? Shape{s.B, s.H, s.Sq, s.D} : Shape{s.B, s.Sq, s.H, s.D};
+  if (a.varlen) o.erase(o.begin());
+  return o;
+}
+
 // ---- flash_attention ------------------------------------------------------------------------------------
 
 std::string FlashAttentionOp::attrs() const { return a.str(); }
 
 std::vector<TensorMeta> FlashAttentionOp::infer(const std::vector<TensorMeta>& in) const {
   const char* op = "flash_attention";
-  XF_CHECK(static_cast<int64_t>(in.size()) == a.num_inputs(), op, "takes ", a.num_inputs(), " inputs (q, k, v",
-           a.has_bias ? ", bias" : "", a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "", "), got ", in.size());
+  XF_CHECK(static_cast<int64_t>(in.size()) == a.num_inputs(), op, "takes ", a.num_inputs(), " inputs (",
+           a.qkv_packed ? "qkv" : "q, k, v", a.has_bias ? ", bias" : "",
+           a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "", "), got ", in.size());
   check_options(op, a);
   const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
-  const FlashAttentionShape s =
-      flash_attention_shape(op, a, in[0], in[1], in[2], a.has_bias ? at(a.bias_input()) : nullptr,
-                            a.varlen ? at(a.cu_input()) : nullptr, a.varlen ? at(a.cu_input() + 1) : nullptr);
+  const FlashAttentionShape s = flash_attention_shape(
+      op, a, in[0], in[a.qkv_packed ? 0 : 1], in[a.qkv_packed ? 0 : 2], a.has_bias ? at(a.bias_input()) : nullptr,
+      a.varlen ? at(a.cu_input()) : nullptr, a.varlen ? at(a.cu_input() + 1) : nullptr);
   const Shape lse = a.varlen ? Shape{s.H, s.Sq} : Shape{s.B, s.H, s.Sq};
-  return {in[0], TensorMeta{lse, flash_attention_lse_dtype(in[0].dtype)}};
+  return {TensorMeta{flash_attention_out_shape(a, s), in[0].dtype},
+          TensorMeta{lse, flash_attention_lse_dtype(in[0].dtype)}};
 }
 
 int64_t FlashAttentionOp::random_numbers(const std::vector<TensorMeta>& in) const {
-  if (a.dropout == 0.0 || in.size() < 2) return 0;
+  if (a.dropout == 0.0 || static_cast<int64_t>(in.size()) < a.qkv_inputs()) return 0;
   const size_t rank = a.varlen ? 3 : 4;
+  if (a.qkv_packed) {  // (B, S, 3, H, D) or (T, 3, H, D): B H S S, or H T T
+    if (in[0].shape.size() != rank + 1) return 0;
+    const Shape& x = in[0].shape;
+    const int64_t S = x[a.varlen ? 0 : 1];
+    return (a.varlen ? 1 : x[0]) * x[rank - 1] * S * S;
+  }
   if (in[0].shape.size() != rank || in[1].shape.size() != rank) return 0;
   const Axes ax = axes_of(a.layout, a.varlen);
   const int64_t rows = (a.varlen ? 1 : in[0].shape[0]) * in[0].shape[ax.heads] * in[0].shape[ax.seq];
@@ -150,21 +189,26 @@ int64_t FlashAttentionOp::random_numbers(const std::vector<TensorMeta>& in) cons
 
 std::vector<Value> FlashAttentionOp::backward(const BackwardContext& ctx) const {
   std::vector<Value> grads(static_cast<size_t>(a.num_inputs()));
+  const int n_qkv = static_cast<int>(a.qkv_inputs());
   const bool bias_grad = a.has_bias && ctx.needs_grad(static_cast<int>(a.bias_input()));
-  if (!ctx.needs_grad(0) && !ctx.needs_grad(1) && !ctx.needs_grad(2) && !bias_grad) return grads;
+  bool qkv_grad = false;
+  for (int i = 0; i < n_qkv; ++i) qkv_grad = qkv_grad || ctx.needs_grad(i);
+  if (!qkv_grad && !bias_grad) return grads;
   Value dout = ctx.grad(0);
   const Value dlse = ctx.grad(1);
   if (!dout.defined() && !dlse.defined()) return grads;
   if (!dout.defined()) dout = fill(ctx.graph, ctx.output(0).meta(), 0.0, ctx.name("dout_zero"));
-  std::vector<Value> in{ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0), dout, ctx.output(1)};
+  std::vector<Value> in;
+  for (int i = 0; i < n_qkv; ++i) in.push_back(ctx.input(i));
+  in.insert(in.end(), {ctx.output(0), dout, ctx.output(1)});
   if (dlse.defined()) in.push_back(dlse);
-  for (int64_t i = 3; i < a.num_inputs(); ++i) in.push_back(ctx.input(static_cast<int>(i)));  // bias, offsets
+  for (int64_t i = n_qkv; i < a.num_inputs(); ++i) in.push_back(ctx.input(static_cast<int>(i)));  // bias, offsets
   // The forward node's rng_offset: the backward regenerates the same dropout mask.
-  const auto outs = ctx.graph.add(std::make_shared<FlashAttentionBackwardOp>(a, dlse.defined(), bias_grad), in,
-                                  ctx.name("flash_attention"), ctx.node.rng_offset);
-  for (int i = 0; i < 3; ++i)
+  const auto op = std::make_shared<FlashAttentionBackwardOp>(a, dlse.defined(), bias_grad);
+  const auto outs = ctx.graph.add(op, in, ctx.name("flash_attention"), ctx.node.rng_offset);
+  for (int i = 0; i < n_qkv; ++i)
     if (ctx.needs_grad(i)) grads[static_cast<size_t>(i)] = outs[static_cast<size_t>(i)];
-  if (bias_grad) grads[static_cast<size_t>(a.bias_input())] = outs[3];
+  if (bias_grad) grads[static_cast<size_t>(a.bias_input())] = outs[static_cast<size_t>(op->dbias_output())];
   return grads;
 }
 
@@ -176,25 +220,28 @@ std::string FlashAttentionBackwardOp::attrs() const {
 
 std::vector<TensorMeta> FlashAttentionBackwardOp::infer(const std::vector<TensorMeta>& in) const {
   const char* op = "flash_attention_backward";
-  const int64_t n = 6 + has_dlse + a.has_bias + 2 * a.varlen;
-  XF_CHECK(static_cast<int64_t>(in.size()) == n, op, "takes ", n, " inputs (q, k, v, out, dout, lse",
-           has_dlse ? ", dlse" : "", a.has_bias ? ", bias" : "", a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "",
-           "), got ", in.size());
+  const int64_t n = num_inputs();
+  XF_CHECK(static_cast<int64_t>(in.size()) == n, op, "takes ", n, " inputs (", a.qkv_packed ? "qkv" : "q, k, v",
+           ", out, dout, lse", has_dlse ? ", dlse" : "", a.has_bias ? ", bias" : "",
+           a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "", "), got ", in.size());
   XF_CHECK(!bias_grad || a.has_bias, op, "bias_grad needs a bias input");
   check_options(op, a);
   const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
-  const FlashAttentionShape s =
-      flash_attention_shape(op, a, in[0], in[1], in[2], a.has_bias ? at(bias_input()) : nullptr,
-                            a.varlen ? at(cu_input()) : nullptr, a.varlen ? at(cu_input() + 1) : nullptr);
-  XF_CHECK(in[3] == in[0], op, "out ", in[3].str(), " must match q ", in[0].str());
-  XF_CHECK(in[4] == in[0], op, "dout ", in[4].str(), " must match q ", in[0].str());
+  const FlashAttentionShape s = flash_attention_shape(
+      op, a, in[0], in[a.qkv_packed ? 0 : 1], in[a.qkv_packed ? 0 : 2], a.has_bias ? at(bias_input()) : nullptr,
+      a.varlen ? at(cu_input()) : nullptr, a.varlen ? at(cu_input() + 1) : nullptr);
+  const TensorMeta out{flash_attention_out_shape(a, s), in[0].dtype};
+  XF_CHECK(*at(out_input()) == out, op, "out ", at(out_input())->str(), " must be ", out.str());
+  XF_CHECK(*at(dout_input()) == out, op, "dout ", at(dout_input())->str(), " must be ", out.str());
   const TensorMeta rows{a.varlen ? Shape{s.H, s.Sq} : Shape{s.B, s.H, s.Sq}, flash_attention_lse_dtype(in[0].dtype)};
-  XF_CHECK(in[5] == rows, op, "lse ", in[5].str(), " must be ", rows.str(), " for q ", in[0].str());
+  XF_CHECK(*at(lse_input()) == rows, op, "lse ", at(lse_input())->str(), " must be ", rows.str(), " for q ",
+           in[0].str());
   if (has_dlse)
-    XF_CHECK(in[6] == rows, op, "dlse ", in[6].str(), " must be ", rows.str(), " for q ", in[0].str());
-  std::vector<TensorMeta> out{in[0], in[1], in[2]};
-  if (bias_grad) out.push_back(in[static_cast<size_t>(bias_input())]);
-  return out;
+    XF_CHECK(*at(dlse_input()) == rows, op, "dlse ", at(dlse_input())->str(), " must be ", rows.str(), " for q ",
+             in[0].str());
+  std::vector<TensorMeta> grads(in.begin(), in.begin() + a.qkv_inputs());  // dq, dk, dv or dqkv
+  if (bias_grad) grads.push_back(in[static_cast<size_t>(bias_input())]);
+  return grads;
 }
 
 // ---- front end ------------------------------------------------------------------------------------------
@@ -206,6 +253,7 @@ FlashAttentionOutputs flash_attention(Value q, Value k, Value v, const FlashAtte
   XF_CHECK(cu_seqlens_q.defined() == cu_seqlens_k.defined(), op,
            "packed sequences need both cu_seqlens_q and cu_seqlens_k");
   FlashAttentionAttrs a = attrs;
+  a.qkv_packed = false;
   a.has_bias = bias.defined();
   a.varlen = cu_seqlens_q.defined();
   std::vector<Value> in{q, k, v};
@@ -215,6 +263,20 @@ FlashAttentionOutputs flash_attention(Value q, Value k, Value v, const FlashAtte
     in.push_back(cu_seqlens_k);
   }
   const auto outs = q.graph->add(std::make_shared<FlashAttentionOp>(a), in, name);
+  return {outs[0], outs[1]};
+}
+
+FlashAttentionOutputs flash_attention_qkvpacked(Value qkv, const FlashAttentionAttrs& attrs, const std::string& name,
+                                                Value bias, Value cu_seqlens) {
+  XF_CHECK(qkv.defined(), "flash_attention", "qkv is required");
+  FlashAttentionAttrs a = attrs;
+  a.qkv_packed = true;
+  a.has_bias = bias.defined();
+  a.varlen = cu_seqlens.defined();
+  std::vector<Value> in{qkv};
+  if (a.has_bias) in.push_back(bias);
+  if (a.varlen) in.insert(in.end(), {cu_seqlens, cu_seqlens});
+  const auto outs = qkv.graph->add(std::make_shared<FlashAttentionOp>(a), in, name);
   return {outs[0], outs[1]};
 }
 

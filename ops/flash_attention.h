@@ -17,7 +17,15 @@
 //   CPU checks this and throws; the CUDA kernels clamp them into range (no out-of-bounds access) but do not
 //   check. A sequence with Sk = 0 gives out 0, lse -inf.
 //
+// Packed q, k and v (`qkv_packed`, bshd only; FlashAttention's qkvpacked): self-attention whose three projections
+//   come out of one GEMM. One input qkv (B, S, 3, H, D) (varlen: (T, 3, H, D)) takes the place of q, k and v:
+//   q[b,h,i,:] = qkv[b,i,0,h,:], k = qkv[b,j,1,h,:], v = qkv[b,j,2,h,:] (so Sq = Sk = S and Hk = H), read in place
+//   through strides (rows 3 H D elements apart). out and dout are (B, S, H, D) as in bshd; the backward writes one
+//   dqkv (B, S, 3, H, D) with dq, dk, dv at qkv's places, so the projection's backward takes it as one GEMM operand.
+//   Below, "q, k, v" are those three parts, and the backward's "dq, dk, dv" the three parts of dqkv.
+//
 //   flash_attention   inputs  (q, k, v, [bias (Bb, Hb, Sq, Sk)], [cu_seqlens_q, cu_seqlens_k])   H % Hk == 0
+//                     or, qkv_packed, (qkv, [bias], [cu_seqlens_q, cu_seqlens_k])
 //                     outputs (out in q's dtype and shape, lse (B, H, Sq) or (H, Tq) in flash_attention_lse_dtype)
 //                     lse is optional (Op::output_optional): an executor that nothing reads it from passes an
 //                     undefined tensor and the kernels skip it (cuDNN: a forward without statistics).
@@ -46,6 +54,7 @@
 //   flash_attention_backward
 //                     inputs  (q, k, v, out, dout, lse, [dlse when has_dlse], [bias], [cu_seqlens_q, cu_seqlens_k])
 //                     outputs (dq, dk, dv, [dbias when bias_grad]) in q's dtype, each in its primal's shape
+//                     or, qkv_packed, inputs (qkv, out, dout, lse, ...) and outputs (dqkv, [dbias])
 //     Delta[i] = sum_d dout[i,d] out[i,d] - dlse[i]
 //     dv[j]    = sum over the G query heads of kv head j's group, and over i, of dropout(P)[i,j] dout[i]
 //     dS[i,j]  = P[i,j] (Z[i,j] / (1 - p) dout[i] . v[j] - Delta[i])
@@ -126,11 +135,13 @@ struct FlashAttentionAttrs {
   int64_t window_left = -1, window_right = -1;  // sliding window around the diagonal; -1 unbounded
   bool has_bias = false;                        // an additive bias input (Bb, Hb, Sq, Sk)
   bool varlen = false;                          // packed sequences with cu_seqlens_q, cu_seqlens_k inputs
+  bool qkv_packed = false;                      // one input qkv (B, S, 3, H, D) in place of q, k, v (bshd only)
 
   AttentionBand band() const;  // the key ranges causal and the window give
-  int64_t bias_input() const { return 3; }               // index of bias among the forward inputs
-  int64_t cu_input() const { return 3 + has_bias; }      // index of cu_seqlens_q (cu_seqlens_k follows)
-  int64_t num_inputs() const { return 3 + has_bias + 2 * varlen; }
+  int64_t qkv_inputs() const { return qkv_packed ? 1 : 3; }                 // q, k, v or qkv
+  int64_t bias_input() const { return qkv_inputs(); }                       // index of bias among the forward inputs
+  int64_t cu_input() const { return qkv_inputs() + has_bias; }              // of cu_seqlens_q (cu_seqlens_k follows)
+  int64_t num_inputs() const { return qkv_inputs() + has_bias + 2 * varlen; }
   std::string str() const;
 };
 
@@ -141,6 +152,9 @@ struct FlashAttentionShape {
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
   bool varlen = false;
   HeadStrides q, k;
+  HeadStrides o;  // out and dout: q's, except with qkv_packed (q, k, v, dq, dk, dv rows 3 H D apart, out's H D)
+  // qkv_packed: k and v (dk, dv) start H D and 2 H D elements after q (dq) in the one packed tensor; else 0.
+  int64_t k_offset = 0, v_offset = 0;
   int64_t bias_batch = 0, bias_head = 0;
   int64_t lse_batch = 0, lse_head = 0;
   int64_t lse_rows() const { return (varlen ? 1 : B) * H * Sq; }  // lse's (B, H, Sq) or (H, Tq) elements
@@ -170,10 +184,16 @@ class FlashAttentionBackwardOp final : public Op {
   std::string name() const override { return "flash_attention_backward"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
-  // Input indices: q 0, k 1, v 2, out 3, dout 4, lse 5, then dlse, bias, cu_seqlens_q, cu_seqlens_k when present.
-  int64_t dlse_input() const { return 6; }
-  int64_t bias_input() const { return 6 + has_dlse; }
-  int64_t cu_input() const { return 6 + has_dlse + a.has_bias; }
+  // Input indices: q 0, k 1, v 2 (qkv 0 when packed), then out, dout, lse, and dlse, bias, cu_seqlens_q,
+  // cu_seqlens_k when present. Outputs: dq, dk, dv (dqkv when packed), then dbias.
+  int64_t out_input() const { return a.qkv_inputs(); }
+  int64_t dout_input() const { return a.qkv_inputs() + 1; }
+  int64_t lse_input() const { return a.qkv_inputs() + 2; }
+  int64_t dlse_input() const { return a.qkv_inputs() + 3; }
+  int64_t bias_input() const { return dlse_input() + has_dlse; }
+  int64_t cu_input() const { return bias_input() + a.has_bias; }
+  int64_t num_inputs() const { return cu_input() + 2 * a.varlen; }
+  int64_t dbias_output() const { return a.qkv_inputs(); }
   FlashAttentionAttrs a;
   bool has_dlse;
   bool bias_grad = false;  // a fourth output: dbias (the bias's shape)
@@ -181,9 +201,11 @@ class FlashAttentionBackwardOp final : public Op {
 
 // Validates the forward inputs `in` (q, k, v, [bias], [cu_seqlens_q, cu_seqlens_k]; the backward passes its q, k,
 // v and those) against `a` and returns the sizes and strides; errors name `op`, the offending shapes and values.
+// With a.qkv_packed, q is qkv and k, v are not read (pass qkv again).
 FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q,
                                           const TensorMeta& k, const TensorMeta& v, const TensorMeta* bias = nullptr,
                                           const TensorMeta* cu_q = nullptr, const TensorMeta* cu_k = nullptr);
+Shape flash_attention_out_shape(const FlashAttentionShape& s);
 
 // ---- front end ----------------------------------------------------------------------------------------
 struct FlashAttentionOutputs {
@@ -197,5 +219,10 @@ FlashAttentionOutputs flash_attention(Value q, Value k, Value v, const FlashAtte
                                       Value cu_seqlens_k = {});
 FlashAttentionOutputs flash_attention(Value q, Value k, Value v, double scale, bool causal = false,
                                       double dropout = 0.0, const std::string& name = {});
+// qkv (B, S, 3, H, D), or (T, 3, H, D) with cu_seqlens (the same offsets for queries and keys): attrs.layout must be
+// bshd; sets attrs.qkv_packed. out is (B, S, H, D) ((T, H, D)).
+FlashAttentionOutputs flash_attention_qkvpacked(Value qkv, const FlashAttentionAttrs& attrs,
+                                                const std::string& name = {}, Value bias = {},
+                                                Value cu_seqlens = {});
 
 }  // namespace xfr

@@ -93,9 +93,15 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     schedule_.push_back(std::move(s));
   }
   for (int o : outputs_) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
-  for (const auto& st : schedule_)  // constants keep their memory from the first run on
+  // Constants keep their memory from the first run on: live over every step of every later run, before their own
+  // step too (a buffer of an earlier step must not share their bytes).
+  for (const auto& st : schedule_)
     if (st.params_only)
-      for (int o : st.out) last_use[static_cast<size_t>(view_root_[static_cast<size_t>(o)])] = INT_MAX;
+      for (int o : st.out) {
+        const auto r = static_cast<size_t>(view_root_[static_cast<size_t>(o)]);
+        last_use[r] = INT_MAX;
+        def_step[r] = 0;
+      }
 
   // Mixed precision on a device: the per-parameter casts of the forward (f32 -> the compute dtype) become
   // views of one 16-bit mirror of the flat parameter buffer, filled by a single conversion at the start of

@@ -58,23 +58,24 @@ using fa::Tensors;
 constexpr int64_t kQueryBlock = 32;
 constexpr int64_t kKeyBlock = 64;
 
-// q, k, v in either layout -> out (q's), lse; one (b, h) pair. Row i of a head is s.q.seq elements after row 0.
+// q, k, v in either layout -> out, lse; one (b, h) pair. Row i of a head is s.q.seq (out: s.o.seq) elements after
+// row 0.
 template <class T>
 void forward_head(const Params<T>& p, int64_t b, int64_t h, const Tensors<T>& t) {
   const FlashAttentionShape& s = p.s;
   const Span sp = p.span(b);
-  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq;
+  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq, os = s.o.seq;
   const T* qh = t.q + p.q_off(b, h, sp);
   const T* kh = t.k + p.k_off(b, hk, sp);
   const T* vh = t.v + p.k_off(b, hk, sp);
-  T* oh = t.o + p.q_off(b, h, sp);
+  T* oh = t.o + p.o_off(b, h, sp);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   T m[kQueryBlock], l[kQueryBlock], sc[kKeyBlock], z[kKeyBlock];
   for (int64_t i0 = 0; i0 < sp.Sq; i0 += kQueryBlock) {
     const int64_t i1 = std::min(sp.Sq, i0 + kQueryBlock);
     std::fill(m, m + kQueryBlock, neg_inf);
     std::fill(l, l + kQueryBlock, T(0));
-    fa::zero_rows(oh + i0 * qs, i1 - i0, qs, D);
+    fa::zero_rows(oh + i0 * os, i1 - i0, os, D);
     // The first query of the block sees the earliest keys, the last one the latest.
     for (int64_t j0 = p.key_lo(sp, i0); j0 < p.key_hi(sp, i1 - 1); j0 += kKeyBlock) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -82,7 +83,7 @@ void forward_head(const Params<T>& p, int64_t b, int64_t h, const Tensors<T>& t)
         if (hi <= lo) continue;  // no key of this block visible to query i
         const int64_t n = hi - lo;
         const T* qi = qh + i * qs;
-        T* oi = oh + i * qs;
+        T* oi = oh + i * os;
         const T* bias = p.bias_row(b, h, i);
         T mb = neg_inf;
         for (int64_t jj = 0; jj < n; ++jj) {
@@ -106,7 +107,7 @@ void forward_head(const Params<T>& p, int64_t b, int64_t h, const Tensors<T>& t)
     }
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = i - i0;
-      T* oi = oh + i * qs;
+      T* oi = oh + i * os;
       T& lse = t.lse_out[p.row(b, h, sp, i)];
       if (l[r] > T(0)) {
         const T inv = T(1) / l[r];
@@ -125,7 +126,7 @@ template <class T>
 void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const Tensors<T>& t) {
   const FlashAttentionShape& s = p.s;
   const Span sp = p.span(b);
-  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq;
+  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq, os = s.o.seq;
   const int64_t kvoff = p.k_off(b, hk, sp);
   const T* kh = t.k + kvoff;
   const T* vh = t.v + kvoff;
@@ -135,11 +136,11 @@ void backward_kv_head(const Params<T>& p, int64_t b, int64_t hk, const Tensors<T
   fa::zero_rows(dvh, sp.Sk, ks, D);
   T z[kKeyBlock];
   for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
-    const int64_t qoff = p.q_off(b, h, sp);
+    const int64_t qoff = p.q_off(b, h, sp), ooff = p.o_off(b, h, sp);
     for (int64_t i = 0; i < sp.Sq; ++i) {
       const T* qi = t.q + qoff + i * qs;
-      const T* oi = t.out + qoff + i * qs;
-      const T* doi = t.dout + qoff + i * qs;
+      const T* oi = t.out + ooff + i * os;
+      const T* doi = t.dout + ooff + i * os;
       T* dqi = t.dq + qoff + i * qs;
       std::fill(dqi, dqi + D, T(0));
       const int64_t lr = p.row(b, h, sp, i);
@@ -171,7 +172,7 @@ template <class T>
 void dbias_row(const Params<T>& p, int64_t Bb, int64_t Hb, int64_t bb, int64_t hb, int64_t i, const Tensors<T>& t) {
   const FlashAttentionShape& s = p.s;
   const Span sp = p.span(0);  // no varlen with a bias: every batch entry is (0, Sq, 0, Sk)
-  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq;
+  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq, os = s.o.seq;
   T* db = t.dbias + (bb * Hb + hb) * s.Sq * s.Sk + i * s.Sk;
   std::fill(db, db + s.Sk, T(0));
   const int64_t lo = p.key_lo(sp, i), hi = p.key_hi(sp, i);
@@ -179,14 +180,15 @@ void dbias_row(const Params<T>& p, int64_t Bb, int64_t Hb, int64_t bb, int64_t h
   for (int64_t b = Bb == 1 ? 0 : bb; b < (Bb == 1 ? s.B : bb + 1); ++b)
     for (int64_t h = Hb == 1 ? 0 : hb; h < (Hb == 1 ? s.H : hb + 1); ++h) {
       const int64_t lr = p.row(b, h, sp, i), qoff = p.q_off(b, h, sp) + i * qs, kvoff = p.k_off(b, h / p.G, sp);
+      const int64_t ooff = p.o_off(b, h, sp) + i * os;
       const T li = t.lse[lr];
       if (li == -std::numeric_limits<T>::infinity() || hi <= lo) continue;
-      const T delta = fa::dot(t.dout + qoff, t.out + qoff, D) - (t.dlse ? t.dlse[lr] : T(0));
+      const T delta = fa::dot(t.dout + ooff, t.out + ooff, D) - (t.dlse ? t.dlse[lr] : T(0));
       const T* bias = p.bias_row(b, h, i);
       fa::dropout_factors(p, p.row_stream(b, h, sp, i) + static_cast<uint64_t>(lo), hi - lo, z.data());
       for (int64_t j = lo; j < hi; ++j) {
         const T P = std::exp(p.scale * fa::dot(t.q + qoff, t.k + kvoff + j * ks, D) + bias[j] - li);
-        db[j] += P * (z[static_cast<size_t>(j - lo)] * fa::dot(t.dout + qoff, t.v + kvoff + j * ks, D) - delta);
+        db[j] += P * (z[static_cast<size_t>(j - lo)] * fa::dot(t.dout + ooff, t.v + kvoff + j * ks, D) - delta);
       }
     }
 }
@@ -241,8 +243,17 @@ FlashAttentionShape shape_of(const char* op, const FlashAttentionAttrs& a, const
   auto meta = [](const Tensor* t) { return TensorMeta{t->shape(), t->dtype()}; };
   const TensorMeta bias = x.bias ? meta(x.bias) : TensorMeta{}, cu_q = x.cu_q ? meta(x.cu_q) : TensorMeta{},
                    cu_k = x.cu_k ? meta(x.cu_k) : TensorMeta{};
-  return flash_attention_shape(op, a, meta(&in[0]), meta(&in[1]), meta(&in[2]), x.bias ? &bias : nullptr,
+  const TensorMeta q = meta(&in[0]), k = a.qkv_packed ? q : meta(&in[1]), v = a.qkv_packed ? q : meta(&in[2]);
+  return flash_attention_shape(op, a, q, k, v, x.bias ? &bias : nullptr,
                                x.cu_q ? &cu_q : nullptr, x.cu_k ? &cu_k : nullptr);
+}
+
+// q, k, v: the first three inputs, or the three parts of a packed qkv.
+template <class T>
+void set_qkv(const FlashAttentionAttrs& a, const FlashAttentionShape& s, const std::vector<Tensor>& in, Tensors<T>& t) {
+  t.q = in[0].data<T>();
+  t.k = a.qkv_packed ? t.q + s.k_offset : in[1].data<T>();
+  t.v = a.qkv_packed ? t.q + s.v_offset : in[2].data<T>();
 }
 
 void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
@@ -255,9 +266,7 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
     Tensors<T> t;
-    t.q = in[0].data<T>();
-    t.k = in[1].data<T>();
-    t.v = in[2].data<T>();
+    set_qkv(a, s, in, t);
     t.o = out[0].data<T>();
     // lse is optional (FlashAttentionOp::output_optional): without it, the rows' statistics go to scratch.
     std::vector<T> lse_scratch;
@@ -281,19 +290,18 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
     Tensors<T> t;
-    t.q = in[0].data<T>();
-    t.k = in[1].data<T>();
-    t.v = in[2].data<T>();
-    t.out = in[3].data<T>();
-    t.dout = in[4].data<T>();
-    t.lse = in[5].data<T>();
-    t.dlse = op.has_dlse ? in[6].data<T>() : nullptr;
+    set_qkv(a, s, in, t);
+    t.out = in[static_cast<size_t>(op.out_input())].data<T>();
+    t.dout = in[static_cast<size_t>(op.dout_input())].data<T>();
+    t.lse = in[static_cast<size_t>(op.lse_input())].data<T>();
+    t.dlse = op.has_dlse ? in[static_cast<size_t>(op.dlse_input())].data<T>() : nullptr;
+    // dq, dk, dv, or the three parts of dqkv at qkv's offsets.
     t.dq = out[0].data<T>();
-    t.dk = out[1].data<T>();
-    t.dv = out[2].data<T>();
+    t.dk = a.qkv_packed ? t.dq + s.k_offset : out[1].data<T>();
+    t.dv = a.qkv_packed ? t.dq + s.v_offset : out[2].data<T>();
     backward_all(p, t, ctx);
     if (op.bias_grad) {
-      t.dbias = out[3].data<T>();
+      t.dbias = out[static_cast<size_t>(op.dbias_output())].data<T>();
       const int64_t Bb = x.bias->shape()[0], Hb = x.bias->shape()[1], rows = Bb * Hb * s.Sq;
       parallel_for(ctx, rows, 1, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r)

@@ -34,22 +34,22 @@ size_t blas_scratch(const FlashAttentionShape& s) {
   return static_cast<size_t>(kBlasQueries * std::max<int64_t>(s.Sk, 1));
 }
 
-// q, k, v, out in either layout -> out, lse; one (sequence b, head h) pair.
+// q, k, v in either layout -> out, lse; one (sequence b, head h) pair.
 void forward_head_blas(const Params<float>& p, int64_t b, int64_t h, const Tensors<float>& t, std::vector<float>& sc,
                        std::vector<float>& z) {
   const FlashAttentionShape& s = p.s;
   const Span sp = p.span(b);
-  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq;
+  const int64_t D = s.D, hk = h / p.G, qs = s.q.seq, ks = s.k.seq, os = s.o.seq;
   const float* qh = t.q + p.q_off(b, h, sp);
   const float* kh = t.k + p.k_off(b, hk, sp);
   const float* vh = t.v + p.k_off(b, hk, sp);
-  float* oh = t.o + p.q_off(b, h, sp);
+  float* oh = t.o + p.o_off(b, h, sp);
   for (int64_t i0 = 0; i0 < sp.Sq; i0 += kBlasQueries) {
     const int64_t i1 = std::min(sp.Sq, i0 + kBlasQueries), rows = i1 - i0;
     // The keys some query of the block sees: from the first query's first to the last query's last.
     const int64_t jlo = p.key_lo(sp, i0), n = p.key_hi(sp, i1 - 1) - jlo;
     if (n <= 0) {
-      zero_rows(oh + i0 * qs, rows, qs, D);
+      zero_rows(oh + i0 * os, rows, os, D);
       for (int64_t i = i0; i < i1; ++i) t.lse_out[p.row(b, h, sp, i)] = kNegInf;
       continue;
     }
@@ -84,7 +84,7 @@ void forward_head_blas(const Params<float>& p, int64_t b, int64_t h, const Tenso
         for (int64_t j = lo; j < hi; ++j) row[j] *= inv;
       }
     }
-    sgemm(false, false, rows, D, n, 1.0f, sc.data(), n, vh + jlo * ks, ks, 0.0f, oh + i0 * qs, qs);  // (rows, D)
+    sgemm(false, false, rows, D, n, 1.0f, sc.data(), n, vh + jlo * ks, ks, 0.0f, oh + i0 * os, os);  // (rows, D)
   }
 }
 
@@ -93,7 +93,7 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
                            std::vector<float>& P, std::vector<float>& dP, std::vector<float>& z) {
   const FlashAttentionShape& s = p.s;
   const Span sp = p.span(b);
-  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq;
+  const int64_t D = s.D, qs = s.q.seq, ks = s.k.seq, os = s.o.seq;
   const int64_t kvoff = p.k_off(b, hk, sp);
   const float* kh = t.k + kvoff;
   const float* vh = t.v + kvoff;
@@ -102,7 +102,7 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
   zero_rows(dkh, sp.Sk, ks, D);
   zero_rows(dvh, sp.Sk, ks, D);
   for (int64_t h = hk * p.G; h < (hk + 1) * p.G; ++h) {
-    const int64_t qoff = p.q_off(b, h, sp);
+    const int64_t qoff = p.q_off(b, h, sp), ooff = p.o_off(b, h, sp);
     for (int64_t i0 = 0; i0 < sp.Sq; i0 += kBlasQueries) {
       const int64_t i1 = std::min(sp.Sq, i0 + kBlasQueries), rows = i1 - i0;
       const int64_t jlo = p.key_lo(sp, i0), n = p.key_hi(sp, i1 - 1) - jlo;
@@ -112,16 +112,16 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
         continue;
       }
       const float* qb = t.q + qoff + i0 * qs;
-      const float* dob = t.dout + qoff + i0 * qs;
+      const float* dob = t.dout + ooff + i0 * os;
       sgemm(false, true, rows, n, D, p.scale, qb, qs, kh + jlo * ks, ks, 0.0f, P.data(), n);  // scale q k^T
-      sgemm(false, true, rows, n, D, 1.0f, dob, qs, vh + jlo * ks, ks, 0.0f, dP.data(), n);   // dout v^T
+      sgemm(false, true, rows, n, D, 1.0f, dob, os, vh + jlo * ks, ks, 0.0f, dP.data(), n);   // dout v^T
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = i0 + r, lr = p.row(b, h, sp, i);
         const int64_t lo = std::max<int64_t>(0, p.key_lo(sp, i) - jlo), hi = std::max(lo, p.key_hi(sp, i) - jlo);
         float* pr = P.data() + r * n;
         float* dr = dP.data() + r * n;
         const float li = t.lse[lr];
-        const float delta = dot(t.dout + qoff + i * qs, t.out + qoff + i * qs, D) - (t.dlse ? t.dlse[lr] : 0.0f);
+        const float delta = dot(t.dout + ooff + i * os, t.out + ooff + i * os, D) - (t.dlse ? t.dlse[lr] : 0.0f);
         const float* bias = p.bias_row(b, h, i);
         if (p.dropout) dropout_factors(p, p.row_stream(b, h, sp, i) + static_cast<uint64_t>(jlo + lo), hi - lo, z.data());
         for (int64_t j = 0; j < n; ++j) {
@@ -136,7 +136,7 @@ void backward_kv_head_blas(const Params<float>& p, int64_t b, int64_t hk, const 
           pr[j] = P_ij * zj;                               // dropout(P), what dV sums
         }
       }
-      sgemm(true, false, n, D, rows, 1.0f, P.data(), n, dob, qs, 1.0f, dvh + jlo * ks, ks);  // dv += dropout(P)^T dout
+      sgemm(true, false, n, D, rows, 1.0f, P.data(), n, dob, os, 1.0f, dvh + jlo * ks, ks);  // dv += dropout(P)^T dout
       sgemm(false, false, rows, D, n, 1.0f, dP.data(), n, kh + jlo * ks, ks, 0.0f, dqb, qs);  // dq = scale dS k
       sgemm(true, false, n, D, rows, 1.0f, dP.data(), n, qb, qs, 1.0f, dkh + jlo * ks, ks);   // dk += scale dS^T q
     }

@@ -46,9 +46,10 @@ struct Params {
   // Keys query i of span sp sees: [key_lo, key_hi) (positions within the sequence; empty when hi <= lo).
   int64_t key_lo(const Span& sp, int64_t i) const { return band.key_lo(i, sp.Sq, sp.Sk); }
   int64_t key_hi(const Span& sp, int64_t i) const { return band.key_hi(i, sp.Sq, sp.Sk); }
-  // Element offsets of row 0 of head h of q (out, dout, dq) and of kv head hk of k (v, dk, dv) in sequence b; row
-  // i is s.q.seq (s.k.seq) elements further.
+  // Element offsets of row 0 of head h of q (dq), of head h of out (dout) and of kv head hk of k (v, dk, dv) in
+  // sequence b; row i is s.q.seq (s.o.seq, s.k.seq) elements further.
   int64_t q_off(int64_t b, int64_t h, const Span& sp) const { return b * s.q.batch + h * s.q.head + sp.q0 * s.q.seq; }
+  int64_t o_off(int64_t b, int64_t h, const Span& sp) const { return b * s.o.batch + h * s.o.head + sp.q0 * s.o.seq; }
   int64_t k_off(int64_t b, int64_t hk, const Span& sp) const {
     return b * s.k.batch + hk * s.k.head + sp.k0 * s.k.seq;
   }

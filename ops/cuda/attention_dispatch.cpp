@@ -35,8 +35,10 @@ CudnnSdpaArgs cudnn_args_of(const FlashAttentionArgs& a) {
   c.Sq = a.Sq;
   c.Sk = a.Sk;
   c.D = a.D;
-  // q, out, dout and dq share q's strides; k, v, dk and dv k's (flash_attention_launch.h): either layout.
-  c.q = c.o = a.q_strides;
+  // q and dq share q's strides, out and dout theirs, k, v, dk and dv k's (flash_attention_launch.h): either layout,
+  // or a packed qkv.
+  c.q = a.q_strides;
+  c.o = a.out_strides();
   c.k = c.v = a.k_strides;
   c.scale = a.scale;
   c.band = attention_band(a);

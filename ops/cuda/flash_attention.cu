@@ -31,7 +31,7 @@ namespace {
 using fa::Params;
 
 // ---- backward: Delta ----------------------------------------------------------------------------------
-// out, dout: (B, H, Sq, D) T (strides p.qs; varlen (H, Tq, D) logical); dlse: lse's shape f32 or null -> delta:
+// out, dout: (B, H, Sq, D) T (strides p.os; varlen (H, Tq, D) logical); dlse: lse's shape f32 or null -> delta:
 // lse's shape f32. A warp per row of lse (row (b H + h) Sq + i, or h Tq + t); 256 threads.
 template <class T>
 __global__ void __launch_bounds__(256) delta_kernel(Params p, int64_t rows) {
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(256) delta_kernel(Params p, int64_t rows) {
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
   // Varlen rows are h Tq + t with a batch stride of 0, so the same decoding as (B = 1, Sq = Tq) holds.
-  const int64_t bh = row / p.Sq, off = p.q_head(bh / p.H, bh % p.H) + (row % p.Sq) * p.qs.seq;
+  const int64_t bh = row / p.Sq, off = p.o_head(bh / p.H, bh % p.H) + (row % p.Sq) * p.os.seq;
   const T* o = static_cast<const T*>(p.out) + off;
   const T* d = static_cast<const T*>(p.dout) + off;
   float acc = 0.f;
@@ -53,7 +53,8 @@ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u
 // Whether every row of every tensor starts 16 bytes after an aligned base: D and all strides multiples of 8
 // elements (16 bytes of bf16/f16; the f32 kernels do not use vec).
 bool strides_vec(const Params& p) {
-  const int64_t all = p.D | p.qs.batch | p.qs.head | p.qs.seq | p.ks.batch | p.ks.head | p.ks.seq;
+  const int64_t all = p.D | p.qs.batch | p.qs.head | p.qs.seq | p.ks.batch | p.ks.head | p.ks.seq | p.os.batch |
+                      p.os.head | p.os.seq;
   return all % 8 == 0;
 }
 
@@ -82,6 +83,7 @@ Params make_params(const FlashAttentionArgs& a) {
   p.D = static_cast<int>(a.D);
   p.qs = a.q_strides;
   p.ks = a.k_strides;
+  p.os = a.out_strides();
   p.varlen = varlen;
   p.cu_q = a.cu_seqlens_q;
   p.cu_k = a.cu_seqlens_k;
@@ -152,15 +154,17 @@ Params backward_params(const FlashAttentionArgs& a, const void* q, const void* k
   return p;
 }
 
-// The launcher arguments of an op's tensors: in[0..2] q, k, v; bias, cu_seqlens at the op's indices.
+// The launcher arguments of an op's tensors: in[0..2] q, k, v (in[0] qkv when packed); bias, cu_seqlens at the op's
+// indices.
 FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<Tensor>& in, int64_t bias_index,
                            int64_t cu_index, const KernelContext& ctx) {
   auto meta = [&](int64_t i) { return TensorMeta{in[static_cast<size_t>(i)].shape(), in[static_cast<size_t>(i)].dtype()}; };
   const TensorMeta bias = attrs.has_bias ? meta(bias_index) : TensorMeta{};
   const TensorMeta cu_q = attrs.varlen ? meta(cu_index) : TensorMeta{}, cu_k = attrs.varlen ? meta(cu_index + 1) : TensorMeta{};
-  const FlashAttentionShape s =
-      flash_attention_shape("flash_attention", attrs, meta(0), meta(1), meta(2), attrs.has_bias ? &bias : nullptr,
-                            attrs.varlen ? &cu_q : nullptr, attrs.varlen ? &cu_k : nullptr);
+  const int64_t k_index = attrs.qkv_packed ? 0 : 1, v_index = attrs.qkv_packed ? 0 : 2;
+  const FlashAttentionShape s = flash_attention_shape("flash_attention", attrs, meta(0), meta(k_index), meta(v_index),
+                                                      attrs.has_bias ? &bias : nullptr, attrs.varlen ? &cu_q : nullptr,
+                                                      attrs.varlen ? &cu_k : nullptr);
   FlashAttentionArgs a;
   a.dtype = in[0].dtype();
   a.B = s.B;
@@ -171,6 +175,7 @@ FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<T
   a.Sk = s.Sk;
   a.q_strides = s.q;
   a.k_strides = s.k;
+  a.o_strides = s.o;
   a.scale = attrs.scale;
   a.causal = attrs.causal;
   a.alignment = attrs.alignment;
@@ -193,26 +198,42 @@ FlashAttentionArgs args_of(const FlashAttentionAttrs& attrs, const std::vector<T
   return a;
 }
 
-// in: q, k, v, [bias], [cu_seqlens_q, cu_seqlens_k]; out: out (q's shape), lse (f32)
+// The q, k, v pointers of a node (or of its gradients dq, dk, dv): three tensors, or the parts of one packed
+// qkv (dqkv) at the shape's element offsets.
+struct QkvPointers {
+  void *q, *k, *v;
+};
+QkvPointers qkv_pointers(const FlashAttentionAttrs& attrs, const std::vector<Tensor>& t) {
+  if (!attrs.qkv_packed) return {t[0].raw_data(), t[1].raw_data(), t[2].raw_data()};
+  const Shape& x = t[0].shape();  // (B, S, 3, H, D) or (T, 3, H, D)
+  const int64_t HD = x[x.size() - 2] * x[x.size() - 1];
+  char* base = static_cast<char*>(t[0].raw_data());
+  const int64_t bytes = HD * static_cast<int64_t>(dtype_size(t[0].dtype()));
+  return {base, base + bytes, base + 2 * bytes};
+}
+
+// in: q, k, v (or qkv), [bias], [cu_seqlens_q, cu_seqlens_k]; out: out, lse (f32)
 void forward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                        const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
+  const QkvPointers x = qkv_pointers(op.a, in);
   // The dispatcher (ops/cuda/attention_dispatch.h) runs it on cuDNN or on the native kernels.
   // lse is optional (FlashAttentionOp::output_optional): an undefined tensor when nothing reads it.
-  attention_forward(context_of(ctx), args_of(op.a, in, op.a.bias_input(), op.a.cu_input(), ctx), in[0].raw_data(),
-                    in[1].raw_data(), in[2].raw_data(), out[0].raw_data(),
-                    out[1].defined() ? static_cast<float*>(out[1].raw_data()) : nullptr);
+  attention_forward(context_of(ctx), args_of(op.a, in, op.a.bias_input(), op.a.cu_input(), ctx), x.q, x.k, x.v,
+                    out[0].raw_data(), out[1].defined() ? static_cast<float*>(out[1].raw_data()) : nullptr);
 }
 
-// in: q, k, v, out, dout, lse, [dlse], [bias], [offsets]; out: dq (q's shape), dk, dv (k's shape), [dbias]
+// in: q, k, v (or qkv), out, dout, lse, [dlse], [bias], [offsets]; out: dq, dk, dv (or dqkv), [dbias]
 void backward_kernel_fn(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                         const std::vector<Tensor>& out) {
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
   const FlashAttentionArgs a = args_of(op.a, in, op.bias_input(), op.cu_input(), ctx);
-  attention_backward(context_of(ctx), a, in[0].raw_data(), in[1].raw_data(), in[2].raw_data(), in[3].raw_data(),
-                     in[4].raw_data(), static_cast<const float*>(in[5].raw_data()),
-                     op.has_dlse ? static_cast<const float*>(in[6].raw_data()) : nullptr, out[0].raw_data(),
-                     out[1].raw_data(), out[2].raw_data(), op.bias_grad ? out[3].raw_data() : nullptr);
+  const QkvPointers x = qkv_pointers(op.a, in), dx = qkv_pointers(op.a, out);
+  const auto at = [&](int64_t i) { return in[static_cast<size_t>(i)].raw_data(); };
+  attention_backward(context_of(ctx), a, x.q, x.k, x.v, at(op.out_input()), at(op.dout_input()),
+                     static_cast<const float*>(at(op.lse_input())),
+                     op.has_dlse ? static_cast<const float*>(at(op.dlse_input())) : nullptr, dx.q, dx.k, dx.v,
+                     op.bias_grad ? out[static_cast<size_t>(op.dbias_output())].raw_data() : nullptr);
 }
 
 }  // namespace

@@ -48,6 +48,7 @@ __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
   query_row(p, row, b, h, s, i);
   const int D = p.D;
   const int64_t kld = p.ks.seq, qrow = p.q_head(b, h) + (s.q0 + i) * p.qs.seq;
+  const int64_t orow_off = p.o_head(b, h) + (s.q0 + i) * p.os.seq;
   const float* kh = static_cast<const float*>(p.k) + p.k_head(b, h / p.G) + s.k0 * kld;
   const float* vh = static_cast<const float*>(p.v) + p.k_head(b, h / p.G) + s.k0 * kld;
   const float* bias = i < s.Sq && p.bias ? bias_row<float>(p, b, h, i) : nullptr;
@@ -88,7 +89,7 @@ __global__ void __launch_bounds__(256) fwd_f32_kernel(Params p) {
     }
   }
   const float inv = l > 0.f ? 1.f / l : 0.f;
-  float* orow = static_cast<float*>(p.o) + qrow;
+  float* orow = static_cast<float*>(p.o) + orow_off;
 #pragma unroll
   for (int c = 0; c < kF32Chunks; ++c)
     if (lane + 32 * c < D) orow[lane + 32 * c] = acc[c] * inv;
@@ -106,6 +107,7 @@ __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
   query_row(p, row, b, h, s, i);
   const int D = p.D;
   const int64_t kld = p.ks.seq, qrow = p.q_head(b, h) + (s.q0 + i) * p.qs.seq;
+  const int64_t dorow = p.o_head(b, h) + (s.q0 + i) * p.os.seq;
   const float* kh = static_cast<const float*>(p.k) + p.k_head(b, h / p.G) + s.k0 * kld;
   const float* vh = static_cast<const float*>(p.v) + p.k_head(b, h / p.G) + s.k0 * kld;
   const float* bias = p.bias ? bias_row<float>(p, b, h, i) : nullptr;
@@ -113,7 +115,7 @@ __global__ void __launch_bounds__(256) dq_f32_kernel(Params p) {
   float* sdo = sq + D;
   for (int d = lane; d < D; d += 32) {
     sq[d] = static_cast<const float*>(p.q)[qrow + d];
-    sdo[d] = static_cast<const float*>(p.dout)[qrow + d];
+    sdo[d] = static_cast<const float*>(p.dout)[dorow + d];
   }
   __syncwarp();
   const float lse = p.lse[row], delta = p.delta[row];
@@ -177,7 +179,7 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
     j = t - s.k0;
   }
   const int D = p.D;
-  const int64_t qld = p.qs.seq, krow = p.k_head(b, hk) + (s.k0 + j) * p.ks.seq;
+  const int64_t qld = p.qs.seq, dold = p.os.seq, krow = p.k_head(b, hk) + (s.k0 + j) * p.ks.seq;
   float* sk = s_all + warp * 2 * D;
   float* sv = sk + D;
   for (int d = lane; d < D; d += 32) {
@@ -194,7 +196,7 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
   for (int g = 0; g < p.G; ++g) {
     const int h = hk * p.G + g;
     const float* qh = static_cast<const float*>(p.q) + p.q_head(b, h) + s.q0 * qld;
-    const float* doh = static_cast<const float*>(p.dout) + p.q_head(b, h) + s.q0 * qld;
+    const float* doh = static_cast<const float*>(p.dout) + p.o_head(b, h) + s.q0 * dold;
     for (int i0 = ilo; i0 < ihi; i0 += 32) {
       const int i = i0 + lane;
       float pz = 0.f, ds = 0.f;
@@ -203,7 +205,7 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
         const float lse = p.lse[r];
         if (lse != -INFINITY) {
           const float* qi = qh + i * qld;
-          const float* doi = doh + i * qld;
+          const float* doi = doh + i * dold;
           float sc = 0.f, dpv = 0.f;
           for (int d = 0; d < D; ++d) {
             sc = fmaf(qi[d], sk[d], sc);
@@ -220,7 +222,7 @@ __global__ void __launch_bounds__(256) dkdv_f32_kernel(Params p) {
       for (int ii = 0; ii < n; ++ii) {
         const float pzi = __shfl_sync(0xffffffffu, pz, ii), dsi = __shfl_sync(0xffffffffu, ds, ii);
         const float* qi = qh + (i0 + ii) * qld;
-        const float* doi = doh + (i0 + ii) * qld;
+        const float* doi = doh + (i0 + ii) * dold;
 #pragma unroll
         for (int c = 0; c < kF32Chunks; ++c)
           if (lane + 32 * c < D) {
@@ -258,7 +260,7 @@ __global__ void __launch_bounds__(256) dbias_f32_kernel(Params p) {
       const float lse = p.lse[r];
       if (lse == -INFINITY) continue;
       const float* qi = static_cast<const float*>(p.q) + p.q_head(b, h) + i * p.qs.seq;
-      const float* doi = static_cast<const float*>(p.dout) + p.q_head(b, h) + i * p.qs.seq;
+      const float* doi = static_cast<const float*>(p.dout) + p.o_head(b, h) + i * p.os.seq;
       const float* kj = static_cast<const float*>(p.k) + p.k_head(b, h / p.G) + j * p.ks.seq;
       const float* vj = static_cast<const float*>(p.v) + p.k_head(b, h / p.G) + j * p.ks.seq;
       float sc = 0.f, dpv = 0.f;

@@ -28,7 +28,11 @@ namespace xfr::cuda {
 struct FlashAttentionArgs {
   DType dtype = DType::bf16;
   int64_t B = 0, H = 0, Hk = 0, Sq = 0, Sk = 0, D = 0;
-  HeadStrides q_strides, k_strides;  // element strides of q (out, dout, dq) and of k (v, dk, dv)
+  HeadStrides q_strides, k_strides;  // element strides of q (dq) and of k (v, dk, dv)
+  // Element strides of out and dout; all 0 (unset): q_strides. They differ for a packed qkv (ops/flash_attention.h:
+  // q rows 3 H D apart, out rows H D).
+  HeadStrides o_strides;
+  HeadStrides out_strides() const { return o_strides.seq > 0 ? o_strides : q_strides; }
   double scale = 1.0;
   // The mask (ops/flash_attention.h, AttentionBand): causal, its alignment, a sliding window (-1: unbounded).
   bool causal = false;

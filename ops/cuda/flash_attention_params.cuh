@@ -32,8 +32,9 @@ struct Dropout {
 };
 
 struct Params {
-  // Tensors (see each kernel for which it reads and writes). q, out, dout, dq: (B, H, Sq, D) logical, addressed
-  // through qs; k, v, dk, dv: (B, Hk, Sk, D) logical, through ks; lse, dlse, delta: (B, H, Sq) or, varlen,
+  // Tensors (see each kernel for which it reads and writes). q, dq: (B, H, Sq, D) logical, addressed through qs;
+  // out (o), dout: the same logical shape through os (qs unless q is part of a packed qkv); k, v, dk, dv:
+  // (B, Hk, Sk, D) logical, through ks; lse, dlse, delta: (B, H, Sq) or, varlen,
   // (H, Tq) f32 contiguous (row (b, h, i) at b lse_b + h lse_h + q0 + i); bias, dbias: (Bb, Hb, Sq, Sk) of q's
   // dtype, contiguous (bias_b, bias_h: 0 on a broadcast axis); cu_q, cu_k: nseq + 1 offsets, i32 or i64.
   const void* q = nullptr;
@@ -58,7 +59,7 @@ struct Params {
   // B: batch entries, or sequences when varlen; Sq, Sk: per entry, or the packed totals Tq, Tk when varlen.
   int B = 0, H = 0, Hk = 0, G = 1, Sq = 0, Sk = 0, D = 0;
   int Bb = 0, Hb = 0;  // the bias's broadcast extents (1 or B, 1 or H)
-  HeadStrides qs, ks;  // element strides (batch, head, seq); the head dim is contiguous
+  HeadStrides qs, ks, os;  // element strides (batch, head, seq); the head dim is contiguous
   int64_t bias_b = 0, bias_h = 0, lse_b = 0, lse_h = 0;
   AttentionBand band;
   float scale = 1.f;       // softmax scale
@@ -72,6 +73,8 @@ struct Params {
 
   // Offsets of head (b, h) of q and of kv head (b, hk) of k (batch stride 0 when varlen).
   __device__ __forceinline__ int64_t q_head(int64_t b, int64_t h) const { return b * qs.batch + h * qs.head; }
+  // Offset of head (b, h) of out and dout.
+  __device__ __forceinline__ int64_t o_head(int64_t b, int64_t h) const { return b * os.batch + h * os.head; }
   __device__ __forceinline__ int64_t k_head(int64_t b, int64_t hk) const { return b * ks.batch + hk * ks.head; }
   // Rows of lse, dlse, delta: (B, H, Sq) or (H, Tq).
   __host__ __device__ __forceinline__ int64_t rows_lse() const { return static_cast<int64_t>(varlen ? 1 : B) * H * Sq; }

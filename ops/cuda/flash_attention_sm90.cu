@@ -794,7 +794,7 @@ void launch_sm90_forward(const Params& p, DType dtype, cudaStream_t stream) {
   XF_CHECK(ok, "flash_attention", "the sm90 forward's tensor maps: ", why);
   args.o = p.o;
   args.lse = p.lse_out;
-  args.os = p.qs;
+  args.os = p.os;
   args.H = p.H;
   args.G = p.G;
   args.Sq = p.Sq;

@@ -85,7 +85,7 @@ void launch_prep(const BwdArgs& args, const Params& p, float* delta, float* lse2
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
   sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
       static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
-      args.Sq_pad, p.qs);
+      args.Sq_pad, p.os);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 }
 
@@ -167,12 +167,12 @@ void launch_sm90_backward(const Params& p, DType dtype, void* workspace, cudaStr
   // atomic backward) q, dout in blocks of 128 queries and k, v in tiles of dqn keys. At head dim 256 both kernels
   // read 64-row boxes of every tensor (the first four maps).
   const bool ok = sm90_head_map(&args.tm_q_bm, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
-                  sm90_head_map(&args.tm_do_bm, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, bm, &why) &&
+                  sm90_head_map(&args.tm_do_bm, dtype, p.dout, D, p.Sq, p.H, p.B, p.os, bm, &why) &&
                   sm90_head_map(&args.tm_k, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, kvn, &why) &&
                   sm90_head_map(&args.tm_v, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, kvn, &why) &&
                   (!p.deterministic || d256 ||
                    (sm90_head_map(&args.tm_q128, dtype, p.q, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
-                    sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.qs, kDqBlockM, &why) &&
+                    sm90_head_map(&args.tm_do128, dtype, p.dout, D, p.Sq, p.H, p.B, p.os, kDqBlockM, &why) &&
                     sm90_head_map(&args.tm_k_dq, dtype, p.k, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why) &&
                     sm90_head_map(&args.tm_v_dq, dtype, p.v, D, p.Sk, p.Hk, p.B, p.ks, dqn, &why)));
   XF_CHECK(ok, "flash_attention_backward", "the sm90 backward's tensor maps: ", why);

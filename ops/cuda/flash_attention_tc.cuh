@@ -227,8 +227,8 @@ __device__ __forceinline__ void with_tile_mask(bool masked, F&& f) {
 }
 
 // What a forward and a dQ CTA set up alike: its (b, h), sequence and first query (init false: a varlen tile past
-// its sequence, nothing to do), the offsets of its heads' rows at the sequence's first row (q, out, dout, dq of
-// (b, h); k, v of kv head h / G), the sequence's mask, the key tiles the block's queries visit, the padded head dim
+// its sequence, nothing to do), the offsets of its heads' rows at the sequence's first row (q, dq of (b, h); out,
+// dout of (b, h); k, v of kv head h / G), the sequence's mask, the key tiles the block's queries visit, the padded head dim
 // and the staging of its tiles.
 template <class T, int kMaxD, bool kExact, int kF>
 struct QueryBlock {
@@ -236,7 +236,7 @@ struct QueryBlock {
   static constexpr int kBq = Tl::kBq, kBk = Tl::kBk, kStride = Tl::kStride, kThreads = 32 * Tl::kWarpsQ;
   int b = 0, h = 0, q0 = 0;
   Seq s{};
-  int64_t qoff = 0, kvoff = 0;
+  int64_t qoff = 0, ooff = 0, kvoff = 0;
   Mask<has(kF, kBand)> mask;
   TileRange tr{};
   int dp = kMaxD, ksteps = kMaxD / 16;  // the head dim rounded up to 16 (kExact: kMaxD), and in k-steps of 16
@@ -244,15 +244,21 @@ struct QueryBlock {
   __device__ __forceinline__ bool init(const Params& p) {
     if (!block_of<has(kF, kVarlen), false>(p, kBq, b, h, q0, s)) return false;
     qoff = p.q_head(b, h) + s.q0 * p.qs.seq;
+    ooff = p.o_head(b, h) + s.q0 * p.os.seq;
     kvoff = p.k_head(b, h / p.G) + s.k0 * p.ks.seq;
     mask = Mask<has(kF, kBand)>(p.band, s.Sq, s.Sk);
     tr = mask.key_tiles(q0, kBq, kBk);
     if (!kExact) dp = (p.D + 15) / 16 * 16, ksteps = dp / 16;
     return true;
   }
-  // Stages the block's kBq rows of x (q or dout: (B, H, Sq, D) logical, q's strides) into sX ([kBq][kStride]).
-  __device__ __forceinline__ void load_rows(const Params& p, T* sX, const void* x) const {
-    load_tile<T, kBq, kThreads>(sX, kStride, static_cast<const T*>(x) + qoff, p.qs.seq, q0, s.Sq, p.D, dp, p.vec);
+  // Stages the block's kBq rows of q ((B, H, Sq, D) logical) into sX ([kBq][kStride]).
+  __device__ __forceinline__ void load_q(const Params& p, T* sX) const {
+    load_tile<T, kBq, kThreads>(sX, kStride, static_cast<const T*>(p.q) + qoff, p.qs.seq, q0, s.Sq, p.D, dp, p.vec);
+  }
+  // The same rows of dout (out's strides).
+  __device__ __forceinline__ void load_dout(const Params& p, T* sX) const {
+    load_tile<T, kBq, kThreads>(sX, kStride, static_cast<const T*>(p.dout) + ooff, p.os.seq, q0, s.Sq, p.D, dp,
+                                p.vec);
   }
   // Stages key tile kt of the range (kBk rows of K and of V) into buffer `buf` of sK, sV ([2][kBk][kStride]).
   __device__ __forceinline__ void load_kv(const Params& p, T* sK, T* sV, int kt, int buf) const {
@@ -281,7 +287,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
 
   QueryBlock<T, kMaxD, kExact, kF> blk;
   if (!blk.init(p)) return;
-  blk.load_rows(p, sQ, p.q);
+  blk.load_q(p, sQ);
   if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
   const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
@@ -399,7 +405,7 @@ __global__ void __launch_bounds__(128) fwd_tc_kernel(Params p) {
     const int64_t row = kHasVarlen ? lrow[hr] : row_id(p, b, h, sq, i);
     if (t == 0 && i < sq.Sq) p.lse_out[row] = lt > 0.f ? (m[hr] + log2f(lt)) * kLn2 : -INFINITY;
   }
-  store_acc<T, kDT>(static_cast<T*>(p.o) + blk.qoff, p.qs.seq, o, row_base, sq.Sq, p.D, 0, inv[0], inv[1], p.vec, lane);
+  store_acc<T, kDT>(static_cast<T*>(p.o) + blk.ooff, p.os.seq, o, row_base, sq.Sq, p.D, 0, inv[0], inv[1], p.vec, lane);
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------------------
@@ -419,8 +425,8 @@ __global__ void __launch_bounds__(128) dq_tc_kernel(Params p) {
 
   QueryBlock<T, kMaxD, kExact, kF> blk;
   if (!blk.init(p)) return;
-  blk.load_rows(p, sQ, p.q);
-  blk.load_rows(p, sdO, p.dout);
+  blk.load_q(p, sQ);
+  blk.load_dout(p, sdO);
   if (blk.tr.count > 0) blk.load_kv(p, sK, sV, 0, 0);
   dev::cp_async_commit();
   const int b = blk.b, h = blk.h, q0 = blk.q0, ksteps = blk.ksteps;
@@ -542,7 +548,7 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   if (!block_of<has(kF, kVarlen), true>(p, kBk, b, hk, k0, sk)) return;
   const Mask<has(kF, kBand)> mask(p.band, sk.Sq, sk.Sk);
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq, kld = p.ks.seq;
+  const int64_t qld = p.qs.seq, old = p.os.seq, kld = p.ks.seq;
   const int64_t kvoff = p.k_head(b, hk) + sk.k0 * kld;
   // The query tiles whose queries see some of these keys (per query head of the group).
   const TileRange tr = mask.query_tiles(k0, kBk, kBq);
@@ -556,10 +562,10 @@ __global__ void __launch_bounds__(256, 1) dkdv_tc_kernel(Params p) {
   // Issues the loads of iteration `it` (head, query tile) into buffer `buf`.
   auto load_iter = [&](int it, int buf) {
     const int h = hk * p.G + it / per_head, i0 = (tr.first + it % per_head) * kBq;
-    const int64_t qoff = p.q_head(b, h) + sk.q0 * qld;
+    const int64_t qoff = p.q_head(b, h) + sk.q0 * qld, ooff = p.o_head(b, h) + sk.q0 * old;
     load_tile<T, kBq, kThreads>(sQ + buf * kBq * kStride, kStride, static_cast<const T*>(p.q) + qoff, qld, i0, sk.Sq,
                                 p.D, dp, p.vec);
-    load_tile<T, kBq, kThreads>(sdO + buf * kBq * kStride, kStride, static_cast<const T*>(p.dout) + qoff, qld, i0,
+    load_tile<T, kBq, kThreads>(sdO + buf * kBq * kStride, kStride, static_cast<const T*>(p.dout) + ooff, old, i0,
                                 sk.Sq, p.D, dp, p.vec);
     for (int r = threadIdx.x; r < kBq; r += kThreads) {
       const int i = i0 + r;
@@ -682,7 +688,7 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
   const Seq s = seq_of<false>(p, 0);  // a bias excludes varlen: every batch entry is the whole (Sq, Sk)
   const Mask<true> mask(p.band, s.Sq, s.Sk);  // with a bias: the general instantiations' mask
   const int dp = kExact ? kMaxD : (p.D + 15) / 16 * 16, ksteps = dp / 16;
-  const int64_t qld = p.qs.seq, kld = p.ks.seq;
+  const int64_t qld = p.qs.seq, old = p.os.seq, kld = p.ks.seq;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, t = lane % 4;
   const int row_base = q0 + warp * 16;
   const uint64_t dstart = p.drop.on ? p.drop.start() : 0;
@@ -698,10 +704,10 @@ __global__ void __launch_bounds__(128) dbias_tc_kernel(Params p) {
   for (int i = 0; i < kNT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   for (int pair = 0; any && pair < nb * nh; ++pair) {
     const int b = p.Bb == 1 ? pair / nh : bb, h = p.Hb == 1 ? pair % nh : hb;
-    const int64_t qoff = p.q_head(b, h), kvoff = p.k_head(b, h / p.G);
+    const int64_t qoff = p.q_head(b, h), ooff = p.o_head(b, h), kvoff = p.k_head(b, h / p.G);
     __syncthreads();  // every warp is done with the previous pair's tiles
     load_tile<T, kB, kThreads>(sQ, kStride, static_cast<const T*>(p.q) + qoff, qld, q0, s.Sq, p.D, dp, p.vec);
-    load_tile<T, kB, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + qoff, qld, q0, s.Sq, p.D, dp, p.vec);
+    load_tile<T, kB, kThreads>(sdO, kStride, static_cast<const T*>(p.dout) + ooff, old, q0, s.Sq, p.D, dp, p.vec);
     load_tile<T, kB, kThreads>(sK, kStride, static_cast<const T*>(p.k) + kvoff, kld, k0, s.Sk, p.D, dp, p.vec);
     load_tile<T, kB, kThreads>(sV, kStride, static_cast<const T*>(p.v) + kvoff, kld, k0, s.Sk, p.D, dp, p.vec);
     dev::cp_async_commit();

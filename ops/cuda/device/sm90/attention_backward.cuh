@@ -11,8 +11,9 @@
 //
 // Reach (what ops/cuda/flash_attention_sm90_backward.cu sends here): T = bf16 or f16; D = 64 or 128; any Sq, Sk >= 1;
 // every band of Mask<kLower> (none, causal in both alignments, sliding windows; kLower = the band has a left
-// bound); GQA / MQA (query head h reads kv head h / G); q, out, dout, dq with strides qs and k, v, dk, dv with ks
-// (bhsd or bshd: whatever TMA can address). No bias, dropout or packed sequences (the mma.sync kernels take those).
+// bound); GQA / MQA (query head h reads kv head h / G); q, dq with strides qs, out, dout with their own (os: a
+// packed qkv's q rows are 3 H D apart, out's H D) and k, v, dk, dv with ks (bhsd, bshd or packed: whatever TMA can
+// address). No bias, dropout or packed sequences (the mma.sync kernels take those).
 //
 // Three kernels, in order on one stream:
 //   bwd_prep_kernel: Delta and lse2 into (B, H, Sq_pad) f32 workspaces, Sq_pad = Sq rounded up to 128. Padding rows
@@ -172,13 +173,13 @@ struct BwdArgs {
 
 // One warp per workspace row of (B, H, Sq_pad); grid ceil(B H Sq_pad / 8) blocks of 256 threads. D a multiple of 32.
 template <class T, int D>
-__global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out,       // (B, H, Sq, D) strides qs
-                                                       const T* __restrict__ dout,      // (B, H, Sq, D) strides qs
+__global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out,       // (B, H, Sq, D) strides os
+                                                       const T* __restrict__ dout,      // (B, H, Sq, D) strides os
                                                        const float* __restrict__ lse,   // (B, H, Sq) natural log
                                                        const float* __restrict__ dlse,  // (B, H, Sq) or null
                                                        float* __restrict__ delta,       // (B, H, Sq_pad)
                                                        float* __restrict__ lse2,        // (B, H, Sq_pad)
-                                                       int B, int H, int Sq, int Sq_pad, HeadStrides qs) {
+                                                       int B, int H, int Sq, int Sq_pad, HeadStrides os) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   if (row >= static_cast<int64_t>(B) * H * Sq_pad) return;
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
     if (lane == 0) delta[row] = 0.f, lse2[row] = INFINITY;
     return;
   }
-  const int64_t off = b * qs.batch + h * qs.head + static_cast<int64_t>(i) * qs.seq;
+  const int64_t off = b * os.batch + h * os.head + static_cast<int64_t>(i) * os.seq;
   float p = 0.f;
 #pragma unroll
   for (int t = 0; t < D / 32; ++t) p += dev::to_float(out[off + lane + 32 * t]) * dev::to_float(dout[off + lane + 32 * t]);
