@@ -386,7 +386,10 @@ void register_sections(Registry& r) {
       f_dropout("residual_dropout", "dropout after the output projection (training only)"),
       f_opt_int("dim_key", 1, "width of the q and k projections (default dim_model)"),
       f_opt_int("dim_value", 1, "width of the v projection (default dim_model)"),
-      f_bool("use_separate_proj_weight", true, "q, k, v projections have their own weights; false shares one weight (biases stay separate)"),
+      f_bool("use_separate_proj_weight", true,
+             "q, k, v projections have their own weights; false shares one weight (biases stay separate). With own "
+             "weights, no rotary and dim_key = dim_value, an attention with a packed form (scaled_dot_product) runs "
+             "the three as one GEMM on the concatenated weights (docs/attention.md); the parameters are the same"),
       f_bool("use_rotary_embeddings", false,
              "rotary position embeddings (GPT-NeoX half-split) on the q and k heads; needs dim_key / num_heads even"),
   };
