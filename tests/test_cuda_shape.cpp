@@ -116,6 +116,12 @@ XF_CUDA_TEST_CASE("cuda: concat and split on every axis, and more pieces than on
       sx[static_cast<size_t>(axis)] = 12;
       check_cuda_op_both(SplitOp(axis, {1, 5, 0, 6}), {input_for(sx, 14, dt)}, dt, str_cat("split axis ", axis));
     }
+    // The packed q/k/v projection's single-row copies: weights (33, 40) stacked on axis 0, biases (33), and back.
+    check_cuda_op_both(ConcatOp(0), {input_for({33, 40}, 16, dt), input_for({33, 40}, 17, dt), input_for({33, 40}, 18, dt)},
+                       dt, "concat of weights on axis 0");
+    check_cuda_op_both(ConcatOp(0), {input_for({33}, 19, dt), input_for({33}, 20, dt), input_for({33}, 21, dt)}, dt,
+                       "concat of biases");
+    check_cuda_op_both(SplitOp(0, {33, 33, 33}), {input_for({99, 40}, 22, dt)}, dt, "split of a stacked gradient");
     std::vector<Tensor> many;
     for (int i = 0; i < 20; ++i) many.push_back(input_for({3, 1 + i % 3, 5}, 100 + static_cast<uint64_t>(i), dt));
     check_cuda_op_both(ConcatOp(1), many, dt, "concat of 20 inputs");
