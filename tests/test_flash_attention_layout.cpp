@@ -11,6 +11,7 @@
 #include "ops/shape_ops.h"
 #include "runtime/param_store.h"
 #include "tests/flash_attention_testing.h"
+#include "tests/mha_testing.h"
 #include "testing.h"
 
 using namespace xfr;
@@ -92,46 +93,6 @@ TEST_CASE("rotary: seq_axis -3 on (B, S, H, hd) equals seq_axis -2 on the permut
                   {random_tensor({1, 4, 2, 6}, 22, -1, 1, DType::f64)}, "rotary bshd");
 }
 
-namespace {
-
-struct MhaRun {
-  Tensor y, dx, grads;
-  int permutes = 0;
-};
-
-// multi_head_dispatch on x (B, T, C) with scaled_dot_product attention, parameters drawn from `seed`; the loss
-// sum(y * w). Returns y, dx, every parameter gradient (the flat buffer) and the graph's permute count.
-MhaRun run_mha(const Tensor& x, const MultiHeadSpec& spec, bool use_bshd, bool causal, double p) {
-  Graph g;
-  const Value xin = g.input("x", TensorMeta{x.shape(), x.dtype()}, true);
-  auto attention = [&](AttentionLayout layout) {
-    return [layout, causal, p](Value q, Value k, Value v) {
-      AttentionOptions o;
-      o.causal = causal;
-      o.dropout = p;
-      o.layout = layout;
-      return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
-    };
-  };
-  const AttentionFn bshd = use_bshd ? AttentionFn(attention(AttentionLayout::bshd)) : AttentionFn{};
-  const Value y = multi_head_dispatch(xin, spec, attention(AttentionLayout::bhsd), "mha", bshd);
-  const Value w = g.input("w", y.meta());
-  const Gradients grads = gradients(y, w);
-  auto store = std::make_shared<ParamStore>(g);
-  const Tensor init = random_tensor({static_cast<int64_t>(store->flat_size())}, 31, -0.3, 0.3);
-  std::copy(init.data<float>(), init.data<float>() + store->flat_size(), store->params());
-  ExecutorOptions opt;
-  opt.seed = 5;
-  Executor ex(g, {y, grads.get(xin)}, grads, store, opt);
-  ex.bind(xin, x);
-  ex.bind(w, random_tensor(y.shape(), 32));
-  ex.run();
-  MhaRun r{ex.get(y).clone(), ex.get(grads.get(xin)).clone(), store->grads_flat().clone()};
-  for (int n = 0; n < g.num_nodes(); ++n) r.permutes += g.node(n).op->name() == "permute";
-  return r;
-}
-
-}  // namespace
 
 TEST_CASE("multi_head_dispatch: bshd attention (no permutes) equals the permuted path, forward and gradients") {
   struct Case {
@@ -148,9 +109,10 @@ TEST_CASE("multi_head_dispatch: bshd attention (no permutes) equals the permuted
     spec.num_heads = c.H;
     spec.use_rotary_embeddings = c.rotary;
     const Tensor x = random_tensor({c.B, c.T, c.C}, 41, -1, 1);
-    const MhaRun a = run_mha(x, spec, true, c.causal, c.p), b = run_mha(x, spec, false, c.causal, c.p);
-    CHECK(a.permutes == 0);
-    CHECK(b.permutes > 0);
+    const AttentionFn bhsd = sdpa_fn(AttentionLayout::bhsd, c.causal, c.p);
+    const MhaRun a = run_mha(x, spec, bhsd, sdpa_fn(AttentionLayout::bshd, c.causal, c.p)), b = run_mha(x, spec, bhsd, {});
+    CHECK(a.count("permute") == 0);
+    CHECK(b.count("permute") > 0);
     check_equal(a.y, b.y, "y");
     check_equal(a.dx, b.dx, "dx");
     check_equal(a.grads, b.grads, "parameter gradients");

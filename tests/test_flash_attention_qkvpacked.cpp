@@ -12,6 +12,7 @@
 #include "runtime/param_store.h"
 #include "tests/cuda_testing.h"
 #include "tests/flash_attention_testing.h"
+#include "tests/mha_testing.h"
 #include "testing.h"
 
 using namespace xfr;
@@ -186,51 +187,6 @@ TEST_CASE("flash_attention qkv_packed: scaled_dot_product_attention_qkvpacked's 
   check_gradients(attend, {random_tensor({1, 4, 3, 2, 4}, 62, -1, 1, DType::f64)}, "composite qkvpacked");
 }
 
-namespace {
-
-struct MhaRun {
-  Tensor y, dx, grads;
-  int linears = 0, concats = 0, packed_attention = 0;
-};
-
-// multi_head_dispatch on x (B, T, C), the attention packed or on bshd heads, parameters drawn from one seed; the loss
-// sum(y * w). Returns y, dx, the flat parameter gradients and the graph's op counts.
-MhaRun run_mha(const Tensor& x, const MultiHeadSpec& spec, bool packed, bool causal, double p) {
-  Graph g;
-  const Value xin = g.input("x", TensorMeta{x.shape(), x.dtype()}, true);
-  AttentionOptions o;
-  o.causal = causal;
-  o.dropout = p;
-  o.layout = AttentionLayout::bshd;
-  const AttentionFn bshd = [o](Value q, Value k, Value v) {
-    return scaled_dot_product_attention(q, k, v, Value{}, o, "attention");
-  };
-  PackedAttentionFn qkvpacked;
-  if (packed)
-    qkvpacked = [o](Value qkv) { return scaled_dot_product_attention_qkvpacked(qkv, Value{}, o, "attention"); };
-  const Value y = multi_head_dispatch(xin, spec, AttentionFn{}, "mha", bshd, qkvpacked);
-  const Value w = g.input("w", y.meta());
-  const Gradients grads = gradients(y, w);
-  auto store = std::make_shared<ParamStore>(g);
-  const Tensor init = random_tensor({static_cast<int64_t>(store->flat_size())}, 71, -0.3, 0.3);
-  std::copy(init.data<float>(), init.data<float>() + store->flat_size(), store->params());
-  ExecutorOptions opt;
-  opt.seed = 5;
-  Executor ex(g, {y, grads.get(xin)}, grads, store, opt);
-  ex.bind(xin, x);
-  ex.bind(w, random_tensor(y.shape(), 72));
-  ex.run();
-  MhaRun r{ex.get(y).clone(), ex.get(grads.get(xin)).clone(), store->grads_flat().clone()};
-  for (int n = 0; n < g.num_nodes(); ++n) {
-    const Op& op = *g.node(n).op;
-    r.linears += op.name() == "linear";
-    r.concats += op.name() == "concat";
-    if (op.name() == "flash_attention") r.packed_attention += static_cast<const FlashAttentionOp&>(op).a.qkv_packed;
-  }
-  return r;
-}
-
-}  // namespace
 
 TEST_CASE("multi_head_dispatch: the packed q/k/v projection (one GEMM) equals the three projections") {
   struct Case {
@@ -248,16 +204,17 @@ TEST_CASE("multi_head_dispatch: the packed q/k/v projection (one GEMM) equals th
     spec.bias = c.bias;
     spec.use_rotary_embeddings = c.rotary;
     const Tensor x = random_tensor({c.B, c.T, c.C}, 81, -1, 1);
-    const MhaRun a = run_mha(x, spec, true, c.causal, c.p), b = run_mha(x, spec, false, c.causal, c.p);
+    const AttentionFn bshd = sdpa_fn(AttentionLayout::bshd, c.causal, c.p);
+    const MhaRun a = run_mha(x, spec, {}, bshd, sdpa_packed_fn(c.causal, c.p)), b = run_mha(x, spec, {}, bshd);
     if (c.rotary) {  // rotary turns q and k after the projection: the three projections stay
-      CHECK(a.linears == 4);
+      CHECK(a.count("linear") == 4);
       CHECK(a.packed_attention == 0);
     } else {
-      CHECK(a.linears == 2);  // the packed projection and the output projection
-      CHECK(a.concats == (c.bias ? 2 : 1));
+      CHECK(a.count("linear") == 2);  // the packed projection and the output projection
+      CHECK(a.count("concat") == (c.bias ? 2 : 1));
       CHECK(a.packed_attention == 1);
     }
-    CHECK(b.linears == 4);
+    CHECK(b.count("linear") == 4);
     CHECK(b.packed_attention == 0);
     // f32 GEMMs of other widths (and dx as one K = 3C sum instead of three): a few ulps.
     check_close(a.y.to_doubles(), b.y.to_doubles(), 1e-6, 1e-5, "y");
