@@ -52,7 +52,7 @@ class ReshapeOp final : public Op {
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
-  int view_of_input(int) const override { return 0; }
+  ViewOf view_of(int, const std::vector<TensorMeta>&) const override { return {0, 0}; }
   Shape shape;
 };
 

@@ -161,6 +161,26 @@ std::vector<TensorMeta> SplitOp::infer(const std::vector<TensorMeta>& in) const 
   return out;
 }
 
+Op::ViewOf SplitOp::view_of(int output, const std::vector<TensorMeta>& in) const {
+  // 64: the executor's arena and parameter slots align every buffer to 64 bytes (runtime/memory_plan.h).
+  constexpr int64_t kViewAlignment = 64;
+  if (in.size() != 1) return {};
+  const Shape& x = in[0].shape;
+  const int ax = checked_axis(axis, x, "split");
+  for (int d = 0; d < ax; ++d)
+    if (x[static_cast<size_t>(d)] != 1) return {};
+  int64_t inner = 1;  // elements per step along the axis
+  for (size_t d = static_cast<size_t>(ax) + 1; d < x.size(); ++d) inner *= x[d];
+  const auto es = static_cast<int64_t>(dtype_size(in[0].dtype));
+  int64_t start = 0, mine = 0;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    if ((start * inner * es) % kViewAlignment != 0) return {};
+    if (static_cast<int>(k) == output) mine = start * inner;
+    start += sizes[k];
+  }
+  return {0, mine};
+}
+
 std::vector<Value> SplitOp::backward(const BackwardContext& ctx) const {
   if (!ctx.needs_grad(0)) return {Value{}};
   std::vector<Value> parts;

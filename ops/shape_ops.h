@@ -81,6 +81,10 @@ class SplitOp final : public Op {
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
+  // Along the outermost axis of extent > 1 (every axis before `axis` of extent 1) the parts are consecutive runs of
+  // the input's bytes: views, no copy, when every part starts a multiple of 64 bytes in (the alignment the executor's
+  // buffers have, which kernels may rely on). All parts or none.
+  ViewOf view_of(int output, const std::vector<TensorMeta>& in) const override;
   int64_t axis;
   std::vector<int64_t> sizes;
 };

@@ -23,6 +23,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   tensors_.resize(static_cast<size_t>(nv));
   view_root_.resize(static_cast<size_t>(nv));
   for (int i = 0; i < nv; ++i) view_root_[static_cast<size_t>(i)] = i;
+  view_offset_.assign(static_cast<size_t>(nv), 0);
 
   // 1. Which nodes are needed: everything the outputs and the parameter gradients depend on.
   std::unordered_map<int, int> grad_to_slot;  // gradient value id -> slot index
@@ -61,17 +62,24 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     s.node = n;
     s.in = node.inputs;
     s.out = node.outputs;
-    bool all_views = true;
+    std::vector<TensorMeta> in_meta;
+    for (int in : node.inputs) in_meta.push_back(g.value(in).meta);
+    int views = 0;
     for (size_t k = 0; k < node.outputs.size(); ++k) {
-      const int src = node.op->view_of_input(static_cast<int>(k));
-      if (src >= 0) {
-        view_root_[static_cast<size_t>(node.outputs[k])] = view_root_[static_cast<size_t>(node.inputs.at(src))];
-      } else {
-        all_views = false;
+      const Op::ViewOf vo = node.op->view_of(static_cast<int>(k), in_meta);
+      if (vo.input >= 0) {
+        const auto out = static_cast<size_t>(node.outputs[k]), src = static_cast<size_t>(node.inputs.at(static_cast<size_t>(vo.input)));
+        view_root_[out] = view_root_[src];
+        view_offset_[out] = view_offset_[src] + vo.offset;
+        ++views;
       }
       auto it = grad_to_slot.find(node.outputs[k]);
       s.grad_slot_out.push_back(it == grad_to_slot.end() ? -1 : it->second);
     }
+    // A kernel would write its outputs: none of them may be a view of an input's bytes.
+    XF_CHECK(views == 0 || views == static_cast<int>(node.outputs.size()), "executor", "op ", node.op->name(),
+             " (node '", node.name, "') has ", views, " of ", node.outputs.size(), " outputs as views: all or none");
+    const bool all_views = views == static_cast<int>(node.outputs.size());
     s.kernel = all_views ? nullptr : registry.get(node.op->name(), opt_.device);
     const int step = static_cast<int>(schedule_.size());
     for (int out : node.outputs) def_step[static_cast<size_t>(out)] = step;
@@ -236,8 +244,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   for (const auto& s : schedule_)
     for (int out : s.out) {
       const int r = view_root_[static_cast<size_t>(out)];
-      if (r != out && tensors_[static_cast<size_t>(r)].defined())
-        tensors_[static_cast<size_t>(out)] = tensors_[static_cast<size_t>(r)].view(g.value(out).meta.shape);
+      if (r != out && tensors_[static_cast<size_t>(r)].defined()) tensors_[static_cast<size_t>(out)] = view_of_root(out);
     }
 }
 
@@ -372,7 +379,7 @@ void Executor::enqueue() {
     for (int v : s.in) in.push_back(tensors_[static_cast<size_t>(v)]);
     for (int v : s.out) {
       const int r = view_root_[static_cast<size_t>(v)];
-      if (r != v) tensors_[static_cast<size_t>(v)] = tensors_[static_cast<size_t>(r)].view(g_.value(v).meta.shape);
+      if (r != v) tensors_[static_cast<size_t>(v)] = view_of_root(v);
       out.push_back(tensors_[static_cast<size_t>(v)]);
     }
     if (s.kernel && !(s.params_only && constants_ready_)) {
@@ -390,6 +397,12 @@ void Executor::enqueue() {
         accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
   }
   collect_profile();  // the run's events (their memory is not held from run to run)
+}
+
+Tensor Executor::view_of_root(int v) const {
+  const TensorMeta& m = g_.value(v).meta;
+  const Tensor& root = tensors_[static_cast<size_t>(view_root_[static_cast<size_t>(v)])];
+  return root.carve(static_cast<size_t>(view_offset_[static_cast<size_t>(v)]) * dtype_size(m.dtype), m.shape, m.dtype);
 }
 
 Tensor Executor::get(Value v) const {

@@ -114,6 +114,9 @@ class Executor {
   std::shared_ptr<ParamStore> store_;
   std::vector<Step> schedule_;
   std::vector<Tensor> tensors_;     // per value id (undefined for values not in the schedule)
+  std::vector<int64_t> view_offset_;  // per value id: where its bytes start in its view root's, in its elements
+  // Value v (a view: view_root_[v] != v) over its root's tensor.
+  Tensor view_of_root(int v) const;
   std::vector<int> view_root_;      // per value id: the value whose bytes it shares (itself if none)
   std::vector<int> input_ids_;
   std::vector<bool> bound_;

@@ -59,9 +59,11 @@ std::vector<Tensor> run_op(const Op& op, const std::vector<Tensor>& inputs, Thre
   std::vector<Tensor> out;
   bool all_views = true;
   for (size_t k = 0; k < out_meta.size(); ++k) {
-    const int src = op.view_of_input(static_cast<int>(k));
-    if (src >= 0) {
-      out.push_back(in.at(static_cast<size_t>(src)).view(out_meta[k].shape));
+    const Op::ViewOf v = op.view_of(static_cast<int>(k), meta);
+    if (v.input >= 0) {
+      out.push_back(in.at(static_cast<size_t>(v.input))
+                        .carve(static_cast<size_t>(v.offset) * dtype_size(out_meta[k].dtype), out_meta[k].shape,
+                               out_meta[k].dtype));
     } else {
       all_views = false;
       out.push_back(Tensor::empty(out_meta[k].shape, out_meta[k].dtype, device_ctx));

@@ -37,8 +37,14 @@ class Op {
   // Backward rule: one Value per input, the gradient of the loss with respect to it, built from more
   // graph nodes; an undefined Value where no gradient flows. The default says the op has no backward.
   virtual std::vector<Value> backward(const BackwardContext& ctx) const;
-  // When output `output` is a view of input k (same bytes, another shape), returns k; no kernel runs.
-  virtual int view_of_input(int output) const { return -1; }
+  // Where output `output`'s bytes are: its own (input -1: the op's kernel writes them), or input `input`'s, read as
+  // a contiguous tensor of the output's shape and dtype starting `offset` elements in (a reshape; a split along the
+  // outermost axis). No kernel runs for an op whose outputs are all views. `in`: the inputs' metadata.
+  struct ViewOf {
+    int input = -1;
+    int64_t offset = 0;  // elements
+  };
+  virtual ViewOf view_of(int output, const std::vector<TensorMeta>& in) const { return {}; }
   // Whether this op's device kernels can write output `output` as a row-padded strided view: the last axis
   // contiguous, consecutive rows `ld` elements apart with ld >= the last dim (a 2-D-foldable layout, as
   // torch.compile's padded outputs). Device executors use it for a graph output that no node reads when its

@@ -122,6 +122,8 @@ XF_CUDA_TEST_CASE("cuda: concat and split on every axis, and more pieces than on
     check_cuda_op_both(ConcatOp(0), {input_for({33}, 19, dt), input_for({33}, 20, dt), input_for({33}, 21, dt)}, dt,
                        "concat of biases");
     check_cuda_op_both(SplitOp(0, {33, 33, 33}), {input_for({99, 40}, 22, dt)}, dt, "split of a stacked gradient");
+    // Parts 64-byte aligned: views of the input, no kernel (SplitOp::view_of).
+    check_cuda_op_both(SplitOp(0, {32, 64, 32}), {input_for({128, 64}, 23, dt)}, dt, "split into aligned views");
     std::vector<Tensor> many;
     for (int i = 0; i < 20; ++i) many.push_back(input_for({3, 1 + i % 3, 5}, 100 + static_cast<uint64_t>(i), dt));
     check_cuda_op_both(ConcatOp(1), many, dt, "concat of 20 inputs");

@@ -3,6 +3,7 @@
 
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "ops/shape_ops.h"
 #include "runtime/memory_plan.h"
 #include "testing.h"
 
@@ -273,4 +274,38 @@ TEST_CASE("executor: constant_params keeps a constant computed after other buffe
     CAPTURE(run);
     CHECK(ex.get(y).to_doubles() == want);
   }
+}
+
+TEST_CASE("executor: a split along the outermost axis is views of its input when its parts are 64-byte aligned") {
+  // y = 2 x (32, 15) f32 split into 16 + 16 rows: the second part 960 bytes in, a multiple of 64, so both parts are
+  // views of y's bytes (no kernel). Split into 3 + 29 rows (180 bytes in) it copies. Values equal either way.
+  for (const bool aligned : {true, false}) {
+    CAPTURE(aligned);
+    Graph g;
+    Value x = g.input("x", TensorMeta{{32, 15}, DType::f32});
+    Value y = scale(x, 2.0, "y");
+    const int64_t first = aligned ? 16 : 3;
+    const auto parts = split(y, 0, {first, 32 - first}, "parts");
+    Value z = scale(parts[1], 3.0, "z");  // a node reads the second part
+    Executor ex(g, {y, parts[0], parts[1], z}, Gradients{}, std::make_shared<ParamStore>(g), ExecutorOptions{});
+    const Tensor xs = random_tensor({32, 15}, 3);
+    ex.bind(x, xs);
+    ex.run();
+    const auto xv = xs.to_doubles(), a = ex.get(parts[0]).to_doubles(), b = ex.get(parts[1]).to_doubles(),
+               c = ex.get(z).to_doubles();
+    for (size_t i = 0; i < xv.size(); ++i) {
+      const double want = 2 * static_cast<double>(static_cast<float>(xv[i]));
+      const size_t split_at = static_cast<size_t>(first * 15);
+      CHECK((i < split_at ? a[i] : b[i - split_at]) == want);
+      if (i >= split_at) CHECK(c[i - split_at] == static_cast<double>(3.0f * static_cast<float>(want)));
+    }
+    const char* y_bytes = static_cast<const char*>(ex.get(y).raw_data());
+    CHECK((ex.get(parts[0]).raw_data() == y_bytes) == aligned);
+    CHECK((ex.get(parts[1]).raw_data() == y_bytes + first * 15 * 4) == aligned);
+  }
+  // Gradients through the views (split's backward is a concat) by finite differences.
+  check_gradients([](Graph&, const std::vector<Value>& in) {
+    const auto p = split(scale(in[0], 1.5), 0, {8, 8});
+    return mul(p[0], p[1]);
+  }, {random_tensor({16, 8}, 4, -1, 1, DType::f64)}, "split views");
 }
