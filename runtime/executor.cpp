@@ -68,7 +68,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (size_t k = 0; k < node.outputs.size(); ++k) {
       const Op::ViewOf vo = node.op->view_of(static_cast<int>(k), in_meta);
       if (vo.input >= 0) {
-        const auto out = static_cast<size_t>(node.outputs[k]), src = static_cast<size_t>(node.inputs.at(static_cast<size_t>(vo.input)));
+        const auto out = static_cast<size_t>(node.outputs[k]);
+        const auto src = static_cast<size_t>(node.inputs.at(static_cast<size_t>(vo.input)));
         view_root_[out] = view_root_[src];
         view_offset_[out] = view_offset_[src] + vo.offset;
         ++views;
@@ -244,7 +245,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   for (const auto& s : schedule_)
     for (int out : s.out) {
       const int r = view_root_[static_cast<size_t>(out)];
-      if (r != out && tensors_[static_cast<size_t>(r)].defined()) tensors_[static_cast<size_t>(out)] = view_of_root(out);
+      if (r != out && tensors_[static_cast<size_t>(r)].defined())
+        tensors_[static_cast<size_t>(out)] = view_of_root(out);
     }
 }
 
