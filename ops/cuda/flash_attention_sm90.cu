@@ -360,17 +360,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       }
     };
     // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
-    // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for. first_half: of a
-    // 256-key tile, keys 0-127 only (qk_gemm_desc_256; a warp vote).
-    auto issue_scores = [&](int qb, int use, bool first_half = false) {
+    // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.
+    auto issue_scores = [&](int qb, int use) {
       const int st = use % kStages;
       mbar_wait(bar_kfull(st), (use / kStages) & 1);
       wgmma_fence();
-      if constexpr (BN == 256)
-        qk_gemm_desc_256<T, D, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo),
-                                   first_half);
-      else
-        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
+      qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
       wgmma_commit();
     };
     auto await_scores = [&]() {
@@ -379,16 +374,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     };
     // O += P V of the stage once V has landed (first, a tile's first step: O = P V); the stage is released once the
     // wgmma is complete.
-    // first_half: the step's S was issued for keys 0-127 only, so its P is 0 past them: their k steps are skipped.
-    auto accumulate = [&](int use, bool first, bool first_half = false) {
+    auto accumulate = [&](int use, bool first) {
       const int st = use % kStages;
       mbar_wait(bar_vfull(st), (use / kStages) & 1);
       wgmma_fence();
-      if (BN == 256 && first_half)
-        rs_gemm_desc<T, D, 128>(o, *reinterpret_cast<const uint32_t(*)[8][4]>(&p[0]), sw128_desc_of(v_lo + st * kStageLo),
-                                first ? 0 : 1);
-      else
-        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
+      rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
@@ -419,17 +409,9 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       };
       auto enter = [&](const Tile&) { m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f; };  // O: accumulate's first
       // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
-      auto issue_step = [&](const Tile& c, int j, int use, bool first_half) {
+      auto issue_step = [&](const Tile& c, int j, int use) {
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
-        issue_scores(c.qn % kQStages, use, first_half);
-      };
-      // Whether step j of tile c needs only keys 0-127 of its 256 (qk_gemm_desc_256): the rest lie past the last key
-      // the tile's last query sees (key ranges grow with the query), so past every query's. Under a causal mask, with
-      // 128 queries a tile, that is the diagonal's tile of every other query tile: at S = 1024 a tenth of the key steps'
-      // GEMM work, at 2048 a twentieth. By a warp vote, so that ptxas sees a uniform predicate (see tile_complete).
-      auto first_half_step = [&](const Tile& c, int j) {
-        const int last_key = mask.keys(min(c.q0 + BM, a.Sq) - 1).hi;  // one past the last query's last key
-        return __any_sync(0xffffffffu, (c.first + j) * BN + 128 >= last_key);
+        issue_scores(c.qn % kQStages, use);
       };
       // The mask's view of the softmax's tile (the keys of this thread's rows, and those every row of the tile sees),
       // computed at each step from the tile rather than held across the stream loop: held, ptxas scheduled row 0's
@@ -465,9 +447,8 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       Tile cur;
       if (next_tile(cur)) {
         int use = 0, j = 0;  // the step's stage use and its index in cur
-        bool half = first_half_step(cur, 0);  // the step's S covers keys 0-127 of its tile only
         enter(cur);
-        issue_step(cur, 0, use, half);
+        issue_step(cur, 0, use);
         await_scores();
         softmax(cur, 0);
         // Ping-pong: warpgroup 0 takes the first turn (the last one's signal); from there every warpgroup's turn is
@@ -476,7 +457,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
         if (kPingpong && cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
         for (;;) {
           if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(use, j == 0, half);
+          accumulate(use, j == 0);
           Tile nxt = cur;
           int nj = j + 1;
           if (nj == cur.count) {
@@ -487,8 +468,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           // records' loads and sums then have the registers S holds in flight (combined under it, ptxas spilled in the
           // stream loop).
           const bool write_out = nj != 0 || tile_complete(cur.piece);
-          const bool next_half = first_half_step(nxt, nj);
-          issue_step(nxt, nj, use + 1, next_half);
+          issue_step(nxt, nj, use + 1);
           if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
           if (nj == 0) {  // a tile boundary: cur's epilogue runs under the next tile's first S = Q K^T
             epilogue(cur, write_out);
@@ -496,7 +476,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           }
           await_scores();
           softmax(nxt, nj);
-          cur = nxt, j = nj, ++use, half = next_half;
+          cur = nxt, j = nj, ++use;
         }
         if (kPingpong && cw != kLast) named_barrier_arrive(kSchedBarrier + next, 256);
         epilogue(cur, tile_complete(cur.piece));

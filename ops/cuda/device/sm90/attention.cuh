@@ -162,18 +162,6 @@ __device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc
                             BN * 128);
   }
 }
-// A 256-key tile whose keys 128-255 no query of the block sees (the diagonal's tile of an even query tile under a
-// causal mask: 128 query rows per block, 256 keys per tile; a ragged last tile): its first m64n128 half only. The
-// second half's accumulators keep stale values, which the mask then hides (mask_tile sets every one to -inf, so none is
-// read: not even a NaN there matters), and its P is 0, so rs_gemm_desc over the first 128 keys gives the same O.
-// `first_only` must be warp-uniform in ptxas's eyes (a vote), or it serialises the wgmmas.
-template <class T, int D, int BM>
-__device__ __forceinline__ void qk_gemm_desc_256(float (&s)[128], uint64_t q_desc, uint64_t k_desc, bool first_only) {
-  ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[0]), q_desc, BM * 128, k_desc, 256 * 128);
-  if (!first_only)
-    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
-                            256 * 128);
-}
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
   rs_gemm<T, D, BN>(o, a, v_tile, BN * 128);
