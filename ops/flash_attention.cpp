@@ -147,6 +147,14 @@ FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAt
   return s;
 }
 
+FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a,
+                                          const std::vector<TensorMeta>& in, int64_t bias_index, int64_t cu_index) {
+  const auto at = [&](int64_t i) { return &in.at(static_cast<size_t>(i)); };
+  const int64_t k = a.qkv_packed ? 0 : 1, v = a.qkv_packed ? 0 : 2;
+  return flash_attention_shape(op, a, *at(0), *at(k), *at(v), a.has_bias ? at(bias_index) : nullptr,
+                               a.varlen ? at(cu_index) : nullptr, a.varlen ? at(cu_index + 1) : nullptr);
+}
+
 Shape flash_attention_out_shape(const FlashAttentionAttrs& a, const FlashAttentionShape& s) {
   Shape o = a.layout == AttentionLayout::bhsd ? Shape{s.B, s.H, s.Sq, s.D} : Shape{s.B, s.Sq, s.H, s.D};
   if (a.varlen) o.erase(o.begin());
@@ -163,10 +171,7 @@ std::vector<TensorMeta> FlashAttentionOp::infer(const std::vector<TensorMeta>& i
            a.qkv_packed ? "qkv" : "q, k, v", a.has_bias ? ", bias" : "",
            a.varlen ? ", cu_seqlens_q, cu_seqlens_k" : "", "), got ", in.size());
   check_options(op, a);
-  const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
-  const FlashAttentionShape s = flash_attention_shape(
-      op, a, in[0], in[a.qkv_packed ? 0 : 1], in[a.qkv_packed ? 0 : 2], a.has_bias ? at(a.bias_input()) : nullptr,
-      a.varlen ? at(a.cu_input()) : nullptr, a.varlen ? at(a.cu_input() + 1) : nullptr);
+  const FlashAttentionShape s = flash_attention_shape(op, a, in, a.bias_input(), a.cu_input());
   const Shape lse = a.varlen ? Shape{s.H, s.Sq} : Shape{s.B, s.H, s.Sq};
   return {TensorMeta{flash_attention_out_shape(a, s), in[0].dtype},
           TensorMeta{lse, flash_attention_lse_dtype(in[0].dtype)}};
@@ -227,9 +232,7 @@ std::vector<TensorMeta> FlashAttentionBackwardOp::infer(const std::vector<Tensor
   XF_CHECK(!bias_grad || a.has_bias, op, "bias_grad needs a bias input");
   check_options(op, a);
   const auto at = [&](int64_t i) { return &in[static_cast<size_t>(i)]; };
-  const FlashAttentionShape s = flash_attention_shape(
-      op, a, in[0], in[a.qkv_packed ? 0 : 1], in[a.qkv_packed ? 0 : 2], a.has_bias ? at(bias_input()) : nullptr,
-      a.varlen ? at(cu_input()) : nullptr, a.varlen ? at(cu_input() + 1) : nullptr);
+  const FlashAttentionShape s = flash_attention_shape(op, a, in, bias_input(), cu_input());
   const TensorMeta out{flash_attention_out_shape(a, s), in[0].dtype};
   XF_CHECK(*at(out_input()) == out, op, "out ", at(out_input())->str(), " must be ", out.str());
   XF_CHECK(*at(dout_input()) == out, op, "dout ", at(dout_input())->str(), " must be ", out.str());

@@ -205,6 +205,10 @@ class FlashAttentionBackwardOp final : public Op {
 FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a, const TensorMeta& q,
                                           const TensorMeta& k, const TensorMeta& v, const TensorMeta* bias = nullptr,
                                           const TensorMeta* cu_q = nullptr, const TensorMeta* cu_k = nullptr);
+// The same from a node's inputs `in` (the forward's or the backward's): q, k, v first (qkv alone when packed), the
+// bias at `bias_index` and cu_seqlens_q, cu_seqlens_k from `cu_index` when `a` has them.
+FlashAttentionShape flash_attention_shape(const char* op, const FlashAttentionAttrs& a,
+                                          const std::vector<TensorMeta>& in, int64_t bias_index, int64_t cu_index);
 Shape flash_attention_out_shape(const FlashAttentionShape& s);
 
 // ---- front end ----------------------------------------------------------------------------------------

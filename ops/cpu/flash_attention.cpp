@@ -238,14 +238,13 @@ Inputs inputs_of(const FlashAttentionAttrs& a, const std::vector<Tensor>& in, in
   return x;
 }
 
+// The node's sizes and strides from its tensors' metadata (flash_attention_shape; the bias and offsets at the op's
+// indices).
 FlashAttentionShape shape_of(const char* op, const FlashAttentionAttrs& a, const std::vector<Tensor>& in,
-                             const Inputs& x) {
-  auto meta = [](const Tensor* t) { return TensorMeta{t->shape(), t->dtype()}; };
-  const TensorMeta bias = x.bias ? meta(x.bias) : TensorMeta{}, cu_q = x.cu_q ? meta(x.cu_q) : TensorMeta{},
-                   cu_k = x.cu_k ? meta(x.cu_k) : TensorMeta{};
-  const TensorMeta q = meta(&in[0]), k = a.qkv_packed ? q : meta(&in[1]), v = a.qkv_packed ? q : meta(&in[2]);
-  return flash_attention_shape(op, a, q, k, v, x.bias ? &bias : nullptr,
-                               x.cu_q ? &cu_q : nullptr, x.cu_k ? &cu_k : nullptr);
+                             int64_t bias_index, int64_t cu_index) {
+  std::vector<TensorMeta> meta;
+  for (const Tensor& t : in) meta.push_back(TensorMeta{t.shape(), t.dtype()});
+  return flash_attention_shape(op, a, meta, bias_index, cu_index);
 }
 
 // q, k, v: the first three inputs, or the three parts of a packed qkv.
@@ -262,7 +261,7 @@ void forward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<T
   const auto& op = static_cast<const FlashAttentionOp&>(op_);
   const FlashAttentionAttrs& a = op.a;
   const Inputs x = inputs_of(a, in, a.bias_input(), a.cu_input());
-  const FlashAttentionShape s = shape_of(name, a, in, x);
+  const FlashAttentionShape s = shape_of(name, a, in, a.bias_input(), a.cu_input());
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
     Tensors<T> t;
@@ -286,7 +285,7 @@ void backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<
   const auto& op = static_cast<const FlashAttentionBackwardOp&>(op_);
   const FlashAttentionAttrs& a = op.a;
   const Inputs x = inputs_of(a, in, op.bias_input(), op.cu_input());
-  const FlashAttentionShape s = shape_of(name, a, in, x);
+  const FlashAttentionShape s = shape_of(name, a, in, op.bias_input(), op.cu_input());
   XF_DISPATCH_FLOAT(in[0].dtype(), name, T, {
     const Params<T> p = fa::make_params<T>(name, s, a, ctx, x.bias, x.cu_q, x.cu_k);
     Tensors<T> t;
