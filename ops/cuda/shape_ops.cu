@@ -57,15 +57,12 @@ struct PieceArgs {
   int64_t rows, row_width;  // row_width: the pieces' widths summed, in units
 };
 
-// kOneRow: a single row (a concat or split along the outermost axis, as the packed q/k/v projection's weights
-// stacked along their output axis and their gradient split back): no 64-bit division per unit (a long
-// instruction sequence on the GPU) where every unit is in row 0.
-template <class U, bool kOneRow>
+template <class U>
 __global__ void copy_pieces(const PieceArgs a) {
   const int64_t total = a.rows * a.row_width;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < total;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = kOneRow ? 0 : u / a.row_width;
+    const int64_t r = u / a.row_width;
     int64_t c = u - r * a.row_width;
     int k = 0;
     while (k + 1 < a.count && c >= a.start[k + 1]) ++k;
@@ -100,11 +97,7 @@ void run_pieces(std::vector<Piece> pieces, int64_t rows, cudaStream_t s) {
       col += p.width / unit;
     }
     a.row_width = col;
-    if (rows == 1) {
-      XF_WITH_UNIT(unit, U, copy_pieces<U, true><<<grid_1d(col), kBlock, 0, s>>>(a));
-    } else {
-      XF_WITH_UNIT(unit, U, copy_pieces<U, false><<<grid_1d(rows * col), kBlock, 0, s>>>(a));
-    }
+    XF_WITH_UNIT(unit, U, copy_pieces<U><<<grid_1d(rows * col), kBlock, 0, s>>>(a));
     XF_CUDA_CHECK_LAUNCH("copy_pieces");
   }
 }
