@@ -27,6 +27,8 @@ TrainStep::TrainStep(BuiltModel& train, std::shared_ptr<ParamStore> host_store, 
   eo.seed = opt_.seed;
   eo.logger = opt_.logger;
   eo.profile = opt_.profile;
+  // One micro-batch a step: each run stores the step's gradients, so no step zeroes them first.
+  eo.grads_overwrite = opt_.grad_accum == 1;
   if (opt_.profile) opt_.cuda_graph = false;
   if (device) {
     store_ = std::make_shared<ParamStore>(*host_store_, opt_.device_ctx.get());
@@ -55,7 +57,7 @@ StepResult TrainStep::step(const std::function<void(Executor&, int64_t)>& bind, 
 
 StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& bind, float lr) {
   StepResult r;
-  store_->zero_grads();
+  if (opt_.grad_accum > 1) store_->zero_grads();  // (one micro-batch: the run stores them, grads_overwrite)
   for (int64_t micro = 0; micro < opt_.grad_accum; ++micro) {
     bind(*executor_, micro);
     executor_->run();
@@ -80,7 +82,7 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
 
 // Everything of one step after the inputs are bound, as device work only (capturable).
 void TrainStep::enqueue_device_step() {
-  executor_->profiled("zero gradients", [&] { store_->zero_grads(); });
+  // grad_accum is 1 here: the executor stores the gradients (grads_overwrite), nothing to zero first.
   executor_->enqueue();
   enqueue_device_update();
 }

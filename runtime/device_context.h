@@ -44,8 +44,9 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   virtual void copy(void* dst, const void* src, size_t bytes, CopyKind kind) = 0;
   virtual void memset_zero(void* dst, size_t bytes) = 0;
   // dst[i] += float(src[i]) for n elements of src_dtype (f32, f16 or bf16): gradient accumulation, also
-  // straight from a 16-bit gradient (mixed precision: the cast to f32 and the add in one pass).
-  virtual void accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n) = 0;
+  // straight from a 16-bit gradient (mixed precision: the cast to f32 and the add in one pass). overwrite:
+  // dst[i] = float(src[i]), dst not read (a run's only gradient of a slot, Executor's grads_overwrite).
+  virtual void accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite) = 0;
   // Converting copy of n contiguous elements between floating dtypes (f32/f16/bf16) on the device.
   virtual void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) = 0;
   // Waits for everything issued on the stream; rethrows an asynchronous kernel error with its name.

@@ -117,6 +117,15 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // each run (one launch instead of one per parameter; once in all with constant_params), and each
   // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
   // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
+  // grads_overwrite: the slots no scheduled node writes (zeroed by each run instead).
+  if (opt_.grads_overwrite) {
+    std::vector<bool> written(store_->slots().size(), false);
+    for (const auto& st : schedule_)
+      for (int slot : st.grad_slot_out)
+        if (slot >= 0) written[static_cast<size_t>(slot)] = true;
+    for (size_t i = 0; i < written.size(); ++i)
+      if (!written[i]) unwritten_grad_slots_.push_back(static_cast<int>(i));
+  }
   // Which values a scheduled node reads, and which the executor hands out (the layouts below, the inputs' use).
   std::vector<bool> read_by_node(static_cast<size_t>(nv), false), is_output(static_cast<size_t>(nv), false);
   for (const auto& st : schedule_)
@@ -276,13 +285,16 @@ void Executor::bind(const std::string& input_name, const Tensor& t) {
 
 void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
   float* dst = store_->grads() + slot.offset;
+  const bool overwrite = opt_.grads_overwrite;
   if (opt_.device_ctx) {
-    opt_.device_ctx->accumulate_f32(dst, gt.raw_data(), gt.dtype(), slot.numel);
+    opt_.device_ctx->accumulate_f32(dst, gt.raw_data(), gt.dtype(), slot.numel, overwrite);
     return;
   }
   const float* src = gt.data<float>();
   auto body = [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) dst[i] += src[i];
+    if (overwrite) std::copy(src + b, src + e, dst + b);
+    else
+      for (int64_t i = b; i < e; ++i) dst[i] += src[i];
   };
   const int64_t n = static_cast<int64_t>(slot.numel);
   if (opt_.pool) {
@@ -374,6 +386,12 @@ void Executor::enqueue() {
       opt_.device_ctx ? 0 : runs_ * static_cast<uint64_t>(g_.random_numbers_per_run());
   if (opt_.device_ctx) ctx.rng_offset_device = static_cast<const uint64_t*>(rng_base_dev_.raw_data());
   if (param_mirror_.defined() && !constants_ready_ && !opt_.param_mirror_by_caller) refresh_param_mirror();
+  for (int slot : unwritten_grad_slots_) {  // grads_overwrite: a gradient no node writes is this run's zero
+    const ParamSlot& ps = store_->slots()[static_cast<size_t>(slot)];
+    float* dst = store_->grads() + ps.offset;
+    if (opt_.device_ctx) opt_.device_ctx->memset_zero(dst, ps.numel * sizeof(float));
+    else std::fill(dst, dst + ps.numel, 0.0f);
+  }
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
     in.clear();
@@ -396,7 +414,10 @@ void Executor::enqueue() {
     }
     for (size_t k = 0; k < s.out.size(); ++k)
       if (s.grad_slot_out[k] >= 0)
-        accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k], store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
+        profiled("gradient into its f32 slot", [&] {
+          accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k],
+                          store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
+        });
   }
   collect_profile();  // the run's events (their memory is not held from run to run)
 }

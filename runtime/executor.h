@@ -1,6 +1,7 @@
 // Executor: compiles a graph once for its shapes (schedule, kernel lookup, liveness-based memory plan)
 // and then runs it step after step. Parameter gradients are summed into the store's flat gradient
-// buffer (+=), so several runs between zero_grads() accumulate micro-batches.
+// buffer (+=), so several runs between zero_grads() accumulate micro-batches; or, with grads_overwrite, each run
+// stores its own (no zero_grads() needed).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -45,6 +46,11 @@ struct ExecutorOptions {
   // update, DeviceOptimizer::ParamMirror). A run then does not convert it; refresh_param_mirror() does, once the
   // parameters changed any other way (initial values, a loaded checkpoint).
   bool param_mirror_by_caller = false;
+  // Each run stores its parameter gradients instead of adding them to the store's: a slot's gradient (one value a
+  // run: autodiff sums a parameter's paths) is converted into it, and a slot no node writes is zeroed. A training
+  // step without gradient accumulation then needs no zero_grads(): one pass over the f32 gradients less, and the
+  // gradient's own pass writes f32 without reading it.
+  bool grads_overwrite = false;
 };
 
 class Executor {
@@ -107,7 +113,8 @@ class Executor {
     bool grad_cast_accumulate = false;
   };
   Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
-  void accumulate_grad(const Tensor& g, const ParamSlot& slot);
+  void accumulate_grad(const Tensor& g, const ParamSlot& slot);  // += or, with grads_overwrite, =
+  std::vector<int> unwritten_grad_slots_;  // grads_overwrite: slots no scheduled node writes, zeroed by each run
 
   Graph& g_;
   ExecutorOptions opt_;

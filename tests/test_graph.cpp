@@ -1,4 +1,5 @@
 // Graph, autodiff, memory plan and executor: plan correctness, buffer reuse, gradient accumulation.
+#include <cmath>
 #include <cstring>
 
 #include "ops/elementwise.h"
@@ -112,6 +113,43 @@ TEST_CASE("executor: gradients accumulate over micro-batches until zero_grads") 
     got[i] = store->grads()[i];
   }
   check_close(got, expect, 1e-6, 1e-6, "accumulated gradients");
+}
+
+TEST_CASE("executor: grads_overwrite stores each run's gradients, zeroes a slot no node writes") {
+  const int64_t B = 3, T = 5, C = 7;
+  Graph g;
+  const Value x = g.input("x", TensorMeta{{B, T, C}, DType::f32});
+  Value y = residual_stack(g, x, 2, C);
+  const Value tied = g.param("tied", {C, C});  // read twice: autodiff sums its two paths into one gradient
+  y = add(matmul(y, tied, false, false, "t1"), matmul(y, tied, false, true, "t2"), "tied_sum");
+  g.param("unused", {C, 3});  // no gradient reaches it
+  Gradients grads = gradients(y, fill(g, y.meta(), 1.0, "ones"));
+  auto store = std::make_shared<ParamStore>(g);
+  init_params(*store, 5);
+  Executor acc(g, {y}, grads, store);
+  auto reference = [&](uint64_t seed) {  // zeroed, then accumulated once
+    store->zero_grads();
+    acc.bind(x, random_tensor({B, T, C}, seed));
+    acc.run();
+    return std::vector<float>(store->grads(), store->grads() + store->flat_size());
+  };
+  const auto g1 = reference(21), g2 = reference(22);
+  ExecutorOptions opt;
+  opt.grads_overwrite = true;
+  Executor ex(g, {y}, grads, store, opt);
+  const ParamSlot& unused = store->slot("unused");
+  for (auto [seed, want] : {std::pair{uint64_t(21), &g1}, std::pair{uint64_t(22), &g2}, std::pair{uint64_t(21), &g1}}) {
+    for (const ParamSlot& sl : store->slots())  // poison: nothing of it may survive the run
+      std::fill(store->grads() + sl.offset, store->grads() + sl.offset + sl.numel, std::nanf(""));
+    ex.bind(x, random_tensor({B, T, C}, seed));
+    ex.run();
+    for (const ParamSlot& sl : store->slots())
+      for (size_t i = sl.offset; i < sl.offset + sl.numel; ++i) {
+        INFO("seed " << seed << ", element " << i);
+        REQUIRE(store->grads()[i] == (*want)[i]);  // a copy of the accumulated-from-zero value, bit for bit
+      }
+  }
+  for (size_t i = unused.offset; i < unused.offset + unused.numel; ++i) CHECK(store->grads()[i] == 0.0f);
 }
 
 TEST_CASE("executor: profile times each op by name, and work a caller hands to profiled() beside them") {

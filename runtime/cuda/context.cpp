@@ -102,8 +102,8 @@ void CudaContext::memset_zero(void* dst, size_t bytes) {
   if (bytes) XF_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
 }
 
-void CudaContext::accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n) {
-  launch_accumulate_f32(dst, src, src_dtype, n, stream_);
+void CudaContext::accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite) {
+  launch_accumulate_f32(dst, src, src_dtype, n, overwrite, stream_);
 }
 
 void CudaContext::convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) {

@@ -15,25 +15,28 @@ inline int grid_for(size_t n, int per_thread) {
   return static_cast<int>(blocks < 65535 * 8 ? (blocks == 0 ? 1 : blocks) : 65535 * 8);
 }
 
+// dst[i] (+)= src[i], f32: 4 elements per access when aligned. kAdd false stores (dst is not read).
+template <bool kAdd>
 __global__ void add_inplace_f32_kernel(float* __restrict__ dst, const float* __restrict__ src, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (dev::aligned16(dst) && dev::aligned16(src)) {
     const size_t nv = n / 4;
     for (size_t j = i; j < nv; j += stride) {
-      float4 a = reinterpret_cast<float4*>(dst)[j];
+      float4 a = kAdd ? reinterpret_cast<float4*>(dst)[j] : make_float4(0.f, 0.f, 0.f, 0.f);
       const float4 b = reinterpret_cast<const float4*>(src)[j];
       a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
       reinterpret_cast<float4*>(dst)[j] = a;
     }
-    for (size_t j = nv * 4 + i; j < n; j += stride) dst[j] += src[j];
+    for (size_t j = nv * 4 + i; j < n; j += stride) dst[j] = (kAdd ? dst[j] : 0.f) + src[j];
   } else {
-    for (size_t j = i; j < n; j += stride) dst[j] += src[j];
+    for (size_t j = i; j < n; j += stride) dst[j] = (kAdd ? dst[j] : 0.f) + src[j];
   }
 }
 
-// dst[i] += float(src[i]) for 16-bit src: 8 elements (16 bytes of src, 32 of dst) per access when aligned.
-template <class S>
+// dst[i] (+)= float(src[i]) for 16-bit src: 8 elements (16 bytes of src, 32 of dst) per access when aligned. kAdd
+// false stores the converted value (dst is not read: half the traffic of an add into zeroed memory).
+template <class S, bool kAdd>
 __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__ src, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -44,7 +47,8 @@ __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__
       const uint4 packed = reinterpret_cast<const uint4*>(src)[j];
       const S* h = reinterpret_cast<const S*>(&packed);
       float4* d = reinterpret_cast<float4*>(dst) + 2 * j;
-      float4 a = d[0], b = d[1];
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+      if (kAdd) a = d[0], b = d[1];
       a.x += dev::to_float<S>(h[0]); a.y += dev::to_float<S>(h[1]); a.z += dev::to_float<S>(h[2]); a.w += dev::to_float<S>(h[3]);
       b.x += dev::to_float<S>(h[4]); b.y += dev::to_float<S>(h[5]); b.z += dev::to_float<S>(h[6]); b.w += dev::to_float<S>(h[7]);
       d[0] = a;
@@ -52,7 +56,7 @@ __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__
     }
     done = nv * 8;
   }
-  for (size_t j = done + i; j < n; j += stride) dst[j] += dev::to_float<S>(src[j]);
+  for (size_t j = done + i; j < n; j += stride) dst[j] = (kAdd ? dst[j] : 0.f) + dev::to_float<S>(src[j]);
 }
 
 template <class S, class D>
@@ -77,20 +81,29 @@ void convert_from(void* dst, DType dst_dtype, const S* src, size_t n, cudaStream
 
 }  // namespace
 
-void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, CUstream_st* stream) {
-  if (n == 0) return;
+namespace {
+template <bool kAdd>
+void launch_f32_write(float* dst, const void* src, DType src_dtype, size_t n, cudaStream_t stream) {
   switch (src_dtype) {
     case DType::f32:
-      add_inplace_f32_kernel<<<grid_for(n, 16), kThreads, 0, stream>>>(dst, static_cast<const float*>(src), n);
+      add_inplace_f32_kernel<kAdd><<<grid_for(n, 16), kThreads, 0, stream>>>(dst, static_cast<const float*>(src), n);
       break;
     case DType::f16:
-      accumulate_kernel<<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __half*>(src), n);
+      accumulate_kernel<__half, kAdd><<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __half*>(src), n);
       break;
     case DType::bf16:
-      accumulate_kernel<<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
+      accumulate_kernel<__nv_bfloat16, kAdd>
+          <<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
       break;
     default: throw Error("cuda", str_cat("accumulate_f32: no device accumulation from ", dtype_name(src_dtype)));
   }
+}
+}  // namespace
+
+void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite, CUstream_st* stream) {
+  if (n == 0) return;
+  if (overwrite) launch_f32_write<false>(dst, src, src_dtype, n, stream);
+  else launch_f32_write<true>(dst, src, src_dtype, n, stream);
   XF_CUDA_CHECK_LAUNCH("accumulate_f32");
 }
 

@@ -9,8 +9,8 @@ struct CUstream_st;
 
 namespace xfr::cuda {
 
-// dst[i] += float(src[i]), i < n; src is f32, f16 or bf16.
-void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, CUstream_st* stream);
+// dst[i] += float(src[i]), i < n; src is f32, f16 or bf16. overwrite: dst[i] = float(src[i]) (dst not read).
+void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite, CUstream_st* stream);
 // dst[i] = (dst_dtype) src[i] for floating dtypes f32/f16/bf16 (round to nearest even), i < n.
 void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream);
 
