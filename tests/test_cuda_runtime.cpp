@@ -1,5 +1,7 @@
 // The CUDA runtime pieces: device discovery, the caching allocator and its statistics, copies between
 // host and device, the cast op, the executor's fused parameter casts. Without XF_TEST_DEVICE=cuda and a GPU these report as skipped.
+#include <cmath>
+
 #include "ops/cast.h"
 #include "ops/elementwise.h"
 #include "ops/grad.h"
@@ -98,6 +100,8 @@ XF_CUDA_TEST_CASE("cuda: cast kernel matches the host conversion") {
 // Mixed precision on the GPU: the executor's fused parameter casts (one flat 16-bit mirror of the
 // parameters, gradients accumulated straight from 16 bits) give the per-cast kernels' outputs and
 // gradients bit for bit, over two runs (the mirror is refreshed every run) with a parameter update between.
+// Either way also with grads_overwrite, the gradients poisoned (NaN) before each run instead of zeroed: the
+// stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros.
 XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel per parameter, bit for bit") {
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
@@ -108,27 +112,35 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
     Value y = cast(add(h, cast(w2, dt, "w2_cast"), "y"), DType::f32, "y_f32");  // (33, 17)
     Value loss = reduce_sum(y, {}, false, "loss");
     Gradients grads = gradients(loss, Value{});
-    std::vector<std::vector<double>> results[2];
-    for (int fused = 0; fused < 2; ++fused) {
+    std::vector<std::vector<double>> results[4];
+    for (int way = 0; way < 4; ++way) {
+      const bool fused = (way & 1) != 0, overwrite = (way & 2) != 0;
       ExecutorOptions opt;
       opt.device = Device::cuda(0);
       opt.device_ctx = make_device_context(opt.device);
-      opt.fuse_param_casts = fused == 1;
+      opt.fuse_param_casts = fused;
+      opt.grads_overwrite = overwrite;
       auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
       store->param("w1").copy_from(random_tensor({31, 17}, 5, -1, 1));
       store->param("w2").copy_from(random_tensor({17}, 6, -1, 1));
       Executor ex(g, {y}, grads, store, opt);
       ex.bind(x, random_tensor({33, 31}, 7, -1, 1).to(dt));
+      const std::vector<float> poison(store->flat_size(), std::nanf(""));
       for (int run = 0; run < 2; ++run) {
-        opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        if (overwrite) opt.device_ctx->copy(store->grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
+        else opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
         ex.run();
-        results[fused].push_back(ex.get(y).to_doubles());
-        results[fused].push_back(store->grad("w1").to_doubles());
-        results[fused].push_back(store->grad("w2").to_doubles());
+        results[way].push_back(ex.get(y).to_doubles());
+        results[way].push_back(store->grad("w1").to_doubles());
+        results[way].push_back(store->grad("w2").to_doubles());
         store->param("w1").copy_from(random_tensor({31, 17}, 8 + run, -1, 1));  // an "update"
       }
+      opt.device_ctx->synchronize();  // (the poison's host memory)
     }
-    REQUIRE(results[0].size() == results[1].size());
-    for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[1][k]);
+    for (int way = 1; way < 4; ++way) {
+      CAPTURE(way);
+      REQUIRE(results[0].size() == results[way].size());
+      for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[way][k]);
+    }
   }
 }
