@@ -2,7 +2,6 @@
 
 #include "ops/matmul.h"
 #include "ops/reduce.h"
-#include "runtime/env.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -31,17 +30,11 @@ std::vector<TensorMeta> LinearOp::infer(const std::vector<TensorMeta>& in) const
 
 namespace {
 
-struct GeluBackward {
-  Value dpre;
-  Value db;  // the bias gradient when the matmul_dgelu node sums it (bias_grad), else undefined
-};
-
 // dL/dpre = g * gelu_tanh'(pre) for a gelu linear layer's output gradient g. When g is a plain product a · b with
 // a 2-D b (the input gradient of the linear layer that reads this one's output, as an MLP's second layer), one
-// matmul_dgelu node computes it from a and b (on a GPU the GEMM's epilogue applies the derivative), and with
-// want_db the layer's bias gradient too (XF_DGELU_BIAS_GRAD=0 leaves that to the weight gradient's node, for
-// A/B); the plain product is then read by nothing else and is not scheduled (unless something else asks for it).
-GeluBackward gelu_backward(const BackwardContext& ctx, Value g, bool want_db) {
+// matmul_dgelu node computes it from a and b (on a GPU the GEMM's epilogue applies the derivative); the plain
+// product is then read by nothing else and is not scheduled (unless something else asks for it).
+Value gelu_backward(const BackwardContext& ctx, Value g) {
   const Value pre = ctx.output(1);
   const int producer = ctx.graph.value(g.id).producer;
   if (producer >= 0) {
@@ -49,15 +42,11 @@ GeluBackward gelu_backward(const BackwardContext& ctx, Value g, bool want_db) {
     const auto* mm = dynamic_cast<const MatMulOp*>(n.op.get());
     if (mm && !mm->trans_a && !mm->trans_b && n.inputs.size() == 2 && n.outputs.size() == 1) {
       const Value a{&ctx.graph, n.inputs[0]}, b{&ctx.graph, n.inputs[1]};
-      if (b.rank() == 2 && a.meta().dtype == pre.meta().dtype && g.meta().shape == pre.meta().shape) {
-        const bool bias_grad = want_db && env_flag_default_on("XF_DGELU_BIAS_GRAD");
-        const auto out = ctx.graph.add(std::make_shared<MatMulDGeluOp>(bias_grad), {a, b, pre}, ctx.name("dpre"));
-        return {out[0], bias_grad ? out[1] : Value{}};
-      }
+      if (b.rank() == 2 && a.meta().dtype == pre.meta().dtype && g.meta().shape == pre.meta().shape)
+        return ctx.graph.add1(std::make_shared<MatMulDGeluOp>(), {a, b, pre}, ctx.name("dpre"));
     }
   }
-  return {ctx.graph.add1(std::make_shared<ActivationBackwardOp>(ActivationKind::gelu_tanh), {pre, g}, ctx.name("dpre")),
-          Value{}};
+  return ctx.graph.add1(std::make_shared<ActivationBackwardOp>(ActivationKind::gelu_tanh), {pre, g}, ctx.name("dpre"));
 }
 
 }  // namespace
@@ -67,7 +56,6 @@ std::vector<TensorMeta> MatMulDGeluOp::infer(const std::vector<TensorMeta>& in) 
   XF_CHECK(in[1].shape.size() == 2, "matmul_dgelu", "b ", shape_str(in[1].shape), " must be 2-D (K, N)");
   const TensorMeta c = MatMulOp(false, false).infer({in[0], in[1]})[0];
   XF_CHECK(in[2] == c, "matmul_dgelu", "pre ", in[2].str(), " must be the product's ", c.str());
-  if (bias_grad) return {c, TensorMeta{{c.shape.back()}, c.dtype}};
   return {c};
 }
 
@@ -75,19 +63,15 @@ std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   const Value x = ctx.input(0), w = ctx.input(1);
   Value g = ctx.grad(0);
   if (!g.defined()) return {Value{}, Value{}, Value{}};
-  const bool want_db = has_bias && ctx.needs_grad(2) && g.rank() > 1;
+  if (gelu_tanh) g = gelu_backward(ctx, g);
   Value dx, dw, db;
-  if (gelu_tanh) {
-    const GeluBackward gb = gelu_backward(ctx, g, want_db);
-    g = gb.dpre;
-    db = gb.db;
-  }
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
   if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));
+  const bool want_db = has_bias && ctx.needs_grad(2) && g.rank() > 1;
   if (ctx.needs_grad(1)) {
     const Value x2 = x.rank() > 2 ? reshape(x, {-1, x.dim(-1)}, ctx.name("a2d")) : x;
     const Value g2 = g.rank() > 2 ? reshape(g, {-1, g.dim(-1)}, ctx.name("g2d")) : g;
-    if (want_db && !db.defined()) {  // dw and db in one node (the GEMM's bias-gradient epilogue on a GPU)
+    if (want_db) {  // dw and db in one node (the GEMM's bias-gradient epilogue on a GPU)
       const LinearWeightGrads wg = linear_weight_grad(g2, x2, ctx.name("dwb"));
       dw = wg.dw;
       db = wg.db;

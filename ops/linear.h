@@ -36,19 +36,13 @@ Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& na
 
 // matmul_dgelu: a linear layer's input gradient times the derivative of the GELU before it, in one op, so a GPU
 // applies the derivative in the GEMM's epilogue (cuBLASLt's DGELU) instead of a separate pass over the product:
-//   a: (*, M, K), b: (K, N), pre: (*, M, N)  ->  d: (*, M, N) = (a · b) * gelu_tanh'(pre)
-//   with bias_grad also  db: (N) = d summed over every leading axis (the gelu layer's bias gradient, in the same
-//   epilogue: cuBLASLt's DGELU_BGRAD; the layer's weight gradient is then a plain GEMM, without BGRAD's cost)
+//   a: (*, M, K), b: (K, N), pre: (*, M, N)  ->  (a · b) * gelu_tanh'(pre)
 // The backward of a gelu linear layer builds it when its output gradient is such a product (see LinearOp's
-// backward). The CPU kernel runs the matmul, activation_backward and reduce kernels, so its results are the
-// composite's.
+// backward). The CPU kernel runs the matmul and activation_backward kernels, so its results are the composite's.
 class MatMulDGeluOp final : public Op {
  public:
-  explicit MatMulDGeluOp(bool bias_grad = false) : bias_grad(bias_grad) {}
   std::string name() const override { return "matmul_dgelu"; }
-  std::string attrs() const override { return bias_grad ? "bias_grad=true" : ""; }
-  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (a, b, pre) -> (d[, db])
-  bool bias_grad;
+  std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (a, b, pre) -> (da)
 };
 
 class LinearWeightGradOp final : public Op {

@@ -23,21 +23,14 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 
-// a: (*, M, K), b: (K, N), pre: (*, M, N) -> d = (a · b) * gelu_tanh'(pre) [, db: (N) = d's column sums]: the matmul
-// kernel, then the activation's backward kernel in place (element by element), then the reduce kernel over d's rows,
-// as the composite runs them.
-void matmul_dgelu_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
+// a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre): the matmul kernel, then the activation's
+// backward kernel in place (element by element), as the composite runs them.
+void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                          const std::vector<Tensor>& out) {
-  const auto& op = static_cast<const MatMulDGeluOp&>(op_base);
   const KernelRegistry& reg = KernelRegistry::builtin();
   reg.get("matmul", ctx.device)(MatMulOp(false, false), ctx, {in[0], in[1]}, {out[0]});
   reg.get("activation_backward", ctx.device)(ActivationBackwardOp(ActivationKind::gelu_tanh), ctx, {in[2], out[0]},
                                              {out[0]});
-  if (op.bias_grad) {
-    const int64_t N = out[0].shape().back();
-    reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {out[0].view({out[0].numel() / N, N})},
-                                  {out[1]});
-  }
 }
 
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x, db: (N): the matmul and reduce kernels, as the composite runs them.

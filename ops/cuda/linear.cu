@@ -59,34 +59,25 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   gemm_fused_or_split(cc, fused, split);
 }
 
-// a: (*, M, K), b: (K, N), pre: (*, M, N) -> d = (a · b) * gelu_tanh'(pre) [, db: (N) = d's column sums]: the
-// derivative (and the bias gradient) in the GEMM's epilogue (dgelu or dgelu_bgrad, pre as its aux input), or split:
-// the GEMM, then the activation's backward kernel in place, then the reduce kernel (gemm_fused_or_split picks the
-// faster; other widths, where cuBLASLt wants aux's leading dimension a multiple of 8, always split).
-void matmul_dgelu_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
+// a: (*, M, K), b: (K, N), pre: (*, M, N) -> (a · b) * gelu_tanh'(pre): the derivative in the GEMM's epilogue (dgelu,
+// pre as its aux input), or split: the GEMM, then the activation's backward kernel in place (gemm_fused_or_split
+// picks the faster; other widths, where cuBLASLt wants aux's leading dimension a multiple of 8, always split).
+void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                          const std::vector<Tensor>& out) {
-  const auto& op = static_cast<const MatMulDGeluOp&>(op_base);
   const Tensor &a = in[0], &b = in[1], &pre = in[2];
   const int64_t K = b.dim(0), N = b.dim(1);
-  if (N == 0) return;
+  if (out[0].numel() == 0) return;
   const int64_t M = out[0].numel() / N;
-  if (M == 0) {  // no rows: the bias gradient is a sum of none
-    if (op.bias_grad) Tensor(out[1]).fill(0.0);
-    return;
-  }
   const KernelRegistry& reg = KernelRegistry::builtin();
   const auto split = [&] {
     reg.get("matmul", ctx.device)(MatMulOp(false, false), ctx, {a, b}, {out[0]});
     reg.get("activation_backward", ctx.device)(ActivationBackwardOp(ActivationKind::gelu_tanh), ctx, {pre, out[0]},
                                                {out[0]});
-    if (op.bias_grad)
-      reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {out[0].view({M, N})}, {out[1]});
   };
   if (N % 8 == 0 && K > 0) {  // (K = 0: an empty sum, zeros; the matmul kernel writes them)
     GemmArgs g = plain_gemm(a.dtype(), false, M, N, K, a.raw_data(), b.raw_data(), out[0].raw_data());
-    g.epilogue = op.bias_grad ? GemmEpilogue::dgelu_bgrad : GemmEpilogue::dgelu;
+    g.epilogue = GemmEpilogue::dgelu;
     g.aux = pre.raw_data();
-    if (op.bias_grad) g.bias = out[1].raw_data();
     return gemm_fused_or_split(context_of(ctx), g, split);
   }
   split();
