@@ -127,10 +127,14 @@ enum class ReduceMode { sum, max };
 
 // Column reduction (K > 1): a 256-thread block = 32 column packs x 8 row lanes. Each thread accumulates its
 // W columns over rows r0 + lane, r0 + lane + 8, ..., then lanes are combined in lane order through shared
-// memory. W == vec_width<TIn>() needs K % W == 0 and a 16-byte aligned x.
+// memory. W == vec_width<TIn>() needs K % W == 0 and a 16-byte aligned x. A thread issues the loads of kUnroll
+// of its rows before adding them (in row order: the same sums, bit for bit, as one row at a time), so that
+// kUnroll 16-byte loads are in flight per thread rather than one: a chunk of 64 rows is 8 rows a lane, one load's
+// DRAM latency (~1 us) per row when they are issued one at a time.
 constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row of a pack read per lane per step
+constexpr int kColUnroll = 4;  // rows a lane loads before adding: 4 x 16 bytes in flight, 16 registers of data
 
-template <class TIn, class TOut, int W, ReduceMode kMode>
+template <class TIn, class TOut, int W, ReduceMode kMode, int kUnroll = kColUnroll>
 __global__ void __launch_bounds__(32 * kColLanes)
     column_reduce_kernel(const TIn* __restrict__ x,          // (O, R, K)
                          const int64_t* __restrict__ in_idx,  // (O, R, K) or null
@@ -153,23 +157,34 @@ __global__ void __launch_bounds__(32 * kColLanes)
       acc[e] = kMax ? -INFINITY : 0.f;
       at[e] = dev::kNoIndex;
     }
-    if (c0 < K) {
-      for (int64_t r = r0 + ty; r < r1; r += kColLanes) {
-        const int64_t off = (o * R + r) * K + c0;
-        const dev::Pack<TIn, W> p = dev::load_pack<TIn, W>(x + off);
+    // Folds row r's pack p (at element offset off) into acc / at.
+    const auto take = [&](const dev::Pack<TIn, W>& p, int64_t r, int64_t off) {
 #pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float v = dev::to_float(p.v[e]);
-          if constexpr (kMax) {
-            const int64_t i = in_idx ? in_idx[off + e] : r;
-            if (dev::beats(v, i, acc[e], at[e])) {
-              acc[e] = v;
-              at[e] = i;
-            }
-          } else {
-            acc[e] += v;
+      for (int e = 0; e < W; ++e) {
+        const float v = dev::to_float(p.v[e]);
+        if constexpr (kMax) {
+          const int64_t i = in_idx ? in_idx[off + e] : r;
+          if (dev::beats(v, i, acc[e], at[e])) {
+            acc[e] = v;
+            at[e] = i;
           }
+        } else {
+          acc[e] += v;
         }
+      }
+    };
+    if (c0 < K) {
+      int64_t r = r0 + ty;
+      for (; r + (kUnroll - 1) * kColLanes < r1; r += kUnroll * kColLanes) {
+        dev::Pack<TIn, W> p[kUnroll];
+#pragma unroll
+        for (int j = 0; j < kUnroll; ++j) p[j] = dev::load_pack<TIn, W>(x + (o * R + r + j * kColLanes) * K + c0);
+#pragma unroll
+        for (int j = 0; j < kUnroll; ++j) take(p[j], r + j * kColLanes, (o * R + r + j * kColLanes) * K + c0);
+      }
+      for (; r < r1; r += kColLanes) {
+        const int64_t off = (o * R + r) * K + c0;
+        take(dev::load_pack<TIn, W>(x + off), r, off);
       }
     }
 #pragma unroll

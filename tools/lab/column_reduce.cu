@@ -1,7 +1,8 @@
 // Kernel lab: the deterministic column reduction of ops/cuda/rowwise.cuh (reduce_axis with K > 1: a bias gradient, the
 // LayerNorm backward's parameter-gradient partial rows), stage by stage. reduce_axis splits the R rows into S chunks
 // (stage 1: fp32 partial rows, S x K), then adds the S rows (stage 2). This lab times each stage on its own for a sweep
-// of S, stage 2 in 16-byte packs (W 4) or scalars (W 1, four times the blocks), both stages back to back, and
+// of S (stage 1 also with 1 and 8 rows' loads in flight per thread, against production's kColUnroll), stage 2 in
+// 16-byte packs (W 4) or scalars (W 1, four times the blocks), both stages back to back, and
 // reduce_axis as production runs it. Cases: GPT-2's bias gradients (16384 x 768 and 16384 x 3072 bf16) and the
 // LayerNorm backward's partial rows (528 x 768 fp32). Every variant's result is checked against a float64 sum on the
 // host (|error| <= 1e-3 relative to the column's sum of |x|: bf16 output rounding), and each line prints the time of
@@ -83,10 +84,23 @@ int run_case(int64_t R, int64_t K) {
   for (int64_t S : {8, 16, 32, 64, 128, 256}) {
     if (S > R / 8) continue;
     const int64_t col_blocks = ceil_div(K, 32 * W), blocks1 = col_blocks * S;
-    auto stage1 = [&] {
-      column_reduce_kernel<TIn, float, W, ReduceMode::sum><<<static_cast<unsigned>(blocks1), dim3(32, kColLanes)>>>(
+    // Stage 1 with U rows' loads in flight per thread (1: session 20's kernel; kColUnroll: production's).
+    auto stage1_u = [&](auto unroll) {
+      constexpr int U = decltype(unroll)::value;
+      column_reduce_kernel<TIn, float, W, ReduceMode::sum, U><<<static_cast<unsigned>(blocks1), dim3(32, kColLanes)>>>(
           x.get(), nullptr, part.get(), nullptr, 1, R, K, S, 1.f);
     };
+    using U1 = std::integral_constant<int, 1>;
+    using U8 = std::integral_constant<int, 8>;
+    auto stage1 = [&] { stage1_u(std::integral_constant<int, kColUnroll>{}); };
+    const double s1_u1 = ::lab::time_us(nullptr, [&] { stage1_u(U1{}); });
+    const double s1_u8 = ::lab::time_us(nullptr, [&] { stage1_u(U8{}); });
+    check("S=" + std::to_string(S) + " unroll 1", [&] {
+      stage1_u(U1{});
+      column_reduce_kernel<float, __nv_bfloat16, 4, ReduceMode::sum>
+          <<<static_cast<unsigned>(ceil_div(K, 128)), dim3(32, kColLanes)>>>(part.get(), nullptr, y.get(), nullptr, 1, S,
+                                                                              K, 1, 1.f);
+    });
     auto stage2 = [&](auto width) {
       constexpr int W2 = decltype(width)::value;
       column_reduce_kernel<float, __nv_bfloat16, W2, ReduceMode::sum>
@@ -115,10 +129,10 @@ int run_case(int64_t R, int64_t K) {
       stage2(W1{});
     });
     LAB_CHECK(cudaGetLastError());
-    std::printf("%s %s R=%lld K=%lld S=%lld (%lld blocks): stage 1 %.1f us (%.2f TB/s); stage 2 W4 %.1f us, W1 %.1f "
-                "us; both %.1f us (W4), %.1f us (W1)\n",
+    std::printf("%s %s R=%lld K=%lld S=%lld (%lld blocks): stage 1 %.1f us (%.2f TB/s; unroll 1 %.1f, 8 %.1f); "
+                "stage 2 W4 %.1f us, W1 %.1f us; both %.1f us (W4), %.1f us (W1)\n",
                 LAB_NAME, tname, static_cast<long long>(R), static_cast<long long>(K), static_cast<long long>(S),
-                static_cast<long long>(blocks1), s1, gb / s1 * 1e3, s2_w4, s2_w1, both_w4, both_w1);
+                static_cast<long long>(blocks1), s1, gb / s1 * 1e3, s1_u1, s1_u8, s2_w4, s2_w1, both_w4, both_w1);
   }
   auto production = [&] {
     reduce_axis<TIn, __nv_bfloat16, ReduceMode::sum>(x.get(), nullptr, y.get(), nullptr, 1, R, K, 1.f,
