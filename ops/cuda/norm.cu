@@ -666,7 +666,8 @@ void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const st
   launch_layernorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(), in[2].data<float>(),
                             op.has_gamma ? in[3].raw_data() : nullptr, in[static_cast<size_t>(op.dy_index())].raw_data(),
                             op.has_dadd ? in.back().raw_data() : nullptr, out[0].raw_data(), dgamma, dbeta, rows, C,
-                            cc.workspace(), cc.workspace_bytes(), cc.stream());
+                            cc.workspace(), cc.workspace_bytes(), cc.stream(),
+                            {cc.tile_counters(), CudaContext::kTileCounterWords});
 }
 
 // in: x (..., C), [gamma (C)];  out: y (..., C), rstd (rows) f32
@@ -687,7 +688,7 @@ void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std:
   launch_rmsnorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(),
                           op.has_gamma ? in[2].raw_data() : nullptr, in.back().raw_data(), out[0].raw_data(),
                           op.want_dgamma ? out[1].raw_data() : nullptr, rows, C, cc.workspace(),
-                          cc.workspace_bytes(), cc.stream());
+                          cc.workspace_bytes(), cc.stream(), {cc.tile_counters(), CudaContext::kTileCounterWords});
 }
 
 }  // namespace
@@ -706,13 +707,14 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
                                const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, int64_t rows,
-                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream) {
+                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
+                               LaunchCounters counters) {
   XF_CUDA_DISPATCH_FLOAT(
       dtype, "layernorm_backward", T,
       norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
                               static_cast<const T*>(dy), static_cast<const T*>(dadd), static_cast<T*>(dx),
-                              static_cast<T*>(dgamma),
-                              static_cast<T*>(dbeta), rows, C, Scratch{workspace, workspace_bytes}, stream));
+                              static_cast<T*>(dgamma), static_cast<T*>(dbeta), rows, C,
+                              Scratch{workspace, workspace_bytes, counters.words, counters.n}, stream));
 }
 
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
@@ -724,12 +726,13 @@ void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void*
 
 void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,
                              void* dx, void* dgamma, int64_t rows, int64_t C, void* workspace,
-                             size_t workspace_bytes, CUstream_st* stream) {
+                             size_t workspace_bytes, CUstream_st* stream, LaunchCounters counters) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm_backward", T,
                          norm_backward<T, true>(static_cast<const T*>(x), nullptr, rstd, static_cast<const T*>(gamma),
                                                 static_cast<const T*>(dy), nullptr, static_cast<T*>(dx),
                                                 static_cast<T*>(dgamma), nullptr, rows, C,
-                                                Scratch{workspace, workspace_bytes}, stream));
+                                                Scratch{workspace, workspace_bytes, counters.words, counters.n},
+                                                stream));
 }
 
 void register_norm(KernelRegistry& r) {

@@ -10,7 +10,8 @@
 // the launch configuration throw xfr::Error.
 // Scratch memory (workspace, workspace_bytes): device memory the launcher may use until its kernels have run
 // on `stream` (the graph kernels pass the context's workspace); the backward passes keep their per-block
-// partial sums there, the cross-entropy its per-row losses.
+// partial sums there, the cross-entropy its per-row losses. LaunchCounters: zeroed device words the backward
+// passes may use to add their partial sums in one launch (the graph kernels pass CudaContext::tile_counters()).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +21,13 @@
 struct CUstream_st;
 
 namespace xfr::cuda {
+
+// n u32 of device memory that are zero between launches on the stream (a launch that uses them leaves them zero),
+// e.g. CudaContext::tile_counters(); {}: none (the partial sums are then added by a second launch).
+struct LaunchCounters {
+  unsigned* words = nullptr;
+  int64_t n = 0;
+};
 
 // x, y: (rows, C) dtype; residual, sum: (rows, C) dtype or null (the norm's input is x + residual, rounded to
 // dtype, and sum receives it when not null); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
@@ -31,7 +39,8 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 // (added to dx in the same pass); dgamma, dbeta: (C) dtype or null (not wanted).
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
                                const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, int64_t rows,
-                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream);
+                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
+                               LaunchCounters counters = {});
 
 // x, y: (rows, C) dtype; gamma: (C) dtype or null; rstd: (rows) f32.
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
@@ -40,7 +49,7 @@ void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void*
 // x, dy, dx: (rows, C) dtype; rstd: (rows) f32; gamma: (C) dtype or null; dgamma: (C) dtype or null.
 void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,
                              void* dx, void* dgamma, int64_t rows, int64_t C, void* workspace,
-                             size_t workspace_bytes, CUstream_st* stream);
+                             size_t workspace_bytes, CUstream_st* stream, LaunchCounters counters = {});
 
 // The softmax's view of x (..., Sq, Sk) and of its additive mask: x's shape and the mask's strides over x's
 // axes in elements (0 on broadcast axes; as ops/cpu/broadcast.h's broadcast_strides). Rank at most 8.

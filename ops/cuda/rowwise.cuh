@@ -100,6 +100,10 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
 struct Scratch {
   void* ptr = nullptr;
   size_t bytes = 0;
+  // Zeroed device counters a launch may use and must leave zeroed (CudaContext::sync_counters), or null: the column
+  // reduction then adds its partial rows in a second launch instead of in its last blocks.
+  unsigned* counters = nullptr;
+  int64_t n_counters = 0;
   // The first n elements of type U, 256-byte aligned; throws when they do not fit.
   template <class U>
   U* take(int64_t n, const char* op) {
@@ -134,86 +138,161 @@ enum class ReduceMode { sum, max };
 constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row of a pack read per lane per step
 constexpr int kColUnroll = 4;  // rows a lane loads before adding: 4 x 16 bytes in flight, 16 registers of data
 
-template <class TIn, class TOut, int W, ReduceMode kMode, int kUnroll = kColUnroll>
+// Shared memory of a column unit: the lanes' partial sums (and arg-max indices), for up to 32 packs of 8 columns.
+struct ColumnSmem {
+  float v[kColLanes][32 * 8];
+  int64_t i[kColLanes][32 * 8];  // max only
+};
+
+// A pack of x at p through L2 only (ld.global.cg): rows other blocks of the same launch wrote (the finish below).
+template <class T, int W>
+__device__ __forceinline__ dev::Pack<T, W> load_pack_l2(const T* p) {
+  static_assert(sizeof(T) * W == 16 || W == 1, "16-byte packs or scalars");
+  dev::Pack<T, W> r;
+  if constexpr (W == 1) {
+    r.v[0] = __ldcg(p);
+  } else {
+    const uint4 u = __ldcg(reinterpret_cast<const uint4*>(p));
+    static_assert(sizeof(r) == sizeof(u), "a 16-byte pack");
+    r = *reinterpret_cast<const dev::Pack<T, W>*>(&u);
+  }
+  return r;
+}
+
+// One unit of the column reduction: columns [cb * 32 W, (cb + 1) * 32 W) of chunk s (of S) of slice o, x (O, R, K) ->
+// y[(o * S + s) * K + c] (and y_idx). Called by every thread of a (32, kColLanes) block; ends with the block in step.
+// kL2: x is read through L2 only (load_pack_l2).
+template <class TIn, class TOut, int W, ReduceMode kMode, int kUnroll, bool kL2 = false>
+__device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, const int64_t* __restrict__ in_idx,
+                                                   TOut* __restrict__ y, int64_t* __restrict__ y_idx, int64_t o,
+                                                   int64_t s, int64_t cb, int64_t R, int64_t K, int64_t S, float scale,
+                                                   ColumnSmem& sm) {
+  constexpr bool kMax = kMode == ReduceMode::max;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t r0 = R * s / S, r1 = R * (s + 1) / S;
+  const int64_t c0 = (cb * 32 + tx) * W;
+  float acc[W];
+  int64_t at[W];
+#pragma unroll
+  for (int e = 0; e < W; ++e) {
+    acc[e] = kMax ? -INFINITY : 0.f;
+    at[e] = dev::kNoIndex;
+  }
+  // Folds row r's pack p (at element offset off) into acc / at.
+  const auto take = [&](const dev::Pack<TIn, W>& p, int64_t r, int64_t off) {
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      const float v = dev::to_float(p.v[e]);
+      if constexpr (kMax) {
+        const int64_t i = in_idx ? in_idx[off + e] : r;
+        if (dev::beats(v, i, acc[e], at[e])) {
+          acc[e] = v;
+          at[e] = i;
+        }
+      } else {
+        acc[e] += v;
+      }
+    }
+  };
+  const auto load = [&](int64_t off) {
+    if constexpr (kL2) return load_pack_l2<TIn, W>(x + off);
+    else return dev::load_pack<TIn, W>(x + off);
+  };
+  if (c0 < K) {
+    int64_t r = r0 + ty;
+    for (; r + (kUnroll - 1) * kColLanes < r1; r += kUnroll * kColLanes) {
+      dev::Pack<TIn, W> p[kUnroll];
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) p[j] = load((o * R + r + j * kColLanes) * K + c0);
+#pragma unroll
+      for (int j = 0; j < kUnroll; ++j) take(p[j], r + j * kColLanes, (o * R + r + j * kColLanes) * K + c0);
+    }
+    for (; r < r1; r += kColLanes) {
+      const int64_t off = (o * R + r) * K + c0;
+      take(load(off), r, off);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < W; ++e) {
+    sm.v[ty][tx * W + e] = acc[e];
+    if constexpr (kMax) sm.i[ty][tx * W + e] = at[e];
+  }
+  __syncthreads();
+  if (ty == 0 && c0 < K) {
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      float a = sm.v[0][tx * W + e];
+      int64_t ai = kMax ? sm.i[0][tx * W + e] : 0;
+      for (int l = 1; l < kColLanes; ++l) {
+        if constexpr (kMax) {
+          if (dev::beats(sm.v[l][tx * W + e], sm.i[l][tx * W + e], a, ai)) {
+            a = sm.v[l][tx * W + e];
+            ai = sm.i[l][tx * W + e];
+          }
+        } else {
+          a += sm.v[l][tx * W + e];
+        }
+      }
+      const int64_t dst = (o * S + s) * K + c0 + e;
+      y[dst] = dev::from_float<TOut>(kMax ? a : a * scale);
+      if constexpr (kMax) y_idx[dst] = ai;
+    }
+  }
+  __syncthreads();  // sm is rewritten by the next unit
+}
+
+// The finish of a two-stage sum in the stage-1 kernel itself (one launch instead of two): a block that wrote its
+// chunk's fp32 partial row for (o, cb) counts itself in counters[o * col_blocks + cb] (after a fence that makes the
+// row visible); the block that counts last adds the S partial rows of those columns, exactly as the second stage's
+// launch would (the same units: 8 lanes over the rows, combined in lane order), so the result has the same bits, and
+// sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::sync_counters).
+struct ColumnFinish {
+  void* y = nullptr;             // (O, K) in the final dtype
+  float scale = 1.f;             // the final sums' factor (the partial rows are plain sums)
+  unsigned* counters = nullptr;  // (O * col_blocks), zero between launches; null: no finish (a second launch)
+};
+
+// Column reduction (K > 1), a (32, kColLanes) block per unit (o, s, cb); with `finish` (sum only, TOut float: stage 1 of
+// two) also the second stage, by the last block of each (o, cb).
+template <class TIn, class TOut, int W, ReduceMode kMode, int kUnroll = kColUnroll, class TFinal = float>
 __global__ void __launch_bounds__(32 * kColLanes)
     column_reduce_kernel(const TIn* __restrict__ x,          // (O, R, K)
                          const int64_t* __restrict__ in_idx,  // (O, R, K) or null
                          TOut* __restrict__ y,                // (O, S, K)
                          int64_t* __restrict__ y_idx,         // (O, S, K) (max only)
-                         int64_t O, int64_t R, int64_t K, int64_t S, float scale) {
-  constexpr bool kMax = kMode == ReduceMode::max;
-  __shared__ float sv[kColLanes][32 * W];
-  __shared__ int64_t si[kMax ? kColLanes : 1][32 * W];
-  const int tx = threadIdx.x, ty = threadIdx.y;
+                         int64_t O, int64_t R, int64_t K, int64_t S, float scale, ColumnFinish finish = {}) {
+  __shared__ ColumnSmem sm;
+  __shared__ bool last;
   const int64_t col_blocks = ceil_div(K, 32 * W), units = col_blocks * S * O;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const int64_t cb = u % col_blocks, s = (u / col_blocks) % S, o = u / (col_blocks * S);
-    const int64_t r0 = R * s / S, r1 = R * (s + 1) / S;
-    const int64_t c0 = (cb * 32 + tx) * W;
-    float acc[W];
-    int64_t at[W];
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      acc[e] = kMax ? -INFINITY : 0.f;
-      at[e] = dev::kNoIndex;
-    }
-    // Folds row r's pack p (at element offset off) into acc / at.
-    const auto take = [&](const dev::Pack<TIn, W>& p, int64_t r, int64_t off) {
-#pragma unroll
-      for (int e = 0; e < W; ++e) {
-        const float v = dev::to_float(p.v[e]);
-        if constexpr (kMax) {
-          const int64_t i = in_idx ? in_idx[off + e] : r;
-          if (dev::beats(v, i, acc[e], at[e])) {
-            acc[e] = v;
-            at[e] = i;
+    column_reduce_unit<TIn, TOut, W, kMode, kUnroll>(x, in_idx, y, y_idx, o, s, cb, R, K, S, scale, sm);
+    if constexpr (kMode == ReduceMode::sum && std::is_same_v<TOut, float>) {
+      if (finish.counters) {
+        unsigned* counter = finish.counters + o * col_blocks + cb;
+        __threadfence();  // this block's partial row, visible to the block that finishes
+        __syncthreads();  // (every writer's fence before the count)
+        if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned>(S - 1);
+        __syncthreads();
+        if (last) {
+          __threadfence();  // the other blocks' rows, read after their counts
+          // The second stage's units over these columns: 32 W columns here, 32 x 4 (fp32 packs) or 32 a unit there.
+          constexpr int W2 = 4;
+          const bool packed = K % W2 == 0;
+          const int64_t c_begin = cb * 32 * W, c_end = c_begin + 32 * W < K ? c_begin + 32 * W : K;
+          const int64_t width = packed ? 32 * W2 : 32;
+          for (int64_t c = c_begin; c < c_end; c += width) {
+            if (packed)
+              column_reduce_unit<float, TFinal, W2, ReduceMode::sum, kColUnroll, true>(
+                  y, nullptr, static_cast<TFinal*>(finish.y), nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
+            else
+              column_reduce_unit<float, TFinal, 1, ReduceMode::sum, kColUnroll, true>(
+                  y, nullptr, static_cast<TFinal*>(finish.y), nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
           }
-        } else {
-          acc[e] += v;
+          if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
         }
       }
-    };
-    if (c0 < K) {
-      int64_t r = r0 + ty;
-      for (; r + (kUnroll - 1) * kColLanes < r1; r += kUnroll * kColLanes) {
-        dev::Pack<TIn, W> p[kUnroll];
-#pragma unroll
-        for (int j = 0; j < kUnroll; ++j) p[j] = dev::load_pack<TIn, W>(x + (o * R + r + j * kColLanes) * K + c0);
-#pragma unroll
-        for (int j = 0; j < kUnroll; ++j) take(p[j], r + j * kColLanes, (o * R + r + j * kColLanes) * K + c0);
-      }
-      for (; r < r1; r += kColLanes) {
-        const int64_t off = (o * R + r) * K + c0;
-        take(dev::load_pack<TIn, W>(x + off), r, off);
-      }
     }
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      sv[ty][tx * W + e] = acc[e];
-      if constexpr (kMax) si[ty][tx * W + e] = at[e];
-    }
-    __syncthreads();
-    if (ty == 0 && c0 < K) {
-#pragma unroll
-      for (int e = 0; e < W; ++e) {
-        float a = sv[0][tx * W + e];
-        int64_t ai = kMax ? si[0][tx * W + e] : 0;
-        for (int l = 1; l < kColLanes; ++l) {
-          if constexpr (kMax) {
-            if (dev::beats(sv[l][tx * W + e], si[l][tx * W + e], a, ai)) {
-              a = sv[l][tx * W + e];
-              ai = si[l][tx * W + e];
-            }
-          } else {
-            a += sv[l][tx * W + e];
-          }
-        }
-        const int64_t dst = (o * S + s) * K + c0 + e;
-        y[dst] = dev::from_float<TOut>(kMax ? a : a * scale);
-        if constexpr (kMax) y_idx[dst] = ai;
-      }
-    }
-    __syncthreads();  // sv is rewritten by the next unit
   }
 }
 
@@ -269,6 +348,11 @@ __global__ void __launch_bounds__(32 * kRowWarpsPerBlock)
 
 // Blocks that keep an H100/H200 busy with 256-thread blocks: 132 SMs x 8 resident blocks ~ 1024.
 constexpr int64_t kTargetBlocks = 1024;
+// Blocks a column reduction's chunks aim at: about 3 per SM. The column_reduce lab (H200, session 21 run 2, stage 1 of
+// 16384 x 768 and 16384 x 3072 bf16 over S chunks) read 6.5 us at 384 blocks against 7.6 at 768 and 9.5 at 96 for
+// 768 columns, and 28.6 us at 384 against 31-32 at 768-3072 for 3072; fewer chunks are also fewer partial rows for
+// the finish (or the second launch) to add.
+constexpr int64_t kColumnTargetBlocks = 384;
 // A column chunk has at least 64 rows (8 per lane), so its partial row (K floats) is at most 1/64 of the
 // rows it reduces.
 constexpr int64_t kMinColumnChunk = 64;
@@ -305,7 +389,8 @@ void launch_reduce_stage_any_width(const TIn* x, const int64_t* in_idx, TOut* y,
 
 // y (O, K) = scale * sum over R of x (O, R, K), or (max) y = max, y_idx = arg-max (r, or in_idx's entry).
 // Splits R into chunks when (O, K) alone would leave the GPU idle; the chunk results (fp32) live in
-// `scratch` (fewer chunks when it is small). Deterministic: the split depends only on the sizes.
+// `scratch` (fewer chunks when it is small). Deterministic: the split depends only on the sizes. A column sum with
+// scratch.counters adds the chunks' rows in its own last blocks (ColumnFinish), the same bits as a second launch.
 template <class TIn, class TOut, ReduceMode kMode>
 void reduce_axis(const TIn* x,          // (O, R, K)
                  const int64_t* in_idx,  // (O, R, K) or null
@@ -317,7 +402,7 @@ void reduce_axis(const TIn* x,          // (O, R, K)
   if (K == 1) {
     S = std::min(ceil_div(kTargetBlocks * kRowWarpsPerBlock, O), R / kMinRowChunk);
   } else {
-    S = std::min(ceil_div(kTargetBlocks, ceil_div(K, 32 * vec_width<TIn>()) * O), R / kMinColumnChunk);
+    S = std::min(ceil_div(kColumnTargetBlocks, ceil_div(K, 32 * vec_width<TIn>()) * O), R / kMinColumnChunk);
   }
   const int64_t per_partial = sizeof(float) + (kMode == ReduceMode::max ? sizeof(int64_t) : 0);
   // Fewer chunks when the scratch memory is small (512 bytes: the alignment of the two partial arrays).
@@ -329,6 +414,25 @@ void reduce_axis(const TIn* x,          // (O, R, K)
   }
   float* part = scratch.take<float>(O * S * K, "reduce");
   int64_t* part_idx = kMode == ReduceMode::max ? scratch.take<int64_t>(O * S * K, "reduce") : nullptr;
+  if constexpr (kMode == ReduceMode::sum) {
+    // Columns: the last block of each column range adds the partial rows (ColumnFinish), one launch instead of two.
+    constexpr int V = vec_width<TIn>();
+    const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
+    if (K > 1 && scratch.counters && O * ceil_div(K, 32 * W) <= scratch.n_counters) {
+      const ColumnFinish finish{y, scale, scratch.counters};
+      const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
+      if (W == V)
+        column_reduce_kernel<TIn, float, V, kMode, kColUnroll, TOut>
+            <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S,
+                                                                                1.f, finish);
+      else
+        column_reduce_kernel<TIn, float, 1, kMode, kColUnroll, TOut>
+            <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S,
+                                                                                1.f, finish);
+      XF_CUDA_CHECK_LAUNCH("column_reduce (with its finish)");
+      return;
+    }
+  }
   launch_reduce_stage_any_width<TIn, float, kMode>(x, in_idx, part, part_idx, O, R, K, S, 1.f, stream);
   launch_reduce_stage_any_width<float, TOut, kMode>(part, part_idx, y, y_idx, O, S, K, 1, scale, stream);
 }

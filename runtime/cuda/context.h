@@ -56,8 +56,9 @@ class CudaContext final : public DeviceContext {
   size_t workspace_bytes() const { return workspace_bytes_; }
   const DeviceProps& props() const { return props_; }
   // kTileCounterWords u32 of device memory, zero between the kernels that use them on this context's stream: a
-  // persistent kernel's tile counter, which the kernel draws from and resets at its end, and the attention forward's
-  // split-tail counters, each reset by the CTA that counts last (FlashAttentionArgs::tile_counter).
+  // persistent kernel's tile counter, which the kernel draws from and resets at its end, the attention forward's
+  // split-tail counters, each reset by the CTA that counts last (FlashAttentionArgs::tile_counter), and the column
+  // reduction's, one per column range, reset by the block that adds the partial rows (ops/cuda/rowwise.cuh).
   unsigned* tile_counters() const { return tile_counters_; }
   // 2 for the draw, and one per tail tile and consumer warpgroup of the forward's split tail: at most one tail tile a
   // CTA, so 1024 cover three warpgroups on up to 341 SMs (an H200 has 132). 4 KB.

@@ -2,10 +2,11 @@
 // LayerNorm backward's parameter-gradient partial rows), stage by stage. reduce_axis splits the R rows into S chunks
 // (stage 1: fp32 partial rows, S x K), then adds the S rows (stage 2). This lab times each stage on its own for a sweep
 // of S (stage 1 also with 1 and 8 rows' loads in flight per thread, against production's kColUnroll), stage 2 in
-// 16-byte packs (W 4) or scalars (W 1, four times the blocks), both stages back to back, and
-// reduce_axis as production runs it. Cases: GPT-2's bias gradients (16384 x 768 and 16384 x 3072 bf16) and the
-// LayerNorm backward's partial rows (528 x 768 fp32). Every variant's result is checked against a float64 sum on the
-// host (|error| <= 1e-3 relative to the column's sum of |x|: bf16 output rounding), and each line prints the time of
+// 16-byte packs (W 4) or scalars (W 1, four times the blocks), both stages back to back, and reduce_axis both ways:
+// two launches, or one with counters (the last blocks add the partial rows). Cases: GPT-2's bias gradients (16384 x
+// 768, 2304 and 3072 bf16), the LayerNorm backward's partial rows (528 x 768 fp32) and an awkward 1000 x 100 (rows
+// not in 16-byte packs: scalar loads, reduce_axis only). Every variant's result is checked against a float64 sum on
+// the host (|error| <= 1e-3 relative to the column's sum of |x|: bf16 output rounding), and each line prints the time of
 // a call (lab::time_us: batches of back-to-back calls, as in a CUDA graph) and the input's bandwidth. A second of
 // copies runs first, so that the clocks have left idle. (Session 17's run 4 timed single launches, each with about
 // 5 us of launch and event latency: a stage 2 of 24 KB read 7-8 us.)
@@ -82,7 +83,7 @@ int run_case(int64_t R, int64_t K) {
   const double gb = static_cast<double>(R * K * sizeof(TIn)) / 1e9;
   constexpr int W = 16 / sizeof(TIn);
   for (int64_t S : {8, 16, 32, 64, 128, 256}) {
-    if (S > R / 8) continue;
+    if (S > R / 8 || K % W != 0) continue;  // (the sweep's kernels take 16-byte packs)
     const int64_t col_blocks = ceil_div(K, 32 * W), blocks1 = col_blocks * S;
     // Stage 1 with U rows' loads in flight per thread (1: session 20's kernel; kColUnroll: production's).
     auto stage1_u = [&](auto unroll) {
@@ -141,8 +142,33 @@ int run_case(int64_t R, int64_t K) {
   const double prod = ::lab::time_us(nullptr, production);
   check("reduce_axis", production);
   LAB_CHECK(cudaGetLastError());
-  std::printf("%s %s R=%lld K=%lld reduce_axis (production): %.1f us (%.2f TB/s)\n", LAB_NAME, tname,
+  std::printf("%s %s R=%lld K=%lld reduce_axis (two launches): %.1f us (%.2f TB/s)\n", LAB_NAME, tname,
               static_cast<long long>(R), static_cast<long long>(K), prod, gb / prod * 1e3);
+  // With zeroed counters (as the graph kernels pass CudaContext::tile_counters()): the partial rows added by the
+  // last block of each column range, one launch. Checked twice in a row (the counters must be left zero), and
+  // every counter read back as zero at the end.
+  constexpr int64_t kCounters = 1026;
+  lab::DeviceBuffer<unsigned> counters(kCounters);
+  LAB_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
+  auto one_launch = [&] {
+    reduce_axis<TIn, __nv_bfloat16, ReduceMode::sum>(
+        x.get(), nullptr, y.get(), nullptr, 1, R, K, 1.f,
+        Scratch{scratch_mem.get(), scratch_mem.bytes(), counters.get(), kCounters}, nullptr);
+  };
+  check("reduce_axis one launch", one_launch);
+  check("reduce_axis one launch, again", one_launch);
+  const double one = ::lab::time_us(nullptr, one_launch);
+  check("reduce_axis one launch, after the timing", one_launch);
+  std::vector<unsigned> hc(kCounters);
+  LAB_CHECK(cudaMemcpy(hc.data(), counters.get(), counters.bytes(), cudaMemcpyDeviceToHost));
+  if (std::any_of(hc.begin(), hc.end(), [](unsigned c) { return c != 0; })) {
+    std::printf("%s %s R=%lld K=%lld: FAIL (a counter left non-zero)\n", LAB_NAME, tname, static_cast<long long>(R),
+                static_cast<long long>(K));
+    ++fails;
+  }
+  LAB_CHECK(cudaGetLastError());
+  std::printf("%s %s R=%lld K=%lld reduce_axis (one launch, production): %.1f us (%.2f TB/s)\n", LAB_NAME, tname,
+              static_cast<long long>(R), static_cast<long long>(K), one, gb / one * 1e3);
   return fails;
 }
 
@@ -162,7 +188,8 @@ int main() {
       LAB_CHECK(cudaEventElapsedTime(&ms, e0.get(), e1.get()));
     }
   }
-  int fails = run_case<__nv_bfloat16>(16384, 768) + run_case<__nv_bfloat16>(16384, 3072) + run_case<float>(528, 768);
+  int fails = run_case<__nv_bfloat16>(16384, 768) + run_case<__nv_bfloat16>(16384, 2304) +
+              run_case<__nv_bfloat16>(16384, 3072) + run_case<float>(528, 768) + run_case<__nv_bfloat16>(1000, 100);
   std::printf("%s: %s\n", LAB_NAME, fails == 0 ? "all checks passed" : "CHECKS FAILED");
   return fails == 0 ? 0 : 1;
 }
