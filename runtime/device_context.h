@@ -32,6 +32,15 @@ struct MemoryStats {
 
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 
+// One entry of DeviceContext::accumulate_f32_batch: dst[i] (+)= float(src[i]) for i < n, src in src_dtype (a DType).
+struct F32Accumulation {
+  const void* src;
+  float* dst;
+  uint64_t n;
+  uint32_t src_dtype;  // static_cast<uint32_t>(DType): f32, f16 or bf16
+  uint32_t unused;
+};
+
 class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
  public:
   virtual ~DeviceContext() = default;
@@ -47,6 +56,8 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   // straight from a 16-bit gradient (mixed precision: the cast to f32 and the add in one pass). overwrite:
   // dst[i] = float(src[i]), dst not read (a run's only gradient of a slot, Executor's grads_overwrite).
   virtual void accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite) = 0;
+  // accumulate_f32 for `count` entries of a table in device memory, in one launch; max_n bounds their n.
+  virtual void accumulate_f32_batch(const F32Accumulation* table, size_t count, size_t max_n, bool overwrite) = 0;
   // Converting copy of n contiguous elements between floating dtypes (f32/f16/bf16) on the device.
   virtual void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) = 0;
   // Waits for everything issued on the stream; rethrows an asynchronous kernel error with its name.

@@ -157,6 +157,24 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     if (mirror_dtype != DType::f32 && opt_.allocate)
       param_mirror_ = Tensor::empty({static_cast<int64_t>(store_->flat_size())}, mirror_dtype, opt_.device_ctx.get());
   }
+  // Small gradients on a device (biases, norm weights: at most kBatchedGradMaxElems elements) are not written into
+  // their slots by a launch each where they are computed: their sources stay live to the end of the run, where one
+  // launch writes them all (accumulate_f32_batch; GPT-2: 122 of its 196 slots).
+  if (opt_.device_ctx)
+    for (auto& st : schedule_) {
+      st.grad_batched.assign(st.out.size(), false);
+      for (size_t k = 0; k < st.out.size(); ++k) {
+        const int slot = st.grad_slot_out[k];
+        if (slot < 0 || store_->slots()[static_cast<size_t>(slot)].numel > kBatchedGradMaxElems) continue;
+        const int src = st.grad_cast_accumulate ? st.in[0] : st.out[k];
+        // (a view keeps its whole root live: only of a small one, as the packed biases' gradient of 3 slots)
+        const int root = view_root_[static_cast<size_t>(src)];
+        if (numel_of(g.value(root).meta.shape) > 4 * static_cast<int64_t>(kBatchedGradMaxElems)) continue;
+        st.grad_batched[k] = true;
+        batched_grads_.push_back({src, slot});
+        last_use[static_cast<size_t>(view_root_[static_cast<size_t>(src)])] = INT_MAX;
+      }
+    }
   // Optional outputs (Op::output_optional) that no node reads and the executor does not hand out: no buffer, and
   // the kernel gets an undefined tensor (flash_attention's lse in inference).
   for (const auto& st : schedule_) {
@@ -257,6 +275,21 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       if (r != out && tensors_[static_cast<size_t>(r)].defined())
         tensors_[static_cast<size_t>(out)] = view_of_root(out);
     }
+  if (!batched_grads_.empty()) {  // the batched gradients' table, in device memory (its addresses are fixed now)
+    for (const auto& [src, slot] : batched_grads_) {
+      const Tensor& t = tensors_[static_cast<size_t>(src)];
+      XF_CHECK(t.defined() && t.is_contiguous(), "executor", "the gradient '", g.value(src).name,
+               "' has no contiguous buffer of its own to batch");
+      const ParamSlot& ps = store_->slots()[static_cast<size_t>(slot)];
+      batched_grad_entries_.push_back(
+          F32Accumulation{t.raw_data(), store_->grads() + ps.offset, ps.numel, static_cast<uint32_t>(t.dtype()), 0});
+      batched_grad_max_n_ = std::max(batched_grad_max_n_, ps.numel);
+    }
+    const size_t bytes = batched_grad_entries_.size() * sizeof(F32Accumulation);
+    batched_grad_table_ = Tensor::empty({static_cast<int64_t>(bytes)}, DType::u8, opt_.device_ctx.get());
+    opt_.device_ctx->copy(batched_grad_table_.raw_data(), batched_grad_entries_.data(), bytes, CopyKind::host_to_device);
+    opt_.device_ctx->synchronize();  // (the host entries may change no more, but the copy reads them now)
+  }
 }
 
 void Executor::bind(Value input, const Tensor& t) {
@@ -413,12 +446,17 @@ void Executor::enqueue() {
       }
     }
     for (size_t k = 0; k < s.out.size(); ++k)
-      if (s.grad_slot_out[k] >= 0)
+      if (s.grad_slot_out[k] >= 0 && !(k < s.grad_batched.size() && s.grad_batched[k]))
         profiled("gradient into its f32 slot", [&] {
           accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k],
                           store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
         });
   }
+  if (!batched_grad_entries_.empty())
+    profiled("small gradients into their f32 slots", [&] {
+      opt_.device_ctx->accumulate_f32_batch(static_cast<const F32Accumulation*>(batched_grad_table_.raw_data()),
+                                            batched_grad_entries_.size(), batched_grad_max_n_, opt_.grads_overwrite);
+    });
   collect_profile();  // the run's events (their memory is not held from run to run)
 }
 

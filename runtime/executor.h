@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/autodiff.h"
+#include "runtime/device_context.h"
 #include "runtime/graph.h"
 #include "runtime/kernel_registry.h"
 #include "runtime/logging.h"
@@ -111,7 +112,19 @@ class Executor {
     // is its parameter's gradient slot, accumulated straight from the 16-bit input (no kernel, no buffer).
     bool mirror_cast = false;
     bool grad_cast_accumulate = false;
+    std::vector<bool> grad_batched;  // per output (device): its gradient is written by the run's batched launch
   };
+  // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
+  // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).
+  static constexpr size_t kBatchedGradMaxElems = 16384;
+  struct BatchedGrad {
+    int src;   // the gradient's value id (live to the end of the run)
+    int slot;  // its slot in the store
+  };
+  std::vector<BatchedGrad> batched_grads_;
+  std::vector<F32Accumulation> batched_grad_entries_;  // their table (host copy)
+  Tensor batched_grad_table_;                          // ... and on the device
+  size_t batched_grad_max_n_ = 0;
   Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
   void accumulate_grad(const Tensor& g, const ParamSlot& slot);  // += or, with grads_overwrite, =
   std::vector<int> unwritten_grad_slots_;  // grads_overwrite: slots no scheduled node writes, zeroed by each run

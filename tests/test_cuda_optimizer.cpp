@@ -568,6 +568,9 @@ class ForeignContext final : public DeviceContext {
   void copy(void*, const void*, size_t, CopyKind) override { throw Error("foreign", "copy called"); }
   void memset_zero(void*, size_t) override { throw Error("foreign", "memset_zero called"); }
   void accumulate_f32(float*, const void*, DType, size_t, bool) override { throw Error("foreign", "add called"); }
+  void accumulate_f32_batch(const F32Accumulation*, size_t, size_t, bool) override {
+    throw Error("foreign", "batched add called");
+  }
   void convert(void*, DType, const void*, DType, size_t) override { throw Error("foreign", "convert called"); }
   void synchronize() override {}
   MemoryStats memory_stats() const override { return {}; }

@@ -106,10 +106,12 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
     Graph g;
-    Value x = g.input("x", TensorMeta{{33, 31}, dt});
-    Value w1 = g.param("w1", {31, 17}), w2 = g.param("w2", {17});  // 17: a slot that is not a multiple of 16
-    Value h = matmul(x, cast(w1, dt, "w1_cast"), false, false, "h");            // (33, 17)
-    Value y = cast(add(h, cast(w2, dt, "w2_cast"), "y"), DType::f32, "y_f32");  // (33, 17)
+    Value x = g.input("x", TensorMeta{{33, 131}, dt});
+    // w1: 16899 elements, past Executor::kBatchedGradMaxElems (its gradient is written by a launch of its own); w2: 129,
+    // a slot that is not a multiple of 16 (written by the run's batched launch).
+    Value w1 = g.param("w1", {131, 129}), w2 = g.param("w2", {129});
+    Value h = matmul(x, cast(w1, dt, "w1_cast"), false, false, "h");            // (33, 129)
+    Value y = cast(add(h, cast(w2, dt, "w2_cast"), "y"), DType::f32, "y_f32");  // (33, 129)
     Value loss = reduce_sum(y, {}, false, "loss");
     Gradients grads = gradients(loss, Value{});
     std::vector<std::vector<double>> results[4];
@@ -121,10 +123,10 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
       opt.fuse_param_casts = fused;
       opt.grads_overwrite = overwrite;
       auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
-      store->param("w1").copy_from(random_tensor({31, 17}, 5, -1, 1));
-      store->param("w2").copy_from(random_tensor({17}, 6, -1, 1));
+      store->param("w1").copy_from(random_tensor({131, 129}, 5, -1, 1));
+      store->param("w2").copy_from(random_tensor({129}, 6, -1, 1));
       Executor ex(g, {y}, grads, store, opt);
-      ex.bind(x, random_tensor({33, 31}, 7, -1, 1).to(dt));
+      ex.bind(x, random_tensor({33, 131}, 7, -1, 1).to(dt));
       const std::vector<float> poison(store->flat_size(), std::nanf(""));
       for (int run = 0; run < 2; ++run) {
         if (overwrite) opt.device_ctx->copy(store->grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
@@ -133,7 +135,7 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
         results[way].push_back(ex.get(y).to_doubles());
         results[way].push_back(store->grad("w1").to_doubles());
         results[way].push_back(store->grad("w2").to_doubles());
-        store->param("w1").copy_from(random_tensor({31, 17}, 8 + run, -1, 1));  // an "update"
+        store->param("w1").copy_from(random_tensor({131, 129}, 8 + run, -1, 1));  // an "update"
       }
       opt.device_ctx->synchronize();  // (the poison's host memory)
     }

@@ -353,6 +353,7 @@ constexpr int64_t kTargetBlocks = 1024;
 // 768 columns, and 28.6 us at 384 against 31-32 at 768-3072 for 3072; fewer chunks are also fewer partial rows for
 // the finish (or the second launch) to add.
 constexpr int64_t kColumnTargetBlocks = 384;
+constexpr int64_t kMaxFinishChunks = 64;
 // A column chunk has at least 64 rows (8 per lane), so its partial row (K floats) is at most 1/64 of the
 // rows it reduces.
 constexpr int64_t kMinColumnChunk = 64;
@@ -404,6 +405,11 @@ void reduce_axis(const TIn* x,          // (O, R, K)
   } else {
     S = std::min(ceil_div(kColumnTargetBlocks, ceil_div(K, 32 * vec_width<TIn>()) * O), R / kMinColumnChunk);
   }
+  // With the finish in the last blocks (a column sum with counters), at most kMaxFinishChunks partial rows: the
+  // finishing block adds them for 32 x 16 bytes of columns while the rest of the GPU idles (lab, session 21 run 3:
+  // 16384 x 768 bf16 at S = 128 read 10.9 us in one launch, 10.2 in two, whose second stage spreads those rows over
+  // twice the blocks).
+  if (kMode == ReduceMode::sum && K > 1 && scratch.counters) S = std::min(S, kMaxFinishChunks);
   const int64_t per_partial = sizeof(float) + (kMode == ReduceMode::max ? sizeof(int64_t) : 0);
   // Fewer chunks when the scratch memory is small (512 bytes: the alignment of the two partial arrays).
   const int64_t usable = scratch.bytes > 512 ? static_cast<int64_t>(scratch.bytes - 512) : 0;

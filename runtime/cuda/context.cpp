@@ -106,6 +106,10 @@ void CudaContext::accumulate_f32(float* dst, const void* src, DType src_dtype, s
   launch_accumulate_f32(dst, src, src_dtype, n, overwrite, stream_);
 }
 
+void CudaContext::accumulate_f32_batch(const F32Accumulation* table, size_t count, size_t max_n, bool overwrite) {
+  launch_accumulate_f32_batch(table, count, max_n, overwrite, stream_);
+}
+
 void CudaContext::convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) {
   launch_convert(dst, dst_dtype, src, src_dtype, n, stream_);
 }

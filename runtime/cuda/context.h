@@ -39,6 +39,7 @@ class CudaContext final : public DeviceContext {
   void copy(void* dst, const void* src, size_t bytes, CopyKind kind) override;
   void memset_zero(void* dst, size_t bytes) override;
   void accumulate_f32(float* dst, const void* src, DType src_dtype, size_t n, bool overwrite) override;
+  void accumulate_f32_batch(const F32Accumulation* table, size_t count, size_t max_n, bool overwrite) override;
   void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) override;
   void synchronize() override;
   MemoryStats memory_stats() const override;

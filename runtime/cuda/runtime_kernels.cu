@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "ops/cuda/device/types.cuh"
 #include "ops/cuda/device/vec.cuh"
 #include "runtime/cuda/check.h"
@@ -59,6 +61,23 @@ __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__
   for (size_t j = done + i; j < n; j += stride) dst[j] = (kAdd ? dst[j] : 0.f) + dev::to_float<S>(src[j]);
 }
 
+// Entry blockIdx.y of the table: dst[i] (+)= float(src[i]), a grid-stride loop over its n (small gradients: scalar
+// accesses, the launch is what this saves).
+template <bool kAdd>
+__global__ void accumulate_batch_kernel(const F32Accumulation* __restrict__ table) {
+  const F32Accumulation e = table[blockIdx.y];
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < e.n; i += stride) {
+    float v;
+    switch (static_cast<DType>(e.src_dtype)) {
+      case DType::bf16: v = dev::to_float(static_cast<const __nv_bfloat16*>(e.src)[i]); break;
+      case DType::f16: v = dev::to_float(static_cast<const __half*>(e.src)[i]); break;
+      default: v = static_cast<const float*>(e.src)[i]; break;
+    }
+    e.dst[i] = (kAdd ? e.dst[i] : 0.f) + v;
+  }
+}
+
 template <class S, class D>
 __global__ void convert_kernel(D* __restrict__ dst, const S* __restrict__ src, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
@@ -105,6 +124,17 @@ void launch_accumulate_f32(float* dst, const void* src, DType src_dtype, size_t 
   if (overwrite) launch_f32_write<false>(dst, src, src_dtype, n, stream);
   else launch_f32_write<true>(dst, src, src_dtype, n, stream);
   XF_CUDA_CHECK_LAUNCH("accumulate_f32");
+}
+
+void launch_accumulate_f32_batch(const F32Accumulation* table, size_t count, size_t max_n, bool overwrite,
+                                 CUstream_st* stream) {
+  if (count == 0 || max_n == 0) return;
+  XF_CHECK(count <= 65535, "accumulate_f32_batch", count, " entries: at most 65535 (the grid's y)");
+  const dim3 grid(static_cast<unsigned>(std::min<size_t>((max_n + kThreads - 1) / kThreads, 64)),
+                  static_cast<unsigned>(count));
+  if (overwrite) accumulate_batch_kernel<false><<<grid, kThreads, 0, stream>>>(table);
+  else accumulate_batch_kernel<true><<<grid, kThreads, 0, stream>>>(table);
+  XF_CUDA_CHECK_LAUNCH("accumulate_f32_batch");
 }
 
 void launch_convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n, CUstream_st* stream) {
