@@ -154,18 +154,66 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       st.kernel = nullptr;
       unmaterialized[static_cast<size_t>(st.out[0])] = true;
     }
+    // A parameter read through two casts (a tied embedding: the lookup's and the output layer's) gets the sum of two
+    // 16-bit gradients, each cast to f32 and then added. With grads_overwrite both casts fold into the slot instead
+    // (the first write stores, the second adds: the same f32 addition), and the add and the f32 copies go (GPT-2's
+    // 50304 x 768 embedding: two casts and an add over 155 MB f32 tensors).
+    std::vector<int> readers(static_cast<size_t>(nv), 0);
+    for (const auto& st : schedule_)
+      for (int in : st.in) ++readers[static_cast<size_t>(in)];
+    std::vector<int> producer_step(static_cast<size_t>(nv), -1);
+    for (size_t i = 0; i < schedule_.size(); ++i)
+      for (int o : schedule_[i].out) producer_step[static_cast<size_t>(o)] = static_cast<int>(i);
+    const auto folds_into_slot = [&](int v) {  // v: a gradient cast to f32 that only the add reads
+      if (!opt_.grads_overwrite) return false;  // (adding both into a running sum would round differently)
+      const int p = producer_step[static_cast<size_t>(v)];
+      if (p < 0 || readers[static_cast<size_t>(v)] != 1 || is_output[static_cast<size_t>(v)]) return false;
+      const Step& c = schedule_[static_cast<size_t>(p)];
+      if (!c.kernel || g.node(c.node).op->name() != "cast" || c.in.size() != 1) return false;
+      const DType from = g.value(c.in[0]).meta.dtype;
+      return (from == DType::bf16 || from == DType::f16) && g.value(v).meta.dtype == DType::f32;
+    };
+    for (auto& st : schedule_) {
+      const Node& node = g.node(st.node);
+      if (!st.kernel || node.op->name() != "binary" || node.op->attrs() != "add" || st.in.size() != 2 ||
+          st.out.size() != 1 || st.grad_slot_out[0] < 0 || st.in[0] == st.in[1] ||
+          read_by_node[static_cast<size_t>(st.out[0])] || is_output[static_cast<size_t>(st.out[0])] ||
+          !(g.value(st.in[0]).meta == g.value(st.out[0]).meta) || !(g.value(st.in[1]).meta == g.value(st.out[0]).meta) ||
+          !folds_into_slot(st.in[0]) || !folds_into_slot(st.in[1]))
+        continue;
+      for (int in : st.in) {
+        Step& c = schedule_[static_cast<size_t>(producer_step[static_cast<size_t>(in)])];
+        c.grad_cast_accumulate = true;
+        c.grad_slot_out[0] = st.grad_slot_out[0];
+        c.kernel = nullptr;
+        unmaterialized[static_cast<size_t>(c.out[0])] = true;
+      }
+      st.grad_slot_out[0] = -1;
+      st.kernel = nullptr;
+      unmaterialized[static_cast<size_t>(st.out[0])] = true;
+    }
     if (mirror_dtype != DType::f32 && opt_.allocate)
       param_mirror_ = Tensor::empty({static_cast<int64_t>(store_->flat_size())}, mirror_dtype, opt_.device_ctx.get());
   }
+  // Which write of a slot comes first in a run (grads_overwrite: it stores, any later one adds), and how many there are.
+  std::vector<int> writes(store_->slots().size(), 0);
+  for (auto& st : schedule_) {
+    st.grad_first_write.assign(st.out.size(), false);
+    for (size_t k = 0; k < st.out.size(); ++k)
+      if (const int slot = st.grad_slot_out[k]; slot >= 0) st.grad_first_write[k] = writes[static_cast<size_t>(slot)]++ == 0;
+  }
   // Small gradients on a device (biases, norm weights: at most kBatchedGradMaxElems elements) are not written into
   // their slots by a launch each where they are computed: their sources stay live to the end of the run, where one
-  // launch writes them all (accumulate_f32_batch; GPT-2: 122 of its 196 slots).
+  // launch writes them all (accumulate_f32_batch; GPT-2: 122 of its 196 slots). Only slots written once a run: the
+  // batch's entries run in parallel.
   if (opt_.device_ctx)
     for (auto& st : schedule_) {
       st.grad_batched.assign(st.out.size(), false);
       for (size_t k = 0; k < st.out.size(); ++k) {
         const int slot = st.grad_slot_out[k];
-        if (slot < 0 || store_->slots()[static_cast<size_t>(slot)].numel > kBatchedGradMaxElems) continue;
+        if (slot < 0 || store_->slots()[static_cast<size_t>(slot)].numel > kBatchedGradMaxElems ||
+            writes[static_cast<size_t>(slot)] != 1)
+          continue;
         const int src = st.grad_cast_accumulate ? st.in[0] : st.out[k];
         // (a view keeps its whole root live: only of a small one, as the packed biases' gradient of 3 slots)
         const int root = view_root_[static_cast<size_t>(src)];
@@ -316,9 +364,9 @@ void Executor::bind(const std::string& input_name, const Tensor& t) {
   bind(v, t);
 }
 
-void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot) {
+void Executor::accumulate_grad(const Tensor& gt, const ParamSlot& slot, bool first_write) {
   float* dst = store_->grads() + slot.offset;
-  const bool overwrite = opt_.grads_overwrite;
+  const bool overwrite = opt_.grads_overwrite && first_write;
   if (opt_.device_ctx) {
     opt_.device_ctx->accumulate_f32(dst, gt.raw_data(), gt.dtype(), slot.numel, overwrite);
     return;
@@ -449,7 +497,7 @@ void Executor::enqueue() {
       if (s.grad_slot_out[k] >= 0 && !(k < s.grad_batched.size() && s.grad_batched[k]))
         profiled("gradient into its f32 slot", [&] {
           accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k],
-                          store_->slots()[static_cast<size_t>(s.grad_slot_out[k])]);
+                          store_->slots()[static_cast<size_t>(s.grad_slot_out[k])], s.grad_first_write[k]);
         });
   }
   if (!batched_grad_entries_.empty())

@@ -48,7 +48,8 @@ struct ExecutorOptions {
   // parameters changed any other way (initial values, a loaded checkpoint).
   bool param_mirror_by_caller = false;
   // Each run stores its parameter gradients instead of adding them to the store's: a slot's gradient (one value a
-  // run: autodiff sums a parameter's paths) is converted into it, and a slot no node writes is zeroed. A training
+  // run: autodiff sums a parameter's paths; where the executor folds such a sum into the slot, its first part is
+  // stored and the rest added) is converted into it, and a slot no node writes is zeroed. A training
   // step without gradient accumulation then needs no zero_grads(): one pass over the f32 gradients less, and the
   // gradient's own pass writes f32 without reading it.
   bool grads_overwrite = false;
@@ -113,6 +114,7 @@ class Executor {
     bool mirror_cast = false;
     bool grad_cast_accumulate = false;
     std::vector<bool> grad_batched;  // per output (device): its gradient is written by the run's batched launch
+    std::vector<bool> grad_first_write;  // per output: the run's first write of its slot
   };
   // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
   // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).
@@ -126,7 +128,8 @@ class Executor {
   Tensor batched_grad_table_;                          // ... and on the device
   size_t batched_grad_max_n_ = 0;
   Tensor& tensor(int value_id) { return tensors_[static_cast<size_t>(value_id)]; }
-  void accumulate_grad(const Tensor& g, const ParamSlot& slot);  // += or, with grads_overwrite, =
+  // += or, with grads_overwrite and the run's first write of the slot, =
+  void accumulate_grad(const Tensor& g, const ParamSlot& slot, bool first_write);
   std::vector<int> unwritten_grad_slots_;  // grads_overwrite: slots no scheduled node writes, zeroed by each run
 
   Graph& g_;

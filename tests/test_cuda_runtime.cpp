@@ -111,7 +111,10 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
     // a slot that is not a multiple of 16 (written by the run's batched launch).
     Value w1 = g.param("w1", {131, 129}), w2 = g.param("w2", {129});
     Value h = matmul(x, cast(w1, dt, "w1_cast"), false, false, "h");            // (33, 129)
-    Value y = cast(add(h, cast(w2, dt, "w2_cast"), "y"), DType::f32, "y_f32");  // (33, 129)
+    // w2 read through two casts, as a tied embedding: with grads_overwrite its two f32 gradients fold into the slot
+    // (stored, then added) instead of an add of two f32 casts.
+    Value y2 = add(add(h, cast(w2, dt, "w2_cast"), "y1"), cast(w2, dt, "w2_cast_again"), "y2");  // (33, 129)
+    Value y = cast(y2, DType::f32, "y_f32");
     Value loss = reduce_sum(y, {}, false, "loss");
     Gradients grads = gradients(loss, Value{});
     std::vector<std::vector<double>> results[4];
