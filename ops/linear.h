@@ -49,6 +49,7 @@ class LinearWeightGradOp final : public Op {
  public:
   std::string name() const override { return "linear_weight_grad"; }
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // (g, x) -> (dw, db)
+  bool stores_f32(int) const override { return true; }  // CUDA: the GEMM's f32 C and an f32 column sum
 };
 
 struct LinearWeightGrads {

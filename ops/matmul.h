@@ -16,6 +16,7 @@ class MatMulOp final : public Op {
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   std::vector<Value> backward(const BackwardContext& ctx) const override;
   bool writes_padded_rows(int) const override { return true; }  // the CUDA kernel's ldc is C's row stride
+  bool stores_f32(int) const override { return true; }          // cuBLASLt's f32 C from 16-bit A and B
   bool trans_a, trans_b;
 };
 

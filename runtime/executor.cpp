@@ -132,6 +132,12 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (int in : st.in) read_by_node[static_cast<size_t>(in)] = true;
   for (int o : outputs_) is_output[static_cast<size_t>(o)] = true;
   std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
+  std::vector<int> readers(static_cast<size_t>(nv), 0);        // per value: scheduled steps that read it
+  std::vector<int> producer_step(static_cast<size_t>(nv), -1);  // per value: the step that writes it
+  for (size_t i = 0; i < schedule_.size(); ++i) {
+    for (int in : schedule_[i].in) ++readers[static_cast<size_t>(in)];
+    for (int o : schedule_[i].out) producer_step[static_cast<size_t>(o)] = static_cast<int>(i);
+  }
   if (opt_.device_ctx && opt_.fuse_param_casts) {
     DType mirror_dtype = DType::f32;
     for (auto& st : schedule_) {
@@ -158,12 +164,6 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     // 16-bit gradients, each cast to f32 and then added. With grads_overwrite both casts fold into the slot instead
     // (the first write stores, the second adds: the same f32 addition), and the add and the f32 copies go (GPT-2's
     // 50304 x 768 embedding: two casts and an add over 155 MB f32 tensors).
-    std::vector<int> readers(static_cast<size_t>(nv), 0);
-    for (const auto& st : schedule_)
-      for (int in : st.in) ++readers[static_cast<size_t>(in)];
-    std::vector<int> producer_step(static_cast<size_t>(nv), -1);
-    for (size_t i = 0; i < schedule_.size(); ++i)
-      for (int o : schedule_[i].out) producer_step[static_cast<size_t>(o)] = static_cast<int>(i);
     const auto folds_into_slot = [&](int v) {  // v: a gradient cast to f32 that only the add reads
       if (!opt_.grads_overwrite) return false;  // (adding both into a running sum would round differently)
       const int p = producer_step[static_cast<size_t>(v)];
@@ -202,6 +202,24 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (size_t k = 0; k < st.out.size(); ++k)
       if (const int slot = st.grad_slot_out[k]; slot >= 0) st.grad_first_write[k] = writes[static_cast<size_t>(slot)]++ == 0;
   }
+  // Mixed precision on a device: a 16-bit gradient that only its slot's cast reads, written by an op that can store
+  // f32 (Op::stores_f32: the weight-gradient GEMMs), is written by that op into the f32 slot itself when that is the
+  // slot's first write of a run (grads_overwrite): no 16-bit buffer, no conversion launch, and no rounding to 16 bits.
+  std::vector<int> f32_slot_of(static_cast<size_t>(nv), -1);  // per value: the slot its producer writes in f32
+  if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite)
+    for (auto& c : schedule_) {
+      if (!c.grad_cast_accumulate || c.grad_slot_out[0] < 0 || !c.grad_first_write[0]) continue;
+      const int v = c.in[0], p = producer_step[static_cast<size_t>(v)];
+      if (p < 0 || readers[static_cast<size_t>(v)] != 1 || is_output[static_cast<size_t>(v)] ||
+          view_root_[static_cast<size_t>(v)] != v || !schedule_[static_cast<size_t>(p)].kernel)
+        continue;
+      const Step& ps = schedule_[static_cast<size_t>(p)];
+      const int k = static_cast<int>(std::find(ps.out.begin(), ps.out.end(), v) - ps.out.begin());
+      if (!g.node(ps.node).op->stores_f32(k)) continue;
+      f32_slot_of[static_cast<size_t>(v)] = c.grad_slot_out[0];
+      c.grad_slot_out[0] = -1;  // the producer writes the slot; the cast step has nothing left to do
+      unmaterialized[static_cast<size_t>(v)] = true;
+    }
   // Small gradients on a device (biases, norm weights: at most kBatchedGradMaxElems elements) are not written into
   // their slots by a launch each where they are computed: their sources stay live to the end of the run, where one
   // launch writes them all (accumulate_f32_batch; GPT-2: 122 of its 196 slots). Only slots written once a run: the
@@ -298,6 +316,9 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       tensors_[static_cast<size_t>(v)] =
           tensors_[static_cast<size_t>(v)].slice(static_cast<int64_t>(m.shape.size()) - 1, 0, m.shape.back());
   }
+  for (int v = 0; v < nv; ++v)  // gradients their producers write into the f32 slots (Op::stores_f32)
+    if (const int slot = f32_slot_of[static_cast<size_t>(v)]; slot >= 0)
+      tensors_[static_cast<size_t>(v)] = store_->grad(store_->slots()[static_cast<size_t>(slot)].name);
   for (const auto& st : schedule_)  // the parameter casts' outputs: views of the mirror
     if (st.mirror_cast) {
       const auto& m = g.value(st.out[0]).meta;

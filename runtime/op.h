@@ -55,6 +55,11 @@ class Op {
   // it out allocates nothing for it and passes an undefined Tensor in its place (flash_attention's lse in an
   // inference graph: cuDNN then runs its forward without the statistics, as torch's inference SDPA does).
   virtual bool output_optional(int output) const { return false; }
+  // Whether this op's device kernels, given 16-bit inputs, can write output `output` as f32 (their fp32 sums stored
+  // without the rounding to the 16-bit dtype) when the tensor passed for it is f32: a device executor hands them a
+  // parameter's f32 gradient slot in place of a 16-bit gradient that only that slot's cast reads (mixed precision:
+  // a weight gradient GEMM then writes the slot itself; see Executor).
+  virtual bool stores_f32(int output) const { return false; }
   // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
   // node its own slice of the per-step stream.
   virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }

@@ -101,7 +101,8 @@ XF_CUDA_TEST_CASE("cuda: cast kernel matches the host conversion") {
 // parameters, gradients accumulated straight from 16 bits) give the per-cast kernels' outputs and
 // gradients bit for bit, over two runs (the mirror is refreshed every run) with a parameter update between.
 // Either way also with grads_overwrite, the gradients poisoned (NaN) before each run instead of zeroed: the
-// stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros.
+// stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros, except where the
+// fused way lets a weight-gradient GEMM write the f32 slot itself (within a 16-bit rounding).
 XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel per parameter, bit for bit") {
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
@@ -145,7 +146,24 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
     for (int way = 1; way < 4; ++way) {
       CAPTURE(way);
       REQUIRE(results[0].size() == results[way].size());
-      for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[way][k]);
+      for (size_t k = 0; k < results[0].size(); ++k) {
+        CAPTURE(k);
+        // Fused with grads_overwrite, w1's weight gradient GEMM writes its f32 slot itself (Op::stores_f32): its fp32
+        // sums, not their 16-bit rounding, so within one rounding (2^-8 relative for bf16, 2^-11 for f16) of the others.
+        if (way == 3 && k % 3 == 1) {
+          const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
+          std::vector<double> scaled(results[0][k].size());
+          for (size_t i = 0; i < scaled.size(); ++i) scaled[i] = std::abs(results[0][k][i]) * u;
+          bool differs = false;
+          for (size_t i = 0; i < scaled.size(); ++i) {
+            CHECK(std::abs(results[way][k][i] - results[0][k][i]) <= scaled[i]);
+            differs |= results[way][k][i] != results[0][k][i];
+          }
+          CHECK(differs);  // the unrounded sums did reach the slot
+        } else {
+          CHECK(results[0][k] == results[way][k]);
+        }
+      }
     }
   }
 }

@@ -8,6 +8,7 @@
 #include "ops/bias_add.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/rowwise.cuh"
 #include "ops/linear.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
@@ -83,6 +84,36 @@ void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<
   split();
 }
 
+// linear_weight_grad with outputs in f32 (LinearWeightGradOp::stores_f32: the executor's gradient slots), either or
+// both, from 16-bit g and x: dw by the GEMM with an f32 C (or 16-bit), db by the column sum into f32 (or 16-bit),
+// each fp32 sum stored without the 16-bit rounding. (The split way: an f32 bias gradient from cuBLASLt's BGRAD
+// epilogue is not used.)
+void weight_grad_f32_outputs(const KernelContext& ctx, const Tensor& g, const Tensor& x, const Tensor& dw,
+                             const Tensor& db) {
+  const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
+  CudaContext& cc = context_of(ctx);
+  if (M > 0 && K > 0) {
+    GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), dw.raw_data());
+    a.out_dtype = dw.dtype();
+    gemm(cc, a);
+  } else if (dw.numel() > 0) {
+    Tensor(dw).fill(0.0);  // a sum over no rows
+  }
+  if (M == 0) {
+    Tensor(db).fill(0.0);
+    return;
+  }
+  const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.tile_counters(), CudaContext::kTileCounterWords};
+  XF_CUDA_DISPATCH_FLOAT(g.dtype(), "linear_weight_grad", T, {
+    const T* gp = static_cast<const T*>(g.raw_data());
+    if (db.dtype() == DType::f32)
+      reduce_axis<T, float, ReduceMode::sum>(gp, nullptr, db.data<float>(), nullptr, 1, M, N, 1.f, scratch, cc.stream());
+    else
+      reduce_axis<T, T, ReduceMode::sum>(gp, nullptr, static_cast<T*>(db.raw_data()), nullptr, 1, M, N, 1.f, scratch,
+                                         cc.stream());
+  });
+}
+
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a: the row
 // sums of op(A) = gᵀ), or split: the plain GEMM, then the reduce kernel (gemm_fused_or_split picks the faster).
 void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
@@ -90,6 +121,8 @@ void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::v
   const Tensor &g = in[0], &x = in[1];
   const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
   if (N == 0) return;
+  if (out[0].dtype() != g.dtype() || out[1].dtype() != g.dtype())  // f32 outputs from 16-bit g, x (stores_f32)
+    return weight_grad_f32_outputs(ctx, g, x, out[0], out[1]);
   const KernelRegistry& reg = KernelRegistry::builtin();
   const auto split = [&] {
     reg.get("matmul", ctx.device)(MatMulOp(true, false), ctx, {g, x}, {out[0]});
