@@ -112,11 +112,6 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
         def_step[r] = 0;
       }
 
-  // Mixed precision on a device: the per-parameter casts of the forward (f32 -> the compute dtype) become
-  // views of one 16-bit mirror of the flat parameter buffer, filled by a single conversion at the start of
-  // each run (one launch instead of one per parameter; once in all with constant_params), and each
-  // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
-  // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
   // grads_overwrite: the slots no scheduled node writes (zeroed by each run instead).
   if (opt_.grads_overwrite) {
     std::vector<bool> written(store_->slots().size(), false);
@@ -126,6 +121,11 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     for (size_t i = 0; i < written.size(); ++i)
       if (!written[i]) unwritten_grad_slots_.push_back(static_cast<int>(i));
   }
+  // Mixed precision on a device: the per-parameter casts of the forward (f32 -> the compute dtype) become
+  // views of one 16-bit mirror of the flat parameter buffer, filled by a single conversion at the start of
+  // each run (one launch instead of one per parameter; once in all with constant_params), and each
+  // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
+  // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
   // Which values a scheduled node reads, and which the executor hands out (the layouts below, the inputs' use).
   std::vector<bool> read_by_node(static_cast<size_t>(nv), false), is_output(static_cast<size_t>(nv), false);
   for (const auto& st : schedule_)
