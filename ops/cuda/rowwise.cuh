@@ -100,7 +100,7 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
 struct Scratch {
   void* ptr = nullptr;
   size_t bytes = 0;
-  // Zeroed device counters a launch may use and must leave zeroed (CudaContext::sync_counters), or null: the column
+  // Zeroed device counters a launch may use and must leave zeroed (CudaContext::tile_counters), or null: the column
   // reduction then adds its partial rows in a second launch instead of in its last blocks.
   unsigned* counters = nullptr;
   int64_t n_counters = 0;
@@ -139,6 +139,7 @@ constexpr int kColLanes = 8;  // 8 row lanes x 32 packs = 256 threads: one row o
 constexpr int kColUnroll = 4;  // rows a lane loads before adding: 4 x 16 bytes in flight, 16 registers of data
 
 // Shared memory of a column unit: the lanes' partial sums (and arg-max indices), for up to 32 packs of 8 columns.
+// 24 KB a block (sums carry the unused index array too): 8 resident 256-thread blocks still fit an SM's 228 KB.
 struct ColumnSmem {
   float v[kColLanes][32 * 8];
   int64_t i[kColLanes][32 * 8];  // max only
@@ -167,6 +168,7 @@ __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, co
                                                    TOut* __restrict__ y, int64_t* __restrict__ y_idx, int64_t o,
                                                    int64_t s, int64_t cb, int64_t R, int64_t K, int64_t S, float scale,
                                                    ColumnSmem& sm) {
+  static_assert(W <= 8, "ColumnSmem holds 32 packs of at most 8 columns");
   constexpr bool kMax = kMode == ReduceMode::max;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t r0 = R * s / S, r1 = R * (s + 1) / S;
@@ -245,7 +247,7 @@ __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, co
 // chunk's fp32 partial row for (o, cb) counts itself in counters[o * col_blocks + cb] (after a fence that makes the
 // row visible); the block that counts last adds the S partial rows of those columns, exactly as the second stage's
 // launch would (the same units: 8 lanes over the rows, combined in lane order), so the result has the same bits, and
-// sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::sync_counters).
+// sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::tile_counters).
 struct ColumnFinish {
   void* y = nullptr;             // (O, K) in the final dtype
   float scale = 1.f;             // the final sums' factor (the partial rows are plain sums)
