@@ -127,17 +127,16 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // backward cast of a 16-bit parameter gradient to f32, when the gradient slot is its only use, is folded
   // into the slot's accumulation (dst += float(src): one pass, no f32 copy in between).
   // Which values a scheduled node reads, and which the executor hands out (the layouts below, the inputs' use).
-  std::vector<bool> read_by_node(static_cast<size_t>(nv), false), is_output(static_cast<size_t>(nv), false);
-  for (const auto& st : schedule_)
-    for (int in : st.in) read_by_node[static_cast<size_t>(in)] = true;
-  for (int o : outputs_) is_output[static_cast<size_t>(o)] = true;
-  std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
   std::vector<int> readers(static_cast<size_t>(nv), 0);        // per value: scheduled steps that read it
   std::vector<int> producer_step(static_cast<size_t>(nv), -1);  // per value: the step that writes it
   for (size_t i = 0; i < schedule_.size(); ++i) {
     for (int in : schedule_[i].in) ++readers[static_cast<size_t>(in)];
     for (int o : schedule_[i].out) producer_step[static_cast<size_t>(o)] = static_cast<int>(i);
   }
+  const auto read_by_node = [&](int v) { return readers[static_cast<size_t>(v)] > 0; };
+  std::vector<bool> is_output(static_cast<size_t>(nv), false);
+  for (int o : outputs_) is_output[static_cast<size_t>(o)] = true;
+  std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
   if (opt_.device_ctx && opt_.fuse_param_casts) {
     DType mirror_dtype = DType::f32;
     for (auto& st : schedule_) {
@@ -151,7 +150,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
         mirror_dtype = to;
         st.mirror_cast = true;
       } else if ((src.meta.dtype == DType::bf16 || src.meta.dtype == DType::f16) && to == DType::f32 &&
-                 st.grad_slot_out[0] >= 0 && !read_by_node[static_cast<size_t>(st.out[0])] &&
+                 st.grad_slot_out[0] >= 0 && !read_by_node(st.out[0]) &&
                  !is_output[static_cast<size_t>(st.out[0])]) {
         st.grad_cast_accumulate = true;
       } else {
@@ -177,7 +176,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       const Node& node = g.node(st.node);
       if (!st.kernel || node.op->name() != "binary" || node.op->attrs() != "add" || st.in.size() != 2 ||
           st.out.size() != 1 || st.grad_slot_out[0] < 0 || st.in[0] == st.in[1] ||
-          read_by_node[static_cast<size_t>(st.out[0])] || is_output[static_cast<size_t>(st.out[0])] ||
+          read_by_node(st.out[0]) || is_output[static_cast<size_t>(st.out[0])] ||
           !(g.value(st.in[0]).meta == g.value(st.out[0]).meta) || !(g.value(st.in[1]).meta == g.value(st.out[0]).meta) ||
           !folds_into_slot(st.in[0]) || !folds_into_slot(st.in[1]))
         continue;
@@ -205,6 +204,11 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // Mixed precision on a device: a 16-bit gradient that only its slot's cast reads, written by an op that can store
   // f32 (Op::stores_f32: the weight-gradient GEMMs), is written by that op into the f32 slot itself when that is the
   // slot's first write of a run (grads_overwrite): no 16-bit buffer, no conversion launch, and no rounding to 16 bits.
+  struct BatchedGrad {
+    int src;   // the gradient's value id (live to the end of the run)
+    int slot;  // its slot in the store
+  };
+  std::vector<BatchedGrad> batched_grads;  // the table's entries, built below once the buffers have addresses
   std::vector<int> f32_slot_of(static_cast<size_t>(nv), -1);  // per value: the slot its producer writes in f32
   if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite)
     for (auto& c : schedule_) {
@@ -237,8 +241,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
         const int root = view_root_[static_cast<size_t>(src)];
         if (numel_of(g.value(root).meta.shape) > 4 * static_cast<int64_t>(kBatchedGradMaxElems)) continue;
         st.grad_batched[k] = true;
-        batched_grads_.push_back({src, slot});
-        last_use[static_cast<size_t>(view_root_[static_cast<size_t>(src)])] = INT_MAX;
+        batched_grads.push_back({src, slot});
+        last_use[static_cast<size_t>(root)] = INT_MAX;
       }
     }
   // Optional outputs (Op::output_optional) that no node reads and the executor does not hand out: no buffer, and
@@ -248,7 +252,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     const Node& node = g.node(st.node);
     for (size_t k = 0; k < st.out.size(); ++k) {
       const int v = st.out[k];
-      if (node.op->output_optional(static_cast<int>(k)) && !read_by_node[static_cast<size_t>(v)] &&
+      if (node.op->output_optional(static_cast<int>(k)) && !read_by_node(v) &&
           !is_output[static_cast<size_t>(v)] && view_root_[static_cast<size_t>(v)] == v && st.grad_slot_out[k] < 0)
         unmaterialized[static_cast<size_t>(v)] = true;
     }
@@ -265,7 +269,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       for (size_t k = 0; k < st.out.size(); ++k) {
         const int v = st.out[k];
         const TensorMeta& m = g.value(v).meta;
-        if (!is_output[static_cast<size_t>(v)] || read_by_node[static_cast<size_t>(v)] || !st.kernel || view_root_[static_cast<size_t>(v)] != v ||
+        if (!is_output[static_cast<size_t>(v)] || read_by_node(v) || !st.kernel || view_root_[static_cast<size_t>(v)] != v ||
             !node.op->writes_padded_rows(static_cast<int>(k)) || m.shape.size() < 2 || !is_floating(m.dtype))
           continue;
         const int64_t es = static_cast<int64_t>(dtype_size(m.dtype)), n = m.shape.back();
@@ -303,7 +307,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   bound_.assign(input_ids_.size(), false);
   // Which inputs the schedule reads (decided once here, not on every run).
   input_used_.assign(input_ids_.size(), false);
-  for (size_t i = 0; i < input_ids_.size(); ++i) input_used_[i] = read_by_node[static_cast<size_t>(input_ids_[i])];
+  for (size_t i = 0; i < input_ids_.size(); ++i) input_used_[i] = read_by_node(input_ids_[i]);
   plan_ = xfr::plan_memory(requests, 64);
   if (!opt_.allocate) return;
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,
@@ -344,8 +348,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       if (r != out && tensors_[static_cast<size_t>(r)].defined())
         tensors_[static_cast<size_t>(out)] = view_of_root(out);
     }
-  if (!batched_grads_.empty()) {  // the batched gradients' table, in device memory (its addresses are fixed now)
-    for (const auto& [src, slot] : batched_grads_) {
+  if (!batched_grads.empty()) {  // the batched gradients' table, in device memory (its addresses are fixed now)
+    for (const auto& [src, slot] : batched_grads) {
       const Tensor& t = tensors_[static_cast<size_t>(src)];
       XF_CHECK(t.defined() && t.is_contiguous(), "executor", "the gradient '", g.value(src).name,
                "' has no contiguous buffer of its own to batch");

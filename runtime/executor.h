@@ -119,11 +119,6 @@ class Executor {
   // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
   // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).
   static constexpr size_t kBatchedGradMaxElems = 16384;
-  struct BatchedGrad {
-    int src;   // the gradient's value id (live to the end of the run)
-    int slot;  // its slot in the store
-  };
-  std::vector<BatchedGrad> batched_grads_;
   std::vector<F32Accumulation> batched_grad_entries_;  // their table (host copy)
   Tensor batched_grad_table_;                          // ... and on the device
   size_t batched_grad_max_n_ = 0;
