@@ -40,6 +40,10 @@ Value multi_head_dispatch(Value x, const MultiHeadSpec& spec, const AttentionFn&
     const LinearParams pq = linear_params(g, C, dk, spec.bias, "q_proj", in_proj + ".q_proj");
     const LinearParams pk = linear_params(g, C, dk, spec.bias, "k_proj", in_proj + ".k_proj");
     const LinearParams pv = linear_params(g, C, dv, spec.bias, "v_proj", in_proj + ".v_proj");
+    // Stored next to each other, the three weights (and biases) are the packed ones: on a device the concatenations
+    // are views of the flat buffers (Executor), with no copy. The initial values do not change (ParamSlot).
+    g.store_adjacent({pq.weight, pk.weight, pv.weight});
+    if (spec.bias) g.store_adjacent({pq.bias, pk.bias, pv.bias});
     const Value w = concat({pq.weight, pk.weight, pv.weight}, 0, "qkv_proj.weight");  // (3 dk, C)
     const Value b = spec.bias ? concat({pq.bias, pk.bias, pv.bias}, 0, "qkv_proj.bias") : Value{};  // (3 dk)
     const Value qkv = reshape(linear_op(x, w, b, false, "qkv_proj.linear"), {B, T, 3, H, dk / H}, "qkv_heads");

@@ -127,7 +127,7 @@ InitReport initialize_weights(const Graph& g, ParamStore& store, const std::stri
     if (info.kind != ValueKind::param) continue;
     const ParamSlot& slot = store.slot(info.name);
     const size_t index = static_cast<size_t>(&slot - store.slots().data());
-    Filler f{store.params() + slot.offset, slot.numel, seed, 2 * static_cast<uint64_t>(slot.offset)};
+    Filler f{store.params() + slot.offset, slot.numel, seed, 2 * static_cast<uint64_t>(slot.stream_offset)};
     const std::string rule = apply(scheme, info.init, gain, f);
     report.rules[index] = rule;
     if (rule.empty()) report.uninitialised.push_back(info.name);

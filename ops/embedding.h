@@ -24,6 +24,10 @@ class EmbeddingBackwardOp final : public Op {
   std::string name() const override { return "embedding_backward"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;  // not differentiated
+  // CUDA: with a 16-bit dy and an f32 table handed in (a mixed-precision executor's gradient slot), the rows' fp32
+  // sums are stored (every row, unused ones zero), or added to the rows the ids use (KernelContext::add_f32_outputs).
+  bool stores_f32(int) const override { return true; }
+  bool adds_f32(int) const override { return true; }
   int64_t vocab;
 };
 

@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include "ops/matmul.h"
+#include "ops/norm.h"
 #include "ops/reduce.h"
 #include "runtime/error.h"
 
@@ -68,10 +69,13 @@ std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
   if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));
   const bool want_db = has_bias && ctx.needs_grad(2) && g.rank() > 1;
+  // The bias gradient summed by the layernorm backward that wrote g (a pre-norm block's output projections feed
+  // the next norm's residual add): no pass over g for it, and dw is a plain GEMM.
+  if (want_db) db = layernorm_dx_sum(g);
   if (ctx.needs_grad(1)) {
     const Value x2 = x.rank() > 2 ? reshape(x, {-1, x.dim(-1)}, ctx.name("a2d")) : x;
     const Value g2 = g.rank() > 2 ? reshape(g, {-1, g.dim(-1)}, ctx.name("g2d")) : g;
-    if (want_db) {  // dw and db in one node (the GEMM's bias-gradient epilogue on a GPU)
+    if (want_db && !db.defined()) {  // dw and db in one node (the GEMM's bias-gradient epilogue on a GPU)
       const LinearWeightGrads wg = linear_weight_grad(g2, x2, ctx.name("dwb"));
       dw = wg.dw;
       db = wg.db;

@@ -114,7 +114,8 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
 }
 
 std::string LayerNormBackwardOp::attrs() const {
-  return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma, ", dbeta=", want_dbeta, has_dadd ? ", dadd=1" : "");
+  return str_cat("gamma=", has_gamma, ", dgamma=", want_dgamma, ", dbeta=", want_dbeta, has_dadd ? ", dadd=1" : "",
+                 want_dx_sum ? ", dx_sum=1" : "");
 }
 
 std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>& in) const {
@@ -136,7 +137,25 @@ std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>
   std::vector<TensorMeta> out{x};
   if (want_dgamma) out.push_back(TensorMeta{{c}, x.dtype});
   if (want_dbeta) out.push_back(TensorMeta{{c}, x.dtype});
+  if (want_dx_sum) out.push_back(TensorMeta{{c}, x.dtype});
   return out;
+}
+
+Value layernorm_dx_sum(const Value& g) {
+  if (!g.defined()) return {};
+  Graph& graph = *g.graph;
+  const ValueInfo& info = graph.value(g.id);
+  if (info.producer < 0 || info.producer_output != 0) return {};
+  const int node_id = info.producer;
+  const auto* op = dynamic_cast<const LayerNormBackwardOp*>(graph.node(node_id).op.get());
+  if (!op) return {};
+  if (!op->want_dx_sum) {
+    auto with_sum = std::make_shared<LayerNormBackwardOp>(*op);
+    with_sum->want_dx_sum = true;
+    graph.extend(node_id, std::move(with_sum));
+    op = static_cast<const LayerNormBackwardOp*>(graph.node(node_id).op.get());
+  }
+  return Value{&graph, graph.node(node_id).outputs.at(static_cast<size_t>(op->dx_sum_output()))};
 }
 
 // ---- rmsnorm --------------------------------------------------------------------------------------------

@@ -51,22 +51,37 @@ class LayerNormOp final : public Op {
 
 // inputs  (x (..., C), mean (rows), rstd (rows) (norm_stat_dtype), [gamma (C) when has_gamma], dy (..., C),
 //          [dadd (..., C) when has_dadd])
-// outputs (dx (..., C), [dgamma (C) when want_dgamma], [dbeta (C) when want_dbeta])
+// outputs (dx (..., C), [dgamma (C) when want_dgamma], [dbeta (C) when want_dbeta], [dx_sum (C) when want_dx_sum])
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dadd),  g = dy * gamma,  xhat = (x - mean) * rstd
-// dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
+// dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy,  dx_sum = sum over rows of dx.
 // dadd is another gradient of the norm's input, added in the same pass (a residual stream's: the gradient of
 // the sum a pre-norm add_layernorm writes out): the separate add's two reads and one write are saved.
+// dx_sum is the bias gradient of a linear layer whose output the norm reads (a transformer block's attention and
+// MLP output projections: LinearOp's backward asks for it, see with_dx_sum), summed while dx is in registers
+// instead of by a column sum that reads dx again. On the GPU it is summed from dx in fp32, before dx is rounded.
 class LayerNormBackwardOp final : public Op {
  public:
-  LayerNormBackwardOp(bool has_gamma, bool want_dgamma, bool want_dbeta, bool has_dadd = false)
-      : has_gamma(has_gamma), want_dgamma(want_dgamma), want_dbeta(want_dbeta), has_dadd(has_dadd) {}
+  LayerNormBackwardOp(bool has_gamma, bool want_dgamma, bool want_dbeta, bool has_dadd = false,
+                      bool want_dx_sum = false)
+      : has_gamma(has_gamma), want_dgamma(want_dgamma), want_dbeta(want_dbeta), has_dadd(has_dadd),
+        want_dx_sum(want_dx_sum) {}
   std::string name() const override { return "layernorm_backward"; }
   std::string attrs() const override;
   std::vector<TensorMeta> infer(const std::vector<TensorMeta>& in) const override;
   int dy_index() const { return 3 + int(has_gamma); }
+  // Output positions of the optional outputs (-1 when absent).
+  int dgamma_output() const { return want_dgamma ? 1 : -1; }
+  int dbeta_output() const { return want_dbeta ? 1 + int(want_dgamma) : -1; }
+  int dx_sum_output() const { return want_dx_sum ? 1 + int(want_dgamma) + int(want_dbeta) : -1; }
   bool has_gamma, want_dgamma, want_dbeta;
   bool has_dadd = false;
+  bool want_dx_sum = false;
 };
+
+// The sum over rows of the dx a layernorm_backward node writes (its output 0), for a linear layer's bias gradient:
+// the node's dx_sum output, which this adds to the node (Graph::extend) when it has none yet. `g` must be output 0
+// of a layernorm_backward node; undefined Value otherwise (the caller then sums g itself).
+Value layernorm_dx_sum(const Value& g);
 
 class RMSNormOp final : public Op {
  public:

@@ -159,6 +159,36 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       st.kernel = nullptr;
       unmaterialized[static_cast<size_t>(st.out[0])] = true;
     }
+    // A concatenation along the first axis of mirror views of parameters the store keeps adjacent and in that order
+    // (Graph::store_adjacent: a packed q/k/v projection's weights and biases) is itself a view of the mirror.
+    for (auto& st : schedule_) {
+      const Node& node = g.node(st.node);
+      if (!st.kernel || node.op->name() != "concat" || node.op->attrs() != "axis=0" || st.in.empty() ||
+          st.out.size() != 1 || g.value(st.out[0]).meta.dtype != mirror_dtype)
+        continue;
+      int64_t next = -1;  // where the next input's slot must start
+      bool adjacent = true;
+      for (int in : st.in) {
+        const int p = producer_step[static_cast<size_t>(in)];
+        if (p < 0 || !schedule_[static_cast<size_t>(p)].mirror_cast) {
+          adjacent = false;
+          break;
+        }
+        const ParamSlot& slot = store_->slot(g.value(schedule_[static_cast<size_t>(p)].in[0]).name);
+        if (next >= 0 && static_cast<int64_t>(slot.offset) != next) {
+          adjacent = false;
+          break;
+        }
+        if (next < 0) st.mirror_view_offset = static_cast<int64_t>(slot.offset);
+        next = static_cast<int64_t>(slot.offset + slot.numel);
+      }
+      if (!adjacent) {
+        st.mirror_view_offset = -1;
+        continue;
+      }
+      st.kernel = nullptr;
+      unmaterialized[static_cast<size_t>(st.out[0])] = true;
+    }
     // A parameter read through two casts (a tied embedding: the lookup's and the output layer's) gets the sum of two
     // 16-bit gradients, each cast to f32 and then added. With grads_overwrite both casts fold into the slot instead
     // (the first write stores, the second adds: the same f32 addition), and the add and the f32 copies go (GPT-2's
@@ -202,8 +232,10 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       if (const int slot = st.grad_slot_out[k]; slot >= 0) st.grad_first_write[k] = writes[static_cast<size_t>(slot)]++ == 0;
   }
   // Mixed precision on a device: a 16-bit gradient that only its slot's cast reads, written by an op that can store
-  // f32 (Op::stores_f32: the weight-gradient GEMMs), is written by that op into the f32 slot itself when that is the
-  // slot's first write of a run (grads_overwrite): no 16-bit buffer, no conversion launch, and no rounding to 16 bits.
+  // f32 (Op::stores_f32: the weight-gradient GEMMs, the embedding backward), is written by that op into the f32 slot
+  // itself when that is the slot's first write of a run (grads_overwrite), or added there by an op that can add
+  // (Op::adds_f32: a tied embedding's lookup gradient after the output layer's GEMM): no 16-bit buffer, no conversion
+  // launch, and no rounding to 16 bits.
   struct BatchedGrad {
     int src;   // the gradient's value id (live to the end of the run)
     int slot;  // its slot in the store
@@ -212,14 +244,18 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   std::vector<int> f32_slot_of(static_cast<size_t>(nv), -1);  // per value: the slot its producer writes in f32
   if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite)
     for (auto& c : schedule_) {
-      if (!c.grad_cast_accumulate || c.grad_slot_out[0] < 0 || !c.grad_first_write[0]) continue;
+      if (!c.grad_cast_accumulate || c.grad_slot_out[0] < 0) continue;
       const int v = c.in[0], p = producer_step[static_cast<size_t>(v)];
       if (p < 0 || readers[static_cast<size_t>(v)] != 1 || is_output[static_cast<size_t>(v)] ||
           view_root_[static_cast<size_t>(v)] != v || !schedule_[static_cast<size_t>(p)].kernel)
         continue;
-      const Step& ps = schedule_[static_cast<size_t>(p)];
+      Step& ps = schedule_[static_cast<size_t>(p)];
       const int k = static_cast<int>(std::find(ps.out.begin(), ps.out.end(), v) - ps.out.begin());
-      if (!g.node(ps.node).op->stores_f32(k)) continue;
+      const Op& op = *g.node(ps.node).op;
+      // (one flag a step: an op that adds does so for every f32 output it is handed, so it writes that one only)
+      const bool first = c.grad_first_write[0];
+      if (!op.stores_f32(k) || (!first && (!op.adds_f32(k) || ps.out.size() != 1))) continue;
+      ps.adds_f32 = !first;
       f32_slot_of[static_cast<size_t>(v)] = c.grad_slot_out[0];
       c.grad_slot_out[0] = -1;  // the producer writes the slot; the cast step has nothing left to do
       unmaterialized[static_cast<size_t>(v)] = true;
@@ -323,11 +359,12 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   for (int v = 0; v < nv; ++v)  // gradients their producers write into the f32 slots (Op::stores_f32)
     if (const int slot = f32_slot_of[static_cast<size_t>(v)]; slot >= 0)
       tensors_[static_cast<size_t>(v)] = store_->grad(store_->slots()[static_cast<size_t>(slot)].name);
-  for (const auto& st : schedule_)  // the parameter casts' outputs: views of the mirror
-    if (st.mirror_cast) {
+  for (const auto& st : schedule_)  // the parameter casts' outputs and their adjacent concatenations: mirror views
+    if (st.mirror_cast || st.mirror_view_offset >= 0) {
       const auto& m = g.value(st.out[0]).meta;
-      const ParamSlot& slot = store_->slot(g.value(st.in[0]).name);
-      tensors_[static_cast<size_t>(st.out[0])] = param_mirror_.carve(slot.offset * dtype_size(m.dtype), m.shape, m.dtype);
+      const size_t offset = st.mirror_cast ? store_->slot(g.value(st.in[0]).name).offset
+                                           : static_cast<size_t>(st.mirror_view_offset);
+      tensors_[static_cast<size_t>(st.out[0])] = param_mirror_.carve(offset * dtype_size(m.dtype), m.shape, m.dtype);
     }
   if (opt_.device_ctx) {  // fixed device buffers for the inputs (stable addresses for graph replay)
     input_buffers_.resize(input_ids_.size());
@@ -511,6 +548,7 @@ void Executor::enqueue() {
     if (s.kernel && !(s.params_only && constants_ready_)) {
       const Node& node = g_.node(s.node);
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
+      ctx.add_f32_outputs = s.adds_f32;
       try {
         if (opt_.profile) profiled(node.op->name(), [&] { s.kernel(*node.op, ctx, in, out); });
         else s.kernel(*node.op, ctx, in, out);

@@ -113,8 +113,13 @@ class Executor {
     // is its parameter's gradient slot, accumulated straight from the 16-bit input (no kernel, no buffer).
     bool mirror_cast = false;
     bool grad_cast_accumulate = false;
+    // Mixed precision on a device: a concatenation along the first axis of parameters the store keeps adjacent
+    // (Graph::store_adjacent), read through the mirror: its output is a view of the mirror at this element (no
+    // kernel, no buffer). -1: none.
+    int64_t mirror_view_offset = -1;
     std::vector<bool> grad_batched;  // per output (device): its gradient is written by the run's batched launch
     std::vector<bool> grad_first_write;  // per output: the run's first write of its slot
+    bool adds_f32 = false;  // its kernel adds into the f32 slot it is handed (KernelContext::add_f32_outputs)
   };
   // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
   // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).

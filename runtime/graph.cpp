@@ -1,5 +1,7 @@
 #include "runtime/graph.h"
 
+#include <algorithm>
+
 #include "runtime/error.h"
 
 namespace xfr {
@@ -40,7 +42,25 @@ Value Graph::param(const std::string& name, const Shape& shape, ParamKind kind, 
   const Value p{this, new_value(std::move(v))};
   if (!param_transform_) return p;
   auto scope = this->scope(name);  // the transform's nodes are named under the parameter ("<p>.cast")
-  return param_transform_(p);
+  const Value t = param_transform_(p);
+  transformed_params_.emplace_back(t.id, p.id);
+  return t;
+}
+
+void Graph::store_adjacent(const std::vector<Value>& params) {
+  std::vector<int> group;
+  for (const Value& v : params) {
+    XF_CHECK(v.defined() && v.graph == this, "graph", "store_adjacent: a value of another graph");
+    int id = v.id;
+    for (const auto& [t, p] : transformed_params_)
+      if (t == id) id = p;
+    XF_CHECK(value(id).kind == ValueKind::param, "graph", "store_adjacent: '", value(v.id).name, "' is not a parameter");
+    for (const auto& other : adjacent_params_)
+      XF_CHECK(std::find(other.begin(), other.end(), id) == other.end(), "graph", "store_adjacent: '", value(id).name,
+               "' is in another group");
+    group.push_back(id);
+  }
+  adjacent_params_.push_back(std::move(group));
 }
 
 std::vector<Value> Graph::add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,
@@ -83,6 +103,44 @@ std::vector<Value> Graph::add(std::shared_ptr<const Op> op, const std::vector<Va
     outs.push_back(Value{this, id});
   }
   nodes_.push_back(std::move(n));
+  return outs;
+}
+
+std::vector<Value> Graph::extend(int node_id, std::shared_ptr<const Op> op) {
+  XF_CHECK(node_id >= 0 && node_id < num_nodes(), op->name(), "extend: no node ", node_id);
+  Node& n = nodes_[static_cast<size_t>(node_id)];
+  XF_CHECK(op->name() == n.op->name(), op->name(), "extend: node '", n.name, "' runs ", n.op->name());
+  std::vector<TensorMeta> in_meta;
+  bool any_input_requires_grad = false;
+  for (int v : n.inputs) {
+    in_meta.push_back(value(v).meta);
+    any_input_requires_grad |= value(v).requires_grad;
+  }
+  std::vector<TensorMeta> out_meta;
+  try {
+    out_meta = op->infer(in_meta);
+  } catch (const Error& e) {
+    throw Error(e.op(), e.message() + " (node '" + n.name + "')", e.config_path());
+  }
+  XF_CHECK(op->random_numbers(in_meta) == 0 && n.rng_offset < 0, op->name(), "extend: node '", n.name,
+           "' consumes random numbers");
+  XF_CHECK(out_meta.size() >= n.outputs.size(), op->name(), "extend: node '", n.name, "' would lose outputs");
+  for (size_t k = 0; k < n.outputs.size(); ++k)
+    XF_CHECK(out_meta[k] == value(n.outputs[k]).meta, op->name(), "extend: node '", n.name, "' output ", k,
+             " would change from ", value(n.outputs[k]).meta.str(), " to ", out_meta[k].str());
+  n.op = std::move(op);
+  std::vector<Value> outs;
+  for (size_t k = n.outputs.size(); k < out_meta.size(); ++k) {
+    ValueInfo v;
+    v.meta = out_meta[k];
+    v.name = n.name + ":" + std::to_string(k);
+    v.producer = node_id;
+    v.producer_output = static_cast<int>(k);
+    v.requires_grad = any_input_requires_grad && is_floating(v.meta.dtype);
+    const int id = new_value(std::move(v));
+    nodes_[static_cast<size_t>(node_id)].outputs.push_back(id);
+    outs.push_back(Value{this, id});
+  }
   return outs;
 }
 

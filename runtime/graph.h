@@ -64,6 +64,12 @@ class Graph {
   void set_compute_dtype(DType d) { compute_dtype_ = d; }
   DType compute_dtype() const { return compute_dtype_; }
   void set_param_transform(std::function<Value(const Value&)> f) { param_transform_ = std::move(f); }
+  // Parameters a ParamStore keeps next to each other, in this order (each group placed where its first member is
+  // declared), so that their concatenation along the first axis is a view of the flat buffers (a packed q/k/v
+  // projection's weights: no copy; see Executor). `params`: values as param() returned them (the parameters, or
+  // their transforms).
+  void store_adjacent(const std::vector<Value>& params);
+  const std::vector<std::vector<int>>& adjacent_params() const { return adjacent_params_; }
 
   // Appends a node; validates through op->infer (errors also name the node). Returns its outputs.
   std::vector<Value> add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,
@@ -71,6 +77,11 @@ class Graph {
   Value add1(std::shared_ptr<const Op> op, const std::vector<Value>& inputs, const std::string& name = {}) {
     return add(std::move(op), inputs, name)[0];
   }
+  // Replaces node `node_id`'s op by `op`, which takes the node's inputs and yields its outputs first, unchanged
+  // (validated through op->infer), and consumes no random numbers; the outputs past those become new values of
+  // the node, which are returned. For a backward rule that asks a node already built for more of what it computes
+  // (a linear layer's bias gradient from a norm backward's dx, ops/norm.h layernorm_dx_sum).
+  std::vector<Value> extend(int node_id, std::shared_ptr<const Op> op);
 
   // Name scopes: `auto s = g.scope("encoder.3");` qualifies names until `s` is destroyed.
   class Scope {
@@ -108,6 +119,8 @@ class Graph {
   int64_t rng_cursor_ = 0;
   DType compute_dtype_ = DType::f32;
   std::function<Value(const Value&)> param_transform_;
+  std::vector<std::pair<int, int>> transformed_params_;  // (the transform's value, its parameter)
+  std::vector<std::vector<int>> adjacent_params_;        // store_adjacent's groups of parameter ids
 };
 
 // Given to an op's backward rule.

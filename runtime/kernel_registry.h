@@ -27,6 +27,8 @@ struct KernelContext {
   const uint64_t* rng_offset_device = nullptr;
   Device device;
   DeviceContext* device_ctx = nullptr;  // non-CPU devices: stream, allocator, library handles
+  // The f32 outputs handed in for 16-bit results (Op::stores_f32) are added to, not stored (Op::adds_f32).
+  bool add_f32_outputs = false;
 };
 
 // in: the node's inputs; out: its outputs, already allocated (contiguous) and to be written entirely.

@@ -60,6 +60,10 @@ class Op {
   // parameter's f32 gradient slot in place of a 16-bit gradient that only that slot's cast reads (mixed precision:
   // a weight gradient GEMM then writes the slot itself; see Executor).
   virtual bool stores_f32(int output) const { return false; }
+  // Whether such a kernel can also add its fp32 sums into the f32 tensor it is handed (KernelContext::add_f32_outputs)
+  // instead of storing them: the executor then hands it the slot for a write that is not the run's first (a tied
+  // embedding's lookup gradient, added to what the output layer's GEMM stored; only the rows it touches).
+  virtual bool adds_f32(int output) const { return false; }
   // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
   // node its own slice of the per-step stream.
   virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }

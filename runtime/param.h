@@ -41,6 +41,9 @@ struct ParamSlot {
   ParamKind kind = ParamKind::weight;
   size_t offset = 0;   // in elements, into the flat f32 buffers; a multiple of 16 (64-byte aligned)
   size_t numel = 0;
+  // Where the slot would start with every parameter in declaration order (Graph::store_adjacent groups may move it):
+  // its initial values' place in the random stream, so that they do not depend on the storage order.
+  size_t stream_offset = 0;
 };
 
 }  // namespace xfr

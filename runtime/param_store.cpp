@@ -1,6 +1,7 @@
 #include "runtime/param_store.h"
 
 #include <cstring>
+#include <unordered_map>
 
 namespace xfr {
 
@@ -9,18 +10,39 @@ namespace xfr {
 constexpr size_t kParamAlignElems = 16;
 
 ParamStore::ParamStore(const Graph& g, DeviceContext* ctx) {
+  const auto aligned = [](size_t n) { return (n + kParamAlignElems - 1) / kParamAlignElems * kParamAlignElems; };
+  std::unordered_map<int, size_t> slot_of;  // parameter value id -> its slot
   for (int i = 0; i < g.num_values(); ++i) {
     const auto& v = g.value(i);
     if (v.kind != ValueKind::param) continue;
     ParamSlot s;
     s.name = v.name;
     s.kind = v.param_kind;
-    s.offset = flat_size_;
     s.numel = static_cast<size_t>(numel_of(v.meta.shape));
-    flat_size_ += (s.numel + kParamAlignElems - 1) / kParamAlignElems * kParamAlignElems;
+    s.stream_offset = flat_size_;
+    flat_size_ += aligned(s.numel);
+    slot_of[i] = slots_.size();
     index_[s.name] = slots_.size();
     slots_.push_back(s);
     shapes_.push_back(v.meta.shape);
+  }
+  // Storage: declaration order, a store_adjacent group placed whole where its first member comes.
+  std::vector<const std::vector<int>*> group_of(slots_.size(), nullptr);
+  for (const auto& group : g.adjacent_params())
+    for (int id : group) group_of[slot_of.at(id)] = &group;
+  std::vector<bool> placed(slots_.size(), false);
+  size_t next = 0;
+  const auto place = [&](size_t k) {
+    slots_[k].offset = next;
+    next += aligned(slots_[k].numel);
+    placed[k] = true;
+  };
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    if (placed[k]) continue;
+    if (group_of[k])
+      for (int id : *group_of[k]) place(slot_of.at(id));
+    else
+      place(k);
   }
   params_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);
   grads_ = Tensor::zeros({static_cast<int64_t>(flat_size_)}, DType::f32, ctx);

@@ -14,8 +14,9 @@ namespace xfr {
 
 class ParamStore {
  public:
-  // Lays out every parameter of `g`, in declaration order, 64-byte aligned. Both buffers start zeroed,
-  // on the host (ctx null) or on ctx's device.
+  // Lays out every parameter of `g`, in declaration order but for the groups of Graph::store_adjacent (a group is
+  // placed whole where its first member is declared), each 64-byte aligned. slots() are in declaration order. Both
+  // buffers start zeroed, on the host (ctx null) or on ctx's device.
   explicit ParamStore(const Graph& g, DeviceContext* ctx = nullptr);
   // The same layout on another device (or the host), with the parameters copied; gradients zeroed.
   ParamStore(const ParamStore& other, DeviceContext* ctx);

@@ -137,14 +137,14 @@ XF_CUDA_TEST_CASE("cuda: layernorm and rmsnorm save f32 statistics for 16-bit x"
   }
 }
 
-XF_CUDA_TEST_CASE("cuda: layernorm backward matches the CPU (dx, dgamma, dbeta column reductions)") {
+XF_CUDA_TEST_CASE("cuda: layernorm backward matches the CPU (dx, dgamma, dbeta, dx sum column reductions)") {
   const double eps = 1e-5;
   uint64_t seed = 100;
   struct Flags {
-    bool has_gamma, want_dgamma, want_dbeta;
+    bool has_gamma, want_dgamma, want_dbeta, want_dx_sum;
   };
-  const Flags flags[] = {{true, true, true}, {true, false, false}, {true, true, false}, {false, false, true},
-                         {false, false, false}};
+  const Flags flags[] = {{true, true, true, false},  {true, false, false, false}, {true, true, false, false},
+                         {false, false, true, false}, {false, false, false, false}, {false, false, false, true}};
   for (DType dt : cuda_float_dtypes())
     for (auto [rows, C] : norm_sizes())
       for (const Flags& f : flags) {
@@ -162,14 +162,18 @@ XF_CUDA_TEST_CASE("cuda: layernorm backward matches the CPU (dx, dgamma, dbeta c
         }
         in.push_back(dy);
         dts.push_back(dt);
-        check_cuda_mixed(LayerNormBackwardOp(f.has_gamma, f.want_dgamma, f.want_dbeta), in, dts,
+        check_cuda_mixed(LayerNormBackwardOp(f.has_gamma, f.want_dgamma, f.want_dbeta, false, f.want_dx_sum), in, dts,
                          "layernorm_backward " + size_name(rows, C) + " gamma=" + std::to_string(f.has_gamma) +
-                             " dgamma=" + std::to_string(f.want_dgamma) + " dbeta=" + std::to_string(f.want_dbeta));
+                             " dgamma=" + std::to_string(f.want_dgamma) + " dbeta=" + std::to_string(f.want_dbeta) +
+                             " dx_sum=" + std::to_string(f.want_dx_sum));
         if (f.has_gamma && f.want_dgamma && f.want_dbeta) {  // a residual stream's gradient added in the same pass
           in.push_back(random_tensor({rows, C}, ++seed, -1.0, 1.0));
           dts.push_back(dt);
           check_cuda_mixed(LayerNormBackwardOp(true, true, true, true), in, dts,
                            "layernorm_backward with dadd " + size_name(rows, C));
+          // GPT-2's call: and the sum of dx over the rows (a projection's bias gradient), in the same launches.
+          check_cuda_mixed(LayerNormBackwardOp(true, true, true, true, true), in, dts,
+                           "layernorm_backward with dadd and dx sum " + size_name(rows, C));
         }
       }
 }
@@ -209,8 +213,9 @@ XF_CUDA_TEST_CASE("cuda: norm parameter gradients are deterministic (the same bi
     const Tensor gamma = random_tensor({768}, 9, 0.5, 1.5).to(dt);
     const auto fwd = run_op_cuda(LayerNormOp(1e-5, true, true), {x, gamma, random_tensor({768}, 10).to(dt)});
     const std::vector<Tensor> in{x, fwd[1].to_host(), fwd[2].to_host(), gamma, dy};
-    const auto a = run_op_cuda(LayerNormBackwardOp(true, true, true), in);
-    const auto b = run_op_cuda(LayerNormBackwardOp(true, true, true), in);
+    const auto a = run_op_cuda(LayerNormBackwardOp(true, true, true, false, true), in);
+    const auto b = run_op_cuda(LayerNormBackwardOp(true, true, true, false, true), in);
+    REQUIRE(a.size() == 4);
     for (size_t k = 0; k < a.size(); ++k) CHECK(a[k].to_doubles() == b[k].to_doubles());
   }
 }
@@ -533,7 +538,7 @@ XF_CUDA_TEST_CASE("cuda: launchers take misaligned pointers (scalar fallback of 
     check_close(rstd.to_doubles(), ref[2].to_doubles(), 1e-5, 1e-4, "misaligned layernorm rstd");
 
     cuda::launch_layernorm_backward(dt, xd.raw_data(), mean.data<float>(), rstd.data<float>(), gd.raw_data(),
-                                    dyd.raw_data(), nullptr, dxd.raw_data(), dgd.raw_data(), nullptr, rows, C,
+                                    dyd.raw_data(), nullptr, dxd.raw_data(), dgd.raw_data(), nullptr, nullptr, rows, C,
                                     static_cast<cuda::CudaContext*>(ctx)->workspace(),
                                     static_cast<cuda::CudaContext*>(ctx)->workspace_bytes(), stream);
     const auto bref = run_op(LayerNormBackwardOp(true, true, false),

@@ -4,9 +4,11 @@
 
 #include "ops/cast.h"
 #include "ops/elementwise.h"
+#include "ops/embedding.h"
 #include "ops/grad.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
+#include "ops/shape_ops.h"
 #include "tests/cuda_testing.h"
 
 using namespace xfr;
@@ -103,6 +105,123 @@ XF_CUDA_TEST_CASE("cuda: cast kernel matches the host conversion") {
 // Either way also with grads_overwrite, the gradients poisoned (NaN) before each run instead of zeroed: the
 // stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros, except where the
 // fused way lets a weight-gradient GEMM write the f32 slot itself (within a 16-bit rounding).
+// A tied embedding in mixed precision (the lookup and the output layer read one table through two casts) and an untied
+// one (positions). Fused with grads_overwrite, the output layer's GEMM stores the table's f32 slot, the lookup's
+// backward adds its rows' fp32 sums to the rows the ids use (Op::adds_f32), and the positions' backward stores its
+// whole slot (unused rows zero): against the per-cast kernels' 16-bit gradients cast and added, within a 16-bit rounding
+// of each part. Gradients poisoned (NaN) before each run: a row left unwritten would show.
+XF_CUDA_TEST_CASE("cuda executor: a tied embedding's gradients go into its f32 slot (stored, then added by the lookup)") {
+  const int64_t V = 701, C = 24, P = 64, n = 57;  // rows of V and P that no id uses
+  for (DType dt : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(dt));
+    Graph g;
+    Value ids = g.input("ids", TensorMeta{{n}, DType::i32});
+    Value pos = g.input("pos", TensorMeta{{n}, DType::i32});
+    Value wte = g.param("wte", {V, C}), wpe = g.param("wpe", {P, C});
+    Value h = add(embedding(cast(wte, dt, "wte_cast"), ids, "tok"), embedding(cast(wpe, dt, "wpe_cast"), pos, "pos"));
+    Value logits = matmul(h, cast(wte, dt, "wte_cast_again"), false, true, "logits");  // (n, V)
+    Value y = cast(logits, DType::f32, "y_f32");
+    Value loss = reduce_sum(mul(y, y), {}, false, "loss");
+    Gradients grads = gradients(loss, Value{});
+    std::vector<int32_t> ids_v(n), pos_v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      ids_v[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37) % 300);  // repeats, and rows 300.. unused
+      pos_v[static_cast<size_t>(i)] = static_cast<int32_t>(i % 50);          // rows 50..63 unused
+    }
+    std::vector<std::vector<double>> results[4];
+    for (int way = 0; way < 4; ++way) {
+      const bool fused = (way & 1) != 0, overwrite = (way & 2) != 0;
+      ExecutorOptions opt;
+      opt.device = Device::cuda(0);
+      opt.device_ctx = make_device_context(opt.device);
+      opt.fuse_param_casts = fused;
+      opt.grads_overwrite = overwrite;
+      auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
+      store->param("wte").copy_from(random_tensor({V, C}, 15, -1, 1));
+      store->param("wpe").copy_from(random_tensor({P, C}, 16, -1, 1));
+      Executor ex(g, {y}, grads, store, opt);
+      ex.bind(ids, Tensor::from_vector(ids_v, {n}));
+      ex.bind(pos, Tensor::from_vector(pos_v, {n}));
+      const std::vector<float> poison(store->flat_size(), std::nanf(""));
+      for (int run = 0; run < 2; ++run) {
+        if (overwrite) opt.device_ctx->copy(store->grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
+        else opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        ex.run();
+        results[way].push_back(store->grad("wte").to_doubles());
+        results[way].push_back(store->grad("wpe").to_doubles());
+      }
+      opt.device_ctx->synchronize();  // (the poison's host memory)
+    }
+    const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
+    for (int way = 1; way < 4; ++way) {
+      CAPTURE(way);
+      REQUIRE(results[0].size() == results[way].size());
+      for (size_t k = 0; k < results[0].size(); ++k) {
+        CAPTURE(k);
+        if (way != 3) {
+          CHECK(results[0][k] == results[way][k]);
+          continue;
+        }
+        // The unrounded sums: each of the (at most two) 16-bit parts the other ways add was rounded once, so the
+        // difference is within a rounding of the largest gradient of the table (cancellation aside), and not zero.
+        double largest = 0;
+        for (double v : results[0][k]) largest = std::max(largest, std::abs(v));
+        bool differs = false;
+        for (size_t i = 0; i < results[0][k].size(); ++i) {
+          CHECK(std::isfinite(results[way][k][i]));
+          CHECK(std::abs(results[way][k][i] - results[0][k][i]) <= 2 * u * largest);
+          differs |= results[way][k][i] != results[0][k][i];
+        }
+        CHECK(differs);
+      }
+      // The rows no id uses: the output layer's part alone (wte), zero (wpe).
+      for (int64_t r = 50; r < P; ++r)
+        for (int64_t c = 0; c < C; ++c) CHECK(results[way][1][static_cast<size_t>(r * C + c)] == 0.0);
+    }
+  }
+}
+
+// Parameters stored next to each other (Graph::store_adjacent, a packed q/k/v projection's weights) and concatenated
+// along their first axis: with fused casts the concatenation is a view of the 16-bit mirror, not a copy. The same
+// outputs and gradients as the concat kernel, bit for bit, over two runs with an update of the parameters between.
+XF_CUDA_TEST_CASE("cuda executor: a concatenation of adjacent parameters is a view of the mirror, bit for bit") {
+  for (DType dt : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(dt));
+    Graph g;
+    g.set_compute_dtype(dt);
+    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    Value x = g.input("x", TensorMeta{{33, 40}, dt});
+    g.param("before", {7});  // ahead of the group in the store: the view starts past it
+    const std::vector<Value> w{g.param("a", {16, 40}), g.param("b", {24, 40}), g.param("c", {16, 40})};
+    g.store_adjacent(w);
+    Value y = matmul(x, concat(w, 0, "abc"), false, true, "y");  // (33, 56)
+    Value out = cast(y, DType::f32, "out");
+    Gradients grads = gradients(reduce_sum(out, {}, false, "sum"), Value{});
+    std::vector<std::vector<double>> results[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      ExecutorOptions opt;
+      opt.device = Device::cuda(0);
+      opt.device_ctx = make_device_context(opt.device);
+      opt.fuse_param_casts = fused != 0;
+      auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
+      uint64_t seed = 40;
+      for (const char* p : {"a", "b", "c"}) store->param(p).copy_from(random_tensor(store->shape(p), ++seed, -1, 1));
+      Executor ex(g, {out}, grads, store, opt);
+      ex.bind(x, random_tensor({33, 40}, 50, -1, 1).to(dt));
+      for (int run = 0; run < 2; ++run) {
+        opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        ex.run();
+        results[fused].push_back(ex.get(out).to_doubles());
+        for (const char* p : {"a", "b", "c"}) results[fused].push_back(store->grad(p).to_doubles());
+        store->param("b").copy_from(random_tensor({24, 40}, 60 + run, -1, 1));  // an "update"
+      }
+    }
+    REQUIRE(results[0].size() == results[1].size());
+    for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[1][k]);
+    CHECK(results[0][0] != results[0][4]);  // the update reached the second run's output
+  }
+}
+
 XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel per parameter, bit for bit") {
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));

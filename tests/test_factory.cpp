@@ -704,6 +704,48 @@ TEST_CASE("factory init: same seed, same weights; another seed, other weights") 
   CHECK(std::memcmp(a.store->params(), c.store->params(), bytes) != 0);
 }
 
+TEST_CASE("param store: a store_adjacent group is stored together, in order; initial values do not move") {
+  // Two graphs declaring the same parameters (weight, bias per projection, as linear layers do); one groups the
+  // three weights and the three biases (a packed q/k/v projection).
+  const auto build = [](Graph& g, bool grouped) {
+    std::vector<Value> w, b;
+    for (const char* p : {"q", "k", "v"}) {
+      auto s = g.scope(p);
+      w.push_back(g.param("weight", {48, 32}, ParamKind::weight, InitInfo{p, ModuleKind::linear, "weight", "", 32, 48}));
+      b.push_back(g.param("bias", {48}, ParamKind::bias, InitInfo{p, ModuleKind::linear, "bias", "", 32, 48}));
+    }
+    g.param("after", {33}, ParamKind::norm, InitInfo{"after", ModuleKind::layernorm, "weight", "", 0, 0});
+    if (grouped) {
+      g.store_adjacent(w);
+      g.store_adjacent(b);
+    }
+  };
+  Graph plain, grouped;
+  build(plain, false);
+  build(grouped, true);
+  ParamStore a(plain), b(grouped);
+  REQUIRE(a.flat_size() == b.flat_size());
+  REQUIRE(a.slots().size() == b.slots().size());
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    CHECK(a.slots()[i].name == b.slots()[i].name);  // slots stay in declaration order
+    CHECK(a.slots()[i].offset == a.slots()[i].stream_offset);
+    CHECK(b.slots()[i].stream_offset == a.slots()[i].offset);
+  }
+  // q.weight, k.weight, v.weight, then q.bias, k.bias, v.bias, then after.
+  const size_t w = 48 * 32;
+  CHECK(b.slot("q.weight").offset == 0);
+  CHECK(b.slot("k.weight").offset == w);
+  CHECK(b.slot("v.weight").offset == 2 * w);
+  CHECK(b.slot("q.bias").offset == 3 * w);
+  CHECK(b.slot("k.bias").offset == 3 * w + 48);
+  CHECK(b.slot("v.bias").offset == 3 * w + 96);
+  CHECK(b.slot("after").offset == 3 * w + 144);
+  initialize_weights(plain, a, "vit", 1.0, 5);
+  initialize_weights(grouped, b, "vit", 1.0, 5);
+  for (const ParamSlot& s : a.slots()) CHECK_MESSAGE(a.param(s.name).to_doubles() == b.param(s.name).to_doubles(), s.name);
+  CHECK(error_of([&] { grouped.store_adjacent({grouped.find("q.weight")}); }).find("in another group") != std::string::npos);
+}
+
 TEST_CASE("factory init: the uninitialised-weight check fires on a planted parameter") {
   const Config c = tiny();
   ConfigNode model = c.root.at("model");

@@ -3,7 +3,9 @@
 #include <cmath>
 
 #include "ops/elementwise.h"
+#include "ops/linear.h"
 #include "ops/norm.h"
+#include "ops/reduce.h"
 #include "runtime/cpu/threadpool.h"
 #include "testing.h"
 
@@ -196,6 +198,56 @@ TEST_CASE("layernorm_backward with dadd equals the backward then the add exactly
                                 {{5, C}, DType::f32}, {{4, C}, DType::f32}}),
                     Error);
   }
+}
+
+TEST_CASE("layernorm_backward's dx sum is the sum of its dx over the rows (with dadd), after dgamma and dbeta") {
+  for (int64_t C : {1, 33, 257})
+    for (int64_t rows : {1, 31, 70}) {
+      const Tensor x = random_tensor({rows, C}, 71, -2, 2, DType::f64), gm = random_tensor({C}, 72, 0.5, 1.5, DType::f64);
+      const Tensor dy = random_tensor({rows, C}, 73, -1, 1, DType::f64), dadd = random_tensor({rows, C}, 74, -1, 1, DType::f64);
+      const auto f = run_op(LayerNormOp(1e-5, true, false), {x, gm});
+      const LayerNormBackwardOp op(true, true, true, true, true);
+      REQUIRE(op.dx_sum_output() == 3);
+      const auto out = run_op(op, {x, f[1], f[2], gm, dy, dadd}, &test_pool());
+      REQUIRE(out.size() == 4);
+      CHECK(out[3].shape() == Shape{C});
+      const auto dx = out[0].to_doubles();
+      std::vector<double> want(static_cast<size_t>(C), 0.0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < C; ++c) want[static_cast<size_t>(c)] += dx[static_cast<size_t>(r * C + c)];
+      check_close(out[3], want, "layernorm_backward dx sum " + x.desc());
+      const auto plain = run_op(LayerNormBackwardOp(true, true, true, true), {x, f[1], f[2], gm, dy, dadd});
+      for (size_t k = 0; k < 3; ++k) CHECK(out[k].to_doubles() == plain[k].to_doubles());
+    }
+}
+
+TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias gradient from the norm's backward") {
+  // A pre-norm block's projection: proj = x w^T + b, then layernorm(stream + proj) (add_layernorm, the sum kept).
+  const auto block = [](Graph&, const std::vector<Value>& v) {
+    const Value proj = linear_op(v[0], v[1], v[2], false);
+    const ResidualLayerNorm o = add_layernorm(v[3], proj, v[4], v[5], true);
+    return add(o.y, scale(o.sum, 0.7));
+  };
+  const std::vector<Tensor> in{random_tensor({2, 3, 5}, 81, -1, 1, DType::f64), random_tensor({7, 5}, 82, -1, 1, DType::f64),
+                               random_tensor({7}, 83, -1, 1, DType::f64), random_tensor({2, 3, 7}, 84, -1, 1, DType::f64),
+                               random_tensor({7}, 85, 0.5, 1.5, DType::f64), random_tensor({7}, 86, -1, 1, DType::f64)};
+  check_gradients(block, in, "linear -> residual layernorm");
+  Graph g;
+  std::vector<Value> v;
+  for (size_t i = 0; i < in.size(); ++i)
+    v.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const Gradients grads = gradients(reduce_sum(block(g, v), {}, false));
+  int weight_grads = 0, with_sum = 0;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    weight_grads += g.node(i).op->name() == "linear_weight_grad";
+    if (const auto* nb = dynamic_cast<const LayerNormBackwardOp*>(g.node(i).op.get()); nb && nb->want_dx_sum) {
+      ++with_sum;
+      CHECK(g.node(i).outputs.size() == 4);  // dx, dgamma, dbeta, dx sum
+      CHECK(g.node(i).outputs[3] == grads.get(v[2]).id);  // the bias gradient is the norm's dx sum
+    }
+  }
+  CHECK(weight_grads == 0);  // dw is a plain matmul
+  CHECK(with_sum == 1);
 }
 
 TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradients by finite differences") {

@@ -95,7 +95,7 @@ void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const st
 }
 
 // in: x (rows, C), mean (rows), rstd (rows), [gamma (C)], dy (rows, C), [dadd (rows, C)];
-// out: dx (rows, C), [dgamma (C)], [dbeta (C)]
+// out: dx (rows, C), [dgamma (C)], [dbeta (C)], [dx_sum (C)]
 template <class T>
 void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
                         const std::vector<Tensor>& out) {
@@ -110,11 +110,13 @@ void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx,
   const int64_t nbands = (rows + kBandRows - 1) / kBandRows;
   std::vector<T> pg(op.want_dgamma ? static_cast<size_t>(nbands * C) : 0, T(0));
   std::vector<T> pb(op.want_dbeta ? static_cast<size_t>(nbands * C) : 0, T(0));
+  std::vector<T> ps(op.want_dx_sum ? static_cast<size_t>(nbands * C) : 0, T(0));
   const T inv_c = T(1) / static_cast<T>(C);
   parallel_for(ctx, nbands, std::max<int64_t>(1, row_grain(C) / kBandRows), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       T* ag = op.want_dgamma ? pg.data() + b * C : nullptr;
       T* ab = op.want_dbeta ? pb.data() + b * C : nullptr;
+      T* as = op.want_dx_sum ? ps.data() + b * C : nullptr;
       for (int64_t r = b * kBandRows, r_end = std::min(rows, r + kBandRows); r < r_end; ++r) {
         const T* xr = x + r * C;
         const T* dyr = dy + r * C;
@@ -146,12 +148,15 @@ void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx,
           for (int64_t i = 0; i < C; ++i) ag[i] += dyr[i] * ((xr[i] - m) * rs);
         if (ab)
           for (int64_t i = 0; i < C; ++i) ab[i] += dyr[i];
+        if (as)
+          for (int64_t i = 0; i < C; ++i) as[i] += dxr[i];
       }
     }
   });
   size_t k = 1;
   if (op.want_dgamma) reduce_bands(pg, nbands, C, out[k++].data<T>());
   if (op.want_dbeta) reduce_bands(pb, nbands, C, out[k++].data<T>());
+  if (op.want_dx_sum) reduce_bands(ps, nbands, C, out[k++].data<T>());
 }
 
 // ---- rmsnorm ------------------------------------------------------------------------------------------------

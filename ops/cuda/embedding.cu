@@ -12,6 +12,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <cmath>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/device/vec.cuh"
@@ -74,13 +75,18 @@ __device__ __forceinline__ int64_t lower_bound(const uint32_t* keys, int64_t n, 
   return lo;
 }
 
-// Block (v, tile): dtable[v, tile's columns] = sum of dy[order[j], ...] over the run of id v in token order.
+// Block (v, tile): dtable[v, tile's columns] = sum of dy[order[j], ...] over the run of id v in token order, summed in
+// fp32 and rounded to TOut once; with kAdd (TOut f32: a gradient slot) added to the row instead, and rows no id uses
+// left as they are.
 //   dy: (n, C), sorted_keys: (n), order: (n) token indices sorted by id (stable) -> dtable: (V, C)
-template <class T, int W>
+template <class T, class TOut, int W, bool kAdd>
 __global__ void embedding_backward_rows(const T* __restrict__ dy, const uint32_t* __restrict__ sorted_keys,
-                                        const int32_t* __restrict__ order, T* __restrict__ dtable, int64_t n, int64_t C) {
+                                        const int32_t* __restrict__ order, TOut* __restrict__ dtable, int64_t n,
+                                        int64_t C) {
+  static_assert(!kAdd || std::is_same_v<TOut, float>, "adds into f32 only");
   const uint32_t v = blockIdx.x;
   const int64_t begin = lower_bound(sorted_keys, n, v), end = lower_bound(sorted_keys, n, v + 1);
+  if (kAdd && begin == end) return;  // (uniform over the block)
   for (int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * W; c < C;
        c += static_cast<int64_t>(gridDim.y) * blockDim.x * W) {
     float acc[W];
@@ -96,8 +102,11 @@ __global__ void embedding_backward_rows(const T* __restrict__ dy, const uint32_t
         acc[0] += dev::to_float(*src);
       }
     }
-    T* dst = dtable + static_cast<int64_t>(v) * C + c;
-    if constexpr (W > 1) {
+    TOut* dst = dtable + static_cast<int64_t>(v) * C + c;
+    if constexpr (!std::is_same_v<TOut, T>) {  // the fp32 sums into an f32 table
+#pragma unroll
+      for (int i = 0; i < W; ++i) dst[i] = (kAdd ? dst[i] : 0.0f) + acc[i];
+    } else if constexpr (W > 1) {
       Vec<T> o;
 #pragma unroll
       for (int i = 0; i < W; ++i) o.v[i] = dev::from_float<T>(acc[i]);
@@ -136,20 +145,20 @@ void embedding_kernel(const Op&, const KernelContext& ctx, const std::vector<Ten
 // stays cheap for the (many) rows no token uses, enough to keep a row's loads coalesced.
 constexpr int kBackwardThreads = 128;
 
-template <class T>
+template <class T, class TOut, bool kAdd>
 void launch_backward_rows(const Tensor& dy, const uint32_t* sorted_keys, const int32_t* order, const Tensor& dtable,
                           int64_t n, cudaStream_t s) {
   const int64_t V = dtable.dim(0), C = dtable.dim(1);
   const T* gp = static_cast<const T*>(dy.raw_data());
-  T* tp = static_cast<T*>(dtable.raw_data());
+  TOut* tp = static_cast<TOut*>(dtable.raw_data());
   constexpr int VW = Vec<T>::kWidth;
   const bool vec = C % VW == 0 && dev::aligned16(gp) && dev::aligned16(tp);
   const int W = vec ? VW : 1;
   // gridDim.y is at most 65535; a block loops over further column tiles.
   const int64_t tiles = std::min<int64_t>((C + int64_t{kBackwardThreads} * W - 1) / (int64_t{kBackwardThreads} * W), 65535);
   const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
-  if (vec) embedding_backward_rows<T, VW><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
-  else embedding_backward_rows<T, 1><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
+  if (vec) embedding_backward_rows<T, TOut, VW, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
+  else embedding_backward_rows<T, TOut, 1, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
   XF_CUDA_CHECK_LAUNCH("embedding_backward_rows");
 }
 
@@ -162,7 +171,8 @@ int key_bits(int64_t V) {
 
 size_t round_up_256(size_t b) { return (b + 255) / 256 * 256; }  // keeps each carved buffer 256-byte aligned
 
-// dy: (*, C), ids: (*) -> dtable: (vocab, C)
+// dy: (*, C), ids: (*) -> dtable: (vocab, C) in dy's dtype, or f32 for a 16-bit dy (EmbeddingBackwardOp::stores_f32:
+// stored, or with ctx.add_f32_outputs added to the rows the ids use)
 void embedding_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
   const auto& op = static_cast<const EmbeddingBackwardOp&>(op_);
@@ -170,7 +180,12 @@ void embedding_backward_kernel(const Op& op_, const KernelContext& ctx, const st
   const cudaStream_t s = cc.stream();
   const Tensor &dy = in[0], &ids = in[1], &dt = out[0];
   const int64_t V = op.vocab, C = dt.dim(1), n = ids.numel();
-  if (V * C == 0) return;
+  const bool f32_out = dt.dtype() != dy.dtype();
+  XF_CHECK(!f32_out || (dt.dtype() == DType::f32 && (dy.dtype() == DType::bf16 || dy.dtype() == DType::f16)),
+           "embedding_backward", "the table gradient ", dt.desc(), " must have dy's dtype (", dtype_name(dy.dtype()),
+           "), or be f32 for a 16-bit dy");
+  const bool add = f32_out && ctx.add_f32_outputs;
+  if (V * C == 0 || (add && n == 0)) return;
   XF_CHECK(V < INT32_MAX && n <= INT32_MAX, "embedding_backward", "vocabulary ", V, " and ", n,
            " tokens must each fit 31 bits (the sort's keys and token indices)");
   if (n == 0) {
@@ -196,8 +211,15 @@ void embedding_backward_kernel(const Op& op_, const KernelContext& ctx, const st
     XF_CUDA_CHECK_LAUNCH("embedding_sort_keys");
   });
   XF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys, sorted_keys, vals, order, nn, 0, end_bit, s));
-  XF_CUDA_DISPATCH_FLOAT(dt.dtype(), "embedding_backward", T,
-                         launch_backward_rows<T>(dy, sorted_keys, order, dt, n, s));
+  XF_CUDA_DISPATCH_FLOAT(dy.dtype(), "embedding_backward", T, {
+    if constexpr (std::is_same_v<T, float>) {
+      launch_backward_rows<T, T, false>(dy, sorted_keys, order, dt, n, s);
+    } else {
+      if (!f32_out) launch_backward_rows<T, T, false>(dy, sorted_keys, order, dt, n, s);
+      else if (add) launch_backward_rows<T, float, true>(dy, sorted_keys, order, dt, n, s);
+      else launch_backward_rows<T, float, false>(dy, sorted_keys, order, dt, n, s);
+    }
+  });
   // `scratch` is returned to the pool when it goes out of scope; the pool's reuse is ordered on this stream.
 }
 

@@ -82,6 +82,8 @@ constexpr int64_t kBwdMinRowsPerGroup = 8;
 // copies in flight) resident on an SM of 64K registers; their 4 x 37 KB of stages fit too.
 constexpr int kBwdGroupMaxPacks = 3;
 constexpr int kBwdGroupMinBlocks = 4;
+// With the dx sum (a third fp32 sum per element, 24 more registers at 3 bf16 packs): 3 blocks, at most 168 registers.
+constexpr int kBwdGroupMinBlocksDxSum = 3;
 constexpr int kBwdStages = 2;
 
 // ---- forward ------------------------------------------------------------------------------------------------
@@ -267,6 +269,15 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
 
 // ---- backward -------------------------------------------------------------------------------------------------
 
+// A norm backward's fp32 partial rows of its column sums, (groups, C) each (a row per row group, or per block), null
+// where not wanted: dy * xhat (dgamma), dy (dbeta) and dx (the dx sum, layernorm_backward's want_dx_sum).
+struct NormPartials {
+  float* gamma = nullptr;
+  float* beta = nullptr;
+  float* dx = nullptr;
+  __host__ __device__ bool any() const { return gamma || beta || dx; }
+};
+
 // One pack's share of a row's backward (xhat = (x - m) rs; g = dy * gamma, or dy without gamma): adds g and
 // g * xhat into the row sums sg, sgx, and dy * xhat and dy into the parameter sums ag, ab.
 template <class T, int W>
@@ -284,25 +295,26 @@ __device__ __forceinline__ void add_backward_sums(const dev::Pack<T, W>& xv, con
   }
 }
 // One pack of dx from the row's a = mean(g) (0 for rmsnorm) and b = mean(g * xhat): rs (g - a - xhat b), plus dadd's
-// pack when has_dadd, rounded to T once.
+// pack when has_dadd, rounded to T once. With dx_sum, its fp32 values (before the rounding) are added into ad.
 template <class T, int W>
 __device__ __forceinline__ dev::Pack<T, W> backward_dx_pack(const dev::Pack<T, W>& xv, const dev::Pack<T, W>& dv,
                                                             const dev::Pack<T, W>& gp, bool has_gamma,
                                                             const dev::Pack<T, W>& ap, bool has_dadd, float m,
-                                                            float rs, float a, float b) {
+                                                            float rs, float a, float b, bool dx_sum, float (&ad)[W]) {
   dev::Pack<T, W> out;
 #pragma unroll
   for (int e = 0; e < W; ++e) {
     const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
     const float g = has_gamma ? d * dev::to_float(gp.v[e]) : d;
-    const float v = rs * (g - a - xh * b);
-    out.v[e] = dev::from_float<T>(has_dadd ? v + dev::to_float(ap.v[e]) : v);
+    const float v = rs * (g - a - xh * b), dxv = has_dadd ? v + dev::to_float(ap.v[e]) : v;
+    if (dx_sum) ad[e] += dxv;
+    out.v[e] = dev::from_float<T>(dxv);
   }
   return out;
 }
 
 // dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
-// pgamma[group] += dy * xhat and pbeta[group] += dy over the group's rows.
+// parts.gamma[group] += dy * xhat, parts.beta[group] += dy and parts.dx[group] += dx over the group's rows.
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
     norm_backward_kernel(const T* __restrict__ x,         // (rows, C)
@@ -312,17 +324,16 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                          const T* __restrict__ dy,        // (rows, C)
                          const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                          T* __restrict__ dx,              // (rows, C)
-                         float* __restrict__ pgamma,      // (groups, C) or null
-                         float* __restrict__ pbeta,       // (groups, C) or null
+                         NormPartials parts,              // (groups, C) each
                          int64_t rows, int64_t C) {
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t group = int64_t(blockIdx.x) * blockDim.y + threadIdx.y, groups = int64_t(gridDim.x) * blockDim.y;
   const float inv_c = 1.f / static_cast<float>(C);
-  float ag[kIters][W], ab[kIters][W];
+  float ag[kIters][W], ab[kIters][W], ad[kIters][W];
 #pragma unroll
   for (int k = 0; k < kIters; ++k)
 #pragma unroll
-    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
+    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = ad[k][e] = 0.f;
   for (int64_t row = group; row < rows; row += groups) {
     const float m = kRms ? 0.f : mean[row], rs = rstd[row];
     // Every load of the row (dadd's too) is issued before the row's reduction: one memory round trip per row.
@@ -349,19 +360,20 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
       if (c < C)
-        dev::store_pack<T, W>(dx + row * C + c,
-                              backward_dx_pack(xv[k], dv[k], gp[k], gamma != nullptr, ap[k], dadd != nullptr, m, rs, a, b));
+        dev::store_pack<T, W>(dx + row * C + c, backward_dx_pack(xv[k], dv[k], gp[k], gamma != nullptr, ap[k],
+                                                                dadd != nullptr, m, rs, a, b, parts.dx, ad[k]));
     }
   }
-  if (!pgamma && !pbeta) return;
+  if (!parts.any()) return;
 #pragma unroll
   for (int k = 0; k < kIters; ++k) {
     const int64_t c = (tid + k * tpr) * W;
     if (c < C)
 #pragma unroll
       for (int e = 0; e < W; ++e) {
-        if (pgamma) pgamma[group * C + c + e] = ag[k][e];
-        if (pbeta) pbeta[group * C + c + e] = ab[k][e];
+        if (parts.gamma) parts.gamma[group * C + c + e] = ag[k][e];
+        if (parts.beta) parts.beta[group * C + c + e] = ab[k][e];
+        if (parts.dx) parts.dx[group * C + c + e] = ad[k][e];
       }
   }
 }
@@ -388,8 +400,9 @@ __device__ __forceinline__ void stage_pack(dev::Pack<T, W>* dst, const T* src) {
 // block's groups add their sums in shared memory in a fixed order (group 0 first) and the block writes one
 // partial row per parameter.
 // dx = rs * (g - mean(g) - xhat * mean(g * xhat)) (layernorm; rmsnorm drops mean(g)), g = dy * gamma.
-template <class T, int W, int kIters, bool kRms>
-__global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
+// kDxSum: parts.dx is wanted (a third sum per element: 24 more registers at 3 bf16 packs, so 3 blocks an SM).
+template <class T, int W, int kIters, bool kRms, bool kDxSum>
+__global__ void __launch_bounds__(kGroupBlockThreads, kDxSum ? kBwdGroupMinBlocksDxSum : kBwdGroupMinBlocks)
     norm_backward_grouped_kernel(const T* __restrict__ x,         // (rows, C)
                                  const float* __restrict__ mean,  // (rows); null for rmsnorm
                                  const float* __restrict__ rstd,  // (rows)
@@ -397,8 +410,7 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
                                  const T* __restrict__ dy,        // (rows, C)
                                  const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                                  T* __restrict__ dx,              // (rows, C)
-                                 float* __restrict__ pgamma,      // (gridDim.x, C) or null
-                                 float* __restrict__ pbeta,       // (gridDim.x, C) or null
+                                 NormPartials parts,              // (gridDim.x, C) each; parts.dx set iff kDxSum
                                  int64_t rows, int64_t C) {
   // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts). Two
   // stages: 36 KB at 3 packs of 16 bytes.
@@ -434,11 +446,11 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
     }
     dev::cp_async_commit();
   };
-  float ag[kIters][W], ab[kIters][W];
+  float ag[kIters][W], ab[kIters][W], ad[kIters][W];
 #pragma unroll
   for (int k = 0; k < kIters; ++k)
 #pragma unroll
-    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = 0.f;
+    for (int e = 0; e < W; ++e) ag[k][e] = ab[k][e] = ad[k][e] = 0.f;
   int s = 0;
   issue(int64_t(blockIdx.x) * blockDim.y, 0);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += step, s ^= 1) {
@@ -468,18 +480,20 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
         const dev::Pack<T, W> xv = staged[s][0][k][flat], dv = staged[s][1][k][flat];  // one access a pack
         dev::Pack<T, W> ap;
         if (dadd) ap = staged[s][2][k][flat];
-        dev::store_pack<T, W>(dx + row * C + c,
-                              backward_dx_pack(xv, dv, gp[k], gamma != nullptr, ap, dadd != nullptr, m, rs, a, b));
+        dev::store_pack<T, W>(dx + row * C + c, backward_dx_pack(xv, dv, gp[k], gamma != nullptr, ap,
+                                                                dadd != nullptr, m, rs, a, b, kDxSum, ad[k]));
       }
     }
   }
   dev::cp_async_wait<0>();  // the last (empty) group
-  if (!pgamma && !pbeta) return;
+  if (!parts.any()) return;
   // The block's partial rows: every group's sums in shared memory (group y at y * C, reusing the stages), then
   // each column added over the groups in order by the threads of the block.
-  static_assert(sizeof(staged) >= 2 * sizeof(float) * kGroupBlockThreads * kIters * W, "room for the sums");
+  constexpr int kSums = kDxSum ? 3 : 2;
+  static_assert(sizeof(staged) >= kSums * sizeof(float) * kGroupBlockThreads * kIters * W, "room for the sums");
   float* all_gamma = reinterpret_cast<float*>(&staged[0][0][0][0]);
   float* all_beta = all_gamma + kGroupBlockThreads * kIters * W;
+  float* all_dx = all_beta + kGroupBlockThreads * kIters * W;
   __syncthreads();  // every thread is past its last read of the stages
 #pragma unroll
   for (int k = 0; k < kIters; ++k) {
@@ -489,18 +503,21 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kBwdGroupMinBlocks)
       for (int e = 0; e < W; ++e) {
         all_gamma[threadIdx.y * C + c + e] = ag[k][e];
         all_beta[threadIdx.y * C + c + e] = ab[k][e];
+        if (kDxSum) all_dx[threadIdx.y * C + c + e] = ad[k][e];
       }
   }
   __syncthreads();
   const int64_t groups = blockDim.y;
   for (int64_t c = flat; c < C; c += kGroupBlockThreads) {
-    float sgam = 0.f, sbet = 0.f;
+    float sgam = 0.f, sbet = 0.f, sdx = 0.f;
     for (int64_t y = 0; y < groups; ++y) {
       sgam += all_gamma[y * C + c];
       sbet += all_beta[y * C + c];
+      if (kDxSum) sdx += all_dx[y * C + c];
     }
-    if (pgamma) pgamma[int64_t(blockIdx.x) * C + c] = sgam;
-    if (pbeta) pbeta[int64_t(blockIdx.x) * C + c] = sbet;
+    if (parts.gamma) parts.gamma[int64_t(blockIdx.x) * C + c] = sgam;
+    if (parts.beta) parts.beta[int64_t(blockIdx.x) * C + c] = sbet;
+    if (kDxSum) parts.dx[int64_t(blockIdx.x) * C + c] = sdx;
   }
 }
 
@@ -515,13 +532,13 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                                    const T* __restrict__ dy,        // (rows, C)
                                    const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                                    T* __restrict__ dx,              // (rows, C)
-                                   float* __restrict__ pgamma,      // (gridDim.x, C) or null
-                                   float* __restrict__ pbeta,       // (gridDim.x, C) or null
+                                   NormPartials parts,              // (gridDim.x, C) each
                                    int64_t rows, int64_t C) {
   const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
   const float inv_c = 1.f / static_cast<float>(C);
-  float* pg = pgamma ? pgamma + int64_t(blockIdx.x) * C : nullptr;
-  float* pb = pbeta ? pbeta + int64_t(blockIdx.x) * C : nullptr;
+  float* pg = parts.gamma ? parts.gamma + int64_t(blockIdx.x) * C : nullptr;
+  float* pb = parts.beta ? parts.beta + int64_t(blockIdx.x) * C : nullptr;
+  float* pd = parts.dx ? parts.dx + int64_t(blockIdx.x) * C : nullptr;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const bool first = row == blockIdx.x;
     const float m = kRms ? 0.f : mean[row], rs = rstd[row];
@@ -551,10 +568,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       for (int e = 0; e < W; ++e) {
         const float xh = (dev::to_float(xv.v[e]) - m) * rs, d = dev::to_float(dv.v[e]);
         const float g = gamma ? d * dev::to_float(gp.v[e]) : d;
-        const float v = rs * (g - a - xh * b);
-        out.v[e] = dev::from_float<T>(dadd ? v + dev::to_float(ap.v[e]) : v);
+        const float v = rs * (g - a - xh * b), dxv = dadd ? v + dev::to_float(ap.v[e]) : v;
+        out.v[e] = dev::from_float<T>(dxv);
         if (pg) pg[c + e] = (first ? 0.f : pg[c + e]) + d * xh;
         if (pb) pb[c + e] = (first ? 0.f : pb[c + e]) + d;
+        if (pd) pd[c + e] = (first ? 0.f : pd[c + e]) + dxv;
       }
       dev::store_pack<T, W>(dx + row * C + c, out);
     }
@@ -562,18 +580,22 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 }
 
 // x, dy, dx: (rows, C); mean: (rows) or null (rmsnorm); rstd: (rows); gamma: (C) or null;
-// dgamma, dbeta: (C) or null (not wanted)
+// dgamma, dbeta, dx_sum: (C) or null (not wanted)
 template <class T, bool kRms>
 void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, const T* dadd, T* dx,
-                   T* dgamma, T* dbeta, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
+                   T* dgamma, T* dbeta, T* dx_sum, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
   const char* op = kRms ? "rmsnorm_backward" : "layernorm_backward";
   if (rows == 0) {  // sums over no rows
-    if (dgamma) XF_CUDA_CHECK(cudaMemsetAsync(dgamma, 0, static_cast<size_t>(C) * sizeof(T), stream));
-    if (dbeta) XF_CUDA_CHECK(cudaMemsetAsync(dbeta, 0, static_cast<size_t>(C) * sizeof(T), stream));
+    for (T* sum : {dgamma, dbeta, dx_sum})
+      if (sum) XF_CUDA_CHECK(cudaMemsetAsync(sum, 0, static_cast<size_t>(C) * sizeof(T), stream));
     return;
   }
   constexpr int V = vec_width<T>();
-  const int nparts = (dgamma != nullptr) + (dbeta != nullptr);
+  // The wanted sums, in the order of their partial rows (one array, (nparts, partials, C)).
+  T* sums[3];
+  int nparts = 0;
+  for (T* sum : {dgamma, dbeta, dx_sum})
+    if (sum) sums[nparts++] = sum;
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
     // Sizes the grid for `kernel` (block `block`, rpb row groups a block, a partial row per group or, when
@@ -581,7 +603,8 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name) {
       const int partials_per_block = block_partials ? 1 : rpb;
       int64_t blocks = ceil_div(rows, rpb);
-      float *pg = nullptr, *pb = nullptr;
+      NormPartials parts;
+      float* part = nullptr;
       if (nparts > 0) {
         const int64_t rows_per_partial = block_partials ? kBwdMinRowsPerGroup : kBwdMinRowsPerGroup * rpb;
         blocks = std::min(blocks, ceil_div(rows, rows_per_partial));
@@ -590,19 +613,21 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
         // 42-43 us a call in ncu against 47-49, 2026-11-30.)
         blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
-        // Room for the partial rows, with 256 bytes per array for alignment.
-        const int64_t fit = (scratch.room<float>() - 64 * nparts) / (nparts * C * partials_per_block);
-        blocks = std::max<int64_t>(1, std::min(blocks, fit));
+        // Room for the partial rows (room() keeps 256 bytes for the alignment).
+        const int64_t fit = scratch.room<float>() / (nparts * C * partials_per_block);
+        blocks = std::max<int64_t>(1, std::min({blocks, fit, kMaxGrid}));
         const int64_t partials = blocks * partials_per_block;
-        if (dgamma) pg = scratch.take<float>(partials * C, op);
-        if (dbeta) pb = scratch.take<float>(partials * C, op);
+        part = scratch.take<float>(nparts * partials * C, op);
+        float* slice = part;
+        if (dgamma) parts.gamma = std::exchange(slice, slice + partials * C);
+        if (dbeta) parts.beta = std::exchange(slice, slice + partials * C);
+        if (dx_sum) parts.dx = slice;
       }
       blocks = std::min(blocks, kMaxGrid);
-      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, pg, pb, rows, C);
+      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, parts, rows, C);
       XF_CUDA_CHECK_LAUNCH(name);
-      const int64_t partials = blocks * partials_per_block;
-      if (pg) reduce_axis<float, T, ReduceMode::sum>(pg, nullptr, dgamma, nullptr, 1, partials, C, 1.f, scratch, stream);
-      if (pb) reduce_axis<float, T, ReduceMode::sum>(pb, nullptr, dbeta, nullptr, 1, partials, C, 1.f, scratch, stream);
+      // Every wanted sum from its partial rows: one launch with the context's counters.
+      if (part) sum_columns_to<float, T>(part, sums, nparts, blocks * partials_per_block, C, scratch, stream);
     };
     // Rows that fit a warp x kBwdGroupMaxPacks: the grouped kernel. ncu on the H200 (2026-11-30) had GPT-2's 768-wide
     // rows on the block-per-row kernel (96 threads, a block reduction per row) latency-bound: 6 rows in flight per
@@ -611,8 +636,16 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     const GroupPlan grouped = plan_groups(C, W, kBwdGroupMaxPacks, 32);
     if (grouped.iters != 0) {
       with_packs<kBwdGroupMaxPacks>(grouped.iters, [&](auto iters) {
-        launch(norm_backward_grouped_kernel<T, W, decltype(iters)::value, kRms>, grouped.block(),
-               grouped.rows_per_block, true, "norm_backward_grouped");
+        constexpr int kIters = decltype(iters)::value;
+        if constexpr (!kRms) {  // (rmsnorm_backward has no dx sum)
+          if (dx_sum) {
+            launch(norm_backward_grouped_kernel<T, W, kIters, kRms, true>, grouped.block(), grouped.rows_per_block,
+                   true, "norm_backward_grouped (dx sum)");
+            return;
+          }
+        }
+        launch(norm_backward_grouped_kernel<T, W, kIters, kRms, false>, grouped.block(), grouped.rows_per_block, true,
+               "norm_backward_grouped");
       });
       return;
     }
@@ -654,20 +687,18 @@ void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector
 }
 
 // in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C), [dadd (..., C)];
-// out: dx (..., C), [dgamma (C)], [dbeta (C)]
+// out: dx (..., C), [dgamma (C)], [dbeta (C)], [dx_sum (C)]
 void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LayerNormBackwardOp&>(op_);
   const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
-  size_t k = 1;
-  void* dgamma = op.want_dgamma ? out[k++].raw_data() : nullptr;
-  void* dbeta = op.want_dbeta ? out[k++].raw_data() : nullptr;
+  const auto output = [&](int k) { return k < 0 ? nullptr : out[static_cast<size_t>(k)].raw_data(); };
   CudaContext& cc = context_of(ctx);
   launch_layernorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(), in[2].data<float>(),
                             op.has_gamma ? in[3].raw_data() : nullptr, in[static_cast<size_t>(op.dy_index())].raw_data(),
-                            op.has_dadd ? in.back().raw_data() : nullptr, out[0].raw_data(), dgamma, dbeta, rows, C,
-                            cc.workspace(), cc.workspace_bytes(), cc.stream(),
-                            {cc.tile_counters(), CudaContext::kTileCounterWords});
+                            op.has_dadd ? in.back().raw_data() : nullptr, out[0].raw_data(), output(op.dgamma_output()),
+                            output(op.dbeta_output()), output(op.dx_sum_output()), rows, C, cc.workspace(),
+                            cc.workspace_bytes(), cc.stream(), {cc.tile_counters(), CudaContext::kTileCounterWords});
 }
 
 // in: x (..., C), [gamma (C)];  out: y (..., C), rstd (rows) f32
@@ -706,14 +737,14 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 }
 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
-                               const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, int64_t rows,
-                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
+                               const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, void* dx_sum,
+                               int64_t rows, int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
                                LaunchCounters counters) {
   XF_CUDA_DISPATCH_FLOAT(
       dtype, "layernorm_backward", T,
       norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
                               static_cast<const T*>(dy), static_cast<const T*>(dadd), static_cast<T*>(dx),
-                              static_cast<T*>(dgamma), static_cast<T*>(dbeta), rows, C,
+                              static_cast<T*>(dgamma), static_cast<T*>(dbeta), static_cast<T*>(dx_sum), rows, C,
                               Scratch{workspace, workspace_bytes, counters.words, counters.n}, stream));
 }
 
@@ -730,7 +761,7 @@ void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, cons
   XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm_backward", T,
                          norm_backward<T, true>(static_cast<const T*>(x), nullptr, rstd, static_cast<const T*>(gamma),
                                                 static_cast<const T*>(dy), nullptr, static_cast<T*>(dx),
-                                                static_cast<T*>(dgamma), nullptr, rows, C,
+                                                static_cast<T*>(dgamma), nullptr, nullptr, rows, C,
                                                 Scratch{workspace, workspace_bytes, counters.words, counters.n},
                                                 stream));
 }

@@ -36,10 +36,10 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
                               CUstream_st* stream);
 
 // x, dy, dx: (rows, C) dtype; mean, rstd: (rows) f32; gamma: (C) dtype or null; dadd: (rows, C) dtype or null
-// (added to dx in the same pass); dgamma, dbeta: (C) dtype or null (not wanted).
+// (added to dx in the same pass); dgamma, dbeta, dx_sum (the sum of dx over the rows): (C) dtype or null (not wanted).
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
-                               const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, int64_t rows,
-                               int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
+                               const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, void* dx_sum,
+                               int64_t rows, int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
                                LaunchCounters counters = {});
 
 // x, y: (rows, C) dtype; gamma: (C) dtype or null; rstd: (rows) f32.

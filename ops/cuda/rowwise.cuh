@@ -161,13 +161,14 @@ __device__ __forceinline__ dev::Pack<T, W> load_pack_l2(const T* p) {
 }
 
 // One unit of the column reduction: columns [cb * 32 W, (cb + 1) * 32 W) of chunk s (of S) of slice o, x (O, R, K) ->
-// y[(o * S + s) * K + c] (and y_idx). Called by every thread of a (32, kColLanes) block; ends with the block in step.
-// kL2: x is read through L2 only (load_pack_l2).
+// y_row[c] (and y_idx_row[c]): the caller points y_row at the unit's output row (stage: y + (o * S + s) * K).
+// Called by every thread of a (32, kColLanes) block; ends with the block in step. kL2: x is read through L2 only
+// (load_pack_l2).
 template <class TIn, class TOut, int W, ReduceMode kMode, int kUnroll, bool kL2 = false>
 __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, const int64_t* __restrict__ in_idx,
-                                                   TOut* __restrict__ y, int64_t* __restrict__ y_idx, int64_t o,
-                                                   int64_t s, int64_t cb, int64_t R, int64_t K, int64_t S, float scale,
-                                                   ColumnSmem& sm) {
+                                                   TOut* __restrict__ y_row, int64_t* __restrict__ y_idx_row,
+                                                   int64_t o, int64_t s, int64_t cb, int64_t R, int64_t K, int64_t S,
+                                                   float scale, ColumnSmem& sm) {
   static_assert(W <= 8, "ColumnSmem holds 32 packs of at most 8 columns");
   constexpr bool kMax = kMode == ReduceMode::max;
   const int tx = threadIdx.x, ty = threadIdx.y;
@@ -235,9 +236,8 @@ __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, co
           a += sm.v[l][tx * W + e];
         }
       }
-      const int64_t dst = (o * S + s) * K + c0 + e;
-      y[dst] = dev::from_float<TOut>(kMax ? a : a * scale);
-      if constexpr (kMax) y_idx[dst] = ai;
+      y_row[c0 + e] = dev::from_float<TOut>(kMax ? a : a * scale);
+      if constexpr (kMax) y_idx_row[c0 + e] = ai;
     }
   }
   __syncthreads();  // sm is rewritten by the next unit
@@ -249,9 +249,15 @@ __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, co
 // launch would (the same units: 8 lanes over the rows, combined in lane order), so the result has the same bits, and
 // sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::tile_counters).
 struct ColumnFinish {
-  void* y = nullptr;             // (O, K) in the final dtype
-  float scale = 1.f;             // the final sums' factor (the partial rows are plain sums)
-  unsigned* counters = nullptr;  // (O * col_blocks), zero between launches; null: no finish (a second launch)
+  static constexpr int kMaxSlices = 4;
+  void* y = nullptr;                     // (O, K) in the final dtype, unless slices says otherwise
+  void* slices[kMaxSlices] = {};         // with O <= kMaxSlices: slice o's (K) result at slices[o] (y unused)
+  float scale = 1.f;                     // the final sums' factor (the partial rows are plain sums)
+  unsigned* counters = nullptr;          // (O * col_blocks), zero between launches; null: no finish (a second launch)
+  template <class T>
+  __device__ T* row(int64_t o, int64_t K) const {
+    return slices[0] ? static_cast<T*>(slices[o]) : static_cast<T*>(y) + o * K;
+  }
 };
 
 // Column reduction (K > 1), a (32, kColLanes) block per unit (o, s, cb); with `finish` (sum only, TOut float: stage 1 of
@@ -268,7 +274,9 @@ __global__ void __launch_bounds__(32 * kColLanes)
   const int64_t col_blocks = ceil_div(K, 32 * W), units = col_blocks * S * O;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
     const int64_t cb = u % col_blocks, s = (u / col_blocks) % S, o = u / (col_blocks * S);
-    column_reduce_unit<TIn, TOut, W, kMode, kUnroll>(x, in_idx, y, y_idx, o, s, cb, R, K, S, scale, sm);
+    column_reduce_unit<TIn, TOut, W, kMode, kUnroll>(x, in_idx, y + (o * S + s) * K,
+                                                     y_idx ? y_idx + (o * S + s) * K : nullptr, o, s, cb, R, K, S,
+                                                     scale, sm);
     if constexpr (kMode == ReduceMode::sum && std::is_same_v<TOut, float>) {
       if (finish.counters) {
         unsigned* counter = finish.counters + o * col_blocks + cb;
@@ -283,13 +291,14 @@ __global__ void __launch_bounds__(32 * kColLanes)
           const bool packed = K % W2 == 0;
           const int64_t c_begin = cb * 32 * W, c_end = c_begin + 32 * W < K ? c_begin + 32 * W : K;
           const int64_t width = packed ? 32 * W2 : 32;
+          TFinal* out = finish.template row<TFinal>(o, K);
           for (int64_t c = c_begin; c < c_end; c += width) {
             if (packed)
               column_reduce_unit<float, TFinal, W2, ReduceMode::sum, kColUnroll, true>(
-                  y, nullptr, static_cast<TFinal*>(finish.y), nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
+                  y, nullptr, out, nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
             else
               column_reduce_unit<float, TFinal, 1, ReduceMode::sum, kColUnroll, true>(
-                  y, nullptr, static_cast<TFinal*>(finish.y), nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
+                  y, nullptr, out, nullptr, o, 0, c / width, S, K, 1, finish.scale, sm);
           }
           if (threadIdx.x == 0 && threadIdx.y == 0) *counter = 0;
         }
@@ -390,7 +399,49 @@ void launch_reduce_stage_any_width(const TIn* x, const int64_t* in_idx, TOut* y,
     launch_reduce_stage<TIn, TOut, 1, kMode>(x, in_idx, y, y_idx, O, R, K, S, scale, stream);
 }
 
-// y (O, K) = scale * sum over R of x (O, R, K), or (max) y = max, y_idx = arg-max (r, or in_idx's entry).
+// Chunks of R for a column reduction of x (O, R, K) (K > 1) with per_partial bytes a partial element: enough units for
+// kColumnTargetBlocks blocks, at least kMinColumnChunk rows each, at most kMaxFinishChunks when the last blocks add
+// the partial rows (with_finish), and no more partial rows than the scratch memory holds. 1: no split.
+inline int64_t column_chunks(int64_t O, int64_t R, int64_t K, int W, int64_t per_partial, bool with_finish,
+                             const Scratch& scratch) {
+  int64_t S = std::min(ceil_div(kColumnTargetBlocks, ceil_div(K, 32 * W) * O), R / kMinColumnChunk);
+  // With the finish in the last blocks, at most kMaxFinishChunks partial rows: the finishing block adds them for 32 x
+  // 16 bytes of columns while the rest of the GPU idles (lab, session 21 run 3: 16384 x 768 bf16 at S = 128 read
+  // 10.9 us in one launch, 10.2 in two, whose second stage spreads those rows over twice the blocks).
+  if (with_finish) S = std::min(S, kMaxFinishChunks);
+  // Fewer chunks when the scratch memory is small (512 bytes: the alignment of the two partial arrays).
+  const int64_t usable = scratch.bytes > 512 ? static_cast<int64_t>(scratch.bytes - 512) : 0;
+  return std::max<int64_t>(1, std::min(S, usable / (O * K * per_partial)));
+}
+
+// Whether a column sum of x (O, R, K) can add its partial rows in its own last blocks: counters for every column range.
+template <class TIn>
+bool column_finish_fits(const TIn* x, int64_t O, int64_t K, const Scratch& scratch) {
+  constexpr int V = vec_width<TIn>();
+  const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
+  return K > 1 && scratch.counters && O * ceil_div(K, 32 * W) <= scratch.n_counters;
+}
+
+// The column sum of x (O, R, K) over S > 1 chunks in one launch: the chunks' fp32 partial rows into part (O, S, K),
+// added by the last block of each column range into finish's outputs (needs column_finish_fits).
+template <class TIn, class TOut>
+void launch_column_sum_with_finish(const TIn* x, float* part, int64_t O, int64_t R, int64_t K, int64_t S,
+                                   const ColumnFinish& finish, cudaStream_t stream) {
+  constexpr int V = vec_width<TIn>();
+  const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
+  const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
+  if (W == V)
+    column_reduce_kernel<TIn, float, V, ReduceMode::sum, kColUnroll, TOut>
+        <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S, 1.f,
+                                                                            finish);
+  else
+    column_reduce_kernel<TIn, float, 1, ReduceMode::sum, kColUnroll, TOut>
+        <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S, 1.f,
+                                                                            finish);
+  XF_CUDA_CHECK_LAUNCH("column_reduce (with its finish)");
+}
+
+// y (O, K) = scale * sum over R of x (O, R, K), or (max) y = max, y_idx = the arg-max (r, or in_idx's entry).
 // Splits R into chunks when (O, K) alone would leave the GPU idle; the chunk results (fp32) live in
 // `scratch` (fewer chunks when it is small). Deterministic: the split depends only on the sizes. A column sum with
 // scratch.counters adds the chunks' rows in its own last blocks (ColumnFinish), the same bits as a second launch.
@@ -401,48 +452,54 @@ void reduce_axis(const TIn* x,          // (O, R, K)
                  int64_t* y_idx,         // (O, K), max only
                  int64_t O, int64_t R, int64_t K, float scale, Scratch scratch, cudaStream_t stream) {
   if (O * K == 0) return;
+  const int64_t per_partial = sizeof(float) + (kMode == ReduceMode::max ? sizeof(int64_t) : 0);
+  const bool finish = kMode == ReduceMode::sum && column_finish_fits(x, O, K, scratch);
   int64_t S = 1;
   if (K == 1) {
-    S = std::min(ceil_div(kTargetBlocks * kRowWarpsPerBlock, O), R / kMinRowChunk);
+    const int64_t usable = scratch.bytes > 512 ? static_cast<int64_t>(scratch.bytes - 512) : 0;
+    S = std::min({ceil_div(kTargetBlocks * kRowWarpsPerBlock, O), R / kMinRowChunk, usable / (O * per_partial)});
   } else {
-    S = std::min(ceil_div(kColumnTargetBlocks, ceil_div(K, 32 * vec_width<TIn>()) * O), R / kMinColumnChunk);
+    S = column_chunks(O, R, K, vec_width<TIn>(), per_partial, finish, scratch);
   }
-  // With the finish in the last blocks (a column sum with counters), at most kMaxFinishChunks partial rows: the
-  // finishing block adds them for 32 x 16 bytes of columns while the rest of the GPU idles (lab, session 21 run 3:
-  // 16384 x 768 bf16 at S = 128 read 10.9 us in one launch, 10.2 in two, whose second stage spreads those rows over
-  // twice the blocks).
-  if (kMode == ReduceMode::sum && K > 1 && scratch.counters) S = std::min(S, kMaxFinishChunks);
-  const int64_t per_partial = sizeof(float) + (kMode == ReduceMode::max ? sizeof(int64_t) : 0);
-  // Fewer chunks when the scratch memory is small (512 bytes: the alignment of the two partial arrays).
-  const int64_t usable = scratch.bytes > 512 ? static_cast<int64_t>(scratch.bytes - 512) : 0;
-  S = std::min(S, usable / (O * K * per_partial));
   if (S <= 1) {
     launch_reduce_stage_any_width<TIn, TOut, kMode>(x, in_idx, y, y_idx, O, R, K, 1, scale, stream);
     return;
   }
   float* part = scratch.take<float>(O * S * K, "reduce");
   int64_t* part_idx = kMode == ReduceMode::max ? scratch.take<int64_t>(O * S * K, "reduce") : nullptr;
-  if constexpr (kMode == ReduceMode::sum) {
-    // Columns: the last block of each column range adds the partial rows (ColumnFinish), one launch instead of two.
-    constexpr int V = vec_width<TIn>();
-    const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
-    if (K > 1 && scratch.counters && O * ceil_div(K, 32 * W) <= scratch.n_counters) {
-      const ColumnFinish finish{y, scale, scratch.counters};
-      const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
-      if (W == V)
-        column_reduce_kernel<TIn, float, V, kMode, kColUnroll, TOut>
-            <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S,
-                                                                                1.f, finish);
-      else
-        column_reduce_kernel<TIn, float, 1, kMode, kColUnroll, TOut>
-            <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S,
-                                                                                1.f, finish);
-      XF_CUDA_CHECK_LAUNCH("column_reduce (with its finish)");
-      return;
-    }
+  if (finish) {  // the last block of each column range adds the partial rows: one launch instead of two
+    ColumnFinish f;
+    f.y = y;
+    f.scale = scale;
+    f.counters = scratch.counters;
+    launch_column_sum_with_finish<TIn, TOut>(x, part, O, R, K, S, f, stream);
+    return;
   }
   launch_reduce_stage_any_width<TIn, float, kMode>(x, in_idx, part, part_idx, O, R, K, S, 1.f, stream);
   launch_reduce_stage_any_width<float, TOut, kMode>(part, part_idx, y, y_idx, O, S, K, 1, scale, stream);
+}
+
+// ys[o] (K) = the sum over R of slice o of x (O, R, K), each slice's result a tensor of its own (a norm backward's
+// dgamma, dbeta and dx sum from one array of partial rows), O <= ColumnFinish::kMaxSlices. With counters, one launch
+// for all the slices; else reduce_axis per slice. Deterministic: the chunks depend only on the sizes.
+template <class TIn, class TOut>
+void sum_columns_to(const TIn* x, TOut* const* ys, int64_t O, int64_t R, int64_t K, Scratch scratch,
+                    cudaStream_t stream) {
+  XF_CHECK(O >= 1 && O <= ColumnFinish::kMaxSlices, "reduce", "sum_columns_to takes 1 to ",
+           int(ColumnFinish::kMaxSlices), " slices, got ", O);
+  if (K == 0) return;
+  if (column_finish_fits(x, O, K, scratch)) {
+    const int64_t S = column_chunks(O, R, K, vec_width<TIn>(), sizeof(float), true, scratch);
+    if (S > 1) {
+      ColumnFinish f;
+      for (int64_t o = 0; o < O; ++o) f.slices[o] = ys[o];
+      f.counters = scratch.counters;
+      launch_column_sum_with_finish<TIn, TOut>(x, scratch.take<float>(O * S * K, "reduce"), O, R, K, S, f, stream);
+      return;
+    }
+  }
+  for (int64_t o = 0; o < O; ++o)
+    reduce_axis<TIn, TOut, ReduceMode::sum>(x + o * R * K, nullptr, ys[o], nullptr, 1, R, K, 1.f, scratch, stream);
 }
 
 }  // namespace xfr::cuda
