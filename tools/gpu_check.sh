@@ -67,7 +67,7 @@ if has build; then
   t=$(date +%s)
   if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce xfrun_lab_epilogue_gemm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     tools/check_ptxas_log.sh "$OUT/build.log" 2>&1 | tee -a "$SUMMARY" || true  # serialised wgmmas, named
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
@@ -108,10 +108,10 @@ fi
 
 if has lab; then
   # XF_LABS picks the labs (default: all of head_gemm qkv_gemm attention attention_bwd layernorm norm_backward
-  # wgrad_gemm column_reduce). Each lab prints "lab ..."
+  # wgrad_gemm column_reduce epilogue_gemm). Each lab prints "lab ..."
   # lines (into the summary); rc 1 = some case failed, 3 = a CUDA fault or a pipeline deadlock that stopped it (the
   # log's last lines name the kernel and case and, for a deadlock, the barrier).
-  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm norm_backward wgrad_gemm column_reduce} " == *" $1 "* ]]; }
+  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm norm_backward wgrad_gemm column_reduce epilogue_gemm} " == *" $1 "* ]]; }
   # run_lab <log name> <title> <binary> [args...]
   run_lab() {
     local log="$OUT/$1.log" title=$2 bin=$3 t
@@ -142,6 +142,8 @@ if has lab; then
   lab_on wgrad_gemm && run_lab lab_wgrad_gemm "weight gradient GEMMs" xfrun_lab_wgrad_gemm
   # The column reduction (bias gradients, the LayerNorm backward's partial rows) stage by stage over its chunk count.
   lab_on column_reduce && run_lab lab_column_reduce "column reduction" xfrun_lab_column_reduce
+  # A persistent Hopper GEMM with GPT-2's MLP epilogues (bias + GELU, dgelu) against cuBLASLt's fused ones.
+  lab_on epilogue_gemm && run_lab lab_epilogue_gemm "epilogue GEMM" xfrun_lab_epilogue_gemm
 fi
 
 if has torch; then
