@@ -108,9 +108,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
   const int consumer = wg - 1, warp = t / 32, lane = t % 32;
   float acc[kBN / 2];
   // Tile j of this CTA's list (tile blockIdx.x + j gridDim.x) is consumer j % 2's; its K blocks are ring
-  // iterations j kt .. j kt + kt - 1.
+  // iterations j kt .. j kt + kt - 1. The consumers take turns at their main loops (named barriers 1 and 2, the
+  // math order: tile j's loop starts once tile j - 1's has issued its last wgmma), so one multiplies while the other
+  // runs its epilogue, and no consumer waits on a stage's barrier more than one phase ahead (a parity wait cannot
+  // tell phase p from phase p + 2: unordered, consumer 1 took tile 0's stages for tile 1's, 2026-12-01).
+  const int my_turn = 1 + consumer, their_turn = 2 - consumer;  // named barrier ids (0 is __syncthreads')
   for (int j = consumer, tile = blockIdx.x + consumer * gridDim.x; tile < tiles; j += 2, tile += 2 * gridDim.x) {
     const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * kBN;
+    if (j > 0) named_barrier_sync(my_turn, 256);  // tile j - 1's main loop is done
     int it = j * kt;
     for (int kb = 0; kb < kt; ++kb, ++it) {
       const int s = it % kStages;
@@ -130,6 +135,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
       wgmma_wait<1>();  // the previous block's group is done: its stage is free
       if (kb > 0 && t == 0) mbar_arrive(empty + 8 * ((it - 1) % kStages));
     }
+    if (tile + gridDim.x < tiles) named_barrier_arrive(their_turn, 256);  // tile j + 1's loop may start
     wgmma_wait<0>();
     if (t == 0) mbar_arrive(empty + 8 * ((it - 1) % kStages));
     // Epilogue from the registers: element i of the fragment is row 16 warp + lane/4 + 8 ((i/2) % 2), column
