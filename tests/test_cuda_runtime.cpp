@@ -99,12 +99,30 @@ XF_CUDA_TEST_CASE("cuda: cast kernel matches the host conversion") {
     }
 }
 
-// Mixed precision on the GPU: the executor's fused parameter casts (one flat 16-bit mirror of the
-// parameters, gradients accumulated straight from 16 bits) give the per-cast kernels' outputs and
-// gradients bit for bit, over two runs (the mirror is refreshed every run) with a parameter update between.
-// Either way also with grads_overwrite, the gradients poisoned (NaN) before each run instead of zeroed: the
-// stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros, except where the
-// fused way lets a weight-gradient GEMM write the f32 slot itself (within a 16-bit rounding).
+namespace {
+
+// The four ways the mixed-precision executor cases run their graph on the GPU: way & 1 fuses the parameter casts
+// (fuse_param_casts), way & 2 stores each run's gradients (grads_overwrite).
+ExecutorOptions mixed_precision_way(int way) {
+  ExecutorOptions opt;
+  opt.device = Device::cuda(0);
+  opt.device_ctx = make_device_context(opt.device);
+  opt.fuse_param_casts = (way & 1) != 0;
+  opt.grads_overwrite = (way & 2) != 0;
+  return opt;
+}
+
+// Before a run: the gradients poisoned (NaN, from `poison`, whose host memory the caller keeps until the device has
+// synchronised) when the run stores them, zeroed when it adds into them.
+void reset_grads(const ExecutorOptions& opt, ParamStore& store, const std::vector<float>& poison) {
+  if (opt.grads_overwrite)
+    opt.device_ctx->copy(store.grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
+  else
+    opt.device_ctx->memset_zero(store.grads(), store.flat_size() * sizeof(float));
+}
+
+}  // namespace
+
 // A tied embedding in mixed precision (the lookup and the output layer read one table through two casts) and an untied
 // one (positions). Fused with grads_overwrite, the output layer's GEMM stores the table's f32 slot, the lookup's
 // backward adds its rows' fp32 sums to the rows the ids use (Op::adds_f32), and the positions' backward stores its
@@ -130,12 +148,7 @@ XF_CUDA_TEST_CASE("cuda executor: a tied embedding's gradients go into its f32 s
     }
     std::vector<std::vector<double>> results[4];
     for (int way = 0; way < 4; ++way) {
-      const bool fused = (way & 1) != 0, overwrite = (way & 2) != 0;
-      ExecutorOptions opt;
-      opt.device = Device::cuda(0);
-      opt.device_ctx = make_device_context(opt.device);
-      opt.fuse_param_casts = fused;
-      opt.grads_overwrite = overwrite;
+      ExecutorOptions opt = mixed_precision_way(way);
       auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
       store->param("wte").copy_from(random_tensor({V, C}, 15, -1, 1));
       store->param("wpe").copy_from(random_tensor({P, C}, 16, -1, 1));
@@ -144,8 +157,7 @@ XF_CUDA_TEST_CASE("cuda executor: a tied embedding's gradients go into its f32 s
       ex.bind(pos, Tensor::from_vector(pos_v, {n}));
       const std::vector<float> poison(store->flat_size(), std::nanf(""));
       for (int run = 0; run < 2; ++run) {
-        if (overwrite) opt.device_ctx->copy(store->grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
-        else opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        reset_grads(opt, *store, poison);
         ex.run();
         results[way].push_back(store->grad("wte").to_doubles());
         results[way].push_back(store->grad("wpe").to_doubles());
@@ -199,10 +211,7 @@ XF_CUDA_TEST_CASE("cuda executor: a concatenation of adjacent parameters is a vi
     Gradients grads = gradients(reduce_sum(out, {}, false, "sum"), Value{});
     std::vector<std::vector<double>> results[2];
     for (int fused = 0; fused < 2; ++fused) {
-      ExecutorOptions opt;
-      opt.device = Device::cuda(0);
-      opt.device_ctx = make_device_context(opt.device);
-      opt.fuse_param_casts = fused != 0;
+      ExecutorOptions opt = mixed_precision_way(fused);
       auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
       uint64_t seed = 40;
       for (const char* p : {"a", "b", "c"}) store->param(p).copy_from(random_tensor(store->shape(p), ++seed, -1, 1));
@@ -222,6 +231,12 @@ XF_CUDA_TEST_CASE("cuda executor: a concatenation of adjacent parameters is a vi
   }
 }
 
+// Mixed precision on the GPU: the executor's fused parameter casts (one flat 16-bit mirror of the
+// parameters, gradients accumulated straight from 16 bits) give the per-cast kernels' outputs and
+// gradients bit for bit, over two runs (the mirror is refreshed every run) with a parameter update between.
+// Either way also with grads_overwrite, the gradients poisoned (NaN) before each run instead of zeroed: the
+// stores (from 16 bits, or from f32 after a cast kernel) leave the same bits as adds into zeros, except where the
+// fused way lets a weight-gradient GEMM write the f32 slot itself (within a 16-bit rounding).
 XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel per parameter, bit for bit") {
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
@@ -239,12 +254,7 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
     Gradients grads = gradients(loss, Value{});
     std::vector<std::vector<double>> results[4];
     for (int way = 0; way < 4; ++way) {
-      const bool fused = (way & 1) != 0, overwrite = (way & 2) != 0;
-      ExecutorOptions opt;
-      opt.device = Device::cuda(0);
-      opt.device_ctx = make_device_context(opt.device);
-      opt.fuse_param_casts = fused;
-      opt.grads_overwrite = overwrite;
+      ExecutorOptions opt = mixed_precision_way(way);
       auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
       store->param("w1").copy_from(random_tensor({131, 129}, 5, -1, 1));
       store->param("w2").copy_from(random_tensor({129}, 6, -1, 1));
@@ -252,8 +262,7 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
       ex.bind(x, random_tensor({33, 131}, 7, -1, 1).to(dt));
       const std::vector<float> poison(store->flat_size(), std::nanf(""));
       for (int run = 0; run < 2; ++run) {
-        if (overwrite) opt.device_ctx->copy(store->grads(), poison.data(), poison.size() * sizeof(float), CopyKind::host_to_device);
-        else opt.device_ctx->memset_zero(store->grads(), store->flat_size() * sizeof(float));
+        reset_grads(opt, *store, poison);
         ex.run();
         results[way].push_back(ex.get(y).to_doubles());
         results[way].push_back(store->grad("w1").to_doubles());

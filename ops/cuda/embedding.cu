@@ -2,9 +2,10 @@
 //
 // Forward: a gather, one thread per 16 bytes of output (one element when rows are not 16-byte multiples).
 // Backward, deterministic without float atomics: the token ids are stably radix-sorted (CUB; tokens with the
-// same id keep their order), then each (vocabulary row, column tile) block finds its row's run of tokens by
-// binary search and sums their dy rows in token order in fp32, writing the row once (zeros for unused
-// rows). Every element's sum therefore runs over the same tokens in the same order on every run, as on the CPU.
+// same id keep their order), then the (sorted position, column tile) block at the start of each id's run of tokens
+// finds the run's end by binary search and sums their dy rows in token order in fp32, writing the row once (the
+// table zeroed first for the rows no token uses), or, into an f32 gradient slot, adding it. Every element's sum
+// therefore runs over the same tokens in the same order on every run, as on the CPU.
 //
 // Ids outside [0, V): the CPU kernel throws; a GPU kernel cannot without stopping the stream, so the
 // forward writes NaN rows for them (visible in the loss at once, never a read out of bounds) and the
@@ -75,18 +76,22 @@ __device__ __forceinline__ int64_t lower_bound(const uint32_t* keys, int64_t n, 
   return lo;
 }
 
-// Block (v, tile): dtable[v, tile's columns] = sum of dy[order[j], ...] over the run of id v in token order, summed in
-// fp32 and rounded to TOut once; with kAdd (TOut f32: a gradient slot) added to the row instead, and rows no id uses
-// left as they are.
+// Block (j, tile): when sorted position j starts the run of an id v < V (the first of its equal keys), dtable[v, tile's
+// columns] = sum of dy[order[i], ...] over the run, in token order (the sort is stable), summed in fp32 and rounded to
+// TOut once; with kAdd (TOut f32: a gradient slot) added to the row instead. Every other block returns at once: a
+// block per token rather than per vocabulary row (GPT-2: 16384 against 50304, most of which no token uses), and the
+// run's end found by one binary search from its start. Rows no id uses are not written (the launcher zeroes the
+// table first unless kAdd).
 //   dy: (n, C), sorted_keys: (n), order: (n) token indices sorted by id (stable) -> dtable: (V, C)
 template <class T, class TOut, int W, bool kAdd>
 __global__ void embedding_backward_rows(const T* __restrict__ dy, const uint32_t* __restrict__ sorted_keys,
                                         const int32_t* __restrict__ order, TOut* __restrict__ dtable, int64_t n,
-                                        int64_t C) {
+                                        int64_t V, int64_t C) {
   static_assert(!kAdd || std::is_same_v<TOut, float>, "adds into f32 only");
-  const uint32_t v = blockIdx.x;
-  const int64_t begin = lower_bound(sorted_keys, n, v), end = lower_bound(sorted_keys, n, v + 1);
-  if (kAdd && begin == end) return;  // (uniform over the block)
+  const int64_t begin = blockIdx.x;
+  const uint32_t v = sorted_keys[begin];
+  if (v >= V || (begin > 0 && sorted_keys[begin - 1] == v)) return;  // an invalid id, or not a run's start (uniform)
+  const int64_t end = begin + 1 + lower_bound(sorted_keys + begin + 1, n - begin - 1, v + 1);
   for (int64_t c = (static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x) * W; c < C;
        c += static_cast<int64_t>(gridDim.y) * blockDim.x * W) {
     float acc[W];
@@ -141,8 +146,8 @@ void embedding_kernel(const Op&, const KernelContext& ctx, const std::vector<Ten
   });
 }
 
-// Columns per backward block: 128 threads (4 warps) x W; few enough threads that a block per vocabulary row
-// stays cheap for the (many) rows no token uses, enough to keep a row's loads coalesced.
+// Columns per backward block: 128 threads (4 warps) x W; few enough threads that a block per token stays cheap for
+// the (many) tokens that do not start a run, enough to keep a row's loads coalesced.
 constexpr int kBackwardThreads = 128;
 
 template <class T, class TOut, bool kAdd>
@@ -154,11 +159,14 @@ void launch_backward_rows(const Tensor& dy, const uint32_t* sorted_keys, const i
   constexpr int VW = Vec<T>::kWidth;
   const bool vec = C % VW == 0 && dev::aligned16(gp) && dev::aligned16(tp);
   const int W = vec ? VW : 1;
+  if (!kAdd) XF_CUDA_CHECK(cudaMemsetAsync(tp, 0, dtable.nbytes(), s));  // the rows no id uses
   // gridDim.y is at most 65535; a block loops over further column tiles.
   const int64_t tiles = std::min<int64_t>((C + int64_t{kBackwardThreads} * W - 1) / (int64_t{kBackwardThreads} * W), 65535);
-  const dim3 grid(static_cast<unsigned>(V), static_cast<unsigned>(tiles));
-  if (vec) embedding_backward_rows<T, TOut, VW, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
-  else embedding_backward_rows<T, TOut, 1, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, C);
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(tiles));
+  if (vec)
+    embedding_backward_rows<T, TOut, VW, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, V, C);
+  else
+    embedding_backward_rows<T, TOut, 1, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, V, C);
   XF_CUDA_CHECK_LAUNCH("embedding_backward_rows");
 }
 
