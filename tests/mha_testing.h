@@ -16,7 +16,7 @@
 namespace xfr::testing {
 
 struct MhaRun {
-  Tensor y, dx, grads;               // y, dx and the flat parameter gradients
+  Tensor y, dx, grads;               // y, dx and the parameter gradients, flat in declaration order
   std::map<std::string, int> ops;    // the graph's nodes by op name
   int packed_attention = 0;          // flash_attention nodes with qkv_packed
   int count(const std::string& op) const {
@@ -53,15 +53,23 @@ inline MhaRun run_mha(const Tensor& x, const MultiHeadSpec& spec, const Attentio
   const Value w = g.input("w", y.meta());
   const Gradients grads = gradients(y, w);
   auto store = std::make_shared<ParamStore>(g);
+  // Each parameter's values (and below its gradient) by its place in declaration order (ParamSlot::stream_offset), not
+  // in the store: graphs that store their parameters in another order (the packed projection's store_adjacent groups)
+  // get and give the same values per parameter.
   const Tensor init = random_tensor({static_cast<int64_t>(store->flat_size())}, 31, -0.3, 0.3);
-  std::copy(init.data<float>(), init.data<float>() + store->flat_size(), store->params());
+  for (const ParamSlot& s : store->slots())
+    std::copy(init.data<float>() + s.stream_offset, init.data<float>() + s.stream_offset + s.numel,
+              store->params() + s.offset);
   ExecutorOptions opt;
   opt.seed = 5;
   Executor ex(g, {y, grads.get(xin)}, grads, store, opt);
   ex.bind(xin, x);
   ex.bind(w, random_tensor(y.shape(), 32));
   ex.run();
-  MhaRun r{ex.get(y).clone(), ex.get(grads.get(xin)).clone(), store->grads_flat().clone(), {}, 0};
+  Tensor param_grads = Tensor::zeros({static_cast<int64_t>(store->flat_size())});
+  for (const ParamSlot& s : store->slots())
+    std::copy(store->grads() + s.offset, store->grads() + s.offset + s.numel, param_grads.data<float>() + s.stream_offset);
+  MhaRun r{ex.get(y).clone(), ex.get(grads.get(xin)).clone(), param_grads, {}, 0};
   for (int n = 0; n < g.num_nodes(); ++n) {
     const Op& op = *g.node(n).op;
     ++r.ops[op.name()];
