@@ -180,6 +180,15 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, ui
                : "memory");
 }
 // Closes the thread's bulk operations issued so far into a group (cp.async.bulk.commit_group).
+// Stores the box at (c0 = column, c1 = row) of a 2-D tensor map from shared memory at src (laid out as the map's
+// swizzle says), as a bulk group of this thread (bulk_commit, then bulk_wait_read before src is rewritten). src's
+// generic-proxy writes must be ordered first: fence_proxy_async by each writer, then a barrier.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Until at most N of the thread's bulk groups still read their shared-memory source (the source may be rewritten).
 template <int N>
