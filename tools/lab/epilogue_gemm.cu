@@ -1,17 +1,19 @@
-// Kernel lab: a Hopper GEMM whose epilogue runs beside the next tile's math, against cuBLASLt's fused epilogues at
+// Kernel lab: persistent Hopper GEMMs with GPT-2's MLP epilogues, against cuBLASLt's fused epilogues at
 // GPT-2 124M's MLP shapes (M = 16 x 1024 tokens, K = 768, N = 3072), bf16 with fp32 accumulation:
 //   gelu   the fc layer's forward: pre = x W^T + b (aux, kept for the backward) and y = gelu_tanh(pre), W (N, K)
 //   dgelu  the fc layer's input gradient: dpre = (dy W2) * gelu_tanh'(pre), W2 (K, N) row-major (matmul_dgelu)
 // Question: cuBLASLt runs these at 470-500 TFLOP/s (GPT-2 step profile, session 22: linear 619 TFLOP/s over the four
 // forward GEMMs, matmul_dgelu 494) against ~680 for the plain GEMM of the same shape: its epilogue (two 100 MB writes,
-// or a 100 MB read and a write, per call) is not hidden behind the math. Does a persistent kernel whose two consumer
-// warpgroups take turns (one in its epilogue while the other multiplies) do better?
-// The kernel (gemm_pingpong): a CTA of 3 warpgroups, persistent over 64 x 256 output tiles (tile j of the CTA's list
+// or a 100 MB read and a write, per call) is not hidden behind the math. Does a persistent kernel do better?
+// Two kernels, each with the variants gelu, dgelu, plain (the bare product, one store) and sink (no output: the main
+// loop alone); docs/benchmarks.md (session 22) has their figures.
+// gemm_pingpong: a CTA of 3 warpgroups, persistent over 64 x 256 output tiles (tile j of the CTA's list
 // goes to consumer j % 2). Warpgroup 0's first thread loads each tile's 64-wide K blocks with TMA (A 64 x 64, B 256 x
 // 64 K-major or 4 boxes of 64 x 64 MN-major, 128-byte swizzle) into a ring of kStages stages, filled in the order the
 // consumers use them; a consumer waits for its stage, issues the block's 4 m64n256k16 wgmmas, and frees the previous
 // block's stage once its group is done. The epilogue works from the accumulator registers: bias + GELU (two bf16x2
 // stores per pair of columns) or the GELU derivative of the loaded pre-activation (a bf16x2 load and a store).
+// gemm_coop: both consumers on one 128 x 256 tile, the epilogue through shared memory and TMA stores (see there).
 // Checks: each variant's outputs against cuBLASLt's (the same operands) within 2 bf16 ulps of |ref| + 1e-2 (both sum
 // in fp32 in different orders; GELU and its derivative as each computes them); outputs poisoned (NaN) first.
 // Timing: lab::time_us (median of batches of back-to-back calls), TFLOP/s = 2 M N K / t.
