@@ -68,6 +68,33 @@ struct Args {
   int M, N, K;
 };
 
+// The producer of both kernels (one thread): for the CTA's tiles (blockIdx.x, + gridDim.x, ...) of bm x kBN, each
+// 64-wide K block into the next of kStagesN stages (stage_bytes apart at base: A bm x 64 at the stage's start, B after
+// a_bytes: one 256-row box K-major, or 4 boxes of 64 n x 64 k MN-major for dgelu), once the consumers freed it.
+template <Epi kEpi, int kStagesN>
+__device__ __forceinline__ void produce(const CUtensorMap* a, const CUtensorMap* b, uint32_t base, uint32_t full,
+                                        uint32_t empty, int stage_bytes, int a_bytes, int bm, int tiles, int n_tiles,
+                                        int kt) {
+  int it = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int m0 = (tile / n_tiles) * bm, n0 = (tile % n_tiles) * kBN;
+    for (int kb = 0; kb < kt; ++kb, ++it) {
+      const int s = it % kStagesN;
+      mbar_wait(empty + 8 * s, ((it / kStagesN) & 1) ^ 1);
+      const uint32_t st = base + s * stage_bytes;
+      mbar_arrive_expect_tx(full + 8 * s, stage_bytes);
+      tma_load_2d(st, a, kb * kBK, m0, full + 8 * s);
+      if constexpr (kEpi != Epi::dgelu) {
+        tma_load_2d(st + a_bytes, b, kb * kBK, n0, full + 8 * s);  // B (N, K): 256 rows of 64 k
+      } else {
+#pragma unroll
+        for (int c = 0; c < kBN / 64; ++c)  // B (K, N): 4 atoms of 64 n x 64 k rows
+          tma_load_2d(st + a_bytes + c * (kBK * 128), b, n0 + 64 * c, kb * kBK, full + 8 * s);
+      }
+    }
+  }
+}
+
 template <Epi kEpi>
 __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_constant__ Args args) {
 #if XF_SM90A_DEVICE
@@ -87,25 +114,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
   __syncthreads();
   if (wg == 0) {  // the producer
     setmaxnreg_dec<40>();
-    if (t != 0) return;
-    int it = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-      const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * kBN;
-      for (int kb = 0; kb < kt; ++kb, ++it) {
-        const int s = it % kStages;
-        mbar_wait(empty + 8 * s, ((it / kStages) & 1) ^ 1);
-        const uint32_t st = base + s * kStageBytes;
-        mbar_arrive_expect_tx(full + 8 * s, kStageBytes);
-        tma_load_2d(st, &args.a, kb * kBK, m0, full + 8 * s);
-        if constexpr (kEpi != Epi::dgelu) {
-          tma_load_2d(st + kABytes, &args.b, kb * kBK, n0, full + 8 * s);  // B (N, K): 256 rows of 64 k
-        } else {
-#pragma unroll
-          for (int c = 0; c < kBN / 64; ++c)  // B (K, N): 4 atoms of 64 n x 64 k rows
-            tma_load_2d(st + kABytes + c * (kBK * 128), &args.b, n0 + 64 * c, kb * kBK, full + 8 * s);
-        }
-      }
-    }
+    if (t == 0) produce<kEpi, kStages>(&args.a, &args.b, base, full, empty, kStageBytes, kABytes, kBM, tiles, n_tiles, kt);
     return;
   }
   setmaxnreg_inc<232>();
@@ -147,27 +156,27 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) sum += acc[i];
       if (sum == 1234.5f) args.out[threadIdx.x] = __float2bfloat16(sum);  // (keeps the main loop)
-      continue;
-    }
-    // Epilogue from the registers: element i of the fragment is row 16 warp + lane/4 + 8 ((i/2) % 2), column
-    // 8 (i/4) + 2 (lane % 4) + i % 2; pairs (i, i + 1) are adjacent columns (a bf16x2).
+    } else {
+      // Epilogue from the registers: element i of the fragment is row 16 warp + lane/4 + 8 ((i/2) % 2), column
+      // 8 (i/4) + 2 (lane % 4) + i % 2; pairs (i, i + 1) are adjacent columns (a bf16x2).
 #pragma unroll
-    for (int i = 0; i < kBN / 2; i += 2) {
-      const int row = m0 + 16 * warp + lane / 4 + 8 * ((i / 2) % 2), col = n0 + 8 * (i / 4) + 2 * (lane % 4);
-      const int64_t at = int64_t(row) * args.N + col;
-      if constexpr (kEpi == Epi::gelu) {
-        const float2 b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(args.bias + col));
-        const float p0 = acc[i] + b2.x, p1 = acc[i + 1] + b2.y;
-        *reinterpret_cast<__nv_bfloat162*>(args.aux + at) = __floats2bfloat162_rn(p0, p1);
-        *reinterpret_cast<__nv_bfloat162*>(args.out + at) =
-            __floats2bfloat162_rn(xfr::cuda::dev::ActGeluTanh{}.f(p0), xfr::cuda::dev::ActGeluTanh{}.f(p1));
-      } else if constexpr (kEpi == Epi::plain) {
-        *reinterpret_cast<__nv_bfloat162*>(args.out + at) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
-      } else {
-        const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(args.aux + at));
-        *reinterpret_cast<__nv_bfloat162*>(args.out + at) =
-            __floats2bfloat162_rn(acc[i] * xfr::cuda::dev::ActGeluTanh{}.df(p.x),
-                                  acc[i + 1] * xfr::cuda::dev::ActGeluTanh{}.df(p.y));
+      for (int i = 0; i < kBN / 2; i += 2) {
+        const int row = m0 + 16 * warp + lane / 4 + 8 * ((i / 2) % 2), col = n0 + 8 * (i / 4) + 2 * (lane % 4);
+        const int64_t at = int64_t(row) * args.N + col;
+        if constexpr (kEpi == Epi::gelu) {
+          const float2 b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(args.bias + col));
+          const float p0 = acc[i] + b2.x, p1 = acc[i + 1] + b2.y;
+          *reinterpret_cast<__nv_bfloat162*>(args.aux + at) = __floats2bfloat162_rn(p0, p1);
+          *reinterpret_cast<__nv_bfloat162*>(args.out + at) =
+              __floats2bfloat162_rn(xfr::cuda::dev::ActGeluTanh{}.f(p0), xfr::cuda::dev::ActGeluTanh{}.f(p1));
+        } else if constexpr (kEpi == Epi::plain) {
+          *reinterpret_cast<__nv_bfloat162*>(args.out + at) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
+        } else {
+          const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(args.aux + at));
+          *reinterpret_cast<__nv_bfloat162*>(args.out + at) =
+              __floats2bfloat162_rn(acc[i] * xfr::cuda::dev::ActGeluTanh{}.df(p.x),
+                                    acc[i + 1] * xfr::cuda::dev::ActGeluTanh{}.df(p.y));
+        }
       }
     }
   }
@@ -237,25 +246,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
   __syncthreads();
   if (wg == 0) {  // the producer
     setmaxnreg_dec<40>();
-    if (t != 0) return;
-    int it = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-      const int m0 = (tile / n_tiles) * kCoopBM, n0 = (tile % n_tiles) * kBN;
-      for (int kb = 0; kb < kt; ++kb, ++it) {
-        const int s = it % kCoopStages;
-        mbar_wait(empty + 8 * s, ((it / kCoopStages) & 1) ^ 1);
-        const uint32_t st = base + s * kCoopStageBytes;
-        mbar_arrive_expect_tx(full + 8 * s, kCoopStageBytes);
-        tma_load_2d(st, &args.a, kb * kBK, m0, full + 8 * s);  // 128 rows of 64 k
-        if constexpr (kEpi != Epi::dgelu) {
-          tma_load_2d(st + kCoopABytes, &args.b, kb * kBK, n0, full + 8 * s);
-        } else {
-#pragma unroll
-          for (int c = 0; c < kBN / 64; ++c)
-            tma_load_2d(st + kCoopABytes + c * (kBK * 128), &args.b, n0 + 64 * c, kb * kBK, full + 8 * s);
-        }
-      }
-    }
+    if (t == 0)
+      produce<kEpi, kCoopStages>(&args.a, &args.b, base, full, empty, kCoopStageBytes, kCoopABytes, kCoopBM, tiles,
+                                 n_tiles, kt);
     return;
   }
   setmaxnreg_inc<232>();
