@@ -1,7 +1,6 @@
 #include "ops/linear.h"
 
 #include "ops/matmul.h"
-#include "ops/norm.h"
 #include "ops/reduce.h"
 #include "runtime/error.h"
 
@@ -69,9 +68,10 @@ std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
   if (ctx.needs_grad(0)) dx = matmul(g, w, false, false, ctx.name("da"));
   const bool want_db = has_bias && ctx.needs_grad(2) && g.rank() > 1;
-  // The bias gradient summed by the layernorm backward that wrote g (a pre-norm block's output projections feed
-  // the next norm's residual add): no pass over g for it, and dw is a plain GEMM.
-  if (want_db) db = layernorm_dx_sum(g);
+  // The bias gradient summed by the node that wrote g, where its op can (Op::with_row_sum: the layernorm backward of a
+  // pre-norm block's residual add, which a block's output projections feed): no pass over g for it, and dw is a plain
+  // GEMM.
+  if (want_db) db = ctx.graph.row_sum_of(g);
   if (ctx.needs_grad(1)) {
     const Value x2 = x.rank() > 2 ? reshape(x, {-1, x.dim(-1)}, ctx.name("a2d")) : x;
     const Value g2 = g.rank() > 2 ? reshape(g, {-1, g.dim(-1)}, ctx.name("g2d")) : g;

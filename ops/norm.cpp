@@ -141,21 +141,11 @@ std::vector<TensorMeta> LayerNormBackwardOp::infer(const std::vector<TensorMeta>
   return out;
 }
 
-Value layernorm_dx_sum(const Value& g) {
-  if (!g.defined()) return {};
-  Graph& graph = *g.graph;
-  const ValueInfo& info = graph.value(g.id);
-  if (info.producer < 0 || info.producer_output != 0) return {};
-  const int node_id = info.producer;
-  const auto* op = dynamic_cast<const LayerNormBackwardOp*>(graph.node(node_id).op.get());
-  if (!op) return {};
-  if (!op->want_dx_sum) {
-    auto with_sum = std::make_shared<LayerNormBackwardOp>(*op);
-    with_sum->want_dx_sum = true;
-    graph.extend(node_id, std::move(with_sum));
-    op = static_cast<const LayerNormBackwardOp*>(graph.node(node_id).op.get());
-  }
-  return Value{&graph, graph.node(node_id).outputs.at(static_cast<size_t>(op->dx_sum_output()))};
+std::shared_ptr<const Op> LayerNormBackwardOp::with_row_sum(int output) const {
+  if (output != 0 || want_dx_sum) return nullptr;
+  auto op = std::make_shared<LayerNormBackwardOp>(*this);
+  op->want_dx_sum = true;
+  return op;
 }
 
 // ---- rmsnorm --------------------------------------------------------------------------------------------

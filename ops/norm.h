@@ -57,8 +57,9 @@ class LayerNormOp final : public Op {
 // dadd is another gradient of the norm's input, added in the same pass (a residual stream's: the gradient of
 // the sum a pre-norm add_layernorm writes out): the separate add's two reads and one write are saved.
 // dx_sum is the bias gradient of a linear layer whose output the norm reads (a transformer block's attention and
-// MLP output projections: LinearOp's backward asks for it, see with_dx_sum), summed while dx is in registers
-// instead of by a column sum that reads dx again. On the GPU it is summed from dx in fp32, before dx is rounded.
+// MLP output projections: LinearOp's backward asks for it through Graph::row_sum_of, which extends the node by
+// with_row_sum), summed while dx is in registers instead of by a column sum that reads dx again. On the GPU it is
+// summed from dx in fp32, before dx is rounded.
 class LayerNormBackwardOp final : public Op {
  public:
   LayerNormBackwardOp(bool has_gamma, bool want_dgamma, bool want_dbeta, bool has_dadd = false,
@@ -73,15 +74,13 @@ class LayerNormBackwardOp final : public Op {
   int dgamma_output() const { return want_dgamma ? 1 : -1; }
   int dbeta_output() const { return want_dbeta ? 1 + int(want_dgamma) : -1; }
   int dx_sum_output() const { return want_dx_sum ? 1 + int(want_dgamma) + int(want_dbeta) : -1; }
+  std::shared_ptr<const Op> with_row_sum(int output) const override;  // dx's: the op with want_dx_sum
+  int row_sum_output(int output) const override { return output == 0 ? dx_sum_output() : -1; }
   bool has_gamma, want_dgamma, want_dbeta;
   bool has_dadd = false;
   bool want_dx_sum = false;
 };
 
-// The sum over rows of the dx a layernorm_backward node writes (its output 0), for a linear layer's bias gradient:
-// the node's dx_sum output, which this adds to the node (Graph::extend) when it has none yet. `g` must be output 0
-// of a layernorm_backward node; undefined Value otherwise (the caller then sums g itself).
-Value layernorm_dx_sum(const Value& g);
 
 class RMSNormOp final : public Op {
  public:

@@ -63,23 +63,39 @@ void Graph::store_adjacent(const std::vector<Value>& params) {
   adjacent_params_.push_back(std::move(group));
 }
 
+std::vector<TensorMeta> Graph::infer_node(const Op& op, const std::vector<TensorMeta>& in, const std::string& node) const {
+  try {
+    return op.infer(in);
+  } catch (const Error& e) {
+    throw Error(e.op(), e.message() + " (node '" + node + "')", e.config_path());
+  }
+}
+
+int Graph::new_output(int node_id, const std::string& node, size_t k, size_t outputs, const TensorMeta& meta,
+                      bool inputs_require_grad) {
+  ValueInfo v;
+  v.meta = meta;
+  v.name = outputs == 1 ? node : node + ":" + std::to_string(k);
+  v.producer = node_id;
+  v.producer_output = static_cast<int>(k);
+  v.requires_grad = inputs_require_grad && is_floating(meta.dtype);
+  return new_value(std::move(v));
+}
+
 std::vector<Value> Graph::add(std::shared_ptr<const Op> op, const std::vector<Value>& inputs,
                               const std::string& name, int64_t rng_offset) {
   std::vector<TensorMeta> in_meta;
   Node n;
   n.op = op;
   n.name = qualified(name.empty() ? op->name() + "_" + std::to_string(nodes_.size()) : name);
+  bool any_input_requires_grad = false;
   for (const auto& v : inputs) {
     XF_CHECK(v.defined() && v.graph == this, op->name(), "node '", n.name, "' got a value of another graph");
     in_meta.push_back(v.meta());
     n.inputs.push_back(v.id);
+    any_input_requires_grad |= value(v.id).requires_grad;
   }
-  std::vector<TensorMeta> out_meta;
-  try {
-    out_meta = op->infer(in_meta);
-  } catch (const Error& e) {
-    throw Error(e.op(), e.message() + " (node '" + n.name + "')", e.config_path());
-  }
+  const std::vector<TensorMeta> out_meta = infer_node(*op, in_meta, n.name);
   const int64_t randoms = op->random_numbers(in_meta);
   if (rng_offset >= 0) {
     n.rng_offset = rng_offset;  // a backward node replaying its forward node's random numbers
@@ -88,17 +104,9 @@ std::vector<Value> Graph::add(std::shared_ptr<const Op> op, const std::vector<Va
     rng_cursor_ += (randoms + 3) / 4 * 4;  // whole Philox blocks, so every node starts at lane 0
   }
   const int node_id = static_cast<int>(nodes_.size());
-  bool any_input_requires_grad = false;
-  for (const auto& v : inputs) any_input_requires_grad |= value(v.id).requires_grad;
   std::vector<Value> outs;
   for (size_t k = 0; k < out_meta.size(); ++k) {
-    ValueInfo v;
-    v.meta = out_meta[k];
-    v.name = out_meta.size() == 1 ? n.name : n.name + ":" + std::to_string(k);
-    v.producer = node_id;
-    v.producer_output = static_cast<int>(k);
-    v.requires_grad = any_input_requires_grad && is_floating(v.meta.dtype);
-    const int id = new_value(std::move(v));
+    const int id = new_output(node_id, n.name, k, out_meta.size(), out_meta[k], any_input_requires_grad);
     n.outputs.push_back(id);
     outs.push_back(Value{this, id});
   }
@@ -116,12 +124,7 @@ std::vector<Value> Graph::extend(int node_id, std::shared_ptr<const Op> op) {
     in_meta.push_back(value(v).meta);
     any_input_requires_grad |= value(v).requires_grad;
   }
-  std::vector<TensorMeta> out_meta;
-  try {
-    out_meta = op->infer(in_meta);
-  } catch (const Error& e) {
-    throw Error(e.op(), e.message() + " (node '" + n.name + "')", e.config_path());
-  }
+  const std::vector<TensorMeta> out_meta = infer_node(*op, in_meta, n.name);
   XF_CHECK(op->random_numbers(in_meta) == 0 && n.rng_offset < 0, op->name(), "extend: node '", n.name,
            "' consumes random numbers");
   XF_CHECK(out_meta.size() >= n.outputs.size(), op->name(), "extend: node '", n.name, "' would lose outputs");
@@ -131,17 +134,28 @@ std::vector<Value> Graph::extend(int node_id, std::shared_ptr<const Op> op) {
   n.op = std::move(op);
   std::vector<Value> outs;
   for (size_t k = n.outputs.size(); k < out_meta.size(); ++k) {
-    ValueInfo v;
-    v.meta = out_meta[k];
-    v.name = n.name + ":" + std::to_string(k);
-    v.producer = node_id;
-    v.producer_output = static_cast<int>(k);
-    v.requires_grad = any_input_requires_grad && is_floating(v.meta.dtype);
-    const int id = new_value(std::move(v));
-    nodes_[static_cast<size_t>(node_id)].outputs.push_back(id);
+    const int id = new_output(node_id, n.name, k, out_meta.size(), out_meta[k], any_input_requires_grad);
+    n.outputs.push_back(id);  // (n stays valid: new_output grows values_, not nodes_)
     outs.push_back(Value{this, id});
   }
   return outs;
+}
+
+Value Graph::row_sum_of(const Value& v) {
+  XF_CHECK(v.defined() && v.graph == this, "graph", "row_sum_of: a value of another graph");
+  const int node_id = value(v.id).producer, k = value(v.id).producer_output;
+  if (node_id < 0) return {};
+  int at = node(node_id).op->row_sum_output(k);
+  if (at < 0) {
+    std::shared_ptr<const Op> op = node(node_id).op->with_row_sum(k);
+    if (!op) return {};
+    at = op->row_sum_output(k);
+    extend(node_id, std::move(op));
+  }
+  const Value sum{this, node(node_id).outputs.at(static_cast<size_t>(at))};
+  XF_CHECK(sum.meta() == (TensorMeta{{v.dim(-1)}, v.dtype()}), node(node_id).op->name(), "row_sum_of: node '",
+           node(node_id).name, "' gave ", sum.meta().str(), " for the row sum of ", v.meta().str());
+  return sum;
 }
 
 Graph::Scope Graph::scope(const std::string& name) {

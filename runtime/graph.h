@@ -79,9 +79,12 @@ class Graph {
   }
   // Replaces node `node_id`'s op by `op`, which takes the node's inputs and yields its outputs first, unchanged
   // (validated through op->infer), and consumes no random numbers; the outputs past those become new values of
-  // the node, which are returned. For a backward rule that asks a node already built for more of what it computes
-  // (a linear layer's bias gradient from a norm backward's dx, ops/norm.h layernorm_dx_sum).
+  // the node, which are returned. For a backward rule that asks a node already built for more of what it computes.
   std::vector<Value> extend(int node_id, std::shared_ptr<const Op> op);
+  // The sum of v over all its axes but the last, (v.dim(-1)) in v's dtype, as an output of the node that writes v
+  // when that node's op can write it (Op::with_row_sum: the node is extended the first time), else undefined (the
+  // caller sums v itself). A linear layer's bias gradient from the layernorm backward that wrote its output gradient.
+  Value row_sum_of(const Value& v);
 
   // Name scopes: `auto s = g.scope("encoder.3");` qualifies names until `s` is destroyed.
   class Scope {
@@ -113,6 +116,12 @@ class Graph {
 
  private:
   int new_value(ValueInfo info);
+  // op.infer(in), its errors naming the node.
+  std::vector<TensorMeta> infer_node(const Op& op, const std::vector<TensorMeta>& in, const std::string& node) const;
+  // Output k (of `outputs`) of node `node_id` as a new value: named "<node>" when it is the only one, else "<node>:k";
+  // it requires grad when an input does and it is floating.
+  int new_output(int node_id, const std::string& node, size_t k, size_t outputs, const TensorMeta& meta,
+                 bool inputs_require_grad);
   std::vector<ValueInfo> values_;
   std::vector<Node> nodes_;
   std::vector<std::string> scopes_;

@@ -64,6 +64,13 @@ class Op {
   // instead of storing them: the executor then hands it the slot for a write that is not the run's first (a tied
   // embedding's lookup gradient, added to what the output layer's GEMM stored; only the rows it touches).
   virtual bool adds_f32(int output) const { return false; }
+  // This op extended to also write the sum of output `output` over all its axes but the last (one more output, after
+  // its own), or null when it cannot (the default). For a backward rule that wants the column sum of a gradient another
+  // node computes anyway: a linear layer's bias gradient from the layernorm backward that wrote its output's gradient,
+  // summed while dx is in registers, instead of a pass over it (Graph::row_sum_of).
+  virtual std::shared_ptr<const Op> with_row_sum(int output) const { return nullptr; }
+  // Which output of this op is output `output`'s row sum (an op that with_row_sum returned), or -1.
+  virtual int row_sum_output(int output) const { return -1; }
   // Random numbers one execution consumes from the Philox stream (dropout); the graph gives each such
   // node its own slice of the per-step stream.
   virtual int64_t random_numbers(const std::vector<TensorMeta>& inputs) const { return 0; }

@@ -90,9 +90,7 @@ TEST_CASE("linear: an MLP's backward applies the GELU's derivative in one matmul
                                random_tensor({4}, 35, -1, 1, DType::f64)};
   check_gradients(mlp, in, "linear gelu -> linear");
   Graph g;
-  std::vector<Value> v;
-  for (size_t i = 0; i < in.size(); ++i)
-    v.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const std::vector<Value> v = graph_inputs(g, in, true);
   const Gradients grads = gradients(reduce_sum(mlp(g, v), {}, false));
   int fused = 0, unfused = 0;
   for (int i = 0; i < g.num_nodes(); ++i) {

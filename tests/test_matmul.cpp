@@ -118,9 +118,7 @@ TEST_CASE("autodiff: a gradient sum with a matmul contribution is one matmul_add
                                random_tensor({4, 5}, 3, -1, 1, DType::f64), random_tensor({4, 5}, 4, -1, 1, DType::f64)};
   check_gradients(build, in, "three projections of x");
   Graph g;
-  std::vector<Value> vin;
-  for (size_t i = 0; i < in.size(); ++i)
-    vin.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const std::vector<Value> vin = graph_inputs(g, in, true);
   const Value out = reduce_sum(build(g, vin), {0, 1, 2}, false);
   const int forward_nodes = g.num_nodes();
   const Gradients grads = gradients(out);

@@ -221,7 +221,8 @@ TEST_CASE("layernorm_backward's dx sum is the sum of its dx over the rows (with 
     }
 }
 
-TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias gradient from the norm's backward") {
+TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias gradient from the norm's backward "
+          "(Graph::row_sum_of)") {
   // A pre-norm block's projection: proj = x w^T + b, then layernorm(stream + proj) (add_layernorm, the sum kept).
   const auto block = [](Graph&, const std::vector<Value>& v) {
     const Value proj = linear_op(v[0], v[1], v[2], false);
@@ -233,9 +234,7 @@ TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias
                                random_tensor({7}, 85, 0.5, 1.5, DType::f64), random_tensor({7}, 86, -1, 1, DType::f64)};
   check_gradients(block, in, "linear -> residual layernorm");
   Graph g;
-  std::vector<Value> v;
-  for (size_t i = 0; i < in.size(); ++i)
-    v.push_back(g.input("in" + std::to_string(i), TensorMeta{in[i].shape(), DType::f64}, true));
+  const std::vector<Value> v = graph_inputs(g, in, true);
   const Gradients grads = gradients(reduce_sum(block(g, v), {}, false));
   int weight_grads = 0, with_sum = 0;
   for (int i = 0; i < g.num_nodes(); ++i) {
@@ -248,6 +247,14 @@ TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias
   }
   CHECK(weight_grads == 0);  // dw is a plain matmul
   CHECK(with_sum == 1);
+  // Asked again, the same output (the node is extended once); a value whose producer cannot sum its rows has none.
+  const Value bias_grad = grads.get(v[2]);
+  const Node& norm_backward = g.node(g.value(bias_grad.id).producer);
+  const Value dx{&g, norm_backward.outputs[0]};
+  CHECK(g.row_sum_of(dx).id == bias_grad.id);
+  CHECK(norm_backward.outputs.size() == 4);
+  CHECK_FALSE(g.row_sum_of(reduce_sum(v[0], {}, false)).defined());
+  CHECK_FALSE(g.row_sum_of(v[0]).defined());  // an input: no producer
 }
 
 TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradients by finite differences") {

@@ -108,12 +108,19 @@ inline void check_close(const Tensor& actual, const std::vector<double>& expecte
 // Builds a graph over inputs of the given tensors (float ones require grad) and returns its output.
 using GraphBuilder = std::function<Value(Graph& g, const std::vector<Value>& inputs)>;
 
+// Graph inputs "in0", "in1", ... shaped as `inputs`; with differentiate, the f64 ones require grad.
+inline std::vector<Value> graph_inputs(Graph& g, const std::vector<Tensor>& inputs, bool differentiate) {
+  std::vector<Value> vin;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    vin.push_back(g.input("in" + std::to_string(i), TensorMeta{inputs[i].shape(), inputs[i].dtype()},
+                          differentiate && inputs[i].dtype() == DType::f64));
+  return vin;
+}
+
 // Runs `build` once on `inputs` through an executor and returns its output.
 inline Tensor run_graph(const GraphBuilder& build, const std::vector<Tensor>& inputs, uint64_t seed = 0) {
   Graph g;
-  std::vector<Value> vin;
-  for (size_t i = 0; i < inputs.size(); ++i)
-    vin.push_back(g.input("in" + std::to_string(i), TensorMeta{inputs[i].shape(), inputs[i].dtype()}));
+  const std::vector<Value> vin = graph_inputs(g, inputs, false);
   Value out = build(g, vin);
   auto store = std::make_shared<ParamStore>(g);
   ExecutorOptions opt;
@@ -131,11 +138,7 @@ inline Tensor run_graph(const GraphBuilder& build, const std::vector<Tensor>& in
 inline void check_gradients(const GraphBuilder& build, const std::vector<Tensor>& inputs, const std::string& what,
                             double eps = 1e-6, double atol = 1e-6, double rtol = 1e-5, uint64_t seed = 0) {
   Graph g;
-  std::vector<Value> vin;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const bool diff = inputs[i].dtype() == DType::f64;
-    vin.push_back(g.input("in" + std::to_string(i), TensorMeta{inputs[i].shape(), inputs[i].dtype()}, diff));
-  }
+  const std::vector<Value> vin = graph_inputs(g, inputs, true);
   Value out = build(g, vin);
   REQUIRE(out.dtype() == DType::f64);
   Value w = g.input("w", out.meta());

@@ -1,5 +1,5 @@
-// Host helpers shared by the Hopper attention labs (tools/lab/attention_wgmma.cu, the forward, and
-// tools/lab/attention_wgmma_bwd.cu, the backward): the device check they open with, the host-mapped hang record of
+// Host helpers shared by the Hopper labs (tools/lab/attention_wgmma.cu, the attention forward,
+// tools/lab/attention_wgmma_bwd.cu, its backward, and tools/lab/epilogue_gemm.cu): the device check they open with, the host-mapped hang record of
 // mbar_wait, the per-case error check that stops the program on a sticky error, TMA tensor-map encoding through the
 // runtime's driver entry point, bf16 decoding and the command line both labs share. Include after lab_cuda.h
 // (LAB_NAME) and after the lab's device code (which brings ops/cuda/device/sm90/ptx.cuh: HangInfo, g_hang).

@@ -33,11 +33,11 @@
 
 #include "ops/cuda/device/activation.cuh"
 #include "ops/cuda/device/sm90/ptx.cuh"
-#include "ops/cuda/device/sm90/tensor_map.h"
 #include "ops/cuda/device/sm90/wgmma.cuh"
 #include "ops/cuda/gemm.h"
 #include "runtime/cuda/context.h"
 #include "runtime/tensor.h"
+#include "tools/lab/attention_wgmma_host.h"  // lab_host: the device check, the hang record, tensor maps, case_error
 #include "tools/lab/lab_tensors.h"
 
 using namespace xfr;
@@ -350,14 +350,18 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
 #endif
 }
 
-bool encode(CUtensorMap* map, const void* base, uint64_t inner, uint64_t rows, uint32_t box_rows) {
-  const uint64_t dims[2] = {inner, rows}, strides[1] = {inner * 2};
-  std::string why;
-  if (!encode_sw128_map(map, false, base, 2, dims, strides, box_rows, &why)) {
-    std::printf("%s: FATAL: tensor map: %s\n", LAB_NAME, why.c_str());
-    return false;
-  }
-  return true;
+// A (rows, inner) bf16 matrix's 128-byte-swizzled map with boxes of 64 x box_rows (the shared Hopper lab helper).
+CUtensorMap map_of(const Tensor& t, int64_t inner, int64_t rows, int box_rows) {
+  return lab_host::make_tensor_map(static_cast<const __nv_bfloat16*>(t.raw_data()), static_cast<uint64_t>(rows),
+                                   static_cast<int>(inner), box_rows);
+}
+
+// After a case's first launch: the launch and the kernel's completion, an mbarrier timeout or a fault ending the lab
+// (status 3, lab_host::case_error) and any other error counted as a failed case.
+bool case_ok(const char* what) {
+  const std::string e = lab_host::case_error(cudaGetLastError(), what);
+  if (!e.empty()) std::printf("%s: %s FAILED: %s\n", LAB_NAME, what, e.c_str());
+  return e.empty();
 }
 
 double max_rel_err(const Tensor& got, const Tensor& want) {
@@ -373,26 +377,12 @@ double max_rel_err(const Tensor& got, const Tensor& want) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int dev_count = 0;
-  if (cudaGetDeviceCount(&dev_count) != cudaSuccess || dev_count == 0) {
-    std::printf("%s: no CUDA device\n", LAB_NAME);
-    return 1;
-  }
-  cudaDeviceProp prop{};
-  LAB_CHECK(cudaGetDeviceProperties(&prop, 0));
-  if (prop.major != 9) {
-    std::printf("%s: needs an sm_90 GPU (this is sm_%d%d)\n", LAB_NAME, prop.major, prop.minor);
-    return 1;
-  }
+  if (const int rc = lab_host::open_sm90_device()) return rc;  // the device line, sm_90a, the hang record
+  int sms = 0;
+  LAB_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   const int M = argc > 1 ? std::atoi(argv[1]) : 16384, K = 768, N = 3072;
   auto ctx = cuda::CudaContext::create(0);
   cudaStream_t s = ctx->stream();
-  HangInfo* hang = nullptr;
-  LAB_CHECK(cudaHostAlloc(&hang, sizeof(HangInfo), cudaHostAllocMapped));
-  *hang = HangInfo{};
-  HangInfo* hang_dev = nullptr;
-  LAB_CHECK(cudaHostGetDevicePointer(&hang_dev, hang, 0));
-  LAB_CHECK(cudaMemcpyToSymbol(g_hang, &hang_dev, sizeof(hang_dev)));
   const Tensor x = random_bf16(ctx.get(), M, K, 1, 1.f), w = random_bf16(ctx.get(), N, K, 2, 0.05f);
   const Tensor bias = random_bf16(ctx.get(), 1, N, 3, 0.5f);
   const Tensor dy = random_bf16(ctx.get(), M, K, 4, 1.f), w2 = random_bf16(ctx.get(), K, N, 5, 0.05f);
@@ -400,7 +390,7 @@ int main(int argc, char** argv) {
   Tensor y_ref = empty(), pre_ref = empty(), y = empty(), pre = empty(), d_ref = empty(), d = empty();
   const double flop = 2.0 * M * N * K;
   int failed = 0;
-  const int sms = prop.multiProcessorCount, tiles = (M / kBM) * (N / kBN);
+  const int tiles = (M / kBM) * (N / kBN);
   const int grid = std::min(sms, (tiles + 1) / 2);
   LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::gelu>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::dgelu>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
@@ -416,7 +406,8 @@ int main(int argc, char** argv) {
     g.aux = pre_ref.raw_data();
     auto cublas = [&] { cuda::gemm(*ctx, g); };
     Args a{};
-    if (!encode(&a.a, x.raw_data(), K, M, kBM) || !encode(&a.b, w.raw_data(), K, N, kBN)) return 3;
+    a.a = map_of(x, K, M, kBM);
+    a.b = map_of(w, K, N, kBN);
     a.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
     a.out = static_cast<__nv_bfloat16*>(y.raw_data());
     a.aux = static_cast<__nv_bfloat16*>(pre.raw_data());
@@ -426,15 +417,9 @@ int main(int argc, char** argv) {
     LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
     LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
     ours();
-    LAB_CHECK(cudaGetLastError());
-    LAB_CHECK(cudaStreamSynchronize(s));
-    if (hang->set) {
-      std::printf("%s: gelu: DEADLOCK (block %u thread %u barrier %u parity %u)\n", LAB_NAME, hang->block_x,
-                  hang->thread, hang->barrier, hang->parity);
-      return 2;
-    }
+    const bool ran = case_ok("ping-pong gelu");
     const double ey = max_rel_err(y, y_ref), ep = max_rel_err(pre, pre_ref);
-    const bool ok = ey <= 1 && ep <= 1;
+    const bool ok = ran && ey <= 1 && ep <= 1;
     failed += !ok;
     const double tc = ::lab::time_us(s, cublas), to = ::lab::time_us(s, ours);
     cuda::GemmArgs plain = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
@@ -450,13 +435,13 @@ int main(int argc, char** argv) {
     auto ours_sink = [&] { gemm_pingpong<Epi::sink><<<grid, kThreads, kSmemBytes, s>>>(a); };
     cuda::gemm(*ctx, plain);
     ours_plain();
-    LAB_CHECK(cudaStreamSynchronize(s));
+    const bool ran_plain = case_ok("ping-pong plain");
     const double e_plain = max_rel_err(y, y_ref);
-    failed += e_plain > 1;
+    failed += !ran_plain || e_plain > 1;
     const double t_plain = ::lab::time_us(s, ours_plain), t_sink = ::lab::time_us(s, ours_sink);
     std::printf("%s: plain %d x %d x %d: %s (err/tol %.2f); ours with the plain store %.1f us (%.0f TFLOP/s), main loop "
                 "alone (no output) %.1f us (%.0f)\n",
-                LAB_NAME, M, N, K, e_plain <= 1 ? "ok" : "FAILED", e_plain, t_plain, flop / t_plain * 1e-6, t_sink,
+                LAB_NAME, M, N, K, !ran_plain || e_plain > 1 ? "FAILED" : "ok", e_plain, t_plain, flop / t_plain * 1e-6, t_sink,
                 flop / t_sink * 1e-6);
   }
   // ---- dgelu: dpre = (dy W2) * gelu'(pre) ------------------------------------------------------------------------
@@ -466,7 +451,8 @@ int main(int argc, char** argv) {
     g.aux = pre_ref.raw_data();
     auto cublas = [&] { cuda::gemm(*ctx, g); };
     Args a{};
-    if (!encode(&a.a, dy.raw_data(), K, M, kBM) || !encode(&a.b, w2.raw_data(), N, K, kBK)) return 3;
+    a.a = map_of(dy, K, M, kBM);
+    a.b = map_of(w2, N, K, kBK);
     a.out = static_cast<__nv_bfloat16*>(d.raw_data());
     a.aux = static_cast<__nv_bfloat16*>(pre_ref.raw_data());
     a.M = M, a.N = N, a.K = K;
@@ -474,15 +460,9 @@ int main(int argc, char** argv) {
     cublas();
     LAB_CHECK(cudaMemsetAsync(d.raw_data(), 0xFF, d.nbytes(), s));
     ours();
-    LAB_CHECK(cudaGetLastError());
-    LAB_CHECK(cudaStreamSynchronize(s));
-    if (hang->set) {
-      std::printf("%s: dgelu: DEADLOCK (block %u thread %u barrier %u parity %u)\n", LAB_NAME, hang->block_x,
-                  hang->thread, hang->barrier, hang->parity);
-      return 2;
-    }
+    const bool ran = case_ok("ping-pong dgelu");
     const double e = max_rel_err(d, d_ref);
-    const bool ok = e <= 1;
+    const bool ok = ran && e <= 1;
     failed += !ok;
     const double tc = ::lab::time_us(s, cublas), to = ::lab::time_us(s, ours);
     cuda::GemmArgs plain = cuda::plain_gemm(DType::bf16, false, M, N, K, dy.raw_data(), w2.raw_data(), d_ref.raw_data());
@@ -499,22 +479,13 @@ int main(int argc, char** argv) {
     const int coop_tiles = (M / kCoopBM) * (N / kBN), coop_grid = std::min(sms, coop_tiles);
     auto coop_args = [&](const Tensor& a_mat, const Tensor& b_mat, bool b_mn, const Tensor& out, const Tensor& aux) {
       CoopArgs c{};
-      bool ok = encode(&c.a, a_mat.raw_data(), K, M, kCoopBM) &&
-                (b_mn ? encode(&c.b, b_mat.raw_data(), N, K, kBK) : encode(&c.b, b_mat.raw_data(), K, N, kBN)) &&
-                encode(&c.out, out.raw_data(), N, M, 64) && encode(&c.aux, aux.raw_data(), N, M, 64);
-      if (!ok) std::exit(3);
+      c.a = map_of(a_mat, K, M, kCoopBM);
+      c.b = b_mn ? map_of(b_mat, N, K, kBK) : map_of(b_mat, K, N, kBN);
+      c.out = map_of(out, N, M, 64);
+      c.aux = map_of(aux, N, M, 64);
       c.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
       c.M = M, c.N = N, c.K = K;
       return c;
-    };
-    auto check_hang = [&](const char* what) {
-      LAB_CHECK(cudaGetLastError());
-      LAB_CHECK(cudaStreamSynchronize(s));
-      if (hang->set) {
-        std::printf("%s: coop %s: DEADLOCK (block %u thread %u barrier %u parity %u)\n", LAB_NAME, what, hang->block_x,
-                    hang->thread, hang->barrier, hang->parity);
-        std::exit(2);
-      }
     };
     // gelu: against cuBLASLt's pre and y (recomputed into y_ref / pre_ref).
     cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
@@ -528,9 +499,9 @@ int main(int argc, char** argv) {
     LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
     LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
     coop_gelu();
-    check_hang("gelu");
+    const bool ran_gelu = case_ok("coop gelu");
     const double ey = max_rel_err(y, y_ref), ep = max_rel_err(pre, pre_ref);
-    const bool ok_gelu = ey <= 1 && ep <= 1;
+    const bool ok_gelu = ran_gelu && ey <= 1 && ep <= 1;
     failed += !ok_gelu;
     const double t_gelu = ::lab::time_us(s, coop_gelu);
     // dgelu: against cuBLASLt's (pre_ref is the forward's pre-activation).
@@ -542,9 +513,10 @@ int main(int argc, char** argv) {
     auto coop_dgelu = [&] { gemm_coop<Epi::dgelu><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cd); };
     LAB_CHECK(cudaMemsetAsync(d.raw_data(), 0xFF, d.nbytes(), s));
     coop_dgelu();
-    check_hang("dgelu");
+    const bool ran_dgelu = case_ok("coop dgelu");
     const double ed = max_rel_err(d, d_ref);
-    failed += ed > 1;
+    const bool ok_dgelu = ran_dgelu && ed <= 1;
+    failed += !ok_dgelu;
     const double t_dgelu = ::lab::time_us(s, coop_dgelu);
     // plain and sink: against cuBLASLt's plain GEMM.
     cuda::GemmArgs gp = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
@@ -555,9 +527,10 @@ int main(int argc, char** argv) {
     auto coop_sink = [&] { gemm_coop<Epi::sink><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cp); };
     LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
     coop_plain();
-    check_hang("plain");
+    const bool ran_coop_plain = case_ok("coop plain");
     const double e_plain = max_rel_err(y, y_ref);
-    failed += e_plain > 1;
+    const bool ok_plain = ran_coop_plain && e_plain <= 1;
+    failed += !ok_plain;
     const double t_plain = ::lab::time_us(s, coop_plain), t_sink = ::lab::time_us(s, coop_sink);
     const double t_cl_gelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, g); });
     const double t_cl_dgelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, gd); });
@@ -566,8 +539,8 @@ int main(int argc, char** argv) {
                 "y %.2f, pre %.2f) %.1f us (%.0f TFLOP/s) against cuBLASLt's %.1f: %.2fx; dgelu %s (%.2f) %.1f us (%.0f) "
                 "against %.1f: %.2fx; plain %s (%.2f) %.1f us (%.0f) against %.1f: %.2fx; main loop alone %.1f us (%.0f)\n",
                 LAB_NAME, M, N, K, ok_gelu ? "ok" : "FAILED", ey, ep, t_gelu, flop / t_gelu * 1e-6, t_cl_gelu,
-                t_cl_gelu / t_gelu, ed <= 1 ? "ok" : "FAILED", ed, t_dgelu, flop / t_dgelu * 1e-6, t_cl_dgelu,
-                t_cl_dgelu / t_dgelu, e_plain <= 1 ? "ok" : "FAILED", e_plain, t_plain, flop / t_plain * 1e-6, t_cl_plain,
+                t_cl_gelu / t_gelu, ok_dgelu ? "ok" : "FAILED", ed, t_dgelu, flop / t_dgelu * 1e-6, t_cl_dgelu,
+                t_cl_dgelu / t_dgelu, ok_plain ? "ok" : "FAILED", e_plain, t_plain, flop / t_plain * 1e-6, t_cl_plain,
                 t_cl_plain / t_plain, t_sink, flop / t_sink * 1e-6);
   }
   std::printf("%s: %s\n", LAB_NAME, failed ? "FAILED" : "all checks passed");
