@@ -148,7 +148,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       if (src.kind == ValueKind::param && src.meta.dtype == DType::f32 && to16 &&
           (mirror_dtype == DType::f32 || mirror_dtype == to)) {
         mirror_dtype = to;
-        st.mirror_cast = true;
+        st.mirror_offset = static_cast<int64_t>(store_->slot(src.name).offset);
       } else if ((src.meta.dtype == DType::bf16 || src.meta.dtype == DType::f16) && to == DType::f32 &&
                  st.grad_slot_out[0] >= 0 && !read_by_node(st.out[0]) &&
                  !is_output[static_cast<size_t>(st.out[0])]) {
@@ -159,33 +159,27 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       st.kernel = nullptr;
       unmaterialized[static_cast<size_t>(st.out[0])] = true;
     }
-    // A concatenation along the first axis of mirror views of parameters the store keeps adjacent and in that order
-    // (Graph::store_adjacent: a packed q/k/v projection's weights and biases) is itself a view of the mirror.
+    // A concatenation along the first axis of mirror views that lie next to each other, in order (parameters the
+    // store keeps adjacent: Graph::store_adjacent, a packed q/k/v projection's weights and biases) is itself a view.
     for (auto& st : schedule_) {
       const Node& node = g.node(st.node);
       if (!st.kernel || node.op->name() != "concat" || node.op->attrs() != "axis=0" || st.in.empty() ||
           st.out.size() != 1 || g.value(st.out[0]).meta.dtype != mirror_dtype)
         continue;
-      int64_t next = -1;  // where the next input's slot must start
+      int64_t start = -1, next = -1;  // the first input's view's element, and where the next one's must start
       bool adjacent = true;
       for (int in : st.in) {
         const int p = producer_step[static_cast<size_t>(in)];
-        if (p < 0 || !schedule_[static_cast<size_t>(p)].mirror_cast) {
+        const int64_t at = p < 0 ? -1 : schedule_[static_cast<size_t>(p)].mirror_offset;
+        if (at < 0 || (next >= 0 && at != next)) {
           adjacent = false;
           break;
         }
-        const ParamSlot& slot = store_->slot(g.value(schedule_[static_cast<size_t>(p)].in[0]).name);
-        if (next >= 0 && static_cast<int64_t>(slot.offset) != next) {
-          adjacent = false;
-          break;
-        }
-        if (next < 0) st.mirror_view_offset = static_cast<int64_t>(slot.offset);
-        next = static_cast<int64_t>(slot.offset + slot.numel);
+        if (start < 0) start = at;
+        next = at + numel_of(g.value(in).meta.shape);
       }
-      if (!adjacent) {
-        st.mirror_view_offset = -1;
-        continue;
-      }
+      if (!adjacent) continue;
+      st.mirror_offset = start;
       st.kernel = nullptr;
       unmaterialized[static_cast<size_t>(st.out[0])] = true;
     }
@@ -360,11 +354,10 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     if (const int slot = f32_slot_of[static_cast<size_t>(v)]; slot >= 0)
       tensors_[static_cast<size_t>(v)] = store_->grad(store_->slots()[static_cast<size_t>(slot)].name);
   for (const auto& st : schedule_)  // the parameter casts' outputs and their adjacent concatenations: mirror views
-    if (st.mirror_cast || st.mirror_view_offset >= 0) {
+    if (st.mirror_offset >= 0) {
       const auto& m = g.value(st.out[0]).meta;
-      const size_t offset = st.mirror_cast ? store_->slot(g.value(st.in[0]).name).offset
-                                           : static_cast<size_t>(st.mirror_view_offset);
-      tensors_[static_cast<size_t>(st.out[0])] = param_mirror_.carve(offset * dtype_size(m.dtype), m.shape, m.dtype);
+      tensors_[static_cast<size_t>(st.out[0])] =
+          param_mirror_.carve(static_cast<size_t>(st.mirror_offset) * dtype_size(m.dtype), m.shape, m.dtype);
     }
   if (opt_.device_ctx) {  // fixed device buffers for the inputs (stable addresses for graph replay)
     input_buffers_.resize(input_ids_.size());

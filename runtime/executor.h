@@ -108,15 +108,14 @@ class Executor {
     std::vector<int> in, out;        // value ids
     std::vector<int> grad_slot_out;  // per output: index into store slots to accumulate into, or -1
     bool params_only = false;        // every input is a parameter or another params_only output
-    // Mixed precision on a device (see Executor's constructor): a cast of an f32 parameter whose output is a
-    // view of the 16-bit parameter mirror (no kernel), or a cast of a 16-bit gradient to f32 whose only use
-    // is its parameter's gradient slot, accumulated straight from the 16-bit input (no kernel, no buffer).
-    bool mirror_cast = false;
+    // Mixed precision on a device (see Executor's constructor): the step's output is a view of the 16-bit parameter
+    // mirror starting at this element (no kernel, no buffer), or -1. Such a step is a cast of an f32 parameter (at its
+    // slot's offset), or a concatenation along the first axis of such views that lie next to each other in the
+    // mirror, in order (Graph::store_adjacent: a packed q/k/v projection's weights and biases).
+    int64_t mirror_offset = -1;
+    // A cast of a 16-bit gradient to f32 whose only use is its parameter's gradient slot, accumulated straight from
+    // the 16-bit input (no kernel, no buffer).
     bool grad_cast_accumulate = false;
-    // Mixed precision on a device: a concatenation along the first axis of parameters the store keeps adjacent
-    // (Graph::store_adjacent), read through the mirror: its output is a view of the mirror at this element (no
-    // kernel, no buffer). -1: none.
-    int64_t mirror_view_offset = -1;
     std::vector<bool> grad_batched;  // per output (device): its gradient is written by the run's batched launch
     std::vector<bool> grad_first_write;  // per output: the run's first write of its slot
     bool adds_f32 = false;  // its kernel adds into the f32 slot it is handed (KernelContext::add_f32_outputs)

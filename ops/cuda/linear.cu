@@ -103,7 +103,7 @@ void weight_grad_f32_outputs(const KernelContext& ctx, const Tensor& g, const Te
     Tensor(db).fill(0.0);
     return;
   }
-  const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.tile_counters(), CudaContext::kTileCounterWords};
+  const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.launch_counters()};
   XF_CUDA_DISPATCH_FLOAT(g.dtype(), "linear_weight_grad", T, {
     const T* gp = static_cast<const T*>(g.raw_data());
     if (db.dtype() == DType::f32)

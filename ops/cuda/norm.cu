@@ -698,7 +698,7 @@ void layernorm_backward_kernel(const Op& op_, const KernelContext& ctx, const st
                             op.has_gamma ? in[3].raw_data() : nullptr, in[static_cast<size_t>(op.dy_index())].raw_data(),
                             op.has_dadd ? in.back().raw_data() : nullptr, out[0].raw_data(), output(op.dgamma_output()),
                             output(op.dbeta_output()), output(op.dx_sum_output()), rows, C, cc.workspace(),
-                            cc.workspace_bytes(), cc.stream(), {cc.tile_counters(), CudaContext::kTileCounterWords});
+                            cc.workspace_bytes(), cc.stream(), cc.launch_counters());
 }
 
 // in: x (..., C), [gamma (C)];  out: y (..., C), rstd (rows) f32
@@ -719,7 +719,7 @@ void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std:
   launch_rmsnorm_backward(in[0].dtype(), in[0].raw_data(), in[1].data<float>(),
                           op.has_gamma ? in[2].raw_data() : nullptr, in.back().raw_data(), out[0].raw_data(),
                           op.want_dgamma ? out[1].raw_data() : nullptr, rows, C, cc.workspace(),
-                          cc.workspace_bytes(), cc.stream(), {cc.tile_counters(), CudaContext::kTileCounterWords});
+                          cc.workspace_bytes(), cc.stream(), cc.launch_counters());
 }
 
 }  // namespace
@@ -745,7 +745,7 @@ void launch_layernorm_backward(DType dtype, const void* x, const float* mean, co
       norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
                               static_cast<const T*>(dy), static_cast<const T*>(dadd), static_cast<T*>(dx),
                               static_cast<T*>(dgamma), static_cast<T*>(dbeta), static_cast<T*>(dx_sum), rows, C,
-                              Scratch{workspace, workspace_bytes, counters.words, counters.n}, stream));
+                              Scratch{workspace, workspace_bytes, counters}, stream));
 }
 
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
@@ -762,7 +762,7 @@ void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, cons
                          norm_backward<T, true>(static_cast<const T*>(x), nullptr, rstd, static_cast<const T*>(gamma),
                                                 static_cast<const T*>(dy), nullptr, static_cast<T*>(dx),
                                                 static_cast<T*>(dgamma), nullptr, nullptr, rows, C,
-                                                Scratch{workspace, workspace_bytes, counters.words, counters.n},
+                                                Scratch{workspace, workspace_bytes, counters},
                                                 stream));
 }
 

@@ -11,23 +11,18 @@
 // Scratch memory (workspace, workspace_bytes): device memory the launcher may use until its kernels have run
 // on `stream` (the graph kernels pass the context's workspace); the backward passes keep their per-block
 // partial sums there, the cross-entropy its per-row losses. LaunchCounters: zeroed device words the backward
-// passes may use to add their partial sums in one launch (the graph kernels pass CudaContext::tile_counters()).
+// passes may use to add their partial sums in one launch (the graph kernels pass CudaContext::launch_counters()).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
+#include "runtime/cuda/context.h"  // LaunchCounters
 #include "runtime/dtype.h"
 
 struct CUstream_st;
 
 namespace xfr::cuda {
 
-// n u32 of device memory that are zero between launches on the stream (a launch that uses them leaves them zero),
-// e.g. CudaContext::tile_counters(); {}: none (the partial sums are then added by a second launch).
-struct LaunchCounters {
-  unsigned* words = nullptr;
-  int64_t n = 0;
-};
 
 // x, y: (rows, C) dtype; residual, sum: (rows, C) dtype or null (the norm's input is x + residual, rounded to
 // dtype, and sum receives it when not null); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.

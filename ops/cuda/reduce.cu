@@ -191,7 +191,7 @@ void reduce_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
   const int64_t n_out = out[0].numel();
   if (n_out == 0) return;
   CudaContext& cc = context_of(ctx);
-  const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.tile_counters(), CudaContext::kTileCounterWords};
+  const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.launch_counters()};
   cudaStream_t stream = cc.stream();
   XF_CUDA_DISPATCH_FLOAT(in[0].dtype(), "reduce", T, {
     const T* x = static_cast<const T*>(in[0].raw_data());

@@ -100,10 +100,9 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
 struct Scratch {
   void* ptr = nullptr;
   size_t bytes = 0;
-  // Zeroed device counters a launch may use and must leave zeroed (CudaContext::tile_counters), or null: the column
+  // Zeroed device counters a launch may use and must leave zeroed (CudaContext::launch_counters), or none: the column
   // reduction then adds its partial rows in a second launch instead of in its last blocks.
-  unsigned* counters = nullptr;
-  int64_t n_counters = 0;
+  LaunchCounters counters;
   // The first n elements of type U, 256-byte aligned; throws when they do not fit.
   template <class U>
   U* take(int64_t n, const char* op) {
@@ -247,7 +246,7 @@ __device__ __forceinline__ void column_reduce_unit(const TIn* __restrict__ x, co
 // chunk's fp32 partial row for (o, cb) counts itself in counters[o * col_blocks + cb] (after a fence that makes the
 // row visible); the block that counts last adds the S partial rows of those columns, exactly as the second stage's
 // launch would (the same units: 8 lanes over the rows, combined in lane order), so the result has the same bits, and
-// sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::tile_counters).
+// sets the counter back to 0 for the next launch. counters: zeroed device memory (CudaContext::launch_counters).
 struct ColumnFinish {
   static constexpr int kMaxSlices = 4;
   void* y = nullptr;                     // (O, K) in the final dtype, unless slices says otherwise
@@ -419,7 +418,7 @@ template <class TIn>
 bool column_finish_fits(const TIn* x, int64_t O, int64_t K, const Scratch& scratch) {
   constexpr int V = vec_width<TIn>();
   const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
-  return K > 1 && scratch.counters && O * ceil_div(K, 32 * W) <= scratch.n_counters;
+  return K > 1 && scratch.counters.words && O * ceil_div(K, 32 * W) <= scratch.counters.n;
 }
 
 // The column sum of x (O, R, K) over S > 1 chunks in one launch: the chunks' fp32 partial rows into part (O, S, K),
@@ -471,7 +470,7 @@ void reduce_axis(const TIn* x,          // (O, R, K)
     ColumnFinish f;
     f.y = y;
     f.scale = scale;
-    f.counters = scratch.counters;
+    f.counters = scratch.counters.words;
     launch_column_sum_with_finish<TIn, TOut>(x, part, O, R, K, S, f, stream);
     return;
   }
@@ -493,7 +492,7 @@ void sum_columns_to(const TIn* x, TOut* const* ys, int64_t O, int64_t R, int64_t
     if (S > 1) {
       ColumnFinish f;
       for (int64_t o = 0; o < O; ++o) f.slices[o] = ys[o];
-      f.counters = scratch.counters;
+      f.counters = scratch.counters.words;
       launch_column_sum_with_finish<TIn, TOut>(x, scratch.take<float>(O * S * K, "reduce"), O, R, K, S, f, stream);
       return;
     }

@@ -2,6 +2,7 @@
 // released when the last tensor or executor holding the context goes). Kernels reach it through
 // KernelContext::device (see ops/cuda/common.cuh).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -16,6 +17,13 @@ struct cublasLtContext;
 namespace xfr::cuda {
 
 class CachingAllocator;
+
+// n u32 of device memory that are zero between launches on a stream (a launch that uses them leaves them zero),
+// e.g. CudaContext::launch_counters(); {}: none (a column sum then adds its partial rows in a second launch).
+struct LaunchCounters {
+  unsigned* words = nullptr;
+  int64_t n = 0;
+};
 
 int device_count();              // 0 when there is no driver or no device (never throws)
 std::string unavailable_reason();  // empty when a device is there
@@ -61,6 +69,7 @@ class CudaContext final : public DeviceContext {
   // split-tail counters, each reset by the CTA that counts last (FlashAttentionArgs::tile_counter), and the column
   // reduction's, one per column range, reset by the block that adds the partial rows (ops/cuda/rowwise.cuh).
   unsigned* tile_counters() const { return tile_counters_; }
+  LaunchCounters launch_counters() const { return {tile_counters_, kTileCounterWords}; }
   // 2 for the draw, and one per tail tile and consumer warpgroup of the forward's split tail: at most one tail tile a
   // CTA, so 1024 cover three warpgroups on up to 341 SMs (an H200 has 132). 4 KB.
   static constexpr int kTileCounterWords = 2 + 1024;

@@ -144,7 +144,7 @@ int run_case(int64_t R, int64_t K) {
   LAB_CHECK(cudaGetLastError());
   std::printf("%s %s R=%lld K=%lld reduce_axis (two launches): %.1f us (%.2f TB/s)\n", LAB_NAME, tname,
               static_cast<long long>(R), static_cast<long long>(K), prod, gb / prod * 1e3);
-  // With zeroed counters (as the graph kernels pass CudaContext::tile_counters()): the partial rows added by the
+  // With zeroed counters (as the graph kernels pass CudaContext::launch_counters()): the partial rows added by the
   // last block of each column range, one launch. Checked twice in a row (the counters must be left zero), and
   // every counter read back as zero at the end.
   constexpr int64_t kCounters = 1026;
@@ -153,7 +153,7 @@ int run_case(int64_t R, int64_t K) {
   auto one_launch = [&] {
     reduce_axis<TIn, __nv_bfloat16, ReduceMode::sum>(
         x.get(), nullptr, y.get(), nullptr, 1, R, K, 1.f,
-        Scratch{scratch_mem.get(), scratch_mem.bytes(), counters.get(), kCounters}, nullptr);
+        Scratch{scratch_mem.get(), scratch_mem.bytes(), {counters.get(), kCounters}}, nullptr);
   };
   check("reduce_axis one launch", one_launch);
   check("reduce_axis one launch, again", one_launch);

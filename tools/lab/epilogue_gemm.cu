@@ -6,14 +6,15 @@
 // forward GEMMs, matmul_dgelu 494) against ~680 for the plain GEMM of the same shape: its epilogue (two 100 MB writes,
 // or a 100 MB read and a write, per call) is not hidden behind the math. Does a persistent kernel do better?
 // Two kernels, each with the variants gelu, dgelu, plain (the bare product, one store) and sink (no output: the main
-// loop alone); docs/benchmarks.md (session 22) has their figures.
+// loop alone); docs/benchmarks.md (sessions 22 and 23) has their figures.
 // gemm_pingpong: a CTA of 3 warpgroups, persistent over 64 x 256 output tiles (tile j of the CTA's list
 // goes to consumer j % 2). Warpgroup 0's first thread loads each tile's 64-wide K blocks with TMA (A 64 x 64, B 256 x
 // 64 K-major or 4 boxes of 64 x 64 MN-major, 128-byte swizzle) into a ring of kStages stages, filled in the order the
 // consumers use them; a consumer waits for its stage, issues the block's 4 m64n256k16 wgmmas, and frees the previous
 // block's stage once its group is done. The epilogue works from the accumulator registers: bias + GELU (two bf16x2
 // stores per pair of columns) or the GELU derivative of the loaded pre-activation (a bf16x2 load and a store).
-// gemm_coop: both consumers on one 128 x 256 tile, the epilogue through shared memory and TMA stores (see there).
+// gemm_coop<Epi, BN>: both consumers on one 128 x BN tile (BN 256, or 192 with two output buffers a consumer), the
+// epilogue through shared memory and TMA stores (see there, with what session 23 tried against its epilogue's cost).
 // Checks: each variant's outputs against cuBLASLt's (the same operands) within 2 bf16 ulps of |ref| + 1e-2 (both sum
 // in fp32 in different orders; GELU and its derivative as each computes them); outputs poisoned (NaN) first.
 // Timing: lab::time_us (median of batches of back-to-back calls), TFLOP/s = 2 M N K / t.
@@ -71,13 +72,13 @@ struct Args {
 // The producer of both kernels (one thread): for the CTA's tiles (blockIdx.x, + gridDim.x, ...) of bm x kBN, each
 // 64-wide K block into the next of kStagesN stages (stage_bytes apart at base: A bm x 64 at the stage's start, B after
 // a_bytes: one 256-row box K-major, or 4 boxes of 64 n x 64 k MN-major for dgelu), once the consumers freed it.
-template <Epi kEpi, int kStagesN>
+template <Epi kEpi, int kStagesN, int BN = kBN>
 __device__ __forceinline__ void produce(const CUtensorMap* a, const CUtensorMap* b, uint32_t base, uint32_t full,
                                         uint32_t empty, int stage_bytes, int a_bytes, int bm, int tiles, int n_tiles,
                                         int kt) {
   int it = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int m0 = (tile / n_tiles) * bm, n0 = (tile % n_tiles) * kBN;
+    const int m0 = (tile / n_tiles) * bm, n0 = (tile % n_tiles) * BN;
     for (int kb = 0; kb < kt; ++kb, ++it) {
       const int s = it % kStagesN;
       mbar_wait(empty + 8 * s, ((it / kStagesN) & 1) ^ 1);
@@ -85,10 +86,10 @@ __device__ __forceinline__ void produce(const CUtensorMap* a, const CUtensorMap*
       mbar_arrive_expect_tx(full + 8 * s, stage_bytes);
       tma_load_2d(st, a, kb * kBK, m0, full + 8 * s);
       if constexpr (kEpi != Epi::dgelu) {
-        tma_load_2d(st + a_bytes, b, kb * kBK, n0, full + 8 * s);  // B (N, K): 256 rows of 64 k
+        tma_load_2d(st + a_bytes, b, kb * kBK, n0, full + 8 * s);  // B (N, K): BN rows of 64 k
       } else {
 #pragma unroll
-        for (int c = 0; c < kBN / 64; ++c)  // B (K, N): 4 atoms of 64 n x 64 k rows
+        for (int c = 0; c < BN / 64; ++c)  // B (K, N): BN / 64 atoms of 64 n x 64 k rows
           tma_load_2d(st + a_bytes + c * (kBK * 128), b, n0 + 64 * c, kb * kBK, full + 8 * s);
       }
     }
@@ -191,12 +192,31 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
 // columns per consumer, 32 KB) that TMA stores to global memory, asynchronously: the next tile's main loop runs while
 // the stores drain. The dgelu pre-activation comes into the same buffer by TMA, loaded when the tile's main loop
 // starts, and is overwritten in place by the result. GELU and its derivative with the hardware tanh (gelu_fast).
+// With BN = 192 (128 x 192 tiles) each consumer has two output buffers, so that no epilogue waits for a store issued
+// in the same tile: gelu puts pre and y in one each, dgelu and plain alternate them by tile. The question (session 23):
+// is the one-buffer epilogue's wait (gelu: for pre's store to have read the buffer before y is written there; dgelu:
+// for the previous tile's store before the next pre-activation is loaded) what costs the GELU epilogues 60-75 us a
+// call over the main loop? No: run 5 measured gelu 178 and dgelu 174 us against 167 and 169 with one buffer (main
+// loop alone 101 against 100). Nor was it the GELU math: moved under the next main loop's wgmmas (a chunk a K block),
+// gelu ran 181 and dgelu 172 (run 2). Nor the TMA unit: the consumers storing the buffer themselves (16-byte loads
+// and stores, whole 128-byte lines) ran gelu 199, dgelu 176, plain 119 against 112 (run 4); stores straight from the
+// fragments, plain 169 (run 1). A 2-CTA cluster multicasting B (a third less L2 traffic) slowed the main loop itself,
+// 124 against 98 us (run 3: each stage waits for both CTAs' consumers). What the runs agree on: the cost follows the
+// bytes each epilogue moves (100 MB more for gelu's pre or dgelu's pre-activation), not how or when they move.
+// 3 stages of 40 KB and 4 buffers of 24 KB: 216 of the 227 KB.
 constexpr int kCoopBM = 128;
-constexpr int kCoopABytes = kCoopBM * kBK * 2;                 // 16 KB
-constexpr int kCoopStageBytes = kCoopABytes + kBBytes;         // 48 KB
-constexpr int kCoopStages = 3;                                 // 144 KB: with the 64 KB output buffer, 208 of 227 KB
-constexpr int kCoopOutBytes = kCoopBM * kBN * 2;               // 64 KB, 32 KB per consumer
-constexpr int kCoopSmemBytes = kCoopStages * kCoopStageBytes + kCoopOutBytes + 1024 + (2 * kCoopStages + 2) * 8;
+constexpr int kCoopABytes = kCoopBM * kBK * 2;  // 16 KB
+constexpr int kCoopStages = 3;
+template <int BN>
+struct CoopShape {
+  static constexpr int kBBytes = BN * kBK * 2;                 // 32 KB (256) or 24 KB (192)
+  static constexpr int kStageBytes = kCoopABytes + kBBytes;    // 48 or 40 KB
+  static constexpr int kBuffers = BN == 256 ? 1 : 2;           // per consumer: 256 leaves room for one
+  static constexpr int kBufBytes = 64 * BN * 2;                // a consumer's 64 rows: 32 or 24 KB
+  static constexpr int kOutBytes = 2 * kBuffers * kBufBytes;   // 64 or 96 KB
+  static constexpr int kSmemBytes = kCoopStages * kStageBytes + kOutBytes + 1024 + (2 * kCoopStages + 2) * 8;
+  static_assert(kSmemBytes <= 227 * 1024, "an SM's shared memory for one CTA");
+};
 
 // gelu_tanh and its derivative with the hardware tanh (tanh.approx.f32, one MUFU op, relative error about 2^-11: an
 // eighth of a bf16 ulp) in place of ActGeluTanh's expf and IEEE division (run 6: the cooperative kernel's gelu took
@@ -225,15 +245,16 @@ struct CoopArgs {
   int M, N, K;
 };
 
-template <Epi kEpi>
+template <Epi kEpi, int BN = kBN>
 __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__ CoopArgs args) {
 #if XF_SM90A_DEVICE
+  using Sh = CoopShape<BN>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const uint32_t base = smem_u32(smem), out_base = base + kCoopStages * kCoopStageBytes;
-  const uint32_t full = out_base + kCoopOutBytes, empty = full + kCoopStages * 8, aux_bar = empty + kCoopStages * 8;
+  const uint32_t base = smem_u32(smem), out_base = base + kCoopStages * Sh::kStageBytes;
+  const uint32_t full = out_base + Sh::kOutBytes, empty = full + kCoopStages * 8, aux_bar = empty + kCoopStages * 8;
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
-  const int n_tiles = args.N / kBN, tiles = (args.M / kCoopBM) * n_tiles, kt = args.K / kBK;
+  const int n_tiles = args.N / BN, tiles = (args.M / kCoopBM) * n_tiles, kt = args.K / kBK;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kCoopStages; ++s) {
       mbar_init(full + 8 * s, 1);
@@ -247,38 +268,44 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
   if (wg == 0) {  // the producer
     setmaxnreg_dec<40>();
     if (t == 0)
-      produce<kEpi, kCoopStages>(&args.a, &args.b, base, full, empty, kCoopStageBytes, kCoopABytes, kCoopBM, tiles,
-                                 n_tiles, kt);
+      produce<kEpi, kCoopStages, BN>(&args.a, &args.b, base, full, empty, Sh::kStageBytes, kCoopABytes, kCoopBM, tiles,
+                                     n_tiles, kt);
     return;
   }
   setmaxnreg_inc<232>();
   const int consumer = wg - 1, warp = t / 32, lane = t % 32;
-  const uint32_t my_out = out_base + consumer * (kCoopOutBytes / 2), my_aux_bar = aux_bar + 8 * consumer;
-  unsigned char* my_out_ptr = smem + (my_out - base);
-  float acc[kBN / 2];
+  const uint32_t my_bufs = out_base + consumer * Sh::kBuffers * Sh::kBufBytes, my_aux_bar = aux_bar + 8 * consumer;
+  float acc[BN / 2];
   int it = 0, local = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
-    const int m0 = (tile / n_tiles) * kCoopBM, n0 = (tile % n_tiles) * kBN, row0 = m0 + 64 * consumer;
-    if constexpr (kEpi == Epi::dgelu) {  // the pre-activation into the output buffer, under the main loop
+    const int m0 = (tile / n_tiles) * kCoopBM, n0 = (tile % n_tiles) * BN, row0 = m0 + 64 * consumer;
+    // This tile's buffer: dgelu and plain alternate theirs by tile (one buffer: always the one).
+    const int my_buf = Sh::kBuffers == 2 ? (local & 1) : 0;
+    const uint32_t tile_buf = my_bufs + my_buf * Sh::kBufBytes;
+    if constexpr (kEpi == Epi::dgelu) {  // the pre-activation into the tile's buffer, under the main loop
       if (t == 0) {
-        bulk_wait_read<0>();  // the previous tile's stores have read the buffer
-        mbar_arrive_expect_tx(my_aux_bar, kCoopOutBytes / 2);
+        // The buffer's last store has read it: with two buffers that is the one before the previous tile's.
+        if constexpr (Sh::kBuffers == 2)
+          bulk_wait_read<1>();
+        else
+          bulk_wait_read<0>();
+        mbar_arrive_expect_tx(my_aux_bar, Sh::kBufBytes);
 #pragma unroll
-        for (int a = 0; a < kBN / 64; ++a) tma_load_2d(my_out + a * 8192, &args.aux, n0 + 64 * a, row0, my_aux_bar);
+        for (int a = 0; a < BN / 64; ++a) tma_load_2d(tile_buf + a * 8192, &args.aux, n0 + 64 * a, row0, my_aux_bar);
       }
     }
     for (int kb = 0; kb < kt; ++kb, ++it) {
       const int s = it % kCoopStages;
       mbar_wait(full + 8 * s, (it / kCoopStages) & 1);
-      const uint32_t a = base + s * kCoopStageBytes + consumer * (kCoopABytes / 2), b = base + s * kCoopStageBytes + kCoopABytes;
+      const uint32_t a = base + s * Sh::kStageBytes + consumer * (kCoopABytes / 2), b = base + s * Sh::kStageBytes + kCoopABytes;
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
         const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
         if constexpr (kEpi != Epi::dgelu)
-          wgmma_ss<kBN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
+          wgmma_ss<BN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
         else
-          wgmma_ss_bmn<kBN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
+          wgmma_ss_bmn<BN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
       }
       wgmma_commit();
       wgmma_wait<1>();
@@ -289,61 +316,63 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
     if constexpr (kEpi == Epi::sink) {
       float sum = 0.f;
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) sum += acc[i];
-      if (sum == 1234.5f) *reinterpret_cast<volatile float*>(my_out_ptr) = sum;  // (keeps the main loop)
+      for (int i = 0; i < BN / 2; ++i) sum += acc[i];
+      if (sum == 1234.5f) *reinterpret_cast<volatile float*>(smem + (tile_buf - base)) = sum;  // (keeps the main loop)
       continue;
     }
     // Element pair (i, i + 1) of the fragment: row r = 16 warp + lane/4 + 8 ((i/2) % 2) of this consumer's 64, columns
-    // c, c + 1 with c = 8 (i/4) + 2 (lane % 4); in the buffer at atom c / 64, row r, 16-byte chunk ((c % 64) / 8) ^ (r % 8).
+    // c, c + 1 with c = 8 (i/4) + 2 (lane % 4); in a buffer at atom c / 64, row r, 16-byte chunk ((c % 64) / 8) ^ (r % 8).
     // So r % 8 = lane / 4 and the chunk (i / 4) % 8: everything but lane / 4 is known at compile time.
     const int x = lane / 4;
-    unsigned char* const thread_base = my_out_ptr + (16 * warp + x) * 128 + (lane % 4) * 4;
-    const auto buf = [&](int i) {
-      return reinterpret_cast<__nv_bfloat162*>(thread_base + (i / 32) * 8192 + ((i / 2) % 2) * 1024 +
-                                               ((((i / 4) % 8) ^ x) << 4));
+    const auto buf = [&](uint32_t which, int i) {
+      return reinterpret_cast<__nv_bfloat162*>(smem + (which - base) + (16 * warp + x) * 128 + (lane % 4) * 4 +
+                                               (i / 32) * 8192 + ((i / 2) % 2) * 1024 + ((((i / 4) % 8) ^ x) << 4));
     };
-    const auto wait_free = [&] {  // the buffer's previous stores have read it
-      if (t == 0) bulk_wait_read<0>();
+    // Every store but the newest `pending` of this thread's has read its buffer (thread 0 issues them), then all
+    // threads may write.
+    const auto wait_read = [&](auto pending) {
+      if (t == 0) bulk_wait_read<decltype(pending)::value>();
       named_barrier_sync(1 + consumer, 128);
     };
-    const auto issue = [&](const CUtensorMap* map) {  // the buffer to `map` at this consumer's 64 rows
+    const auto issue = [&](uint32_t which, const CUtensorMap* map) {  // a buffer to `map` at this consumer's 64 rows
       fence_proxy_async();
       named_barrier_sync(1 + consumer, 128);
       if (t == 0) {
 #pragma unroll
-        for (int a = 0; a < kBN / 64; ++a) tma_store_2d(map, my_out + a * 8192, n0 + 64 * a, row0);
+        for (int a = 0; a < BN / 64; ++a) tma_store_2d(map, which + a * 8192, n0 + 64 * a, row0);
         bulk_commit();
       }
     };
-    if constexpr (kEpi == Epi::gelu) {  // pre into the buffer (and out), the accumulators turned into gelu(pre)
+    if constexpr (kEpi == Epi::gelu) {  // pre into a buffer (aux), gelu(pre) into the other (one buffer: in turn)
       const __nv_bfloat16* const bias_base = args.bias + n0 + 2 * (lane % 4);
-      wait_free();
+      wait_read(std::integral_constant<int, 0>{});  // the previous tile's stores, a main loop ago
 #pragma unroll
-      for (int i = 0; i < kBN / 2; i += 2) {
+      for (int i = 0; i < BN / 2; i += 2) {
         const float2 b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(bias_base + 8 * (i / 4)));
         const float p0 = acc[i] + b2.x, p1 = acc[i + 1] + b2.y;
-        *buf(i) = __floats2bfloat162_rn(p0, p1);
+        *buf(my_bufs, i) = __floats2bfloat162_rn(p0, p1);
         acc[i] = gelu_fast(p0);
         acc[i + 1] = gelu_fast(p1);
       }
-      issue(&args.aux);
-      wait_free();
+      issue(my_bufs, &args.aux);
+      const uint32_t y_buf = my_bufs + (Sh::kBuffers - 1) * Sh::kBufBytes;
+      if constexpr (Sh::kBuffers == 1) wait_read(std::integral_constant<int, 0>{});  // pre's store, just issued
 #pragma unroll
-      for (int i = 0; i < kBN / 2; i += 2) *buf(i) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
-      issue(&args.out);
+      for (int i = 0; i < BN / 2; i += 2) *buf(y_buf, i) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
+      issue(y_buf, &args.out);
     } else if constexpr (kEpi == Epi::plain) {
-      wait_free();
+      wait_read(std::integral_constant<int, Sh::kBuffers - 1>{});  // this buffer's last store (two tiles ago)
 #pragma unroll
-      for (int i = 0; i < kBN / 2; i += 2) *buf(i) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
-      issue(&args.out);
-    } else {  // dgelu: the pre-activation is in the buffer; the result overwrites it in place
+      for (int i = 0; i < BN / 2; i += 2) *buf(tile_buf, i) = __floats2bfloat162_rn(acc[i], acc[i + 1]);
+      issue(tile_buf, &args.out);
+    } else {  // dgelu: the pre-activation is in the tile's buffer; the result overwrites it in place
       mbar_wait(my_aux_bar, local & 1);
 #pragma unroll
-      for (int i = 0; i < kBN / 2; i += 2) {
-        const float2 p = __bfloat1622float2(*buf(i));
-        *buf(i) = __floats2bfloat162_rn(acc[i] * gelu_fast_grad(p.x), acc[i + 1] * gelu_fast_grad(p.y));
+      for (int i = 0; i < BN / 2; i += 2) {
+        const float2 p = __bfloat1622float2(*buf(tile_buf, i));
+        *buf(tile_buf, i) = __floats2bfloat162_rn(acc[i] * gelu_fast_grad(p.x), acc[i + 1] * gelu_fast_grad(p.y));
       }
-      issue(&args.out);
+      issue(tile_buf, &args.out);
     }
   }
   if (t == 0) bulk_wait<0>();  // the last stores are done before the CTA's shared memory goes
@@ -475,7 +504,7 @@ int main(int argc, char** argv) {
   // ---- the cooperative kernel: gelu, dgelu, plain, sink ------------------------------------------------------
   {
     for (auto* k : {gemm_coop<Epi::gelu>, gemm_coop<Epi::dgelu>, gemm_coop<Epi::plain>, gemm_coop<Epi::sink>})
-      LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kCoopSmemBytes));
+      LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, CoopShape<256>::kSmemBytes));
     const int coop_tiles = (M / kCoopBM) * (N / kBN), coop_grid = std::min(sms, coop_tiles);
     auto coop_args = [&](const Tensor& a_mat, const Tensor& b_mat, bool b_mn, const Tensor& out, const Tensor& aux) {
       CoopArgs c{};
@@ -495,7 +524,7 @@ int main(int argc, char** argv) {
     g.aux = pre_ref.raw_data();
     cuda::gemm(*ctx, g);
     const CoopArgs cg = coop_args(x, w, false, y, pre);
-    auto coop_gelu = [&] { gemm_coop<Epi::gelu><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cg); };
+    auto coop_gelu = [&] { gemm_coop<Epi::gelu><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cg); };
     LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
     LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
     coop_gelu();
@@ -510,7 +539,7 @@ int main(int argc, char** argv) {
     gd.aux = pre_ref.raw_data();
     cuda::gemm(*ctx, gd);
     const CoopArgs cd = coop_args(dy, w2, true, d, pre_ref);
-    auto coop_dgelu = [&] { gemm_coop<Epi::dgelu><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cd); };
+    auto coop_dgelu = [&] { gemm_coop<Epi::dgelu><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cd); };
     LAB_CHECK(cudaMemsetAsync(d.raw_data(), 0xFF, d.nbytes(), s));
     coop_dgelu();
     const bool ran_dgelu = case_ok("coop dgelu");
@@ -523,8 +552,8 @@ int main(int argc, char** argv) {
     gp.trans_b = true;
     cuda::gemm(*ctx, gp);
     const CoopArgs cp = coop_args(x, w, false, y, pre);
-    auto coop_plain = [&] { gemm_coop<Epi::plain><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cp); };
-    auto coop_sink = [&] { gemm_coop<Epi::sink><<<coop_grid, kThreads, kCoopSmemBytes, s>>>(cp); };
+    auto coop_plain = [&] { gemm_coop<Epi::plain><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cp); };
+    auto coop_sink = [&] { gemm_coop<Epi::sink><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cp); };
     LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
     coop_plain();
     const bool ran_coop_plain = case_ok("coop plain");
@@ -542,6 +571,41 @@ int main(int argc, char** argv) {
                 t_cl_gelu / t_gelu, ok_dgelu ? "ok" : "FAILED", ed, t_dgelu, flop / t_dgelu * 1e-6, t_cl_dgelu,
                 t_cl_dgelu / t_dgelu, ok_plain ? "ok" : "FAILED", e_plain, t_plain, flop / t_plain * 1e-6, t_cl_plain,
                 t_cl_plain / t_plain, t_sink, flop / t_sink * 1e-6);
+    // 128 x 192 tiles with two output buffers a consumer (CoopShape<192>).
+    using Kernel = void (*)(CoopArgs);
+    constexpr int kSmem192 = CoopShape<192>::kSmemBytes;
+    const int grid192 = std::min(sms, (M / kCoopBM) * (N / 192));
+    CoopArgs g192 = cg, p192 = cp;
+    g192.b = map_of(w, K, N, 192);
+    p192.b = map_of(w, K, N, 192);
+    struct Case192 {
+      const char* name;
+      Kernel kernel;
+      const CoopArgs* args;
+      int which;  // 0 gelu, 1 dgelu, 2 plain, 3 sink
+    };
+    const Case192 cases192[] = {{"coop 128x192 gelu", gemm_coop<Epi::gelu, 192>, &g192, 0},
+                                {"coop 128x192 dgelu", gemm_coop<Epi::dgelu, 192>, &cd, 1},
+                                {"coop 128x192 plain", gemm_coop<Epi::plain, 192>, &p192, 2},
+                                {"coop 128x192 sink (main loop alone)", gemm_coop<Epi::sink, 192>, &p192, 3}};
+    for (const Case192& c : cases192) {
+      LAB_CHECK(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem192));
+      const auto run = [&] { c.kernel<<<grid192, kThreads, kSmem192, s>>>(*c.args); };
+      cuda::gemm(*ctx, c.which == 0 ? g : c.which == 1 ? gd : gp);  // the references
+      const Tensor& got = c.which == 1 ? d : y;
+      LAB_CHECK(cudaMemsetAsync(got.raw_data(), 0xFF, got.nbytes(), s));
+      LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
+      run();
+      bool ok = case_ok(c.name);
+      const double err = c.which == 3 ? 0 : max_rel_err(got, c.which == 1 ? d_ref : y_ref),
+                   err_pre = c.which == 0 ? max_rel_err(pre, pre_ref) : 0;
+      ok = ok && err <= 1 && err_pre <= 1;
+      failed += !ok;
+      const double tu = ::lab::time_us(s, run), t_ref = c.which == 0 ? t_cl_gelu : c.which == 1 ? t_cl_dgelu : t_cl_plain;
+      std::printf("%s: %s %d x %d x %d: %s (err/tol %.2f, pre %.2f) %.1f us (%.0f TFLOP/s): %.2fx cuBLASLt's %s\n",
+                  LAB_NAME, c.name, M, N, K, c.which == 3 ? "ran" : ok ? "ok" : "FAILED", err, err_pre, tu,
+                  flop / tu * 1e-6, t_ref / tu, c.which == 0 ? "fused gelu" : c.which == 1 ? "fused dgelu" : "plain");
+    }
   }
   std::printf("%s: %s\n", LAB_NAME, failed ? "FAILED" : "all checks passed");
   return failed ? 1 : 0;

@@ -98,7 +98,7 @@ int main() {
                                       dx.raw_data(), k.params ? dg.raw_data() : nullptr,
                                       k.params ? db.raw_data() : nullptr, k.dx_sum ? ds.raw_data() : nullptr,
                                       k.rows, k.C, cc->workspace(), cc->workspace_bytes(), s,
-                                      {cc->tile_counters(), cuda::CudaContext::kTileCounterWords});
+                                      cc->launch_counters());
     };
     LAB_CHECK(cudaMemsetAsync(dx.raw_data(), 0xFF, static_cast<size_t>(k.rows * k.C) * 2, s));  // poison
     LAB_CHECK(cudaMemsetAsync(dg.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));

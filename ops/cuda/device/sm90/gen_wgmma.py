@@ -3,15 +3,16 @@
 # (ops/cuda/flash_attention_sm90.cu, ops/cuda/device/sm90/attention_backward.cuh and the labs that share them). An inline-asm statement needs one
 # named operand per accumulator register (N/2 of them for m64nNk16 with f32 accumulators), which is tedious and
 # error-prone to type, hence a generator. Run: python3 gen_wgmma.py > wgmma.cuh
-SS_N = [32, 64, 128, 256]  # both operands from shared memory (ss_gemm: S = Q K^T, S^T = K Q^T, dP = dO V^T): N = a
-                           # tile's keys or queries (32: a warpgroup's half of the head-dim-256 backward's 64-column
-                           # score tiles; 256: the epilogue GEMM lab's 64 x 256 tiles, tools/lab/epilogue_gemm.cu)
+SS_N = [32, 64, 128, 192, 256]  # both operands from shared memory (ss_gemm: S = Q K^T, S^T = K Q^T, dP = dO V^T): N =
+                                # a tile's keys or queries (32: a warpgroup's half of the head-dim-256 backward's
+                                # 64-column score tiles; 192 and 256: the epilogue GEMM lab's tiles,
+                                # tools/lab/epilogue_gemm.cu)
 RS_N = [64, 128]  # A from registers (rs_gemm: O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K): N = D
 SS_MN_N = [64]    # both operands from shared memory, both MN-major (the fused dQ = dS K of the backward: dS from a
                   # [key][query] tile, K from its [key][d] tile): N = 64 columns of D
-SS_BMN_N = [128, 256]  # both from shared memory, A K-major and B MN-major (the head-dim-256 backward's dV += P^T dO,
-                      # dK += dS^T Q and dQ += dS K with the 16-bit P^T / dS^T / dS from a shared tile): N = 128 columns
-                      # of D; 256: the epilogue GEMM lab's dgelu GEMM, B = W (K, N) row-major
+SS_BMN_N = [128, 192, 256]  # both from shared memory, A K-major and B MN-major (the head-dim-256 backward's dV += P^T
+                           # dO, dK += dS^T Q and dQ += dS K with the 16-bit P^T / dS^T / dS from a shared tile): N =
+                           # 128 columns of D; 192 and 256: the epilogue GEMM lab's dgelu GEMM, B = W (K, N) row-major
 TYPES = [("__nv_bfloat16", "bf16"), ("__half", "f16")]
 
 def regs(first, count):
