@@ -81,7 +81,6 @@ class LayerNormBackwardOp final : public Op {
   bool want_dx_sum = false;
 };
 
-
 class RMSNormOp final : public Op {
  public:
   RMSNormOp(double eps, bool has_gamma) : eps(eps), has_gamma(has_gamma) {}

@@ -138,6 +138,12 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   for (int o : outputs_) is_output[static_cast<size_t>(o)] = true;
   std::vector<bool> unmaterialized(static_cast<size_t>(nv), false);  // values with no buffer of their own
   if (opt_.device_ctx && opt_.fuse_param_casts) {
+    // A cast step of a 16-bit value to f32 that is still to run (a gradient's way into its f32 slot).
+    const auto widens_to_f32 = [&](const Step& c) {
+      if (!c.kernel || g.node(c.node).op->name() != "cast" || c.in.size() != 1 || c.out.size() != 1) return false;
+      const DType from = g.value(c.in[0]).meta.dtype;
+      return (from == DType::bf16 || from == DType::f16) && g.value(c.out[0]).meta.dtype == DType::f32;
+    };
     DType mirror_dtype = DType::f32;
     for (auto& st : schedule_) {
       const Node& node = g.node(st.node);
@@ -149,8 +155,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
           (mirror_dtype == DType::f32 || mirror_dtype == to)) {
         mirror_dtype = to;
         st.mirror_offset = static_cast<int64_t>(store_->slot(src.name).offset);
-      } else if ((src.meta.dtype == DType::bf16 || src.meta.dtype == DType::f16) && to == DType::f32 &&
-                 st.grad_slot_out[0] >= 0 && !read_by_node(st.out[0]) &&
+      } else if (widens_to_f32(st) && st.grad_slot_out[0] >= 0 && !read_by_node(st.out[0]) &&
                  !is_output[static_cast<size_t>(st.out[0])]) {
         st.grad_cast_accumulate = true;
       } else {
@@ -191,10 +196,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       if (!opt_.grads_overwrite) return false;  // (adding both into a running sum would round differently)
       const int p = producer_step[static_cast<size_t>(v)];
       if (p < 0 || readers[static_cast<size_t>(v)] != 1 || is_output[static_cast<size_t>(v)]) return false;
-      const Step& c = schedule_[static_cast<size_t>(p)];
-      if (!c.kernel || g.node(c.node).op->name() != "cast" || c.in.size() != 1) return false;
-      const DType from = g.value(c.in[0]).meta.dtype;
-      return (from == DType::bf16 || from == DType::f16) && g.value(v).meta.dtype == DType::f32;
+      return widens_to_f32(schedule_[static_cast<size_t>(p)]);
     };
     for (auto& st : schedule_) {
       const Node& node = g.node(st.node);

@@ -153,10 +153,9 @@ void layernorm_backward(const LayerNormBackwardOp& op, const KernelContext& ctx,
       }
     }
   });
-  size_t k = 1;
-  if (op.want_dgamma) reduce_bands(pg, nbands, C, out[k++].data<T>());
-  if (op.want_dbeta) reduce_bands(pb, nbands, C, out[k++].data<T>());
-  if (op.want_dx_sum) reduce_bands(ps, nbands, C, out[k++].data<T>());
+  if (op.want_dgamma) reduce_bands(pg, nbands, C, out[static_cast<size_t>(op.dgamma_output())].data<T>());
+  if (op.want_dbeta) reduce_bands(pb, nbands, C, out[static_cast<size_t>(op.dbeta_output())].data<T>());
+  if (op.want_dx_sum) reduce_bands(ps, nbands, C, out[static_cast<size_t>(op.dx_sum_output())].data<T>());
 }
 
 // ---- rmsnorm ------------------------------------------------------------------------------------------------

@@ -194,8 +194,9 @@ void attention_forward(CudaContext& ctx, const FlashAttentionArgs& args, const v
 }
 
 std::shared_ptr<void> attach_forward_scratch(CudaContext& ctx, FlashAttentionArgs& a) {
-  a.tile_counter = ctx.tile_counters();  // the Hopper forward's drawn tiles (on ctx's stream, as every launch here)
-  a.tile_counter_words = CudaContext::kTileCounterWords;
+  const LaunchCounters counters = ctx.launch_counters();  // the Hopper forward's drawn tiles (on ctx's stream, as
+  a.tile_counter = counters.words;                         // every launch here)
+  a.tile_counter_words = static_cast<int>(counters.n);
   const size_t bytes = flash_attention_forward_workspace_bytes(a);  // its split tail's, if it splits one
   // Stream-ordered: back in the pool after the kernels queued before the free (runtime/device_context.h).
   std::shared_ptr<void> ws = bytes > 0 ? ctx.allocate(bytes) : nullptr;

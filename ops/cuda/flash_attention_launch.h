@@ -66,7 +66,7 @@ struct FlashAttentionArgs {
   // Forward: tile_counter_words u32 of device memory, zero, that the Hopper forward (ops/cuda/flash_attention_sm90.cu)
   // may use to draw its query tiles from a counter (DrawOrder: longest first under a mask; the last round's tiles
   // split into pieces without one), and leaves zero again. Kernels using one counter must not overlap (one stream:
-  // CudaContext::tile_counters()). Null: the tiles are dealt in pairs.
+  // CudaContext::launch_counters()). Null: the tiles are dealt in pairs.
   unsigned* tile_counter = nullptr;
   int tile_counter_words = 0;  // 2 draw the tiles; each tile of a split tail takes one more per consumer warpgroup
   // Forward: flash_attention_forward_workspace_bytes(a) bytes of device memory (16-byte aligned) for the Hopper

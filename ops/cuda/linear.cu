@@ -1,8 +1,8 @@
 // CUDA kernels of ops/linear.h: linear as one cuBLASLt GEMM whose epilogue adds the bias and applies GELU (tanh),
 // also storing the pre-activation for the backward (ops/cuda/gemm.h), and its backward's matmul_dgelu and
 // linear_weight_grad with their epilogues (dgelu, the bias gradient). Each fused epilogue has a split twin: the GEMM
-// without it, then the separate kernel (activation, activation_backward, reduce). gemm_fused_or_split times both
-// once per shape and keeps the faster (a fused epilogue can narrow cuBLASLt's algorithms); widths cuBLASLt's aux
+// without it, then the separate kernel (activation, activation_backward, the column sum). gemm_fused_or_split times
+// both once per shape and keeps the faster (a fused epilogue can narrow cuBLASLt's algorithms); widths cuBLASLt's aux
 // cannot take (not a multiple of 8) always split.
 #include "ops/activation.h"
 #include "ops/bias_add.h"
@@ -11,7 +11,6 @@
 #include "ops/cuda/rowwise.cuh"
 #include "ops/linear.h"
 #include "ops/matmul.h"
-#include "ops/reduce.h"
 
 namespace xfr::cuda {
 
@@ -84,12 +83,10 @@ void matmul_dgelu_kernel(const Op&, const KernelContext& ctx, const std::vector<
   split();
 }
 
-// linear_weight_grad with outputs in f32 (LinearWeightGradOp::stores_f32: the executor's gradient slots), either or
-// both, from 16-bit g and x: dw by the GEMM with an f32 C (or 16-bit), db by the column sum into f32 (or 16-bit),
-// each fp32 sum stored without the 16-bit rounding. (The split way: an f32 bias gradient from cuBLASLt's BGRAD
-// epilogue is not used.)
-void weight_grad_f32_outputs(const KernelContext& ctx, const Tensor& g, const Tensor& x, const Tensor& dw,
-                             const Tensor& db) {
+// linear_weight_grad's split way, for any output dtypes: dw = gᵀ x by the GEMM (C in dw's dtype: 16-bit, or f32 for
+// LinearWeightGradOp::stores_f32, the executor's gradient slots) and db by the column sum (into db's dtype). Each
+// fp32 sum is rounded once, to its output's dtype.
+void weight_grad_split(const KernelContext& ctx, const Tensor& g, const Tensor& x, const Tensor& dw, const Tensor& db) {
   const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
   CudaContext& cc = context_of(ctx);
   if (M > 0 && K > 0) {
@@ -115,26 +112,19 @@ void weight_grad_f32_outputs(const KernelContext& ctx, const Tensor& g, const Te
 }
 
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a: the row
-// sums of op(A) = gᵀ), or split: the plain GEMM, then the reduce kernel (gemm_fused_or_split picks the faster).
+// sums of op(A) = gᵀ), or split (weight_grad_split; gemm_fused_or_split picks the faster). Outputs in f32 from 16-bit
+// g and x (stores_f32) always go the split way: cuBLASLt's f32 bias gradient is not used.
 void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
   const Tensor &g = in[0], &x = in[1];
   const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
   if (N == 0) return;
-  if (out[0].dtype() != g.dtype() || out[1].dtype() != g.dtype())  // f32 outputs from 16-bit g, x (stores_f32)
-    return weight_grad_f32_outputs(ctx, g, x, out[0], out[1]);
-  const KernelRegistry& reg = KernelRegistry::builtin();
-  const auto split = [&] {
-    reg.get("matmul", ctx.device)(MatMulOp(true, false), ctx, {g, x}, {out[0]});
-    reg.get("reduce", ctx.device)(ReduceOp(ReduceKind::sum, {0}, false), ctx, {g}, {out[1]});
-  };
-  if (M > 0 && K > 0) {
-    GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), out[0].raw_data());
-    a.epilogue = GemmEpilogue::bgrad_a;
-    a.bias = out[1].raw_data();
-    return gemm_fused_or_split(context_of(ctx), a, split);
-  }
-  split();
+  const auto split = [&] { weight_grad_split(ctx, g, x, out[0], out[1]); };
+  if (out[0].dtype() != g.dtype() || out[1].dtype() != g.dtype() || M == 0 || K == 0) return split();
+  GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), out[0].raw_data());
+  a.epilogue = GemmEpilogue::bgrad_a;
+  a.bias = out[1].raw_data();
+  gemm_fused_or_split(context_of(ctx), a, split);
 }
 
 }  // namespace

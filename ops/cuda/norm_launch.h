@@ -23,7 +23,6 @@ struct CUstream_st;
 
 namespace xfr::cuda {
 
-
 // x, y: (rows, C) dtype; residual, sum: (rows, C) dtype or null (the norm's input is x + residual, rounded to
 // dtype, and sum receives it when not null); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
 void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,

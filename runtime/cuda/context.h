@@ -68,7 +68,6 @@ class CudaContext final : public DeviceContext {
   // persistent kernel's tile counter, which the kernel draws from and resets at its end, the attention forward's
   // split-tail counters, each reset by the CTA that counts last (FlashAttentionArgs::tile_counter), and the column
   // reduction's, one per column range, reset by the block that adds the partial rows (ops/cuda/rowwise.cuh).
-  unsigned* tile_counters() const { return tile_counters_; }
   LaunchCounters launch_counters() const { return {tile_counters_, kTileCounterWords}; }
   // 2 for the draw, and one per tail tile and consumer warpgroup of the forward's split tail: at most one tail tile a
   // CTA, so 1024 cover three warpgroups on up to 341 SMs (an H200 has 132). 4 KB.

@@ -26,10 +26,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/cuda/device/activation.cuh"
@@ -418,194 +421,113 @@ int main(int argc, char** argv) {
   auto empty = [&] { return Tensor::empty({M, N}, DType::bf16, ctx.get()); };
   Tensor y_ref = empty(), pre_ref = empty(), y = empty(), pre = empty(), d_ref = empty(), d = empty();
   const double flop = 2.0 * M * N * K;
-  int failed = 0;
-  const int tiles = (M / kBM) * (N / kBN);
-  const int grid = std::min(sms, (tiles + 1) / 2);
-  LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::gelu>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::dgelu>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::plain>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  LAB_CHECK(cudaFuncSetAttribute(gemm_pingpong<Epi::sink>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
 
-  // ---- gelu: pre = x W^T + b, y = gelu(pre) -------------------------------------------------------------------
-  {
-    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
-    g.trans_b = true;
-    g.epilogue = cuda::GemmEpilogue::bias_gelu_tanh;
-    g.bias = const_cast<void*>(bias.raw_data());
-    g.aux = pre_ref.raw_data();
-    auto cublas = [&] { cuda::gemm(*ctx, g); };
-    Args a{};
-    a.a = map_of(x, K, M, kBM);
-    a.b = map_of(w, K, N, kBN);
-    a.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
-    a.out = static_cast<__nv_bfloat16*>(y.raw_data());
-    a.aux = static_cast<__nv_bfloat16*>(pre.raw_data());
-    a.M = M, a.N = N, a.K = K;
-    auto ours = [&] { gemm_pingpong<Epi::gelu><<<grid, kThreads, kSmemBytes, s>>>(a); };
-    cublas();
-    LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
-    LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
-    ours();
-    const bool ran = case_ok("ping-pong gelu");
-    const double ey = max_rel_err(y, y_ref), ep = max_rel_err(pre, pre_ref);
-    const bool ok = ran && ey <= 1 && ep <= 1;
-    failed += !ok;
-    const double tc = ::lab::time_us(s, cublas), to = ::lab::time_us(s, ours);
-    cuda::GemmArgs plain = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
-    plain.trans_b = true;
-    const double tp = ::lab::time_us(s, [&] { cuda::gemm(*ctx, plain); });
-    std::printf("%s: gelu %d x %d x %d: %s (err/tol y %.2f, pre %.2f); cuBLASLt bias_gelu_tanh+aux %.1f us (%.0f "
-                "TFLOP/s), plain GEMM %.1f us (%.0f), ours %.1f us (%.0f): %.2fx cuBLASLt's fused\n",
-                LAB_NAME, M, N, K, ok ? "ok" : "FAILED", ey, ep, tc, flop / tc * 1e-6, tp, flop / tp * 1e-6, to,
-                flop / to * 1e-6, tc / to);
-    // The same kernel with the plain store (against cuBLASLt's plain GEMM's output) and with no output at all.
-    LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
-    auto ours_plain = [&] { gemm_pingpong<Epi::plain><<<grid, kThreads, kSmemBytes, s>>>(a); };
-    auto ours_sink = [&] { gemm_pingpong<Epi::sink><<<grid, kThreads, kSmemBytes, s>>>(a); };
-    cuda::gemm(*ctx, plain);
-    ours_plain();
-    const bool ran_plain = case_ok("ping-pong plain");
-    const double e_plain = max_rel_err(y, y_ref);
-    failed += !ran_plain || e_plain > 1;
-    const double t_plain = ::lab::time_us(s, ours_plain), t_sink = ::lab::time_us(s, ours_sink);
-    std::printf("%s: plain %d x %d x %d: %s (err/tol %.2f); ours with the plain store %.1f us (%.0f TFLOP/s), main loop "
-                "alone (no output) %.1f us (%.0f)\n",
-                LAB_NAME, M, N, K, !ran_plain || e_plain > 1 ? "FAILED" : "ok", e_plain, t_plain, flop / t_plain * 1e-6, t_sink,
-                flop / t_sink * 1e-6);
-  }
-  // ---- dgelu: dpre = (dy W2) * gelu'(pre) ------------------------------------------------------------------------
-  {
-    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, N, K, dy.raw_data(), w2.raw_data(), d_ref.raw_data());
-    g.epilogue = cuda::GemmEpilogue::dgelu;
-    g.aux = pre_ref.raw_data();
-    auto cublas = [&] { cuda::gemm(*ctx, g); };
-    Args a{};
-    a.a = map_of(dy, K, M, kBM);
-    a.b = map_of(w2, N, K, kBK);
-    a.out = static_cast<__nv_bfloat16*>(d.raw_data());
-    a.aux = static_cast<__nv_bfloat16*>(pre_ref.raw_data());
-    a.M = M, a.N = N, a.K = K;
-    auto ours = [&] { gemm_pingpong<Epi::dgelu><<<grid, kThreads, kSmemBytes, s>>>(a); };
-    cublas();
-    LAB_CHECK(cudaMemsetAsync(d.raw_data(), 0xFF, d.nbytes(), s));
-    ours();
-    const bool ran = case_ok("ping-pong dgelu");
-    const double e = max_rel_err(d, d_ref);
-    const bool ok = ran && e <= 1;
-    failed += !ok;
-    const double tc = ::lab::time_us(s, cublas), to = ::lab::time_us(s, ours);
-    cuda::GemmArgs plain = cuda::plain_gemm(DType::bf16, false, M, N, K, dy.raw_data(), w2.raw_data(), d_ref.raw_data());
-    const double tp = ::lab::time_us(s, [&] { cuda::gemm(*ctx, plain); });
-    std::printf("%s: dgelu %d x %d x %d: %s (err/tol %.2f); cuBLASLt dgelu %.1f us (%.0f TFLOP/s), plain GEMM %.1f us "
-                "(%.0f), ours %.1f us (%.0f): %.2fx cuBLASLt's fused\n",
-                LAB_NAME, M, N, K, ok ? "ok" : "FAILED", e, tc, flop / tc * 1e-6, tp, flop / tp * 1e-6, to,
-                flop / to * 1e-6, tc / to);
-  }
-  // ---- the cooperative kernel: gelu, dgelu, plain, sink ------------------------------------------------------
-  {
-    for (auto* k : {gemm_coop<Epi::gelu>, gemm_coop<Epi::dgelu>, gemm_coop<Epi::plain>, gemm_coop<Epi::sink>})
-      LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, CoopShape<256>::kSmemBytes));
-    const int coop_tiles = (M / kCoopBM) * (N / kBN), coop_grid = std::min(sms, coop_tiles);
-    auto coop_args = [&](const Tensor& a_mat, const Tensor& b_mat, bool b_mn, const Tensor& out, const Tensor& aux) {
-      CoopArgs c{};
-      c.a = map_of(a_mat, K, M, kCoopBM);
-      c.b = b_mn ? map_of(b_mat, N, K, kBK) : map_of(b_mat, K, N, kBN);
-      c.out = map_of(out, N, M, 64);
-      c.aux = map_of(aux, N, M, 64);
-      c.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
-      c.M = M, c.N = N, c.K = K;
-      return c;
-    };
-    // gelu: against cuBLASLt's pre and y (recomputed into y_ref / pre_ref).
-    cuda::GemmArgs g = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
-    g.trans_b = true;
-    g.epilogue = cuda::GemmEpilogue::bias_gelu_tanh;
-    g.bias = const_cast<void*>(bias.raw_data());
-    g.aux = pre_ref.raw_data();
-    cuda::gemm(*ctx, g);
-    const CoopArgs cg = coop_args(x, w, false, y, pre);
-    auto coop_gelu = [&] { gemm_coop<Epi::gelu><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cg); };
-    LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
-    LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
-    coop_gelu();
-    const bool ran_gelu = case_ok("coop gelu");
-    const double ey = max_rel_err(y, y_ref), ep = max_rel_err(pre, pre_ref);
-    const bool ok_gelu = ran_gelu && ey <= 1 && ep <= 1;
-    failed += !ok_gelu;
-    const double t_gelu = ::lab::time_us(s, coop_gelu);
-    // dgelu: against cuBLASLt's (pre_ref is the forward's pre-activation).
-    cuda::GemmArgs gd = cuda::plain_gemm(DType::bf16, false, M, N, K, dy.raw_data(), w2.raw_data(), d_ref.raw_data());
-    gd.epilogue = cuda::GemmEpilogue::dgelu;
-    gd.aux = pre_ref.raw_data();
-    cuda::gemm(*ctx, gd);
-    const CoopArgs cd = coop_args(dy, w2, true, d, pre_ref);
-    auto coop_dgelu = [&] { gemm_coop<Epi::dgelu><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cd); };
-    LAB_CHECK(cudaMemsetAsync(d.raw_data(), 0xFF, d.nbytes(), s));
-    coop_dgelu();
-    const bool ran_dgelu = case_ok("coop dgelu");
-    const double ed = max_rel_err(d, d_ref);
-    const bool ok_dgelu = ran_dgelu && ed <= 1;
-    failed += !ok_dgelu;
-    const double t_dgelu = ::lab::time_us(s, coop_dgelu);
-    // plain and sink: against cuBLASLt's plain GEMM.
-    cuda::GemmArgs gp = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
-    gp.trans_b = true;
-    cuda::gemm(*ctx, gp);
-    const CoopArgs cp = coop_args(x, w, false, y, pre);
-    auto coop_plain = [&] { gemm_coop<Epi::plain><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cp); };
-    auto coop_sink = [&] { gemm_coop<Epi::sink><<<coop_grid, kThreads, CoopShape<256>::kSmemBytes, s>>>(cp); };
-    LAB_CHECK(cudaMemsetAsync(y.raw_data(), 0xFF, y.nbytes(), s));
-    coop_plain();
-    const bool ran_coop_plain = case_ok("coop plain");
-    const double e_plain = max_rel_err(y, y_ref);
-    const bool ok_plain = ran_coop_plain && e_plain <= 1;
-    failed += !ok_plain;
-    const double t_plain = ::lab::time_us(s, coop_plain), t_sink = ::lab::time_us(s, coop_sink);
-    const double t_cl_gelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, g); });
-    const double t_cl_dgelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, gd); });
-    const double t_cl_plain = ::lab::time_us(s, [&] { cuda::gemm(*ctx, gp); });
-    std::printf("%s: coop (128 x 256 tiles, epilogue through shared memory and TMA stores) %d x %d x %d: gelu %s (err/tol "
-                "y %.2f, pre %.2f) %.1f us (%.0f TFLOP/s) against cuBLASLt's %.1f: %.2fx; dgelu %s (%.2f) %.1f us (%.0f) "
-                "against %.1f: %.2fx; plain %s (%.2f) %.1f us (%.0f) against %.1f: %.2fx; main loop alone %.1f us (%.0f)\n",
-                LAB_NAME, M, N, K, ok_gelu ? "ok" : "FAILED", ey, ep, t_gelu, flop / t_gelu * 1e-6, t_cl_gelu,
-                t_cl_gelu / t_gelu, ok_dgelu ? "ok" : "FAILED", ed, t_dgelu, flop / t_dgelu * 1e-6, t_cl_dgelu,
-                t_cl_dgelu / t_dgelu, ok_plain ? "ok" : "FAILED", e_plain, t_plain, flop / t_plain * 1e-6, t_cl_plain,
-                t_cl_plain / t_plain, t_sink, flop / t_sink * 1e-6);
-    // 128 x 192 tiles with two output buffers a consumer (CoopShape<192>).
-    using Kernel = void (*)(CoopArgs);
-    constexpr int kSmem192 = CoopShape<192>::kSmemBytes;
-    const int grid192 = std::min(sms, (M / kCoopBM) * (N / 192));
-    CoopArgs g192 = cg, p192 = cp;
-    g192.b = map_of(w, K, N, 192);
-    p192.b = map_of(w, K, N, 192);
-    struct Case192 {
-      const char* name;
-      Kernel kernel;
-      const CoopArgs* args;
-      int which;  // 0 gelu, 1 dgelu, 2 plain, 3 sink
-    };
-    const Case192 cases192[] = {{"coop 128x192 gelu", gemm_coop<Epi::gelu, 192>, &g192, 0},
-                                {"coop 128x192 dgelu", gemm_coop<Epi::dgelu, 192>, &cd, 1},
-                                {"coop 128x192 plain", gemm_coop<Epi::plain, 192>, &p192, 2},
-                                {"coop 128x192 sink (main loop alone)", gemm_coop<Epi::sink, 192>, &p192, 3}};
-    for (const Case192& c : cases192) {
-      LAB_CHECK(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem192));
-      const auto run = [&] { c.kernel<<<grid192, kThreads, kSmem192, s>>>(*c.args); };
-      cuda::gemm(*ctx, c.which == 0 ? g : c.which == 1 ? gd : gp);  // the references
-      const Tensor& got = c.which == 1 ? d : y;
-      LAB_CHECK(cudaMemsetAsync(got.raw_data(), 0xFF, got.nbytes(), s));
-      LAB_CHECK(cudaMemsetAsync(pre.raw_data(), 0xFF, pre.nbytes(), s));
-      run();
-      bool ok = case_ok(c.name);
-      const double err = c.which == 3 ? 0 : max_rel_err(got, c.which == 1 ? d_ref : y_ref),
-                   err_pre = c.which == 0 ? max_rel_err(pre, pre_ref) : 0;
-      ok = ok && err <= 1 && err_pre <= 1;
-      failed += !ok;
-      const double tu = ::lab::time_us(s, run), t_ref = c.which == 0 ? t_cl_gelu : c.which == 1 ? t_cl_dgelu : t_cl_plain;
-      std::printf("%s: %s %d x %d x %d: %s (err/tol %.2f, pre %.2f) %.1f us (%.0f TFLOP/s): %.2fx cuBLASLt's %s\n",
-                  LAB_NAME, c.name, M, N, K, c.which == 3 ? "ran" : ok ? "ok" : "FAILED", err, err_pre, tu,
-                  flop / tu * 1e-6, t_ref / tu, c.which == 0 ? "fused gelu" : c.which == 1 ? "fused dgelu" : "plain");
+  // cuBLASLt's references, timed once: the fused gelu forward (y_ref, pre_ref), the fused dgelu (d_ref, from pre_ref)
+  // and the plain GEMM of the forward's operands (y_ref).
+  cuda::GemmArgs ref_gelu = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
+  ref_gelu.trans_b = true;
+  ref_gelu.epilogue = cuda::GemmEpilogue::bias_gelu_tanh;
+  ref_gelu.bias = const_cast<void*>(bias.raw_data());
+  ref_gelu.aux = pre_ref.raw_data();
+  cuda::GemmArgs ref_dgelu = cuda::plain_gemm(DType::bf16, false, M, N, K, dy.raw_data(), w2.raw_data(), d_ref.raw_data());
+  ref_dgelu.epilogue = cuda::GemmEpilogue::dgelu;
+  ref_dgelu.aux = pre_ref.raw_data();
+  cuda::GemmArgs ref_plain = cuda::plain_gemm(DType::bf16, false, M, N, K, x.raw_data(), w.raw_data(), y_ref.raw_data());
+  ref_plain.trans_b = true;
+  cuda::gemm(*ctx, ref_gelu);  // pre_ref before the dgelu reference reads it
+  const double t_ref_gelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, ref_gelu); });
+  const double t_ref_dgelu = ::lab::time_us(s, [&] { cuda::gemm(*ctx, ref_dgelu); });
+  const double t_ref_plain = ::lab::time_us(s, [&] { cuda::gemm(*ctx, ref_plain); });
+  std::printf("%s: cuBLASLt %d x %d x %d: bias_gelu_tanh+aux %.1f us (%.0f TFLOP/s), dgelu %.1f us (%.0f), plain %.1f "
+              "us (%.0f)\n",
+              LAB_NAME, M, N, K, t_ref_gelu, flop / t_ref_gelu * 1e-6, t_ref_dgelu, flop / t_ref_dgelu * 1e-6,
+              t_ref_plain, flop / t_ref_plain * 1e-6);
+
+  // The ping-pong kernel's arguments: the forward's operands (out y, aux pre), the backward's (out d, aux pre_ref).
+  Args pp_fwd{}, pp_bwd{};
+  pp_fwd.a = map_of(x, K, M, kBM);
+  pp_fwd.b = map_of(w, K, N, kBN);
+  pp_fwd.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
+  pp_fwd.out = static_cast<__nv_bfloat16*>(y.raw_data());
+  pp_fwd.aux = static_cast<__nv_bfloat16*>(pre.raw_data());
+  pp_bwd.a = map_of(dy, K, M, kBM);
+  pp_bwd.b = map_of(w2, N, K, kBK);
+  pp_bwd.out = static_cast<__nv_bfloat16*>(d.raw_data());
+  pp_bwd.aux = static_cast<__nv_bfloat16*>(pre_ref.raw_data());
+  pp_fwd.M = pp_bwd.M = M, pp_fwd.N = pp_bwd.N = N, pp_fwd.K = pp_bwd.K = K;
+  const int pp_grid = std::min(sms, ((M / kBM) * (N / kBN) + 1) / 2);
+  // The cooperative kernel's, for tiles BN wide: the forward's (out y, aux pre) and the backward's (out d, aux pre_ref).
+  const auto coop_args = [&](bool backward, int bn) {
+    CoopArgs c{};
+    c.a = map_of(backward ? dy : x, K, M, kCoopBM);
+    c.b = backward ? map_of(w2, N, K, kBK) : map_of(w, K, N, bn);
+    c.out = map_of(backward ? d : y, N, M, 64);
+    c.aux = map_of(backward ? pre_ref : pre, N, M, 64);
+    c.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
+    c.M = M, c.N = N, c.K = K;
+    return c;
+  };
+  const CoopArgs coop_fwd = coop_args(false, 256), coop_bwd = coop_args(true, 256);
+  const CoopArgs coop192_fwd = coop_args(false, 192), coop192_bwd = coop_args(true, 192);
+
+  using PingPong = void (*)(Args);
+  using Coop = void (*)(CoopArgs);
+  const auto pingpong = [&](PingPong k, const Args& a) -> std::function<void()> {
+    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    return [&, k] { k<<<pp_grid, kThreads, kSmemBytes, s>>>(a); };
+  };
+  const auto coop = [&](Coop k, const CoopArgs& a, int bn, int smem) -> std::function<void()> {
+    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
+    return [&, k, grid, smem] { k<<<grid, kThreads, smem, s>>>(a); };
+  };
+  constexpr int kSmem256 = CoopShape<256>::kSmemBytes, kSmem192 = CoopShape<192>::kSmemBytes;
+  struct Case {
+    const char* name;
+    Epi epi;
+    std::function<void()> launch;
+  };
+  const Case cases[] = {
+      {"ping-pong (64 x 256 tiles) gelu", Epi::gelu, pingpong(gemm_pingpong<Epi::gelu>, pp_fwd)},
+      {"ping-pong plain", Epi::plain, pingpong(gemm_pingpong<Epi::plain>, pp_fwd)},
+      {"ping-pong sink (main loop alone)", Epi::sink, pingpong(gemm_pingpong<Epi::sink>, pp_fwd)},
+      {"ping-pong dgelu", Epi::dgelu, pingpong(gemm_pingpong<Epi::dgelu>, pp_bwd)},
+      {"coop (128 x 256 tiles) gelu", Epi::gelu, coop(gemm_coop<Epi::gelu>, coop_fwd, 256, kSmem256)},
+      {"coop dgelu", Epi::dgelu, coop(gemm_coop<Epi::dgelu>, coop_bwd, 256, kSmem256)},
+      {"coop plain", Epi::plain, coop(gemm_coop<Epi::plain>, coop_fwd, 256, kSmem256)},
+      {"coop sink (main loop alone)", Epi::sink, coop(gemm_coop<Epi::sink>, coop_fwd, 256, kSmem256)},
+      {"coop 128 x 192, two buffers: gelu", Epi::gelu, coop(gemm_coop<Epi::gelu, 192>, coop192_fwd, 192, kSmem192)},
+      {"coop 128 x 192 dgelu", Epi::dgelu, coop(gemm_coop<Epi::dgelu, 192>, coop192_bwd, 192, kSmem192)},
+      {"coop 128 x 192 plain", Epi::plain, coop(gemm_coop<Epi::plain, 192>, coop192_fwd, 192, kSmem192)},
+      {"coop 128 x 192 sink (main loop alone)", Epi::sink, coop(gemm_coop<Epi::sink, 192>, coop192_fwd, 192, kSmem192)},
+  };
+  // Each case: its reference's outputs made, ours poisoned, one launch checked (a failed launch or a deadlock ends the
+  // lab, see case_ok), then timed against cuBLASLt's same epilogue (sink: against the plain GEMM).
+  int failed = 0;
+  for (const Case& c : cases) {
+    std::vector<std::pair<const Tensor*, const Tensor*>> outs;  // (ours, cuBLASLt's)
+    if (c.epi == Epi::gelu) {
+      cuda::gemm(*ctx, ref_gelu);
+      outs = {{&y, &y_ref}, {&pre, &pre_ref}};
+    } else if (c.epi == Epi::dgelu) {
+      cuda::gemm(*ctx, ref_dgelu);
+      outs = {{&d, &d_ref}};
+    } else if (c.epi == Epi::plain) {
+      cuda::gemm(*ctx, ref_plain);
+      outs = {{&y, &y_ref}};
     }
+    for (const auto& [ours, ref] : outs) LAB_CHECK(cudaMemsetAsync(ours->raw_data(), 0xFF, ours->nbytes(), s));
+    c.launch();
+    const bool ran = case_ok(c.name);
+    double err = 0;  // the worst output's error over its tolerance
+    for (const auto& [ours, ref] : outs) err = std::max(err, max_rel_err(*ours, *ref));
+    const bool ok = ran && err <= 1;
+    failed += !ok;
+    const double t = ::lab::time_us(s, c.launch);
+    const double t_ref = c.epi == Epi::gelu ? t_ref_gelu : c.epi == Epi::dgelu ? t_ref_dgelu : t_ref_plain;
+    std::printf("%s: %s %d x %d x %d: %s (err/tol %.2f) %.1f us (%.0f TFLOP/s): %.2fx cuBLASLt's %s\n", LAB_NAME, c.name,
+                M, N, K, c.epi == Epi::sink ? (ran ? "ran" : "FAILED") : ok ? "ok" : "FAILED", err, t, flop / t * 1e-6,
+                t_ref / t, c.epi == Epi::gelu ? "fused gelu" : c.epi == Epi::dgelu ? "fused dgelu" : "plain GEMM");
   }
   std::printf("%s: %s\n", LAB_NAME, failed ? "FAILED" : "all checks passed");
   return failed ? 1 : 0;
