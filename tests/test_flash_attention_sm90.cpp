@@ -75,6 +75,7 @@ std::vector<FaProblem> sm90_problems() {
       fa_problem(1, 3, 1, 200, 1000, 64),                           // unmasked, 4+ key tiles: the split tail
       causal(fa_problem(1, 2, 2, 1000, 1000, 128), TL),             // the diagonal in the middle of tiles
       causal(fa_problem(1, 2, 1, 1000, 127, 64), BR),               // most rows see no key: out 0, lse -inf
+      causal(fa_problem(1, 2, 2, 1000, 1000, 64), TL),              // D 64: 256-key tiles' half steps and whole ones
       causal(fa_problem(2, 2, 2, 17, 1000, 128), BR),               // a few queries at the end of 1000 keys
       causal(fa_problem(1, 2, 1, 4097, 4097, 128), TL),             // 33 query blocks, one row in the last
       window(fa_problem(1, 2, 2, 1000, 1000, 64), 100, 100),        // skips most key tiles on both sides
@@ -186,6 +187,7 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           const char* stream = "";         // "0": the forward's per-tile consumer loop instead of the streamed one
           const char* draw = "";           // "0": a masked forward's tiles dealt in pairs instead of drawn
           const char* split = "";          // "0": an unmasked forward without the split tail
+          const char* diag_half = "";      // a causal band's half steps on streamed 256-key tiles: "0" none, "1", "2"
         };
         std::vector<Config> configs;
         for (const char* pingpong : {"1", "0"})
@@ -212,6 +214,10 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
             // both consumer loops (the others have only the per-tile one).
             configs.push_back({"1", pingpong, ctas, "2", "256", "", false});
             configs.push_back({"1", pingpong, ctas, "2", "256", "", false, "", "0"});
+            // The causal forward's half steps (kDiagHalf): the default form 2, and 1 and none.
+            if (p.a.causal)
+              for (const char* form : {"0", "1"})
+                configs.push_back({"1", pingpong, ctas, "2", "256", "", false, "", "", "", "", form});
             configs.push_back({"1", pingpong, ctas, "2", "128", "", false});
           }
         for (const char* deterministic : {"", "0"}) {
@@ -231,13 +237,14 @@ XF_CUDA_TEST_CASE("flash_attention CUDA sm90: the Hopper forward and backward ag
           ScopedEnv streamed("XF_ATTENTION_SM90_STREAM", c.stream);
           ScopedEnv drawn("XF_ATTENTION_SM90_DRAW", c.draw);
           ScopedEnv split("XF_ATTENTION_SM90_SPLIT", c.split);
+          ScopedEnv diag_half("XF_ATTENTION_SM90_DIAG_HALF", c.diag_half);
           const std::string tag = w + " XF_ATTENTION_SM90=" + c.sm90 +
                                   (c.sm90[0] == '1' ? std::string(" PINGPONG=") + c.pingpong + " CTAS=" + c.ctas +
                                                           " CONSUMERS=" + c.consumers + " BLOCK_N=" + c.block_n +
                                                           " BWD_PERSISTENT=" + c.bwd_persistent +
                                                           " DETERMINISTIC=" + c.deterministic +
                                                           " STREAM=" + c.stream + " DRAW=" + c.draw +
-                                                          " SPLIT=" + c.split
+                                                          " SPLIT=" + c.split + " DIAG_HALF=" + c.diag_half
                                                     : "");
           INFO(tag);
           // XF_TEST_TRACE=1: each run named on stderr before it starts, so that a run stopped on a hung kernel says

@@ -147,8 +147,10 @@ struct Layout {  // byte offsets from the 1024-aligned base
 // grid (min(pairs, the CTA cap), 1, 1) (TileOrder), WsShape<kConsumers>::kThreads threads,
 // Layout<D, BM, BN, kStream, kQBufs>::kBytes of dynamic shared memory; BN keys per K/V tile (128, or kBlockNWide at
 // D = 64 with two consumers). kStream: the consumers run the CTA's tiles as one stream of key steps (see the
-// consumer); kQBufs: the Q buffers (Layout).
-template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs, bool kSplit>
+// consumer); kQBufs: the Q buffers (Layout); kSplit: the split tail; kDiagHalf: the causal diagonal's half tiles
+// (below).
+template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs, bool kSplit,
+          int kDiagHalf>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
@@ -168,6 +170,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   // compiled as if it did not exist: its code in the stream loop, never run there, cost the causal forward 1% to 2%
   // (H200, session 19, run 2).
   static_assert(!kSplit || !kLower, "the split tail is for tiles without a mask");
+  // kDiagHalf (streamed 256-key tiles under a band with a right edge, e.g. causal): a key step whose keys 128-255 no
+  // query of the tile sees (the diagonal's tile of every other 128-query tile) issues S for keys 0-127 only and O += P V
+  // over them; 2 also runs the softmax over those 128 keys only (1: over all 256, the other half masked). In
+  // instantiations of their own: the branch costs the steps that never take it (the unmasked forward ran 0.99x with it
+  // compiled in; H200, session 20, run 6).
+  static_assert(kDiagHalf == 0 || (BN == kBlockNWide && kStream && !kSplit), "half tiles: streamed 256-key tiles");
   constexpr int kRingWords = kSplit ? 2 : 1;  // a ring slot: the tile, and with kSplit its piece
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
@@ -361,11 +369,15 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
     };
     // The GEMM steps both consumer loops run, by K/V stage use (stage use % kStages, phase (use / kStages) & 1).
     // S = Q K^T from Q buffer qb and the stage's K, issued once K has landed, not waited for.
-    auto issue_scores = [&](int qb, int use) {
+    // half: keys 0-127 of the tile only (kDiagHalf; a uniform predicate).
+    auto issue_scores = [&](int qb, int use, bool half = false) {
       const int st = use % kStages;
       mbar_wait(bar_kfull(st), (use / kStages) & 1);
       wgmma_fence();
-      qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
+      if constexpr (kDiagHalf != 0)
+        qk_gemm_desc_halves<T, D, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo), half);
+      else
+        qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
       wgmma_commit();
     };
     auto await_scores = [&]() {
@@ -373,12 +385,16 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       reg_fence(s);
     };
     // O += P V of the stage once V has landed (first, a tile's first step: O = P V); the stage is released once the
-    // wgmma is complete.
-    auto accumulate = [&](int use, bool first) {
+    // wgmma is complete. half: over keys 0-127 only (their P; kDiagHalf).
+    auto accumulate = [&](int use, bool first, bool half = false) {
       const int st = use % kStages;
       mbar_wait(bar_vfull(st), (use / kStages) & 1);
       wgmma_fence();
-      rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
+      if (kDiagHalf != 0 && half)
+        rs_gemm_desc<T, D, 128>(o, *reinterpret_cast<const uint32_t(*)[8][4]>(&p[0]),
+                                sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
+      else
+        rs_gemm_desc<T, D, BN>(o, p, sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(o);
@@ -409,20 +425,38 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       };
       auto enter = [&](const Tile&) { m[0] = m[1] = -INFINITY, l[0] = l[1] = 0.f; };  // O: accumulate's first
       // Step j of tile c (stage use `use`): its S = Q K^T, issued; step 0 first waits for the tile's Q.
-      auto issue_step = [&](const Tile& c, int j, int use) {
+      auto issue_step = [&](const Tile& c, int j, int use, bool half) {
         if (j == 0) mbar_wait(bar_qfull(c.qn % kQStages), (c.qn / kQStages) & 1);
-        issue_scores(c.qn % kQStages, use);
+        issue_scores(c.qn % kQStages, use, half);
+      };
+      // Whether step j of tile c needs keys 0-127 of its 256 only (kDiagHalf): keys 128-255 lie at or past the end of
+      // the last query's keys, so past every query's (a band's key range ends grow with the query). Under a causal mask
+      // with 128 queries a tile that is the diagonal's tile of every other query tile: at S = 1024 a tenth of the key
+      // steps' GEMM work, at 2048 a twentieth. By a warp vote, so that ptxas sees a uniform predicate (tile_complete).
+      auto half_step = [&](const Tile& c, int j) {
+        if constexpr (kDiagHalf == 0) {
+          return false;
+        } else {
+          const int end = mask.keys(min(c.q0 + BM, a.Sq) - 1).hi;  // one past the last query's last key
+          return __any_sync(0xffffffffu, (c.first + j) * BN + 128 >= end);
+        }
       };
       // The mask's view of the softmax's tile (the keys of this thread's rows, and those every row of the tile sees),
       // computed at each step from the tile rather than held across the stream loop: held, ptxas scheduled row 0's
       // whole max and its 64 exponents' FFMAs before the first MUFU.EX2 (187-190 instructions in, against 99-101
       // computed here; tools/sass_stats.py's "MUFU lead"), and the exponentials bunched after a late start.
-      auto softmax = [&](const Tile& c, int j) {
+      // half (kDiagHalf 2): over keys 0-127 only, the first 64 registers of S and the first 8 P fragments.
+      auto softmax = [&](const Tile& c, int j, bool half) {
         const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
-        softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
-                                        a.scale_log2);
+        if (kDiagHalf == 2 && half)
+          softmax_tile<T, D, 128, kChains>(*reinterpret_cast<float(*)[64]>(&s[0]), o, m, l, alpha,
+                                           *reinterpret_cast<uint32_t(*)[8][4]>(&p[0]), mask, keys, common,
+                                           (c.first + j) * BN, lane, a.scale_log2);
+        else
+          softmax_tile<T, D, BN, kChains>(s, o, m, l, alpha, p, mask, keys, common, (c.first + j) * BN, lane,
+                                          a.scale_log2);
       };
       // O / l to T staged through the warpgroup's rows of the tile's own Q buffer (store_out: 16-byte coalesced
       // stores; straight from the registers, four-byte stores of half sectors, the streamed forward ran 0.82x-0.97x at
@@ -447,17 +481,18 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       Tile cur;
       if (next_tile(cur)) {
         int use = 0, j = 0;  // the step's stage use and its index in cur
+        bool half = half_step(cur, 0);  // the step's S covers keys 0-127 of its tile only
         enter(cur);
-        issue_step(cur, 0, use);
+        issue_step(cur, 0, use, half);
         await_scores();
-        softmax(cur, 0);
+        softmax(cur, 0, half);
         // Ping-pong: warpgroup 0 takes the first turn (the last one's signal); from there every warpgroup's turn is
         // signalled by the one before it, across tiles, and the last warpgroup skips its final signal, so that each
         // bar.sync meets exactly one set of arrivals.
         if (kPingpong && cw == kLast) named_barrier_arrive(kSchedBarrier + 0, 256);
         for (;;) {
           if constexpr (kPingpong) named_barrier_sync(kSchedBarrier + cw, 256);
-          accumulate(use, j == 0);
+          accumulate(use, j == 0, half);
           Tile nxt = cur;
           int nj = j + 1;
           if (nj == cur.count) {
@@ -468,15 +503,16 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
           // records' loads and sums then have the registers S holds in flight (combined under it, ptxas spilled in the
           // stream loop).
           const bool write_out = nj != 0 || tile_complete(cur.piece);
-          issue_step(nxt, nj, use + 1);
+          const bool next_half = half_step(nxt, nj);
+          issue_step(nxt, nj, use + 1, next_half);
           if constexpr (kPingpong) named_barrier_arrive(kSchedBarrier + next, 256);
           if (nj == 0) {  // a tile boundary: cur's epilogue runs under the next tile's first S = Q K^T
             epilogue(cur, write_out);
             enter(nxt);
           }
           await_scores();
-          softmax(nxt, nj);
-          cur = nxt, j = nj, ++use;
+          softmax(nxt, nj, next_half);
+          cur = nxt, j = nj, ++use, half = next_half;
         }
         if (kPingpong && cw != kLast) named_barrier_arrive(kSchedBarrier + next, 256);
         epilogue(cur, tile_complete(cur.piece));
@@ -558,12 +594,12 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 }
 
 template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs,
-          bool kSplit = false>
+          bool kSplit = false, int kDiagHalf = 0>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
   using L = Layout<D, Shape::kBlockM, BN, kStream, kQBufs>;
   static std::atomic<uint64_t> done{0};
-  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream, kQBufs, kSplit>;
+  auto kernel = fwd_sm90_kernel<T, D, kConsumers, kLower, kPingpong, BN, kStream, kQBufs, kSplit, kDiagHalf>;
   allow_smem(kernel, L::kBytes, done);
   kernel<<<static_cast<unsigned>(ctas), Shape::kThreads, L::kBytes, stream>>>(args);
   XF_CUDA_CHECK_LAUNCH("flash_attention (sm90 forward)");
@@ -582,6 +618,21 @@ void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t
     if (args.draw.split.on() && pingpong) {  // forward_split chose it: no mask
       launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, true>(args, ctas, stream);
       return;
+    }
+  }
+  if constexpr (BN == kBlockNWide && kStream) {
+    // A causal band (a right edge, no left one) on streamed 256-key tiles: the half-tile instantiations (kDiagHalf).
+    // XF_ATTENTION_SM90_DIAG_HALF=0, 1 or 2 picks the form (0: none).
+    if (args.band.left < 0 && !args.band.full() && pingpong) {
+      const int form = env_int("XF_ATTENTION_SM90_DIAG_HALF", 2);
+      if (form == 1) {
+        launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, false, 1>(args, ctas, stream);
+        return;
+      }
+      if (form == 2) {
+        launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, false, 2>(args, ctas, stream);
+        return;
+      }
     }
   }
   if (args.band.left >= 0) {

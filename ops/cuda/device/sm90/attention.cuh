@@ -162,6 +162,19 @@ __device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc
                             BN * 128);
   }
 }
+// qk_gemm_desc of a 256-key tile (BN = 256) whose keys 128-255 no query of the block sees when `first_only` (the
+// causal diagonal's tile of every other 128-query tile): its first m64n128 half only. The second half's 64 accumulators
+// keep what they held (stale, possibly not finite) and must not be read: the caller's softmax then runs on the first
+// half alone (softmax_tile with BN = 128) and O += P V on the first 128 keys (rs_gemm_desc with K = 128).
+// `first_only` must be uniform in ptxas's eyes (a warp vote), or it serialises the wgmmas.
+template <class T, int D, int BM>
+__device__ __forceinline__ void qk_gemm_desc_halves(float (&s)[128], uint64_t q_desc, uint64_t k_desc,
+                                                    bool first_only) {
+  ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[0]), q_desc, BM * 128, k_desc, 256 * 128);
+  if (!first_only)
+    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
+                            256 * 128);
+}
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {
   rs_gemm<T, D, BN>(o, a, v_tile, BN * 128);
