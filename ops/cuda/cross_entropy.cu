@@ -17,6 +17,7 @@
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "runtime/dispatch.h"
+#include "runtime/env.h"
 
 namespace xfr::cuda {
 
@@ -137,7 +138,7 @@ struct GradRow {
 // backward would. kRowInSmem (with kGrad): the first pass copies each row to dynamic shared memory (rows_per_block rows
 // of V), and the second pass reads that copy; without it the second pass reads the row again (from L2 when it is
 // still there: the block has just read it).
-template <class T, class I, int W, bool kGrad, bool kRowInSmem>
+template <class T, class I, int W, bool kGrad, bool kRowInSmem, bool kAsyncCopy = false>
 __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForwardMinBlocks)
     ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
                       const I* __restrict__ targets,  // (N)
@@ -162,6 +163,38 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
     if (tid == 0 && target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
     RowStats st;
     const bool smooth = ls > 0.f;
+    if constexpr (kRowInSmem && kAsyncCopy && sizeof(dev::Pack<T, W>) == 16) {
+      // The row straight into its shared-memory copy by cp.async, kSteps packs a thread a group, kCopyGroupsAhead
+      // groups ahead of the fold, which reads back this thread's own packs (so no barrier): about the whole row in
+      // flight per block (GPT-2's 100.6 KB row: 13 packs a thread at 512 threads), where loads through registers
+      // had kSteps packs a thread (32 KB a block).
+      constexpr int kCopyGroupsAhead = 2;
+      const int64_t group = kSteps * tpr;  // packs a group covers
+      auto copy_group = [&](int64_t base) {  // (empty past the row: a commit of nothing)
+#pragma unroll
+        for (int u = 0; u < kSteps; ++u) {
+          const int64_t p = base + tid + u * tpr;
+          if (p < packs) dev::stage_pack<T, W>(reinterpret_cast<dev::Pack<T, W>*>(row_copy + p * W), xr + p * W);
+        }
+        dev::cp_async_commit();
+      };
+#pragma unroll
+      for (int g = 0; g < kCopyGroupsAhead; ++g) copy_group(g * group);
+      for (int64_t base = 0; base < packs; base += group) {
+        copy_group(base + kCopyGroupsAhead * group);
+        dev::cp_async_wait<kCopyGroupsAhead>();  // this step's group has landed
+        int n = 0;
+        dev::Pack<T, W> v[kSteps];
+#pragma unroll
+        for (int u = 0; u < kSteps; ++u) {
+          const int64_t p = base + tid + u * tpr;
+          n += p < packs;
+          if (p < packs) v[u] = dev::load_pack<T, W>(row_copy + p * W);
+        }
+        st.fold(v, n, smooth);
+      }
+      dev::cp_async_wait<0>();  // (the empty groups past the row)
+    } else {
     // kSteps packs a thread at a time, their loads issued back to back and unguarded: past the row's end (the last
     // step) a load reads the row's last pack again and fold() leaves it out. (A guard per load, with the shared-memory
     // copy beside it, had the compiler wait on each load in turn: one load in flight.)
@@ -180,6 +213,7 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
         for (int u = 0; u < kSteps; ++u)
           if (u < n) dev::store_pack<T, W>(row_copy + (base + tid + u * tpr) * W, v[u]);
       st.fold(v, n, smooth);
+    }
     }
     const float M = dev::row_max(st.m);
     const float2 sums = dev::row_sum2(st.m == -INFINITY ? 0.f : st.s * dev::ex2((st.m - M) * kLog2e), st.sx);
@@ -302,9 +336,10 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
       const int64_t smem = int64_t(plan.rows_per_block) * V * int64_t(sizeof(T));  // the row copies
       const int64_t smem_cap = std::min(kRowSmemMaxBytes, smem_optin_limit());
       if (dlogits && smem <= smem_cap) {
-        const auto kernel = ce_forward_kernel<T, I, W, true, true>;
-        static std::atomic<uint64_t> raised{0};  // the devices whose limit this kernel has raised to smem_cap
-        allow_smem(kernel, static_cast<size_t>(smem_cap), raised);
+        const auto kernel = env_flag_default_on("XF_CE_ASYNC_COPY") ? ce_forward_kernel<T, I, W, true, true, true>
+                                                                    : ce_forward_kernel<T, I, W, true, true, false>;
+        static std::atomic<uint64_t> raised[2];  // the devices whose limit this kernel has raised to smem_cap
+        allow_smem(kernel, static_cast<size_t>(smem_cap), raised[env_flag_default_on("XF_CE_ASYNC_COPY")]);
         kernel<<<plan.grid(N), plan.block(), smem, stream>>>(logits, targets, lse, row_loss, coef, dlogits, N, V,
                                                              ignore_index, fls);
       } else if (dlogits) {

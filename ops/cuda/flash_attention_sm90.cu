@@ -150,7 +150,7 @@ struct Layout {  // byte offsets from the 1024-aligned base
 // consumer); kQBufs: the Q buffers (Layout); kSplit: the split tail; kDiagHalf: the causal diagonal's half tiles
 // (below).
 template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs, bool kSplit,
-          int kDiagHalf>
+          bool kDiagHalf>
 __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ Sm90Args a) {
 #if XF_SM90A_DEVICE
   using namespace sm90;
@@ -170,12 +170,11 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
   // compiled as if it did not exist: its code in the stream loop, never run there, cost the causal forward 1% to 2%
   // (H200, session 19, run 2).
   static_assert(!kSplit || !kLower, "the split tail is for tiles without a mask");
-  // kDiagHalf (streamed 256-key tiles under a band with a right edge, e.g. causal): a key step whose keys 128-255 no
-  // query of the tile sees (the diagonal's tile of every other 128-query tile) issues S for keys 0-127 only and O += P V
-  // over them; 2 also runs the softmax over those 128 keys only (1: over all 256, the other half masked). In
-  // instantiations of their own: the branch costs the steps that never take it (the unmasked forward ran 0.99x with it
-  // compiled in; H200, session 20, run 6).
-  static_assert(kDiagHalf == 0 || (BN == kBlockNWide && kStream && !kSplit), "half tiles: streamed 256-key tiles");
+  // kDiagHalf (streamed 256-key tiles under a causal band): a key step whose keys 128-255 no query of the tile sees
+  // (the diagonal's tile of every other 128-query tile) issues S for keys 0-127 only, runs the softmax over them (S's
+  // first 64 registers) and O += P V over them. In instantiations of their own (diag_half_for): the branch costs the
+  // steps that never take it (the unmasked forward ran 0.99x with it compiled in; H200, session 20, run 6).
+  static_assert(!kDiagHalf || (BN == kBlockNWide && kStream && !kSplit), "half steps: streamed 256-key tiles");
   constexpr int kRingWords = kSplit ? 2 : 1;  // a ring slot: the tile, and with kSplit its piece
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = align1024(smem_raw);
@@ -374,7 +373,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       const int st = use % kStages;
       mbar_wait(bar_kfull(st), (use / kStages) & 1);
       wgmma_fence();
-      if constexpr (kDiagHalf != 0)
+      if constexpr (kDiagHalf)
         qk_gemm_desc_halves<T, D, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo), half);
       else
         qk_gemm_desc<T, D, BN, BM>(s, sw128_desc_of(q_lo + qb * kQBufLo), sw128_desc_of(k_lo + st * kStageLo));
@@ -390,7 +389,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       const int st = use % kStages;
       mbar_wait(bar_vfull(st), (use / kStages) & 1);
       wgmma_fence();
-      if (kDiagHalf != 0 && half)
+      if (kDiagHalf && half)
         rs_gemm_desc<T, D, 128>(o, *reinterpret_cast<const uint32_t(*)[8][4]>(&p[0]),
                                 sw128_desc_of(v_lo + st * kStageLo), first ? 0 : 1);
       else
@@ -434,7 +433,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // with 128 queries a tile that is the diagonal's tile of every other query tile: at S = 1024 a tenth of the key
       // steps' GEMM work, at 2048 a twentieth. By a warp vote, so that ptxas sees a uniform predicate (tile_complete).
       auto half_step = [&](const Tile& c, int j) {
-        if constexpr (kDiagHalf == 0) {
+        if constexpr (!kDiagHalf) {
           return false;
         } else {
           const int end = mask.keys(min(c.q0 + BM, a.Sq) - 1).hi;  // one past the last query's last key
@@ -445,12 +444,13 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
       // computed at each step from the tile rather than held across the stream loop: held, ptxas scheduled row 0's
       // whole max and its 64 exponents' FFMAs before the first MUFU.EX2 (187-190 instructions in, against 99-101
       // computed here; tools/sass_stats.py's "MUFU lead"), and the exponentials bunched after a late start.
-      // half (kDiagHalf 2): over keys 0-127 only, the first 64 registers of S and the first 8 P fragments.
+      // half (kDiagHalf): over keys 0-127 only, the first 64 registers of S and the first 8 P fragments. (Over all 256
+      // keys, the stale half masked, the half steps ran 0.98x at S = 1024 causal; H200, session 24, run 1.)
       auto softmax = [&](const Tile& c, int j, bool half) {
         const int row0 = c.q0 + 64 * cw + 16 * w + lane / 4;  // this thread's rows: row0, row0 + 8
         const KeyRange keys[2] = {mask.keys(row0), mask.keys(row0 + 8)};
         const KeyRange common = mask.common_keys(c.q0, min(c.q0 + BM, a.Sq) - 1);
-        if (kDiagHalf == 2 && half)
+        if (kDiagHalf && half)
           softmax_tile<T, D, 128, kChains>(*reinterpret_cast<float(*)[64]>(&s[0]), o, m, l, alpha,
                                            *reinterpret_cast<uint32_t(*)[8][4]>(&p[0]), mask, keys, common,
                                            (c.first + j) * BN, lane, a.scale_log2);
@@ -594,7 +594,7 @@ __global__ void __launch_bounds__(WsShape<kConsumers>::kThreads, 1) fwd_sm90_ker
 }
 
 template <class T, int D, int kConsumers, bool kLower, bool kPingpong, int BN, bool kStream, int kQBufs,
-          bool kSplit = false, int kDiagHalf = 0>
+          bool kSplit = false, bool kDiagHalf = false>
 void launch(const Sm90Args& args, int ctas, cudaStream_t stream) {
   using Shape = WsShape<kConsumers>;
   using L = Layout<D, Shape::kBlockM, BN, kStream, kQBufs>;
@@ -612,6 +612,18 @@ constexpr bool split_built(int D, int consumers, int block_n, bool streamed) {
   return D == 64 && ((consumers == 2 && block_n == kBlockNWide && streamed) || (consumers == 3 && !streamed));
 }
 
+// The half steps of a causal band's diagonal tiles (the kernel's kDiagHalf) on streamed 256-key tiles, up to
+// kDiagHalfMaxKeys keys. H200, session 24 (run 1, an interleaved A/B of one binary, D = 64, two repeats each, spreads
+// <= 1%): 1.03x at S = 1024 causal (327 against 317 TFLOP/s), 1.01x at 2048, but 0.98x at 4096, where they are a
+// thirty-second of the key steps and the branch (ptxas injects warpgroup.arrive around the conditional wgmmas) costs
+// every step. XF_ATTENTION_SM90_DIAG_HALF=1 or 0 forces them on (a causal band on streamed tiles) or off.
+constexpr int kDiagHalfMaxKeys = 2048;
+bool diag_half_for(const AttentionBand& band, int Sk) {
+  if (band.left >= 0 || band.full()) return false;  // the half steps are a causal band's (no left edge)
+  const int forced = env_forced("XF_ATTENTION_SM90_DIAG_HALF");
+  return forced >= 0 ? forced == 1 : Sk <= kDiagHalfMaxKeys;
+}
+
 template <class T, int D, int kConsumers, int BN, bool kStream, int kQBufs>
 void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t stream) {
   if constexpr (split_built(D, kConsumers, BN, kStream)) {
@@ -621,18 +633,9 @@ void launch_schedule(const Sm90Args& args, bool pingpong, int ctas, cudaStream_t
     }
   }
   if constexpr (BN == kBlockNWide && kStream) {
-    // A causal band (a right edge, no left one) on streamed 256-key tiles: the half-tile instantiations (kDiagHalf).
-    // XF_ATTENTION_SM90_DIAG_HALF=0, 1 or 2 picks the form (0: none).
-    if (args.band.left < 0 && !args.band.full() && pingpong) {
-      const int form = env_int("XF_ATTENTION_SM90_DIAG_HALF", 2);
-      if (form == 1) {
-        launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, false, 1>(args, ctas, stream);
-        return;
-      }
-      if (form == 2) {
-        launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, false, 2>(args, ctas, stream);
-        return;
-      }
+    if (pingpong && diag_half_for(args.band, args.Sk)) {
+      launch<T, D, kConsumers, false, true, BN, kStream, kQBufs, false, true>(args, ctas, stream);
+      return;
     }
   }
   if (args.band.left >= 0) {

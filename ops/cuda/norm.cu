@@ -15,7 +15,6 @@
 // dgamma/dbeta row (fp32) into the scratch memory, and a
 // column reduction (ops/cuda/rowwise.cuh, fixed order) sums them: no atomics, the same bits every run. G
 // depends only on the sizes and the device.
-#include "ops/cuda/device/mma.cuh"  // cp.async
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
@@ -378,16 +377,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
-// A pack global -> shared: asynchronously (cp.async, 16 bytes; both addresses 16-byte aligned on the vector path)
-// or, for a scalar pack, a plain load and store.
-template <class T, int W>
-__device__ __forceinline__ void stage_pack(dev::Pack<T, W>* dst, const T* src) {
-  if constexpr (sizeof(dev::Pack<T, W>) == 16)
-    dev::cp_async_16(dst, src, 16);
-  else
-    *dst = dev::load_pack<T, W>(src);
-}
-
 // Rows of up to a warp x kBwdGroupMaxPacks: row groups of blockDim.x lanes (8 to 32), blockDim.y of them per
 // block, as the forward's. The row loop's condition is uniform over the block (narrow groups share warps, and
 // their shuffles need every lane): a row past the end is masked, not skipped.
@@ -438,9 +427,9 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kDxSum ? kBwdGroupMinBlock
       for (int k = 0; k < kIters; ++k) {
         const int64_t c = (tid + k * tpr) * W;
         if (c < C) {
-          stage_pack<T, W>(&staged[s][0][k][flat], x + row * C + c);
-          stage_pack<T, W>(&staged[s][1][k][flat], dy + row * C + c);
-          if (dadd) stage_pack<T, W>(&staged[s][2][k][flat], dadd + row * C + c);
+          dev::stage_pack<T, W>(&staged[s][0][k][flat], x + row * C + c);
+          dev::stage_pack<T, W>(&staged[s][1][k][flat], dy + row * C + c);
+          if (dadd) dev::stage_pack<T, W>(&staged[s][2][k][flat], dadd + row * C + c);
         }
       }
     }

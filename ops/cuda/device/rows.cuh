@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 
+#include "ops/cuda/device/mma.cuh"  // cp.async
 #include "ops/cuda/device/reduce.cuh"
 #include "ops/cuda/device/types.cuh"
 #include "ops/cuda/device/vec.cuh"
@@ -48,6 +49,16 @@ __device__ __forceinline__ Pack<T, W> load_pack_stream(const T* p) {
   } else {
     return load_pack<T, W>(p);
   }
+}
+
+// A pack global -> shared: asynchronously (cp.async, 16 bytes; both addresses 16-byte aligned on the vector path;
+// the caller commits and waits: cp_async_commit, cp_async_wait) or, for a scalar pack, a plain load and store.
+template <class T, int W>
+__device__ __forceinline__ void stage_pack(Pack<T, W>* dst, const T* src) {
+  if constexpr (sizeof(Pack<T, W>) == 16)
+    cp_async_16(dst, src, 16);
+  else
+    *dst = load_pack<T, W>(src);
 }
 
 template <class T, int W>
