@@ -17,7 +17,6 @@
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "runtime/dispatch.h"
-#include "runtime/env.h"
 
 namespace xfr::cuda {
 
@@ -37,7 +36,7 @@ constexpr int kForwardMinBlocks = 3;
 // row from L2, 1.445 ms (run 43); with the copy, 1.426 ms (run 44): both were held by the first pass, whose guarded
 // loads the compiler issued one at a time; with the loads unguarded and the per-element work cut (RowStats, GradRow),
 // 1.049 ms (run 45), against 0.65 + 0.82 ms for the forward and the backward apart. What the copy alone gives was
-// not measured.
+// not measured. Since session 24 the copy is made by cp.async, ahead of the first pass (0.918 ms).
 constexpr int64_t kRowSmemMaxBytes = 112 * 1024;
 constexpr int kRowSmemUnroll = 4;
 // Blocks of kMaxRowThreads per SM for both forward variants with dlogits (the shared-memory one fits two): 64
@@ -138,7 +137,7 @@ struct GradRow {
 // backward would. kRowInSmem (with kGrad): the first pass copies each row to dynamic shared memory (rows_per_block rows
 // of V), and the second pass reads that copy; without it the second pass reads the row again (from L2 when it is
 // still there: the block has just read it).
-template <class T, class I, int W, bool kGrad, bool kRowInSmem, bool kAsyncCopy = false>
+template <class T, class I, int W, bool kGrad, bool kRowInSmem>
 __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForwardMinBlocks)
     ce_forward_kernel(const T* __restrict__ logits,   // (N, V)
                       const I* __restrict__ targets,  // (N)
@@ -163,11 +162,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
     if (tid == 0 && target_valid(t, V)) xt = dev::to_float(xr[static_cast<int64_t>(t)]);
     RowStats st;
     const bool smooth = ls > 0.f;
-    if constexpr (kRowInSmem && kAsyncCopy && sizeof(dev::Pack<T, W>) == 16) {
+    if constexpr (kRowInSmem && sizeof(dev::Pack<T, W>) == 16) {
       // The row straight into its shared-memory copy by cp.async, kSteps packs a thread a group, kCopyGroupsAhead
       // groups ahead of the fold, which reads back this thread's own packs (so no barrier): about the whole row in
       // flight per block (GPT-2's 100.6 KB row: 13 packs a thread at 512 threads), where loads through registers
-      // had kSteps packs a thread (32 KB a block).
+      // had kSteps packs a thread (32 KB a block): GPT-2's 16384 x 50304 bf16 logits in 0.918 ms against 0.998 (H200,
+      // session 24, run 2: the training step's profile, the same binary with either path).
       constexpr int kCopyGroupsAhead = 2;
       const int64_t group = kSteps * tpr;  // packs a group covers
       auto copy_group = [&](int64_t base) {  // (empty past the row: a commit of nothing)
@@ -195,25 +195,25 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
       }
       dev::cp_async_wait<0>();  // (the empty groups past the row)
     } else {
-    // kSteps packs a thread at a time, their loads issued back to back and unguarded: past the row's end (the last
-    // step) a load reads the row's last pack again and fold() leaves it out. (A guard per load, with the shared-memory
-    // copy beside it, had the compiler wait on each load in turn: one load in flight.)
-    for (int64_t base = 0; base < packs; base += kSteps * tpr) {
-      int n = 0;  // of this step's kSteps packs, the ones in the row (the first n: a compare each, not a division)
+      // kSteps packs a thread at a time, their loads issued back to back and unguarded: past the row's end (the
+      // last step) a load reads the row's last pack again and fold() leaves it out. (A guard per load, with the
+      // shared-memory copy beside it, had the compiler wait on each load in turn: one load in flight.)
+      for (int64_t base = 0; base < packs; base += kSteps * tpr) {
+        int n = 0;  // of this step's kSteps packs, the ones in the row (the first n: a compare each, not a division)
 #pragma unroll
-      for (int u = 0; u < kSteps; ++u) n += base + tid + u * tpr < packs;
-      dev::Pack<T, W> v[kSteps];
+        for (int u = 0; u < kSteps; ++u) n += base + tid + u * tpr < packs;
+        dev::Pack<T, W> v[kSteps];
 #pragma unroll
-      for (int u = 0; u < kSteps; ++u) {
-        const int64_t p = base + tid + u * tpr;
-        v[u] = dev::load_pack<T, W>(xr + (p < packs ? p : packs - 1) * W);
+        for (int u = 0; u < kSteps; ++u) {
+          const int64_t p = base + tid + u * tpr;
+          v[u] = dev::load_pack<T, W>(xr + (p < packs ? p : packs - 1) * W);
+        }
+        if (kRowInSmem)
+#pragma unroll
+          for (int u = 0; u < kSteps; ++u)
+            if (u < n) dev::store_pack<T, W>(row_copy + (base + tid + u * tpr) * W, v[u]);
+        st.fold(v, n, smooth);
       }
-      if (kRowInSmem)
-#pragma unroll
-        for (int u = 0; u < kSteps; ++u)
-          if (u < n) dev::store_pack<T, W>(row_copy + (base + tid + u * tpr) * W, v[u]);
-      st.fold(v, n, smooth);
-    }
     }
     const float M = dev::row_max(st.m);
     const float2 sums = dev::row_sum2(st.m == -INFINITY ? 0.f : st.s * dev::ex2((st.m - M) * kLog2e), st.sx);
@@ -336,10 +336,9 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
       const int64_t smem = int64_t(plan.rows_per_block) * V * int64_t(sizeof(T));  // the row copies
       const int64_t smem_cap = std::min(kRowSmemMaxBytes, smem_optin_limit());
       if (dlogits && smem <= smem_cap) {
-        const auto kernel = env_flag_default_on("XF_CE_ASYNC_COPY") ? ce_forward_kernel<T, I, W, true, true, true>
-                                                                    : ce_forward_kernel<T, I, W, true, true, false>;
-        static std::atomic<uint64_t> raised[2];  // the devices whose limit this kernel has raised to smem_cap
-        allow_smem(kernel, static_cast<size_t>(smem_cap), raised[env_flag_default_on("XF_CE_ASYNC_COPY")]);
+        const auto kernel = ce_forward_kernel<T, I, W, true, true>;
+        static std::atomic<uint64_t> raised{0};  // the devices whose limit this kernel has raised to smem_cap
+        allow_smem(kernel, static_cast<size_t>(smem_cap), raised);
         kernel<<<plan.grid(N), plan.block(), smem, stream>>>(logits, targets, lse, row_loss, coef, dlogits, N, V,
                                                              ignore_index, fls);
       } else if (dlogits) {
