@@ -50,9 +50,11 @@ inline Tensor poisoned_device(const Shape& shape, DType dtype, bool shifted = fa
 }
 
 // Runs op on the GPU over device copies of `inputs`, every output poisoned with NaN bytes (0xFF) first; with
-// `shifted`, every input and output starts one element off alignment (poisoned_device).
+// `shifted`, every input and output starts one element off alignment (poisoned_device). With `f32_stores`, each
+// 16-bit output the op can store as f32 (Op::stores_f32) is handed in as an f32 tensor, as the executor hands a
+// parameter's f32 gradient slot to the GEMM that computes the gradient.
 inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& inputs, uint64_t rng_seed = 0,
-                                       uint64_t rng_offset = 0, bool shifted = false) {
+                                       uint64_t rng_offset = 0, bool shifted = false, bool f32_stores = false) {
   DeviceContext* ctx = cuda_test_ctx();
   std::vector<Tensor> din;
   std::vector<TensorMeta> meta;
@@ -71,10 +73,14 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
   for (size_t k = 0; k < out_meta.size(); ++k) {
     const Op::ViewOf v = op.view_of(static_cast<int>(k), meta);
     all_views = all_views && v.input >= 0;
+    const bool half = out_meta[k].dtype == DType::bf16 || out_meta[k].dtype == DType::f16;
+    const DType od = f32_stores && half && op.stores_f32(static_cast<int>(k))
+                         ? DType::f32
+                         : out_meta[k].dtype;
     out.push_back(v.input >= 0 ? din.at(static_cast<size_t>(v.input))
                                      .carve(static_cast<size_t>(v.offset) * dtype_size(out_meta[k].dtype),
                                             out_meta[k].shape, out_meta[k].dtype)
-                               : poisoned_device(out_meta[k].shape, out_meta[k].dtype, shifted));
+                               : poisoned_device(out_meta[k].shape, od, shifted));
   }
   KernelContext kc;
   kc.rng_seed = rng_seed;
@@ -89,21 +95,23 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
 // The CUDA kernel of `op` in `dtype` against the CPU kernel in f32 on the same inputs (floating inputs
 // rounded to `dtype` first, so only the computation differs). Compares every output; integer outputs
 // exactly. `tol_scale` widens the tolerance for ops that round intermediates (say why at the call).
-// `shifted`: every GPU input and output one element off alignment (the kernels' scalar paths).
+// `shifted`: every GPU input and output one element off alignment (the kernels' scalar paths). `f32_stores`: the
+// outputs the op can store as f32 are f32 (run_op_cuda), held to f32's tolerance.
 inline void check_cuda_op(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
                           double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0,
-                          bool shifted = false) {
+                          bool shifted = false, bool f32_stores = false) {
   std::vector<Tensor> gpu_in, cpu_in;
   for (const auto& t : inputs_f32) {
     gpu_in.push_back(as_dtype(t, dtype));
     cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
   }
   const auto ref = run_op(op, cpu_in, &test_pool(), rng_seed, rng_offset);
-  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted);
+  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted, f32_stores);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
-    const std::string name =
-        what + " [" + dtype_name(dtype) + (shifted ? ", misaligned" : "") + "] output " + std::to_string(k);
+    const std::string name = what + " [" + dtype_name(dtype) + (shifted ? ", misaligned" : "") +
+                             (f32_stores ? ", f32 stores" : "") + "] output " + std::to_string(k) + " (" +
+                             dtype_name(got[k].dtype()) + ")";
     CHECK_MESSAGE(got[k].shape() == ref[k].shape(), name << ": shape");
     const DType od = got[k].dtype();
     const Tolerance tol = is_floating(od) ? cuda_tolerance(od) : tolerance(od);

@@ -180,6 +180,29 @@ XF_CUDA_TEST_CASE("linear_weight_grad: CUDA (cuBLASLt's bias-gradient epilogue) 
     }
 }
 
+XF_CUDA_TEST_CASE("linear_weight_grad and matmul: CUDA with f32 outputs from 16-bit inputs (gradient slots) against the CPU") {
+  // The executor hands a weight gradient's GEMM its parameter's f32 slot (Op::stores_f32): dw as cuBLASLt's f32 C and
+  // db as an f32 column sum, from bf16 / f16 g and x, without the 16-bit rounding. The CPU sums the same rounded
+  // inputs in f32, so the outputs are held to f32's tolerance (twice it: sums of up to 1000 products, in another
+  // order). Awkward shapes take the GEMM's unaligned paths.
+  for (const std::string& way : epilogue_ways())
+    for (DType dt : {DType::bf16, DType::f16})
+      for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 17}, {129, 64, 40}}) {
+        ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
+        const std::vector<Tensor> in{random_tensor({M, N}, 15), random_tensor({M, K}, 16)};
+        const std::string what = str_cat("linear_weight_grad M=", M, " N=", N, " K=", K, " ", way);
+        check_cuda_op(LinearWeightGradOp(), in, dt, what, 2.0, 0, 0, false, /*f32_stores=*/true);
+        check_cuda_op(LinearWeightGradOp(), in, dt, what, 2.0, 0, 0, /*shifted=*/true, /*f32_stores=*/true);
+      }
+  // matmul's f32 C (gᵀ x, the weight gradient of a linear layer without a bias).
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 17}}) {
+      const std::vector<Tensor> in{random_tensor({M, N}, 17), random_tensor({M, K}, 18)};
+      check_cuda_op(MatMulOp(true, false), in, dt, str_cat("matmul gᵀ x M=", M, " N=", N, " K=", K), 2.0, 0, 0, false,
+                    /*f32_stores=*/true);
+    }
+}
+
 // pre is an optional output (LinearOp::output_optional): an inference graph, which reads only y, plans no buffer
 // for it and the kernels write y alone (CUDA: the GELU epilogue without its auxiliary output, or the activation in
 // place); y is unchanged.
