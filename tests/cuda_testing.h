@@ -95,23 +95,21 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
 // The CUDA kernel of `op` in `dtype` against the CPU kernel in f32 on the same inputs (floating inputs
 // rounded to `dtype` first, so only the computation differs). Compares every output; integer outputs
 // exactly. `tol_scale` widens the tolerance for ops that round intermediates (say why at the call).
-// `shifted`: every GPU input and output one element off alignment (the kernels' scalar paths). `f32_stores`: the
-// outputs the op can store as f32 are f32 (run_op_cuda), held to f32's tolerance.
+// `shifted`: every GPU input and output one element off alignment (the kernels' scalar paths).
 inline void check_cuda_op(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
                           double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0,
-                          bool shifted = false, bool f32_stores = false) {
+                          bool shifted = false) {
   std::vector<Tensor> gpu_in, cpu_in;
   for (const auto& t : inputs_f32) {
     gpu_in.push_back(as_dtype(t, dtype));
     cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
   }
   const auto ref = run_op(op, cpu_in, &test_pool(), rng_seed, rng_offset);
-  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted, f32_stores);
+  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
-    const std::string name = what + " [" + dtype_name(dtype) + (shifted ? ", misaligned" : "") +
-                             (f32_stores ? ", f32 stores" : "") + "] output " + std::to_string(k) + " (" +
-                             dtype_name(got[k].dtype()) + ")";
+    const std::string name =
+        what + " [" + dtype_name(dtype) + (shifted ? ", misaligned" : "") + "] output " + std::to_string(k);
     CHECK_MESSAGE(got[k].shape() == ref[k].shape(), name << ": shape");
     const DType od = got[k].dtype();
     const Tolerance tol = is_floating(od) ? cuda_tolerance(od) : tolerance(od);

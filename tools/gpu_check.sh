@@ -2,13 +2,14 @@
 # One full cycle on a GPU machine, in one call: configure with CUDA for sm_90a, build with all cores, run
 # the GPU tests (the test binary with XF_TEST_DEVICE=cuda), run our benchmarks and the PyTorch baseline
 # in the same run, and write every log plus a summary table under $OUT.
-#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab ab ncu
+#   OUT=/path tools/gpu_check.sh [steps...]     steps: build test sanitize bench torch attn lab ab ncu labncu
 #   (default: build test bench torch attn)
 # attn: the attention kernels (ours: native and cuDNN; PyTorch SDPA with each backend forced) on the
 # FlashAttention grid, in the same run, and one ratio table (tools/bench_attention_report.py).
 # ab: an interleaved A/B of our native attention under two environments (XF_AB_A, XF_AB_B) or two source trees
 # (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
+# labncu: Nsight Compute's throughput sections on every kernel of one kernel lab (XF_NCU_LAB, default epilogue_gemm).
 # lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward; a weight gradient fused, plain and split-K; the column reduction by chunk count).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
 # (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
@@ -245,6 +246,21 @@ if has ncu; then
     # Where the warps stall: the reasons and the SASS lines with the most samples (tools/ncu_source_summary.py).
     python3 tools/ncu_source_summary.py "$OUT/$name.source.log" --top 8 2>&1 | tee -a "$SUMMARY"
   done
+fi
+
+if has labncu; then
+  # Where a lab's kernels stand against the memory system: Nsight Compute's SpeedOfLight and MemoryWorkloadAnalysis
+  # sections (duration, SM / DRAM / L2 throughput, bytes moved) on every kernel the lab launches, with each case's
+  # timing cut to one call (XF_LAB_ONCE=1, tools/lab/lab_cuda.h) and the GEMM autotuner off (XF_GEMM_AUTOTUNE=0: one
+  # cuBLASLt algorithm a reference, not eight timed). The clocks are left alone (device METHOD.md). Log:
+  # labncu_<lab>.log; the summary keeps each kernel's name and its throughput lines.
+  lab=${XF_NCU_LAB:-epilogue_gemm}
+  t=$(date +%s)
+  XF_LAB_ONCE=1 XF_GEMM_AUTOTUNE=0 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    "$BUILD/xfrun_lab_$lab" >"$OUT/labncu_$lab.log" 2>&1
+  note "labncu $lab: rc=$? ($(( $(date +%s) - t )) s)"
+  grep -E "^  [A-Za-z_].*\(|^    (Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Memory Throughput|Mem Busy|Max Bandwidth|L2 Hit Rate) " \
+    "$OUT/labncu_$lab.log" | tee -a "$SUMMARY"
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then

@@ -61,7 +61,14 @@ class Event {  // owns a CUDA event
 // Median microseconds of one call of f on stream s: reps samples of (batch back-to-back calls) / batch, after 3
 // untimed calls, as launches run in a CUDA graph, L2 warm. One event pair a batch: a single short launch's event
 // timing carries several microseconds of launch and event latency (H200, 2026-11-30: a 24 KB reduction read 7-8 us).
+// XF_LAB_ONCE=1: one call, untimed (returns 0), so that a profiler (ncu) sees each case's kernel twice (its check and
+// this) rather than hundreds of times.
 inline double time_us(cudaStream_t s, const std::function<void()>& f, int batch = 10, int reps = 15) {
+  if (const char* once = std::getenv("XF_LAB_ONCE"); once && once[0] == '1') {
+    f();
+    LAB_CHECK(cudaStreamSynchronize(s));
+    return 0.0;
+  }
   for (int i = 0; i < 3; ++i) f();
   LAB_CHECK(cudaStreamSynchronize(s));
   const Event a, b;
