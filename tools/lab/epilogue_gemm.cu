@@ -15,6 +15,8 @@
 // stores per pair of columns) or the GELU derivative of the loaded pre-activation (a bf16x2 load and a store).
 // gemm_coop<Epi, BN>: both consumers on one 128 x BN tile (BN 256, or 192 with two output buffers a consumer), the
 // epilogue through shared memory and TMA stores (see there, with what session 23 tried against its epilogue's cost).
+// gemm_ws<Epi>: gemm_coop's main loop with the epilogue in warps of its own beside the next tile's main loop (session
+// 24, after ncu found no bandwidth limit in the epilogue kernels).
 // Checks: each variant's outputs against cuBLASLt's (the same operands) within 2 bf16 ulps of |ref| + 1e-2 (both sum
 // in fp32 in different orders; GELU and its derivative as each computes them); outputs poisoned (NaN) first.
 // Timing: lab::time_us (median of batches of back-to-back calls), TFLOP/s = 2 M N K / t.
@@ -244,9 +246,49 @@ __device__ __forceinline__ float gelu_fast_grad(float x) {
 struct CoopArgs {
   CUtensorMap a, b;         // A (M, K) K-major, box 64 x 128; B as Args
   CUtensorMap out, aux;     // (M, N) bf16, box 64 x 64: stored (out; aux for gelu's pre) or loaded (aux for dgelu)
+  __nv_bfloat16* out_rows;  // (M, N): out's matrix, for gemm_ws's thread stores
+  __nv_bfloat16* aux_rows;  // (M, N): aux's
   const __nv_bfloat16* bias;
   int M, N, K;
 };
+
+// One tile's main loop of the cooperative kernels (gemm_coop, gemm_ws): consumer `consumer` (0, 1; t its thread)
+// multiplies its 64 rows of the CTA's 128 x BN tile over the kt K blocks of the producer's stages (it: stage uses so
+// far, across tiles), releasing each stage once the wgmmas after it are issued and the last one at the end.
+template <Epi kEpi, int BN>
+__device__ __forceinline__ void coop_main_loop(float (&acc)[BN / 2], uint32_t base, uint32_t full, uint32_t empty,
+                                               int consumer, int kt, int& it, int t) {
+  using Sh = CoopShape<BN>;
+  for (int kb = 0; kb < kt; ++kb, ++it) {
+    const int s = it % kCoopStages;
+    mbar_wait(full + 8 * s, (it / kCoopStages) & 1);
+    const uint32_t a = base + s * Sh::kStageBytes + consumer * (kCoopABytes / 2), b = base + s * Sh::kStageBytes + kCoopABytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
+      if constexpr (kEpi != Epi::dgelu)
+        wgmma_ss<BN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
+      else
+        wgmma_ss_bmn<BN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+    if (kb > 0 && t == 0) mbar_arrive(empty + 8 * ((it - 1) % kCoopStages));
+  }
+  wgmma_wait<0>();
+  if (t == 0) mbar_arrive(empty + 8 * ((it - 1) % kCoopStages));
+}
+
+// A consumer's pair (i, i + 1) of its 64 x BN fragment in a 64 x BN bf16 buffer of 128-byte-swizzled 64-column atoms
+// (8 KB each; the layout TMA reads): row r = 16 warp + lane / 4 + 8 ((i / 2) % 2), columns c, c + 1 with c = 8 (i / 4)
+// + 2 (lane % 4), at atom c / 64, row r, 16-byte chunk ((c % 64) / 8) ^ (r % 8). r % 8 = lane / 4 and the chunk
+// (i / 4) % 8: everything but lane / 4 is known at compile time. `buf`: the buffer's generic address.
+__device__ __forceinline__ __nv_bfloat162* frag_pair(unsigned char* buf, int warp, int lane, int i) {
+  const int x = lane / 4;
+  return reinterpret_cast<__nv_bfloat162*>(buf + (16 * warp + x) * 128 + (lane % 4) * 4 + (i / 32) * 8192 +
+                                           ((i / 2) % 2) * 1024 + ((((i / 4) % 8) ^ x) << 4));
+}
 
 template <Epi kEpi, int BN = kBN>
 __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__ CoopArgs args) {
@@ -297,25 +339,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
         for (int a = 0; a < BN / 64; ++a) tma_load_2d(tile_buf + a * 8192, &args.aux, n0 + 64 * a, row0, my_aux_bar);
       }
     }
-    for (int kb = 0; kb < kt; ++kb, ++it) {
-      const int s = it % kCoopStages;
-      mbar_wait(full + 8 * s, (it / kCoopStages) & 1);
-      const uint32_t a = base + s * Sh::kStageBytes + consumer * (kCoopABytes / 2), b = base + s * Sh::kStageBytes + kCoopABytes;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
-        if constexpr (kEpi != Epi::dgelu)
-          wgmma_ss<BN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
-        else
-          wgmma_ss_bmn<BN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<1>();
-      if (kb > 0 && t == 0) mbar_arrive(empty + 8 * ((it - 1) % kCoopStages));
-    }
-    wgmma_wait<0>();
-    if (t == 0) mbar_arrive(empty + 8 * ((it - 1) % kCoopStages));
+    coop_main_loop<kEpi, BN>(acc, base, full, empty, consumer, kt, it, t);
     if constexpr (kEpi == Epi::sink) {
       float sum = 0.f;
 #pragma unroll
@@ -323,14 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
       if (sum == 1234.5f) *reinterpret_cast<volatile float*>(smem + (tile_buf - base)) = sum;  // (keeps the main loop)
       continue;
     }
-    // Element pair (i, i + 1) of the fragment: row r = 16 warp + lane/4 + 8 ((i/2) % 2) of this consumer's 64, columns
-    // c, c + 1 with c = 8 (i/4) + 2 (lane % 4); in a buffer at atom c / 64, row r, 16-byte chunk ((c % 64) / 8) ^ (r % 8).
-    // So r % 8 = lane / 4 and the chunk (i / 4) % 8: everything but lane / 4 is known at compile time.
-    const int x = lane / 4;
-    const auto buf = [&](uint32_t which, int i) {
-      return reinterpret_cast<__nv_bfloat162*>(smem + (which - base) + (16 * warp + x) * 128 + (lane % 4) * 4 +
-                                               (i / 32) * 8192 + ((i / 2) % 2) * 1024 + ((((i / 4) % 8) ^ x) << 4));
-    };
+    const auto buf = [&](uint32_t which, int i) { return frag_pair(smem + (which - base), warp, lane, i); };
     // Every store but the newest `pending` of this thread's has read its buffer (thread 0 issues them), then all
     // threads may write.
     const auto wait_read = [&](auto pending) {
@@ -379,6 +396,138 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
     }
   }
   if (t == 0) bulk_wait<0>();  // the last stores are done before the CTA's shared memory goes
+#endif
+}
+
+// ---- ws: the cooperative main loop, and an epilogue warpgroup of its own beside it ------------------------------
+// Session 24's ncu (gpu_check.sh labncu) had the GELU epilogue kernels, cuBLASLt's and gemm_coop, at 24-31% of DRAM's
+// peak throughput and 39-48% of L2's with the SM throughput down to 45-56% (77-85% plain): no bandwidth is the limit,
+// the epilogue's latency is, because the consumers that run the main loop run the epilogue too. Here they do no more
+// than a plain store's work: at the end of a tile each consumer writes its 64 x 256 fragment as bf16 (gelu: + bias, so
+// pre; dgelu and plain: the product) into a 64 KB buffer, arrives on buf_full and goes on to the next tile's main
+// loop. The producer warpgroup's warps 1-3 (its warp 0 issues the TMA loads) are the epilogue: they wait on buf_full,
+// read the buffer in 16-byte chunks (epilogue warp w: rows w, w + 3, ...; lane l: the row's chunk l, so a warp's
+// global accesses are a row's 512 contiguous bytes), release it (buf_empty) and store: gelu pre and gelu(pre), dgelu
+// the chunk times gelu'(pre) with pre loaded from global memory, plain the chunk. One buffer: the epilogue has a main
+// loop's time (about 9 us a tile) to read it. (A fourth warpgroup would make 512 threads, whose 128 registers a
+// thread at compile time cannot hold an m64n256 wgmma's operands: ptxas needs 154.)
+// Registers: 384 threads enter with 168; the consumers take 232, as gemm_coop's (at 216 and 208 ptxas spilled 120-172
+// bytes), so the producer warpgroup keeps 40 (40 + 2 x 232 = 504 = 3 x 168, the entry allocation): the epilogue holds
+// kWsChunkBatch chunks at a time. ptxas still spills 24-40 bytes in dgelu and plain (none in gelu). Shared memory: 3 stages of 48 KB and the buffer,
+// 208 KB. gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
+// multiplies the bf16-rounded product (as the CPU oracle of matmul_dgelu does): one more rounding than cuBLASLt's.
+constexpr int kWsThreads = 384;
+constexpr int kWsEpilogueWarps = 3;  // the producer warpgroup's warps 1-3
+constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;  // 40 + 2 x 232 = 504: the entry's 168 x 3 (see above)
+static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+              "setmaxnreg moves registers within the CTA's entry allocation");
+constexpr int kWsBufBytes = kCoopBM * kBN * 2;  // 64 KB: the 128 x 256 tile in bf16, as 2 consumer halves of 32 KB
+constexpr int kWsSmemBytes = kCoopStages * CoopShape<kBN>::kStageBytes + kWsBufBytes + 1024 + (2 * kCoopStages + 2) * 8;
+static_assert(kWsSmemBytes <= 227 * 1024, "an SM's shared memory for one CTA");
+constexpr int kWsChunkBatch = 2;  // 16-byte chunks an epilogue thread has in flight (dgelu: 2 loads of pre): 40 regs
+
+template <Epi kEpi>
+__global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__ CoopArgs args) {
+#if XF_SM90A_DEVICE
+  static_assert(kEpi != Epi::sink, "the main loop alone is gemm_coop's sink");
+  constexpr int BN = kBN;
+  using Sh = CoopShape<BN>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t base = smem_u32(smem), buf = base + kCoopStages * Sh::kStageBytes;
+  const uint32_t full = buf + kWsBufBytes, empty = full + kCoopStages * 8, buf_full = empty + kCoopStages * 8,
+                 buf_empty = buf_full + 8;
+  unsigned char* const buf_ptr = smem + (buf - base);
+  const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  const int n_tiles = args.N / BN, tiles = (args.M / kCoopBM) * n_tiles, kt = args.K / kBK;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kCoopStages; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, 2);  // thread 0 of each consumer
+    }
+    mbar_init(buf_full, 256);   // every consumer thread, once its part of the tile is in the buffer
+    mbar_init(buf_empty, 32 * kWsEpilogueWarps);  // every epilogue thread, once it has read its chunks
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (wg == 0) {  // the producer (warp 0) and the epilogue (warps 1-3)
+    setmaxnreg_dec<kWsProducerRegs>();
+    if (warp == 0) {
+      if (t == 0)
+        produce<kEpi, kCoopStages, BN>(&args.a, &args.b, base, full, empty, Sh::kStageBytes, kCoopABytes, kCoopBM,
+                                       tiles, n_tiles, kt);
+      return;
+    }
+    const int ew = warp - 1;                      // the epilogue warp: rows ew, ew + 3, ...
+    const int atom = lane / 8, chunk = lane % 8;  // the lane's 16-byte chunk of a row: atom lane / 8, chunk lane % 8
+    constexpr int kRowsPerWarp = (kCoopBM + kWsEpilogueWarps - 1) / kWsEpilogueWarps;  // 43 (warp 2: 42)
+    int local = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
+      const int m0 = (tile / n_tiles) * kCoopBM, n0 = (tile % n_tiles) * BN;
+      mbar_wait(buf_full, local & 1);
+      for (int j0 = 0; j0 < kRowsPerWarp; j0 += kWsChunkBatch) {
+        uint4 v[kWsChunkBatch], pre[kWsChunkBatch];
+#pragma unroll
+        for (int b = 0; b < kWsChunkBatch; ++b) {
+          const int r = ew + kWsEpilogueWarps * (j0 + b), rr = r % 64;  // the tile's row; its row in its half
+          if (r < kCoopBM) {
+            v[b] = *reinterpret_cast<const uint4*>(buf_ptr + (r / 64) * (kWsBufBytes / 2) + atom * 8192 + rr * 128 +
+                                                   ((chunk ^ (rr % 8)) << 4));
+            if constexpr (kEpi == Epi::dgelu)
+              pre[b] = __ldg(reinterpret_cast<const uint4*>(args.aux_rows + int64_t(m0 + r) * args.N + n0 + 8 * lane));
+          }
+        }
+        if (j0 + kWsChunkBatch >= kRowsPerWarp) mbar_arrive(buf_empty);  // every chunk read: the buffer is free
+#pragma unroll
+        for (int b = 0; b < kWsChunkBatch; ++b) {
+          const int r = ew + kWsEpilogueWarps * (j0 + b);
+          if (r >= kCoopBM) continue;
+          const int64_t at = int64_t(m0 + r) * args.N + n0 + 8 * lane;
+          const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[b]);
+          uint4 o;
+          __nv_bfloat162* ho = reinterpret_cast<__nv_bfloat162*>(&o);
+          if constexpr (kEpi == Epi::gelu) {
+            *reinterpret_cast<uint4*>(args.aux_rows + at) = v[b];  // pre
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = __bfloat1622float2(h[e]);
+              ho[e] = __floats2bfloat162_rn(gelu_fast(f.x), gelu_fast(f.y));
+            }
+          } else if constexpr (kEpi == Epi::dgelu) {
+            const __nv_bfloat162* hp = reinterpret_cast<const __nv_bfloat162*>(&pre[b]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float2 f = __bfloat1622float2(h[e]), p = __bfloat1622float2(hp[e]);
+              ho[e] = __floats2bfloat162_rn(f.x * gelu_fast_grad(p.x), f.y * gelu_fast_grad(p.y));
+            }
+          } else {
+            o = v[b];
+          }
+          *reinterpret_cast<uint4*>(args.out_rows + at) = o;
+        }
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<kWsConsumerRegs>();
+  const int consumer = wg - 1;
+  unsigned char* const my_half = buf_ptr + consumer * (kWsBufBytes / 2);
+  float acc[BN / 2];
+  int it = 0, local = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
+    const int n0 = (tile % n_tiles) * BN;
+    coop_main_loop<kEpi, BN>(acc, base, full, empty, consumer, kt, it, t);
+    mbar_wait(buf_empty, (local & 1) ^ 1);  // the epilogue has read the tile before (the first wait passes)
+    const __nv_bfloat16* const bias_base = args.bias + n0 + 2 * (lane % 4);
+#pragma unroll
+    for (int i = 0; i < BN / 2; i += 2) {
+      float2 b2 = make_float2(0.f, 0.f);
+      if constexpr (kEpi == Epi::gelu)
+        b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(bias_base + 8 * (i / 4)));
+      *frag_pair(my_half, warp, lane, i) = __floats2bfloat162_rn(acc[i] + b2.x, acc[i + 1] + b2.y);
+    }
+    mbar_arrive(buf_full);
+  }
 #endif
 }
 
@@ -463,6 +612,8 @@ int main(int argc, char** argv) {
     c.b = backward ? map_of(w2, N, K, kBK) : map_of(w, K, N, bn);
     c.out = map_of(backward ? d : y, N, M, 64);
     c.aux = map_of(backward ? pre_ref : pre, N, M, 64);
+    c.out_rows = static_cast<__nv_bfloat16*>((backward ? d : y).raw_data());
+    c.aux_rows = static_cast<__nv_bfloat16*>((backward ? pre_ref : pre).raw_data());
     c.bias = static_cast<const __nv_bfloat16*>(bias.raw_data());
     c.M = M, c.N = N, c.K = K;
     return c;
@@ -480,6 +631,11 @@ int main(int argc, char** argv) {
     LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
     return [&, k, grid, smem] { k<<<grid, kThreads, smem, s>>>(a); };
+  };
+  const auto ws = [&](Coop k, const CoopArgs& a) -> std::function<void()> {
+    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmemBytes));
+    const int grid = std::min(sms, (M / kCoopBM) * (N / kBN));
+    return [&, k, grid] { k<<<grid, kWsThreads, kWsSmemBytes, s>>>(a); };
   };
   constexpr int kSmem256 = CoopShape<256>::kSmemBytes, kSmem192 = CoopShape<192>::kSmemBytes;
   struct Case {
@@ -500,6 +656,9 @@ int main(int argc, char** argv) {
       {"coop 128 x 192 dgelu", Epi::dgelu, coop(gemm_coop<Epi::dgelu, 192>, coop192_bwd, 192, kSmem192)},
       {"coop 128 x 192 plain", Epi::plain, coop(gemm_coop<Epi::plain, 192>, coop192_fwd, 192, kSmem192)},
       {"coop 128 x 192 sink (main loop alone)", Epi::sink, coop(gemm_coop<Epi::sink, 192>, coop192_fwd, 192, kSmem192)},
+      {"ws (128 x 256, an epilogue warpgroup) gelu", Epi::gelu, ws(gemm_ws<Epi::gelu>, coop_fwd)},
+      {"ws dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu>, coop_bwd)},
+      {"ws plain", Epi::plain, ws(gemm_ws<Epi::plain>, coop_fwd)},
   };
   // Each case: its reference's outputs made, ours poisoned, one launch checked (a failed launch or a deadlock ends the
   // lab, see case_ok), then timed against cuBLASLt's same epilogue (sink: against the plain GEMM).
