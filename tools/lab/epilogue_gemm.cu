@@ -283,13 +283,15 @@ __device__ __forceinline__ void coop_main_loop(float (&acc)[BN / 2], uint32_t ba
 // A consumer's pair (i, i + 1) of its 64 x BN fragment in a 64 x BN bf16 buffer of 128-byte-swizzled 64-column atoms
 // (8 KB each; the layout TMA reads): row r = 16 warp + lane / 4 + 8 ((i / 2) % 2), columns c, c + 1 with c = 8 (i / 4)
 // + 2 (lane % 4), at atom c / 64, row r, 16-byte chunk ((c % 64) / 8) ^ (r % 8). r % 8 = lane / 4 and the chunk
-// (i / 4) % 8: everything but lane / 4 is known at compile time. `buf`: the buffer's generic address.
-__device__ __forceinline__ __nv_bfloat162* frag_pair(unsigned char* buf, int warp, int lane, int i) {
-  const int x = lane / 4;
-  return reinterpret_cast<__nv_bfloat162*>(buf + (16 * warp + x) * 128 + (lane % 4) * 4 + (i / 32) * 8192 +
-                                           ((i / 2) % 2) * 1024 + ((((i / 4) % 8) ^ x) << 4));
+// (i / 4) % 8: everything but lane / 4 is known at compile time. As a per-thread base (frag_row: the buffer's generic
+// address, row 16 warp + lane / 4, byte 4 (lane % 4)) plus pair i's offset (frag_offset, x = lane / 4). (One function
+// of the buffer, warp, lane and i in their place had ptxas spill 400 bytes in gemm_coop's gelu.)
+__device__ __forceinline__ unsigned char* frag_row(unsigned char* buf, int warp, int lane) {
+  return buf + (16 * warp + lane / 4) * 128 + (lane % 4) * 4;
 }
-
+__device__ __forceinline__ int frag_offset(int i, int x) {
+  return (i / 32) * 8192 + ((i / 2) % 2) * 1024 + ((((i / 4) % 8) ^ x) << 4);
+}
 template <Epi kEpi, int BN = kBN>
 __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__ CoopArgs args) {
 #if XF_SM90A_DEVICE
@@ -347,7 +349,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
       if (sum == 1234.5f) *reinterpret_cast<volatile float*>(smem + (tile_buf - base)) = sum;  // (keeps the main loop)
       continue;
     }
-    const auto buf = [&](uint32_t which, int i) { return frag_pair(smem + (which - base), warp, lane, i); };
+    const int x = lane / 4;
+    const auto buf = [&](uint32_t which, int i) {
+      return reinterpret_cast<__nv_bfloat162*>(frag_row(smem + (which - base), warp, lane) + frag_offset(i, x));
+    };
     // Every store but the newest `pending` of this thread's has read its buffer (thread 0 issues them), then all
     // threads may write.
     const auto wait_read = [&](auto pending) {
@@ -511,7 +516,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__
   }
   setmaxnreg_inc<kWsConsumerRegs>();
   const int consumer = wg - 1;
-  unsigned char* const my_half = buf_ptr + consumer * (kWsBufBytes / 2);
+  unsigned char* const my_row = frag_row(buf_ptr + consumer * (kWsBufBytes / 2), warp, lane);
   float acc[BN / 2];
   int it = 0, local = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
@@ -524,7 +529,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__
       float2 b2 = make_float2(0.f, 0.f);
       if constexpr (kEpi == Epi::gelu)
         b2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(bias_base + 8 * (i / 4)));
-      *frag_pair(my_half, warp, lane, i) = __floats2bfloat162_rn(acc[i] + b2.x, acc[i + 1] + b2.y);
+      *reinterpret_cast<__nv_bfloat162*>(my_row + frag_offset(i, lane / 4)) =
+          __floats2bfloat162_rn(acc[i] + b2.x, acc[i + 1] + b2.y);
     }
     mbar_arrive(buf_full);
   }
@@ -620,6 +626,8 @@ int main(int argc, char** argv) {
   };
   const CoopArgs coop_fwd = coop_args(false, 256), coop_bwd = coop_args(true, 256);
   const CoopArgs coop192_fwd = coop_args(false, 192), coop192_bwd = coop_args(true, 192);
+  CoopArgs ws_fwd_k64 = coop_fwd;
+  ws_fwd_k64.K = kBK;
 
   using PingPong = void (*)(Args);
   using Coop = void (*)(CoopArgs);
@@ -659,6 +667,10 @@ int main(int argc, char** argv) {
       {"ws (128 x 256, an epilogue warpgroup) gelu", Epi::gelu, ws(gemm_ws<Epi::gelu>, coop_fwd)},
       {"ws dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu>, coop_bwd)},
       {"ws plain", Epi::plain, ws(gemm_ws<Epi::plain>, coop_fwd)},
+      // The epilogue's own pace: the same kernels over one K block (K = 64), so that the main loop is short and the
+      // time is the epilogue's (unchecked: labelled sink).
+      {"ws gelu, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::gelu>, ws_fwd_k64)},
+      {"ws plain, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::plain>, ws_fwd_k64)},
   };
   // Each case: its reference's outputs made, ours poisoned, one launch checked (a failed launch or a deadlock ends the
   // lab, see case_ok), then timed against cuBLASLt's same epilogue (sink: against the plain GEMM).
