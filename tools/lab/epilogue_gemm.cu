@@ -416,31 +416,39 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
 // the chunk times gelu'(pre) with pre loaded from global memory, plain the chunk. One buffer: the epilogue has a main
 // loop's time (about 9 us a tile) to read it. (A fourth warpgroup would make 512 threads, whose 128 registers a
 // thread at compile time cannot hold an m64n256 wgmma's operands: ptxas needs 154.)
-// Registers: 384 threads enter with 168; the consumers take 232, as gemm_coop's (at 216 and 208 ptxas spilled 120-172
-// bytes), so the producer warpgroup keeps 40 (40 + 2 x 232 = 504 = 3 x 168, the entry allocation): the epilogue holds
-// kWsChunkBatch chunks at a time. ptxas still spills 24-40 bytes in dgelu and plain (none in gelu). Shared memory: 3 stages of 48 KB and the buffer,
-// 208 KB. gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
+// Registers and chunks in flight: WsShape. Shared memory: 3 stages (48 or 40 KB) and the buffer (64 or 48 KB). gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
 // multiplies the bf16-rounded product (as the CPU oracle of matmul_dgelu does): one more rounding than cuBLASLt's.
 constexpr int kWsThreads = 384;
 constexpr int kWsEpilogueWarps = 3;  // the producer warpgroup's warps 1-3
-constexpr int kWsProducerRegs = 40, kWsConsumerRegs = 232;  // 40 + 2 x 232 = 504: the entry's 168 x 3 (see above)
-static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
-              "setmaxnreg moves registers within the CTA's entry allocation");
-constexpr int kWsBufBytes = kCoopBM * kBN * 2;  // 64 KB: the 128 x 256 tile in bf16, as 2 consumer halves of 32 KB
-constexpr int kWsSmemBytes = kCoopStages * CoopShape<kBN>::kStageBytes + kWsBufBytes + 1024 + (2 * kCoopStages + 2) * 8;
-static_assert(kWsSmemBytes <= 227 * 1024, "an SM's shared memory for one CTA");
-constexpr int kWsChunkBatch = 2;  // 16-byte chunks an epilogue thread has in flight (dgelu: 2 loads of pre): 40 regs
+// Per tile width: registers (the producer warpgroup's, the consumers'; P + 2 C <= 504, the entry's 168 x 3, as
+// setmaxnreg moves registers within the CTA's allocation) and the 16-byte chunks an epilogue thread has in flight.
+// BN 256: the consumers need gemm_coop's 232 (at 216 and 208 ptxas spilled 120-172 bytes), which leaves the epilogue
+// 40 registers and 2 chunks (run 6: its own pace, K = 64, 13.3 us a tile against the main loop's 8.5: the kernel
+// waits on it). BN 192: 96 accumulators a consumer thread, so 184 registers and the epilogue 136, 8 chunks.
+template <int BN>
+struct WsShape {
+  static constexpr int kProducerRegs = BN == 256 ? 40 : 136;
+  static constexpr int kConsumerRegs = BN == 256 ? 232 : 184;
+  static constexpr int kChunkBatch = BN == 256 ? 2 : 8;
+  static constexpr int kBufBytes = kCoopBM * BN * 2;                                 // the tile in bf16: 64 or 48 KB
+  static constexpr int kChunks = kCoopBM * BN / 8;                                   // its 16-byte chunks
+  static constexpr int kChunksPerThread = (kChunks + 32 * kWsEpilogueWarps - 1) / (32 * kWsEpilogueWarps);
+  static constexpr int kSmemBytes = kCoopStages * CoopShape<BN>::kStageBytes + kBufBytes + 1024 + (2 * kCoopStages + 2) * 8;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+                "setmaxnreg moves registers within the CTA's entry allocation");
+  static_assert(kSmemBytes <= 227 * 1024, "an SM's shared memory for one CTA");
+};
 
-template <Epi kEpi>
+template <Epi kEpi, int BN = kBN>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__ CoopArgs args) {
 #if XF_SM90A_DEVICE
   static_assert(kEpi != Epi::sink, "the main loop alone is gemm_coop's sink");
-  constexpr int BN = kBN;
   using Sh = CoopShape<BN>;
+  using W = WsShape<BN>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const uint32_t base = smem_u32(smem), buf = base + kCoopStages * Sh::kStageBytes;
-  const uint32_t full = buf + kWsBufBytes, empty = full + kCoopStages * 8, buf_full = empty + kCoopStages * 8,
+  const uint32_t full = buf + W::kBufBytes, empty = full + kCoopStages * 8, buf_full = empty + kCoopStages * 8,
                  buf_empty = buf_full + 8;
   unsigned char* const buf_ptr = smem + (buf - base);
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
@@ -450,60 +458,63 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__
       mbar_init(full + 8 * s, 1);
       mbar_init(empty + 8 * s, 2);  // thread 0 of each consumer
     }
-    mbar_init(buf_full, 256);   // every consumer thread, once its part of the tile is in the buffer
+    mbar_init(buf_full, 256);                     // every consumer thread, once its part of the tile is in the buffer
     mbar_init(buf_empty, 32 * kWsEpilogueWarps);  // every epilogue thread, once it has read its chunks
     mbar_init_fence();
   }
   __syncthreads();
   if (wg == 0) {  // the producer (warp 0) and the epilogue (warps 1-3)
-    setmaxnreg_dec<kWsProducerRegs>();
+    setmaxnreg_dec<W::kProducerRegs>();
     if (warp == 0) {
       if (t == 0)
         produce<kEpi, kCoopStages, BN>(&args.a, &args.b, base, full, empty, Sh::kStageBytes, kCoopABytes, kCoopBM,
                                        tiles, n_tiles, kt);
       return;
     }
-    const int ew = warp - 1;                      // the epilogue warp: rows ew, ew + 3, ...
-    const int atom = lane / 8, chunk = lane % 8;  // the lane's 16-byte chunk of a row: atom lane / 8, chunk lane % 8
-    constexpr int kRowsPerWarp = (kCoopBM + kWsEpilogueWarps - 1) / kWsEpilogueWarps;  // 43 (warp 2: 42)
+    // Epilogue thread e (0 .. 95) takes the tile's chunks q = e + 96 k: row q / (BN / 8), chunk q % (BN / 8) of the
+    // row, so a warp's accesses are 32 consecutive chunks of global memory; in the buffer, consumer half row / 64,
+    // atom chunk / 8, row % 64, 16-byte slot (chunk % 8) ^ (row % 8). Each 8 lanes' chunks are one atom's row: no bank
+    // conflict.
+    constexpr int kRowChunks = BN / 8, kStep = 32 * kWsEpilogueWarps;
+    const int e = t - 32;
     int local = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
       const int m0 = (tile / n_tiles) * kCoopBM, n0 = (tile % n_tiles) * BN;
       mbar_wait(buf_full, local & 1);
-      for (int j0 = 0; j0 < kRowsPerWarp; j0 += kWsChunkBatch) {
-        uint4 v[kWsChunkBatch], pre[kWsChunkBatch];
+      for (int k0 = 0; k0 < W::kChunksPerThread; k0 += W::kChunkBatch) {
+        uint4 v[W::kChunkBatch], pre[W::kChunkBatch];
 #pragma unroll
-        for (int b = 0; b < kWsChunkBatch; ++b) {
-          const int r = ew + kWsEpilogueWarps * (j0 + b), rr = r % 64;  // the tile's row; its row in its half
-          if (r < kCoopBM) {
-            v[b] = *reinterpret_cast<const uint4*>(buf_ptr + (r / 64) * (kWsBufBytes / 2) + atom * 8192 + rr * 128 +
-                                                   ((chunk ^ (rr % 8)) << 4));
+        for (int b = 0; b < W::kChunkBatch; ++b) {
+          const int q = e + kStep * (k0 + b), r = q / kRowChunks, c = q % kRowChunks, rr = r % 64;
+          if (q < W::kChunks && k0 + b < W::kChunksPerThread) {
+            v[b] = *reinterpret_cast<const uint4*>(buf_ptr + (r / 64) * (W::kBufBytes / 2) + (c / 8) * 8192 +
+                                                   rr * 128 + (((c % 8) ^ (rr % 8)) << 4));
             if constexpr (kEpi == Epi::dgelu)
-              pre[b] = __ldg(reinterpret_cast<const uint4*>(args.aux_rows + int64_t(m0 + r) * args.N + n0 + 8 * lane));
+              pre[b] = __ldg(reinterpret_cast<const uint4*>(args.aux_rows + int64_t(m0 + r) * args.N + n0 + 8 * c));
           }
         }
-        if (j0 + kWsChunkBatch >= kRowsPerWarp) mbar_arrive(buf_empty);  // every chunk read: the buffer is free
+        if (k0 + W::kChunkBatch >= W::kChunksPerThread) mbar_arrive(buf_empty);  // every chunk read: the buffer is free
 #pragma unroll
-        for (int b = 0; b < kWsChunkBatch; ++b) {
-          const int r = ew + kWsEpilogueWarps * (j0 + b);
-          if (r >= kCoopBM) continue;
-          const int64_t at = int64_t(m0 + r) * args.N + n0 + 8 * lane;
+        for (int b = 0; b < W::kChunkBatch; ++b) {
+          const int q = e + kStep * (k0 + b), r = q / kRowChunks, c = q % kRowChunks;
+          if (q >= W::kChunks || k0 + b >= W::kChunksPerThread) continue;
+          const int64_t at = int64_t(m0 + r) * args.N + n0 + 8 * c;
           const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[b]);
           uint4 o;
           __nv_bfloat162* ho = reinterpret_cast<__nv_bfloat162*>(&o);
           if constexpr (kEpi == Epi::gelu) {
             *reinterpret_cast<uint4*>(args.aux_rows + at) = v[b];  // pre
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float2 f = __bfloat1622float2(h[e]);
-              ho[e] = __floats2bfloat162_rn(gelu_fast(f.x), gelu_fast(f.y));
+            for (int i = 0; i < 4; ++i) {
+              const float2 f = __bfloat1622float2(h[i]);
+              ho[i] = __floats2bfloat162_rn(gelu_fast(f.x), gelu_fast(f.y));
             }
           } else if constexpr (kEpi == Epi::dgelu) {
             const __nv_bfloat162* hp = reinterpret_cast<const __nv_bfloat162*>(&pre[b]);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float2 f = __bfloat1622float2(h[e]), p = __bfloat1622float2(hp[e]);
-              ho[e] = __floats2bfloat162_rn(f.x * gelu_fast_grad(p.x), f.y * gelu_fast_grad(p.y));
+            for (int i = 0; i < 4; ++i) {
+              const float2 f = __bfloat1622float2(h[i]), p = __bfloat1622float2(hp[i]);
+              ho[i] = __floats2bfloat162_rn(f.x * gelu_fast_grad(p.x), f.y * gelu_fast_grad(p.y));
             }
           } else {
             o = v[b];
@@ -514,9 +525,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__
     }
     return;
   }
-  setmaxnreg_inc<kWsConsumerRegs>();
+  setmaxnreg_inc<W::kConsumerRegs>();
   const int consumer = wg - 1;
-  unsigned char* const my_row = frag_row(buf_ptr + consumer * (kWsBufBytes / 2), warp, lane);
+  unsigned char* const my_row = frag_row(buf_ptr + consumer * (W::kBufBytes / 2), warp, lane);
   float acc[BN / 2];
   int it = 0, local = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
@@ -626,8 +637,8 @@ int main(int argc, char** argv) {
   };
   const CoopArgs coop_fwd = coop_args(false, 256), coop_bwd = coop_args(true, 256);
   const CoopArgs coop192_fwd = coop_args(false, 192), coop192_bwd = coop_args(true, 192);
-  CoopArgs ws_fwd_k64 = coop_fwd;
-  ws_fwd_k64.K = kBK;
+  CoopArgs ws_fwd_k64 = coop_fwd, ws192_fwd_k64 = coop192_fwd;
+  ws_fwd_k64.K = ws192_fwd_k64.K = kBK;
 
   using PingPong = void (*)(Args);
   using Coop = void (*)(CoopArgs);
@@ -640,11 +651,12 @@ int main(int argc, char** argv) {
     const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
     return [&, k, grid, smem] { k<<<grid, kThreads, smem, s>>>(a); };
   };
-  const auto ws = [&](Coop k, const CoopArgs& a) -> std::function<void()> {
-    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kWsSmemBytes));
-    const int grid = std::min(sms, (M / kCoopBM) * (N / kBN));
-    return [&, k, grid] { k<<<grid, kWsThreads, kWsSmemBytes, s>>>(a); };
+  const auto ws = [&](Coop k, const CoopArgs& a, int bn, int smem) -> std::function<void()> {
+    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
+    return [&, k, grid, smem] { k<<<grid, kWsThreads, smem, s>>>(a); };
   };
+  constexpr int kWs256 = WsShape<256>::kSmemBytes, kWs192 = WsShape<192>::kSmemBytes;
   constexpr int kSmem256 = CoopShape<256>::kSmemBytes, kSmem192 = CoopShape<192>::kSmemBytes;
   struct Case {
     const char* name;
@@ -664,13 +676,17 @@ int main(int argc, char** argv) {
       {"coop 128 x 192 dgelu", Epi::dgelu, coop(gemm_coop<Epi::dgelu, 192>, coop192_bwd, 192, kSmem192)},
       {"coop 128 x 192 plain", Epi::plain, coop(gemm_coop<Epi::plain, 192>, coop192_fwd, 192, kSmem192)},
       {"coop 128 x 192 sink (main loop alone)", Epi::sink, coop(gemm_coop<Epi::sink, 192>, coop192_fwd, 192, kSmem192)},
-      {"ws (128 x 256, an epilogue warpgroup) gelu", Epi::gelu, ws(gemm_ws<Epi::gelu>, coop_fwd)},
-      {"ws dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu>, coop_bwd)},
-      {"ws plain", Epi::plain, ws(gemm_ws<Epi::plain>, coop_fwd)},
+      {"ws (128 x 256, epilogue warps) gelu", Epi::gelu, ws(gemm_ws<Epi::gelu>, coop_fwd, 256, kWs256)},
+      {"ws dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu>, coop_bwd, 256, kWs256)},
+      {"ws plain", Epi::plain, ws(gemm_ws<Epi::plain>, coop_fwd, 256, kWs256)},
+      {"ws 128 x 192 gelu", Epi::gelu, ws(gemm_ws<Epi::gelu, 192>, coop192_fwd, 192, kWs192)},
+      {"ws 128 x 192 dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu, 192>, coop192_bwd, 192, kWs192)},
+      {"ws 128 x 192 plain", Epi::plain, ws(gemm_ws<Epi::plain, 192>, coop192_fwd, 192, kWs192)},
       // The epilogue's own pace: the same kernels over one K block (K = 64), so that the main loop is short and the
       // time is the epilogue's (unchecked: labelled sink).
-      {"ws gelu, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::gelu>, ws_fwd_k64)},
-      {"ws plain, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::plain>, ws_fwd_k64)},
+      {"ws gelu, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::gelu>, ws_fwd_k64, 256, kWs256)},
+      {"ws 128 x 192 gelu, K = 64 (the epilogue's pace)", Epi::sink,
+       ws(gemm_ws<Epi::gelu, 192>, ws192_fwd_k64, 192, kWs192)},
   };
   // Each case: its reference's outputs made, ours poisoned, one launch checked (a failed launch or a deadlock ends the
   // lab, see case_ok), then timed against cuBLASLt's same epilogue (sink: against the plain GEMM).
