@@ -416,7 +416,16 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
 // the chunk times gelu'(pre) with pre loaded from global memory, plain the chunk. One buffer: the epilogue has a main
 // loop's time (about 9 us a tile) to read it. (A fourth warpgroup would make 512 threads, whose 128 registers a
 // thread at compile time cannot hold an m64n256 wgmma's operands: ptxas needs 154.)
-// Registers and chunks in flight: WsShape. Shared memory: 3 stages (48 or 40 KB) and the buffer (64 or 48 KB). gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
+// Registers and chunks in flight: WsShape. Shared memory: 3 stages (48 or 40 KB) and the buffer (64 or 48 KB).
+// H200 (session 24, runs 5-7; cuBLASLt 148.5 / 141.7 / 100.6 us in run 7): 128 x 256 gelu 205.9-223.6, dgelu
+// 328.1-348.5, plain 115.8-116.3; 128 x 192 gelu 172.6, dgelu 218.5, plain 119.9. Every output within tolerance; none
+// faster than gemm_coop (168.7 / 174.4 / 111.2). The epilogue warps set the pace: over one K block (the main loop
+// nearly gone) gelu took 154-173 us at 128 x 256 (13-15 us a tile, against a main loop's 8.5) and 116.3 at 128 x 192
+// (7.5 us a tile against 6.5), and beside the main loop they slow it further (172.6 against max(100, 116)). Three warps
+// do the work of gemm_coop's eight consumer warps' epilogue, one warp a sub-partition to hide its latency; dgelu adds
+// the pre-activation's loads. The tile's main loop does not leave enough time for it, and more epilogue warps do not
+// fit: a fourth warpgroup makes 512 threads, whose 128 registers a thread at compile time cannot hold an m64n256
+// wgmma. gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
 // multiplies the bf16-rounded product (as the CPU oracle of matmul_dgelu does): one more rounding than cuBLASLt's.
 constexpr int kWsThreads = 384;
 constexpr int kWsEpilogueWarps = 3;  // the producer warpgroup's warps 1-3
