@@ -427,7 +427,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
 // fit: a fourth warpgroup makes 512 threads, whose 128 registers a thread at compile time cannot hold an m64n256
 // wgmma. gelu's y is gelu of the bf16-rounded pre (as a graph that stores pre and then applies GELU), and dgelu
 // multiplies the bf16-rounded product (as the CPU oracle of matmul_dgelu does): one more rounding than cuBLASLt's.
-constexpr int kWsThreads = 384;
 constexpr int kWsEpilogueWarps = 3;  // the producer warpgroup's warps 1-3
 // Per tile width: registers (the producer warpgroup's, the consumers'; P + 2 C <= 504, the entry's 168 x 3, as
 // setmaxnreg moves registers within the CTA's allocation) and the 16-byte chunks an epilogue thread has in flight.
@@ -443,13 +442,13 @@ struct WsShape {
   static constexpr int kChunks = kCoopBM * BN / 8;                                   // its 16-byte chunks
   static constexpr int kChunksPerThread = (kChunks + 32 * kWsEpilogueWarps - 1) / (32 * kWsEpilogueWarps);
   static constexpr int kSmemBytes = kCoopStages * CoopShape<BN>::kStageBytes + kBufBytes + 1024 + (2 * kCoopStages + 2) * 8;
-  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * ((65536 / kThreads) & ~7),
                 "setmaxnreg moves registers within the CTA's entry allocation");
   static_assert(kSmemBytes <= 227 * 1024, "an SM's shared memory for one CTA");
 };
 
 template <Epi kEpi, int BN = kBN>
-__global__ void __launch_bounds__(kWsThreads, 1) gemm_ws(const __grid_constant__ CoopArgs args) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_ws(const __grid_constant__ CoopArgs args) {
 #if XF_SM90A_DEVICE
   static_assert(kEpi != Epi::sink, "the main loop alone is gemm_coop's sink");
   using Sh = CoopShape<BN>;
@@ -655,15 +654,11 @@ int main(int argc, char** argv) {
     LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
     return [&, k] { k<<<pp_grid, kThreads, kSmemBytes, s>>>(a); };
   };
+  // A persistent launch of gemm_coop or gemm_ws (both kThreads threads), one CTA an SM at most, for tiles bn wide.
   const auto coop = [&](Coop k, const CoopArgs& a, int bn, int smem) -> std::function<void()> {
     LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
     return [&, k, grid, smem] { k<<<grid, kThreads, smem, s>>>(a); };
-  };
-  const auto ws = [&](Coop k, const CoopArgs& a, int bn, int smem) -> std::function<void()> {
-    LAB_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
-    return [&, k, grid, smem] { k<<<grid, kWsThreads, smem, s>>>(a); };
   };
   constexpr int kWs256 = WsShape<256>::kSmemBytes, kWs192 = WsShape<192>::kSmemBytes;
   constexpr int kSmem256 = CoopShape<256>::kSmemBytes, kSmem192 = CoopShape<192>::kSmemBytes;
@@ -685,17 +680,17 @@ int main(int argc, char** argv) {
       {"coop 128 x 192 dgelu", Epi::dgelu, coop(gemm_coop<Epi::dgelu, 192>, coop192_bwd, 192, kSmem192)},
       {"coop 128 x 192 plain", Epi::plain, coop(gemm_coop<Epi::plain, 192>, coop192_fwd, 192, kSmem192)},
       {"coop 128 x 192 sink (main loop alone)", Epi::sink, coop(gemm_coop<Epi::sink, 192>, coop192_fwd, 192, kSmem192)},
-      {"ws (128 x 256, epilogue warps) gelu", Epi::gelu, ws(gemm_ws<Epi::gelu>, coop_fwd, 256, kWs256)},
-      {"ws dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu>, coop_bwd, 256, kWs256)},
-      {"ws plain", Epi::plain, ws(gemm_ws<Epi::plain>, coop_fwd, 256, kWs256)},
-      {"ws 128 x 192 gelu", Epi::gelu, ws(gemm_ws<Epi::gelu, 192>, coop192_fwd, 192, kWs192)},
-      {"ws 128 x 192 dgelu", Epi::dgelu, ws(gemm_ws<Epi::dgelu, 192>, coop192_bwd, 192, kWs192)},
-      {"ws 128 x 192 plain", Epi::plain, ws(gemm_ws<Epi::plain, 192>, coop192_fwd, 192, kWs192)},
+      {"ws (128 x 256, epilogue warps) gelu", Epi::gelu, coop(gemm_ws<Epi::gelu>, coop_fwd, 256, kWs256)},
+      {"ws dgelu", Epi::dgelu, coop(gemm_ws<Epi::dgelu>, coop_bwd, 256, kWs256)},
+      {"ws plain", Epi::plain, coop(gemm_ws<Epi::plain>, coop_fwd, 256, kWs256)},
+      {"ws 128 x 192 gelu", Epi::gelu, coop(gemm_ws<Epi::gelu, 192>, coop192_fwd, 192, kWs192)},
+      {"ws 128 x 192 dgelu", Epi::dgelu, coop(gemm_ws<Epi::dgelu, 192>, coop192_bwd, 192, kWs192)},
+      {"ws 128 x 192 plain", Epi::plain, coop(gemm_ws<Epi::plain, 192>, coop192_fwd, 192, kWs192)},
       // The epilogue's own pace: the same kernels over one K block (K = 64), so that the main loop is short and the
       // time is the epilogue's (unchecked: labelled sink).
-      {"ws gelu, K = 64 (the epilogue's pace)", Epi::sink, ws(gemm_ws<Epi::gelu>, ws_fwd_k64, 256, kWs256)},
+      {"ws gelu, K = 64 (the epilogue's pace)", Epi::sink, coop(gemm_ws<Epi::gelu>, ws_fwd_k64, 256, kWs256)},
       {"ws 128 x 192 gelu, K = 64 (the epilogue's pace)", Epi::sink,
-       ws(gemm_ws<Epi::gelu, 192>, ws192_fwd_k64, 192, kWs192)},
+       coop(gemm_ws<Epi::gelu, 192>, ws192_fwd_k64, 192, kWs192)},
   };
   // Each case: its reference's outputs made, ours poisoned, one launch checked (a failed launch or a deadlock ends the
   // lab, see case_ok), then timed against cuBLASLt's same epilogue (sink: against the plain GEMM).
