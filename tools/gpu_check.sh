@@ -253,14 +253,13 @@ if has labncu; then
   # sections (duration, SM / DRAM / L2 throughput, bytes moved) on every kernel the lab launches, with each case's
   # timing cut to one call (XF_LAB_ONCE=1, tools/lab/lab_cuda.h) and the GEMM autotuner off (XF_GEMM_AUTOTUNE=0: one
   # cuBLASLt algorithm a reference, not eight timed). The clocks are left alone (device METHOD.md). Log:
-  # labncu_<lab>.log; the summary keeps each kernel's name and its throughput lines.
+  # labncu_<lab>.log; the summary has a row a launch (tools/ncu_lab_summary.py).
   lab=${XF_NCU_LAB:-epilogue_gemm}
   t=$(date +%s)
   XF_LAB_ONCE=1 XF_GEMM_AUTOTUNE=0 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
     "$BUILD/xfrun_lab_$lab" >"$OUT/labncu_$lab.log" 2>&1
   note "labncu $lab: rc=$? ($(( $(date +%s) - t )) s)"
-  grep -E "^  [A-Za-z_].*\(|^    (Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|Memory Throughput|Mem Busy|Max Bandwidth|L2 Hit Rate) " \
-    "$OUT/labncu_$lab.log" | tee -a "$SUMMARY"
+  python3 tools/ncu_lab_summary.py "$OUT/labncu_$lab.log" 2>&1 | tee -a "$SUMMARY"
 fi
 
 if [ -f "$OUT/bench_xfrun.json" ] && [ -f "$OUT/bench_torch.json" ]; then
