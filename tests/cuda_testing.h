@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "runtime/device_context.h"
 #include "tests/testing.h"
@@ -34,6 +35,23 @@ inline Tolerance cuda_tolerance(DType t) { return tolerance(t); }
 // Floating tensors to `dtype` (integers unchanged): the inputs both backends see.
 inline Tensor as_dtype(const Tensor& t, DType dtype) {
   return is_floating(t.dtype()) && t.dtype() != dtype ? t.to(dtype) : t;
+}
+
+// An op's inputs as both backends see them: gpu[i] is input i rounded to dtypes[i] (floating ones; integers
+// unchanged), cpu[i] those same values in f32 for the CPU oracle, so that only the computation differs.
+struct RoundedInputs {
+  std::vector<Tensor> gpu, cpu;
+};
+inline RoundedInputs rounded_inputs(const std::vector<Tensor>& inputs_f32, const std::vector<DType>& dtypes) {
+  RoundedInputs r;
+  for (size_t i = 0; i < inputs_f32.size(); ++i) {
+    r.gpu.push_back(as_dtype(inputs_f32[i], dtypes.at(i)));
+    r.cpu.push_back(as_dtype(r.gpu.back(), DType::f32));
+  }
+  return r;
+}
+inline RoundedInputs rounded_inputs(const std::vector<Tensor>& inputs_f32, DType dtype) {
+  return rounded_inputs(inputs_f32, std::vector<DType>(inputs_f32.size(), dtype));
 }
 
 // A device tensor whose every byte is 0xFF (NaN in every float dtype), to show what a kernel did not write.
@@ -99,13 +117,9 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
 inline void check_cuda_op(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
                           double tol_scale = 1.0, uint64_t rng_seed = 0, uint64_t rng_offset = 0,
                           bool shifted = false) {
-  std::vector<Tensor> gpu_in, cpu_in;
-  for (const auto& t : inputs_f32) {
-    gpu_in.push_back(as_dtype(t, dtype));
-    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
-  }
-  const auto ref = run_op(op, cpu_in, &test_pool(), rng_seed, rng_offset);
-  const auto got = run_op_cuda(op, gpu_in, rng_seed, rng_offset, shifted);
+  const RoundedInputs in = rounded_inputs(inputs_f32, dtype);
+  const auto ref = run_op(op, in.cpu, &test_pool(), rng_seed, rng_offset);
+  const auto got = run_op_cuda(op, in.gpu, rng_seed, rng_offset, shifted);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
     const std::string name =

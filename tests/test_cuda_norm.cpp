@@ -33,13 +33,9 @@ const double kInf = std::numeric_limits<double>::infinity();
 void check_cuda_mixed(const Op& op, const std::vector<Tensor>& inputs_f32, const std::vector<DType>& dtypes,
                       const std::string& what, double tol_scale = 1.0) {
   REQUIRE(inputs_f32.size() == dtypes.size());
-  std::vector<Tensor> gpu_in, cpu_in;
-  for (size_t i = 0; i < inputs_f32.size(); ++i) {
-    gpu_in.push_back(as_dtype(inputs_f32[i], dtypes[i]));
-    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
-  }
-  const auto ref = run_op(op, cpu_in, &test_pool());
-  const auto got = run_op_cuda(op, gpu_in);
+  const RoundedInputs in = rounded_inputs(inputs_f32, dtypes);
+  const auto ref = run_op(op, in.cpu, &test_pool());
+  const auto got = run_op_cuda(op, in.gpu);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
     const std::string name = what + " [" + dtype_name(dtypes[0]) + "] output " + std::to_string(k);

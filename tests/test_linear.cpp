@@ -190,13 +190,9 @@ namespace {
 // 4e-2 (bf16).
 void check_f32_stores(const Op& op, const std::vector<Tensor>& inputs_f32, DType dtype, const std::string& what,
                       bool shifted) {
-  std::vector<Tensor> gpu_in, cpu_in;
-  for (const auto& t : inputs_f32) {
-    gpu_in.push_back(as_dtype(t, dtype));
-    cpu_in.push_back(as_dtype(gpu_in.back(), DType::f32));
-  }
-  const auto ref = run_op(op, cpu_in, &test_pool());
-  const auto got = run_op_cuda(op, gpu_in, 0, 0, shifted, /*f32_stores=*/true);
+  const RoundedInputs in = rounded_inputs(inputs_f32, dtype);
+  const auto ref = run_op(op, in.cpu, &test_pool());
+  const auto got = run_op_cuda(op, in.gpu, 0, 0, shifted, /*f32_stores=*/true);
   REQUIRE(ref.size() == got.size());
   for (size_t k = 0; k < ref.size(); ++k) {
     const std::string name = str_cat(what, " [", dtype_name(dtype), shifted ? ", misaligned" : "", "] output ", k);

@@ -101,6 +101,29 @@ __device__ __forceinline__ void produce(const CUtensorMap* a, const CUtensorMap*
   }
 }
 
+// One stage's GEMM of every kernel here: acc (64 x BN) (+)= the 64 rows of A at a (K-major, 64 k) times B at b (K-major
+// BN x 64, or for dgelu MN-major: atoms of 64 n 8 KB apart (LBO), 8-row k groups 1024 B apart (SBO), 16 k = 2048 B);
+// first: the tile's first stage (its first wgmma overwrites acc).
+template <Epi kEpi, int BN>
+__device__ __forceinline__ void stage_wgmmas(float (&acc)[BN / 2], uint32_t a, uint32_t b, bool first) {
+#pragma unroll
+  for (int kk = 0; kk < kBK / 16; ++kk) {
+    const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
+    if constexpr (kEpi != Epi::dgelu)
+      wgmma_ss<BN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), !first || kk > 0);
+    else
+      wgmma_ss_bmn<BN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), !first || kk > 0);
+  }
+}
+
+// The stage ring's barriers (full: the producer's TMA bytes; empty: `consumers` arrivals, thread 0 of each consumer).
+__device__ __forceinline__ void init_stage_barriers(uint32_t full, uint32_t empty, int stages, int consumers) {
+  for (int s = 0; s < stages; ++s) {
+    mbar_init(full + 8 * s, 1);
+    mbar_init(empty + 8 * s, consumers);
+  }
+}
+
 template <Epi kEpi>
 __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_constant__ Args args) {
 #if XF_SM90A_DEVICE
@@ -111,10 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
   const int n_tiles = args.N / kBN, tiles = (args.M / kBM) * n_tiles, kt = args.K / kBK;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, 1);
-    }
+    init_stage_barriers(full, empty, kStages, 1);  // (the consumers take turns: one arrival a stage)
     mbar_init_fence();
   }
   __syncthreads();
@@ -141,15 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_pingpong(const __grid_consta
       mbar_wait(full + 8 * s, (it / kStages) & 1);
       const uint32_t a = base + s * kStageBytes, b = a + kABytes;
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
-        if constexpr (kEpi != Epi::dgelu) {
-          wgmma_ss<kBN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
-        } else {  // MN-major B: atoms of 64 n 8 KB apart (LBO), 8-row k groups 1024 B apart (SBO), 16 k = 2048 B
-          wgmma_ss_bmn<kBN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
-        }
-      }
+      stage_wgmmas<kEpi, kBN>(acc, a, b, kb == 0);
       wgmma_commit();
       wgmma_wait<1>();  // the previous block's group is done: its stage is free
       if (kb > 0 && t == 0) mbar_arrive(empty + 8 * ((it - 1) % kStages));
@@ -264,14 +276,7 @@ __device__ __forceinline__ void coop_main_loop(float (&acc)[BN / 2], uint32_t ba
     mbar_wait(full + 8 * s, (it / kCoopStages) & 1);
     const uint32_t a = base + s * Sh::kStageBytes + consumer * (kCoopABytes / 2), b = base + s * Sh::kStageBytes + kCoopABytes;
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      const uint64_t da = sw128_desc(a + 32 * kk, 16, 1024);
-      if constexpr (kEpi != Epi::dgelu)
-        wgmma_ss<BN>(acc, da, sw128_desc(b + 32 * kk, 16, 1024), kb > 0 || kk > 0);
-      else
-        wgmma_ss_bmn<BN>(acc, da, sw128_desc(b + 2048 * kk, kBK * 128, 1024), kb > 0 || kk > 0);
-    }
+    stage_wgmmas<kEpi, BN>(acc, a, b, kb == 0);
     wgmma_commit();
     wgmma_wait<1>();
     if (kb > 0 && t == 0) mbar_arrive(empty + 8 * ((it - 1) % kCoopStages));
@@ -303,10 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
   const int n_tiles = args.N / BN, tiles = (args.M / kCoopBM) * n_tiles, kt = args.K / kBK;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kCoopStages; ++s) {
-      mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, 2);  // thread 0 of each consumer
-    }
+    init_stage_barriers(full, empty, kCoopStages, 2);
     mbar_init(aux_bar, 1);
     mbar_init(aux_bar + 8, 1);
     mbar_init_fence();
@@ -416,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_coop(const __grid_constant__
 // the chunk times gelu'(pre) with pre loaded from global memory, plain the chunk. One buffer: the epilogue has a main
 // loop's time (about 9 us a tile) to read it. (A fourth warpgroup would make 512 threads, whose 128 registers a
 // thread at compile time cannot hold an m64n256 wgmma's operands: ptxas needs 154.)
-// Registers and chunks in flight: WsShape. Shared memory: 3 stages (48 or 40 KB) and the buffer (64 or 48 KB).
+// Registers and chunks in flight: WsGemmShape. Shared memory: 3 stages (48 or 40 KB) and the buffer (64 or 48 KB).
 // H200 (session 24, runs 5-7; cuBLASLt 148.5 / 141.7 / 100.6 us in run 7): 128 x 256 gelu 205.9-223.6, dgelu
 // 328.1-348.5, plain 115.8-116.3; 128 x 192 gelu 172.6, dgelu 218.5, plain 119.9. Every output within tolerance; none
 // faster than gemm_coop (168.7 / 174.4 / 111.2). The epilogue warps set the pace: over one K block (the main loop
@@ -434,7 +436,7 @@ constexpr int kWsEpilogueWarps = 3;  // the producer warpgroup's warps 1-3
 // 40 registers and 2 chunks (run 6: its own pace, K = 64, 13.3 us a tile against the main loop's 8.5: the kernel
 // waits on it). BN 192: 96 accumulators a consumer thread, so 184 registers and the epilogue 136, 8 chunks.
 template <int BN>
-struct WsShape {
+struct WsGemmShape {
   static constexpr int kProducerRegs = BN == 256 ? 40 : 136;
   static constexpr int kConsumerRegs = BN == 256 ? 232 : 184;
   static constexpr int kChunkBatch = BN == 256 ? 2 : 8;
@@ -452,7 +454,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_ws(const __grid_constant__ C
 #if XF_SM90A_DEVICE
   static_assert(kEpi != Epi::sink, "the main loop alone is gemm_coop's sink");
   using Sh = CoopShape<BN>;
-  using W = WsShape<BN>;
+  using W = WsGemmShape<BN>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const uint32_t base = smem_u32(smem), buf = base + kCoopStages * Sh::kStageBytes;
@@ -462,10 +464,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_ws(const __grid_constant__ C
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
   const int n_tiles = args.N / BN, tiles = (args.M / kCoopBM) * n_tiles, kt = args.K / kBK;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kCoopStages; ++s) {
-      mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, 2);  // thread 0 of each consumer
-    }
+    init_stage_barriers(full, empty, kCoopStages, 2);
     mbar_init(buf_full, 256);                     // every consumer thread, once its part of the tile is in the buffer
     mbar_init(buf_empty, 32 * kWsEpilogueWarps);  // every epilogue thread, once it has read its chunks
     mbar_init_fence();
@@ -660,7 +659,7 @@ int main(int argc, char** argv) {
     const int grid = std::min(sms, (M / kCoopBM) * (N / bn));
     return [&, k, grid, smem] { k<<<grid, kThreads, smem, s>>>(a); };
   };
-  constexpr int kWs256 = WsShape<256>::kSmemBytes, kWs192 = WsShape<192>::kSmemBytes;
+  constexpr int kWs256 = WsGemmShape<256>::kSmemBytes, kWs192 = WsGemmShape<192>::kSmemBytes;
   constexpr int kSmem256 = CoopShape<256>::kSmemBytes, kSmem192 = CoopShape<192>::kSmemBytes;
   struct Case {
     const char* name;

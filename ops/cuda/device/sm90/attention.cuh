@@ -147,26 +147,14 @@ template <class T, int D, int BN, int BM = kBlockM>
 __device__ __forceinline__ void qk_gemm(float (&s)[BN / 2], uint32_t q_wg, uint32_t k_tile) {
   ss_gemm<T, D, BN>(s, q_wg, BM * 128, k_tile, BN * 128);
 }
-// qk_gemm from descriptors (ss_gemm_desc): q_desc = sw128_desc(q_wg, 16, 1024), k_desc = sw128_desc(k_tile, 16,
-// 1024). BN = 256 runs as two m64n128 halves (keys 0-127, then 128-255, 16 KB further in each 64-column atom): the
-// m64nN fragment's register i holds column 8 (i / 4) + 2 (lane % 4) + (i & 1), so the halves' accumulators side by
-// side are exactly the m64n256 fragment.
-template <class T, int D, int BN, int BM>
-__device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc, uint64_t k_desc) {
-  if constexpr (BN <= 128) {
-    ss_gemm_desc<T, D, BN>(s, q_desc, BM * 128, k_desc, BN * 128);
-  } else {
-    static_assert(BN == 256, "two halves of 128 keys");
-    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[0]), q_desc, BM * 128, k_desc, BN * 128);
-    ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
-                            BN * 128);
-  }
-}
-// qk_gemm_desc of a 256-key tile (BN = 256) whose keys 128-255 no query of the block sees when `first_only` (the
-// causal diagonal's tile of every other 128-query tile): its first m64n128 half only. The second half's 64 accumulators
-// keep what they held (stale, possibly not finite) and must not be read: the caller's softmax then runs on the first
-// half alone (softmax_tile with BN = 128) and O += P V on the first 128 keys (rs_gemm_desc with K = 128).
-// `first_only` must be uniform in ptxas's eyes (a warp vote), or it serialises the wgmmas.
+// S of a 256-key tile from descriptors (ss_gemm_desc: q_desc = sw128_desc(q_wg, 16, 1024), k_desc = sw128_desc(k_tile,
+// 16, 1024)) as two m64n128 halves: keys 0-127, then 128-255, 16 KB further in each 64-column atom. The m64nN
+// fragment's register i holds column 8 (i / 4) + 2 (lane % 4) + (i & 1), so the halves' accumulators side by side are
+// exactly the m64n256 fragment. With `first_only` (a tile whose keys 128-255 no query of the block sees: the causal
+// diagonal's tile of every other 128-query tile) the first half only: the second half's 64 accumulators keep what they
+// held (stale, possibly not finite) and must not be read, so the caller's softmax runs on the first half alone
+// (softmax_tile with BN = 128) and O += P V on the first 128 keys (rs_gemm_desc with K = 128). `first_only` must be
+// uniform in ptxas's eyes (a warp vote), or it serialises the wgmmas.
 template <class T, int D, int BM>
 __device__ __forceinline__ void qk_gemm_desc_halves(float (&s)[128], uint64_t q_desc, uint64_t k_desc,
                                                     bool first_only) {
@@ -174,6 +162,16 @@ __device__ __forceinline__ void qk_gemm_desc_halves(float (&s)[128], uint64_t q_
   if (!first_only)
     ss_gemm_desc<T, D, 128>(*reinterpret_cast<float(*)[64]>(&s[64]), q_desc, BM * 128, k_desc + ((128 * 128) >> 4),
                             256 * 128);
+}
+// qk_gemm from descriptors (as qk_gemm_desc_halves); BN = 256 runs both halves.
+template <class T, int D, int BN, int BM>
+__device__ __forceinline__ void qk_gemm_desc(float (&s)[BN / 2], uint64_t q_desc, uint64_t k_desc) {
+  if constexpr (BN <= 128) {
+    ss_gemm_desc<T, D, BN>(s, q_desc, BM * 128, k_desc, BN * 128);
+  } else {
+    static_assert(BN == 256, "two halves of 128 keys");
+    qk_gemm_desc_halves<T, D, BM>(s, q_desc, k_desc, false);
+  }
 }
 template <class T, int D, int BN>
 __device__ __forceinline__ void pv_gemm(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4], uint32_t v_tile) {

@@ -179,7 +179,6 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, ui
                "r"(bytes)
                : "memory");
 }
-// Closes the thread's bulk operations issued so far into a group (cp.async.bulk.commit_group).
 // Stores the box at (c0 = column, c1 = row) of a 2-D tensor map from shared memory at src (laid out as the map's
 // swizzle says), as a bulk group of this thread (bulk_commit, then bulk_wait_read before src is rewritten). src's
 // generic-proxy writes must be ordered first: fence_proxy_async by each writer, then a barrier.
@@ -189,6 +188,7 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
                "r"(c0), "r"(c1), "r"(src)
                : "memory");
 }
+// Closes the thread's bulk operations issued so far into a group (cp.async.bulk.commit_group).
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // Until at most N of the thread's bulk groups still read their shared-memory source (the source may be rewritten).
 template <int N>
