@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <regex>
 
 #include "runtime/cpu/threadpool.h"
 #include "runtime/device_context.h"
+#include "runtime/env.h"
 #include "runtime/error.h"
 
 namespace xfr {
@@ -513,6 +515,21 @@ void Executor::refresh_param_mirror() {  // every parameter in the compute dtype
   });
 }
 
+namespace {
+// XF_PROFILE_NODES=1: the profile keys kernels by node (its name with the layer numbers folded to '#', so the
+// twelve layers of a model share a row) and output shape, not by op name alone: where each op's time goes.
+bool profile_nodes() {
+  static const bool on = env_flag("XF_PROFILE_NODES");
+  return on;
+}
+}  // namespace
+
+std::string Executor::profile_key(const Node& node, const std::vector<Tensor>& out) const {
+  if (!profile_nodes()) return node.op->name();
+  std::string name = std::regex_replace(node.name, std::regex("[0-9]+"), "#");
+  return str_cat(node.op->name(), " ", name, out.empty() ? "" : " " + shape_str(out[0].shape()));
+}
+
 void Executor::enqueue() {
   KernelContext ctx;
   ctx.pool = opt_.pool;
@@ -545,7 +562,7 @@ void Executor::enqueue() {
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       ctx.add_f32_outputs = s.adds_f32;
       try {
-        if (opt_.profile) profiled(node.op->name(), [&] { s.kernel(*node.op, ctx, in, out); });
+        if (opt_.profile) profiled(profile_key(node, out), [&] { s.kernel(*node.op, ctx, in, out); });
         else s.kernel(*node.op, ctx, in, out);
       } catch (const Error& e) {
         throw Error(e.op(), e.message() + " (node '" + node.name + "')", e.config_path());
@@ -553,7 +570,8 @@ void Executor::enqueue() {
     }
     for (size_t k = 0; k < s.out.size(); ++k)
       if (s.grad_slot_out[k] >= 0 && !(k < s.grad_batched.size() && s.grad_batched[k]))
-        profiled("gradient into its f32 slot", [&] {
+        profiled(profile_nodes() ? "gradient into its f32 slot: " + store_->slots()[static_cast<size_t>(s.grad_slot_out[k])].name
+                                 : std::string("gradient into its f32 slot"), [&] {
           accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k],
                           store_->slots()[static_cast<size_t>(s.grad_slot_out[k])], s.grad_first_write[k]);
         });

@@ -157,6 +157,8 @@ class Executor {
   uint64_t runs_ = 0;
   // Adds the pending events' times to profile_ (a wait for the device).
   void collect_profile() const;
+  // The profile's row for one kernel: the op name, or with XF_PROFILE_NODES=1 the node and its output shape.
+  std::string profile_key(const Node& node, const std::vector<Tensor>& out) const;
   mutable std::map<std::string, OpTime> profile_;
   struct PendingEvent {
     std::string op;

@@ -44,15 +44,23 @@ Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
 // Per-op GPU time of `ex`'s last runs (Executor::profile: with a training step's, its optimizer work too), the
 // largest first.
 void print_profile(const Executor& ex, const char* what, int runs) {
-  std::vector<std::pair<double, std::string>> rows;
+  struct Row {
+    double ms;
+    std::string name;
+    int calls;  // per run
+  };
+  std::vector<Row> rows;
   double total = 0;
   for (const auto& [name, t] : ex.profile()) {
-    rows.emplace_back(t.ms / runs, name);
+    rows.push_back({t.ms / runs, name, static_cast<int>(t.calls / runs)});
     total += t.ms / runs;
   }
-  std::sort(rows.rbegin(), rows.rend());
-  std::printf("profile of %s (ms per run, kernels timed one by one): total %.2f\n", what, total);
-  for (const auto& [ms, name] : rows) std::printf("  %-28s %8.3f  %5.1f%%\n", name.c_str(), ms, 100 * ms / total);
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.ms > b.ms; });
+  std::printf("profile of %s (ms per run, kernels timed one by one; calls per run, us per call): total %.2f\n", what,
+              total);
+  for (const auto& r : rows)
+    std::printf("  %-28s %8.3f  %5.1f%%  %4d x %8.1f us\n", r.name.c_str(), r.ms, 100 * r.ms / total, r.calls,
+                1e3 * r.ms / std::max(r.calls, 1));
 }
 
 nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, ThreadPool& pool) {

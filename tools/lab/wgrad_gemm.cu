@@ -9,6 +9,11 @@
 //   splitK s  s GEMMs over M / s rows each (s | M), one batched call into fp32 partials (N, K) x s, then sum_partials
 //             (this lab's kernel: the s partials added in a fixed order, rounded once to bf16)
 //   colsum    db alone: the runtime's reduce op (what the split way runs), and colsum_rows (this lab's kernel)
+//   f32       production's way with fp32 outputs (the executor's gradient slots): dW by the GEMM in fp32, db by the
+//             reduce op in fp32
+//   ones      x stored with 8 more columns, the first of them ones and the rest zeros (kOnesPad: 16-byte rows for
+//             cuBLASLt), so that one GEMM makes dW_ext (N, K + 8) = gᵀ [x | 1 | 0] in fp32: its column K is db. A
+//             scatter kernel then writes dW (N, K) and db (N) to their own buffers (the gradient slots are packed).
 // Checks: each split-K dW against plain's (max |difference|, at most one bf16 ulp of the largest |dW| plus the
 // fp32 reordering), colsum_rows against the reduce op. Prints one line per variant: median of 20 runs, TFLOP/s.
 //   xfrun_lab_wgrad_gemm [M]
@@ -96,6 +101,33 @@ __global__ void colsum_chunks(const float* __restrict__ part,  // (chunks, N)
   out[c] = __float2bfloat16_rn(s);
 }
 
+constexpr int64_t kOnesPad = 8;  // the ones column and 7 zeros: rows of K + 8 bf16 stay 16-byte aligned
+
+// x_ext (M, K + 8) = [x | 1 | 0 ... 0]: the layout a producer (the LayerNorm forward) would write.
+__global__ void append_ones(const __nv_bfloat16* __restrict__ x,  // (M, K)
+                            __nv_bfloat16* __restrict__ x_ext,    // (M, K + 8)
+                            int64_t M, int64_t K) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, W = K + kOnesPad;
+  if (i >= M * W) return;
+  const int64_t r = i / W, c = i % W;
+  x_ext[i] = c < K ? x[r * K + c] : __float2bfloat16_rn(c == K ? 1.f : 0.f);
+}
+
+// dw (N, K) and db (N) out of dw_ext (N, K + 8), fp32: 4 floats a thread (K % 4 == 0).
+__global__ void scatter_ext(const float* __restrict__ dw_ext,  // (N, K + 8)
+                            float* __restrict__ dw,            // (N, K)
+                            float* __restrict__ db,            // (N)
+                            int64_t N, int64_t K) {
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, per_row = K / 4 + 1;
+  if (q >= N * per_row) return;
+  const int64_t r = q / per_row, j = q % per_row;
+  if (j == per_row - 1) {
+    db[r] = dw_ext[r * (K + kOnesPad) + K];
+    return;
+  }
+  *reinterpret_cast<float4*>(dw + r * K + 4 * j) = *reinterpret_cast<const float4*>(dw_ext + r * (K + kOnesPad) + 4 * j);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,6 +206,43 @@ int main(int argc, char** argv) {
                         static_cast<const float*>(colpart.raw_data()), static_cast<__nv_bfloat16*>(db_lab.raw_data()),
                         N, kChunks);
                   }});
+    // fp32 outputs: production's way (GEMM + reduce op) against the ones column.
+    Tensor dw_f32 = Tensor::empty({N, K}, DType::f32, ctx.get()), db_f32 = Tensor::empty({N}, DType::f32, ctx.get());
+    Tensor dw_ones = Tensor::empty({N, K}, DType::f32, ctx.get()), db_ones = Tensor::empty({N}, DType::f32, ctx.get());
+    Tensor dw_ext = Tensor::empty({N, K + kOnesPad}, DType::f32, ctx.get());
+    Tensor x_ext = Tensor::empty({M, K + kOnesPad}, DType::bf16, ctx.get());
+    append_ones<<<static_cast<unsigned>((M * (K + kOnesPad) + 255) / 256), 256, 0, cc.stream()>>>(
+        static_cast<const __nv_bfloat16*>(x.raw_data()), static_cast<__nv_bfloat16*>(x_ext.raw_data()), M, K);
+    auto f32_gemm = [&] {
+      cuda::GemmArgs a = cuda::plain_gemm(DType::bf16, true, N, K, M, g.raw_data(), x.raw_data(), dw_f32.raw_data());
+      a.out_dtype = DType::f32;
+      cuda::gemm(cc, a);
+    };
+    auto f32_colsum = [&] {
+      reg.get("reduce", kctx.device)(ReduceOp(ReduceKind::sum, {0}, false), kctx, {g}, {db_f32});
+    };
+    auto ones_gemm = [&] {
+      cuda::GemmArgs a =
+          cuda::plain_gemm(DType::bf16, true, N, K + kOnesPad, M, g.raw_data(), x_ext.raw_data(), dw_ext.raw_data());
+      a.out_dtype = DType::f32;
+      cuda::gemm(cc, a);
+    };
+    auto ones_scatter = [&] {
+      const int64_t n = N * (K / 4 + 1);
+      scatter_ext<<<static_cast<unsigned>((n + 255) / 256), 256, 0, cc.stream()>>>(
+          static_cast<const float*>(dw_ext.raw_data()), dw_ones.data<float>(), db_ones.data<float>(), N, K);
+    };
+    vs.push_back({"f32: GEMM", flops, f32_gemm});
+    vs.push_back({"f32: GEMM + colsum (production)", flops, [&] {
+                    f32_gemm();
+                    f32_colsum();
+                  }});
+    vs.push_back({"ones: GEMM (N, K+8)", flops, ones_gemm});
+    vs.push_back({"ones: scatter", 0, ones_scatter});
+    vs.push_back({"ones: GEMM + scatter", flops, [&] {
+                    ones_gemm();
+                    ones_scatter();
+                  }});
     for (const Variant& v : vs) {
       const double med = lab::median_ms(*ctx, v.run);
       if (v.flops > 0)
@@ -192,6 +261,15 @@ int main(int argc, char** argv) {
         std::printf("lab wgrad_gemm check %s: max |split - plain| %.3g (tol %.3g) %s\n", v.name.c_str(), e, tol,
                     ok ? "ok" : "FAIL");
       }
+    }
+    {  // the ones column against production's fp32 way: dW to fp32 reordering (the GEMMs may tile K differently), db
+       // to the bf16 products' fp32 sums in another order (|db| is a sum of M terms)
+      const double e_w = max_diff(dw_ones, dw_f32), tol_w = max_abs(dw_f32) * 1e-5 + 1e-4;
+      const double e_b = max_diff(db_ones, db_f32), tol_b = max_abs(db_f32) * 1e-5 + 1e-3;
+      const bool ok = e_w <= tol_w && e_b <= tol_b;
+      fails += !ok;
+      std::printf("lab wgrad_gemm check N=%lld ones: dW %.3g (tol %.3g), db %.3g (tol %.3g) %s\n",
+                  static_cast<long long>(N), e_w, tol_w, e_b, tol_b, ok ? "ok" : "FAIL");
     }
     const double tol_db = max_abs(db_reduce) * (1.0 / 128) + 1e-3;
     const double e_db = max_diff(db_lab, db_reduce), e_fused = max_diff(db_fused, db_reduce);
