@@ -258,6 +258,47 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       c.grad_slot_out[0] = -1;  // the producer writes the slot; the cast step has nothing left to do
       unmaterialized[static_cast<size_t>(v)] = true;
     }
+  // The same for a packed gradient split along its first axis into parts, each only its own slot's first write, whose
+  // slots lie next to each other in that order (Graph::store_adjacent: a packed q/k/v projection's weights): the
+  // producer writes it whole in f32 across the slots (GPT-2: no 16-bit dW of the q/k/v weights, and no three casts a
+  // layer). The parts, views no step reads now, are left over the f32 bytes unused.
+  std::vector<int64_t> f32_span_of(static_cast<size_t>(nv), -1);  // per value: the element of the slots it starts at
+  if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite) {
+    std::vector<int> cast_of(static_cast<size_t>(nv), -1);  // per value: the step casting it into its slot
+    for (size_t i = 0; i < schedule_.size(); ++i)
+      if (schedule_[i].grad_cast_accumulate && schedule_[i].grad_slot_out[0] >= 0 && schedule_[i].grad_first_write[0])
+        cast_of[static_cast<size_t>(schedule_[i].in[0])] = static_cast<int>(i);
+    for (const auto& sp : schedule_) {
+      const Node& node = g.node(sp.node);
+      if (sp.kernel || node.op->name() != "split" || node.op->attrs().rfind("axis=0,", 0) != 0 || sp.in.size() != 1)
+        continue;
+      const int v = sp.in[0], p = producer_step[static_cast<size_t>(v)];
+      if (p < 0 || readers[static_cast<size_t>(v)] != 1 || is_output[static_cast<size_t>(v)] ||
+          view_root_[static_cast<size_t>(v)] != v || !schedule_[static_cast<size_t>(p)].kernel)
+        continue;
+      const Step& ps = schedule_[static_cast<size_t>(p)];
+      const int k = static_cast<int>(std::find(ps.out.begin(), ps.out.end(), v) - ps.out.begin());
+      if (!g.node(ps.node).op->stores_f32(k)) continue;
+      int64_t start = -1, next = -1;
+      bool adjacent = true;
+      for (int part : sp.out) {
+        const int c = cast_of[static_cast<size_t>(part)];
+        const ParamSlot* slot = c < 0 ? nullptr : &store_->slots()[static_cast<size_t>(schedule_[static_cast<size_t>(c)].grad_slot_out[0])];
+        if (!slot || readers[static_cast<size_t>(part)] != 1 || is_output[static_cast<size_t>(part)] ||
+            static_cast<int64_t>(slot->numel) != numel_of(g.value(part).meta.shape) ||
+            (next >= 0 && static_cast<int64_t>(slot->offset) != next)) {
+          adjacent = false;
+          break;
+        }
+        if (start < 0) start = static_cast<int64_t>(slot->offset);
+        next = static_cast<int64_t>(slot->offset + slot->numel);
+      }
+      if (!adjacent) continue;
+      for (int part : sp.out) schedule_[static_cast<size_t>(cast_of[static_cast<size_t>(part)])].grad_slot_out[0] = -1;
+      f32_span_of[static_cast<size_t>(v)] = start;
+      unmaterialized[static_cast<size_t>(v)] = true;
+    }
+  }
   // Small gradients on a device (biases, norm weights: at most kBatchedGradMaxElems elements) are not written into
   // their slots by a launch each where they are computed: their sources stay live to the end of the run, where one
   // launch writes them all (accumulate_f32_batch; GPT-2: 122 of its 196 slots). Only slots written once a run: the
@@ -296,7 +337,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // dtype, whose rows are not a multiple of 16 bytes, is written with rows rounded up to 16 bytes and handed
   // out as a strided view (as torch.compile pads the MiniLM encoder's 30522-wide logits): no consumer
   // needs it packed, and the GEMM's fast kernels need aligned rows.
-  std::vector<int64_t> padded_ld(static_cast<size_t>(nv), 0);  // per value: padded row length, 0 if packed
+  std::vector<int64_t>& padded_ld = stored_ld_;  // per value: padded row length, 0 if packed
+  padded_ld.assign(static_cast<size_t>(nv), 0);
   if (opt_.device_ctx) {
     for (const auto& st : schedule_) {
       const Node& node = g.node(st.node);
@@ -312,6 +354,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       }
     }
   }
+  if (opt_.device_ctx && env_flag_default_on("XF_ONES_COLUMN")) plan_ones_columns(is_output);
   // The shape of a value's bytes: its own, or with the last axis padded.
   auto stored_shape = [&](int v) {
     Shape s = g.value(v).meta.shape;
@@ -354,9 +397,13 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       tensors_[static_cast<size_t>(v)] =
           tensors_[static_cast<size_t>(v)].slice(static_cast<int64_t>(m.shape.size()) - 1, 0, m.shape.back());
   }
-  for (int v = 0; v < nv; ++v)  // gradients their producers write into the f32 slots (Op::stores_f32)
+  for (int v = 0; v < nv; ++v) {  // gradients their producers write into the f32 slots (Op::stores_f32)
     if (const int slot = f32_slot_of[static_cast<size_t>(v)]; slot >= 0)
       tensors_[static_cast<size_t>(v)] = store_->grad(store_->slots()[static_cast<size_t>(slot)].name);
+    if (const int64_t at = f32_span_of[static_cast<size_t>(v)]; at >= 0)
+      tensors_[static_cast<size_t>(v)] =
+          store_->grads_flat().carve(static_cast<size_t>(at) * sizeof(float), g.value(v).meta.shape, DType::f32);
+  }
   for (const auto& st : schedule_)  // the parameter casts' outputs and their adjacent concatenations: mirror views
     if (st.mirror_offset >= 0) {
       const auto& m = g.value(st.out[0]).meta;
@@ -561,6 +608,7 @@ void Executor::enqueue() {
       const Node& node = g_.node(s.node);
       ctx.rng_offset = rng_base + static_cast<uint64_t>(std::max<int64_t>(node.rng_offset, 0));
       ctx.add_f32_outputs = s.adds_f32;
+      ctx.ones_column = s.ones_column;
       try {
         if (opt_.profile) profiled(profile_key(node, out), [&] { s.kernel(*node.op, ctx, in, out); });
         else s.kernel(*node.op, ctx, in, out);
@@ -586,8 +634,67 @@ void Executor::enqueue() {
 
 Tensor Executor::view_of_root(int v) const {
   const TensorMeta& m = g_.value(v).meta;
-  const Tensor& root = tensors_[static_cast<size_t>(view_root_[static_cast<size_t>(v)])];
-  return root.carve(static_cast<size_t>(view_offset_[static_cast<size_t>(v)]) * dtype_size(m.dtype), m.shape, m.dtype);
+  const int r = view_root_[static_cast<size_t>(v)];
+  const Tensor& root = tensors_[static_cast<size_t>(r)];
+  const int64_t ld = stored_ld_.empty() ? 0 : stored_ld_[static_cast<size_t>(r)];
+  if (ld == 0)
+    return root.carve(static_cast<size_t>(view_offset_[static_cast<size_t>(v)]) * dtype_size(m.dtype), m.shape, m.dtype);
+  // A root stored in padded rows (plan_ones_columns admits only views that keep its rows whole, from the first).
+  const int64_t K = g_.value(r).meta.shape.back();
+  XF_CHECK(view_offset_[static_cast<size_t>(v)] == 0 && !m.shape.empty() && m.shape.back() == K, "executor", "value '",
+           g_.value(v).name, "' is a view of padded rows that does not keep them whole");
+  Shape stored = m.shape;
+  stored.back() = ld;
+  return root.carve(0, stored, m.dtype).slice(static_cast<int64_t>(m.shape.size()) - 1, 0, K);
+}
+
+int Executor::ones_columns() const {
+  return static_cast<int>(std::count_if(schedule_.begin(), schedule_.end(), [&](const Step& s) {
+    return s.ones_column && g_.node(s.node).op->name() == "layernorm";
+  }));
+}
+
+// The ones column (KernelContext::ones_column): a layernorm's 16-bit y, K a multiple of 8, that no one but the executor's
+// steps reads, read only by linear layers (as x) and by reshapes that keep its rows, which only linear_weight_grad reads
+// (as x), and by at least one of those: y is stored in rows of K + 8, the layernorm writes the ones column after each
+// row, and the weight gradients get the bias gradients out of their GEMMs (GPT-2: the q/k/v and fc layers' 2304- and
+// 3072-wide bias gradients, a column sum over g each before). XF_ONES_COLUMN=0 turns it off.
+void Executor::plan_ones_columns(const std::vector<bool>& is_output) {
+  const Graph& g = g_;
+  std::vector<std::vector<std::pair<int, int>>> reads(static_cast<size_t>(g.num_values()));  // (step, input index)
+  for (size_t i = 0; i < schedule_.size(); ++i)
+    for (size_t j = 0; j < schedule_[i].in.size(); ++j)
+      reads[static_cast<size_t>(schedule_[i].in[j])].emplace_back(static_cast<int>(i), static_cast<int>(j));
+  const auto op_of = [&](int step) { return g.node(schedule_[static_cast<size_t>(step)].node).op->name(); };
+  for (Step& ps : schedule_) {
+    if (!ps.kernel || g.node(ps.node).op->name() != "layernorm") continue;
+    const int y = ps.out[0];
+    const TensorMeta& m = g.value(y).meta;
+    if ((m.dtype != DType::bf16 && m.dtype != DType::f16) || m.shape.size() < 2 || m.shape.back() % 8 != 0 ||
+        view_root_[static_cast<size_t>(y)] != y || is_output[static_cast<size_t>(y)] || stored_ld_[static_cast<size_t>(y)] > 0)
+      continue;
+    const int64_t K = m.shape.back();
+    std::vector<int> weight_grads;
+    bool ok = true;
+    for (const auto& [step, j] : reads[static_cast<size_t>(y)]) {
+      const Step& rs = schedule_[static_cast<size_t>(step)];
+      if (op_of(step) == "linear" && rs.kernel && j == 0) continue;
+      const int w = rs.out.empty() ? -1 : rs.out[0];
+      ok = op_of(step) == "reshape" && !rs.kernel && rs.out.size() == 1 && view_root_[static_cast<size_t>(w)] == y &&
+           view_offset_[static_cast<size_t>(w)] == 0 && g.value(w).meta.shape.back() == K &&
+           !is_output[static_cast<size_t>(w)];
+      if (!ok) break;
+      for (const auto& [s2, j2] : reads[static_cast<size_t>(w)]) {
+        ok = ok && op_of(s2) == "linear_weight_grad" && schedule_[static_cast<size_t>(s2)].kernel && j2 == 1;
+        weight_grads.push_back(s2);
+      }
+      if (!ok) break;
+    }
+    if (!ok || weight_grads.empty()) continue;
+    stored_ld_[static_cast<size_t>(y)] = K + kOnesColumnPad;
+    ps.ones_column = true;
+    for (int s2 : weight_grads) schedule_[static_cast<size_t>(s2)].ones_column = true;
+  }
 }
 
 Tensor Executor::get(Value v) const {

@@ -82,6 +82,8 @@ class Executor {
 
   ParamStore& store() { return *store_; }
   const MemoryPlan& memory_plan() const { return plan_; }
+  // Device: how many activations the executor stores with the ones column (KernelContext::ones_column).
+  int ones_columns() const;
   int num_steps() const { return static_cast<int>(schedule_.size()); }
   uint64_t runs() const { return runs_; }
   // With options.profile: total milliseconds and calls per op name (backward ops have their own names).
@@ -119,6 +121,7 @@ class Executor {
     std::vector<bool> grad_batched;  // per output (device): its gradient is written by the run's batched launch
     std::vector<bool> grad_first_write;  // per output: the run's first write of its slot
     bool adds_f32 = false;  // its kernel adds into the f32 slot it is handed (KernelContext::add_f32_outputs)
+    bool ones_column = false;  // KernelContext::ones_column: it writes or reads an activation with the ones column
   };
   // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
   // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).
@@ -137,8 +140,14 @@ class Executor {
   std::vector<Step> schedule_;
   std::vector<Tensor> tensors_;     // per value id (undefined for values not in the schedule)
   std::vector<int64_t> view_offset_;  // per value id: where its bytes start in its view root's, in its elements
+  // Per value id: the row length its bytes are stored with when longer than its last axis (device: row-padded outputs,
+  // the ones column), else 0 (packed). A view of such a root keeps the root's row stride.
+  std::vector<int64_t> stored_ld_;
   // Value v (a view: view_root_[v] != v) over its root's tensor.
   Tensor view_of_root(int v) const;
+  // Device: which layernorm outputs get the ones column (KernelContext::ones_column); sets stored_ld_ and the steps'
+  // ones_column. is_output: per value, handed out by the executor.
+  void plan_ones_columns(const std::vector<bool>& is_output);
   std::vector<int> view_root_;      // per value id: the value whose bytes it shares (itself if none)
   std::vector<int> input_ids_;
   std::vector<bool> bound_;

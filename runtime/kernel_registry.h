@@ -29,7 +29,19 @@ struct KernelContext {
   DeviceContext* device_ctx = nullptr;  // non-CPU devices: stream, allocator, library handles
   // The f32 outputs handed in for 16-bit results (Op::stores_f32) are added to, not stored (Op::adds_f32).
   bool add_f32_outputs = false;
+  // (CUDA) The ones column: the step's 16-bit activation x (M, K) is the view of rows K + kOnesColumnPad long whose
+  // column K is ones and the rest zeros. A GEMM over the stored rows, dW_ext (N, K + 8) = gᵀ [x | 1 | 0], then has
+  // g's column sums in its column K: a linear layer's bias gradient out of its weight-gradient GEMM, no pass over g
+  // of its own. The executor sets it where a layernorm's y is read only by linear layers and (through a reshape)
+  // their weight gradients: the layernorm writes the 8 columns after each row of y, linear reads x through the view,
+  // linear_weight_grad reads the stored rows whole. Kernels check the view's row stride; the 8 columns' values are
+  // the executor's promise.
+  bool ones_column = false;
 };
+
+// The ones column and seven zeros: rows of K + 8 16-bit elements stay 16-byte aligned when K % 8 == 0 (cuBLASLt's
+// fast kernels and the norms' 16-byte stores).
+inline constexpr int64_t kOnesColumnPad = 8;
 
 // in: the node's inputs; out: its outputs, already allocated (contiguous) and to be written entirely.
 using KernelFn = void (*)(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in,

@@ -79,6 +79,19 @@ bool Tensor::is_contiguous() const {
   return true;
 }
 
+int64_t Tensor::row_stride() const {
+  const size_t r = shape_.size();
+  if (r < 2) return r == 0 ? 1 : shape_[0];
+  if (shape_[r - 1] != 1 && strides_[r - 1] != 1) return -1;
+  const int64_t ld = strides_[r - 2];
+  int64_t expected = ld * shape_[r - 2];  // where the next outer axis' step must land
+  for (size_t i = r - 2; i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != expected) return -1;
+    expected *= shape_[i];
+  }
+  return ld;
+}
+
 std::string Tensor::desc() const {
   return str_cat(dtype_name(dtype_), shape_str(shape_), " ", device().str());
 }

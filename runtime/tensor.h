@@ -62,6 +62,10 @@ class Tensor {
   int64_t offset() const { return offset_; }  // in elements
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
   bool is_contiguous() const;
+  // Rows of the last axis, each packed, evenly spaced (every other axis folds into the rows): the elements from one
+  // row's start to the next (the last axis' size for a contiguous tensor; a GEMM's leading dimension), else -1.
+  // Rank 0 and 1: the size (one row).
+  int64_t row_stride() const;
   const std::shared_ptr<Storage>& storage() const { return storage_; }
   DeviceContext* context() const { return storage_ ? storage_->context : nullptr; }  // null on the host
   std::string desc() const;  // "f32(2, 3) cpu"

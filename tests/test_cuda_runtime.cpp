@@ -6,6 +6,7 @@
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/grad.h"
+#include "ops/linear.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
 #include "ops/shape_ops.h"
@@ -228,6 +229,56 @@ XF_CUDA_TEST_CASE("cuda executor: a concatenation of adjacent parameters is a vi
     REQUIRE(results[0].size() == results[1].size());
     for (size_t k = 0; k < results[0].size(); ++k) CHECK(results[0][k] == results[1][k]);
     CHECK(results[0][0] != results[0][4]);  // the update reached the second run's output
+  }
+}
+
+// The backward of that concatenation splits the packed weight gradient into the three parameters' parts. Stored by each
+// run (grads_overwrite) with fused casts, the weight-gradient GEMM writes the packed gradient in f32 across the three
+// adjacent slots itself (no 16-bit dW, no cast per part): against the unfused way's 16-bit parts cast into the slots,
+// within one 16-bit rounding of the largest gradient, every element written (slots poisoned), and not bit for bit (the
+// f32 sums were not rounded). The biases' packed gradient takes the same way.
+XF_CUDA_TEST_CASE("cuda executor: a packed gradient split into adjacent slots is stored there by its GEMM in f32") {
+  for (DType dt : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(dt));
+    Graph g;
+    g.set_compute_dtype(dt);
+    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    Value x = g.input("x", TensorMeta{{3, 43, 40}, dt});
+    g.param("before", {7});
+    const std::vector<Value> w{g.param("a", {16, 40}), g.param("b", {24, 40}), g.param("c", {16, 40})};
+    const std::vector<Value> b{g.param("ab", {16}), g.param("bb", {24}), g.param("cb", {16})};
+    g.store_adjacent(w);
+    g.store_adjacent(b);
+    Value y = linear_op(x, concat(w, 0, "abc"), concat(b, 0, "abc_bias"), false, "y");  // (3, 43, 56)
+    Value out = cast(y, DType::f32, "out");
+    Gradients grads = gradients(reduce_sum(mul(out, out), {}, false, "sum"), Value{});
+    std::vector<std::vector<double>> results[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      ExecutorOptions opt = mixed_precision_way(2 + fused);
+      auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
+      uint64_t seed = 70;
+      for (const auto& slot : store->slots()) store->param(slot.name).copy_from(random_tensor(store->shape(slot.name), ++seed, -1, 1));
+      Executor ex(g, {out}, grads, store, opt);
+      ex.bind(x, random_tensor({3, 43, 40}, 80, -1, 1).to(dt));
+      const std::vector<float> poison(store->flat_size(), std::nanf(""));
+      reset_grads(opt, *store, poison);
+      ex.run();
+      for (const char* p : {"a", "b", "c", "ab", "bb", "cb"}) results[fused].push_back(store->grad(p).to_doubles());
+      opt.device_ctx->synchronize();  // (the poison's host memory)
+    }
+    const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
+    bool differs = false;
+    for (size_t k = 0; k < results[0].size(); ++k) {
+      CAPTURE(k);
+      double largest = 0;
+      for (double v : results[0][k]) largest = std::max(largest, std::abs(v));
+      for (size_t i = 0; i < results[0][k].size(); ++i) {
+        CHECK(std::isfinite(results[1][k][i]));
+        CHECK(std::abs(results[1][k][i] - results[0][k][i]) <= u * largest);
+        differs |= k < 3 && results[1][k][i] != results[0][k][i];
+      }
+    }
+    CHECK(differs);  // the weights' parts were not rounded to 16 bits
   }
 }
 

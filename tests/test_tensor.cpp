@@ -39,6 +39,19 @@ TEST_CASE("tensor: views share storage; transpose, permute and slice index corre
   CHECK_THROWS_AS(t.data<double>(), Error);
 }
 
+TEST_CASE("tensor: row_stride is the distance between evenly spaced packed rows, else -1") {
+  const Tensor t = Tensor::zeros({2, 3, 12}, DType::f32);
+  CHECK(t.row_stride() == 12);
+  CHECK(t.slice(2, 0, 4).row_stride() == 12);   // the first 4 columns of rows 12 apart (the ones column's view)
+  CHECK(t.slice(2, 5, 9).row_stride() == 12);   // any columns: each row still packed
+  CHECK(t.slice(1, 0, 2).row_stride() == -1);   // rows 0, 1, then 3: not evenly spaced
+  CHECK(t.transpose(1, 2).row_stride() == -1);  // rows not packed
+  CHECK(t.slice(0, 1, 2).row_stride() == 12);   // one outer step: nothing to space
+  CHECK(Tensor::zeros({5}, DType::f32).row_stride() == 5);
+  CHECK(Tensor::zeros({}, DType::f32).row_stride() == 1);
+  CHECK(Tensor::zeros({4, 1}, DType::f32).row_stride() == 1);
+}
+
 TEST_CASE("tensor: copies between strided views and dtypes") {
   const Tensor a = random_tensor({5, 7}, 1, -3, 3);
   Tensor dst = Tensor::zeros({7, 5}, DType::f64);

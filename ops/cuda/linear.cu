@@ -16,7 +16,15 @@ namespace xfr::cuda {
 
 namespace {
 
-// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
+// x's rows as a GEMM operand: their stride (x packed, or the view of rows with the ones column: KernelContext).
+int64_t rows_ld(const Tensor& x, const char* op) {
+  const int64_t ld = x.row_stride();
+  XF_CHECK(ld >= x.shape().back(), op, "x ", x.desc(), " is not rows of its last axis evenly spaced");
+  return ld;
+}
+
+// x: (..., K) (rows evenly spaced: packed, or the ones column's view), w: (N, K), b: (N) -> y: (..., N)
+// [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
@@ -25,6 +33,7 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   for (size_t d = 0; d + 1 < in[0].shape().size(); ++d) M *= in[0].shape()[d];
   if (M == 0 || N == 0) return;
   GemmArgs a = plain_gemm(in[0].dtype(), false, M, N, K, in[0].raw_data(), in[1].raw_data(), nullptr);
+  a.lda = rows_ld(in[0], "linear");
   a.trans_b = true;  // y = x wᵀ with w stored (N, K); c: per way below
   // pre is optional (LinearOp::output_optional): without it the epilogue stores y alone, and the split path
   // applies the activation to y in place.
@@ -91,6 +100,7 @@ void weight_grad_split(const KernelContext& ctx, const Tensor& g, const Tensor& 
   CudaContext& cc = context_of(ctx);
   if (M > 0 && K > 0) {
     GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), dw.raw_data());
+    a.ldb = rows_ld(x, "linear_weight_grad");
     a.out_dtype = dw.dtype();
     gemm(cc, a);
   } else if (dw.numel() > 0) {
@@ -111,17 +121,69 @@ void weight_grad_split(const KernelContext& ctx, const Tensor& g, const Tensor& 
   });
 }
 
+// dw (N, K) and db (N) out of dw_ext (N, K + 8) = gᵀ [x | 1 | 0] (fp32), each rounded once to its own dtype, or added
+// to fp32 outputs (add): a thread per 4 columns of dw (K % 4 == 0), and a thread per row for db.
+template <class TW, class TB>
+__global__ void scatter_ones_gemm(const float* __restrict__ dw_ext,  // (N, K + 8)
+                                  TW* __restrict__ dw,                // (N, K)
+                                  TB* __restrict__ db,                // (N)
+                                  int64_t N, int64_t K, bool add) {
+  const int64_t per_row = K / 4 + 1;  // K / 4 packs, then the row's bias gradient
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= N * per_row) return;
+  const int64_t r = q / per_row, j = q % per_row;
+  const float* src = dw_ext + r * (K + kOnesColumnPad);
+  const auto put = [add](auto* dst, float v) {
+    *dst = dev::from_float<std::remove_pointer_t<decltype(dst)>>(add ? dev::to_float(*dst) + v : v);
+  };
+  if (j == per_row - 1) {
+    put(db + r, src[K]);
+    return;
+  }
+  const float4 v = *reinterpret_cast<const float4*>(src + 4 * j);
+  TW* d = dw + r * K + 4 * j;
+  put(d, v.x), put(d + 1, v.y), put(d + 2, v.z), put(d + 3, v.w);
+}
+
+// linear_weight_grad over x with the ones column (KernelContext::ones_column): one GEMM into
+// fp32 scratch, dw_ext (N, K + 8) = gᵀ x_ext, whose column K is db, then the scatter into dw and db.
+void weight_grad_ones(const KernelContext& ctx, const Tensor& g, const Tensor& x, const Tensor& dw, const Tensor& db) {
+  const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1), W = K + kOnesColumnPad;
+  XF_CHECK(x.row_stride() == W && K % 8 == 0, "linear_weight_grad", "x ", x.desc(),
+           " is not the view of rows with the ones column (rows K + 8 apart, K a multiple of 8)");
+  CudaContext& cc = context_of(ctx);
+  // Stream-ordered scratch: back in the pool after the kernels queued before the free (runtime/device_context.h).
+  const std::shared_ptr<void> ext = cc.allocate(static_cast<size_t>(N * W) * sizeof(float));
+  GemmArgs a = plain_gemm(g.dtype(), true, N, W, M, g.raw_data(), x.raw_data(), ext.get());
+  a.out_dtype = DType::f32;
+  gemm(cc, a);
+  const int64_t threads = N * (K / 4 + 1);
+  const unsigned blocks = static_cast<unsigned>(ceil_div(threads, int64_t{256}));
+  XF_CUDA_DISPATCH_FLOAT(dw.dtype(), "linear_weight_grad", TW, {
+    XF_CUDA_DISPATCH_FLOAT(db.dtype(), "linear_weight_grad", TB, {
+      scatter_ones_gemm<TW, TB><<<blocks, 256, 0, cc.stream()>>>(static_cast<const float*>(ext.get()),
+                                                                 static_cast<TW*>(dw.raw_data()),
+                                                                 static_cast<TB*>(db.raw_data()), N, K,
+                                                                 ctx.add_f32_outputs);
+      XF_CUDA_CHECK_LAUNCH("linear_weight_grad (ones column)");
+    });
+  });
+}
+
 // g: (M, N), x: (M, K) -> dw: (N, K) = gᵀ x with db: (N) = g's column sums in the GEMM's epilogue (bgrad_a: the row
 // sums of op(A) = gᵀ), or split (weight_grad_split; gemm_fused_or_split picks the faster). Outputs in f32 from 16-bit
-// g and x (stores_f32) always go the split way: cuBLASLt's f32 bias gradient is not used.
+// g and x (stores_f32) always go the split way: cuBLASLt's f32 bias gradient is not used. With the ones column in x's
+// rows (KernelContext::ones_column), db comes out of the GEMM itself (weight_grad_ones).
 void linear_weight_grad_kernel(const Op&, const KernelContext& ctx, const std::vector<Tensor>& in,
                                const std::vector<Tensor>& out) {
   const Tensor &g = in[0], &x = in[1];
   const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1);
   if (N == 0) return;
+  if (ctx.ones_column && M > 0) return weight_grad_ones(ctx, g, x, out[0], out[1]);
   const auto split = [&] { weight_grad_split(ctx, g, x, out[0], out[1]); };
   if (out[0].dtype() != g.dtype() || out[1].dtype() != g.dtype() || M == 0 || K == 0) return split();
   GemmArgs a = plain_gemm(g.dtype(), true, N, K, M, g.raw_data(), x.raw_data(), out[0].raw_data());
+  a.ldb = rows_ld(x, "linear_weight_grad");
   a.epilogue = GemmEpilogue::bgrad_a;
   a.bias = out[1].raw_data();
   gemm_fused_or_split(context_of(ctx), a, split);

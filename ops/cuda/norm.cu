@@ -97,6 +97,13 @@ __device__ __forceinline__ dev::Pack<T, W> add_rounded(const dev::Pack<T, W>& a,
   return r;
 }
 
+// The ones column after a row of y (KernelContext::ones_column): a one and seven zeros.
+template <class T>
+__device__ __forceinline__ void write_ones_tail(T* tail) {
+#pragma unroll
+  for (int e = 0; e < kOnesColumnPad; ++e) tail[e] = dev::from_float<T>(e == 0 ? 1.f : 0.f);
+}
+
 // A row group of blockDim.x threads (8 or 16 lanes of a warp, a warp, or a block of up to 512) per row,
 // blockDim.y rows per block; each thread holds kIters packs of the row (kIters = 1..4, not only powers of two:
 // 16 lanes x 3 packs is the MiniLM encoder's 384-wide bf16 row with no idle lane). The row loop's condition is
@@ -109,10 +116,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                         T* __restrict__ sum,             // (rows, C) or null: x + residual written out
                         const T* __restrict__ gamma,     // (C) or null
                         const T* __restrict__ beta,   // (C) or null; null for rmsnorm
-                        T* __restrict__ y,            // (rows, C)
+                        T* __restrict__ y,            // (rows, C), rows ldy apart
                         float* __restrict__ mean,     // (rows); null for rmsnorm
                         float* __restrict__ rstd,     // (rows)
-                        int64_t rows, int64_t C, float eps) {
+                        int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += int64_t(gridDim.x) * blockDim.y) {
@@ -152,7 +159,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       if (mean) mean[row] = m;
       rstd[row] = rs;
     }
-    T* yr = y + row * C;
+    T* yr = y + row * ldy;
+    if (ones_tail && valid && tid == 0) write_ones_tail(yr + C);
 #pragma unroll
     for (int k = 0; k < kIters; ++k) {
       const int64_t c = (tid + k * tpr) * W;
@@ -181,10 +189,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                                   T* __restrict__ sum,             // (rows, C) or null
                                   const T* __restrict__ gamma,     // (C) or null
                                   const T* __restrict__ beta,   // (C) or null
-                                  T* __restrict__ y,            // (rows, C)
+                                  T* __restrict__ y,            // (rows, C), rows ldy apart
                                   float* __restrict__ mean,     // (rows) or null
                                   float* __restrict__ rstd,     // (rows)
-                                  int64_t rows, int64_t C, float eps) {
+                                  int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
   const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -217,7 +225,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       if (mean) mean[row] = m;
       rstd[row] = rs;
     }
-    T* yr = y + row * C;
+    T* yr = y + row * ldy;
+    if (ones_tail && tid == 0) write_ones_tail(yr + C);
     for (int64_t c = tid * W; c < C; c += step) {
       const dev::Pack<T, W> v = input(c);
       if (sum) dev::store_pack<T, W>(sum + row * C + c, v);
@@ -236,11 +245,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
-// x, y: (rows, C); residual, sum: (rows, C) or null; gamma, beta: (C) or null; mean: (rows) or null (rmsnorm);
-// rstd: (rows)
+// x: (rows, C); y: (rows, C) with rows ldy >= C apart (and the ones column after each with ones_tail: ldy >= C + 8);
+// residual, sum: (rows, C) or null; gamma, beta: (C) or null; mean: (rows) or null (rmsnorm); rstd: (rows)
 template <class T, bool kRms>
 void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T* beta, T* y, float* mean,
-                  float* rstd, int64_t rows, int64_t C, double eps, cudaStream_t stream) {
+                  float* rstd, int64_t rows, int64_t C, int64_t ldy, bool ones_tail, double eps, cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int V = vec_width<T>();
   const float feps = static_cast<float>(eps);
@@ -250,17 +259,19 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
       norm_forward_streaming_kernel<T, W, kRms>
-          <<<grid, kMaxRowThreads, 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
+          <<<grid, kMaxRowThreads, 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail,
+                                                 feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
     with_packs<kFwdMaxPacks>(plan.iters, [&](auto iters) {
       norm_forward_kernel<T, W, decltype(iters)::value, kRms>
-          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, feps);
+          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy,
+                                                         ones_tail, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");
     });
   };
-  if (C % V == 0 && all_aligned16({x, residual, sum, gamma, beta, y}))
+  if (C % V == 0 && ldy % V == 0 && all_aligned16({x, residual, sum, gamma, beta, y}))
     run(std::integral_constant<int, V>{});
   else
     run(std::integral_constant<int, 1>{});
@@ -670,9 +681,13 @@ void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector
   const void* residual = op.has_residual ? in[1].raw_data() : nullptr;
   const void* gamma = op.has_gamma ? in[static_cast<size_t>(op.gamma_index())].raw_data() : nullptr;
   const void* beta = op.has_beta ? in[static_cast<size_t>(op.beta_index())].raw_data() : nullptr;
+  // y is packed, or with KernelContext::ones_column the (rows, C) view of rows C + 8 long.
+  const int64_t ldy = out[0].shape().size() >= 2 ? out[0].row_stride() : C;
+  XF_CHECK(ldy == (ctx.ones_column ? C + kOnesColumnPad : C), "layernorm", "y ", out[0].desc(),
+           ctx.ones_column ? " is not the view of rows with the ones column" : " is not packed");
   launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), residual, op.write_sum ? out[3].raw_data() : nullptr,
                            gamma, beta, out[0].raw_data(), out[1].data<float>(), out[2].data<float>(), rows, C,
-                           op.eps, stream_of(ctx));
+                           op.eps, stream_of(ctx), ldy, ctx.ones_column);
 }
 
 // in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C), [dadd (..., C)];
@@ -717,12 +732,15 @@ void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std:
 
 void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,
                               const void* beta, void* y, float* mean, float* rstd, int64_t rows, int64_t C, double eps,
-                              CUstream_st* stream) {
+                              CUstream_st* stream, int64_t ldy, bool ones_tail) {
+  ldy = ldy == 0 ? C : ldy;
+  XF_CHECK(ldy >= C + (ones_tail ? kOnesColumnPad : 0), "layernorm", "y's rows are ", ldy, " apart, shorter than C = ",
+           C, ones_tail ? " and the ones column" : "");
   XF_CUDA_DISPATCH_FLOAT(dtype, "layernorm", T,
                          norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(residual),
                                                 static_cast<T*>(sum), static_cast<const T*>(gamma),
                                                 static_cast<const T*>(beta), static_cast<T*>(y), mean, rstd, rows,
-                                                C, eps, stream));
+                                                C, ldy, ones_tail, eps, stream));
 }
 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
@@ -741,7 +759,8 @@ void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void*
                             int64_t C, double eps, CUstream_st* stream) {
   XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm", T,
                          norm_forward<T, true>(static_cast<const T*>(x), nullptr, nullptr, static_cast<const T*>(gamma),
-                                               nullptr, static_cast<T*>(y), nullptr, rstd, rows, C, eps, stream));
+                                               nullptr, static_cast<T*>(y), nullptr, rstd, rows, C, C, false, eps,
+                                               stream));
 }
 
 void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,
