@@ -656,7 +656,7 @@ int Executor::ones_columns() const {
 
 // The ones column (KernelContext::ones_column): a layernorm's 16-bit y, K a multiple of 8, that no one but the executor's
 // steps reads, read only by linear layers (as x) and by reshapes that keep its rows, which only linear_weight_grad reads
-// (as x), and by at least one of those: y is stored in rows of K + 8, the layernorm writes the ones column after each
+// (as x), and by at least one of those: y is stored in rows of ones_column_ld(K), the layernorm writes the ones column after each
 // row, and the weight gradients get the bias gradients out of their GEMMs (GPT-2: the q/k/v and fc layers' 2304- and
 // 3072-wide bias gradients, a column sum over g each before). XF_ONES_COLUMN=0 turns it off.
 void Executor::plan_ones_columns(const std::vector<bool>& is_output) {
@@ -691,7 +691,7 @@ void Executor::plan_ones_columns(const std::vector<bool>& is_output) {
       if (!ok) break;
     }
     if (!ok || weight_grads.empty()) continue;
-    stored_ld_[static_cast<size_t>(y)] = K + kOnesColumnPad;
+    stored_ld_[static_cast<size_t>(y)] = ones_column_ld(K, static_cast<int64_t>(dtype_size(m.dtype)));
     ps.ones_column = true;
     for (int s2 : weight_grads) schedule_[static_cast<size_t>(s2)].ones_column = true;
   }

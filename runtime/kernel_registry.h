@@ -29,8 +29,8 @@ struct KernelContext {
   DeviceContext* device_ctx = nullptr;  // non-CPU devices: stream, allocator, library handles
   // The f32 outputs handed in for 16-bit results (Op::stores_f32) are added to, not stored (Op::adds_f32).
   bool add_f32_outputs = false;
-  // (CUDA) The ones column: the step's 16-bit activation x (M, K) is the view of rows K + kOnesColumnPad long whose
-  // column K is ones and the rest zeros. A GEMM over the stored rows, dW_ext (N, K + 8) = gᵀ [x | 1 | 0], then has
+  // (CUDA) The ones column: the step's 16-bit activation x (M, K) is the view of rows at least K + kOnesColumnPad long
+  // whose column K is ones and the next seven zeros (ones_column_ld: rows start 128 bytes apart). A GEMM over the stored rows, dW_ext (N, K + 8) = gᵀ [x | 1 | 0], then has
   // g's column sums in its column K: a linear layer's bias gradient out of its weight-gradient GEMM, no pass over g
   // of its own. The executor sets it where a layernorm's y is read only by linear layers and (through a reshape)
   // their weight gradients: the layernorm writes the 8 columns after each row of y, linear reads x through the view,
@@ -39,9 +39,16 @@ struct KernelContext {
   bool ones_column = false;
 };
 
-// The ones column and seven zeros: rows of K + 8 16-bit elements stay 16-byte aligned when K % 8 == 0 (cuBLASLt's
-// fast kernels and the norms' 16-byte stores).
+// The ones column and seven zeros: a GEMM reads K + 8 columns, 16-byte rows when K % 8 == 0 (cuBLASLt's fast kernels
+// and the norms' 16-byte stores).
 inline constexpr int64_t kOnesColumnPad = 8;
+// The stored rows' length for K columns of `elem_bytes`-byte elements: K + 8 rounded up to 128 bytes. Rows 1552 bytes
+// apart (GPT-2's 768 + 8 in bf16) start off the 128-byte lines, and the forward GEMMs that read them lost 5-8% (H200,
+// session 25); 832 keeps each row on its own lines for 8% more bytes stored.
+inline constexpr int64_t ones_column_ld(int64_t K, int64_t elem_bytes) {
+  const int64_t per_line = 128 / elem_bytes;
+  return (K + kOnesColumnPad + per_line - 1) / per_line * per_line;
+}
 
 // in: the node's inputs; out: its outputs, already allocated (contiguous) and to be written entirely.
 using KernelFn = void (*)(const Op& op, const KernelContext& ctx, const std::vector<Tensor>& in,

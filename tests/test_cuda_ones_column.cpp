@@ -1,4 +1,4 @@
-// The ones column (KernelContext::ones_column): a layernorm's y stored in rows of K + 8 with column K ones, so that a
+// The ones column (KernelContext::ones_column): a layernorm's y stored in rows of K + 8 or more with column K ones, so that a
 // linear layer's weight-gradient GEMM also gives its bias gradient. Each kernel's part against the CPU oracle or the
 // packed way (the layernorm's tail, the linear's strided x, linear_weight_grad's scatter), then the executor's plan:
 // which layernorms get it, and a graph's outputs and gradients with it against XF_ONES_COLUMN=0.
@@ -24,12 +24,13 @@ using namespace xfr::testing;
 
 namespace {
 
-// x (M, K) f32 -> the device's (M, K + 8) rows [x | 1 | 0 ... 0] in dtype, and the (M, K) view a kernel is handed.
+// x (M, K) f32 -> the device's rows [x | 1 | 0 ... 0] in dtype, W >= K + 8 long (the rest zeros too), and the (M, K)
+// view a kernel is handed.
 struct OnesRows {
   Tensor stored, view;
 };
-OnesRows ones_rows(const Tensor& x, DType dtype) {
-  const int64_t M = x.dim(0), K = x.dim(1), W = K + kOnesColumnPad;
+OnesRows ones_rows(const Tensor& x, DType dtype, int64_t W) {
+  const int64_t M = x.dim(0), K = x.dim(1);
   const std::vector<double> v = x.to_doubles();
   std::vector<float> ext(static_cast<size_t>(M * W), 0.f);
   for (int64_t r = 0; r < M; ++r) {
@@ -54,14 +55,16 @@ KernelContext cuda_kernel_context(bool ones_column) {
 
 XF_CUDA_TEST_CASE("ones column: the layernorm writes y into the padded rows bit for bit, then a one and seven zeros") {
   // C = 768 and 40: the 16-byte path; 36: C % 8 != 0, the scalar path (rows 44 apart); 16400: past the register plan,
-  // the streaming kernel. With and without the residual add (and its sum). Every stored byte poisoned first.
+  // the streaming kernel. With and without the residual add (and its sum); rows C + 8 long and 128-byte ones (what the
+  // executor stores). Every stored byte poisoned first; the bytes past the ones column stay as they were.
   DeviceContext* ctx = cuda_test_ctx();
   for (DType dt : {DType::bf16, DType::f16})
     for (const auto& [rows, C] : std::vector<std::array<int64_t, 2>>{{257, 768}, {33, 40}, {31, 36}, {3, 16400}})
-      for (bool residual : {false, true}) {
-        const std::string what = str_cat("layernorm ", dtype_name(dt), " rows=", rows, " C=", C, residual ? " +res" : "");
+      for (bool residual : {false, true})
+        for (int64_t W : {C + kOnesColumnPad, ones_column_ld(C, static_cast<int64_t>(dtype_size(dt)))}) {
+        const std::string what = str_cat("layernorm ", dtype_name(dt), " rows=", rows, " C=", C, " rows ", W,
+                                         residual ? " +res" : "");
         CAPTURE(what);
-        const int64_t W = C + kOnesColumnPad;
         const Tensor x = random_tensor({rows, C}, 71).to(dt).to_device(ctx), r = random_tensor({rows, C}, 72).to(dt).to_device(ctx);
         const Tensor gamma = random_tensor({C}, 73).to(dt).to_device(ctx), beta = random_tensor({C}, 74).to(dt).to_device(ctx);
         const Tensor y = poisoned_device({rows, C}, dt), padded = poisoned_device({rows, W}, dt);
@@ -81,7 +84,9 @@ XF_CUDA_TEST_CASE("ones column: the layernorm writes y into the padded rows bit 
         for (int64_t i = 0; i < rows; ++i) {
           for (int64_t c = 0; c < C; ++c)
             same &= packed[static_cast<size_t>(i * C + c)] == stored[static_cast<size_t>(i * W + c)];
-          for (int64_t c = C; c < W; ++c) tail &= stored[static_cast<size_t>(i * W + c)] == (c == C ? 1.0 : 0.0);
+          for (int64_t c = C; c < C + kOnesColumnPad; ++c)
+            tail &= stored[static_cast<size_t>(i * W + c)] == (c == C ? 1.0 : 0.0);
+          for (int64_t c = C + kOnesColumnPad; c < W; ++c) tail &= std::isnan(stored[static_cast<size_t>(i * W + c)]);
         }
         CHECK(same);
         CHECK(tail);
@@ -94,7 +99,7 @@ XF_CUDA_TEST_CASE("ones column: the layernorm writes y into the padded rows bit 
 }
 
 XF_CUDA_TEST_CASE("ones column: linear reads x through the padded rows' view (against the CPU)") {
-  // lda = K + 8: the GEMM skips the ones column. Bias and GELU epilogues both ways.
+  // lda = ones_column_ld(K): the GEMM skips the ones column. Bias and GELU epilogues both ways.
   for (DType dt : {DType::bf16, DType::f16})
     for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{257, 3072, 768}, {33, 24, 40}})
       for (bool gelu : {false, true}) {
@@ -102,7 +107,7 @@ XF_CUDA_TEST_CASE("ones column: linear reads x through the padded rows' view (ag
         const std::vector<Tensor> in_f32{random_tensor({M, K}, 81), random_tensor({N, K}, 82, -0.1, 0.1), random_tensor({N}, 83)};
         const RoundedInputs in = rounded_inputs(in_f32, dt);
         const auto ref = run_op(LinearOp(true, gelu), in.cpu, &test_pool());
-        const OnesRows x = ones_rows(in.gpu[0], dt);
+        const OnesRows x = ones_rows(in.gpu[0], dt, ones_column_ld(K, static_cast<int64_t>(dtype_size(dt))));
         std::vector<Tensor> out{poisoned_device({M, N}, dt), poisoned_device({M, N}, dt)};
         if (!gelu) out[1] = Tensor{};
         KernelRegistry::builtin().get("linear", cuda_test_ctx()->device())(
@@ -122,12 +127,13 @@ XF_CUDA_TEST_CASE("ones column: linear_weight_grad's bias gradient from its GEMM
   // another order than the CPU's, 1.5e-4 absolute, where one 16-bit rounding would cost 5e-3 or more.
   for (DType dt : {DType::bf16, DType::f16})
     for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 40}, {129, 64, 16}})
-      for (bool f32_out : {true, false}) {
-        const std::string what = str_cat("linear_weight_grad ", dtype_name(dt), " M=", M, " N=", N, " K=", K,
-                                         f32_out ? " f32 outputs" : " 16-bit outputs");
+      for (bool f32_out : {true, false})
+        for (int64_t W : {K + kOnesColumnPad, ones_column_ld(K, static_cast<int64_t>(dtype_size(dt)))}) {
+        const std::string what = str_cat("linear_weight_grad ", dtype_name(dt), " M=", M, " N=", N, " K=", K, " rows ",
+                                         W, f32_out ? " f32 outputs" : " 16-bit outputs");
         const RoundedInputs in = rounded_inputs({random_tensor({M, N}, 91), random_tensor({M, K}, 92)}, dt);
         const auto ref = run_op(LinearWeightGradOp(), in.cpu, &test_pool());
-        const OnesRows x = ones_rows(in.gpu[1], dt);
+        const OnesRows x = ones_rows(in.gpu[1], dt, W);
         const DType od = f32_out ? DType::f32 : dt;
         const std::vector<Tensor> out{poisoned_device({N, K}, od), poisoned_device({N}, od)};
         KernelRegistry::builtin().get("linear_weight_grad", cuda_test_ctx()->device())(

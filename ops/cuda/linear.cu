@@ -148,13 +148,14 @@ __global__ void scatter_ones_gemm(const float* __restrict__ dw_ext,  // (N, K + 
 // linear_weight_grad over x with the ones column (KernelContext::ones_column): one GEMM into
 // fp32 scratch, dw_ext (N, K + 8) = gᵀ x_ext, whose column K is db, then the scatter into dw and db.
 void weight_grad_ones(const KernelContext& ctx, const Tensor& g, const Tensor& x, const Tensor& dw, const Tensor& db) {
-  const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1), W = K + kOnesColumnPad;
-  XF_CHECK(x.row_stride() == W && K % 8 == 0, "linear_weight_grad", "x ", x.desc(),
-           " is not the view of rows with the ones column (rows K + 8 apart, K a multiple of 8)");
+  const int64_t M = g.dim(0), N = g.dim(1), K = x.dim(1), W = K + kOnesColumnPad, ld = x.row_stride();
+  XF_CHECK(ld >= W && ld % 8 == 0 && K % 8 == 0, "linear_weight_grad", "x ", x.desc(),
+           " is not the view of rows with the ones column (rows at least K + 8 long, K and the rows multiples of 8)");
   CudaContext& cc = context_of(ctx);
   // Stream-ordered scratch: back in the pool after the kernels queued before the free (runtime/device_context.h).
   const std::shared_ptr<void> ext = cc.allocate(static_cast<size_t>(N * W) * sizeof(float));
   GemmArgs a = plain_gemm(g.dtype(), true, N, W, M, g.raw_data(), x.raw_data(), ext.get());
+  a.ldb = ld;
   a.out_dtype = DType::f32;
   gemm(cc, a);
   const int64_t threads = N * (K / 4 + 1);

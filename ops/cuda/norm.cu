@@ -681,9 +681,9 @@ void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector
   const void* residual = op.has_residual ? in[1].raw_data() : nullptr;
   const void* gamma = op.has_gamma ? in[static_cast<size_t>(op.gamma_index())].raw_data() : nullptr;
   const void* beta = op.has_beta ? in[static_cast<size_t>(op.beta_index())].raw_data() : nullptr;
-  // y is packed, or with KernelContext::ones_column the (rows, C) view of rows C + 8 long.
+  // y is packed, or with KernelContext::ones_column the (rows, C) view of rows at least C + 8 long.
   const int64_t ldy = out[0].shape().size() >= 2 ? out[0].row_stride() : C;
-  XF_CHECK(ldy == (ctx.ones_column ? C + kOnesColumnPad : C), "layernorm", "y ", out[0].desc(),
+  XF_CHECK(ctx.ones_column ? ldy >= C + kOnesColumnPad : ldy == C, "layernorm", "y ", out[0].desc(),
            ctx.ones_column ? " is not the view of rows with the ones column" : " is not packed");
   launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), residual, op.write_sum ? out[3].raw_data() : nullptr,
                            gamma, beta, out[0].raw_data(), out[1].data<float>(), out[2].data<float>(), rows, C,
