@@ -75,6 +75,33 @@ XF_CUDA_TEST_CASE("cuda: the caching allocator reuses freed blocks and keeps sta
   CHECK(keep.to_doubles() == std::vector<double>(5, 0.0));
 }
 
+// Scratch freed during a CUDA-graph capture serves the same capture's later requests (the graph runs its kernels in
+// order on one stream), stays the graph's while it lives, and returns to the pool when the graph is destroyed.
+XF_CUDA_TEST_CASE("cuda: a captured graph reuses the scratch it freed, and replays with it") {
+  if (std::getenv("XF_CUDA_CACHING") != nullptr) return;  // (the sanitizer's runs turn caching off: nothing reused)
+  auto ctx = make_device_context(Device::cuda(0));
+  const Tensor src = Tensor::from_vector(std::vector<float>{1, 2, 3, 4, 5, 6}, {6}).to_device(ctx.get());
+  Tensor out = Tensor::zeros({3, 4}, DType::f32, ctx.get());
+  ctx->synchronize();
+  const MemoryStats before = ctx->memory_stats();
+  auto graph = capture_graph(*ctx, [&] {
+    for (int64_t i = 0; i < 3; ++i) {  // three 4 MiB scratch tensors, one after another
+      Tensor scratch = Tensor::empty({1 << 20}, DType::f32, ctx.get());
+      scratch.slice(0, 0, 4).copy_from(src.slice(0, i, i + 4));
+      out.slice(0, i, i + 1).view({4}).copy_from(scratch.slice(0, 0, 4));
+    }
+  });
+  const MemoryStats captured = ctx->memory_stats();
+  CHECK(captured.driver_allocs == before.driver_allocs + 1);  // one block served all three
+  CHECK(captured.current_bytes == before.current_bytes + (size_t(4) << 20));  // held for the graph
+  ctx->replay(graph);
+  CHECK(out.to_doubles() == std::vector<double>{1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6});
+  graph.reset();
+  CHECK(ctx->memory_stats().current_bytes == before.current_bytes);  // back in the pool
+  { Tensor again = Tensor::empty({1 << 20}, DType::f32, ctx.get()); }
+  CHECK(ctx->memory_stats().driver_allocs == captured.driver_allocs);  // served from the cache
+}
+
 XF_CUDA_TEST_CASE("cuda: out of memory is a clear error naming the bytes") {
   auto ctx = make_device_context(Device::cuda(0));
   try {

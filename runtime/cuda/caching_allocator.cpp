@@ -1,5 +1,7 @@
 #include "runtime/cuda/caching_allocator.h"
 
+#include <algorithm>
+
 #include "runtime/cuda/check.h"
 
 namespace xfr::cuda {
@@ -59,6 +61,17 @@ void* CachingAllocator::allocate(size_t bytes) {
   XF_CUDA_CHECK(cudaSetDevice(device_));
   const size_t size = caching_ ? round_size(bytes) : (bytes == 0 ? 1 : bytes);
   void* p = nullptr;
+  if (capturing_ && caching_) {  // a block freed earlier in this capture: its graph's later kernels may use it again
+    auto it = capture_free_.lower_bound(size);
+    const size_t step = size < kSmallLimit ? kSmallStep : kLargeStep;
+    if (it != capture_free_.end() && it->first <= size + size / 4 + step) {
+      p = it->second;
+      in_use_[p] = it->first;  // lent, still the graph's (graph_owned_) and still counted in current_bytes
+      capture_free_.erase(it);
+      ++stats_.allocs;
+      return p;
+    }
+  }
   if (caching_) {
     auto it = free_.lower_bound(size);
     // Take a cached block if it wastes at most a quarter of itself plus one class step.
@@ -88,9 +101,14 @@ void CachingAllocator::free(void* p) {
   if (it == in_use_.end()) return;  // not ours: nothing to do (never happens for tensors of this context)
   const size_t size = it->second;
   in_use_.erase(it);
+  if (graph_owned_.count(p)) {  // lent again during a capture: free for that capture's later allocations, else the graph's
+    if (capturing_ && caching_) capture_free_.emplace(size, p);
+    return;
+  }
   if (capturing_) {  // still counted as in use: a live graph may write it
     captured_.push_back(p);
     graph_owned_[p] = size;
+    if (caching_) capture_free_.emplace(size, p);
     return;
   }
   stats_.current_bytes -= size;
@@ -112,22 +130,33 @@ void CachingAllocator::begin_capture_pool() {
 std::vector<void*> CachingAllocator::end_capture_pool() {
   std::lock_guard<std::mutex> lock(mu_);
   capturing_ = false;
+  capture_free_.clear();  // the blocks stay the graph's
   std::vector<void*> r;
   r.swap(captured_);
   return r;
 }
 
 void CachingAllocator::give_back(const std::vector<void*>& blocks) {
+  std::vector<void*> unused;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (void* p : blocks) {
       auto it = graph_owned_.find(p);
       if (it == graph_owned_.end()) continue;
-      in_use_[p] = it->second;  // back in the books as an ordinary block, then freed
+      const bool in_capture_pool = std::any_of(capture_free_.begin(), capture_free_.end(),
+                                               [p](const auto& e) { return e.second == p; });
+      if (in_capture_pool) {  // freed in the capture in progress: that graph's now
+        captured_.push_back(p);
+        continue;
+      }
+      const size_t size = it->second;
       graph_owned_.erase(it);
+      if (in_use_.count(p)) continue;  // lent to a live tensor: its free caches it
+      in_use_[p] = size;  // back in the books as an ordinary block, then freed
+      unused.push_back(p);
     }
   }
-  for (void* p : blocks) free(p);
+  for (void* p : unused) free(p);
 }
 
 void CachingAllocator::release_cached_locked() {

@@ -36,8 +36,11 @@ class CachingAllocator {
   static size_t round_size(size_t bytes);  // the size class a request is served from
 
   // While a CUDA graph is captured, freed blocks are set aside instead of cached: the graph writes them
-  // at every replay, so nothing else may get them. end_capture_pool() hands them over; give_back()
-  // returns them to the pool when the graph is destroyed.
+  // at every replay, so nothing else may get them. Later allocations of the same capture may take them again
+  // (the context captures one stream: the graph runs its kernels in the order they were enqueued, so a block's
+  // next user starts after its last one; GPT-2's step takes one weight-gradient scratch block for its 24 calls,
+  // not 24). end_capture_pool() hands them over; give_back() returns them to the pool when the graph is
+  // destroyed (a block still lent to a live tensor goes back with that tensor's free).
   void begin_capture_pool();
   std::vector<void*> end_capture_pool();
   void give_back(const std::vector<void*>& blocks);
@@ -53,6 +56,7 @@ class CachingAllocator {
   std::unordered_map<void*, size_t> in_use_;    // handed-out block -> its size (rounded)
   bool capturing_ = false;
   std::vector<void*> captured_;                 // freed during the capture in progress
+  std::multimap<size_t, void*> capture_free_;   // of those, not lent again yet (by size)
   std::unordered_map<void*, size_t> graph_owned_;  // set aside for live graphs -> size
   MemoryStats stats_;
 };
