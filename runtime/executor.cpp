@@ -573,7 +573,8 @@ bool profile_nodes() {
 
 std::string Executor::profile_key(const Node& node, const std::vector<Tensor>& out) const {
   if (!profile_nodes()) return node.op->name();
-  std::string name = std::regex_replace(node.name, std::regex("[0-9]+"), "#");
+  static const std::regex digits("[0-9]+");
+  const std::string name = std::regex_replace(node.name, digits, "#");
   return str_cat(node.op->name(), " ", name, out.empty() ? "" : " " + shape_str(out[0].shape()));
 }
 
@@ -656,9 +657,9 @@ int Executor::ones_columns() const {
 
 // The ones column (KernelContext::ones_column): a layernorm's 16-bit y, K a multiple of 8, that no one but the executor's
 // steps reads, read only by linear layers (as x) and by reshapes that keep its rows, which only linear_weight_grad reads
-// (as x), and by at least one of those: y is stored in rows of ones_column_ld(K), the layernorm writes the ones column after each
-// row, and the weight gradients get the bias gradients out of their GEMMs (GPT-2: the q/k/v and fc layers' 2304- and
-// 3072-wide bias gradients, a column sum over g each before). XF_ONES_COLUMN=0 turns it off.
+// (as x), and by at least one of those: y is stored in rows of ones_column_ld(K), the layernorm writes the ones column
+// after each row, and the weight gradients get the bias gradients out of their GEMMs (GPT-2: the q/k/v and fc layers'
+// 2304- and 3072-wide bias gradients, a column sum over g each before). XF_ONES_COLUMN=0 turns it off.
 void Executor::plan_ones_columns(const std::vector<bool>& is_output) {
   const Graph& g = g_;
   std::vector<std::vector<std::pair<int, int>>> reads(static_cast<size_t>(g.num_values()));  // (step, input index)

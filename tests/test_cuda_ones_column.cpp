@@ -62,40 +62,40 @@ XF_CUDA_TEST_CASE("ones column: the layernorm writes y into the padded rows bit 
     for (const auto& [rows, C] : std::vector<std::array<int64_t, 2>>{{257, 768}, {33, 40}, {31, 36}, {3, 16400}})
       for (bool residual : {false, true})
         for (int64_t W : {C + kOnesColumnPad, ones_column_ld(C, static_cast<int64_t>(dtype_size(dt)))}) {
-        const std::string what = str_cat("layernorm ", dtype_name(dt), " rows=", rows, " C=", C, " rows ", W,
-                                         residual ? " +res" : "");
-        CAPTURE(what);
-        const Tensor x = random_tensor({rows, C}, 71).to(dt).to_device(ctx), r = random_tensor({rows, C}, 72).to(dt).to_device(ctx);
-        const Tensor gamma = random_tensor({C}, 73).to(dt).to_device(ctx), beta = random_tensor({C}, 74).to(dt).to_device(ctx);
-        const Tensor y = poisoned_device({rows, C}, dt), padded = poisoned_device({rows, W}, dt);
-        const Tensor stats = poisoned_device({4, rows}, DType::f32), sums = poisoned_device({2, rows, C}, dt);
-        float* st = stats.data<float>();
-        for (int way = 0; way < 2; ++way)
-          cuda::launch_layernorm_forward(dt, x.raw_data(), residual ? r.raw_data() : nullptr,
-                                         residual ? sums.carve(static_cast<size_t>(way * rows * C) * dtype_size(dt),
-                                                               {rows, C}, dt).raw_data()
-                                                  : nullptr,
-                                         gamma.raw_data(), beta.raw_data(), way ? padded.raw_data() : y.raw_data(),
-                                         st + 2 * way * rows, st + (2 * way + 1) * rows, rows, C, 1e-5,
-                                         static_cast<cuda::CudaContext*>(ctx)->stream(), way ? W : 0, way == 1);
-        ctx->synchronize();
-        const std::vector<double> packed = y.to_doubles(), stored = padded.to_doubles(), s = stats.to_doubles();
-        bool same = true, tail = true;
-        for (int64_t i = 0; i < rows; ++i) {
-          for (int64_t c = 0; c < C; ++c)
-            same &= packed[static_cast<size_t>(i * C + c)] == stored[static_cast<size_t>(i * W + c)];
-          for (int64_t c = C; c < C + kOnesColumnPad; ++c)
-            tail &= stored[static_cast<size_t>(i * W + c)] == (c == C ? 1.0 : 0.0);
-          for (int64_t c = C + kOnesColumnPad; c < W; ++c) tail &= std::isnan(stored[static_cast<size_t>(i * W + c)]);
+          const std::string what = str_cat("layernorm ", dtype_name(dt), " rows=", rows, " C=", C, " rows ", W,
+                                           residual ? " +res" : "");
+          CAPTURE(what);
+          const Tensor x = random_tensor({rows, C}, 71).to(dt).to_device(ctx), r = random_tensor({rows, C}, 72).to(dt).to_device(ctx);
+          const Tensor gamma = random_tensor({C}, 73).to(dt).to_device(ctx), beta = random_tensor({C}, 74).to(dt).to_device(ctx);
+          const Tensor y = poisoned_device({rows, C}, dt), padded = poisoned_device({rows, W}, dt);
+          const Tensor stats = poisoned_device({4, rows}, DType::f32), sums = poisoned_device({2, rows, C}, dt);
+          float* st = stats.data<float>();
+          for (int way = 0; way < 2; ++way)
+            cuda::launch_layernorm_forward(dt, x.raw_data(), residual ? r.raw_data() : nullptr,
+                                           residual ? sums.carve(static_cast<size_t>(way * rows * C) * dtype_size(dt),
+                                                                 {rows, C}, dt).raw_data()
+                                                    : nullptr,
+                                           gamma.raw_data(), beta.raw_data(), way ? padded.raw_data() : y.raw_data(),
+                                           st + 2 * way * rows, st + (2 * way + 1) * rows, rows, C, 1e-5,
+                                           static_cast<cuda::CudaContext*>(ctx)->stream(), way ? W : 0, way == 1);
+          ctx->synchronize();
+          const std::vector<double> packed = y.to_doubles(), stored = padded.to_doubles(), s = stats.to_doubles();
+          bool same = true, tail = true;
+          for (int64_t i = 0; i < rows; ++i) {
+            for (int64_t c = 0; c < C; ++c)
+              same &= packed[static_cast<size_t>(i * C + c)] == stored[static_cast<size_t>(i * W + c)];
+            for (int64_t c = C; c < C + kOnesColumnPad; ++c)
+              tail &= stored[static_cast<size_t>(i * W + c)] == (c == C ? 1.0 : 0.0);
+            for (int64_t c = C + kOnesColumnPad; c < W; ++c) tail &= std::isnan(stored[static_cast<size_t>(i * W + c)]);
+          }
+          CHECK(same);
+          CHECK(tail);
+          for (int64_t i = 0; i < 2 * rows; ++i) CHECK(s[static_cast<size_t>(i)] == s[static_cast<size_t>(2 * rows + i)]);
+          if (residual) {
+            const std::vector<double> sv = sums.to_doubles();
+            CHECK(std::vector<double>(sv.begin(), sv.begin() + rows * C) == std::vector<double>(sv.begin() + rows * C, sv.end()));
+          }
         }
-        CHECK(same);
-        CHECK(tail);
-        for (int64_t i = 0; i < 2 * rows; ++i) CHECK(s[static_cast<size_t>(i)] == s[static_cast<size_t>(2 * rows + i)]);
-        if (residual) {
-          const std::vector<double> sv = sums.to_doubles();
-          CHECK(std::vector<double>(sv.begin(), sv.begin() + rows * C) == std::vector<double>(sv.begin() + rows * C, sv.end()));
-        }
-      }
 }
 
 XF_CUDA_TEST_CASE("ones column: linear reads x through the padded rows' view (against the CPU)") {
@@ -129,25 +129,25 @@ XF_CUDA_TEST_CASE("ones column: linear_weight_grad's bias gradient from its GEMM
     for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1000, 2304, 768}, {257, 31, 40}, {129, 64, 16}})
       for (bool f32_out : {true, false})
         for (int64_t W : {K + kOnesColumnPad, ones_column_ld(K, static_cast<int64_t>(dtype_size(dt)))}) {
-        const std::string what = str_cat("linear_weight_grad ", dtype_name(dt), " M=", M, " N=", N, " K=", K, " rows ",
-                                         W, f32_out ? " f32 outputs" : " 16-bit outputs");
-        const RoundedInputs in = rounded_inputs({random_tensor({M, N}, 91), random_tensor({M, K}, 92)}, dt);
-        const auto ref = run_op(LinearWeightGradOp(), in.cpu, &test_pool());
-        const OnesRows x = ones_rows(in.gpu[1], dt, W);
-        const DType od = f32_out ? DType::f32 : dt;
-        const std::vector<Tensor> out{poisoned_device({N, K}, od), poisoned_device({N}, od)};
-        KernelRegistry::builtin().get("linear_weight_grad", cuda_test_ctx()->device())(
-            LinearWeightGradOp(), cuda_kernel_context(true), {in.gpu[0].to_device(cuda_test_ctx()), x.view}, out);
-        cuda_test_ctx()->synchronize();
-        const Tolerance tol = cuda_tolerance(dt);
-        for (size_t k = 0; k < 2; ++k) {
-          const std::string name = str_cat(what, k == 0 ? " dw" : " db");
-          if (f32_out)
-            check_close(out[k].to_doubles(), ref[k].to_doubles(), 1.5e-4, 0.0, name);
-          else  // sums over M rows rounded once to 16 bits: twice the per-element tolerance, as test_linear.cpp's
-            check_close(out[k].to_doubles(), ref[k].to_doubles(), 2 * tol.atol, 2 * tol.rtol, name);
+          const std::string what = str_cat("linear_weight_grad ", dtype_name(dt), " M=", M, " N=", N, " K=", K, " rows ",
+                                           W, f32_out ? " f32 outputs" : " 16-bit outputs");
+          const RoundedInputs in = rounded_inputs({random_tensor({M, N}, 91), random_tensor({M, K}, 92)}, dt);
+          const auto ref = run_op(LinearWeightGradOp(), in.cpu, &test_pool());
+          const OnesRows x = ones_rows(in.gpu[1], dt, W);
+          const DType od = f32_out ? DType::f32 : dt;
+          const std::vector<Tensor> out{poisoned_device({N, K}, od), poisoned_device({N}, od)};
+          KernelRegistry::builtin().get("linear_weight_grad", cuda_test_ctx()->device())(
+              LinearWeightGradOp(), cuda_kernel_context(true), {in.gpu[0].to_device(cuda_test_ctx()), x.view}, out);
+          cuda_test_ctx()->synchronize();
+          const Tolerance tol = cuda_tolerance(dt);
+          for (size_t k = 0; k < 2; ++k) {
+            const std::string name = str_cat(what, k == 0 ? " dw" : " db");
+            if (f32_out)
+              check_close(out[k].to_doubles(), ref[k].to_doubles(), 1.5e-4, 0.0, name);
+            else  // sums over M rows rounded once to 16 bits: twice the per-element tolerance, as test_linear.cpp's
+              check_close(out[k].to_doubles(), ref[k].to_doubles(), 2 * tol.atol, 2 * tol.rtol, name);
+          }
         }
-      }
   // Handed packed rows with the flag set: the front door says what is wrong.
   const Tensor g = random_tensor({16, 8}, 93).to(DType::bf16).to_device(cuda_test_ctx());
   const Tensor x = random_tensor({16, 8}, 94).to(DType::bf16).to_device(cuda_test_ctx());

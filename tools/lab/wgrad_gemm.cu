@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/rowwise.cuh"
 #include "ops/reduce.h"
 #include "runtime/cuda/context.h"
 #include "runtime/kernel_registry.h"
@@ -218,8 +219,11 @@ int main(int argc, char** argv) {
       a.out_dtype = DType::f32;
       cuda::gemm(cc, a);
     };
-    auto f32_colsum = [&] {
-      reg.get("reduce", kctx.device)(ReduceOp(ReduceKind::sum, {0}, false), kctx, {g}, {db_f32});
+    auto f32_colsum = [&] {  // linear_weight_grad's split way into an f32 slot (ops/cuda/linear.cu)
+      const cuda::Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.launch_counters()};
+      cuda::reduce_axis<__nv_bfloat16, float, cuda::ReduceMode::sum>(
+          static_cast<const __nv_bfloat16*>(g.raw_data()), nullptr, db_f32.data<float>(), nullptr, 1, M, N, 1.f, scratch,
+          cc.stream());
     };
     auto ones_gemm = [&] {
       cuda::GemmArgs a =
