@@ -266,9 +266,10 @@ int main(int argc, char** argv) {
                     ok ? "ok" : "FAIL");
       }
     }
-    {  // the ones column against production's fp32 way: dW to fp32 reordering (the GEMMs may tile K differently), db
-       // to the bf16 products' fp32 sums in another order (|db| is a sum of M terms)
-      const double e_w = max_diff(dw_ones, dw_f32), tol_w = max_abs(dw_f32) * 1e-5 + 1e-4;
+    {  // the ones column against production's fp32 way: dW to fp32 reordering (the two GEMMs' algorithms add the M = 16384
+       // products in other orders: 3e-3 seen against |dW| up to ~200, session 25's run 6), so 1e-4 of the largest, far
+       // under a 16-bit rounding (1/256 of it); db to the bf16 products' fp32 sums in another order
+      const double e_w = max_diff(dw_ones, dw_f32), tol_w = max_abs(dw_f32) * 1e-4;
       const double e_b = max_diff(db_ones, db_f32), tol_b = max_abs(db_f32) * 1e-5 + 1e-3;
       const bool ok = e_w <= tol_w && e_b <= tol_b;
       fails += !ok;
