@@ -189,6 +189,8 @@ void reduce_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Te
   const auto& op = static_cast<const ReduceOp&>(op_);
   const ReduceLayout L = reduce_layout(op.axes, op.keepdim, in[0].shape(), op.kind);
   const int64_t n_out = out[0].numel();
+  // (ReduceOp::infer gives y x's dtype; a caller outside a graph that hands another one would get x's bytes in it)
+  XF_CHECK(out[0].dtype() == in[0].dtype(), "reduce", "y ", out[0].desc(), " is not in x's dtype (", in[0].desc(), ")");
   if (n_out == 0) return;
   CudaContext& cc = context_of(ctx);
   const Scratch scratch{cc.workspace(), cc.workspace_bytes(), cc.launch_counters()};
