@@ -101,8 +101,11 @@ void CachingAllocator::free(void* p) {
   if (it == in_use_.end()) return;  // not ours: nothing to do (never happens for tensors of this context)
   const size_t size = it->second;
   in_use_.erase(it);
-  if (graph_owned_.count(p)) {  // lent again during a capture: free for that capture's later allocations, else the graph's
-    if (capturing_ && caching_) capture_free_.emplace(size, p);
+  if (graph_owned_.count(p)) {
+    // Lent again in the capture that first freed it: free for that capture's later allocations. Otherwise the block
+    // stays its graph's (one freed by an earlier capture is never lent to another: two graphs would own it).
+    if (capturing_ && caching_ && std::find(captured_.begin(), captured_.end(), p) != captured_.end())
+      capture_free_.emplace(size, p);
     return;
   }
   if (capturing_) {  // still counted as in use: a live graph may write it
@@ -143,12 +146,6 @@ void CachingAllocator::give_back(const std::vector<void*>& blocks) {
     for (void* p : blocks) {
       auto it = graph_owned_.find(p);
       if (it == graph_owned_.end()) continue;
-      const bool in_capture_pool = std::any_of(capture_free_.begin(), capture_free_.end(),
-                                               [p](const auto& e) { return e.second == p; });
-      if (in_capture_pool) {  // freed in the capture in progress: that graph's now
-        captured_.push_back(p);
-        continue;
-      }
       const size_t size = it->second;
       graph_owned_.erase(it);
       if (in_use_.count(p)) continue;  // lent to a live tensor: its free caches it

@@ -39,8 +39,9 @@ class CachingAllocator {
   // at every replay, so nothing else may get them. Later allocations of the same capture may take them again
   // (the context captures one stream: the graph runs its kernels in the order they were enqueued, so a block's
   // next user starts after its last one; GPT-2's step takes one weight-gradient scratch block for its 24 calls,
-  // not 24). end_capture_pool() hands them over; give_back() returns them to the pool when the graph is
-  // destroyed (a block still lent to a live tensor goes back with that tensor's free).
+  // not 24); a later capture never takes an earlier graph's block. end_capture_pool() hands them over; give_back()
+  // returns them to the pool when the graph is destroyed (a block still lent to a live tensor goes back with that
+  // tensor's free).
   void begin_capture_pool();
   std::vector<void*> end_capture_pool();
   void give_back(const std::vector<void*>& blocks);
