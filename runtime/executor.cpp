@@ -239,7 +239,9 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     int slot;  // its slot in the store
   };
   std::vector<BatchedGrad> batched_grads;  // the table's entries, built below once the buffers have addresses
-  std::vector<int> f32_slot_of(static_cast<size_t>(nv), -1);  // per value: the slot its producer writes in f32
+  // Per value: where in the flat f32 gradients its producer writes it (an element: its slot's, or the first of the
+  // adjacent slots it spans below), or -1.
+  std::vector<int64_t> f32_grad_at(static_cast<size_t>(nv), -1);
   if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite)
     for (auto& c : schedule_) {
       if (!c.grad_cast_accumulate || c.grad_slot_out[0] < 0) continue;
@@ -254,7 +256,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       const bool first = c.grad_first_write[0];
       if (!op.stores_f32(k) || (!first && (!op.adds_f32(k) || ps.out.size() != 1))) continue;
       ps.adds_f32 = !first;
-      f32_slot_of[static_cast<size_t>(v)] = c.grad_slot_out[0];
+      f32_grad_at[static_cast<size_t>(v)] =
+          static_cast<int64_t>(store_->slots()[static_cast<size_t>(c.grad_slot_out[0])].offset);
       c.grad_slot_out[0] = -1;  // the producer writes the slot; the cast step has nothing left to do
       unmaterialized[static_cast<size_t>(v)] = true;
     }
@@ -262,7 +265,6 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // slots lie next to each other in that order (Graph::store_adjacent: a packed q/k/v projection's weights): the
   // producer writes it whole in f32 across the slots (GPT-2: no 16-bit dW of the q/k/v weights, and no three casts a
   // layer). The parts, views no step reads now, are left over the f32 bytes unused.
-  std::vector<int64_t> f32_span_of(static_cast<size_t>(nv), -1);  // per value: the element of the slots it starts at
   if (opt_.device_ctx && opt_.fuse_param_casts && opt_.grads_overwrite) {
     std::vector<int> cast_of(static_cast<size_t>(nv), -1);  // per value: the step casting it into its slot
     for (size_t i = 0; i < schedule_.size(); ++i)
@@ -295,7 +297,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
       }
       if (!adjacent) continue;
       for (int part : sp.out) schedule_[static_cast<size_t>(cast_of[static_cast<size_t>(part)])].grad_slot_out[0] = -1;
-      f32_span_of[static_cast<size_t>(v)] = start;
+      f32_grad_at[static_cast<size_t>(v)] = start;
       unmaterialized[static_cast<size_t>(v)] = true;
     }
   }
@@ -337,8 +339,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // dtype, whose rows are not a multiple of 16 bytes, is written with rows rounded up to 16 bytes and handed
   // out as a strided view (as torch.compile pads the MiniLM encoder's 30522-wide logits): no consumer
   // needs it packed, and the GEMM's fast kernels need aligned rows.
-  std::vector<int64_t>& padded_ld = stored_ld_;  // per value: padded row length, 0 if packed
-  padded_ld.assign(static_cast<size_t>(nv), 0);
+  stored_ld_.assign(static_cast<size_t>(nv), 0);
   if (opt_.device_ctx) {
     for (const auto& st : schedule_) {
       const Node& node = g.node(st.node);
@@ -350,7 +351,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
           continue;
         const int64_t es = static_cast<int64_t>(dtype_size(m.dtype)), n = m.shape.back();
         const int64_t per_row = 16 / es;  // elements in 16 bytes
-        if (n % per_row != 0) padded_ld[static_cast<size_t>(v)] = (n + per_row - 1) / per_row * per_row;
+        if (n % per_row != 0) stored_ld_[static_cast<size_t>(v)] = (n + per_row - 1) / per_row * per_row;
       }
     }
   }
@@ -358,7 +359,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // The shape of a value's bytes: its own, or with the last axis padded.
   auto stored_shape = [&](int v) {
     Shape s = g.value(v).meta.shape;
-    if (padded_ld[static_cast<size_t>(v)] > 0) s.back() = padded_ld[static_cast<size_t>(v)];
+    if (stored_ld_[static_cast<size_t>(v)] > 0) s.back() = stored_ld_[static_cast<size_t>(v)];
     return s;
   };
 
@@ -393,17 +394,14 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     const int v = request_value[i];
     const auto& m = g.value(v).meta;
     tensors_[static_cast<size_t>(v)] = arena_.carve(plan_.offsets[i], stored_shape(v), m.dtype);
-    if (padded_ld[static_cast<size_t>(v)] > 0)  // the strided view of the first m.shape.back() columns
+    if (stored_ld_[static_cast<size_t>(v)] > 0)  // the strided view of the first m.shape.back() columns
       tensors_[static_cast<size_t>(v)] =
           tensors_[static_cast<size_t>(v)].slice(static_cast<int64_t>(m.shape.size()) - 1, 0, m.shape.back());
   }
-  for (int v = 0; v < nv; ++v) {  // gradients their producers write into the f32 slots (Op::stores_f32)
-    if (const int slot = f32_slot_of[static_cast<size_t>(v)]; slot >= 0)
-      tensors_[static_cast<size_t>(v)] = store_->grad(store_->slots()[static_cast<size_t>(slot)].name);
-    if (const int64_t at = f32_span_of[static_cast<size_t>(v)]; at >= 0)
+  for (int v = 0; v < nv; ++v)  // gradients their producers write into the f32 slots (Op::stores_f32)
+    if (const int64_t at = f32_grad_at[static_cast<size_t>(v)]; at >= 0)
       tensors_[static_cast<size_t>(v)] =
           store_->grads_flat().carve(static_cast<size_t>(at) * sizeof(float), g.value(v).meta.shape, DType::f32);
-  }
   for (const auto& st : schedule_)  // the parameter casts' outputs and their adjacent concatenations: mirror views
     if (st.mirror_offset >= 0) {
       const auto& m = g.value(st.out[0]).meta;
@@ -637,7 +635,7 @@ Tensor Executor::view_of_root(int v) const {
   const TensorMeta& m = g_.value(v).meta;
   const int r = view_root_[static_cast<size_t>(v)];
   const Tensor& root = tensors_[static_cast<size_t>(r)];
-  const int64_t ld = stored_ld_.empty() ? 0 : stored_ld_[static_cast<size_t>(r)];
+  const int64_t ld = stored_ld_[static_cast<size_t>(r)];
   if (ld == 0)
     return root.carve(static_cast<size_t>(view_offset_[static_cast<size_t>(v)]) * dtype_size(m.dtype), m.shape, m.dtype);
   // A root stored in padded rows (plan_ones_columns admits only views that keep its rows whole, from the first).

@@ -27,6 +27,14 @@ inline DeviceContext* cuda_test_ctx() {
   return ctx.get();
 }
 
+// A kernel context on the test device (the rest as a caller sets it: random stream, ones_column, ...).
+inline KernelContext cuda_kernel_context() {
+  KernelContext kc;
+  kc.device = cuda_test_ctx()->device();
+  kc.device_ctx = cuda_test_ctx();
+  return kc;
+}
+
 // Tolerance of a GPU result in `dtype` against the CPU's f32 result on the same (rounded) inputs: the
 // dtype's own tolerance (testing.h), which already covers one rounding of the output plus fp32
 // accumulation in another order.
@@ -100,11 +108,9 @@ inline std::vector<Tensor> run_op_cuda(const Op& op, const std::vector<Tensor>& 
                                             out_meta[k].shape, out_meta[k].dtype)
                                : poisoned_device(out_meta[k].shape, od, shifted));
   }
-  KernelContext kc;
+  KernelContext kc = cuda_kernel_context();
   kc.rng_seed = rng_seed;
   kc.rng_offset = rng_offset;
-  kc.device = ctx->device();
-  kc.device_ctx = ctx;
   if (!all_views) KernelRegistry::builtin().get(op.name(), ctx->device())(op, kc, din, out);
   ctx->synchronize();
   return out;

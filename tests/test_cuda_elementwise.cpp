@@ -218,12 +218,10 @@ XF_CUDA_TEST_CASE("cuda dropout: rng_offset_device is read on the device and add
             Tensor::from_vector<int64_t>({static_cast<int64_t>(dev_off)}, {1}).to_device(ctx);
         const Tensor dx = x.to_device(ctx);
         Tensor y = Tensor::empty({n}, DType::f32, ctx);
-        KernelContext kc;
+        KernelContext kc = cuda_kernel_context();
         kc.rng_seed = seed;
         kc.rng_offset = host_off;
         kc.rng_offset_device = static_cast<const uint64_t*>(dev_offset.raw_data());
-        kc.device = ctx->device();
-        kc.device_ctx = ctx;
         KernelRegistry::builtin().get("dropout", ctx->device())(op, kc, {dx}, {y});
         ctx->synchronize();
         check_equal(y, want,

@@ -43,11 +43,9 @@ OnesRows ones_rows(const Tensor& x, DType dtype, int64_t W) {
   return o;
 }
 
-KernelContext cuda_kernel_context(bool ones_column) {
-  KernelContext kc;
-  kc.device = cuda_test_ctx()->device();
-  kc.device_ctx = cuda_test_ctx();
-  kc.ones_column = ones_column;
+KernelContext with_ones_column() {
+  KernelContext kc = cuda_kernel_context();
+  kc.ones_column = true;
   return kc;
 }
 
@@ -111,7 +109,7 @@ XF_CUDA_TEST_CASE("ones column: linear reads x through the padded rows' view (ag
         std::vector<Tensor> out{poisoned_device({M, N}, dt), poisoned_device({M, N}, dt)};
         if (!gelu) out[1] = Tensor{};
         KernelRegistry::builtin().get("linear", cuda_test_ctx()->device())(
-            LinearOp(true, gelu), cuda_kernel_context(false),
+            LinearOp(true, gelu), cuda_kernel_context(),
             {x.view, in.gpu[1].to_device(cuda_test_ctx()), in.gpu[2].to_device(cuda_test_ctx())}, out);
         cuda_test_ctx()->synchronize();
         // K = 768 products: the 16-bit output rounding dominates; one more ulp for the epilogue's tanh (as the linear
@@ -137,7 +135,7 @@ XF_CUDA_TEST_CASE("ones column: linear_weight_grad's bias gradient from its GEMM
           const DType od = f32_out ? DType::f32 : dt;
           const std::vector<Tensor> out{poisoned_device({N, K}, od), poisoned_device({N}, od)};
           KernelRegistry::builtin().get("linear_weight_grad", cuda_test_ctx()->device())(
-              LinearWeightGradOp(), cuda_kernel_context(true), {in.gpu[0].to_device(cuda_test_ctx()), x.view}, out);
+              LinearWeightGradOp(), with_ones_column(), {in.gpu[0].to_device(cuda_test_ctx()), x.view}, out);
           cuda_test_ctx()->synchronize();
           const Tolerance tol = cuda_tolerance(dt);
           for (size_t k = 0; k < 2; ++k) {
@@ -153,7 +151,7 @@ XF_CUDA_TEST_CASE("ones column: linear_weight_grad's bias gradient from its GEMM
   const Tensor x = random_tensor({16, 8}, 94).to(DType::bf16).to_device(cuda_test_ctx());
   const std::vector<Tensor> out{poisoned_device({8, 8}, DType::f32), poisoned_device({8}, DType::f32)};
   CHECK_THROWS_WITH_AS(KernelRegistry::builtin().get("linear_weight_grad", cuda_test_ctx()->device())(
-                           LinearWeightGradOp(), cuda_kernel_context(true), {g, x}, out),
+                           LinearWeightGradOp(), with_ones_column(), {g, x}, out),
                        doctest::Contains("ones column"), Error);
 }
 

@@ -149,6 +149,25 @@ void reset_grads(const ExecutorOptions& opt, ParamStore& store, const std::vecto
     opt.device_ctx->memset_zero(store.grads(), store.flat_size() * sizeof(float));
 }
 
+// One rounding to dt, relative: 2^-8 for bf16, 2^-11 for f16.
+double unit_roundoff(DType dt) { return dt == DType::bf16 ? 0x1p-8 : 0x1p-11; }
+
+// f32 gradients a fused way stored unrounded (got) against a way that rounded each of their 16-bit parts to dt once
+// (ref): every element finite and within `roundings` roundings of ref's largest element (cancellation aside). Returns
+// whether any element differs (the unrounded sums reached the slot).
+bool within_roundings(const std::vector<double>& ref, const std::vector<double>& got, DType dt, double roundings) {
+  REQUIRE(ref.size() == got.size());
+  double largest = 0;
+  for (double v : ref) largest = std::max(largest, std::abs(v));
+  bool differs = false;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    CHECK(std::isfinite(got[i]));
+    CHECK(std::abs(got[i] - ref[i]) <= roundings * unit_roundoff(dt) * largest);
+    differs |= got[i] != ref[i];
+  }
+  return differs;
+}
+
 }  // namespace
 
 // A tied embedding in mixed precision (the lookup and the output layer read one table through two casts) and an untied
@@ -192,7 +211,6 @@ XF_CUDA_TEST_CASE("cuda executor: a tied embedding's gradients go into its f32 s
       }
       opt.device_ctx->synchronize();  // (the poison's host memory)
     }
-    const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
     for (int way = 1; way < 4; ++way) {
       CAPTURE(way);
       REQUIRE(results[0].size() == results[way].size());
@@ -203,16 +221,8 @@ XF_CUDA_TEST_CASE("cuda executor: a tied embedding's gradients go into its f32 s
           continue;
         }
         // The unrounded sums: each of the (at most two) 16-bit parts the other ways add was rounded once, so the
-        // difference is within a rounding of the largest gradient of the table (cancellation aside), and not zero.
-        double largest = 0;
-        for (double v : results[0][k]) largest = std::max(largest, std::abs(v));
-        bool differs = false;
-        for (size_t i = 0; i < results[0][k].size(); ++i) {
-          CHECK(std::isfinite(results[way][k][i]));
-          CHECK(std::abs(results[way][k][i] - results[0][k][i]) <= 2 * u * largest);
-          differs |= results[way][k][i] != results[0][k][i];
-        }
-        CHECK(differs);
+        // difference is within two roundings of the largest gradient of the table, and not zero.
+        CHECK(within_roundings(results[0][k], results[way][k], dt, 2));
       }
       // The rows no id uses: the output layer's part alone (wte), zero (wpe).
       for (int64_t r = 50; r < P; ++r)
@@ -293,17 +303,11 @@ XF_CUDA_TEST_CASE("cuda executor: a packed gradient split into adjacent slots is
       for (const char* p : {"a", "b", "c", "ab", "bb", "cb"}) results[fused].push_back(store->grad(p).to_doubles());
       opt.device_ctx->synchronize();  // (the poison's host memory)
     }
-    const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
     bool differs = false;
     for (size_t k = 0; k < results[0].size(); ++k) {
       CAPTURE(k);
-      double largest = 0;
-      for (double v : results[0][k]) largest = std::max(largest, std::abs(v));
-      for (size_t i = 0; i < results[0][k].size(); ++i) {
-        CHECK(std::isfinite(results[1][k][i]));
-        CHECK(std::abs(results[1][k][i] - results[0][k][i]) <= u * largest);
-        differs |= k < 3 && results[1][k][i] != results[0][k][i];
-      }
+      const bool d = within_roundings(results[0][k], results[1][k], dt, 1);
+      differs |= k < 3 && d;
     }
     CHECK(differs);  // the weights' parts were not rounded to 16 bits
   }
@@ -357,7 +361,7 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
         // Fused with grads_overwrite, w1's weight gradient GEMM writes its f32 slot itself (Op::stores_f32): its fp32
         // sums, not their 16-bit rounding, so within one rounding (2^-8 relative for bf16, 2^-11 for f16) of the others.
         if (way == 3 && k % 3 == 1) {
-          const double u = dt == DType::bf16 ? 0x1p-8 : 0x1p-11;
+          const double u = unit_roundoff(dt);
           std::vector<double> scaled(results[0][k].size());
           for (size_t i = 0; i < scaled.size(); ++i) scaled[i] = std::abs(results[0][k][i]) * u;
           bool differs = false;
