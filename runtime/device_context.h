@@ -75,6 +75,19 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   virtual void begin_capture() = 0;
   virtual std::shared_ptr<void> end_capture() = 0;
   virtual void replay(const std::shared_ptr<void>& graph) = 0;
+  // Side work: a second stream, of lower priority, for work that nothing issued later in a run reads (an executor's
+  // weight gradients), so that its kernels fill the main stream's gaps and kernel tails.
+  //   begin_side_work(): work issued from now on goes to the side stream, after all the work issued so far;
+  //   end_side_work(): back to the main stream; returns a ticket for the side work since begin_side_work();
+  //   join_side_work(ticket): work issued on the main stream from now on waits for the side work up to that ticket,
+  //     and the memory freed while issuing it becomes reusable only now (the side stream may still be reading it
+  //     before: a caching allocator holds such frees until their join).
+  // Every begun side work must be joined before a capture ends or the caller waits for the stream. A context without
+  // a side stream (the default) issues side work in order on its one stream: tickets are -1, joins do nothing.
+  virtual bool has_side_stream() const { return false; }
+  virtual void begin_side_work() {}
+  virtual int64_t end_side_work() { return -1; }
+  virtual void join_side_work(int64_t ticket) { (void)ticket; }
   virtual void reset_peak() = 0;
   virtual std::string describe() const = 0;  // "NVIDIA H200 (sm_90, 132 SMs, 139.8 GiB)"
 };

@@ -356,6 +356,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     }
   }
   if (opt_.device_ctx && env_flag_default_on("XF_ONES_COLUMN")) plan_ones_columns(is_output);
+  if (opt_.device_ctx && opt_.side_stream && !opt_.profile && opt_.device_ctx->has_side_stream())
+    plan_side_work(is_output, f32_grad_at, last_use);
   // The shape of a value's bytes: its own, or with the last axis padded.
   auto stored_shape = [&](int v) {
     Shape s = g.value(v).meta.shape;
@@ -387,6 +389,7 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   input_used_.assign(input_ids_.size(), false);
   for (size_t i = 0; i < input_ids_.size(); ++i) input_used_[i] = read_by_node(input_ids_[i]);
   plan_ = xfr::plan_memory(requests, 64);
+  if (num_side_ > 0) plan_side_joins(requests, request_value);
   if (!opt_.allocate) return;
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,
                          opt_.device_ctx.get());
@@ -518,7 +521,6 @@ void Executor::run() {
   } else {
     enqueue();
   }
-  warm_ = true;
   constants_ready_ = opt_.constant_params;
   end_run();
 }
@@ -593,10 +595,47 @@ void Executor::enqueue() {
     if (opt_.device_ctx) opt_.device_ctx->memset_zero(dst, ps.numel * sizeof(float));
     else std::fill(dst, dst + ps.numel, 0.0f);
   }
+  // Side work from the second run on (the first runs alone: autotuning times its kernels one at a time). At the end of
+  // the run, and if a step throws, the main stream waits for all of it.
+  const bool side = num_side_ > 0 && warm_;
+  DeviceContext* const dc = opt_.device_ctx.get();
+  side_tickets_.assign(static_cast<size_t>(num_side_), -1);
+  struct JoinAtExit {
+    DeviceContext* dc;
+    int64_t last = -1;  // the last side work's ticket not joined yet
+    void join() {
+      if (last >= 0) dc->join_side_work(last);
+      last = -1;
+    }
+    ~JoinAtExit() {  // (only when a step threw: the error in flight is the one to report)
+      try {
+        join();
+      } catch (...) {
+      }
+    }
+  } join_at_exit{dc};
   std::vector<Tensor> in, out;
   for (const auto& s : schedule_) {
     in.clear();
     out.clear();
+    if (side && s.join_side >= 0) dc->join_side_work(side_tickets_[static_cast<size_t>(s.join_side)]);
+    struct SideWork {  // issues the step as side work, ended (its ticket kept) however the step is left
+      DeviceContext* dc;
+      int64_t* ticket;
+      int64_t* last;
+      void end() {
+        if (dc) *ticket = *last = dc->end_side_work();
+        dc = nullptr;
+      }
+      ~SideWork() {  // (only when the step threw)
+        try {
+          end();
+        } catch (...) {
+        }
+      }
+    } side_work{side && s.side >= 0 ? dc : nullptr, s.side >= 0 ? &side_tickets_[static_cast<size_t>(s.side)] : nullptr,
+                &join_at_exit.last};
+    if (side_work.dc) dc->begin_side_work();
     for (int v : s.in) in.push_back(tensors_[static_cast<size_t>(v)]);
     for (int v : s.out) {
       const int r = view_root_[static_cast<size_t>(v)];
@@ -622,7 +661,9 @@ void Executor::enqueue() {
           accumulate_grad(s.grad_cast_accumulate ? in[0] : out[k],
                           store_->slots()[static_cast<size_t>(s.grad_slot_out[k])], s.grad_first_write[k]);
         });
+    side_work.end();
   }
+  join_at_exit.join();  // the side work is done before the batch (which reads side steps' outputs) and the run's end
   if (!batched_grad_entries_.empty())
     profiled("small gradients into their f32 slots", [&] {
       opt_.device_ctx->accumulate_f32_batch(static_cast<const F32Accumulation*>(batched_grad_table_.raw_data()),
@@ -693,6 +734,114 @@ void Executor::plan_ones_columns(const std::vector<bool>& is_output) {
     stored_ld_[static_cast<size_t>(y)] = ones_column_ld(K, static_cast<int64_t>(dtype_size(m.dtype)));
     ps.ones_column = true;
     for (int s2 : weight_grads) schedule_[static_cast<size_t>(s2)].ones_column = true;
+  }
+}
+
+namespace {
+// How many side steps the side stream may trail the main one by before the memory plan may give a side step's bytes to
+// a later step (XF_SIDE_STREAM_LAG, at least 1): its buffers live until the side step that many later is issued.
+int side_lag() {
+  static const int lag = std::max(1, env_int("XF_SIDE_STREAM_LAG", 1));
+  return lag;
+}
+}  // namespace
+
+// Side work (ExecutorOptions::side_stream). A step feeds nothing else of the run when it has a kernel and
+// - each of its outputs is a parameter gradient that its kernel writes into the f32 slots (f32_grad_at) or that its
+//   slot takes (grad_slot_out), and is not handed out;
+// - no later step reads it (a step that does device work: a kernel, or a gradient added into its slot where it is
+//   computed; the end-of-run batch reads after the last join);
+// - no later step writes any of the f32 gradient elements it writes.
+// Such a step (GPT-2: the weight gradients' GEMMs, 4.4 ms of a 27 ms step) runs as side work, beside the steps that
+// follow it. Its buffers (the roots of its inputs and outputs) live until side_lag() side steps later, or to the end
+// of the run after the last ones; plan_side_joins() then finds where the main stream has to wait for it.
+void Executor::plan_side_work(const std::vector<bool>& is_output, const std::vector<int64_t>& f32_grad_at,
+                              std::vector<int>& last_use) {
+  const Graph& g = g_;
+  const int n = static_cast<int>(schedule_.size());
+  const auto root = [&](int v) { return static_cast<size_t>(view_root_[static_cast<size_t>(v)]); };
+  const auto accumulates = [](const Step& st, size_t k) {  // adds output k into its slot where it is computed
+    return st.grad_slot_out[k] >= 0 && !(k < st.grad_batched.size() && st.grad_batched[k]);
+  };
+  // Per root value: the last step that reads it while the run is issued. Per step: the f32 gradient elements it writes
+  // ([begin, end) in the flat buffer).
+  std::vector<int> last_read(static_cast<size_t>(g.num_values()), -1);
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> f32_writes(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const Step& st = schedule_[static_cast<size_t>(i)];
+    if (st.kernel)
+      for (int v : st.in) last_read[root(v)] = i;
+    for (size_t k = 0; k < st.out.size(); ++k) {
+      const int v = st.out[k];
+      if (st.kernel && f32_grad_at[static_cast<size_t>(v)] >= 0)
+        f32_writes[static_cast<size_t>(i)].emplace_back(f32_grad_at[static_cast<size_t>(v)],
+                                                        f32_grad_at[static_cast<size_t>(v)] + numel_of(g.value(v).meta.shape));
+      if (accumulates(st, k)) {
+        last_read[root(st.grad_cast_accumulate ? st.in[0] : v)] = i;
+        const ParamSlot& ps = store_->slots()[static_cast<size_t>(st.grad_slot_out[k])];
+        f32_writes[static_cast<size_t>(i)].emplace_back(static_cast<int64_t>(ps.offset),
+                                                        static_cast<int64_t>(ps.offset + ps.numel));
+      }
+    }
+  }
+  const auto overlaps_later_write = [&](int i) {
+    for (const auto& [b, e] : f32_writes[static_cast<size_t>(i)])
+      for (int j = i + 1; j < n; ++j)
+        for (const auto& [b2, e2] : f32_writes[static_cast<size_t>(j)])
+          if (b < e2 && b2 < e) return true;
+    return false;
+  };
+  std::vector<int> side_at;  // the side steps' places in the schedule
+  for (int i = 0; i < n; ++i) {
+    Step& st = schedule_[static_cast<size_t>(i)];
+    if (!st.kernel || st.params_only || st.out.empty()) continue;
+    bool ok = true;
+    for (size_t k = 0; k < st.out.size() && ok; ++k) {
+      const int v = st.out[k];
+      ok = !is_output[static_cast<size_t>(v)] && (f32_grad_at[static_cast<size_t>(v)] >= 0 || st.grad_slot_out[k] >= 0) &&
+           last_read[root(v)] <= i;
+    }
+    if (!ok || overlaps_later_write(i)) continue;
+    st.side = static_cast<int>(side_at.size());
+    side_at.push_back(i);
+  }
+  num_side_ = static_cast<int>(side_at.size());
+  for (int k = 0; k < num_side_; ++k) {
+    const Step& st = schedule_[static_cast<size_t>(side_at[static_cast<size_t>(k)])];
+    const size_t until = static_cast<size_t>(k + side_lag());
+    const int live_to = until < side_at.size() ? side_at[until] : n - 1;
+    for (const auto* values : {&st.in, &st.out})
+      for (int v : *values) last_use[root(v)] = std::max(last_use[root(v)], live_to);
+  }
+}
+
+// Where the main stream waits for each side step: before the first later step whose kernel writes arena bytes that
+// the side step reads or writes (the plan may give them to it once they are dead), or at the end of the run.
+void Executor::plan_side_joins(const std::vector<BufferRequest>& requests, const std::vector<int>& request_value) {
+  std::vector<std::pair<size_t, size_t>> bytes_of(static_cast<size_t>(g_.num_values()), {0, 0});  // [begin, end)
+  for (size_t i = 0; i < requests.size(); ++i)
+    bytes_of[static_cast<size_t>(request_value[i])] = {plan_.offsets[i], plan_.offsets[i] + requests[i].bytes};
+  const auto bytes = [&](int v) { return bytes_of[static_cast<size_t>(view_root_[static_cast<size_t>(v)])]; };
+  const int n = static_cast<int>(schedule_.size());
+  for (int i = 0; i < n; ++i) {
+    const Step& st = schedule_[static_cast<size_t>(i)];
+    if (st.side < 0) continue;
+    std::vector<std::pair<size_t, size_t>> mine;
+    for (const auto* values : {&st.in, &st.out})
+      for (int v : *values)
+        if (bytes(v).second > bytes(v).first) mine.push_back(bytes(v));
+    for (int j = i + 1; j < n; ++j) {
+      Step& later = schedule_[static_cast<size_t>(j)];
+      if (!later.kernel) continue;
+      const bool clash = std::any_of(later.out.begin(), later.out.end(), [&](int v) {
+        const auto [b, e] = bytes(v);
+        return std::any_of(mine.begin(), mine.end(), [&](const auto& m) { return b < m.second && m.first < e; });
+      });
+      if (clash) {
+        later.join_side = std::max(later.join_side, st.side);
+        break;
+      }
+    }
   }
 }
 

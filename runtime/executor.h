@@ -53,6 +53,10 @@ struct ExecutorOptions {
   // step without gradient accumulation then needs no zero_grads(): one pass over the f32 gradients less, and the
   // gradient's own pass writes f32 without reading it.
   bool grads_overwrite = false;
+  // Device: steps whose outputs only gradient slots take (a weight gradient's GEMM) run as side work
+  // (DeviceContext::begin_side_work) on the context's side stream, beside the rest of the backward, from the second run
+  // on (the first runs alone: autotuning times kernels one at a time). See Executor::plan_side_work.
+  bool side_stream = true;
 };
 
 class Executor {
@@ -73,7 +77,10 @@ class Executor {
   // host-side read of device data); end_run() counts the run.
   void begin_run();
   void enqueue();
-  void end_run() { ++runs_; }
+  void end_run() {
+    ++runs_;
+    warm_ = true;
+  }
   // An output on the executor's device (valid until the next run). On a GPU, an output that no node reads
   // may be a row-padded strided view (Op::writes_padded_rows): to_host() and contiguous() pack it.
   Tensor get(Value v) const;
@@ -84,6 +91,8 @@ class Executor {
   const MemoryPlan& memory_plan() const { return plan_; }
   // Device: how many activations the executor stores with the ones column (KernelContext::ones_column).
   int ones_columns() const;
+  // Device: how many steps run as side work (ExecutorOptions::side_stream; 0 without a side stream).
+  int side_steps() const { return num_side_; }
   int num_steps() const { return static_cast<int>(schedule_.size()); }
   uint64_t runs() const { return runs_; }
   // With options.profile: total milliseconds and calls per op name (backward ops have their own names).
@@ -122,6 +131,8 @@ class Executor {
     std::vector<bool> grad_first_write;  // per output: the run's first write of its slot
     bool adds_f32 = false;  // its kernel adds into the f32 slot it is handed (KernelContext::add_f32_outputs)
     bool ones_column = false;  // KernelContext::ones_column: it writes or reads an activation with the ones column
+    int side = -1;       // issued as side work: its number among the run's side steps (plan_side_work)
+    int join_side = -1;  // before it runs, the main stream waits for the side work up to this number, or -1
   };
   // Small gradients on a device, written into their slots by one launch at the end of each run: at most this many
   // elements (64 KB of f32: biases and norm weights of widths up to 16k; GPT-2's weights, 590k and more, are not).
@@ -148,6 +159,15 @@ class Executor {
   // Device: which layernorm outputs get the ones column (KernelContext::ones_column); sets stored_ld_ and the steps'
   // ones_column. is_output: per value, handed out by the executor.
   void plan_ones_columns(const std::vector<bool>& is_output);
+  // Device: which steps run as side work and how long their buffers must live (last_use, per value id: extended); sets
+  // the steps' side. f32_grad_at: per value, where its producer writes it in the flat f32 gradients, or -1.
+  void plan_side_work(const std::vector<bool>& is_output, const std::vector<int64_t>& f32_grad_at,
+                      std::vector<int>& last_use);
+  // ... and, once the buffers have their places in the arena, where the main stream waits for each: before the first
+  // later step that writes bytes the side step reads or writes (else at the end of the run); sets the steps' join_side.
+  void plan_side_joins(const std::vector<BufferRequest>& requests, const std::vector<int>& request_value);
+  int num_side_ = 0;
+  std::vector<int64_t> side_tickets_;  // per side step: this run's ticket (DeviceContext::end_side_work)
   std::vector<int> view_root_;      // per value id: the value whose bytes it shares (itself if none)
   std::vector<int> input_ids_;
   std::vector<bool> bound_;

@@ -8,6 +8,7 @@
 #include "ops/grad.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
+#include "ops/norm.h"
 #include "ops/reduce.h"
 #include "ops/shape_ops.h"
 #include "tests/cuda_testing.h"
@@ -100,6 +101,27 @@ XF_CUDA_TEST_CASE("cuda: a captured graph reuses the scratch it freed, and repla
   CHECK(ctx->memory_stats().current_bytes == before.current_bytes);  // back in the pool
   { Tensor again = Tensor::empty({1 << 20}, DType::f32, ctx.get()); }
   CHECK(ctx->memory_stats().driver_allocs == captured.driver_allocs);  // served from the cache
+}
+
+// Side work (DeviceContext::begin_side_work): a block freed while side work is issued may still be read by the side
+// stream, so the allocator holds it until the main stream joined that work; then it is cached as any other.
+XF_CUDA_TEST_CASE("cuda: a block freed during side work is lent again only after its join") {
+  auto ctx = make_device_context(Device::cuda(0));
+  REQUIRE(ctx->has_side_stream());
+  const void* freed = nullptr;
+  ctx->begin_side_work();
+  {
+    Tensor scratch = Tensor::empty({3 << 18}, DType::f32, ctx.get());  // 3 MiB
+    freed = scratch.raw_data();
+  }
+  const int64_t ticket = ctx->end_side_work();
+  CHECK(ticket >= 0);
+  Tensor before_join = Tensor::empty({3 << 18}, DType::f32, ctx.get());
+  CHECK(before_join.raw_data() != freed);  // held: the side stream may be reading it
+  ctx->join_side_work(ticket);
+  Tensor after_join = Tensor::empty({3 << 18}, DType::f32, ctx.get());
+  CHECK(after_join.raw_data() == freed);  // cached now (the only block of its size that is free)
+  ctx->synchronize();
 }
 
 XF_CUDA_TEST_CASE("cuda: out of memory is a clear error naming the bytes") {
@@ -374,6 +396,64 @@ XF_CUDA_TEST_CASE("cuda executor: fused parameter casts equal one cast kernel pe
           CHECK(results[0][k] == results[way][k]);
         }
       }
+    }
+  }
+}
+
+// Side work (ExecutorOptions::side_stream): the weight gradients of a stack of linear layers (GELU MLPs over a
+// layernorm, as a transformer's: the ones column, dgelu epilogues, f32 slots) run on the side stream from the second
+// run on, eagerly and in a captured graph with its replays. Their buffers are reused by later steps only after the
+// main stream waited for them: each run's gradients and output equal the one-stream executor's bit for bit (the same
+// kernels on the same bytes), gradients poisoned (NaN) before each run. Awkward sizes: 3 x 343 rows, widths 104 / 328.
+XF_CUDA_TEST_CASE("cuda executor: weight gradients on the side stream give the one-stream results bit for bit") {
+  constexpr int64_t B = 3, T = 343, C = 104, H = 328, kLayers = 3;
+  for (bool graph : {false, true}) {
+    CAPTURE(graph);
+    Graph g;
+    const DType dt = DType::bf16;
+    g.set_compute_dtype(dt);
+    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    Value x = g.input("x", TensorMeta{{B, T, C}, dt});
+    Value h = x;
+    for (int l = 0; l < kLayers; ++l) {
+      const std::string p = "l" + std::to_string(l) + ".";
+      Value n = layernorm(h, g.param(p + "gamma", {C}), g.param(p + "beta", {C}), 1e-5, p + "norm");
+      Value up = linear_op(n, g.param(p + "w1", {H, C}), g.param(p + "b1", {H}), true, p + "fc");     // (B, T, H)
+      h = add(h, linear_op(up, g.param(p + "w2", {C, H}), g.param(p + "b2", {C}), false, p + "proj"), p + "res");
+    }
+    Value out = cast(h, DType::f32, "out");
+    Gradients grads = gradients(reduce_sum(mul(out, out), {}, false, "sum"), Value{});
+    std::vector<std::vector<double>> results[2];
+    for (int side = 0; side < 2; ++side) {
+      ExecutorOptions opt;
+      opt.device = Device::cuda(0);
+      opt.device_ctx = make_device_context(opt.device);
+      opt.grads_overwrite = true;
+      opt.cuda_graph = graph;
+      opt.side_stream = side == 1;
+      auto store = std::make_shared<ParamStore>(g, opt.device_ctx.get());
+      uint64_t seed = 90;
+      for (const auto& slot : store->slots())
+        store->param(slot.name).copy_from(random_tensor(store->shape(slot.name), ++seed, -0.2, 0.2));
+      Executor ex(g, {out}, grads, store, opt);
+      // Three layers, two weight gradients each (their bias gradients with them, or in the norms' backward).
+      CHECK(ex.side_steps() == (side == 1 ? 2 * kLayers : 0));
+      ex.bind(x, random_tensor({B, T, C}, 99, -1, 1).to(dt));
+      const std::vector<float> poison(store->flat_size(), std::nanf(""));
+      for (int run = 0; run < 4; ++run) {  // eager; then eager again or captured; then replays
+        reset_grads(opt, *store, poison);
+        ex.run();
+        results[side].push_back(ex.get(out).to_doubles());
+        for (const auto& slot : store->slots()) results[side].push_back(store->grad(slot.name).to_doubles());
+        store->param("l1.w1").copy_from(random_tensor({H, C}, 200 + run, -0.2, 0.2));  // an "update"
+      }
+      opt.device_ctx->synchronize();  // (the poison's host memory)
+    }
+    REQUIRE(results[0].size() == results[1].size());
+    for (size_t k = 0; k < results[0].size(); ++k) {
+      CAPTURE(k);
+      CHECK(results[0][k] == results[1][k]);
+      for (double v : results[1][k]) REQUIRE(std::isfinite(v));
     }
   }
 }

@@ -125,13 +125,14 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
   const double flops_per_tok = 6 * nparam + 12.0 * static_cast<double>(L * C * T);
   const double tps = static_cast<double>(B * T) / dt;
   std::printf("xfrun gpt2-124M train B=%lld T=%lld: %.0f tok/s, %.1f ms/step, MFU(990) %.2f%%, peak %.2f GiB, "
-              "graph %s, loss %.3f -> %.3f\n",
+              "graph %s, side steps %d, loss %.3f -> %.3f\n",
               static_cast<long long>(B), static_cast<long long>(T), tps, dt * 1e3, 100 * tps * flops_per_tok / 990e12,
-              ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no", first_loss, last_loss);
+              ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no", ts.executor().side_steps(), first_loss,
+              last_loss);
   std::fflush(stdout);
   return {{"tok_per_s", tps}, {"step_ms", dt * 1e3}, {"mfu_vs_990", tps * flops_per_tok / 990e12},
           {"peak_bytes", ms.peak_bytes}, {"reserved_bytes", ms.reserved_bytes}, {"params", nparam},
-          {"cuda_graph", ts.captured()}, {"first_loss", first_loss}, {"last_loss", last_loss}};
+          {"cuda_graph", ts.captured()}, {"side_steps", ts.executor().side_steps()}, {"first_loss", first_loss}, {"last_loss", last_loss}};
 }
 
 nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& pool) {

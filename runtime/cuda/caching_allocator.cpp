@@ -97,6 +97,26 @@ void* CachingAllocator::allocate(size_t bytes) {
 void CachingAllocator::free(void* p) {
   if (!p) return;
   std::lock_guard<std::mutex> lock(mu_);
+  if (holding_ >= 0 && in_use_.count(p)) {
+    held_.emplace_back(holding_, p);
+    return;
+  }
+  free_locked(p);
+}
+
+void CachingAllocator::hold_frees(int64_t ticket) {
+  std::lock_guard<std::mutex> lock(mu_);
+  holding_ = ticket;
+}
+
+void CachingAllocator::release_held(int64_t upto) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto keep = std::stable_partition(held_.begin(), held_.end(), [&](const auto& h) { return h.first > upto; });
+  for (auto it = keep; it != held_.end(); ++it) free_locked(it->second);
+  held_.erase(keep, held_.end());
+}
+
+void CachingAllocator::free_locked(void* p) {
   auto it = in_use_.find(p);
   if (it == in_use_.end()) return;  // not ours: nothing to do (never happens for tensors of this context)
   const size_t size = it->second;

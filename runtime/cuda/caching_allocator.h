@@ -10,9 +10,11 @@
 // compute-sanitizer sees every access against the exact extent of its allocation.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "runtime/device_context.h"
@@ -43,12 +45,18 @@ class CachingAllocator {
   // returns them to the pool when the graph is destroyed (a block still lent to a live tensor goes back with that
   // tensor's free).
   void begin_capture_pool();
+  // Side work (CudaContext::begin_side_work): a block freed while side work is issued may still be read by the side
+  // stream after the host moved on, so its free waits for that work's join. hold_frees(t) holds the frees that follow
+  // under ticket t (-1: none held from now on); release_held(t) frees the blocks held under tickets up to t.
+  void hold_frees(int64_t ticket);
+  void release_held(int64_t upto);
   std::vector<void*> end_capture_pool();
   void give_back(const std::vector<void*>& blocks);
 
  private:
   void* driver_alloc(size_t bytes);  // with one retry after releasing the cache
   void release_cached_locked();
+  void free_locked(void* p);
 
   int device_;
   bool caching_;
@@ -59,6 +67,8 @@ class CachingAllocator {
   std::vector<void*> captured_;                 // freed during the capture in progress
   std::multimap<size_t, void*> capture_free_;   // of those, not lent again yet (by size)
   std::unordered_map<void*, size_t> graph_owned_;  // set aside for live graphs -> size
+  int64_t holding_ = -1;                                // the ticket frees are held under, or -1
+  std::vector<std::pair<int64_t, void*>> held_;          // (ticket, block) freed under a ticket, not yet released
   MemoryStats stats_;
 };
 

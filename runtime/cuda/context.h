@@ -8,10 +8,12 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "runtime/device_context.h"
 
 struct CUstream_st;
+struct CUevent_st;
 struct cublasLtContext;
 
 namespace xfr::cuda {
@@ -58,17 +60,26 @@ class CudaContext final : public DeviceContext {
   void begin_capture() override;
   std::shared_ptr<void> end_capture() override;
   void replay(const std::shared_ptr<void>& graph) override;
+  // Side work (DeviceContext): a second stream, of the lowest priority (the main stream has the highest), with a
+  // workspace and launch counters of its own, made at the first begin_side_work(). Graphs are instantiated with the
+  // kernels' priorities, which capture copies from their streams. XF_SIDE_STREAM=0: no side stream.
+  bool has_side_stream() const override { return side_enabled_; }
+  void begin_side_work() override;
+  int64_t end_side_work() override;
+  void join_side_work(int64_t ticket) override;
 
-  CUstream_st* stream() const { return stream_; }
+  // The stream, workspace and launch counters of the lane that work is issued on now (the side lane between
+  // begin_side_work() and end_side_work(), else the main one).
+  CUstream_st* stream() const { return lanes_[lane_].stream; }
   cublasLtContext* lt() const { return lt_; }
-  void* workspace() const { return workspace_; }
+  void* workspace() const { return lanes_[lane_].workspace; }
   size_t workspace_bytes() const { return workspace_bytes_; }
   const DeviceProps& props() const { return props_; }
   // kTileCounterWords u32 of device memory, zero between the kernels that use them on this context's stream: a
   // persistent kernel's tile counter, which the kernel draws from and resets at its end, the attention forward's
   // split-tail counters, each reset by the CTA that counts last (FlashAttentionArgs::tile_counter), and the column
   // reduction's, one per column range, reset by the block that adds the partial rows (ops/cuda/rowwise.cuh).
-  LaunchCounters launch_counters() const { return {tile_counters_, kTileCounterWords}; }
+  LaunchCounters launch_counters() const { return {lanes_[lane_].counters, kTileCounterWords}; }
   // 2 for the draw, and one per tail tile and consumer warpgroup of the forward's split tail: at most one tail tile a
   // CTA, so 1024 cover three warpgroups on up to 341 SMs (an H200 has 132). 4 KB.
   static constexpr int kTileCounterWords = 2 + 1024;
@@ -90,11 +101,24 @@ class CudaContext final : public DeviceContext {
   explicit CudaContext(int device);
   int device_;
   DeviceProps props_;
-  CUstream_st* stream_ = nullptr;
+  // A stream with its own GEMM workspace and launch counters: kernels running at once on two streams must not
+  // share either.
+  struct Lane {
+    CUstream_st* stream = nullptr;
+    void* workspace = nullptr;
+    unsigned* counters = nullptr;
+  };
+  void make_lane(Lane& lane, int priority);
+  static void destroy_lane(Lane& lane);
+  Lane lanes_[2];  // main, side
+  int lane_ = 0;   // the lane work is issued on
+  bool side_enabled_ = true;
+  int side_priority_ = 0;
+  CUevent_st* fork_event_ = nullptr;
+  std::vector<CUevent_st*> side_done_;  // per ticket of the side work not yet all joined: its end on the side stream
+  int64_t side_issued_ = 0, side_joined_ = 0;  // tickets handed out and joined since both were last equal
   cublasLtContext* lt_ = nullptr;
-  void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
-  unsigned* tile_counters_ = nullptr;
   std::shared_ptr<CachingAllocator> allocator_;
   std::mutex plans_mu_;
   std::map<std::string, std::shared_ptr<void>> plans_;
