@@ -356,7 +356,8 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
     }
   }
   if (opt_.device_ctx && env_flag_default_on("XF_ONES_COLUMN")) plan_ones_columns(is_output);
-  if (opt_.device_ctx && opt_.side_stream && !opt_.profile && opt_.device_ctx->has_side_stream())
+  if (opt_.device_ctx && (opt_.side_stream || env_flag("XF_SIDE_STREAM")) && !opt_.profile &&
+      opt_.device_ctx->has_side_stream())
     plan_side_work(is_output, f32_grad_at, last_use);
   // The shape of a value's bytes: its own, or with the last axis padded.
   auto stored_shape = [&](int v) {

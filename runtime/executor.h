@@ -55,8 +55,9 @@ struct ExecutorOptions {
   bool grads_overwrite = false;
   // Device: steps whose outputs only gradient slots take (a weight gradient's GEMM) run as side work
   // (DeviceContext::begin_side_work) on the context's side stream, beside the rest of the backward, from the second run
-  // on (the first runs alone: autotuning times kernels one at a time). See Executor::plan_side_work.
-  bool side_stream = true;
+  // on (the first runs alone: autotuning times kernels one at a time). See Executor::plan_side_work. Off by default:
+  // GPT-2's step measured no faster with it (docs/gpu.md); XF_SIDE_STREAM=1 turns it on for every executor.
+  bool side_stream = false;
 };
 
 class Executor {

@@ -280,6 +280,58 @@ XF_CUDA_TEST_CASE("cuda: gemm backward epilogues (dgelu, dgelu_bgrad, bgrad_a, b
   }
 }
 
+// A GEMM of at least 1e10 FLOPs is tuned over cuBLASLt's configurations beyond its heuristic's candidates (tiles,
+// clusters, custom options: ops/cuda/matmul.cu, "the configuration search"): whichever wins, the bias, bias + GELU + aux
+// and dgelu epilogues and the weight-gradient layout with an f32 output give the CPU's results. Awkward sizes:
+// 2053 x 2312 x 1064 (1.01e10 FLOPs).
+XF_CUDA_TEST_CASE("cuda: gemm tuned over the searched configurations (1e10 FLOPs and more) matches the CPU") {
+  const int64_t m = 2053, n = 2312, k = 1064;
+  const ActivationOp gelu(ActivationKind::gelu_tanh);
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const Tensor A = random_tensor({m, k}, 11, -1, 1), W = random_tensor({n, k}, 12, -1, 1);
+    const Tensor bias = random_tensor({n}, 13, -1, 1), pre_in = random_tensor({m, n}, 14, -3, 3);
+    const Tensor dA = on_device(A, dt), dW = on_device(W, dt), dbias = on_device(bias, dt), dpre = on_device(pre_in, dt);
+    const Tensor acc = cpu(MatMulOp(false, true), {rounded(A, dt), rounded(W, dt)});
+    const Tensor pre = cpu(BiasAddOp(), {acc, rounded(bias, dt)});
+    const double scale = k_scale(dt, k);
+
+    Tensor C = poisoned({m, n}, dt);
+    cuda::GemmArgs g = args_for(dt, false, true, m, n, k, dA, dW, C);
+    g.epilogue = cuda::GemmEpilogue::bias;
+    g.bias = dbias.raw_data();
+    cuda::gemm(cuda_ctx(), g);
+    check_dev(C, pre, dt, "bias", scale);
+
+    C = poisoned({m, n}, dt);
+    Tensor aux = poisoned({m, n}, dt);
+    g = args_for(dt, false, true, m, n, k, dA, dW, C);
+    g.epilogue = cuda::GemmEpilogue::bias_gelu_tanh;
+    g.bias = dbias.raw_data();
+    g.aux = aux.raw_data();
+    cuda::gemm(cuda_ctx(), g);
+    check_dev(C, cpu(gelu, {pre}), dt, "bias_gelu_tanh", scale);
+    check_dev(aux, pre, dt, "bias_gelu_tanh's aux", scale);
+
+    // dgelu: (A W) * gelu'(pre_in), W read as (k, n) here: the first n x k elements of W's buffer, (k, n) row-major.
+    const Tensor Wkn = random_tensor({k, n}, 15, -1, 1), dWkn = on_device(Wkn, dt);
+    C = poisoned({m, n}, dt);
+    g = args_for(dt, false, false, m, n, k, dA, dWkn, C);
+    g.epilogue = cuda::GemmEpilogue::dgelu;
+    g.aux = dpre.raw_data();
+    cuda::gemm(cuda_ctx(), g);
+    const Tensor acc2 = cpu(MatMulOp(false, false), {rounded(A, dt), rounded(Wkn, dt)});
+    check_dev(C, cpu(ActivationBackwardOp(ActivationKind::gelu_tanh), {rounded(pre_in, dt), acc2}), dt, "dgelu", scale);
+
+    // A weight gradient's layout and output: dW (n, k) = G^T X in f32, G (m, n), X (m, k).
+    const Tensor G = random_tensor({m, n}, 16, -1, 1), dG = on_device(G, dt);
+    Tensor D = poisoned({n, k}, DType::f32);
+    g = args_for(dt, true, false, n, k, m, dG, dA, D);
+    cuda::gemm(cuda_ctx(), g);
+    check_dev(D, cpu(MatMulOp(true, false), {rounded(G, dt), rounded(A, dt)}), DType::f32, "weight gradient (f32)",
+              k_scale(DType::f32, m));
+  }
+}
+
 XF_CUDA_TEST_CASE("cuda: gemm with f32 output from 16-bit inputs accumulates into C (beta = 1)") {
   const int64_t m = 257, n = 33, k = 1000;
   for (DType dt : {DType::bf16, DType::f16}) {

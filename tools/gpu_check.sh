@@ -68,7 +68,7 @@ if has build; then
   t=$(date +%s)
   if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce xfrun_lab_epilogue_gemm "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce xfrun_lab_epilogue_gemm xfrun_lab_gemm_algo_search "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     tools/check_ptxas_log.sh "$OUT/build.log" 2>&1 | tee -a "$SUMMARY" || true  # serialised wgmmas, named
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
@@ -145,6 +145,8 @@ if has lab; then
   lab_on column_reduce && run_lab lab_column_reduce "column reduction" xfrun_lab_column_reduce
   # A persistent Hopper GEMM with GPT-2's MLP epilogues (bias + GELU, dgelu) against cuBLASLt's fused ones.
   lab_on epilogue_gemm && run_lab lab_epilogue_gemm "epilogue GEMM" xfrun_lab_epilogue_gemm
+  # Not in the default list (it times thousands of configurations, minutes): XF_LABS=gemm_algo_search.
+  lab_on gemm_algo_search && run_lab lab_gemm_algo_search "cuBLASLt algorithm search" xfrun_lab_gemm_algo_search
 fi
 
 if has torch; then

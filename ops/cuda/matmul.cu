@@ -18,6 +18,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
@@ -231,34 +232,165 @@ AutotuneChoices<cublasLtMatmulAlgo_t>& tuned_choices() {
   return t;
 }
 
-// The fastest of `found` heuristic candidates for plan p on g's operands (not rerun_accumulates: reruns are
-// idempotent).
+// ---- the configuration search ----
+// cuBLASLt's heuristic proposes few candidates for GPT-2's shapes (8; 5 for bias + GELU + aux) and misses faster
+// configurations of the same kernels: other tiles (128 x 168, 128 x 160, 96 x 128, which divide the 16384 x 3072 and
+// x 2304 outputs into waves of 132 SMs better), cluster shapes and custom options. tools/lab/gemm_algo_search.cpp, which
+// times every configuration cuBLASLt accepts, found on the H200 (2026-12-01, us a call, the heuristic's best -> the
+// search's): the fc layer's bias + GELU + aux 148.6 -> 138.2, with the bias alone 112.6 -> 101.0, the q/k/v projection
+// 88.8 -> 78.8, the dgelu 144.1 -> 142.4; bit for bit the same outputs (the same k order). So a GEMM of kSearchMinFlops
+// to kSearchMaxFlops also times, for each algorithm the heuristic proposed, every tile it offers x cluster shapes (2x1,
+// 1x2 and the heuristic's) x custom options (0, 1 and the heuristic's), at the heuristic's stage counts and CTA
+// swizzling, unsplit: each accepted by cublasLtMatmulAlgoCheck within the workspace (the lab's winners all had such
+// clusters and options; the whole space took GPT-2's first step from seconds to minutes, 2026-12-01 run 3). A first
+// pass times each once; the fastest kTuneCandidates and every heuristic candidate are then timed in batches of
+// kTuneBatch launches, and a searched configuration is taken only when it beats the heuristic's best by kSearchMargin
+// (the fastest of hundreds of noisy first looks is biased low: run 3 took a searched fc2 forward at 106.0 us in the
+// step against the heuristic's 102.9). XF_GEMM_SEARCH=0: the heuristic's candidates only.
+constexpr double kSearchMinFlops = 1e10;  // GPT-2's smallest GEMM (16384 x 768 x 768) is 1.9e10; a test's are < 1e9
+// GPT-2's logits GEMMs (1.3e12, 1.5 ms each) gained nothing in run 3 and cost seconds a shape to search.
+constexpr double kSearchMaxFlops = 5e11;
+constexpr int kTuneBatch = 5;             // launches per timed run in the final round
+constexpr float kSearchMargin = 0.98f;    // a searched configuration must run in 98% of the heuristic's best time
+
+bool search_enabled() {
+  static const bool on = env_flag_default_on("XF_GEMM_SEARCH");
+  return on;
+}
+
+template <class T>
+T algo_config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
+  T v{};
+  size_t written = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof v, &written);
+  return v;
+}
+
+// An algorithm's capability list of uint32 ids (tiles, stage counts); empty when it has none.
+std::vector<uint32_t> algo_cap_ids(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
+  size_t bytes = 0;
+  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, nullptr, 0, &bytes) != CUBLAS_STATUS_SUCCESS || bytes == 0) return {};
+  std::vector<uint32_t> ids(bytes / sizeof(uint32_t));
+  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, ids.data(), bytes, &bytes) != CUBLAS_STATUS_SUCCESS) return {};
+  return ids;
+}
+
+// The configurations beyond the heuristic's candidates for plan p (see above), each accepted by cuBLASLt.
+std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g,
+                                                   const cublasLtMatmulHeuristicResult_t* results, int found) {
+  std::vector<cublasLtMatmulAlgo_t> out;
+  const cudaDataType_t ab = cuda_dtype(g.dtype), cd = cuda_dtype(g.out_dtype);
+  std::vector<int32_t> ids_done;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    const int32_t id = algo_config<int32_t>(results[i].algo, CUBLASLT_ALGO_CONFIG_ID);
+    if (std::find(ids_done.begin(), ids_done.end(), id) != ids_done.end()) continue;
+    ids_done.push_back(id);
+    // The heuristic's own stage counts, swizzles and clusters for this algorithm, and the plain cluster shapes.
+    std::vector<uint32_t> stages, swizzles, customs = {0, 1};
+    std::vector<uint16_t> clusters = {CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
+    const auto add = [](auto& v, auto x) {
+      if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+    };
+    for (int j = 0; j < found; ++j) {
+      if (results[j].state != CUBLAS_STATUS_SUCCESS || algo_config<int32_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_ID) != id)
+        continue;
+      add(stages, algo_config<uint32_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID));
+      add(swizzles, algo_config<uint32_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING));
+      add(clusters, algo_config<uint16_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
+      add(customs, algo_config<uint32_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
+    }
+    cublasLtMatmulAlgo_t base;
+    if (cublasLtMatmulAlgoInit(ctx.lt(), CUBLAS_COMPUTE_32F, CUDA_R_32F, ab, ab, cd, cd, id, &base) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    const std::vector<uint32_t> tiles = algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS);
+    int32_t custom_max = 0;
+    size_t written = 0;
+    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &written);
+    for (uint32_t tile : tiles)
+      for (uint32_t stage : stages)
+        for (uint32_t swizzle : swizzles)
+          for (uint16_t cluster : clusters)
+            for (uint32_t custom : customs) {
+              if (custom > static_cast<uint32_t>(custom_max)) continue;
+              cublasLtMatmulAlgo_t algo = base;
+              const int32_t unsplit = 1;
+              const auto set = [&](cublasLtMatmulAlgoConfigAttributes_t attr, const auto& v) {
+                return cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &v, sizeof v) == CUBLAS_STATUS_SUCCESS;
+              };
+              if (!set(CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !set(CUBLASLT_ALGO_CONFIG_STAGES_ID, stage) ||
+                  !set(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle) || !set(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster) ||
+                  !set(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom) || !set(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, unsplit))
+                continue;
+              cublasLtMatmulHeuristicResult_t r{};
+              if (cublasLtMatmulAlgoCheck(ctx.lt(), p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) == CUBLAS_STATUS_SUCCESS &&
+                  r.workspaceSize <= ctx.workspace_bytes())
+                out.push_back(algo);
+            }
+  }
+  return out;
+}
+
+// The fastest of `found` heuristic candidates for plan p on g's operands, and with the search (above) of the
+// configurations it adds (not rerun_accumulates: reruns are idempotent).
 cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g, const std::string& key,
                                 const cublasLtMatmulHeuristicResult_t* results, int found) {
   const std::string choice_key = str_cat(ctx.device().str(), "/", key);
   cublasLtMatmulAlgo_t chosen;
   if (tuned_choices().find(choice_key, chosen)) return chosen;
   if (stream_capturing(ctx.stream()) || rerun_accumulates(g)) return results[0].algo;
-  int best = 0;
-  float best_ms = -1.0f;
-  for (int i = 0; i < found; ++i) {
-    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    const float ms = min_time_ms(ctx.stream(), kTuneRuns, [&] {
-      return cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, c_read(g), p.lc, g.c, p.lc,
-                            &results[i].algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) ==
-             CUBLAS_STATUS_SUCCESS;
-    });
-    if (autotune_log())
-      std::fprintf(stderr, "[gemm autotune] %s candidate %d: %s\n", key.c_str(), i,
-                   ms >= 0.0f ? str_cat(ms * 1e3f, " us").c_str() : "failed");
-    if (ms >= 0.0f && (best_ms < 0.0f || ms < best_ms)) {
-      best = i;
-      best_ms = ms;
-    }
+  struct Candidate {
+    cublasLtMatmulAlgo_t algo;
+    int index;  // the heuristic's rank, or found + the searched configuration's
+    float ms;
+  };
+  std::vector<Candidate> cands;
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) cands.push_back({results[i].algo, i, -1.0f});
+  const size_t heuristic = cands.size();  // cands[0, heuristic): the heuristic's; then the searched ones
+  const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
+                       static_cast<double>(g.batch);
+  if (search_enabled() && flops >= kSearchMinFlops && flops <= kSearchMaxFlops) {
+    const std::vector<cublasLtMatmulAlgo_t> more = searched_configs(ctx, p, g, results, found);
+    for (size_t j = 0; j < more.size(); ++j) cands.push_back({more[j], found + static_cast<int>(j), -1.0f});
   }
+  const auto time = [&](Candidate& c, int runs, int batch) {
+    c.ms = min_time_ms(
+        ctx.stream(), runs,
+        [&] {
+          return cublasLtMatmul(ctx.lt(), p.desc, &g.alpha, g.b, p.la, g.a, p.lb, &g.beta, c_read(g), p.lc, g.c, p.lc,
+                                &c.algo, ctx.workspace(), ctx.workspace_bytes(), ctx.stream()) == CUBLAS_STATUS_SUCCESS;
+        },
+        batch);
+  };
+  const auto faster = [](const Candidate& a, const Candidate& b) {  // failed ones (negative times) last
+    return (a.ms >= 0.0f) != (b.ms >= 0.0f) ? a.ms >= 0.0f : a.ms < b.ms;
+  };
+  if (cands.size() == 1) return cands[0].algo;  // nothing to choose from
+  const bool searched = cands.size() > heuristic;
+  if (searched) {  // the first pass: one timed run each; then the fastest searched ones beside every heuristic one
+    for (size_t i = heuristic; i < cands.size(); ++i) time(cands[i], 1, 1);
+    std::stable_sort(cands.begin() + static_cast<std::ptrdiff_t>(heuristic), cands.end(), faster);
+    cands.resize(std::min(cands.size(), heuristic + kTuneCandidates));
+  }
+  for (Candidate& c : cands) {
+    time(c, kTuneRuns, searched ? kTuneBatch : 1);
+    if (autotune_log())
+      std::fprintf(stderr, "[gemm autotune] %s candidate %d: %s\n", key.c_str(), c.index,
+                   c.ms >= 0.0f ? str_cat(c.ms * 1e3f, " us").c_str() : "failed");
+  }
+  // The heuristic's best, unless a searched configuration beats it by the margin.
+  float heuristic_ms = -1.0f;
+  for (const Candidate& c : cands)
+    if (c.index < found && c.ms >= 0.0f && (heuristic_ms < 0.0f || c.ms < heuristic_ms)) heuristic_ms = c.ms;
+  for (Candidate& c : cands)
+    if (c.index >= found && c.ms >= 0.0f && heuristic_ms >= 0.0f && c.ms > kSearchMargin * heuristic_ms) c.ms = -1.0f;
+  std::stable_sort(cands.begin(), cands.end(), faster);
+  if (cands.empty() || cands[0].ms < 0.0f) return results[0].algo;
   if (autotune_log())
-    std::fprintf(stderr, "[gemm autotune] %s: candidate %d of %d (%.1f us)\n", key.c_str(), best, found, best_ms * 1e3f);
-  return tuned_choices().store(choice_key, results[best].algo);
+    std::fprintf(stderr, "[gemm autotune] %s: candidate %d (%s) of %d heuristic + searched (%.1f us)\n", key.c_str(),
+                 cands[0].index, cands[0].index < found ? "heuristic" : "searched", found, cands[0].ms * 1e3f);
+  return tuned_choices().store(choice_key, cands[0].algo);
 }
 
 std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const std::string& key) {
@@ -322,7 +454,7 @@ std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const s
     throw Error("gemm", str_cat("cuBLASLt has no algorithm for ", key, " (", cublasLtGetStatusName(st), ", ", found,
                                 " found)"));
   p->algo = results[0].algo;
-  if (found > 1) p->algo = tuned_algo(ctx, *p, g, key, results, found);
+  if (autotune_enabled()) p->algo = tuned_algo(ctx, *p, g, key, results, found);
   return p;
 }
 

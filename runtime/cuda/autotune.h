@@ -22,8 +22,10 @@ namespace xfr::cuda {
 bool stream_capturing(CUstream_st* stream);
 
 // The fastest of `runs` timed launches of `launch` on `stream` after one warm-up launch, in ms (CUDA events);
-// a negative value when `launch` returned false (the candidate failed).
-float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch);
+// a negative value when `launch` returned false (the candidate failed). With batch > 1 each timed run is `batch`
+// launches back to back, and the time is theirs divided by batch: a single launch's event timing carries a few
+// microseconds of launch and event latency, noise that picks the wrong one of candidates a few percent apart.
+float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch, int batch = 1);
 
 // Per process: "<device>/<plan key>" -> the winning candidate (a cuBLASLt algorithm, a cuDNN plan's index).
 template <class Choice>

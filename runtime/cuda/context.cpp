@@ -68,7 +68,6 @@ CudaContext::CudaContext(int device) : device_(device) {
   XF_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
   side_priority_ = least;
   make_lane(lanes_[0], greatest);
-  side_enabled_ = env_flag_default_on("XF_SIDE_STREAM");
 }
 
 void CudaContext::make_lane(Lane& lane, int priority) {
@@ -101,7 +100,6 @@ CudaContext::~CudaContext() {
 
 void CudaContext::begin_side_work() {
   XF_CHECK(lane_ == 0, "cuda", "begin_side_work() while side work is being issued");
-  if (!side_enabled_) return;
   if (!lanes_[1].stream) {  // (may run inside a relaxed capture: the side stream is not capturing yet)
     make_lane(lanes_[1], side_priority_);
     XF_CUDA_CHECK(cudaStreamSynchronize(lanes_[1].stream));  // its counters are zero before the fork below
@@ -114,7 +112,7 @@ void CudaContext::begin_side_work() {
 }
 
 int64_t CudaContext::end_side_work() {
-  if (lane_ == 0) return -1;  // (no side stream: the work went to the main one)
+  if (lane_ == 0) return -1;  // (no side work begun)
   const int64_t ticket = side_issued_;
   if (static_cast<size_t>(ticket) == side_done_.size()) {
     CUevent_st* e = nullptr;

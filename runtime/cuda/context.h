@@ -62,8 +62,8 @@ class CudaContext final : public DeviceContext {
   void replay(const std::shared_ptr<void>& graph) override;
   // Side work (DeviceContext): a second stream, of the lowest priority (the main stream has the highest), with a
   // workspace and launch counters of its own, made at the first begin_side_work(). Graphs are instantiated with the
-  // kernels' priorities, which capture copies from their streams. XF_SIDE_STREAM=0: no side stream.
-  bool has_side_stream() const override { return side_enabled_; }
+  // kernels' priorities, which capture copies from their streams.
+  bool has_side_stream() const override { return true; }
   void begin_side_work() override;
   int64_t end_side_work() override;
   void join_side_work(int64_t ticket) override;
@@ -112,7 +112,6 @@ class CudaContext final : public DeviceContext {
   static void destroy_lane(Lane& lane);
   Lane lanes_[2];  // main, side
   int lane_ = 0;   // the lane work is issued on
-  bool side_enabled_ = true;
   int side_priority_ = 0;
   CUevent_st* fork_event_ = nullptr;
   std::vector<CUevent_st*> side_done_;  // per ticket of the side work not yet all joined: its end on the side stream
