@@ -389,7 +389,10 @@ Executor::Executor(Graph& g, std::vector<Value> outputs, const Gradients& grads,
   // Which inputs the schedule reads (decided once here, not on every run).
   input_used_.assign(input_ids_.size(), false);
   for (size_t i = 0; i < input_ids_.size(); ++i) input_used_[i] = read_by_node(input_ids_[i]);
-  plan_ = xfr::plan_memory(requests, 64);
+  // On a device every activation starts on 256 bytes: the GEMM plans are keyed by their operands' alignment class
+  // (ops/cuda/matmul.cu), so two memory plans of one graph (side work's longer lifetimes, the ones column) pick the same
+  // algorithms, and their results agree bit for bit.
+  plan_ = xfr::plan_memory(requests, opt_.device_ctx ? 256 : 64);
   if (num_side_ > 0) plan_side_joins(requests, request_value);
   if (!opt_.allocate) return;
   arena_ = Tensor::empty({static_cast<int64_t>(std::max<size_t>(plan_.arena_bytes, 1))}, DType::u8,
