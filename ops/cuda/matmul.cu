@@ -22,6 +22,7 @@
 
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemm_algo_config.h"
 #include "ops/matmul.h"
 #include "runtime/cuda/autotune.h"
 
@@ -246,7 +247,9 @@ AutotuneChoices<cublasLtMatmulAlgo_t>& tuned_choices() {
 // pass times each once; the fastest kTuneCandidates and every heuristic candidate are then timed in batches of
 // kTuneBatch launches, and a searched configuration is taken only when it beats the heuristic's best by kSearchMargin
 // (the fastest of hundreds of noisy first looks is biased low: run 3 took a searched fc2 forward at 106.0 us in the
-// step against the heuristic's 102.9). XF_GEMM_SEARCH=0: the heuristic's candidates only.
+// step against the heuristic's 102.9). GPT-2's step, interleaved in one job (run 4): 598,562 and 596,789 tok/s against
+// 586,898 and 589,299 with XF_GEMM_SEARCH=0 (+1.6%), for about 45 s more at the first step (its 15 GEMM shapes are
+// tuned once a process). XF_GEMM_SEARCH=0: the heuristic's candidates only.
 constexpr double kSearchMinFlops = 1e10;  // GPT-2's smallest GEMM (16384 x 768 x 768) is 1.9e10; a test's are < 1e9
 // GPT-2's logits GEMMs (1.3e12, 1.5 ms each) gained nothing in run 3 and cost seconds a shape to search.
 constexpr double kSearchMaxFlops = 5e11;
@@ -256,23 +259,6 @@ constexpr float kSearchMargin = 0.98f;    // a searched configuration must run i
 bool search_enabled() {
   static const bool on = env_flag_default_on("XF_GEMM_SEARCH");
   return on;
-}
-
-template <class T>
-T algo_config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  T v{};
-  size_t written = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof v, &written);
-  return v;
-}
-
-// An algorithm's capability list of uint32 ids (tiles, stage counts); empty when it has none.
-std::vector<uint32_t> algo_cap_ids(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
-  size_t bytes = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, nullptr, 0, &bytes) != CUBLAS_STATUS_SUCCESS || bytes == 0) return {};
-  std::vector<uint32_t> ids(bytes / sizeof(uint32_t));
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, ids.data(), bytes, &bytes) != CUBLAS_STATUS_SUCCESS) return {};
-  return ids;
 }
 
 // The configurations beyond the heuristic's candidates for plan p (see above), each accepted by cuBLASLt.
@@ -286,7 +272,8 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
     const int32_t id = algo_config<int32_t>(results[i].algo, CUBLASLT_ALGO_CONFIG_ID);
     if (std::find(ids_done.begin(), ids_done.end(), id) != ids_done.end()) continue;
     ids_done.push_back(id);
-    // The heuristic's own stage counts, swizzles and clusters for this algorithm, and the plain cluster shapes.
+    // The heuristic's own stage counts, swizzles, clusters and custom options for this algorithm, with the 2x1 and 1x2
+    // clusters and the options 0 and 1.
     std::vector<uint32_t> stages, swizzles, customs = {0, 1};
     std::vector<uint16_t> clusters = {CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
     const auto add = [](auto& v, auto x) {

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/cuda/gemm_algo_config.h"
 #include "tools/lab/lab_cuda.h"
 
 namespace {
@@ -125,32 +126,21 @@ struct Config {
   }
 };
 
-template <class T>
-T config_attr(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  T v{};
-  size_t written = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof v, &written);
-  return v;
-}
-
 Config describe(const cublasLtMatmulAlgo_t& algo) {
   Config c;
   c.algo = algo;
-  c.id = config_attr<int32_t>(algo, CUBLASLT_ALGO_CONFIG_ID);
-  c.tile = static_cast<int>(config_attr<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_TILE_ID));
-  c.stages = static_cast<int>(config_attr<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID));
-  c.cluster = static_cast<int>(config_attr<uint16_t>(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
-  c.swizzle = static_cast<int>(config_attr<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING));
-  c.custom = static_cast<int>(config_attr<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
+  c.id = xfr::cuda::algo_config<int32_t>(algo, CUBLASLT_ALGO_CONFIG_ID);
+  c.tile = static_cast<int>(xfr::cuda::algo_config<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_TILE_ID));
+  c.stages = static_cast<int>(xfr::cuda::algo_config<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID));
+  c.cluster = static_cast<int>(xfr::cuda::algo_config<uint16_t>(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
+  c.swizzle = static_cast<int>(xfr::cuda::algo_config<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING));
+  c.custom = static_cast<int>(xfr::cuda::algo_config<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
   return c;
 }
 
+// A capability list, or {0} (undefined: the algorithm picks) when it has none.
 std::vector<uint32_t> cap_ids(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
-  size_t bytes = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, nullptr, 0, &bytes) != CUBLAS_STATUS_SUCCESS || bytes == 0)
-    return {0};  // undefined: let the algorithm pick
-  std::vector<uint32_t> ids(bytes / sizeof(uint32_t));
-  cublasLtMatmulAlgoCapGetAttribute(&algo, attr, ids.data(), bytes, &bytes);
+  std::vector<uint32_t> ids = xfr::cuda::algo_cap_ids(algo, attr);
   return ids.empty() ? std::vector<uint32_t>{0} : ids;
 }
 
