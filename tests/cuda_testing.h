@@ -10,10 +10,18 @@
 #include <memory>
 #include <vector>
 
+#include "ops/cast.h"
 #include "runtime/device_context.h"
 #include "tests/testing.h"
 
 namespace xfr::testing {
+
+// Mixed precision as the model builder sets it up (factory/model_builder.cpp): g computes in dt, and every parameter is
+// cast to dt where it is used (f32 master weights in the store).
+inline void compute_in(Graph& g, DType dt) {
+  g.set_compute_dtype(dt);
+  g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+}
 
 inline bool cuda_tests_enabled() {
   static const bool enabled = test_device().is_cuda() && cuda_device_count() > 0;

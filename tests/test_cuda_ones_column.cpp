@@ -164,8 +164,7 @@ std::vector<std::vector<double>> run_sublayer(DType dt, bool ones, int* ones_col
   ScopedEnv env("XF_ONES_COLUMN", ones ? "1" : "0");
   const int64_t B = 3, T = 43, C = 40, H = 72;  // 129 rows; C and H multiples of 8
   Graph g;
-  g.set_compute_dtype(dt);
-  g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+  compute_in(g, dt);
   Value x = g.input("x", TensorMeta{{B, T, C}, dt});
   const auto P = [&](const char* n, Shape s) { return g.param(n, s); };
   Value h = layernorm(x, P("ln1.w", {C}), P("ln1.b", {C}), 1e-5, "ln1");

@@ -260,8 +260,7 @@ XF_CUDA_TEST_CASE("cuda executor: a concatenation of adjacent parameters is a vi
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
     Graph g;
-    g.set_compute_dtype(dt);
-    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    compute_in(g, dt);
     Value x = g.input("x", TensorMeta{{33, 40}, dt});
     g.param("before", {7});  // ahead of the group in the store: the view starts past it
     const std::vector<Value> w{g.param("a", {16, 40}), g.param("b", {24, 40}), g.param("c", {16, 40})};
@@ -300,8 +299,7 @@ XF_CUDA_TEST_CASE("cuda executor: a packed gradient split into adjacent slots is
   for (DType dt : {DType::bf16, DType::f16}) {
     CAPTURE(dtype_name(dt));
     Graph g;
-    g.set_compute_dtype(dt);
-    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    compute_in(g, dt);
     Value x = g.input("x", TensorMeta{{3, 43, 40}, dt});
     g.param("before", {7});
     const std::vector<Value> w{g.param("a", {16, 40}), g.param("b", {24, 40}), g.param("c", {16, 40})};
@@ -411,8 +409,7 @@ XF_CUDA_TEST_CASE("cuda executor: weight gradients on the side stream give the o
     CAPTURE(graph);
     Graph g;
     const DType dt = DType::bf16;
-    g.set_compute_dtype(dt);
-    g.set_param_transform([dt](const Value& p) { return cast(p, dt, "cast"); });
+    compute_in(g, dt);
     Value x = g.input("x", TensorMeta{{B, T, C}, dt});
     Value h = x;
     for (int l = 0; l < kLayers; ++l) {

@@ -294,12 +294,14 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
     int32_t custom_max = 0;
     size_t written = 0;
     cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &written);
+    customs.erase(std::remove_if(customs.begin(), customs.end(),
+                                 [&](uint32_t c) { return c > static_cast<uint32_t>(custom_max); }),
+                  customs.end());
     for (uint32_t tile : tiles)
       for (uint32_t stage : stages)
         for (uint32_t swizzle : swizzles)
           for (uint16_t cluster : clusters)
             for (uint32_t custom : customs) {
-              if (custom > static_cast<uint32_t>(custom_max)) continue;
               cublasLtMatmulAlgo_t algo = base;
               const int32_t unsplit = 1;
               const auto set = [&](cublasLtMatmulAlgoConfigAttributes_t attr, const auto& v) {
@@ -367,17 +369,19 @@ cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmA
                    c.ms >= 0.0f ? str_cat(c.ms * 1e3f, " us").c_str() : "failed");
   }
   // The heuristic's best, unless a searched configuration beats it by the margin.
-  float heuristic_ms = -1.0f;
-  for (const Candidate& c : cands)
-    if (c.index < found && c.ms >= 0.0f && (heuristic_ms < 0.0f || c.ms < heuristic_ms)) heuristic_ms = c.ms;
-  for (Candidate& c : cands)
-    if (c.index >= found && c.ms >= 0.0f && heuristic_ms >= 0.0f && c.ms > kSearchMargin * heuristic_ms) c.ms = -1.0f;
-  std::stable_sort(cands.begin(), cands.end(), faster);
-  if (cands.empty() || cands[0].ms < 0.0f) return results[0].algo;
+  const auto best_of = [&](size_t begin, size_t end) {  // the fastest of cands[begin, end), or null
+    const Candidate* best = nullptr;
+    for (size_t i = begin; i < end; ++i)
+      if (cands[i].ms >= 0.0f && (!best || cands[i].ms < best->ms)) best = &cands[i];
+    return best;
+  };
+  const Candidate* win = best_of(0, heuristic);
+  if (const Candidate* s = best_of(heuristic, cands.size()); s && (!win || s->ms < kSearchMargin * win->ms)) win = s;
+  if (!win) return results[0].algo;
   if (autotune_log())
     std::fprintf(stderr, "[gemm autotune] %s: candidate %d (%s) of %d heuristic + searched (%.1f us)\n", key.c_str(),
-                 cands[0].index, cands[0].index < found ? "heuristic" : "searched", found, cands[0].ms * 1e3f);
-  return tuned_choices().store(choice_key, cands[0].algo);
+                 win->index, win->index < found ? "heuristic" : "searched", found, win->ms * 1e3f);
+  return tuned_choices().store(choice_key, win->algo);
 }
 
 std::shared_ptr<GemmPlan> make_plan(CudaContext& ctx, const GemmArgs& g, const std::string& key) {
