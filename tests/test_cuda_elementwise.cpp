@@ -139,6 +139,13 @@ XF_CUDA_TEST_CASE("cuda sum_to: columns, rows, scalars, middle axes, and long re
       {{20000, 8}, {8}},          // few outputs, long reduction: split over blocks
       {{8, 20000}, {8, 1}},       // the same with the reduced axis innermost
       {{100003}, {1}},            // a long scalar sum
+      // Short reductions over contiguous rows of at least 64 x 256 16-byte vectors: the vector kernel. A position
+      // table's gradient (B, T, C) -> (T, C), with 5 and 33 rows (the kernel's 4-row steps and their tail), and two
+      // outer axes merged into one run of rows.
+      {{5, 257, 1032}, {257, 1032}},
+      {{33, 67, 2056}, {67, 2056}},
+      {{3, 2, 129, 1024}, {1, 1, 129, 1024}},
+      {{65, 257, 1032}, {257, 1032}},  // one row more than the vector kernel takes: the tiled kernel
   };
   for (const auto& [sx, sy] : cases)
     for (DType dt : cuda_float_dtypes())

@@ -85,7 +85,8 @@ if has test; then
   t=$(date +%s)
   # The whole test binary with the CUDA cases enabled (XF_TEST_FILTER narrows it, doctest -tc syntax);
   # doctest prints each failure with its values.
-  XF_TEST_DEVICE=cuda "$BUILD/xfrun_tests" ${XF_TEST_FILTER:+-tc="$XF_TEST_FILTER"} --duration=true >"$OUT/test.log" 2>&1
+  # No tuning cache (runtime/tune_cache.h) unless asked for: the cases that exercise the GEMM tuner tune.
+  XF_TUNE_CACHE=${XF_TUNE_CACHE-0} XF_TEST_DEVICE=cuda "$BUILD/xfrun_tests" ${XF_TEST_FILTER:+-tc="$XF_TEST_FILTER"} --duration=true >"$OUT/test.log" 2>&1
   rc=$?
   note "test (XF_TEST_DEVICE=cuda ${XF_TEST_FILTER:-all cases}): rc=$rc ($(( $(date +%s) - t )) s): $(grep -E '^\[doctest\] (test cases|assertions)' "$OUT/test.log" | tr '\n' ' ')"
   grep -E "ERROR|FATAL|error:" "$OUT/test.log" | sort | uniq -c | sort -rn | head -60 | tee -a "$SUMMARY"

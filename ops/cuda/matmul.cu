@@ -13,6 +13,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +26,7 @@
 #include "ops/cuda/gemm_algo_config.h"
 #include "ops/matmul.h"
 #include "runtime/cuda/autotune.h"
+#include "runtime/tune_cache.h"
 
 namespace xfr::cuda {
 
@@ -249,23 +251,118 @@ AutotuneChoices<cublasLtMatmulAlgo_t>& tuned_choices() {
 // (the fastest of hundreds of noisy first looks is biased low: run 3 took a searched fc2 forward at 106.0 us in the
 // step against the heuristic's 102.9). GPT-2's step, interleaved in one job (run 4): 598,562 and 596,789 tok/s against
 // 586,898 and 589,299 with XF_GEMM_SEARCH=0 (+1.6%), for about 45 s more at the first step (its 15 GEMM shapes are
-// tuned once a process). XF_GEMM_SEARCH=0: the heuristic's candidates only.
+// tuned once a process; the tuning cache, runtime/tune_cache.h, keeps each choice for later processes on the same
+// GPU model and cuBLASLt). XF_GEMM_SEARCH=0: the heuristic's candidates only; XF_GEMM_SEARCH=full: the whole space
+// (below).
 constexpr double kSearchMinFlops = 1e10;  // GPT-2's smallest GEMM (16384 x 768 x 768) is 1.9e10; a test's are < 1e9
 // GPT-2's logits GEMMs (1.3e12, 1.5 ms each) gained nothing in run 3 and cost seconds a shape to search.
 constexpr double kSearchMaxFlops = 5e11;
 constexpr int kTuneBatch = 5;             // launches per timed run in the final round
 constexpr float kSearchMargin = 0.98f;    // a searched configuration must run in 98% of the heuristic's best time
+// XF_GEMM_SEARCH=full: the lab's whole space (every algorithm id cuBLASLt lists for the types, each tile, stage count,
+// cluster shape, CTA swizzle and custom option 0-7, unsplit), for a machine whose choices the tuning cache keeps
+// (runtime/tune_cache.h): it costs minutes once. kFullSearchMaxConfigs caps the configurations timed a shape (the
+// lab's cap: its largest case accepted 3,664 of 122,548 checked).
+constexpr int kFullSearchMaxConfigs = 4000;
 
-bool search_enabled() {
-  static const bool on = env_flag_default_on("XF_GEMM_SEARCH");
-  return on;
+enum class SearchSpace { none, narrow, full };
+SearchSpace search_space() {
+  static const SearchSpace s = [] {
+    const char* v = std::getenv("XF_GEMM_SEARCH");
+    if (v && std::strcmp(v, "0") == 0) return SearchSpace::none;
+    if (v && std::strcmp(v, "full") == 0) return SearchSpace::full;
+    return SearchSpace::narrow;
+  }();
+  return s;
+}
+const char* search_space_name(SearchSpace s) {
+  return s == SearchSpace::none ? "heuristic" : s == SearchSpace::full ? "full" : "search";
+}
+
+// cublasLtMatmulAlgoConfigSetAttribute of each (attribute, value), false at the first refusal.
+template <class... V>
+bool set_config(cublasLtMatmulAlgo_t& algo, std::pair<cublasLtMatmulAlgoConfigAttributes_t, V>... attr) {
+  return ((cublasLtMatmulAlgoConfigSetAttribute(&algo, attr.first, &attr.second, sizeof attr.second) ==
+           CUBLAS_STATUS_SUCCESS) && ...);
+}
+
+// Whether cuBLASLt accepts `algo` for plan p within the context's workspace.
+bool algo_accepted(CudaContext& ctx, const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
+  cublasLtMatmulHeuristicResult_t r{};
+  return cublasLtMatmulAlgoCheck(ctx.lt(), p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) == CUBLAS_STATUS_SUCCESS &&
+         r.workspaceSize <= ctx.workspace_bytes();
+}
+
+// Every configuration of algorithm `base` over the given tiles, stages, swizzles, clusters and custom options,
+// unsplit, that cuBLASLt accepts for plan p, appended to `out` (up to `cap` in all).
+void add_configs(CudaContext& ctx, const GemmPlan& p, const cublasLtMatmulAlgo_t& base, const std::vector<uint32_t>& tiles,
+                 const std::vector<uint32_t>& stages, const std::vector<uint32_t>& swizzles,
+                 const std::vector<uint16_t>& clusters, const std::vector<uint32_t>& customs, size_t cap,
+                 std::vector<cublasLtMatmulAlgo_t>& out) {
+  const int32_t unsplit = 1;
+  for (uint32_t tile : tiles)
+    for (uint32_t stage : stages)
+      for (uint32_t swizzle : swizzles)
+        for (uint16_t cluster : clusters)
+          for (uint32_t custom : customs) {
+            if (out.size() >= cap) return;
+            cublasLtMatmulAlgo_t algo = base;
+            if (set_config(algo, std::pair{CUBLASLT_ALGO_CONFIG_TILE_ID, tile},
+                           std::pair{CUBLASLT_ALGO_CONFIG_STAGES_ID, stage},
+                           std::pair{CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle},
+                           std::pair{CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster},
+                           std::pair{CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom},
+                           std::pair{CUBLASLT_ALGO_CONFIG_SPLITK_NUM, unsplit}) &&
+                algo_accepted(ctx, p, algo))
+              out.push_back(algo);
+          }
 }
 
 // The configurations beyond the heuristic's candidates for plan p (see above), each accepted by cuBLASLt.
 std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmPlan& p, const GemmArgs& g,
-                                                   const cublasLtMatmulHeuristicResult_t* results, int found) {
+                                                   const cublasLtMatmulHeuristicResult_t* results, int found,
+                                                   SearchSpace space) {
   std::vector<cublasLtMatmulAlgo_t> out;
   const cudaDataType_t ab = cuda_dtype(g.dtype), cd = cuda_dtype(g.out_dtype);
+  const auto init = [&](int32_t id, cublasLtMatmulAlgo_t& base) {
+    return cublasLtMatmulAlgoInit(ctx.lt(), CUBLAS_COMPUTE_32F, CUDA_R_32F, ab, ab, cd, cd, id, &base) ==
+           CUBLAS_STATUS_SUCCESS;
+  };
+  // `customs` with the options 0 to `limit` added, less those above the algorithm's largest.
+  const auto customs_up_to = [](const cublasLtMatmulAlgo_t& base, std::vector<uint32_t> customs, uint32_t limit) {
+    int32_t custom_max = 0;
+    size_t written = 0;
+    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &written);
+    const uint32_t largest = static_cast<uint32_t>(std::max(custom_max, 0));
+    for (uint32_t c = 0; c <= std::min(limit, largest); ++c)
+      if (std::find(customs.begin(), customs.end(), c) == customs.end()) customs.push_back(c);
+    customs.erase(std::remove_if(customs.begin(), customs.end(), [&](uint32_t c) { return c > largest; }), customs.end());
+    return customs;
+  };
+  if (space == SearchSpace::full) {
+    int ids[256];
+    int nids = 0;
+    if (cublasLtMatmulAlgoGetIds(ctx.lt(), CUBLAS_COMPUTE_32F, CUDA_R_32F, ab, ab, cd, cd, 256, ids, &nids) !=
+        CUBLAS_STATUS_SUCCESS)
+      return out;
+    for (int a = 0; a < nids; ++a) {
+      cublasLtMatmulAlgo_t base;
+      if (!init(ids[a], base)) continue;
+      // An empty capability list: the algorithm picks (0, "undefined").
+      const auto or_auto = [](std::vector<uint32_t> v) { return v.empty() ? std::vector<uint32_t>{0} : v; };
+      int32_t swizzle_support = 0;
+      size_t written = 0;
+      cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT, &swizzle_support,
+                                        sizeof swizzle_support, &written);
+      const std::vector<uint32_t> swizzles = swizzle_support ? std::vector<uint32_t>{0, 1} : std::vector<uint32_t>{0};
+      const std::vector<uint16_t> clusters = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
+                                              CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
+      add_configs(ctx, p, base, or_auto(algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS)),
+                  or_auto(algo_cap_ids(base, CUBLASLT_ALGO_CAP_STAGES_IDS)), swizzles, clusters,
+                  customs_up_to(base, {}, 7), kFullSearchMaxConfigs, out);
+    }
+    return out;
+  }
   std::vector<int32_t> ids_done;
   for (int i = 0; i < found; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
@@ -274,7 +371,7 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
     ids_done.push_back(id);
     // The heuristic's own stage counts, swizzles, clusters and custom options for this algorithm, with the 2x1 and 1x2
     // clusters and the options 0 and 1.
-    std::vector<uint32_t> stages, swizzles, customs = {0, 1};
+    std::vector<uint32_t> stages, swizzles, customs;
     std::vector<uint16_t> clusters = {CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
     const auto add = [](auto& v, auto x) {
       if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
@@ -288,36 +385,20 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
       add(customs, algo_config<uint32_t>(results[j].algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION));
     }
     cublasLtMatmulAlgo_t base;
-    if (cublasLtMatmulAlgoInit(ctx.lt(), CUBLAS_COMPUTE_32F, CUDA_R_32F, ab, ab, cd, cd, id, &base) != CUBLAS_STATUS_SUCCESS)
-      continue;
-    const std::vector<uint32_t> tiles = algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS);
-    int32_t custom_max = 0;
-    size_t written = 0;
-    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &written);
-    customs.erase(std::remove_if(customs.begin(), customs.end(),
-                                 [&](uint32_t c) { return c > static_cast<uint32_t>(custom_max); }),
-                  customs.end());
-    for (uint32_t tile : tiles)
-      for (uint32_t stage : stages)
-        for (uint32_t swizzle : swizzles)
-          for (uint16_t cluster : clusters)
-            for (uint32_t custom : customs) {
-              cublasLtMatmulAlgo_t algo = base;
-              const int32_t unsplit = 1;
-              const auto set = [&](cublasLtMatmulAlgoConfigAttributes_t attr, const auto& v) {
-                return cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &v, sizeof v) == CUBLAS_STATUS_SUCCESS;
-              };
-              if (!set(CUBLASLT_ALGO_CONFIG_TILE_ID, tile) || !set(CUBLASLT_ALGO_CONFIG_STAGES_ID, stage) ||
-                  !set(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle) || !set(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster) ||
-                  !set(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom) || !set(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, unsplit))
-                continue;
-              cublasLtMatmulHeuristicResult_t r{};
-              if (cublasLtMatmulAlgoCheck(ctx.lt(), p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) == CUBLAS_STATUS_SUCCESS &&
-                  r.workspaceSize <= ctx.workspace_bytes())
-                out.push_back(algo);
-            }
+    if (!init(id, base)) continue;
+    add_configs(ctx, p, base, algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS), stages, swizzles, clusters,
+                customs_up_to(base, customs, 1), SIZE_MAX, out);
   }
   return out;
+}
+
+// The key a tuned choice is kept under in the tuning cache file (runtime/tune_cache.h): everything that decides
+// which algorithm wins beside the plan key: the GPU model (name, compute capability, SM count), cuBLASLt's
+// version and the search space.
+std::string persisted_key(CudaContext& ctx, const std::string& key) {
+  const DeviceProps& d = ctx.props();
+  return str_cat("gemm/v1/", d.name, "/sm", d.major, d.minor, "x", d.sm_count, "/cublasLt", cublasLtGetVersion(), "/",
+                 search_space_name(search_space()), "/tune", tune_candidates(), "/", key);
 }
 
 // The fastest of `found` heuristic candidates for plan p on g's operands, and with the search (above) of the
@@ -327,7 +408,16 @@ cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmA
   const std::string choice_key = str_cat(ctx.device().str(), "/", key);
   cublasLtMatmulAlgo_t chosen;
   if (tuned_choices().find(choice_key, chosen)) return chosen;
+  // A choice an earlier process tuned on this GPU model and cuBLASLt (runtime/tune_cache.h), if cuBLASLt still
+  // accepts it for this plan.
+  const std::string disk_key = persisted_key(ctx, key);
+  std::vector<uint8_t> bytes;
+  if (TuneCache::instance().lookup(disk_key, bytes) && bytes.size() == sizeof chosen) {
+    std::memcpy(&chosen, bytes.data(), sizeof chosen);
+    if (algo_accepted(ctx, p, chosen)) return tuned_choices().store(choice_key, chosen);
+  }
   if (stream_capturing(ctx.stream()) || rerun_accumulates(g)) return results[0].algo;
+  const auto tune_start = std::chrono::steady_clock::now();
   struct Candidate {
     cublasLtMatmulAlgo_t algo;
     int index;  // the heuristic's rank, or found + the searched configuration's
@@ -339,10 +429,11 @@ cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmA
   const size_t heuristic = cands.size();  // cands[0, heuristic): the heuristic's; then the searched ones
   const double flops = 2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k) *
                        static_cast<double>(g.batch);
-  if (search_enabled() && flops >= kSearchMinFlops && flops <= kSearchMaxFlops) {
-    const std::vector<cublasLtMatmulAlgo_t> more = searched_configs(ctx, p, g, results, found);
+  if (search_space() != SearchSpace::none && flops >= kSearchMinFlops && flops <= kSearchMaxFlops) {
+    const std::vector<cublasLtMatmulAlgo_t> more = searched_configs(ctx, p, g, results, found, search_space());
     for (size_t j = 0; j < more.size(); ++j) cands.push_back({more[j], found + static_cast<int>(j), -1.0f});
   }
+  const size_t searched_count = cands.size() - heuristic;
   const auto time = [&](Candidate& c, int runs, int batch) {
     c.ms = min_time_ms(
         ctx.stream(), runs,
@@ -378,9 +469,13 @@ cublasLtMatmulAlgo_t tuned_algo(CudaContext& ctx, const GemmPlan& p, const GemmA
   const Candidate* win = best_of(0, heuristic);
   if (const Candidate* s = best_of(heuristic, cands.size()); s && (!win || s->ms < kSearchMargin * win->ms)) win = s;
   if (!win) return results[0].algo;
+  const double tune_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tune_start).count();
   if (autotune_log())
-    std::fprintf(stderr, "[gemm autotune] %s: candidate %d (%s) of %d heuristic + searched (%.1f us)\n", key.c_str(),
-                 win->index, win->index < found ? "heuristic" : "searched", found, win->ms * 1e3f);
+    std::fprintf(stderr, "[gemm autotune] %s: candidate %d (%s) of %d heuristic + %zu searched (%.1f us; tuned in %.2f s)\n",
+                 key.c_str(), win->index, win->index < found ? "heuristic" : "searched", found,
+                 searched_count, win->ms * 1e3f, tune_s);
+  TuneCache::instance().record(disk_key, &win->algo, sizeof win->algo,
+                               str_cat(win->ms * 1e3f, " us, ", win->index < found ? "heuristic" : "searched"));
   return tuned_choices().store(choice_key, win->algo);
 }
 
