@@ -26,7 +26,6 @@ constexpr int kStarMaxPartials = 1024;
 // x, y: (n); scale, bias: (1)
 template <class T, bool kVec>
 __global__ void star_relu_kernel(const T* x, const T* scale, const T* bias, T* y, int64_t n) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const float s = to_float(scale[0]), b = to_float(bias[0]);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -57,7 +56,6 @@ __global__ void star_relu_kernel(const T* x, const T* scale, const T* bias, T* y
 template <class T, bool kVec>
 __global__ void star_relu_backward_kernel(const T* x, const T* scale, const T* dy, T* dx, double* partial, T* dscale,
                                           T* dbias, int64_t n) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const float s = to_float(scale[0]);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -107,7 +105,6 @@ __global__ void star_relu_backward_kernel(const T* x, const T* scale, const T* d
 // fixed-shape block reduction.
 template <class T>
 __global__ void star_relu_partials_kernel(const double* partial, int count, T* dscale, T* dbias) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   double s = 0.0, b = 0.0;
   for (int k = threadIdx.x; k < count; k += blockDim.x) {
@@ -184,9 +181,9 @@ void launch_star_relu(DType dtype, const void* x, const void* scale, const void*
     const T* ps = static_cast<const T*>(scale);
     const T* pb = static_cast<const T*>(bias);
     if (dev::aligned16(px) && dev::aligned16(py)) {
-      launch_kernel(star_relu_kernel<T, true>, grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream, px, ps, pb, py, n);
+      star_relu_kernel<T, true><<<grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream>>>(px, ps, pb, py, n);
     } else {
-      launch_kernel(star_relu_kernel<T, false>, grid_1d(n), kBlock, 0, stream, px, ps, pb, py, n);
+      star_relu_kernel<T, false><<<grid_1d(n), kBlock, 0, stream>>>(px, ps, pb, py, n);
     }
   });
   XF_CUDA_CHECK_LAUNCH("star_relu");
@@ -211,15 +208,15 @@ void launch_star_relu_backward(DType dtype, const void* x, const void* scale, co
     double* partial = blocks > 1 ? static_cast<double*>(workspace) : nullptr;
     const unsigned grid = static_cast<unsigned>(blocks);
     if (vec) {
-      launch_kernel(star_relu_backward_kernel<T, true>, grid, kBlock, 0, stream, px, static_cast<const T*>(scale), pg,
-                    pdx, partial, pds, pdb, n);
+      star_relu_backward_kernel<T, true><<<grid, kBlock, 0, stream>>>(px, static_cast<const T*>(scale), pg, pdx, partial,
+                                                                     pds, pdb, n);
     } else {
-      launch_kernel(star_relu_backward_kernel<T, false>, grid, kBlock, 0, stream, px, static_cast<const T*>(scale), pg,
-                    pdx, partial, pds, pdb, n);
+      star_relu_backward_kernel<T, false><<<grid, kBlock, 0, stream>>>(px, static_cast<const T*>(scale), pg, pdx,
+                                                                      partial, pds, pdb, n);
     }
     XF_CUDA_CHECK_LAUNCH("star_relu_backward");
     if (blocks > 1) {
-      launch_kernel(star_relu_partials_kernel<T>, 1, kBlock, 0, stream, partial, static_cast<int>(blocks), pds, pdb);
+      star_relu_partials_kernel<T><<<1, kBlock, 0, stream>>>(partial, static_cast<int>(blocks), pds, pdb);
       XF_CUDA_CHECK_LAUNCH("star_relu_backward partials");
     }
   });

@@ -16,7 +16,6 @@ namespace {
 // x, y: (n = rows * C), b: (C). kVec: C % W == 0 and x, b, y 16-byte aligned.
 template <class T, class I, bool kVec>
 __global__ void bias_add_kernel(const T* x, const T* b, T* y, I n, I C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   const I tid = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -40,11 +39,9 @@ template <class T, class I>
 void bias_add_typed(const T* x, const T* b, T* y, int64_t n, int64_t C, cudaStream_t stream) {
   constexpr int W = dev::Vec<T>::kWidth;
   if (C % W == 0 && dev::aligned16(x) && dev::aligned16(b) && dev::aligned16(y)) {
-    launch_kernel(bias_add_kernel<T, I, true>, grid_1d(n, W), kBlock, 0, stream, x, b, y, static_cast<I>(n),
-                  static_cast<I>(C));
+    bias_add_kernel<T, I, true><<<grid_1d(n, W), kBlock, 0, stream>>>(x, b, y, static_cast<I>(n), static_cast<I>(C));
   } else {
-    launch_kernel(bias_add_kernel<T, I, false>, grid_1d(n), kBlock, 0, stream, x, b, y, static_cast<I>(n),
-                  static_cast<I>(C));
+    bias_add_kernel<T, I, false><<<grid_1d(n), kBlock, 0, stream>>>(x, b, y, static_cast<I>(n), static_cast<I>(C));
   }
   XF_CUDA_CHECK_LAUNCH("bias_add");
 }

@@ -12,7 +12,6 @@
 #include "ops/cuda/device/types.cuh"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/context.h"
-#include "runtime/cuda/launch.cuh"  // launch_kernel and dev::pdl_begin (programmatic dependent launch)
 #include "runtime/kernel_registry.h"
 
 namespace xfr::cuda {

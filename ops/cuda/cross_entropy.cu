@@ -146,7 +146,6 @@ __global__ void __launch_bounds__(kMaxRowThreads, kGrad ? kGradMinBlocks : kForw
                       const float* __restrict__ coef,  // (1,): 1 / n_valid; kGrad only
                       T* __restrict__ dlogits,         // (N, V); kGrad only
                       int64_t N, int64_t V, int64_t ignore_index, float ls) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   static_assert(kGrad || !kRowInSmem, "the shared-memory row copy serves the dlogits pass");
   constexpr int kSteps = kRowInSmem ? kRowSmemUnroll : kUnroll;  // packs loaded before they are folded in
   extern __shared__ __align__(16) unsigned char ce_row_smem[];
@@ -254,7 +253,6 @@ __global__ void __launch_bounds__(kFinalThreads)
                        const float* __restrict__ coef,      // (1,) or null
                        float* __restrict__ loss,            // (1,)
                        int64_t N, int64_t V, int64_t ignore_index) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   double sum = 0, valid = 0, bad = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
     if (coef) {
@@ -285,7 +283,6 @@ __global__ void __launch_bounds__(kFinalThreads)
                    float dloss_value,
                    float* __restrict__ coef,         // (1,)
                    int64_t N, int64_t V, int64_t ignore_index) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   double valid = 0, bad = 0;
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) {
     const I t = targets[n];
@@ -308,7 +305,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                        const float* __restrict__ dlse,  // (N) or null
                        T* __restrict__ dlogits,         // (N, V)
                        int64_t N, int64_t V, int64_t ignore_index, float ls) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t packs = V / W;
   for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < N; row += int64_t(gridDim.x) * blockDim.y) {
@@ -330,7 +326,7 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
     float* coef = nullptr;  // 1 / n_valid, before the rows' dlogits need it
     if (dlogits) {
       coef = scratch.take<float>(1, "cross_entropy");
-      launch_kernel(ce_coef_kernel<I>, 1, kFinalThreads, 0, stream, targets, nullptr, 1.f, coef, N, V, ignore_index);
+      ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, 1.f, coef, N, V, ignore_index);
       XF_CUDA_CHECK_LAUNCH("cross_entropy_coef");
     }
     auto run = [&](auto width) {
@@ -343,14 +339,14 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
         const auto kernel = ce_forward_kernel<T, I, W, true, true>;
         static std::atomic<uint64_t> raised{0};  // the devices whose limit this kernel has raised to smem_cap
         allow_smem(kernel, static_cast<size_t>(smem_cap), raised);
-        launch_kernel(kernel, plan.grid(N), plan.block(), smem, stream, logits, targets, lse, row_loss, coef, dlogits,
-                      N, V, ignore_index, fls);
+        kernel<<<plan.grid(N), plan.block(), smem, stream>>>(logits, targets, lse, row_loss, coef, dlogits, N, V,
+                                                             ignore_index, fls);
       } else if (dlogits) {
-        launch_kernel(ce_forward_kernel<T, I, W, true, false>, plan.grid(N), plan.block(), 0, stream, logits, targets,
-                      lse, row_loss, coef, dlogits, N, V, ignore_index, fls);
+        ce_forward_kernel<T, I, W, true, false><<<plan.grid(N), plan.block(), 0, stream>>>(
+            logits, targets, lse, row_loss, coef, dlogits, N, V, ignore_index, fls);
       } else {
-        launch_kernel(ce_forward_kernel<T, I, W, false, false>, plan.grid(N), plan.block(), 0, stream, logits, targets,
-                      lse, row_loss, nullptr, nullptr, N, V, ignore_index, fls);
+        ce_forward_kernel<T, I, W, false, false><<<plan.grid(N), plan.block(), 0, stream>>>(
+            logits, targets, lse, row_loss, nullptr, nullptr, N, V, ignore_index, fls);
       }
       XF_CUDA_CHECK_LAUNCH("cross_entropy_forward");
     };
@@ -359,11 +355,9 @@ void ce_forward(const T* logits, const I* targets, float* loss, float* lse, T* d
       run(std::integral_constant<int, Vw>{});
     else
       run(std::integral_constant<int, 1>{});
-    launch_kernel(ce_finalize_kernel<I>, 1, kFinalThreads, 0, stream, targets, row_loss, coef, loss, N, V,
-                  ignore_index);
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, row_loss, coef, loss, N, V, ignore_index);
   } else {
-    launch_kernel(ce_finalize_kernel<I>, 1, kFinalThreads, 0, stream, targets, nullptr, nullptr, loss, 0, V,
-                  ignore_index);  // 0
+    ce_finalize_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, nullptr, nullptr, loss, 0, V, ignore_index);  // 0
   }
   XF_CUDA_CHECK_LAUNCH("cross_entropy_finalize");
 }
@@ -375,13 +369,13 @@ void ce_backward(const T* logits, const float* lse, const I* targets, const floa
                  cudaStream_t stream) {
   if (N == 0) return;
   float* coef = scratch.take<float>(1, "cross_entropy_backward");
-  launch_kernel(ce_coef_kernel<I>, 1, kFinalThreads, 0, stream, targets, dloss, 0.f, coef, N, V, ignore_index);
+  ce_coef_kernel<I><<<1, kFinalThreads, 0, stream>>>(targets, dloss, 0.f, coef, N, V, ignore_index);
   XF_CUDA_CHECK_LAUNCH("cross_entropy_coef");
   auto run = [&](auto width) {
     constexpr int W = decltype(width)::value;
     const RowPlan plan = plan_ce(V, W);
-    launch_kernel(ce_backward_kernel<T, I, W>, plan.grid(N), plan.block(), 0, stream, logits, lse, targets, coef, dlse,
-                  dlogits, N, V, ignore_index, static_cast<float>(ls));
+    ce_backward_kernel<T, I, W><<<plan.grid(N), plan.block(), 0, stream>>>(logits, lse, targets, coef, dlse, dlogits,
+                                                                          N, V, ignore_index, static_cast<float>(ls));
     XF_CUDA_CHECK_LAUNCH("cross_entropy_backward");
   };
   constexpr int Vw = vec_width<T>();

@@ -95,7 +95,6 @@ struct InPtrs {
 // N == 1 copies (broadcast_to, any storage type); N == 2 computes f(a, b) in float.
 template <class T, class I, int W, int N, class F>
 __global__ void bcast_kernel(T* y, InPtrs<T, N> in, BcastGeom<N> g, I chunks, F f) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I c = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
@@ -175,16 +174,14 @@ void launch_bcast(T* y, InPtrs<T, N> in, const Shape& out, const Shape* const in
     g.size[0] /= W;
     const int64_t chunks = n / W;
     if (small) {
-      launch_kernel(bcast_kernel<T, uint32_t, W, N, F>, grid_1d(chunks), kBlock, 0, stream, y, in, g,
-                    static_cast<uint32_t>(chunks), f);
+      bcast_kernel<T, uint32_t, W, N, F><<<grid_1d(chunks), kBlock, 0, stream>>>(y, in, g, static_cast<uint32_t>(chunks), f);
     } else {
-      launch_kernel(bcast_kernel<T, int64_t, W, N, F>, grid_1d(chunks), kBlock, 0, stream, y, in, g, chunks, f);
+      bcast_kernel<T, int64_t, W, N, F><<<grid_1d(chunks), kBlock, 0, stream>>>(y, in, g, chunks, f);
     }
   } else if (small) {
-    launch_kernel(bcast_kernel<T, uint32_t, 1, N, F>, grid_1d(n), kBlock, 0, stream, y, in, g, static_cast<uint32_t>(n),
-                  f);
+    bcast_kernel<T, uint32_t, 1, N, F><<<grid_1d(n), kBlock, 0, stream>>>(y, in, g, static_cast<uint32_t>(n), f);
   } else {
-    launch_kernel(bcast_kernel<T, int64_t, 1, N, F>, grid_1d(n), kBlock, 0, stream, y, in, g, n, f);
+    bcast_kernel<T, int64_t, 1, N, F><<<grid_1d(n), kBlock, 0, stream>>>(y, in, g, n, f);
   }
   XF_CUDA_CHECK_LAUNCH(op);
 }
@@ -331,7 +328,6 @@ __device__ __forceinline__ I kept_offset(I j, const ReduceGeom& g) {
 template <class T, class I, bool kRedInner>
 __global__ void __launch_bounds__(kRedBlockX* kRedBlockY)
     sum_to_kernel(const T* x, T* y, double* partial, ReduceGeom g, I ny, I R, I per_split, int splits) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   constexpr int kOuts = kRedInner ? kRedBlockY : kRedBlockX;
   constexpr int kLanes = kRedInner ? kRedBlockX : kRedBlockY;
@@ -374,7 +370,6 @@ __global__ void __launch_bounds__(kRedBlockX* kRedBlockY)
 // partial: (splits, ny) -> y: (ny), summed over splits in order.
 template <class T, class I>
 __global__ void sum_partials_kernel(const double* partial, T* y, I ny, int splits) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   for (I j = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; j < ny; j += stride) {
     double s = 0.0;
@@ -392,7 +387,6 @@ __global__ void sum_partials_kernel(const double* partial, T* y, I ny, int split
 template <class T, class I>
 __global__ void __launch_bounds__(kBlock) sum_rows_vec_kernel(const T* __restrict__ x, T* __restrict__ y, ReduceGeom g,
                                                               I nvec, I R) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   constexpr int W = Vec<T>::kWidth;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
@@ -445,8 +439,8 @@ template <class T, class I>
 void sum_to_typed(const T* x, T* y, const ReducePlan& p, void* workspace, cudaStream_t stream) {
   if (sum_rows_vec_applies(x, y, p)) {
     const int64_t nvec = p.ny / dev::Vec<T>::kWidth;
-    launch_kernel(sum_rows_vec_kernel<T, I>, grid_1d(nvec), kBlock, 0, stream, x, y, p.g, static_cast<I>(nvec),
-                  static_cast<I>(p.R));
+    sum_rows_vec_kernel<T, I><<<grid_1d(nvec), kBlock, 0, stream>>>(
+        x, y, p.g, static_cast<I>(nvec), static_cast<I>(p.R));
     XF_CUDA_CHECK_LAUNCH("sum_to (rows)");
     return;
   }
@@ -456,13 +450,13 @@ void sum_to_typed(const T* x, T* y, const ReducePlan& p, void* workspace, cudaSt
   const I ny = static_cast<I>(p.ny), R = static_cast<I>(p.R), per = static_cast<I>(p.per_split);
   const int splits = static_cast<int>(p.splits);
   if (p.g.red_inner) {
-    launch_kernel(sum_to_kernel<T, I, true>, grid, block, 0, stream, x, y, partial, p.g, ny, R, per, splits);
+    sum_to_kernel<T, I, true><<<grid, block, 0, stream>>>(x, y, partial, p.g, ny, R, per, splits);
   } else {
-    launch_kernel(sum_to_kernel<T, I, false>, grid, block, 0, stream, x, y, partial, p.g, ny, R, per, splits);
+    sum_to_kernel<T, I, false><<<grid, block, 0, stream>>>(x, y, partial, p.g, ny, R, per, splits);
   }
   XF_CUDA_CHECK_LAUNCH("sum_to");
   if (p.splits > 1) {
-    launch_kernel(sum_partials_kernel<T, I>, grid_1d(p.ny), kBlock, 0, stream, partial, y, ny, splits);
+    sum_partials_kernel<T, I><<<grid_1d(p.ny), kBlock, 0, stream>>>(partial, y, ny, splits);
     XF_CUDA_CHECK_LAUNCH("sum_to partials");
   }
 }
@@ -472,7 +466,6 @@ void sum_to_typed(const T* x, T* y, const ReducePlan& p, void* workspace, cudaSt
 // y: (n) elements of storage type S, each set to `bits`.
 template <class S>
 __global__ void fill_kernel(S* y, int64_t n, S bits) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   constexpr int W = Vec<S>::kWidth;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -620,8 +613,7 @@ void launch_fill(DType dtype, void* y, int64_t n, double value, CUstream_st* str
   }
   with_storage(dtype_size(dtype), "fill", [&](auto tag) {
     using S = decltype(tag);
-    launch_kernel(fill_kernel<S>, grid_1d(n, dev::Vec<S>::kWidth), kBlock, 0, stream, static_cast<S*>(y), n,
-                  static_cast<S>(bits));
+    fill_kernel<S><<<grid_1d(n, dev::Vec<S>::kWidth), kBlock, 0, stream>>>(static_cast<S*>(y), n, static_cast<S>(bits));
   });
   XF_CUDA_CHECK_LAUNCH("fill");
 }

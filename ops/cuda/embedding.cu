@@ -30,7 +30,6 @@ using dev::Vec;
 template <class T, class I, int W>
 __global__ void embedding_forward(const T* __restrict__ table, const I* __restrict__ ids, T* __restrict__ y, int64_t n,
                                   int64_t V, int64_t C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t per_row = C / W, total = n * per_row;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < total;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -58,7 +57,6 @@ __global__ void embedding_forward(const T* __restrict__ table, const I* __restri
 template <class I>
 __global__ void embedding_sort_keys(const I* __restrict__ ids, uint32_t* __restrict__ keys, int32_t* __restrict__ vals,
                                     int64_t n, int64_t V) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t id = static_cast<int64_t>(ids[t]);
@@ -89,7 +87,6 @@ template <class T, class TOut, int W, bool kAdd>
 __global__ void embedding_backward_rows(const T* __restrict__ dy, const uint32_t* __restrict__ sorted_keys,
                                         const int32_t* __restrict__ order, TOut* __restrict__ dtable, int64_t n,
                                         int64_t V, int64_t C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   static_assert(!kAdd || std::is_same_v<TOut, float>, "adds into f32 only");
   const int64_t begin = blockIdx.x;
   const uint32_t v = sorted_keys[begin];
@@ -134,9 +131,9 @@ void launch_forward(const Tensor& table, const Tensor& ids, const Tensor& y, cud
   const I* ip = static_cast<const I*>(ids.raw_data());
   constexpr int W = Vec<T>::kWidth;
   if (C % W == 0 && dev::aligned16(tp) && dev::aligned16(yp)) {
-    launch_kernel(embedding_forward<T, I, W>, grid_1d(n * C / W), kBlock, 0, s, tp, ip, yp, n, V, C);
+    embedding_forward<T, I, W><<<grid_1d(n * C / W), kBlock, 0, s>>>(tp, ip, yp, n, V, C);
   } else {
-    launch_kernel(embedding_forward<T, I, 1>, grid_1d(n * C), kBlock, 0, s, tp, ip, yp, n, V, C);
+    embedding_forward<T, I, 1><<<grid_1d(n * C), kBlock, 0, s>>>(tp, ip, yp, n, V, C);
   }
   XF_CUDA_CHECK_LAUNCH("embedding_forward");
 }
@@ -167,11 +164,9 @@ void launch_backward_rows(const Tensor& dy, const uint32_t* sorted_keys, const i
   const int64_t tiles = std::min<int64_t>((C + int64_t{kBackwardThreads} * W - 1) / (int64_t{kBackwardThreads} * W), 65535);
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(tiles));
   if (vec)
-    launch_kernel(embedding_backward_rows<T, TOut, VW, kAdd>, grid, kBackwardThreads, 0, s, gp, sorted_keys, order, tp,
-                  n, V, C);
+    embedding_backward_rows<T, TOut, VW, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, V, C);
   else
-    launch_kernel(embedding_backward_rows<T, TOut, 1, kAdd>, grid, kBackwardThreads, 0, s, gp, sorted_keys, order, tp,
-                  n, V, C);
+    embedding_backward_rows<T, TOut, 1, kAdd><<<grid, kBackwardThreads, 0, s>>>(gp, sorted_keys, order, tp, n, V, C);
   XF_CUDA_CHECK_LAUNCH("embedding_backward_rows");
 }
 
@@ -220,8 +215,7 @@ void embedding_backward_kernel(const Op& op_, const KernelContext& ctx, const st
   auto* order = reinterpret_cast<int32_t*>(base + 3 * n4);
   void* temp = base + 4 * n4;
   XF_DISPATCH_INDEX(ids.dtype(), "embedding_backward", I, {
-    launch_kernel(embedding_sort_keys<I>, grid_1d(n), kBlock, 0, s, static_cast<const I*>(ids.raw_data()), keys, vals,
-                  n, V);
+    embedding_sort_keys<I><<<grid_1d(n), kBlock, 0, s>>>(static_cast<const I*>(ids.raw_data()), keys, vals, n, V);
     XF_CUDA_CHECK_LAUNCH("embedding_sort_keys");
   });
   XF_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys, sorted_keys, vals, order, nn, 0, end_bit, s));

@@ -64,7 +64,7 @@ template <auto kernel>
 void launch_ws(dim3 grid, int smem, const BwdArgs& args, cudaStream_t stream) {
   static std::atomic<uint64_t> done{0};
   allow_smem(kernel, smem, done);
-  launch_kernel(kernel, grid, sm90::kWsThreads, smem, stream, args);
+  kernel<<<grid, sm90::kWsThreads, smem, stream>>>(args);
 }
 
 // One of the two main kernels: the persistent one on `ctas` CTAs, or (ctas = 0) the one-item one on a CTA per item,
@@ -83,9 +83,9 @@ void launch_role(const Order& order, int ctas, int B, int smem, const BwdArgs& a
 template <class T, int D>
 void launch_prep(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
-  launch_kernel(sm90::bwd_prep_kernel<T, D>, static_cast<unsigned>((rows + 7) / 8), 256, 0, stream,
-                static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
-                args.Sq_pad, p.os);
+  sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
+      static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
+      args.Sq_pad, p.os);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 }
 
@@ -115,8 +115,8 @@ void launch(const BwdArgs& args, const Params& p, float* delta, float* lse2, con
           plan.kv, plan.kv_ctas, p.B, sm90::DkdvLayout<D, sm90::kBwdStages, true>::kBytes, args, stream);
       XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dK, dV, dQ sums)");
       const int64_t threads = static_cast<int64_t>(p.B) * p.H * p.Sq * (D / 8);
-      launch_kernel(sm90::bwd_dq_convert_kernel<T, D>, static_cast<unsigned>((threads + 255) / 256), 256, 0, stream,
-                    args.dq_accum, static_cast<T*>(p.dq), p.B, p.H, p.Sq, args.Sq_pad, p.qs, p.scale);
+      sm90::bwd_dq_convert_kernel<T, D><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(
+          args.dq_accum, static_cast<T*>(p.dq), p.B, p.H, p.Sq, args.Sq_pad, p.qs, p.scale);
       XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 dQ from its sums)");
       return;
     }

@@ -128,7 +128,6 @@ __global__ void scatter_ones_gemm(const float* __restrict__ dw_ext,  // (N, K + 
                                   TW* __restrict__ dw,                // (N, K)
                                   TB* __restrict__ db,                // (N)
                                   int64_t N, int64_t K, bool add) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t per_row = K / 4 + 1;  // K / 4 packs, then the row's bias gradient
   const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= N * per_row) return;
@@ -163,8 +162,10 @@ void weight_grad_ones(const KernelContext& ctx, const Tensor& g, const Tensor& x
   const unsigned blocks = static_cast<unsigned>(ceil_div(threads, int64_t{256}));
   XF_CUDA_DISPATCH_FLOAT(dw.dtype(), "linear_weight_grad", TW, {
     XF_CUDA_DISPATCH_FLOAT(db.dtype(), "linear_weight_grad", TB, {
-      launch_kernel(scatter_ones_gemm<TW, TB>, blocks, 256, 0, cc.stream(), static_cast<const float*>(ext.get()),
-                    static_cast<TW*>(dw.raw_data()), static_cast<TB*>(db.raw_data()), N, K, ctx.add_f32_outputs);
+      scatter_ones_gemm<TW, TB><<<blocks, 256, 0, cc.stream()>>>(static_cast<const float*>(ext.get()),
+                                                                 static_cast<TW*>(dw.raw_data()),
+                                                                 static_cast<TB*>(db.raw_data()), N, K,
+                                                                 ctx.add_f32_outputs);
       XF_CUDA_CHECK_LAUNCH("linear_weight_grad (ones column)");
     });
   });

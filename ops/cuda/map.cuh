@@ -13,7 +13,6 @@ namespace xfr::cuda {
 // x, y: (n). F: float operator()(float) const.
 template <class T, bool kVec, class F>
 __global__ void map1_kernel(const T* x, T* y, int64_t n, F f) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -36,7 +35,6 @@ __global__ void map1_kernel(const T* x, T* y, int64_t n, F f) {
 // a, b, y: (n). F: float operator()(float, float) const.
 template <class T, bool kVec, class F>
 __global__ void map2_kernel(const T* a, const T* b, T* y, int64_t n, F f) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   using namespace dev;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -61,9 +59,9 @@ template <class T, class F>
 void launch_map1(const T* x, T* y, int64_t n, const F& f, cudaStream_t stream) {
   if (n <= 0) return;
   if (dev::aligned16(x) && dev::aligned16(y)) {
-    launch_kernel(map1_kernel<T, true, F>, grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream, x, y, n, f);
+    map1_kernel<T, true, F><<<grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream>>>(x, y, n, f);
   } else {
-    launch_kernel(map1_kernel<T, false, F>, grid_1d(n), kBlock, 0, stream, x, y, n, f);
+    map1_kernel<T, false, F><<<grid_1d(n), kBlock, 0, stream>>>(x, y, n, f);
   }
   XF_CUDA_CHECK_LAUNCH("map1");
 }
@@ -73,9 +71,9 @@ template <class T, class F>
 void launch_map2(const T* a, const T* b, T* y, int64_t n, const F& f, cudaStream_t stream) {
   if (n <= 0) return;
   if (dev::aligned16(a) && dev::aligned16(b) && dev::aligned16(y)) {
-    launch_kernel(map2_kernel<T, true, F>, grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream, a, b, y, n, f);
+    map2_kernel<T, true, F><<<grid_1d(n, dev::Vec<T>::kWidth), kBlock, 0, stream>>>(a, b, y, n, f);
   } else {
-    launch_kernel(map2_kernel<T, false, F>, grid_1d(n), kBlock, 0, stream, a, b, y, n, f);
+    map2_kernel<T, false, F><<<grid_1d(n), kBlock, 0, stream>>>(a, b, y, n, f);
   }
   XF_CUDA_CHECK_LAUNCH("map2");
 }

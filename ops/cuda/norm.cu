@@ -120,7 +120,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                         float* __restrict__ mean,     // (rows); null for rmsnorm
                         float* __restrict__ rstd,     // (rows)
                         int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t base = int64_t(blockIdx.x) * blockDim.y; base < rows; base += int64_t(gridDim.x) * blockDim.y) {
@@ -194,7 +193,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                                   float* __restrict__ mean,     // (rows) or null
                                   float* __restrict__ rstd,     // (rows)
                                   int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -260,14 +258,16 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
     const GroupPlan plan = plan_forward(C, W);
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
-      launch_kernel(norm_forward_streaming_kernel<T, W, kRms>, grid, kMaxRowThreads, 0, stream, x, residual, sum, gamma,
-                    beta, y, mean, rstd, rows, C, ldy, ones_tail, feps);
+      norm_forward_streaming_kernel<T, W, kRms>
+          <<<grid, kMaxRowThreads, 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail,
+                                                 feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
     with_packs<kFwdMaxPacks>(plan.iters, [&](auto iters) {
-      launch_kernel(norm_forward_kernel<T, W, decltype(iters)::value, kRms>, plan.grid(rows), plan.block(), 0, stream,
-                    x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail, feps);
+      norm_forward_kernel<T, W, decltype(iters)::value, kRms>
+          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy,
+                                                         ones_tail, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");
     });
   };
@@ -336,7 +336,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                          T* __restrict__ dx,              // (rows, C)
                          NormPartials parts,              // (groups, C) each
                          int64_t rows, int64_t C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const int64_t group = int64_t(blockIdx.x) * blockDim.y + threadIdx.y, groups = int64_t(gridDim.x) * blockDim.y;
   const float inv_c = 1.f / static_cast<float>(C);
@@ -413,7 +412,6 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kDxSum ? kBwdGroupMinBlock
                                  T* __restrict__ dx,              // (rows, C)
                                  NormPartials parts,              // (gridDim.x, C) each; parts.dx set iff kDxSum
                                  int64_t rows, int64_t C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts). Two
   // stages: 36 KB at 3 packs of 16 bytes.
   __shared__ dev::Pack<T, W> staged[kBwdStages][3][kIters][kGroupBlockThreads];
@@ -536,7 +534,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                                    T* __restrict__ dx,              // (rows, C)
                                    NormPartials parts,              // (gridDim.x, C) each
                                    int64_t rows, int64_t C) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
   const float inv_c = 1.f / static_cast<float>(C);
   float* pg = parts.gamma ? parts.gamma + int64_t(blockIdx.x) * C : nullptr;
@@ -627,8 +624,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         if (dx_sum) parts.dx = slice;
       }
       blocks = std::min(blocks, kMaxGrid);
-      launch_kernel(kernel, static_cast<unsigned>(blocks), block, 0, stream, x, mean, rstd, gamma, dy, dadd, dx, parts,
-                    rows, C);
+      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, parts, rows, C);
       XF_CUDA_CHECK_LAUNCH(name);
       // Every wanted sum from its partial rows: one launch with the context's counters.
       if (part) sum_columns_to<float, T>(part, sums, nparts, blocks * partials_per_block, C, scratch, stream);

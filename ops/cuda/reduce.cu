@@ -145,7 +145,6 @@ __global__ void __launch_bounds__(kBlock)
 // y[i] = value for every i (sums and means of empty slices).
 template <class T>
 __global__ void __launch_bounds__(kBlock) fill_kernel(T* __restrict__ y, int64_t n, float value) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = dev::from_float<T>(value);
 }

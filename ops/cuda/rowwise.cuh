@@ -268,7 +268,6 @@ __global__ void __launch_bounds__(32 * kColLanes)
                          TOut* __restrict__ y,                // (O, S, K)
                          int64_t* __restrict__ y_idx,         // (O, S, K) (max only)
                          int64_t O, int64_t R, int64_t K, int64_t S, float scale, ColumnFinish finish = {}) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   __shared__ ColumnSmem sm;
   __shared__ bool last;
   const int64_t col_blocks = ceil_div(K, 32 * W), units = col_blocks * S * O;
@@ -319,7 +318,6 @@ __global__ void __launch_bounds__(32 * kRowWarpsPerBlock)
                       TOut* __restrict__ y,                // (O, S)
                       int64_t* __restrict__ y_idx,         // (O, S) (max only)
                       int64_t O, int64_t R, int64_t S, float scale) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   constexpr bool kMax = kMode == ReduceMode::max;
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * kRowWarpsPerBlock, units = O * S;
@@ -377,13 +375,13 @@ void launch_reduce_stage(const TIn* x, const int64_t* in_idx, TOut* y, int64_t* 
                          int64_t K, int64_t S, float scale, cudaStream_t stream) {
   if (K == 1) {
     const int64_t blocks = std::clamp<int64_t>(ceil_div(O * S, kRowWarpsPerBlock), 1, kMaxGrid);
-    launch_kernel(row_reduce_kernel<TIn, TOut, W, kMode>, static_cast<unsigned>(blocks), 32 * kRowWarpsPerBlock, 0,
-                  stream, x, in_idx, y, y_idx, O, R, S, scale);
+    row_reduce_kernel<TIn, TOut, W, kMode>
+        <<<static_cast<unsigned>(blocks), 32 * kRowWarpsPerBlock, 0, stream>>>(x, in_idx, y, y_idx, O, R, S, scale);
     XF_CUDA_CHECK_LAUNCH("row_reduce");
   } else {
     const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
-    launch_kernel(column_reduce_kernel<TIn, TOut, W, kMode>, static_cast<unsigned>(blocks), dim3(32, kColLanes), 0,
-                  stream, x, in_idx, y, y_idx, O, R, K, S, scale, ColumnFinish{});
+    column_reduce_kernel<TIn, TOut, W, kMode><<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(
+        x, in_idx, y, y_idx, O, R, K, S, scale);
     XF_CUDA_CHECK_LAUNCH("column_reduce");
   }
 }
@@ -432,11 +430,13 @@ void launch_column_sum_with_finish(const TIn* x, float* part, int64_t O, int64_t
   const int W = K % V == 0 && dev::aligned16(x) ? V : 1;
   const int64_t blocks = std::clamp<int64_t>(ceil_div(K, 32 * W) * S * O, 1, kMaxGrid);
   if (W == V)
-    launch_kernel(column_reduce_kernel<TIn, float, V, ReduceMode::sum, kColUnroll, TOut>, static_cast<unsigned>(blocks),
-                  dim3(32, kColLanes), 0, stream, x, nullptr, part, nullptr, O, R, K, S, 1.f, finish);
+    column_reduce_kernel<TIn, float, V, ReduceMode::sum, kColUnroll, TOut>
+        <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S, 1.f,
+                                                                            finish);
   else
-    launch_kernel(column_reduce_kernel<TIn, float, 1, ReduceMode::sum, kColUnroll, TOut>, static_cast<unsigned>(blocks),
-                  dim3(32, kColLanes), 0, stream, x, nullptr, part, nullptr, O, R, K, S, 1.f, finish);
+    column_reduce_kernel<TIn, float, 1, ReduceMode::sum, kColUnroll, TOut>
+        <<<static_cast<unsigned>(blocks), dim3(32, kColLanes), 0, stream>>>(x, nullptr, part, nullptr, O, R, K, S, 1.f,
+                                                                            finish);
   XF_CUDA_CHECK_LAUNCH("column_reduce (with its finish)");
 }
 

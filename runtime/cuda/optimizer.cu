@@ -24,7 +24,6 @@
 #include "ops/cuda/device/vec.cuh"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/context.h"
-#include "runtime/cuda/launch.cuh"
 #include "runtime/cuda/optimizer.h"
 #include "runtime/tensor.h"
 
@@ -102,7 +101,6 @@ __device__ __forceinline__ bool mirror_aligned(const M* mirror) {
 enum : unsigned { kSetLr = 1u, kSetStep = 2u, kSetMultiplier = 4u };
 
 __global__ void set_scalars_kernel(StepScalars* s, unsigned what, float lr, int64_t step_count, float multiplier) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   if (what & kSetLr) s->lr = lr;
   if (what & kSetStep) s->step_count = step_count;
   if (what & kSetMultiplier) s->grad_multiplier = multiplier;
@@ -123,7 +121,6 @@ __device__ __forceinline__ float effective_multiplier(const StepScalars& s) {
 __global__ void __launch_bounds__(kThreads)
     sumsq_partials_kernel(const float* __restrict__ g, const Chunk* __restrict__ chunks, int64_t n_chunks,
                           double* __restrict__ partials) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   double acc = 0.0;
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
     const Chunk ch = chunks[c];
@@ -152,7 +149,6 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     norm_finalize_kernel(const double* __restrict__ partials, int n, StepScalars* s, const float* loss_scale,
                          float max_norm) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   double acc = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partials[i];
   acc = dev::block_sum<double>(acc);
@@ -216,7 +212,6 @@ __global__ void __launch_bounds__(kThreads)
     adamw_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
                  M* __restrict__ mirror, const Chunk* __restrict__ chunks, const StepScalars* __restrict__ s,
                  AdamWConsts c) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   // found_inf is read by every thread and written by no block of this kernel: a uniform early exit.
   if (s->found_inf) return;
   __shared__ AdamWStep k_shared;
@@ -287,7 +282,6 @@ template <SgdMode kMode, class M>
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ buf, M* __restrict__ mirror,
                const Chunk* __restrict__ chunks, const StepScalars* __restrict__ s, SgdConsts c) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   if (s->found_inf) return;  // uniform, as in adamw_kernel
   const float mul = effective_multiplier(*s);
   const float lr = s->lr;
@@ -329,7 +323,6 @@ __global__ void __launch_bounds__(kThreads)
 // launch because every block of the update must have read step_count and found_inf first. Latency bound
 // (~2 us of stream time, 0.2% of a 124M-parameter AdamW step).
 __global__ void finish_step_kernel(StepScalars* s) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const bool skipped = s->found_inf != 0;
   s->last_step_skipped = skipped ? 1 : 0;
   if (skipped)
@@ -344,7 +337,6 @@ __global__ void finish_step_kernel(StepScalars* s) {
 // One thread: GradScaler.update's schedule (torch's _amp_update_scale_).
 __global__ void loss_scale_update_kernel(LossScaleState* ls, const StepScalars* s, float growth, float backoff,
                                          int64_t interval) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   if (s->last_step_skipped) {
     ls->scale = ls->scale * backoff;
     ls->growth_tracker = 0;
@@ -362,7 +354,6 @@ __global__ void loss_scale_update_kernel(LossScaleState* ls, const StepScalars* 
 }
 
 __global__ void set_loss_scale_kernel(LossScaleState* ls, float scale, int64_t growth_tracker) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   ls->scale = scale;
   ls->growth_tracker = growth_tracker;
 }
@@ -465,7 +456,7 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
       else if (mirror.dtype == DType::bf16) update(params_dev, grads_dev, static_cast<__nv_bfloat16*>(mirror.data));
       else update(params_dev, grads_dev, static_cast<__half*>(mirror.data));
     }
-    launch_kernel(finish_step_kernel, 1, 1, 0, stream, scalars());
+    finish_step_kernel<<<1, 1, 0, stream>>>(scalars());
     XF_CUDA_CHECK_LAUNCH("finish_step");
   }
 
@@ -514,8 +505,8 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
                     static_cast<float>(1.0 - static_cast<double>(c.beta2)),
                     c.eps,
                     c.weight_decay};
-      launch_kernel(adamw_kernel<M>, grid, kThreads, 0, stream, params_dev, grads_dev, exp_avg_, exp_avg_sq_, mirror,
-                    chunks, scalars(), k);
+      adamw_kernel<M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, exp_avg_, exp_avg_sq_, mirror, chunks,
+                                                     scalars(), k);
       XF_CUDA_CHECK_LAUNCH("adamw");
       return;
     }
@@ -523,16 +514,16 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
     float* buf = momentum_buffer_;
     switch (mode_) {
       case SgdMode::plain:
-        launch_kernel(sgd_kernel<SgdMode::plain, M>, grid, kThreads, 0, stream, params_dev, grads_dev, buf, mirror,
-                      chunks, scalars(), k);
+        sgd_kernel<SgdMode::plain, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                     scalars(), k);
         break;
       case SgdMode::momentum:
-        launch_kernel(sgd_kernel<SgdMode::momentum, M>, grid, kThreads, 0, stream, params_dev, grads_dev, buf, mirror,
-                      chunks, scalars(), k);
+        sgd_kernel<SgdMode::momentum, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                        scalars(), k);
         break;
       case SgdMode::nesterov:
-        launch_kernel(sgd_kernel<SgdMode::nesterov, M>, grid, kThreads, 0, stream, params_dev, grads_dev, buf, mirror,
-                      chunks, scalars(), k);
+        sgd_kernel<SgdMode::nesterov, M><<<grid, kThreads, 0, stream>>>(params_dev, grads_dev, buf, mirror, chunks,
+                                                                        scalars(), k);
         break;
     }
     XF_CUDA_CHECK_LAUNCH("sgd");
@@ -549,7 +540,7 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
 
   void set_scalars(unsigned what, float lr, int64_t step_count, float multiplier, const char* fn) {
     check_not_capturing(ctx_->stream(), "optimizer", fn);
-    launch_kernel(set_scalars_kernel, 1, 1, 0, ctx_->stream(), scalars(), what, lr, step_count, multiplier);
+    set_scalars_kernel<<<1, 1, 0, ctx_->stream()>>>(scalars(), what, lr, step_count, multiplier);
     XF_CUDA_CHECK_LAUNCH("set_scalars");
   }
 
@@ -557,12 +548,12 @@ class CudaDeviceOptimizer final : public DeviceOptimizer {
     XF_CHECK(grads_dev != nullptr, "optimizer", "grad_norm: null gradient buffer");
     cudaStream_t stream = ctx_->stream();
     if (norm_blocks_ > 0) {
-      launch_kernel(sumsq_partials_kernel, norm_blocks_, kThreads, 0, stream, grads_dev,
-                    static_cast<const Chunk*>(chunks_.get()), n_chunks_, static_cast<double*>(partials_.get()));
+      sumsq_partials_kernel<<<norm_blocks_, kThreads, 0, stream>>>(
+          grads_dev, static_cast<const Chunk*>(chunks_.get()), n_chunks_, static_cast<double*>(partials_.get()));
       XF_CUDA_CHECK_LAUNCH("sumsq_partials");
     }
-    launch_kernel(norm_finalize_kernel, 1, kThreads, 0, stream, static_cast<const double*>(partials_.get()),
-                  norm_blocks_, scalars(), scaler ? scaler->scale_device() : nullptr, max_norm);
+    norm_finalize_kernel<<<1, kThreads, 0, stream>>>(static_cast<const double*>(partials_.get()), norm_blocks_,
+                                                     scalars(), scaler ? scaler->scale_device() : nullptr, max_norm);
     XF_CUDA_CHECK_LAUNCH("norm_finalize");
   }
 
@@ -619,8 +610,8 @@ class CudaLossScaler final : public LossScaler {
   const float* scale_device() const override { return &static_cast<const LossScaleState*>(state_.get())->scale; }
 
   void update(const DeviceOptimizer& opt) override {
-    launch_kernel(loss_scale_update_kernel, 1, 1, 0, ctx_->stream(), state(), opt.scalars_device(),
-                  config_.growth_factor, config_.backoff_factor, config_.growth_interval);
+    loss_scale_update_kernel<<<1, 1, 0, ctx_->stream()>>>(state(), opt.scalars_device(), config_.growth_factor,
+                                                          config_.backoff_factor, config_.growth_interval);
     XF_CUDA_CHECK_LAUNCH("loss_scale_update");
   }
 
@@ -635,7 +626,7 @@ class CudaLossScaler final : public LossScaler {
     XF_CHECK(std::isfinite(scale) && scale > 0.0f, "loss_scaler", "scale must be finite and > 0, got ", scale);
     XF_CHECK(growth_tracker >= 0, "loss_scaler", "growth tracker must be >= 0, got ", growth_tracker);
     check_not_capturing(ctx_->stream(), "loss_scaler", "set_state");
-    launch_kernel(set_loss_scale_kernel, 1, 1, 0, ctx_->stream(), state(), scale, growth_tracker);
+    set_loss_scale_kernel<<<1, 1, 0, ctx_->stream()>>>(state(), scale, growth_tracker);
     XF_CUDA_CHECK_LAUNCH("set_loss_scale");
   }
 

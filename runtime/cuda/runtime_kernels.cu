@@ -3,7 +3,6 @@
 #include "ops/cuda/device/types.cuh"
 #include "ops/cuda/device/vec.cuh"
 #include "runtime/cuda/check.h"
-#include "runtime/cuda/launch.cuh"
 #include "runtime/cuda/runtime_kernels.h"
 
 namespace xfr::cuda {
@@ -21,7 +20,6 @@ inline int grid_for(size_t n, int per_thread) {
 // dst[i] (+)= src[i], f32: 4 elements per access when aligned. kAdd false stores (dst is not read).
 template <bool kAdd>
 __global__ void add_inplace_f32_kernel(float* __restrict__ dst, const float* __restrict__ src, size_t n) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (dev::aligned16(dst) && dev::aligned16(src)) {
@@ -42,7 +40,6 @@ __global__ void add_inplace_f32_kernel(float* __restrict__ dst, const float* __r
 // false stores the converted value (dst is not read: half the traffic of an add into zeroed memory).
 template <class S, bool kAdd>
 __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__ src, size_t n) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   size_t done = 0;
@@ -68,7 +65,6 @@ __global__ void accumulate_kernel(float* __restrict__ dst, const S* __restrict__
 // accesses, the launch is what this saves).
 template <bool kAdd>
 __global__ void accumulate_batch_kernel(const F32Accumulation* __restrict__ table) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const F32Accumulation e = table[blockIdx.y];
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < e.n; i += stride) {
@@ -84,7 +80,6 @@ __global__ void accumulate_batch_kernel(const F32Accumulation* __restrict__ tabl
 
 template <class S, class D>
 __global__ void convert_kernel(D* __restrict__ dst, const S* __restrict__ src, size_t n) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     dst[i] = dev::from_float<D>(dev::to_float<S>(src[i]));
@@ -94,15 +89,10 @@ template <class S>
 void convert_from(void* dst, DType dst_dtype, const S* src, size_t n, cudaStream_t stream) {
   const int grid = grid_for(n, 4);
   switch (dst_dtype) {
-    case DType::f32:
-      launch_kernel(convert_kernel<S, float>, grid, kThreads, 0, stream, static_cast<float*>(dst), src, n);
-      break;
-    case DType::f16:
-      launch_kernel(convert_kernel<S, __half>, grid, kThreads, 0, stream, static_cast<__half*>(dst), src, n);
-      break;
+    case DType::f32: convert_kernel<S, float><<<grid, kThreads, 0, stream>>>(static_cast<float*>(dst), src, n); break;
+    case DType::f16: convert_kernel<S, __half><<<grid, kThreads, 0, stream>>>(static_cast<__half*>(dst), src, n); break;
     case DType::bf16:
-      launch_kernel(convert_kernel<S, __nv_bfloat16>, grid, kThreads, 0, stream, static_cast<__nv_bfloat16*>(dst), src,
-                    n);
+      convert_kernel<S, __nv_bfloat16><<<grid, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(dst), src, n);
       break;
     default: throw Error("cuda", str_cat("convert: no device conversion to ", dtype_name(dst_dtype)));
   }
@@ -115,16 +105,14 @@ template <bool kAdd>
 void launch_f32_write(float* dst, const void* src, DType src_dtype, size_t n, cudaStream_t stream) {
   switch (src_dtype) {
     case DType::f32:
-      launch_kernel(add_inplace_f32_kernel<kAdd>, grid_for(n, 16), kThreads, 0, stream, dst,
-                    static_cast<const float*>(src), n);
+      add_inplace_f32_kernel<kAdd><<<grid_for(n, 16), kThreads, 0, stream>>>(dst, static_cast<const float*>(src), n);
       break;
     case DType::f16:
-      launch_kernel(accumulate_kernel<__half, kAdd>, grid_for(n, 8), kThreads, 0, stream, dst,
-                    static_cast<const __half*>(src), n);
+      accumulate_kernel<__half, kAdd><<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __half*>(src), n);
       break;
     case DType::bf16:
-      launch_kernel(accumulate_kernel<__nv_bfloat16, kAdd>, grid_for(n, 8), kThreads, 0, stream, dst,
-                    static_cast<const __nv_bfloat16*>(src), n);
+      accumulate_kernel<__nv_bfloat16, kAdd>
+          <<<grid_for(n, 8), kThreads, 0, stream>>>(dst, static_cast<const __nv_bfloat16*>(src), n);
       break;
     default: throw Error("cuda", str_cat("accumulate_f32: no device accumulation from ", dtype_name(src_dtype)));
   }
@@ -144,10 +132,8 @@ void launch_accumulate_f32_batch(const F32Accumulation* table, size_t count, siz
   XF_CHECK(count <= 65535, "accumulate_f32_batch", count, " entries: at most 65535 (the grid's y)");
   const dim3 grid(static_cast<unsigned>(std::min<size_t>((max_n + kThreads - 1) / kThreads, 64)),
                   static_cast<unsigned>(count));
-  if (overwrite)
-    launch_kernel(accumulate_batch_kernel<false>, grid, kThreads, 0, stream, table);
-  else
-    launch_kernel(accumulate_batch_kernel<true>, grid, kThreads, 0, stream, table);
+  if (overwrite) accumulate_batch_kernel<false><<<grid, kThreads, 0, stream>>>(table);
+  else accumulate_batch_kernel<true><<<grid, kThreads, 0, stream>>>(table);
   XF_CUDA_CHECK_LAUNCH("accumulate_f32_batch");
 }
 

@@ -53,7 +53,6 @@
 #include "ops/cuda/flash_attention_mask.h"
 #include "ops/cuda/flash_attention_tile_order.h"
 #include "ops/flash_attention.h"  // AttentionBand, HeadStrides
-#include "runtime/cuda/launch.cuh"
 
 namespace xfr::cuda::sm90 {
 
@@ -181,7 +180,6 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out
                                                        float* __restrict__ delta,       // (B, H, Sq_pad)
                                                        float* __restrict__ lse2,        // (B, H, Sq_pad)
                                                        int B, int H, int Sq, int Sq_pad, HeadStrides os) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   if (row >= static_cast<int64_t>(B) * H * Sq_pad) return;
@@ -292,7 +290,6 @@ __global__ void __launch_bounds__(256) bwd_dq_convert_kernel(const float* __rest
                                                              T* __restrict__ dq,             // (B, H, Sq, D) qs
                                                              int B, int H, int Sq, int Sq_pad, HeadStrides qs,
                                                              float scale) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x;
   if (idx >= static_cast<int64_t>(B) * H * Sq * (D / 8)) return;
   const int d = static_cast<int>(idx % (D / 8)) * 8;
@@ -438,7 +435,6 @@ __device__ __forceinline__ void produce_dq_item(uint32_t base, const CUtensorMap
 //   share and bulk-adds it into dq_accum.
 template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = DkdvLayout<D, kBwdStages, kFusedDq>;
   constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
@@ -563,7 +559,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_kernel(const __grid_co
 //   [key][d], d contiguous); wait<0>; release the stage. Epilogue: scale dQ as T, rows < Sq only.
 template <class T, int D, bool kLower>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = DqLayout<D>;
   constexpr int BN = L::kBlockN, STAGES = kBwdStages;
@@ -693,7 +688,6 @@ XF_HOST_DEVICE inline fa::TileOrder<kDqBlockM> dq_order(const BwdArgs& a) {
 //   items), and K, V are released after the item's last dQ = dS K, their last reader.
 template <class T, int D, bool kLower, bool kFusedDq = false>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = DkdvLayout<D, kBwdStages, kFusedDq>;
   constexpr int BM = L::BM, BN = L::BN, STAGES = kBwdStages;
@@ -852,7 +846,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_persistent_kernel(cons
 //   Across items: Q, dO get an empty barrier as the dK/dV kernel's K, V do.
 template <class T, int D, bool kLower>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_persistent_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = DqLayout<D>;
   constexpr int BN = L::kBlockN, STAGES = kBwdStages;

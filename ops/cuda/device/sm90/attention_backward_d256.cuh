@@ -98,7 +98,6 @@ __device__ __forceinline__ void split_exchange(const uint32_t (&f)[kSplitCols / 
 //   Epilogue: dV_c and scale dK_c as T, rows < Sk only.
 template <class T, bool kLower>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = SplitDkdvLayout<>;
   constexpr int BM = L::BM, BN = L::BN, D = kSplitD, STAGES = kBwdStages;
@@ -220,7 +219,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) bwd_dkdv_d256_kernel(const __gr
 //   Epilogue: scale dQ_c as T, rows < Sq only.
 template <class T, bool kLower>
 __global__ void __launch_bounds__(kWsThreads, 1) bwd_dq_d256_kernel(const __grid_constant__ BwdArgs a) {
-  ::xfr::cuda::dev::pdl_begin();  // runtime/cuda/launch.cuh: launched with PDL
 #if XF_SM90A_DEVICE
   using L = SplitDqLayout<>;
   constexpr int BM = kSplitBlock, BN = L::kBlockN, D = kSplitD, STAGES = kBwdStages;
