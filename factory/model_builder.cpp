@@ -35,9 +35,12 @@ constexpr double kRmsNormEps = 1e-6;
 // A normalization layer of x, or of x + residual (a block's residual add) when residual is defined: one fused
 // layernorm (ops/norm.h) for layernorm, an add then the norm otherwise. *sum, when given, receives x + residual
 // (the residual stream of a pre-norm model goes on from it). Parameters "<name>.weight" (and ".bias"), init
-// module `init_path`.
+// module `init_path`. `training`: the fused layernorm writes x + residual even when no one asks for it (a post-norm
+// block's norms, a pre-norm model's final norm), because its backward needs it: recomputing it there is an add
+// kernel reading two tensors and writing one (GPT-2's final norm: 21 us on the H200, 2026-12-01), against one more
+// tensor written by the forward pass that already has it in registers.
 Value normalize(Value x, const std::string& kind, const std::string& name, const std::string& init_path,
-                Value residual = {}, Value* sum = nullptr) {
+                bool training, Value residual = {}, Value* sum = nullptr) {
   Graph& g = *x.graph;
   if (residual.defined() && kind != "layernorm") {
     x = add(x, residual, name + "_residual");
@@ -56,7 +59,7 @@ Value normalize(Value x, const std::string& kind, const std::string& name, const
   info.attr = "bias";
   const Value b = g.param("bias", {C}, ParamKind::norm, info);
   if (!residual.defined()) return layernorm(x, w, b, kLayerNormEps, "layernorm");
-  const ResidualLayerNorm r = add_layernorm(x, residual, w, b, sum != nullptr, kLayerNormEps, "layernorm");
+  const ResidualLayerNorm r = add_layernorm(x, residual, w, b, sum != nullptr || training, kLayerNormEps, "layernorm");
   if (sum) *sum = r.sum;
   return r.y;
 }
@@ -228,21 +231,21 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
     if (pre) {
       // x + sublayer(norm(x)) twice. Each residual add is left pending and fused into the norm that reads its
       // sum next (norm2, or the next block's norm1 / the final norm), which also writes the sum out.
-      const Value h1 = normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm", pending, &x);
+      const Value h1 = normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm", training, pending, &x);
       pending = attention_sublayer(h1);
-      const Value h2 = normalize(x, norm, "norm2", ff_wrap + ".layer.norm", pending, &x);
+      const Value h2 = normalize(x, norm, "norm2", ff_wrap + ".layer.norm", training, pending, &x);
       pending = ff_sublayer(h2);
       if (final_norm) {
-        x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm", pending);
+        x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm", training, pending);
         pending = Value{};
       }
     } else {
       if (pending.defined()) x = add(x, pending, "residual");  // a pre-norm stack before this one
       pending = Value{};
       const Value r1 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale1");
-      x = normalize(r1, norm, "norm1", idx + ".wrap_att.norm", attention_sublayer(x));
+      x = normalize(r1, norm, "norm1", idx + ".wrap_att.norm", training, attention_sublayer(x));
       const Value r2 = alpha == 1.0 ? x : scale(x, alpha, "residual_scale2");
-      x = normalize(r2, norm, "norm2", idx + ".wrap_ff.norm", ff_sublayer(x));
+      x = normalize(r2, norm, "norm2", idx + ".wrap_ff.norm", training, ff_sublayer(x));
     }
   }
   if (pending.defined()) x = add(x, pending, "residual");

@@ -29,6 +29,7 @@
 #include "factory/schema.h"
 #include "factory/trainer.h"
 #include "factory/weight_init.h"
+#include "ops/norm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cpu/threadpool.h"
 #include "runtime/error.h"
@@ -1036,4 +1037,28 @@ TEST_CASE("factory config: a required key of an absent section points into the f
   CHECK(contains(m2, no_model + ":1:1: model.stack_configs: required"));
   const std::string m3 = config_error(kTiny, {"model=null"});
   CHECK(contains(m3, "--set: model.stack_configs: required"));
+}
+
+// A training graph's fused residual layernorms all write x + residual, which their backward reads: the final norm of
+// a pre-norm model and a post-norm block's norms would otherwise have it recomputed by an add in the backward. An
+// inference graph writes it only where the residual stream goes on from it.
+TEST_CASE("factory: residual layernorms of a training graph write the sum their backward reads") {
+  for (const std::string style : {"pre", "post"}) {
+    for (bool training : {true, false}) {
+      INFO(style << (training ? " training" : " inference"));
+      const Config c = tiny({"model.stack_configs.0.residual_norm_style=" + style});
+      ConfigNode model = c.root.at("model");
+      model.set("vocab_size", ConfigNode::make_scalar("18"));
+      BuiltModel m = build_model(model, 2, 16, training);
+      int residual_norms = 0, writing = 0;
+      for (int i = 0; i < m.graph->num_nodes(); ++i)
+        if (const auto* ln = dynamic_cast<const LayerNormOp*>(m.graph->node(i).op.get()); ln && ln->has_residual) {
+          ++residual_norms;
+          writing += ln->write_sum;
+        }
+      CHECK(residual_norms > 0);
+      if (training) CHECK(writing == residual_norms);
+      else CHECK(writing < residual_norms);  // the final norm (pre) or every norm (post) drops it
+    }
+  }
 }
