@@ -279,43 +279,11 @@ const char* search_space_name(SearchSpace s) {
   return s == SearchSpace::none ? "heuristic" : s == SearchSpace::full ? "full" : "search";
 }
 
-// cublasLtMatmulAlgoConfigSetAttribute of each (attribute, value), false at the first refusal.
-template <class... V>
-bool set_config(cublasLtMatmulAlgo_t& algo, std::pair<cublasLtMatmulAlgoConfigAttributes_t, V>... attr) {
-  return ((cublasLtMatmulAlgoConfigSetAttribute(&algo, attr.first, &attr.second, sizeof attr.second) ==
-           CUBLAS_STATUS_SUCCESS) && ...);
-}
-
 // Whether cuBLASLt accepts `algo` for plan p within the context's workspace.
 bool algo_accepted(CudaContext& ctx, const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
   cublasLtMatmulHeuristicResult_t r{};
   return cublasLtMatmulAlgoCheck(ctx.lt(), p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) == CUBLAS_STATUS_SUCCESS &&
          r.workspaceSize <= ctx.workspace_bytes();
-}
-
-// Every configuration of algorithm `base` over the given tiles, stages, swizzles, clusters and custom options,
-// unsplit, that cuBLASLt accepts for plan p, appended to `out` (up to `cap` in all).
-void add_configs(CudaContext& ctx, const GemmPlan& p, const cublasLtMatmulAlgo_t& base, const std::vector<uint32_t>& tiles,
-                 const std::vector<uint32_t>& stages, const std::vector<uint32_t>& swizzles,
-                 const std::vector<uint16_t>& clusters, const std::vector<uint32_t>& customs, size_t cap,
-                 std::vector<cublasLtMatmulAlgo_t>& out) {
-  const int32_t unsplit = 1;
-  for (uint32_t tile : tiles)
-    for (uint32_t stage : stages)
-      for (uint32_t swizzle : swizzles)
-        for (uint16_t cluster : clusters)
-          for (uint32_t custom : customs) {
-            if (out.size() >= cap) return;
-            cublasLtMatmulAlgo_t algo = base;
-            if (set_config(algo, std::pair{CUBLASLT_ALGO_CONFIG_TILE_ID, tile},
-                           std::pair{CUBLASLT_ALGO_CONFIG_STAGES_ID, stage},
-                           std::pair{CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, swizzle},
-                           std::pair{CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster},
-                           std::pair{CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, custom},
-                           std::pair{CUBLASLT_ALGO_CONFIG_SPLITK_NUM, unsplit}) &&
-                algo_accepted(ctx, p, algo))
-              out.push_back(algo);
-          }
 }
 
 // The configurations beyond the heuristic's candidates for plan p (see above), each accepted by cuBLASLt.
@@ -328,17 +296,7 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
     return cublasLtMatmulAlgoInit(ctx.lt(), CUBLAS_COMPUTE_32F, CUDA_R_32F, ab, ab, cd, cd, id, &base) ==
            CUBLAS_STATUS_SUCCESS;
   };
-  // `customs` with the options 0 to `limit` added, less those above the algorithm's largest.
-  const auto customs_up_to = [](const cublasLtMatmulAlgo_t& base, std::vector<uint32_t> customs, uint32_t limit) {
-    int32_t custom_max = 0;
-    size_t written = 0;
-    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &written);
-    const uint32_t largest = static_cast<uint32_t>(std::max(custom_max, 0));
-    for (uint32_t c = 0; c <= std::min(limit, largest); ++c)
-      if (std::find(customs.begin(), customs.end(), c) == customs.end()) customs.push_back(c);
-    customs.erase(std::remove_if(customs.begin(), customs.end(), [&](uint32_t c) { return c > largest; }), customs.end());
-    return customs;
-  };
+  const auto accepted = [&](const cublasLtMatmulAlgo_t& algo) { return algo_accepted(ctx, p, algo); };
   if (space == SearchSpace::full) {
     int ids[256];
     int nids = 0;
@@ -347,19 +305,7 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
       return out;
     for (int a = 0; a < nids; ++a) {
       cublasLtMatmulAlgo_t base;
-      if (!init(ids[a], base)) continue;
-      // An empty capability list: the algorithm picks (0, "undefined").
-      const auto or_auto = [](std::vector<uint32_t> v) { return v.empty() ? std::vector<uint32_t>{0} : v; };
-      int32_t swizzle_support = 0;
-      size_t written = 0;
-      cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT, &swizzle_support,
-                                        sizeof swizzle_support, &written);
-      const std::vector<uint32_t> swizzles = swizzle_support ? std::vector<uint32_t>{0, 1} : std::vector<uint32_t>{0};
-      const std::vector<uint16_t> clusters = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
-                                              CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1};
-      add_configs(ctx, p, base, or_auto(algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS)),
-                  or_auto(algo_cap_ids(base, CUBLASLT_ALGO_CAP_STAGES_IDS)), swizzles, clusters,
-                  customs_up_to(base, {}, 7), kFullSearchMaxConfigs, out);
+      if (init(ids[a], base)) add_whole_space(base, kFullSearchMaxConfigs, accepted, out);
     }
     return out;
   }
@@ -386,8 +332,8 @@ std::vector<cublasLtMatmulAlgo_t> searched_configs(CudaContext& ctx, const GemmP
     }
     cublasLtMatmulAlgo_t base;
     if (!init(id, base)) continue;
-    add_configs(ctx, p, base, algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS), stages, swizzles, clusters,
-                customs_up_to(base, customs, 1), SIZE_MAX, out);
+    add_configs(base, algo_cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS), stages, swizzles, clusters,
+                custom_options_up_to(base, customs, 1), SIZE_MAX, accepted, out);
   }
   return out;
 }

@@ -12,7 +12,8 @@
 //   fc_bias      the same GEMM with the bias alone                                     (the epilogue's floor)
 //   dgelu        dpre (M, 3072) = (g (M, 768) W2 (768, 3072)) * gelu'(aux)             (its backward)
 //   qkv_bias     y (M, 2304) = x (M, 768; rows 832 apart, the ones column) Wqkv^T + b
-// XF_LAB_SEARCH_CASES=a,b picks cases; XF_LAB_SEARCH_LIMIT=n caps the configurations timed per case (default 4000).
+// XF_LAB_SEARCH_CASES=a,b picks cases; XF_LAB_SEARCH_LIMIT=n caps the accepted configurations timed per case
+// (default 4000).
 #define LAB_NAME "lab gemm_algo_search"
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -138,12 +139,6 @@ Config describe(const cublasLtMatmulAlgo_t& algo) {
   return c;
 }
 
-// A capability list, or {0} (undefined: the algorithm picks) when it has none.
-std::vector<uint32_t> cap_ids(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
-  std::vector<uint32_t> ids = xfr::cuda::algo_cap_ids(algo, attr);
-  return ids.empty() ? std::vector<uint32_t>{0} : ids;
-}
-
 struct Search {
   cublasLtHandle_t lt{};
   cudaStream_t stream{};
@@ -216,46 +211,26 @@ void search_case(Search& S, const Case& cs) {
                                     256, ids, &nids));
   const char* lim = std::getenv("XF_LAB_SEARCH_LIMIT");
   const int limit = lim ? std::atoi(lim) : 4000;
-  std::vector<Config> timed;
-  int checked = 0, accepted = 0;
-  const uint16_t clusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
-                               CUBLASLT_CLUSTER_SHAPE_1x2x1};
-  for (int a = 0; a < nids && static_cast<int>(timed.size()) < limit; ++a) {
+  int checked = 0;
+  std::vector<cublasLtMatmulAlgo_t> configs;  // the accepted ones, up to the limit (ops/cuda/gemm_algo_config.h)
+  const auto accept = [&](const cublasLtMatmulAlgo_t& algo) {
+    ++checked;
+    cublasLtMatmulHeuristicResult_t r{};
+    return cublasLtMatmulAlgoCheck(S.lt, p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) == CUBLAS_STATUS_SUCCESS &&
+           r.workspaceSize <= kWorkspaceBytes;
+  };
+  for (int a = 0; a < nids; ++a) {
     cublasLtMatmulAlgo_t base;
     if (cublasLtMatmulAlgoInit(S.lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
-                               ids[a], &base) != CUBLAS_STATUS_SUCCESS)
-      continue;
-    const std::vector<uint32_t> tiles = cap_ids(base, CUBLASLT_ALGO_CAP_TILE_IDS);
-    const std::vector<uint32_t> stages = cap_ids(base, CUBLASLT_ALGO_CAP_STAGES_IDS);
-    int32_t swizzle_support = 0, custom_max = 0;
-    size_t w = 0;
-    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT, &swizzle_support,
-                                      sizeof swizzle_support, &w);
-    cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &custom_max, sizeof custom_max, &w);
-    for (uint32_t tile : tiles)
-      for (uint32_t stage : stages)
-        for (uint16_t cluster : clusters)
-          for (uint32_t swizzle = 0; swizzle <= (swizzle_support ? 1u : 0u); ++swizzle)
-            for (int32_t custom = 0; custom <= std::min(custom_max, 7); ++custom) {
-              if (static_cast<int>(timed.size()) >= limit) break;
-              cublasLtMatmulAlgo_t algo = base;
-              const int32_t splitk = 1;
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile);
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stage, sizeof stage);
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster);
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof swizzle);
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof custom);
-              cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk);
-              ++checked;
-              cublasLtMatmulHeuristicResult_t r{};
-              if (cublasLtMatmulAlgoCheck(S.lt, p.desc, p.la, p.lb, p.lc, p.lc, &algo, &r) != CUBLAS_STATUS_SUCCESS ||
-                  r.workspaceSize > kWorkspaceBytes)
-                continue;
-              ++accepted;
-              Config c = describe(algo);
-              c.us = S.time(cs, p, ops, algo, 2, 3);  // a first look; the fastest are timed again below
-              if (c.us > 0) timed.push_back(c);
-            }
+                               ids[a], &base) == CUBLAS_STATUS_SUCCESS)
+      xfr::cuda::add_whole_space(base, static_cast<size_t>(limit), accept, configs);
+  }
+  const int accepted = static_cast<int>(configs.size());
+  std::vector<Config> timed;
+  for (const cublasLtMatmulAlgo_t& algo : configs) {
+    Config c = describe(algo);
+    c.us = S.time(cs, p, ops, algo, 2, 3);  // a first look; the fastest are timed again below
+    if (c.us > 0) timed.push_back(c);
   }
   std::sort(timed.begin(), timed.end(), [](const Config& x, const Config& y) { return x.us < y.us; });
   if (timed.size() > 10) timed.resize(10);
