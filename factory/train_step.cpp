@@ -73,9 +73,12 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
     if (opt_.pool) opt_.pool->parallel_for(n, 1 << 16, body);  // 64k floats a task: far above dispatch cost
     else body(0, n);
   }
-  r.grad_norm = opt_.grad_clip > 0
-                    ? clip_grad_norm(store_->grads(), store_->slots(), static_cast<float>(opt_.grad_clip), opt_.pool)
-                    : global_grad_norm(store_->grads(), store_->slots(), opt_.pool);
+  if (opt_.grad_clip > 0)
+    r.grad_norm = clip_grad_norm(store_->grads(), store_->slots(), static_cast<float>(opt_.grad_clip), opt_.pool);
+  else if (opt_.grad_norm)
+    r.grad_norm = global_grad_norm(store_->grads(), store_->slots(), opt_.pool);
+  else
+    r.grad_norm = std::numeric_limits<float>::quiet_NaN();
   host_opt_->step(store_->params(), store_->grads(), lr, opt_.pool);
   return r;
 }
@@ -89,10 +92,13 @@ void TrainStep::enqueue_device_step() {
 
 // The gradients are complete: norm (and clip), the update, the loss-scale update (capturable).
 void TrainStep::enqueue_device_update() {
-  executor_->profiled(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
-    if (opt_.grad_clip > 0) dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
-    else dev_opt_->grad_norm(store_->grads(), scaler_.get());
-  });
+  if (device_norm_wanted())
+    executor_->profiled(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
+      if (opt_.grad_clip > 0)
+        dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
+      else
+        dev_opt_->grad_norm(store_->grads(), scaler_.get());
+    });
   DeviceOptimizer::ParamMirror mirror;
   if (const Tensor& m = executor_->param_mirror(); m.defined()) mirror = {m.raw_data(), m.dtype()};
   executor_->profiled("optimizer update", [&] { dev_opt_->step(store_->params(), store_->grads(), mirror); });
@@ -141,7 +147,7 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
     return r;
   }
   const StepScalars sc = dev_opt_->read_scalars();
-  r.grad_norm = sc.grad_norm;
+  r.grad_norm = device_norm_wanted() ? sc.grad_norm : std::numeric_limits<float>::quiet_NaN();
   r.skipped = sc.last_step_skipped != 0;
   if (scaler_) {
     r.loss_scale = scaler_->stats().scale;

@@ -30,7 +30,11 @@ struct TrainStepOptions {
   uint64_t seed = 0;                          // dropout's Philox key
   OptimizerConfig optimizer;
   int64_t grad_accum = 1;
-  double grad_clip = 0;                       // 0: no clipping (the norm is still computed for the log)
+  double grad_clip = 0;  // 0: no clipping (the norm is still computed when grad_norm)
+  // Compute the global gradient norm each step (StepResult::grad_norm, the training log's). Clipping and fp16 loss
+  // scaling need it whatever this says; a step with neither and grad_norm false skips the pass over the gradients
+  // (torch's plain optimizer step: the GPU benchmark's like-for-like recipe, tools/bench_gpu.cpp).
+  bool grad_norm = true;
   DType compute_dtype = DType::f32;           // f16: dynamic loss scaling
   bool cuda_graph = true;                     // GPU, grad_accum == 1: capture the whole step
   bool profile = false;                       // time every kernel and the optimizer's work (Executor::profile; no
@@ -40,7 +44,7 @@ struct TrainStepOptions {
 
 struct StepResult {
   double loss = 0;         // mean over the micro-batches (NaN when not read)
-  float grad_norm = 0;     // before clipping (0 when not read)
+  float grad_norm = 0;     // before clipping (0 when not read; NaN when not computed: TrainStepOptions::grad_norm)
   bool skipped = false;    // fp16: the step overflowed and was skipped
   float loss_scale = 1;    // fp16: the scale after this step
 };
@@ -73,6 +77,9 @@ class TrainStep {
   StepResult step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results);
   void enqueue_device_step();
   void enqueue_device_update();
+  // Whether the device step computes the gradient norm: clipping, fp16 loss scaling (the norm finds overflows)
+  // or TrainStepOptions::grad_norm.
+  bool device_norm_wanted() const { return opt_.grad_clip > 0 || opt_.grad_norm || scaler_ != nullptr; }
 
   BuiltModel& train_;
   TrainStepOptions opt_;

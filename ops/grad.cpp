@@ -7,19 +7,12 @@ namespace xfr {
 
 namespace {
 
-// The matmul node that produced v, when v is its only output and no node reads v: a fresh gradient contribution
-// (a backward rule's dA or dB) that the sum can absorb. Readers come after the producer (nodes are appended in
-// order), so only the nodes since it are looked at.
+// The matmul node that produced v, when v is a fresh gradient contribution (Graph::fresh_producer: a backward
+// rule's dA or dB that no node reads yet) that the sum can absorb.
 const MatMulOp* fresh_matmul(const Graph& g, Value v) {
-  const int p = g.value(v.id).producer;
-  if (p < 0) return nullptr;
-  const Node& n = g.node(p);
-  const auto* mm = dynamic_cast<const MatMulOp*>(n.op.get());
-  if (!mm || n.outputs.size() != 1 || n.inputs.size() != 2) return nullptr;
-  for (int i = p + 1; i < g.num_nodes(); ++i)
-    for (int in : g.node(i).inputs)
-      if (in == v.id) return nullptr;
-  return mm;
+  const Node* n = g.fresh_producer(v);
+  if (!n || n->inputs.size() != 2) return nullptr;
+  return dynamic_cast<const MatMulOp*>(n->op.get());
 }
 
 // a + b for autodiff: when one side is a fresh matmul product, one matmul_add node (the GEMM adds the other side;

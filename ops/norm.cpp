@@ -1,5 +1,6 @@
 #include "ops/norm.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops/elementwise.h"
@@ -48,6 +49,13 @@ void refuse_stat_grads(const char* op, const BackwardContext& ctx, int first_sta
 
 }  // namespace
 
+bool residual_broadcasts(const Shape& residual, const Shape& x) {
+  auto first = residual.begin();
+  while (first != residual.end() && *first == 1 && residual.end() - first > 1) ++first;  // leading 1s (keep one axis)
+  const auto n = residual.end() - first;
+  return n >= 1 && static_cast<size_t>(n) <= x.size() && std::equal(first, residual.end(), x.end() - n);
+}
+
 // ---- layernorm ------------------------------------------------------------------------------------------
 
 std::string LayerNormOp::attrs() const {
@@ -62,8 +70,10 @@ std::vector<TensorMeta> LayerNormOp::infer(const std::vector<TensorMeta>& in) co
   XF_CHECK(in.size() == 1u + has_residual + has_gamma + has_beta, op, "takes ", 1 + has_residual + has_gamma + has_beta,
            " inputs (x", has_residual ? ", residual" : "", has_gamma ? ", gamma" : "", has_beta ? ", beta" : "",
            "), got ", in.size());
-  if (has_residual)
-    XF_CHECK(in[1] == in[0], op, "residual ", in[1].str(), " must match x ", in[0].str());
+  if (has_residual) {
+    XF_CHECK(in[1].dtype == in[0].dtype && residual_broadcasts(in[1].shape, in[0].shape), op, "residual ", in[1].str(),
+             " must match x ", in[0].str(), " or broadcast over its leading axes (a suffix of its shape)");
+  }
   std::vector<TensorMeta> norm_in{in[0]};
   std::vector<const char*> names;
   if (has_gamma) {
@@ -109,7 +119,8 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
     ds = dsum;
   }
   if (ctx.needs_grad(0)) grads[0] = ds;
-  if (has_residual && ctx.needs_grad(1)) grads[1] = ds;  // d(x + residual) / d residual = 1
+  // d(x + residual) / d residual = 1, summed over the axes a broadcast residual was added along.
+  if (has_residual && ctx.needs_grad(1)) grads[1] = sum_to(ds, ctx.input(1).shape(), ctx.name("sum_residual"));
   return grads;
 }
 

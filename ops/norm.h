@@ -8,7 +8,11 @@
 //              residual add of a transformer block fused into its norm (torch.compile fuses the same pair),
 //              one pass instead of the add's three and the norm's two. sum = s is written when write_sum
 //              (pre-norm: s is the residual stream that goes on); post-norm needs only y, and its backward
-//              recomputes s with an add node.
+//              recomputes s with an add node. The residual may also broadcast over x's leading axes: its
+//              shape a suffix of x's, (R, C) or (..., R, C) read as rows of R, so row r of x adds row r % R (a
+//              positional table (T, C) added to embeddings (B, T, C), the add the first block's norm takes in;
+//              leading 1s are dropped first, so (1, T, C) is the same);
+//              its gradient is then ds summed over the broadcast axes.
 //   rmsnorm    inputs  (x (..., C), [gamma (C)])
 //              outputs (y (..., C), rstd (rows))
 //              y = x * rstd * gamma,  rstd = 1 / sqrt(mean(x^2) + eps)
@@ -27,6 +31,10 @@
 #include "runtime/graph.h"
 
 namespace xfr {
+
+// Whether a residual of shape `residual` can be added to x of shape `x` by a layernorm (LayerNormOp::has_residual):
+// x's shape, or one whose shape with its leading 1s dropped is a suffix of x's (read as rows repeating over x's rows).
+bool residual_broadcasts(const Shape& residual, const Shape& x);
 
 // The dtype of the saved statistics (mean, rstd) for x of dtype `x`: f32 for f16/bf16, else x.
 inline DType norm_stat_dtype(DType x) { return x == DType::f16 || x == DType::bf16 ? DType::f32 : x; }

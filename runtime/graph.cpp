@@ -141,6 +141,17 @@ std::vector<Value> Graph::extend(int node_id, std::shared_ptr<const Op> op) {
   return outs;
 }
 
+const Node* Graph::fresh_producer(const Value& v) const {
+  const int p = value(v.id).producer;
+  if (p < 0) return nullptr;
+  const Node& n = node(p);
+  if (n.outputs.size() != 1) return nullptr;
+  for (int i = p + 1; i < num_nodes(); ++i)
+    for (int in : node(i).inputs)
+      if (in == v.id) return nullptr;
+  return &n;
+}
+
 Value Graph::row_sum_of(const Value& v) {
   XF_CHECK(v.defined() && v.graph == this, "graph", "row_sum_of: a value of another graph");
   const int node_id = value(v.id).producer, k = value(v.id).producer_output;

@@ -85,6 +85,10 @@ class Graph {
   // when that node's op can write it (Op::with_row_sum: the node is extended the first time), else undefined (the
   // caller sums v itself). A linear layer's bias gradient from the layernorm backward that wrote its output gradient.
   Value row_sum_of(const Value& v);
+  // The node that wrote v when v is its only output and no node reads v yet, else null: an intermediate that the
+  // node about to read it may absorb (a gradient sum into the matmul that produced one side, a norm's input add
+  // into the norm). Readers come after the producer (nodes are appended in order), so only those are looked at.
+  const Node* fresh_producer(const Value& v) const;
 
   // Name scopes: `auto s = g.scope("encoder.3");` qualifies names until `s` is destroyed.
   class Scope {

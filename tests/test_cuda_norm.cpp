@@ -95,27 +95,39 @@ XF_CUDA_TEST_CASE("cuda: layernorm forward matches the CPU (every path, affine c
 // and the streaming kernel (norm_sizes), with and without the sum written out. The GPU rounds x + residual to
 // the dtype before the statistics, as the unfused add would store it; the reference is the CPU's plain
 // layernorm of that rounded sum, so the f32 statistics compare at f32 tolerance and the sum exactly.
-XF_CUDA_TEST_CASE("cuda: layernorm with a fused residual add matches the CPU (sum written or not)") {
+// A broadcast residual (a suffix of x's shape, row r adding row r % R) takes the same kernels: R = rows, R = 1 (a (C)
+// residual) and, where rows allow, R = 40 with x seen as (rows / 40, 40, C) (GPT-2's position table, (T, C) under
+// (B, T, C)), each with the sum written out.
+XF_CUDA_TEST_CASE("cuda: layernorm with a fused residual add matches the CPU (sum written or not, broadcast rows)") {
   uint64_t seed = 100;
   for (DType dt : cuda_float_dtypes())
     for (auto [rows, C] : norm_sizes())
-      for (bool write_sum : {false, true}) {
-        const std::string what = "residual layernorm " + size_name(rows, C) + " write_sum=" + std::to_string(write_sum) +
-                                 " [" + dtype_name(dt) + "]";
-        const Tensor x = random_tensor({rows, C}, ++seed, -2.0, 3.0).to(dt), r = random_tensor({rows, C}, ++seed, -1.0, 1.0).to(dt);
-        const Tensor gm = random_tensor({C}, ++seed, 0.5, 1.5).to(dt), bt = random_tensor({C}, ++seed, -1.0, 1.0).to(dt);
-        const auto xv = x.to_doubles(), rv = r.to_doubles();
-        std::vector<float> sv(xv.size());
-        for (size_t i = 0; i < sv.size(); ++i) sv[i] = static_cast<float>(xv[i]) + static_cast<float>(rv[i]);
-        const Tensor s = Tensor::from_vector(sv, {rows, C}).to(dt).to(DType::f32);  // the sum as dt stores it
-        const auto ref = run_op(LayerNormOp(1e-5, true, true), {s, gm.to(DType::f32), bt.to(DType::f32)}, &test_pool());
-        const auto got = run_op_cuda(LayerNormOp(1e-5, true, true, true, write_sum), {x, r, gm, bt});
-        REQUIRE(got.size() == (write_sum ? 4u : 3u));
-        const Tolerance tol = cuda_tolerance(dt);
-        check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.atol, tol.rtol, what + " y");
-        check_close(got[1].to_doubles(), ref[1].to_doubles(), 1e-5, 1e-4, what + " mean");
-        check_close(got[2].to_doubles(), ref[2].to_doubles(), 1e-5, 1e-4, what + " rstd");
-        if (write_sum) CHECK_MESSAGE(got[3].to_doubles() == s.to_doubles(), what << " sum");
+      for (int64_t R : {rows, int64_t(1), int64_t(40)}) {
+        if (rows % R != 0 || (R != rows && (rows == 1 || rows == R))) continue;  // each R once
+        for (bool write_sum : {false, true}) {
+          if (R != rows && !write_sum) continue;  // the broadcast rows with the sum (the pre-norm first block's norm)
+          const std::string what = "residual layernorm " + size_name(rows, C) + " residual rows " + std::to_string(R) +
+                                   " write_sum=" + std::to_string(write_sum) + " [" + dtype_name(dt) + "]";
+          const Shape xs = R == rows || R == 1 ? Shape{rows, C} : Shape{rows / R, R, C};
+          const Shape rs = R == rows ? Shape{rows, C} : R == 1 ? Shape{C} : Shape{R, C};
+          const Tensor x = random_tensor(xs, ++seed, -2.0, 3.0).to(dt), r = random_tensor(rs, ++seed, -1.0, 1.0).to(dt);
+          const Tensor gm = random_tensor({C}, ++seed, 0.5, 1.5).to(dt),
+                       bt = random_tensor({C}, ++seed, -1.0, 1.0).to(dt);
+          const auto xv = x.to_doubles(), rv = r.to_doubles();
+          std::vector<float> sv(xv.size());
+          for (size_t i = 0; i < sv.size(); ++i)
+            sv[i] = static_cast<float>(xv[i]) + static_cast<float>(rv[(i / C) % R * C + i % C]);
+          const Tensor s = Tensor::from_vector(sv, xs).to(dt).to(DType::f32);  // the sum as dt stores it
+          const auto ref =
+              run_op(LayerNormOp(1e-5, true, true), {s, gm.to(DType::f32), bt.to(DType::f32)}, &test_pool());
+          const auto got = run_op_cuda(LayerNormOp(1e-5, true, true, true, write_sum), {x, r, gm, bt});
+          REQUIRE(got.size() == (write_sum ? 4u : 3u));
+          const Tolerance tol = cuda_tolerance(dt);
+          check_close(got[0].to_doubles(), ref[0].to_doubles(), tol.atol, tol.rtol, what + " y");
+          check_close(got[1].to_doubles(), ref[1].to_doubles(), 1e-5, 1e-4, what + " mean");
+          check_close(got[2].to_doubles(), ref[2].to_doubles(), 1e-5, 1e-4, what + " rstd");
+          if (write_sum) CHECK_MESSAGE(got[3].to_doubles() == s.to_doubles(), what << " sum");
+        }
       }
 }
 

@@ -220,3 +220,39 @@ XF_CUDA_TEST_CASE("gpu training: a profiled step times its work outside the grap
   CHECK(!ts.captured());                          // profiling runs eagerly
   CHECK(ts.executor().profile().count("cross_entropy") == 1);
 }
+
+XF_CUDA_TEST_CASE("gpu training: without clipping, grad_norm=false skips the norm and changes nothing else") {
+  // The benchmark's like-for-like recipe (torch's plain optimizer step): no clipping and no norm. The updates must be
+  // those of a step that computes the norm and does not clip: the same losses and parameters, bit for bit.
+  const auto ctx = make_device_context(Device::cuda(0));
+  Bf16Tiny with_norm, without_norm;
+  TrainStepOptions on = with_norm.options(ctx), off = without_norm.options(ctx);
+  on.grad_clip = off.grad_clip = 0.0;
+  off.grad_norm = false;
+  TrainStep a(with_norm.model.train_graph, with_norm.model.store, on);
+  TrainStep b(without_norm.model.train_graph, without_norm.model.store, off);
+  for (int i = 0; i < 4; ++i) {  // eager, capture, two replays
+    const StepResult ra = a.step(with_norm.bind(), 1e-3f), rb = b.step(without_norm.bind(), 1e-3f);
+    CHECK_MESSAGE(ra.loss == rb.loss, "step " << i + 1);
+    CHECK(std::isfinite(ra.grad_norm));
+    CHECK(ra.grad_norm > 0.0f);
+    CHECK(std::isnan(rb.grad_norm));  // not computed, so not reported as 0
+  }
+  CHECK(b.captured());
+  const int64_t n = static_cast<int64_t>(a.store().flat_size());
+  const auto params = [&](TrainStep& t) {
+    return Tensor::wrap(t.store().params(), {n}, DType::f32, ctx->device(), nullptr, ctx.get()).to_host().to_doubles();
+  };
+  CHECK(params(a) == params(b));
+  // A profiled step without the norm has no norm work.
+  Bf16Tiny p;
+  TrainStepOptions po = p.options(ctx);
+  po.grad_clip = 0.0;
+  po.grad_norm = false;
+  po.profile = true;
+  TrainStep pt(p.model.train_graph, p.model.store, po);
+  pt.step(p.bind(), 1e-3f);
+  CHECK(pt.executor().profile().count("gradient norm") == 0);
+  CHECK(pt.executor().profile().count("gradient norm + clip") == 0);
+  CHECK(pt.executor().profile().count("optimizer update") == 1);
+}

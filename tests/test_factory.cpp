@@ -4,7 +4,7 @@
 // leakage of whole models, and training end to end (the embedded default learns, exact resume,
 // checkpoint round trip, seeded generation, metrics.jsonl).
 #include <doctest/doctest.h>
-
+#include <spdlog/sinks/ostream_sink.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,21 +14,20 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-#include <spdlog/sinks/ostream_sink.h>
-
-#include "temp_dir.h"
 #include "factory/config.h"
 #include "factory/model_builder.h"
 #include "factory/registry.h"
 #include "factory/schema.h"
+#include "factory/train_step.h"
 #include "factory/trainer.h"
 #include "factory/weight_init.h"
+#include "ops/elementwise.h"
 #include "ops/norm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cpu/threadpool.h"
@@ -36,6 +35,7 @@
 #include "runtime/executor.h"
 #include "runtime/optimizer.h"
 #include "runtime/param_store.h"
+#include "temp_dir.h"
 #include "testing.h"
 
 using namespace xfr;
@@ -1061,4 +1061,73 @@ TEST_CASE("factory: residual layernorms of a training graph write the sum their 
       else CHECK(writing < residual_norms);  // the final norm (pre) or every norm (post) drops it
     }
   }
+}
+
+// The positional encoding's add (embeddings (B, T, C) + positions (T, C)) is taken in by the first block's norm of a
+// pre-norm model as its broadcast residual (factory/model_builder.cpp normalize): the add node is read by nothing, and
+// the norm writes the sum the residual stream goes on from. With dropout after the add there is nothing to take in.
+TEST_CASE("factory: the first pre-norm block's layernorm takes the positional add in as its residual") {
+  const int64_t B = 2, T = 16, D = 16;
+  for (const std::string pos : {"{name: vocab, seq_len: 16}", "{name: sine}", "{name: learnable, seq_len: 16}",
+                                "{name: vocab, seq_len: 16, dropout: 0.1}"})
+    for (bool training : {true, false}) {
+      INFO(pos << (training ? " training" : " inference"));
+      const Config c = tiny({"model.stack_configs.0.position_encoding_config=" + pos});
+      ConfigNode model = c.root.at("model");
+      model.set("vocab_size", ConfigNode::make_scalar("18"));
+      BuiltModel m = build_model(model, B, T, training);
+      const Graph& g = *m.graph;
+      const bool dropout = pos.find("dropout") != std::string::npos && training;
+      std::set<int> read;
+      for (int i = 0; i < g.num_nodes(); ++i)
+        for (int in : g.node(i).inputs) read.insert(in);
+      int adds = 0, unread_adds = 0, first_norm = -1;
+      for (int i = 0; i < g.num_nodes(); ++i) {
+        const Node& n = g.node(i);
+        if (n.name.find("add_positions") != std::string::npos && dynamic_cast<const BinaryOp*>(n.op.get())) {
+          ++adds;
+          unread_adds += read.count(n.outputs[0]) == 0;
+        }
+        if (first_norm < 0 && dynamic_cast<const LayerNormOp*>(n.op.get())) first_norm = i;
+      }
+      CHECK(adds == 1);
+      REQUIRE(first_norm >= 0);
+      const auto& ln = static_cast<const LayerNormOp&>(*g.node(first_norm).op);
+      CHECK(unread_adds == (dropout ? 0 : 1));
+      CHECK(ln.has_residual == !dropout);
+      if (dropout) continue;
+      CHECK(ln.write_sum);
+      CHECK(g.value(g.node(first_norm).inputs[0]).meta.shape == Shape{B, T, D});
+      CHECK(g.value(g.node(first_norm).inputs[1]).meta.shape == Shape{T, D});
+    }
+}
+
+TEST_CASE("factory train step (CPU): without clipping, grad_norm=false skips the norm and changes nothing else") {
+  const int64_t V = 18, B = 2;
+  const Config c = tiny({"train.grad_clip=0"});
+  Model a = make_model(c, V, B, make_null_logger()), b = make_model(c, V, B, make_null_logger());
+  b.store->copy_params_from(*a.store);
+  TrainStepOptions on;
+  on.optimizer = optimizer_config(c);
+  TrainStepOptions off = on;
+  off.grad_norm = false;
+  TrainStep ta(a.train_graph, a.store, on), tb(b.train_graph, b.store, off);
+  const int64_t T = a.train_graph.tokens.dim(1);
+  std::vector<int32_t> ids(static_cast<size_t>(B * T));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 1) % V);
+  const Tensor tokens = Tensor::from_vector(ids, {B, T});
+  const auto bind = [&](Model& m) {
+    return [&m, &tokens](Executor& ex, int64_t) {
+      ex.bind(m.train_graph.tokens, tokens);
+      ex.bind(m.train_graph.targets, tokens);
+    };
+  };
+  for (int i = 0; i < 3; ++i) {
+    const StepResult ra = ta.step(bind(a), 1e-3f), rb = tb.step(bind(b), 1e-3f);
+    CHECK(ra.loss == rb.loss);
+    CHECK(ra.grad_norm > 0.0f);
+    CHECK(std::isnan(rb.grad_norm));
+  }
+  const size_t n = a.store->flat_size();
+  CHECK(std::equal(a.store->params(), a.store->params() + n, b.store->params()));
 }

@@ -297,6 +297,56 @@ TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradie
   }
 }
 
+TEST_CASE("layernorm with a broadcast residual (a suffix of x's shape): add + layernorm's values and gradients") {
+  // Embeddings (B, T, C) + a position table (T, C): the first block's norm takes the add in
+  // (factory/model_builder.cpp).
+  const Tensor x = random_tensor({3, 5, 33}, 61, -2, 2), table = random_tensor({5, 33}, 62, -2, 2);
+  const Tensor gm = random_tensor({33}, 63, 0.5, 1.5), bt = random_tensor({33}, 64, -1, 1);
+  for (const Tensor& r : {table, random_tensor({33}, 65, -2, 2), random_tensor({1, 5, 33}, 66, -2, 2)}) {
+    INFO("residual " << shape_str(r.shape()));
+    for (bool want_sum : {false, true}) {
+      const Tensor fused = run_graph(
+          [&](Graph&, const std::vector<Value>& v) {
+            const ResidualLayerNorm o = add_layernorm(v[0], v[1], v[2], v[3], want_sum);
+            return want_sum ? add(o.y, scale(o.sum, 3.0)) : o.y;
+          },
+          {x, r, gm, bt});
+      const Tensor plain = run_graph(
+          [&](Graph&, const std::vector<Value>& v) {
+            const Value s = add(v[0], v[1]);
+            const Value y = layernorm(s, v[2], v[3]);
+            return want_sum ? add(y, scale(s, 3.0)) : y;
+          },
+          {x, r, gm, bt});
+      CHECK(fused.to_doubles() == plain.to_doubles());
+    }
+  }
+  // Gradients of every input by finite differences: the table's sums ds over the batch.
+  const auto in64 = [](uint64_t seed, const Shape& residual) {
+    return std::vector<Tensor>{
+        random_tensor({2, 3, 7}, seed, -2, 2, DType::f64), random_tensor(residual, seed + 1, -2, 2, DType::f64),
+        random_tensor({7}, seed + 2, 0.5, 1.5, DType::f64), random_tensor({7}, seed + 3, -1, 1, DType::f64)};
+  };
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) {
+        const ResidualLayerNorm o = add_layernorm(v[0], v[1], v[2], v[3], true);
+        return add(o.y, scale(o.sum, 0.7));
+      },
+      in64(71, {3, 7}), "broadcast residual (T, C), y and sum");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return add_layernorm(v[0], v[1], v[2], v[3], false).y; },
+                  in64(75, {7}), "broadcast residual (C), y (the recomputed sum)");
+  // Not a suffix of x's shape, or another dtype: refused at the front door.
+  for (const Tensor& r : {Tensor::zeros({2, 8}), Tensor::zeros({3, 1, 8}), Tensor::zeros({8}, DType::f64)}) {
+    try {
+      run_op(LayerNormOp(1e-5, false, false, true, false), {Tensor::zeros({3, 4, 8}), r});
+      FAIL("no error for residual " << r.desc());
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("[layernorm] residual") != std::string::npos);
+      CHECK(std::string(e.what()).find("suffix") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("layernorm/rmsnorm: bad shapes and parameters throw an xfr::Error naming the op and shapes") {
   const Tensor x = Tensor::zeros({4, 8});
   try {

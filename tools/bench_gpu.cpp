@@ -1,6 +1,9 @@
 // GPU benchmarks of whole models, run beside tools/bench_gpu_torch.py in one job (tools/gpu_check.sh):
 //   gpt2:    configs/gpt2-124m.yaml training (bf16-mixed, AdamW, the step as a CUDA graph) on random
-//            tokens: tokens/s, MFU against the H200's 990 TFLOP/s dense bf16, peak GPU memory.
+//            tokens: tokens/s, MFU against the H200's 990 TFLOP/s dense bf16, peak GPU memory. Two recipes:
+//            "torch" (gpt2_124M_train, the ratio's figure): the step tools/bench_gpu_torch.py and the anchors
+//            (../shared/anchors/torch_baseline.py) time, a plain AdamW step with no gradient clipping and so no
+//            gradient norm; "config" (gpt2_124M_train_config): the config's own, clipping at train.grad_clip.
 //   encoder: configs/minilm-encoder.yaml inference (bf16, logits of every position, B=256, T=128):
 //            sequences/s.
 // FLOPs per token for MFU follow the anchors' convention (6N + 12 L C T) so ratios compare like with like.
@@ -63,7 +66,8 @@ void print_profile(const Executor& ex, const char* what, int runs) {
                 1e3 * r.ms / std::max(r.calls, 1));
 }
 
-nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, ThreadPool& pool) {
+// torch_recipe: the baseline's step (no clipping, no norm); else the config's (train.grad_clip).
+nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, ThreadPool& pool, bool torch_recipe) {
   const Config cfg = load_config(dir + "/gpt2-124m.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
@@ -73,7 +77,8 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
   o.device_ctx = ctx;
   o.pool = &pool;
   o.optimizer = optimizer_config(cfg);
-  o.grad_clip = get_number(cfg.root.at("train"), "grad_clip");
+  o.grad_clip = torch_recipe ? 0.0 : get_number(cfg.root.at("train"), "grad_clip");
+  o.grad_norm = !torch_recipe;
   o.compute_dtype = DType::bf16;
   o.cuda_graph = true;
   o.logger = make_stderr_logger("bench");
@@ -124,15 +129,27 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
   }
   const double flops_per_tok = 6 * nparam + 12.0 * static_cast<double>(L * C * T);
   const double tps = static_cast<double>(B * T) / dt;
-  std::printf("xfrun gpt2-124M train B=%lld T=%lld: %.0f tok/s, %.1f ms/step, MFU(990) %.2f%%, peak %.2f GiB, "
-              "graph %s, side steps %d, loss %.3f -> %.3f\n",
-              static_cast<long long>(B), static_cast<long long>(T), tps, dt * 1e3, 100 * tps * flops_per_tok / 990e12,
-              ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no", ts.executor().side_steps(), first_loss,
-              last_loss);
+  const std::string recipe =
+      torch_recipe ? "torch's step, no clip" : "config's step, clip " + std::to_string(o.grad_clip);
+  std::printf(
+      "xfrun gpt2-124M train B=%lld T=%lld (%s): %.0f tok/s, %.1f ms/step, MFU(990) %.2f%%, peak %.2f GiB, "
+      "graph %s, side steps %d, loss %.3f -> %.3f\n",
+      static_cast<long long>(B), static_cast<long long>(T), recipe.c_str(), tps, dt * 1e3,
+      100 * tps * flops_per_tok / 990e12, ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no",
+      ts.executor().side_steps(), first_loss, last_loss);
   std::fflush(stdout);
-  return {{"tok_per_s", tps}, {"step_ms", dt * 1e3}, {"mfu_vs_990", tps * flops_per_tok / 990e12},
-          {"peak_bytes", ms.peak_bytes}, {"reserved_bytes", ms.reserved_bytes}, {"params", nparam},
-          {"cuda_graph", ts.captured()}, {"side_steps", ts.executor().side_steps()}, {"first_loss", first_loss}, {"last_loss", last_loss}};
+  return {{"tok_per_s", tps},
+          {"step_ms", dt * 1e3},
+          {"mfu_vs_990", tps * flops_per_tok / 990e12},
+          {"peak_bytes", ms.peak_bytes},
+          {"reserved_bytes", ms.reserved_bytes},
+          {"params", nparam},
+          {"cuda_graph", ts.captured()},
+          {"side_steps", ts.executor().side_steps()},
+          {"first_loss", first_loss},
+          {"last_loss", last_loss},
+          {"grad_clip", o.grad_clip},
+          {"grad_norm", o.grad_norm}};
 }
 
 nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& pool) {
@@ -201,7 +218,10 @@ int main(int argc, char** argv) {
   ThreadPool pool(0);
   nlohmann::json res;
   try {
-    if (sections.find("gpt2") != std::string::npos) res["gpt2_124M_train"] = bench_gpt2(dir, steps, profile, pool);
+    if (sections.find("gpt2") != std::string::npos) {
+      res["gpt2_124M_train"] = bench_gpt2(dir, steps, profile, pool, /*torch_recipe=*/true);
+      res["gpt2_124M_train_config"] = bench_gpt2(dir, steps, false, pool, /*torch_recipe=*/false);
+    }
     if (sections.find("encoder") != std::string::npos) res["encoder_infer"] = bench_encoder(dir, profile, pool);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xfrun_bench_gpu: %s\n", e.what());

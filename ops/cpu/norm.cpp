@@ -49,7 +49,7 @@ void reduce_bands(const std::vector<T>& partial, int64_t nbands, int64_t C, T* o
 
 // ---- layernorm --------------------------------------------------------------------------------------------
 
-// in: x (rows, C), [residual (rows, C)], [gamma (C)], [beta (C)];
+// in: x (rows, C), [residual (rows, C), or (R, C) broadcast: row r adds row r % R], [gamma (C)], [beta (C)];
 // out: y (rows, C), mean (rows), rstd (rows), [sum (rows, C)]
 template <class T>
 void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const std::vector<Tensor>& in,
@@ -57,6 +57,7 @@ void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const st
   const int64_t C = in[0].shape().back(), rows = in[0].numel() / C;
   const T* x = in[0].data<T>();
   const T* residual = op.has_residual ? in[1].data<T>() : nullptr;
+  const int64_t residual_rows = op.has_residual ? in[1].numel() / C : rows;
   const T* gamma = op.has_gamma ? in[static_cast<size_t>(op.gamma_index())].data<T>() : nullptr;
   const T* beta = op.has_beta ? in[static_cast<size_t>(op.beta_index())].data<T>() : nullptr;
   T* y = out[0].data<T>();
@@ -70,7 +71,7 @@ void layernorm_forward(const LayerNormOp& op, const KernelContext& ctx, const st
       const T* xr = x + r * C;
       if (residual) {  // the norm's input s = x + residual, in the sum output or a row buffer
         T* s = sum ? sum + r * C : srow.data();
-        const T* rr = residual + r * C;
+        const T* rr = residual + (r % residual_rows) * C;
         for (int64_t i = 0; i < C; ++i) s[i] = xr[i] + rr[i];
         xr = s;
       }

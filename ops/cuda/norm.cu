@@ -18,6 +18,7 @@
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
+#include "runtime/env.h"
 
 namespace xfr::cuda {
 
@@ -97,6 +98,15 @@ __device__ __forceinline__ dev::Pack<T, W> add_rounded(const dev::Pack<T, W>& a,
   return r;
 }
 
+// The residual's row for x's row `row` (a broadcast residual of residual_rows rows repeats them): row itself when the
+// residual has x's rows, else row % residual_rows, in 32 bits when it fits (a 64-bit remainder is a long software
+// sequence; computed on every row, it cost the forward about 1.7 us a GPT-2 call, 2026-12-01).
+__device__ __forceinline__ int64_t residual_row(int64_t row, int64_t rows, int64_t residual_rows) {
+  if (residual_rows == rows) return row;
+  if (rows <= INT32_MAX) return static_cast<uint32_t>(row) % static_cast<uint32_t>(residual_rows);
+  return row % residual_rows;
+}
+
 // The ones column after a row of y (KernelContext::ones_column): a one and seven zeros.
 template <class T>
 __device__ __forceinline__ void write_ones_tail(T* tail) {
@@ -112,13 +122,14 @@ __device__ __forceinline__ void write_ones_tail(T* tail) {
 template <class T, int W, int kIters, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
     norm_forward_kernel(const T* __restrict__ x,         // (rows, C)
-                        const T* __restrict__ residual,  // (rows, C) or null: the norm's input is x + residual
+                        const T* __restrict__ residual,  // (residual_rows, C) or null: the norm's input is x + residual
+                        int64_t residual_rows,           // row r of x adds row r % residual_rows (broadcast)
                         T* __restrict__ sum,             // (rows, C) or null: x + residual written out
                         const T* __restrict__ gamma,     // (C) or null
-                        const T* __restrict__ beta,   // (C) or null; null for rmsnorm
-                        T* __restrict__ y,            // (rows, C), rows ldy apart
-                        float* __restrict__ mean,     // (rows); null for rmsnorm
-                        float* __restrict__ rstd,     // (rows)
+                        const T* __restrict__ beta,      // (C) or null; null for rmsnorm
+                        T* __restrict__ y,               // (rows, C), rows ldy apart
+                        float* __restrict__ mean,        // (rows); null for rmsnorm
+                        float* __restrict__ rstd,        // (rows)
                         int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
   const int64_t tid = threadIdx.x, tpr = blockDim.x;
   const float inv_c = 1.f / static_cast<float>(C);
@@ -126,6 +137,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     const int64_t row = base + threadIdx.y;
     const bool valid = row < rows;
     const T* xr = x + row * C;
+    const T* rr = residual ? residual + residual_row(row, rows, residual_rows) * C : nullptr;
     dev::Pack<T, W> xv[kIters];
     float s = 0.f;
 #pragma unroll
@@ -134,7 +146,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       if (valid && c < C) {
         xv[k] = dev::load_pack_stream<T, W>(xr + c);
         if (residual) {
-          xv[k] = add_rounded(xv[k], dev::load_pack_stream<T, W>(residual + row * C + c));
+          xv[k] = add_rounded(xv[k], dev::load_pack_stream<T, W>(rr + c));
           if (sum) dev::store_pack<T, W>(sum + row * C + c, xv[k]);
         }
 #pragma unroll
@@ -185,19 +197,20 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 template <class T, int W, bool kRms>
 __global__ void __launch_bounds__(kMaxRowThreads)
     norm_forward_streaming_kernel(const T* __restrict__ x,         // (rows, C)
-                                  const T* __restrict__ residual,  // (rows, C) or null
+                                  const T* __restrict__ residual,  // (residual_rows, C) or null
+                                  int64_t residual_rows,           // row r of x adds row r % residual_rows
                                   T* __restrict__ sum,             // (rows, C) or null
                                   const T* __restrict__ gamma,     // (C) or null
-                                  const T* __restrict__ beta,   // (C) or null
-                                  T* __restrict__ y,            // (rows, C), rows ldy apart
-                                  float* __restrict__ mean,     // (rows) or null
-                                  float* __restrict__ rstd,     // (rows)
+                                  const T* __restrict__ beta,      // (C) or null
+                                  T* __restrict__ y,               // (rows, C), rows ldy apart
+                                  float* __restrict__ mean,        // (rows) or null
+                                  float* __restrict__ rstd,        // (rows)
                                   int64_t rows, int64_t C, int64_t ldy, bool ones_tail, float eps) {
   const int64_t tid = threadIdx.x, step = int64_t(blockDim.x) * W;
   const float inv_c = 1.f / static_cast<float>(C);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * C;
-    const T* rr = residual ? residual + row * C : nullptr;
+    const T* rr = residual ? residual + residual_row(row, rows, residual_rows) * C : nullptr;
     // The norm's input at column c: x, or x + residual rounded to T (what the add op would have stored).
     auto input = [&](int64_t c) {
       const dev::Pack<T, W> v = dev::load_pack<T, W>(xr + c);
@@ -246,10 +259,12 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 }
 
 // x: (rows, C); y: (rows, C) with rows ldy >= C apart (and the ones column after each with ones_tail: ldy >= C + 8);
-// residual, sum: (rows, C) or null; gamma, beta: (C) or null; mean: (rows) or null (rmsnorm); rstd: (rows)
+// residual: (residual_rows, C) or null, row r of x adding row r % residual_rows; sum: (rows, C) or null;
+// gamma, beta: (C) or null; mean: (rows) or null (rmsnorm); rstd: (rows)
 template <class T, bool kRms>
-void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T* beta, T* y, float* mean,
-                  float* rstd, int64_t rows, int64_t C, int64_t ldy, bool ones_tail, double eps, cudaStream_t stream) {
+void norm_forward(const T* x, const T* residual, int64_t residual_rows, T* sum, const T* gamma, const T* beta, T* y,
+                  float* mean, float* rstd, int64_t rows, int64_t C, int64_t ldy, bool ones_tail, double eps,
+                  cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int V = vec_width<T>();
   const float feps = static_cast<float>(eps);
@@ -258,16 +273,14 @@ void norm_forward(const T* x, const T* residual, T* sum, const T* gamma, const T
     const GroupPlan plan = plan_forward(C, W);
     if (plan.iters == 0) {
       const unsigned grid = static_cast<unsigned>(std::min(rows, kMaxGrid));
-      norm_forward_streaming_kernel<T, W, kRms>
-          <<<grid, kMaxRowThreads, 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail,
-                                                 feps);
+      norm_forward_streaming_kernel<T, W, kRms><<<grid, kMaxRowThreads, 0, stream>>>(
+          x, residual, residual_rows, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward_streaming");
       return;
     }
     with_packs<kFwdMaxPacks>(plan.iters, [&](auto iters) {
-      norm_forward_kernel<T, W, decltype(iters)::value, kRms>
-          <<<plan.grid(rows), plan.block(), 0, stream>>>(x, residual, sum, gamma, beta, y, mean, rstd, rows, C, ldy,
-                                                         ones_tail, feps);
+      norm_forward_kernel<T, W, decltype(iters)::value, kRms><<<plan.grid(rows), plan.block(), 0, stream>>>(
+          x, residual, residual_rows, sum, gamma, beta, y, mean, rstd, rows, C, ldy, ones_tail, feps);
       XF_CUDA_CHECK_LAUNCH("norm_forward");
     });
   };
@@ -613,6 +626,10 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
         // 42-43 us a call in ncu against 47-49, 2026-11-30.)
         blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
+        // XF_NORM_BACKWARD_BLOCKS=n: the grid, in place of the above (the LayerNorm backward lab's sweep of one wave of
+        // looping blocks against more blocks, each with fewer rows and its own partial row).
+        static const int64_t forced_blocks = env_int("XF_NORM_BACKWARD_BLOCKS", 0);
+        if (forced_blocks > 0) blocks = std::min(forced_blocks, ceil_div(rows, rpb));
         // Room for the partial rows (room() keeps 256 bytes for the alignment).
         const int64_t fit = scratch.room<float>() / (nparts * C * partials_per_block);
         blocks = std::max<int64_t>(1, std::min({blocks, fit, kMaxGrid}));
@@ -672,7 +689,7 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
 
 // ---- graph kernels ---------------------------------------------------------------------------------------------
 
-// in: x (..., C), [residual (..., C)], [gamma (C)], [beta (C)];
+// in: x (..., C), [residual (..., C), or a suffix of that shape: broadcast], [gamma (C)], [beta (C)];
 // out: y (..., C), mean (rows) f32, rstd (rows) f32, [sum (..., C)]
 void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector<Tensor>& in,
                       const std::vector<Tensor>& out) {
@@ -685,9 +702,9 @@ void layernorm_kernel(const Op& op_, const KernelContext& ctx, const std::vector
   const int64_t ldy = out[0].shape().size() >= 2 ? out[0].row_stride() : C;
   XF_CHECK(ctx.ones_column ? ldy >= C + kOnesColumnPad : ldy == C, "layernorm", "y ", out[0].desc(),
            ctx.ones_column ? " is not the view of rows with the ones column" : " is not packed");
-  launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), residual, op.write_sum ? out[3].raw_data() : nullptr,
-                           gamma, beta, out[0].raw_data(), out[1].data<float>(), out[2].data<float>(), rows, C,
-                           op.eps, stream_of(ctx), ldy, ctx.ones_column);
+  launch_layernorm_forward(in[0].dtype(), in[0].raw_data(), residual, op.write_sum ? out[3].raw_data() : nullptr, gamma,
+                           beta, out[0].raw_data(), out[1].data<float>(), out[2].data<float>(), rows, C, op.eps,
+                           stream_of(ctx), ldy, ctx.ones_column, op.has_residual ? in[1].numel() / C : 0);
 }
 
 // in: x (..., C), mean (rows) f32, rstd (rows) f32, [gamma (C)], dy (..., C), [dadd (..., C)];
@@ -732,15 +749,18 @@ void rmsnorm_backward_kernel(const Op& op_, const KernelContext& ctx, const std:
 
 void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,
                               const void* beta, void* y, float* mean, float* rstd, int64_t rows, int64_t C, double eps,
-                              CUstream_st* stream, int64_t ldy, bool ones_tail) {
+                              CUstream_st* stream, int64_t ldy, bool ones_tail, int64_t residual_rows) {
   ldy = ldy == 0 ? C : ldy;
+  residual_rows = residual_rows == 0 ? rows : residual_rows;
+  XF_CHECK(!residual || (residual_rows > 0 && (rows == 0 || rows % residual_rows == 0)), "layernorm", "the residual's ",
+           residual_rows, " rows do not divide x's ", rows);
   XF_CHECK(ldy >= C + (ones_tail ? kOnesColumnPad : 0), "layernorm", "y's rows are ", ldy, " apart, shorter than C = ",
            C, ones_tail ? " and the ones column" : "");
-  XF_CUDA_DISPATCH_FLOAT(dtype, "layernorm", T,
-                         norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(residual),
-                                                static_cast<T*>(sum), static_cast<const T*>(gamma),
-                                                static_cast<const T*>(beta), static_cast<T*>(y), mean, rstd, rows,
-                                                C, ldy, ones_tail, eps, stream));
+  XF_CUDA_DISPATCH_FLOAT(
+      dtype, "layernorm", T,
+      norm_forward<T, false>(static_cast<const T*>(x), static_cast<const T*>(residual), residual_rows,
+                             static_cast<T*>(sum), static_cast<const T*>(gamma), static_cast<const T*>(beta),
+                             static_cast<T*>(y), mean, rstd, rows, C, ldy, ones_tail, eps, stream));
 }
 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
@@ -757,10 +777,10 @@ void launch_layernorm_backward(DType dtype, const void* x, const float* mean, co
 
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,
                             int64_t C, double eps, CUstream_st* stream) {
-  XF_CUDA_DISPATCH_FLOAT(dtype, "rmsnorm", T,
-                         norm_forward<T, true>(static_cast<const T*>(x), nullptr, nullptr, static_cast<const T*>(gamma),
-                                               nullptr, static_cast<T*>(y), nullptr, rstd, rows, C, C, false, eps,
-                                               stream));
+  XF_CUDA_DISPATCH_FLOAT(
+      dtype, "rmsnorm", T,
+      norm_forward<T, true>(static_cast<const T*>(x), nullptr, rows, nullptr, static_cast<const T*>(gamma), nullptr,
+                            static_cast<T*>(y), nullptr, rstd, rows, C, C, false, eps, stream));
 }
 
 void launch_rmsnorm_backward(DType dtype, const void* x, const float* rstd, const void* gamma, const void* dy,

@@ -23,13 +23,14 @@ struct CUstream_st;
 
 namespace xfr::cuda {
 
-// x, y: (rows, C) dtype; residual, sum: (rows, C) dtype or null (the norm's input is x + residual, rounded to
-// dtype, and sum receives it when not null); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
+// x, y: (rows, C) dtype; residual: (residual_rows, C) dtype or null (the norm's input is x + residual, rounded to
+// dtype; row r of x adds row r % residual_rows, residual_rows dividing rows, 0: rows); sum: (rows, C) dtype or null
+// (receives x + residual); gamma, beta: (C) dtype or null; mean, rstd: (rows) f32.
 // y's rows are ldy apart (0: C); with ones_tail each row is followed by the ones column (KernelContext::ones_column: a
 // one and seven zeros; ldy >= C + 8).
 void launch_layernorm_forward(DType dtype, const void* x, const void* residual, void* sum, const void* gamma,
                               const void* beta, void* y, float* mean, float* rstd, int64_t rows, int64_t C, double eps,
-                              CUstream_st* stream, int64_t ldy = 0, bool ones_tail = false);
+                              CUstream_st* stream, int64_t ldy = 0, bool ones_tail = false, int64_t residual_rows = 0);
 
 // x, dy, dx: (rows, C) dtype; mean, rstd: (rows) f32; gamma: (C) dtype or null; dadd: (rows, C) dtype or null
 // (added to dx in the same pass); dgamma, dbeta, dx_sum (the sum of dx over the rows): (C) dtype or null (not wanted).
