@@ -228,6 +228,49 @@ XF_CUDA_TEST_CASE("cuda: norm parameter gradients are deterministic (the same bi
   }
 }
 
+#ifdef XF_WITH_CUDA
+// The grouped backward sums its partial rows in its own blocks once all have written theirs (ops/cuda/norm.cu,
+// NormFinish), counting them in two of the context's launch counters, which it must leave at zero: a later launch
+// that found them counted would read partial rows not yet written. Three launches on GPT-2's shape (the full resident
+// grid), each with new dy, each checked against the CPU, then the counters read back.
+XF_CUDA_TEST_CASE("cuda: the layernorm backward's own column sums leave the launch counters zeroed") {
+  DeviceContext* ctx = cuda_test_ctx();
+  auto& cc = *static_cast<cuda::CudaContext*>(ctx);
+  const int64_t rows = 16384, C = 768;
+  const DType dt = DType::bf16;
+  const Tensor x = random_tensor({rows, C}, 21, -2.0, 3.0).to(dt), gamma = random_tensor({C}, 22, 0.5, 1.5).to(dt);
+  const auto ref_fwd = run_op(LayerNormOp(1e-5, true, false), {x.to(DType::f32), gamma.to(DType::f32)}, &test_pool());
+  const Tensor xd = x.to_device(ctx), gd = gamma.to_device(ctx);
+  const Tensor mean = ref_fwd[1].to_device(ctx), rstd = ref_fwd[2].to_device(ctx);
+  for (uint64_t seed : {23, 24, 25}) {
+    const Tensor dy = random_tensor({rows, C}, seed).to(dt), dadd = random_tensor({rows, C}, seed + 10).to(dt);
+    const Tensor dyd = dy.to_device(ctx), daddd = dadd.to_device(ctx);
+    Tensor dx = Tensor::empty({rows, C}, dt, ctx), dgamma = Tensor::empty({C}, dt, ctx);
+    Tensor dbeta = Tensor::empty({C}, dt, ctx), dsum = Tensor::empty({C}, dt, ctx);
+    cuda::launch_layernorm_backward(dt, xd.raw_data(), mean.data<float>(), rstd.data<float>(), gd.raw_data(),
+                                    dyd.raw_data(), daddd.raw_data(), dx.raw_data(), dgamma.raw_data(),
+                                    dbeta.raw_data(), dsum.raw_data(), rows, C, cc.workspace(), cc.workspace_bytes(),
+                                    cc.stream(), cc.launch_counters());
+    const auto ref =
+        run_op(LayerNormBackwardOp(true, true, true, true, true),
+               {x.to(DType::f32), ref_fwd[1], ref_fwd[2], gamma.to(DType::f32), dy.to(DType::f32), dadd.to(DType::f32)},
+               &test_pool());
+    const Tolerance tol = cuda_tolerance(dt);
+    const std::string what = "layernorm backward (16384, 768) bf16, dy seed " + std::to_string(seed);
+    check_close(dx.to_doubles(), ref[0].to_doubles(), tol.atol, tol.rtol, what + " dx");
+    // Sums over 16384 rows: bf16 rounding of the result plus fp32 summation (the same tolerance as the lab's).
+    check_close(dgamma.to_doubles(), ref[1].to_doubles(), 2e-2, 2e-2, what + " dgamma");
+    check_close(dbeta.to_doubles(), ref[2].to_doubles(), 2e-2, 2e-2, what + " dbeta");
+    check_close(dsum.to_doubles(), ref[3].to_doubles(), 2e-2, 2e-2, what + " dx sum");
+    unsigned words[2] = {7, 7};
+    ctx->copy(words, cc.launch_counters().words, sizeof words, CopyKind::device_to_host);
+    ctx->synchronize();
+    CHECK_MESSAGE(words[0] == 0u, what);
+    CHECK_MESSAGE(words[1] == 0u, what);
+  }
+}
+#endif
+
 // ---- softmax -----------------------------------------------------------------------------------------------------
 
 namespace {
