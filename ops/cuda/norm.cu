@@ -12,10 +12,9 @@
 // lanes, several per 128-thread block, reductions by shuffles, each row's loads staged in shared memory by
 // cp.async a row ahead) and add the block's groups' sums in a fixed order at the end; longer rows take a block per
 // row group (plan_rows). The sums live in registers either way. Each block (or group) writes its partial
-// dgamma/dbeta row (fp32) into the scratch memory, and a column reduction sums them in a fixed order: the grouped
-// kernel's own blocks once all have written theirs (its grid is one resident wave; NormFinish), the other kernels'
-// a second launch (ops/cuda/rowwise.cuh). No float atomics, the same bits every run. G depends only on the sizes
-// and the device.
+// dgamma/dbeta row (fp32) into the scratch memory, and a
+// column reduction (ops/cuda/rowwise.cuh, fixed order) sums them: no atomics, the same bits every run. G
+// depends only on the sizes and the device.
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
@@ -302,72 +301,6 @@ struct NormPartials {
   __host__ __device__ bool any() const { return gamma || beta || dx; }
 };
 
-// The grouped backward's partial rows summed by the kernel itself (one launch instead of the kernel and a column
-// reduction after it; session 28: that reduction took about 5.5 us of the 10 the parameter gradients cost a GPT-2
-// call, tools/lab/norm_backward.cpp): once every block has written its partial row, each block sums a share of the
-// columns over the blocks' rows. That waits for every block, so the launcher sets it only when its grid is resident at
-// once (one wave; the grid the launcher picks anyway).
-template <class T>
-struct NormFinish {
-  const float* part = nullptr;  // (nparts, gridDim.x, C): the partial rows, in the order of out
-  T* out[3] = {};               // the wanted sums' (C) outputs: dgamma, dbeta, dx sum, those wanted, in that order
-  int nparts = 0;
-  unsigned* counters = nullptr;  // 2 words, zero between launches (arrivals, departures); null: no finish here
-};
-
-// Columns a block sums at once in finish_partial_rows: GPT-2's 768-wide rows give each of 396-528 blocks 3 to 6.
-constexpr int kFinishCols = 8;
-
-// NormFinish's work, by every thread of the block (it holds __syncthreads), after the block wrote its partial rows.
-// Column j of the nparts * C is summed over the gridDim.x partial rows in a fixed order (each thread its rows r =
-// flat, flat + threads, ... in order, then the warps' butterfly sums, then the warps in order): the same bits every run
-// for a given grid. Counters: the last block to leave sets both back to zero for the next launch.
-template <class T>
-__device__ void finish_partial_rows(const NormFinish<T>& f, int64_t C, float* sm /* (warps, kFinishCols) */) {
-  const int flat = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
-  const int lane = flat & 31, warp = flat >> 5, warps = threads >> 5;
-  const int64_t blocks = gridDim.x;
-  __threadfence();  // this block's partial rows, visible to every block before it counts itself
-  __syncthreads();
-  if (flat == 0) {
-    atomicAdd(&f.counters[0], 1u);
-    while (*reinterpret_cast<volatile unsigned*>(&f.counters[0]) < static_cast<unsigned>(blocks)) __nanosleep(32);
-    __threadfence();  // every block's rows, read after their counts
-  }
-  __syncthreads();
-  const int64_t total = f.nparts * C, per = ceil_div(total, blocks);
-  const int64_t j_begin = int64_t(blockIdx.x) * per < total ? int64_t(blockIdx.x) * per : total;
-  const int64_t j_end = j_begin + per < total ? j_begin + per : total;
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kFinishCols) {
-    float acc[kFinishCols];
-#pragma unroll
-    for (int k = 0; k < kFinishCols; ++k) acc[k] = 0.f;
-    for (int64_t r = flat; r < blocks; r += threads)
-#pragma unroll
-      for (int k = 0; k < kFinishCols; ++k) {
-        const int64_t j = j0 + k;
-        if (j < j_end) acc[k] += __ldcg(f.part + (j / C) * blocks * C + r * C + j % C);  // L2: other blocks' rows
-      }
-#pragma unroll
-    for (int k = 0; k < kFinishCols; ++k) acc[k] = dev::warp_sum(acc[k]);
-    if (lane == 0)
-#pragma unroll
-      for (int k = 0; k < kFinishCols; ++k) sm[warp * kFinishCols + k] = acc[k];
-    __syncthreads();
-    if (flat < kFinishCols && j0 + flat < j_end) {
-      float sum = 0.f;
-      for (int w = 0; w < warps; ++w) sum += sm[w * kFinishCols + flat];
-      const int64_t j = j0 + flat;
-      f.out[j / C][j % C] = dev::from_float<T>(sum);
-    }
-    __syncthreads();  // sm is rewritten by the next columns
-  }
-  if (flat == 0 && atomicAdd(&f.counters[1], 1u) == static_cast<unsigned>(blocks - 1)) {
-    f.counters[0] = 0;  // every block has left the wait above
-    f.counters[1] = 0;
-  }
-}
-
 // One pack's share of a row's backward (xhat = (x - m) rs; g = dy * gamma, or dy without gamma): adds g and
 // g * xhat into the row sums sg, sgx, and dy * xhat and dy into the parameter sums ag, ab.
 template <class T, int W>
@@ -491,7 +424,6 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kDxSum ? kBwdGroupMinBlock
                                  const T* __restrict__ dadd,      // (rows, C) or null: added to dx
                                  T* __restrict__ dx,              // (rows, C)
                                  NormPartials parts,              // (gridDim.x, C) each; parts.dx set iff kDxSum
-                                 NormFinish<T> finish,            // counters null: a column reduction follows
                                  int64_t rows, int64_t C) {
   // [stage][x, dy, dadd][pack][thread]: consecutive threads, consecutive 16 bytes (no bank conflicts). Two
   // stages: 36 KB at 3 packs of 16 bytes.
@@ -600,7 +532,6 @@ __global__ void __launch_bounds__(kGroupBlockThreads, kDxSum ? kBwdGroupMinBlock
     if (parts.beta) parts.beta[int64_t(blockIdx.x) * C + c] = sbet;
     if (kDxSum) parts.dx[int64_t(blockIdx.x) * C + c] = sdx;
   }
-  if (finish.counters) finish_partial_rows(finish, C, all_gamma);  // (its first barrier ends the reads of all_gamma)
 }
 
 // Rows too long for registers: a block per row group, two passes over the row (the sums, then dx), the
@@ -682,12 +613,10 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     constexpr int W = decltype(width)::value;
     // Sizes the grid for `kernel` (block `block`, rpb row groups a block, a partial row per group or, when
     // block_partials, per block), takes the partial rows, launches it, then sums the partial rows.
-    // grouped: the grouped kernel, which takes a NormFinish and sums its own partial rows when its grid is resident.
-    auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name, auto grouped) {
+    auto launch = [&](auto kernel, dim3 block, int rpb, bool block_partials, const char* name) {
       const int partials_per_block = block_partials ? 1 : rpb;
       int64_t blocks = ceil_div(rows, rpb);
       NormPartials parts;
-      NormFinish<T> finish;
       float* part = nullptr;
       if (nparts > 0) {
         const int64_t rows_per_partial = block_partials ? kBwdMinRowsPerGroup : kBwdMinRowsPerGroup * rpb;
@@ -701,7 +630,6 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         // looping blocks against more blocks, each with fewer rows and its own partial row).
         static const int64_t forced_blocks = env_int("XF_NORM_BACKWARD_BLOCKS", 0);
         if (forced_blocks > 0) blocks = std::min(forced_blocks, ceil_div(rows, rpb));
-        const bool resident = forced_blocks <= 0;  // (the finish in the kernel waits for every block)
         // Room for the partial rows (room() keeps 256 bytes for the alignment).
         const int64_t fit = scratch.room<float>() / (nparts * C * partials_per_block);
         blocks = std::max<int64_t>(1, std::min({blocks, fit, kMaxGrid}));
@@ -711,23 +639,12 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         if (dgamma) parts.gamma = std::exchange(slice, slice + partials * C);
         if (dbeta) parts.beta = std::exchange(slice, slice + partials * C);
         if (dx_sum) parts.dx = slice;
-        if (decltype(grouped)::value && resident && scratch.counters.words && scratch.counters.n >= 2) {
-          finish.part = part;
-          finish.nparts = nparts;
-          for (int o = 0; o < nparts; ++o) finish.out[o] = sums[o];
-          finish.counters = scratch.counters.words;
-        }
       }
       blocks = std::min(blocks, kMaxGrid);
-      if constexpr (decltype(grouped)::value)
-        kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, parts, finish,
-                                                                    rows, C);
-      else
-        kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, parts, rows, C);
+      kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(x, mean, rstd, gamma, dy, dadd, dx, parts, rows, C);
       XF_CUDA_CHECK_LAUNCH(name);
-      // Every wanted sum from its partial rows (unless the kernel summed them): one launch with the context's counters.
-      if (part && !finish.counters)
-        sum_columns_to<float, T>(part, sums, nparts, blocks * partials_per_block, C, scratch, stream);
+      // Every wanted sum from its partial rows: one launch with the context's counters.
+      if (part) sum_columns_to<float, T>(part, sums, nparts, blocks * partials_per_block, C, scratch, stream);
     };
     // Rows that fit a warp x kBwdGroupMaxPacks: the grouped kernel. ncu on the H200 (2026-11-30) had GPT-2's 768-wide
     // rows on the block-per-row kernel (96 threads, a block reduction per row) latency-bound: 6 rows in flight per
@@ -740,12 +657,12 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         if constexpr (!kRms) {  // (rmsnorm_backward has no dx sum)
           if (dx_sum) {
             launch(norm_backward_grouped_kernel<T, W, kIters, kRms, true>, grouped.block(), grouped.rows_per_block,
-                   true, "norm_backward_grouped (dx sum)", std::true_type{});
+                   true, "norm_backward_grouped (dx sum)");
             return;
           }
         }
         launch(norm_backward_grouped_kernel<T, W, kIters, kRms, false>, grouped.block(), grouped.rows_per_block, true,
-               "norm_backward_grouped", std::true_type{});
+               "norm_backward_grouped");
       });
       return;
     }
@@ -757,12 +674,11 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
     const int max_iters = ceil_div(C, W) <= kMaxRowThreads ? 1 : kMaxIters;
     const RowPlan plan = plan_rows(C, W, max_iters);
     if (plan.iters == 0)
-      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, "norm_backward_streaming",
-             std::false_type{});
+      launch(norm_backward_streaming_kernel<T, W, kRms>, dim3(kMaxRowThreads), 1, false, "norm_backward_streaming");
     else
       with_iters<kMaxIters>(plan.iters, [&](auto iters) {
         launch(norm_backward_kernel<T, W, decltype(iters)::value, kRms>, plan.block(), plan.rows_per_block, false,
-               "norm_backward", std::false_type{});
+               "norm_backward");
       });
   };
   if (C % V == 0 && all_aligned16({x, gamma, dy, dadd, dx}))
