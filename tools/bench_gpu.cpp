@@ -129,14 +129,16 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
   }
   const double flops_per_tok = 6 * nparam + 12.0 * static_cast<double>(L * C * T);
   const double tps = static_cast<double>(B * T) / dt;
-  const std::string recipe =
-      torch_recipe ? "torch's step, no clip" : "config's step, clip " + std::to_string(o.grad_clip);
+  char recipe[64];
+  if (torch_recipe)
+    std::snprintf(recipe, sizeof recipe, "torch's step, no clip");
+  else
+    std::snprintf(recipe, sizeof recipe, "config's step, clip %g", o.grad_clip);
   std::printf(
       "xfrun gpt2-124M train B=%lld T=%lld (%s): %.0f tok/s, %.1f ms/step, MFU(990) %.2f%%, peak %.2f GiB, "
       "graph %s, side steps %d, loss %.3f -> %.3f\n",
-      static_cast<long long>(B), static_cast<long long>(T), recipe.c_str(), tps, dt * 1e3,
-      100 * tps * flops_per_tok / 990e12, ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no",
-      ts.executor().side_steps(), first_loss, last_loss);
+      static_cast<long long>(B), static_cast<long long>(T), recipe, tps, dt * 1e3, 100 * tps * flops_per_tok / 990e12,
+      ms.peak_bytes / 1073741824.0, ts.captured() ? "yes" : "no", ts.executor().side_steps(), first_loss, last_loss);
   std::fflush(stdout);
   return {{"tok_per_s", tps},
           {"step_ms", dt * 1e3},

@@ -12,12 +12,14 @@
 //   32768 x 384  yes   yes           yes     the MiniLM encoder's width (16-lane row groups)
 //   16384 x 4096 yes   yes           yes     a row past the grouped kernel (a block per row group)
 // The calls pass the context's counters, as the graph kernel does (the partial rows added in one launch).
+// XF_NORM_BACKWARD_BLOCKS=n sets the grid of every case with parameter gradients (ops/cuda/norm.cu; default one wave of
+// resident blocks): `for n in 0 792 1056 2112; do XF_NORM_BACKWARD_BLOCKS=$n xfrun_lab_norm_backward; done` sweeps it.
 // Bytes of a call: x, dy, dadd (if any) read and dx written once (the partial rows, gamma and the statistics
 // excluded). us: median over 15 samples of (10 back-to-back calls) / 10, as launches in a CUDA graph run, L2 warm.
 // copy: cudaMemcpyAsync of half the call's bytes (read + write = the same traffic), timed the same way.
-// Before timing, each case's dx, dgamma, dbeta and dx sum are checked against the CPU kernel in float64 (from the same bf16
-// inputs and f32 statistics): |err| <= 2e-2 * max(1, |ref|) (bf16 output rounding, 2^-8 relative, plus fp32 sums over
-// up to 16384 rows for the parameter gradients).
+// Before timing, each case's dx, dgamma, dbeta and dx sum are checked against the CPU kernel in float64 (from the same
+// bf16 inputs and f32 statistics): |err| <= 2e-2 * max(1, |ref|) (bf16 output rounding, 2^-8 relative, plus fp32 sums
+// over up to 16384 rows for the parameter gradients).
 //   xfrun_lab_norm_backward
 #define LAB_NAME "lab norm_backward"
 #include "tools/lab/lab_cuda.h"  // LAB_CHECK, lab::Event, lab::time_us
