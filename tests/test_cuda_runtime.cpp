@@ -13,6 +13,10 @@
 #include "ops/shape_ops.h"
 #include "tests/cuda_testing.h"
 
+#ifdef XF_WITH_CUDA
+#include "runtime/cuda/host_staging.h"
+#endif
+
 using namespace xfr;
 using namespace xfr::testing;
 
@@ -46,6 +50,39 @@ XF_CUDA_TEST_CASE("cuda: round trips host -> device -> host for every dtype, con
     CHECK(dt_view.contiguous().to_doubles() == h.transpose(0, 1).contiguous().to_doubles());
   }
 }
+
+#ifdef XF_WITH_CUDA
+// Host-to-device copies of up to a slot pass through the context's pinned ring (runtime/cuda/host_staging.h): more
+// copies than slots, each source overwritten as soon as copy() returns, must all land as they were when copied; a
+// copy larger than a slot takes the direct path. One synchronisation at the end, so the ring wraps with copies pending.
+XF_CUDA_TEST_CASE("cuda: host-to-device copies through the pinned ring land as copied, the source reusable at once") {
+  DeviceContext* ctx = cuda_test_ctx();
+  const size_t n = 16411;  // int32s a copy: 64 KB and a few (a batch of token ids), not a multiple of anything
+  const int copies = 3 * cuda::HostStaging::kSlots + 1;
+  const size_t big = cuda::HostStaging::kSlotBytes / sizeof(int32_t) + 5;  // past a slot: the direct copy
+  std::shared_ptr<void> dev = ctx->allocate(copies * n * sizeof(int32_t) + big * sizeof(int32_t));
+  int32_t* d = static_cast<int32_t*>(dev.get());
+  std::vector<int32_t> src(big);
+  for (int c = 0; c < copies; ++c) {
+    for (size_t i = 0; i < n; ++i) src[i] = static_cast<int32_t>(c * 1000003 + i);
+    ctx->copy(d + c * n, src.data(), n * sizeof(int32_t), CopyKind::host_to_device);
+    std::fill(src.begin(), src.end(), -1);  // the copy must not read this
+  }
+  for (size_t i = 0; i < big; ++i) src[i] = static_cast<int32_t>(7 * i + 3);
+  ctx->copy(d + copies * n, src.data(), big * sizeof(int32_t), CopyKind::host_to_device);
+  std::vector<int32_t> back(copies * n + big);
+  ctx->copy(back.data(), d, back.size() * sizeof(int32_t), CopyKind::device_to_host);
+  ctx->synchronize();
+  for (int c = 0; c < copies; ++c) {
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) bad += back[c * n + i] != static_cast<int32_t>(c * 1000003 + i);
+    CHECK_MESSAGE(bad == 0, "copy " << c << ": " << bad << " wrong values");
+  }
+  size_t bad = 0;
+  for (size_t i = 0; i < big; ++i) bad += back[copies * n + i] != static_cast<int32_t>(7 * i + 3);
+  CHECK_MESSAGE(bad == 0, "the copy past a slot: " << bad << " wrong values");
+}
+#endif
 
 XF_CUDA_TEST_CASE("cuda: device conversions round like the host's (bf16, f16 round to nearest even)") {
   DeviceContext* ctx = cuda_test_ctx();

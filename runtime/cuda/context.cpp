@@ -146,6 +146,8 @@ std::shared_ptr<void> CudaContext::allocate(size_t bytes) {
 
 void CudaContext::copy(void* dst, const void* src, size_t bytes, CopyKind kind) {
   if (bytes == 0) return;
+  // Small host-to-device copies through pinned slots: no wait for the stream (runtime/cuda/host_staging.h).
+  if (kind == CopyKind::host_to_device && staging_.copy(dst, src, bytes, stream())) return;
   const cudaMemcpyKind k = kind == CopyKind::host_to_device   ? cudaMemcpyHostToDevice
                            : kind == CopyKind::device_to_host ? cudaMemcpyDeviceToHost
                                                               : cudaMemcpyDeviceToDevice;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/cuda/host_staging.h"
 #include "runtime/device_context.h"
 
 struct CUstream_st;
@@ -121,6 +122,7 @@ class CudaContext final : public DeviceContext {
   std::shared_ptr<CachingAllocator> allocator_;
   std::mutex plans_mu_;
   std::map<std::string, std::shared_ptr<void>> plans_;
+  HostStaging staging_;  // small host-to-device copies (copy()); destroyed after the streams are synchronised
 };
 
 }  // namespace xfr::cuda
