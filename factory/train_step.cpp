@@ -73,12 +73,12 @@ StepResult TrainStep::step_host(const std::function<void(Executor&, int64_t)>& b
     if (opt_.pool) opt_.pool->parallel_for(n, 1 << 16, body);  // 64k floats a task: far above dispatch cost
     else body(0, n);
   }
-  if (opt_.grad_clip > 0)
-    r.grad_norm = clip_grad_norm(store_->grads(), store_->slots(), static_cast<float>(opt_.grad_clip), opt_.pool);
-  else if (opt_.grad_norm)
-    r.grad_norm = global_grad_norm(store_->grads(), store_->slots(), opt_.pool);
-  else
+  if (!norm_wanted())
     r.grad_norm = std::numeric_limits<float>::quiet_NaN();
+  else if (opt_.grad_clip > 0)
+    r.grad_norm = clip_grad_norm(store_->grads(), store_->slots(), static_cast<float>(opt_.grad_clip), opt_.pool);
+  else
+    r.grad_norm = global_grad_norm(store_->grads(), store_->slots(), opt_.pool);
   host_opt_->step(store_->params(), store_->grads(), lr, opt_.pool);
   return r;
 }
@@ -92,7 +92,7 @@ void TrainStep::enqueue_device_step() {
 
 // The gradients are complete: norm (and clip), the update, the loss-scale update (capturable).
 void TrainStep::enqueue_device_update() {
-  if (device_norm_wanted())
+  if (norm_wanted())
     executor_->profiled(opt_.grad_clip > 0 ? "gradient norm + clip" : "gradient norm", [&] {
       if (opt_.grad_clip > 0)
         dev_opt_->clip_grad_norm(store_->grads(), static_cast<float>(opt_.grad_clip), scaler_.get());
@@ -147,7 +147,7 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
     return r;
   }
   const StepScalars sc = dev_opt_->read_scalars();
-  r.grad_norm = device_norm_wanted() ? sc.grad_norm : std::numeric_limits<float>::quiet_NaN();
+  r.grad_norm = norm_wanted() ? sc.grad_norm : std::numeric_limits<float>::quiet_NaN();
   r.skipped = sc.last_step_skipped != 0;
   if (scaler_) {
     r.loss_scale = scaler_->stats().scale;

@@ -77,9 +77,9 @@ class TrainStep {
   StepResult step_device(const std::function<void(Executor&, int64_t)>& bind, float lr, bool read_results);
   void enqueue_device_step();
   void enqueue_device_update();
-  // Whether the device step computes the gradient norm: clipping, fp16 loss scaling (the norm finds overflows)
-  // or TrainStepOptions::grad_norm.
-  bool device_norm_wanted() const { return opt_.grad_clip > 0 || opt_.grad_norm || scaler_ != nullptr; }
+  // Whether a step computes the gradient norm: clipping, fp16 loss scaling (GPU: the norm finds overflows) or
+  // TrainStepOptions::grad_norm. The host and device steps both ask this.
+  bool norm_wanted() const { return opt_.grad_clip > 0 || opt_.grad_norm || scaler_ != nullptr; }
 
   BuiltModel& train_;
   TrainStepOptions opt_;
