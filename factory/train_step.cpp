@@ -29,7 +29,7 @@ TrainStep::TrainStep(BuiltModel& train, std::shared_ptr<ParamStore> host_store, 
   eo.profile = opt_.profile;
   // One micro-batch a step: each run stores the step's gradients, so no step zeroes them first.
   eo.grads_overwrite = opt_.grad_accum == 1;
-  if (opt_.profile) opt_.cuda_graph = false;
+  if (opt_.profile && !opt_.profile_in_graph) opt_.cuda_graph = false;
   if (device) {
     store_ = std::make_shared<ParamStore>(*host_store_, opt_.device_ctx.get());
     eo.device_ctx = opt_.device_ctx;
@@ -120,6 +120,7 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
     executor_->begin_run();
     if (graphs && !graph_ && device_steps_ >= 1) {  // the first step ran eagerly: plans and caches exist
       try {
+        executor_->begin_graph_profile();
         graph_ = capture_graph(ctx, [&] { enqueue_device_step(); });
         if (opt_.logger) opt_.logger->debug("train step captured as a CUDA graph");
       } catch (const Error& e) {
@@ -127,8 +128,12 @@ StepResult TrainStep::step_device(const std::function<void(Executor&, int64_t)>&
         if (opt_.logger) opt_.logger->warn("CUDA graph capture of the training step failed, running eagerly: {}", e.what());
       }
     }
-    if (graph_) ctx.replay(graph_);
-    else enqueue_device_step();
+    if (graph_) {
+      ctx.replay(graph_);
+      if (opt_.profile) executor_->collect_graph_profile();
+    } else {
+      enqueue_device_step();
+    }
     executor_->end_run();
     if (read_results) r.loss = executor_->get(train_.loss).item();
   } else {

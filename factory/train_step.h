@@ -38,7 +38,10 @@ struct TrainStepOptions {
   DType compute_dtype = DType::f32;           // f16: dynamic loss scaling
   bool cuda_graph = true;                     // GPU, grad_accum == 1: capture the whole step
   bool profile = false;                       // time every kernel and the optimizer's work (Executor::profile; no
-                                              // graph capture)
+                                              // graph capture unless profile_in_graph)
+  // With profile and cuda_graph: time the kernels inside the captured step, each between two event nodes, read after
+  // every replay (Executor::collect_graph_profile); the eager profile times them one by one outside any graph.
+  bool profile_in_graph = false;
   Logger logger;
 };
 

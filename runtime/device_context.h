@@ -69,8 +69,10 @@ class DeviceContext : public std::enable_shared_from_this<DeviceContext> {
   // to the pool when the returned handle is destroyed. Throws xfr::Error naming the call that broke the
   // capture.
   // Profiling: an event recorded on the stream now (no synchronisation), and the milliseconds between two
-  // recorded events (synchronises with the later one).
+  // recorded events (synchronises with the later one). While the stream captures a graph the event is a node of the
+  // graph instead, recorded again at every replay (capturing() says which).
   virtual std::shared_ptr<void> record_event() = 0;
+  virtual bool capturing() const = 0;
   virtual double elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) = 0;
   virtual void begin_capture() = 0;
   virtual std::shared_ptr<void> end_capture() = 0;

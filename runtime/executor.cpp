@@ -534,7 +534,8 @@ void Executor::profiled(const std::string& name, const std::function<void()>& wo
   if (opt_.device_ctx) {  // events around the work, read later (no wait here)
     auto e0 = opt_.device_ctx->record_event();
     work();
-    pending_events_.push_back({name, std::move(e0), opt_.device_ctx->record_event()});
+    (opt_.device_ctx->capturing() ? graph_events_ : pending_events_)
+        .push_back({name, std::move(e0), opt_.device_ctx->record_event()});
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -551,6 +552,25 @@ void Executor::collect_profile() const {
     ++p.calls;
   }
   pending_events_.clear();
+}
+
+void Executor::collect_graph_profile() {
+  collect_profile();
+  for (size_t i = 0; i < graph_events_.size(); ++i) {
+    const PendingEvent& e = graph_events_[i];
+    auto& p = profile_[e.op];
+    p.ms += opt_.device_ctx->elapsed_ms(e.start, e.stop);
+    ++p.calls;
+    if (i == 0) continue;
+    auto& gap = profile_["(between kernels, in the graph)"];
+    gap.ms += opt_.device_ctx->elapsed_ms(graph_events_[i - 1].stop, e.start);
+    ++gap.calls;
+  }
+}
+
+void Executor::reset_profile() {
+  collect_profile();
+  profile_.clear();
 }
 
 const std::map<std::string, Executor::OpTime>& Executor::profile() const {
@@ -673,7 +693,8 @@ void Executor::enqueue() {
       opt_.device_ctx->accumulate_f32_batch(static_cast<const F32Accumulation*>(batched_grad_table_.raw_data()),
                                             batched_grad_entries_.size(), batched_grad_max_n_, opt_.grads_overwrite);
     });
-  collect_profile();  // the run's events (their memory is not held from run to run)
+  // The run's events (their memory is not held from run to run); a captured run's are read after its replays.
+  if (!opt_.device_ctx || !opt_.device_ctx->capturing()) collect_profile();
 }
 
 Tensor Executor::view_of_root(int v) const {

@@ -106,6 +106,14 @@ class Executor {
   // (CUDA events, read when profile() is next asked or a run ends) or, on the host, its wall time. A training step
   // times its optimizer work here beside the graph's ops.
   void profiled(const std::string& name, const std::function<void()>& work);
+  // The profile inside a captured graph (TrainStepOptions::profile_in_graph): the events `profiled` records while the
+  // stream captures are nodes of the graph, recorded at every replay. begin_graph_profile() before a capture forgets
+  // an earlier capture's; collect_graph_profile() after a replay of the graph adds each pair's time to profile(), and
+  // the time from each pair's end to the next's start under "(between kernels, in the graph)" (launch latency and
+  // the event nodes' own). reset_profile() forgets every time collected so far.
+  void begin_graph_profile() { graph_events_.clear(); }
+  void collect_graph_profile();
+  void reset_profile();
   // Mixed precision on a device: the flat 16-bit copy of the parameters the forward reads (undefined without one;
   // see fuse_param_casts), and its conversion from the store's f32 parameters, enqueued on the device's stream.
   // Each run does that conversion itself unless options.param_mirror_by_caller.
@@ -195,6 +203,7 @@ class Executor {
     std::shared_ptr<void> start, stop;
   };
   mutable std::vector<PendingEvent> pending_events_;  // device profiling: events not yet read into profile_
+  std::vector<PendingEvent> graph_events_;            // ... and the captured graph's, read after each replay
 };
 
 }  // namespace xfr

@@ -575,6 +575,7 @@ class ForeignContext final : public DeviceContext {
   void synchronize() override {}
   MemoryStats memory_stats() const override { return {}; }
   std::shared_ptr<void> record_event() override { throw Error("foreign", "record_event called"); }
+  bool capturing() const override { return false; }
   double elapsed_ms(const std::shared_ptr<void>&, const std::shared_ptr<void>&) override {
     throw Error("foreign", "elapsed_ms called");
   }

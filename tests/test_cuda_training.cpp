@@ -221,6 +221,57 @@ XF_CUDA_TEST_CASE("gpu training: a profiled step times its work outside the grap
   CHECK(ts.executor().profile().count("cross_entropy") == 1);
 }
 
+XF_CUDA_TEST_CASE("gpu training: the in-graph profile times, inside the captured step, what the eager one times") {
+  // profile_in_graph: the step is captured with event nodes around each kernel and its optimizer work. After the
+  // replays, every row of the eager profile is there with as many calls a step, plus the time between the pairs;
+  // and the profiled graph's updates are the plain graph's, bit for bit (event nodes change no kernel).
+  const auto ctx = make_device_context(Device::cuda(0));
+  Bf16Tiny eager_m, graph_m, plain_m;
+  TrainStepOptions eo = eager_m.options(ctx), go = graph_m.options(ctx), plain = plain_m.options(ctx);
+  eo.profile = go.profile = true;
+  go.profile_in_graph = true;
+  TrainStep eager(eager_m.model.train_graph, eager_m.model.store, eo);
+  TrainStep graph(graph_m.model.train_graph, graph_m.model.store, go);
+  TrainStep reference(plain_m.model.train_graph, plain_m.model.store, plain);
+  for (int i = 0; i < 3; ++i) {  // eager, capture, replay
+    eager.step(eager_m.bind(), 1e-3f);
+    const double l = graph.step(graph_m.bind(), 1e-3f).loss;
+    CHECK_MESSAGE(l == reference.step(plain_m.bind(), 1e-3f).loss, "step " << i + 1);
+  }
+  REQUIRE(graph.captured());
+  CHECK(!eager.captured());
+  graph.executor().reset_profile();
+  CHECK(graph.executor().profile().empty());
+  const int replays = 4;
+  for (int i = 0; i < replays; ++i) graph.step(graph_m.bind(), 1e-3f, /*read_results=*/false);
+  const auto& in_graph = graph.executor().profile();
+  const auto& one_by_one = eager.executor().profile();  // 3 steps
+  const std::string between = "(between kernels, in the graph)";
+  // The parameter mirror's conversion runs in the first, eager step only (the optimizer keeps it current after).
+  const std::string first_step_only = "cast (parameter mirror)";
+  REQUIRE(one_by_one.count(first_step_only) == 1);
+  CHECK(in_graph.count(first_step_only) == 0);
+  for (const auto& [name, t] : one_by_one) {
+    if (name == first_step_only) continue;
+    INFO(name);
+    REQUIRE(in_graph.count(name) == 1);
+    CHECK(in_graph.at(name).calls * 3 == t.calls * replays);
+    CHECK(in_graph.at(name).ms > 0.0);
+  }
+  REQUIRE(in_graph.count(between) == 1);
+  CHECK(in_graph.size() == one_by_one.size());  // less the mirror's cast, plus the gaps
+  int64_t pairs = 0;
+  for (const auto& [name, t] : in_graph) pairs += name == between ? 0 : t.calls;
+  CHECK(in_graph.at(between).calls == pairs - replays);  // one gap fewer than pairs, each replay
+  CHECK(in_graph.at(between).ms >= 0.0);
+  const int64_t n = static_cast<int64_t>(graph.store().flat_size());
+  const auto params = [&](TrainStep& t) {
+    return Tensor::wrap(t.store().params(), {n}, DType::f32, ctx->device(), nullptr, ctx.get()).to_host().to_doubles();
+  };
+  for (int i = 0; i < replays; ++i) reference.step(plain_m.bind(), 1e-3f, /*read_results=*/false);
+  CHECK(params(graph) == params(reference));
+}
+
 XF_CUDA_TEST_CASE("gpu training: without clipping, grad_norm=false skips the norm and changes nothing else") {
   // The benchmark's like-for-like recipe (torch's plain optimizer step): no clipping and no norm. The updates must be
   // those of a step that computes the norm and does not clip: the same losses and parameters, bit for bit.

@@ -7,7 +7,9 @@
 //   encoder: configs/minilm-encoder.yaml inference (bf16, logits of every position, B=256, T=128):
 //            sequences/s.
 // FLOPs per token for MFU follow the anchors' convention (6N + 12 L C T) so ratios compare like with like.
-//   xfrun_bench_gpu [--out FILE.json] [--configs DIR] [--steps N] [--sections gpt2,encoder] [--profile 1]
+//   xfrun_bench_gpu [--out FILE.json] [--configs DIR] [--steps N] [--sections gpt2,encoder] [--profile 0|1|graph|both]
+// --profile 1: every kernel timed one by one in uncaptured steps; graph: GPT-2's kernels timed inside the captured
+// step (event nodes around each), with the time between them as its own row; both: the two, one after the other.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -46,7 +48,7 @@ Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t seed) {
 
 // Per-op GPU time of `ex`'s last runs (Executor::profile: with a training step's, its optimizer work too), the
 // largest first.
-void print_profile(const Executor& ex, const char* what, int runs) {
+void print_profile(const Executor& ex, const char* what, int runs, const char* how = "kernels timed one by one") {
   struct Row {
     double ms;
     std::string name;
@@ -59,15 +61,21 @@ void print_profile(const Executor& ex, const char* what, int runs) {
     total += t.ms / runs;
   }
   std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.ms > b.ms; });
-  std::printf("profile of %s (ms per run, kernels timed one by one; calls per run, us per call): total %.2f\n", what,
-              total);
+  std::printf("profile of %s (ms per run, %s; calls per run, us per call): total %.2f\n", what, how, total);
   for (const auto& r : rows)
     std::printf("  %-28s %8.3f  %5.1f%%  %4d x %8.1f us\n", r.name.c_str(), r.ms, 100 * r.ms / total, r.calls,
                 1e3 * r.ms / std::max(r.calls, 1));
 }
 
 // torch_recipe: the baseline's step (no clipping, no norm); else the config's (train.grad_clip).
-nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, ThreadPool& pool, bool torch_recipe) {
+// Which profiles to print after a benchmark (--profile).
+struct ProfileModes {
+  bool eager = false;     // kernels one by one, uncaptured
+  bool in_graph = false;  // GPT-2: inside the captured step
+};
+
+nlohmann::json bench_gpt2(const std::string& dir, int steps, ProfileModes profile, ThreadPool& pool,
+                          bool torch_recipe) {
   const Config cfg = load_config(dir + "/gpt2-124m.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
@@ -107,9 +115,11 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
   const double dt = (now_s() - t0) / steps;
   last_loss = ts.step(bind, o.optimizer.lr).loss;
   const MemoryStats ms = ctx->memory_stats();  // before the profiled model below allocates
-  if (profile) {  // after the timed run (plans and caches warm): a separate, profiled model
+  // After the timed run (plans and caches warm): a separate, profiled model.
+  auto profiled_run = [&](bool in_graph) {
     TrainStepOptions po = o;
     po.profile = true;
+    po.profile_in_graph = in_graph;
     Model pm = make_model(cfg, V, B, make_null_logger(), DType::bf16);
     TrainStep pts(pm.train_graph, pm.store, po);
     const Tensor ti = random_tokens(B, T, V, 1), tt = random_tokens(B, T, V, 2);
@@ -117,9 +127,24 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
       ex.bind(pm.train_graph.tokens, ti);
       ex.bind(pm.train_graph.targets, tt);
     };
-    for (int i = 0; i < 3; ++i) pts.step(pbind, o.optimizer.lr);
-    print_profile(pts.executor(), "gpt2 train step", 3);
-  }
+    if (!in_graph) {
+      for (int i = 0; i < 3; ++i) pts.step(pbind, o.optimizer.lr);
+      print_profile(pts.executor(), "gpt2 train step", 3);
+      return;
+    }
+    for (int i = 0; i < 3; ++i) pts.step(pbind, o.optimizer.lr);  // the eager step, the capture, one replay
+    pts.executor().reset_profile();
+    constexpr int kReplays = 10;
+    const double r0 = now_s();
+    for (int i = 0; i < kReplays; ++i) pts.step(pbind, o.optimizer.lr, /*read_results=*/false);
+    const double per_step = (now_s() - r0) / kReplays;  // (each replay waits for its events to be read)
+    char how[160];
+    std::snprintf(how, sizeof how, "inside the captured step, event nodes around each kernel; %s; %.2f ms a step",
+                  pts.captured() ? "captured" : "NOT captured", per_step * 1e3);
+    print_profile(pts.executor(), "gpt2 train step", kReplays, how);
+  };
+  if (profile.eager) profiled_run(false);
+  if (profile.in_graph) profiled_run(true);
   const double nparam = static_cast<double>(model.store->num_params());
   int64_t L = 0, C = 0;
   const ConfigNode& stacks = model.model_config.at("stack_configs");
@@ -154,7 +179,7 @@ nlohmann::json bench_gpt2(const std::string& dir, int steps, bool profile, Threa
           {"grad_norm", o.grad_norm}};
 }
 
-nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& pool) {
+nlohmann::json bench_encoder(const std::string& dir, ProfileModes profile, ThreadPool& pool) {
   const Config cfg = load_config(dir + "/minilm-encoder.yaml");
   const int64_t B = get_int(cfg.root.at("train"), "batch_size"), T = get_int(cfg.root.at("data"), "seq_len");
   const int64_t V = get_int(cfg.root.at("model"), "vocab_size");
@@ -180,7 +205,7 @@ nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& p
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2];
-  if (profile) {
+  if (profile.eager) {
     ExecutorOptions po = eo;
     po.profile = true;
     po.cuda_graph = false;
@@ -200,15 +225,21 @@ nlohmann::json bench_encoder(const std::string& dir, bool profile, ThreadPool& p
 int main(int argc, char** argv) {
   std::string out, dir = "configs", sections = "gpt2,encoder";
   int steps = 20;
-  bool profile = false;
+  ProfileModes profile;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--out") out = v;
     else if (a == "--configs") dir = v;
     else if (a == "--steps") steps = std::stoi(v);
     else if (a == "--sections") sections = v;
-    else if (a == "--profile") profile = v == "1";
-    else {
+    else if (a == "--profile") {
+      if (v != "0" && v != "1" && v != "graph" && v != "both") {
+        std::fprintf(stderr, "--profile takes 0, 1, graph or both, not %s\n", v.c_str());
+        return 2;
+      }
+      profile.eager = v == "1" || v == "both";
+      profile.in_graph = v == "graph" || v == "both";
+    } else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
@@ -222,7 +253,7 @@ int main(int argc, char** argv) {
   try {
     if (sections.find("gpt2") != std::string::npos) {
       res["gpt2_124M_train"] = bench_gpt2(dir, steps, profile, pool, /*torch_recipe=*/true);
-      res["gpt2_124M_train_config"] = bench_gpt2(dir, steps, false, pool, /*torch_recipe=*/false);
+      res["gpt2_124M_train_config"] = bench_gpt2(dir, steps, ProfileModes{}, pool, /*torch_recipe=*/false);
     }
     if (sections.find("encoder") != std::string::npos) res["encoder_infer"] = bench_encoder(dir, profile, pool);
   } catch (const std::exception& e) {

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/cuda/autotune.h"  // stream_capturing
 #include "runtime/cuda/caching_allocator.h"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/runtime_kernels.h"
@@ -195,9 +196,13 @@ std::shared_ptr<void> CudaContext::record_event() {
   cudaEvent_t e = nullptr;
   XF_CUDA_CHECK(cudaEventCreate(&e));
   std::shared_ptr<void> owned(e, [](void* p) { cudaEventDestroy(static_cast<cudaEvent_t>(p)); });
-  XF_CUDA_CHECK(cudaEventRecord(e, stream()));
+  // In a capture a plain record only marks a point for other streams to wait on; "external" makes it a graph node
+  // that records the event when a replay reaches it (the in-graph profile, TrainStepOptions::profile_in_graph).
+  XF_CUDA_CHECK(cudaEventRecordWithFlags(e, stream(), capturing() ? cudaEventRecordExternal : cudaEventRecordDefault));
   return owned;
 }
+
+bool CudaContext::capturing() const { return stream_capturing(lanes_[0].stream); }
 
 double CudaContext::elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) {
   XF_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(to.get())));

@@ -57,6 +57,7 @@ class CudaContext final : public DeviceContext {
   void reset_peak() override;
   std::string describe() const override;
   std::shared_ptr<void> record_event() override;
+  bool capturing() const override;
   double elapsed_ms(const std::shared_ptr<void>& from, const std::shared_ptr<void>& to) override;
   void begin_capture() override;
   std::shared_ptr<void> end_capture() override;
