@@ -8,9 +8,10 @@
 #include "ops/attention.h"
 #include "ops/cast.h"
 #include "ops/cross_entropy.h"
-#include "ops/kv_cache.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
+#include "ops/kv_cache.h"
+#include "ops/linear.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/reduce.h"
@@ -247,13 +248,29 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
       auto s = g.scope("feedforward");
       return ff_entry->feedforward(ff, in, fctx);
     };
+    // The residual add of a sublayer that ends in a linear layer (the attention's and the MLP's output projections),
+    // done by that layer's GEMM (its C input): the norm that reads the sum next then reads one tensor and writes one,
+    // where taking the add in it reads two and writes two (the sum goes on as the residual stream). Its backward takes
+    // the stream's other gradient in as its dadd (LayerNormOp::backward). XF_RESIDUAL_IN_GEMM=0 keeps the add in the
+    // norm (A/B comparisons).
+    const bool residual_in_gemm = env_flag_default_on("XF_RESIDUAL_IN_GEMM");
+    auto add_to_stream = [&](Value& stream, Value& sublayer_out) {
+      if (!residual_in_gemm) return;
+      if (const Value sum = fold_residual_into_linear(sublayer_out, stream); sum.defined()) {
+        stream = sum;
+        sublayer_out = Value{};
+      }
+    };
     if (pre) {
-      // x + sublayer(norm(x)) twice. Each residual add is left pending and fused into the norm that reads its
-      // sum next (norm2, or the next block's norm1 / the final norm), which also writes the sum out.
+      // x + sublayer(norm(x)) twice. Each residual add is done by the sublayer's last GEMM, or left pending and fused
+      // into the norm that reads its sum next (norm2, or the next block's norm1 / the final norm), which also writes
+      // the sum out.
       const Value h1 = normalize(x, norm, "norm1", idx + ".wrap_att.layer.norm", training, pending, &x);
       pending = attention_sublayer(h1);
+      add_to_stream(x, pending);
       const Value h2 = normalize(x, norm, "norm2", ff_wrap + ".layer.norm", training, pending, &x);
       pending = ff_sublayer(h2);
+      add_to_stream(x, pending);
       if (final_norm) {
         x = normalize(x, norm, "final_norm", idx + ".wrap_ff.norm", training, pending);
         pending = Value{};

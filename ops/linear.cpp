@@ -7,12 +7,15 @@
 namespace xfr {
 
 std::string LinearOp::attrs() const {
-  return str_cat("bias=", has_bias ? "true" : "false", ", activation=", gelu_tanh ? "gelu_tanh" : "none");
+  return str_cat("bias=", has_bias ? "true" : "false", ", activation=", gelu_tanh ? "gelu_tanh" : "none",
+                 has_residual ? ", residual=true" : "");
 }
 
 std::vector<TensorMeta> LinearOp::infer(const std::vector<TensorMeta>& in) const {
-  XF_CHECK(in.size() == (has_bias ? 3u : 2u), "linear", "takes ", has_bias ? 3 : 2, " inputs (x, w", has_bias ? ", b" : "",
-           "), got ", in.size());
+  XF_CHECK(!(has_residual && gelu_tanh), "linear", "a residual is added to a linear layer without an activation");
+  const size_t n_in = 2u + has_bias + has_residual;
+  XF_CHECK(in.size() == n_in, "linear", "takes ", n_in, " inputs (x, w", has_bias ? ", b" : "",
+           has_residual ? ", residual" : "", "), got ", in.size());
   const TensorMeta &x = in[0], &w = in[1];
   XF_CHECK(is_floating(x.dtype) && w.dtype == x.dtype, "linear", "x and w must share a floating dtype, got ", x.str(),
            " and ", w.str());
@@ -23,6 +26,9 @@ std::vector<TensorMeta> LinearOp::infer(const std::vector<TensorMeta>& in) const
              w.shape[0], ") of x's dtype");
   Shape y = x.shape;
   y.back() = w.shape[0];
+  if (has_residual)
+    XF_CHECK(in[static_cast<size_t>(residual_index())] == (TensorMeta{y, x.dtype}), "linear", "residual ",
+             in[static_cast<size_t>(residual_index())].str(), " must be the output's ", TensorMeta{y, x.dtype}.str());
   std::vector<TensorMeta> out{TensorMeta{y, x.dtype}};
   if (gelu_tanh) out.push_back(TensorMeta{y, x.dtype});
   return out;
@@ -62,7 +68,7 @@ std::vector<TensorMeta> MatMulDGeluOp::infer(const std::vector<TensorMeta>& in) 
 std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
   const Value x = ctx.input(0), w = ctx.input(1);
   Value g = ctx.grad(0);
-  if (!g.defined()) return {Value{}, Value{}, Value{}};
+  if (!g.defined()) return std::vector<Value>(ctx.node.inputs.size());
   if (gelu_tanh) g = gelu_backward(ctx, g);
   Value dx, dw, db;
   // The matmul op's own backward rule for x wᵀ (trans_b): dx = g w, dw = gᵀ x over the flattened rows.
@@ -88,8 +94,10 @@ std::vector<Value> LinearOp::backward(const BackwardContext& ctx) const {
     for (int64_t a = 0; a + 1 < static_cast<int64_t>(g.rank()); ++a) leading.push_back(a);
     db = leading.empty() ? g : reduce_sum(g, leading, false, ctx.name("dbias"));
   }
-  if (has_bias) return {dx, dw, db};
-  return {dx, dw};
+  std::vector<Value> grads{dx, dw};
+  if (has_bias) grads.push_back(db);
+  if (has_residual) grads.push_back(ctx.needs_grad(residual_index()) ? g : Value{});  // d(... + r) / dr = 1
+  return grads;
 }
 
 Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& name) {
@@ -97,6 +105,29 @@ Value linear_op(Value x, Value w, Value b, bool gelu_tanh, const std::string& na
   std::vector<Value> in{x, w};
   if (b.defined()) in.push_back(b);
   return x.graph->add(std::make_shared<LinearOp>(b.defined(), gelu_tanh), in, name)[0];
+}
+
+Value linear_residual_op(Value x, Value w, Value b, Value residual, const std::string& name) {
+  XF_CHECK(x.defined() && w.defined() && residual.defined(), "linear", "undefined input");
+  std::vector<Value> in{x, w};
+  if (b.defined()) in.push_back(b);
+  in.push_back(residual);
+  return x.graph->add(std::make_shared<LinearOp>(b.defined(), false, true), in, name)[0];
+}
+
+Value fold_residual_into_linear(Value v, Value residual) {
+  if (!v.defined() || !residual.defined() || v.meta() != residual.meta()) return {};
+  Graph& g = *v.graph;
+  const Node* n = g.fresh_producer(v);
+  const auto* op = n ? dynamic_cast<const LinearOp*>(n->op.get()) : nullptr;
+  if (!op || op->gelu_tanh || op->has_residual || n->outputs.size() != 1) return {};
+  const Value x{&g, n->inputs[0]}, w{&g, n->inputs[1]};
+  const Value b = op->has_bias ? Value{&g, n->inputs[2]} : Value{};
+  // Named after the old node, "<its name>_residual", under the scopes open now (the old name is already qualified).
+  const std::string scoped = g.qualified("");
+  std::string name = n->name;  // (a copy: n may move when the new node is added)
+  if (name.compare(0, scoped.size(), scoped) == 0) name.erase(0, scoped.size());
+  return linear_residual_op(x, w, b, residual, name + "_residual");
 }
 
 std::vector<TensorMeta> LinearWeightGradOp::infer(const std::vector<TensorMeta>& in) const {

@@ -95,8 +95,17 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
   refuse_stat_grads("layernorm", ctx, 1, "mean, rstd", 3);
   std::vector<Value> grads(ctx.node.inputs.size());
   const Value dy = ctx.grad(0);
-  const Value dsum = write_sum ? ctx.grad(3) : Value{};
+  Value dsum = write_sum ? ctx.grad(3) : Value{};
   if (!dy.defined() && !dsum.defined()) return grads;
+  // A plain norm whose input has other readers (a pre-norm residual stream that a later GEMM adds in: x read by
+  // this norm and by the next projection's residual input) takes their gradient in as its dadd, in the same pass,
+  // where the autodiff would add it to dx in a separate pass.
+  bool absorbs_x = false;
+  if (!has_residual && dy.defined() && ctx.needs_grad(0)) {
+    const Value other = ctx.accumulated(0);
+    absorbs_x = other.defined() && other.meta() == ctx.input(0).meta();
+    if (absorbs_x) dsum = other;
+  }
   const int gi = gamma_index(), bi = beta_index();
   const bool want_dgamma = gi >= 0 && ctx.needs_grad(gi), want_dbeta = bi >= 0 && ctx.needs_grad(bi);
   Value ds;  // the gradient reaching s
@@ -107,7 +116,7 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
     std::vector<Value> in{s, ctx.output(1), ctx.output(2)};
     if (has_gamma) in.push_back(ctx.input(gi));
     in.push_back(dy);
-    if (dsum.defined()) in.push_back(dsum);  // the sum's own gradient, added in the same pass
+    if (dsum.defined()) in.push_back(dsum);  // the sum's own gradient (or x's other readers'), in the same pass
     const auto outs = ctx.graph.add(
         std::make_shared<LayerNormBackwardOp>(has_gamma, want_dgamma, want_dbeta, dsum.defined()), in,
         ctx.name("layernorm"));
@@ -119,6 +128,7 @@ std::vector<Value> LayerNormOp::backward(const BackwardContext& ctx) const {
     ds = dsum;
   }
   if (ctx.needs_grad(0)) grads[0] = ds;
+  if (absorbs_x) ctx.absorb(0);
   // d(x + residual) / d residual = 1, summed over the axes a broadcast residual was added along.
   if (has_residual && ctx.needs_grad(1)) grads[1] = sum_to(ds, ctx.input(1).shape(), ctx.name("sum_residual"));
   return grads;

@@ -63,7 +63,8 @@ class LayerNormOp final : public Op {
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dadd),  g = dy * gamma,  xhat = (x - mean) * rstd
 // dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy,  dx_sum = sum over rows of dx.
 // dadd is another gradient of the norm's input, added in the same pass (a residual stream's: the gradient of
-// the sum a pre-norm add_layernorm writes out): the separate add's two reads and one write are saved.
+// the sum a pre-norm add_layernorm writes out, or, for a plain norm, what its input's other readers gave it, taken
+// from the autodiff through BackwardContext::absorb): the separate add's two reads and one write are saved.
 // dx_sum is the bias gradient of a linear layer whose output the norm reads (a transformer block's attention and
 // MLP output projections: LinearOp's backward asks for it through Graph::row_sum_of, which extends the node by
 // with_row_sum), summed while dx is in registers instead of by a column sum that reads dx again. On the GPU it is

@@ -1,5 +1,7 @@
 #include "runtime/autodiff.h"
 
+#include <algorithm>
+
 #include "runtime/error.h"
 
 namespace xfr {
@@ -39,7 +41,12 @@ Gradients build_backward(Graph& g, Value loss, const GradAlgebra& algebra, Value
     for (int in : node.inputs) any_input_needs |= g.value(in).requires_grad;
     if (!any_grad || !any_input_needs) continue;
 
-    BackwardContext ctx{g, node, out_grads};
+    BackwardContext ctx{g, node, out_grads, {}, {}};
+    for (int in : node.inputs) {
+      auto it = grad.find(in);
+      ctx.accumulated_grads.push_back(it == grad.end() ? Value{} : Value{&g, it->second});
+    }
+    ctx.absorbed.assign(node.inputs.size(), false);
     std::vector<Value> in_grads;
     try {
       in_grads = node.op->backward(ctx);
@@ -53,7 +60,16 @@ Gradients build_backward(Graph& g, Value loss, const GradAlgebra& algebra, Value
       if (!in_grads[i].defined() || !g.value(in).requires_grad) continue;
       XF_CHECK(in_grads[i].meta() == g.value(in).meta, node.op->name(), "backward gives ", in_grads[i].meta().str(),
                " for input ", i, " of ", g.value(in).meta.str(), " (node '", node.name, "')");
-      accumulate(in, in_grads[i]);
+      if (ctx.absorbed[i]) {
+        // The rule added what input i had gathered into its own gradient (BackwardContext::absorb).
+        XF_CHECK(ctx.accumulated(static_cast<int>(i)).defined() &&
+                     std::count(node.inputs.begin(), node.inputs.end(), in) == 1,
+                 node.op->name(), "backward absorbed input ", i, "'s gradient, which it may not (node '", node.name,
+                 "')");
+        grad[in] = in_grads[i].id;
+      } else {
+        accumulate(in, in_grads[i]);
+      }
     }
   }
 

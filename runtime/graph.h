@@ -146,6 +146,15 @@ struct BackwardContext {
   Value grad(int i) const { return out_grads.at(static_cast<size_t>(i)); }
   bool needs_grad(int input_index) const;  // whether input i is on a path to something differentiated
   std::string name(const std::string& suffix) const { return node.name + ".grad." + suffix; }
+  // The gradient input i has gathered so far from the nodes after this one (its other readers), or undefined. A rule
+  // that adds it into its own gradient for input i in the same pass (a layernorm backward's dadd) calls absorb(i):
+  // the autodiff then takes the rule's gradient as input i's whole gradient instead of adding the two.
+  std::vector<Value> accumulated_grads;  // per input; empty: none known
+  Value accumulated(int i) const {
+    return static_cast<size_t>(i) < accumulated_grads.size() ? accumulated_grads[static_cast<size_t>(i)] : Value{};
+  }
+  void absorb(int i) const { absorbed.at(static_cast<size_t>(i)) = true; }
+  mutable std::vector<bool> absorbed;  // per input (sized with accumulated_grads)
 };
 
 }  // namespace xfr

@@ -28,6 +28,7 @@
 #include "factory/trainer.h"
 #include "factory/weight_init.h"
 #include "ops/elementwise.h"
+#include "ops/linear.h"
 #include "ops/norm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cpu/threadpool.h"
@@ -44,6 +45,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using xfr::testing::ScopedEnv;
 using xfr::testing::TempDir;
 
 
@@ -1041,8 +1043,10 @@ TEST_CASE("factory config: a required key of an absent section points into the f
 
 // A training graph's fused residual layernorms all write x + residual, which their backward reads: the final norm of
 // a pre-norm model and a post-norm block's norms would otherwise have it recomputed by an add in the backward. An
-// inference graph writes it only where the residual stream goes on from it.
+// inference graph writes it only where the residual stream goes on from it. (Pre-norm with the residual add in the
+// norms, not in the projections' GEMMs: XF_RESIDUAL_IN_GEMM=0.)
 TEST_CASE("factory: residual layernorms of a training graph write the sum their backward reads") {
+  ScopedEnv in_norms("XF_RESIDUAL_IN_GEMM", "0");
   for (const std::string style : {"pre", "post"}) {
     for (bool training : {true, false}) {
       INFO(style << (training ? " training" : " inference"));
@@ -1100,6 +1104,70 @@ TEST_CASE("factory: the first pre-norm block's layernorm takes the positional ad
       CHECK(g.value(g.node(first_norm).inputs[0]).meta.shape == Shape{B, T, D});
       CHECK(g.value(g.node(first_norm).inputs[1]).meta.shape == Shape{T, D});
     }
+}
+
+// A pre-norm block's residual adds are done by the sublayers' output projections (linear with a residual: the GEMM's
+// C input), so the norms that read the sums are plain (but the first block's, which takes the positional add in);
+// the old projection nodes are read by nothing. Training is the same, bit for bit on the CPU, as with the adds in the
+// norms (XF_RESIDUAL_IN_GEMM=0): (x w^T + b) + r is r + (x w^T + b), and a norm backward's dadd is the add it saves.
+// With residual dropout there is no projection output to fold.
+TEST_CASE("factory: a pre-norm block's projections add the residual stream in their GEMMs; training is unchanged") {
+  const int64_t V = 18, B = 2;
+  for (const std::string dropout : {"0.0", "0.1"}) {
+    INFO("residual dropout " << dropout);
+    const Config c = tiny({"model.stack_configs.0.multi_head_config.residual_dropout=" + dropout,
+                           "model.stack_configs.0.feedforward_config.dropout=" + dropout});
+    const int layers = static_cast<int>(get_int(c.root.at("model").at("stack_configs").at(0), "num_layers"));
+    Model folded = make_model(c, V, B, make_null_logger());
+    Model in_norms = [&] {
+      ScopedEnv env("XF_RESIDUAL_IN_GEMM", "0");
+      return make_model(c, V, B, make_null_logger());
+    }();
+    in_norms.store->copy_params_from(*folded.store);
+    const Graph& g = *folded.train_graph.graph;
+    std::set<int> read;
+    for (int i = 0; i < g.num_nodes(); ++i)
+      for (int in : g.node(i).inputs) read.insert(in);
+    int residual_linears = 0, residual_norms = 0, norms = 0;
+    for (int i = 0; i < g.num_nodes(); ++i) {
+      const Node& n = g.node(i);
+      if (const auto* l = dynamic_cast<const LinearOp*>(n.op.get()); l && l->has_residual) {
+        ++residual_linears;
+        CHECK(n.name.find("_residual") != std::string::npos);
+        const std::string old = n.name.substr(0, n.name.size() - std::string("_residual").size());
+        for (int j = 0; j < i; ++j)
+          if (g.node(j).name == old) CHECK_MESSAGE(read.count(g.node(j).outputs[0]) == 0, old << " is still read");
+      }
+      if (const auto* ln = dynamic_cast<const LayerNormOp*>(n.op.get())) {
+        ++norms;
+        residual_norms += ln->has_residual;
+      }
+    }
+    const bool dropped = dropout != "0.0";
+    CHECK(residual_linears == (dropped ? 0 : 2 * layers));  // the attention's and the MLP's output projections
+    CHECK(norms == 2 * layers + 1);
+    CHECK(residual_norms == (dropped ? 2 * layers + 1 : 1));  // the positional add stays in the first norm
+    TrainStepOptions o;
+    o.optimizer = optimizer_config(c);
+    TrainStep ta(folded.train_graph, folded.store, o), tb(in_norms.train_graph, in_norms.store, o);
+    const int64_t T = folded.train_graph.tokens.dim(1);
+    std::vector<int32_t> ids(static_cast<size_t>(B * T));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 1) % V);
+    const Tensor tokens = Tensor::from_vector(ids, {B, T});
+    const auto bind = [&](Model& m) {
+      return [&m, &tokens](Executor& ex, int64_t) {
+        ex.bind(m.train_graph.tokens, tokens);
+        ex.bind(m.train_graph.targets, tokens);
+      };
+    };
+    for (int i = 0; i < 3; ++i) {
+      const StepResult ra = ta.step(bind(folded), 1e-3f), rb = tb.step(bind(in_norms), 1e-3f);
+      CHECK_MESSAGE(ra.loss == rb.loss, "step " << i + 1);
+      CHECK(ra.grad_norm == rb.grad_norm);
+    }
+    const size_t n = folded.store->flat_size();
+    CHECK(std::equal(folded.store->params(), folded.store->params() + n, in_norms.store->params()));
+  }
 }
 
 TEST_CASE("factory train step (CPU): without clipping, grad_norm=false skips the norm and changes nothing else") {

@@ -4,6 +4,7 @@
 
 #include "ops/activation.h"
 #include "ops/bias_add.h"
+#include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
@@ -53,6 +54,74 @@ TEST_CASE("linear: shapes are checked at the front door") {
   CHECK_THROWS_AS(wg.infer({{{9, 4}, DType::f32}, {{8, 5}, DType::f32}}), Error);     // rows differ
   CHECK_THROWS_AS(wg.infer({{{9, 4}, DType::f32}, {{9, 5}, DType::bf16}}), Error);    // dtypes differ
   CHECK_THROWS_AS(wg.infer({{{2, 9, 4}, DType::f32}, {{2, 9, 5}, DType::f32}}), Error);  // not 2-D
+}
+
+TEST_CASE("linear with a residual: the CPU kernel equals (matmul + bias_add) + r exactly; gradients; shapes checked") {
+  // K = 0 (the last shape): y = b + r.
+  for (const Shape& xs : std::vector<Shape>{{31, 33}, {2, 17, 40}, {3, 5, 0}})
+    for (bool bias : {false, true}) {
+      const int64_t K = xs.back(), N = 24;
+      Shape ys = xs;
+      ys.back() = N;
+      const Tensor x = random_tensor(xs, 1), w = random_tensor({N, K}, 2), b = random_tensor({N}, 3),
+                   r = random_tensor(ys, 4);
+      std::vector<Tensor> in{x, w};
+      if (bias) in.push_back(b);
+      in.push_back(r);
+      const auto got = run_op(LinearOp(bias, false, true), in, &test_pool());
+      Tensor ref = run_op(MatMulOp(false, true), {x, w}, &test_pool())[0];
+      if (bias) ref = run_op(BiasAddOp(), {ref, b}, &test_pool())[0];
+      ref = run_op(BinaryOp(BinaryKind::add), {r, ref}, &test_pool())[0];  // the stream + the layer, as a block adds
+      CHECK(got[0].to_doubles() == ref.to_doubles());
+    }
+  for (bool bias : {false, true}) {
+    std::vector<Tensor> in{random_tensor({2, 3, 5}, 4, -1, 1, DType::f64), random_tensor({7, 5}, 5, -1, 1, DType::f64)};
+    if (bias) in.push_back(random_tensor({7}, 6, -1, 1, DType::f64));
+    in.push_back(random_tensor({2, 3, 7}, 7, -1, 1, DType::f64));
+    check_gradients(
+        [bias](Graph&, const std::vector<Value>& v) {
+          return linear_residual_op(v[0], v[1], bias ? v[2] : Value{}, v.back());
+        },
+        in, std::string("linear + residual, bias=") + (bias ? "1" : "0"));
+  }
+  const TensorMeta x{{4, 5}, DType::f32}, w{{3, 5}, DType::f32}, b{{3}, DType::f32};
+  CHECK(LinearOp(true, false, true).infer({x, w, b, {{4, 3}, DType::f32}}) ==
+        std::vector<TensorMeta>{{{4, 3}, DType::f32}});
+  CHECK_THROWS_AS(LinearOp(true, false, true).infer({x, w, b, {{4, 5}, DType::f32}}), Error);   // not y's shape
+  CHECK_THROWS_AS(LinearOp(true, false, true).infer({x, w, b, {{4, 3}, DType::bf16}}), Error);  // not y's dtype
+  CHECK_THROWS_AS(LinearOp(true, false, true).infer({x, w, b}), Error);                         // no residual
+  CHECK_THROWS_AS(LinearOp(true, true, true).infer({x, w, b, {{4, 3}, DType::f32}}), Error);    // with GELU
+}
+
+TEST_CASE("fold_residual_into_linear: a fresh linear layer takes the residual in; anything else is left alone") {
+  Graph g;
+  const Value x = g.input("x", TensorMeta{{2, 3, 5}, DType::f32}, true);
+  const Value w = g.input("w", TensorMeta{{7, 5}, DType::f32}, true);
+  const Value b = g.input("b", TensorMeta{{7}, DType::f32}, true);
+  const Value r = g.input("r", TensorMeta{{2, 3, 7}, DType::f32}, true);
+  Value sum;
+  {
+    auto s = g.scope("block");
+    const Value y = linear_op(x, w, b, false, "proj");
+    sum = fold_residual_into_linear(y, r);
+    REQUIRE(sum.defined());
+    CHECK(sum.meta() == y.meta());
+  }
+  const Node& n = g.node(g.value(sum.id).producer);
+  const auto* op = dynamic_cast<const LinearOp*>(n.op.get());
+  REQUIRE(op != nullptr);
+  CHECK(op->has_residual);
+  CHECK(op->has_bias);
+  CHECK(n.name == "block.proj_residual");  // under the open scopes, once
+  CHECK(n.inputs == std::vector<int>{x.id, w.id, b.id, r.id});
+  // Not folded: a GELU layer, a product something already reads, a residual of another shape, a non-linear producer.
+  const Value act = linear_op(x, w, b, true);
+  CHECK(!fold_residual_into_linear(act, r).defined());
+  const Value read = linear_op(x, w, b, false);
+  (void)reduce_sum(read, {}, false);
+  CHECK(!fold_residual_into_linear(read, r).defined());
+  CHECK(!fold_residual_into_linear(linear_op(x, w, b, false), g.input("r2", TensorMeta{{6, 7}, DType::f32})).defined());
+  CHECK(!fold_residual_into_linear(reduce_sum(r, {0}, true), r).defined());
 }
 
 TEST_CASE("linear_weight_grad: the CPU kernel equals gᵀ x and the column sums of g exactly") {
@@ -143,6 +212,19 @@ XF_CUDA_TEST_CASE("linear: CUDA (cuBLASLt bias / GELU epilogues) against the CPU
           ScopedEnv env("XF_GEMM_EPILOGUE", way.c_str());
           check_cuda_op(LinearOp(bias, gelu), in, dt, str_cat("linear N=", N, " ", way), 1.5);
         }
+}
+
+XF_CUDA_TEST_CASE("linear with a residual: CUDA (the GEMM's C input) against the CPU") {
+  // The residual is added in fp32 before y's one rounding; the CPU adds it after the bias. N = 33: n not a multiple of
+  // 16 bytes (the aligned-columns GEMM and its tail both read their share of C); K = 0: fill, bias, add.
+  for (DType dt : cuda_float_dtypes())
+    for (const auto& [K, N] : std::vector<std::array<int64_t, 2>>{{257, 24}, {768, 768}, {64, 33}, {0, 24}})
+      for (bool bias : {false, true}) {
+        std::vector<Tensor> in{random_tensor({3, 41, K}, 7), random_tensor({N, K}, 8, -0.1, 0.1)};
+        if (bias) in.push_back(random_tensor({N}, 9));
+        in.push_back(random_tensor({3, 41, N}, 10, -4, 4));
+        check_cuda_op(LinearOp(bias, false, true), in, dt, str_cat("linear + residual K=", K, " N=", N), 1.5);
+      }
 }
 
 XF_CUDA_TEST_CASE("linear: CUDA with K = 0 gives act(b), as the CPU") {

@@ -257,6 +257,49 @@ TEST_CASE("a linear layer whose output a residual layernorm reads takes its bias
   CHECK_FALSE(g.row_sum_of(v[0]).defined());  // an input: no producer
 }
 
+TEST_CASE(
+    "a plain layernorm whose input has other readers takes their gradient in as its dadd (BackwardContext::absorb)") {
+  // Two pre-norm sublayers with the residual added by each projection's GEMM (linear_residual_op): the stream x0 is
+  // read by norm 1 and by the first projection's residual, x1 by norm 2 and the second's. Each norm's backward takes
+  // the stream's other gradient in (no add node in the backward), and each projection's bias gradient is the norm's
+  // dx sum (with the dadd in it).
+  const auto blocks = [](Graph&, const std::vector<Value>& v) {
+    const Value x1 = linear_residual_op(layernorm(v[0], v[3], v[4]), v[1], v[2], v[0]);
+    const Value x2 = linear_residual_op(layernorm(x1, v[5], v[6]), v[7], v[8], x1);
+    return scale(x2, 0.7);
+  };
+  const std::vector<Tensor> in{
+      random_tensor({2, 3, 7}, 91, -1, 1, DType::f64), random_tensor({7, 7}, 92, -1, 1, DType::f64),
+      random_tensor({7}, 93, -1, 1, DType::f64),       random_tensor({7}, 94, 0.5, 1.5, DType::f64),
+      random_tensor({7}, 95, -1, 1, DType::f64),       random_tensor({7}, 96, 0.5, 1.5, DType::f64),
+      random_tensor({7}, 97, -1, 1, DType::f64),       random_tensor({7, 7}, 98, -1, 1, DType::f64),
+      random_tensor({7}, 99, -1, 1, DType::f64)};
+  check_gradients(blocks, in, "two pre-norm sublayers, the residual in the GEMM");
+  Graph g;
+  const std::vector<Value> v = graph_inputs(g, in, true);
+  const Gradients grads = gradients(reduce_sum(blocks(g, v), {}, false));
+  int adds = 0, with_dadd = 0, with_sum = 0;
+  for (int i = 0; i < g.num_nodes(); ++i) {
+    if (const auto* b = dynamic_cast<const BinaryOp*>(g.node(i).op.get())) adds += b->kind == BinaryKind::add;
+    if (const auto* nb = dynamic_cast<const LayerNormBackwardOp*>(g.node(i).op.get())) {
+      with_dadd += nb->has_dadd;
+      with_sum += nb->want_dx_sum;
+    }
+  }
+  CHECK(adds == 0);
+  CHECK(with_dadd == 2);
+  CHECK(with_sum == 1);  // norm 2's dx is x1's gradient: the first projection's bias gradient is its sum
+  // x0's gradient is norm 1's dx (with both readers' gradients in it), the value the autodiff hands out.
+  const Node& first_norm_backward = g.node(g.value(grads.get(v[0]).id).producer);
+  CHECK(first_norm_backward.op->name() == "layernorm_backward");
+  // A norm whose input has no other reader: nothing to absorb.
+  Graph h;
+  const std::vector<Value> hv = graph_inputs(h, {in[0], in[3], in[4]}, true);
+  (void)gradients(reduce_sum(layernorm(hv[0], hv[1], hv[2]), {}, false));
+  for (int i = 0; i < h.num_nodes(); ++i)
+    if (const auto* nb = dynamic_cast<const LayerNormBackwardOp*>(h.node(i).op.get())) CHECK(!nb->has_dadd);
+}
+
 TEST_CASE("layernorm with a fused residual add: add + layernorm's values, gradients by finite differences") {
   const Tensor x = random_tensor({3, 5, 33}, 31, -2, 2), r = random_tensor({3, 5, 33}, 32, -2, 2);
   const Tensor gm = random_tensor({33}, 33, 0.5, 1.5), bt = random_tensor({33}, 34, -1, 1);

@@ -1,8 +1,10 @@
 // CPU kernel of ops/linear.h: the unfused steps in order (the matmul kernel's sgemm, the bias added in
 // place, the activation kernel), so results equal the composite ops'.
+#include "ops/linear.h"
+
 #include "ops/activation.h"
 #include "ops/bias_add.h"
-#include "ops/linear.h"
+#include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
 #include "runtime/kernel_registry.h"
@@ -11,7 +13,7 @@ namespace xfr::cpu {
 
 namespace {
 
-// x: (..., K), w: (N, K), b: (N) -> y: (..., N) [, pre: (..., N), possibly undefined]
+// x: (..., K), w: (N, K), b: (N), r: (..., N) -> y: (..., N) [, pre: (..., N), possibly undefined]
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
@@ -20,6 +22,9 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   const Tensor& pre = op.gelu_tanh && out[1].defined() ? out[1] : out[0];
   reg.get("matmul", ctx.device)(MatMulOp(false, true), ctx, {in[0], in[1]}, {pre});
   if (op.has_bias) reg.get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});  // in place: row-wise
+  if (op.has_residual)  // in place, element by element: (x wᵀ + b) + r
+    reg.get("binary", ctx.device)(BinaryOp(BinaryKind::add), ctx,
+                                  {out[0], in[static_cast<size_t>(op.residual_index())]}, {out[0]});
   if (op.gelu_tanh) reg.get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre}, {out[0]});
 }
 

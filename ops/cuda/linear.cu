@@ -9,6 +9,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/rowwise.cuh"
+#include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
 
@@ -23,8 +24,9 @@ int64_t rows_ld(const Tensor& x, const char* op) {
   return ld;
 }
 
-// x: (..., K) (rows evenly spaced: packed, or the ones column's view), w: (N, K), b: (N) -> y: (..., N)
-// [, pre: (..., N), possibly undefined]
+// x: (..., K) (rows evenly spaced: packed, or the ones column's view), w: (N, K), b: (N), r: (..., N) packed ->
+// y: (..., N) [, pre: (..., N), possibly undefined]. The residual r is the GEMM's C input (beta 1), added in fp32
+// before y is rounded.
 void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vector<Tensor>& in,
                    const std::vector<Tensor>& out) {
   const auto& op = static_cast<const LinearOp&>(op_base);
@@ -40,6 +42,10 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
   const bool want_pre = op.gelu_tanh && out[1].defined();
   const Tensor& pre = want_pre ? out[1] : out[0];
   if (op.has_bias) a.bias = in[2].raw_data();
+  const Tensor* residual = op.has_residual ? &in[static_cast<size_t>(op.residual_index())] : nullptr;
+  XF_CHECK(!residual || (residual->is_contiguous() && out[0].is_contiguous()), "linear", "the residual ",
+           residual ? residual->desc() : std::string(), " and y ", out[0].desc(),
+           " must be packed (the GEMM's C and D)");
   CudaContext& cc = context_of(ctx);
   const auto activation = [&] {  // out[0] = gelu_tanh(pre)
     KernelRegistry::builtin().get("activation", ctx.device)(ActivationOp(ActivationKind::gelu_tanh), ctx, {pre},
@@ -50,12 +56,19 @@ void linear_kernel(const Op& op_base, const KernelContext& ctx, const std::vecto
     p.fill(0.0);
     if (op.has_bias) KernelRegistry::builtin().get("bias_add", ctx.device)(BiasAddOp(), ctx, {pre, in[2]}, {pre});
     if (op.gelu_tanh) activation();
+    if (residual)
+      KernelRegistry::builtin().get("binary", ctx.device)(BinaryOp(BinaryKind::add), ctx, {out[0], *residual},
+                                                          {out[0]});
     return;
   }
   // Split: the GEMM with the bias epilogue into pre, then the activation kernel.
   GemmArgs unfused = a;
   unfused.c = pre.raw_data();
   unfused.epilogue = op.has_bias ? GemmEpilogue::bias : GemmEpilogue::none;
+  if (residual) {  // (no activation with a residual: LinearOp::infer)
+    unfused.c_in = residual->raw_data();
+    unfused.beta = 1.0f;
+  }
   const auto split = [&] {
     gemm(cc, unfused);
     if (op.gelu_tanh) activation();

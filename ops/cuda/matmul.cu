@@ -186,9 +186,13 @@ GemmArgs normalise(GemmArgs g) {
 std::string plan_key(const GemmArgs& g) {
   return str_cat("matmul/", dtype_name(g.dtype), "->", dtype_name(g.out_dtype), "/t", int(g.trans_a), int(g.trans_b),
                  "/m", g.m, "/n", g.n, "/k", g.k, "/ld", g.lda, ",", g.ldb, ",", g.ldc, "/batch", g.batch, "/stride",
-                 g.stride_a, ",", g.stride_b, ",", g.stride_c, "/ep-", gemm_epilogue_name(g.epilogue), g.aux ? "+aux" : "",
-                 "/auxld", g.aux_ld, ",", g.aux_stride, "/align", align_class(g.a), ",", align_class(g.b), ",",
-                 align_class(g.c), ",", align_class(g.bias), ",", align_class(g.aux));
+                 g.stride_a, ",", g.stride_b, ",", g.stride_c, "/ep-", gemm_epilogue_name(g.epilogue),
+                 g.aux ? "+aux" : "", "/auxld", g.aux_ld, ",", g.aux_stride, "/align", align_class(g.a), ",",
+                 align_class(g.b), ",", align_class(g.c), ",", align_class(g.bias), ",", align_class(g.aux),
+                 // A C that is read (beta != 0: matmul_add, a linear layer's residual) moves as many bytes again as
+                 // D: its own tuned choice.
+                 g.beta != 0.0f ? str_cat("/beta", g.beta, g.c_in ? ",cin" : "", align_class(g.c_in ? g.c_in : g.c))
+                                : std::string());
 }
 
 // The C a GEMM reads (with beta != 0): c_in, or C itself.
