@@ -18,7 +18,6 @@
 #include "ops/cuda/norm_launch.h"
 #include "ops/cuda/rowwise.cuh"
 #include "ops/norm.h"
-#include "runtime/env.h"
 
 namespace xfr::cuda {
 
@@ -596,7 +595,8 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 // dgamma, dbeta, dx_sum: (C) or null (not wanted)
 template <class T, bool kRms>
 void norm_backward(const T* x, const float* mean, const float* rstd, const T* gamma, const T* dy, const T* dadd, T* dx,
-                   T* dgamma, T* dbeta, T* dx_sum, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream) {
+                   T* dgamma, T* dbeta, T* dx_sum, int64_t rows, int64_t C, Scratch scratch, cudaStream_t stream,
+                   int64_t grid_blocks = 0) {
   const char* op = kRms ? "rmsnorm_backward" : "layernorm_backward";
   if (rows == 0) {  // sums over no rows
     for (T* sum : {dgamma, dbeta, dx_sum})
@@ -626,10 +626,9 @@ void norm_backward(const T* x, const float* mean, const float* rstd, const T* ga
         // threads at 83 registers, where an H200 keeps 6 blocks on each of its 132 SMs, 792: 1.72 waves. One wave:
         // 42-43 us a call in ncu against 47-49, 2026-11-30.)
         blocks = std::min(blocks, resident_blocks(kernel, static_cast<int>(block.x * block.y)));
-        // XF_NORM_BACKWARD_BLOCKS=n: the grid, in place of the above (the LayerNorm backward lab's sweep of one wave of
-        // looping blocks against more blocks, each with fewer rows and its own partial row).
-        static const int64_t forced_blocks = env_int("XF_NORM_BACKWARD_BLOCKS", 0);
-        if (forced_blocks > 0) blocks = std::min(forced_blocks, ceil_div(rows, rpb));
+        // grid_blocks > 0: the grid, in place of the above (the LayerNorm backward lab's sweep of one wave of looping
+        // blocks against more blocks, each with fewer rows and its own partial row).
+        if (grid_blocks > 0) blocks = std::min(grid_blocks, ceil_div(rows, rpb));
         // Room for the partial rows (room() keeps 256 bytes for the alignment).
         const int64_t fit = scratch.room<float>() / (nparts * C * partials_per_block);
         blocks = std::max<int64_t>(1, std::min({blocks, fit, kMaxGrid}));
@@ -766,13 +765,13 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
                                const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, void* dx_sum,
                                int64_t rows, int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
-                               LaunchCounters counters) {
+                               LaunchCounters counters, int64_t grid_blocks) {
   XF_CUDA_DISPATCH_FLOAT(
       dtype, "layernorm_backward", T,
       norm_backward<T, false>(static_cast<const T*>(x), mean, rstd, static_cast<const T*>(gamma),
                               static_cast<const T*>(dy), static_cast<const T*>(dadd), static_cast<T*>(dx),
                               static_cast<T*>(dgamma), static_cast<T*>(dbeta), static_cast<T*>(dx_sum), rows, C,
-                              Scratch{workspace, workspace_bytes, counters}, stream));
+                              Scratch{workspace, workspace_bytes, counters}, stream, grid_blocks));
 }
 
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,

@@ -34,10 +34,12 @@ void launch_layernorm_forward(DType dtype, const void* x, const void* residual, 
 
 // x, dy, dx: (rows, C) dtype; mean, rstd: (rows) f32; gamma: (C) dtype or null; dadd: (rows, C) dtype or null
 // (added to dx in the same pass); dgamma, dbeta, dx_sum (the sum of dx over the rows): (C) dtype or null (not wanted).
+// grid_blocks: with parameter gradients, the grid (0: one wave of resident blocks, each looping over its rows; the
+// LayerNorm backward lab sweeps other grids).
 void launch_layernorm_backward(DType dtype, const void* x, const float* mean, const float* rstd, const void* gamma,
                                const void* dy, const void* dadd, void* dx, void* dgamma, void* dbeta, void* dx_sum,
                                int64_t rows, int64_t C, void* workspace, size_t workspace_bytes, CUstream_st* stream,
-                               LaunchCounters counters = {});
+                               LaunchCounters counters = {}, int64_t grid_blocks = 0);
 
 // x, y: (rows, C) dtype; gamma: (C) dtype or null; rstd: (rows) f32.
 void launch_rmsnorm_forward(DType dtype, const void* x, const void* gamma, void* y, float* rstd, int64_t rows,

@@ -30,12 +30,12 @@ bool HostStaging::copy(void* dst, const void* src, size_t bytes, CUstream_st* st
   }
   const int s = next_;
   next_ = (next_ + 1) % kSlots;
-  if (used_[s]) XF_CUDA_CHECK(cudaEventSynchronize(done_[s]));  // the slot's previous copy has left it
+  // The slot's previous copy has left it (an event never recorded, the slot's first use, returns at once).
+  XF_CUDA_CHECK(cudaEventSynchronize(done_[s]));
   char* slot = static_cast<char*>(pinned_) + static_cast<size_t>(s) * kSlotBytes;
   std::memcpy(slot, src, bytes);
   XF_CUDA_CHECK(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream));
   XF_CUDA_CHECK(cudaEventRecord(done_[s], stream));
-  used_[s] = true;
   return true;
 }
 

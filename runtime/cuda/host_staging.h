@@ -35,8 +35,7 @@ class HostStaging {
  private:
   std::mutex mu_;
   void* pinned_ = nullptr;         // kSlots x kSlotBytes, allocated at the first copy
-  CUevent_st* done_[kSlots] = {};  // each slot's last copy, recorded on its stream
-  bool used_[kSlots] = {};
+  CUevent_st* done_[kSlots] = {};  // each slot's last copy, recorded on its stream (never recorded: a free slot)
   int next_ = 0;
 };
 

@@ -12,8 +12,9 @@
 //   32768 x 384  yes   yes           yes     the MiniLM encoder's width (16-lane row groups)
 //   16384 x 4096 yes   yes           yes     a row past the grouped kernel (a block per row group)
 // The calls pass the context's counters, as the graph kernel does (the partial rows added in one launch).
-// XF_NORM_BACKWARD_BLOCKS=n sets the grid of every case with parameter gradients (ops/cuda/norm.cu; default one wave of
-// resident blocks): `for n in 0 792 1056 2112; do XF_NORM_BACKWARD_BLOCKS=$n xfrun_lab_norm_backward; done` sweeps it.
+// XF_NORM_BACKWARD_BLOCKS=n sets the grid of every case with parameter gradients (the launcher's grid_blocks; default
+// one wave of resident blocks): `for n in 0 792 1056 2112; do XF_NORM_BACKWARD_BLOCKS=$n xfrun_lab_norm_backward; done`
+// sweeps it.
 // Bytes of a call: x, dy, dadd (if any) read and dx written once (the partial rows, gamma and the statistics
 // excluded). us: median over 15 samples of (10 back-to-back calls) / 10, as launches in a CUDA graph run, L2 warm.
 // copy: cudaMemcpyAsync of half the call's bytes (read + write = the same traffic), timed the same way.
@@ -33,6 +34,7 @@
 
 #include "ops/cuda/norm_launch.h"
 #include "ops/norm.h"
+#include "runtime/env.h"
 #include "runtime/kernel_registry.h"
 #include "runtime/cuda/context.h"
 #include "runtime/tensor.h"
@@ -79,6 +81,7 @@ int main() {
   }
   auto ctx = cuda::CudaContext::create(0);
   cuda::CudaContext* cc = ctx.get();
+  const int64_t grid_blocks = env_int("XF_NORM_BACKWARD_BLOCKS", 0);  // 0: the launcher's one wave
   cudaStream_t s = cc->stream();
   const Case cases[] = {{16384, 768, true, true, false},  {16384, 768, true, true, true},
                         {16384, 768, true, false, false}, {16384, 768, false, true, false},
@@ -100,7 +103,7 @@ int main() {
                                       dx.raw_data(), k.params ? dg.raw_data() : nullptr,
                                       k.params ? db.raw_data() : nullptr, k.dx_sum ? ds.raw_data() : nullptr,
                                       k.rows, k.C, cc->workspace(), cc->workspace_bytes(), s,
-                                      cc->launch_counters());
+                                      cc->launch_counters(), grid_blocks);
     };
     LAB_CHECK(cudaMemsetAsync(dx.raw_data(), 0xFF, static_cast<size_t>(k.rows * k.C) * 2, s));  // poison
     LAB_CHECK(cudaMemsetAsync(dg.raw_data(), 0xFF, static_cast<size_t>(k.C) * 2, s));
