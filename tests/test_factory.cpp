@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -152,6 +153,21 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   while (std::getline(in, line))
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
   return out;
+}
+
+// A fixed (B, T) batch of token ids 1, 6, 11, ... mod V, for two train steps compared on the same data.
+Tensor cycling_tokens(int64_t B, int64_t T, int64_t V) {
+  std::vector<int32_t> ids(static_cast<size_t>(B * T));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 1) % V);
+  return Tensor::from_vector(ids, {B, T});
+}
+
+// Binds `tokens` as m's training inputs and targets (the copy task), for TrainStep::step.
+std::function<void(Executor&, int64_t)> bind_copy_task(Model& m, const Tensor& tokens) {
+  return [&m, tokens](Executor& ex, int64_t) {
+    ex.bind(m.train_graph.tokens, tokens);
+    ex.bind(m.train_graph.targets, tokens);
+  };
 }
 
 }  // namespace
@@ -1150,18 +1166,10 @@ TEST_CASE("factory: a pre-norm block's projections add the residual stream in th
     TrainStepOptions o;
     o.optimizer = optimizer_config(c);
     TrainStep ta(folded.train_graph, folded.store, o), tb(in_norms.train_graph, in_norms.store, o);
-    const int64_t T = folded.train_graph.tokens.dim(1);
-    std::vector<int32_t> ids(static_cast<size_t>(B * T));
-    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 1) % V);
-    const Tensor tokens = Tensor::from_vector(ids, {B, T});
-    const auto bind = [&](Model& m) {
-      return [&m, &tokens](Executor& ex, int64_t) {
-        ex.bind(m.train_graph.tokens, tokens);
-        ex.bind(m.train_graph.targets, tokens);
-      };
-    };
+    const Tensor tokens = cycling_tokens(B, folded.train_graph.tokens.dim(1), V);
     for (int i = 0; i < 3; ++i) {
-      const StepResult ra = ta.step(bind(folded), 1e-3f), rb = tb.step(bind(in_norms), 1e-3f);
+      const StepResult ra = ta.step(bind_copy_task(folded, tokens), 1e-3f),
+                       rb = tb.step(bind_copy_task(in_norms, tokens), 1e-3f);
       CHECK_MESSAGE(ra.loss == rb.loss, "step " << i + 1);
       CHECK(ra.grad_norm == rb.grad_norm);
     }
@@ -1180,18 +1188,9 @@ TEST_CASE("factory train step (CPU): without clipping, grad_norm=false skips the
   TrainStepOptions off = on;
   off.grad_norm = false;
   TrainStep ta(a.train_graph, a.store, on), tb(b.train_graph, b.store, off);
-  const int64_t T = a.train_graph.tokens.dim(1);
-  std::vector<int32_t> ids(static_cast<size_t>(B * T));
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 5 + 1) % V);
-  const Tensor tokens = Tensor::from_vector(ids, {B, T});
-  const auto bind = [&](Model& m) {
-    return [&m, &tokens](Executor& ex, int64_t) {
-      ex.bind(m.train_graph.tokens, tokens);
-      ex.bind(m.train_graph.targets, tokens);
-    };
-  };
+  const Tensor tokens = cycling_tokens(B, a.train_graph.tokens.dim(1), V);
   for (int i = 0; i < 3; ++i) {
-    const StepResult ra = ta.step(bind(a), 1e-3f), rb = tb.step(bind(b), 1e-3f);
+    const StepResult ra = ta.step(bind_copy_task(a, tokens), 1e-3f), rb = tb.step(bind_copy_task(b, tokens), 1e-3f);
     CHECK(ra.loss == rb.loss);
     CHECK(ra.grad_norm > 0.0f);
     CHECK(std::isnan(rb.grad_norm));
