@@ -181,6 +181,12 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
 
   // ---- blocks ----
   Value pending;  // pre-norm: the last sublayer's output, not yet added to the residual stream x
+  // The residual add of a sublayer that ends in a linear layer (the attention's and the MLP's output projections),
+  // done by that layer's GEMM (its C input): the norm that reads the sum next then reads one tensor and writes one,
+  // where taking the add in it reads two and writes two (the sum goes on as the residual stream). Its backward takes
+  // the stream's other gradient in as its dadd (LayerNormOp::backward). XF_RESIDUAL_IN_GEMM=0 keeps the add in the
+  // norm (A/B comparisons).
+  const bool residual_in_gemm = env_flag_default_on("XF_RESIDUAL_IN_GEMM");
   for (const auto& b : plan) {
     const ConfigNode& st = *b.stack;
     const int64_t D = get_int(st, "dim_model");
@@ -248,12 +254,6 @@ BuiltModel build_model(const ConfigNode& model, int64_t B, int64_t T, bool train
       auto s = g.scope("feedforward");
       return ff_entry->feedforward(ff, in, fctx);
     };
-    // The residual add of a sublayer that ends in a linear layer (the attention's and the MLP's output projections),
-    // done by that layer's GEMM (its C input): the norm that reads the sum next then reads one tensor and writes one,
-    // where taking the add in it reads two and writes two (the sum goes on as the residual stream). Its backward takes
-    // the stream's other gradient in as its dadd (LayerNormOp::backward). XF_RESIDUAL_IN_GEMM=0 keeps the add in the
-    // norm (A/B comparisons).
-    const bool residual_in_gemm = env_flag_default_on("XF_RESIDUAL_IN_GEMM");
     auto add_to_stream = [&](Value& stream, Value& sublayer_out) {
       if (!residual_in_gemm) return;
       if (const Value sum = fold_residual_into_linear(sublayer_out, stream); sum.defined()) {

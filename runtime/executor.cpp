@@ -569,7 +569,7 @@ void Executor::collect_graph_profile() {
 }
 
 void Executor::reset_profile() {
-  collect_profile();
+  pending_events_.clear();  // (not read: their times would be dropped)
   profile_.clear();
 }
 
@@ -693,8 +693,9 @@ void Executor::enqueue() {
       opt_.device_ctx->accumulate_f32_batch(static_cast<const F32Accumulation*>(batched_grad_table_.raw_data()),
                                             batched_grad_entries_.size(), batched_grad_max_n_, opt_.grads_overwrite);
     });
-  // The run's events (their memory is not held from run to run); a captured run's are read after its replays.
-  if (!opt_.device_ctx || !opt_.device_ctx->capturing()) collect_profile();
+  // The run's events (their memory is not held from run to run); a captured run's are read after its replays. (Asked
+  // only with events pending: an unprofiled run makes no capture query.)
+  if (!pending_events_.empty() && (!opt_.device_ctx || !opt_.device_ctx->capturing())) collect_profile();
 }
 
 Tensor Executor::view_of_root(int v) const {
