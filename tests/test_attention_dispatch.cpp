@@ -544,9 +544,9 @@ XF_CUDA_TEST_CASE("attention dispatch: auto's choices, and forced backends that 
     auto wide = fa_args(DType::bf16, 1, 2, 2, 512, 512, 128, 0.088, false);
     auto d256_causal = fa_args(DType::bf16, 1, 2, 2, 1024, 1024, 256, 0.0625, true);
     auto d256_short = fa_args(DType::bf16, 1, 2, 2, 512, 512, 256, 0.0625, false);
-    const bool hopper =
-        cuda::flash_attention_sm90_backward_refusal(open, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)
-            .empty();
+    const bool hopper = cuda::flash_attention_sm90_backward_refusal(open, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                                    nullptr, nullptr, nullptr)
+                            .empty();
     const AttentionBackend fast = hopper ? AttentionBackend::native : AttentionBackend::cudnn;
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, open, false) == AttentionBackend::cudnn);
     CHECK(cuda::attention_backend_for(cctx(), R::automatic, open, true) == fast);

@@ -115,9 +115,10 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
   // In reach: empty on an H100 / H200 of a build with sm_90a, else the build's or the device's reason.
   const std::string why = refusal(ok, DType::bf16);
   CHECK_MESSAGE((why.empty() || contains(why, "compute capability 9.0") || contains(why, "no sm_90a code")), why);
-  // The backward: the same rule, on its own tensors (a misaligned gradient sends it to the mma.sync kernels).
-  auto backward_refusal = [](const FaProblem& p, DType dt, const void* dk) {
-    return cuda::flash_attention_sm90_backward_refusal(args_of(p, dt), kAligned, kAligned, kAligned, kAligned,
+  // The backward: the same rule, on its own tensors (a misaligned gradient, or out, which its pre-kernel reads in
+  // 16-byte packs, sends it to the mma.sync kernels).
+  auto backward_refusal = [](const FaProblem& p, DType dt, const void* dk, const void* out = kAligned) {
+    return cuda::flash_attention_sm90_backward_refusal(args_of(p, dt), kAligned, kAligned, kAligned, out, kAligned,
                                                        kAligned, dk, kAligned);
   };
   CHECK(backward_refusal(ok, DType::bf16, kAligned) == why);
@@ -126,6 +127,8 @@ TEST_CASE("flash_attention CUDA sm90: which problems the Hopper forward takes, a
   CHECK(refusal(d256, DType::bf16) == why);
   CHECK(backward_refusal(d256, DType::bf16, kAligned) == why);
   CHECK(contains(backward_refusal(ok, DType::bf16, reinterpret_cast<const void*>(uintptr_t{258})), "16-byte aligned"));
+  CHECK(contains(backward_refusal(ok, DType::bf16, kAligned, reinterpret_cast<const void*>(uintptr_t{264})),
+                 "16-byte aligned"));
   CHECK(contains(backward_refusal(drop, DType::bf16, kAligned), "dropout"));
 }
 

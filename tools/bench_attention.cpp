@@ -218,10 +218,9 @@ int main(int argc, char** argv) {
             const auto ran = [](const std::string& why) { return why.empty() ? std::string("sm90") : "mma.sync (" + why + ")"; };
             rows.back()["native_forward"] =
                 ran(cuda::flash_attention_sm90_refusal(na, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data()));
-            rows.back()["native_backward"] =
-                ran(cuda::flash_attention_sm90_backward_refusal(na, q.raw_data(), k.raw_data(), v.raw_data(),
-                                                               dout.raw_data(), dq.raw_data(), dk.raw_data(),
-                                                               dv.raw_data()));
+            rows.back()["native_backward"] = ran(cuda::flash_attention_sm90_backward_refusal(
+                na, q.raw_data(), k.raw_data(), v.raw_data(), o.raw_data(), dout.raw_data(), dq.raw_data(),
+                dk.raw_data(), dv.raw_data()));
           }
 #ifdef XF_HAVE_CUDNN_ATTENTION
           for (const char* name : {"cudnn", "cudnn_atomic"}) {

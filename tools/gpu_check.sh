@@ -10,7 +10,7 @@
 # (XF_AB_TREE, built into XF_AB_BUILD); see the step.
 # ncu: Nsight Compute on the native attention kernels, one D:S case at a time, non-causal (XF_NCU_CASES, see the step).
 # labncu: Nsight Compute's throughput sections on every kernel of one kernel lab (XF_NCU_LAB, default epilogue_gemm).
-# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward; a weight gradient fused, plain and split-K; the column reduction by chunk count).
+# lab: tools/lab kernel labs (the encoder's logits GEMM in four layouts; the q/k/v projections separate or packed; the wgmma/TMA attention forward and backward variants; the LayerNorm forward variants and backward; a weight gradient fused, plain and split-K; the column reduction by chunk count; AdamW beside the backward GEMMs).
 # Knobs: XF_TEST_FILTER (doctest -tc), XF_ATTN_ARGS (the attn step's grid: --D, --S), XF_BENCH_SECTIONS
 # (gpt2,encoder), XF_BENCH_PROFILE=1 (per-kernel times), XF_TORCH_PROFILE=1 (torch's kernel table),
 # XF_GEMM_AUTOTUNE_LOG=1 (each GEMM candidate's time),
@@ -68,7 +68,7 @@ if has build; then
   t=$(date +%s)
   if cmake -S . -B "$BUILD" "${CONFIGURE[@]}" >"$OUT/configure.log" 2>&1 &&
      cmake --build "$BUILD" -j"$(nproc)" --target xfrun_tests xfrun_cli xfrun_bench_gpu xfrun_bench_attention \
-       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce xfrun_lab_epilogue_gemm xfrun_lab_gemm_algo_search "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
+       xfrun_lab_head_gemm xfrun_lab_qkv_gemm xfrun_lab_attention_wgmma xfrun_lab_attention_wgmma_bwd xfrun_lab_layernorm xfrun_lab_norm_backward xfrun_lab_wgrad_gemm xfrun_lab_column_reduce xfrun_lab_epilogue_gemm xfrun_lab_gemm_algo_search xfrun_lab_overlap_optimizer "${KEEP_GOING[@]}" >"$OUT/build.log" 2>&1; then
     note "build: ok ($(( $(date +%s) - t )) s)"
     tools/check_ptxas_log.sh "$OUT/build.log" 2>&1 | tee -a "$SUMMARY" || true  # serialised wgmmas, named
     # Whether the cuDNN attention path was built (it needs third_party/cudnn_frontend: scripts/fetch_cudnn_frontend.sh).
@@ -113,7 +113,7 @@ if has lab; then
   # wgrad_gemm column_reduce epilogue_gemm). Each lab prints "lab ..."
   # lines (into the summary); rc 1 = some case failed, 3 = a CUDA fault or a pipeline deadlock that stopped it (the
   # log's last lines name the kernel and case and, for a deadlock, the barrier).
-  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm norm_backward wgrad_gemm column_reduce epilogue_gemm} " == *" $1 "* ]]; }
+  lab_on() { [[ " ${XF_LABS:-head_gemm qkv_gemm attention attention_bwd layernorm norm_backward wgrad_gemm column_reduce epilogue_gemm overlap_optimizer} " == *" $1 "* ]]; }
   # run_lab <log name> <title> <binary> [args...]
   run_lab() {
     local log="$OUT/$1.log" title=$2 bin=$3 t
@@ -148,6 +148,8 @@ if has lab; then
   lab_on epilogue_gemm && run_lab lab_epilogue_gemm "epilogue GEMM" xfrun_lab_epilogue_gemm
   # Not in the default list (it times thousands of configurations, minutes): XF_LABS=gemm_algo_search.
   lab_on gemm_algo_search && run_lab lab_gemm_algo_search "cuBLASLt algorithm search" xfrun_lab_gemm_algo_search
+  # An AdamW update on a low-priority stream beside one or more layers' backward GEMMs (the optimizer in the backward).
+  lab_on overlap_optimizer && run_lab lab_overlap_optimizer "AdamW beside the backward GEMMs" xfrun_lab_overlap_optimizer
 fi
 
 if has torch; then

@@ -82,7 +82,9 @@ bool native_backward_faster(const FlashAttentionArgs& a, bool deterministic) {
                            : a.D == 256 ? kNativeBackwardMinKeysD256
                                         : -1;  // head dim 128 and the rest: cuDNN
   return deterministic && min_keys > 0 && !windowed && a.Sk >= min_keys &&
-         flash_attention_sm90_backward_refusal(a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr).empty();
+         flash_attention_sm90_backward_refusal(a, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                               nullptr)
+             .empty();
 }
 #endif
 

@@ -149,8 +149,9 @@ Params backward_params(const FlashAttentionArgs& a, const void* q, const void* k
   p.dk = dk;
   p.dv = dv;
   p.dbias = dbias;
-  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout) && aligned16(dq) &&
-          aligned16(dk) && aligned16(dv);
+  // out too: the Hopper backward's pre-kernel reads it (and dout) in 16-byte packs.
+  p.vec = strides_vec(p) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out) && aligned16(dout) &&
+          aligned16(dq) && aligned16(dk) && aligned16(dv);
   return p;
 }
 
@@ -263,10 +264,10 @@ std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void
 }
 
 std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, const void* q, const void* k,
-                                                  const void* v, const void* dout, const void* dq, const void* dk,
-                                                  const void* dv) {
-  // Nothing is launched: the gradients are only looked at (their alignment).
-  return fa::sm90_backward_refusal(backward_params(a, q, k, v, nullptr, dout, nullptr, nullptr, const_cast<void*>(dq),
+                                                  const void* v, const void* out, const void* dout, const void* dq,
+                                                  const void* dk, const void* dv) {
+  // Nothing is launched: the tensors are only looked at (their alignment).
+  return fa::sm90_backward_refusal(backward_params(a, q, k, v, out, dout, nullptr, nullptr, const_cast<void*>(dq),
                                                    const_cast<void*>(dk), const_cast<void*>(dv), nullptr, nullptr),
                                    a.dtype);
 }

@@ -93,10 +93,10 @@ void launch_flash_attention_forward(const FlashAttentionArgs& a, const void* q, 
 std::string flash_attention_sm90_refusal(const FlashAttentionArgs& a, const void* q, const void* k, const void* v,
                                          const void* out);
 // The same for launch_flash_attention_backward (ops/cuda/flash_attention_sm90_backward.cu): one rule, with the
-// backward's tensors' alignment.
+// backward's tensors' alignment (out's too: its pre-kernel reads out and dout in 16-byte packs).
 std::string flash_attention_sm90_backward_refusal(const FlashAttentionArgs& a, const void* q, const void* k,
-                                                  const void* v, const void* dout, const void* dq, const void* dk,
-                                                  const void* dv);
+                                                  const void* v, const void* out, const void* dout, const void* dq,
+                                                  const void* dk, const void* dv);
 
 // lse's bytes: (B, H, Sq) f32, or (H, Tq) for packed sequences.
 size_t flash_attention_lse_bytes(const FlashAttentionArgs& a);

@@ -82,10 +82,8 @@ void launch_role(const Order& order, int ctas, int B, int smem, const BwdArgs& a
 // Delta and lse2 into their workspaces (bwd_prep_kernel), the first kernel of every backward here.
 template <class T, int D>
 void launch_prep(const BwdArgs& args, const Params& p, float* delta, float* lse2, cudaStream_t stream) {
-  const int64_t rows = static_cast<int64_t>(p.B) * p.H * args.Sq_pad;
-  sm90::bwd_prep_kernel<T, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(
-      static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2, p.B, p.H, p.Sq,
-      args.Sq_pad, p.os);
+  sm90::launch_bwd_prep<T, D>(static_cast<const T*>(p.out), static_cast<const T*>(p.dout), p.lse, p.dlse, delta, lse2,
+                              p.B, p.H, p.Sq, args.Sq_pad, p.os, stream);
   XF_CUDA_CHECK_LAUNCH("flash_attention_backward (sm90 Delta)");
 }
 

@@ -193,9 +193,7 @@ std::string resources_of(Kernel kernel) {
 // packed bhsd with Sq_pad = S and no dlse).
 template <int D>
 bool launch_prep(const Problem& p, Run& r) {
-  const int64_t wrows = static_cast<int64_t>(p.B) * p.H * p.Sq_pad;
-  sm90::bwd_prep_kernel<bf16, D><<<static_cast<unsigned>((wrows + 7) / 8), 256>>>(
-      p.out, p.dout, p.lse, p.dlse, p.delta, p.lse2, p.B, p.H, p.Sq, p.Sq_pad, p.qs);
+  sm90::launch_bwd_prep<bf16, D>(p.out, p.dout, p.lse, p.dlse, p.delta, p.lse2, p.B, p.H, p.Sq, p.Sq_pad, p.qs, 0);
   return r.ok(cudaGetLastError(), "bwd_prep_kernel");
 }
 

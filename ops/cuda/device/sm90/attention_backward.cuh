@@ -46,7 +46,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
+#include "ops/cuda/device/rows.cuh"  // Pack, load_pack
 #include "ops/cuda/device/sm90/attention.cuh"
 #include "ops/cuda/device/types.cuh"  // to_float
 #include "ops/cuda/flash_attention_dq_accum.h"
@@ -171,36 +173,116 @@ struct BwdArgs {
   int B = 1, Hk = 1;  // the persistent kernels' work lists (last: the one-item kernels' parameters keep their offsets)
 };
 
-// One warp per workspace row of (B, H, Sq_pad); grid ceil(B H Sq_pad / 8) blocks of 256 threads. D a multiple of 32.
+// ---- the pre-kernel: Delta and lse2 ----------------------------------------------------------------------------
+// Each row of the (B, H, Sq_pad) workspaces reads D values of out and of dout: 128 bytes each at D = 64 in 16 bits,
+// GPT-2's 196,608 rows a call 50 MB in all. A warp a row with one 16-bit load a lane per 32 values (the first form
+// here) took 39.8 us of the 294 us backward at GPT-2's shape (ncu on the H200, 2026-12-01: ~1.3 TB/s, latency-bound:
+// two 64-byte loads a warp in flight and a 64-bit division chain a row). Now a row is read in 16-byte packs (the
+// backward's rule, Params::vec, has out and dout 16-byte aligned with strides of whole packs) by kLanes lanes, one
+// pack each (8 lanes at D = 64, 16 at 128, 32 at 256), and every thread issues the loads of kPrepRowsPerThread rows
+// before it adds any of them.
+constexpr int kPrepThreads = 256;      // 8 warps a block
+constexpr int kPrepRowsPerThread = 4;  // rows a row group loads before adding: 128 bytes a thread in flight
+// Blocks an SM keeps: at most 64 registers a thread (ptxas took 96 for bf16 unbounded, 2 blocks an SM; 57 for f16),
+// so 1024 threads and 128 KB of loads in flight an SM.
+constexpr int kPrepMinBlocks = 4;
+
 template <class T, int D>
-__global__ void __launch_bounds__(256) bwd_prep_kernel(const T* __restrict__ out,       // (B, H, Sq, D) strides os
-                                                       const T* __restrict__ dout,      // (B, H, Sq, D) strides os
-                                                       const float* __restrict__ lse,   // (B, H, Sq) natural log
-                                                       const float* __restrict__ dlse,  // (B, H, Sq) or null
-                                                       float* __restrict__ delta,       // (B, H, Sq_pad)
-                                                       float* __restrict__ lse2,        // (B, H, Sq_pad)
-                                                       int B, int H, int Sq, int Sq_pad, HeadStrides os) {
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
-  if (row >= static_cast<int64_t>(B) * H * Sq_pad) return;
-  const int i = static_cast<int>(row % Sq_pad);
-  const int64_t bh = row / Sq_pad, h = bh % H, b = bh / H;
-  if (i >= Sq) {
-    if (lane == 0) delta[row] = 0.f, lse2[row] = INFINITY;
-    return;
-  }
-  const int64_t off = b * os.batch + h * os.head + static_cast<int64_t>(i) * os.seq;
+struct PrepShape {
+  static constexpr int kW = 8;                           // 16-bit elements a 16-byte pack
+  static constexpr int kLanes = D / kW;                  // lanes a row, a pack each
+  static constexpr int kGroups = kPrepThreads / kLanes;  // row groups a block
+  static constexpr int kRowsPerBlock = kGroups * kPrepRowsPerThread;
+  static_assert(sizeof(T) == 2 && D % kW == 0 && (kLanes & (kLanes - 1)) == 0 && kLanes <= 32,
+                "16-bit values; a row is a power of two of packs, at most a warp's (D = 64, 128 or 256)");
+};
+
+// The dot product of two 16-byte packs of 16-bit values in fp32, a 32-bit word (two values) at a time: widened per
+// word and added by FMAs (elementwise widening of whole packs held bf16's form of all 4 rows' packs at once: 96
+// registers, or spills at 80).
+template <class T>
+__device__ __forceinline__ float pack_dot(const dev::Pack<T, 8>& a, const dev::Pack<T, 8>& b) {
+  const uint32_t* wa = reinterpret_cast<const uint32_t*>(&a);
+  const uint32_t* wb = reinterpret_cast<const uint32_t*>(&b);
   float p = 0.f;
 #pragma unroll
-  for (int t = 0; t < D / 32; ++t) p += dev::to_float(out[off + lane + 32 * t]) * dev::to_float(dout[off + lane + 32 * t]);
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) p += __shfl_xor_sync(0xffffffffu, p, o);
-  if (lane == 0) {
-    const int64_t lrow = bh * Sq + i;
-    const float l = lse[lrow];
-    delta[row] = dlse != nullptr ? p - dlse[lrow] : p;
-    lse2[row] = l == -INFINITY ? INFINITY : l * kLog2e;
+  for (int k = 0; k < 4; ++k) {
+    float2 x, y;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // bf16 -> f32: the 16 bits become the high half
+      x = make_float2(__uint_as_float(wa[k] << 16), __uint_as_float(wa[k] & 0xffff0000u));
+      y = make_float2(__uint_as_float(wb[k] << 16), __uint_as_float(wb[k] & 0xffff0000u));
+    } else {
+      x = __half22float2(*reinterpret_cast<const __half2*>(&wa[k]));
+      y = __half22float2(*reinterpret_cast<const __half2*>(&wb[k]));
+    }
+    p = fmaf(x.x, y.x, p);
+    p = fmaf(x.y, y.y, p);
   }
+  return p;
+}
+
+// Delta = out . dout - dlse and lse2 = lse log2(e) per workspace row (b, h, i) of (B, H, Sq_pad); padding rows
+// (i >= Sq) get 0 and +inf, a row that sees no key (lse -inf) lse2 +inf. A block takes kRowsPerBlock consecutive rows,
+// all of one (b, h) (Sq_pad is a multiple of kDqBlockM, which kRowsPerBlock divides), row group g the rows
+// g + r kGroups of them, r < kPrepRowsPerThread. out, dout 16-byte aligned, os's strides multiples of 16 bytes.
+template <class T, int D>
+__global__ void __launch_bounds__(kPrepThreads, kPrepMinBlocks)
+    bwd_prep_kernel(const T* __restrict__ out,       // (B, H, Sq, D) strides os
+                    const T* __restrict__ dout,      // (B, H, Sq, D) strides os
+                    const float* __restrict__ lse,   // (B, H, Sq) natural log
+                    const float* __restrict__ dlse,  // (B, H, Sq) or null
+                    float* __restrict__ delta,       // (B, H, Sq_pad)
+                    float* __restrict__ lse2,        // (B, H, Sq_pad)
+                    int B, int H, int Sq, int Sq_pad, HeadStrides os) {
+  using Shape = PrepShape<T, D>;
+  constexpr int kRows = kPrepRowsPerThread, kLanes = Shape::kLanes, kW = Shape::kW;
+  static_assert(kDqBlockM % Shape::kRowsPerBlock == 0, "a block's rows lie in one (b, h)");
+  const int lane = threadIdx.x % kLanes;
+  // The block's (b, h) and first query: one division a block.
+  const int blocks_per_head = Sq_pad / Shape::kRowsPerBlock;
+  const int bh = static_cast<int>(blockIdx.x) / blocks_per_head, b = bh / H, h = bh - b * H;
+  const int i0 = (static_cast<int>(blockIdx.x) - bh * blocks_per_head) * Shape::kRowsPerBlock + threadIdx.x / kLanes;
+  const T* o_head = out + b * os.batch + h * os.head + lane * kW;
+  const T* d_head = dout + b * os.batch + h * os.head + lane * kW;
+  const int64_t lse_head = static_cast<int64_t>(bh) * Sq, ws_head = static_cast<int64_t>(bh) * Sq_pad;
+  dev::Pack<T, kW> o[kRows], d[kRows];
+  float l[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int i = i0 + r * Shape::kGroups;
+    if (i < Sq) {
+      o[r] = dev::load_pack<T, kW>(o_head + static_cast<int64_t>(i) * os.seq);
+      d[r] = dev::load_pack<T, kW>(d_head + static_cast<int64_t>(i) * os.seq);
+    }
+    l[r] = i < Sq && lane == 0 ? lse[lse_head + i] : 0.f;
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int i = i0 + r * Shape::kGroups;
+    float p = 0.f;
+    if (i < Sq) p = pack_dot(o[r], d[r]);
+#pragma unroll
+    for (int x = kLanes / 2; x > 0; x /= 2) p += __shfl_xor_sync(0xffffffffu, p, x);  // within the row's lanes
+    if (lane == 0) {
+      const int64_t row = ws_head + i;
+      if (i >= Sq) {
+        delta[row] = 0.f, lse2[row] = INFINITY;
+      } else {
+        delta[row] = dlse != nullptr ? p - dlse[lse_head + i] : p;
+        lse2[row] = l[r] == -INFINITY ? INFINITY : l[r] * kLog2e;
+      }
+    }
+  }
+}
+
+// Launches the pre-kernel over the B H Sq_pad workspace rows (its alignment rule above; Sq_pad a multiple of
+// kDqBlockM; B H Sq_pad / kRowsPerBlock blocks < 2^31).
+template <class T, int D>
+void launch_bwd_prep(const T* out, const T* dout, const float* lse, const float* dlse, float* delta, float* lse2, int B,
+                     int H, int Sq, int Sq_pad, HeadStrides os, cudaStream_t stream) {
+  const int64_t blocks = static_cast<int64_t>(B) * H * (Sq_pad / PrepShape<T, D>::kRowsPerBlock);
+  bwd_prep_kernel<T, D><<<static_cast<unsigned>(blocks), kPrepThreads, 0, stream>>>(out, dout, lse, dlse, delta, lse2,
+                                                                                    B, H, Sq, Sq_pad, os);
 }
 
 // ---- the fused dQ's pieces (kFusedDq; see kDqBlock) ------------------------------------------------------------
