@@ -29,19 +29,9 @@
 #include <vector>
 
 #include "ops/cuda/gemm_algo_config.h"
-#include "tools/lab/lab_cuda.h"
+#include "tools/lab/lab_cublaslt.h"
 
 namespace {
-
-#define LT_CHECK(stmt)                                                                                     \
-  do {                                                                                                     \
-    const cublasStatus_t lt_st_ = (stmt);                                                                  \
-    if (lt_st_ != CUBLAS_STATUS_SUCCESS) {                                                                 \
-      std::printf("%s: FATAL: `%s` failed: %s at %s:%d\n", LAB_NAME, #stmt, cublasLtGetStatusName(lt_st_), \
-                  __FILE__, __LINE__);                                                                     \
-      std::exit(3);                                                                                        \
-    }                                                                                                      \
-  } while (0)
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // the production context's (kCudaWorkspaceBytes)
 constexpr int64_t kTokens = 16384;                    // GPT-2's B 16 x T 1024
@@ -84,26 +74,26 @@ struct Problem {
   cublasLtMatmulDesc_t desc{};
   cublasLtMatrixLayout_t la{}, lb{}, lc{};
   Problem(const Case& cs, Operands& ops) {
-    LT_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LAB_LT_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const int32_t ta = cs.b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &cs.epilogue, sizeof cs.epilogue));
+    LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &cs.epilogue, sizeof cs.epilogue));
     if (cs.epilogue == CUBLASLT_EPILOGUE_BIAS || cs.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) {
       const void* bias = ops.bias.get();
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
     if (cs.has_aux) {
       const void* aux = ops.aux.get();
       const int64_t ld = cs.n;
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
-      LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+      LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+      LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
     }
     const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-    LT_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, u(cs.b_transposed ? cs.k : cs.n), u(cs.b_transposed ? cs.n : cs.k),
-                                        cs.b_transposed ? cs.k : cs.n));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, u(cs.k), u(cs.m), cs.lda));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, u(cs.n), u(cs.m), cs.n));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, u(cs.b_transposed ? cs.k : cs.n),
+                                            u(cs.b_transposed ? cs.n : cs.k), cs.b_transposed ? cs.k : cs.n));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, u(cs.k), u(cs.m), cs.lda));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, u(cs.n), u(cs.m), cs.n));
   }
   ~Problem() {
     cublasLtMatrixLayoutDestroy(lc);
@@ -144,7 +134,7 @@ struct Search {
   cudaStream_t stream{};
   lab::DeviceBuffer<char> workspace{kWorkspaceBytes};
   Search() {
-    LT_CHECK(cublasLtCreate(&lt));
+    LAB_LT_CHECK(cublasLtCreate(&lt));
     LAB_CHECK(cudaStreamCreate(&stream));
   }
   ~Search() {
@@ -185,12 +175,12 @@ void search_case(Search& S, const Case& cs) {
 
   // The heuristic's candidates, as the autotuner times them.
   cublasLtMatmulPreference_t pref{};
-  LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  LAB_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kWorkspaceBytes;
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  LAB_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
   cublasLtMatmulHeuristicResult_t results[16] = {};
   int found = 0;
-  LT_CHECK(cublasLtMatmulAlgoGetHeuristic(S.lt, p.desc, p.la, p.lb, p.lc, p.lc, pref, 16, results, &found));
+  LAB_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(S.lt, p.desc, p.la, p.lb, p.lc, p.lc, pref, 16, results, &found));
   cublasLtMatmulPreferenceDestroy(pref);
   Config heuristic_best;
   heuristic_best.us = 1e30;
@@ -207,8 +197,8 @@ void search_case(Search& S, const Case& cs) {
   // Every configuration cuBLASLt accepts, unsplit.
   int ids[256];
   int nids = 0;
-  LT_CHECK(cublasLtMatmulAlgoGetIds(S.lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
-                                    256, ids, &nids));
+  LAB_LT_CHECK(cublasLtMatmulAlgoGetIds(S.lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16BF, CUDA_R_16BF, CUDA_R_16BF,
+                                        CUDA_R_16BF, 256, ids, &nids));
   const char* lim = std::getenv("XF_LAB_SEARCH_LIMIT");
   const int limit = lim ? std::atoi(lim) : 4000;
   int checked = 0;

@@ -31,38 +31,28 @@
 #include <vector>
 
 #define LAB_NAME "lab overlap_optimizer"
-#include "tools/lab/lab_cuda.h"
+#include "tools/lab/lab_cublaslt.h"
 
 namespace {
-
-#define LT_CHECK(stmt)                                                                                                 \
-  do {                                                                                                                 \
-    const cublasStatus_t lt_st_ = (stmt);                                                                              \
-    if (lt_st_ != CUBLAS_STATUS_SUCCESS) {                                                                             \
-      std::printf("%s: FATAL: `%s` failed: status %d at %s:%d\n", LAB_NAME, #stmt, static_cast<int>(lt_st_), __FILE__, \
-                  __LINE__);                                                                                           \
-      std::exit(3);                                                                                                    \
-    }                                                                                                                  \
-  } while (0)
 
 // One plain bf16 GEMM, column-major C (m, n) = A^T B with A (k, m) and B (k, n) (cuBLASLt's "TN", its fastest layout),
 // the heuristic's first algorithm, its own workspace.
 class Gemm {
  public:
   Gemm(cublasLtHandle_t lt, int64_t m, int64_t n, int64_t k) : m_(m), n_(n), k_(k), a_(k * m), b_(k * n), c_(m * n) {
-    LT_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LAB_LT_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&la_, CUDA_R_16BF, k, m, k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lb_, CUDA_R_16BF, k, n, k));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lc_, CUDA_R_16BF, m, n, m));
+    LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    LAB_LT_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&la_, CUDA_R_16BF, k, m, k));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&lb_, CUDA_R_16BF, k, n, k));
+    LAB_LT_CHECK(cublasLtMatrixLayoutCreate(&lc_, CUDA_R_16BF, m, n, m));
     cublasLtMatmulPreference_t pref;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    LAB_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const size_t ws = kWorkspace;
-    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    LAB_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     int found = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, desc_, la_, lb_, lc_, lc_, pref, 1, &heur_, &found));
+    LAB_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, desc_, la_, lb_, lc_, lc_, pref, 1, &heur_, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (found == 0) {
       std::printf("%s: FATAL: no cuBLASLt algorithm for %lld x %lld x %lld\n", LAB_NAME, (long long)m, (long long)n,
@@ -82,8 +72,8 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
   void run(cublasLtHandle_t lt, cudaStream_t s) const {
     const float one = 1.f, zero = 0.f;
-    LT_CHECK(cublasLtMatmul(lt, desc_, &one, a_.get(), la_, b_.get(), lb_, &zero, c_.get(), lc_, c_.get(), lc_,
-                            &heur_.algo, ws_.get(), kWorkspace, s));
+    LAB_LT_CHECK(cublasLtMatmul(lt, desc_, &one, a_.get(), la_, b_.get(), lb_, &zero, c_.get(), lc_, c_.get(), lc_,
+                                &heur_.algo, ws_.get(), kWorkspace, s));
   }
   double flops() const { return 2.0 * m_ * n_ * k_; }
 
@@ -151,7 +141,7 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   LAB_CHECK(cudaGetDeviceProperties(&prop, 0));
   cublasLtHandle_t lt;
-  LT_CHECK(cublasLtCreate(&lt));
+  LAB_LT_CHECK(cublasLtCreate(&lt));
   int lo = 0, hi = 0;
   LAB_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi));  // (least, greatest): greatest is the numerically lowest
   cudaStream_t main_s, side_s;
