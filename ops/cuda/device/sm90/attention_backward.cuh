@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kPrepThreads, kPrepMinBlocks)
                     const float* __restrict__ dlse,  // (B, H, Sq) or null
                     float* __restrict__ delta,       // (B, H, Sq_pad)
                     float* __restrict__ lse2,        // (B, H, Sq_pad)
-                    int B, int H, int Sq, int Sq_pad, HeadStrides os) {
+                    int H, int Sq, int Sq_pad, HeadStrides os) {
   using Shape = PrepShape<T, D>;
   constexpr int kRows = kPrepRowsPerThread, kLanes = Shape::kLanes, kW = Shape::kW;
   static_assert(kDqBlockM % Shape::kRowsPerBlock == 0, "a block's rows lie in one (b, h)");
@@ -282,7 +282,7 @@ void launch_bwd_prep(const T* out, const T* dout, const float* lse, const float*
                      int H, int Sq, int Sq_pad, HeadStrides os, cudaStream_t stream) {
   const int64_t blocks = static_cast<int64_t>(B) * H * (Sq_pad / PrepShape<T, D>::kRowsPerBlock);
   bwd_prep_kernel<T, D><<<static_cast<unsigned>(blocks), kPrepThreads, 0, stream>>>(out, dout, lse, dlse, delta, lse2,
-                                                                                    B, H, Sq, Sq_pad, os);
+                                                                                    H, Sq, Sq_pad, os);
 }
 
 // ---- the fused dQ's pieces (kFusedDq; see kDqBlock) ------------------------------------------------------------
