@@ -3,8 +3,10 @@
 // out (CUDNN_FRONTEND_SKIP_JSON_LIB, set by CMake for this source).
 #include "ops/cuda/cudnn_attention.h"
 
-#include <cudnn.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
+#include <cudnn_frontend.h>
+#include <cudnn_frontend_version.h>
 
 #include <atomic>
 #include <cmath>
@@ -19,11 +21,9 @@
 #include <utility>
 #include <vector>
 
-#include <cudnn_frontend.h>
-#include <cudnn_frontend_version.h>
-
 #include "runtime/cuda/autotune.h"
 #include "runtime/cuda/context.h"
+#include "runtime/cuda/stream.h"
 #include "runtime/error.h"
 
 namespace fe = cudnn_frontend;

@@ -26,6 +26,7 @@
 #include "ops/cuda/gemm_algo_config.h"
 #include "ops/matmul.h"
 #include "runtime/cuda/autotune.h"
+#include "runtime/cuda/stream.h"
 #include "runtime/tune_cache.h"
 
 namespace xfr::cuda {

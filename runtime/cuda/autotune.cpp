@@ -6,12 +6,6 @@
 
 namespace xfr::cuda {
 
-bool stream_capturing(CUstream_st* stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  XF_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-}
-
 float min_time_ms(CUstream_st* stream, int runs, const std::function<bool()>& launch, int batch) {
   cudaEvent_t start = nullptr, stop = nullptr;
   XF_CUDA_CHECK(cudaEventCreate(&start));

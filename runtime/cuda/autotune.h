@@ -4,8 +4,8 @@
 // max-autotune do. The choice is then kept per process and device (AutotuneChoices), so every context of a
 // process computes a shape the same way and results agree bit for bit within a process.
 //
-// Tuning is skipped while the stream is being captured into a CUDA graph (nothing can be timed then; executors
-// run their first step eagerly, so the plans exist before capture).
+// Tuning is skipped while the stream is being captured into a CUDA graph (runtime/cuda/stream.h's stream_capturing:
+// nothing can be timed then; executors run their first step eagerly, so the plans exist before capture).
 #pragma once
 #include <functional>
 #include <map>
@@ -17,9 +17,6 @@
 struct CUstream_st;
 
 namespace xfr::cuda {
-
-// Whether work issued on `stream` is being captured into a CUDA graph.
-bool stream_capturing(CUstream_st* stream);
 
 // The fastest of `runs` timed launches of `launch` on `stream` after one warm-up launch, in ms (CUDA events);
 // a negative value when `launch` returned false (the candidate failed). With batch > 1 each timed run is `batch`

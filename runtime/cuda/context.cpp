@@ -4,10 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "runtime/cuda/autotune.h"  // stream_capturing
 #include "runtime/cuda/caching_allocator.h"
 #include "runtime/cuda/check.h"
 #include "runtime/cuda/runtime_kernels.h"
+#include "runtime/cuda/stream.h"
 #include "runtime/env.h"
 
 namespace xfr::cuda {

@@ -4,8 +4,8 @@
 
 #include <cstring>
 
-#include "runtime/cuda/autotune.h"  // stream_capturing
 #include "runtime/cuda/check.h"
+#include "runtime/cuda/stream.h"
 #include "runtime/env.h"
 
 namespace xfr::cuda {
