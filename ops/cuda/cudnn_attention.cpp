@@ -3,10 +3,8 @@
 // out (CUDNN_FRONTEND_SKIP_JSON_LIB, set by CMake for this source).
 #include "ops/cuda/cudnn_attention.h"
 
-#include <cuda_runtime_api.h>
 #include <cudnn.h>
-#include <cudnn_frontend.h>
-#include <cudnn_frontend_version.h>
+#include <cuda_runtime_api.h>
 
 #include <atomic>
 #include <cmath>
@@ -20,6 +18,9 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <cudnn_frontend.h>
+#include <cudnn_frontend_version.h>
 
 #include "runtime/cuda/autotune.h"
 #include "runtime/cuda/context.h"
